@@ -1,0 +1,42 @@
+// Command reach is the CLI of the reach SDK: it runs the public server,
+// connects peers like netcat, pings them, runs the demo and drives the NAT
+// lab. Its commands and their output are a contract; see README.md.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+type command struct {
+	name, summary string
+	run           func(args []string) error
+}
+
+// commands is the list of subcommands, in help order.
+var commands []command
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: reach <command> [flags]")
+	for _, c := range commands {
+		fmt.Fprintf(os.Stderr, "  %-10s %s\n", c.name, c.summary)
+	}
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	for _, c := range commands {
+		if c.name == os.Args[1] {
+			if err := c.run(os.Args[2:]); err != nil {
+				fmt.Fprintf(os.Stderr, "reach %s: %v\n", c.name, err)
+				os.Exit(1)
+			}
+			return
+		}
+	}
+	usage()
+	os.Exit(2)
+}

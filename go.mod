@@ -1,0 +1,3 @@
+module github.com/reachp2p/reach
+
+go 1.26.8

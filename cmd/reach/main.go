@@ -13,8 +13,11 @@ type command struct {
 	run           func(args []string) error
 }
 
-// commands is the list of subcommands, in help order.
-var commands []command
+// commands is the list of subcommands, in help order. Each lives in its
+// own file as a func(args []string) error.
+var commands = []command{
+	// (entries are added here as the commands exist)
+}
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: reach <command> [flags]")

@@ -1,0 +1,45 @@
+package rendezvous
+
+import (
+	"net/netip"
+
+	"github.com/reachp2p/reach/identity"
+)
+
+// CandidateKind says where a candidate address came from.
+type CandidateKind string
+
+// Candidate kinds, in the order strategies usually prefer them.
+const (
+	// Host: an address of one of the peer's own interfaces.
+	Host CandidateKind = "host"
+	// Reflexive: the peer's public address as a server saw it (STUN or the
+	// rendezvous connection on the shared socket).
+	Reflexive CandidateKind = "srflx"
+	// Mapped: an address a port-mapping gateway (UPnP, NAT-PMP, PCP) granted.
+	Mapped CandidateKind = "mapped"
+	// Relay: an address on a relay that forwards to the peer.
+	Relay CandidateKind = "relay"
+)
+
+// Candidate is one address at which a peer might be reached.
+type Candidate struct {
+	Addr netip.AddrPort `json:"addr"`
+	Kind CandidateKind  `json:"kind"`
+}
+
+// PeerInfo is what one side of an introduction tells the other: the
+// dialler's offer and the listener's answer.
+type PeerInfo struct {
+	// Peer is the sender's ID. The server fills it in from the sender's
+	// authenticated connection; a value the sender puts here is ignored.
+	Peer identity.PeerID `json:"peer"`
+	// Candidates are the sender's addresses. The server appends the
+	// reflexive address it observed on the sender's UDP connection, if any.
+	Candidates []Candidate `json:"candidates"`
+	// PunchKey is 32 random bytes chosen by the dialler for this attempt
+	// and echoed by the listener; punch packets carry a MAC under it.
+	PunchKey []byte `json:"punch_key,omitempty"`
+	// Attempt identifies one introduction; chosen by the dialler, echoed.
+	Attempt uint64 `json:"attempt"`
+}

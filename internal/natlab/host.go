@@ -1,0 +1,251 @@
+package natlab
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+)
+
+// Network is an L2 segment: a bridge inside some namespace with an IPv4
+// prefix (and maybe an IPv6 one). The internet is one; every router's LAN
+// is another.
+type Network struct {
+	lab    *Lab
+	name   string
+	ns     string // namespace holding the bridge
+	bridge string
+	v4, v6 netip.Prefix // v6 invalid: no IPv6 on this segment
+	gw4    netip.Addr   // invalid on the internet (on-link default route)
+	gw6    netip.Addr
+	next   int        // next host number to hand out
+	routes []v6Route  // extra IPv6 routes every host on this segment needs
+	hosts  []*Host
+}
+
+type v6Route struct {
+	dst netip.Prefix
+	via netip.Addr
+}
+
+// Name is the segment's name ("internet" or the router's name).
+func (n *Network) Name() string { return n.name }
+
+// Prefix4 is the segment's IPv4 prefix.
+func (n *Network) Prefix4() netip.Prefix { return n.v4 }
+
+// Prefix6 is the segment's IPv6 prefix (invalid if the segment has none).
+func (n *Network) Prefix6() netip.Prefix { return n.v6 }
+
+// Host is a machine in the lab: one namespace with one interface, eth0
+// (routers have more).
+type Host struct {
+	lab   *Lab
+	name  string
+	ns    string
+	net   *Network
+	addr4 netip.Addr
+	addr6 netip.Addr
+}
+
+// Name is the host's short name.
+func (h *Host) Name() string { return h.name }
+
+// Namespace is the network namespace's name (for ip netns exec).
+func (h *Host) Namespace() string { return h.ns }
+
+// Addr is the host's IPv4 address on its segment.
+func (h *Host) Addr() netip.Addr { return h.addr4 }
+
+// Addr6 is the host's IPv6 address (invalid if its segment has no IPv6).
+func (h *Host) Addr6() netip.Addr { return h.addr6 }
+
+// Network is the segment the host is attached to.
+func (h *Host) Network() *Network { return h.net }
+
+func (n *Network) allocate() (netip.Addr, netip.Addr, error) {
+	n.lab.mu.Lock()
+	i := n.next
+	n.next++
+	n.lab.mu.Unlock()
+	if i > 250 {
+		return netip.Addr{}, netip.Addr{}, fmt.Errorf("natlab: segment %s is full", n.name)
+	}
+	a4 := n.v4.Addr().As4()
+	a4[3] = byte(i)
+	var v6 netip.Addr
+	if n.v6.IsValid() {
+		a := n.v6.Addr().As16()
+		a[15] = byte(i)
+		v6 = netip.AddrFrom16(a)
+	}
+	return netip.AddrFrom4(a4), v6, nil
+}
+
+// link connects namespace ns to network n with a veth pair; the end in ns
+// is called ifname. It returns the addresses assigned to it.
+func (n *Network) link(ctx context.Context, ns, ifname string, a4, a6 netip.Addr) error {
+	l := n.lab
+	l.mu.Lock()
+	l.nextLink++
+	port := fmt.Sprintf("p%d", l.nextLink)
+	l.mu.Unlock()
+	steps := [][]string{
+		{"ip", "-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", port, "netns", n.ns},
+		{"ip", "-n", n.ns, "link", "set", port, "master", n.bridge, "up"},
+		{"ip", "-n", ns, "addr", "add", netip.PrefixFrom(a4, n.v4.Bits()).String(), "dev", ifname},
+	}
+	if a6.IsValid() {
+		steps = append(steps, []string{"ip", "-n", ns, "-6", "addr", "add", netip.PrefixFrom(a6, n.v6.Bits()).String(), "dev", ifname, "nodad"})
+	}
+	steps = append(steps, []string{"ip", "-n", ns, "link", "set", ifname, "up"})
+	for _, s := range steps {
+		if err := run(ctx, s...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// defaultRoutes points ns's default routes at segment n.
+func (n *Network) defaultRoutes(ctx context.Context, ns, ifname string) error {
+	var steps [][]string
+	if n.gw4.IsValid() {
+		steps = append(steps, []string{"ip", "-n", ns, "route", "add", "default", "via", n.gw4.String()})
+	} else {
+		steps = append(steps, []string{"ip", "-n", ns, "route", "add", "default", "dev", ifname})
+	}
+	if n.v6.IsValid() {
+		if n.gw6.IsValid() {
+			steps = append(steps, []string{"ip", "-n", ns, "-6", "route", "add", "default", "via", n.gw6.String()})
+		} else {
+			steps = append(steps, []string{"ip", "-n", ns, "-6", "route", "add", "default", "dev", ifname})
+		}
+	}
+	for _, r := range n.routes {
+		steps = append(steps, []string{"ip", "-n", ns, "-6", "route", "add", r.dst.String(), "via", r.via.String()})
+	}
+	for _, s := range steps {
+		if err := run(ctx, s...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addRoute6 adds an IPv6 route to every host on the segment, now and later.
+func (n *Network) addRoute6(ctx context.Context, dst netip.Prefix, via netip.Addr) error {
+	n.lab.mu.Lock()
+	n.routes = append(n.routes, v6Route{dst, via})
+	hosts := append([]*Host(nil), n.hosts...)
+	n.lab.mu.Unlock()
+	for _, h := range hosts {
+		if err := run(ctx, "ip", "-n", h.ns, "-6", "route", "add", dst.String(), "via", via.String()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AddHost attaches a new host to the segment: a public host on the
+// internet, or a private host on a router's LAN.
+func (n *Network) AddHost(ctx context.Context, name string) (*Host, error) {
+	a4, a6, err := n.allocate()
+	if err != nil {
+		return nil, err
+	}
+	h := &Host{lab: n.lab, name: name, ns: n.lab.nsName(name), net: n, addr4: a4, addr6: a6}
+	if err := n.lab.addNS(ctx, h.ns); err != nil {
+		return nil, err
+	}
+	if err := n.link(ctx, h.ns, "eth0", a4, a6); err != nil {
+		return nil, err
+	}
+	if err := n.defaultRoutes(ctx, h.ns, "eth0"); err != nil {
+		return nil, err
+	}
+	n.lab.mu.Lock()
+	n.hosts = append(n.hosts, h)
+	n.lab.hosts = append(n.lab.hosts, h)
+	n.lab.mu.Unlock()
+	n.lab.log.Debug("host added", "host", name, "addr", a4, "addr6", a6, "segment", n.name)
+	return h, nil
+}
+
+// AddPublicHost adds a host on the internet segment.
+func (l *Lab) AddPublicHost(ctx context.Context, name string) (*Host, error) {
+	return l.inet.AddHost(ctx, name)
+}
+
+// Run calls fn on an OS thread switched into the host's namespace. Sockets
+// fn creates belong to the host and keep working after Run returns, from
+// any goroutine. Goroutines fn starts do NOT run in the namespace: create
+// every socket inside fn.
+func (h *Host) Run(fn func() error) error { return runIn(h.ns, fn) }
+
+func runIn(ns string, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("natlab: namespace %s: %w", ns, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		// The thread is stuck in the wrong namespace: keep it locked so
+		// the runtime retires it instead of reusing it.
+		return fmt.Errorf("natlab: restoring namespace: %w", err)
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// Command returns a command that runs inside the host's namespace (via
+// ip netns exec). The lab does not track it: the caller waits for it, or
+// uses Start to have the lab kill it on Close.
+func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
+}
+
+// Exec runs a command in the host and returns its combined output.
+func (h *Host) Exec(ctx context.Context, name string, args ...string) (string, error) {
+	return output(ctx, append([]string{"ip", "netns", "exec", h.ns, name}, args...)...)
+}
+
+// Start starts a long-running command in the host; the lab kills it on
+// Close. The returned channel yields the command's exit error once.
+func (h *Host) Start(ctx context.Context, name string, args ...string) (*exec.Cmd, <-chan error, error) {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
+	return h.lab.startCmd(cmd)
+}
+
+func (l *Lab) startCmd(cmd *exec.Cmd) (*exec.Cmd, <-chan error, error) {
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	done := make(chan error, 1)
+	waited := make(chan struct{})
+	go func() {
+		done <- cmd.Wait()
+		close(waited)
+	}()
+	l.onStop(func() {
+		cmd.Process.Kill()
+		<-waited
+	})
+	return cmd, done, nil
+}

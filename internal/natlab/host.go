@@ -21,8 +21,8 @@ type Network struct {
 	v4, v6 netip.Prefix // v6 invalid: no IPv6 on this segment
 	gw4    netip.Addr   // invalid on the internet (on-link default route)
 	gw6    netip.Addr
-	next   int        // next host number to hand out
-	routes []v6Route  // extra IPv6 routes every host on this segment needs
+	next   int       // next host number to hand out
+	routes []v6Route // extra IPv6 routes every host on this segment needs
 	hosts  []*Host
 }
 

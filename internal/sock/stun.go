@@ -1,0 +1,133 @@
+package sock
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/pion/stun/v3"
+)
+
+// STUN retransmission schedule (RFC 5389 section 7.2.1): the first request
+// waits stunRTO, each retransmission doubles the wait, at most stunAttempts
+// requests are sent and the last one waits stunLastWait times stunRTO.
+const (
+	stunRTO      = 500 * time.Millisecond
+	stunAttempts = 7
+	stunLastWait = 16
+)
+
+// STUN sends a binding request to server from this socket and returns this
+// socket's address as the server saw it (XOR-MAPPED-ADDRESS, or
+// MAPPED-ADDRESS from old servers), never IPv4-mapped. Requests are
+// retransmitted RFC 5389 style (500 ms, doubling, seven requests) until a
+// response with the same transaction ID arrives, ctx ends, or the attempts
+// run out. No response gives an error wrapping ErrSTUNTimeout (and ctx.Err()
+// if ctx ended); an error response wraps ErrSTUNResponse; a closed socket
+// gives ErrClosed.
+func (s *Socket) STUN(ctx context.Context, server netip.AddrPort) (netip.AddrPort, error) {
+	req, err := stun.Build(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("sock: build STUN request: %w", err)
+	}
+	ch := make(chan []byte, 1)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return netip.AddrPort{}, ErrClosed
+	}
+	s.stun[req.TransactionID] = ch
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.stun, req.TransactionID)
+		s.mu.Unlock()
+	}()
+
+	rto := stunRTO
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	for attempt := 1; ; attempt++ {
+		if err := s.WriteTo(req.Raw, server); err != nil {
+			return netip.AddrPort{}, err
+		}
+		wait := rto
+		if attempt == stunAttempts {
+			wait = stunLastWait * stunRTO
+		}
+		timer.Reset(wait)
+		select {
+		case raw := <-ch:
+			return parseBindingResponse(raw, server)
+		case <-ctx.Done():
+			return netip.AddrPort{}, fmt.Errorf("sock: STUN %v: %w (%w)", server, ErrSTUNTimeout, ctx.Err())
+		case <-s.ctx.Done():
+			return netip.AddrPort{}, ErrClosed
+		case <-timer.C:
+			if attempt == stunAttempts {
+				return netip.AddrPort{}, fmt.Errorf("sock: STUN %v: %w after %d requests", server, ErrSTUNTimeout, attempt)
+			}
+			s.log.Debug("sock: STUN retransmit", "server", server, "attempt", attempt+1)
+			rto *= 2
+		}
+	}
+}
+
+func parseBindingResponse(raw []byte, server netip.AddrPort) (netip.AddrPort, error) {
+	m := &stun.Message{Raw: raw}
+	if err := m.Decode(); err != nil {
+		return netip.AddrPort{}, fmt.Errorf("sock: STUN %v: %w: %v", server, ErrSTUNResponse, err)
+	}
+	if m.Type.Class == stun.ClassErrorResponse {
+		var code stun.ErrorCodeAttribute
+		if err := code.GetFrom(m); err == nil {
+			return netip.AddrPort{}, fmt.Errorf("sock: STUN %v: %w: error %d %s", server, ErrSTUNResponse, code.Code, code.Reason)
+		}
+		return netip.AddrPort{}, fmt.Errorf("sock: STUN %v: %w: error response", server, ErrSTUNResponse)
+	}
+	var ip []byte
+	var port int
+	var xor stun.XORMappedAddress
+	if err := xor.GetFrom(m); err == nil {
+		ip, port = xor.IP, xor.Port
+	} else {
+		var mapped stun.MappedAddress
+		if err := mapped.GetFrom(m); err != nil {
+			return netip.AddrPort{}, fmt.Errorf("sock: STUN %v: %w: no mapped address", server, ErrSTUNResponse)
+		}
+		ip, port = mapped.IP, mapped.Port
+	}
+	addr, ok := netip.AddrFromSlice(ip)
+	if !ok || port <= 0 || port > 0xffff {
+		return netip.AddrPort{}, fmt.Errorf("sock: STUN %v: %w: malformed mapped address", server, ErrSTUNResponse)
+	}
+	return netip.AddrPortFrom(addr.Unmap(), uint16(port)), nil
+}
+
+// stunResponse hands pkt to the STUN call waiting for its transaction ID and
+// reports whether it did. It runs on the read goroutine.
+func (s *Socket) stunResponse(pkt []byte) bool {
+	if !stun.IsMessage(pkt) {
+		return false
+	}
+	// The C1 class bit (0x0100 of the message type) is set in success and
+	// error responses, clear in requests and indications.
+	if pkt[0]&0x01 == 0 || len(pkt) < 20 {
+		return false
+	}
+	var id [stun.TransactionIDSize]byte
+	copy(id[:], pkt[8:20])
+	s.mu.Lock()
+	ch, ok := s.stun[id]
+	s.mu.Unlock()
+	if !ok {
+		return false
+	}
+	select {
+	case ch <- append([]byte(nil), pkt...):
+	default: // a duplicate response; the first one is enough
+	}
+	return true
+}

@@ -17,6 +17,7 @@ type command struct {
 // own file as a func(args []string) error.
 var commands = []command{
 	// (entries are added here as the commands exist)
+	{"lab", "build NAT lab topologies for manual experiments (root)", runLab},
 }
 
 func usage() {

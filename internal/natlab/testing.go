@@ -3,16 +3,22 @@ package natlab
 import (
 	"context"
 	"log/slog"
+	"os"
 	"strings"
 	"testing"
 	"time"
 )
 
 // Require skips the test with a one-line reason when the lab cannot run
-// here (not root, tools missing).
+// here (not root, tools missing). With REACH_LAB_REQUIRED=1 in the
+// environment (CI sets it) it fails the test instead, so CI cannot pass by
+// skipping the lab.
 func Require(t testing.TB) {
 	t.Helper()
 	if err := Available(); err != nil {
+		if os.Getenv("REACH_LAB_REQUIRED") == "1" {
+			t.Fatalf("lab test cannot run but REACH_LAB_REQUIRED=1: %v", err)
+		}
 		t.Skipf("skipping lab test: %v", err)
 	}
 }

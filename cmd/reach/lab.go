@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/reachp2p/reach/internal/natlab"
+)
+
+const labUsage = `usage:
+  reach lab up KIND_A KIND_B    build a server host and two peers behind the given
+                                kinds, print them, keep them up until Ctrl-C
+  reach lab classify            build every router type, print RFC 4787 mapping and
+                                filtering as observed, tear down
+  reach lab down                remove every lab namespace (leftovers of crashed runs)
+kinds: %s
+Needs root.`
+
+func kindNames() string {
+	var s []string
+	for _, k := range natlab.Kinds() {
+		s = append(s, string(k))
+	}
+	return strings.Join(s, ", ")
+}
+
+func runLab(args []string) error {
+	if len(args) == 0 {
+		return fmt.Errorf(labUsage, kindNames())
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	switch args[0] {
+	case "down":
+		removed, err := natlab.Cleanup(ctx, true)
+		for _, ns := range removed {
+			fmt.Println("removed", ns)
+		}
+		return err
+	case "classify":
+		return labClassify(ctx)
+	case "up":
+		fs := flag.NewFlagSet("lab up", flag.ContinueOnError)
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 2 {
+			return fmt.Errorf(labUsage, kindNames())
+		}
+		return labUp(ctx, fs.Arg(0), fs.Arg(1))
+	}
+	return fmt.Errorf(labUsage, kindNames())
+}
+
+func labUp(ctx context.Context, a, b string) error {
+	ka, err := natlab.ParseKind(a)
+	if err != nil {
+		return err
+	}
+	kb, err := natlab.ParseKind(b)
+	if err != nil {
+		return err
+	}
+	lab, err := natlab.New(ctx, natlab.Config{})
+	if err != nil {
+		return err
+	}
+	defer lab.Close()
+	srv, err := lab.AddPublicHost(ctx, "server")
+	if err != nil {
+		return err
+	}
+	if _, err := lab.AddSite(ctx, "peera", ka); err != nil {
+		return err
+	}
+	if _, err := lab.AddSite(ctx, "peerb", kb); err != nil {
+		return err
+	}
+	fmt.Print(lab.Describe())
+	fmt.Printf("\ntry:\n  ip netns exec %s go run ./cmd/reach server --listen %s\n", srv.Namespace(), srv.Addr())
+	fmt.Printf("  ip netns exec %speera bash\n", natlab.Prefix+lab.ID()+"-")
+	fmt.Println("\nlab is up; Ctrl-C tears it down")
+	<-ctx.Done()
+	return nil
+}
+
+func labClassify(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	lab, err := natlab.New(ctx, natlab.Config{})
+	if err != nil {
+		return err
+	}
+	defer lab.Close()
+	var pubs [3]*natlab.Host
+	for i := range pubs {
+		if pubs[i], err = lab.AddPublicHost(ctx, fmt.Sprintf("pub%d", i)); err != nil {
+			return err
+		}
+	}
+	var errs []error
+	for i, k := range natlab.Kinds()[1:] {
+		site, err := lab.AddSite(ctx, fmt.Sprintf("h%d", i), k)
+		if err != nil {
+			return err
+		}
+		c, err := natlab.Classify(site.Host, pubs[0], pubs[1], pubs[2])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", k, err))
+			continue
+		}
+		fmt.Printf("%-16s %s\n", k, c)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,401 @@
+package rendezvous
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/reachp2p/reach/identity"
+)
+
+// ClientConfig configures a Client. Key and Servers are required; every
+// other zero value is usable.
+type ClientConfig struct {
+	// Key is the node's identity; the server registers its peer ID.
+	Key *identity.Key
+	// Servers are tried in order; when the current one dies or does not
+	// answer, the client fails over to the next (wrapping around).
+	Servers []ServerAddr
+	// Transport is the node's shared UDP socket. The client dials QUIC
+	// over it so the server observes the node's real NAT mapping; it never
+	// closes it. Nil: TCP only.
+	Transport *quic.Transport
+	// DialTCP opens the TCP connection of the TLS fallback (for example
+	// through a proxy). Nil: a net.Dialer.
+	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
+	// ForceTCP skips UDP even when Transport is set.
+	ForceTCP bool
+	// Candidates returns the node's host and mapped candidates; it is
+	// called for each offer and answer and its result appended to the
+	// caller's. Nil: none are added.
+	Candidates func() []Candidate
+	// Logger receives the client's logs. Nil: discard.
+	Logger *slog.Logger
+	// DialTimeout bounds one connection attempt (QUIC or TCP+TLS, plus
+	// registration) to one server. Zero: 5s.
+	DialTimeout time.Duration
+	// UDPHeadStart is how long the QUIC attempt to a server runs before
+	// the TCP fallback starts in parallel. If TCP registers first, the
+	// client uses it and moves to QUIC if that still succeeds. Zero: 500ms.
+	UDPHeadStart time.Duration
+	// IncomingQueue is the capacity of the Incoming channel; an
+	// introduction arriving when it is full is rejected ("busy"). Zero: 16.
+	IncomingQueue int
+}
+
+func (c ClientConfig) withDefaults() ClientConfig {
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.UDPHeadStart <= 0 {
+		c.UDPHeadStart = 500 * time.Millisecond
+	}
+	if c.IncomingQueue <= 0 {
+		c.IncomingQueue = 16
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.DialTCP == nil {
+		var d net.Dialer
+		c.DialTCP = d.DialContext
+	}
+	return c
+}
+
+// Client keeps a node registered with a rendezvous server and asks it for
+// introductions. It is safe for concurrent use.
+type Client struct {
+	cfg      ClientConfig
+	log      *slog.Logger
+	incoming chan *Introduction
+	ctx      context.Context // cancelled by Close
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	nextReq  atomic.Uint64
+
+	mu       sync.Mutex
+	conn     *clientConn   // current registration; nil while reconnecting
+	changed  chan struct{} // closed and replaced whenever conn changes
+	lastIdx  int           // index in Servers of the latest registration
+	started  bool
+	closed   bool
+	replaced error // set when the server says a newer registration took over
+}
+
+// NewClient checks cfg and makes a Client. Call Start to register.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if cfg.Key == nil {
+		return nil, errors.New("rendezvous: ClientConfig.Key is required")
+	}
+	if len(cfg.Servers) == 0 {
+		return nil, fmt.Errorf("%w: ClientConfig.Servers is empty", ErrNoServer)
+	}
+	for _, sa := range cfg.Servers {
+		if sa.ID.IsZero() || sa.Host == "" || sa.Port == 0 {
+			return nil, fmt.Errorf("%w: incomplete server address %q", ErrBadServerAddr, sa.String())
+		}
+	}
+	cfg = cfg.withDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Client{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		incoming: make(chan *Introduction, cfg.IncomingQueue),
+		ctx:      ctx,
+		cancel:   cancel,
+		changed:  make(chan struct{}),
+	}, nil
+}
+
+// Start registers with the first server that answers, trying them in
+// order, and returns once registered; afterwards the client keeps the
+// registration alive and reconnects (failing over) in the background. If
+// no server answers it returns a *NoServerError (errors.Is ErrNoServer).
+// ctx bounds only the first registration.
+func (c *Client) Start(ctx context.Context) error {
+	c.mu.Lock()
+	switch {
+	case c.closed:
+		c.mu.Unlock()
+		return ErrClosed
+	case c.started:
+		c.mu.Unlock()
+		return errors.New("rendezvous: Start called twice")
+	}
+	c.started = true
+	c.mu.Unlock()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(c.ctx, cancel)
+	defer stop()
+	cc, idx, err := c.dialAny(ctx, 0)
+	if err != nil {
+		if c.ctx.Err() != nil {
+			return ErrClosed
+		}
+		return err
+	}
+	if !c.install(cc, idx) {
+		return ErrClosed
+	}
+	if !c.spawn(c.maintain) {
+		return ErrClosed
+	}
+	return nil
+}
+
+// Close ends the registration, stops the background work, fails pending
+// calls with ErrClosed and closes the Incoming channel.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	cc := c.conn
+	c.conn = nil
+	c.signalLocked()
+	c.mu.Unlock()
+	c.cancel()
+	if cc != nil {
+		cc.fail(ErrClosed)
+	}
+	c.wg.Wait()
+	close(c.incoming)
+	return nil
+}
+
+// Incoming yields the introductions other peers ask for. Answer each with
+// Accept or Reject. It is closed by Close.
+func (c *Client) Incoming() <-chan *Introduction { return c.incoming }
+
+// Observed returns the address the current server sees the node's UDP
+// connection come from (its server-reflexive address), or the zero value
+// when not registered over UDP.
+func (c *Client) Observed() netip.AddrPort {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil {
+		return netip.AddrPort{}
+	}
+	return c.conn.observed
+}
+
+// Current returns the server the client is registered with, or the zero
+// value while it is not registered.
+func (c *Client) Current() ServerAddr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil {
+		return ServerAddr{}
+	}
+	return c.conn.server
+}
+
+// Connect asks the server to introduce the node to peer with offer and
+// returns the peer's answer. The server fills in offer.Peer and adds the
+// node's reflexive address; Candidates() are appended to offer's. It waits
+// for a registration if the client is reconnecting. Errors: a
+// *ConnectError (ErrUnknownPeer, ErrPeerOffline, ErrTimeout, ErrRejected,
+// ErrBusy, ErrBadRequest), ErrServerLost, ErrReplaced, ErrClosed or ctx's.
+func (c *Client) Connect(ctx context.Context, peer identity.PeerID, offer PeerInfo) (PeerInfo, error) {
+	cc, err := c.waitConn(ctx)
+	if err != nil {
+		return PeerInfo{}, err
+	}
+	offer.Candidates = c.withCandidates(offer.Candidates)
+	id := c.nextReq.Add(1)
+	ch := cc.expect(id)
+	if ch == nil {
+		return PeerInfo{}, fmt.Errorf("%w: %v", ErrServerLost, cc.Err())
+	}
+	defer cc.unexpect(id)
+	if err := cc.write(typeConnect, connectBody{ID: id, Target: peer, Offer: offer}); err != nil {
+		return PeerInfo{}, err
+	}
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return PeerInfo{}, r.err
+		}
+		if r.body.Error != "" {
+			return PeerInfo{}, &ConnectError{Peer: peer, Code: r.body.Error, Reason: r.body.Reason}
+		}
+		if r.body.Answer == nil {
+			return PeerInfo{}, &ConnectError{Peer: peer, Code: codeBadRequest, Reason: "RESULT without answer"}
+		}
+		return *r.body.Answer, nil
+	case <-ctx.Done():
+		return PeerInfo{}, ctx.Err()
+	}
+}
+
+func (c *Client) withCandidates(cands []Candidate) []Candidate {
+	if c.cfg.Candidates == nil {
+		return cands
+	}
+	out := append([]Candidate(nil), cands...)
+next:
+	for _, n := range c.cfg.Candidates() {
+		for _, o := range out {
+			if o == n {
+				continue next
+			}
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// waitConn returns the current registration, waiting while reconnecting.
+func (c *Client) waitConn(ctx context.Context) (*clientConn, error) {
+	for {
+		c.mu.Lock()
+		cc, ch, closed, replaced, started := c.conn, c.changed, c.closed, c.replaced, c.started
+		c.mu.Unlock()
+		switch {
+		case closed:
+			return nil, ErrClosed
+		case replaced != nil:
+			return nil, replaced
+		case !started:
+			return nil, errors.New("rendezvous: client not started")
+		case cc != nil:
+			return cc, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", ErrServerLost, ctx.Err())
+		}
+	}
+}
+
+// spawn runs f in a goroutine that Close waits for, unless the client is
+// closed (then it reports false and does not run f).
+func (c *Client) spawn(f func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.wg.Go(f)
+	return true
+}
+
+func (c *Client) signalLocked() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// install makes cc the current registration and starts its goroutines.
+func (c *Client) install(cc *clientConn, idx int) bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		cc.close()
+		return false
+	}
+	old := c.conn
+	c.conn = cc
+	c.lastIdx = idx
+	c.signalLocked()
+	c.wg.Go(cc.readLoop)
+	c.wg.Go(cc.pingLoop)
+	c.mu.Unlock()
+	c.log.Info("registered", "server", cc.server.String(), "proto", cc.proto, "observed", cc.observed)
+	if old != nil {
+		old.fail(errUpgraded)
+	}
+	return true
+}
+
+var errUpgraded = errors.New("rendezvous: moved to a better connection")
+
+// lost is called by a clientConn whose transport died.
+func (c *Client) lost(cc *clientConn, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != cc {
+		return
+	}
+	c.conn = nil
+	if errors.Is(err, ErrReplaced) {
+		c.replaced = err
+		c.log.Error("another connection registered this peer ID; staying offline", "server", cc.server.String())
+	} else {
+		c.log.Warn("lost rendezvous server", "server", cc.server.String(), "err", err)
+	}
+	c.signalLocked()
+}
+
+// maintain reconnects whenever the registration is lost, starting with
+// the server after the one that failed.
+func (c *Client) maintain() {
+	backoff := 250 * time.Millisecond
+	for {
+		c.mu.Lock()
+		cc, ch, replaced, idx := c.conn, c.changed, c.replaced, c.lastIdx
+		c.mu.Unlock()
+		if cc != nil || replaced != nil {
+			select {
+			case <-ch:
+				backoff = 250 * time.Millisecond
+				continue
+			case <-c.ctx.Done():
+				return
+			}
+		}
+		cc, newIdx, err := c.dialAny(c.ctx, (idx+1)%len(c.cfg.Servers))
+		if err == nil {
+			if !c.install(cc, newIdx) {
+				return
+			}
+			continue
+		}
+		if c.ctx.Err() != nil {
+			return
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		c.log.Warn("no rendezvous server answered; retrying", "in", wait, "err", err)
+		select {
+		case <-time.After(wait):
+		case <-c.ctx.Done():
+			return
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// dialAny tries every server once, starting at index start.
+func (c *Client) dialAny(ctx context.Context, start int) (*clientConn, int, error) {
+	n := len(c.cfg.Servers)
+	nse := &NoServerError{}
+	for i := range n {
+		idx := (start + i) % n
+		sa := c.cfg.Servers[idx]
+		cc, err := c.dialServer(ctx, sa)
+		if err == nil {
+			return cc, idx, nil
+		}
+		c.log.Debug("server failed", "server", sa.String(), "err", err)
+		nse.Servers = append(nse.Servers, sa)
+		nse.Errs = append(nse.Errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, 0, nse
+}

@@ -1,0 +1,574 @@
+package rendezvous
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/reachp2p/reach/identity"
+)
+
+// clientConn is one registration with one server over QUIC or TLS.
+type clientConn struct {
+	c                *Client
+	server           ServerAddr
+	proto            string // "udp" or "tcp"
+	rw               io.ReadWriter
+	fr               *frameReader
+	setReadDeadline  func(time.Time) error
+	setWriteDeadline func(time.Time) error
+	closeTransport   func()
+	mapErr           func(error) error // turns transport errors into ours
+
+	observed  netip.AddrPort
+	keepalive time.Duration
+
+	wmu sync.Mutex // serialises writes
+
+	mu      sync.Mutex
+	pending map[uint64]chan result // nil once failed
+	err     error
+	done    chan struct{}
+}
+
+type result struct {
+	body resultBody
+	err  error
+}
+
+const writeTimeout = 10 * time.Second
+
+func newClientConn(c *Client, sa ServerAddr, proto string) *clientConn {
+	return &clientConn{c: c, server: sa, proto: proto, pending: make(map[uint64]chan result), done: make(chan struct{})}
+}
+
+// dialServer registers with sa: QUIC first; TCP+TLS after UDPHeadStart or
+// as soon as QUIC fails. If TCP registers while QUIC is still trying, TCP
+// is returned and QUIC, should it succeed, replaces it later.
+func (c *Client) dialServer(ctx context.Context, sa ServerAddr) (*clientConn, error) {
+	if c.cfg.Transport == nil || c.cfg.ForceTCP {
+		tctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+		defer cancel()
+		return c.dialTCP(tctx, sa)
+	}
+	// The QUIC attempt may outlive this call (to upgrade from TCP), so
+	// it hangs off the client's lifetime and is cancelled explicitly.
+	udpCtx, udpCancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
+	udp := c.startAttempt(udpCtx, func(ctx context.Context) (*clientConn, error) { return c.dialQUIC(ctx, sa) })
+	if udp == nil {
+		udpCancel()
+		return nil, ErrClosed
+	}
+	tcpCtx, tcpCancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	var tcp *attempt
+	var udpErr, tcpErr error
+	head := time.NewTimer(c.cfg.UDPHeadStart)
+	defer head.Stop()
+	startTCP := func() {
+		if tcp == nil {
+			tcp = c.startAttempt(tcpCtx, func(ctx context.Context) (*clientConn, error) { return c.dialTCP(ctx, sa) })
+		}
+	}
+	closeIt := func(r dialResult) {
+		if r.cc != nil {
+			r.cc.close()
+		}
+	}
+	finish := func() { // abandon whatever is still running
+		if udp != nil {
+			udpCancel()
+			udp.fate <- closeIt
+		}
+		if tcp != nil {
+			tcpCancel()
+			tcp.fate <- closeIt
+		}
+	}
+	var tcpRes chan dialResult
+	for {
+		if tcp != nil {
+			tcpRes = tcp.res
+		}
+		var udpRes chan dialResult
+		if udp != nil {
+			udpRes = udp.res
+		}
+		select {
+		case r := <-udpRes:
+			udp = nil
+			udpCancel()
+			if r.err == nil {
+				finish()
+				tcpCancel()
+				return r.cc, nil
+			}
+			udpErr = r.err
+			if errors.Is(r.err, identity.ErrWrongPeer) || errors.Is(r.err, identity.ErrBadCertificate) {
+				finish()
+				tcpCancel()
+				return nil, r.err
+			}
+			if tcpErr != nil {
+				tcpCancel()
+				return nil, fmt.Errorf("udp: %w; tcp: %w", udpErr, tcpErr)
+			}
+			startTCP()
+			if tcp == nil {
+				tcpCancel()
+				return nil, ErrClosed
+			}
+		case <-head.C:
+			startTCP()
+			if tcp == nil {
+				finish()
+				tcpCancel()
+				return nil, ErrClosed
+			}
+		case r := <-tcpRes:
+			tcp, tcpRes = nil, nil
+			tcpCancel()
+			if r.err == nil {
+				if udp != nil { // keep trying QUIC; move over if it works
+					tcpCC := r.cc
+					udp.fate <- func(u dialResult) {
+						udpCancel()
+						if u.err != nil {
+							c.log.Debug("staying on TCP: QUIC failed", "server", sa.String(), "err", u.err)
+							return
+						}
+						c.upgrade(tcpCC, u.cc)
+					}
+				}
+				return r.cc, nil
+			}
+			tcpErr = r.err
+			if udp == nil {
+				return nil, fmt.Errorf("udp: %w; tcp: %w", udpErr, tcpErr)
+			}
+			if isRefused(r.err) {
+				// Nothing listens on the TCP port: the server is most
+				// likely down, so give QUIC only a short grace.
+				t := time.AfterFunc(time.Second, udpCancel)
+				defer t.Stop()
+			}
+		case <-ctx.Done():
+			finish()
+			tcpCancel()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+type dialResult struct {
+	cc  *clientConn
+	err error
+}
+
+// attempt is one dial running in a goroutine. Its outcome goes to res if
+// the dialler still listens, or to the function sent on fate otherwise.
+type attempt struct {
+	res  chan dialResult
+	fate chan func(dialResult)
+}
+
+func (c *Client) startAttempt(ctx context.Context, dial func(context.Context) (*clientConn, error)) *attempt {
+	a := &attempt{res: make(chan dialResult), fate: make(chan func(dialResult), 1)}
+	ok := c.spawn(func() {
+		cc, err := dial(ctx)
+		r := dialResult{cc, err}
+		select {
+		case a.res <- r:
+		case f := <-a.fate:
+			f(r)
+		}
+	})
+	if !ok {
+		return nil
+	}
+	return a
+}
+
+// upgrade replaces the TCP registration old with the QUIC one nu, if old
+// is still current.
+func (c *Client) upgrade(old, nu *clientConn) {
+	c.mu.Lock()
+	current := c.conn == old && !c.closed
+	c.mu.Unlock()
+	if !current {
+		nu.close()
+		return
+	}
+	c.log.Info("moving rendezvous registration from TCP to QUIC", "server", nu.server.String())
+	c.install(nu, c.lastIdxOf(nu.server))
+}
+
+func (c *Client) lastIdxOf(sa ServerAddr) int {
+	for i, s := range c.cfg.Servers {
+		if s == sa {
+			return i
+		}
+	}
+	return 0
+}
+
+func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+// resolveUDP picks the server address to dial from the shared socket: an
+// address of the socket's family, IPv4 first on a dual-stack socket.
+func (c *Client) resolveUDP(ctx context.Context, sa ServerAddr) (netip.AddrPort, error) {
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", sa.Host)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	local := addrPortOf(c.cfg.Transport.Conn.LocalAddr()).Addr()
+	var pick netip.Addr
+	for _, ip := range ips {
+		ip = ip.Unmap()
+		switch {
+		case local.Is4() && !ip.Is4(), local.Is6() && !local.IsUnspecified() && !ip.Is6():
+			continue
+		case ip.Is4():
+			return netip.AddrPortFrom(ip, sa.Port), nil
+		case !pick.IsValid():
+			pick = ip
+		}
+	}
+	if !pick.IsValid() {
+		return netip.AddrPort{}, fmt.Errorf("no address of %s suits the local socket %v", sa.Host, local)
+	}
+	return netip.AddrPortFrom(pick, sa.Port), nil
+}
+
+func (c *Client) dialQUIC(ctx context.Context, sa ServerAddr) (*clientConn, error) {
+	addr, err := c.resolveUDP(ctx, sa)
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg, pin, err := identity.ClientTLSConfig(c.cfg.Key, sa.ID, ALPN)
+	if err != nil {
+		return nil, err
+	}
+	qc, err := c.cfg.Transport.Dial(ctx, net.UDPAddrFromAddrPort(addr), tlsCfg, &quic.Config{
+		HandshakeIdleTimeout:  c.cfg.DialTimeout,
+		MaxIdleTimeout:        time.Minute, // the server's (shorter) one applies
+		MaxIncomingStreams:    -1,
+		MaxIncomingUniStreams: -1,
+	})
+	if err != nil {
+		if perr := pin.Err(); perr != nil {
+			return nil, perr
+		}
+		return nil, err
+	}
+	st, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		qc.CloseWithError(quicCodeNoError, "")
+		return nil, err
+	}
+	cc := newClientConn(c, sa, "udp")
+	cc.rw = st
+	cc.setReadDeadline = st.SetReadDeadline
+	cc.setWriteDeadline = st.SetWriteDeadline
+	cc.closeTransport = func() {
+		st.Close()
+		qc.CloseWithError(quicCodeNoError, "")
+	}
+	cc.mapErr = func(err error) error {
+		var ae *quic.ApplicationError
+		if errors.As(err, &ae) && ae.Remote && ae.ErrorMessage != "" {
+			return &ProtocolError{Code: ae.ErrorMessage, Reason: "server closed the connection"}
+		}
+		return err
+	}
+	if err := cc.register(ctx); err != nil {
+		cc.closeTransport()
+		return nil, err
+	}
+	return cc, nil
+}
+
+func (c *Client) dialTCP(ctx context.Context, sa ServerAddr) (*clientConn, error) {
+	tlsCfg, pin, err := identity.ClientTLSConfig(c.cfg.Key, sa.ID, ALPN)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := c.cfg.DialTCP(ctx, "tcp", sa.TCPHostPort())
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(raw, tlsCfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		if perr := pin.Err(); perr != nil {
+			return nil, perr
+		}
+		return nil, err
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != ALPN {
+		raw.Close()
+		return nil, fmt.Errorf("%w: server did not agree to ALPN %s (got %q)", ErrProtocol, ALPN, p)
+	}
+	cc := newClientConn(c, sa, "tcp")
+	cc.rw = tc
+	cc.setReadDeadline = tc.SetReadDeadline
+	cc.setWriteDeadline = tc.SetWriteDeadline
+	cc.closeTransport = func() { tc.Close() }
+	cc.mapErr = func(err error) error { return err }
+	if err := cc.register(ctx); err != nil {
+		tc.Close()
+		return nil, err
+	}
+	return cc, nil
+}
+
+// register sends REGISTER and waits for REGISTERED.
+func (cc *clientConn) register(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() {
+		cc.setReadDeadline(time.Now())
+		cc.setWriteDeadline(time.Now())
+	})
+	defer stop()
+	if dl, ok := ctx.Deadline(); ok {
+		cc.setReadDeadline(dl)
+		cc.setWriteDeadline(dl)
+	}
+	b, _ := appendFrame(nil, typeRegister, registerBody{Agent: "reach"})
+	if _, err := cc.rw.Write(b); err != nil {
+		return cc.mapErr(err)
+	}
+	cc.fr = newFrameReader(cc.rw, maxFrameBody)
+	for {
+		t, body, err := cc.fr.next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return cc.mapErr(err)
+		}
+		switch t {
+		case typeRegistered:
+			var rb registeredBody
+			if err := decodeBody(t, body, &rb); err != nil {
+				return err
+			}
+			if rb.Peer != cc.c.cfg.Key.ID() {
+				return &ProtocolError{Code: codeBadBody, Reason: "server registered a different peer ID"}
+			}
+			cc.observed = netip.AddrPortFrom(rb.Observed.Addr().Unmap(), rb.Observed.Port())
+			cc.keepalive = max(time.Duration(rb.KeepaliveMS)*time.Millisecond, 100*time.Millisecond)
+			if rb.KeepaliveMS == 0 {
+				cc.keepalive = 10 * time.Second
+			}
+			cc.setReadDeadline(time.Time{})
+			cc.setWriteDeadline(time.Time{})
+			return nil
+		case typeError:
+			var eb errorBody
+			decodeBody(t, body, &eb)
+			return &ProtocolError{Code: eb.Code, Reason: eb.Reason}
+		case typePing, typePong:
+		default:
+			return &ProtocolError{Code: codeUnexpected, Reason: t.String() + " before REGISTERED"}
+		}
+	}
+}
+
+// readLoop handles frames from the server until the connection dies.
+func (cc *clientConn) readLoop() {
+	err := cc.readFrames()
+	cc.fail(err)
+	cc.c.lost(cc, err)
+}
+
+func (cc *clientConn) readFrames() error {
+	for {
+		cc.setReadDeadline(time.Now().Add(3 * cc.keepalive))
+		t, body, err := cc.fr.next()
+		if err != nil {
+			if e := cc.Err(); e != nil {
+				return e
+			}
+			var pe *ProtocolError
+			if errors.As(err, &pe) {
+				cc.write(typeError, errorBody{Code: pe.Code, Reason: pe.Reason})
+			}
+			return cc.mapErr(err)
+		}
+		switch t {
+		case typeResult:
+			var rb resultBody
+			if err := decodeBody(t, body, &rb); err != nil {
+				return err
+			}
+			cc.deliver(rb)
+		case typeIntro:
+			var ib introBody
+			if err := decodeBody(t, body, &ib); err != nil {
+				return err
+			}
+			in := &Introduction{Offer: ib.Offer, cc: cc, id: ib.ID}
+			select {
+			case cc.c.incoming <- in:
+			default:
+				cc.c.log.Warn("incoming queue full; rejecting introduction", "from", ib.Offer.Peer.Short())
+				cc.write(typeReject, rejectBody{ID: ib.ID, Reason: "busy"})
+			}
+		case typePing:
+			var p pingBody
+			decodeBody(t, body, &p)
+			cc.write(typePong, p)
+		case typePong:
+		case typeError:
+			var eb errorBody
+			decodeBody(t, body, &eb)
+			return &ProtocolError{Code: eb.Code, Reason: eb.Reason}
+		default:
+			return &ProtocolError{Code: codeUnexpected, Reason: t.String() + " is not sent by servers"}
+		}
+	}
+}
+
+func (cc *clientConn) pingLoop() {
+	t := time.NewTicker(cc.keepalive)
+	defer t.Stop()
+	var seq uint64
+	for {
+		select {
+		case <-t.C:
+			seq++
+			if cc.write(typePing, pingBody{Seq: seq}) != nil {
+				return
+			}
+		case <-cc.done:
+			return
+		}
+	}
+}
+
+// write sends one frame; a failure kills the connection.
+func (cc *clientConn) write(t msgType, body any) error {
+	b, err := appendFrame(nil, t, body)
+	if err != nil {
+		return err
+	}
+	cc.wmu.Lock()
+	defer cc.wmu.Unlock()
+	if err := cc.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrServerLost, err)
+	}
+	cc.setWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := cc.rw.Write(b); err != nil {
+		err = cc.mapErr(err)
+		cc.fail(err)
+		return fmt.Errorf("%w: %w", ErrServerLost, err)
+	}
+	return nil
+}
+
+// fail closes the connection (once) and fails pending requests.
+func (cc *clientConn) fail(err error) {
+	cc.mu.Lock()
+	if cc.pending == nil {
+		cc.mu.Unlock()
+		return
+	}
+	if err == nil {
+		err = io.EOF
+	}
+	pending := cc.pending
+	cc.pending = nil
+	cc.err = err
+	close(cc.done)
+	cc.mu.Unlock()
+	cc.closeTransport()
+	lost := err
+	if !errors.Is(err, ErrClosed) && !errors.Is(err, ErrReplaced) {
+		lost = fmt.Errorf("%w: %w", ErrServerLost, err)
+	}
+	for _, ch := range pending {
+		ch <- result{err: lost}
+	}
+}
+
+// close shuts a connection that was never installed.
+func (cc *clientConn) close() { cc.fail(ErrClosed) }
+
+// Err returns why the connection failed, or nil while it is up.
+func (cc *clientConn) Err() error {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return cc.err
+}
+
+func (cc *clientConn) expect(id uint64) chan result {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.pending == nil {
+		return nil
+	}
+	ch := make(chan result, 1)
+	cc.pending[id] = ch
+	return ch
+}
+
+func (cc *clientConn) unexpect(id uint64) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	delete(cc.pending, id)
+}
+
+func (cc *clientConn) deliver(rb resultBody) {
+	cc.mu.Lock()
+	ch := cc.pending[rb.ID]
+	delete(cc.pending, rb.ID)
+	cc.mu.Unlock()
+	if ch != nil {
+		ch <- result{body: rb}
+	}
+}
+
+// Introduction is another peer's request to connect, from Incoming.
+type Introduction struct {
+	// Offer is the dialler's offer; Offer.Peer is its authenticated ID.
+	Offer    PeerInfo
+	cc       *clientConn
+	id       uint64
+	answered atomic.Bool
+}
+
+// Accept sends answer to the dialler. The client appends its Candidates();
+// a zero Attempt and a nil PunchKey are filled from the offer. It returns
+// ErrAnswered on a second call, or an error wrapping ErrServerLost if the
+// connection the introduction came on is gone.
+func (in *Introduction) Accept(answer PeerInfo) error {
+	if !in.answered.CompareAndSwap(false, true) {
+		return ErrAnswered
+	}
+	answer.Candidates = in.cc.c.withCandidates(answer.Candidates)
+	if answer.Attempt == 0 {
+		answer.Attempt = in.Offer.Attempt
+	}
+	if answer.PunchKey == nil {
+		answer.PunchKey = in.Offer.PunchKey
+	}
+	return in.cc.write(typeAnswer, answerBody{ID: in.id, Answer: answer})
+}
+
+// Reject refuses the introduction; the dialler's Connect returns a
+// *ConnectError with ErrRejected and reason (at most 256 bytes are kept).
+func (in *Introduction) Reject(reason string) error {
+	if !in.answered.CompareAndSwap(false, true) {
+		return ErrAnswered
+	}
+	return in.cc.write(typeReject, rejectBody{ID: in.id, Reason: reason})
+}

@@ -1,0 +1,190 @@
+package rendezvous
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+
+	"github.com/reachp2p/reach/identity"
+)
+
+// Wire format of the signalling stream (docs/protocol.md, "Rendezvous").
+// Every frame is
+//
+//	version (1 byte) | type (1 byte) | body length (2 bytes, big endian) | body
+//
+// and the body is a JSON object (an empty body means {}).
+const (
+	frameVersion = 1
+	headerLen    = 4
+	maxFrameBody = 0xffff
+)
+
+type msgType byte
+
+// Frame types. 0x01-0x7f must be understood (an unknown one is a protocol
+// error); 0x80-0xff are extensions a receiver that does not know them skips.
+const (
+	typeRegister   msgType = 0x01 // client → server, first frame
+	typeRegistered msgType = 0x02 // server → client
+	typeConnect    msgType = 0x03 // dialler → server
+	typeIntro      msgType = 0x04 // server → target
+	typeAnswer     msgType = 0x05 // target → server
+	typeReject     msgType = 0x06 // target → server
+	typeResult     msgType = 0x07 // server → dialler
+	typePing       msgType = 0x08 // either way
+	typePong       msgType = 0x09 // either way
+	typeError      msgType = 0x0a // either way, then close
+
+	firstExtensionType msgType = 0x80
+)
+
+func (t msgType) String() string {
+	names := [...]string{"", "REGISTER", "REGISTERED", "CONNECT", "INTRO", "ANSWER", "REJECT", "RESULT", "PING", "PONG", "ERROR"}
+	if int(t) < len(names) && t != 0 {
+		return names[t]
+	}
+	return fmt.Sprintf("type 0x%02x", byte(t))
+}
+
+// Error codes of ERROR frames (connection-fatal) and RESULT frames
+// (per-introduction).
+const (
+	codeBadVersion    = "bad_version"
+	codeFrameTooLarge = "frame_too_large"
+	codeUnknownType   = "unknown_type"
+	codeUnexpected    = "unexpected_type"
+	codeBadBody       = "bad_body"
+	codeReplaced      = "replaced"
+	codeBusy          = "busy"
+	codeShutdown      = "shutdown"
+	codeSlow          = "slow_reader"
+
+	codeUnknownPeer = "unknown_peer"
+	codePeerOffline = "peer_offline"
+	codeTimeout     = "timeout"
+	codeRejected    = "rejected"
+	codeBadRequest  = "bad_request"
+)
+
+// Frame bodies.
+type (
+	registerBody struct {
+		Agent string `json:"agent,omitempty"`
+	}
+	registeredBody struct {
+		Peer        identity.PeerID `json:"peer"`
+		Observed    netip.AddrPort  `json:"observed,omitzero"`
+		KeepaliveMS int64           `json:"keepalive_ms,omitempty"`
+		MaxFrame    int             `json:"max_frame,omitempty"`
+	}
+	connectBody struct {
+		ID     uint64          `json:"id"`
+		Target identity.PeerID `json:"target"`
+		Offer  PeerInfo        `json:"offer"`
+	}
+	introBody struct {
+		ID    uint64   `json:"id"`
+		Offer PeerInfo `json:"offer"`
+	}
+	answerBody struct {
+		ID     uint64   `json:"id"`
+		Answer PeerInfo `json:"answer"`
+	}
+	rejectBody struct {
+		ID     uint64 `json:"id"`
+		Reason string `json:"reason,omitempty"`
+	}
+	resultBody struct {
+		ID     uint64    `json:"id"`
+		Answer *PeerInfo `json:"answer,omitempty"`
+		Error  string    `json:"error,omitempty"`
+		Reason string    `json:"reason,omitempty"`
+	}
+	pingBody struct {
+		Seq uint64 `json:"seq,omitempty"`
+	}
+	errorBody struct {
+		Code   string `json:"code"`
+		Reason string `json:"reason,omitempty"`
+	}
+)
+
+// appendFrame appends one encoded frame to dst.
+func appendFrame(dst []byte, t msgType, body any) ([]byte, error) {
+	var b []byte
+	if body != nil {
+		var err error
+		if b, err = json.Marshal(body); err != nil {
+			return dst, err
+		}
+	}
+	if len(b) > maxFrameBody {
+		return dst, &ProtocolError{Code: codeFrameTooLarge, Reason: fmt.Sprintf("%s body is %d bytes, limit %d", t, len(b), maxFrameBody)}
+	}
+	dst = append(dst, frameVersion, byte(t), 0, 0)
+	binary.BigEndian.PutUint16(dst[len(dst)-2:], uint16(len(b)))
+	return append(dst, b...), nil
+}
+
+// frameReader reads frames, enforcing the version, a body size limit and
+// the type rules, and skipping unknown extension frames.
+type frameReader struct {
+	r   *bufio.Reader
+	max int // largest body accepted
+	hdr [headerLen]byte
+}
+
+func newFrameReader(r io.Reader, max int) *frameReader {
+	if max <= 0 || max > maxFrameBody {
+		max = maxFrameBody
+	}
+	return &frameReader{r: bufio.NewReaderSize(r, 4096), max: max}
+}
+
+// next returns the next frame this version understands. Its body is valid
+// until the next call. I/O errors are returned as they are; protocol
+// violations as *ProtocolError.
+func (fr *frameReader) next() (msgType, []byte, error) {
+	for {
+		if _, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
+			return 0, nil, err
+		}
+		if fr.hdr[0] != frameVersion {
+			return 0, nil, &ProtocolError{Code: codeBadVersion, Reason: fmt.Sprintf("frame version %d, this side speaks %d", fr.hdr[0], frameVersion)}
+		}
+		t := msgType(fr.hdr[1])
+		n := int(binary.BigEndian.Uint16(fr.hdr[2:]))
+		if n > fr.max {
+			return 0, nil, &ProtocolError{Code: codeFrameTooLarge, Reason: fmt.Sprintf("%s body is %d bytes, limit %d", t, n, fr.max)}
+		}
+		if t >= firstExtensionType {
+			if _, err := fr.r.Discard(n); err != nil {
+				return 0, nil, err
+			}
+			continue
+		}
+		if t == 0 || t > typeError {
+			return 0, nil, &ProtocolError{Code: codeUnknownType, Reason: t.String()}
+		}
+		body := make([]byte, n)
+		if _, err := io.ReadFull(fr.r, body); err != nil {
+			return 0, nil, err
+		}
+		return t, body, nil
+	}
+}
+
+// decodeBody parses a frame body into v. An empty body leaves v as it is.
+func decodeBody(t msgType, b []byte, v any) error {
+	if len(b) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return &ProtocolError{Code: codeBadBody, Reason: fmt.Sprintf("%s: %v", t, err)}
+	}
+	return nil
+}

@@ -1,0 +1,442 @@
+package rendezvous
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/stun/v3"
+	"github.com/quic-go/quic-go"
+
+	"github.com/reachp2p/reach/identity"
+)
+
+// ServerConfig configures a Server. Every zero value is usable.
+type ServerConfig struct {
+	// Key is the server's identity, pinned by its connect string.
+	// Nil: a fresh random key (the connect string changes every run).
+	Key *identity.Key
+	// Logger receives the server's logs. Nil: discard.
+	Logger *slog.Logger
+	// MaxPeers is how many peers may be registered at once; a registration
+	// beyond it is refused with an ERROR "busy". Zero: 100000.
+	MaxPeers int
+	// MaxFrameSize is the largest frame body accepted from a client, in
+	// bytes; a larger frame is a protocol error (frame_too_large). Zero:
+	// 16384. Values above 65535 (the format's limit) are lowered to it.
+	MaxFrameSize int
+	// MaxCandidates is the most candidates an offer or answer may carry.
+	// Zero: 32.
+	MaxCandidates int
+	// MaxPendingIntros is how many introductions one dialler may have
+	// waiting for an answer at once; more are refused with ErrBusy.
+	// Zero: 16.
+	MaxPendingIntros int
+	// IntroTimeout bounds how long the target of an introduction has to
+	// answer before the dialler gets ErrTimeout. Zero: 10s.
+	IntroTimeout time.Duration
+	// IdleTimeout is how long a registered connection may stay silent
+	// before the server drops it (QUIC idle timeout; TCP read deadline).
+	// Clients are told to ping at a third of it. Zero: 30s.
+	IdleTimeout time.Duration
+	// HandshakeTimeout bounds a new connection's TLS handshake and its
+	// REGISTER frame. Zero: 10s.
+	HandshakeTimeout time.Duration
+	// RememberOffline is how long a peer that disconnected is reported as
+	// offline (ErrPeerOffline) rather than unknown (ErrUnknownPeer), and at
+	// most 4×MaxPeers such peers are remembered. Zero: 24h.
+	RememberOffline time.Duration
+}
+
+func (c ServerConfig) withDefaults() ServerConfig {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	defD := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&c.MaxPeers, 100000)
+	def(&c.MaxFrameSize, 16384)
+	c.MaxFrameSize = min(c.MaxFrameSize, maxFrameBody)
+	def(&c.MaxCandidates, 32)
+	def(&c.MaxPendingIntros, 16)
+	defD(&c.IntroTimeout, 10*time.Second)
+	defD(&c.IdleTimeout, 30*time.Second)
+	defD(&c.HandshakeTimeout, 10*time.Second)
+	defD(&c.RememberOffline, 24*time.Hour)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// maxPunchKey is the largest PunchKey the server forwards.
+const maxPunchKey = 64
+
+// Stats are a server's counters.
+type Stats struct {
+	Peers            int    // registered now
+	Registrations    uint64 // successful registrations since start
+	Replaced         uint64 // registrations that replaced an older one
+	Introductions    uint64 // introductions forwarded to a target
+	STUNRequests     uint64 // STUN binding requests answered
+	DroppedPackets   uint64 // non-QUIC datagrams that were not valid STUN binding requests
+	ProtocolErrors   uint64 // connections closed for breaking the protocol
+	FailedHandshakes uint64 // TLS/QUIC handshakes that failed or timed out
+}
+
+// Server is a rendezvous server: registry, introductions and STUN.
+// Create it with NewServer and run it with Serve.
+type Server struct {
+	cfg    ServerConfig
+	key    *identity.Key
+	log    *slog.Logger
+	tlsCfg *tls.Config
+
+	mu        sync.Mutex
+	peers     map[identity.PeerID]*session
+	seen      map[identity.PeerID]time.Time // when each peer was last registered
+	intros    map[uint64]*pendingIntro
+	nextIntro uint64
+	serving   bool
+
+	nRegistrations, nReplaced, nIntros, nSTUN, nDropped, nProtoErr, nHandshakeFail atomic.Uint64
+}
+
+// NewServer checks cfg and makes a Server.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	cfg = cfg.withDefaults()
+	key := cfg.Key
+	if key == nil {
+		var err error
+		if key, err = identity.GenerateKey(); err != nil {
+			return nil, err
+		}
+	}
+	tlsCfg, err := identity.ServerTLSConfig(key, ALPN)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{
+		cfg:    cfg,
+		key:    key,
+		log:    cfg.Logger,
+		tlsCfg: tlsCfg,
+		peers:  make(map[identity.PeerID]*session),
+		seen:   make(map[identity.PeerID]time.Time),
+		intros: make(map[uint64]*pendingIntro),
+	}, nil
+}
+
+// ID returns the server's peer ID (the one its connect string pins).
+func (s *Server) ID() identity.PeerID { return s.key.ID() }
+
+// Stats returns a snapshot of the server's counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	n := len(s.peers)
+	s.mu.Unlock()
+	return Stats{
+		Peers:            n,
+		Registrations:    s.nRegistrations.Load(),
+		Replaced:         s.nReplaced.Load(),
+		Introductions:    s.nIntros.Load(),
+		STUNRequests:     s.nSTUN.Load(),
+		DroppedPackets:   s.nDropped.Load(),
+		ProtocolErrors:   s.nProtoErr.Load(),
+		FailedHandshakes: s.nHandshakeFail.Load(),
+	}
+}
+
+// Serve runs the server on udp (QUIC signalling and STUN on the same port)
+// and tcp (TLS signalling, for networks that block UDP); either may be nil,
+// not both. It takes ownership of both and closes them when it returns.
+// It returns nil once ctx is cancelled and every connection is closed, or
+// the error that stopped a listener. Serve may be called only once.
+func (s *Server) Serve(ctx context.Context, udp *net.UDPConn, tcp net.Listener) error {
+	if udp == nil && tcp == nil {
+		return errors.New("rendezvous: Serve needs a UDP socket or a TCP listener")
+	}
+	s.mu.Lock()
+	if s.serving {
+		s.mu.Unlock()
+		return errors.New("rendezvous: Serve called twice")
+	}
+	s.serving = true
+	s.mu.Unlock()
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup // every goroutine Serve starts, transitively
+
+	var tr *quic.Transport
+	if udp != nil {
+		tr = &quic.Transport{Conn: udp}
+		qcfg := &quic.Config{
+			HandshakeIdleTimeout:           s.cfg.HandshakeTimeout,
+			MaxIdleTimeout:                 s.cfg.IdleTimeout,
+			MaxIncomingStreams:             1,
+			MaxIncomingUniStreams:          -1,
+			InitialStreamReceiveWindow:     64 << 10,
+			MaxStreamReceiveWindow:         256 << 10,
+			InitialConnectionReceiveWindow: 64 << 10,
+			MaxConnectionReceiveWindow:     256 << 10,
+		}
+		ln, err := tr.Listen(s.tlsCfg, qcfg)
+		if err != nil {
+			tr.Close()
+			udp.Close()
+			if tcp != nil {
+				tcp.Close()
+			}
+			return fmt.Errorf("rendezvous: quic listen: %w", err)
+		}
+		s.log.Info("rendezvous serving UDP (QUIC + STUN)", "addr", udp.LocalAddr().String(), "id", s.ID().String())
+		wg.Go(func() { s.serveSTUN(ctx, tr) })
+		wg.Go(func() {
+			defer ln.Close()
+			for {
+				conn, err := ln.Accept(ctx)
+				if err != nil {
+					if ctx.Err() == nil {
+						cancel(fmt.Errorf("rendezvous: quic accept: %w", err))
+					}
+					return
+				}
+				wg.Go(func() { s.handleQUIC(ctx, conn) })
+			}
+		})
+	}
+	if tcp != nil {
+		s.log.Info("rendezvous serving TCP (TLS)", "addr", tcp.Addr().String(), "id", s.ID().String())
+		stop := context.AfterFunc(ctx, func() { tcp.Close() })
+		defer stop()
+		wg.Go(func() {
+			for {
+				c, err := tcp.Accept()
+				if err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					if !errors.Is(err, net.ErrClosed) {
+						// Transient (out of file descriptors, aborted
+						// connection): back off and keep serving.
+						s.log.Warn("tcp accept", "err", err)
+						select {
+						case <-time.After(50 * time.Millisecond):
+						case <-ctx.Done():
+						}
+						continue
+					}
+					cancel(fmt.Errorf("rendezvous: tcp accept: %w", err))
+					return
+				}
+				wg.Go(func() { s.handleTCP(ctx, c) })
+			}
+		})
+	}
+
+	<-ctx.Done()
+	if tcp != nil {
+		tcp.Close()
+	}
+	// Sessions close themselves on ctx (with an ERROR "shutdown"); wait
+	// for them before the transport goes, so their last frames get out.
+	wg.Wait()
+	if tr != nil {
+		tr.Close()
+		udp.Close()
+	}
+	s.log.Info("rendezvous stopped")
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return nil
+}
+
+// handleQUIC runs one QUIC signalling connection: its single bidirectional
+// stream carries the frames.
+func (s *Server) handleQUIC(ctx context.Context, conn *quic.Conn) {
+	id, err := identity.PeerIDFromState(conn.ConnectionState().TLS)
+	if err != nil {
+		s.nHandshakeFail.Add(1)
+		conn.CloseWithError(quicCodeProtocol, codeBadBody)
+		return
+	}
+	actx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	st, err := conn.AcceptStream(actx)
+	cancel()
+	if err != nil {
+		s.nHandshakeFail.Add(1)
+		conn.CloseWithError(quicCodeNoError, "")
+		return
+	}
+	remote := func() netip.AddrPort { return addrPortOf(conn.RemoteAddr()) }
+	sess := &session{
+		srv:      s,
+		peer:     id,
+		proto:    "udp",
+		observed: remote,
+		rw:       st,
+		setReadDeadline: func(t time.Time) error {
+			return st.SetReadDeadline(t)
+		},
+		setWriteDeadline: st.SetWriteDeadline,
+		closeConn: func(pe *ProtocolError) {
+			st.Close()
+			if pe != nil {
+				conn.CloseWithError(quicCodeFor(pe), pe.Code)
+			} else {
+				conn.CloseWithError(quicCodeNoError, "")
+			}
+		},
+	}
+	sess.run(ctx)
+}
+
+// handleTCP runs one TLS-over-TCP signalling connection.
+func (s *Server) handleTCP(ctx context.Context, c net.Conn) {
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	tc := tls.Server(c, s.tlsCfg)
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if !stop() {
+		c.Close()
+		return
+	}
+	if err != nil {
+		s.nHandshakeFail.Add(1)
+		s.log.Debug("tls handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+		c.Close()
+		return
+	}
+	cs := tc.ConnectionState()
+	if cs.NegotiatedProtocol != ALPN {
+		s.nHandshakeFail.Add(1)
+		s.log.Debug("tls client without ALPN "+ALPN, "remote", c.RemoteAddr().String(), "alpn", cs.NegotiatedProtocol)
+		c.Close()
+		return
+	}
+	id, err := identity.PeerIDFromState(cs)
+	if err != nil {
+		s.nHandshakeFail.Add(1)
+		c.Close()
+		return
+	}
+	sess := &session{
+		srv:              s,
+		peer:             id,
+		proto:            "tcp",
+		observed:         func() netip.AddrPort { return netip.AddrPort{} },
+		rw:               tc,
+		setReadDeadline:  tc.SetReadDeadline,
+		setWriteDeadline: tc.SetWriteDeadline,
+		closeConn:        func(*ProtocolError) { tc.Close() },
+	}
+	sess.run(ctx)
+}
+
+// QUIC application error codes on CONNECTION_CLOSE; the reason phrase is
+// the ERROR frame's code.
+const (
+	quicCodeNoError  quic.ApplicationErrorCode = 0
+	quicCodeProtocol quic.ApplicationErrorCode = 1
+)
+
+func quicCodeFor(pe *ProtocolError) quic.ApplicationErrorCode {
+	switch pe.Code {
+	case codeReplaced, codeShutdown, codeBusy:
+		return quicCodeNoError
+	}
+	return quicCodeProtocol
+}
+
+// addrPortOf returns a socket address as an AddrPort with any IPv4-mapped
+// IPv6 address unmapped.
+func addrPortOf(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		ap = a.AddrPort()
+	case *net.TCPAddr:
+		ap = a.AddrPort()
+	default:
+		if a == nil {
+			return ap
+		}
+		ap, _ = netip.ParseAddrPort(a.String())
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
+}
+
+// serveSTUN answers STUN binding requests arriving on the QUIC socket and
+// counts and drops every other non-QUIC datagram.
+func (s *Server) serveSTUN(ctx context.Context, tr *quic.Transport) {
+	buf := make([]byte, 2048)
+	for {
+		n, from, err := tr.ReadNonQUICPacket(ctx, buf)
+		if err != nil {
+			return
+		}
+		if resp := s.stunResponse(buf[:n], from); resp != nil {
+			if _, err := tr.WriteTo(resp, from); err != nil {
+				s.log.Debug("stun reply", "to", from.String(), "err", err)
+			}
+		}
+	}
+}
+
+// stunResponse returns the reply to one datagram, or nil to drop it.
+func (s *Server) stunResponse(pkt []byte, from net.Addr) []byte {
+	drop := func(why string) []byte {
+		s.nDropped.Add(1)
+		s.log.Debug("dropped non-QUIC datagram", "from", from.String(), "len", len(pkt), "why", why)
+		return nil
+	}
+	if !stun.IsMessage(pkt) {
+		return drop("not STUN")
+	}
+	req := &stun.Message{Raw: append([]byte(nil), pkt...)}
+	if err := req.Decode(); err != nil {
+		return drop("malformed STUN: " + err.Error())
+	}
+	if req.Type != stun.BindingRequest {
+		return drop("STUN " + req.Type.String())
+	}
+	if req.Contains(stun.AttrFingerprint) {
+		if err := stun.Fingerprint.Check(req); err != nil {
+			return drop("bad STUN fingerprint")
+		}
+	}
+	ap := addrPortOf(from)
+	if !ap.IsValid() {
+		return drop("no source address")
+	}
+	resp, err := stun.Build(
+		stun.NewTransactionIDSetter(req.TransactionID),
+		stun.BindingSuccess,
+		&stun.XORMappedAddress{IP: ap.Addr().AsSlice(), Port: int(ap.Port())},
+		stun.NewSoftware("reach"),
+		stun.Fingerprint,
+	)
+	if err != nil {
+		return drop("build reply: " + err.Error())
+	}
+	s.nSTUN.Add(1)
+	return resp.Raw
+}
+
+var _ io.ReadWriter = (*quic.Stream)(nil)

@@ -1,0 +1,389 @@
+package rendezvous
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/reachp2p/reach/identity"
+)
+
+// session is one authenticated signalling connection on the server, QUIC
+// or TLS. Its reader runs in run; a writer goroutine drains out.
+type session struct {
+	srv              *Server
+	peer             identity.PeerID
+	proto            string                // "udp" or "tcp"
+	observed         func() netip.AddrPort // the peer's UDP address as seen here; invalid on TCP
+	rw               io.ReadWriter
+	setReadDeadline  func(time.Time) error
+	setWriteDeadline func(time.Time) error
+	closeConn        func(*ProtocolError) // closes the transport; nil: no error
+
+	log       *slog.Logger
+	out       chan []byte
+	done      chan struct{} // closed by closeWith
+	closeOnce sync.Once
+	final     *ProtocolError // written before done is closed
+
+	// Guarded by srv.mu.
+	intros  map[uint64]*pendingIntro // introductions this session is part of
+	pending int                      // of those, how many it dialled
+}
+
+// pendingIntro is an introduction waiting for the target's answer.
+type pendingIntro struct {
+	id       uint64 // server-assigned, the INTRO/ANSWER id
+	reqID    uint64 // the dialler's CONNECT id
+	from, to *session
+	timer    *time.Timer
+}
+
+// errClientError: the client sent an ERROR frame; close without replying.
+var errClientError = errors.New("client sent ERROR")
+
+const sendQueueLen = 64
+
+func (ss *session) run(ctx context.Context) {
+	s := ss.srv
+	ss.log = s.log.With("peer", ss.peer.Short(), "proto", ss.proto)
+	ss.out = make(chan []byte, sendQueueLen)
+	ss.done = make(chan struct{})
+	ss.intros = make(map[uint64]*pendingIntro)
+	stop := context.AfterFunc(ctx, func() {
+		ss.closeWith(&ProtocolError{Code: codeShutdown, Reason: "server shutting down"})
+	})
+	defer stop()
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		ss.writeLoop()
+	}()
+
+	fr := newFrameReader(ss.rw, s.cfg.MaxFrameSize)
+	err := ss.readRegister(fr)
+	if err == nil {
+		err = s.register(ss)
+	}
+	if err == nil {
+		err = ss.readLoop(fr)
+	}
+	var pe *ProtocolError
+	switch {
+	case errors.As(err, &pe):
+		if errors.Is(pe, ErrProtocol) {
+			s.nProtoErr.Add(1)
+			ss.log.Info("closing connection: protocol error", "code", pe.Code, "reason", pe.Reason)
+		}
+		ss.closeWith(pe)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		ss.log.Debug("closing silent connection")
+		ss.closeWith(nil)
+	default:
+		ss.log.Debug("connection ended", "err", err)
+		ss.closeWith(nil)
+	}
+	<-writerDone
+	s.unregister(ss)
+}
+
+// closeWith starts closing the session; the writer sends an ERROR frame
+// for pe (if not nil) and closes the transport. Only the first call counts.
+func (ss *session) closeWith(pe *ProtocolError) {
+	ss.closeOnce.Do(func() {
+		ss.final = pe
+		close(ss.done)
+	})
+}
+
+func (ss *session) writeLoop() {
+	idle := ss.srv.cfg.IdleTimeout
+	for {
+		select {
+		case b := <-ss.out:
+			ss.setWriteDeadline(time.Now().Add(idle))
+			if _, err := ss.rw.Write(b); err != nil {
+				ss.closeWith(nil)
+			}
+			continue
+		case <-ss.done:
+		}
+		if pe := ss.final; pe != nil {
+			if b, err := appendFrame(nil, typeError, errorBody{Code: pe.Code, Reason: pe.Reason}); err == nil {
+				ss.setWriteDeadline(time.Now().Add(time.Second))
+				ss.rw.Write(b)
+			}
+		}
+		ss.closeConn(ss.final)
+		return
+	}
+}
+
+// send queues a frame. A peer that does not read fast enough to keep the
+// queue short is disconnected.
+func (ss *session) send(t msgType, body any) {
+	b, err := appendFrame(nil, t, body)
+	if err != nil {
+		ss.log.Warn("cannot encode frame", "type", t.String(), "err", err)
+		return
+	}
+	select {
+	case <-ss.done:
+	case ss.out <- b:
+	default:
+		ss.closeWith(&ProtocolError{Code: codeSlow, Reason: "send queue full"})
+	}
+}
+
+func (ss *session) readRegister(fr *frameReader) error {
+	ss.setReadDeadline(time.Now().Add(ss.srv.cfg.HandshakeTimeout))
+	t, body, err := fr.next()
+	if err != nil {
+		return err
+	}
+	if t != typeRegister {
+		return &ProtocolError{Code: codeUnexpected, Reason: fmt.Sprintf("first frame is %s, want REGISTER", t)}
+	}
+	var rb registerBody
+	return decodeBody(t, body, &rb)
+}
+
+func (ss *session) readLoop(fr *frameReader) error {
+	s := ss.srv
+	for {
+		ss.setReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
+		t, body, err := fr.next()
+		if err != nil {
+			return err
+		}
+		switch t {
+		case typePing:
+			var p pingBody
+			if err := decodeBody(t, body, &p); err != nil {
+				return err
+			}
+			ss.send(typePong, p)
+		case typePong:
+		case typeConnect:
+			var cb connectBody
+			if err := decodeBody(t, body, &cb); err != nil {
+				return err
+			}
+			s.connect(ss, cb)
+		case typeAnswer:
+			var ab answerBody
+			if err := decodeBody(t, body, &ab); err != nil {
+				return err
+			}
+			s.answer(ss, ab)
+		case typeReject:
+			var rb rejectBody
+			if err := decodeBody(t, body, &rb); err != nil {
+				return err
+			}
+			if len(rb.Reason) > 256 {
+				rb.Reason = rb.Reason[:256]
+			}
+			s.finishIntro(rb.ID, ss, resultBody{Error: codeRejected, Reason: rb.Reason})
+		case typeError:
+			var eb errorBody
+			decodeBody(t, body, &eb)
+			ss.log.Debug("client sent ERROR", "code", eb.Code, "reason", eb.Reason)
+			return errClientError
+		default:
+			return &ProtocolError{Code: codeUnexpected, Reason: t.String() + " is not sent by clients"}
+		}
+	}
+}
+
+// register makes ss the live connection of its peer, replacing (and
+// closing) an older one.
+func (s *Server) register(ss *session) error {
+	s.mu.Lock()
+	old := s.peers[ss.peer]
+	if old == nil && len(s.peers) >= s.cfg.MaxPeers {
+		s.mu.Unlock()
+		return &ProtocolError{Code: codeBusy, Reason: "server is at its peer limit"}
+	}
+	s.peers[ss.peer] = ss
+	s.seen[ss.peer] = time.Now()
+	s.mu.Unlock()
+	s.nRegistrations.Add(1)
+	if old != nil {
+		s.nReplaced.Add(1)
+		ss.log.Info("registration replaces an older connection")
+		old.closeWith(&ProtocolError{Code: codeReplaced, Reason: "a newer connection registered this peer ID"})
+	} else {
+		ss.log.Info("registered")
+	}
+	ss.send(typeRegistered, registeredBody{
+		Peer:        ss.peer,
+		Observed:    ss.observed(),
+		KeepaliveMS: (s.cfg.IdleTimeout / 3).Milliseconds(),
+		MaxFrame:    s.cfg.MaxFrameSize,
+	})
+	return nil
+}
+
+// unregister removes a closed session and fails the introductions it was
+// part of.
+func (s *Server) unregister(ss *session) {
+	var orphans []*pendingIntro
+	s.mu.Lock()
+	if s.peers[ss.peer] == ss {
+		delete(s.peers, ss.peer)
+		s.seen[ss.peer] = time.Now()
+		s.pruneSeenLocked()
+		ss.log.Info("unregistered")
+	}
+	for id, pi := range ss.intros {
+		delete(s.intros, id)
+		delete(pi.from.intros, id)
+		delete(pi.to.intros, id)
+		pi.from.pending--
+		pi.timer.Stop()
+		if pi.from != ss {
+			orphans = append(orphans, pi)
+		}
+	}
+	s.mu.Unlock()
+	for _, pi := range orphans {
+		pi.from.send(typeResult, resultBody{ID: pi.reqID, Error: codePeerOffline, Reason: "peer disconnected before answering"})
+	}
+}
+
+// pruneSeenLocked bounds the memory of offline peers.
+func (s *Server) pruneSeenLocked() {
+	limit := 4 * s.cfg.MaxPeers
+	if len(s.seen) <= limit {
+		return
+	}
+	now := time.Now()
+	for id, t := range s.seen {
+		if now.Sub(t) > s.cfg.RememberOffline && s.peers[id] == nil {
+			delete(s.seen, id)
+		}
+	}
+	for id := range s.seen { // still too many: forget arbitrary offline peers
+		if len(s.seen) <= limit*3/4 {
+			break
+		}
+		if s.peers[id] == nil {
+			delete(s.seen, id)
+		}
+	}
+}
+
+// checkInfo returns why an offer or answer is unacceptable, or "".
+func (s *Server) checkInfo(pi *PeerInfo) string {
+	if len(pi.Candidates) > s.cfg.MaxCandidates {
+		return fmt.Sprintf("%d candidates, limit %d", len(pi.Candidates), s.cfg.MaxCandidates)
+	}
+	if len(pi.PunchKey) > maxPunchKey {
+		return fmt.Sprintf("punch key is %d bytes, limit %d", len(pi.PunchKey), maxPunchKey)
+	}
+	for _, c := range pi.Candidates {
+		if !c.Addr.IsValid() || c.Addr.Port() == 0 || len(c.Kind) > 16 {
+			return fmt.Sprintf("bad candidate %v %q", c.Addr, c.Kind)
+		}
+	}
+	return ""
+}
+
+// withReflexive appends obs as a reflexive candidate unless it is invalid
+// or already listed.
+func withReflexive(cands []Candidate, obs netip.AddrPort) []Candidate {
+	if !obs.IsValid() {
+		return cands
+	}
+	for _, c := range cands {
+		if c.Addr == obs && c.Kind == Reflexive {
+			return cands
+		}
+	}
+	return append(cands[:len(cands):len(cands)], Candidate{Addr: obs, Kind: Reflexive})
+}
+
+func (s *Server) connect(ss *session, cb connectBody) {
+	fail := func(code, reason string) {
+		ss.send(typeResult, resultBody{ID: cb.ID, Error: code, Reason: reason})
+	}
+	if why := s.checkInfo(&cb.Offer); why != "" {
+		fail(codeBadRequest, "offer: "+why)
+		return
+	}
+	s.mu.Lock()
+	target := s.peers[cb.Target]
+	if target == nil {
+		t, seen := s.seen[cb.Target]
+		s.mu.Unlock()
+		if seen && time.Since(t) < s.cfg.RememberOffline {
+			fail(codePeerOffline, "")
+		} else {
+			fail(codeUnknownPeer, "")
+		}
+		return
+	}
+	if ss.pending >= s.cfg.MaxPendingIntros {
+		s.mu.Unlock()
+		fail(codeBusy, fmt.Sprintf("%d introductions already pending", ss.pending))
+		return
+	}
+	s.nextIntro++
+	pi := &pendingIntro{id: s.nextIntro, reqID: cb.ID, from: ss, to: target}
+	s.intros[pi.id] = pi
+	ss.intros[pi.id] = pi
+	target.intros[pi.id] = pi
+	ss.pending++
+	pi.timer = time.AfterFunc(s.cfg.IntroTimeout, func() {
+		s.finishIntro(pi.id, nil, resultBody{Error: codeTimeout, Reason: fmt.Sprintf("no answer within %v", s.cfg.IntroTimeout)})
+	})
+	s.mu.Unlock()
+
+	offer := cb.Offer
+	offer.Peer = ss.peer
+	offer.Candidates = withReflexive(offer.Candidates, ss.observed())
+	s.nIntros.Add(1)
+	ss.log.Debug("introducing", "target", cb.Target.Short(), "intro", pi.id)
+	target.send(typeIntro, introBody{ID: pi.id, Offer: offer})
+}
+
+func (s *Server) answer(ss *session, ab answerBody) {
+	if why := s.checkInfo(&ab.Answer); why != "" {
+		s.finishIntro(ab.ID, ss, resultBody{Error: codeBadRequest, Reason: "peer's answer: " + why})
+		return
+	}
+	ans := ab.Answer
+	ans.Peer = ss.peer
+	ans.Candidates = withReflexive(ans.Candidates, ss.observed())
+	s.finishIntro(ab.ID, ss, resultBody{Answer: &ans})
+}
+
+// finishIntro completes introduction id with res, sent to the dialler.
+// by is the target answering (nil for the timeout); an answer for an
+// introduction that is over or not addressed to by is ignored.
+func (s *Server) finishIntro(id uint64, by *session, res resultBody) {
+	s.mu.Lock()
+	pi := s.intros[id]
+	if pi == nil || by != nil && pi.to != by {
+		s.mu.Unlock()
+		if by != nil {
+			by.log.Debug("answer for an introduction that is over", "intro", id)
+		}
+		return
+	}
+	delete(s.intros, id)
+	delete(pi.from.intros, id)
+	delete(pi.to.intros, id)
+	pi.from.pending--
+	pi.timer.Stop()
+	s.mu.Unlock()
+	res.ID = pi.reqID
+	pi.from.send(typeResult, res)
+}

@@ -1,0 +1,312 @@
+// Package holepunch makes a direct UDP path between two peers behind NATs:
+// both peers send authenticated connectivity checks (pings) to every
+// candidate address of the other at the same time, answer the other's pings
+// (pongs), learn peer-reflexive addresses from where pings really come
+// from, and report each address whose pong came back. The dialler then runs
+// QUIC to such a validated address over the same socket.
+//
+// Punch packets carry a MAC under a per-attempt key that only the two peers
+// (and the rendezvous server that introduced them) know, and a pong is
+// accepted only from the address the answered ping was sent to, so a third
+// party can neither make a peer validate an address of its choosing nor
+// steer it to its own address.
+//
+// Checks keep going for the whole attempt: when both sides send at the same
+// moment, Linux conntrack can drop the first packets or clash on a port,
+// and later pings get through once both mappings exist.
+package holepunch
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/reachp2p/reach/internal/sock"
+)
+
+// KeyLen is the length of a punch key.
+const KeyLen = 32
+
+// MaxRemotes bounds the addresses one attempt sends to (given plus
+// learned), so that a bad introduction cannot turn a node into a packet
+// cannon.
+const MaxRemotes = 32
+
+// Named errors.
+var (
+	ErrBadKey        = errors.New("holepunch: punch key must be 32 bytes")
+	ErrAttemptInUse  = errors.New("holepunch: attempt ID already in use on this node")
+	ErrNoCandidates  = errors.New("holepunch: the peer offered no candidate address")
+	ErrManagerClosed = errors.New("holepunch: manager closed")
+)
+
+// Socket is what the Manager needs of the node's socket (*sock.Socket).
+type Socket interface {
+	WriteTo(b []byte, to netip.AddrPort) error
+	Handle(first byte, h sock.Handler)
+}
+
+// Manager runs the punch attempts of one node on its socket.
+type Manager struct {
+	sock Socket
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	attempts map[uint64]*Attempt
+	closed   bool
+
+	dropped atomic.Uint64
+}
+
+// NewManager registers the punch packet handler on s. log may be nil.
+func NewManager(s Socket, log *slog.Logger) *Manager {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	m := &Manager{sock: s, log: log, attempts: map[uint64]*Attempt{}}
+	s.Handle(Magic, m.handle)
+	return m
+}
+
+// Dropped counts punch packets dropped as malformed, unauthenticated, for
+// no running attempt, or from the wrong role or address.
+func (m *Manager) Dropped() uint64 { return m.dropped.Load() }
+
+// Close stops every attempt and unregisters the handler.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	m.closed = true
+	as := make([]*Attempt, 0, len(m.attempts))
+	for _, a := range m.attempts {
+		as = append(as, a)
+	}
+	m.mu.Unlock()
+	for _, a := range as {
+		a.Close()
+	}
+	m.sock.Handle(Magic, nil)
+}
+
+// Params describes one punch attempt.
+type Params struct {
+	// Attempt is the introduction's attempt ID; both peers use the same.
+	Attempt uint64
+	// Key is the attempt's punch key (KeyLen bytes), chosen by the dialler
+	// and passed to the listener through the rendezvous server.
+	Key []byte
+	// Role is this side's role, RoleDialer or RoleListener.
+	Role byte
+	// Remote are the other peer's candidate addresses.
+	Remote []netip.AddrPort
+	// Interval is the time between rounds of pings. Zero: 40ms for the
+	// first 2 seconds, then 250ms.
+	Interval time.Duration
+}
+
+// NewKey returns a fresh random punch key.
+func NewKey() []byte {
+	k := make([]byte, KeyLen)
+	rand.Read(k)
+	return k
+}
+
+// Attempt is one running punch attempt. It sends pings until Close.
+type Attempt struct {
+	m     *Manager
+	p     Params
+	txkey []byte
+
+	mu        sync.Mutex
+	remotes   []netip.AddrPort
+	learned   []netip.AddrPort
+	validated map[netip.AddrPort]bool
+	observed  netip.AddrPort
+	ch        chan netip.AddrPort
+
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+// Start begins an attempt: it sends pings to every remote address at once
+// and keeps sending until Close.
+func (m *Manager) Start(p Params) (*Attempt, error) {
+	if len(p.Key) != KeyLen {
+		return nil, ErrBadKey
+	}
+	if p.Role != RoleDialer && p.Role != RoleListener {
+		return nil, fmt.Errorf("holepunch: bad role %d", p.Role)
+	}
+	a := &Attempt{
+		m: m, p: p,
+		txkey:     mac(p.Key, []byte("reach punch txid")),
+		validated: map[netip.AddrPort]bool{},
+		ch:        make(chan netip.AddrPort, MaxRemotes),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+	for _, r := range p.Remote {
+		a.addRemote(r)
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, ErrManagerClosed
+	}
+	if _, ok := m.attempts[p.Attempt]; ok {
+		m.mu.Unlock()
+		return nil, ErrAttemptInUse
+	}
+	m.attempts[p.Attempt] = a
+	m.mu.Unlock()
+	go a.run()
+	return a, nil
+}
+
+// Validated yields each remote address whose pong came back, i.e. an
+// address that works in both directions, in the order they validate.
+func (a *Attempt) Validated() <-chan netip.AddrPort { return a.ch }
+
+// Learned returns the peer-reflexive addresses learned so far: addresses
+// authenticated pings came from that were not among the candidates.
+func (a *Attempt) Learned() []netip.AddrPort {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]netip.AddrPort(nil), a.learned...)
+}
+
+// Observed returns this node's address as the peer saw it in its last pong
+// (invalid until a pong arrived).
+func (a *Attempt) Observed() netip.AddrPort {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.observed
+}
+
+// Close stops the attempt and waits for its sender to stop.
+func (a *Attempt) Close() {
+	a.once.Do(func() {
+		close(a.stop)
+		a.m.mu.Lock()
+		if a.m.attempts[a.p.Attempt] == a {
+			delete(a.m.attempts, a.p.Attempt)
+		}
+		a.m.mu.Unlock()
+	})
+	<-a.done
+}
+
+func (a *Attempt) addRemote(r netip.AddrPort) bool {
+	r = netip.AddrPortFrom(r.Addr().Unmap(), r.Port())
+	if !r.IsValid() || r.Port() == 0 || r.Addr().IsUnspecified() || r.Addr().IsMulticast() {
+		return false
+	}
+	for _, x := range a.remotes {
+		if x == r {
+			return false
+		}
+	}
+	if len(a.remotes) >= MaxRemotes {
+		return false
+	}
+	a.remotes = append(a.remotes, r)
+	return true
+}
+
+// txid is the transaction ID of pings to addr: a MAC of the address, so a
+// pong proves it answers a ping sent to exactly the address it came from.
+func (a *Attempt) txid(addr netip.AddrPort) uint64 {
+	b, _ := addr.MarshalBinary()
+	return binary.BigEndian.Uint64(mac(a.txkey, b))
+}
+
+func (a *Attempt) run() {
+	defer close(a.done)
+	start := time.Now()
+	for {
+		a.mu.Lock()
+		targets := append([]netip.AddrPort(nil), a.remotes...)
+		a.mu.Unlock()
+		for _, r := range targets {
+			a.send(typePing, r, netip.AddrPort{}, a.txid(r))
+		}
+		iv := a.p.Interval
+		if iv == 0 {
+			iv = 250 * time.Millisecond
+			if time.Since(start) < 2*time.Second {
+				iv = 40 * time.Millisecond
+			}
+		}
+		select {
+		case <-a.stop:
+			return
+		case <-time.After(iv):
+		}
+	}
+}
+
+func (a *Attempt) send(typ byte, to, observed netip.AddrPort, txid uint64) {
+	pk := &packet{typ: typ, role: a.p.Role, attempt: a.p.Attempt, txid: txid, observed: observed}
+	if err := a.m.sock.WriteTo(pk.marshal(a.p.Key), to); err != nil {
+		a.m.log.Debug("holepunch: send", "to", to, "err", err)
+	}
+}
+
+// handle runs on the socket's read goroutine: it must not block.
+func (m *Manager) handle(b []byte, from netip.AddrPort) {
+	id, err := peekAttempt(b)
+	if err != nil {
+		m.dropped.Add(1)
+		return
+	}
+	m.mu.Lock()
+	a := m.attempts[id]
+	m.mu.Unlock()
+	if a == nil {
+		m.dropped.Add(1)
+		return
+	}
+	pk, err := unmarshal(b, a.p.Key)
+	if err != nil || pk.role == a.p.Role {
+		m.dropped.Add(1)
+		m.log.Debug("holepunch: dropped packet", "from", from, "err", err)
+		return
+	}
+	switch pk.typ {
+	case typePing:
+		// Answer at once, to the address it came from; and ping that
+		// address ourselves if it is new (peer-reflexive).
+		a.send(typePong, from, from, pk.txid)
+		a.mu.Lock()
+		if a.addRemote(from) {
+			a.learned = append(a.learned, from)
+			a.mu.Unlock()
+			a.send(typePing, from, netip.AddrPort{}, a.txid(from))
+			return
+		}
+		a.mu.Unlock()
+	case typePong:
+		if pk.txid != a.txid(from) {
+			m.dropped.Add(1)
+			return
+		}
+		a.mu.Lock()
+		a.observed = pk.observed
+		fresh := !a.validated[from]
+		a.validated[from] = true
+		a.mu.Unlock()
+		if fresh {
+			select {
+			case a.ch <- from:
+			default:
+			}
+		}
+	}
+}

@@ -90,6 +90,9 @@ type Client struct {
 	started  bool
 	closed   bool
 	replaced error // set when the server says a newer registration took over
+	// upgradeFrom is a TCP registration whose QUIC replacement is still
+	// being dialled; its loss is handled when that attempt ends.
+	upgradeFrom *clientConn
 }
 
 // NewClient checks cfg and makes a Client. Call Start to register.
@@ -139,14 +142,18 @@ func (c *Client) Start(ctx context.Context) error {
 	defer cancel()
 	stop := context.AfterFunc(c.ctx, cancel)
 	defer stop()
-	cc, idx, err := c.dialAny(ctx, 0)
+	cc, idx, after, err := c.dialAny(ctx, 0)
 	if err != nil {
 		if c.ctx.Err() != nil {
 			return ErrClosed
 		}
 		return err
 	}
-	if !c.install(cc, idx) {
+	ok := c.install(cc, idx)
+	if after != nil {
+		after()
+	}
+	if !ok {
 		return ErrClosed
 	}
 	if !c.spawn(c.maintain) {
@@ -328,7 +335,7 @@ var errUpgraded = errors.New("rendezvous: moved to a better connection")
 func (c *Client) lost(cc *clientConn, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.conn != cc {
+	if c.conn != cc || c.upgradeFrom == cc {
 		return
 	}
 	c.conn = nil
@@ -358,9 +365,13 @@ func (c *Client) maintain() {
 				return
 			}
 		}
-		cc, newIdx, err := c.dialAny(c.ctx, (idx+1)%len(c.cfg.Servers))
+		cc, newIdx, after, err := c.dialAny(c.ctx, (idx+1)%len(c.cfg.Servers))
 		if err == nil {
-			if !c.install(cc, newIdx) {
+			ok := c.install(cc, newIdx)
+			if after != nil {
+				after()
+			}
+			if !ok {
 				return
 			}
 			continue
@@ -380,15 +391,15 @@ func (c *Client) maintain() {
 }
 
 // dialAny tries every server once, starting at index start.
-func (c *Client) dialAny(ctx context.Context, start int) (*clientConn, int, error) {
+func (c *Client) dialAny(ctx context.Context, start int) (*clientConn, int, func(), error) {
 	n := len(c.cfg.Servers)
 	nse := &NoServerError{}
 	for i := range n {
 		idx := (start + i) % n
 		sa := c.cfg.Servers[idx]
-		cc, err := c.dialServer(ctx, sa)
+		cc, after, err := c.dialServer(ctx, sa)
 		if err == nil {
-			return cc, idx, nil
+			return cc, idx, after, nil
 		}
 		c.log.Debug("server failed", "server", sa.String(), "err", err)
 		nse.Servers = append(nse.Servers, sa)
@@ -397,5 +408,5 @@ func (c *Client) dialAny(ctx context.Context, start int) (*clientConn, int, erro
 			break
 		}
 	}
-	return nil, 0, nse
+	return nil, 0, nil, nse
 }

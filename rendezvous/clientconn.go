@@ -54,20 +54,25 @@ func newClientConn(c *Client, sa ServerAddr, proto string) *clientConn {
 
 // dialServer registers with sa: QUIC first; TCP+TLS after UDPHeadStart or
 // as soon as QUIC fails. If TCP registers while QUIC is still trying, TCP
-// is returned and QUIC, should it succeed, replaces it later.
-func (c *Client) dialServer(ctx context.Context, sa ServerAddr) (*clientConn, error) {
+// is returned and QUIC, should it succeed, replaces it later: the caller
+// must call after (if not nil) once it has installed the connection.
+func (c *Client) dialServer(ctx context.Context, sa ServerAddr) (cc *clientConn, after func(), err error) {
 	if c.cfg.Transport == nil || c.cfg.ForceTCP {
 		tctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 		defer cancel()
-		return c.dialTCP(tctx, sa)
+		cc, err := c.dialTCP(tctx, sa)
+		return cc, nil, err
 	}
 	// The QUIC attempt may outlive this call (to upgrade from TCP), so
 	// it hangs off the client's lifetime and is cancelled explicitly.
-	udpCtx, udpCancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
+	udpBase, udpCancelCause := context.WithCancelCause(c.ctx)
+	udpCtx, udpStop := context.WithTimeoutCause(udpBase, c.cfg.DialTimeout,
+		fmt.Errorf("no QUIC answer within %v", c.cfg.DialTimeout))
+	udpCancel := func() { udpStop(); udpCancelCause(nil) }
 	udp := c.startAttempt(udpCtx, func(ctx context.Context) (*clientConn, error) { return c.dialQUIC(ctx, sa) })
 	if udp == nil {
 		udpCancel()
-		return nil, ErrClosed
+		return nil, nil, ErrClosed
 	}
 	tcpCtx, tcpCancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	var tcp *attempt
@@ -110,61 +115,66 @@ func (c *Client) dialServer(ctx context.Context, sa ServerAddr) (*clientConn, er
 			if r.err == nil {
 				finish()
 				tcpCancel()
-				return r.cc, nil
+				return r.cc, nil, nil
 			}
 			udpErr = r.err
 			if errors.Is(r.err, identity.ErrWrongPeer) || errors.Is(r.err, identity.ErrBadCertificate) {
 				finish()
 				tcpCancel()
-				return nil, r.err
+				return nil, nil, r.err
 			}
 			if tcpErr != nil {
 				tcpCancel()
-				return nil, fmt.Errorf("udp: %w; tcp: %w", udpErr, tcpErr)
+				return nil, nil, fmt.Errorf("udp: %w; tcp: %w", udpErr, tcpErr)
 			}
 			startTCP()
 			if tcp == nil {
 				tcpCancel()
-				return nil, ErrClosed
+				return nil, nil, ErrClosed
 			}
 		case <-head.C:
 			startTCP()
 			if tcp == nil {
 				finish()
 				tcpCancel()
-				return nil, ErrClosed
+				return nil, nil, ErrClosed
 			}
 		case r := <-tcpRes:
 			tcp, tcpRes = nil, nil
 			tcpCancel()
 			if r.err == nil {
-				if udp != nil { // keep trying QUIC; move over if it works
-					tcpCC := r.cc
-					udp.fate <- func(u dialResult) {
-						udpCancel()
-						if u.err != nil {
-							c.log.Debug("staying on TCP: QUIC failed", "server", sa.String(), "err", u.err)
-							return
-						}
-						c.upgrade(tcpCC, u.cc)
-					}
+				if udp == nil {
+					return r.cc, nil, nil
 				}
-				return r.cc, nil
+				// Keep trying QUIC and move over if it works. Until then,
+				// the server replacing TCP with QUIC is no reason to quit.
+				tcpCC, pending := r.cc, udp
+				c.mu.Lock()
+				c.upgradeFrom = tcpCC
+				c.mu.Unlock()
+				return tcpCC, func() {
+					pending.fate <- func(u dialResult) {
+						udpCancel()
+						c.finishUpgrade(tcpCC, u)
+					}
+				}, nil
 			}
 			tcpErr = r.err
 			if udp == nil {
-				return nil, fmt.Errorf("udp: %w; tcp: %w", udpErr, tcpErr)
+				return nil, nil, fmt.Errorf("udp: %w; tcp: %w", udpErr, tcpErr)
 			}
 			if isRefused(r.err) {
 				// Nothing listens on the TCP port: the server is most
 				// likely down, so give QUIC only a short grace.
-				t := time.AfterFunc(time.Second, udpCancel)
+				t := time.AfterFunc(time.Second, func() {
+					udpCancelCause(errors.New("no QUIC answer, and TCP refused"))
+				})
 				defer t.Stop()
 			}
 		case <-ctx.Done():
 			finish()
 			tcpCancel()
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		}
 	}
 }
@@ -185,6 +195,9 @@ func (c *Client) startAttempt(ctx context.Context, dial func(context.Context) (*
 	a := &attempt{res: make(chan dialResult), fate: make(chan func(dialResult), 1)}
 	ok := c.spawn(func() {
 		cc, err := dial(ctx)
+		if err != nil && ctx.Err() != nil {
+			err = context.Cause(ctx)
+		}
 		r := dialResult{cc, err}
 		select {
 		case a.res <- r:
@@ -198,18 +211,28 @@ func (c *Client) startAttempt(ctx context.Context, dial func(context.Context) (*
 	return a
 }
 
-// upgrade replaces the TCP registration old with the QUIC one nu, if old
-// is still current.
-func (c *Client) upgrade(old, nu *clientConn) {
+// finishUpgrade ends the QUIC attempt that outlived a TCP registration
+// old: if it succeeded and old is still current, QUIC takes over.
+func (c *Client) finishUpgrade(old *clientConn, u dialResult) {
 	c.mu.Lock()
+	if c.upgradeFrom == old {
+		c.upgradeFrom = nil
+	}
 	current := c.conn == old && !c.closed
 	c.mu.Unlock()
-	if !current {
-		nu.close()
+	if u.err != nil {
+		c.log.Debug("staying on TCP: QUIC failed", "server", old.server.String(), "err", u.err)
+		if current && old.Err() != nil {
+			c.lost(old, ErrServerLost) // the loss lost() ignored meanwhile
+		}
 		return
 	}
-	c.log.Info("moving rendezvous registration from TCP to QUIC", "server", nu.server.String())
-	c.install(nu, c.lastIdxOf(nu.server))
+	if !current {
+		u.cc.close()
+		return
+	}
+	c.log.Info("moving rendezvous registration from TCP to QUIC", "server", u.cc.server.String())
+	c.install(u.cc, c.lastIdxOf(u.cc.server))
 }
 
 func (c *Client) lastIdxOf(sa ServerAddr) int {

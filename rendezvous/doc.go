@@ -147,7 +147,7 @@ type NoServerError struct {
 func (e *NoServerError) Error() string {
 	msg := ErrNoServer.Error()
 	for i, err := range e.Errs {
-		msg += fmt.Sprintf("; %s: %v", e.Servers[i].Host, err)
+		msg += fmt.Sprintf("; %s: %v", e.Servers[i].UDPHostPort(), err)
 	}
 	return msg
 }

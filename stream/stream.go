@@ -1,0 +1,493 @@
+// Package stream holds reach sessions and streams.
+//
+// A Session is an authenticated, encrypted connection to one peer that
+// carries any number of bidirectional streams; each Stream is a net.Conn.
+// Sessions come from two backends behind the one Session type:
+//
+//   - QUIC (quic-go) over the node's shared quic.Transport, for UDP paths:
+//     Dial and Listen.
+//   - TLS 1.3 with hashicorp/yamux on top, for byte-stream paths such as TCP
+//     direct or TCP hole punching: Client and Server.
+//
+// Both pin TLS 1.3 to peer keys with the identity package: the dialling side
+// accepts the remote only if it proves the key it dialled (a different key
+// gives an error wrapping identity.ErrWrongPeer), the accepting side requires
+// a client certificate and learns the remote peer ID from it. The ALPN is
+// ALPN ("reach/1").
+//
+// Wire format of a stream: the opening side sends one header byte, the
+// stream type, before any application data; 0x00 is an application stream
+// and other values are reserved (the accepting side fails such a stream
+// with ErrBadStreamHeader). The header also makes a freshly opened QUIC
+// stream visible to the peer at once (quic-go announces a stream only with
+// its first data), so AcceptStream returns even when the accepting side is
+// the one that speaks first. The header is consumed by the first Read on
+// the accepting side and never seen by applications.
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/reachp2p/reach/identity"
+)
+
+// ALPN is the TLS application protocol of reach sessions.
+const ALPN = "reach/1"
+
+// Stream types: the first byte the opening side sends on a stream.
+const streamTypeApp = 0x00
+
+// Named errors. Test with errors.Is.
+var (
+	// ErrBadStreamHeader: the peer opened a stream with an unknown type.
+	ErrBadStreamHeader = errors.New("stream: peer opened a stream of unknown type")
+	// ErrWriteClosed: Write after CloseWrite.
+	ErrWriteClosed = errors.New("stream: write after CloseWrite")
+	// ErrBadALPN: the peer does not speak ALPN.
+	ErrBadALPN = errors.New("stream: peer did not negotiate the reach protocol")
+)
+
+// Defaults for the zero values of Config.
+const (
+	DefaultKeepAlivePeriod  = 10 * time.Second
+	DefaultMaxIdleTimeout   = 30 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultStreamReceiveWindow is 16 MiB: a single stream can keep
+	// 1 Gbit/s flowing over a 130 ms round trip (bandwidth-delay product
+	// 16 MB), or 100 Mbit/s over more than a second.
+	DefaultStreamReceiveWindow = 16 << 20
+	// DefaultMaxIncomingStreams is the number of concurrently open streams
+	// a peer may have towards us.
+	DefaultMaxIncomingStreams = 1024
+	// initialWindow is where quic-go's window auto-tuning starts; it grows
+	// the windows towards the maxima as the measured bandwidth-delay product
+	// requires.
+	initialWindow = 1 << 20
+)
+
+// Config tunes sessions. The zero value is ready to use; both sides should
+// use compatible values (the effective idle timeout is the smaller of the
+// two sides').
+type Config struct {
+	// KeepAlivePeriod is how often an otherwise idle session sends a packet
+	// so that NAT mappings and firewall state along the path stay open.
+	// Zero means DefaultKeepAlivePeriod (10 s), a third of the 30 s UDP
+	// mapping timeout common in NATs (RFC 4787 asks for at least 2 min,
+	// many routers use 30 s). Negative disables keep-alives.
+	KeepAlivePeriod time.Duration
+	// MaxIdleTimeout closes a session after this long without receiving
+	// anything from the peer. Zero means DefaultMaxIdleTimeout (30 s).
+	MaxIdleTimeout time.Duration
+	// HandshakeTimeout bounds the connection and TLS handshake, in addition
+	// to the context passed to Dial or Client. Zero means
+	// DefaultHandshakeTimeout (10 s).
+	HandshakeTimeout time.Duration
+	// StreamReceiveWindow is the largest flow-control window of one stream:
+	// the most unread data the peer may send ahead on it. Windows start at
+	// 1 MiB and grow up to this as quic-go measures the path's
+	// bandwidth-delay product. Zero means DefaultStreamReceiveWindow
+	// (16 MiB). For TLS+yamux sessions it is the (fixed) yamux stream
+	// window, capped at 4 GiB - 1.
+	StreamReceiveWindow uint64
+	// ConnectionReceiveWindow is the largest flow-control window of a whole
+	// QUIC session, across its streams. Zero means twice
+	// StreamReceiveWindow (32 MiB by default), so two streams can run at
+	// full speed at once. Not used by TLS+yamux sessions.
+	ConnectionReceiveWindow uint64
+	// MaxIncomingStreams is how many streams the peer may have open towards
+	// us at once; opening more blocks in OpenStream on the peer's side. Zero
+	// means DefaultMaxIncomingStreams (1024). For TLS+yamux sessions it is
+	// the backlog of opened but not yet accepted streams.
+	MaxIncomingStreams int64
+	// Logger receives debug logs. Nil discards them.
+	Logger *slog.Logger
+}
+
+func (c Config) keepAlive() time.Duration {
+	switch {
+	case c.KeepAlivePeriod < 0:
+		return 0
+	case c.KeepAlivePeriod == 0:
+		return DefaultKeepAlivePeriod
+	}
+	return c.KeepAlivePeriod
+}
+
+func (c Config) idleTimeout() time.Duration {
+	if c.MaxIdleTimeout <= 0 {
+		return DefaultMaxIdleTimeout
+	}
+	return c.MaxIdleTimeout
+}
+
+func (c Config) handshakeTimeout() time.Duration {
+	if c.HandshakeTimeout <= 0 {
+		return DefaultHandshakeTimeout
+	}
+	return c.HandshakeTimeout
+}
+
+func (c Config) streamWindow() uint64 {
+	if c.StreamReceiveWindow == 0 {
+		return DefaultStreamReceiveWindow
+	}
+	return c.StreamReceiveWindow
+}
+
+func (c Config) connWindow() uint64 {
+	if c.ConnectionReceiveWindow == 0 {
+		return 2 * c.streamWindow()
+	}
+	return c.ConnectionReceiveWindow
+}
+
+func (c Config) maxStreams() int64 {
+	if c.MaxIncomingStreams <= 0 {
+		return DefaultMaxIncomingStreams
+	}
+	return c.MaxIncomingStreams
+}
+
+func (c Config) logger() *slog.Logger {
+	if c.Logger == nil {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return c.Logger
+}
+
+// QUICConfig returns the quic-go configuration reach sessions use for cfg.
+// It is exported for tools and benchmarks that compare against bare QUIC.
+func QUICConfig(cfg Config) *quic.Config {
+	sw, cw := cfg.streamWindow(), cfg.connWindow()
+	return &quic.Config{
+		// quic-go aborts a handshake after this long without a packet, and
+		// after twice this long in any case.
+		HandshakeIdleTimeout:           cfg.handshakeTimeout() / 2,
+		MaxIdleTimeout:                 cfg.idleTimeout(),
+		KeepAlivePeriod:                cfg.keepAlive(),
+		InitialStreamReceiveWindow:     min(sw, initialWindow),
+		MaxStreamReceiveWindow:         sw,
+		InitialConnectionReceiveWindow: min(cw, 2*initialWindow),
+		MaxConnectionReceiveWindow:     cw,
+		MaxIncomingStreams:             cfg.maxStreams(),
+		MaxIncomingUniStreams:          -1, // reach uses bidirectional streams only
+	}
+}
+
+// Addr is the address of either end of a Stream: the peer and the network
+// path the session currently uses. String returns the peer ID, so an
+// application calling conn.RemoteAddr().String() gets the remote peer ID.
+type Addr struct {
+	Peer identity.PeerID
+	Path netip.AddrPort
+}
+
+// Network returns "reach".
+func (Addr) Network() string { return "reach" }
+
+// String returns the peer ID.
+func (a Addr) String() string { return a.Peer.String() }
+
+// backend is one session implementation (QUIC, TLS+yamux).
+type backend interface {
+	open(ctx context.Context) (rawStream, error)
+	accept(ctx context.Context) (rawStream, error)
+	closeWithError(code uint64, msg string) error
+	context() context.Context
+	rtt() time.Duration
+	localAddr() netip.AddrPort
+	remoteAddr() netip.AddrPort
+}
+
+// rawStream is one backend stream.
+type rawStream interface {
+	io.ReadWriter
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+	// closeWrite sends FIN after the data written so far.
+	closeWrite() error
+	// abortRead discards unread and future data and tells the peer to stop
+	// sending, where the backend can.
+	abortRead()
+}
+
+// Session is an authenticated connection to one peer carrying streams. Its
+// methods are safe for concurrent use.
+type Session struct {
+	b      backend
+	local  identity.PeerID
+	remote identity.PeerID
+	qc     *quic.Conn // nil for TLS+yamux
+	log    *slog.Logger
+
+	mu       sync.Mutex
+	strategy string
+}
+
+// OpenStream opens a new stream to the peer. It blocks while the peer's
+// limit of concurrent streams is reached, until ctx ends.
+func (s *Session) OpenStream(ctx context.Context) (*Stream, error) {
+	raw, err := s.b.open(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("stream: open: %w", err)
+	}
+	// The type header announces the stream to the peer (see package doc).
+	if _, err := raw.Write([]byte{streamTypeApp}); err != nil {
+		raw.abortRead()
+		raw.closeWrite()
+		return nil, fmt.Errorf("stream: open: %w", err)
+	}
+	st := &Stream{raw: raw, sess: s}
+	st.hdrDone.Store(true)
+	return st, nil
+}
+
+// AcceptStream waits for the peer to open a stream, until ctx ends or the
+// session closes.
+func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
+	raw, err := s.b.accept(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("stream: accept: %w", err)
+	}
+	return &Stream{raw: raw, sess: s}, nil
+}
+
+// RemotePeer returns the peer's ID, proved in the TLS handshake.
+func (s *Session) RemotePeer() identity.PeerID { return s.remote }
+
+// LocalPeer returns this side's peer ID.
+func (s *Session) LocalPeer() identity.PeerID { return s.local }
+
+// LocalAddr returns the local address of the session's current path.
+func (s *Session) LocalAddr() netip.AddrPort { return s.b.localAddr() }
+
+// RemoteAddr returns the peer's address on the session's current path.
+func (s *Session) RemoteAddr() netip.AddrPort { return s.b.remoteAddr() }
+
+// RTT returns the smoothed round-trip time of the current path, or zero
+// before the first sample.
+func (s *Session) RTT() time.Duration { return s.b.rtt() }
+
+// Close closes the session and all its streams at once, telling the peer.
+// Like closing a QUIC connection, it does not wait for data still queued on
+// streams: an application protocol that needs delivery should wait for the
+// peer's answer (or its Close) before closing.
+func (s *Session) Close() error { return s.CloseWithError(0, "") }
+
+// CloseWithError closes the session with an application error code and a
+// reason the peer can read (QUIC only; TLS+yamux sessions just close).
+func (s *Session) CloseWithError(code uint64, msg string) error {
+	return s.b.closeWithError(code, msg)
+}
+
+// Context returns a context that is cancelled when the session closes.
+func (s *Session) Context() context.Context { return s.b.context() }
+
+// Done returns a channel that is closed when the session closes.
+func (s *Session) Done() <-chan struct{} { return s.b.context().Done() }
+
+// Strategy returns the name of the strategy (ladder rung) whose path carries
+// the session, as set by SetStrategy; "" if unset.
+func (s *Session) Strategy() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.strategy
+}
+
+// SetStrategy records which strategy's path carries the session.
+func (s *Session) SetStrategy(name string) {
+	s.mu.Lock()
+	s.strategy = name
+	s.mu.Unlock()
+}
+
+// QUIC returns the underlying QUIC connection, or nil for a TLS+yamux
+// session. It is for path management and statistics: streams opened on it
+// directly bypass the stream header and will be rejected by the peer.
+func (s *Session) QUIC() *quic.Conn { return s.qc }
+
+// String describes the session for logs.
+func (s *Session) String() string {
+	return fmt.Sprintf("session(%s %v<->%v)", s.remote.Short(), s.LocalAddr(), s.RemoteAddr())
+}
+
+// Stream is one bidirectional stream of a Session. It is a net.Conn whose
+// addresses are Addr values, plus CloseWrite for half-closing.
+type Stream struct {
+	raw  rawStream
+	sess *Session
+
+	hdrMu   sync.Mutex
+	hdrDone atomic.Bool // the type header has been sent or consumed
+	hdrErr  error       // under hdrMu: permanent header failure
+
+	wmu     sync.Mutex // serialises Write, CloseWrite and Close's FIN
+	wclosed bool       // under wmu: FIN sent
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+}
+
+var _ net.Conn = (*Stream)(nil)
+
+// aLongTimeAgo is a deadline in the past, used to wake blocked calls.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// Session returns the session the stream belongs to.
+func (s *Stream) Session() *Session { return s.sess }
+
+// Read reads data from the peer. It returns io.EOF after the peer's
+// CloseWrite or Close and all data has been read, and net.ErrClosed after
+// Close.
+func (s *Stream) Read(p []byte) (int, error) {
+	if s.closed.Load() {
+		return 0, net.ErrClosed
+	}
+	if !s.hdrDone.Load() {
+		if err := s.readHeader(); err != nil {
+			return 0, s.mapErr(err)
+		}
+	}
+	n, err := s.raw.Read(p)
+	if err != nil {
+		err = s.mapErr(err)
+	}
+	return n, err
+}
+
+func (s *Stream) readHeader() error {
+	s.hdrMu.Lock()
+	defer s.hdrMu.Unlock()
+	if s.hdrDone.Load() {
+		return s.hdrErr
+	}
+	var b [1]byte
+	for {
+		n, err := s.raw.Read(b[:])
+		if n == 1 {
+			break
+		}
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, io.EOF) {
+			// The peer closed its side without sending anything.
+			s.hdrErr = io.EOF
+			s.hdrDone.Store(true)
+		}
+		return err // a timeout or reset: the next Read tries again
+	}
+	if b[0] != streamTypeApp {
+		s.hdrErr = fmt.Errorf("%w: type %#x", ErrBadStreamHeader, b[0])
+		s.raw.abortRead()
+	}
+	s.hdrDone.Store(true)
+	return s.hdrErr
+}
+
+// Write writes data to the peer.
+func (s *Stream) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.closed.Load() {
+		return 0, net.ErrClosed
+	}
+	if s.wclosed {
+		return 0, ErrWriteClosed
+	}
+	n, err := s.raw.Write(p)
+	if err != nil {
+		err = s.mapErr(err)
+	}
+	return n, err
+}
+
+func (s *Stream) mapErr(err error) error {
+	if s.closed.Load() {
+		return net.ErrClosed
+	}
+	return err
+}
+
+// CloseWrite half-closes the stream: the peer reads io.EOF after the data
+// written so far, and this side can still read.
+func (s *Stream) CloseWrite() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.closed.Load() {
+		return net.ErrClosed
+	}
+	if s.wclosed {
+		return nil
+	}
+	s.wclosed = true
+	return s.raw.closeWrite()
+}
+
+// Close closes the stream in both directions, as net.Conn requires: blocked
+// Read and Write calls return net.ErrClosed, data written so far is still
+// delivered followed by EOF, and data from the peer is discarded (the peer's
+// further writes fail, like writing to a reset TCP connection).
+func (s *Stream) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		// Wake blocked calls; they see closed and return net.ErrClosed.
+		s.raw.SetReadDeadline(aLongTimeAgo)
+		s.raw.SetWriteDeadline(aLongTimeAgo)
+		s.raw.abortRead()
+		s.wmu.Lock()
+		if !s.wclosed {
+			s.wclosed = true
+			// An error only means the FIN cannot be sent (the peer reset
+			// the stream, or the session is gone): nothing to report.
+			s.raw.closeWrite()
+		}
+		s.wmu.Unlock()
+	})
+	return nil
+}
+
+// LocalAddr returns this side's peer ID and path address.
+func (s *Stream) LocalAddr() net.Addr {
+	return Addr{Peer: s.sess.local, Path: s.sess.LocalAddr()}
+}
+
+// RemoteAddr returns the remote peer ID and path address. Its String is
+// the remote peer ID.
+func (s *Stream) RemoteAddr() net.Addr {
+	return Addr{Peer: s.sess.remote, Path: s.sess.RemoteAddr()}
+}
+
+// SetDeadline sets the read and write deadlines.
+func (s *Stream) SetDeadline(t time.Time) error {
+	if err := s.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return s.SetWriteDeadline(t)
+}
+
+// SetReadDeadline sets the deadline for Read calls; zero means none.
+func (s *Stream) SetReadDeadline(t time.Time) error {
+	if s.closed.Load() {
+		return net.ErrClosed
+	}
+	return s.raw.SetReadDeadline(t)
+}
+
+// SetWriteDeadline sets the deadline for Write calls; zero means none.
+func (s *Stream) SetWriteDeadline(t time.Time) error {
+	if s.closed.Load() {
+		return net.ErrClosed
+	}
+	return s.raw.SetWriteDeadline(t)
+}

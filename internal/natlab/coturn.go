@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -42,14 +43,19 @@ var LabPeerRanges = []string{
 	"2001:db8::-2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
 }
 
+// ErrCoturnAuthMix: coturn cannot use long-term accounts and a REST API
+// secret at the same time.
+var ErrCoturnAuthMix = errors.New("natlab: coturn: Users and Secret cannot be combined")
+
 // CoturnConfig configures a coturn STUN/TURN server.
 type CoturnConfig struct {
 	// Users are long-term credential accounts (RFC 8489), name to
 	// password. Nil: none.
 	Users map[string]string
 	// Secret enables the TURN REST API: time-limited credentials derived
-	// from this shared secret (see TURNRESTCredentials). Empty: off. It
-	// can be combined with Users.
+	// from this shared secret (see TURNRESTCredentials). Empty: off.
+	// coturn cannot mix the two schemes (the secret overrides the
+	// accounts), so StartCoturn refuses Users and Secret together.
 	Secret string
 	// Realm is the authentication realm. Empty: "natlab".
 	Realm string
@@ -79,6 +85,9 @@ type Coturn struct {
 func (h *Host) StartCoturn(ctx context.Context, cfg CoturnConfig) (*Coturn, error) {
 	if _, err := exec.LookPath("turnserver"); err != nil {
 		return nil, fmt.Errorf("%w: turnserver (apt-get install coturn)", ErrMissingTool)
+	}
+	if len(cfg.Users) > 0 && cfg.Secret != "" {
+		return nil, ErrCoturnAuthMix
 	}
 	if cfg.Realm == "" {
 		cfg.Realm = "natlab"
@@ -167,12 +176,11 @@ func (c *Coturn) config() string {
 	switch {
 	case len(c.cfg.Users) == 0 && c.cfg.Secret == "":
 		line("stun-only")
+	case c.cfg.Secret != "":
+		line("use-auth-secret")
+		line("static-auth-secret=%s", c.cfg.Secret)
 	default:
 		line("lt-cred-mech")
-		if c.cfg.Secret != "" {
-			line("use-auth-secret")
-			line("static-auth-secret=%s", c.cfg.Secret)
-		}
 		names := make([]string, 0, len(c.cfg.Users))
 		for u := range c.cfg.Users {
 			names = append(names, u)

@@ -476,11 +476,24 @@ func TestCoturnTURN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ct, err := srv.StartCoturn(ctx, CoturnConfig{Users: map[string]string{"alice": "wonderland"}, Secret: "s3cret"})
+	ct, err := srv.StartCoturn(ctx, CoturnConfig{Users: map[string]string{"alice": "wonderland"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	dumpOnFail(t, "coturn", ct.Log)
+	// REST API credentials need a server of their own (coturn can't mix).
+	if _, err := srv.StartCoturn(ctx, CoturnConfig{Users: map[string]string{"a": "b"}, Secret: "x"}); !errors.Is(err, ErrCoturnAuthMix) {
+		t.Fatalf("Users and Secret together: %v, want ErrCoturnAuthMix", err)
+	}
+	srvREST, err := l.AddPublicHost(ctx, "turnrest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctREST, err := srvREST.StartCoturn(ctx, CoturnConfig{Secret: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dumpOnFail(t, "coturn (REST)", ctREST.Log)
 	rt, err := l.AddRouter(ctx, RouterConfig{Name: "sym", NAT: Symmetric})
 	if err != nil {
 		t.Fatal(err)
@@ -496,10 +509,14 @@ func TestCoturnTURN(t *testing.T) {
 	defer ps.Close()
 
 	restUser, restPass := TURNRESTCredentials("s3cret", "bob", time.Hour)
-	for _, cred := range []struct{ name, user, pass string }{
-		{"long-term", "alice", "wonderland"},
-		{"rest-api", restUser, restPass},
+	for _, cred := range []struct {
+		name, user, pass string
+		ct               *Coturn
+	}{
+		{"long-term", "alice", "wonderland", ct},
+		{"rest-api", restUser, restPass, ctREST},
 	} {
+		ct, srv := cred.ct, cred.ct.Host()
 		var client *turn.Client
 		err := h.Run(func() error {
 			conn, err := net.ListenPacket("udp4", "0.0.0.0:0")
@@ -551,6 +568,8 @@ func TestCoturnTURN(t *testing.T) {
 		// Not an open relay: a peer outside the lab is refused.
 		if err := client.CreatePermission(&net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 9}); err == nil {
 			t.Errorf("%s: coturn granted a permission for 192.0.2.1, outside the lab", cred.name)
+		} else if !strings.Contains(err.Error(), "403") {
+			t.Errorf("%s: permission for 192.0.2.1: %v, want 403 Forbidden", cred.name, err)
 		}
 	}
 	// A wrong password gets no allocation.
@@ -573,6 +592,8 @@ func TestCoturnTURN(t *testing.T) {
 		}
 		if _, err := client.Allocate(); err == nil {
 			return errors.New("allocation with a wrong password succeeded")
+		} else if !strings.Contains(err.Error(), "401") {
+			return fmt.Errorf("allocation with a wrong password: %v, want 401", err)
 		}
 		return nil
 	})

@@ -52,9 +52,14 @@ func StartServer(ctx context.Context, cfg ServerConfig, listen netip.AddrPort) (
 	rs.addr = ServerAddr{ID: srv.ID(), Host: AdvertiseAddr(listen.Addr()).String(), Port: rs.udp.Port()}
 	sctx, cancel := context.WithCancel(context.Background())
 	rs.cancel = cancel
+	wait, err := srv.start(sctx, udp, tcp)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
 	go func() {
 		defer close(rs.done)
-		rs.err = srv.Serve(sctx, udp, tcp)
+		rs.err = wait()
 	}()
 	return rs, nil
 }

@@ -166,24 +166,42 @@ func (s *Server) Stats() Stats {
 // It returns nil once ctx is cancelled and every connection is closed, or
 // the error that stopped a listener. Serve may be called only once.
 func (s *Server) Serve(ctx context.Context, udp *net.UDPConn, tcp net.Listener) error {
+	wait, err := s.start(ctx, udp, tcp)
+	if err != nil {
+		return err
+	}
+	return wait()
+}
+
+// start sets up serving (so that no STUN request or QUIC handshake that
+// arrives after it returns is lost) and returns the function that waits
+// for the end.
+func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener) (wait func() error, err error) {
 	if udp == nil && tcp == nil {
-		return errors.New("rendezvous: Serve needs a UDP socket or a TCP listener")
+		return nil, errors.New("rendezvous: Serve needs a UDP socket or a TCP listener")
 	}
 	s.mu.Lock()
 	if s.serving {
 		s.mu.Unlock()
-		return errors.New("rendezvous: Serve called twice")
+		return nil, errors.New("rendezvous: Serve called twice")
 	}
 	s.serving = true
 	s.mu.Unlock()
 
 	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	var wg sync.WaitGroup // every goroutine Serve starts, transitively
 
 	var tr *quic.Transport
 	if udp != nil {
 		tr = &quic.Transport{Conn: udp}
+		// Arm the non-QUIC queue before the socket is read at all:
+		// quic-go drops non-QUIC packets until the first call.
+		armed, disarm := context.WithCancel(ctx)
+		disarm()
+		buf := make([]byte, 2048)
+		if n, from, err := tr.ReadNonQUICPacket(armed, buf); err == nil {
+			s.handleNonQUIC(tr, buf[:n], from)
+		}
 		qcfg := &quic.Config{
 			HandshakeIdleTimeout:           s.cfg.HandshakeTimeout,
 			MaxIdleTimeout:                 s.cfg.IdleTimeout,
@@ -196,12 +214,14 @@ func (s *Server) Serve(ctx context.Context, udp *net.UDPConn, tcp net.Listener) 
 		}
 		ln, err := tr.Listen(s.tlsCfg, qcfg)
 		if err != nil {
+			cancel(nil)
+			wg.Wait()
 			tr.Close()
 			udp.Close()
 			if tcp != nil {
 				tcp.Close()
 			}
-			return fmt.Errorf("rendezvous: quic listen: %w", err)
+			return nil, fmt.Errorf("rendezvous: quic listen: %w", err)
 		}
 		s.log.Info("rendezvous serving UDP (QUIC + STUN)", "addr", udp.LocalAddr().String(), "id", s.ID().String())
 		wg.Go(func() { s.serveSTUN(ctx, tr) })
@@ -221,8 +241,6 @@ func (s *Server) Serve(ctx context.Context, udp *net.UDPConn, tcp net.Listener) 
 	}
 	if tcp != nil {
 		s.log.Info("rendezvous serving TCP (TLS)", "addr", tcp.Addr().String(), "id", s.ID().String())
-		stop := context.AfterFunc(ctx, func() { tcp.Close() })
-		defer stop()
 		wg.Go(func() {
 			for {
 				c, err := tcp.Accept()
@@ -248,22 +266,26 @@ func (s *Server) Serve(ctx context.Context, udp *net.UDPConn, tcp net.Listener) 
 		})
 	}
 
-	<-ctx.Done()
-	if tcp != nil {
-		tcp.Close()
-	}
-	// Sessions close themselves on ctx (with an ERROR "shutdown"); wait
-	// for them before the transport goes, so their last frames get out.
-	wg.Wait()
-	if tr != nil {
-		tr.Close()
-		udp.Close()
-	}
-	s.log.Info("rendezvous stopped")
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-		return err
-	}
-	return nil
+	return func() error {
+		<-ctx.Done()
+		if tcp != nil {
+			tcp.Close()
+		}
+		// Sessions close themselves on ctx (with an ERROR "shutdown"); wait
+		// for them before the transport goes, so their last frames get out.
+		wg.Wait()
+		if tr != nil {
+			tr.Close()
+			udp.Close()
+		}
+		s.log.Info("rendezvous stopped")
+		err := context.Cause(ctx)
+		cancel(nil)
+		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		return nil
+	}, nil
 }
 
 // handleQUIC runs one QUIC signalling connection: its single bidirectional
@@ -391,10 +413,14 @@ func (s *Server) serveSTUN(ctx context.Context, tr *quic.Transport) {
 		if err != nil {
 			return
 		}
-		if resp := s.stunResponse(buf[:n], from); resp != nil {
-			if _, err := tr.WriteTo(resp, from); err != nil {
-				s.log.Debug("stun reply", "to", from.String(), "err", err)
-			}
+		s.handleNonQUIC(tr, buf[:n], from)
+	}
+}
+
+func (s *Server) handleNonQUIC(tr *quic.Transport, pkt []byte, from net.Addr) {
+	if resp := s.stunResponse(pkt, from); resp != nil {
+		if _, err := tr.WriteTo(resp, from); err != nil {
+			s.log.Debug("stun reply", "to", from.String(), "err", err)
 		}
 	}
 }

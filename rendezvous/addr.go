@@ -95,6 +95,9 @@ func ParseServerAddr(s string) (ServerAddr, error) {
 		if sa.TCPPort, err = parsePort(v[0]); err != nil {
 			return bad("tcp port: %v", err)
 		}
+		if sa.TCPPort == sa.Port {
+			sa.TCPPort = 0 // one canonical form
+		}
 	}
 	return sa, nil
 }

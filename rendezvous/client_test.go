@@ -273,14 +273,14 @@ func TestTCPUpgradesToQUIC(t *testing.T) {
 }
 
 func TestClientKeepsRegistrationAlive(t *testing.T) {
-	rs := startTestServer(t, ServerConfig{IdleTimeout: 600 * time.Millisecond})
+	rs := startTestServer(t, ServerConfig{IdleTimeout: 300 * time.Millisecond})
 	for _, tcp := range []bool{false, true} {
 		var opts []clientOpt
 		if tcp {
 			opts = append(opts, forceTCP)
 		}
 		c := startClient(t, "a", mustKey(t), []ServerAddr{rs.ServerAddr()}, newTransport(t), opts...)
-		time.Sleep(1500 * time.Millisecond)
+		time.Sleep(800 * time.Millisecond)
 		if c.Current().IsZero() || rs.Stats().Registrations != uint64(1+btoi(tcp)) {
 			t.Errorf("tcp=%v: registration did not survive idle periods: %+v", tcp, rs.Stats())
 		}

@@ -328,7 +328,7 @@ func TestIdlePeerDropped(t *testing.T) {
 }
 
 func TestServerLimits(t *testing.T) {
-	rs := startTestServer(t, ServerConfig{MaxPeers: 2, MaxPendingIntros: 1, IntroTimeout: 2 * time.Second})
+	rs := startTestServer(t, ServerConfig{MaxPeers: 2, MaxPendingIntros: 1, IntroTimeout: time.Second})
 	servers := []ServerAddr{rs.ServerAddr()}
 	a := startClient(t, "a", mustKey(t), servers, newTransport(t))
 	kb := mustKey(t)

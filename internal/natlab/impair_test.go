@@ -116,6 +116,7 @@ func TestImpairDelay(t *testing.T) {
 	}{
 		{"20ms-each-way", Impairment{Delay: 20 * time.Millisecond}, Impairment{Delay: 20 * time.Millisecond}, 40 * time.Millisecond},
 		{"30ms-up-only", Impairment{Delay: 30 * time.Millisecond}, Impairment{}, 30 * time.Millisecond},
+		{"20ms±5ms-down-only", Impairment{}, Impairment{Delay: 20 * time.Millisecond, Jitter: 5 * time.Millisecond}, 20 * time.Millisecond},
 	} {
 		if err := b.ImpairEach(ctx, tc.up, tc.down); err != nil {
 			t.Fatal(err)
@@ -129,8 +130,18 @@ func TestImpairDelay(t *testing.T) {
 		}
 		// Tolerance: 2.5 ms per delayed direction (timer granularity and
 		// the forwarder's scheduling on shared cores).
-		if med < tc.want || med > tc.want+5*time.Millisecond {
-			t.Errorf("%s: median RTT %v, want within [%v, %v]", tc.name, med, tc.want, tc.want+5*time.Millisecond)
+		// With jitter the median is a sample's: allow a quarter of the
+		// jitter below (its standard error here is about a tenth).
+		lo := tc.want - tc.down.Jitter/4
+		if med < lo || med > tc.want+5*time.Millisecond {
+			t.Errorf("%s: median RTT %v, want within [%v, %v]", tc.name, med, lo, tc.want+5*time.Millisecond)
+		}
+		if j := tc.down.Jitter; j > 0 {
+			lo, hi := quantile(rtts, .05), quantile(rtts, .95)
+			t.Logf("%s: p5 %v, p95 %v", tc.name, lo, hi)
+			if lo < tc.want-j || hi-lo < j {
+				t.Errorf("%s: spread p5 %v .. p95 %v, want at least %v wide and above %v", tc.name, lo, hi, j, tc.want-j)
+			}
 		}
 	}
 	if w := b.wireOf(); w == nil || w.stats.Oversize[0].Load()+w.stats.Oversize[1].Load() > 0 {
@@ -512,7 +523,10 @@ func BenchmarkWireThroughput(b *testing.B) {
 			}
 			b.ReportMetric(sum/float64(b.N)/1e6, "Mbit/s")
 			if w := y.wireOf(); w != nil {
-				b.ReportMetric(float64(w.stats.Dropped[0].Load()+w.stats.Dropped[1].Load())/float64(b.N), "drops/op")
+				s := &w.stats
+				frames := s.Forwarded[0].Load() + s.Forwarded[1].Load()
+				b.ReportMetric(float64(frames)/b.Elapsed().Seconds()/1e3, "kframes/s")
+				b.ReportMetric(float64(s.Dropped[0].Load()+s.Dropped[1].Load())/float64(b.N), "drops/op")
 			}
 		})
 	}

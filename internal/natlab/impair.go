@@ -211,7 +211,7 @@ func linkOf(h *Host) *linkState {
 	return st
 }
 
-// wire returns h's wire (nil if none); for tests.
+// wireOf returns h's wire (nil if none); for tests.
 func (h *Host) wireOf() *wire {
 	st := linkOf(h)
 	st.mu.Lock()

@@ -17,6 +17,7 @@ type command struct {
 // own file as a func(args []string) error.
 var commands = []command{
 	// (entries are added here as the commands exist)
+	{"server", "run the public server: rendezvous and STUN on one UDP+TCP port", runServer},
 	{"lab", "build NAT lab topologies for manual experiments (root)", runLab},
 }
 

@@ -234,8 +234,10 @@ type Session struct {
 	strategy string
 }
 
-// OpenStream opens a new stream to the peer. It blocks while the peer's
-// limit of concurrent streams is reached, until ctx ends.
+// OpenStream opens a new stream to the peer. On QUIC it blocks while the
+// peer's limit of concurrent streams is reached, until ctx ends; on
+// TLS+yamux ctx is only checked before opening (yamux opens without
+// waiting for the peer).
 func (s *Session) OpenStream(ctx context.Context) (*Stream, error) {
 	raw, err := s.b.open(ctx)
 	if err != nil {

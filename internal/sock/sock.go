@@ -242,7 +242,7 @@ func (s *Socket) Close() error {
 
 func (s *Socket) readLoop() {
 	defer close(s.done)
-	// quic-go's packet buffers are at most this large.
+	// Larger than any datagram quic-go hands over.
 	buf := make([]byte, 1<<16)
 	for {
 		n, addr, err := s.tr.ReadNonQUICPacket(s.ctx, buf)

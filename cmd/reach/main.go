@@ -18,6 +18,10 @@ type command struct {
 var commands = []command{
 	// (entries are added here as the commands exist)
 	{"server", "run the public server: rendezvous and STUN on one UDP+TCP port", runServer},
+	{"demo", "embedded server and two peers in one process: connect, move data, print the result", runDemo},
+	{"id", "print the peer ID of a key file, creating the key if missing", runID},
+	{"listen", "accept one stream and copy it to stdout, stdin to it (like nc -l)", runListen},
+	{"dial", "connect to a peer, stdin to the stream, the stream to stdout (like nc)", runDial},
 	{"lab", "build NAT lab topologies for manual experiments (root)", runLab},
 }
 

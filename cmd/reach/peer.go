@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/identity"
+)
+
+// multiFlag is a repeatable string flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(s string) error { *m = append(*m, s); return nil }
+
+// peerFlags are the flags shared by listen, dial and ping.
+type peerFlags struct {
+	key        string
+	servers    multiFlag
+	strategies string
+	jsonOut    bool
+	verbose    bool
+}
+
+func (p *peerFlags) register(fs *flag.FlagSet, withJSON bool) {
+	fs.StringVar(&p.key, "key", "", "key file (created if missing); empty: a fresh key each run")
+	fs.Var(&p.servers, "server", "rendezvous connect string (repeatable; default $REACH_SERVER)")
+	fs.StringVar(&p.strategies, "strategies", "", "comma-separated ladder, e.g. direct,holepunch (default: all)")
+	fs.BoolVar(&p.verbose, "v", false, "debug logs on stderr")
+	if withJSON {
+		fs.BoolVar(&p.jsonOut, "json", false, "JSON events, one per line, on stderr")
+	}
+}
+
+// node starts a node from the flags.
+func (p *peerFlags) node(ctx context.Context) (*reach.Node, error) {
+	servers := []string(p.servers)
+	if len(servers) == 0 {
+		if env := os.Getenv("REACH_SERVER"); env != "" {
+			servers = strings.Fields(strings.ReplaceAll(env, ",", " "))
+		}
+	}
+	if len(servers) == 0 {
+		return nil, errors.New("no server: pass --server CS or set REACH_SERVER")
+	}
+	cfg := reach.Config{Servers: servers}
+	if p.key != "" {
+		k, _, err := identity.LoadOrCreateKey(p.key)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Key = k
+	}
+	if p.strategies != "" {
+		cfg.Strategies = strings.Split(p.strategies, ",")
+	}
+	if p.verbose {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return reach.New(ctx, cfg)
+}
+
+// events writes JSON events on stderr when enabled.
+type events struct {
+	on bool
+	mu sync.Mutex
+}
+
+func (e *events) emit(kv map[string]any) {
+	if !e.on {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	json.NewEncoder(os.Stderr).Encode(kv)
+}
+
+func runID(args []string) error {
+	fs := flag.NewFlagSet("id", flag.ContinueOnError)
+	key := fs.String("key", "", "key file (created with mode 0600 if missing)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *key == "" {
+		return errors.New("--key FILE is required")
+	}
+	k, _, err := identity.LoadOrCreateKey(*key)
+	if err != nil {
+		return err
+	}
+	fmt.Println(k.ID())
+	return nil
+}
+
+// halfCloser is a stream that can half-close.
+type halfCloser interface{ CloseWrite() error }
+
+// pipe copies stdin to c (half-closing c at EOF) and c to stdout, and
+// returns when both directions are done.
+func pipe(c io.ReadWriteCloser, stdin io.Reader, stdout io.Writer) error {
+	errc := make(chan error, 2)
+	go func() {
+		_, err := io.Copy(c, stdin)
+		if hc, ok := c.(halfCloser); ok {
+			if cerr := hc.CloseWrite(); err == nil {
+				err = cerr
+			}
+		}
+		errc <- err
+	}()
+	_, err := io.Copy(stdout, c)
+	if err != nil {
+		return err
+	}
+	// The remote finished; our stdin may still be open (like nc, stop).
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(100 * time.Millisecond):
+		return nil
+	}
+}
+
+func runListen(args []string) error {
+	fs := flag.NewFlagSet("listen", flag.ContinueOnError)
+	var pf peerFlags
+	pf.register(fs, false)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	n, err := pf.node(ctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	fmt.Fprintf(os.Stderr, "listening %s\n", n.ID())
+	c, err := n.Accept()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return pipe(c, os.Stdin, os.Stdout)
+}
+
+func runDial(args []string) error {
+	fs := flag.NewFlagSet("dial", flag.ContinueOnError)
+	var pf peerFlags
+	pf.register(fs, true)
+	timeout := fs.Duration("timeout", 30*time.Second, "bound on connection setup")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("usage: reach dial [flags] PEER")
+	}
+	ev := &events{on: pf.jsonOut}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	start := time.Now()
+	n, err := pf.node(ctx)
+	if err != nil {
+		ev.emit(map[string]any{"event": "error", "error": err.Error()})
+		return err
+	}
+	defer n.Close()
+	peer, err := identity.ParsePeerID(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	sess, err := n.DialSession(ctx, peer)
+	if err != nil {
+		ev.emit(map[string]any{"event": "error", "error": err.Error()})
+		return err
+	}
+	c, err := sess.OpenStream(ctx)
+	if err != nil {
+		return err
+	}
+	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": sess.RemoteAddr().String(),
+		"remote": peer.String(), "elapsed_ms": time.Since(start).Milliseconds()})
+	defer c.Close()
+	err = pipe(c, os.Stdin, os.Stdout)
+	ev.emit(map[string]any{"event": "closed", "error": errString(err)})
+	return err
+}
+
+func errString(err error) any {
+	if err == nil {
+		return nil
+	}
+	return err.Error()
+}

@@ -1,0 +1,349 @@
+// Package reach connects two programs across NATs, firewalls and proxies
+// and hands back an encrypted, multiplexed, reliable net.Conn.
+//
+// A Node owns one UDP socket, registers its peer ID with one or more
+// rendezvous servers, and offers Dial (a stream to a peer), DialSession
+// (the session, to open and accept more streams) and Accept (incoming
+// streams). Dial races the connectivity strategies of the ladder (direct,
+// then hole punching) and keeps the first session whose TLS 1.3 handshake
+// proved the dialled key.
+//
+//	node, err := reach.New(ctx, reach.Config{Key: key, Servers: []string{cs}})
+//	conn, err := node.Dial(ctx, peerID)
+//
+// On the other side:
+//
+//	conn, err := node.Accept()
+//	fmt.Println("stream from", conn.RemoteAddr()) // the remote peer ID
+package reach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/reachp2p/reach/direct"
+	"github.com/reachp2p/reach/holepunch"
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/sock"
+	"github.com/reachp2p/reach/rendezvous"
+	"github.com/reachp2p/reach/strategy"
+	"github.com/reachp2p/reach/stream"
+)
+
+// Named errors. Errors from the rendezvous server (rendezvous.ErrUnknownPeer,
+// rendezvous.ErrPeerOffline, rendezvous.ErrNoServer), from TLS pinning
+// (identity.ErrWrongPeer) and from the race (*strategy.RaceError) come back
+// wrapped; test them with errors.Is / errors.As.
+var (
+	// ErrClosed: the node has been closed.
+	ErrClosed = errors.New("reach: node closed")
+	// ErrNoServers: the node has no rendezvous server to find peers with.
+	ErrNoServers = errors.New("reach: no rendezvous server configured")
+	// ErrUnknownStrategy: Config.Strategies names a strategy that does not
+	// exist.
+	ErrUnknownStrategy = errors.New("reach: unknown strategy")
+	// ErrSelfDial: a node dialled its own peer ID.
+	ErrSelfDial = errors.New("reach: dialling own peer ID")
+)
+
+// Strategy names, in ladder order.
+const (
+	StrategyDirect    = "direct"
+	StrategyHolepunch = "holepunch"
+)
+
+// DefaultStrategies is the ladder used when Config.Strategies is empty.
+var DefaultStrategies = []string{StrategyDirect, StrategyHolepunch}
+
+// Config configures a Node. The zero value is usable for a node that only
+// accepts direct connections; set Servers to find peers by ID.
+type Config struct {
+	// Key is the node's identity. Nil: a fresh random key, so the peer ID
+	// changes on every run.
+	Key *identity.Key
+	// Servers are rendezvous connect strings ("reach://ID@host:port"),
+	// tried in order with failover. Empty: no rendezvous; Dial fails with
+	// ErrNoServers.
+	Servers []string
+	// ListenAddr is the local UDP address of the node's one socket. Zero:
+	// all interfaces (IPv4 and IPv6), a random port.
+	ListenAddr netip.AddrPort
+	// Strategies restricts and orders the ladder, by name (StrategyDirect,
+	// StrategyHolepunch). Empty: DefaultStrategies.
+	Strategies []string
+	// HeadStart is how long a strategy runs alone before the next one in
+	// the ladder starts (a failure starts the next at once). Zero: 100ms.
+	HeadStart time.Duration
+	// PunchLinger is how long the listening side keeps sending punch
+	// packets after an introduction. Zero: 15s.
+	PunchLinger time.Duration
+	// Session tunes QUIC sessions (keepalive, windows, timeouts).
+	Session stream.Config
+	// AcceptQueue is how many incoming streams may wait for Accept; more
+	// are reset. Zero: 64.
+	AcceptQueue int
+	// ForceTCPSignalling reaches rendezvous servers over TCP+TLS only.
+	ForceTCPSignalling bool
+	// Logger receives the node's logs. Nil: discard.
+	Logger *slog.Logger
+}
+
+// Node is one peer: a key, a UDP socket, rendezvous registrations, and
+// the sessions to other peers. Its methods are safe for concurrent use.
+type Node struct {
+	cfg      Config
+	key      *identity.Key
+	log      *slog.Logger
+	sock     *sock.Socket
+	ln       *stream.Listener
+	client   *rendezvous.Client // nil without servers
+	punch    *holepunch.Manager
+	ladder   []strategy.Entry
+	loopback bool // advertise loopback candidates (server on loopback)
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	accept chan *stream.Stream
+
+	mu       sync.Mutex
+	sessions map[identity.PeerID][]*stream.Session
+	closed   bool
+}
+
+// New starts a node: it opens the UDP socket and registers with the first
+// rendezvous server that answers. ctx bounds only this setup.
+func New(ctx context.Context, cfg Config) (*Node, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Key == nil {
+		k, err := identity.GenerateKey()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Key = k
+	}
+	if cfg.HeadStart <= 0 {
+		cfg.HeadStart = 100 * time.Millisecond
+	}
+	if cfg.PunchLinger <= 0 {
+		cfg.PunchLinger = 15 * time.Second
+	}
+	if cfg.AcceptQueue <= 0 {
+		cfg.AcceptQueue = 64
+	}
+	if cfg.Session.Logger == nil {
+		cfg.Session.Logger = cfg.Logger
+	}
+	var servers []rendezvous.ServerAddr
+	for _, s := range cfg.Servers {
+		sa, err := rendezvous.ParseServerAddr(s)
+		if err != nil {
+			return nil, err
+		}
+		servers = append(servers, sa)
+	}
+	n := &Node{cfg: cfg, key: cfg.Key, log: cfg.Logger.With("node", cfg.Key.ID().Short()),
+		accept: make(chan *stream.Stream, cfg.AcceptQueue), sessions: map[identity.PeerID][]*stream.Session{}}
+	for _, sa := range servers {
+		if ip, err := netip.ParseAddr(sa.Host); err == nil && ip.IsLoopback() {
+			n.loopback = true
+		}
+	}
+	var err error
+	if n.ladder, err = n.buildLadder(cfg.Strategies); err != nil {
+		return nil, err
+	}
+	n.sock, err = sock.Listen(sock.Config{Addr: cfg.ListenAddr, Logger: n.log})
+	if err != nil {
+		return nil, err
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.punch = holepunch.NewManager(n.sock, n.log)
+	n.ln, err = stream.Listen(n.sock.Transport(), n.key, cfg.Session)
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	n.goRun(n.acceptSessions)
+	if len(servers) > 0 {
+		n.client, err = rendezvous.NewClient(rendezvous.ClientConfig{
+			Key: n.key, Servers: servers, Transport: n.sock.Transport(),
+			ForceTCP: cfg.ForceTCPSignalling, Candidates: n.candidates, Logger: n.log,
+		})
+		if err != nil {
+			n.Close()
+			return nil, err
+		}
+		if err := n.client.Start(ctx); err != nil {
+			n.Close()
+			return nil, err
+		}
+		n.goRun(n.serveIntroductions)
+	}
+	n.log.Debug("node up", "id", n.key.ID(), "addr", n.sock.LocalAddr())
+	return n, nil
+}
+
+func (n *Node) goRun(f func()) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+}
+
+// buildLadder turns strategy names into the race's explicit list.
+func (n *Node) buildLadder(names []string) ([]strategy.Entry, error) {
+	if len(names) == 0 {
+		names = DefaultStrategies
+	}
+	var out []strategy.Entry
+	for _, name := range names {
+		var s strategy.Strategy
+		switch name {
+		case StrategyDirect:
+			s = direct.Strategy{}
+		case StrategyHolepunch:
+			s = &holepunch.Strategy{Manager: func() *holepunch.Manager { return n.punch }}
+		default:
+			return nil, fmt.Errorf("%w: %q (known: %s, %s)", ErrUnknownStrategy, name, StrategyDirect, StrategyHolepunch)
+		}
+		out = append(out, strategy.Entry{Strategy: s, HeadStart: n.cfg.HeadStart})
+	}
+	return out, nil
+}
+
+// ID returns the node's peer ID.
+func (n *Node) ID() identity.PeerID { return n.key.ID() }
+
+// LocalAddr returns the node's UDP socket address.
+func (n *Node) LocalAddr() netip.AddrPort { return n.sock.LocalAddr() }
+
+// Observed returns the node's public address as its rendezvous server
+// sees it (invalid without servers, or over TCP).
+func (n *Node) Observed() netip.AddrPort {
+	if n.client == nil {
+		return netip.AddrPort{}
+	}
+	return n.client.Observed()
+}
+
+// candidates are the node's own addresses, advertised in offers and
+// answers (the server adds the reflexive one).
+func (n *Node) candidates() []rendezvous.Candidate {
+	la := n.sock.LocalAddr()
+	if !la.Addr().IsUnspecified() {
+		return []rendezvous.Candidate{{Addr: la, Kind: rendezvous.Host}}
+	}
+	return hostCandidates(la.Port(), n.loopback, la.Addr().Is6())
+}
+
+// Close closes every session, the registrations and the socket.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	var all []*stream.Session
+	for _, ss := range n.sessions {
+		all = append(all, ss...)
+	}
+	n.mu.Unlock()
+	if n.cancel != nil {
+		n.cancel()
+	}
+	for _, s := range all {
+		s.CloseWithError(0, "node closed")
+	}
+	if n.client != nil {
+		n.client.Close()
+	}
+	if n.ln != nil {
+		n.ln.Close()
+	}
+	if n.punch != nil {
+		n.punch.Close()
+	}
+	err := n.sock.Close()
+	n.wg.Wait()
+	return err
+}
+
+// Accept waits for the next incoming stream from any peer. The stream's
+// RemoteAddr().String() is the remote peer ID. It returns ErrClosed after
+// Close.
+func (n *Node) Accept() (net.Conn, error) { return n.AcceptContext(context.Background()) }
+
+// AcceptContext is Accept bounded by ctx.
+func (n *Node) AcceptContext(ctx context.Context) (*stream.Stream, error) {
+	select {
+	case s := <-n.accept:
+		return s, nil
+	case <-n.ctx.Done():
+		return nil, ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Listener returns the node as a net.Listener (Accept, Close, Addr).
+func (n *Node) Listener() net.Listener { return nodeListener{n} }
+
+type nodeListener struct{ n *Node }
+
+func (l nodeListener) Accept() (net.Conn, error) { return l.n.Accept() }
+func (l nodeListener) Close() error              { return l.n.Close() }
+func (l nodeListener) Addr() net.Addr            { return stream.Addr{Peer: l.n.ID(), Path: l.n.LocalAddr()} }
+
+// Dial connects to peer and opens a stream. ctx bounds the setup only, as
+// with net.Dialer: cancelling it later does not affect the stream.
+func (n *Node) Dial(ctx context.Context, peer string) (net.Conn, error) {
+	id, err := identity.ParsePeerID(peer)
+	if err != nil {
+		return nil, err
+	}
+	sess, err := n.DialSession(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return sess.OpenStream(ctx)
+}
+
+// Dial connects to peer with a node made for this call from a fresh key
+// and the given servers, and returns a stream. The node is closed when the
+// stream is closed. For more than a one-off, make a Node.
+func Dial(ctx context.Context, peer string, servers ...string) (net.Conn, error) {
+	n, err := New(ctx, Config{Servers: servers})
+	if err != nil {
+		return nil, err
+	}
+	c, err := n.Dial(ctx, peer)
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	return &ownedConn{Conn: c, n: n}, nil
+}
+
+type ownedConn struct {
+	net.Conn
+	n    *Node
+	once sync.Once
+}
+
+func (c *ownedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.n.Close() })
+	return err
+}

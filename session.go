@@ -4,8 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"net/netip"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/reachp2p/reach/holepunch"

@@ -302,7 +302,7 @@ func TestRandomUDP(t *testing.T) {
 		}
 	}
 	c.WriteToUDPAddrPort(nil, to) // empty: quic-go drops it before us
-	for range 50 { // QUIC-looking junk: quic-go's problem, must not hurt us
+	for range 50 {                // QUIC-looking junk: quic-go's problem, must not hurt us
 		b := randBytes(1200)
 		b[0] |= 0xc0
 		c.WriteToUDPAddrPort(b, to)

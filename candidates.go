@@ -11,11 +11,7 @@ import (
 // port: IPv4 and IPv6 global and private unicast addresses (no link-local:
 // they need a zone and rarely help). Loopback addresses are included only
 // with loopback true (everything on one machine, as in the demo).
-func hostCandidates(port uint16, loopback bool, v6 bool) []rendezvous.Candidate {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil
-	}
+func hostCandidates(addrs []net.Addr, port uint16, loopback bool, v6 bool) []rendezvous.Candidate {
 	var out []rendezvous.Candidate
 	seen := map[netip.Addr]bool{}
 	for _, a := range addrs {

@@ -79,7 +79,7 @@ type Config struct {
 	// StrategyHolepunch). Empty: DefaultStrategies.
 	Strategies []string
 	// HeadStart is how long a strategy runs alone before the next one in
-	// the ladder starts (a failure starts the next at once). Zero: 100ms.
+	// the ladder starts (a failure starts the next at once). Zero: 20ms.
 	HeadStart time.Duration
 	// PunchLinger is how long the listening side keeps sending punch
 	// packets after an introduction. Zero: 15s.
@@ -91,6 +91,13 @@ type Config struct {
 	AcceptQueue int
 	// ForceTCPSignalling reaches rendezvous servers over TCP+TLS only.
 	ForceTCPSignalling bool
+	// DialTCP opens the node's TCP connections (the signalling fallback).
+	// Nil: a net.Dialer.
+	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
+	// InterfaceAddrs lists the local addresses that become host
+	// candidates; it is called for every offer and answer. Nil:
+	// net.InterfaceAddrs.
+	InterfaceAddrs func() ([]net.Addr, error)
 	// Logger receives the node's logs. Nil: discard.
 	Logger *slog.Logger
 }
@@ -132,7 +139,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		cfg.Key = k
 	}
 	if cfg.HeadStart <= 0 {
-		cfg.HeadStart = 100 * time.Millisecond
+		cfg.HeadStart = 20 * time.Millisecond
 	}
 	if cfg.PunchLinger <= 0 {
 		cfg.PunchLinger = 15 * time.Second
@@ -177,7 +184,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if len(servers) > 0 {
 		n.client, err = rendezvous.NewClient(rendezvous.ClientConfig{
 			Key: n.key, Servers: servers, Transport: n.sock.Transport(),
-			ForceTCP: cfg.ForceTCPSignalling, Candidates: n.candidates, Logger: n.log,
+			ForceTCP: cfg.ForceTCPSignalling, DialTCP: cfg.DialTCP, Candidates: n.candidates, Logger: n.log,
 		})
 		if err != nil {
 			n.Close()
@@ -244,7 +251,15 @@ func (n *Node) candidates() []rendezvous.Candidate {
 	if !la.Addr().IsUnspecified() {
 		return []rendezvous.Candidate{{Addr: la, Kind: rendezvous.Host}}
 	}
-	return hostCandidates(la.Port(), n.loopback, la.Addr().Is6())
+	list := n.cfg.InterfaceAddrs
+	if list == nil {
+		list = net.InterfaceAddrs
+	}
+	addrs, err := list()
+	if err != nil {
+		n.log.Warn("listing interface addresses", "err", err)
+	}
+	return hostCandidates(addrs, la.Port(), n.loopback, la.Addr().Is6())
 }
 
 // Close closes every session, the registrations and the socket.

@@ -23,9 +23,14 @@ const Name = "direct"
 // ErrNoAddress: the peer advertised no address this strategy can dial.
 var ErrNoAddress = errors.New("direct: peer has no dialable address")
 
-// Strategy dials every host, reflexive and mapped candidate of the peer at
-// once over the node's socket; the first QUIC session that proves the
-// peer's key wins and the other attempts are cancelled.
+// Strategy dials every host candidate of the peer (the addresses of its
+// own interfaces: LAN, public, IPv6) at once over the node's socket; the
+// first QUIC session that proves the peer's key wins and the other attempts
+// are cancelled. Reflexive addresses are left to holepunch, whose checks
+// open the NAT on both sides first (a reflexive address that works without
+// that, as behind a full-cone NAT, is found by holepunch just as fast), and
+// mapped ones to the port-mapping strategy: so the strategy that wins says
+// truthfully what made the path.
 type Strategy struct{}
 
 // Name implements strategy.Strategy.
@@ -36,7 +41,7 @@ func Targets(remote rendezvous.PeerInfo) []netip.AddrPort {
 	var out []netip.AddrPort
 	seen := map[netip.AddrPort]bool{}
 	for _, c := range remote.Candidates {
-		if c.Kind == rendezvous.Relay || !c.Addr.IsValid() || c.Addr.Port() == 0 || seen[c.Addr] {
+		if c.Kind != rendezvous.Host || !c.Addr.IsValid() || c.Addr.Port() == 0 || seen[c.Addr] {
 			continue
 		}
 		seen[c.Addr] = true

@@ -278,6 +278,16 @@ func (r *Router) ruleset() string {
 	fmt.Fprintf(&b, "    oifname \"wan\" ct original ip saddr %s meta l4proto udp update @portmap { udp sport : ct original ip saddr . ct original proto-src }\n", lanNet)
 	fmt.Fprintf(&b, "    oifname \"wan\" ct original ip saddr %s meta l4proto udp update @contacted { ip daddr . udp sport }\n", lanNet)
 	b.WriteString("  }\n")
+	// The router's own firewall, as on real home routers: nothing new
+	// comes in on the WAN side to the router itself. This matters for
+	// hole punching: a dropped packet leaves no conntrack entry, whereas
+	// one accepted into an empty port would leave an un-NATed entry that
+	// blocks (and, by port clash, moves) the LAN host's later mapping.
+	b.WriteString("  chain input {\n    type filter hook input priority filter; policy accept;\n")
+	b.WriteString("    iifname \"wan\" ct state established,related accept\n")
+	b.WriteString("    iifname \"wan\" meta l4proto icmp accept\n")
+	b.WriteString("    iifname \"wan\" drop\n")
+	b.WriteString("  }\n")
 	b.WriteString("  chain forward {\n    type filter hook forward priority filter; policy drop;\n")
 	b.WriteString("    ct state established,related accept\n")
 	switch c.NAT {

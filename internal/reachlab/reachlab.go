@@ -1,0 +1,81 @@
+// Package reachlab puts reach servers and nodes on NAT lab hosts, for the
+// end-to-end tests and benchmarks: every socket a node or server opens is
+// created inside its host's namespace, so no packet leaves the lab.
+package reachlab
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/rendezvous"
+)
+
+// StartServer runs a rendezvous server on host h at port 4950 (UDP and
+// TCP) until the test ends and returns its connect string.
+func StartServer(t testing.TB, h *natlab.Host) (*rendezvous.RunningServer, string) {
+	t.Helper()
+	var rs *rendezvous.RunningServer
+	err := h.Run(func() error {
+		var err error
+		rs, err = rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{Logger: natlab.TestLogger(t).With("server", h.Name())},
+			netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("server on %s: %v", h.Name(), err)
+	}
+	t.Cleanup(func() { rs.Close() })
+	return rs, rs.ConnectString()
+}
+
+// HostConfig fills the Config hooks that must run inside h's namespace:
+// TCP dials and interface enumeration.
+func HostConfig(h *natlab.Host, cfg reach.Config) reach.Config {
+	cfg.DialTCP = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := h.Run(func() error {
+			var d net.Dialer
+			var err error
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	cfg.InterfaceAddrs = func() ([]net.Addr, error) {
+		var addrs []net.Addr
+		err := h.Run(func() error {
+			var err error
+			addrs, err = net.InterfaceAddrs()
+			return err
+		})
+		return addrs, err
+	}
+	return cfg
+}
+
+// NewNode starts a node on host h (closed when the test ends).
+func NewNode(t testing.TB, h *natlab.Host, cfg reach.Config) *reach.Node {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = natlab.TestLogger(t).With("host", h.Name())
+	}
+	cfg = HostConfig(h, cfg)
+	var n *reach.Node
+	err := h.Run(func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		var err error
+		n, err = reach.New(ctx, cfg)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("node on %s: %v", h.Name(), err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}

@@ -16,9 +16,11 @@
 // ALPN ("reach/1").
 //
 // Wire format of a stream: the opening side sends one header byte, the
-// stream type, before any application data; 0x00 is an application stream
-// and other values are reserved (the accepting side fails such a stream
-// with ErrBadStreamHeader). The header also makes a freshly opened QUIC
+// stream type, before any application data: 0x00 is an application stream,
+// 0x01 the session's echo service (Session.Ping), 0x02 "done" (Session.
+// Shutdown); these two are served inside AcceptStream, never returned;
+// other values are reserved (the accepting
+// side fails such a stream with ErrBadStreamHeader). The header also makes a freshly opened QUIC
 // stream visible to the peer at once (quic-go announces a stream only with
 // its first data), so AcceptStream returns even when the accepting side is
 // the one that speaks first. The header is consumed by the first Read on
@@ -45,7 +47,11 @@ import (
 const ALPN = "reach/1"
 
 // Stream types: the first byte the opening side sends on a stream.
-const streamTypeApp = 0x00
+const (
+	streamTypeApp  = 0x00
+	streamTypePing = 0x01 // echo service, see Session.Ping
+	streamTypeBye  = 0x02 // "done": see Session.Shutdown
+)
 
 // Named errors. Test with errors.Is.
 var (
@@ -232,6 +238,8 @@ type Session struct {
 
 	mu       sync.Mutex
 	strategy string
+	bye      chan struct{} // closed when the peer's bye stream arrives
+	byeSeen  bool
 }
 
 // OpenStream opens a new stream to the peer. On QUIC it blocks while the
@@ -239,12 +247,16 @@ type Session struct {
 // TLS+yamux ctx is only checked before opening (yamux opens without
 // waiting for the peer).
 func (s *Session) OpenStream(ctx context.Context) (*Stream, error) {
+	return s.openStream(ctx, streamTypeApp)
+}
+
+func (s *Session) openStream(ctx context.Context, typ byte) (*Stream, error) {
 	raw, err := s.b.open(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("stream: open: %w", err)
 	}
 	// The type header announces the stream to the peer (see package doc).
-	if _, err := raw.Write([]byte{streamTypeApp}); err != nil {
+	if _, err := raw.Write([]byte{typ}); err != nil {
 		raw.abortRead()
 		raw.closeWrite()
 		return nil, fmt.Errorf("stream: open: %w", err)
@@ -255,13 +267,26 @@ func (s *Session) OpenStream(ctx context.Context) (*Stream, error) {
 }
 
 // AcceptStream waits for the peer to open a stream, until ctx ends or the
-// session closes.
+// session closes. Streams of the session's own services (Ping) are served
+// here and never returned.
 func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
-	raw, err := s.b.accept(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("stream: accept: %w", err)
+	for {
+		raw, err := s.b.accept(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("stream: accept: %w", err)
+		}
+		st := &Stream{raw: raw, sess: s}
+		switch st.serviceType() {
+		case streamTypePing:
+			go st.serveEcho()
+			continue
+		case streamTypeBye:
+			s.peerSaidBye()
+			st.Close()
+			continue
+		}
+		return st, nil
 	}
-	return &Stream{raw: raw, sess: s}, nil
 }
 
 // RemotePeer returns the peer's ID, proved in the TLS handshake.
@@ -329,9 +354,10 @@ type Stream struct {
 	raw  rawStream
 	sess *Session
 
-	hdrMu   sync.Mutex
-	hdrDone atomic.Bool // the type header has been sent or consumed
-	hdrErr  error       // under hdrMu: permanent header failure
+	hdrMu     sync.Mutex
+	hdrDone   atomic.Bool // the type header has been sent or consumed
+	hdrErr    error       // under hdrMu: permanent header failure
+	hdrFailed atomic.Bool // hdrErr is set
 
 	wmu     sync.Mutex // serialises Write, CloseWrite and Close's FIN
 	wclosed bool       // under wmu: FIN sent
@@ -355,10 +381,8 @@ func (s *Stream) Read(p []byte) (int, error) {
 	if s.closed.Load() {
 		return 0, net.ErrClosed
 	}
-	if !s.hdrDone.Load() {
-		if err := s.readHeader(); err != nil {
-			return 0, s.mapErr(err)
-		}
+	if err := s.readHeader(); err != nil {
+		return 0, s.mapErr(err)
 	}
 	n, err := s.raw.Read(p)
 	if err != nil {
@@ -368,6 +392,9 @@ func (s *Stream) Read(p []byte) (int, error) {
 }
 
 func (s *Stream) readHeader() error {
+	if s.hdrDone.Load() && !s.hdrFailed.Load() {
+		return nil
+	}
 	s.hdrMu.Lock()
 	defer s.hdrMu.Unlock()
 	if s.hdrDone.Load() {
@@ -385,12 +412,14 @@ func (s *Stream) readHeader() error {
 		if errors.Is(err, io.EOF) {
 			// The peer closed its side without sending anything.
 			s.hdrErr = io.EOF
+			s.hdrFailed.Store(true)
 			s.hdrDone.Store(true)
 		}
 		return err // a timeout or reset: the next Read tries again
 	}
 	if b[0] != streamTypeApp {
 		s.hdrErr = fmt.Errorf("%w: type %#x", ErrBadStreamHeader, b[0])
+		s.hdrFailed.Store(true)
 		s.raw.abortRead()
 	}
 	s.hdrDone.Store(true)

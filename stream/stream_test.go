@@ -512,3 +512,96 @@ func TestConfigDefaults(t *testing.T) {
 		t.Errorf("negative keep-alive: %v", q.KeepAlivePeriod)
 	}
 }
+
+// TestPing: every session answers pings on both backends, and ping
+// streams never reach the application's AcceptStream.
+func TestPing(t *testing.T) {
+	for name, mk := range map[string]func(testing.TB, Config) pair{"quic": quicPair, "yamux": yamuxPair} {
+		t.Run(name, func(t *testing.T) {
+			p := mk(t, testConfig(t))
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			// the server side must be accepting for pings to be answered
+			accepted := make(chan *Stream, 1)
+			go func() {
+				st, err := p.server.AcceptStream(ctx)
+				if err == nil {
+					accepted <- st
+				}
+			}()
+			for i := 0; i < 3; i++ {
+				rtt, err := p.client.Ping(ctx)
+				if err != nil || rtt <= 0 {
+					t.Fatalf("ping %d: rtt %v err %v", i, rtt, err)
+				}
+			}
+			select {
+			case st := <-accepted:
+				t.Fatalf("a ping stream reached AcceptStream: %v", st)
+			case <-time.After(200 * time.Millisecond):
+			}
+			// an application stream still arrives
+			c, err := p.client.OpenStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			select {
+			case st := <-accepted:
+				st.Close()
+			case <-ctx.Done():
+				t.Fatal("application stream not accepted after pings")
+			}
+		})
+	}
+}
+
+// TestShutdownDeliversEverything: a side that writes a lot, half-closes and
+// calls Shutdown at once does not lose the tail of its data (a plain Close
+// would discard what the peer has not acknowledged), and Shutdown returns
+// once the peer, having read everything, shuts down too.
+func TestShutdownDeliversEverything(t *testing.T) {
+	p := quicPair(t, testConfig(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	const size = 8 << 20
+	got := make(chan int64, 1)
+	go func() {
+		st, err := p.server.AcceptStream(ctx)
+		if err != nil {
+			got <- -1
+			return
+		}
+		time.Sleep(200 * time.Millisecond) // a slow reader
+		n, _ := io.Copy(io.Discard, st)
+		st.Close()
+		got <- n
+		// keep accepting so the bye arrives, then say bye ourselves
+		go p.server.AcceptStream(ctx)
+		p.server.Shutdown(ctx)
+	}()
+	c, err := p.client.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	done := make(chan error, 1)
+	go func() {
+		go p.client.AcceptStream(ctx) // serves the peer's bye
+		done <- p.client.Shutdown(ctx)
+	}()
+	if n := <-got; n != size {
+		t.Fatalf("peer read %d bytes, want %d", n, size)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	select {
+	case <-p.client.Done():
+	default:
+		t.Fatal("session still open after Shutdown")
+	}
+}

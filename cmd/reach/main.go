@@ -22,6 +22,7 @@ var commands = []command{
 	{"id", "print the peer ID of a key file, creating the key if missing", runID},
 	{"listen", "accept one stream and copy it to stdout, stdin to it (like nc -l)", runListen},
 	{"dial", "connect to a peer, stdin to the stream, the stream to stdout (like nc)", runDial},
+	{"ping", "measure the round trip to a peer and show the path", runPing},
 	{"lab", "build NAT lab topologies for manual experiments (root)", runLab},
 }
 

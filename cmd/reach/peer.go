@@ -15,6 +15,7 @@ import (
 
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/stream"
 )
 
 // multiFlag is a repeatable string flag.
@@ -146,12 +147,23 @@ func runListen(args []string) error {
 	}
 	defer n.Close()
 	fmt.Fprintf(os.Stderr, "listening %s\n", n.ID())
-	c, err := n.Accept()
+	c, err := n.AcceptContext(context.Background())
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	return pipe(c, os.Stdin, os.Stdout)
+	if err := pipe(c, os.Stdin, os.Stdout); err != nil {
+		return err
+	}
+	return finish(c.Session())
+}
+
+// finish waits (bounded) until the peer has everything this side sent,
+// then closes the session: closing at once could drop data in flight.
+func finish(s *stream.Session) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return s.Shutdown(ctx)
 }
 
 func runDial(args []string) error {
@@ -192,6 +204,9 @@ func runDial(args []string) error {
 		"remote": peer.String(), "elapsed_ms": time.Since(start).Milliseconds()})
 	defer c.Close()
 	err = pipe(c, os.Stdin, os.Stdout)
+	if err == nil {
+		err = finish(sess)
+	}
 	ev.emit(map[string]any{"event": "closed", "error": errString(err)})
 	return err
 }
@@ -201,4 +216,68 @@ func errString(err error) any {
 		return nil
 	}
 	return err.Error()
+}
+
+func runPing(args []string) error {
+	fs := flag.NewFlagSet("ping", flag.ContinueOnError)
+	var pf peerFlags
+	pf.register(fs, true)
+	count := fs.Int("count", 4, "number of pings")
+	interval := fs.Duration("interval", time.Second, "time between pings")
+	timeout := fs.Duration("timeout", 30*time.Second, "bound on connection setup")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("usage: reach ping [flags] PEER")
+	}
+	peer, err := identity.ParsePeerID(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	ev := &events{on: pf.jsonOut}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	start := time.Now()
+	n, err := pf.node(ctx)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	sess, err := n.DialSession(ctx, peer)
+	if err != nil {
+		ev.emit(map[string]any{"event": "error", "error": err.Error()})
+		return err
+	}
+	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": sess.RemoteAddr().String(),
+		"remote": peer.String(), "elapsed_ms": time.Since(start).Milliseconds()})
+	if !pf.jsonOut {
+		fmt.Printf("connected to %s via %s (%s) in %v\n", peer.Short(), sess.Strategy(), sess.RemoteAddr(), time.Since(start).Round(time.Millisecond))
+	}
+	var failed int
+	for i := 1; i <= *count; i++ {
+		if i > 1 {
+			time.Sleep(*interval)
+		}
+		pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		rtt, err := sess.Ping(pctx)
+		pcancel()
+		if err != nil {
+			failed++
+			ev.emit(map[string]any{"event": "timeout", "seq": i, "error": err.Error()})
+			if !pf.jsonOut {
+				fmt.Printf("seq=%d error: %v\n", i, err)
+			}
+			continue
+		}
+		ev.emit(map[string]any{"event": "pong", "seq": i, "rtt_ms": float64(rtt.Microseconds()) / 1000,
+			"strategy": sess.Strategy(), "path": sess.RemoteAddr().String()})
+		if !pf.jsonOut {
+			fmt.Printf("seq=%d rtt=%.2fms path=%s strategy=%s\n", i, float64(rtt.Microseconds())/1000, sess.RemoteAddr(), sess.Strategy())
+		}
+	}
+	if failed == *count {
+		return fmt.Errorf("no answer to %d pings", failed)
+	}
+	return nil
 }

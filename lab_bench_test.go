@@ -1,0 +1,575 @@
+package reach_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/stream"
+)
+
+// The core benchmarks compare reach with bare quic-go between the same two
+// lab hosts, through the same NATs, in one run, so the ratio means something
+// on a shared, noisy machine:
+//
+//	go test -run '^$' -bench 'BenchmarkLab' -count 5 -benchtime 3x .
+//
+// Each benchmark builds its lab, nodes and bare QUIC connections once; the
+// sub-benchmarks (and every -count repetition) reuse them. See
+// docs/benchmarks.md for the figures.
+
+const (
+	// labBenchBytes is what one throughput iteration moves, on one new
+	// stream, in labBenchChunk writes.
+	labBenchBytes = 64 << 20
+	labBenchChunk = 64 << 10
+	// labBarePort is the local port of the bare quic-go sockets. Masquerade
+	// keeps a free source port, so behind a port-restricted NAT the
+	// socket's external address is the router's WAN address and this port.
+	labBarePort = 41000
+	// labAccessDelay is the one-way delay on each peer router's WAN link in
+	// BenchmarkLabConnect: a peer-to-peer round trip crosses two such links
+	// twice, 4 × 10 ms = 40 ms.
+	labAccessDelay = 10 * time.Millisecond
+)
+
+// BenchmarkLabThroughput: one stream's throughput over reach and over bare
+// quic-go between the same two hosts. reach-holepunch and bare-quic run
+// between two hosts behind two different port-restricted NATs (reach must
+// win by holepunch; bare quic-go runs over a hand-punched mapping);
+// reach-direct and bare-quic-public between two public hosts. Both use the
+// flow-control windows of stream.QUICConfig(stream.Config{}) and the same
+// kind of socket (dual-stack *net.UDPConn). No link impairment: this
+// measures what reach costs on top of quic-go.
+func BenchmarkLabThroughput(b *testing.B) {
+	l := natlab.NewT(b)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := l.AddPublicHost(ctx, "srv")
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, cs := reachlab.StartServer(b, srv)
+	pa, pb := benchSite(b, l, "tpa", natlab.Kind(natlab.PortRestricted)), benchSite(b, l, "tpb", natlab.Kind(natlab.PortRestricted))
+	oa, ob := benchSite(b, l, "toa", natlab.Open), benchSite(b, l, "tob", natlab.Open)
+
+	// The contexts the receivers run in; they end with the benchmark.
+	runCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+
+	pairs := []struct {
+		reachName, bareName string
+		a, b                *natlab.Site
+		want                string
+	}{
+		{"reach-holepunch", "bare-quic", pa, pb, reach.StrategyHolepunch},
+		{"reach-direct", "bare-quic-public", oa, ob, reach.StrategyDirect},
+	}
+	for _, p := range pairs {
+		// reach: a dials b once; every iteration opens a new stream on the
+		// session.
+		sess, nb := reachSession(b, cs, p.a.Host, p.b.Host, p.want)
+		got := make(chan copyResult, 1)
+		go func() {
+			for {
+				st, err := nb.AcceptContext(runCtx)
+				if err != nil {
+					return
+				}
+				got <- drain(st)
+			}
+		}()
+		b.Run(p.reachName, func(b *testing.B) {
+			benchCopy(b, func(ctx context.Context) (halfStream, error) {
+				st, err := sess.OpenStream(ctx)
+				if err != nil {
+					return nil, err
+				}
+				return st, nil
+			}, got)
+		})
+
+		// bare quic-go over sockets of the same hosts.
+		cc, sc := bareConn(b, p.a, p.b)
+		bgot := make(chan copyResult, 1)
+		go func() {
+			for {
+				st, err := sc.AcceptStream(runCtx)
+				if err != nil {
+					return
+				}
+				bgot <- drain(quicHalf{st})
+			}
+		}()
+		b.Run(p.bareName, func(b *testing.B) {
+			benchCopy(b, func(ctx context.Context) (halfStream, error) {
+				st, err := cc.OpenStreamSync(ctx)
+				if err != nil {
+					return nil, err
+				}
+				return quicHalf{st}, nil
+			}, bgot)
+		})
+	}
+}
+
+// BenchmarkLabConnect: the time from Dial to the first echoed byte, over
+// reach with fresh nodes every iteration (rendezvous introduction, punch,
+// QUIC and TLS handshake, stream) and over bare quic-go (QUIC and TLS
+// handshake, stream) on an already punched path between the same two hosts
+// behind two port-restricted NATs. Each router's WAN link delays 10 ms each
+// way, so a peer-to-peer round trip is 40 ms (a peer to the server 20 ms).
+// Metrics: ms/op and RTT/op, the time in units of the measured
+// peer-to-peer round trip (rtt-ms).
+func BenchmarkLabConnect(b *testing.B) {
+	l := natlab.NewT(b)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := l.AddPublicHost(ctx, "srv")
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, cs := reachlab.StartServer(b, srv)
+	pa, pb := benchSite(b, l, "cna", natlab.Kind(natlab.PortRestricted)), benchSite(b, l, "cnb", natlab.Kind(natlab.PortRestricted))
+	for _, s := range []*natlab.Site{pa, pb} {
+		// Before any traffic: inserting the delay forwarder drops the link
+		// for a few milliseconds.
+		if err := s.Router.Impair(ctx, natlab.Impairment{Delay: labAccessDelay}); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	// The bare path, punched once; its UDP round trip is the RTT unit.
+	ca, cb, aAddr, bAddr := punchedUDP(b, pa, pb)
+	rtt := udpRTT(b, ca, cb, aAddr, bAddr)
+	b.Logf("peer-to-peer UDP round trip %v (nominal %v)", rtt, 4*labAccessDelay)
+	report := func(b *testing.B, total time.Duration) {
+		ms := float64(total.Microseconds()) / 1000 / float64(b.N)
+		b.ReportMetric(ms, "ms/op")
+		b.ReportMetric(ms/(float64(rtt.Microseconds())/1000), "RTT/op")
+		b.ReportMetric(float64(rtt.Microseconds())/1000, "rtt-ms")
+	}
+
+	b.Run("reach-holepunch", func(b *testing.B) {
+		cfg := reach.Config{Servers: []string{cs}, Logger: quietLogger(b)}
+		var total time.Duration
+		b.ResetTimer()
+		for range b.N {
+			b.StopTimer()
+			na := reachlab.NewNode(b, pa.Host, cfg)
+			nb := reachlab.NewNode(b, pb.Host, cfg)
+			echoed := echoOnce(nb)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			b.StartTimer()
+
+			start := time.Now()
+			c, err := na.Dial(ctx, nb.ID().String())
+			if err == nil {
+				err = echoByte(c)
+			}
+			el := time.Since(start)
+
+			b.StopTimer()
+			cancel()
+			if err != nil {
+				b.Fatalf("dial and echo: %v", err)
+			}
+			if s := c.(*stream.Stream).Session(); s.Strategy() != reach.StrategyHolepunch {
+				b.Fatalf("strategy %s, want holepunch", s.Strategy())
+			}
+			total += el
+			c.Close()
+			select {
+			case <-echoed:
+			case <-time.After(10 * time.Second):
+				b.Fatal("echo side did not finish")
+			}
+			na.Close()
+			nb.Close()
+			b.StartTimer()
+		}
+		b.StopTimer()
+		report(b, total)
+	})
+
+	// The bare server: it echoes the first stream of every connection.
+	ctr := &quic.Transport{Conn: ca}
+	str := &quic.Transport{Conn: cb}
+	b.Cleanup(func() { ctr.Close(); str.Close() })
+	ck, sk := benchKey(b), benchKey(b)
+	stls, err := identity.ServerTLSConfig(sk, stream.ALPN)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := str.Listen(stls, stream.QUICConfig(stream.Config{}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() {
+		for {
+			qc, err := ln.Accept(runCtx)
+			if err != nil {
+				return
+			}
+			go func() {
+				st, err := qc.AcceptStream(runCtx)
+				if err != nil {
+					return
+				}
+				io.Copy(st, st)
+				st.Close()
+			}()
+		}
+	}()
+
+	b.Run("bare-quic", func(b *testing.B) {
+		var total time.Duration
+		b.ResetTimer()
+		for range b.N {
+			b.StopTimer()
+			// A fresh TLS config every time: no session resumption.
+			ctls, _, err := identity.ClientTLSConfig(ck, sk.ID(), stream.ALPN)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			b.StartTimer()
+
+			start := time.Now()
+			qc, err := ctr.Dial(ctx, net.UDPAddrFromAddrPort(bAddr), ctls, stream.QUICConfig(stream.Config{}))
+			if err == nil {
+				var st *quic.Stream
+				if st, err = qc.OpenStreamSync(ctx); err == nil {
+					err = echoByte(quicHalf{st})
+				}
+			}
+			el := time.Since(start)
+
+			b.StopTimer()
+			cancel()
+			if err != nil {
+				b.Fatalf("bare dial and echo: %v", err)
+			}
+			total += el
+			qc.CloseWithError(0, "")
+			b.StartTimer()
+		}
+		b.StopTimer()
+		report(b, total)
+	})
+}
+
+// benchSite adds a site of kind k named name.
+func benchSite(b *testing.B, l *natlab.Lab, name string, k natlab.Kind) *natlab.Site {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := l.AddSite(ctx, name, k)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s
+}
+
+// reachSession starts nodes on a and bh, dials a session from a to bh and
+// checks that strategy want carries it. It returns the session and the
+// listening node.
+func reachSession(b *testing.B, cs string, a, bh *natlab.Host, want string) (*stream.Session, *reach.Node) {
+	b.Helper()
+	cfg := reach.Config{Servers: []string{cs}, Logger: quietLogger(b)}
+	na := reachlab.NewNode(b, a, cfg)
+	nb := reachlab.NewNode(b, bh, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sess, err := na.DialSession(ctx, nb.ID())
+	if err != nil {
+		b.Fatalf("dial %s -> %s: %v", a.Name(), bh.Name(), err)
+	}
+	if sess.Strategy() != want {
+		b.Fatalf("%s -> %s: strategy %s, want %s", a.Name(), bh.Name(), sess.Strategy(), want)
+	}
+	b.Logf("%s -> %s: %s over %v", a.Name(), bh.Name(), sess.Strategy(), sess.RemoteAddr())
+	return sess, nb
+}
+
+// bareConn punches a path between sites a and bs and opens a bare quic-go
+// connection over it, a the client; both ends close when the benchmark
+// ends. It returns the client's and the server's connection.
+func bareConn(b *testing.B, a, bs *natlab.Site) (client, server *quic.Conn) {
+	b.Helper()
+	ca, cb, _, bAddr := punchedUDP(b, a, bs)
+	ctr := &quic.Transport{Conn: ca}
+	str := &quic.Transport{Conn: cb}
+	b.Cleanup(func() { ctr.Close(); str.Close() })
+	ck, sk := benchKey(b), benchKey(b)
+	stls, err := identity.ServerTLSConfig(sk, stream.ALPN)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctls, _, err := identity.ClientTLSConfig(ck, sk.ID(), stream.ALPN)
+	if err != nil {
+		b.Fatal(err)
+	}
+	qconf := stream.QUICConfig(stream.Config{})
+	ln, err := str.Listen(stls, qconf)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	acc := make(chan *quic.Conn, 1)
+	go func() {
+		c, _ := ln.Accept(ctx)
+		acc <- c
+	}()
+	client, err = ctr.Dial(ctx, net.UDPAddrFromAddrPort(bAddr), ctls, qconf)
+	if err != nil {
+		b.Fatalf("bare quic %s -> %v: %v", a.Host.Name(), bAddr, err)
+	}
+	if server = <-acc; server == nil {
+		b.Fatal("bare quic: accept failed")
+	}
+	b.Cleanup(func() {
+		client.CloseWithError(0, "")
+		server.CloseWithError(0, "")
+	})
+	return client, server
+}
+
+// externalAddr is where the other peer reaches s's socket bound to port:
+// the host itself if public, else its router's WAN address (masquerade
+// keeps the port).
+func externalAddr(s *natlab.Site, port uint16) netip.AddrPort {
+	if s.Router == nil {
+		return netip.AddrPortFrom(s.Host.Addr(), port)
+	}
+	return netip.AddrPortFrom(s.Router.WAN(), port)
+}
+
+// punchPrefix starts every datagram of the manual punch and the RTT probe:
+// below 0x40, so quic-go drops any that are still queued when it takes the
+// socket.
+const punchPrefix = "\x3abench-punch"
+
+// punchedUDP opens a UDP socket on labBarePort on each site's host and
+// opens the NAT mappings between them by hand: each side sends to the
+// other's external address until both have heard from the other. It
+// returns the sockets and each one's external address.
+func punchedUDP(b *testing.B, a, bs *natlab.Site) (ca, cb *net.UDPConn, aAddr, bAddr netip.AddrPort) {
+	b.Helper()
+	var err error
+	local := netip.AddrPortFrom(netip.Addr{}, labBarePort) // dual-stack, like a node's socket
+	if ca, err = a.Host.ListenUDP(local); err != nil {
+		b.Fatal(err)
+	}
+	if cb, err = bs.Host.ListenUDP(local); err != nil {
+		ca.Close()
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ca.Close(); cb.Close() })
+	aAddr, bAddr = externalAddr(a, labBarePort), externalAddr(bs, labBarePort)
+	var heardA, heardB atomic.Bool // A heard from B; B heard from A
+	deadline := time.Now().Add(5 * time.Second)
+	side := func(c *net.UDPConn, to netip.AddrPort, heard, other *atomic.Bool) error {
+		buf := make([]byte, 1500)
+		for !heard.Load() || !other.Load() {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("manual punch to %v: heard=%v other=%v", to, heard.Load(), other.Load())
+			}
+			if _, err := c.WriteToUDPAddrPort([]byte(punchPrefix), to); err != nil {
+				return err
+			}
+			c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err == nil && string(buf[:n]) == punchPrefix && netip.AddrPortFrom(from.Addr().Unmap(), from.Port()) == to {
+				heard.Store(true)
+			}
+		}
+		return c.SetReadDeadline(time.Time{})
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- side(cb, aAddr, &heardB, &heardA) }()
+	err = side(ca, bAddr, &heardA, &heardB)
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	if err != nil {
+		b.Fatalf("%s <-> %s: %v", a.Host.Name(), bs.Host.Name(), err)
+	}
+	return ca, cb, aAddr, bAddr
+}
+
+// udpRTT measures the median round trip of 15 datagrams from ca to cb and
+// back over the punched path.
+func udpRTT(b *testing.B, ca, cb *net.UDPConn, aAddr, bAddr netip.AddrPort) time.Duration {
+	b.Helper()
+	defer ca.SetReadDeadline(time.Time{})
+	defer cb.SetReadDeadline(time.Time{})
+	buf := make([]byte, 1500)
+	// read waits for the probe named want, skipping leftover punches.
+	read := func(c *net.UDPConn, want string) error {
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		for {
+			n, _, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return err
+			}
+			if string(buf[:n]) == want {
+				return nil
+			}
+		}
+	}
+	var rtts []time.Duration
+	for i := range 15 {
+		p := fmt.Sprintf("%s-rtt-%d", punchPrefix, i)
+		start := time.Now()
+		if _, err := ca.WriteToUDPAddrPort([]byte(p), bAddr); err != nil {
+			b.Fatal(err)
+		}
+		if err := read(cb, p); err != nil {
+			b.Fatalf("rtt probe %d: %v", i, err)
+		}
+		if _, err := cb.WriteToUDPAddrPort([]byte(p), aAddr); err != nil {
+			b.Fatal(err)
+		}
+		if err := read(ca, p); err != nil {
+			b.Fatalf("rtt probe %d echo: %v", i, err)
+		}
+		rtts = append(rtts, time.Since(start))
+	}
+	slices.Sort(rtts)
+	return rtts[len(rtts)/2]
+}
+
+// halfStream is what the benchmarks need of a reach or quic-go stream.
+type halfStream interface {
+	io.ReadWriter
+	CloseWrite() error
+	Close() error
+	SetDeadline(time.Time) error
+}
+
+// quicHalf gives a quic-go stream the half-close of a reach stream.
+type quicHalf struct{ *quic.Stream }
+
+func (s quicHalf) CloseWrite() error { return s.Stream.Close() }
+func (s quicHalf) Close() error {
+	s.Stream.CancelRead(0)
+	return s.Stream.Close()
+}
+
+type copyResult struct {
+	n   int64
+	err error
+}
+
+// drain reads st to its end, closes it and reports how much came.
+func drain(st halfStream) copyResult {
+	st.SetDeadline(time.Now().Add(time.Minute))
+	n, err := io.Copy(io.Discard, st)
+	st.Close()
+	return copyResult{n, err}
+}
+
+// benchCopy moves labBenchBytes on a new stream per iteration and waits
+// until the receiver has read it all.
+func benchCopy(b *testing.B, open func(context.Context) (halfStream, error), got <-chan copyResult) {
+	buf := make([]byte, labBenchChunk)
+	b.SetBytes(labBenchBytes)
+	b.ResetTimer()
+	for range b.N {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		st, err := open(ctx)
+		if err != nil {
+			cancel()
+			b.Fatal(err)
+		}
+		st.SetDeadline(time.Now().Add(time.Minute))
+		for sent := 0; sent < labBenchBytes; sent += len(buf) {
+			if _, err := st.Write(buf); err != nil {
+				b.Fatalf("after %d bytes: %v", sent, err)
+			}
+		}
+		if err := st.CloseWrite(); err != nil {
+			b.Fatal(err)
+		}
+		var r copyResult
+		select {
+		case r = <-got:
+		case <-ctx.Done():
+			r.err = errors.New("receiver did not finish")
+		}
+		cancel()
+		st.Close()
+		if r.err != nil || r.n != labBenchBytes {
+			b.Fatalf("received %d bytes (want %d): %v", r.n, labBenchBytes, r.err)
+		}
+	}
+}
+
+// echoByte writes one byte on c and waits for it to come back.
+func echoByte(c io.ReadWriter) error {
+	if d, ok := c.(interface{ SetDeadline(time.Time) error }); ok {
+		d.SetDeadline(time.Now().Add(10 * time.Second))
+		defer d.SetDeadline(time.Time{})
+	}
+	if _, err := c.Write([]byte{0x2a}); err != nil {
+		return err
+	}
+	var p [1]byte
+	if _, err := io.ReadFull(c, p[:]); err != nil {
+		return err
+	}
+	if p[0] != 0x2a {
+		return fmt.Errorf("echo: got %#x", p[0])
+	}
+	return nil
+}
+
+func benchKey(b *testing.B) *identity.Key {
+	k, err := identity.GenerateKey()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return k
+}
+
+// quietLogger writes warnings and errors to the benchmark's log: a
+// benchmark prints its whole log, and the nodes' debug lines would bury the
+// figures.
+func quietLogger(b *testing.B) *slog.Logger {
+	return slog.New(minLevel{natlab.TestLogger(b).Handler(), slog.LevelWarn})
+}
+
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevel{h.Handler.WithAttrs(as), h.min}
+}
+
+func (h minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{h.Handler.WithGroup(name), h.min}
+}

@@ -15,7 +15,8 @@ import (
 )
 
 const labUsage = `usage:
-  reach lab up KIND_A KIND_B    build a server host and two peers behind the given
+  reach lab up [--delay D] [--loss P] [--rate BPS] KIND_A KIND_B
+                                build a server host and two peers behind the given
                                 kinds, print them, keep them up until Ctrl-C
   reach lab classify            build every router type, print RFC 4787 mapping and
                                 filtering as observed, tear down
@@ -48,18 +49,22 @@ func runLab(args []string) error {
 		return labClassify(ctx)
 	case "up":
 		fs := flag.NewFlagSet("lab up", flag.ContinueOnError)
+		var imp natlab.Impairment
+		fs.DurationVar(&imp.Delay, "delay", 0, "one-way delay on each peer's access link (its router's WAN, or its own link if open)")
+		fs.Float64Var(&imp.Loss, "loss", 0, "share of packets dropped on each peer's access link, 0..1")
+		fs.Int64Var(&imp.Rate, "rate", 0, "bit/s limit on each peer's access link (0: none)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
 		if fs.NArg() != 2 {
 			return fmt.Errorf(labUsage, kindNames())
 		}
-		return labUp(ctx, fs.Arg(0), fs.Arg(1))
+		return labUp(ctx, fs.Arg(0), fs.Arg(1), imp)
 	}
 	return fmt.Errorf(labUsage, kindNames())
 }
 
-func labUp(ctx context.Context, a, b string) error {
+func labUp(ctx context.Context, a, b string, imp natlab.Impairment) error {
 	ka, err := natlab.ParseKind(a)
 	if err != nil {
 		return err
@@ -77,11 +82,23 @@ func labUp(ctx context.Context, a, b string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := lab.AddSite(ctx, "peera", ka); err != nil {
-		return err
-	}
-	if _, err := lab.AddSite(ctx, "peerb", kb); err != nil {
-		return err
+	for _, p := range []struct {
+		name string
+		kind natlab.Kind
+	}{{"peera", ka}, {"peerb", kb}} {
+		site, err := lab.AddSite(ctx, p.name, p.kind)
+		if err != nil {
+			return err
+		}
+		if imp != (natlab.Impairment{}) {
+			link := site.Host
+			if site.Router != nil {
+				link = &site.Router.Host
+			}
+			if err := link.Impair(ctx, imp); err != nil {
+				return err
+			}
+		}
 	}
 	fmt.Print(lab.Describe())
 	fmt.Printf("\ntry:\n  ip netns exec %s go run ./cmd/reach server --listen %s\n", srv.Namespace(), srv.Addr())

@@ -159,8 +159,12 @@ func (n *Node) acceptStreams(sess *stream.Session) {
 func (n *Node) serveIntroductions() {
 	for {
 		var in *rendezvous.Introduction
+		var ok bool
 		select {
-		case in = <-n.client.Incoming():
+		case in, ok = <-n.client.Incoming():
+			if !ok { // the client closed (Close closes it after n.ctx)
+				return
+			}
 		case <-n.ctx.Done():
 			return
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/strategy"
 	"github.com/reachp2p/reach/stream"
@@ -62,6 +63,13 @@ func (s *Strategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream.Se
 				return sess, nil
 			}
 			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+			if errors.Is(err, identity.ErrWrongPeer) {
+				// The address answered checks under the attempt's punch
+				// key, so it is the introduced peer, and it proved another
+				// key: no other address will do better. Fail now rather
+				// than when ctx ends.
+				return nil, errors.Join(errs...)
+			}
 		}
 	}
 }

@@ -244,6 +244,18 @@ func (n *Node) Observed() netip.AddrPort {
 	return n.client.Observed()
 }
 
+// Server returns the connect string of the rendezvous server the node is
+// registered with now, or "" without servers or while it reconnects.
+func (n *Node) Server() string {
+	if n.client == nil {
+		return ""
+	}
+	if sa := n.client.Current(); !sa.IsZero() {
+		return sa.String()
+	}
+	return ""
+}
+
 // candidates are the node's own addresses, advertised in offers and
 // answers (the server adds the reflexive one).
 func (n *Node) candidates() []rendezvous.Candidate {

@@ -103,7 +103,9 @@ func BenchmarkLabThroughput(b *testing.B) {
 		})
 
 		// bare quic-go over sockets of the same hosts.
-		cc, sc := bareConn(b, p.a, p.b)
+		// The same address family as reach's path: public hosts have IPv6
+		// too, and reach may pick it.
+		cc, sc := bareConn(b, p.a, p.b, sess.RemoteAddr().Addr().Is6())
 		bgot := make(chan copyResult, 1)
 		go func() {
 			for {
@@ -153,7 +155,7 @@ func BenchmarkLabConnect(b *testing.B) {
 	}
 
 	// The bare path, punched once; its UDP round trip is the RTT unit.
-	ca, cb, aAddr, bAddr := punchedUDP(b, pa, pb)
+	ca, cb, aAddr, bAddr := punchedUDP(b, pa, pb, false)
 	rtt := udpRTT(b, ca, cb, aAddr, bAddr)
 	b.Logf("peer-to-peer UDP round trip %v (nominal %v)", rtt, 4*labAccessDelay)
 	report := func(b *testing.B, total time.Duration) {
@@ -307,12 +309,13 @@ func reachSession(b *testing.B, cs string, a, bh *natlab.Host, want string) (*st
 	return sess, nb
 }
 
-// bareConn punches a path between sites a and bs and opens a bare quic-go
-// connection over it, a the client; both ends close when the benchmark
+// bareConn punches a path between sites a and bs (over IPv6 if v6, which
+// needs public hosts) and opens a bare quic-go connection over it, a the
+// client; both ends close when the benchmark
 // ends. It returns the client's and the server's connection.
-func bareConn(b *testing.B, a, bs *natlab.Site) (client, server *quic.Conn) {
+func bareConn(b *testing.B, a, bs *natlab.Site, v6 bool) (client, server *quic.Conn) {
 	b.Helper()
-	ca, cb, _, bAddr := punchedUDP(b, a, bs)
+	ca, cb, _, bAddr := punchedUDP(b, a, bs, v6)
 	ctr := &quic.Transport{Conn: ca}
 	str := &quic.Transport{Conn: cb}
 	b.Cleanup(func() { ctr.Close(); str.Close() })
@@ -353,10 +356,13 @@ func bareConn(b *testing.B, a, bs *natlab.Site) (client, server *quic.Conn) {
 }
 
 // externalAddr is where the other peer reaches s's socket bound to port:
-// the host itself if public, else its router's WAN address (masquerade
-// keeps the port).
-func externalAddr(s *natlab.Site, port uint16) netip.AddrPort {
+// the host itself if public (its IPv6 address if v6), else its router's
+// WAN address (masquerade keeps the port).
+func externalAddr(s *natlab.Site, port uint16, v6 bool) netip.AddrPort {
 	if s.Router == nil {
+		if v6 {
+			return netip.AddrPortFrom(s.Host.Addr6(), port)
+		}
 		return netip.AddrPortFrom(s.Host.Addr(), port)
 	}
 	return netip.AddrPortFrom(s.Router.WAN(), port)
@@ -370,8 +376,8 @@ const punchPrefix = "\x3abench-punch"
 // punchedUDP opens a UDP socket on labBarePort on each site's host and
 // opens the NAT mappings between them by hand: each side sends to the
 // other's external address until both have heard from the other. It
-// returns the sockets and each one's external address.
-func punchedUDP(b *testing.B, a, bs *natlab.Site) (ca, cb *net.UDPConn, aAddr, bAddr netip.AddrPort) {
+// returns the sockets and each one's external address (IPv6 if v6).
+func punchedUDP(b *testing.B, a, bs *natlab.Site, v6 bool) (ca, cb *net.UDPConn, aAddr, bAddr netip.AddrPort) {
 	b.Helper()
 	var err error
 	local := netip.AddrPortFrom(netip.Addr{}, labBarePort) // dual-stack, like a node's socket
@@ -383,7 +389,7 @@ func punchedUDP(b *testing.B, a, bs *natlab.Site) (ca, cb *net.UDPConn, aAddr, b
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ca.Close(); cb.Close() })
-	aAddr, bAddr = externalAddr(a, labBarePort), externalAddr(bs, labBarePort)
+	aAddr, bAddr = externalAddr(a, labBarePort, v6), externalAddr(bs, labBarePort, v6)
 	var heardA, heardB atomic.Bool // A heard from B; B heard from A
 	deadline := time.Now().Add(5 * time.Second)
 	side := func(c *net.UDPConn, to netip.AddrPort, heard, other *atomic.Bool) error {

@@ -535,9 +535,12 @@ func rbJunk() [][]byte {
 // (only once with a nil stop).
 func rbFlood(c *net.UDPConn, dst netip.AddrPort, junk [][]byte, stop <-chan struct{}) (sent int) {
 	for {
-		for _, p := range junk {
+		for i, p := range junk {
 			if _, err := c.WriteToUDPAddrPort(p, dst); err == nil {
 				sent++
+			}
+			if i%64 == 63 {
+				time.Sleep(time.Millisecond) // do not just overflow the receive buffer
 			}
 		}
 		if stop == nil {
@@ -633,6 +636,30 @@ func TestJunkAtServer(t *testing.T) {
 	}
 	wg.Wait()
 	t.Logf("server stats after the flood: %+v", rs.Stats())
+
+	// STUN still answers on the flooded port.
+	req := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
+	var got *stun.Message
+	for try := 0; try < 5 && got == nil; try++ {
+		atk.WriteToUDPAddrPort(req.Raw, rs.UDPAddr())
+		atk.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		buf := make([]byte, 1500)
+		for {
+			k, _, err := atk.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				break
+			}
+			m := &stun.Message{Raw: buf[:k]}
+			if m.Decode() == nil && m.TransactionID == req.TransactionID {
+				got = m
+				break
+			}
+		}
+	}
+	var xa stun.XORMappedAddress
+	if got == nil || xa.GetFrom(got) != nil || xa.Port != atk.LocalAddr().(*net.UDPAddr).Port {
+		t.Errorf("no STUN answer with our mapped address after the flood (%v)", got)
+	}
 
 	b := rbNode(t, "b", cs)
 	rbEcho(b)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/rendezvous"
@@ -26,6 +27,9 @@ var ErrNoPath = errors.New("holepunch: no candidate pair answered")
 type Strategy struct {
 	// Manager returns the node's punch manager.
 	Manager func() *Manager
+	// CheckTimeout bounds how long checks run without any address
+	// answering before Connect gives up with ErrNoPath. Zero: 10s.
+	CheckTimeout time.Duration
 }
 
 // Name implements strategy.Strategy.
@@ -49,8 +53,19 @@ func (s *Strategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream.Se
 	// Keep answering the peer's checks until the session is up.
 	defer at.Close()
 	var errs []error
+	limit := s.CheckTimeout
+	if limit <= 0 {
+		limit = 10 * time.Second
+	}
+	giveUp := time.NewTimer(limit)
+	defer giveUp.Stop()
 	for {
 		select {
+		case <-giveUp.C:
+			if len(errs) == 0 {
+				return nil, fmt.Errorf("%w within %v", ErrNoPath, limit)
+			}
+			return nil, errors.Join(append([]error{ErrNoPath}, errs...)...)
 		case <-ctx.Done():
 			if len(errs) == 0 {
 				return nil, fmt.Errorf("%w: %w", ErrNoPath, ctx.Err())

@@ -19,13 +19,20 @@ import (
 // after Dial returns does not affect the session. cfg.HandshakeTimeout also
 // bounds the handshake.
 func Dial(ctx context.Context, tr *quic.Transport, addr netip.AddrPort, key *identity.Key, want identity.PeerID, cfg Config) (*Session, error) {
+	return DialAddr(ctx, tr, net.UDPAddrFromAddrPort(addr), key, want, cfg)
+}
+
+// DialAddr is Dial to any address tr's connection understands: a
+// *net.UDPAddr on a UDP socket, or for example a relay.Addr on a relay's
+// virtual packet connection.
+func DialAddr(ctx context.Context, tr *quic.Transport, addr net.Addr, key *identity.Key, want identity.PeerID, cfg Config) (*Session, error) {
 	tlsConf, pin, err := identity.ClientTLSConfig(key, want, ALPN)
 	if err != nil {
 		return nil, fmt.Errorf("stream: dial %v: %w", addr, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.handshakeTimeout())
 	defer cancel()
-	qc, err := tr.Dial(ctx, net.UDPAddrFromAddrPort(addr), tlsConf, QUICConfig(cfg))
+	qc, err := tr.Dial(ctx, addr, tlsConf, QUICConfig(cfg))
 	if err != nil {
 		if perr := pin.Err(); perr != nil {
 			// quic-go reports a TLS alert; the pin knows why.

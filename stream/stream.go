@@ -115,6 +115,12 @@ type Config struct {
 	// means DefaultMaxIncomingStreams (1024). For TLS+yamux sessions it is
 	// the backlog of opened but not yet accepted streams.
 	MaxIncomingStreams int64
+	// PacketSize fixes the size of the QUIC packets a session sends, and
+	// turns path MTU discovery off. Zero: quic-go's default (1280 bytes at
+	// first, more where path MTU discovery finds room). Relayed sessions
+	// use 1200 (relay.PacketSize), the QUIC minimum, so that every packet
+	// fits in one relay datagram. Not used by TLS+yamux sessions.
+	PacketSize uint16
 	// Logger receives debug logs. Nil discards them.
 	Logger *slog.Logger
 }
@@ -187,6 +193,8 @@ func QUICConfig(cfg Config) *quic.Config {
 		MaxConnectionReceiveWindow:     cw,
 		MaxIncomingStreams:             cfg.maxStreams(),
 		MaxIncomingUniStreams:          -1, // reach uses bidirectional streams only
+		InitialPacketSize:              cfg.PacketSize,
+		DisablePathMTUDiscovery:        cfg.PacketSize != 0,
 	}
 }
 

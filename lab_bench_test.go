@@ -52,8 +52,9 @@ const (
 // win by holepunch; bare quic-go runs over a hand-punched mapping);
 // reach-direct and bare-quic-public between two public hosts. Both use the
 // flow-control windows of stream.QUICConfig(stream.Config{}) and the same
-// kind of socket (dual-stack *net.UDPConn). No link impairment: this
-// measures what reach costs on top of quic-go.
+// kind of socket (dual-stack *net.UDPConn). paired-holepunch and
+// paired-public interleave the two and report reach/bare directly. No link
+// impairment: this measures what reach costs on top of quic-go.
 func BenchmarkLabThroughput(b *testing.B) {
 	l := natlab.NewT(b)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"time"
 
@@ -35,6 +36,13 @@ func (n *Node) DialSession(ctx context.Context, peer identity.PeerID) (*stream.S
 	var b [8]byte
 	rand.Read(b[:])
 	offer := rendezvous.PeerInfo{PunchKey: holepunch.NewKey(), Attempt: binary.BigEndian.Uint64(b[:]) | 1}
+	// The listener starts punching when the introduction reaches it, before
+	// our answer arrives: be ready to answer its checks from the start.
+	if n.hasStrategy(StrategyHolepunch) {
+		if early, err := n.punch.Start(holepunch.Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: holepunch.RoleDialer}); err == nil {
+			defer early.Close()
+		}
+	}
 	answer, err := n.client.Connect(ctx, peer, offer)
 	if err != nil {
 		return nil, fmt.Errorf("reach: introduction to %s: %w", peer.Short(), err)
@@ -45,7 +53,7 @@ func (n *Node) DialSession(ctx context.Context, peer identity.PeerID) (*stream.S
 		Local: offer, Remote: answer,
 		Session: n.cfg.Session, Logger: n.log,
 	}
-	sess, name, err := strategy.Race(ctx, a, n.ladder)
+	sess, name, err := strategy.Race(ctx, a, n.ladderFor(answer))
 	if err != nil {
 		return nil, fmt.Errorf("reach: dial %s: %w", peer.Short(), err)
 	}
@@ -197,3 +205,69 @@ func (n *Node) serveIntroductions() {
 		})
 	}
 }
+
+// hasStrategy reports whether the ladder has the named strategy.
+func (n *Node) hasStrategy(name string) bool {
+	for _, e := range n.ladder {
+		if e.Strategy.Name() == name {
+			return true
+		}
+	}
+	return false
+}
+
+// ladderFor adapts the ladder to a peer's answer: when none of its host
+// candidates can plausibly be reached as it is (a public address, or one
+// on a network this node is on), direct gets no head start, so the next
+// rungs do not wait for it.
+func (n *Node) ladderFor(remote rendezvous.PeerInfo) []strategy.Entry {
+	if directPlausible(remote, n.localPrefixes()) {
+		return n.ladder
+	}
+	ladder := append([]strategy.Entry(nil), n.ladder...)
+	for i := range ladder {
+		if ladder[i].Strategy.Name() == StrategyDirect {
+			ladder[i].HeadStart = 0
+		}
+	}
+	return ladder
+}
+
+// localPrefixes lists the networks of the node's interfaces.
+func (n *Node) localPrefixes() []netip.Prefix {
+	list := n.cfg.InterfaceAddrs
+	if list == nil {
+		list = net.InterfaceAddrs
+	}
+	addrs, _ := list()
+	var out []netip.Prefix
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked())
+		}
+	}
+	return out
+}
+
+// directPlausible reports whether some host candidate of the peer is a
+// public address or lies in one of local.
+func directPlausible(remote rendezvous.PeerInfo, local []netip.Prefix) bool {
+	for _, c := range remote.Candidates {
+		if c.Kind != rendezvous.Host {
+			continue
+		}
+		ip := c.Addr.Addr().Unmap()
+		if ip.IsGlobalUnicast() && !ip.IsPrivate() && !cgnat.Contains(ip) {
+			return true
+		}
+		for _, p := range local {
+			if p.Contains(ip) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// cgnat is the shared address space of carrier-grade NATs (RFC 6598).
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")

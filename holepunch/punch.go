@@ -127,6 +127,7 @@ type Attempt struct {
 	remotes   []netip.AddrPort
 	learned   []netip.AddrPort
 	validated map[netip.AddrPort]bool
+	confirmed map[netip.AddrPort]bool // a pong came from it
 	observed  netip.AddrPort
 	ch        chan netip.AddrPort
 
@@ -148,6 +149,7 @@ func (m *Manager) Start(p Params) (*Attempt, error) {
 		m: m, p: p,
 		txkey:     mac(p.Key, []byte("reach punch txid")),
 		validated: map[netip.AddrPort]bool{},
+		confirmed: map[netip.AddrPort]bool{},
 		ch:        make(chan netip.AddrPort, MaxRemotes),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
@@ -170,8 +172,34 @@ func (m *Manager) Start(p Params) (*Attempt, error) {
 	return a, nil
 }
 
-// Validated yields each remote address whose pong came back, i.e. an
-// address that works in both directions, in the order they validate.
+// Lookup returns the running attempt with the given ID, or nil.
+func (m *Manager) Lookup(id uint64) *Attempt {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.attempts[id]
+}
+
+// AddRemotes adds candidate addresses to a running attempt (up to
+// MaxRemotes in all) and pings the new ones at once.
+func (a *Attempt) AddRemotes(addrs []netip.AddrPort) {
+	var fresh []netip.AddrPort
+	a.mu.Lock()
+	for _, r := range addrs {
+		if a.addRemote(r) {
+			fresh = append(fresh, a.remotes[len(a.remotes)-1])
+		}
+	}
+	a.mu.Unlock()
+	for _, r := range fresh {
+		a.send(typePing, r, netip.AddrPort{}, a.txid(r))
+	}
+}
+
+// Validated yields each remote address that has shown it works, in the
+// order they do, each once: an address whose pong came back (both
+// directions work), or one an authenticated ping came from (the peer's
+// NAT is open towards us from there, so our packets to it get through
+// unless our own NAT maps per destination).
 func (a *Attempt) Validated() <-chan netip.AddrPort { return a.ch }
 
 // Learned returns the peer-reflexive addresses learned so far: addresses
@@ -285,13 +313,15 @@ func (m *Manager) handle(b []byte, from netip.AddrPort) {
 		// address ourselves if it is new (peer-reflexive).
 		a.send(typePong, from, from, pk.txid)
 		a.mu.Lock()
-		if a.addRemote(from) {
+		learned := a.addRemote(from)
+		if learned {
 			a.learned = append(a.learned, from)
-			a.mu.Unlock()
-			a.send(typePing, from, netip.AddrPort{}, a.txid(from))
-			return
 		}
 		a.mu.Unlock()
+		if learned {
+			a.send(typePing, from, netip.AddrPort{}, a.txid(from))
+		}
+		a.markValidated(from)
 	case typePong:
 		if pk.txid != a.txid(from) {
 			m.dropped.Add(1)
@@ -299,14 +329,31 @@ func (m *Manager) handle(b []byte, from netip.AddrPort) {
 		}
 		a.mu.Lock()
 		a.observed = pk.observed
-		fresh := !a.validated[from]
-		a.validated[from] = true
+		a.confirmed[from] = true
 		a.mu.Unlock()
-		if fresh {
-			select {
-			case a.ch <- from:
-			default:
-			}
+		a.markValidated(from)
+	}
+}
+
+// Confirmed reports whether a pong came from addr: proof that addr is the
+// peer itself (a pong's transaction ID binds it to the address our ping
+// went to), whereas a ping could be a replay from elsewhere.
+func (a *Attempt) Confirmed(addr netip.AddrPort) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.confirmed[addr]
+}
+
+// markValidated publishes addr on Validated the first time.
+func (a *Attempt) markValidated(addr netip.AddrPort) {
+	a.mu.Lock()
+	fresh := !a.validated[addr]
+	a.validated[addr] = true
+	a.mu.Unlock()
+	if fresh {
+		select {
+		case a.ch <- addr:
+		default:
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/reachp2p/reach/identity"
@@ -35,7 +36,16 @@ type Strategy struct {
 // Name implements strategy.Strategy.
 func (*Strategy) Name() string { return Name }
 
-// Connect implements strategy.Strategy.
+// Connect implements strategy.Strategy. If the node started the attempt
+// early (Manager.Start with no remotes, before asking for the
+// introduction, so that the peer's first checks are answered at once), it
+// is reused and given the peer's candidates.
+//
+// Every address that validates gets a QUIC dial of its own, in parallel:
+// the first session wins, the others are cancelled. An address validates
+// when its pong comes back, or when an authenticated ping arrives from it
+// (the peer's NAT is then open towards us from that address, which saves
+// the round trip of our own check).
 func (s *Strategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream.Session, error) {
 	var remotes []netip.AddrPort
 	for _, c := range a.Remote.Candidates {
@@ -46,44 +56,113 @@ func (s *Strategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream.Se
 	if len(remotes) == 0 {
 		return nil, ErrNoCandidates
 	}
-	at, err := s.Manager().Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes})
-	if err != nil {
-		return nil, err
+	m := s.Manager()
+	at := m.Lookup(a.Local.Attempt)
+	if at != nil {
+		at.AddRemotes(remotes)
+	} else {
+		var err error
+		at, err = m.Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes})
+		if err != nil {
+			return nil, err
+		}
+		// Keep answering the peer's checks until the session is up.
+		defer at.Close()
 	}
-	// Keep answering the peer's checks until the session is up.
-	defer at.Close()
-	var errs []error
 	limit := s.CheckTimeout
 	if limit <= 0 {
 		limit = 10 * time.Second
 	}
 	giveUp := time.NewTimer(limit)
 	defer giveUp.Stop()
+
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		addr netip.AddrPort
+		sess *stream.Session
+		err  error
+	}
+	results := make(chan result)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		// Drain the dials still running; close any session that lost.
+		go func() {
+			wg.Wait()
+			close(results)
+		}()
+		for r := range results {
+			if r.sess != nil {
+				r.sess.CloseWithError(0, "lost the race")
+			}
+		}
+	}()
+	pending := 0
+	expired := false
+	var errs []error
+	// Addresses that proved a wrong key before a pong confirmed them; if
+	// one is confirmed later, it was the peer after all.
+	var wrongKey []netip.AddrPort
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	fail := func(base error) error {
+		if len(errs) == 0 {
+			return base
+		}
+		return errors.Join(append([]error{base}, errs...)...)
+	}
 	for {
 		select {
 		case <-giveUp.C:
-			if len(errs) == 0 {
-				return nil, fmt.Errorf("%w within %v", ErrNoPath, limit)
+			expired = true
+			if pending == 0 {
+				return nil, fail(fmt.Errorf("%w within %v", ErrNoPath, limit))
 			}
-			return nil, errors.Join(append([]error{ErrNoPath}, errs...)...)
+			// a dial is under way: let it finish (bounded by its own
+			// handshake timeout)
 		case <-ctx.Done():
-			if len(errs) == 0 {
-				return nil, fmt.Errorf("%w: %w", ErrNoPath, ctx.Err())
+			return nil, fail(fmt.Errorf("%w: %w", ErrNoPath, ctx.Err()))
+		case <-tick.C:
+			for _, w := range wrongKey {
+				if at.Confirmed(w) {
+					return nil, errors.Join(errs...)
+				}
 			}
-			return nil, errors.Join(append([]error{ctx.Err()}, errs...)...)
 		case addr := <-at.Validated():
 			a.Logger.Debug("holepunch: pair validated", "peer", a.Peer.Short(), "addr", addr, "learned", at.Learned())
-			sess, err := stream.Dial(ctx, a.Socket.Transport(), addr, a.Key, a.Peer, a.Session)
-			if err == nil {
-				return sess, nil
+			pending++
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sess, err := stream.Dial(dctx, a.Socket.Transport(), addr, a.Key, a.Peer, a.Session)
+				select {
+				case results <- result{addr, sess, err}:
+				case <-dctx.Done():
+					if sess != nil {
+						sess.CloseWithError(0, "lost the race")
+					}
+				}
+			}()
+		case r := <-results:
+			pending--
+			if r.err == nil {
+				return r.sess, nil
 			}
-			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
-			if errors.Is(err, identity.ErrWrongPeer) {
-				// The address answered checks under the attempt's punch
+			errs = append(errs, fmt.Errorf("%s: %w", r.addr, r.err))
+			if errors.Is(r.err, identity.ErrWrongPeer) && at.Confirmed(r.addr) {
+				// The address answered our check under the attempt's punch
 				// key, so it is the introduced peer, and it proved another
-				// key: no other address will do better. Fail now rather
-				// than when ctx ends.
+				// key: no other address will do better. Fail now. (An
+				// address known only from a ping might be a replay by a
+				// third party: keep going.)
 				return nil, errors.Join(errs...)
+			}
+			if errors.Is(r.err, identity.ErrWrongPeer) {
+				wrongKey = append(wrongKey, r.addr)
+			}
+			if pending == 0 && expired {
+				return nil, fail(ErrNoPath)
 			}
 		}
 	}

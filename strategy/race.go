@@ -78,8 +78,9 @@ func raceCore[T io.Closer](ctx context.Context, cands []candidate[T], log *slog.
 				r.v.Close()
 				errs[r.i] = &Error{Strategy: cands[r.i].name, Err: context.Canceled}
 			}
-			if winner < 0 && ctxDone != nil && pending == 0 && started < len(cands) {
-				// Everything started has failed: no need to wait.
+			if winner < 0 && ctxDone != nil && r.err != nil && r.i == started-1 && started < len(cands) {
+				// The latest rung failed: its head start is moot, start the
+				// next at once (earlier rungs still running keep going).
 				timer.Stop()
 				startNext()
 			}

@@ -64,9 +64,10 @@ type Strategy interface {
 // Entry is one rung of a ladder.
 type Entry struct {
 	Strategy Strategy
-	// HeadStart is how long Race lets this strategy run alone before it
-	// starts the next entry. The next entry starts earlier if every
-	// started strategy has failed. Zero starts the next entry at once.
+	// HeadStart is how long Race lets this strategy run before it starts
+	// the next entry. The next entry starts earlier if this one fails
+	// (earlier entries may still be running). Zero starts the next entry
+	// at once.
 	// The last entry's HeadStart is unused.
 	HeadStart time.Duration
 }
@@ -126,8 +127,8 @@ func (e *RaceError) Unwrap() []error {
 // error.
 //
 // Like net.Dialer's Happy Eyeballs, entries start in order: entry i+1
-// starts when entry i has run for its HeadStart, or at once when every
-// started entry has failed. The first success wins and the other strategies
+// starts when entry i has run for its HeadStart, or at once when entry i
+// fails. The first success wins and the other strategies
 // are cancelled; Race returns only after all of them have returned, closing
 // any session a loser made anyway, so nothing it started outlives it.
 //

@@ -16,6 +16,7 @@ type RunningServer struct {
 	addr   ServerAddr
 	udp    netip.AddrPort
 	tcp    netip.AddrPort
+	tls    netip.AddrPort // cfg.TLSPort's listener, if bound
 	cancel context.CancelFunc
 	done   chan struct{}
 	err    error
@@ -50,9 +51,29 @@ func StartServer(ctx context.Context, cfg ServerConfig, listen netip.AddrPort) (
 		done:   make(chan struct{}),
 	}
 	rs.addr = ServerAddr{ID: srv.ID(), Host: AdvertiseAddr(listen.Addr()).String(), Port: rs.udp.Port()}
+	var extra []net.Listener
+	if p := cfg.TLSPort; p != 0 && p != rs.tcp.Port() {
+		tcpNet := "tcp6"
+		if ip := listen.Addr(); ip.Is4() || ip.Is4In6() {
+			tcpNet = "tcp4"
+		} else if ip.IsUnspecified() {
+			tcpNet = "tcp"
+		}
+		host := ""
+		if !listen.Addr().IsUnspecified() {
+			host = listen.Addr().Unmap().String()
+		}
+		if l, err := net.Listen(tcpNet, net.JoinHostPort(host, strconv.Itoa(int(p)))); err != nil {
+			srv.log.Warn("rendezvous: TLS port not bound; clients use the main TCP port", "port", p, "err", err)
+		} else {
+			extra = append(extra, l)
+			rs.tls = addrPortOf(l.Addr())
+			rs.addr.TCPPort = p
+		}
+	}
 	sctx, cancel := context.WithCancel(context.Background())
 	rs.cancel = cancel
-	wait, err := srv.start(sctx, udp, tcp)
+	wait, err := srv.start(sctx, udp, tcp, extra...)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -139,6 +160,10 @@ func (rs *RunningServer) UDPAddr() netip.AddrPort { return rs.udp }
 
 // TCPAddr returns the bound TCP address.
 func (rs *RunningServer) TCPAddr() netip.AddrPort { return rs.tcp }
+
+// TLSAddr returns the address bound for ServerConfig.TLSPort, or the zero
+// value if there is none.
+func (rs *RunningServer) TLSAddr() netip.AddrPort { return rs.tls }
 
 // Done is closed when the server has stopped.
 func (rs *RunningServer) Done() <-chan struct{} { return rs.done }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +55,25 @@ type ServerConfig struct {
 	// offline (ErrPeerOffline) rather than unknown (ErrUnknownPeer), and at
 	// most 4×MaxPeers such peers are remembered. Zero: 24h.
 	RememberOffline time.Duration
+	// Protocols serves other protocols on the server's ports, by ALPN (the
+	// relay: relay.ALPN): a QUIC or TLS connection that negotiated one of
+	// them is handed over once its handshake is done. QUIC connections
+	// then have DATAGRAM frames (RFC 9221) enabled. Nil: signalling only.
+	Protocols map[string]Protocol
+	// TLSPort is one more TCP port that StartServer opens for TLS
+	// (signalling and Protocols), typically 443, which UDP-blocking
+	// firewalls let through; the connect string then names it (tcp=). If it
+	// cannot be bound, StartServer logs a warning and goes on without it.
+	// Zero: none.
+	TLSPort uint16
+}
+
+// Protocol serves connections that negotiated another ALPN than ALPN on a
+// server's ports. The methods return when the connection is done; they
+// must close it, and return promptly once ctx ends.
+type Protocol interface {
+	ServeQUIC(ctx context.Context, conn *quic.Conn)
+	ServeTLS(ctx context.Context, conn *tls.Conn)
 }
 
 func (c ServerConfig) withDefaults() ServerConfig {
@@ -125,7 +145,14 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 			return nil, err
 		}
 	}
-	tlsCfg, err := identity.ServerTLSConfig(key, ALPN)
+	alpns := []string{ALPN}
+	for p := range cfg.Protocols {
+		if p != ALPN {
+			alpns = append(alpns, p)
+		}
+	}
+	slices.Sort(alpns[1:])
+	tlsCfg, err := identity.ServerTLSConfig(key, alpns...)
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +203,7 @@ func (s *Server) Serve(ctx context.Context, udp *net.UDPConn, tcp net.Listener) 
 // start sets up serving (so that no STUN request or QUIC handshake that
 // arrives after it returns is lost) and returns the function that waits
 // for the end.
-func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener) (wait func() error, err error) {
+func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, extraTCP ...net.Listener) (wait func() error, err error) {
 	if udp == nil && tcp == nil {
 		return nil, errors.New("rendezvous: Serve needs a UDP socket or a TCP listener")
 	}
@@ -211,6 +238,7 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener) 
 			MaxStreamReceiveWindow:         256 << 10,
 			InitialConnectionReceiveWindow: 64 << 10,
 			MaxConnectionReceiveWindow:     256 << 10,
+			EnableDatagrams:                len(s.cfg.Protocols) > 0,
 		}
 		ln, err := tr.Listen(s.tlsCfg, qcfg)
 		if err != nil {
@@ -220,6 +248,9 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener) 
 			udp.Close()
 			if tcp != nil {
 				tcp.Close()
+			}
+			for _, l := range extraTCP {
+				l.Close()
 			}
 			return nil, fmt.Errorf("rendezvous: quic listen: %w", err)
 		}
@@ -239,7 +270,11 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener) 
 			}
 		})
 	}
+	tcps := extraTCP
 	if tcp != nil {
+		tcps = append([]net.Listener{tcp}, extraTCP...)
+	}
+	for _, tcp := range tcps {
 		s.log.Info("rendezvous serving TCP (TLS)", "addr", tcp.Addr().String(), "id", s.ID().String())
 		wg.Go(func() {
 			for {
@@ -268,7 +303,7 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener) 
 
 	return func() error {
 		<-ctx.Done()
-		if tcp != nil {
+		for _, tcp := range tcps {
 			tcp.Close()
 		}
 		// Sessions close themselves on ctx (with an ERROR "shutdown"); wait
@@ -291,6 +326,10 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener) 
 // handleQUIC runs one QUIC signalling connection: its single bidirectional
 // stream carries the frames.
 func (s *Server) handleQUIC(ctx context.Context, conn *quic.Conn) {
+	if p := conn.ConnectionState().TLS.NegotiatedProtocol; p != ALPN && s.cfg.Protocols[p] != nil {
+		s.cfg.Protocols[p].ServeQUIC(ctx, conn)
+		return
+	}
 	id, err := identity.PeerIDFromState(conn.ConnectionState().TLS)
 	if err != nil {
 		s.nHandshakeFail.Add(1)
@@ -346,6 +385,10 @@ func (s *Server) handleTCP(ctx context.Context, c net.Conn) {
 		return
 	}
 	cs := tc.ConnectionState()
+	if p := cs.NegotiatedProtocol; p != ALPN && s.cfg.Protocols[p] != nil {
+		s.cfg.Protocols[p].ServeTLS(ctx, tc)
+		return
+	}
 	if cs.NegotiatedProtocol != ALPN {
 		s.nHandshakeFail.Add(1)
 		s.log.Debug("tls client without ALPN "+ALPN, "remote", c.RemoteAddr().String(), "alpn", cs.NegotiatedProtocol)

@@ -112,6 +112,34 @@ func (s *Strategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream.Se
 		}
 		return errors.Join(append([]error{base}, errs...)...)
 	}
+	// dialed: addresses with a validated dial under way (or done).
+	dialed := map[netip.AddrPort]bool{}
+	dial := func(addr netip.AddrPort) {
+		pending++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sess, err := stream.Dial(dctx, a.Socket.Transport(), addr, a.Key, a.Peer, a.Session)
+			select {
+			case results <- result{addr, sess, err}:
+			case <-dctx.Done():
+				if sess != nil {
+					sess.CloseWithError(0, "lost the race")
+				}
+			}
+		}()
+	}
+	// Optimistic dials: the listener has been sending checks to our
+	// reflexive address since the introduction reached it, so its NAT is
+	// probably open towards us already; a QUIC handshake to its reflexive
+	// address now saves the round trip of a check when it is. If it is
+	// not, the packets are dropped and the checks go on as usual (a
+	// validated address gets a dial of its own).
+	for _, c := range a.Remote.Candidates {
+		if c.Kind == rendezvous.Reflexive && c.Addr.IsValid() {
+			dial(c.Addr)
+		}
+	}
 	for {
 		select {
 		case <-giveUp.C:
@@ -131,19 +159,10 @@ func (s *Strategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream.Se
 			}
 		case addr := <-at.Validated():
 			a.Logger.Debug("holepunch: pair validated", "peer", a.Peer.Short(), "addr", addr, "learned", at.Learned())
-			pending++
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				sess, err := stream.Dial(dctx, a.Socket.Transport(), addr, a.Key, a.Peer, a.Session)
-				select {
-				case results <- result{addr, sess, err}:
-				case <-dctx.Done():
-					if sess != nil {
-						sess.CloseWithError(0, "lost the race")
-					}
-				}
-			}()
+			if !dialed[addr] {
+				dialed[addr] = true
+				dial(addr)
+			}
 		case r := <-results:
 			pending--
 			if r.err == nil {

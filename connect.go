@@ -5,8 +5,11 @@
 // rendezvous servers, and offers Dial (a stream to a peer), DialSession
 // (the session, to open and accept more streams) and Accept (incoming
 // streams). Dial races the connectivity strategies of the ladder (direct,
-// then hole punching) and keeps the first session whose TLS 1.3 handshake
-// proved the dialled key.
+// then a port mapping the peer's gateway granted, then hole punching) and
+// keeps the first session whose TLS 1.3 handshake proved the dialled key.
+// Unless Config.DisablePortMapping is set, a node asks its gateway (UPnP
+// IGD, NAT-PMP, PCP) to forward a port to its socket while it runs; see
+// Node.PortMapping.
 //
 //	node, err := reach.New(ctx, reach.Config{Key: key, Servers: []string{cs}})
 //	conn, err := node.Dial(ctx, peerID)
@@ -35,6 +38,7 @@ import (
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/strategy"
 	"github.com/reachp2p/reach/stream"
+	"github.com/reachp2p/reach/upnp"
 )
 
 // Named errors. Errors from the rendezvous server (rendezvous.ErrUnknownPeer,
@@ -56,11 +60,12 @@ var (
 // Strategy names, in ladder order.
 const (
 	StrategyDirect    = "direct"
+	StrategyUPnP      = "upnp"
 	StrategyHolepunch = "holepunch"
 )
 
 // DefaultStrategies is the ladder used when Config.Strategies is empty.
-var DefaultStrategies = []string{StrategyDirect, StrategyHolepunch}
+var DefaultStrategies = []string{StrategyDirect, StrategyUPnP, StrategyHolepunch}
 
 // Config configures a Node. The zero value is usable for a node that only
 // accepts direct connections; set Servers to find peers by ID.
@@ -98,6 +103,20 @@ type Config struct {
 	// candidates; it is called for every offer and answer. Nil:
 	// net.InterfaceAddrs.
 	InterfaceAddrs func() ([]net.Addr, error)
+	// ListenPacket opens the node's helper UDP sockets (the port mapper's
+	// SSDP, NAT-PMP and PCP requests; never the node's main socket). Nil:
+	// net.ListenPacket.
+	ListenPacket func(network, addr string) (net.PacketConn, error)
+	// DisablePortMapping turns the port mapper off: no UPnP, NAT-PMP or
+	// PCP requests, no mapped candidate. Zero: the node asks its gateway
+	// for a mapping of its UDP port while it runs, unless its socket or a
+	// server is on a loopback address (a local setup, where no gateway is
+	// involved).
+	DisablePortMapping bool
+	// PortMapping tunes the port mapper (protocols, lease, check and
+	// retry intervals). The node fills in Port, the socket hooks and the
+	// Logger. Zero: upnp.Config's defaults.
+	PortMapping upnp.Config
 	// Logger receives the node's logs. Nil: discard.
 	Logger *slog.Logger
 }
@@ -112,6 +131,7 @@ type Node struct {
 	ln       *stream.Listener
 	client   *rendezvous.Client // nil without servers
 	punch    *holepunch.Manager
+	mapper   *upnp.Mapper // nil with DisablePortMapping
 	ladder   []strategy.Entry
 	loopback bool // advertise loopback candidates (server on loopback)
 
@@ -181,6 +201,12 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.goRun(n.acceptSessions)
+	if !cfg.DisablePortMapping && !n.loopback && !cfg.ListenAddr.Addr().IsLoopback() {
+		if err := n.startMapper(); err != nil {
+			n.Close()
+			return nil, err
+		}
+	}
 	if len(servers) > 0 {
 		n.client, err = rendezvous.NewClient(rendezvous.ClientConfig{
 			Key: n.key, Servers: servers, Transport: n.sock.Transport(),
@@ -195,6 +221,14 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, err
 		}
 		n.goRun(n.serveIntroductions)
+	}
+	if n.mapper != nil {
+		// A gateway on the LAN answers in milliseconds; don't hold New up
+		// for one that is slow or absent (the mapping is advertised
+		// whenever it arrives).
+		wctx, cancel := context.WithTimeout(ctx, mapperWait)
+		n.mapper.Wait(wctx)
+		cancel()
 	}
 	n.log.Debug("node up", "id", n.key.ID(), "addr", n.sock.LocalAddr())
 	return n, nil
@@ -219,10 +253,13 @@ func (n *Node) buildLadder(names []string) ([]strategy.Entry, error) {
 		switch name {
 		case StrategyDirect:
 			s = direct.Strategy{}
+		case StrategyUPnP:
+			out = append(out, strategy.Entry{Strategy: upnp.Strategy{}, HeadStart: max(n.cfg.HeadStart, upnp.HeadStart)})
+			continue
 		case StrategyHolepunch:
 			s = &holepunch.Strategy{Manager: func() *holepunch.Manager { return n.punch }}
 		default:
-			return nil, fmt.Errorf("%w: %q (known: %s, %s)", ErrUnknownStrategy, name, StrategyDirect, StrategyHolepunch)
+			return nil, fmt.Errorf("%w: %q (known: %s, %s, %s)", ErrUnknownStrategy, name, StrategyDirect, StrategyUPnP, StrategyHolepunch)
 		}
 		out = append(out, strategy.Entry{Strategy: s, HeadStart: n.cfg.HeadStart})
 	}
@@ -257,8 +294,19 @@ func (n *Node) Server() string {
 }
 
 // candidates are the node's own addresses, advertised in offers and
-// answers (the server adds the reflexive one).
+// answers (the server adds the reflexive one), and the port mapping its
+// gateway granted, if any.
 func (n *Node) candidates() []rendezvous.Candidate {
+	c := n.hostCandidates()
+	if n.mapper != nil {
+		if ext, ok := n.mapper.External(); ok {
+			c = append(c, rendezvous.Candidate{Addr: ext, Kind: rendezvous.Mapped})
+		}
+	}
+	return c
+}
+
+func (n *Node) hostCandidates() []rendezvous.Candidate {
 	la := n.sock.LocalAddr()
 	if !la.Addr().IsUnspecified() {
 		return []rendezvous.Candidate{{Addr: la, Kind: rendezvous.Host}}
@@ -295,6 +343,9 @@ func (n *Node) Close() error {
 	}
 	if n.client != nil {
 		n.client.Close()
+	}
+	if n.mapper != nil {
+		n.mapper.Close() // deletes the mapping at the gateway
 	}
 	if n.ln != nil {
 		n.ln.Close()
@@ -373,4 +424,41 @@ func (c *ownedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { c.n.Close() })
 	return err
+}
+
+// mapperWait is how long New waits for the port mapper's first outcome.
+const mapperWait = 250 * time.Millisecond
+
+// startMapper starts the port mapper on the node's UDP port, with the
+// node's socket hooks.
+func (n *Node) startMapper() error {
+	mc := n.cfg.PortMapping
+	mc.Port = n.sock.LocalAddr().Port()
+	if mc.InterfaceAddrs == nil {
+		mc.InterfaceAddrs = n.cfg.InterfaceAddrs
+	}
+	if mc.ListenPacket == nil {
+		mc.ListenPacket = n.cfg.ListenPacket
+	}
+	if mc.DialContext == nil {
+		mc.DialContext = n.cfg.DialTCP
+	}
+	if mc.Logger == nil {
+		mc.Logger = n.log
+	}
+	var err error
+	n.mapper, err = upnp.Start(mc)
+	return err
+}
+
+// PortMapping reports the port mapper's state: the protocol the gateway
+// speaks, the mapped public address (advertised as a "mapped" candidate)
+// and its lease, or why there is none (Status.Err: upnp.ErrNoGateway,
+// upnp.ErrPrivateExternal, a gateway's refusal). The zero Status with
+// DisablePortMapping.
+func (n *Node) PortMapping() upnp.Status {
+	if n.mapper == nil {
+		return upnp.Status{}
+	}
+	return n.mapper.Status()
 }

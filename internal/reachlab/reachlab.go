@@ -34,7 +34,8 @@ func StartServer(t testing.TB, h *natlab.Host) (*rendezvous.RunningServer, strin
 }
 
 // HostConfig fills the Config hooks that must run inside h's namespace:
-// TCP dials and interface enumeration.
+// TCP dials, helper UDP sockets (the port mapper's) and interface
+// enumeration.
 func HostConfig(h *natlab.Host, cfg reach.Config) reach.Config {
 	cfg.DialTCP = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
@@ -42,6 +43,15 @@ func HostConfig(h *natlab.Host, cfg reach.Config) reach.Config {
 			var d net.Dialer
 			var err error
 			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	cfg.ListenPacket = func(network, addr string) (net.PacketConn, error) {
+		var c net.PacketConn
+		err := h.Run(func() error {
+			var err error
+			c, err = net.ListenPacket(network, addr)
 			return err
 		})
 		return c, err

@@ -1,0 +1,251 @@
+package reach_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/stream"
+	"github.com/reachp2p/reach/upnp"
+)
+
+// waitMapped waits until n's port mapper has an external address.
+func waitMapped(t *testing.T, n *reach.Node, limit time.Duration) upnp.Status {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		st := n.PortMapping()
+		if st.External.IsValid() {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no port mapping after %v: %+v", limit, st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// dialEcho dials b from a, moves size bytes both ways over one stream, and
+// returns the session and how long the dial took.
+func dialEcho(t *testing.T, a, b *reach.Node, size int) (*stream.Session, time.Duration) {
+	t.Helper()
+	echoed := echoOnce(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	sess, err := a.DialSession(ctx, b.ID())
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	el := time.Since(start)
+	c, err := sess.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := roundTrip(c, size); err != nil {
+		t.Fatalf("over %s: %v", sess.Strategy(), err)
+	}
+	if err := <-echoed; err != nil {
+		t.Fatalf("echo side: %v", err)
+	}
+	return sess, el
+}
+
+func gatewayHas(ctx context.Context, t *testing.T, m *natlab.Miniupnpd, ext uint16) bool {
+	t.Helper()
+	maps, err := m.Mappings(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range maps {
+		if p.Proto == "udp" && p.External == ext {
+			return true
+		}
+	}
+	return false
+}
+
+// TestLabUPnP: a listener behind a symmetric NAT whose gateway runs
+// miniupnpd maps its port, and a peer behind another symmetric NAT (a pair
+// hole punching cannot connect without prediction) reaches it with the
+// upnp strategy; 1 MiB moves both ways intact. With both protocols, with
+// NAT-PMP only (the node restricted to NAT-PMP; miniupnpd's NAT-PMP port
+// also speaks PCP) and with UPnP only. When the listener closes, the
+// mapping is gone from miniupnpd.
+func TestLabUPnP(t *testing.T) {
+	l := natlab.NewT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Second)
+	defer cancel()
+	srv, _ := l.AddPublicHost(ctx, "srv")
+	_, cs := reachlab.StartServer(t, srv)
+	dsite, err := l.AddSite(ctx, "dial", natlab.Kind(natlab.Symmetric))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dialer := reachlab.NewNode(t, dsite.Host, reach.Config{Servers: []string{cs}})
+	table := "\n"
+	for i, tc := range []struct {
+		name   string
+		gw     natlab.UPnPConfig
+		protos []upnp.Protocol
+		want   upnp.Protocol
+	}{
+		{"upnp+natpmp", natlab.UPnPConfig{UPnP: true, NATPMP: true}, nil, upnp.PCP},
+		{"natpmp-only", natlab.UPnPConfig{NATPMP: true}, []upnp.Protocol{upnp.NATPMP}, upnp.NATPMP},
+		{"upnp-only", natlab.UPnPConfig{UPnP: true}, nil, upnp.UPnP},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rt, mu, err := l.AddUPnPRouter(ctx, natlab.RouterConfig{Name: fmt.Sprintf("gw%d", i), NAT: natlab.Symmetric}, tc.gw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, _ := rt.AddHost(ctx, fmt.Sprintf("lis%d", i))
+			start := time.Now()
+			ln := reachlab.NewNode(t, h, reach.Config{Servers: []string{cs}, PortMapping: upnp.Config{Protocols: tc.protos}})
+			st := waitMapped(t, ln, 5*time.Second)
+			mapped := time.Since(start)
+			if st.Protocol != tc.want || st.External.Addr() != rt.WAN() {
+				t.Errorf("mapping %s %s, want %s on %s", st.Protocol, st.External, tc.want, rt.WAN())
+			}
+			sess, el := dialEcho(t, dialer, ln, 1<<20)
+			table += fmt.Sprintf("%-12s %-8s mapped %-20s in %-6v  dial: %-9s %-20s %v\n", tc.name, st.Protocol, st.External,
+				mapped.Round(time.Millisecond), sess.Strategy(), sess.RemoteAddr(), el.Round(time.Millisecond))
+			if sess.Strategy() != reach.StrategyUPnP {
+				t.Errorf("strategy %s, want upnp", sess.Strategy())
+			}
+			if sess.RemoteAddr().String() != st.External.String() {
+				t.Errorf("path %s, want the mapped %s", sess.RemoteAddr(), st.External)
+			}
+			sess.CloseWithError(0, "done")
+			if !gatewayHas(ctx, t, mu, st.External.Port()) {
+				t.Errorf("miniupnpd has no mapping for %d while the node runs", st.External.Port())
+			}
+			ln.Close()
+			if gatewayHas(ctx, t, mu, st.External.Port()) {
+				t.Errorf("mapping %d still on miniupnpd after Close", st.External.Port())
+			}
+		})
+	}
+	t.Log(table)
+}
+
+// TestLabUPnPRestart: miniupnpd restarts while the listener runs (a new
+// SOAP port, every mapping lost). The listener notices at its next check
+// and maps again within checkInterval + 5s, and a new dial from a peer
+// behind a symmetric NAT succeeds over upnp.
+func TestLabUPnPRestart(t *testing.T) {
+	l := natlab.NewT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Second)
+	defer cancel()
+	srv, _ := l.AddPublicHost(ctx, "srv")
+	_, cs := reachlab.StartServer(t, srv)
+	dsite, _ := l.AddSite(ctx, "dial", natlab.Kind(natlab.Symmetric))
+	rt, mu, err := l.AddUPnPRouter(ctx, natlab.RouterConfig{Name: "gw", NAT: natlab.Symmetric}, natlab.UPnPConfig{UPnP: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _ := rt.AddHost(ctx, "lis")
+	const check = time.Second
+	ln := reachlab.NewNode(t, h, reach.Config{Servers: []string{cs}, PortMapping: upnp.Config{CheckInterval: check}})
+	dialer := reachlab.NewNode(t, dsite.Host, reach.Config{Servers: []string{cs}})
+	st := waitMapped(t, ln, 5*time.Second)
+	sess, _ := dialEcho(t, dialer, ln, 64<<10)
+	if sess.Strategy() != reach.StrategyUPnP {
+		t.Fatalf("before the restart: strategy %s, want upnp", sess.Strategy())
+	}
+	sess.CloseWithError(0, "done")
+
+	oldHTTP := mu.HTTPPort()
+	restarted := time.Now()
+	if err := mu.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if gatewayHas(ctx, t, mu, st.External.Port()) {
+		t.Fatal("restart kept the mapping")
+	}
+	deadline := restarted.Add(check + 5*time.Second)
+	for {
+		st2 := ln.PortMapping()
+		if st2.Maps > st.Maps && st2.External.IsValid() && gatewayHas(ctx, t, mu, st2.External.Port()) {
+			t.Logf("mapped again %v after the restart (check every %v): %s, SOAP port %d -> %d",
+				time.Since(restarted).Round(time.Millisecond), check, st2.External, oldHTTP, mu.HTTPPort())
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not mapped again within %v: %+v", check+5*time.Second, st2)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	sess2, el := dialEcho(t, dialer, ln, 64<<10)
+	t.Logf("dial after the restart: %s via %s in %v", sess2.Strategy(), sess2.RemoteAddr(), el.Round(time.Millisecond))
+	if sess2.Strategy() != reach.StrategyUPnP {
+		t.Errorf("after the restart: strategy %s, want upnp", sess2.Strategy())
+	}
+}
+
+// TestLabUPnPNone: behind a gateway without port mapping, and behind a
+// double NAT whose home router runs miniupnpd (it refuses to map on its
+// private WAN address), the node advertises no mapping, its upnp rung
+// fails at once (upnp.ErrNoMapping), and the dial takes no longer than
+// the same dial without the upnp rung, within moveOnBound.
+func TestLabUPnPNone(t *testing.T) {
+	const moveOnBound = 250 * time.Millisecond
+	l := natlab.NewT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Second)
+	defer cancel()
+	srv, _ := l.AddPublicHost(ctx, "srv")
+	_, cs := reachlab.StartServer(t, srv)
+	dsite, _ := l.AddSite(ctx, "dial", natlab.Kind(natlab.PortRestricted))
+	plain, _ := l.AddRouter(ctx, natlab.RouterConfig{Name: "plain", NAT: natlab.PortRestricted})
+	hp, _ := plain.AddHost(ctx, "lisplain")
+	home, _, err := l.AddDoubleNAT(ctx, "dbl", natlab.PortRestricted, natlab.PortRestricted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu, err := home.StartMiniupnpd(ctx, natlab.UPnPConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hd, _ := home.AddHost(ctx, "lisdbl")
+	noUPnP := []string{reach.StrategyDirect, reach.StrategyHolepunch}
+	for _, tc := range []struct {
+		name string
+		h    *natlab.Host
+	}{{"no-gateway", hp}, {"double-nat", hd}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln := reachlab.NewNode(t, tc.h, reach.Config{Servers: []string{cs}})
+			with := reachlab.NewNode(t, dsite.Host, reach.Config{Servers: []string{cs}})
+			without := reachlab.NewNode(t, dsite.Host, reach.Config{Servers: []string{cs}, Strategies: noUPnP})
+			// Let the mapper reach its verdict (at most the 2s discovery).
+			mctx, mcancel := context.WithTimeout(ctx, 5*time.Second)
+			for ln.PortMapping().Err == nil && mctx.Err() == nil {
+				time.Sleep(20 * time.Millisecond)
+			}
+			mcancel()
+			st := ln.PortMapping()
+			t.Logf("%s: port mapping: protocol %q external %v: %v", tc.name, st.Protocol, st.External, st.Err)
+			if st.External.IsValid() || st.Err == nil {
+				t.Fatalf("status %+v: want no mapping and a reason", st)
+			}
+			s1, el1 := dialEcho(t, with, ln, 64<<10)
+			s1.CloseWithError(0, "done")
+			s2, el2 := dialEcho(t, without, ln, 64<<10)
+			s2.CloseWithError(0, "done")
+			t.Logf("%s: dial with the upnp rung: %s in %v; without: %s in %v", tc.name, s1.Strategy(), el1.Round(time.Millisecond), s2.Strategy(), el2.Round(time.Millisecond))
+			if s1.Strategy() != reach.StrategyHolepunch {
+				t.Errorf("strategy %s, want holepunch", s1.Strategy())
+			}
+			if el1 > el2+moveOnBound {
+				t.Errorf("the upnp rung delayed the dial: %v vs %v (bound +%v)", el1, el2, moveOnBound)
+			}
+		})
+	}
+	if maps, _ := mu.Mappings(ctx); len(maps) != 0 {
+		t.Errorf("mappings on the double-NAT gateway: %v", maps)
+	}
+}

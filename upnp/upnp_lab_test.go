@@ -1,0 +1,290 @@
+package upnp_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/upnp"
+	"go.uber.org/goleak"
+)
+
+// hooks fills cfg's socket hooks so that every socket the mapper opens is
+// created inside h's namespace, and counts the sockets opened.
+func hooks(h *natlab.Host, cfg upnp.Config, opened *atomic.Int32) upnp.Config {
+	cfg.ListenPacket = func(network, addr string) (net.PacketConn, error) {
+		opened.Add(1)
+		var c net.PacketConn
+		err := h.Run(func() (err error) { c, err = net.ListenPacket(network, addr); return })
+		return c, err
+	}
+	cfg.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		opened.Add(1)
+		var c net.Conn
+		err := h.Run(func() (err error) {
+			var d net.Dialer
+			c, err = d.DialContext(ctx, network, addr)
+			return
+		})
+		return c, err
+	}
+	cfg.InterfaceAddrs = func() ([]net.Addr, error) {
+		var a []net.Addr
+		err := h.Run(func() (err error) { a, err = net.InterfaceAddrs(); return })
+		return a, err
+	}
+	return cfg
+}
+
+// mapperOn starts a mapper on h for a UDP socket it opens there, and waits
+// for its first outcome.
+func mapperOn(t *testing.T, h *natlab.Host, cfg upnp.Config) (*upnp.Mapper, *net.UDPConn, upnp.Status, time.Duration) {
+	t.Helper()
+	var conn *net.UDPConn
+	if err := h.Run(func() (err error) {
+		conn, err = net.ListenUDP("udp4", &net.UDPAddr{})
+		return
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	var opened atomic.Int32
+	cfg = hooks(h, cfg, &opened)
+	cfg.Port = uint16(conn.LocalAddr().(*net.UDPAddr).Port)
+	cfg.Logger = natlab.TestLogger(t).With("host", h.Name())
+	start := time.Now()
+	m, err := upnp.Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := m.Wait(ctx)
+	if err != nil {
+		t.Fatalf("mapper on %s: no outcome: %v", h.Name(), err)
+	}
+	el := time.Since(start)
+	if opened.Load() == 0 {
+		t.Errorf("the mapper opened no socket through the hooks")
+	}
+	return m, conn, st, el
+}
+
+// reachable checks that a datagram from pub to ext arrives at conn, and
+// that the answer comes back from ext.
+func reachable(t *testing.T, pub *natlab.Host, ext netip.AddrPort, conn *net.UDPConn) {
+	t.Helper()
+	var pc *net.UDPConn
+	if err := pub.Run(func() (err error) {
+		pc, err = net.ListenUDP("udp4", &net.UDPAddr{})
+		return
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	pc.WriteToUDPAddrPort([]byte("ping"), ext)
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 64)
+	n, from, err := conn.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "ping" {
+		t.Fatalf("datagram to mapped %s did not arrive: %v", ext, err)
+	}
+	conn.WriteToUDPAddrPort([]byte("pong"), from)
+	pc.SetReadDeadline(time.Now().Add(3 * time.Second))
+	n, back, err := pc.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "pong" {
+		t.Fatalf("answer from %s did not come back: %v", ext, err)
+	}
+	if back != ext {
+		t.Errorf("answer came from %s, want the mapped %s", back, ext)
+	}
+}
+
+func findMapping(ctx context.Context, t *testing.T, m *natlab.Miniupnpd, ext uint16) bool {
+	t.Helper()
+	maps, err := m.Mappings(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range maps {
+		if p.Proto == "udp" && p.External == ext {
+			return true
+		}
+	}
+	return false
+}
+
+// TestLabMapper: against real miniupnpd on a symmetric NAT, each protocol
+// maps the socket's port (the same external port), a public host's
+// datagram reaches the socket through it, and Close removes it on
+// miniupnpd's side. Every socket is made through the hooks, inside the
+// host's namespace (the root namespace has no route to the lab's LANs, so
+// nothing would work otherwise).
+func TestLabMapper(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) }) // after the lab's cleanup
+	l := natlab.NewT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+	defer cancel()
+	pub, err := l.AddPublicHost(ctx, "pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		gw     natlab.UPnPConfig
+		protos []upnp.Protocol
+		want   upnp.Protocol
+	}{
+		{"all", natlab.UPnPConfig{UPnP: true, NATPMP: true}, nil, upnp.PCP},
+		{"natpmp-only", natlab.UPnPConfig{NATPMP: true}, []upnp.Protocol{upnp.NATPMP}, upnp.NATPMP},
+		{"pcp", natlab.UPnPConfig{NATPMP: true}, []upnp.Protocol{upnp.PCP}, upnp.PCP},
+		{"upnp-only", natlab.UPnPConfig{UPnP: true}, nil, upnp.UPnP},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rt, mu, err := l.AddUPnPRouter(ctx, natlab.RouterConfig{Name: "gw" + string(rune('a'+i)), NAT: natlab.Symmetric}, tc.gw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, err := rt.AddHost(ctx, "h"+string(rune('a'+i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, conn, st, el := mapperOn(t, h, upnp.Config{Protocols: tc.protos})
+			t.Logf("%s: %s mapped %s -> %s in %v (lease %v, permanent %v)", tc.name, st.Protocol, st.External, st.Internal, el.Round(time.Millisecond), st.Lease, st.Permanent)
+			if st.Err != nil || !st.External.IsValid() {
+				t.Fatalf("no mapping: %+v", st)
+			}
+			if st.Protocol != tc.want {
+				t.Errorf("protocol %s, want %s", st.Protocol, tc.want)
+			}
+			if st.External.Addr() != rt.WAN() || st.External.Port() != uint16(conn.LocalAddr().(*net.UDPAddr).Port) {
+				t.Errorf("external %s, want %s:<local port %d>", st.External, rt.WAN(), conn.LocalAddr().(*net.UDPAddr).Port)
+			}
+			if st.Internal.Addr() != h.Addr() {
+				t.Errorf("internal %s, want %s", st.Internal, h.Addr())
+			}
+			if !findMapping(ctx, t, mu, st.External.Port()) {
+				t.Errorf("miniupnpd has no mapping for %d", st.External.Port())
+			}
+			reachable(t, pub, st.External, conn)
+			m.Close()
+			if findMapping(ctx, t, mu, st.External.Port()) {
+				t.Errorf("mapping %d still on the gateway after Close", st.External.Port())
+			}
+			if _, ok := m.External(); ok {
+				t.Errorf("Close left an external address in the status")
+			}
+		})
+	}
+}
+
+// TestLabMapperRestart: miniupnpd restarts (new SOAP port, every mapping
+// lost); the mapper notices at its next check and maps again.
+func TestLabMapperRestart(t *testing.T) {
+	l := natlab.NewT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+	defer cancel()
+	pub, _ := l.AddPublicHost(ctx, "pub")
+	for _, tc := range []struct {
+		name string
+		gw   natlab.UPnPConfig
+	}{{"upnp", natlab.UPnPConfig{UPnP: true}}, {"pcp", natlab.UPnPConfig{NATPMP: true}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			rt, mu, err := l.AddUPnPRouter(ctx, natlab.RouterConfig{Name: "gw" + tc.name, NAT: natlab.Symmetric}, tc.gw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, _ := rt.AddHost(ctx, "h"+tc.name)
+			const check = time.Second
+			m, conn, st, _ := mapperOn(t, h, upnp.Config{CheckInterval: check})
+			if !st.External.IsValid() {
+				t.Fatalf("no mapping: %+v", st)
+			}
+			oldPort := mu.HTTPPort()
+			changed := m.Changed()
+			restarted := time.Now()
+			if err := mu.Restart(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if mu.HTTPPort() == oldPort && tc.name == "upnp" {
+				t.Errorf("HTTP port unchanged by restart")
+			}
+			// Wait for the mapping to be on the gateway again.
+			deadline := time.Now().Add(15 * time.Second)
+			for !findMapping(ctx, t, mu, m.Status().External.Port()) {
+				if time.Now().After(deadline) {
+					t.Fatalf("not mapped again 15s after the restart; status %+v", m.Status())
+				}
+				select {
+				case <-changed:
+					changed = m.Changed()
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			el := time.Since(restarted)
+			st2 := m.Status()
+			t.Logf("%s: mapped again %v after the restart (check interval %v): %s, maps %d", tc.name, el.Round(time.Millisecond), check, st2.External, st2.Maps)
+			if el > check+5*time.Second {
+				t.Errorf("re-mapping took %v, bound is check interval + 5s", el)
+			}
+			reachable(t, pub, st2.External, conn)
+		})
+	}
+}
+
+// TestLabMapperNone: a gateway without port mapping and a double NAT
+// whose home router runs miniupnpd: no mapping is advertised, and the
+// first outcome is known within the discovery timeout.
+func TestLabMapperNone(t *testing.T) {
+	l := natlab.NewT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+	defer cancel()
+	plain, err := l.AddRouter(ctx, natlab.RouterConfig{Name: "plain", NAT: natlab.Symmetric})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hp, _ := plain.AddHost(ctx, "hplain")
+	home, _, err := l.AddDoubleNAT(ctx, "dbl", natlab.PortRestricted, natlab.PortRestricted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu, err := home.StartMiniupnpd(ctx, natlab.UPnPConfig{UPnP: true, NATPMP: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = mu
+	hd, _ := home.AddHost(ctx, "hdbl")
+	const discover = 2 * time.Second
+	t.Run("no-gateway", func(t *testing.T) {
+		_, _, st, el := mapperOn(t, hp, upnp.Config{DiscoverTimeout: discover})
+		t.Logf("no gateway: %v after %v", st.Err, el.Round(time.Millisecond))
+		if st.External.IsValid() || !errors.Is(st.Err, upnp.ErrNoGateway) {
+			t.Errorf("status %+v, want ErrNoGateway and no external address", st)
+		}
+		if el > discover+time.Second {
+			t.Errorf("outcome after %v, bound %v", el, discover+time.Second)
+		}
+	})
+	t.Run("double-nat", func(t *testing.T) {
+		_, _, st, el := mapperOn(t, hd, upnp.Config{DiscoverTimeout: discover})
+		t.Logf("double NAT: %s %v (gateway external %s) after %v", st.Protocol, st.Err, st.GatewayExternal, el.Round(time.Millisecond))
+		if st.External.IsValid() || st.Err == nil {
+			t.Errorf("status %+v, want an error and no external address", st)
+		}
+		if el > discover+time.Second {
+			t.Errorf("outcome after %v, bound %v", el, discover+time.Second)
+		}
+		maps, _ := mu.Mappings(ctx)
+		if len(maps) != 0 {
+			t.Errorf("mappings left on the double-NAT gateway: %v", maps)
+		}
+	})
+}

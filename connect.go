@@ -65,7 +65,7 @@ const (
 )
 
 // DefaultStrategies is the ladder used when Config.Strategies is empty.
-var DefaultStrategies = []string{StrategyDirect, StrategyUPnP, StrategyHolepunch}
+var DefaultStrategies = []string{StrategyDirect, StrategyUPnP, StrategyHolepunch, StrategyRelay}
 
 // Config configures a Node. The zero value is usable for a node that only
 // accepts direct connections; set Servers to find peers by ID.
@@ -117,6 +117,25 @@ type Config struct {
 	// retry intervals). The node fills in Port, the socket hooks and the
 	// Logger. Zero: upnp.Config's defaults.
 	PortMapping upnp.Config
+	// RelayToken returns the token for relays that require one
+	// (relay.NewToken, from the relay operator); it is called for every
+	// link to a relay. Nil: no token.
+	RelayToken func() string
+	// RelayDelay is how long after a dial starts the relay rung joins the
+	// race while the rungs before it are still trying (at once if they
+	// have all failed). Zero: DefaultRelayDelay (1s); 250ms when either
+	// side registered over TCP, as UDP is then likely blocked.
+	RelayDelay time.Duration
+	// UpgradeInterval is the first pause between background attempts to
+	// find a better path for a relayed session (the first attempt starts
+	// at once; pauses double up to 10 min). Zero: DefaultUpgradeInterval
+	// (30s). Negative: no background attempts.
+	UpgradeInterval time.Duration
+	// OnPathEvent is called (from the node's goroutines; it must not
+	// block) when a session goes through the relay and when the node
+	// tries, fails or manages to find a better path. Nil: events are only
+	// logged.
+	OnPathEvent func(PathEvent)
 	// Logger receives the node's logs. Nil: discard.
 	Logger *slog.Logger
 }
@@ -131,6 +150,7 @@ type Node struct {
 	ln       *stream.Listener
 	client   *rendezvous.Client // nil without servers
 	punch    *holepunch.Manager
+	relay    *relayState  // nil without servers
 	mapper   *upnp.Mapper // nil with DisablePortMapping
 	ladder   []strategy.Entry
 	loopback bool // advertise loopback candidates (server on loopback)
@@ -216,6 +236,10 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			n.Close()
 			return nil, err
 		}
+		if err := n.startRelay(); err != nil {
+			n.Close()
+			return nil, err
+		}
 		if err := n.client.Start(ctx); err != nil {
 			n.Close()
 			return nil, err
@@ -258,8 +282,11 @@ func (n *Node) buildLadder(names []string) ([]strategy.Entry, error) {
 			continue
 		case StrategyHolepunch:
 			s = &holepunch.Strategy{Manager: func() *holepunch.Manager { return n.punch }}
+		case StrategyRelay:
+			out = append(out, n.relayEntry())
+			continue
 		default:
-			return nil, fmt.Errorf("%w: %q (known: %s, %s, %s)", ErrUnknownStrategy, name, StrategyDirect, StrategyUPnP, StrategyHolepunch)
+			return nil, fmt.Errorf("%w: %q (known: %s, %s, %s, %s)", ErrUnknownStrategy, name, StrategyDirect, StrategyUPnP, StrategyHolepunch, StrategyRelay)
 		}
 		out = append(out, strategy.Entry{Strategy: s, HeadStart: n.cfg.HeadStart})
 	}
@@ -344,6 +371,7 @@ func (n *Node) Close() error {
 	if n.client != nil {
 		n.client.Close()
 	}
+	n.closeRelay()
 	if n.mapper != nil {
 		n.mapper.Close() // deletes the mapping at the gateway
 	}

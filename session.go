@@ -33,19 +33,41 @@ func (n *Node) DialSession(ctx context.Context, peer identity.PeerID) (*stream.S
 		return nil, ErrClosed
 	}
 	start := time.Now()
+	sess, name, err := n.introduceAndRace(ctx, peer, n.ladder)
+	if err != nil {
+		return nil, err
+	}
+	n.log.Debug("session up", "peer", peer.Short(), "strategy", name, "path", sess.RemoteAddr(), "elapsed", time.Since(start))
+	if !n.track(sess) {
+		sess.CloseWithError(0, "node closed")
+		return nil, ErrClosed
+	}
+	n.goRun(func() { n.acceptStreams(sess) })
+	if name == StrategyRelay {
+		n.relayed(sess)
+	}
+	return sess, nil
+}
+
+// introduceAndRace asks the server to introduce the node to peer and races
+// ladder on the answer.
+func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, ladder []strategy.Entry) (*stream.Session, string, error) {
 	var b [8]byte
 	rand.Read(b[:])
 	offer := rendezvous.PeerInfo{PunchKey: holepunch.NewKey(), Attempt: binary.BigEndian.Uint64(b[:]) | 1}
 	// The listener starts punching when the introduction reaches it, before
 	// our answer arrives: be ready to answer its checks from the start.
-	if n.hasStrategy(StrategyHolepunch) {
+	if hasStrategy(ladder, StrategyRelay) {
+		offer.Candidates = n.relayCandidate(ctx)
+	}
+	if hasStrategy(ladder, StrategyHolepunch) {
 		if early, err := n.punch.Start(holepunch.Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: holepunch.RoleDialer}); err == nil {
 			defer early.Close()
 		}
 	}
 	answer, err := n.client.Connect(ctx, peer, offer)
 	if err != nil {
-		return nil, fmt.Errorf("reach: introduction to %s: %w", peer.Short(), err)
+		return nil, "", fmt.Errorf("reach: introduction to %s: %w", peer.Short(), err)
 	}
 	offer.Peer = n.ID()
 	a := &strategy.Attempt{
@@ -53,30 +75,31 @@ func (n *Node) DialSession(ctx context.Context, peer identity.PeerID) (*stream.S
 		Local: offer, Remote: answer,
 		Session: n.cfg.Session, Logger: n.log,
 	}
-	sess, name, err := strategy.Race(ctx, a, n.ladderFor(answer))
+	sess, name, err := strategy.Race(ctx, a, withRelayDelay(n.ladderFor(answer, ladder), n.relayDelay(answer)))
 	if err != nil {
-		return nil, fmt.Errorf("reach: dial %s: %w", peer.Short(), err)
+		return nil, "", fmt.Errorf("reach: dial %s: %w", peer.Short(), err)
 	}
 	sess.SetStrategy(name)
-	n.log.Debug("session up", "peer", peer.Short(), "strategy", name, "path", sess.RemoteAddr(), "elapsed", time.Since(start))
-	if !n.track(sess) {
-		sess.CloseWithError(0, "node closed")
-		return nil, ErrClosed
-	}
-	n.goRun(func() { n.acceptStreams(sess) })
-	return sess, nil
+	return sess, name, nil
 }
 
-// liveSession returns an open session to peer, if any.
+// liveSession returns an open session to peer, if any; a relayed one only
+// if there is no other.
 func (n *Node) liveSession(peer identity.PeerID) *stream.Session {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	var relayed *stream.Session
 	for _, s := range n.sessions[peer] {
 		if s.Context().Err() == nil {
-			return s
+			if s.Strategy() != StrategyRelay {
+				return s
+			}
+			if relayed == nil {
+				relayed = s
+			}
 		}
 	}
-	return nil
+	return relayed
 }
 
 // Sessions returns the node's open sessions.
@@ -181,6 +204,7 @@ func (n *Node) serveIntroductions() {
 			n.log.Debug("answering introduction", "peer", offer.Peer.Short(), "err", err)
 			continue
 		}
+		n.relayIntroduced(offer)
 		if len(offer.PunchKey) != holepunch.KeyLen {
 			continue
 		}
@@ -206,9 +230,9 @@ func (n *Node) serveIntroductions() {
 	}
 }
 
-// hasStrategy reports whether the ladder has the named strategy.
-func (n *Node) hasStrategy(name string) bool {
-	for _, e := range n.ladder {
+// hasStrategy reports whether ladder has the named strategy.
+func hasStrategy(ladder []strategy.Entry, name string) bool {
+	for _, e := range ladder {
 		if e.Strategy.Name() == name {
 			return true
 		}
@@ -220,11 +244,11 @@ func (n *Node) hasStrategy(name string) bool {
 // candidates can plausibly be reached as it is (a public address, or one
 // on a network this node is on), direct gets no head start, so the next
 // rungs do not wait for it.
-func (n *Node) ladderFor(remote rendezvous.PeerInfo) []strategy.Entry {
+func (n *Node) ladderFor(remote rendezvous.PeerInfo, ladder []strategy.Entry) []strategy.Entry {
 	if directPlausible(remote, n.localPrefixes()) {
-		return n.ladder
+		return ladder
 	}
-	ladder := append([]strategy.Entry(nil), n.ladder...)
+	ladder = append([]strategy.Entry(nil), ladder...)
 	for i := range ladder {
 		if ladder[i].Strategy.Name() == StrategyDirect {
 			ladder[i].HeadStart = 0

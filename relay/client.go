@@ -1,0 +1,372 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/rendezvous"
+)
+
+// ClientConfig configures a Client. Key is required; every other zero value
+// is usable.
+type ClientConfig struct {
+	// Key is the node's identity, proved to the relay.
+	Key *identity.Key
+	// Socket is the node's shared UDP socket, for the UDP link. Nil: no
+	// UDP link.
+	Socket *quic.Transport
+	// DialTCP opens TCP connections for the TLS link. Nil: a net.Dialer.
+	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Dialers are the link transports, in order of preference. Nil: UDP
+	// (when Socket is set), then TLS over TCP.
+	Dialers []LinkDialer
+	// Token returns the token for relays that require one (see NewToken);
+	// it is called for every link. Nil: no token.
+	Token func() string
+	// HeadStart is how long a transport's attempt runs alone before the
+	// next one starts (a failure starts the next at once). The transport
+	// that worked last goes first next time. Zero: 300ms.
+	HeadStart time.Duration
+	// DialTimeout bounds one link attempt, all transports together.
+	// Zero: 5s.
+	DialTimeout time.Duration
+	// Logger receives the client's logs. Nil: discard.
+	Logger *slog.Logger
+}
+
+// Client keeps a node's link to one relay server, reconnecting when it is
+// lost, and offers the node's relayed packet connection on top of it (see
+// PacketConn). It is safe for concurrent use.
+type Client struct {
+	cfg ClientConfig
+	log *slog.Logger
+	pc  *PacketConn
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	link      Link
+	server    rendezvous.ServerAddr
+	preferred string
+	dialing   *dialCall
+	watchers  map[identity.PeerID]map[chan error]struct{}
+}
+
+type dialCall struct {
+	done chan struct{}
+	link Link
+	err  error
+}
+
+// NewClient makes a relay client. It connects on the first Connect.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if cfg.Key == nil {
+		return nil, errors.New("relay: ClientConfig.Key is required")
+	}
+	if cfg.HeadStart <= 0 {
+		cfg.HeadStart = 300 * time.Millisecond
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Dialers == nil {
+		if cfg.Socket != nil {
+			cfg.Dialers = append(cfg.Dialers, UDPDialer{Socket: cfg.Socket})
+		}
+		cfg.Dialers = append(cfg.Dialers, TLSDialer{DialTCP: cfg.DialTCP})
+	}
+	c := &Client{cfg: cfg, log: cfg.Logger, watchers: map[identity.PeerID]map[chan error]struct{}{}}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.pc = newPacketConn(c)
+	return c, nil
+}
+
+// PacketConn returns the relayed packet connection: its addresses are
+// Addr values (peer IDs), and packets written to one go through the
+// current link. Run a quic.Transport on it. It is never nil.
+func (c *Client) PacketConn() *PacketConn { return c.pc }
+
+// Transport returns the current link's transport ("udp", "tls"), or ""
+// while there is no link.
+func (c *Client) Transport() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.link == nil {
+		return ""
+	}
+	return c.link.Transport()
+}
+
+// Server returns the relay the client is linked to (zero without a link).
+func (c *Client) Server() rendezvous.ServerAddr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.link == nil {
+		return rendezvous.ServerAddr{}
+	}
+	return c.server
+}
+
+// Connect makes sure the client has a link to the relay of sa and returns
+// it. Concurrent calls share one attempt; ctx bounds only the wait. After
+// the first success the client keeps the link up (reconnecting with
+// backoff) until Close. Errors: a *ServerError (ErrBadToken,
+// ErrTokenExpired, ErrRelayFull, ErrRateLimited), ErrNoRelay, ErrClosed,
+// identity.ErrWrongPeer, or the transports' errors joined.
+func (c *Client) Connect(ctx context.Context, sa rendezvous.ServerAddr) (Link, error) {
+	c.mu.Lock()
+	if c.ctx.Err() != nil {
+		c.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if c.link != nil && c.server == sa {
+		l := c.link
+		c.mu.Unlock()
+		return l, nil
+	}
+	call := c.dialing
+	if call == nil {
+		call = &dialCall{done: make(chan struct{})}
+		c.dialing = call
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.dial(call, sa)
+		}()
+	}
+	c.mu.Unlock()
+	select {
+	case <-call.done:
+		return call.link, call.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// dial runs one link race to sa and installs the winner.
+func (c *Client) dial(call *dialCall, sa rendezvous.ServerAddr) {
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
+	l, err := c.race(ctx, sa)
+	cancel()
+	c.mu.Lock()
+	c.dialing = nil
+	if err == nil && c.ctx.Err() != nil {
+		l.Close()
+		l, err = nil, ErrClosed
+	}
+	var old Link
+	if err == nil {
+		old = c.link
+		c.link, c.server, c.preferred = l, sa, l.Transport()
+	}
+	c.mu.Unlock()
+	call.link, call.err = l, err
+	close(call.done)
+	if old != nil {
+		old.Close()
+	}
+	if err != nil {
+		c.log.Debug("relay: link failed", "relay", sa.String(), "err", err)
+		return
+	}
+	c.log.Debug("relay: linked", "relay", sa.String(), "transport", l.Transport())
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.keep(l, sa)
+	}()
+}
+
+// keep waits for l to end and reconnects with backoff unless it was
+// replaced by another link or the client closed.
+func (c *Client) keep(l Link, sa rendezvous.ServerAddr) {
+	select {
+	case <-l.Done():
+	case <-c.ctx.Done():
+		l.Close()
+		return
+	}
+	c.mu.Lock()
+	mine := c.link == l
+	if mine {
+		c.link = nil
+	}
+	c.mu.Unlock()
+	if !mine || errors.Is(l.Err(), ErrReplaced) || c.ctx.Err() != nil {
+		return
+	}
+	c.log.Debug("relay: link lost; reconnecting", "relay", sa.String(), "err", l.Err())
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-c.ctx.Done():
+			t.Stop()
+			return
+		}
+		c.mu.Lock()
+		busy := c.link != nil || c.dialing != nil
+		c.mu.Unlock()
+		if busy {
+			return // someone else (re)linked
+		}
+		if _, err := c.Connect(c.ctx, sa); err == nil || errors.Is(err, ErrClosed) {
+			return
+		}
+	}
+}
+
+// race dials the transports Happy-Eyeballs style, the preferred one first.
+func (c *Client) race(ctx context.Context, sa rendezvous.ServerAddr) (Link, error) {
+	c.mu.Lock()
+	pref := c.preferred
+	c.mu.Unlock()
+	dialers := append([]LinkDialer(nil), c.cfg.Dialers...)
+	for i, d := range dialers {
+		if d.Transport() == pref && i > 0 {
+			copy(dialers[1:i+1], dialers[:i])
+			dialers[0] = d
+			break
+		}
+	}
+	var token string
+	if c.cfg.Token != nil {
+		token = c.cfg.Token()
+	}
+	p := LinkParams{Server: sa, Key: c.cfg.Key, Token: token, Handler: (*clientHandler)(c), Logger: c.log}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		l   Link
+		err error
+	}
+	results := make(chan result, len(dialers))
+	next, pending := 0, 0
+	start := func() {
+		d := dialers[next]
+		next++
+		pending++
+		go func() {
+			l, err := d.DialLink(ctx, p)
+			if err != nil {
+				err = fmt.Errorf("%s: %w", d.Transport(), err)
+			}
+			results <- result{l, err}
+		}()
+	}
+	start()
+	head := time.NewTimer(c.cfg.HeadStart)
+	defer head.Stop()
+	var winner Link
+	var errs []error
+	for pending > 0 {
+		var headC <-chan time.Time
+		if winner == nil && next < len(dialers) {
+			headC = head.C
+		}
+		select {
+		case r := <-results:
+			pending--
+			switch {
+			case r.err != nil:
+				errs = append(errs, r.err)
+				var se *ServerError
+				if errors.As(r.err, &se) || errors.Is(r.err, identity.ErrWrongPeer) {
+					// The relay answered: another transport gets the same answer.
+					cancel()
+					next = len(dialers)
+				} else if winner == nil && next < len(dialers) {
+					start()
+					head.Reset(c.cfg.HeadStart)
+				}
+			case winner == nil:
+				winner = r.l
+				cancel()
+			default:
+				r.l.Close()
+			}
+		case <-headC:
+			start()
+			head.Reset(c.cfg.HeadStart)
+		}
+	}
+	if winner != nil {
+		return winner, nil
+	}
+	for _, e := range errs {
+		var se *ServerError
+		if errors.As(e, &se) || errors.Is(e, identity.ErrWrongPeer) {
+			return nil, e
+		}
+	}
+	return nil, fmt.Errorf("%w: %w", ErrNoRelay, errors.Join(errs...))
+}
+
+// Close ends the link and the packet connection.
+func (c *Client) Close() error {
+	c.cancel()
+	c.mu.Lock()
+	l := c.link
+	c.link = nil
+	c.mu.Unlock()
+	if l != nil {
+		l.Close()
+	}
+	c.pc.Close()
+	c.wg.Wait()
+	return nil
+}
+
+func (c *Client) current() Link {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.link
+}
+
+// watch returns a channel that receives the relay's notices about peer.
+func (c *Client) watch(peer identity.PeerID) (<-chan error, func()) {
+	ch := make(chan error, 4)
+	c.mu.Lock()
+	if c.watchers[peer] == nil {
+		c.watchers[peer] = map[chan error]struct{}{}
+	}
+	c.watchers[peer][ch] = struct{}{}
+	c.mu.Unlock()
+	return ch, func() {
+		c.mu.Lock()
+		delete(c.watchers[peer], ch)
+		if len(c.watchers[peer]) == 0 {
+			delete(c.watchers, peer)
+		}
+		c.mu.Unlock()
+	}
+}
+
+type clientHandler Client
+
+func (h *clientHandler) Packet(from identity.PeerID, pkt []byte) { h.pc.deliver(from, pkt) }
+
+func (h *clientHandler) Notice(peer identity.PeerID, err error) {
+	c := (*Client)(h)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for ch := range c.watchers[peer] {
+		select {
+		case ch <- err:
+		default:
+		}
+	}
+}

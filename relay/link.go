@@ -1,0 +1,363 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/rendezvous"
+)
+
+// Link is one connection from a node to a relay server, over one
+// transport. Packets to peers go out with Send; what the relay sends comes
+// in through the LinkParams.Handler the link was dialled with.
+//
+// Transports implement a LinkDialer. UDP (QUIC datagrams) and TLS over TCP
+// are built in; any transport that yields a reliable byte stream
+// (WebSocket, a tunnel through an HTTP CONNECT proxy) is a LinkDialer that
+// opens its net.Conn and hands it to NewStreamLink.
+type Link interface {
+	// Transport names the link's transport: "udp", "tls", ...
+	Transport() string
+	// Send sends one packet to peer through the relay. It may block
+	// briefly under back-pressure; it never waits for the peer.
+	Send(peer identity.PeerID, pkt []byte) error
+	// Done is closed when the link has ended; Err then says why.
+	Done() <-chan struct{}
+	Err() error
+	// Close ends the link.
+	Close() error
+}
+
+// Handler receives what the relay sends on a link. Its methods are called
+// from the link's read goroutine and must not block; pkt is only valid
+// during the call.
+type Handler interface {
+	// Packet is a packet from peer.
+	Packet(from identity.PeerID, pkt []byte)
+	// Notice says the relay did not forward a packet to peer: it is not
+	// connected (ErrPeerNotConnected) or the relay is at its session limit
+	// (ErrRelayFull).
+	Notice(peer identity.PeerID, err error)
+}
+
+// LinkParams is what a LinkDialer needs to open a link.
+type LinkParams struct {
+	Server  rendezvous.ServerAddr
+	Key     *identity.Key
+	Token   string // "" for none
+	Handler Handler
+	Logger  *slog.Logger
+}
+
+// LinkDialer opens links over one transport.
+type LinkDialer interface {
+	Transport() string
+	DialLink(ctx context.Context, p LinkParams) (Link, error)
+}
+
+// UDPDialer opens links as QUIC connections with ALPN and DATAGRAM frames
+// (RFC 9221) from the node's shared UDP socket: [peer key][packet] per
+// datagram, a control stream for HELLO, NOTICE and ERROR.
+type UDPDialer struct {
+	Socket *quic.Transport
+}
+
+// Transport implements LinkDialer.
+func (UDPDialer) Transport() string { return "udp" }
+
+// DialLink implements LinkDialer.
+func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
+	if d.Socket == nil {
+		return nil, fmt.Errorf("%w: no UDP socket", ErrNoRelay)
+	}
+	addr, err := net.DefaultResolver.LookupNetIP(ctx, "ip", p.Server.Host)
+	if err != nil || len(addr) == 0 {
+		return nil, fmt.Errorf("relay: resolve %s: %w", p.Server.Host, err)
+	}
+	tlsCfg, pin, err := identity.ClientTLSConfig(p.Key, p.Server.ID, ALPN)
+	if err != nil {
+		return nil, err
+	}
+	ua := &net.UDPAddr{IP: addr[0].Unmap().AsSlice(), Port: int(p.Server.Port)}
+	qc, err := d.Socket.Dial(ctx, ua, tlsCfg, &quic.Config{
+		EnableDatagrams:       true,
+		KeepAlivePeriod:       10 * time.Second,
+		MaxIdleTimeout:        time.Minute, // the server's shorter one applies
+		MaxIncomingStreams:    -1,
+		MaxIncomingUniStreams: -1,
+	})
+	if err != nil {
+		if perr := pin.Err(); perr != nil {
+			return nil, perr
+		}
+		return nil, mapQUICErr(err)
+	}
+	st, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		qc.CloseWithError(0, "")
+		return nil, err
+	}
+	l := &link{transport: "udp", h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: st,
+		sendPacket: func(peer identity.PeerID, pkt []byte) error {
+			b := make([]byte, 0, identityLen+len(pkt))
+			b = append(append(b, peer[:]...), pkt...)
+			return qc.SendDatagram(b)
+		},
+		closeTransport: func() { st.Close(); qc.CloseWithError(0, "") },
+	}
+	if err := l.hello(ctx, p.Token, st, st.SetReadDeadline); err != nil {
+		l.closeTransport()
+		return nil, mapQUICErr(err)
+	}
+	go l.readControl(st, nil)
+	go func() {
+		for {
+			d, err := qc.ReceiveDatagram(context.Background())
+			if err != nil {
+				l.fail(mapQUICErr(err))
+				return
+			}
+			if len(d) >= identityLen {
+				l.h.Packet(identity.PeerID(d[:identityLen]), d[identityLen:])
+			}
+		}
+	}()
+	return l, nil
+}
+
+// mapQUICErr turns the relay's application close into a *ServerError.
+func mapQUICErr(err error) error {
+	var ae *quic.ApplicationError
+	if errors.As(err, &ae) && ae.Remote && ae.ErrorCode != 0 && ae.ErrorCode < 0x100 {
+		return &ServerError{Code: byte(ae.ErrorCode), Reason: ae.ErrorMessage}
+	}
+	return err
+}
+
+// TLSDialer opens links as TLS 1.3 over TCP (by default to the server's
+// TLS port, 443 where it may bind it) with length-prefixed frames.
+type TLSDialer struct {
+	// DialTCP opens the TCP connection. Nil: a net.Dialer.
+	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Transport implements LinkDialer.
+func (TLSDialer) Transport() string { return "tls" }
+
+// DialLink implements LinkDialer.
+func (d TLSDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
+	dial := d.DialTCP
+	if dial == nil {
+		var nd net.Dialer
+		dial = nd.DialContext
+	}
+	raw, err := dial(ctx, "tcp", p.Server.TCPHostPort())
+	if err != nil {
+		return nil, err
+	}
+	return NewStreamLink(ctx, raw, "tls", p)
+}
+
+// NewStreamLink runs the relay protocol over conn, a reliable byte stream
+// to the relay server (a TCP connection, a WebSocket, a proxy tunnel):
+// a TLS 1.3 handshake that pins the server's key and proves the node's,
+// then HELLO. transport names the link. On error conn is closed. ctx
+// bounds the setup only.
+func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkParams) (Link, error) {
+	tlsCfg, pin, err := identity.ClientTLSConfig(p.Key, p.Server.ID, ALPN)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	tc := tls.Client(conn, tlsCfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		if perr := pin.Err(); perr != nil {
+			return nil, perr
+		}
+		return nil, err
+	}
+	if tc.ConnectionState().NegotiatedProtocol != ALPN {
+		conn.Close()
+		return nil, fmt.Errorf("%w: server refused ALPN %s", ErrNoRelay, ALPN)
+	}
+	var wmu sync.Mutex
+	write := func(b []byte) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		tc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		_, err := tc.Write(b)
+		return err
+	}
+	l := &link{transport: transport, h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: writerFunc(write),
+		sendPacket: func(peer identity.PeerID, pkt []byte) error {
+			return write(appendFrame(make([]byte, 0, frameHeader+identityLen+len(pkt)), framePacket, peer[:], pkt))
+		},
+		closeTransport: func() { tc.Close() },
+	}
+	stop := context.AfterFunc(ctx, func() { tc.SetReadDeadline(time.Now()) })
+	err = l.hello(ctx, p.Token, tc, tc.SetReadDeadline)
+	if !stop() {
+		err = errors.Join(err, ctx.Err())
+	}
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	go l.readControl(tc, tc.SetReadDeadline)
+	go l.pingLoop(write)
+	return l, nil
+}
+
+type writerFunc func([]byte) error
+
+func (f writerFunc) Write(b []byte) (int, error) {
+	if err := f(b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// link is a Link over a control byte stream plus a packet path (datagrams
+// on QUIC, the same stream's PACKET frames on TLS).
+type link struct {
+	transport      string
+	h              Handler
+	log            *slog.Logger
+	ctl            io.Writer
+	sendPacket     func(peer identity.PeerID, pkt []byte) error
+	closeTransport func()
+	keepalive      time.Duration
+
+	once sync.Once
+	done chan struct{}
+	err  error
+}
+
+func (l *link) Transport() string     { return l.transport }
+func (l *link) Done() <-chan struct{} { return l.done }
+func (l *link) Close() error          { l.fail(ErrClosed); return nil }
+func (l *link) Send(p identity.PeerID, b []byte) error {
+	select {
+	case <-l.done:
+		return l.err
+	default:
+	}
+	return l.sendPacket(p, b)
+}
+
+func (l *link) Err() error {
+	select {
+	case <-l.done:
+		return l.err
+	default:
+		return nil
+	}
+}
+
+func (l *link) fail(err error) {
+	l.once.Do(func() {
+		l.err = err
+		close(l.done)
+		l.closeTransport()
+	})
+}
+
+// hello sends HELLO and waits for WELCOME (or ERROR).
+func (l *link) hello(ctx context.Context, token string, r io.Reader, setDeadline func(time.Time) error) error {
+	if _, err := l.ctl.Write(appendFrame(nil, frameHello, []byte(token))); err != nil {
+		return err
+	}
+	if d, ok := ctx.Deadline(); ok {
+		setDeadline(d)
+	}
+	typ, body, _, err := readFrame(r, nil)
+	setDeadline(time.Time{})
+	if err != nil {
+		return err
+	}
+	switch {
+	case typ == frameError && len(body) >= 1:
+		return &ServerError{Code: body[0], Reason: string(body[1:])}
+	case typ != frameWelcome || len(body) < 4:
+		return fmt.Errorf("%w: want WELCOME, got frame 0x%02x", ErrProtocol, typ)
+	}
+	l.keepalive = time.Duration(binary.BigEndian.Uint16(body[2:4])) * time.Second
+	return nil
+}
+
+// readControl reads frames until the link ends.
+func (l *link) readControl(r io.Reader, setDeadline func(time.Time) error) {
+	var buf []byte
+	for {
+		if setDeadline != nil && l.keepalive > 0 {
+			setDeadline(time.Now().Add(3 * l.keepalive))
+		}
+		typ, body, b, err := readFrame(r, buf)
+		buf = b
+		if err != nil {
+			l.fail(mapQUICErr(err))
+			return
+		}
+		switch typ {
+		case framePacket:
+			if len(body) >= identityLen {
+				l.h.Packet(identity.PeerID(body[:identityLen]), body[identityLen:])
+			}
+		case frameNotice:
+			if len(body) == identityLen+1 {
+				err := ErrPeerNotConnected
+				if body[identityLen] == noticeSessionLimit {
+					err = ErrRelayFull
+				}
+				l.h.Notice(identity.PeerID(body[:identityLen]), err)
+			}
+		case frameError:
+			if len(body) >= 1 {
+				l.fail(&ServerError{Code: body[0], Reason: string(body[1:])})
+				return
+			}
+		case framePing:
+			l.ctl.Write(appendFrame(nil, framePong, body))
+		case framePong:
+		default:
+			l.fail(fmt.Errorf("%w: unexpected frame 0x%02x", ErrProtocol, typ))
+			return
+		}
+	}
+}
+
+// pingLoop keeps a byte-stream link alive (QUIC has its own keep-alive).
+func (l *link) pingLoop(write func([]byte) error) {
+	ka := l.keepalive
+	if ka <= 0 {
+		ka = 10 * time.Second
+	}
+	t := time.NewTicker(ka)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.done:
+			return
+		case <-t.C:
+			var b [8]byte
+			rand.Read(b[:])
+			if err := write(appendFrame(nil, framePing, b[:])); err != nil {
+				l.fail(err)
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,180 @@
+package relay_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/relay"
+	"github.com/reachp2p/reach/rendezvous"
+	"github.com/reachp2p/reach/stream"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// startServer runs rendezvous + relay on loopback.
+func startServer(t testing.TB, rcfg relay.ServerConfig) (*rendezvous.RunningServer, *relay.Server) {
+	t.Helper()
+	if rcfg.Logger == nil {
+		rcfg.Logger = testLogger(t).With("side", "relay")
+	}
+	rl := relay.NewServer(rcfg)
+	rs, err := rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{
+		Logger:    testLogger(t).With("side", "server"),
+		Protocols: map[string]rendezvous.Protocol{relay.ALPN: rl},
+	}, netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rs.Close() })
+	return rs, rl
+}
+
+func newNode(t testing.TB, cs string, cfg reach.Config) *reach.Node {
+	t.Helper()
+	cfg.Servers = []string{cs}
+	if cfg.Strategies == nil {
+		cfg.Strategies = []string{reach.StrategyRelay}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(t)
+	}
+	cfg.ListenAddr = netip.MustParseAddrPort("127.0.0.1:0")
+	cfg.DisablePortMapping = true
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := reach.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// echo serves every stream n accepts by copying it back.
+func echo(n *reach.Node) {
+	go func() {
+		for {
+			c, err := n.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+				c.(*stream.Stream).CloseWrite()
+			}()
+		}
+	}()
+}
+
+// roundTrip sends size random bytes on c and checks the echo.
+func roundTrip(c *stream.Stream, size int) error {
+	data := make([]byte, size)
+	rand.Read(data)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		werr <- err
+	}()
+	h := sha256.New()
+	n, err := io.Copy(h, c)
+	if err != nil {
+		return fmt.Errorf("reading echo after %d bytes: %w", n, err)
+	}
+	if err := <-werr; err != nil {
+		return err
+	}
+	want := sha256.Sum256(data)
+	if n != int64(size) || !bytes.Equal(h.Sum(nil), want[:]) {
+		return fmt.Errorf("echo: %d bytes, want %d, intact=%v", n, size, bytes.Equal(h.Sum(nil), want[:]))
+	}
+	return nil
+}
+
+func TestToken(t *testing.T) {
+	k, _ := identity.GenerateKey()
+	other, _ := identity.GenerateKey()
+	s1, s2 := []byte("old secret"), []byte("new secret")
+	now := time.Now()
+	tok := relay.NewToken(s1, k.ID(), now.Add(time.Hour))
+	for _, c := range []struct {
+		name    string
+		secrets [][]byte
+		peer    identity.PeerID
+		token   string
+		want    error
+	}{
+		{"valid", [][]byte{s1}, k.ID(), tok, nil},
+		{"rotation", [][]byte{s2, s1}, k.ID(), tok, nil},
+		{"other secret", [][]byte{s2}, k.ID(), tok, relay.ErrBadToken},
+		{"other peer", [][]byte{s1}, other.ID(), tok, relay.ErrBadToken},
+		{"expired", [][]byte{s1}, k.ID(), relay.NewToken(s1, k.ID(), now.Add(-time.Second)), relay.ErrTokenExpired},
+		{"empty", [][]byte{s1}, k.ID(), "", relay.ErrBadToken},
+		{"garbage", [][]byte{s1}, k.ID(), "x:y", relay.ErrBadToken},
+		{"tampered expiry", [][]byte{s1}, k.ID(), "9" + tok, relay.ErrBadToken},
+	} {
+		if err := relay.CheckToken(c.secrets, c.peer, c.token, now); !errors.Is(err, c.want) || (c.want == nil) != (err == nil) {
+			t.Errorf("%s: %v, want %v", c.name, err, c.want)
+		}
+	}
+}
+
+// TestRelayLoopback: two nodes with only the relay rung connect through it
+// over UDP, and over TLS when UDP is refused to the relay.
+func TestRelayLoopback(t *testing.T) {
+	rs, rl := startServer(t, relay.ServerConfig{})
+	a := newNode(t, rs.ConnectString(), reach.Config{})
+	b := newNode(t, rs.ConnectString(), reach.Config{})
+	echo(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	start := time.Now()
+	sess, err := a.DialSession(ctx, b.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("relayed session in %v over %s", time.Since(start), a.RelayTransport())
+	if sess.Strategy() != reach.StrategyRelay || a.RelayTransport() != "udp" {
+		t.Fatalf("strategy %q transport %q, want relay over udp", sess.Strategy(), a.RelayTransport())
+	}
+	c, err := sess.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(c, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	st := rl.Stats()
+	t.Logf("relay stats: %+v", st)
+	if st.Clients != 2 || st.Sessions != 2 || st.Bytes < 8<<20 {
+		t.Errorf("stats %+v: want 2 clients, 2 sessions, >= 8 MiB", st)
+	}
+}

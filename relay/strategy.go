@@ -1,0 +1,95 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/reachp2p/reach/rendezvous"
+	"github.com/reachp2p/reach/strategy"
+	"github.com/reachp2p/reach/stream"
+)
+
+// Name is the strategy's name in the ladder.
+const Name = "relay"
+
+// Strategy is the last rung of the ladder: it links the node to the relay
+// of the server that introduced the peers (the peer links there too when
+// the introduction reaches it) and dials QUIC end to end to the peer's
+// relay address over the node's relayed transport. The relay forwards
+// ciphertext it cannot read; the session proves the peer's key like any
+// other.
+type Strategy struct {
+	// Client returns the node's relay client.
+	Client func() *Client
+	// Transport returns the quic.Transport running on the client's
+	// PacketConn.
+	Transport func() *quic.Transport
+	// Server returns the relay to use (the node's current rendezvous
+	// server); zero means none.
+	Server func() rendezvous.ServerAddr
+}
+
+// Name implements strategy.Strategy.
+func (*Strategy) Name() string { return Name }
+
+// Connect implements strategy.Strategy. Errors: those of Client.Connect
+// (ErrBadToken, ErrTokenExpired, ErrRelayFull, ErrNoRelay, ...);
+// ErrRelayFull when the relay is at its session limit;
+// ErrPeerNotConnected (joined with the handshake's error) when the peer
+// never linked to the relay.
+func (s *Strategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream.Session, error) {
+	sa := s.Server()
+	if sa.IsZero() {
+		return nil, fmt.Errorf("%w: no server to relay through", ErrNoRelay)
+	}
+	c := s.Client()
+	if _, err := c.Connect(ctx, sa); err != nil {
+		return nil, err
+	}
+	notices, stop := c.watch(a.Peer)
+	defer stop()
+	dctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var mu sync.Mutex
+	var notGone error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case err := <-notices:
+				if errors.Is(err, ErrRelayFull) {
+					cancel(err)
+					return
+				}
+				mu.Lock()
+				notGone = err
+				mu.Unlock()
+			case <-dctx.Done():
+				return
+			}
+		}
+	}()
+	cfg := a.Session
+	cfg.PacketSize = PacketSize
+	sess, err := stream.DialAddr(dctx, s.Transport(), Addr{a.Peer}, a.Key, a.Peer, cfg)
+	cancel(nil)
+	wg.Wait()
+	if err == nil {
+		return sess, nil
+	}
+	if cause := context.Cause(dctx); errors.Is(cause, ErrRelayFull) && ctx.Err() == nil {
+		return nil, fmt.Errorf("relay: dial %s: %w (session limit)", a.Peer.Short(), ErrRelayFull)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if notGone != nil {
+		return nil, errors.Join(notGone, err)
+	}
+	return nil, err
+}

@@ -1,0 +1,182 @@
+package relay
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/reachp2p/reach/identity"
+)
+
+// ALPN is the TLS application protocol of relay links, on QUIC and on TLS
+// over TCP.
+const ALPN = "reach-relay/1"
+
+// PacketSize is the size of the QUIC packets of relayed sessions (the QUIC
+// minimum). With the 32-byte peer key in front it fits in one QUIC DATAGRAM
+// frame of an outer connection whose packets are 1280 bytes, the IPv6
+// minimum MTU, so relayed sessions work on every path without fragments.
+const PacketSize = 1200
+
+// MaxPayload is the largest packet a link carries for a peer. The relay
+// drops larger ones (protocol.md, Relay).
+const MaxPayload = 1452
+
+// Frame types on a link's byte stream (the whole TLS connection, or the
+// control stream of a QUIC link).
+const (
+	frameHello   = 0x01 // client → server: token
+	frameWelcome = 0x02 // server → client: max payload, keepalive
+	framePacket  = 0x03 // either, byte-stream links only: peer key + packet
+	frameNotice  = 0x04 // server → client: peer key + notice code
+	frameError   = 0x05 // server → client: error code + reason; then close
+	framePing    = 0x06 // either: 8 bytes
+	framePong    = 0x07 // either: echoes the ping
+)
+
+const frameHeader = 3 // type, 2-byte length
+
+// maxFrameBody is the largest frame body accepted (a packet frame: the
+// peer key and MaxPayload).
+const maxFrameBody = identityLen + MaxPayload
+
+const identityLen = len(identity.PeerID{})
+
+// Error codes of ERROR frames (and of the QUIC application close code on
+// QUIC links).
+const (
+	codeProtocol     = 0x01
+	codeBadToken     = 0x02
+	codeTokenExpired = 0x03
+	codeFull         = 0x04
+	codeRateLimited  = 0x05
+	codeReplaced     = 0x06
+	codeShutdown     = 0x07
+)
+
+// Notice codes of NOTICE frames: why a packet to a peer was not forwarded.
+const (
+	noticeNoPeer       = 0x01 // the peer is not connected to this relay
+	noticeSessionLimit = 0x02 // the relay is at its session limit
+)
+
+// Named errors. Test with errors.Is; errors the relay server sends arrive
+// as a *ServerError that unwraps to one of them.
+var (
+	// ErrRelayFull: the relay is at its limit of connected peers or of
+	// relay sessions.
+	ErrRelayFull = errors.New("relay: relay is full")
+	// ErrBadToken: the relay requires a token and the one given (or none)
+	// is not valid for this peer.
+	ErrBadToken = errors.New("relay: bad relay token")
+	// ErrTokenExpired: the token was valid but its expiry has passed.
+	ErrTokenExpired = errors.New("relay: relay token expired")
+	// ErrRateLimited: too many connections from this IP address.
+	ErrRateLimited = errors.New("relay: too many connections from this address")
+	// ErrReplaced: a newer link of the same peer ID took over.
+	ErrReplaced = errors.New("relay: replaced by a newer link of the same peer")
+	// ErrShutdown: the relay server is stopping.
+	ErrShutdown = errors.New("relay: server shutting down")
+	// ErrProtocol: the other side broke the relay protocol.
+	ErrProtocol = errors.New("relay: protocol error")
+	// ErrPeerNotConnected: the relay reported the peer is not connected
+	// to it, and the peer did not connect in time.
+	ErrPeerNotConnected = errors.New("relay: peer not connected to the relay")
+	// ErrNoRelay: the server does not run a relay (it refused the relay
+	// ALPN), or no transport to it worked.
+	ErrNoRelay = errors.New("relay: no relay link")
+	// ErrClosed: the client or link is closed.
+	ErrClosed = errors.New("relay: closed")
+)
+
+// ServerError is an ERROR the relay server sent before closing a link.
+type ServerError struct {
+	Code   byte
+	Reason string
+}
+
+func (e *ServerError) Error() string {
+	return fmt.Sprintf("relay: server error %s: %s", codeName(e.Code), e.Reason)
+}
+
+// Unwrap returns the named error for the code.
+func (e *ServerError) Unwrap() error {
+	switch e.Code {
+	case codeBadToken:
+		return ErrBadToken
+	case codeTokenExpired:
+		return ErrTokenExpired
+	case codeFull:
+		return ErrRelayFull
+	case codeRateLimited:
+		return ErrRateLimited
+	case codeReplaced:
+		return ErrReplaced
+	case codeShutdown:
+		return ErrShutdown
+	}
+	return ErrProtocol
+}
+
+func codeName(c byte) string {
+	switch c {
+	case codeProtocol:
+		return "protocol"
+	case codeBadToken:
+		return "bad_token"
+	case codeTokenExpired:
+		return "token_expired"
+	case codeFull:
+		return "full"
+	case codeRateLimited:
+		return "rate_limited"
+	case codeReplaced:
+		return "replaced"
+	case codeShutdown:
+		return "shutdown"
+	}
+	return fmt.Sprintf("0x%02x", c)
+}
+
+// readFrame reads one frame into buf (grown as needed) and returns its
+// type and body (aliasing buf).
+func readFrame(r io.Reader, buf []byte) (typ byte, body []byte, _ []byte, err error) {
+	if cap(buf) < frameHeader {
+		buf = make([]byte, 0, frameHeader+maxFrameBody)
+	}
+	h := buf[:frameHeader]
+	if _, err := io.ReadFull(r, h); err != nil {
+		return 0, nil, buf, err
+	}
+	typ = h[0]
+	n := int(binary.BigEndian.Uint16(h[1:3]))
+	if typ == 0 || typ > framePong {
+		return 0, nil, buf, fmt.Errorf("%w: unknown frame type 0x%02x", ErrProtocol, typ)
+	}
+	if n > maxFrameBody {
+		return 0, nil, buf, fmt.Errorf("%w: frame body of %d bytes", ErrProtocol, n)
+	}
+	if cap(buf) < n {
+		buf = make([]byte, 0, n)
+	}
+	body = buf[:n]
+	if _, err := io.ReadFull(r, body); err != nil {
+		return 0, nil, buf, err
+	}
+	return typ, body, buf, nil
+}
+
+// appendFrame appends a frame of type typ with the concatenated parts as
+// its body.
+func appendFrame(b []byte, typ byte, parts ...[]byte) []byte {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	b = append(b, typ, byte(n>>8), byte(n))
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	return b
+}

@@ -66,6 +66,13 @@ type ServerConfig struct {
 	// cannot be bound, StartServer logs a warning and goes on without it.
 	// Zero: none.
 	TLSPort uint16
+	// Certificate is presented on the TCP ports to TLS clients that offer
+	// none of reach's ALPNs (ALPN and the Protocols' ones, which always
+	// get the self-signed certificate of Key that connect strings pin):
+	// for HTTPS-based transports through proxies and for browsers. Such
+	// clients need not present a certificate. Nil: the key's certificate
+	// for everyone.
+	Certificate *tls.Certificate
 }
 
 // Protocol serves connections that negotiated another ALPN than ALPN on a
@@ -155,6 +162,21 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	tlsCfg, err := identity.ServerTLSConfig(key, alpns...)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Certificate != nil {
+		web := &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			Certificates: []tls.Certificate{*cfg.Certificate},
+			NextProtos:   alpns,
+		}
+		tlsCfg.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+			for _, p := range hi.SupportedProtos {
+				if slices.Contains(alpns, p) {
+					return nil, nil // reach's own: the pinned certificate
+				}
+			}
+			return web, nil
+		}
 	}
 	return &Server{
 		cfg:    cfg,

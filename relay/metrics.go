@@ -40,6 +40,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		drops: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "reach_relay_drops_total",
 			Help: "Packets dropped, by reason (no_peer, session_limit, peer_rate, queue_full, malformed)."}, []string{"reason"}),
 	}
+	// Known label values start at zero, so they show before the first event.
+	for _, r := range []string{"no_peer", "session_limit", "peer_rate", "queue_full", "malformed"} {
+		m.drops.WithLabelValues(r)
+	}
+	for _, r := range []string{"bad_token", "token_expired"} {
+		m.auth.WithLabelValues(r)
+	}
+	for _, r := range []string{"full", "rate_limited", "handshake"} {
+		m.rejected.WithLabelValues(r)
+	}
+	for _, t := range []string{"udp", "tls"} {
+		m.clients.WithLabelValues(t)
+		m.conns.WithLabelValues(t)
+	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.clients, m.conns, m.rejected, m.auth, m.sessions, m.packets, m.bytes, m.drops} {
 			reg.MustRegister(c)

@@ -2,10 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -13,16 +17,26 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
 )
 
-const serverHelp = `usage: reach server [--listen IP or IP:PORT] [--state DIR] [-v]
+const serverHelp = `usage: reach server [--listen IP or IP:PORT] [--state DIR] [--tls-port N]
+                    [--relay-secret S]... [--metrics ADDR] [flags] [-v]
 
 Runs the public reach server: rendezvous (signalling over QUIC on UDP and
-over TLS on TCP) and STUN, on the same port number for UDP and TCP
-(default %d).
+over TLS on TCP), STUN, and the relay, on the same port number for UDP and
+TCP (default %d), plus TLS on TCP 443 (--tls-port) when it may bind it:
+UDP-blocking firewalls let 443 through. The relay and signalling share
+every port (told apart by ALPN). If 443 cannot be bound the server says so
+on stderr and clients use the main TCP port. See docs/server.md.
 
 The first line on stdout is exactly
 
@@ -46,6 +60,17 @@ func runServer(args []string) error {
 	listen := fs.String("listen", "", "`IP or IP:PORT` to listen on, UDP and TCP (default: all interfaces, port "+strconv.Itoa(rendezvous.DefaultPort)+")")
 	state := fs.String("state", "", "`DIR` that keeps the server key, so the connect string survives restarts")
 	verbose := fs.Bool("v", false, "debug logging")
+	tlsPort := fs.Uint("tls-port", 443, "extra TCP `PORT` for TLS (signalling and relay), advertised in the connect string; 0: none")
+	tlsCert := fs.String("tls-cert", "", "certificate `FILE` (PEM) for TLS clients that do not speak reach's ALPNs; reach clients always get the self-signed certificate their connect string pins")
+	tlsKey := fs.String("tls-key", "", "private key `FILE` (PEM) of --tls-cert")
+	noRelay := fs.Bool("no-relay", false, "run rendezvous and STUN only")
+	var secrets stringList
+	fs.Var(&secrets, "relay-secret", "token `SECRET` the relay requires (relay.NewToken); repeat to rotate: tokens made with any are accepted")
+	maxClients := fs.Int("relay-max-clients", 0, "peers connected to the relay at once (0: 100000)")
+	maxSessions := fs.Int("relay-max-sessions", 0, "relay sessions (ordered peer pairs) at once (0: 10000)")
+	peerRate := fs.Int("relay-rate", 0, "bytes per second one peer may send through the relay (0: no limit)")
+	connRate := fs.Float64("relay-conn-rate", 0, "new relay links per second from one IP (0: 10; negative: no limit)")
+	metricsAddr := fs.String("metrics", "", "`ADDR` (host:port) serving Prometheus /metrics and /healthz over HTTP; empty: off")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), serverHelp, rendezvous.DefaultPort)
 		fs.PrintDefaults()
@@ -74,9 +99,50 @@ func runServer(args []string) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
+	if *tlsPort > 65535 {
+		return fmt.Errorf("--tls-port %d: not a port", *tlsPort)
+	}
+	scfg := rendezvous.ServerConfig{Key: key, Logger: logger, TLSPort: uint16(*tlsPort)}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return errors.New("--tls-cert and --tls-key go together")
+	}
+	if *tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		scfg.Certificate = &cert
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if !*noRelay {
+		rcfg := relay.ServerConfig{
+			MaxClients: *maxClients, MaxSessions: *maxSessions, PeerRate: *peerRate, ConnRate: *connRate,
+			Registerer: reg, Logger: logger.With("part", "relay"),
+		}
+		for _, s := range secrets {
+			rcfg.Secrets = append(rcfg.Secrets, []byte(s))
+		}
+		scfg.Protocols = map[string]rendezvous.Protocol{relay.ALPN: relay.NewServer(rcfg)}
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	rs, err := rendezvous.StartServer(ctx, rendezvous.ServerConfig{Key: key, Logger: logger}, addr)
+	var ms *http.Server
+	if *metricsAddr != "" {
+		ln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+		ms = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go ms.Serve(ln)
+		defer ms.Close()
+		logger.Info("metrics serving HTTP", "addr", ln.Addr().String())
+	}
+	rs, err := rendezvous.StartServer(ctx, scfg, addr)
 	if err != nil {
 		return err
 	}
@@ -115,6 +181,12 @@ func parseListen(s string) (netip.AddrPort, error) {
 	}
 	return ap, nil
 }
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
 
 func serverKey(dir string) (*identity.Key, error) {
 	if dir == "" {

@@ -2,6 +2,7 @@ package reach_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/reachp2p/reach/internal/reachlab"
 	"github.com/reachp2p/reach/stream"
 	"github.com/reachp2p/reach/upnp"
+	"go.uber.org/goleak"
 )
 
 // waitMapped waits until n's port mapper has an external address.
@@ -78,6 +80,8 @@ func gatewayHas(ctx context.Context, t *testing.T, m *natlab.Miniupnpd, ext uint
 // also speaks PCP) and with UPnP only. When the listener closes, the
 // mapping is gone from miniupnpd.
 func TestLabUPnP(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) }) // after the lab and the nodes are gone
 	l := natlab.NewT(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Second)
 	defer cancel()
@@ -216,7 +220,8 @@ func TestLabUPnPNone(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		h    *natlab.Host
-	}{{"no-gateway", hp}, {"double-nat", hd}} {
+		want error
+	}{{"no-gateway", hp, upnp.ErrNoGateway}, {"double-nat", hd, upnp.ErrPrivateExternal}} {
 		t.Run(tc.name, func(t *testing.T) {
 			ln := reachlab.NewNode(t, tc.h, reach.Config{Servers: []string{cs}})
 			with := reachlab.NewNode(t, dsite.Host, reach.Config{Servers: []string{cs}})
@@ -229,8 +234,8 @@ func TestLabUPnPNone(t *testing.T) {
 			mcancel()
 			st := ln.PortMapping()
 			t.Logf("%s: port mapping: protocol %q external %v: %v", tc.name, st.Protocol, st.External, st.Err)
-			if st.External.IsValid() || st.Err == nil {
-				t.Fatalf("status %+v: want no mapping and a reason", st)
+			if st.External.IsValid() || !errors.Is(st.Err, tc.want) {
+				t.Fatalf("status %+v: want no mapping and %v", st, tc.want)
 			}
 			s1, el1 := dialEcho(t, with, ln, 64<<10)
 			s1.CloseWithError(0, "done")

@@ -319,7 +319,12 @@ func (c *igdClient) externalAddr(ctx context.Context) (netip.Addr, error) {
 	if err != nil {
 		return netip.Addr{}, igdError(err)
 	}
-	a, err := netip.ParseAddr(strings.TrimSpace(s))
+	s = strings.TrimSpace(s)
+	if s == "" || s == "0.0.0.0" {
+		// miniupnpd, for one, says this when its WAN address is private.
+		return netip.Addr{}, fmt.Errorf("%w: upnp gateway %s reports no external address", ErrPrivateExternal, c.gw)
+	}
+	a, err := netip.ParseAddr(s)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("upnp: gateway's external address %q: %w", s, err)
 	}

@@ -31,8 +31,9 @@ const (
 	pcpOpAnnounce = 0
 	pcpOpMap      = 1
 
-	pcpUnsuppVersion = 1
-	protoUDP         = 17
+	pcpUnsuppVersion  = 1
+	pmpNetworkFailure = 3
+	protoUDP          = 17
 )
 
 var errShort = errors.New("upnp: short or malformed response")
@@ -171,9 +172,12 @@ func pmpCheck(b []byte, op byte, size int) error {
 func (m *Mapper) probeNATPMP(ctx context.Context) (client, error) {
 	return m.probeGateways(ctx, func(ctx context.Context, local, gw netip.Addr) (client, error) {
 		c := &pmpClient{m: m, local: local, gw: gw}
-		if _, err := c.externalAddr(ctx); err != nil {
+		_, err := c.externalAddr(ctx)
+		var ge *GatewayError
+		if err != nil && !errors.As(err, &ge) {
 			return nil, err
 		}
+		// An error code is an answer too: mapPort reports it.
 		return c, nil
 	})
 }
@@ -186,6 +190,11 @@ func (c *pmpClient) externalAddr(ctx context.Context) (netip.Addr, error) {
 		return netip.Addr{}, err
 	}
 	if err := pmpCheck(resp, pmpOpAddr, 12); err != nil {
+		var ge *GatewayError
+		if errors.As(err, &ge) && ge.Code == pmpNetworkFailure {
+			// RFC 6886: the gateway has no external address itself.
+			return netip.Addr{}, fmt.Errorf("%w: nat-pmp gateway %s has no external address (%w)", ErrPrivateExternal, c.gw, err)
+		}
 		return netip.Addr{}, err
 	}
 	return netip.AddrFrom4([4]byte(resp[8:12])), nil
@@ -287,7 +296,11 @@ func (m *Mapper) probePCP(ctx context.Context) (client, error) {
 			return nil, &GatewayError{Protocol: PCP, Code: pcpUnsuppVersion, Msg: "gateway speaks NAT-PMP only"}
 		}
 		if _, err := pcpCheck(resp, pcpOpAnnounce, 24); err != nil {
-			return nil, err
+			var ge *GatewayError
+			if !errors.As(err, &ge) || ge.Code == pcpUnsuppVersion {
+				return nil, err
+			}
+			// Any other result code is an answer: mapPort reports it.
 		}
 		c := &pcpClient{m: m, local: local, gw: gw}
 		rand.Read(c.nonce[:])

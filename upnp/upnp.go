@@ -30,6 +30,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -340,7 +341,7 @@ func (m *Mapper) run() {
 			prev := err
 			cl, spare = spare[0], spare[1:]
 			g, err = cl.mapPort(ctx, m.cfg.Port, want, m.cfg.Lease)
-			if err != nil {
+			if err != nil && !errors.Is(err, ErrPrivateExternal) { // that one says it all
 				err = errors.Join(prev, err)
 			}
 		}
@@ -353,6 +354,12 @@ func (m *Mapper) run() {
 				cur = g
 			}
 			return
+		case errors.Is(err, ErrPrivateExternal):
+			m.log.Info("upnp: not advertising a mapping", "err", err)
+			m.update(func(s *Status) { s.External, s.Err = netip.AddrPort{}, err })
+			m.settle()
+			cl, spare, cur = nil, nil, grant{}
+			wait = m.cfg.RetryInterval
 		case err != nil:
 			m.log.Debug("upnp: mapping failed", "proto", cl.proto(), "err", err)
 			wait = fail(err)
@@ -487,6 +494,9 @@ func (m *Mapper) discover(ctx context.Context) ([]client, error) {
 				if ctx.Err() != nil && m.ctx.Err() != nil {
 					return nil, ErrClosed
 				}
+				if allTimeouts(errs) {
+					return nil, fmt.Errorf("%w: no answer within %v (%s)", ErrNoGateway, m.cfg.DiscoverTimeout, m.asked())
+				}
 				return nil, fmt.Errorf("%w: %w", ErrNoGateway, errors.Join(errs...))
 			}
 			if a.err != nil {
@@ -503,4 +513,39 @@ func (m *Mapper) discover(ctx context.Context) ([]client, error) {
 			return got, nil
 		}
 	}
+}
+
+func allTimeouts(errs []error) bool {
+	for _, err := range errs {
+		if !errors.Is(err, context.DeadlineExceeded) {
+			return false
+		}
+	}
+	return true
+}
+
+// asked describes where discovery looked, for error messages.
+func (m *Mapper) asked() string {
+	var parts []string
+	var pmp []string
+	for _, p := range m.cfg.Protocols {
+		switch p {
+		case PCP, NATPMP:
+			pmp = append(pmp, string(p))
+		case UPnP:
+			parts = append(parts, "upnp by SSDP multicast")
+		}
+	}
+	if len(pmp) > 0 {
+		var gws []string
+		for _, g := range m.gateways() {
+			gws = append(gws, g.String())
+		}
+		gw := "no gateway address"
+		if len(gws) > 0 {
+			gw = strings.Join(gws, ", ")
+		}
+		parts = append([]string{strings.Join(pmp, " and ") + " to " + gw}, parts...)
+	}
+	return strings.Join(parts, "; ")
 }

@@ -276,8 +276,8 @@ func TestLabMapperNone(t *testing.T) {
 	t.Run("double-nat", func(t *testing.T) {
 		_, _, st, el := mapperOn(t, hd, upnp.Config{DiscoverTimeout: discover})
 		t.Logf("double NAT: %s %v (gateway external %s) after %v", st.Protocol, st.Err, st.GatewayExternal, el.Round(time.Millisecond))
-		if st.External.IsValid() || st.Err == nil {
-			t.Errorf("status %+v, want an error and no external address", st)
+		if st.External.IsValid() || !errors.Is(st.Err, upnp.ErrPrivateExternal) {
+			t.Errorf("status %+v, want ErrPrivateExternal and no external address", st)
 		}
 		if el > discover+time.Second {
 			t.Errorf("outcome after %v, bound %v", el, discover+time.Second)
@@ -287,4 +287,76 @@ func TestLabMapperNone(t *testing.T) {
 			t.Errorf("mappings left on the double-NAT gateway: %v", maps)
 		}
 	})
+}
+
+// TestLabMapperCGNAT: a gateway (a PCP server written here, on a plain
+// router's LAN address) that grants mappings on a carrier-grade NAT
+// address: the mapper sees the private external address, deletes the
+// mapping it got, and reports ErrPrivateExternal instead of advertising.
+func TestLabMapperCGNAT(t *testing.T) {
+	l := natlab.NewT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rt, err := l.AddRouter(ctx, natlab.RouterConfig{Name: "cgn", NAT: natlab.PortRestricted})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _ := rt.AddHost(ctx, "hcgn")
+	var srv net.PacketConn
+	if err := rt.Run(func() (err error) {
+		srv, err = net.ListenPacket("udp4", netip.AddrPortFrom(rt.LANAddr(), 5351).String())
+		return
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cgnat := netip.MustParseAddr("100.64.7.7")
+	var deletes atomic.Int32
+	go func() {
+		buf := make([]byte, 1100)
+		for {
+			n, from, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			req := buf[:n]
+			if n < 24 || req[0] != 2 {
+				continue
+			}
+			resp := make([]byte, n)
+			copy(resp, req)
+			resp[1] |= 0x80
+			resp[2], resp[3] = 0, 0 // result SUCCESS
+			if req[1] == 1 && n >= 60 { // MAP: grant the suggested port on the CGNAT address
+				if req[4]|req[5]|req[6]|req[7] == 0 {
+					deletes.Add(1)
+				}
+				resp[24+18], resp[24+19] = req[24+16], req[24+17]
+				a := cgnat.As16()
+				copy(resp[24+20:], a[:])
+			}
+			clear(resp[8:24]) // epoch and reserved
+			srv.WriteTo(resp, from)
+		}
+	}()
+	_, _, st, el := mapperOn(t, h, upnp.Config{Protocols: []upnp.Protocol{upnp.PCP}})
+	t.Logf("CGNAT gateway: %s %v (gateway external %s) after %v", st.Protocol, st.Err, st.GatewayExternal, el.Round(time.Millisecond))
+	if st.External.IsValid() || !errors.Is(st.Err, upnp.ErrPrivateExternal) || st.GatewayExternal != cgnat {
+		t.Errorf("status %+v, want ErrPrivateExternal, external %s and nothing advertised", st, cgnat)
+	}
+	if deletes.Load() == 0 {
+		t.Errorf("the useless mapping was not deleted")
+	}
+}
+
+func TestIsPublic(t *testing.T) {
+	for s, want := range map[string]bool{
+		"5.5.5.1": true, "203.0.113.7": true, "8.8.8.8": true, "2001:db8::1": true,
+		"10.1.2.3": false, "100.64.0.1": false, "100.127.255.254": false, "172.16.0.1": false,
+		"192.168.1.1": false, "127.0.0.1": false, "169.254.1.1": false, "0.0.0.0": false, "fd00::1": false,
+	} {
+		if got := upnp.IsPublic(netip.MustParseAddr(s)); got != want {
+			t.Errorf("IsPublic(%s) = %v, want %v", s, got, want)
+		}
+	}
 }

@@ -23,6 +23,7 @@ var commands = []command{
 	{"listen", "accept one stream and copy it to stdout, stdin to it (like nc -l)", runListen},
 	{"dial", "connect to a peer, stdin to the stream, the stream to stdout (like nc)", runDial},
 	{"ping", "measure the round trip to a peer and show the path", runPing},
+	{"netcheck", "diagnose this network: addresses, NAT mapping, port mapping, UDP to each server", runNetcheck},
 	{"lab", "build NAT lab topologies for manual experiments (root)", runLab},
 }
 

@@ -1,0 +1,302 @@
+package main
+
+// reach netcheck: what a user runs first when something does not connect.
+// One UDP socket, like a node's: STUN to every server (and extra STUN
+// endpoints) from it, so the reflexive addresses show whether the NAT's
+// mapping depends on the destination; the port mapper on its port, to
+// show which protocol the gateway speaks and what it grants (the mapping
+// is deleted before netcheck exits).
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/reachp2p/reach/internal/sock"
+	"github.com/reachp2p/reach/rendezvous"
+	"github.com/reachp2p/reach/upnp"
+)
+
+// netcheckReport is netcheck's result; --json prints it as is.
+type netcheckReport struct {
+	Local     []string           `json:"local_addresses"`
+	Socket    string             `json:"socket"`
+	Endpoints []netcheckEndpoint `json:"endpoints"`
+	// Public lists the distinct reflexive addresses the endpoints saw.
+	Public []string `json:"public"`
+	// MappingVaries: the NAT gave the socket a different public address
+	// or port per destination (address-and-port-dependent mapping, a
+	// symmetric NAT). Null when fewer than two endpoints answered.
+	MappingVaries *bool           `json:"mapping_varies_by_destination"`
+	PortMapping   netcheckMapping `json:"port_mapping"`
+}
+
+type netcheckEndpoint struct {
+	Name     string  `json:"name"` // as given
+	Kind     string  `json:"kind"` // "reach" or "stun"
+	Addr     string  `json:"addr"` // resolved UDP address
+	UDP      bool    `json:"udp"`  // a STUN answer came back
+	RTTms    float64 `json:"rtt_ms,omitempty"`
+	Observed string  `json:"observed,omitempty"` // the socket's address as it saw it
+	Error    string  `json:"error,omitempty"`
+}
+
+type netcheckMapping struct {
+	Protocol        string `json:"protocol,omitempty"`
+	Gateway         string `json:"gateway,omitempty"`
+	GatewayExternal string `json:"gateway_external,omitempty"`
+	External        string `json:"external,omitempty"`
+	Internal        string `json:"internal,omitempty"`
+	LeaseSeconds    int    `json:"lease_seconds,omitempty"`
+	Permanent       bool   `json:"permanent,omitempty"`
+	Error           string `json:"error,omitempty"`
+	Disabled        bool   `json:"disabled,omitempty"`
+}
+
+func runNetcheck(args []string) error {
+	fs := flag.NewFlagSet("netcheck", flag.ContinueOnError)
+	var servers, stuns multiFlag
+	fs.Var(&servers, "server", "rendezvous connect string (repeatable; default $REACH_SERVER)")
+	fs.Var(&stuns, "stun", "extra STUN server host:port, e.g. a coturn (repeatable)")
+	jsonOut := fs.Bool("json", false, "print the report as JSON")
+	timeout := fs.Duration("timeout", 4*time.Second, "how long to wait for each server and the gateway")
+	noMap := fs.Bool("no-portmap", false, "do not ask the gateway for a port mapping")
+	verbose := fs.Bool("v", false, "debug logs on stderr")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if len(servers) == 0 {
+		if env := os.Getenv("REACH_SERVER"); env != "" {
+			servers = strings.Fields(strings.ReplaceAll(env, ",", " "))
+		}
+	}
+	if len(servers) == 0 && len(stuns) == 0 {
+		return errors.New("no server: pass --server CS (or --stun HOST:PORT), or set REACH_SERVER")
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if *verbose {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout+5*time.Second)
+	defer cancel()
+	rep, err := netcheck(ctx, servers, stuns, *timeout, !*noMap, log)
+	if err != nil {
+		return err
+	}
+	if *jsonOut {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printNetcheck(os.Stdout, rep)
+	return nil
+}
+
+func netcheck(ctx context.Context, servers, stuns []string, timeout time.Duration, portmap bool, log *slog.Logger) (*netcheckReport, error) {
+	rep := &netcheckReport{}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && !p.Addr().IsLoopback() {
+				rep.Local = append(rep.Local, a.String())
+			}
+		}
+	}
+	s, err := sock.Listen(sock.Config{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	rep.Socket = s.LocalAddr().String()
+
+	// The gateway and the servers are asked at the same time.
+	var mapper *upnp.Mapper
+	if portmap {
+		mapper, err = upnp.Start(upnp.Config{Port: s.Port(), Logger: log, DiscoverTimeout: min(timeout, 2*time.Second)})
+		if err != nil {
+			return nil, err
+		}
+		defer mapper.Close() // deletes the mapping
+	} else {
+		rep.PortMapping.Disabled = true
+	}
+	for _, cs := range servers {
+		ep := netcheckEndpoint{Name: cs, Kind: "reach"}
+		sa, err := rendezvous.ParseServerAddr(cs)
+		if err != nil {
+			return nil, err
+		}
+		ep.Addr = net.JoinHostPort(sa.Host, strconv.Itoa(int(sa.Port)))
+		rep.Endpoints = append(rep.Endpoints, ep)
+	}
+	for _, st := range stuns {
+		if _, _, err := net.SplitHostPort(st); err != nil {
+			st = net.JoinHostPort(st, "3478")
+		}
+		rep.Endpoints = append(rep.Endpoints, netcheckEndpoint{Name: st, Kind: "stun", Addr: st})
+	}
+	var wg sync.WaitGroup
+	for i := range rep.Endpoints {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			probeEndpoint(ctx, s, &rep.Endpoints[i], timeout)
+		}()
+	}
+	wg.Wait()
+
+	var observed []netip.AddrPort
+	for _, ep := range rep.Endpoints {
+		if ap, err := netip.ParseAddrPort(ep.Observed); err == nil {
+			if !slices.Contains(observed, ap) {
+				observed = append(observed, ap)
+			}
+		}
+	}
+	for _, ap := range observed {
+		rep.Public = append(rep.Public, ap.String())
+	}
+	answered := 0
+	for _, ep := range rep.Endpoints {
+		if ep.UDP {
+			answered++
+		}
+	}
+	if answered >= 2 {
+		varies := len(observed) > 1
+		rep.MappingVaries = &varies
+	}
+
+	if mapper != nil {
+		wctx, cancel := context.WithTimeout(ctx, timeout)
+		st, _ := mapper.Wait(wctx)
+		cancel()
+		pm := &rep.PortMapping
+		pm.Protocol = string(st.Protocol)
+		if st.Gateway.IsValid() {
+			pm.Gateway = st.Gateway.String()
+		}
+		if st.GatewayExternal.IsValid() {
+			pm.GatewayExternal = st.GatewayExternal.String()
+		}
+		if st.External.IsValid() {
+			pm.External = st.External.String()
+			pm.Internal = st.Internal.String()
+			pm.LeaseSeconds = int(st.Lease / time.Second)
+			pm.Permanent = st.Permanent
+		}
+		switch {
+		case st.Err != nil:
+			pm.Error = st.Err.Error()
+		case !st.External.IsValid():
+			pm.Error = "no answer from the gateway within " + timeout.String()
+		}
+	}
+	return rep, nil
+}
+
+// probeEndpoint resolves ep.Addr and asks it for the socket's reflexive
+// address three times; the RTT is the fastest answer.
+func probeEndpoint(ctx context.Context, s *sock.Socket, ep *netcheckEndpoint, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	host, port, _ := net.SplitHostPort(ep.Addr)
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		ep.Error = "bad port " + port
+		return
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		ep.Error = fmt.Sprintf("resolving %s: %v", host, err)
+		return
+	}
+	ip := ips[0].Unmap()
+	for _, a := range ips {
+		if a.Unmap().Is4() {
+			ip = a.Unmap()
+			break
+		}
+	}
+	to := netip.AddrPortFrom(ip, uint16(p))
+	ep.Addr = to.String()
+	best := time.Duration(-1)
+	for range 3 {
+		start := time.Now()
+		got, err := s.STUN(ctx, to)
+		if err != nil {
+			if best < 0 {
+				ep.Error = err.Error()
+			}
+			break
+		}
+		if rtt := time.Since(start); best < 0 || rtt < best {
+			best = rtt
+		}
+		ep.UDP, ep.Observed, ep.Error = true, got.String(), ""
+	}
+	if best >= 0 {
+		ep.RTTms = float64(best.Microseconds()) / 1000
+	}
+}
+
+func printNetcheck(w io.Writer, r *netcheckReport) {
+	fmt.Fprintf(w, "local addresses:  %s\n", strings.Join(r.Local, ", "))
+	fmt.Fprintf(w, "udp socket:       %s\n", r.Socket)
+	fmt.Fprintf(w, "servers:\n")
+	for _, ep := range r.Endpoints {
+		if ep.UDP {
+			fmt.Fprintf(w, "  %-5s %-21s udp ok       rtt %6.2fms  sees %s\n", ep.Kind, ep.Addr, ep.RTTms, ep.Observed)
+		} else {
+			fmt.Fprintf(w, "  %-5s %-21s udp FAILED   %s\n", ep.Kind, ep.Addr, ep.Error)
+		}
+	}
+	if len(r.Public) == 0 {
+		fmt.Fprintf(w, "public address:   unknown (no STUN answer: UDP blocked? reach falls back to TCP signalling and relays)\n")
+	} else {
+		fmt.Fprintf(w, "public address:   %s\n", strings.Join(r.Public, ", "))
+	}
+	switch {
+	case r.MappingVaries == nil:
+		fmt.Fprintf(w, "mapping varies:   unknown (needs answers from two endpoints; add --stun HOST:PORT)\n")
+	case *r.MappingVaries:
+		fmt.Fprintf(w, "mapping varies:   yes: a new public port per destination (symmetric NAT; hole punching is hard, a port mapping or relay helps)\n")
+	default:
+		fmt.Fprintf(w, "mapping varies:   no: one public address for every destination (hole punching works)\n")
+	}
+	pm := r.PortMapping
+	switch {
+	case pm.Disabled:
+		fmt.Fprintf(w, "port mapping:     not tried (--no-portmap)\n")
+	case pm.External != "":
+		lease := fmt.Sprintf("lease %v", time.Duration(pm.LeaseSeconds)*time.Second)
+		if pm.Permanent {
+			lease = "permanent"
+		}
+		fmt.Fprintf(w, "port mapping:     %s via gateway %s: %s -> %s, %s (removed on exit)\n", pm.Protocol, pm.Gateway, pm.External, pm.Internal, lease)
+	case pm.Protocol != "":
+		fmt.Fprintf(w, "port mapping:     %s via gateway %s (external %s): nothing usable: %s\n", pm.Protocol, pm.Gateway, orDash(pm.GatewayExternal), oneLine(pm.Error))
+	default:
+		fmt.Fprintf(w, "port mapping:     none: %s\n", oneLine(pm.Error))
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }

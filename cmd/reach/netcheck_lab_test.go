@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/internal/reachlab"
+)
+
+// TestLabNetcheck runs `reach netcheck` inside three lab topologies, with
+// a reach server and a coturn as the two STUN endpoints, and checks the
+// verdicts; the outputs are in the test log.
+//
+//   - symmetric NAT whose gateway runs miniupnpd: the mapping varies by
+//     destination, and PCP grants a mapping on the gateway's WAN address;
+//   - port-restricted NAT without port mapping: one public address, no
+//     gateway;
+//   - double NAT whose home router runs miniupnpd: one public address (the
+//     carrier's), and the gateway maps nothing usable.
+func TestLabNetcheck(t *testing.T) {
+	bin := buildBinary(t)
+	l := natlab.NewT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Second)
+	defer cancel()
+	srv, _ := l.AddPublicHost(ctx, "srv")
+	_, cs := reachlab.StartServer(t, srv)
+	stunHost, _ := l.AddPublicHost(ctx, "turn")
+	ct, err := stunHost.StartCoturn(ctx, natlab.CoturnConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	symGW, mu, err := l.AddUPnPRouter(ctx, natlab.RouterConfig{Name: "symgw", NAT: natlab.Symmetric}, natlab.UPnPConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sym, _ := symGW.AddHost(ctx, "sym")
+	prGW, _ := l.AddRouter(ctx, natlab.RouterConfig{Name: "prgw", NAT: natlab.PortRestricted})
+	pr, _ := prGW.AddHost(ctx, "pr")
+	home, _, err := l.AddDoubleNAT(ctx, "dbl", natlab.PortRestricted, natlab.PortRestricted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := home.StartMiniupnpd(ctx, natlab.UPnPConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	dbl, err := home.AddHost(ctx, "dblh")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name    string
+		h       *natlab.Host
+		varies  bool
+		mapping bool
+	}{
+		{"symmetric+miniupnpd", sym, true, true},
+		{"port-restricted, no port mapping", pr, false, false},
+		{"double NAT, miniupnpd on the home router", dbl, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := []string{"netcheck", "--server", cs, "--stun", ct.Addr().String(), "--timeout", "3s"}
+			out, err := tc.h.Exec(ctx, bin, args...)
+			if err != nil {
+				t.Fatalf("netcheck: %v\n%s", err, out)
+			}
+			t.Logf("$ reach netcheck --server CS --stun %s   # %s\n%s", ct.Addr(), tc.name, out)
+			js, err := tc.h.Exec(ctx, bin, append(args, "--json")...)
+			if err != nil {
+				t.Fatalf("netcheck --json: %v\n%s", err, js)
+			}
+			var rep netcheckReport
+			if err := json.Unmarshal([]byte(js), &rep); err != nil {
+				t.Fatalf("JSON: %v\n%s", err, js)
+			}
+			for _, ep := range rep.Endpoints {
+				if !ep.UDP || ep.RTTms <= 0 {
+					t.Errorf("endpoint %s: udp %v rtt %v: %s", ep.Addr, ep.UDP, ep.RTTms, ep.Error)
+				}
+			}
+			if rep.MappingVaries == nil || *rep.MappingVaries != tc.varies {
+				t.Errorf("mapping varies %v, want %v", rep.MappingVaries, tc.varies)
+			}
+			if got := rep.PortMapping.External != ""; got != tc.mapping {
+				t.Errorf("port mapping %+v, want mapped=%v", rep.PortMapping, tc.mapping)
+			}
+			if !tc.mapping && rep.PortMapping.Error == "" {
+				t.Errorf("no reason given for the missing mapping")
+			}
+			if tc.mapping && !strings.HasPrefix(rep.PortMapping.External, symGW.WAN().String()+":") {
+				t.Errorf("mapped %s, want on %s", rep.PortMapping.External, symGW.WAN())
+			}
+		})
+	}
+	// netcheck deletes what it mapped before exiting.
+	if maps, _ := mu.Mappings(ctx); len(maps) != 0 {
+		t.Errorf("netcheck left mappings on miniupnpd: %v", maps)
+	}
+}

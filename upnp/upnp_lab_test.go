@@ -326,7 +326,7 @@ func TestLabMapperCGNAT(t *testing.T) {
 			resp := make([]byte, n)
 			copy(resp, req)
 			resp[1] |= 0x80
-			resp[2], resp[3] = 0, 0 // result SUCCESS
+			resp[2], resp[3] = 0, 0     // result SUCCESS
 			if req[1] == 1 && n >= 60 { // MAP: grant the suggested port on the CGNAT address
 				if req[4]|req[5]|req[6]|req[7] == 0 {
 					deletes.Add(1)

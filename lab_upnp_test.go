@@ -135,6 +135,33 @@ func TestLabUPnP(t *testing.T) {
 			}
 		})
 	}
+	// Where hole punching works too (both sides port-restricted), the
+	// mapped address still wins: the upnp rung dials at once with a head
+	// start of upnp.HeadStart, holepunch needs a check round trip first.
+	t.Run("cone-pair", func(t *testing.T) {
+		rt, _, err := l.AddUPnPRouter(ctx, natlab.RouterConfig{Name: "gwcone", NAT: natlab.PortRestricted}, natlab.UPnPConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, _ := rt.AddHost(ctx, "liscone")
+		ln := reachlab.NewNode(t, h, reach.Config{Servers: []string{cs}})
+		st := waitMapped(t, ln, 5*time.Second)
+		csite, _ := l.AddSite(ctx, "dcone", natlab.Kind(natlab.PortRestricted))
+		d := reachlab.NewNode(t, csite.Host, reach.Config{Servers: []string{cs}})
+		sess, el := dialEcho(t, d, ln, 64<<10)
+		sess.CloseWithError(0, "done")
+		ctl := reachlab.NewNode(t, csite.Host, reach.Config{Servers: []string{cs}, Strategies: []string{reach.StrategyDirect, reach.StrategyHolepunch}})
+		sess2, el2 := dialEcho(t, ctl, ln, 64<<10)
+		sess2.CloseWithError(0, "done")
+		table += fmt.Sprintf("%-12s %-8s mapped %-20s            dial: %-9s %-20s %v (without the upnp rung: %s %v)\n", "cone-pair", st.Protocol, st.External,
+			sess.Strategy(), sess.RemoteAddr(), el.Round(time.Millisecond), sess2.Strategy(), el2.Round(time.Millisecond))
+		if sess.Strategy() != reach.StrategyUPnP {
+			t.Errorf("strategy %s, want upnp (holepunch took the credit)", sess.Strategy())
+		}
+		if sess2.Strategy() != reach.StrategyHolepunch {
+			t.Errorf("control: strategy %s, want holepunch", sess2.Strategy())
+		}
+	})
 	t.Log(table)
 }
 

@@ -178,3 +178,109 @@ func TestRelayLoopback(t *testing.T) {
 		t.Errorf("stats %+v: want 2 clients, 2 sessions, >= 8 MiB", st)
 	}
 }
+
+// TestRelayToken: a relay that requires a token refuses a node without
+// one or with a wrong one (ErrBadToken) or an expired one
+// (ErrTokenExpired), at once, and lets a node with a valid one through; a
+// rotated-out secret's tokens stop working.
+func TestRelayToken(t *testing.T) {
+	secret, old := []byte("current"), []byte("previous")
+	rs, rl := startServer(t, relay.ServerConfig{Secrets: [][]byte{secret, old}})
+	kb, _ := identity.GenerateKey()
+	b := newNode(t, rs.ConnectString(), reach.Config{Key: kb, RelayToken: func() string {
+		return relay.NewToken(old, kb.ID(), time.Now().Add(time.Hour)) // accepted while old is listed
+	}})
+	echo(b)
+	for _, c := range []struct {
+		name  string
+		token func(identity.PeerID) string
+		want  error
+	}{
+		{"none", func(identity.PeerID) string { return "" }, relay.ErrBadToken},
+		{"wrong secret", func(id identity.PeerID) string { return relay.NewToken([]byte("guess"), id, time.Now().Add(time.Hour)) }, relay.ErrBadToken},
+		{"other peer's", func(identity.PeerID) string { return relay.NewToken(secret, kb.ID(), time.Now().Add(time.Hour)) }, relay.ErrBadToken},
+		{"expired", func(id identity.PeerID) string { return relay.NewToken(secret, id, time.Now().Add(-time.Minute)) }, relay.ErrTokenExpired},
+		{"valid", func(id identity.PeerID) string { return relay.NewToken(secret, id, time.Now().Add(time.Hour)) }, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			k, _ := identity.GenerateKey()
+			a := newNode(t, rs.ConnectString(), reach.Config{Key: k, RelayToken: func() string { return c.token(k.ID()) }})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			start := time.Now()
+			sess, err := a.DialSession(ctx, b.ID())
+			t.Logf("%v after %v", err, time.Since(start))
+			if c.want == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := sess.Ping(ctx); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, c.want) {
+				t.Fatalf("err = %v, want %v", err, c.want)
+			}
+			var se *relay.ServerError
+			if !errors.As(err, &se) {
+				t.Errorf("err %v is not a *relay.ServerError", err)
+			}
+			if el := time.Since(start); el > 3*time.Second {
+				t.Errorf("refusal took %v", el)
+			}
+		})
+	}
+	if st := rl.Stats(); st.AuthFailures != 4 {
+		t.Errorf("auth failures %d, want 4", st.AuthFailures)
+	}
+}
+
+// TestRelayLimits: a relay at its session limit answers a new pair with
+// ErrRelayFull at once while the sessions it has keep working; a relay at
+// its client limit refuses the link with ErrRelayFull.
+func TestRelayLimits(t *testing.T) {
+	rs, rl := startServer(t, relay.ServerConfig{MaxSessions: 2, MaxClients: 3})
+	a := newNode(t, rs.ConnectString(), reach.Config{})
+	b := newNode(t, rs.ConnectString(), reach.Config{})
+	echo(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	sess, err := a.DialSession(ctx, b.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := sess.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if st := rl.Stats(); st.Sessions != 2 {
+		t.Fatalf("sessions %d, want 2 (a->b, b->a)", st.Sessions)
+	}
+	// A third peer: its link is accepted (3 clients), its session is not.
+	n3 := newNode(t, rs.ConnectString(), reach.Config{})
+	start := time.Now()
+	_, err = n3.DialSession(ctx, b.ID())
+	t.Logf("over the session limit: %v after %v", err, time.Since(start))
+	if !errors.Is(err, relay.ErrRelayFull) {
+		t.Fatalf("err = %v, want ErrRelayFull", err)
+	}
+	if el := time.Since(start); el > 3*time.Second {
+		t.Errorf("refusal took %v", el)
+	}
+	if err := roundTrip(c, 1<<20); err != nil {
+		t.Fatalf("existing session after the refusal: %v", err)
+	}
+	// A fourth peer: over the client limit.
+	n4 := newNode(t, rs.ConnectString(), reach.Config{})
+	_, err = n4.DialSession(ctx, b.ID())
+	t.Logf("over the client limit: %v", err)
+	var se *relay.ServerError
+	if !errors.Is(err, relay.ErrRelayFull) || !errors.As(err, &se) {
+		t.Fatalf("err = %v, want a *ServerError ErrRelayFull", err)
+	}
+	if _, err := sess.Ping(ctx); err != nil {
+		t.Fatalf("existing session after the refusals: %v", err)
+	}
+}

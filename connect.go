@@ -221,6 +221,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.goRun(n.acceptSessions)
+	mapStart := time.Now()
 	if !cfg.DisablePortMapping && !n.loopback && !cfg.ListenAddr.Addr().IsLoopback() {
 		if err := n.startMapper(); err != nil {
 			n.Close()
@@ -247,10 +248,11 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		n.goRun(n.serveIntroductions)
 	}
 	if n.mapper != nil {
-		// A gateway on the LAN answers in milliseconds; don't hold New up
-		// for one that is slow or absent (the mapping is advertised
-		// whenever it arrives).
-		wctx, cancel := context.WithTimeout(ctx, mapperWait)
+		// A PCP or NAT-PMP gateway on the LAN answers in milliseconds,
+		// usually while the node registers; don't hold New up for one
+		// that is slow or absent (the mapping is advertised whenever it
+		// arrives: candidates are listed for every introduction).
+		wctx, cancel := context.WithDeadline(ctx, mapStart.Add(mapperWait))
 		n.mapper.Wait(wctx)
 		cancel()
 	}
@@ -454,8 +456,10 @@ func (c *ownedConn) Close() error {
 	return err
 }
 
-// mapperWait is how long New waits for the port mapper's first outcome.
-const mapperWait = 250 * time.Millisecond
+// mapperWait bounds how long New waits for the port mapper's first
+// outcome, counted from the mapper's start (it runs while the node
+// registers with its server).
+const mapperWait = 100 * time.Millisecond
 
 // startMapper starts the port mapper on the node's UDP port, with the
 // node's socket hooks.

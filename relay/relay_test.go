@@ -38,12 +38,15 @@ func testLogger(t testing.TB) *slog.Logger {
 // startServer runs rendezvous + relay on loopback.
 func startServer(t testing.TB, rcfg relay.ServerConfig) (*rendezvous.RunningServer, *relay.Server) {
 	t.Helper()
+	slog := testLogger(t).With("side", "server")
 	if rcfg.Logger == nil {
 		rcfg.Logger = testLogger(t).With("side", "relay")
+	} else {
+		slog = rcfg.Logger
 	}
 	rl := relay.NewServer(rcfg)
 	rs, err := rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{
-		Logger:    testLogger(t).With("side", "server"),
+		Logger:    slog,
 		Protocols: map[string]rendezvous.Protocol{relay.ALPN: rl},
 	}, netip.MustParseAddrPort("127.0.0.1:0"))
 	if err != nil {

@@ -1,0 +1,130 @@
+package reach_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/relay"
+	"github.com/reachp2p/reach/stream"
+)
+
+// relayBenchBytes is what one relay throughput iteration moves: 100 MB.
+const relayBenchBytes = 100 << 20
+
+// BenchmarkLabRelay: reach through our relay in the NAT lab.
+//
+//   - udp-link: one stream's throughput between two peers behind symmetric
+//     NATs, both linked to the relay over UDP (QUIC datagrams).
+//   - tls-link: the same from a peer in a UDP-blocked network, linked over
+//     TLS on TCP 443, to a peer behind a symmetric NAT.
+//   - udp-blocked-connect: the time from DialSession on a fresh node in the
+//     UDP-blocked network (registered over TCP) to a relayed session with
+//     the symmetric peer: introduction, the relay rung's delay, the relay
+//     link (UDP fails, TLS on 443), the QUIC handshake through the relay.
+//
+//	go test -run '^$' -bench BenchmarkLabRelay -benchtime 2x .
+func BenchmarkLabRelay(b *testing.B) {
+	l := natlab.NewT(b)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := l.AddPublicHost(ctx, "srv")
+	if err != nil {
+		b.Fatal(err)
+	}
+	rs, _ := startRelayServer(b, srv, relay.ServerConfig{Logger: quietLogger(b)})
+	syma, symb := benchSite(b, l, "rsa", natlab.Kind(natlab.Symmetric)), benchSite(b, l, "rsb", natlab.Kind(natlab.Symmetric))
+	corp := benchSite(b, l, "rcorp", natlab.Kind(natlab.UDPBlocked))
+	cfg := reach.Config{Servers: []string{rs.ConnectString()}, Logger: quietLogger(b), DisablePortMapping: true, UpgradeInterval: -1}
+	na := reachlab.NewNode(b, syma.Host, cfg)
+	nb := reachlab.NewNode(b, symb.Host, cfg)
+	nc := reachlab.NewNode(b, corp.Host, cfg)
+	runCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	got := make(chan copyResult, 1)
+	go func() {
+		for {
+			st, err := nb.AcceptContext(runCtx)
+			if err != nil {
+				return
+			}
+			got <- drain(st)
+		}
+	}()
+	for _, p := range []struct {
+		name      string
+		from      *reach.Node
+		transport string
+	}{{"udp-link", na, "udp"}, {"tls-link", nc, "tls"}} {
+		dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+		sess, err := p.from.DialSession(dctx, nb.ID())
+		dcancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if sess.Strategy() != reach.StrategyRelay || p.from.RelayTransport() != p.transport {
+			b.Fatalf("%s: strategy %s over %q", p.name, sess.Strategy(), p.from.RelayTransport())
+		}
+		b.Run(p.name, func(b *testing.B) {
+			b.SetBytes(relayBenchBytes)
+			for range b.N {
+				copyN(b, sess, got, relayBenchBytes)
+			}
+		})
+	}
+	b.Run("udp-blocked-connect", func(b *testing.B) {
+		var total time.Duration
+		for range b.N {
+			n := reachlab.NewNode(b, corp.Host, cfg)
+			dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+			start := time.Now()
+			sess, err := n.DialSession(dctx, nb.ID())
+			el := time.Since(start)
+			dcancel()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if sess.Strategy() != reach.StrategyRelay || n.RelayTransport() != "tls" {
+				b.Fatalf("strategy %s over %q", sess.Strategy(), n.RelayTransport())
+			}
+			total += el
+			n.Close()
+		}
+		b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/dial")
+	})
+}
+
+// copyN moves size bytes on a new stream of sess and waits for the
+// receiver to have read them.
+func copyN(b *testing.B, sess *stream.Session, got <-chan copyResult, size int) {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st, err := sess.OpenStream(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	buf := make([]byte, labBenchChunk)
+	for sent := 0; sent < size; sent += len(buf) {
+		if _, err := st.Write(buf); err != nil {
+			b.Fatalf("after %d bytes: %v", sent, err)
+		}
+	}
+	if err := st.CloseWrite(); err != nil {
+		b.Fatal(err)
+	}
+	var r copyResult
+	select {
+	case r = <-got:
+	case <-ctx.Done():
+		r.err = errors.New("receiver did not finish")
+	}
+	if r.err != nil || r.n != int64(size) {
+		b.Fatalf("received %d bytes (want %d): %v", r.n, size, r.err)
+	}
+}

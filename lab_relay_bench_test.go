@@ -20,14 +20,16 @@ const relayBenchBytes = 100 << 20
 //
 //   - udp-link: one stream's throughput between two peers behind symmetric
 //     NATs, both linked to the relay over UDP (QUIC datagrams).
+//
 //   - tls-link: the same from a peer in a UDP-blocked network, linked over
 //     TLS on TCP 443, to a peer behind a symmetric NAT.
+//
 //   - udp-blocked-connect: the time from DialSession on a fresh node in the
 //     UDP-blocked network (registered over TCP) to a relayed session with
 //     the symmetric peer: introduction, the relay rung's delay, the relay
 //     link (UDP fails, TLS on 443), the QUIC handshake through the relay.
 //
-//	go test -run '^$' -bench BenchmarkLabRelay -benchtime 2x .
+//     go test -run '^$' -bench BenchmarkLabRelay -benchtime 2x .
 func BenchmarkLabRelay(b *testing.B) {
 	l := natlab.NewT(b)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -348,15 +348,3 @@ func TestLabMapperCGNAT(t *testing.T) {
 		t.Errorf("the useless mapping was not deleted")
 	}
 }
-
-func TestIsPublic(t *testing.T) {
-	for s, want := range map[string]bool{
-		"5.5.5.1": true, "203.0.113.7": true, "8.8.8.8": true, "2001:db8::1": true,
-		"10.1.2.3": false, "100.64.0.1": false, "100.127.255.254": false, "172.16.0.1": false,
-		"192.168.1.1": false, "127.0.0.1": false, "169.254.1.1": false, "0.0.0.0": false, "fd00::1": false,
-	} {
-		if got := upnp.IsPublic(netip.MustParseAddr(s)); got != want {
-			t.Errorf("IsPublic(%s) = %v, want %v", s, got, want)
-		}
-	}
-}

@@ -130,3 +130,12 @@ func (pc *PacketConn) SetReadDeadline(t time.Time) error {
 
 // SetWriteDeadline implements net.PacketConn; writes do not block long.
 func (pc *PacketConn) SetWriteDeadline(time.Time) error { return nil }
+
+// SetReadBuffer accepts and ignores a socket buffer size: a relayed
+// PacketConn queues in memory, not in a kernel socket. It exists so that
+// quic-go, which sizes the buffers of every PacketConn it is given, does
+// not print a warning for relayed transports.
+func (pc *PacketConn) SetReadBuffer(int) error { return nil }
+
+// SetWriteBuffer: see SetReadBuffer.
+func (pc *PacketConn) SetWriteBuffer(int) error { return nil }

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -229,9 +230,13 @@ func (r *receiver) run(ctx context.Context, id ID) (*ReceiveResult, error) {
 	}
 	if err != nil {
 		stopReport(false)
-		// The sender's reason, if it has one, beats what it did to our
-		// streams; it comes right after.
-		t := time.NewTimer(time.Second)
+		// A stream failure may be the sender giving up: its reason, which
+		// comes right after, beats ours.
+		wait := time.Second
+		if errCode(err) != "error" {
+			wait = 0 // our own named error
+		}
+		t := time.NewTimer(wait)
 		defer t.Stop()
 		select {
 		case rerr := <-remote:
@@ -276,14 +281,26 @@ func native(p string) string { return filepath.FromSlash(p) }
 func (r *receiver) plan() (Incoming, error) {
 	in := Incoming{Manifest: r.m, Files: r.m.Files(), Size: r.m.Size()}
 	r.plans = map[int]*filePlan{}
+	replaced := map[string]bool{} // directories that replace something else
 	for i, e := range r.m.Entries {
-		st, err := r.root.Lstat(native(e.Path))
+		var st fs.FileInfo
+		var err error
+		if replaced[path.Dir(e.Path)] {
+			// Its parent will be a new directory: nothing is there. (And
+			// the thing there now may be a symlink leading out.)
+			err = fs.ErrNotExist
+		} else {
+			st, err = r.root.Lstat(native(e.Path))
+		}
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return in, rootErr(e.Path, err)
 		}
 		exists := err == nil
 		switch e.Type {
 		case TypeDir:
+			if replaced[path.Dir(e.Path)] || exists && !st.IsDir() {
+				replaced[e.Path] = true
+			}
 			if exists && !st.IsDir() {
 				in.Overwrite = append(in.Overwrite, e.Path)
 			}
@@ -401,7 +418,7 @@ func (r *receiver) dataStream(ctx context.Context, token string, remote <-chan e
 		h, ok, err := readRecord(br)
 		if err != nil {
 			if errors.Is(err, io.EOF) {
-				err = fmt.Errorf("%w: data stream ended early", ErrProtocol)
+				err = fmt.Errorf("transfer: data stream ended early: %w", io.ErrUnexpectedEOF)
 			}
 			return err
 		}

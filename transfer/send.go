@@ -185,6 +185,7 @@ type job struct {
 	sent    atomic.Int64 // file bytes
 	files   atomic.Int64
 	resumed int64
+	failed  atomic.Bool // an error message went out
 }
 
 func (s *Sender) serveControl(ctx context.Context, st *stream.Stream, hello *ctrl) error {
@@ -254,8 +255,7 @@ func (s *Sender) serveControl(ctx context.Context, st *stream.Stream, hello *ctr
 	_, err = expect(st, msgDone)
 	if err != nil {
 		if cause := context.Cause(j.ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-			err = cause
-			j.writeCtrl(errorMsg(err))
+			err = cause // a data stream failed and told the receiver
 		}
 		stopReport(false)
 		res.Err = err
@@ -327,6 +327,10 @@ func (s *Sender) serveData(st *stream.Stream, m *ctrl) error {
 	defer stop()
 	err := j.send(st)
 	if err != nil {
+		// Tell the receiver why before the data streams go.
+		if j.ctx.Err() == nil && j.failed.CompareAndSwap(false, true) {
+			j.writeCtrl(errorMsg(err))
+		}
 		j.cancel(err)
 	}
 	return err

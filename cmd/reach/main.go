@@ -23,6 +23,8 @@ var commands = []command{
 	{"listen", "accept one stream and copy it to stdout, stdin to it (like nc -l)", runListen},
 	{"dial", "connect to a peer, stdin to the stream, the stream to stdout (like nc)", runDial},
 	{"ping", "measure the round trip to a peer and show the path", runPing},
+	{"send", "offer files and folders: print a ticket, serve it until the receiver has everything", runSend},
+	{"recv", "fetch what a ticket offers: verified, resumable (--out DIR, --force, --max-size N)", runRecv},
 	{"netcheck", "diagnose this network: addresses, NAT mapping, port mapping, UDP to each server", runNetcheck},
 	{"lab", "build NAT lab topologies for manual experiments (root)", runLab},
 }

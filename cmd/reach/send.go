@@ -1,0 +1,348 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/reachp2p/reach/transfer"
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
+)
+
+// runSend offers files and folders: it prints a ticket on stdout and
+// serves it until one receiver has everything (or, with --keep, until
+// interrupted).
+func runSend(args []string) error {
+	fs := flag.NewFlagSet("send", flag.ContinueOnError)
+	var pf peerFlags
+	pf.register(fs, true)
+	keep := fs.Bool("keep", false, "keep serving after a receiver finished, until interrupted")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		return errors.New("usage: reach send [flags] PATH...")
+	}
+	ev := &events{on: pf.jsonOut}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	offer, err := transfer.Prepare(ctx, fs.Args(), transfer.PrepareConfig{})
+	if err != nil {
+		return err
+	}
+	for _, s := range offer.Skipped {
+		ev.emit(map[string]any{"event": "skipped", "path": s.Path, "reason": s.Reason})
+		if !pf.jsonOut {
+			fmt.Fprintf(os.Stderr, "skipping %s: %s\n", s.Path, s.Reason)
+		}
+	}
+	setup, cancel := context.WithTimeout(ctx, 30*time.Second)
+	n, err := pf.node(setup)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	servers := append([]string{n.Server()}, pf.serverList()...)
+	tk, err := offer.Ticket(n.ID(), dedup(servers)...)
+	if err != nil {
+		return err
+	}
+	m := &offer.Manifest
+	ev.emit(map[string]any{"event": "ticket", "ticket": tk.String(), "files": m.Files(), "bytes": m.Size()})
+	if !pf.jsonOut {
+		fmt.Fprintf(os.Stderr, "offering %d files, %s. On the other side run:\n  reach recv %s\n", m.Files(), humanBytes(m.Size()), tk)
+	}
+	fmt.Println(tk)
+
+	out := newProgressOut(pf.jsonOut, "send")
+	finished := make(chan struct{}, 1)
+	s := transfer.NewSender(transfer.SenderConfig{
+		Progress:         out.progress,
+		ProgressInterval: out.interval(),
+		Done: func(r transfer.SendResult) {
+			out.finish(r.Err == nil)
+			ev.emit(map[string]any{"event": "sent", "peer": r.Peer.String(), "complete": r.Complete, "files": r.Files,
+				"bytes": r.Bytes, "resumed": r.Resumed, "elapsed_ms": r.Elapsed.Milliseconds(), "error": errString(r.Err)})
+			if !pf.jsonOut {
+				if r.Complete {
+					fmt.Fprintf(os.Stderr, "%s has everything: sent %d files, %s in %v%s\n", r.Peer.Short(), r.Files,
+						humanBytes(r.Bytes), r.Elapsed.Round(time.Millisecond), resumedNote(r.Resumed))
+				} else {
+					fmt.Fprintf(os.Stderr, "%s stopped: %v\n", r.Peer.Short(), r.Err)
+				}
+			}
+			if r.Complete {
+				select {
+				case finished <- struct{}{}:
+				default:
+				}
+			}
+		},
+	})
+	s.Add(offer)
+	serveCtx, stopServe := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(serveCtx, n) }()
+	for {
+		select {
+		case <-finished:
+			if *keep {
+				continue
+			}
+			// The receiver closes the session once it has our EOF; give it
+			// a moment so that our last packets are not cut off.
+			for _, sess := range n.Sessions() {
+				select {
+				case <-sess.Done():
+				case <-time.After(2 * time.Second):
+				}
+			}
+			stopServe()
+			<-served
+			return nil
+		case err := <-served:
+			stopServe()
+			if ctx.Err() != nil {
+				return errors.New("interrupted")
+			}
+			return err
+		}
+	}
+}
+
+// runRecv fetches what a ticket offers.
+func runRecv(args []string) error {
+	fs := flag.NewFlagSet("recv", flag.ContinueOnError)
+	var pf peerFlags
+	pf.register(fs, true)
+	outDir := fs.String("out", ".", "target directory (created if missing)")
+	force := fs.Bool("force", false, "overwrite files that exist with other content")
+	maxSize := fs.String("max-size", "", "refuse transfers larger than this (bytes, or with a unit: 500MB, 2GiB)")
+	streams := fs.Int("streams", 0, "data streams (default 4)")
+	timeout := fs.Duration("timeout", 30*time.Second, "bound on connection setup")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("usage: reach recv [flags] TICKET")
+	}
+	tk, err := transfer.ParseTicket(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	limit, err := parseSize(*maxSize)
+	if err != nil {
+		return fmt.Errorf("--max-size: %w", err)
+	}
+	ev := &events{on: pf.jsonOut}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// The sender's servers first: it is registered there.
+	pf.servers = append(tk.ConnectStrings(), pf.servers...)
+	setup, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	n, err := pf.node(setup)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	sess, err := n.DialSession(setup, tk.Peer)
+	if err != nil {
+		ev.emit(map[string]any{"event": "error", "error": err.Error()})
+		return err
+	}
+	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": sess.RemoteAddr().String(), "remote": tk.Peer.String()})
+	out := newProgressOut(pf.jsonOut, "recv")
+	res, err := transfer.ReceiveSession(ctx, sess, tk.ID, transfer.ReceiveConfig{
+		Dir: *outDir, Force: *force, MaxSize: limit, Streams: *streams,
+		Progress: out.progress, ProgressInterval: out.interval(),
+		Confirm: func(in transfer.Incoming) error {
+			ev.emit(map[string]any{"event": "manifest", "files": in.Files, "bytes": in.Size, "on_disk": in.OnDisk,
+				"complete": in.Complete, "overwrite": len(in.Overwrite)})
+			if !pf.jsonOut {
+				fmt.Fprintf(os.Stderr, "receiving %d files, %s into %s%s\n", in.Files, humanBytes(in.Size), *outDir, resumedNote(in.OnDisk))
+			}
+			return nil
+		},
+		FileDone: func(e transfer.Entry) {
+			ev.emit(map[string]any{"event": "file", "path": e.Path, "bytes": e.Size})
+		},
+	})
+	out.finish(err == nil)
+	if err != nil {
+		ev.emit(map[string]any{"event": "error", "error": err.Error()})
+		return err
+	}
+	ev.emit(map[string]any{"event": "done", "files": res.Files, "bytes": res.Bytes, "resumed": res.Resumed,
+		"complete": res.Complete, "elapsed_ms": res.Elapsed.Milliseconds()})
+	if !pf.jsonOut {
+		rate := float64(res.Bytes) / res.Elapsed.Seconds()
+		fmt.Fprintf(os.Stderr, "received %d files, %s in %v (%s/s), verified%s\n", res.Files, humanBytes(res.Bytes),
+			res.Elapsed.Round(time.Millisecond), humanBytes(int64(rate)), resumedNote(res.Resumed))
+	}
+	// Both sides have finished the protocol (the sender's EOF came):
+	// nothing is in flight, closing the session loses nothing.
+	sess.CloseWithError(0, "done")
+	return nil
+}
+
+// serverList is the --server flags, or $REACH_SERVER.
+func (p *peerFlags) serverList() []string {
+	if len(p.servers) > 0 {
+		return p.servers
+	}
+	return strings.Fields(strings.ReplaceAll(os.Getenv("REACH_SERVER"), ",", " "))
+}
+
+func dedup(ss []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, s := range ss {
+		if s != "" && !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func resumedNote(n int64) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%s already there)", humanBytes(n))
+}
+
+// progressOut shows transfer progress on stderr: a progress bar on a
+// terminal, a line a second otherwise, JSON events with --json.
+type progressOut struct {
+	verb    string
+	json    bool
+	tty     bool
+	mu      sync.Mutex
+	bar     *progressbar.ProgressBar
+	last    time.Time
+	printed bool
+}
+
+func newProgressOut(jsonOut bool, verb string) *progressOut {
+	return &progressOut{verb: verb, json: jsonOut, tty: !jsonOut && term.IsTerminal(int(os.Stderr.Fd()))}
+}
+
+func (o *progressOut) interval() time.Duration {
+	if o.tty {
+		return 100 * time.Millisecond
+	}
+	return time.Second
+}
+
+func (o *progressOut) progress(p transfer.Progress) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.printed = true
+	cur := ""
+	if len(p.Active) > 0 {
+		a := p.Active[0]
+		cur = fmt.Sprintf("%s %d%%", path.Base(a.Path), percent(a.BytesDone, a.Size))
+		if a.ETA > 0 {
+			cur += " eta " + a.ETA.String()
+		}
+	}
+	switch {
+	case o.json:
+		active := make([]map[string]any, 0, len(p.Active))
+		for _, a := range p.Active {
+			active = append(active, map[string]any{"path": a.Path, "bytes_done": a.BytesDone, "bytes": a.Size,
+				"rate": int64(a.Rate), "eta_ms": a.ETA.Milliseconds()})
+		}
+		(&events{on: true}).emit(map[string]any{"event": "progress", "peer": p.Peer, "files_done": p.FilesDone, "files": p.Files,
+			"bytes_done": p.BytesDone, "bytes": p.Bytes, "rate": int64(p.Rate), "eta_ms": p.ETA.Milliseconds(), "active": active})
+	case o.tty:
+		if o.bar == nil {
+			o.bar = progressbar.NewOptions64(p.Bytes, progressbar.OptionSetWriter(os.Stderr), progressbar.OptionShowBytes(true),
+				progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(100*time.Millisecond),
+				progressbar.OptionFullWidth(), progressbar.OptionShowElapsedTimeOnFinish(), progressbar.OptionClearOnFinish())
+		}
+		o.bar.Describe(fmt.Sprintf("[%d/%d] %s", p.FilesDone, p.Files, cur))
+		o.bar.Set64(p.BytesDone)
+	default:
+		line := fmt.Sprintf("%s %3d%% %s/%s %s/s files %d/%d", o.verb, percent(p.BytesDone, p.Bytes), humanBytes(p.BytesDone),
+			humanBytes(p.Bytes), humanBytes(int64(p.Rate)), p.FilesDone, p.Files)
+		if p.ETA > 0 {
+			line += " eta " + p.ETA.String()
+		}
+		if cur != "" {
+			line += " | " + cur
+		}
+		fmt.Fprintln(os.Stderr, line)
+	}
+}
+
+// finish ends the bar.
+func (o *progressOut) finish(ok bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.bar != nil {
+		if ok {
+			o.bar.Finish()
+		}
+		o.bar.Exit()
+		o.bar = nil
+	}
+}
+
+func percent(n, total int64) int {
+	if total <= 0 {
+		return 100
+	}
+	return int(n * 100 / total)
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// parseSize reads "1000", "500MB", "2GiB", "1.5G" (K, M, G, T: powers of
+// 1000 with B, of 1024 with iB or alone). Empty is zero (no limit).
+func parseSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, nil
+	}
+	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := s, ""
+	if i >= 0 {
+		num, unit = s[:i], strings.ToUpper(strings.TrimSpace(s[i:]))
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	mult := map[string]float64{"": 1, "B": 1,
+		"K": 1 << 10, "KIB": 1 << 10, "KB": 1e3, "M": 1 << 20, "MIB": 1 << 20, "MB": 1e6,
+		"G": 1 << 30, "GIB": 1 << 30, "GB": 1e9, "T": 1 << 40, "TIB": 1 << 40, "TB": 1e12}[unit]
+	if mult == 0 {
+		return 0, fmt.Errorf("bad size unit %q", unit)
+	}
+	return int64(v * mult), nil
+}

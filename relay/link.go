@@ -72,6 +72,12 @@ type LinkDialer interface {
 // datagram, a control stream for HELLO, NOTICE and ERROR.
 type UDPDialer struct {
 	Socket *quic.Transport
+	// KeepAlive is how often an idle link sends a QUIC packet. Zero: 10s.
+	KeepAlive time.Duration
+	// IdleTimeout ends a link that hears nothing for this long (the
+	// server's shorter one applies). A supernode's links use a short one,
+	// so that a volunteer that vanishes is noticed in seconds. Zero: 1 min.
+	IdleTimeout time.Duration
 }
 
 // Transport implements LinkDialer.
@@ -91,10 +97,17 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 		return nil, err
 	}
 	ua := &net.UDPAddr{IP: addr[0].Unmap().AsSlice(), Port: int(p.Server.Port)}
+	keepAlive, idle := d.KeepAlive, d.IdleTimeout
+	if keepAlive <= 0 {
+		keepAlive = 10 * time.Second
+	}
+	if idle <= 0 {
+		idle = time.Minute // the server's shorter one applies
+	}
 	qc, err := d.Socket.Dial(ctx, ua, tlsCfg, &quic.Config{
 		EnableDatagrams:       true,
-		KeepAlivePeriod:       10 * time.Second,
-		MaxIdleTimeout:        time.Minute, // the server's shorter one applies
+		KeepAlivePeriod:       keepAlive,
+		MaxIdleTimeout:        idle,
 		MaxIncomingStreams:    -1,
 		MaxIncomingUniStreams: -1,
 	})

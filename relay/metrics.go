@@ -38,10 +38,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		bytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "reach_relay_bytes_total",
 			Help: "Payload bytes forwarded."}),
 		drops: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "reach_relay_drops_total",
-			Help: "Packets dropped, by reason (no_peer, session_limit, peer_rate, queue_full, malformed)."}, []string{"reason"}),
+			Help: "Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed)."}, []string{"reason"}),
 	}
 	// Known label values start at zero, so they show before the first event.
-	for _, r := range []string{"no_peer", "session_limit", "peer_rate", "queue_full", "malformed"} {
+	for _, r := range []string{"no_peer", "session_limit", "peer_rate", "total_rate", "queue_full", "malformed"} {
 		m.drops.WithLabelValues(r)
 	}
 	for _, r := range []string{"bad_token", "token_expired"} {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,6 +62,17 @@ type ServerConfig struct {
 	IdleTimeout time.Duration
 	// HandshakeTimeout bounds a new link's HELLO. Zero: 10s.
 	HandshakeTimeout time.Duration
+	// TotalRate limits what all peers together may send through the
+	// relay, in bytes per second (the excess is dropped, like PeerRate's).
+	// Its bucket is TotalRate/4, at least 64 KiB. Zero: no limit.
+	TotalRate int
+	// Authorize, if set, decides instead of Secrets whether a peer may
+	// link: it gets the peer's proved ID and the token of its HELLO ("" for
+	// none) and returns nil to admit it, or an error to refuse it
+	// (ErrTokenExpired is sent as token_expired, anything else as
+	// bad_token). A supernode uses it for its allow-list and for tokens
+	// its rendezvous servers issued. Nil: Secrets decide.
+	Authorize func(peer identity.PeerID, token string) error
 	// Registerer receives the server's Prometheus metrics. Nil: they are
 	// kept but not registered anywhere (Stats still reads them).
 	Registerer prometheus.Registerer
@@ -112,6 +124,7 @@ type Server struct {
 	peers    map[identity.PeerID]*peerLink
 	sessions int
 	ipRates  map[netip.Addr]*ipRate
+	total    *rate.Limiter // TotalRate; nil: unlimited
 
 	sweepOnce sync.Once
 }
@@ -124,13 +137,17 @@ type ipRate struct {
 // NewServer makes a relay server.
 func NewServer(cfg ServerConfig) *Server {
 	cfg = cfg.withDefaults()
-	return &Server{
+	s := &Server{
 		cfg:     cfg,
 		log:     cfg.Logger,
 		m:       newMetrics(cfg.Registerer),
 		peers:   make(map[identity.PeerID]*peerLink),
 		ipRates: make(map[netip.Addr]*ipRate),
 	}
+	if cfg.TotalRate > 0 {
+		s.total = rate.NewLimiter(rate.Limit(cfg.TotalRate), max(cfg.TotalRate/4, 64<<10))
+	}
+	return s
 }
 
 // Stats is a snapshot of a server's state and counters.
@@ -155,6 +172,35 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
+// PeerStats is one linked peer's share of a relay's work.
+type PeerStats struct {
+	Peer      identity.PeerID
+	Transport string // "udp", "tls", ...
+	Sessions  int    // sessions it sends on now (destinations)
+	Packets   uint64 // packets it sent that were forwarded
+	Bytes     uint64 // payload bytes it sent that were forwarded
+}
+
+// Peers returns the peers linked now and what the relay forwarded for
+// each.
+func (s *Server) Peers() []PeerStats {
+	s.mu.RLock()
+	peers := make([]*peerLink, 0, len(s.peers))
+	for _, p := range s.peers {
+		peers = append(peers, p)
+	}
+	s.mu.RUnlock()
+	out := make([]PeerStats, 0, len(peers))
+	for _, p := range peers {
+		p.omu.Lock()
+		n := len(p.out)
+		p.omu.Unlock()
+		out = append(out, PeerStats{Peer: p.id, Transport: p.transport, Sessions: n,
+			Packets: p.nPackets.Load(), Bytes: p.nBytes.Load()})
+	}
+	return out
+}
+
 // peerLink is one connected peer, over either transport.
 type peerLink struct {
 	srv       *Server
@@ -176,6 +222,8 @@ type peerLink struct {
 	omu     sync.Mutex
 	out     map[identity.PeerID]time.Time // destinations of its sessions → last packet
 	notices map[identity.PeerID]time.Time // last NOTICE sent about a destination
+
+	nPackets, nBytes atomic.Uint64 // what it sent that was forwarded
 }
 
 // ServeQUIC serves one QUIC connection that negotiated ALPN; it returns
@@ -343,8 +391,12 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 		p.fail(codeRateLimited, "too many connections from "+p.ip.String())
 		return false
 	}
-	if len(s.cfg.Secrets) > 0 {
-		if err := CheckToken(s.cfg.Secrets, p.id, string(body), time.Now()); err != nil {
+	if len(s.cfg.Secrets) > 0 || s.cfg.Authorize != nil {
+		check := func() error { return CheckToken(s.cfg.Secrets, p.id, string(body), time.Now()) }
+		if s.cfg.Authorize != nil {
+			check = func() error { return s.cfg.Authorize(p.id, string(body)) }
+		}
+		if err := check(); err != nil {
 			code, reason := byte(codeBadToken), "bad_token"
 			if errors.Is(err, ErrTokenExpired) {
 				code, reason = codeTokenExpired, "token_expired"
@@ -437,6 +489,10 @@ func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 		s.m.drop("peer_rate")
 		return
 	}
+	if s.total != nil && !s.total.AllowN(now, len(pkt)) {
+		s.m.drop("total_rate")
+		return
+	}
 	s.mu.RLock()
 	to := s.peers[dst]
 	s.mu.RUnlock()
@@ -472,6 +528,8 @@ func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 	}
 	s.m.nPackets.Add(1)
 	s.m.nBytes.Add(uint64(len(pkt)))
+	src.nPackets.Add(1)
+	src.nBytes.Add(uint64(len(pkt)))
 	s.m.packets.Inc()
 	s.m.bytes.Add(float64(len(pkt)))
 }

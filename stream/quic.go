@@ -51,9 +51,10 @@ func DialAddr(ctx context.Context, tr *quic.Transport, addr net.Addr, key *ident
 
 // Listener accepts QUIC sessions on a shared transport.
 type Listener struct {
-	ln  *quic.Listener
-	key *identity.Key
-	cfg Config
+	ln     *quic.Listener
+	key    *identity.Key
+	cfg    Config
+	others map[string]func(*quic.Conn)
 }
 
 // Listen starts accepting QUIC sessions on tr, proving key and requiring
@@ -71,6 +72,33 @@ func Listen(tr *quic.Transport, key *identity.Key, cfg Config) (*Listener, error
 	return &Listener{ln: ln, key: key, cfg: cfg}, nil
 }
 
+// ListenWith is Listen that also serves other protocols on the same
+// transport, by ALPN: a connection that negotiated one of others' ALPNs is
+// handed to its function (which must not block: it runs inside Accept)
+// instead of being returned by Accept. With others, the listener's
+// connections have DATAGRAM frames (RFC 9221) enabled, which reach
+// sessions ignore. A node that volunteers as a supernode serves relay
+// links ("reach-relay/1") this way on its one socket.
+func ListenWith(tr *quic.Transport, key *identity.Key, cfg Config, others map[string]func(*quic.Conn)) (*Listener, error) {
+	alpns := []string{ALPN}
+	for p := range others {
+		if p != ALPN {
+			alpns = append(alpns, p)
+		}
+	}
+	tlsConf, err := identity.ServerTLSConfig(key, alpns...)
+	if err != nil {
+		return nil, fmt.Errorf("stream: listen: %w", err)
+	}
+	qcfg := QUICConfig(cfg)
+	qcfg.EnableDatagrams = len(others) > 0
+	ln, err := tr.Listen(tlsConf, qcfg)
+	if err != nil {
+		return nil, fmt.Errorf("stream: listen: %w", err)
+	}
+	return &Listener{ln: ln, key: key, cfg: cfg, others: others}, nil
+}
+
 // Accept waits for the next session whose handshake has completed, until
 // ctx ends or the listener is closed.
 func (l *Listener) Accept(ctx context.Context) (*Session, error) {
@@ -80,6 +108,10 @@ func (l *Listener) Accept(ctx context.Context) (*Session, error) {
 			return nil, fmt.Errorf("stream: accept: %w", err)
 		}
 		cs := qc.ConnectionState().TLS
+		if serve := l.others[cs.NegotiatedProtocol]; serve != nil && cs.NegotiatedProtocol != ALPN {
+			serve(qc)
+			continue
+		}
 		remote, err := identity.PeerIDFromState(cs)
 		if err == nil && cs.NegotiatedProtocol != ALPN {
 			err = ErrBadALPN

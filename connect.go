@@ -28,6 +28,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"sync"
 	"time"
 
@@ -35,6 +36,7 @@ import (
 	"github.com/reachp2p/reach/holepunch"
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/sock"
+	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/strategy"
 	"github.com/reachp2p/reach/stream"
@@ -99,6 +101,21 @@ type Config struct {
 	// DialTCP opens the node's TCP connections (the signalling fallback).
 	// Nil: a net.Dialer.
 	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Proxy is an HTTP CONNECT proxy (http://[user:password@]host:port;
+	// user information becomes Basic proxy authentication) for the node's
+	// TCP connections to its servers: signalling over TLS and the relay's
+	// TLS and WebSocket links. They are dialled through it (over DialTCP)
+	// and never directly; a proxy's 407 is ErrProxyAuth, its 403
+	// ErrProxyRefused. Nil: HTTPS_PROXY and NO_PROXY from the environment,
+	// as net/http reads them (http.ProxyFromEnvironment), unless
+	// IgnoreProxyEnvironment.
+	Proxy *url.URL
+	// IgnoreProxyEnvironment: with Proxy nil, no proxy at all.
+	IgnoreProxyEnvironment bool
+	// WebSocketSignalling carries the signalling's TCP fallback in a
+	// WebSocket over HTTPS (path /rdv of the server's TCP port), for
+	// proxies that pass only HTTP. Zero: TLS directly over TCP.
+	WebSocketSignalling bool
 	// InterfaceAddrs lists the local addresses that become host
 	// candidates; it is called for every offer and answer. Nil:
 	// net.InterfaceAddrs.
@@ -121,6 +138,12 @@ type Config struct {
 	// (relay.NewToken, from the relay operator); it is called for every
 	// link to a relay. Nil: no token.
 	RelayToken func() string
+	// RelayDialers are the transports of the link to the relay, raced in
+	// order (relay.ClientConfig.Dialers); a relay.TLSDialer or
+	// relay.WSDialer without DialTCP gets the node's (DialTCP, through
+	// Proxy). Nil: UDP from the node's socket, then TLS over TCP, then
+	// WebSocket over HTTPS (through Proxy, if any).
+	RelayDialers []relay.LinkDialer
 	// RelayDelay is how long after a dial starts the relay rung joins the
 	// race while the rungs before it are still trying (at once if they
 	// have all failed). Zero: DefaultRelayDelay (1s); 250ms when either
@@ -231,7 +254,8 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if len(servers) > 0 {
 		n.client, err = rendezvous.NewClient(rendezvous.ClientConfig{
 			Key: n.key, Servers: servers, Transport: n.sock.Transport(),
-			ForceTCP: cfg.ForceTCPSignalling, DialTCP: cfg.DialTCP, Candidates: n.candidates, Logger: n.log,
+			ForceTCP: cfg.ForceTCPSignalling, DialTCP: n.serverDialTCP(), WebSocket: cfg.WebSocketSignalling,
+			Candidates: n.candidates, Logger: n.log,
 		})
 		if err != nil {
 			n.Close()

@@ -83,7 +83,7 @@ func relaySessionConfig(cfg stream.Config) stream.Config {
 // needs the relay.
 func (n *Node) startRelay() error {
 	c, err := relay.NewClient(relay.ClientConfig{
-		Key: n.key, Socket: n.sock.Transport(), DialTCP: n.cfg.DialTCP,
+		Key: n.key, Socket: n.sock.Transport(), DialTCP: n.serverDialTCP(), Dialers: n.relayDialers(),
 		Token: n.cfg.RelayToken, Logger: n.log,
 	})
 	if err != nil {

@@ -26,7 +26,8 @@ type ClientConfig struct {
 	// DialTCP opens TCP connections for the TLS link. Nil: a net.Dialer.
 	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Dialers are the link transports, in order of preference. Nil: UDP
-	// (when Socket is set), then TLS over TCP.
+	// (when Socket is set), then TLS over TCP, then WebSocket over HTTPS
+	// (both over DialTCP).
 	Dialers []LinkDialer
 	// Token returns the token for relays that require one (see NewToken);
 	// it is called for every link. Nil: no token.
@@ -86,7 +87,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		if cfg.Socket != nil {
 			cfg.Dialers = append(cfg.Dialers, UDPDialer{Socket: cfg.Socket})
 		}
-		cfg.Dialers = append(cfg.Dialers, TLSDialer{DialTCP: cfg.DialTCP})
+		cfg.Dialers = append(cfg.Dialers, TLSDialer{DialTCP: cfg.DialTCP}, WSDialer{DialTCP: cfg.DialTCP})
 	}
 	c := &Client{cfg: cfg, log: cfg.Logger, watchers: map[identity.PeerID]map[chan error]struct{}{}}
 	c.ctx, c.cancel = context.WithCancel(context.Background())

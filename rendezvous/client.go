@@ -34,6 +34,11 @@ type ClientConfig struct {
 	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
 	// ForceTCP skips UDP even when Transport is set.
 	ForceTCP bool
+	// WebSocket carries the TCP fallback inside a WebSocket over HTTPS
+	// (WebSocketDialer, PathSignal) on the server's TCP port, for proxies
+	// that pass only HTTP. DialTCP still opens the TCP connection. Zero:
+	// TLS directly on the TCP connection.
+	WebSocket bool
 	// Candidates returns the node's host and mapped candidates; it is
 	// called for each offer and answer and its result appended to the
 	// caller's. Nil: none are added.

@@ -325,7 +325,12 @@ func (c *Client) dialTCP(ctx context.Context, sa ServerAddr) (*clientConn, error
 	if err != nil {
 		return nil, err
 	}
-	raw, err := c.cfg.DialTCP(ctx, "tcp", sa.TCPHostPort())
+	var raw net.Conn
+	if c.cfg.WebSocket {
+		raw, err = WebSocketDialer{Key: c.cfg.Key, DialTCP: c.cfg.DialTCP}.Dial(ctx, sa, PathSignal)
+	} else {
+		raw, err = c.cfg.DialTCP(ctx, "tcp", sa.TCPHostPort())
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -73,6 +73,11 @@ type ServerConfig struct {
 	// clients need not present a certificate. Nil: the key's certificate
 	// for everyone.
 	Certificate *tls.Certificate
+	// DisableWebSocket turns off WebSocket on the TCP ports. Zero: TLS
+	// clients that negotiate http/1.1 (HTTPS through proxies that pass
+	// only HTTP) may open a WebSocket on PathSignal or PathRelay, which
+	// then carries what the TCP port carries (see WebSocketDialer).
+	DisableWebSocket bool
 }
 
 // Protocol serves connections that negotiated another ALPN than ALPN on a
@@ -130,7 +135,8 @@ type Server struct {
 	cfg    ServerConfig
 	key    *identity.Key
 	log    *slog.Logger
-	tlsCfg *tls.Config
+	tlsCfg *tls.Config // QUIC
+	tcpTLS *tls.Config // TCP ports: tlsCfg plus http/1.1 (WebSocket)
 
 	mu        sync.Mutex
 	peers     map[identity.PeerID]*session
@@ -163,13 +169,21 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The TCP ports also offer http/1.1 (WebSocket), QUIC never does.
+	tcpTLS := tlsCfg
+	tcpALPNs := alpns
+	if !cfg.DisableWebSocket {
+		tcpALPNs = append(slices.Clone(alpns), alpnHTTP)
+		tcpTLS = tlsCfg.Clone()
+		tcpTLS.NextProtos = tcpALPNs
+	}
 	if cfg.Certificate != nil {
 		web := &tls.Config{
 			MinVersion:   tls.VersionTLS12,
 			Certificates: []tls.Certificate{*cfg.Certificate},
-			NextProtos:   alpns,
+			NextProtos:   tcpALPNs,
 		}
-		tlsCfg.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+		tcpTLS.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
 			for _, p := range hi.SupportedProtos {
 				if slices.Contains(alpns, p) {
 					return nil, nil // reach's own: the pinned certificate
@@ -183,6 +197,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		key:    key,
 		log:    cfg.Logger,
 		tlsCfg: tlsCfg,
+		tcpTLS: tcpTLS,
 		peers:  make(map[identity.PeerID]*session),
 		seen:   make(map[identity.PeerID]time.Time),
 		intros: make(map[uint64]*pendingIntro),
@@ -390,9 +405,13 @@ func (s *Server) handleQUIC(ctx context.Context, conn *quic.Conn) {
 }
 
 // handleTCP runs one TLS-over-TCP signalling connection.
-func (s *Server) handleTCP(ctx context.Context, c net.Conn) {
+func (s *Server) handleTCP(ctx context.Context, c net.Conn) { s.handleConn(ctx, c, true) }
+
+// handleConn runs one connection of a TCP port, or one tunnelled in a
+// WebSocket (web false: no WebSocket inside a WebSocket).
+func (s *Server) handleConn(ctx context.Context, c net.Conn, web bool) {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
-	tc := tls.Server(c, s.tlsCfg)
+	tc := tls.Server(c, s.tcpTLS)
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
@@ -407,6 +426,10 @@ func (s *Server) handleTCP(ctx context.Context, c net.Conn) {
 		return
 	}
 	cs := tc.ConnectionState()
+	if cs.NegotiatedProtocol == alpnHTTP && web {
+		s.serveHTTP(ctx, tc)
+		return
+	}
 	if p := cs.NegotiatedProtocol; p != ALPN && s.cfg.Protocols[p] != nil {
 		s.cfg.Protocols[p].ServeTLS(ctx, tc)
 		return

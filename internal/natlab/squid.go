@@ -21,9 +21,10 @@ const SquidPort = 3128
 // to port 443 and plain HTTP requests to port 80; it caches nothing and
 // needs no DNS (clients use numeric addresses).
 type Squid struct {
-	r   *Router
-	dir string
-	d   *daemon
+	r    *Router
+	dir  string
+	d    *daemon
+	user string // "" without proxy authentication
 }
 
 // StartSquid starts squid in the router's namespace, in the foreground
@@ -32,6 +33,26 @@ type Squid struct {
 // stops it on Close. Squid's own connections leave from the router's WAN
 // address, so it works on any router; it is meant for ProxyOnly ones.
 func (r *Router) StartSquid(ctx context.Context) (*Squid, error) {
+	return r.startSquid(ctx, "", "")
+}
+
+// StartSquidAuth is StartSquid with proxy authentication: every request
+// must carry Basic credentials for user and password
+// (Proxy-Authorization), checked by squid's basic_ncsa_auth helper
+// against an htpasswd file (APR1-MD5, made with openssl) in squid's
+// temporary directory. Without them, or with wrong ones, squid answers
+// 407 and logs TCP_DENIED/407.
+func (r *Router) StartSquidAuth(ctx context.Context, user, password string) (*Squid, error) {
+	if user == "" || strings.ContainsAny(user, ":\n") {
+		return nil, fmt.Errorf("natlab: squid: bad proxy user %q", user)
+	}
+	return r.startSquid(ctx, user, password)
+}
+
+// SquidAuthHelper is Debian's basic_ncsa_auth, squid's htpasswd checker.
+const SquidAuthHelper = "/usr/lib/squid/basic_ncsa_auth"
+
+func (r *Router) startSquid(ctx context.Context, proxyUser, password string) (*Squid, error) {
 	bin, err := exec.LookPath("squid")
 	if err != nil {
 		if _, err := os.Stat("/usr/sbin/squid"); err != nil {
@@ -44,13 +65,28 @@ func (r *Router) StartSquid(ctx context.Context) (*Squid, error) {
 		return nil, err
 	}
 	r.lab.onStop(func() { os.RemoveAll(dir) })
-	s := &Squid{r: r, dir: dir}
+	s := &Squid{r: r, dir: dir, user: proxyUser}
 	// Run as root squid switches to its effective user (Debian: proxy),
 	// which must be able to write the logs.
 	if u, err := user.Lookup("proxy"); err == nil {
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
 		if err := os.Chown(dir, uid, gid); err != nil {
+			return nil, err
+		}
+	}
+	if proxyUser != "" {
+		if _, err := os.Stat(SquidAuthHelper); err != nil {
+			return nil, fmt.Errorf("%w: %s (apt-get install squid)", ErrMissingTool, SquidAuthHelper)
+		}
+		cmd := exec.CommandContext(ctx, "openssl", "passwd", "-apr1", "-stdin")
+		cmd.Stdin = strings.NewReader(password + "\n")
+		hash, err := cmd.Output()
+		if err != nil {
+			return nil, fmt.Errorf("natlab: squid: hashing the proxy password (openssl passwd): %w", err)
+		}
+		line := proxyUser + ":" + strings.TrimSpace(string(hash)) + "\n"
+		if err := os.WriteFile(s.passwdFile(), []byte(line), 0o644); err != nil {
 			return nil, err
 		}
 	}
@@ -100,12 +136,25 @@ func (s *Squid) config() string {
 	line("acl tls_port port 443")
 	line("acl http_port port 80")
 	line("acl CONNECT method CONNECT")
+	if s.user != "" {
+		line("auth_param basic program %s %s", SquidAuthHelper, s.passwdFile())
+		line("auth_param basic realm natlab")
+		line("auth_param basic children 2")
+		line("acl authed proxy_auth REQUIRED")
+	}
 	line("http_access deny CONNECT !tls_port")
 	line("http_access deny !CONNECT !http_port")
+	if s.user != "" {
+		line("http_access deny !lan")
+		line("http_access deny !authed") // 407: proxy_auth is the line's last ACL
+	}
 	line("http_access allow lan")
 	line("http_access deny all")
 	return b.String()
 }
+
+// passwdFile is the htpasswd file of StartSquidAuth.
+func (s *Squid) passwdFile() string { return filepath.Join(s.dir, "passwd") }
 
 // Addr is the proxy's address: the router's LAN address, port 3128.
 func (s *Squid) Addr() netip.AddrPort { return netip.AddrPortFrom(s.r.LANAddr(), SquidPort) }

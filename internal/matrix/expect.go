@@ -1,0 +1,107 @@
+package matrix
+
+import (
+	"slices"
+
+	"github.com/reachp2p/reach/internal/natlab"
+)
+
+// Rung names as the ladder reports them. Supernode and TURN are named
+// here so the matrix ranks them when nodes have them.
+const (
+	Direct    = "direct"
+	UPnP      = "upnp"
+	Holepunch = "holepunch"
+	Supernode = "supernode"
+	TURN      = "turn"
+	Relay     = "relay"
+)
+
+// rank orders strategies by the path they give: a path of its own (direct,
+// a mapped port, a punched hole) before a forwarded one (a volunteer peer,
+// then a hosted relay). Lower is better; unknown names rank last.
+func rank(s string) int {
+	switch s {
+	case Direct:
+		return 0
+	case UPnP:
+		return 1
+	case Holepunch:
+		return 2
+	case Supernode:
+		return 3
+	case TURN, Relay:
+		return 4
+	}
+	return 5
+}
+
+// Forwarded reports whether strategy s sends every packet through a third
+// party (a supernode, a TURN server, the relay).
+func Forwarded(s string) bool { return rank(s) >= 3 }
+
+// noUDP: the kind has no UDP path to the internet at all.
+func (k Kind) noUDP() bool {
+	b := k.Base()
+	return b == natlab.Kind(natlab.UDPBlocked) || b == natlab.Kind(natlab.ProxyOnly)
+}
+
+// randomMapping: a new random external port for every destination, so a
+// peer cannot learn in advance the port a packet to it will come from.
+func (k Kind) randomMapping() bool { return k.Base() == natlab.Kind(natlab.Symmetric) && !k.UPnP() }
+
+// portFiltering: inbound packets get in only from the exact address and
+// port the host has sent to.
+func (k Kind) portFiltering() bool {
+	switch k.Base() {
+	case natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.Symmetric), natlab.KindDouble:
+		return !k.UPnP()
+	}
+	return false
+}
+
+// Best returns the best strategy physically possible when a peer of kind
+// dialer dials one of kind listener with ladder (the nodes' rungs, in
+// order), and why. The rules, first match wins:
+//
+//   - either side has no UDP (UDP blocked, proxy only): relay, over TLS on
+//     TCP 443 (through the proxy for proxy-only); nothing else gets out;
+//   - the listener is open: direct;
+//   - the listener's gateway grants a mapping: upnp;
+//   - the dialler is open or has a mapping: holepunch (the listener's
+//     punch packets reach it, and the path is a punched one);
+//   - one side maps to random ports and the other filters by port: no
+//     hole punch without birthday-paradox probing (which reach does not
+//     do): supernode if the ladder has it, else relay;
+//   - otherwise: holepunch.
+func Best(dialer, listener Kind, ladder []string) (strategy, why string) {
+	has := func(s string) bool { return slices.Contains(ladder, s) }
+	forwarder := func(why string) (string, string) {
+		if has(Supernode) {
+			return Supernode, why + "; a volunteer with open ports forwards"
+		}
+		return Relay, why + "; no supernode rung, so the hosted relay"
+	}
+	switch {
+	case dialer.noUDP() || listener.noUDP():
+		return Relay, "no UDP path out of " + string(pick(dialer.noUDP(), dialer, listener)) + ": only TCP 443 (or the proxy) to the relay"
+	case listener.Base() == natlab.Open:
+		return Direct, "the listener has a public address"
+	case listener.UPnP():
+		return UPnP, "the listener's gateway forwards a mapped port"
+	case dialer.Base() == natlab.Open:
+		return Holepunch, "the dialler is public: the listener's punch packets reach it"
+	case dialer.UPnP():
+		return Holepunch, "the dialler's mapped port takes the listener's punch packets"
+	case dialer.randomMapping() && listener.portFiltering(), listener.randomMapping() && dialer.portFiltering():
+		return forwarder("random symmetric ports against port-dependent filtering: no hole punch")
+	}
+	return Holepunch, "endpoint-independent mapping on at least one side lets checks through"
+}
+
+func pick(c bool, a, b Kind) Kind {
+	if c {
+		return a
+	}
+	return b
+}

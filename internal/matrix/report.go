@@ -1,0 +1,239 @@
+package matrix
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// Files written by WriteFiles.
+const (
+	MarkdownFile = "matrix.md"
+	JSONFile     = "matrix.json"
+	PNGFile      = "matrix.png"
+)
+
+// WriteFiles writes the Markdown table, the JSON and the PNG heatmap into
+// dir (created if missing).
+func (r *Result) WriteFiles(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, MarkdownFile), []byte(r.Markdown()), 0o644); err != nil {
+		return err
+	}
+	for name, write := range map[string]func(io.Writer) error{JSONFile: r.WriteJSON, PNGFile: r.WritePNG} {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		err = write(f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("matrix: %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// WriteJSON writes the result as indented JSON.
+func (r *Result) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// StrategySummary is the connect time of the directions one strategy won.
+type StrategySummary struct {
+	Strategy   string
+	Directions int
+	// RTTs: the median, lowest and highest of the directions' median
+	// connect times in round trips; MS the same in milliseconds.
+	RTTs, RTTsMin, RTTsMax float64
+	MS, MSMin, MSMax       float64
+	// Mbps is the median of the directions' median throughputs.
+	Mbps float64
+}
+
+// ByStrategy summarises connect times per winning strategy, in ladder
+// order.
+func (r *Result) ByStrategy() []StrategySummary {
+	groups := map[string][]Direction{}
+	for _, d := range r.Directions {
+		if d.Strategy != "" {
+			groups[d.Strategy] = append(groups[d.Strategy], d)
+		}
+	}
+	var out []StrategySummary
+	for s, ds := range groups {
+		var rtts, mss, mbps []float64
+		for _, d := range ds {
+			rtts = append(rtts, d.ConnectRTTs)
+			mss = append(mss, d.ConnectMedianMS)
+			if d.Mbps > 0 {
+				mbps = append(mbps, d.Mbps)
+			}
+		}
+		out = append(out, StrategySummary{
+			Strategy: s, Directions: len(ds),
+			RTTs: round(median(rtts)), RTTsMin: slices.Min(rtts), RTTsMax: slices.Max(rtts),
+			MS: round(median(mss)), MSMin: slices.Min(mss), MSMax: slices.Max(mss),
+			Mbps: round(median(mbps)),
+		})
+	}
+	sort.Slice(out, func(i, j int) bool { return rank(out[i].Strategy) < rank(out[j].Strategy) })
+	return out
+}
+
+// Markdown renders the result: a summary, the dialer × listener grid,
+// connect times per strategy, every direction, and the flagged ones.
+func (r *Result) Markdown() string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	connected, best := 0, 0
+	for _, d := range r.Directions {
+		if d.Connected == len(d.Attempts) && len(d.Attempts) > 0 {
+			connected++
+		}
+		if !d.Worse {
+			best++
+		}
+	}
+	p("Directions: **%d**; every attempt connected: **%d**; as good as possible: **%d**; flagged: **%d**.\n\n",
+		len(r.Directions), connected, best, len(r.Directions)-best)
+	p("Run %s, %s, %d dial(s) per direction with fresh nodes, %s one-way delay on every access link "+
+		"(peer-to-peer round trip %s, peer-to-server %s), %s transfer, ladder %s, %s",
+		r.Started.UTC().Format("2006-01-02 15:04 UTC"), r.Duration, r.Runs, fmtMS(r.DelayMS),
+		fmtMS(4*r.DelayMS), fmtMS(2*r.DelayMS), fmtSize(r.Size), strings.Join(r.Ladder, " → "), r.GoVersion)
+	if r.Commit != "" {
+		p(", commit %s", r.Commit)
+	}
+	p(".\n\n")
+	for _, n := range r.Notes {
+		p("Note: %s.\n\n", n)
+	}
+
+	p("### Grid: winning strategy and connect time in round trips (dialer ↓, listener →)\n\n")
+	p("| dialer \\ listener |")
+	for _, k := range r.Kinds {
+		p(" %s |", k)
+	}
+	p("\n|---|")
+	for range r.Kinds {
+		p("---|")
+	}
+	p("\n")
+	for _, dk := range r.Kinds {
+		p("| **%s** |", dk)
+		for _, lk := range r.Kinds {
+			d, ok := r.Lookup(dk, lk)
+			p(" %s |", gridCell(d, ok))
+		}
+		p("\n")
+	}
+	p("\n✗: no attempt connected; ⚠: worse than possible (see below); ~: mixed outcomes.\n\n")
+
+	p("### Connect time by winning strategy\n\n")
+	p("Dial → first echoed byte, median over the directions each strategy won (their own medians), in round trips of the path (measured by pings on the session) and in ms; range in brackets.\n\n")
+	p("| strategy | directions | round trips | ms | one stream, Mbit/s |\n|---|---|---|---|---|\n")
+	for _, s := range r.ByStrategy() {
+		p("| %s | %d | **%.1f** [%.1f–%.1f] | %.0f [%.0f–%.0f] | %.0f |\n", s.Strategy, s.Directions,
+			s.RTTs, s.RTTsMin, s.RTTsMax, s.MS, s.MSMin, s.MSMax, s.Mbps)
+	}
+
+	p("\n### Every direction\n\n")
+	p("| dialer → listener | connected | won | best possible | connect median / worst (ms) | path RTT (ms) | connect (RTTs) | Mbit/s | |\n")
+	p("|---|---|---|---|---|---|---|---|---|\n")
+	for _, d := range r.Directions {
+		flag := ""
+		if d.Worse {
+			flag = "⚠"
+		}
+		won := d.Strategy
+		if len(d.Strategies) > 1 {
+			won = strategiesText(d)
+		}
+		if won == "" {
+			won = "✗"
+		}
+		if d.Strategy == Relay {
+			if links := relayLinks(d); links != "" {
+				won += " (" + links + ")"
+			}
+		}
+		p("| %s → %s | %d/%d | %s | %s | %s / %s | %s | %s | %s | %s |\n", d.Dialer, d.Listener, d.Connected, len(d.Attempts),
+			won, d.Best, num(d.ConnectMedianMS, 0), num(d.ConnectWorstMS, 0), num(d.RTTMS, 1), num(d.ConnectRTTs, 1), num(d.Mbps, 0), flag)
+	}
+
+	p("\n### Worse than possible\n\n")
+	flagged := r.Flagged()
+	if len(flagged) == 0 {
+		p("None: every direction connected with the best strategy possible for it.\n")
+	}
+	for _, d := range flagged {
+		p("- **%s → %s**: %s. Best possible: %s (%s).\n", d.Dialer, d.Listener, d.Reason, d.Best, d.BestWhy)
+	}
+	return b.String()
+}
+
+// gridCell is one cell of the Markdown grid.
+func gridCell(d Direction, ok bool) string {
+	if !ok {
+		return ""
+	}
+	if d.Connected == 0 {
+		return "✗"
+	}
+	s := d.Strategy
+	if len(d.Strategies) > 1 || d.Connected < len(d.Attempts) {
+		s = "~" + s
+	}
+	s = fmt.Sprintf("%s %.1f", s, d.ConnectRTTs)
+	if d.Worse {
+		s += " ⚠"
+	}
+	return s
+}
+
+func strategiesText(d Direction) string {
+	var parts []string
+	for s, n := range d.Strategies {
+		parts = append(parts, fmt.Sprintf("%s %d", s, n))
+	}
+	sort.Slice(parts, func(i, j int) bool { return parts[i] < parts[j] })
+	return strings.Join(parts, ", ")
+}
+
+// relayLinks lists the dialler's relay link transports of a direction.
+func relayLinks(d Direction) string {
+	var links []string
+	for _, a := range d.Attempts {
+		if a.Link != "" && !slices.Contains(links, a.Link) {
+			links = append(links, a.Link)
+		}
+	}
+	return strings.Join(links, "/")
+}
+
+func num(f float64, prec int) string {
+	if f == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.*f", prec, f)
+}
+
+func fmtMS(f float64) string { return fmt.Sprintf("%g ms", f) }
+
+func fmtSize(n int) string {
+	if n >= 1<<20 && n%(1<<20) == 0 {
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d B", n)
+}

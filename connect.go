@@ -154,6 +154,13 @@ type Config struct {
 	// at once; pauses double up to 10 min). Zero: DefaultUpgradeInterval
 	// (30s). Negative: no background attempts.
 	UpgradeInterval time.Duration
+	// TURN are standard TURN servers (coturn, ...) to relay through, for
+	// operators who already run TURN: the node allocates a relayed address
+	// on the first that grants one (in the background from New, released
+	// on Close) and advertises it, and the StrategyTURN rung, right before
+	// StrategyRelay, runs the session between the two peers' allocations.
+	// Nil: no TURN.
+	TURN []TURNServer
 	// OnPathEvent is called (from the node's goroutines; it must not
 	// block) when a session goes through the relay and when the node
 	// tries, fails or manages to find a better path. Nil: events are only
@@ -174,6 +181,7 @@ type Node struct {
 	client   *rendezvous.Client // nil without servers
 	punch    *holepunch.Manager
 	relay    *relayState  // nil without servers
+	turn     *turnState   // nil without Config.TURN
 	mapper   *upnp.Mapper // nil with DisablePortMapping
 	ladder   []strategy.Entry
 	loopback bool // advertise loopback candidates (server on loopback)
@@ -265,6 +273,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			n.Close()
 			return nil, err
 		}
+		n.startTURN()
 		if err := n.client.Start(ctx); err != nil {
 			n.Close()
 			return nil, err
@@ -296,6 +305,9 @@ func (n *Node) goRun(f func()) {
 func (n *Node) buildLadder(names []string) ([]strategy.Entry, error) {
 	if len(names) == 0 {
 		names = DefaultStrategies
+		if len(n.cfg.TURN) > 0 {
+			names = []string{StrategyDirect, StrategyUPnP, StrategyHolepunch, StrategyTURN, StrategyRelay}
+		}
 	}
 	var out []strategy.Entry
 	for _, name := range names {
@@ -311,8 +323,11 @@ func (n *Node) buildLadder(names []string) ([]strategy.Entry, error) {
 		case StrategyRelay:
 			out = append(out, n.relayEntry())
 			continue
+		case StrategyTURN:
+			out = append(out, strategy.Entry{Strategy: turnStrategy{n}, HeadStart: turnHeadStart})
+			continue
 		default:
-			return nil, fmt.Errorf("%w: %q (known: %s, %s, %s, %s)", ErrUnknownStrategy, name, StrategyDirect, StrategyUPnP, StrategyHolepunch, StrategyRelay)
+			return nil, fmt.Errorf("%w: %q (known: %s, %s, %s, %s, %s)", ErrUnknownStrategy, name, StrategyDirect, StrategyUPnP, StrategyHolepunch, StrategyTURN, StrategyRelay)
 		}
 		out = append(out, strategy.Entry{Strategy: s, HeadStart: n.cfg.HeadStart})
 	}
@@ -356,7 +371,7 @@ func (n *Node) candidates() []rendezvous.Candidate {
 			c = append(c, rendezvous.Candidate{Addr: ext, Kind: rendezvous.Mapped})
 		}
 	}
-	return c
+	return append(c, n.turnCandidates()...)
 }
 
 func (n *Node) hostCandidates() []rendezvous.Candidate {
@@ -398,6 +413,7 @@ func (n *Node) Close() error {
 		n.client.Close()
 	}
 	n.closeRelay()
+	n.closeTURN()
 	if n.mapper != nil {
 		n.mapper.Close() // deletes the mapping at the gateway
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -142,8 +143,8 @@ func (n *Node) relayServer() rendezvous.ServerAddr {
 // promptly even though hole punching may try for 10 s before it fails.
 // A failure of every earlier rung still starts it at once (strategy.Race).
 func withRelayDelay(ladder []strategy.Entry, delay time.Duration) []strategy.Entry {
-	i := len(ladder) - 1
-	if i < 1 || ladder[i].Strategy.Name() != StrategyRelay {
+	i := slices.IndexFunc(ladder, func(e strategy.Entry) bool { return isRelayed(e.Strategy.Name()) })
+	if i < 1 {
 		return ladder
 	}
 	out := append([]strategy.Entry(nil), ladder...)
@@ -153,6 +154,13 @@ func withRelayDelay(ladder []strategy.Entry, delay time.Duration) []strategy.Ent
 	}
 	out[i-1].HeadStart = max(delay-before, 0)
 	return out
+}
+
+// isRelayed reports whether a rung relays (the hosted relay, TURN): those
+// join the race after the relay delay, and their sessions are reported
+// and upgraded in the background.
+func isRelayed(strategyName string) bool {
+	return strategyName == StrategyRelay || strategyName == StrategyTURN
 }
 
 // relayDelay is the relay rung's delay for a dial whose peer answered
@@ -235,13 +243,13 @@ func (n *Node) event(e PathEvent) {
 // trying the better rungs in the background.
 func (n *Node) relayed(sess *stream.Session) {
 	peer := sess.RemotePeer()
-	n.event(PathEvent{Peer: peer, Kind: PathRelayed, Strategy: StrategyRelay, Session: sess})
+	n.event(PathEvent{Peer: peer, Kind: PathRelayed, Strategy: sess.Strategy(), Session: sess})
 	if n.cfg.UpgradeInterval < 0 {
 		return
 	}
 	var better []strategy.Entry
 	for _, e := range n.ladder {
-		if e.Strategy.Name() != StrategyRelay {
+		if !isRelayed(e.Strategy.Name()) {
 			better = append(better, e)
 		}
 	}
@@ -260,7 +268,7 @@ func (n *Node) upgradeLoop(sess *stream.Session, better []strategy.Entry) {
 		wait = DefaultUpgradeInterval
 	}
 	for {
-		if s := n.liveSession(peer); s != nil && s.Strategy() != StrategyRelay {
+		if s := n.liveSession(peer); s != nil && !isRelayed(s.Strategy()) {
 			return // a better session exists (the peer dialled us, say)
 		}
 		n.event(PathEvent{Peer: peer, Kind: PathUpgradeAttempt})

@@ -43,7 +43,7 @@ func (n *Node) DialSession(ctx context.Context, peer identity.PeerID) (*stream.S
 		return nil, ErrClosed
 	}
 	n.goRun(func() { n.acceptStreams(sess) })
-	if name == StrategyRelay {
+	if isRelayed(name) {
 		n.relayed(sess)
 	}
 	return sess, nil
@@ -91,7 +91,7 @@ func (n *Node) liveSession(peer identity.PeerID) *stream.Session {
 	var relayed *stream.Session
 	for _, s := range n.sessions[peer] {
 		if s.Context().Err() == nil {
-			if s.Strategy() != StrategyRelay {
+			if !isRelayed(s.Strategy()) {
 				return s
 			}
 			if relayed == nil {
@@ -205,6 +205,7 @@ func (n *Node) serveIntroductions() {
 			continue
 		}
 		n.relayIntroduced(offer)
+		n.turnIntroduced(offer)
 		if len(offer.PunchKey) != holepunch.KeyLen {
 			continue
 		}

@@ -52,6 +52,14 @@ type ClientConfig struct {
 	// the TCP fallback starts in parallel. If TCP registers first, the
 	// client uses it and moves to QUIC if that still succeeds. Zero: 500ms.
 	UDPHeadStart time.Duration
+	// Volunteer, if set, offers the node as a supernode to the server after
+	// every registration. Nil: it does not volunteer.
+	Volunteer *VolunteerOffer
+	// OnVolunteer receives each server's verdict on the offer, and later
+	// news (dropped after a failed re-check). It is called from the
+	// client's read goroutine and must not block. Nil: verdicts are only
+	// logged.
+	OnVolunteer func(VolunteerStatus)
 	// IncomingQueue is the capacity of the Incoming channel; an
 	// introduction arriving when it is full is rejected ("busy"). Zero: 16.
 	IncomingQueue int
@@ -328,6 +336,7 @@ func (c *Client) install(cc *clientConn, idx int) bool {
 	c.wg.Go(cc.pingLoop)
 	c.mu.Unlock()
 	c.log.Info("registered", "server", cc.server.String(), "proto", cc.proto, "observed", cc.observed)
+	c.offerVolunteer(cc)
 	if old != nil {
 		old.fail(errUpgraded)
 	}

@@ -451,6 +451,12 @@ func (cc *clientConn) readFrames() error {
 				cc.c.log.Warn("incoming queue full; rejecting introduction", "from", ib.Offer.Peer.Short())
 				cc.write(typeReject, rejectBody{ID: ib.ID, Reason: "busy"})
 			}
+		case typeVolunteered:
+			var vb volunteeredBody
+			if err := decodeBody(t, body, &vb); err != nil {
+				return err
+			}
+			cc.c.volunteered(cc, vb)
 		case typePing:
 			var p pingBody
 			decodeBody(t, body, &p)

@@ -40,12 +40,21 @@ const (
 	typeError      msgType = 0x0a // either way, then close
 
 	firstExtensionType msgType = 0x80
+	// Extensions this version understands (older peers skip them).
+	typeVolunteer   msgType = 0x80 // client → server: offer (or withdraw) a supernode
+	typeVolunteered msgType = 0x81 // server → client: admitted or not, after the dial-back
 )
 
 func (t msgType) String() string {
 	names := [...]string{"", "REGISTER", "REGISTERED", "CONNECT", "INTRO", "ANSWER", "REJECT", "RESULT", "PING", "PONG", "ERROR"}
 	if int(t) < len(names) && t != 0 {
 		return names[t]
+	}
+	switch t {
+	case typeVolunteer:
+		return "VOLUNTEER"
+	case typeVolunteered:
+		return "VOLUNTEERED"
 	}
 	return fmt.Sprintf("type 0x%02x", byte(t))
 }
@@ -161,13 +170,13 @@ func (fr *frameReader) next() (msgType, []byte, error) {
 		if n > fr.max {
 			return 0, nil, &ProtocolError{Code: codeFrameTooLarge, Reason: fmt.Sprintf("%s body is %d bytes, limit %d", t, n, fr.max)}
 		}
-		if t >= firstExtensionType {
+		if t >= firstExtensionType && t != typeVolunteer && t != typeVolunteered {
 			if _, err := fr.r.Discard(n); err != nil {
 				return 0, nil, err
 			}
 			continue
 		}
-		if t == 0 || t > typeError {
+		if t == 0 || t > typeError && t < firstExtensionType {
 			return 0, nil, &ProtocolError{Code: codeUnknownType, Reason: t.String()}
 		}
 		body := make([]byte, n)

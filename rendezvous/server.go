@@ -73,6 +73,9 @@ type ServerConfig struct {
 	// clients need not present a certificate. Nil: the key's certificate
 	// for everyone.
 	Certificate *tls.Certificate
+	// Supernodes configures the registry of volunteers (dial-back,
+	// re-checks, how many per introduction). Zero: on, with its defaults.
+	Supernodes SupernodeConfig
 	// DisableWebSocket turns off WebSocket on the TCP ports. Zero: TLS
 	// clients that negotiate http/1.1 (HTTPS through proxies that pass
 	// only HTTP) may open a WebSocket on PathSignal or PathRelay, which
@@ -144,6 +147,7 @@ type Server struct {
 	intros    map[uint64]*pendingIntro
 	nextIntro uint64
 	serving   bool
+	sn        *snRegistry // volunteers; set by start
 
 	nRegistrations, nReplaced, nIntros, nSTUN, nDropped, nProtoErr, nHandshakeFail atomic.Uint64
 }
@@ -292,6 +296,7 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 			return nil, fmt.Errorf("rendezvous: quic listen: %w", err)
 		}
 		s.log.Info("rendezvous serving UDP (QUIC + STUN)", "addr", udp.LocalAddr().String(), "id", s.ID().String())
+		s.startSupernodes(ctx, udp)
 		wg.Go(func() { s.serveSTUN(ctx, tr) })
 		wg.Go(func() {
 			defer ln.Close()
@@ -346,6 +351,7 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 		// Sessions close themselves on ctx (with an ERROR "shutdown"); wait
 		// for them before the transport goes, so their last frames get out.
 		wg.Wait()
+		s.stopSupernodes()
 		if tr != nil {
 			tr.Close()
 			udp.Close()

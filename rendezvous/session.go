@@ -43,6 +43,8 @@ type pendingIntro struct {
 	reqID    uint64 // the dialler's CONNECT id
 	from, to *session
 	timer    *time.Timer
+	// supernodes are the volunteers for the dialler, added to the answer.
+	supernodes []Candidate
 }
 
 // errClientError: the client sent an ERROR frame; close without replying.
@@ -191,6 +193,12 @@ func (ss *session) readLoop(fr *frameReader) error {
 				rb.Reason = rb.Reason[:256]
 			}
 			s.finishIntro(rb.ID, ss, resultBody{Error: codeRejected, Reason: rb.Reason})
+		case typeVolunteer:
+			var vb volunteerBody
+			if err := decodeBody(t, body, &vb); err != nil {
+				return err
+			}
+			s.volunteer(ss, vb)
 		case typeError:
 			var eb errorBody
 			decodeBody(t, body, &eb)
@@ -234,6 +242,7 @@ func (s *Server) register(ss *session) error {
 // unregister removes a closed session and fails the introductions it was
 // part of.
 func (s *Server) unregister(ss *session) {
+	s.dropVolunteer(ss)
 	var orphans []*pendingIntro
 	s.mu.Lock()
 	if s.peers[ss.peer] == ss {
@@ -318,6 +327,10 @@ func (s *Server) connect(ss *session, cb connectBody) {
 		fail(codeBadRequest, "offer: "+why)
 		return
 	}
+	var forDialler, forTarget []Candidate
+	if cb.Offer.WantSupernodes {
+		forDialler, forTarget = s.pickSupernodes(ss.peer, cb.Target)
+	}
 	s.mu.Lock()
 	target := s.peers[cb.Target]
 	if target == nil {
@@ -337,6 +350,7 @@ func (s *Server) connect(ss *session, cb connectBody) {
 	}
 	s.nextIntro++
 	pi := &pendingIntro{id: s.nextIntro, reqID: cb.ID, from: ss, to: target}
+	pi.supernodes = forDialler
 	s.intros[pi.id] = pi
 	ss.intros[pi.id] = pi
 	target.intros[pi.id] = pi
@@ -348,7 +362,7 @@ func (s *Server) connect(ss *session, cb connectBody) {
 
 	offer := cb.Offer
 	offer.Peer = ss.peer
-	offer.Candidates = withReflexive(offer.Candidates, ss.observed())
+	offer.Candidates = append(withReflexive(withoutSupernodes(offer.Candidates), ss.observed()), forTarget...)
 	s.nIntros.Add(1)
 	ss.log.Debug("introducing", "target", cb.Target.Short(), "intro", pi.id)
 	target.send(typeIntro, introBody{ID: pi.id, Offer: offer})
@@ -361,7 +375,7 @@ func (s *Server) answer(ss *session, ab answerBody) {
 	}
 	ans := ab.Answer
 	ans.Peer = ss.peer
-	ans.Candidates = withReflexive(ans.Candidates, ss.observed())
+	ans.Candidates = withReflexive(withoutSupernodes(ans.Candidates), ss.observed())
 	s.finishIntro(ab.ID, ss, resultBody{Answer: &ans})
 }
 
@@ -385,5 +399,10 @@ func (s *Server) finishIntro(id uint64, by *session, res resultBody) {
 	pi.timer.Stop()
 	s.mu.Unlock()
 	res.ID = pi.reqID
+	if res.Answer != nil && len(pi.supernodes) > 0 {
+		a := *res.Answer
+		a.Candidates = append(a.Candidates[:len(a.Candidates):len(a.Candidates)], pi.supernodes...)
+		res.Answer = &a
+	}
 	pi.from.send(typeResult, res)
 }

@@ -20,12 +20,21 @@ const (
 	Mapped CandidateKind = "mapped"
 	// Relay: an address on a relay that forwards to the peer.
 	Relay CandidateKind = "relay"
+	// Supernode: a volunteer (a peer with open ports) that forwards
+	// between the two peers. Only the server adds these, with Peer (the
+	// volunteer's key) and Token (the recipient's pass to link to it).
+	Supernode CandidateKind = "supernode"
 )
 
 // Candidate is one address at which a peer might be reached.
 type Candidate struct {
 	Addr netip.AddrPort `json:"addr"`
 	Kind CandidateKind  `json:"kind"`
+	// Peer is the key at Addr, for Supernode candidates; zero otherwise.
+	Peer identity.PeerID `json:"peer,omitzero"`
+	// Token lets the recipient link to the Supernode candidate's
+	// volunteer (see NewSupernodeToken); empty otherwise.
+	Token string `json:"token,omitempty"`
 }
 
 // PeerInfo is what one side of an introduction tells the other: the
@@ -42,4 +51,7 @@ type PeerInfo struct {
 	PunchKey []byte `json:"punch_key,omitempty"`
 	// Attempt identifies one introduction; chosen by the dialler, echoed.
 	Attempt uint64 `json:"attempt"`
+	// WantSupernodes, in an offer, asks the server for volunteers: it adds
+	// Supernode candidates to the offer it forwards and to the answer.
+	WantSupernodes bool `json:"want_supernodes,omitempty"`
 }

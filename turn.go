@@ -249,7 +249,7 @@ func (n *Node) allocate(ctx context.Context, ts *turnState, srv TURNServer) erro
 		conn.Close()
 		return fail(fmt.Errorf("relayed address %v", conn.LocalAddr()))
 	}
-	tr := &quic.Transport{Conn: conn}
+	tr := &quic.Transport{Conn: turnConn{conn, base}}
 	ln, err := stream.Listen(tr, n.key, relaySessionConfig(n.cfg.Session))
 	if err != nil {
 		tr.Close()
@@ -371,4 +371,27 @@ func (s turnStrategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream
 	cfg := a.Session
 	cfg.PacketSize = relay.PacketSize
 	return stream.DialAddr(ctx, tr, ua, a.Key, a.Peer, cfg)
+}
+
+// turnConn is an allocation as quic-go's packet connection: the buffer
+// sizes quic-go asks for go to the socket under the allocation (a UDP
+// socket's kernel buffers; nothing for a TCP stream), so it prints no
+// warning and a UDP allocation gets the buffers it needs.
+type turnConn struct {
+	net.PacketConn
+	base net.PacketConn
+}
+
+func (c turnConn) SetReadBuffer(n int) error {
+	if b, ok := c.base.(interface{ SetReadBuffer(int) error }); ok {
+		return b.SetReadBuffer(n)
+	}
+	return nil
+}
+
+func (c turnConn) SetWriteBuffer(n int) error {
+	if b, ok := c.base.(interface{ SetWriteBuffer(int) error }); ok {
+		return b.SetWriteBuffer(n)
+	}
+	return nil
 }

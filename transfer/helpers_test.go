@@ -34,7 +34,7 @@ type pair struct {
 	sess *stream.Session // b -> a
 }
 
-func newPair(t *testing.T) *pair {
+func newPair(t testing.TB) *pair {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -43,14 +43,20 @@ func newPair(t *testing.T) *pair {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
+	logger := func(side string) *slog.Logger {
+		if _, bench := t.(*testing.B); bench {
+			return slog.New(slog.DiscardHandler) // a benchmark prints its whole log
+		}
+		return natlab.TestLogger(t).With("side", side)
+	}
 	cfg := reach.Config{Servers: []string{srv.ConnectString()}, ListenAddr: netip.MustParseAddrPort("127.0.0.1:0"),
-		Logger: natlab.TestLogger(t).With("side", "a")}
+		Logger: logger("a")}
 	a, err := reach.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	cfg.Logger = natlab.TestLogger(t).With("side", "b")
+	cfg.Logger = logger("b")
 	b, err := reach.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)

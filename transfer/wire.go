@@ -73,9 +73,10 @@ func readCtrl(r io.Reader) (*ctrl, error) {
 	if n > maxControlFrame {
 		return nil, fmt.Errorf("%w: control frame of %d bytes", ErrProtocol, n)
 	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
-		return nil, fmt.Errorf("%w: control frame cut short: %v", ErrProtocol, err)
+	// Grow with what arrives rather than trust the length for memory.
+	b, err := io.ReadAll(io.LimitReader(r, int64(n)))
+	if err != nil || len(b) != int(n) {
+		return nil, fmt.Errorf("%w: control frame cut short (%d of %d bytes): %v", ErrProtocol, len(b), n, err)
 	}
 	var m ctrl
 	if err := json.Unmarshal(b, &m); err != nil {

@@ -124,6 +124,7 @@ func BenchmarkLabTransfer(b *testing.B) {
 			{"quic", func() error { return bare.quicFile(rcv.Host, large, largeOut, 1) }},
 			{"quic2", func() error { return bare.quicFile(rcv.Host, large, largeOut, 2) }},
 			{"tls", func() error { return bare.tlsFile(rcv.Host, large, largeOut) }},
+			{"stream", func() error { return streamCopy(na, nb, large, largeOut) }},
 		})
 	})
 	b.Run("small", func(b *testing.B) {
@@ -139,6 +140,54 @@ func BenchmarkLabTransfer(b *testing.B) {
 		}
 		paired(b, out, smallBytes, "s1", vs)
 	})
+}
+
+// streamCopy copies src to dst on a plain stream of the session between
+// the nodes (from a to b, as reach's transfer goes): what the transfer
+// package adds is the difference to the reach variant.
+func streamCopy(a, b *reach.Node, src, dst string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	sess, err := a.DialSession(ctx, b.ID()) // the session b dialled
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() {
+		st, err := sess.OpenStream(ctx)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer st.Close()
+		f, err := os.Open(src)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer f.Close()
+		_, err = io.CopyBuffer(st, f, make([]byte, ioBuffer))
+		if err == nil {
+			err = st.CloseWrite()
+		}
+		io.Copy(io.Discard, st)
+		errc <- err
+	}()
+	st, err := b.AcceptContext(ctx)
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.CopyBuffer(f, st, make([]byte, ioBuffer))
+	st.Close()
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	return err
 }
 
 // variant is one way of moving the data, run into an empty out directory.

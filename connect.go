@@ -40,6 +40,7 @@ import (
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/strategy"
 	"github.com/reachp2p/reach/stream"
+	"github.com/reachp2p/reach/supernode"
 	"github.com/reachp2p/reach/upnp"
 )
 
@@ -67,7 +68,7 @@ const (
 )
 
 // DefaultStrategies is the ladder used when Config.Strategies is empty.
-var DefaultStrategies = []string{StrategyDirect, StrategyUPnP, StrategyHolepunch, StrategyRelay}
+var DefaultStrategies = []string{StrategyDirect, StrategyUPnP, StrategyHolepunch, StrategySupernode, StrategyRelay}
 
 // Config configures a Node. The zero value is usable for a node that only
 // accepts direct connections; set Servers to find peers by ID.
@@ -166,6 +167,11 @@ type Config struct {
 	// tries, fails or manages to find a better path. Nil: events are only
 	// logged.
 	OnPathEvent func(PathEvent)
+	// Supernode makes the node volunteer as a supernode for peers that
+	// cannot punch through, with limits (pairs at once, bandwidth, whom
+	// for); see package supernode and Node.Supernode. Zero: it does not
+	// volunteer (it still uses volunteers: StrategySupernode).
+	Supernode supernode.Config
 	// Logger receives the node's logs. Nil: discard.
 	Logger *slog.Logger
 }
@@ -180,9 +186,11 @@ type Node struct {
 	ln       *stream.Listener
 	client   *rendezvous.Client // nil without servers
 	punch    *holepunch.Manager
-	relay    *relayState  // nil without servers
-	turn     *turnState   // nil without Config.TURN
-	mapper   *upnp.Mapper // nil with DisablePortMapping
+	relay    *relayState          // nil without servers
+	snVol    *supernode.Volunteer // nil unless Config.Supernode.Enable
+	snPool   *supernode.Pool      // links to volunteers; nil without servers
+	turn     *turnState           // nil without Config.TURN
+	mapper   *upnp.Mapper         // nil with DisablePortMapping
 	ladder   []strategy.Entry
 	loopback bool // advertise loopback candidates (server on loopback)
 
@@ -246,7 +254,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.punch = holepunch.NewManager(n.sock, n.log)
-	n.ln, err = stream.Listen(n.sock.Transport(), n.key, cfg.Session)
+	n.ln, err = n.listen()
 	if err != nil {
 		n.Close()
 		return nil, err
@@ -264,6 +272,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			Key: n.key, Servers: servers, Transport: n.sock.Transport(),
 			ForceTCP: cfg.ForceTCPSignalling, DialTCP: n.serverDialTCP(), WebSocket: cfg.WebSocketSignalling,
 			Candidates: n.candidates, Logger: n.log,
+			Volunteer: n.volunteerOffer(), OnVolunteer: n.volunteerVerdict,
 		})
 		if err != nil {
 			n.Close()
@@ -274,6 +283,10 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, err
 		}
 		n.startTURN()
+		if err := n.startSupernodePool(); err != nil {
+			n.Close()
+			return nil, err
+		}
 		if err := n.client.Start(ctx); err != nil {
 			n.Close()
 			return nil, err
@@ -306,7 +319,7 @@ func (n *Node) buildLadder(names []string) ([]strategy.Entry, error) {
 	if len(names) == 0 {
 		names = DefaultStrategies
 		if len(n.cfg.TURN) > 0 {
-			names = []string{StrategyDirect, StrategyUPnP, StrategyHolepunch, StrategyTURN, StrategyRelay}
+			names = []string{StrategyDirect, StrategyUPnP, StrategyHolepunch, StrategySupernode, StrategyTURN, StrategyRelay}
 		}
 	}
 	var out []strategy.Entry
@@ -326,8 +339,11 @@ func (n *Node) buildLadder(names []string) ([]strategy.Entry, error) {
 		case StrategyTURN:
 			out = append(out, strategy.Entry{Strategy: turnStrategy{n}, HeadStart: turnHeadStart})
 			continue
+		case StrategySupernode:
+			out = append(out, n.supernodeEntry())
+			continue
 		default:
-			return nil, fmt.Errorf("%w: %q (known: %s, %s, %s, %s, %s)", ErrUnknownStrategy, name, StrategyDirect, StrategyUPnP, StrategyHolepunch, StrategyTURN, StrategyRelay)
+			return nil, fmt.Errorf("%w: %q (known: %s, %s, %s, %s, %s, %s)", ErrUnknownStrategy, name, StrategyDirect, StrategyUPnP, StrategyHolepunch, StrategySupernode, StrategyTURN, StrategyRelay)
 		}
 		out = append(out, strategy.Entry{Strategy: s, HeadStart: n.cfg.HeadStart})
 	}
@@ -414,6 +430,7 @@ func (n *Node) Close() error {
 	}
 	n.closeRelay()
 	n.closeTURN()
+	n.closeSupernodes()
 	if n.mapper != nil {
 		n.mapper.Close() // deletes the mapping at the gateway
 	}

@@ -156,11 +156,11 @@ func withRelayDelay(ladder []strategy.Entry, delay time.Duration) []strategy.Ent
 	return out
 }
 
-// isRelayed reports whether a rung relays (the hosted relay, TURN): those
-// join the race after the relay delay, and their sessions are reported
-// and upgraded in the background.
+// isRelayed reports whether a rung relays (the hosted relay, TURN, a
+// supernode): those join the race after the relay delay, and their
+// sessions are reported and upgraded in the background.
 func isRelayed(strategyName string) bool {
-	return strategyName == StrategyRelay || strategyName == StrategyTURN
+	return strategyName == StrategyRelay || strategyName == StrategyTURN || strategyName == StrategySupernode
 }
 
 // relayDelay is the relay rung's delay for a dial whose peer answered

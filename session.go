@@ -60,6 +60,7 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, ladde
 	if hasStrategy(ladder, StrategyRelay) {
 		offer.Candidates = n.relayCandidate(ctx)
 	}
+	offer.WantSupernodes = n.wantSupernodes(ladder)
 	if hasStrategy(ladder, StrategyHolepunch) {
 		if early, err := n.punch.Start(holepunch.Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: holepunch.RoleDialer}); err == nil {
 			defer early.Close()
@@ -75,7 +76,7 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, ladde
 		Local: offer, Remote: answer,
 		Session: n.cfg.Session, Logger: n.log,
 	}
-	sess, name, err := strategy.Race(ctx, a, withRelayDelay(n.ladderFor(answer, ladder), n.relayDelay(answer)))
+	sess, name, err := strategy.Race(ctx, a, withRelayDelay(withoutIdleSupernode(n.ladderFor(answer, ladder), answer), n.relayDelay(answer)))
 	if err != nil {
 		return nil, "", fmt.Errorf("reach: dial %s: %w", peer.Short(), err)
 	}
@@ -206,12 +207,15 @@ func (n *Node) serveIntroductions() {
 		}
 		n.relayIntroduced(offer)
 		n.turnIntroduced(offer)
+		n.supernodeIntroduced(offer)
 		if len(offer.PunchKey) != holepunch.KeyLen {
 			continue
 		}
 		var remotes = make([]netip.AddrPort, 0, len(offer.Candidates))
 		for _, c := range offer.Candidates {
-			remotes = append(remotes, c.Addr)
+			if c.Kind != rendezvous.Supernode {
+				remotes = append(remotes, c.Addr)
+			}
 		}
 		at, err := n.punch.Start(holepunch.Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: holepunch.RoleListener, Remote: remotes})
 		if err != nil {

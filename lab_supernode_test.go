@@ -1,0 +1,325 @@
+package reach_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/relay"
+	"github.com/reachp2p/reach/rendezvous"
+	"github.com/reachp2p/reach/stream"
+	"github.com/reachp2p/reach/supernode"
+)
+
+// supernodePayload is what the supernode lab tests move each way. 16 MiB
+// keeps CI (two cores) lean; BenchmarkLabSupernode moves 100 MiB per
+// iteration through a supernode, the hosted relay and a direct path.
+const supernodePayload = 16 << 20
+
+// startVolunteer starts a node on h that volunteers with cfg and waits
+// for its server's verdict (admitted or not).
+func startVolunteer(t testing.TB, h *natlab.Host, cs string, cfg supernode.Config) (*reach.Node, rendezvous.VolunteerStatus, error) {
+	t.Helper()
+	cfg.Enable = true
+	n := reachlab.NewNode(t, h, reach.Config{Servers: []string{cs}, DisablePortMapping: true, Supernode: cfg,
+		Logger: natlab.TestLogger(t).With("volunteer", h.Name())})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := n.WaitSupernode(ctx)
+	return n, st, err
+}
+
+// supernodeLab is a server, an open volunteer and two peers behind
+// symmetric NATs (no UPnP).
+type supernodeLab struct {
+	l          *natlab.Lab
+	srv        *natlab.Host
+	cs         string
+	vol        *reach.Node
+	volHost    *natlab.Host
+	syma, symb *natlab.Site
+}
+
+func newSupernodeLab(t *testing.T, withRelay bool, vcfg supernode.Config) *supernodeLab {
+	t.Helper()
+	s := &supernodeLab{l: natlab.NewT(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var err error
+	if s.srv, err = s.l.AddPublicHost(ctx, "srv"); err != nil {
+		t.Fatal(err)
+	}
+	if withRelay {
+		rs, _ := startRelayServer(t, s.srv, relay.ServerConfig{})
+		s.cs = rs.ConnectString()
+	} else {
+		_, s.cs = reachlab.StartServer(t, s.srv)
+	}
+	vh, err := s.l.AddPublicHost(ctx, "vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.syma, err = s.l.AddSite(ctx, "syma", natlab.Kind(natlab.Symmetric)); err != nil {
+		t.Fatal(err)
+	}
+	if s.symb, err = s.l.AddSite(ctx, "symb", natlab.Kind(natlab.Symmetric)); err != nil {
+		t.Fatal(err)
+	}
+	vol, st, err := startVolunteer(t, vh, s.cs, vcfg)
+	if err != nil {
+		t.Fatalf("open volunteer not admitted: %v", err)
+	}
+	t.Logf("volunteer %s admitted at %v", vol.ID().Short(), st.Observed)
+	s.vol, s.volHost = vol, vh
+	return s
+}
+
+// peerConfig is the config of the peers in these tests: no UPnP, no
+// background upgrade attempts (symmetric to symmetric has no direct path).
+func (s *supernodeLab) peerConfig() reach.Config {
+	return reach.Config{Servers: []string{s.cs}, DisablePortMapping: true, UpgradeInterval: -1}
+}
+
+// snDialEcho dials from a to b and moves size bytes each way on a stream.
+func snDialEcho(t *testing.T, a, b *reach.Node, size int) *stream.Session {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	echoed := echoOnce(b)
+	start := time.Now()
+	sess, err := a.DialSession(ctx, b.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("connected with %s after %v", sess.Strategy(), time.Since(start).Round(time.Millisecond))
+	c, err := sess.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start = time.Now()
+	if err := roundTrip(c, size); err != nil {
+		t.Fatalf("over %s: %v", sess.Strategy(), err)
+	}
+	if err := <-echoed; err != nil {
+		t.Fatal(err)
+	}
+	el := time.Since(start)
+	t.Logf("%d MiB each way over %s in %v (%.0f Mbit/s each way)", size>>20, sess.Strategy(), el.Round(time.Millisecond), float64(size)*8/el.Seconds()/1e6)
+	return sess
+}
+
+// checkServes checks that the volunteer's status lists peers and at least
+// bytes forwarded.
+func checkServes(t *testing.T, vol *reach.Node, bytes uint64, peers ...identity.PeerID) {
+	t.Helper()
+	st := vol.Supernode()
+	t.Logf("volunteer status: admitted=%v observed=%v sessions=%d bytes=%d drops=%d peers=%d", st.Admitted, st.Observed, st.Sessions, st.Bytes, st.Drops, len(st.Peers))
+	if !st.Volunteering || !st.Admitted || st.Sessions < 1 || st.Bytes < bytes {
+		t.Errorf("volunteer status %+v: want admitted, serving, at least %d bytes", st, bytes)
+	}
+	for _, p := range peers {
+		if !slices.ContainsFunc(st.Peers, func(ps relay.PeerStats) bool { return ps.Peer == p && ps.Bytes > 0 }) {
+			t.Errorf("volunteer status does not show it forwards for %s", p.Short())
+		}
+	}
+}
+
+// TestLabSupernodeSymmetric: two peers behind symmetric NATs, no UPnP, the
+// server's relay off, a volunteer on an open host: they connect with the
+// supernode rung, and data moves intact both ways through the volunteer,
+// whose status shows whom it serves and how much.
+func TestLabSupernodeSymmetric(t *testing.T) {
+	s := newSupernodeLab(t, false, supernode.Config{})
+	na := reachlab.NewNode(t, s.syma.Host, s.peerConfig())
+	nb := reachlab.NewNode(t, s.symb.Host, s.peerConfig())
+	sess := snDialEcho(t, na, nb, supernodePayload)
+	if sess.Strategy() != reach.StrategySupernode {
+		t.Fatalf("strategy %q, want supernode", sess.Strategy())
+	}
+	checkServes(t, s.vol, 2*supernodePayload, na.ID(), nb.ID())
+	if u := na.Supernode().Using; len(u) != 1 || u[0] != s.vol.ID() {
+		t.Errorf("dialler uses volunteers %v, want the one", u)
+	}
+}
+
+// TestLabSupernodeBeforeRelay: the same with the server's relay on: the
+// supernode still wins (it is earlier in the ladder).
+func TestLabSupernodeBeforeRelay(t *testing.T) {
+	s := newSupernodeLab(t, true, supernode.Config{})
+	na := reachlab.NewNode(t, s.syma.Host, s.peerConfig())
+	nb := reachlab.NewNode(t, s.symb.Host, s.peerConfig())
+	sess := snDialEcho(t, na, nb, 4<<20)
+	if sess.Strategy() != reach.StrategySupernode {
+		t.Fatalf("strategy %q, want supernode (before relay)", sess.Strategy())
+	}
+	checkServes(t, s.vol, 8<<20, na.ID(), nb.ID())
+}
+
+// TestLabSupernodeAdmission: a volunteer behind a port-restricted NAT
+// (not reachable from outside) is not admitted: the server's dial-back
+// from another port fails although the volunteer's registration opened its
+// NAT towards the server's own port. A volunteer behind a full-cone NAT
+// (reachable) is admitted. The server lists only that one.
+func TestLabSupernodeAdmission(t *testing.T) {
+	l := natlab.NewT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := l.AddPublicHost(ctx, "srv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, cs := reachlab.StartServer(t, srv)
+	pr, err := l.AddSite(ctx, "prc", natlab.Kind(natlab.PortRestricted))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc, err := l.AddSite(ctx, "fcone", natlab.Kind(natlab.FullCone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, st, err := startVolunteer(t, pr.Host, cs, supernode.Config{})
+	t.Logf("port-restricted volunteer after %v: admitted=%v err=%v", time.Since(start).Round(time.Millisecond), st.Admitted, err)
+	var ve *rendezvous.VolunteerError
+	if !errors.Is(err, rendezvous.ErrNotAdmitted) || !errors.As(err, &ve) || ve.Code != "unreachable" {
+		t.Fatalf("port-restricted volunteer: %v, want not admitted (unreachable)", err)
+	}
+	fv, st, err := startVolunteer(t, fc.Host, cs, supernode.Config{})
+	if err != nil || !st.Admitted {
+		t.Fatalf("full-cone volunteer not admitted: %v", err)
+	}
+	if v := rs.Volunteers(); len(v) != 1 || v[0] != fv.ID() {
+		t.Fatalf("server lists volunteers %v, want only the full-cone one", v)
+	}
+}
+
+// TestLabSupernodeFull: the volunteer admits one pair; the next pair's
+// supernode rung is refused at once (ErrVolunteerFull) and it connects
+// through the hosted relay, while the first pair goes on.
+func TestLabSupernodeFull(t *testing.T) {
+	s := newSupernodeLab(t, true, supernode.Config{MaxSessions: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	na := reachlab.NewNode(t, s.syma.Host, s.peerConfig())
+	nb := reachlab.NewNode(t, s.symb.Host, s.peerConfig())
+	first := snDialEcho(t, na, nb, 1<<20)
+	if first.Strategy() != reach.StrategySupernode {
+		t.Fatalf("first pair: strategy %q, want supernode", first.Strategy())
+	}
+	hc, err := s.syma.Router.AddHost(ctx, "symc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hd, err := s.symb.Router.AddHost(ctx, "symd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := reachlab.NewNode(t, hc, s.peerConfig())
+	nd := reachlab.NewNode(t, hd, s.peerConfig())
+	second := snDialEcho(t, nc, nd, 1<<20)
+	if second.Strategy() != reach.StrategyRelay {
+		t.Fatalf("second pair: strategy %q, want relay", second.Strategy())
+	}
+	if _, err := first.Ping(ctx); err != nil {
+		t.Fatalf("first pair after the second was refused: %v", err)
+	}
+	if st := s.vol.Supernode(); st.Sessions != 1 {
+		t.Errorf("volunteer serves %d pairs, want 1", st.Sessions)
+	}
+}
+
+// TestLabSupernodeKilled: the volunteer vanishes mid-transfer (its host
+// drops every packet, as after a crash or a cable pull, then the process
+// ends). The transfer fails with supernode.ErrVolunteerGone within
+// killBound on both sides (the links' idle timeout, 5 s, plus slack); it
+// does not continue on its own (moving open streams is future work). Both
+// nodes report supernode-lost, and a new dial reaches the peer through the
+// hosted relay (the dead volunteer skipped at once), where the data moves
+// intact.
+func TestLabSupernodeKilled(t *testing.T) {
+	const killBound = 10 * time.Second
+	s := newSupernodeLab(t, true, supernode.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	eva, evb := newEvents(), newEvents()
+	ca, cb := s.peerConfig(), s.peerConfig()
+	ca.OnPathEvent, cb.OnPathEvent = eva.add, evb.add
+	na := reachlab.NewNode(t, s.syma.Host, ca)
+	nb := reachlab.NewNode(t, s.symb.Host, cb)
+	sess, err := na.DialSession(ctx, nb.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sess.Strategy() != reach.StrategySupernode {
+		t.Fatalf("strategy %q, want supernode", sess.Strategy())
+	}
+	// A's writer streams until it fails; B's side reads until it fails.
+	got := make(chan error, 1)
+	go func() {
+		st, err := nb.AcceptContext(ctx)
+		if err != nil {
+			got <- err
+			return
+		}
+		_, err = io.Copy(io.Discard, st)
+		got <- err
+	}()
+	st, err := sess.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := make(chan error, 1)
+	var n int64
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			k, err := st.Write(buf)
+			n += int64(k)
+			if err != nil {
+				sent <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(time.Second)
+	killed := time.Now()
+	if err := s.volHost.Impair(ctx, natlab.Impairment{Loss: 1}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("volunteer blackholed after %d MiB", n>>20)
+	for _, side := range []struct {
+		name string
+		ch   chan error
+	}{{"writer (dialler)", sent}, {"reader (listener)", got}} {
+		select {
+		case err := <-side.ch:
+			el := time.Since(killed)
+			t.Logf("%s failed after %v: %v", side.name, el.Round(time.Millisecond), err)
+			if !errors.Is(err, supernode.ErrVolunteerGone) {
+				t.Errorf("%s: %v, want supernode.ErrVolunteerGone", side.name, err)
+			}
+		case <-time.After(killBound - time.Since(killed)):
+			t.Fatalf("%s still running %v after the volunteer vanished", side.name, killBound)
+		}
+	}
+	for _, ev := range []*events{eva, evb} {
+		if e := ev.wait(t, reach.PathSupernodeLost, time.Second); !errors.Is(e.Err, supernode.ErrVolunteerGone) {
+			t.Errorf("event error %v", e.Err)
+		}
+	}
+	s.vol.Close() // the process ends
+	start := time.Now()
+	again := snDialEcho(t, na, nb, 4<<20)
+	t.Logf("redial: %s after the loss, %v to connect and move 4 MiB each way", again.Strategy(), time.Since(start).Round(time.Millisecond))
+	if again.Strategy() != reach.StrategyRelay {
+		t.Fatalf("redial: strategy %q, want relay", again.Strategy())
+	}
+}

@@ -20,6 +20,10 @@ const labUsage = `usage:
                                 kinds, print them, keep them up until Ctrl-C
   reach lab classify            build every router type, print RFC 4787 mapping and
                                 filtering as observed, tear down
+  reach lab matrix [--out DIR] [--delay 20ms] [--runs N] [--pairs short|full] [--size BYTES]
+                                the connectivity matrix: every pair of kinds (and
+                                symmetric+upnp) dialled both ways in one lab; writes
+                                matrix.md, matrix.json and matrix.png to DIR
   reach lab down                remove every lab namespace (leftovers of crashed runs)
 kinds: %s
 Needs root.`
@@ -47,6 +51,8 @@ func runLab(args []string) error {
 		return err
 	case "classify":
 		return labClassify(ctx)
+	case "matrix":
+		return labMatrix(ctx, args[1:])
 	case "up":
 		fs := flag.NewFlagSet("lab up", flag.ContinueOnError)
 		var imp natlab.Impairment

@@ -42,6 +42,7 @@ var (
 	colOther   = color.RGBA{0x75, 0x75, 0x75, 0xff}
 	colEmpty   = color.RGBA{0xee, 0xee, 0xee, 0xff}
 	colFlag    = color.RGBA{0xff, 0x17, 0x44, 0xff}
+	colRung    = color.RGBA{0xff, 0xd6, 0x00, 0xff}
 	colText    = color.RGBA{0x21, 0x21, 0x21, 0xff}
 	colOnColor = color.RGBA{0xff, 0xff, 0xff, 0xff}
 )
@@ -90,8 +91,12 @@ func (r *Result) WritePNG(w io.Writer) error {
 			}
 			fill(img, rect, cellColor(d))
 			if d.Worse {
+				c := colFlag
+				if d.Severity == SeverityRung {
+					c = colRung
+				}
 				for k := range hmBorder {
-					outline(img, rect.Inset(k), colFlag)
+					outline(img, rect.Inset(k), c)
 				}
 			}
 			lines := cellLines(d)
@@ -121,7 +126,11 @@ func (r *Result) WritePNG(w io.Writer) error {
 	ly += 24
 	fill(img, image.Rect(x0, ly, x0+14, ly+14), colFlag)
 	fill(img, image.Rect(x0+hmBorder, ly+hmBorder, x0+14-hmBorder, ly+14-hmBorder), colEmpty)
-	text(img, x0+20, ly+11, colText, "red border: worse than the best strategy possible for the pair (docs/matrix.md says why);  ~: mixed outcomes")
+	text(img, x0+20, ly+11, colText, "worse than possible: a failure or a forwarded path")
+	lx = x0 + 20 + 52*hmCharW
+	fill(img, image.Rect(lx, ly, lx+14, ly+14), colRung)
+	fill(img, image.Rect(lx+hmBorder, ly+hmBorder, lx+14-hmBorder, ly+14-hmBorder), colEmpty)
+	text(img, lx+20, ly+11, colText, "another peer-to-peer rung won (same kind of path)   ~: mixed outcomes")
 	return png.Encode(w, img)
 }
 

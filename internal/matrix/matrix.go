@@ -183,7 +183,7 @@ type Attempt struct {
 	Path string `json:"path,omitempty"`
 	// ConnectMS is the time from Dial to the first echoed byte.
 	ConnectMS float64 `json:"connect_ms,omitempty"`
-	// RTTMS is the median of three pings on the session's path.
+	// RTTMS is the lowest of three pings on the session's path.
 	RTTMS float64 `json:"rtt_ms,omitempty"`
 	// Mbps is the throughput of one stream for Config.Size bytes, from
 	// the first byte written to the receiver's acknowledgement of the last.
@@ -221,7 +221,18 @@ type Direction struct {
 	// Reason says what happened and, where known, why.
 	Worse  bool   `json:"worse"`
 	Reason string `json:"reason,omitempty"`
+	// Severity grades Worse: SeverityPath when an attempt failed or went
+	// through a forwarder where a path of the peers' own was possible;
+	// SeverityRung when only another of the peer-to-peer rungs won (the
+	// path is as good; the name, and usually the time, differ).
+	Severity string `json:"severity,omitempty"`
 }
+
+// Severities of a Direction that did worse than possible.
+const (
+	SeverityPath = "path"
+	SeverityRung = "rung"
+)
 
 // Result is a whole matrix run.
 type Result struct {

@@ -138,7 +138,7 @@ func (r *Result) Markdown() string {
 		}
 		p("\n")
 	}
-	p("\n✗: no attempt connected; ⚠: worse than possible (see below); ~: mixed outcomes.\n\n")
+	p("\n✗: no attempt connected; ⚠: worse than possible, a failure or a forwarded path where the peers could have their own; △: another peer-to-peer rung won than the best one (same kind of path); ~: mixed outcomes. Reasons below.\n\n")
 
 	p("### Connect time by winning strategy\n\n")
 	p("Dial → first echoed byte, median over the directions each strategy won (their own medians), in round trips of the path (measured by pings on the session) and in ms; range in brackets.\n\n")
@@ -152,10 +152,7 @@ func (r *Result) Markdown() string {
 	p("| dialer → listener | connected | won | best possible | connect median / worst (ms) | path RTT (ms) | connect (RTTs) | Mbit/s | |\n")
 	p("|---|---|---|---|---|---|---|---|---|\n")
 	for _, d := range r.Directions {
-		flag := ""
-		if d.Worse {
-			flag = "⚠"
-		}
+		flag := flagMark(d)
 		won := d.Strategy
 		if len(d.Strategies) > 1 {
 			won = strategiesText(d)
@@ -178,7 +175,11 @@ func (r *Result) Markdown() string {
 		p("None: every direction connected with the best strategy possible for it.\n")
 	}
 	for _, d := range flagged {
-		p("- **%s → %s**: %s. Best possible: %s (%s).\n", d.Dialer, d.Listener, d.Reason, d.Best, d.BestWhy)
+		what := "failure or forwarded path"
+		if d.Severity == SeverityRung {
+			what = "another peer-to-peer rung"
+		}
+		p("- **%s → %s** (%s): %s. Best possible: %s (%s).\n", d.Dialer, d.Listener, what, d.Reason, d.Best, d.BestWhy)
 	}
 	return b.String()
 }
@@ -197,9 +198,21 @@ func gridCell(d Direction, ok bool) string {
 	}
 	s = fmt.Sprintf("%s %.1f", s, d.ConnectRTTs)
 	if d.Worse {
-		s += " ⚠"
+		s += " " + flagMark(d)
 	}
 	return s
+}
+
+// flagMark marks a direction worse than possible: ⚠ for a failure or a
+// forwarded path, △ for another peer-to-peer rung.
+func flagMark(d Direction) string {
+	switch {
+	case !d.Worse:
+		return ""
+	case d.Severity == SeverityRung:
+		return "△"
+	}
+	return "⚠"
 }
 
 func strategiesText(d Direction) string {

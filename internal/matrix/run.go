@@ -45,12 +45,14 @@ const maxStartFails = 2
 
 // runner is one matrix run in one lab.
 type runner struct {
-	cfg     Config
-	lab     *natlab.Lab
-	server  *rendezvous.RunningServer
-	connect string // the server's connect string
-	sites   map[Kind][]*site
-	payload []byte
+	cfg       Config
+	lab       *natlab.Lab
+	server    *rendezvous.RunningServer
+	volunteer *reach.Node // the supernode, if the ladder has the rung
+	notes     []string
+	connect   string // the server's connect string
+	sites     map[Kind][]*site
+	payload   []byte
 }
 
 // Run builds the matrix topology in lab (which the caller owns and
@@ -79,6 +81,7 @@ func Run(ctx context.Context, lab *natlab.Lab, cfg Config) (*Result, error) {
 		}
 	}
 	sort.SliceStable(res.Kinds, func(i, j int) bool { return kindIndex(res.Kinds[i]) < kindIndex(res.Kinds[j]) })
+	res.Notes = append(res.Notes, r.notes...)
 	if !proxySupported {
 		res.Notes = append(res.Notes, noProxyNote)
 	}
@@ -109,6 +112,9 @@ func Run(ctx context.Context, lab *natlab.Lab, cfg Config) (*Result, error) {
 
 // close stops the server (the lab is the caller's).
 func (r *runner) close() {
+	if r.volunteer != nil {
+		r.volunteer.Close()
+	}
 	if r.server != nil {
 		r.server.Close()
 	}
@@ -130,6 +136,13 @@ func (r *runner) build(ctx context.Context) error {
 	}
 	if r.connect, err = r.startServer(ctx, srv); err != nil {
 		return err
+	}
+	note, err := r.startVolunteer(ctx)
+	if err != nil {
+		return err
+	}
+	if note != "" {
+		r.notes = append(r.notes, note)
 	}
 	need := map[Kind]int{}
 	for _, p := range r.cfg.Pairs {
@@ -411,7 +424,8 @@ func (r *runner) transfer(st *stream.Stream, a *Attempt) error {
 	return nil
 }
 
-// pathRTT is the median of three pings on the session.
+// pathRTT is the lowest of three pings on the session: the path's round
+// trip (the lab's delays are fixed; a busy machine only adds to them).
 func pathRTT(ctx context.Context, sess *stream.Session) float64 {
 	var rtts []float64
 	for range 3 {
@@ -422,7 +436,10 @@ func pathRTT(ctx context.Context, sess *stream.Session) float64 {
 			rtts = append(rtts, ms(d))
 		}
 	}
-	return median(rtts)
+	if len(rtts) == 0 {
+		return 0
+	}
+	return slices.Min(rtts)
 }
 
 // summarise fills a direction's totals from its attempts and compares
@@ -465,9 +482,11 @@ func summarise(d *Direction) {
 		why = append(why, fmt.Sprintf("%d of %d attempts failed (%s)", len(fails), len(d.Attempts), fails[0]))
 	}
 	var worse []string
+	worsePath := len(fails) > 0
 	for s, n := range d.Strategies {
 		if rank(s) > rank(d.Best) {
 			worse = append(worse, fmt.Sprintf("%s in %d of %d", s, n, len(d.Attempts)))
+			worsePath = worsePath || Forwarded(s) != Forwarded(d.Best)
 		}
 	}
 	sort.Strings(worse)
@@ -479,6 +498,12 @@ func summarise(d *Direction) {
 	}
 	d.Worse = len(fails) > 0 || len(worse) > 0
 	d.Reason = strings.Join(why, "; ")
+	switch {
+	case worsePath:
+		d.Severity = SeverityPath
+	case d.Worse:
+		d.Severity = SeverityRung
+	}
 }
 
 // knownReason explains a flagged direction when the cause is known.

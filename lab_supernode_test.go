@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/natlab"
@@ -45,6 +47,7 @@ type supernodeLab struct {
 	vol        *reach.Node
 	volHost    *natlab.Host
 	syma, symb *natlab.Site
+	ignore     goleak.Option // goroutines once the volunteer is admitted
 }
 
 func newSupernodeLab(t *testing.T, withRelay bool, vcfg supernode.Config) *supernodeLab {
@@ -76,6 +79,7 @@ func newSupernodeLab(t *testing.T, withRelay bool, vcfg supernode.Config) *super
 	if err != nil {
 		t.Fatalf("open volunteer not admitted: %v", err)
 	}
+	s.ignore = goleak.IgnoreCurrent()
 	t.Logf("volunteer %s admitted at %v", vol.ID().Short(), st.Observed)
 	s.vol, s.volHost = vol, vh
 	return s
@@ -315,11 +319,25 @@ func TestLabSupernodeKilled(t *testing.T) {
 			t.Errorf("event error %v", e.Err)
 		}
 	}
-	s.vol.Close() // the process ends
+	// The process ends (its host back on the network, so that the server
+	// hears it leave and the leak check below need not wait for timeouts).
+	if err := s.volHost.Impair(ctx, natlab.Impairment{}); err != nil {
+		t.Fatal(err)
+	}
+	s.vol.Close()
 	start := time.Now()
 	again := snDialEcho(t, na, nb, 4<<20)
 	t.Logf("redial: %s after the loss, %v to connect and move 4 MiB each way", again.Strategy(), time.Since(start).Round(time.Millisecond))
 	if again.Strategy() != reach.StrategyRelay {
 		t.Fatalf("redial: strategy %q, want relay", again.Strategy())
+	}
+	// Nothing the volunteer or the peers' links to it started outlives
+	// the nodes.
+	na.Close()
+	nb.Close()
+	// (The hosted relay's sweeper starts with its first link and lives
+	// as long as the server.)
+	if err := goleak.Find(s.ignore, goleak.IgnoreTopFunction("github.com/reachp2p/reach/relay.(*Server).sweep")); err != nil {
+		t.Errorf("goroutines left after closing the nodes: %v", err)
 	}
 }

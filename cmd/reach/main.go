@@ -20,6 +20,7 @@ var commands = []command{
 	{"server", "run the public server: rendezvous and STUN on one UDP+TCP port", runServer},
 	{"demo", "embedded server and two peers in one process: connect, move data, print the result", runDemo},
 	{"id", "print the peer ID of a key file, creating the key if missing", runID},
+	{"supernode", "volunteer as a supernode: forward for peers that cannot punch through (needs open ports)", runSupernode},
 	{"listen", "accept one stream and copy it to stdout, stdin to it (like nc -l)", runListen},
 	{"dial", "connect to a peer, stdin to the stream, the stream to stdout (like nc)", runDial},
 	{"ping", "measure the round trip to a peer and show the path", runPing},

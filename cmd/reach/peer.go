@@ -44,7 +44,10 @@ func (p *peerFlags) register(fs *flag.FlagSet, withJSON bool) {
 }
 
 // node starts a node from the flags.
-func (p *peerFlags) node(ctx context.Context) (*reach.Node, error) {
+func (p *peerFlags) node(ctx context.Context) (*reach.Node, error) { return p.nodeWith(ctx, nil) }
+
+// nodeWith starts a node from the flags, with mod's changes to its Config.
+func (p *peerFlags) nodeWith(ctx context.Context, mod func(*reach.Config)) (*reach.Node, error) {
 	servers := []string(p.servers)
 	if len(servers) == 0 {
 		if env := os.Getenv("REACH_SERVER"); env != "" {
@@ -67,6 +70,9 @@ func (p *peerFlags) node(ctx context.Context) (*reach.Node, error) {
 	}
 	if p.verbose {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if mod != nil {
+		mod(&cfg)
 	}
 	return reach.New(ctx, cfg)
 }
@@ -136,17 +142,21 @@ func runListen(args []string) error {
 	fs := flag.NewFlagSet("listen", flag.ContinueOnError)
 	var pf peerFlags
 	pf.register(fs, false)
+	volunteer := fs.Bool("supernode", false, "also volunteer as a supernode (forward for peers that cannot punch through; see reach supernode)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	n, err := pf.node(ctx)
+	n, err := pf.nodeWith(ctx, func(c *reach.Config) { c.Supernode.Enable = *volunteer })
 	cancel()
 	if err != nil {
 		return err
 	}
 	defer n.Close()
 	fmt.Fprintf(os.Stderr, "listening %s\n", n.ID())
+	if *volunteer {
+		go reportSupernode(n)
+	}
 	c, err := n.AcceptContext(context.Background())
 	if err != nil {
 		return err

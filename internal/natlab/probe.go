@@ -111,7 +111,11 @@ func (c Classification) String() string {
 // the filtering. a, b and b2 must be distinct public hosts.
 func Classify(inside, a, b, b2 *Host) (Classification, error) {
 	var res Classification
-	const wait = 700 * time.Millisecond
+	// Packets that should arrive get a generous wait (a loaded machine can
+	// stall a namespace for a while; the wait ends as soon as they do);
+	// packets that should be filtered get a short one.
+	const wait = 3 * time.Second
+	const filteredWait = 700 * time.Millisecond
 	in, err := inside.ListenUDP(netip.AddrPortFrom(netip.IPv4Unspecified(), 0))
 	if err != nil {
 		return res, err
@@ -179,7 +183,7 @@ func Classify(inside, a, b, b2 *Host) (Classification, error) {
 		return res, fmt.Errorf("the reply to a packet sent did not get in: %v", err)
 	}
 	// Filtering. From b2 (never contacted) first, then from a's other port.
-	if _, _, err := Probe(c1, res.SeenByA, "from-stranger", in, wait); err == nil {
+	if _, _, err := Probe(c1, res.SeenByA, "from-stranger", in, filteredWait); err == nil {
 		res.Filtering = EIF
 		return res, nil
 	} else if !errors.Is(err, ErrNoPacket) {
@@ -189,7 +193,7 @@ func Classify(inside, a, b, b2 *Host) (Classification, error) {
 	if err != nil {
 		return res, err
 	}
-	if _, _, err := Probe(a3, res.SeenByA, "from-other-port", in, wait); err == nil {
+	if _, _, err := Probe(a3, res.SeenByA, "from-other-port", in, filteredWait); err == nil {
 		res.Filtering = ADF
 	} else if errors.Is(err, ErrNoPacket) {
 		res.Filtering = APDF

@@ -341,3 +341,89 @@ func TestLabSupernodeKilled(t *testing.T) {
 		t.Errorf("goroutines left after closing the nodes: %v", err)
 	}
 }
+
+// BenchmarkLabSupernode: one stream's throughput, 100 MiB per iteration,
+// in one lab and one run, through
+//
+//   - supernode: two peers behind symmetric NATs, through a volunteer on
+//     an open host (its node's socket, relay.Server forwarding);
+//   - relay: two other peers behind the same symmetric NATs, without the
+//     supernode rung, through the hosted relay of the server;
+//   - direct: two peers on open hosts, directly.
+//
+//     go test -run '^$' -bench BenchmarkLabSupernode -benchtime 2x .
+func BenchmarkLabSupernode(b *testing.B) {
+	l := natlab.NewT(b)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := l.AddPublicHost(ctx, "srv")
+	if err != nil {
+		b.Fatal(err)
+	}
+	rs, _ := startRelayServer(b, srv, relay.ServerConfig{Logger: quietLogger(b)})
+	cs := rs.ConnectString()
+	vh := benchSite(b, l, "vol", natlab.Open).Host
+	syma, symb := benchSite(b, l, "bsa", natlab.Kind(natlab.Symmetric)), benchSite(b, l, "bsb", natlab.Kind(natlab.Symmetric))
+	hc, err := syma.Router.AddHost(ctx, "bsc")
+	if err != nil {
+		b.Fatal(err)
+	}
+	hd, err := symb.Router.AddHost(ctx, "bsd")
+	if err != nil {
+		b.Fatal(err)
+	}
+	oa, ob := benchSite(b, l, "boa", natlab.Open).Host, benchSite(b, l, "bob", natlab.Open).Host
+	cfg := reach.Config{Servers: []string{cs}, Logger: quietLogger(b), DisablePortMapping: true, UpgradeInterval: -1}
+	vcfg := cfg
+	vcfg.Supernode = supernode.Config{Enable: true}
+	vol := reachlab.NewNode(b, vh, vcfg)
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	if _, err := vol.WaitSupernode(wctx); err != nil {
+		b.Fatal(err)
+	}
+	wcancel()
+	noSN := cfg
+	noSN.Strategies = []string{reach.StrategyDirect, reach.StrategyUPnP, reach.StrategyHolepunch, reach.StrategyRelay}
+	direct := cfg
+	direct.Strategies = []string{reach.StrategyDirect}
+	runCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	for _, p := range []struct {
+		name  string
+		a, bh *natlab.Host
+		cfg   reach.Config
+		want  string
+	}{
+		{"supernode", syma.Host, symb.Host, cfg, reach.StrategySupernode},
+		{"relay", hc, hd, noSN, reach.StrategyRelay},
+		{"direct", oa, ob, direct, reach.StrategyDirect},
+	} {
+		na := reachlab.NewNode(b, p.a, p.cfg)
+		nb := reachlab.NewNode(b, p.bh, p.cfg)
+		got := make(chan copyResult, 1)
+		go func() {
+			for {
+				st, err := nb.AcceptContext(runCtx)
+				if err != nil {
+					return
+				}
+				got <- drain(st)
+			}
+		}()
+		dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+		sess, err := na.DialSession(dctx, nb.ID())
+		dcancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if sess.Strategy() != p.want {
+			b.Fatalf("%s: strategy %s", p.name, sess.Strategy())
+		}
+		b.Run(p.name, func(b *testing.B) {
+			b.SetBytes(relayBenchBytes)
+			for range b.N {
+				copyN(b, sess, got, relayBenchBytes)
+			}
+		})
+	}
+}

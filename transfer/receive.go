@@ -12,6 +12,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -127,6 +128,7 @@ func ReceiveSession(ctx context.Context, sess *stream.Session, id ID, cfg Receiv
 	}
 	defer root.Close()
 	r := &receiver{cfg: cfg, root: root, sess: sess}
+	defer r.closeDirs()
 	res, err := r.run(ctx, id)
 	if err != nil && ctx.Err() != nil {
 		err = fmt.Errorf("transfer: %w (%v)", ctx.Err(), err)
@@ -146,6 +148,9 @@ type receiver struct {
 	got     atomic.Int64 // files written
 	bytes   atomic.Int64 // content bytes received
 	resumed atomic.Int64
+
+	dirsMu sync.Mutex
+	dirs   map[string]*os.Root // see at
 }
 
 // filePlan is what the receiver asks for one file.
@@ -289,6 +294,12 @@ func (r *receiver) plan() (Incoming, error) {
 			// Its parent will be a new directory: nothing is there. (And
 			// the thing there now may be a symlink leading out.)
 			err = fs.ErrNotExist
+		} else if e.Type == TypeFile {
+			var dr *os.Root
+			var base string
+			if dr, base, err = r.at(e.Path); err == nil {
+				st, err = dr.Lstat(base)
+			}
 		} else {
 			st, err = r.root.Lstat(native(e.Path))
 		}
@@ -313,7 +324,7 @@ func (r *receiver) plan() (Incoming, error) {
 			}
 		case TypeFile:
 			if exists && st.Mode().IsRegular() && st.Size() == e.Size {
-				h, _, err := hashOpen(r.root, e.Path, e.Size)
+				h, _, err := r.hashOpen(e.Path, e.Size)
 				if err == nil && sumOf(h) == e.Hash {
 					in.Complete++
 					in.OnDisk += e.Size
@@ -348,28 +359,70 @@ func (r *receiver) plan() (Incoming, error) {
 // file no longer than e is resumed after its content (hashed here).
 // Anything else at that name is removed.
 func (r *receiver) partial(e Entry) (int64, *blake3.Hasher) {
-	part := native(partName(e.Path))
-	st, err := r.root.Lstat(part)
+	dr, part, err := r.at(partName(e.Path))
+	if err != nil {
+		return 0, nil
+	}
+	st, err := dr.Lstat(part)
 	if err != nil {
 		return 0, nil
 	}
 	if !st.Mode().IsRegular() || st.Size() > e.Size {
-		r.root.Remove(part)
+		dr.Remove(part)
 		return 0, nil
 	}
 	if st.Size() == 0 {
 		return 0, nil
 	}
-	h, n, err := hashOpen(r.root, partName(e.Path), st.Size())
+	h, n, err := r.hashOpen(partName(e.Path), st.Size())
 	if err != nil || n != st.Size() {
 		return 0, nil
 	}
 	return n, h
 }
 
-// hashOpen hashes the first n bytes of the file at p under root.
-func hashOpen(root *os.Root, p string, n int64) (*blake3.Hasher, int64, error) {
-	f, err := root.Open(native(p))
+// at returns the os.Root of p's directory (opened once, then cached) and
+// p's last element, so that file operations resolve one name: os.Root
+// walks every element of a path with system calls of its own.
+func (r *receiver) at(p string) (*os.Root, string, error) {
+	dir, base := path.Split(p)
+	if dir == "" {
+		return r.root, base, nil
+	}
+	dir = dir[:len(dir)-1]
+	r.dirsMu.Lock()
+	defer r.dirsMu.Unlock()
+	if d := r.dirs[dir]; d != nil {
+		return d, base, nil
+	}
+	d, err := r.root.OpenRoot(native(dir))
+	if err != nil {
+		return nil, "", rootErr(p, err)
+	}
+	if r.dirs == nil {
+		r.dirs = map[string]*os.Root{}
+	}
+	r.dirs[dir] = d
+	return d, base, nil
+}
+
+// closeDirs closes the cached directory roots.
+func (r *receiver) closeDirs() {
+	r.dirsMu.Lock()
+	defer r.dirsMu.Unlock()
+	for _, d := range r.dirs {
+		d.Close()
+	}
+	r.dirs = nil
+}
+
+// hashOpen hashes the first n bytes of the file at p.
+func (r *receiver) hashOpen(p string, n int64) (*blake3.Hasher, int64, error) {
+	dr, base, err := r.at(p)
+	if err != nil {
+		return nil, 0, err
+	}
+	f, err := dr.Open(base)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -442,7 +495,11 @@ func (r *receiver) file(h fileHeader, br *bufio.Reader, buf []byte) error {
 	if (h.offset != 0 && h.offset != p.want.Offset) || h.length != e.Size-h.offset {
 		return fmt.Errorf("%w: record for %q at %d+%d, size %d", ErrProtocol, e.Path, h.offset, h.length, e.Size)
 	}
-	part := native(partName(e.Path))
+	dr, part, err := r.at(partName(e.Path))
+	if err != nil {
+		return err
+	}
+	final := path.Base(e.Path)
 	hasher := p.prefix
 	flags := os.O_WRONLY | os.O_CREATE
 	if h.offset == 0 {
@@ -453,7 +510,7 @@ func (r *receiver) file(h fileHeader, br *bufio.Reader, buf []byte) error {
 			r.resumed.Add(-p.want.Offset)
 		}
 	}
-	f, err := r.root.OpenFile(part, flags, 0o600)
+	f, err := dr.OpenFile(part, flags, 0o600)
 	if err != nil {
 		return rootErr(e.Path, err)
 	}
@@ -489,7 +546,7 @@ func (r *receiver) file(h fileHeader, br *bufio.Reader, buf []byte) error {
 	}
 	if got := sumOf(hasher); got != e.Hash {
 		f.Close()
-		r.root.Remove(part)
+		dr.Remove(part)
 		return fmt.Errorf("%w: %q: got %s, the manifest says %s", ErrHashMismatch, e.Path, got, e.Hash)
 	}
 	if r.cfg.Sync {
@@ -504,9 +561,9 @@ func (r *receiver) file(h fileHeader, br *bufio.Reader, buf []byte) error {
 		return err
 	}
 	if !e.ModTime.IsZero() {
-		r.root.Chtimes(part, time.Time{}, e.ModTime)
+		dr.Chtimes(part, time.Time{}, e.ModTime)
 	}
-	if err := r.root.Rename(part, native(e.Path)); err != nil {
+	if err := dr.Rename(part, final); err != nil {
 		return rootErr(e.Path, err)
 	}
 	r.got.Add(1)

@@ -347,8 +347,10 @@ func TestLabSupernodeKilled(t *testing.T) {
 //
 //   - supernode: two peers behind symmetric NATs, through a volunteer on
 //     an open host (its node's socket, relay.Server forwarding);
+//
 //   - relay: two other peers behind the same symmetric NATs, without the
 //     supernode rung, through the hosted relay of the server;
+//
 //   - direct: two peers on open hosts, directly.
 //
 //     go test -run '^$' -bench BenchmarkLabSupernode -benchtime 2x .

@@ -162,7 +162,11 @@ func runRecv(args []string) error {
 		ev.emit(map[string]any{"event": "error", "error": err.Error()})
 		return err
 	}
-	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": sess.RemoteAddr().String(), "remote": tk.Peer.String()})
+	connected := map[string]any{"event": "connected", "strategy": sess.Strategy(), "remote": tk.Peer.String()}
+	if p := sess.RemoteAddr(); p.IsValid() { // a relayed session has no peer address
+		connected["path"] = p.String()
+	}
+	ev.emit(connected)
 	out := newProgressOut(pf.jsonOut, "recv")
 	res, err := transfer.ReceiveSession(ctx, sess, tk.ID, transfer.ReceiveConfig{
 		Dir: *outDir, Force: *force, MaxSize: limit, Streams: *streams,

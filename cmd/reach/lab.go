@@ -24,6 +24,7 @@ const labUsage = `usage:
                                 the connectivity matrix: every pair of kinds (and
                                 symmetric+upnp) dialled both ways in one lab; writes
                                 matrix.md, matrix.json and matrix.png to DIR
+                                (--from matrix.json: render an earlier run again)
   reach lab down                remove every lab namespace (leftovers of crashed runs)
 kinds: %s
 Needs root.`

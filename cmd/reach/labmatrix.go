@@ -25,11 +25,15 @@ func labMatrix(ctx context.Context, args []string) error {
 	size := fs.Int("size", 4<<20, "bytes sent on one stream per dial to measure throughput (0: none)")
 	timeout := fs.Duration("timeout", time.Hour, "give up after this long (what was measured is still written)")
 	verbose := fs.Bool("v", false, "log every attempt and the nodes' warnings to stderr")
+	from := fs.String("from", "", "render a matrix.json written earlier into --out instead of measuring (no lab, no root)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
 		return fmt.Errorf("lab matrix takes no arguments, got %q", fs.Args())
+	}
+	if *from != "" {
+		return renderMatrix(*from, *out)
 	}
 	cfg := matrix.Config{Runs: *runs, Size: *size, Delay: *delay}
 	if *delay == 0 {
@@ -90,6 +94,24 @@ func labMatrix(ctx context.Context, args []string) error {
 	return nil
 }
 
+// renderMatrix writes the report files of a result read from a JSON file.
+func renderMatrix(from, out string) error {
+	f, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	res, err := matrix.ReadJSON(f)
+	if err != nil {
+		return err
+	}
+	if err := res.WriteFiles(out); err != nil {
+		return err
+	}
+	fmt.Print(res.Markdown())
+	return nil
+}
+
 // gitCommit names the checkout's commit, if the command runs in one.
 func gitCommit() string {
 	b, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
@@ -102,4 +124,3 @@ func gitCommit() string {
 	}
 	return c
 }
-

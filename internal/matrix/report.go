@@ -50,9 +50,21 @@ func (r *Result) WriteJSON(w io.Writer) error {
 	return enc.Encode(r)
 }
 
+// ReadJSON reads a result WriteJSON wrote, e.g. to render it again.
+func ReadJSON(r io.Reader) (*Result, error) {
+	var res Result
+	if err := json.NewDecoder(r).Decode(&res); err != nil {
+		return nil, fmt.Errorf("matrix: reading a result: %w", err)
+	}
+	return &res, nil
+}
+
 // StrategySummary is the connect time of the directions one strategy won.
 type StrategySummary struct {
-	Strategy   string
+	Strategy string
+	// Label is Strategy, with the dialler's link for the relay
+	// ("relay (tls)"): the link decides how soon the relay joins.
+	Label      string
 	Directions int
 	// RTTs: the median, lowest and highest of the directions' median
 	// connect times in round trips; MS the same in milliseconds.
@@ -67,12 +79,17 @@ type StrategySummary struct {
 func (r *Result) ByStrategy() []StrategySummary {
 	groups := map[string][]Direction{}
 	for _, d := range r.Directions {
-		if d.Strategy != "" {
-			groups[d.Strategy] = append(groups[d.Strategy], d)
+		if d.Strategy == "" {
+			continue
 		}
+		label := d.Strategy
+		if l := relayLinks(d); d.Strategy == Relay && l != "" {
+			label += " (" + l + ")"
+		}
+		groups[label] = append(groups[label], d)
 	}
 	var out []StrategySummary
-	for s, ds := range groups {
+	for label, ds := range groups {
 		var rtts, mss, mbps []float64
 		for _, d := range ds {
 			rtts = append(rtts, d.ConnectRTTs)
@@ -82,13 +99,18 @@ func (r *Result) ByStrategy() []StrategySummary {
 			}
 		}
 		out = append(out, StrategySummary{
-			Strategy: s, Directions: len(ds),
+			Strategy: ds[0].Strategy, Label: label, Directions: len(ds),
 			RTTs: round(median(rtts)), RTTsMin: slices.Min(rtts), RTTsMax: slices.Max(rtts),
 			MS: round(median(mss)), MSMin: slices.Min(mss), MSMax: slices.Max(mss),
 			Mbps: round(median(mbps)),
 		})
 	}
-	sort.Slice(out, func(i, j int) bool { return rank(out[i].Strategy) < rank(out[j].Strategy) })
+	sort.Slice(out, func(i, j int) bool {
+		if ri, rj := rank(out[i].Strategy), rank(out[j].Strategy); ri != rj {
+			return ri < rj
+		}
+		return out[i].Label < out[j].Label
+	})
 	return out
 }
 
@@ -138,13 +160,13 @@ func (r *Result) Markdown() string {
 		}
 		p("\n")
 	}
-	p("\n✗: no attempt connected; ⚠: worse than possible, a failure or a forwarded path where the peers could have their own; △: another peer-to-peer rung won than the best one (same kind of path); ~: mixed outcomes. Reasons below.\n\n")
+	p("\n✗: no attempt connected; ⚠: worse than possible, a failure or a forwarded path where the peers could have their own; △: a peer-to-peer rung other than the best one won (the same kind of path); ~: mixed outcomes. Reasons below.\n\n")
 
 	p("### Connect time by winning strategy\n\n")
 	p("Dial → first echoed byte, median over the directions each strategy won (their own medians), in round trips of the path (measured by pings on the session) and in ms; range in brackets.\n\n")
-	p("| strategy | directions | round trips | ms | one stream, Mbit/s |\n|---|---|---|---|---|\n")
+	p("| strategy (dialler's relay link) | directions | round trips | ms | one stream, Mbit/s |\n|---|---|---|---|---|\n")
 	for _, s := range r.ByStrategy() {
-		p("| %s | %d | **%.1f** [%.1f–%.1f] | %.0f [%.0f–%.0f] | %.0f |\n", s.Strategy, s.Directions,
+		p("| %s | %d | **%.1f** [%.1f–%.1f] | %.0f [%.0f–%.0f] | %.0f |\n", s.Label, s.Directions,
 			s.RTTs, s.RTTsMin, s.RTTsMax, s.MS, s.MSMin, s.MSMax, s.Mbps)
 	}
 

@@ -22,10 +22,14 @@ func (w tlog) Write(p []byte) (int, error) {
 
 // TestLabMatrixShort is the CI variant of the matrix: ShortPairs, one
 // dial per direction, 20 ms on every access link. Every direction must
-// connect with the best strategy possible for it, except those the
-// matrix flags with a known reason (proxy-only cells while nodes have no
-// proxy option). The rendered table, JSON and heatmap go to the test log
-// and, with REACH_MATRIX_OUT set, to that folder.
+// connect, and none may take a worse kind of path than possible (a
+// forwarder where the peers could have their own path), except where the
+// matrix knows the reason (proxy-only cells while nodes had no proxy
+// option). Another peer-to-peer rung than the best (SeverityRung: e.g.
+// holepunch's optimistic dial beating direct to an open peer by a few
+// milliseconds on a busy machine, the same path) is logged, not failed;
+// docs/matrix.md tracks it. The table goes to the test log and, with
+// REACH_MATRIX_OUT set, the three files to that folder.
 func TestLabMatrixShort(t *testing.T) {
 	lab := natlab.NewT(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -49,6 +53,8 @@ func TestLabMatrixShort(t *testing.T) {
 			t.Logf("%s -> %s: not connected, known reason: %s", d.Dialer, d.Listener, d.Reason)
 		case d.Connected < len(d.Attempts):
 			t.Errorf("%s -> %s: %d of %d connected: %s", d.Dialer, d.Listener, d.Connected, len(d.Attempts), d.Reason)
+		case d.Severity == SeverityRung:
+			t.Logf("%s -> %s: another peer-to-peer rung won: %s", d.Dialer, d.Listener, d.Reason)
 		case d.Worse:
 			t.Errorf("%s -> %s: worse than possible: %s", d.Dialer, d.Listener, d.Reason)
 		}

@@ -82,9 +82,6 @@ func Run(ctx context.Context, lab *natlab.Lab, cfg Config) (*Result, error) {
 	}
 	sort.SliceStable(res.Kinds, func(i, j int) bool { return kindIndex(res.Kinds[i]) < kindIndex(res.Kinds[j]) })
 	res.Notes = append(res.Notes, r.notes...)
-	if !proxySupported {
-		res.Notes = append(res.Notes, noProxyNote)
-	}
 	cfg.Logger.Info("matrix topology up", "pairs", len(cfg.Pairs), "runs", cfg.Runs, "delay", cfg.Delay, "setup", time.Since(start).Round(time.Millisecond))
 	for _, p := range cfg.Pairs {
 		a, b := r.sites[p.A][0], r.sites[p.B][0]
@@ -493,9 +490,6 @@ func summarise(d *Direction) {
 	if len(worse) > 0 {
 		why = append(why, "won by "+strings.Join(worse, ", ")+", best is "+d.Best)
 	}
-	if k := knownReason(*d); k != "" {
-		why = append(why, k)
-	}
 	d.Worse = len(fails) > 0 || len(worse) > 0
 	d.Reason = strings.Join(why, "; ")
 	switch {
@@ -504,17 +498,6 @@ func summarise(d *Direction) {
 	case d.Worse:
 		d.Severity = SeverityRung
 	}
-}
-
-// knownReason explains a flagged direction when the cause is known.
-func knownReason(d Direction) string {
-	if d.Connected == len(d.Attempts) {
-		return ""
-	}
-	if !proxySupported && (d.Dialer.Base() == natlab.Kind(natlab.ProxyOnly) || d.Listener.Base() == natlab.Kind(natlab.ProxyOnly)) {
-		return noProxyNote
-	}
-	return ""
 }
 
 // shortErr keeps the first line of an error, at most 200 bytes.

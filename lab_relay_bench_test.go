@@ -38,7 +38,7 @@ func BenchmarkLabRelay(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	rs, _ := startRelayServer(b, srv, relay.ServerConfig{Logger: quietLogger(b)})
+	rs, rl := startRelayServer(b, srv, relay.ServerConfig{Logger: quietLogger(b)})
 	syma, symb := benchSite(b, l, "rsa", natlab.Kind(natlab.Symmetric)), benchSite(b, l, "rsb", natlab.Kind(natlab.Symmetric))
 	corp := benchSite(b, l, "rcorp", natlab.Kind(natlab.UDPBlocked))
 	cfg := reach.Config{Servers: []string{rs.ConnectString()}, Logger: quietLogger(b), DisablePortMapping: true, UpgradeInterval: -1}
@@ -62,7 +62,7 @@ func BenchmarkLabRelay(b *testing.B) {
 		from      *reach.Node
 		transport string
 	}{{"udp-link", na, "udp"}, {"tls-link", nc, "tls"}} {
-		dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+		dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Second)
 		sess, err := p.from.DialSession(dctx, nb.ID())
 		dcancel()
 		if err != nil {
@@ -76,13 +76,14 @@ func BenchmarkLabRelay(b *testing.B) {
 			for range b.N {
 				copyN(b, sess, got, relayBenchBytes)
 			}
+			logRelayStats(b, sess, rl)
 		})
 	}
 	b.Run("udp-blocked-connect", func(b *testing.B) {
 		var total time.Duration
 		for range b.N {
 			n := reachlab.NewNode(b, corp.Host, cfg)
-			dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+			dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Second)
 			start := time.Now()
 			sess, err := n.DialSession(dctx, nb.ID())
 			el := time.Since(start)
@@ -128,5 +129,20 @@ func copyN(b *testing.B, sess *stream.Session, got <-chan copyResult, size int) 
 	}
 	if r.err != nil || r.n != int64(size) {
 		b.Fatalf("received %d bytes (want %d): %v", r.n, size, r.err)
+	}
+}
+
+// logRelayStats logs what explains a relayed session's throughput: its
+// QUIC losses and congestion window, and the relay's drops.
+func logRelayStats(b *testing.B, sess *stream.Session, rl *relay.Server) {
+	b.Helper()
+	if qc := sess.QUIC(); qc != nil {
+		cs := qc.ConnectionStats()
+		b.Logf("session: sent %d packets, lost %d (%.2f%%), cwnd %d, srtt %v", cs.PacketsSent, cs.PacketsLost,
+			100*float64(cs.PacketsLost)/float64(max(cs.PacketsSent, 1)), cs.CongestionWindow, cs.SmoothedRTT)
+	}
+	if rl != nil {
+		st := rl.Stats()
+		b.Logf("relay: forwarded %d packets, dropped %d", st.Packets, st.Drops)
 	}
 }

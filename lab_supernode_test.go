@@ -362,7 +362,7 @@ func BenchmarkLabSupernode(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	rs, _ := startRelayServer(b, srv, relay.ServerConfig{Logger: quietLogger(b)})
+	rs, rl := startRelayServer(b, srv, relay.ServerConfig{Logger: quietLogger(b)})
 	cs := rs.ConnectString()
 	vh := benchSite(b, l, "vol", natlab.Open).Host
 	syma, symb := benchSite(b, l, "bsa", natlab.Kind(natlab.Symmetric)), benchSite(b, l, "bsb", natlab.Kind(natlab.Symmetric))
@@ -412,7 +412,7 @@ func BenchmarkLabSupernode(b *testing.B) {
 				got <- drain(st)
 			}
 		}()
-		dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+		dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Second)
 		sess, err := na.DialSession(dctx, nb.ID())
 		dcancel()
 		if err != nil {
@@ -425,6 +425,14 @@ func BenchmarkLabSupernode(b *testing.B) {
 			b.SetBytes(relayBenchBytes)
 			for range b.N {
 				copyN(b, sess, got, relayBenchBytes)
+			}
+			switch p.want {
+			case reach.StrategyRelay:
+				logRelayStats(b, sess, rl)
+			case reach.StrategySupernode:
+				logRelayStats(b, sess, nil)
+				st := vol.Supernode()
+				b.Logf("volunteer: forwarded %d bytes, dropped %d packets", st.Bytes, st.Drops)
 			}
 		})
 	}

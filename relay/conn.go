@@ -43,7 +43,7 @@ type PacketConn struct {
 
 type inPacket struct {
 	from identity.PeerID
-	b    []byte
+	b    []byte // from getBuf; ReadFrom returns it to the pool
 }
 
 // inQueue is how many received packets may wait for ReadFrom; more are
@@ -55,9 +55,14 @@ func newPacketConn(c *Client) *PacketConn {
 }
 
 func (pc *PacketConn) deliver(from identity.PeerID, b []byte) {
+	if len(b) > MaxPayload {
+		return
+	}
+	buf := append(getBuf(), b...)
 	select {
-	case pc.in <- inPacket{from, append([]byte(nil), b...)}:
+	case pc.in <- inPacket{from, buf}:
 	default: // full: drop, like a socket buffer
+		putBuf(buf)
 	}
 }
 
@@ -79,7 +84,9 @@ func (pc *PacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		}
 		select {
 		case p := <-pc.in:
-			return copy(b, p.b), Addr{p.from}, nil
+			n := copy(b, p.b)
+			putBuf(p.b)
+			return n, Addr{p.from}, nil
 		case <-pc.closed:
 			return 0, nil, net.ErrClosed
 		case <-timeout:

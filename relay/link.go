@@ -124,9 +124,12 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 	}
 	l := &link{transport: "udp", h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: st,
 		sendPacket: func(peer identity.PeerID, pkt []byte) error {
-			b := make([]byte, 0, identityLen+len(pkt))
-			b = append(append(b, peer[:]...), pkt...)
-			return qc.SendDatagram(b)
+			// SendDatagram copies the datagram, so the buffer goes back
+			// to the pool at once.
+			b := append(append(getBuf(), peer[:]...), pkt...)
+			err := qc.SendDatagram(b)
+			putBuf(b)
+			return err
 		},
 		closeTransport: func() { st.Close(); qc.CloseWithError(0, "") },
 	}
@@ -214,10 +217,9 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 		_, err := tc.Write(b)
 		return err
 	}
+	co := newCoalescer(write)
 	l := &link{transport: transport, h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: writerFunc(write),
-		sendPacket: func(peer identity.PeerID, pkt []byte) error {
-			return write(appendFrame(make([]byte, 0, frameHeader+identityLen+len(pkt)), framePacket, peer[:], pkt))
-		},
+		sendPacket:     co.send,
 		closeTransport: func() { tc.Close() },
 	}
 	stop := context.AfterFunc(ctx, func() { tc.SetReadDeadline(time.Now()) })
@@ -231,7 +233,86 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 	}
 	go l.readControl(tc, tc.SetReadDeadline)
 	go l.pingLoop(write)
+	go co.run(l)
 	return l, nil
+}
+
+// coalescer queues the packet frames of a byte-stream link and writes
+// them from one goroutine, as many per write as have queued meanwhile
+// (up to maxCoalesce bytes): one TLS record and one syscall for many
+// packets instead of one each.
+type coalescer struct {
+	write func([]byte) error
+	wake  chan struct{}
+
+	mu   sync.Mutex
+	room *sync.Cond // signalled when buf was taken or err set
+	buf  []byte
+	err  error
+}
+
+func newCoalescer(write func([]byte) error) *coalescer {
+	c := &coalescer{write: write, wake: make(chan struct{}, 1)}
+	c.room = sync.NewCond(&c.mu)
+	return c
+}
+
+// send queues a packet frame; it blocks while maxCoalesce bytes wait.
+func (c *coalescer) send(peer identity.PeerID, pkt []byte) error {
+	c.mu.Lock()
+	for c.err == nil && len(c.buf) >= maxCoalesce {
+		c.room.Wait()
+	}
+	if err := c.err; err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	c.buf = appendFrame(c.buf, framePacket, peer[:], pkt)
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// run writes what is queued until l ends or a write fails (which ends l).
+func (c *coalescer) run(l *link) {
+	var out []byte
+	for {
+		select {
+		case <-c.wake:
+		case <-l.done:
+			c.stop(l.err)
+			return
+		}
+		c.mu.Lock()
+		out, c.buf = c.buf, out[:0]
+		c.room.Broadcast()
+		c.mu.Unlock()
+		if len(out) == 0 {
+			continue
+		}
+		if err := c.write(out); err != nil {
+			c.stop(err)
+			l.fail(err)
+			return
+		}
+		if cap(out) > 4*maxCoalesce {
+			out = nil // after a large frame (cannot happen) or burst
+		}
+	}
+}
+
+func (c *coalescer) stop(err error) {
+	if err == nil {
+		err = ErrClosed
+	}
+	c.mu.Lock()
+	c.err = err
+	c.buf = nil
+	c.room.Broadcast()
+	c.mu.Unlock()
 }
 
 type writerFunc func([]byte) error

@@ -211,6 +211,10 @@ type peerLink struct {
 	// write sends one queued message; buf has frameHeader bytes of room
 	// in front of the peer key and payload.
 	write func(buf []byte) error
+	// writeBatch, if set, sends several queued messages at once (byte
+	// stream links: one write instead of one per packet); nil: write
+	// each.
+	writeBatch func(bufs [][]byte) error
 	// fail closes the link with an ERROR code (0: quietly).
 	fail func(code byte, reason string)
 
@@ -340,6 +344,26 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 			}
 			return write(buf)
 		}}
+	// The write loop coalesces what is queued into writes of up to
+	// maxCoalesce bytes: one TLS record and one syscall for many packets.
+	var out []byte
+	p.writeBatch = func(bufs [][]byte) error {
+		for _, b := range bufs {
+			if len(out) > 0 && len(out)+len(b) > maxCoalesce {
+				if err := write(out); err != nil {
+					return err
+				}
+				out = out[:0]
+			}
+			out = append(out, b...)
+		}
+		if len(out) == 0 {
+			return nil
+		}
+		err := write(out)
+		out = out[:0]
+		return err
+	}
 	tc.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if !s.hello(ctx, p, tc) {
 		return
@@ -520,9 +544,9 @@ func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 	}
 	src.out[dst] = now
 	src.omu.Unlock()
-	buf := make([]byte, 0, frameHeader+identityLen+len(pkt))
-	buf = appendFrame(buf, framePacket, src.id[:], pkt)
+	buf := appendFrame(getBuf(), framePacket, src.id[:], pkt) // writeLoop returns it to the pool
 	if !to.enqueue(buf) {
+		putBuf(buf)
 		s.m.drop("queue_full")
 		return
 	}
@@ -549,6 +573,9 @@ func (p *peerLink) notice(dst identity.PeerID, code byte, now time.Time) {
 	p.omu.Unlock()
 	p.enqueue(appendFrame(nil, frameNotice, dst[:], []byte{code}))
 }
+
+// maxCoalesce is the most a byte-stream link's write loop writes at once.
+const maxCoalesce = 64 << 10
 
 // enqueue queues a message for p's link; false if the queue is full.
 func (p *peerLink) enqueue(buf []byte) bool {
@@ -581,11 +608,22 @@ func (p *peerLink) writeLoop(ctx context.Context) {
 			p.queue = nil // let an idle peer's queue shrink
 		}
 		p.qmu.Unlock()
-		for i, b := range batch {
-			if err := p.write(b); err != nil {
+		if p.writeBatch != nil {
+			if err := p.writeBatch(batch); err != nil {
 				p.fail(0, "")
 				return
 			}
+		}
+		for i, b := range batch {
+			if p.writeBatch == nil {
+				if err := p.write(b); err != nil {
+					p.fail(0, "")
+					return
+				}
+			}
+			// Written (copied by SendDatagram or into a TLS record): a
+			// pooled packet buffer can be used again.
+			putBuf(b)
 			batch[i] = nil
 		}
 		if cap(batch) > 64 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/reachp2p/reach/identity"
 )
@@ -179,4 +180,24 @@ func appendFrame(b []byte, typ byte, parts ...[]byte) []byte {
 		b = append(b, p...)
 	}
 	return b
+}
+
+// bufSize is the size of pooled packet buffers: a packet frame, the
+// largest message that is sent or received per packet.
+const bufSize = frameHeader + maxFrameBody
+
+// bufPool recycles the per-packet buffers of links, the packet connection
+// and the server's forwarding, so that relaying allocates nothing per
+// packet.
+var bufPool = sync.Pool{New: func() any { return new([bufSize]byte) }}
+
+// getBuf returns an empty slice of a pooled buffer of bufSize bytes.
+func getBuf() []byte { return bufPool.Get().(*[bufSize]byte)[:0] }
+
+// putBuf returns b's buffer to the pool, if it came from getBuf. b must
+// not be used afterwards.
+func putBuf(b []byte) {
+	if cap(b) == bufSize {
+		bufPool.Put((*[bufSize]byte)(b[:bufSize]))
+	}
 }

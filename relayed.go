@@ -86,6 +86,14 @@ func (n *Node) startRelay() error {
 	c, err := relay.NewClient(relay.ClientConfig{
 		Key: n.key, Socket: n.sock.Transport(), DialTCP: n.serverDialTCP(), Dialers: n.relayDialers(),
 		Token: n.cfg.RelayToken, Logger: n.log,
+		Prefer: func() string {
+			// Registered over TCP: UDP is likely blocked, so do not make
+			// the relay link wait for a UDP attempt to time out first.
+			if n.client != nil && !n.Observed().IsValid() {
+				return "tls"
+			}
+			return ""
+		},
 	})
 	if err != nil {
 		return err

@@ -135,8 +135,17 @@ func (s *Strategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream.Se
 	// address now saves the round trip of a check when it is. If it is
 	// not, the packets are dropped and the checks go on as usual (a
 	// validated address gets a dial of its own).
+	// A reflexive address that is also one of the peer's own addresses
+	// (an open host) is what direct dials: leave it to direct, so the
+	// rung that wins says what made the path.
+	own := map[netip.AddrPort]bool{}
 	for _, c := range a.Remote.Candidates {
-		if c.Kind == rendezvous.Reflexive && c.Addr.IsValid() {
+		if c.Kind == rendezvous.Host {
+			own[c.Addr] = true
+		}
+	}
+	for _, c := range a.Remote.Candidates {
+		if c.Kind == rendezvous.Reflexive && c.Addr.IsValid() && !own[c.Addr] {
 			dial(c.Addr)
 		}
 	}

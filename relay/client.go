@@ -39,6 +39,10 @@ type ClientConfig struct {
 	// DialTimeout bounds one link attempt, all transports together.
 	// Zero: 5s.
 	DialTimeout time.Duration
+	// Prefer names the transport to try first when none has worked yet
+	// (e.g. "tls" when the node's UDP looks blocked); it is called for
+	// every link. Nil or "": the Dialers' order.
+	Prefer func() string
 	// Logger receives the client's logs. Nil: discard.
 	Logger *slog.Logger
 }
@@ -235,6 +239,9 @@ func (c *Client) race(ctx context.Context, sa rendezvous.ServerAddr) (Link, erro
 	c.mu.Lock()
 	pref := c.preferred
 	c.mu.Unlock()
+	if pref == "" && c.cfg.Prefer != nil {
+		pref = c.cfg.Prefer()
+	}
 	dialers := append([]LinkDialer(nil), c.cfg.Dialers...)
 	for i, d := range dialers {
 		if d.Transport() == pref && i > 0 {

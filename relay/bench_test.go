@@ -22,7 +22,7 @@ import (
 
 // BenchmarkRelayIdleMemory: the relay server's memory per idle connected
 // peer, for each link transport. The peers run in a child process (this
-// test binary, TestIdleClientsHelper), so the figure is the server's alone:
+// test binary, see TestMain), so the figure is the server's alone:
 // heap and goroutine stacks in use after a GC, with the peers connected
 // minus before, divided by their number. Tailscale's DERP needs about
 // 15 KB per idle peer.
@@ -35,7 +35,7 @@ func BenchmarkRelayIdleMemory(b *testing.B) {
 			for range b.N {
 				rs, rl := startServer(b, relay.ServerConfig{ConnRate: -1, Logger: quiet()})
 				before := inUse()
-				child := exec.Command(os.Args[0], "-test.run=^TestIdleClientsHelper$", "-test.v")
+				child := exec.Command(os.Args[0], "-test.run=^$")
 				child.Env = append(os.Environ(), "RELAY_IDLE_CS="+rs.ConnectString(),
 					"RELAY_IDLE_N="+strconv.Itoa(peers), "RELAY_IDLE_TRANSPORT="+transport)
 				stdin, _ := child.StdinPipe()
@@ -87,25 +87,21 @@ func inUse() uint64 {
 	return m.HeapInuse + m.StackInuse
 }
 
-// TestIdleClientsHelper is BenchmarkRelayIdleMemory's child process: it
+// idleClientsChild is BenchmarkRelayIdleMemory's child process: it
 // links RELAY_IDLE_N peers to the relay, says so, and holds them until
 // stdin closes.
-func TestIdleClientsHelper(t *testing.T) {
-	cs := os.Getenv("RELAY_IDLE_CS")
-	if cs == "" {
-		t.Skip("child process of BenchmarkRelayIdleMemory")
-	}
+func idleClientsChild(cs string) error {
 	n, _ := strconv.Atoi(os.Getenv("RELAY_IDLE_N"))
 	sa, err := rendezvous.ParseServerAddr(cs)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	var dialer relay.LinkDialer = relay.TLSDialer{}
 	var tr *quic.Transport
 	if os.Getenv("RELAY_IDLE_TRANSPORT") == "udp" {
 		uc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		tr = &quic.Transport{Conn: uc}
 		defer tr.Close()
@@ -121,18 +117,19 @@ func TestIdleClientsHelper(t *testing.T) {
 		k, _ := identity.GenerateKey()
 		c, err := relay.NewClient(relay.ClientConfig{Key: k, Dialers: []relay.LinkDialer{dialer}})
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		clients = append(clients, c)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_, err = c.Connect(ctx, sa)
 		cancel()
 		if err != nil {
-			t.Fatalf("client %d: %v", i, err)
+			return fmt.Errorf("client %d: %v", i, err)
 		}
 	}
 	fmt.Println("idle clients ready")
 	bufio.NewReader(os.Stdin).ReadString('\n')
+	return nil
 }
 
 func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }

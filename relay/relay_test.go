@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -22,7 +23,17 @@ import (
 	"github.com/reachp2p/reach/stream"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// The test binary doubles as BenchmarkRelayIdleMemory's child process.
+	if cs := os.Getenv("RELAY_IDLE_CS"); cs != "" {
+		if err := idleClientsChild(cs); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
 
 type testWriter struct{ t testing.TB }
 

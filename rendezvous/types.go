@@ -55,3 +55,18 @@ type PeerInfo struct {
 	// Supernode candidates to the offer it forwards and to the answer.
 	WantSupernodes bool `json:"want_supernodes,omitempty"`
 }
+
+// Addrs returns the distinct usable addresses (valid, non-zero port) of
+// the candidates of kind k, in the order given.
+func (p PeerInfo) Addrs(k CandidateKind) []netip.AddrPort {
+	var out []netip.AddrPort
+	seen := map[netip.AddrPort]bool{}
+	for _, c := range p.Candidates {
+		if c.Kind != k || !c.Addr.IsValid() || c.Addr.Port() == 0 || seen[c.Addr] {
+			continue
+		}
+		seen[c.Addr] = true
+		out = append(out, c.Addr)
+	}
+	return out
+}

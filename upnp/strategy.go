@@ -36,16 +36,7 @@ func (Strategy) Name() string { return Name }
 
 // Targets returns the peer's mapped addresses, in the order given.
 func Targets(remote rendezvous.PeerInfo) []netip.AddrPort {
-	var out []netip.AddrPort
-	seen := map[netip.AddrPort]bool{}
-	for _, c := range remote.Candidates {
-		if c.Kind != rendezvous.Mapped || !c.Addr.IsValid() || c.Addr.Port() == 0 || seen[c.Addr] {
-			continue
-		}
-		seen[c.Addr] = true
-		out = append(out, c.Addr)
-	}
-	return out
+	return remote.Addrs(rendezvous.Mapped)
 }
 
 // Connect implements strategy.Strategy.

@@ -147,8 +147,11 @@ type Config struct {
 	RelayDialers []relay.LinkDialer
 	// RelayDelay is how long after a dial starts the relay rung joins the
 	// race while the rungs before it are still trying (at once if they
-	// have all failed). Zero: DefaultRelayDelay (1s); 250ms when either
-	// side registered over TCP, as UDP is then likely blocked.
+	// have all failed). Zero: twice the time the introduction took plus
+	// 150ms, at least 400ms and at most DefaultRelayDelay (1s): the
+	// peer-to-peer rungs finish within about two round trips when they can
+	// work at all; 250ms when either side registered over TCP, as UDP is
+	// then likely blocked. A value set here is used as it is.
 	RelayDelay time.Duration
 	// UpgradeInterval is the first pause between background attempts to
 	// find a better path for a relayed session (the first attempt starts

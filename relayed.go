@@ -28,6 +28,12 @@ const (
 	// blockedRelayDelay replaces it when one side's UDP looks blocked
 	// (it registered over TCP): then only a LAN path could beat the relay.
 	blockedRelayDelay = 250 * time.Millisecond
+	// adaptiveSlack is added to twice the introduction's duration to make
+	// the default relay delay (see relayDelay).
+	adaptiveSlack = 150 * time.Millisecond
+	// adaptiveFloor is the least the adaptive delay waits, so that a busy
+	// machine's slow hole punch is not overtaken on a fast path.
+	adaptiveFloor = 400 * time.Millisecond
 	// DefaultUpgradeInterval is the first pause between background
 	// attempts to replace a relayed session by a better path.
 	DefaultUpgradeInterval = 30 * time.Second
@@ -173,10 +179,21 @@ func isRelayed(strategyName string) bool {
 
 // relayDelay is the relay rung's delay for a dial whose peer answered
 // remote.
-func (n *Node) relayDelay(remote rendezvous.PeerInfo) time.Duration {
+//
+// With the default delay, the wait adapts to the path: intro is how long
+// the introduction took (offer to the server, on to the peer, answer back:
+// each access link crossed twice, like a round trip between the peers).
+// The peer-to-peer rungs finish within about two such round trips when
+// they can work at all, so the forwarding rungs join after
+// 2*intro + adaptiveSlack, never sooner than adaptiveFloor nor later than
+// DefaultRelayDelay.
+func (n *Node) relayDelay(remote rendezvous.PeerInfo, intro time.Duration) time.Duration {
 	d := n.cfg.RelayDelay
 	if d <= 0 {
 		d = DefaultRelayDelay
+		if intro > 0 {
+			d = min(d, max(2*intro+adaptiveSlack, adaptiveFloor))
+		}
 	}
 	remoteUDP := false
 	for _, c := range remote.Candidates {

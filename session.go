@@ -66,17 +66,19 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, ladde
 			defer early.Close()
 		}
 	}
+	introStart := time.Now()
 	answer, err := n.client.Connect(ctx, peer, offer)
 	if err != nil {
 		return nil, "", fmt.Errorf("reach: introduction to %s: %w", peer.Short(), err)
 	}
+	intro := time.Since(introStart)
 	offer.Peer = n.ID()
 	a := &strategy.Attempt{
 		Key: n.key, Peer: peer, Socket: n.sock,
 		Local: offer, Remote: answer,
 		Session: n.cfg.Session, Logger: n.log,
 	}
-	sess, name, err := strategy.Race(ctx, a, withRelayDelay(withoutIdleSupernode(n.ladderFor(answer, ladder), answer), n.relayDelay(answer)))
+	sess, name, err := strategy.Race(ctx, a, withRelayDelay(withoutIdleSupernode(n.ladderFor(answer, ladder), answer), n.relayDelay(answer, intro)))
 	if err != nil {
 		return nil, "", fmt.Errorf("reach: dial %s: %w", peer.Short(), err)
 	}

@@ -132,9 +132,17 @@ func TestImpairDelay(t *testing.T) {
 		// the forwarder's scheduling on shared cores).
 		// With jitter the median is a sample's: allow a quarter of the
 		// jitter below (its standard error here is about a tenth).
+		// Load on the shared cores only ever adds delay, so the delay the
+		// wire delivers is read off a low quantile (p10: within 5 ms of
+		// what was asked), and the median gets room for the load (+15 ms).
 		lo := tc.want - tc.down.Jitter/4
-		if med < lo || med > tc.want+5*time.Millisecond {
-			t.Errorf("%s: median RTT %v, want within [%v, %v]", tc.name, med, lo, tc.want+5*time.Millisecond)
+		if tc.down.Jitter == 0 {
+			if p10 := quantile(rtts, .10); p10 < tc.want || p10 > tc.want+5*time.Millisecond {
+				t.Errorf("%s: p10 RTT %v, want within [%v, %v]", tc.name, p10, tc.want, tc.want+5*time.Millisecond)
+			}
+		}
+		if med < lo || med > tc.want+15*time.Millisecond {
+			t.Errorf("%s: median RTT %v, want within [%v, %v]", tc.name, med, lo, tc.want+15*time.Millisecond)
 		}
 		if j := tc.down.Jitter; j > 0 {
 			lo, hi := quantile(rtts, .05), quantile(rtts, .95)
@@ -409,8 +417,10 @@ func TestImpairClassification(t *testing.T) {
 		rtts := pingUDP(t, h, netip.AddrPortFrom(a.Addr(), 7), 40, 5*time.Millisecond)
 		med := quantile(rtts, .5)
 		t.Logf("%s: median RTT through the NAT %v (asked 2×(15+5) ms)", tc.nat, med)
-		if len(rtts) < 38 || med < 40*time.Millisecond || med > 50*time.Millisecond {
-			t.Errorf("%s: %d/40 replies, median %v, want about 40 ms", tc.nat, len(rtts), med)
+		// p10 reads the delay the wires deliver (load only adds to it);
+		// the median gets room for a loaded machine.
+		if p10 := quantile(rtts, .10); len(rtts) < 38 || p10 < 40*time.Millisecond || p10 > 46*time.Millisecond || med > 60*time.Millisecond {
+			t.Errorf("%s: %d/40 replies, p10 %v, median %v, want about 40 ms", tc.nat, len(rtts), p10, med)
 		}
 		got, err := Classify(h, a, b, c)
 		if err != nil {

@@ -226,6 +226,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.PunchLinger <= 0 {
 		cfg.PunchLinger = 15 * time.Second
 	}
+	if cfg.InterfaceAddrs == nil {
+		cfg.InterfaceAddrs = net.InterfaceAddrs
+	}
 	if cfg.AcceptQueue <= 0 {
 		cfg.AcceptQueue = 64
 	}
@@ -398,11 +401,7 @@ func (n *Node) hostCandidates() []rendezvous.Candidate {
 	if !la.Addr().IsUnspecified() {
 		return []rendezvous.Candidate{{Addr: la, Kind: rendezvous.Host}}
 	}
-	list := n.cfg.InterfaceAddrs
-	if list == nil {
-		list = net.InterfaceAddrs
-	}
-	addrs, err := list()
+	addrs, err := n.cfg.InterfaceAddrs()
 	if err != nil {
 		n.log.Warn("listing interface addresses", "err", err)
 	}

@@ -105,13 +105,7 @@ func TestLabRelayProxyOnly(t *testing.T) {
 			if err := <-echoed; err != nil {
 				t.Fatal(err)
 			}
-			sess.CloseWithError(0, "done")
-			for deadline := time.Now().Add(5 * time.Second); len(dir.to.Sessions())+len(dir.from.Sessions()) > 0; {
-				if time.Now().After(deadline) {
-					t.Fatal("relayed session still open 5s after close")
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			closeAndWaitGone(t, sess, dir.to, dir.from)
 		})
 	}
 	if tr := nc.RelayTransport(); tr != "tls" && tr != "ws" {

@@ -12,6 +12,7 @@ import (
 	"github.com/reachp2p/reach/internal/reachlab"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
+	"github.com/reachp2p/reach/stream"
 )
 
 // relayPayload is what TestLabRelaySymmetric moves each way, as the issue
@@ -210,13 +211,7 @@ func TestLabRelayUDPBlocked(t *testing.T) {
 			}
 			// End the session on both sides, so the other direction
 			// dials afresh instead of reusing it.
-			sess.CloseWithError(0, "done")
-			for deadline := time.Now().Add(5 * time.Second); len(dir.to.Sessions())+len(dir.from.Sessions()) > 0; {
-				if time.Now().After(deadline) {
-					t.Fatal("relayed session still open 5s after close")
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			closeAndWaitGone(t, sess, dir.to, dir.from)
 		})
 	}
 	if nc.RelayTransport() != "tls" || ns.RelayTransport() != "udp" {
@@ -224,5 +219,25 @@ func TestLabRelayUDPBlocked(t *testing.T) {
 	}
 	if p := rs.ServerAddr().TCPPort; p != 443 {
 		t.Errorf("TLS port %d, want 443 (the only TCP port besides 80 the firewall lets out)", p)
+	}
+}
+
+// closeAndWaitGone closes sess and waits (5s at most) until none of nodes
+// has a session left, so that the next dial starts afresh instead of
+// reusing it.
+func closeAndWaitGone(t *testing.T, sess *stream.Session, nodes ...*reach.Node) {
+	t.Helper()
+	sess.CloseWithError(0, "done")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		open := 0
+		for _, n := range nodes {
+			open += len(n.Sessions())
+		}
+		if open == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("relayed session still open 5s after close")
+		}
 	}
 }

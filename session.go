@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"net"
 	"net/netip"
 	"time"
 
@@ -266,11 +265,7 @@ func (n *Node) ladderFor(remote rendezvous.PeerInfo, ladder []strategy.Entry) []
 
 // localPrefixes lists the networks of the node's interfaces.
 func (n *Node) localPrefixes() []netip.Prefix {
-	list := n.cfg.InterfaceAddrs
-	if list == nil {
-		list = net.InterfaceAddrs
-	}
-	addrs, _ := list()
+	addrs, _ := n.cfg.InterfaceAddrs()
 	var out []netip.Prefix
 	for _, a := range addrs {
 		if p, err := netip.ParsePrefix(a.String()); err == nil {

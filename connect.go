@@ -4,20 +4,22 @@
 // A Node owns one UDP socket, registers its peer ID with one or more
 // rendezvous servers, and offers Dial (a stream to a peer), DialSession
 // (the session, to open and accept more streams) and Accept (incoming
-// streams). Dial races the connectivity strategies of the ladder (direct,
-// then a port mapping the peer's gateway granted, then hole punching) and
-// keeps the first session whose TLS 1.3 handshake proved the dialled key.
-// Unless Config.DisablePortMapping is set, a node asks its gateway (UPnP
-// IGD, NAT-PMP, PCP) to forward a port to its socket while it runs; see
-// Node.PortMapping.
+// streams). Dial races the rungs of the connectivity ladder (direct, a
+// port mapping the peer's gateway granted, hole punching, a volunteer
+// supernode, TURN, the hosted relay) and keeps the first session whose
+// TLS 1.3 handshake proved the dialled key. Node.Status reports what each
+// rung knows (port mapping, relay link, supernode, TURN).
 //
 //	node, err := reach.New(ctx, reach.Config{Key: key, Servers: []string{cs}})
 //	conn, err := node.Dial(ctx, peerID)
 //
 // On the other side:
 //
-//	conn, err := node.Accept()
+//	conn, err := node.Accept(ctx)
 //	fmt.Println("stream from", conn.RemoteAddr()) // the remote peer ID
+//
+// This package is the API; the rungs live in their own folders and the
+// ladder's order in internal/ladder (see docs/architecture.md).
 package reach
 
 import (
@@ -26,27 +28,29 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
 	"sync"
 	"time"
 
-	"github.com/reachp2p/reach/direct"
-	"github.com/reachp2p/reach/holepunch"
+	"github.com/quic-go/quic-go"
+
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/ladder"
+	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/internal/sock"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
-	"github.com/reachp2p/reach/strategy"
 	"github.com/reachp2p/reach/stream"
-	"github.com/reachp2p/reach/supernode"
 	"github.com/reachp2p/reach/upnp"
 )
 
 // Named errors. Errors from the rendezvous server (rendezvous.ErrUnknownPeer,
 // rendezvous.ErrPeerOffline, rendezvous.ErrNoServer), from TLS pinning
-// (identity.ErrWrongPeer) and from the race (*strategy.RaceError) come back
+// (identity.ErrWrongPeer) and from the race (*RaceError) come back
 // wrapped; test them with errors.Is / errors.As.
 var (
 	// ErrClosed: the node has been closed.
@@ -55,20 +59,24 @@ var (
 	ErrNoServers = errors.New("reach: no rendezvous server configured")
 	// ErrUnknownStrategy: Config.Strategies names a strategy that does not
 	// exist.
-	ErrUnknownStrategy = errors.New("reach: unknown strategy")
+	ErrUnknownStrategy = ladder.ErrUnknown
 	// ErrSelfDial: a node dialled its own peer ID.
 	ErrSelfDial = errors.New("reach: dialling own peer ID")
 )
 
-// Strategy names, in ladder order.
+// Strategy names (Config.Strategies, Session.Strategy), in ladder order.
+// Strategies lists them.
 const (
 	StrategyDirect    = "direct"
 	StrategyUPnP      = "upnp"
 	StrategyHolepunch = "holepunch"
+	StrategySupernode = "supernode"
+	StrategyTURN      = "turn"
+	StrategyRelay     = "relay"
 )
 
-// DefaultStrategies is the ladder used when Config.Strategies is empty.
-var DefaultStrategies = []string{StrategyDirect, StrategyUPnP, StrategyHolepunch, StrategySupernode, StrategyRelay}
+// Strategies returns the names of the ladder's rungs, in order.
+func Strategies() []string { return ladder.Names() }
 
 // Config configures a Node. The zero value is usable for a node that only
 // accepts direct connections; set Servers to find peers by ID.
@@ -83,11 +91,14 @@ type Config struct {
 	// ListenAddr is the local UDP address of the node's one socket. Zero:
 	// all interfaces (IPv4 and IPv6), a random port.
 	ListenAddr netip.AddrPort
-	// Strategies restricts and orders the ladder, by name (StrategyDirect,
-	// StrategyHolepunch). Empty: DefaultStrategies.
+	// Strategies restricts the ladder of this node's dials, by name
+	// (StrategyDirect, StrategyHolepunch, ...; Strategies lists them all);
+	// the ladder's order stays. It does not change what the node does for
+	// peers that dial it. Empty: every rung.
 	Strategies []string
-	// HeadStart is how long a strategy runs alone before the next one in
-	// the ladder starts (a failure starts the next at once). Zero: 20ms.
+	// HeadStart is how long a rung runs alone before the next one in the
+	// ladder starts, for rungs whose own head start is not longer (a
+	// failure starts the next at once). Zero: 20ms.
 	HeadStart time.Duration
 	// PunchLinger is how long the listening side keeps sending punch
 	// packets after an introduction. Zero: 15s.
@@ -133,8 +144,8 @@ type Config struct {
 	DisablePortMapping bool
 	// PortMapping tunes the port mapper (protocols, lease, check and
 	// retry intervals). The node fills in Port, the socket hooks and the
-	// Logger. Zero: upnp.Config's defaults.
-	PortMapping upnp.Config
+	// Logger. Zero: PortMappingConfig's defaults.
+	PortMapping PortMappingConfig
 	// RelayToken returns the token for relays that require one
 	// (relay.NewToken, from the relay operator); it is called for every
 	// link to a relay. Nil: no token.
@@ -145,13 +156,13 @@ type Config struct {
 	// Proxy). Nil: UDP from the node's socket, then TLS over TCP, then
 	// WebSocket over HTTPS (through Proxy, if any).
 	RelayDialers []relay.LinkDialer
-	// RelayDelay is how long after a dial starts the relay rung joins the
-	// race while the rungs before it are still trying (at once if they
-	// have all failed). Zero: twice the time the introduction took plus
-	// 150ms, at least 400ms and at most DefaultRelayDelay (1s): the
-	// peer-to-peer rungs finish within about two round trips when they can
-	// work at all; 250ms when either side registered over TCP, as UDP is
-	// then likely blocked. A value set here is used as it is.
+	// RelayDelay is how long after a dial starts the forwarding rungs
+	// (supernode, TURN, relay) join the race while the rungs before them
+	// are still trying (at once if they have all failed). Zero: twice the
+	// time the introduction took plus 150ms, at least 400ms and at most
+	// DefaultRelayDelay (1s): the peer-to-peer rungs finish within about
+	// two round trips when they can work at all. At most 250ms when either
+	// side registered over TCP, as UDP is then likely blocked.
 	RelayDelay time.Duration
 	// UpgradeInterval is the first pause between background attempts to
 	// find a better path for a relayed session (the first attempt starts
@@ -163,7 +174,7 @@ type Config struct {
 	// on the first that grants one (in the background from New, released
 	// on Close) and advertises it, and the StrategyTURN rung, right before
 	// StrategyRelay, runs the session between the two peers' allocations.
-	// Nil: no TURN.
+	// Nil: no TURN (the rung sits out).
 	TURN []TURNServer
 	// OnPathEvent is called (from the node's goroutines; it must not
 	// block) when a session goes through the relay and when the node
@@ -172,30 +183,24 @@ type Config struct {
 	OnPathEvent func(PathEvent)
 	// Supernode makes the node volunteer as a supernode for peers that
 	// cannot punch through, with limits (pairs at once, bandwidth, whom
-	// for); see package supernode and Node.Supernode. Zero: it does not
+	// for); see Node.Status and WaitSupernode. Zero: it does not
 	// volunteer (it still uses volunteers: StrategySupernode).
-	Supernode supernode.Config
+	Supernode SupernodeConfig
 	// Logger receives the node's logs. Nil: discard.
 	Logger *slog.Logger
 }
 
-// Node is one peer: a key, a UDP socket, rendezvous registrations, and
-// the sessions to other peers. Its methods are safe for concurrent use.
+// Node is one peer: a key, a UDP socket, rendezvous registrations, the
+// rungs of the ladder, and the sessions to other peers. Its methods are
+// safe for concurrent use.
 type Node struct {
-	cfg      Config
-	key      *identity.Key
-	log      *slog.Logger
-	sock     *sock.Socket
-	ln       *stream.Listener
-	client   *rendezvous.Client // nil without servers
-	punch    *holepunch.Manager
-	relay    *relayState          // nil without servers
-	snVol    *supernode.Volunteer // nil unless Config.Supernode.Enable
-	snPool   *supernode.Pool      // links to volunteers; nil without servers
-	turn     *turnState           // nil without Config.TURN
-	mapper   *upnp.Mapper         // nil with DisablePortMapping
-	ladder   []strategy.Entry
-	loopback bool // advertise loopback candidates (server on loopback)
+	cfg    Config
+	key    *identity.Key
+	log    *slog.Logger
+	sock   *sock.Socket
+	ln     *stream.Listener
+	client *rendezvous.Client // nil without servers
+	ladder *ladder.Ladder
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -207,8 +212,9 @@ type Node struct {
 	closed   bool
 }
 
-// New starts a node: it opens the UDP socket and registers with the first
-// rendezvous server that answers. ctx bounds only this setup.
+// New starts a node: it opens the UDP socket, starts the rungs and
+// registers with the first rendezvous server that answers. ctx bounds only
+// this setup.
 func New(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -220,12 +226,6 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		}
 		cfg.Key = k
 	}
-	if cfg.HeadStart <= 0 {
-		cfg.HeadStart = 20 * time.Millisecond
-	}
-	if cfg.PunchLinger <= 0 {
-		cfg.PunchLinger = 15 * time.Second
-	}
 	if cfg.InterfaceAddrs == nil {
 		cfg.InterfaceAddrs = net.InterfaceAddrs
 	}
@@ -236,80 +236,111 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		cfg.Session.Logger = cfg.Logger
 	}
 	var servers []rendezvous.ServerAddr
+	local := cfg.ListenAddr.Addr().IsLoopback()
 	for _, s := range cfg.Servers {
 		sa, err := rendezvous.ParseServerAddr(s)
 		if err != nil {
 			return nil, err
 		}
 		servers = append(servers, sa)
+		if ip, err := netip.ParseAddr(sa.Host); err == nil && ip.IsLoopback() {
+			local = true
+		}
 	}
 	n := &Node{cfg: cfg, key: cfg.Key, log: cfg.Logger.With("node", cfg.Key.ID().Short()),
 		accept: make(chan *stream.Stream, cfg.AcceptQueue), sessions: map[identity.PeerID][]*stream.Session{}}
-	for _, sa := range servers {
-		if ip, err := netip.ParseAddr(sa.Host); err == nil && ip.IsLoopback() {
-			n.loopback = true
-		}
-	}
 	var err error
-	if n.ladder, err = n.buildLadder(cfg.Strategies); err != nil {
-		return nil, err
-	}
 	n.sock, err = sock.Listen(sock.Config{Addr: cfg.ListenAddr, Logger: n.log})
 	if err != nil {
 		return nil, err
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.punch = holepunch.NewManager(n.sock, n.log)
-	n.ln, err = n.listen()
+	n.ladder, err = ladder.Build(n.host(len(servers) > 0, local), n.ladderOptions(), cfg.Strategies)
 	if err != nil {
+		n.sock.Close()
+		return nil, err
+	}
+	if err := n.start(ctx, servers); err != nil {
 		n.Close()
 		return nil, err
 	}
+	n.log.Debug("node up", "id", n.key.ID(), "addr", n.sock.LocalAddr())
+	return n, nil
+}
+
+// start brings the node up once its rungs exist: the listener (with the
+// rungs' protocols), the rungs, the registration, then the rungs' last
+// wait.
+func (n *Node) start(ctx context.Context, servers []rendezvous.ServerAddr) error {
+	handlers := map[string]func(*quic.Conn){}
+	for _, r := range n.ladder.All {
+		maps.Copy(handlers, r.Handlers())
+	}
+	var err error
+	n.ln, err = stream.ListenWith(n.sock.Transport(), n.key, n.cfg.Session, handlers)
+	if err != nil {
+		return err
+	}
 	n.goRun(n.acceptSessions)
-	mapStart := time.Now()
-	if !cfg.DisablePortMapping && !n.loopback && !cfg.ListenAddr.Addr().IsLoopback() {
-		if err := n.startMapper(); err != nil {
-			n.Close()
-			return nil, err
+	if len(servers) > 0 {
+		cc := rendezvous.ClientConfig{
+			Key: n.key, Servers: servers, Transport: n.sock.Transport(),
+			ForceTCP: n.cfg.ForceTCPSignalling, DialTCP: n.serverDialTCP(), WebSocket: n.cfg.WebSocketSignalling,
+			Candidates: n.candidates, Logger: n.log,
+		}
+		for _, r := range n.ladder.All {
+			r.Signalling(&cc)
+		}
+		if n.client, err = rendezvous.NewClient(cc); err != nil {
+			return err
 		}
 	}
-	if len(servers) > 0 {
-		n.client, err = rendezvous.NewClient(rendezvous.ClientConfig{
-			Key: n.key, Servers: servers, Transport: n.sock.Transport(),
-			ForceTCP: cfg.ForceTCPSignalling, DialTCP: n.serverDialTCP(), WebSocket: cfg.WebSocketSignalling,
-			Candidates: n.candidates, Logger: n.log,
-			Volunteer: n.volunteerOffer(), OnVolunteer: n.volunteerVerdict,
-		})
-		if err != nil {
-			n.Close()
-			return nil, err
+	for _, r := range n.ladder.All {
+		if err := r.Start(ctx); err != nil {
+			return fmt.Errorf("reach: starting %s: %w", r.Name(), err)
 		}
-		if err := n.startRelay(); err != nil {
-			n.Close()
-			return nil, err
-		}
-		n.startTURN()
-		if err := n.startSupernodePool(); err != nil {
-			n.Close()
-			return nil, err
-		}
+	}
+	if n.client != nil {
 		if err := n.client.Start(ctx); err != nil {
-			n.Close()
-			return nil, err
+			return err
 		}
 		n.goRun(n.serveIntroductions)
 	}
-	if n.mapper != nil {
-		// A PCP or NAT-PMP gateway on the LAN answers in milliseconds,
-		// usually while the node registers; don't hold New up for one
-		// that is slow or absent (the mapping is advertised whenever it
-		// arrives: candidates are listed for every introduction).
-		wctx, cancel := context.WithDeadline(ctx, mapStart.Add(mapperWait))
-		n.mapper.Wait(wctx)
-		cancel()
+	for _, r := range n.ladder.All {
+		r.Ready(ctx)
 	}
-	n.log.Debug("node up", "id", n.key.ID(), "addr", n.sock.LocalAddr())
-	return n, nil
+	return nil
+}
+
+// host is what the node lends its rungs.
+func (n *Node) host(signalling, local bool) *rung.Host {
+	return &rung.Host{
+		Key: n.key, Socket: n.sock, Session: n.cfg.Session, Logger: n.log,
+		Context: n.ctx, Go: n.goRun,
+		Signalling: signalling, Local: local,
+		InterfaceAddrs: n.cfg.InterfaceAddrs, ListenPacket: n.cfg.ListenPacket,
+		DialTCP: n.cfg.DialTCP, DialServer: n.serverDialTCP(),
+		Server: func() rendezvous.ServerAddr {
+			if n.client == nil {
+				return rendezvous.ServerAddr{}
+			}
+			return n.client.Current()
+		},
+		Observed: n.Observed,
+		Accepted: n.accepted,
+		Event:    n.event,
+	}
+}
+
+// ladderOptions are the Config fields the rungs read.
+func (n *Node) ladderOptions() ladder.Options {
+	return ladder.Options{
+		HeadStart: n.cfg.HeadStart, PunchLinger: n.cfg.PunchLinger,
+		PortMapping: upnp.RungConfig{Disable: n.cfg.DisablePortMapping, Mapper: n.cfg.PortMapping},
+		Relay:       relay.RungConfig{Token: n.cfg.RelayToken, Dialers: n.cfg.RelayDialers},
+		TURN:        n.cfg.TURN,
+		Supernode:   n.cfg.Supernode,
+	}
 }
 
 func (n *Node) goRun(f func()) {
@@ -320,44 +351,8 @@ func (n *Node) goRun(f func()) {
 	}()
 }
 
-// buildLadder turns strategy names into the race's explicit list.
-func (n *Node) buildLadder(names []string) ([]strategy.Entry, error) {
-	if len(names) == 0 {
-		names = DefaultStrategies
-		if len(n.cfg.TURN) > 0 {
-			names = []string{StrategyDirect, StrategyUPnP, StrategyHolepunch, StrategySupernode, StrategyTURN, StrategyRelay}
-		}
-	}
-	var out []strategy.Entry
-	for _, name := range names {
-		var s strategy.Strategy
-		switch name {
-		case StrategyDirect:
-			s = direct.Strategy{}
-		case StrategyUPnP:
-			out = append(out, strategy.Entry{Strategy: upnp.Strategy{}, HeadStart: max(n.cfg.HeadStart, upnp.HeadStart)})
-			continue
-		case StrategyHolepunch:
-			s = &holepunch.Strategy{Manager: func() *holepunch.Manager { return n.punch }}
-		case StrategyRelay:
-			out = append(out, n.relayEntry())
-			continue
-		case StrategyTURN:
-			out = append(out, strategy.Entry{Strategy: turnStrategy{n}, HeadStart: turnHeadStart})
-			continue
-		case StrategySupernode:
-			out = append(out, n.supernodeEntry())
-			continue
-		default:
-			return nil, fmt.Errorf("%w: %q (known: %s, %s, %s, %s, %s, %s)", ErrUnknownStrategy, name, StrategyDirect, StrategyUPnP, StrategyHolepunch, StrategySupernode, StrategyTURN, StrategyRelay)
-		}
-		out = append(out, strategy.Entry{Strategy: s, HeadStart: n.cfg.HeadStart})
-	}
-	return out, nil
-}
-
 // ID returns the node's peer ID.
-func (n *Node) ID() identity.PeerID { return n.key.ID() }
+func (n *Node) ID() PeerID { return n.key.ID() }
 
 // LocalAddr returns the node's UDP socket address.
 func (n *Node) LocalAddr() netip.AddrPort { return n.sock.LocalAddr() }
@@ -383,32 +378,18 @@ func (n *Node) Server() string {
 	return ""
 }
 
-// candidates are the node's own addresses, advertised in offers and
-// answers (the server adds the reflexive one), and the port mapping its
-// gateway granted, if any.
-func (n *Node) candidates() []rendezvous.Candidate {
-	c := n.hostCandidates()
-	if n.mapper != nil {
-		if ext, ok := n.mapper.External(); ok {
-			c = append(c, rendezvous.Candidate{Addr: ext, Kind: rendezvous.Mapped})
-		}
+// candidates are the node's addresses, advertised in offers and answers
+// (the server adds the reflexive one): what each rung advertises.
+func (n *Node) candidates() []candidate.Candidate {
+	var out []candidate.Candidate
+	for _, r := range n.ladder.All {
+		out = append(out, r.Candidates()...)
 	}
-	return append(c, n.turnCandidates()...)
+	return out
 }
 
-func (n *Node) hostCandidates() []rendezvous.Candidate {
-	la := n.sock.LocalAddr()
-	if !la.Addr().IsUnspecified() {
-		return []rendezvous.Candidate{{Addr: la, Kind: rendezvous.Host}}
-	}
-	addrs, err := n.cfg.InterfaceAddrs()
-	if err != nil {
-		n.log.Warn("listing interface addresses", "err", err)
-	}
-	return hostCandidates(addrs, la.Port(), n.loopback, la.Addr().Is6())
-}
-
-// Close closes every session, the registrations and the socket.
+// Close closes every session, the rungs (releasing port mappings,
+// allocations and links), the registrations and the socket.
 func (n *Node) Close() error {
 	n.mu.Lock()
 	if n.closed {
@@ -430,30 +411,23 @@ func (n *Node) Close() error {
 	if n.client != nil {
 		n.client.Close()
 	}
-	n.closeRelay()
-	n.closeTURN()
-	n.closeSupernodes()
-	if n.mapper != nil {
-		n.mapper.Close() // deletes the mapping at the gateway
+	if n.ladder != nil {
+		for _, r := range n.ladder.All {
+			r.Close()
+		}
 	}
 	if n.ln != nil {
 		n.ln.Close()
-	}
-	if n.punch != nil {
-		n.punch.Close()
 	}
 	err := n.sock.Close()
 	n.wg.Wait()
 	return err
 }
 
-// Accept waits for the next incoming stream from any peer. The stream's
-// RemoteAddr().String() is the remote peer ID. It returns ErrClosed after
-// Close.
-func (n *Node) Accept() (net.Conn, error) { return n.AcceptContext(context.Background()) }
-
-// AcceptContext is Accept bounded by ctx.
-func (n *Node) AcceptContext(ctx context.Context) (*stream.Stream, error) {
+// Accept waits for the next incoming stream from any peer, bounded by
+// ctx. The stream's RemoteAddr().String() is the remote peer ID. It
+// returns ErrClosed after Close.
+func (n *Node) Accept(ctx context.Context) (*Stream, error) {
 	select {
 	case s := <-n.accept:
 		return s, nil
@@ -469,18 +443,14 @@ func (n *Node) Listener() net.Listener { return nodeListener{n} }
 
 type nodeListener struct{ n *Node }
 
-func (l nodeListener) Accept() (net.Conn, error) { return l.n.Accept() }
+func (l nodeListener) Accept() (net.Conn, error) { return l.n.Accept(context.Background()) }
 func (l nodeListener) Close() error              { return l.n.Close() }
 func (l nodeListener) Addr() net.Addr            { return stream.Addr{Peer: l.n.ID(), Path: l.n.LocalAddr()} }
 
 // Dial connects to peer and opens a stream. ctx bounds the setup only, as
 // with net.Dialer: cancelling it later does not affect the stream.
-func (n *Node) Dial(ctx context.Context, peer string) (net.Conn, error) {
-	id, err := identity.ParsePeerID(peer)
-	if err != nil {
-		return nil, err
-	}
-	sess, err := n.DialSession(ctx, id)
+func (n *Node) Dial(ctx context.Context, peer PeerID) (*Stream, error) {
+	sess, err := n.DialSession(ctx, peer)
 	if err != nil {
 		return nil, err
 	}
@@ -490,7 +460,7 @@ func (n *Node) Dial(ctx context.Context, peer string) (net.Conn, error) {
 // Dial connects to peer with a node made for this call from a fresh key
 // and the given servers, and returns a stream. The node is closed when the
 // stream is closed. For more than a one-off, make a Node.
-func Dial(ctx context.Context, peer string, servers ...string) (net.Conn, error) {
+func Dial(ctx context.Context, peer PeerID, servers ...string) (net.Conn, error) {
 	n, err := New(ctx, Config{Servers: servers})
 	if err != nil {
 		return nil, err
@@ -513,43 +483,4 @@ func (c *ownedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { c.n.Close() })
 	return err
-}
-
-// mapperWait bounds how long New waits for the port mapper's first
-// outcome, counted from the mapper's start (it runs while the node
-// registers with its server).
-const mapperWait = 100 * time.Millisecond
-
-// startMapper starts the port mapper on the node's UDP port, with the
-// node's socket hooks.
-func (n *Node) startMapper() error {
-	mc := n.cfg.PortMapping
-	mc.Port = n.sock.LocalAddr().Port()
-	if mc.InterfaceAddrs == nil {
-		mc.InterfaceAddrs = n.cfg.InterfaceAddrs
-	}
-	if mc.ListenPacket == nil {
-		mc.ListenPacket = n.cfg.ListenPacket
-	}
-	if mc.DialContext == nil {
-		mc.DialContext = n.cfg.DialTCP
-	}
-	if mc.Logger == nil {
-		mc.Logger = n.log
-	}
-	var err error
-	n.mapper, err = upnp.Start(mc)
-	return err
-}
-
-// PortMapping reports the port mapper's state: the protocol the gateway
-// speaks, the mapped public address (advertised as a "mapped" candidate)
-// and its lease, or why there is none (Status.Err: upnp.ErrNoGateway,
-// upnp.ErrPrivateExternal, a gateway's refusal). The zero Status with
-// DisablePortMapping.
-func (n *Node) PortMapping() upnp.Status {
-	if n.mapper == nil {
-		return upnp.Status{}
-	}
-	return n.mapper.Status()
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/natlab"
@@ -86,7 +87,7 @@ func BenchmarkLabThroughput(b *testing.B) {
 		got := make(chan copyResult, 1)
 		go func() {
 			for {
-				st, err := nb.AcceptContext(runCtx)
+				st, err := nb.Accept(runCtx)
 				if err != nil {
 					return
 				}
@@ -199,7 +200,7 @@ func BenchmarkLabConnect(b *testing.B) {
 			b.StartTimer()
 
 			start := time.Now()
-			c, err := na.Dial(ctx, nb.ID().String())
+			c, err := na.Dial(ctx, nb.ID())
 			if err == nil {
 				err = echoByte(c)
 			}
@@ -210,7 +211,7 @@ func BenchmarkLabConnect(b *testing.B) {
 			if err != nil {
 				b.Fatalf("dial and echo: %v", err)
 			}
-			if s := c.(*stream.Stream).Session(); s.Strategy() != reach.StrategyHolepunch {
+			if s := c.Session(); s.Strategy() != reach.StrategyHolepunch {
 				b.Fatalf("strategy %s, want holepunch", s.Strategy())
 			}
 			total += el

@@ -23,7 +23,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/holepunch"
+	"github.com/reachp2p/reach/internal/holepunch"
 	"github.com/reachp2p/reach/internal/natlab"
 	"github.com/reachp2p/reach/internal/reachlab"
 )

@@ -215,7 +215,7 @@ func transfer(sess *stream.Session) error {
 func echoAll(n *reach.Node) {
 	go func() {
 		for {
-			c, err := n.Accept()
+			c, err := n.Accept(context.Background())
 			if err != nil {
 				return
 			}
@@ -223,7 +223,7 @@ func echoAll(n *reach.Node) {
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(time.Minute))
 				if _, err := io.Copy(c, c); err == nil {
-					c.(*stream.Stream).CloseWrite()
+					c.CloseWrite()
 				}
 			}()
 		}

@@ -90,7 +90,7 @@ func TestLabRelayProxyOnly(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("%s: %s after %v; proxied node's relay link: %s", dir.name, sess.Strategy(), time.Since(start), nc.RelayTransport())
+			t.Logf("%s: %s after %v; proxied node's relay link: %s", dir.name, sess.Strategy(), time.Since(start), nc.Status().RelayTransport)
 			if sess.Strategy() != reach.StrategyRelay {
 				t.Fatalf("strategy %q, want relay", sess.Strategy())
 			}
@@ -108,7 +108,7 @@ func TestLabRelayProxyOnly(t *testing.T) {
 			closeAndWaitGone(t, sess, dir.to, dir.from)
 		})
 	}
-	if tr := nc.RelayTransport(); tr != "tls" && tr != "ws" {
+	if tr := nc.Status().RelayTransport; tr != "tls" && tr != "ws" {
 		t.Errorf("proxied node's relay link %q, want tls or ws", tr)
 	}
 	// A proxy that would pass only HTTP: signalling and the relay link in
@@ -124,9 +124,9 @@ func TestLabRelayProxyOnly(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("websocket node: %s, relay link %s", sess.Strategy(), nw.RelayTransport())
-		if sess.Strategy() != reach.StrategyRelay || nw.RelayTransport() != "ws" {
-			t.Fatalf("strategy %q over %q, want relay over ws", sess.Strategy(), nw.RelayTransport())
+		t.Logf("websocket node: %s, relay link %s", sess.Strategy(), nw.Status().RelayTransport)
+		if sess.Strategy() != reach.StrategyRelay || nw.Status().RelayTransport != "ws" {
+			t.Fatalf("strategy %q over %q, want relay over ws", sess.Strategy(), nw.Status().RelayTransport)
 		}
 		c, err := sess.OpenStream(ctx)
 		if err != nil {

@@ -50,7 +50,7 @@ func BenchmarkLabRelay(b *testing.B) {
 	got := make(chan copyResult, 1)
 	go func() {
 		for {
-			st, err := nb.AcceptContext(runCtx)
+			st, err := nb.Accept(runCtx)
 			if err != nil {
 				return
 			}
@@ -68,8 +68,8 @@ func BenchmarkLabRelay(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if sess.Strategy() != reach.StrategyRelay || p.from.RelayTransport() != p.transport {
-			b.Fatalf("%s: strategy %s over %q", p.name, sess.Strategy(), p.from.RelayTransport())
+		if sess.Strategy() != reach.StrategyRelay || p.from.Status().RelayTransport != p.transport {
+			b.Fatalf("%s: strategy %s over %q", p.name, sess.Strategy(), p.from.Status().RelayTransport)
 		}
 		b.Run(p.name, func(b *testing.B) {
 			b.SetBytes(relayBenchBytes)
@@ -91,8 +91,8 @@ func BenchmarkLabRelay(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if sess.Strategy() != reach.StrategyRelay || n.RelayTransport() != "tls" {
-				b.Fatalf("strategy %s over %q", sess.Strategy(), n.RelayTransport())
+			if sess.Strategy() != reach.StrategyRelay || n.Status().RelayTransport != "tls" {
+				b.Fatalf("strategy %s over %q", sess.Strategy(), n.Status().RelayTransport)
 			}
 			total += el
 			n.Close()

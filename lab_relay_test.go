@@ -118,9 +118,9 @@ func TestLabRelaySymmetric(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("symmetric <-> symmetric: %s after %v, relay link over %s", sess.Strategy(), time.Since(start), na.RelayTransport())
-	if sess.Strategy() != reach.StrategyRelay || na.RelayTransport() != "udp" || nb.RelayTransport() != "udp" {
-		t.Fatalf("strategy %q, links %q/%q; want relay over udp", sess.Strategy(), na.RelayTransport(), nb.RelayTransport())
+	t.Logf("symmetric <-> symmetric: %s after %v, relay link over %s", sess.Strategy(), time.Since(start), na.Status().RelayTransport)
+	if sess.Strategy() != reach.StrategyRelay || na.Status().RelayTransport != "udp" || nb.Status().RelayTransport != "udp" {
+		t.Fatalf("strategy %q, links %q/%q; want relay over udp", sess.Strategy(), na.Status().RelayTransport, nb.Status().RelayTransport)
 	}
 	ev.wait(t, reach.PathRelayed, time.Second)
 	ev.wait(t, reach.PathUpgradeAttempt, 5*time.Second)
@@ -214,8 +214,8 @@ func TestLabRelayUDPBlocked(t *testing.T) {
 			closeAndWaitGone(t, sess, dir.to, dir.from)
 		})
 	}
-	if nc.RelayTransport() != "tls" || ns.RelayTransport() != "udp" {
-		t.Errorf("relay links: blocked %q, symmetric %q; want tls and udp", nc.RelayTransport(), ns.RelayTransport())
+	if nc.Status().RelayTransport != "tls" || ns.Status().RelayTransport != "udp" {
+		t.Errorf("relay links: blocked %q, symmetric %q; want tls and udp", nc.Status().RelayTransport, ns.Status().RelayTransport)
 	}
 	if p := rs.ServerAddr().TCPPort; p != 443 {
 		t.Errorf("TLS port %d, want 443 (the only TCP port besides 80 the firewall lets out)", p)

@@ -8,11 +8,11 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/holepunch"
+	"github.com/reachp2p/reach/internal/holepunch"
 	"github.com/reachp2p/reach/internal/natlab"
 	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/rendezvous"
-	"github.com/reachp2p/reach/strategy"
 	"github.com/reachp2p/reach/stream"
 )
 
@@ -58,7 +58,7 @@ func TestLabSignallingOverTCP(t *testing.T) {
 	defer dcancel()
 	start = time.Now()
 	_, err = no.DialSession(dctx, nc.ID())
-	var re *strategy.RaceError
+	var re *rung.RaceError
 	if !errors.As(err, &re) {
 		t.Fatalf("dial: %v; want the introduction to succeed and the race to fail", err)
 	}

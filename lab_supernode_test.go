@@ -124,7 +124,7 @@ func snDialEcho(t *testing.T, a, b *reach.Node, size int) *stream.Session {
 // bytes forwarded.
 func checkServes(t *testing.T, vol *reach.Node, bytes uint64, peers ...identity.PeerID) {
 	t.Helper()
-	st := vol.Supernode()
+	st := vol.Status().Supernode
 	t.Logf("volunteer status: admitted=%v observed=%v sessions=%d bytes=%d drops=%d peers=%d", st.Admitted, st.Observed, st.Sessions, st.Bytes, st.Drops, len(st.Peers))
 	if !st.Volunteering || !st.Admitted || st.Sessions < 1 || st.Bytes < bytes {
 		t.Errorf("volunteer status %+v: want admitted, serving, at least %d bytes", st, bytes)
@@ -149,7 +149,7 @@ func TestLabSupernodeSymmetric(t *testing.T) {
 		t.Fatalf("strategy %q, want supernode", sess.Strategy())
 	}
 	checkServes(t, s.vol, 2*supernodePayload, na.ID(), nb.ID())
-	if u := na.Supernode().Using; len(u) != 1 || u[0] != s.vol.ID() {
+	if u := na.Status().Supernode.Using; len(u) != 1 || u[0] != s.vol.ID() {
 		t.Errorf("dialler uses volunteers %v, want the one", u)
 	}
 }
@@ -235,7 +235,7 @@ func TestLabSupernodeFull(t *testing.T) {
 	if _, err := first.Ping(ctx); err != nil {
 		t.Fatalf("first pair after the second was refused: %v", err)
 	}
-	if st := s.vol.Supernode(); st.Sessions != 1 {
+	if st := s.vol.Status().Supernode; st.Sessions != 1 {
 		t.Errorf("volunteer serves %d pairs, want 1", st.Sessions)
 	}
 }
@@ -268,7 +268,7 @@ func TestLabSupernodeKilled(t *testing.T) {
 	// A's writer streams until it fails; B's side reads until it fails.
 	got := make(chan error, 1)
 	go func() {
-		st, err := nb.AcceptContext(ctx)
+		st, err := nb.Accept(ctx)
 		if err != nil {
 			got <- err
 			return
@@ -405,7 +405,7 @@ func BenchmarkLabSupernode(b *testing.B) {
 		got := make(chan copyResult, 1)
 		go func() {
 			for {
-				st, err := nb.AcceptContext(runCtx)
+				st, err := nb.Accept(runCtx)
 				if err != nil {
 					return
 				}
@@ -431,7 +431,7 @@ func BenchmarkLabSupernode(b *testing.B) {
 				logRelayStats(b, sess, rl)
 			case reach.StrategySupernode:
 				logRelayStats(b, sess, nil)
-				st := vol.Supernode()
+				st := vol.Status().Supernode
 				b.Logf("volunteer: forwarded %d bytes, dropped %d packets", st.Bytes, st.Drops)
 			}
 		})

@@ -7,21 +7,19 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/internal/natlab"
 	"github.com/reachp2p/reach/internal/reachlab"
-	"github.com/reachp2p/reach/stream"
 )
 
 // echoOnce accepts one stream on n and echoes it back until EOF.
 func echoOnce(n *reach.Node) <-chan error {
 	done := make(chan error, 1)
 	go func() {
-		c, err := n.Accept()
+		c, err := n.Accept(context.Background())
 		if err != nil {
 			done <- err
 			return
@@ -31,21 +29,21 @@ func echoOnce(n *reach.Node) <-chan error {
 			done <- err
 			return
 		}
-		done <- c.(*stream.Stream).CloseWrite()
+		done <- c.CloseWrite()
 	}()
 	return done
 }
 
 // roundTrip sends size random bytes on c while reading the echo, and checks
 // that what came back is what was sent.
-func roundTrip(c net.Conn, size int) error {
+func roundTrip(c *reach.Stream, size int) error {
 	data := make([]byte, size)
 	rand.Read(data)
 	werr := make(chan error, 1)
 	go func() {
 		_, err := c.Write(data)
 		if err == nil {
-			err = c.(*stream.Stream).CloseWrite()
+			err = c.CloseWrite()
 		}
 		werr <- err
 	}()

@@ -45,14 +45,14 @@ func BenchmarkLabRelayVsTURN(b *testing.B) {
 		got := make(chan copyResult, 1)
 		go func() {
 			for {
-				st, err := nb.AcceptContext(context.Background())
+				st, err := nb.Accept(context.Background())
 				if err != nil {
 					return
 				}
 				got <- drain(st)
 			}
 		}()
-		for deadline := time.Now().Add(5 * time.Second); want == reach.StrategyTURN && !(na.TURNAddr().IsValid() && nb.TURNAddr().IsValid()); time.Sleep(20 * time.Millisecond) {
+		for deadline := time.Now().Add(5 * time.Second); want == reach.StrategyTURN && !(na.Status().TURN.IsValid() && nb.Status().TURN.IsValid()); time.Sleep(20 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				b.Fatal("no TURN allocations")
 			}

@@ -71,13 +71,13 @@ func TestLabTURN(t *testing.T) {
 			na := reachlab.NewNode(t, sa.Host, cfg)
 			nb := reachlab.NewNode(t, sb.Host, cfg)
 			for _, n := range []*reach.Node{na, nb} {
-				for deadline := time.Now().Add(5 * time.Second); !n.TURNAddr().IsValid(); time.Sleep(20 * time.Millisecond) {
+				for deadline := time.Now().Add(5 * time.Second); !n.Status().TURN.IsValid(); time.Sleep(20 * time.Millisecond) {
 					if time.Now().After(deadline) {
 						t.Fatal("no TURN allocation after 5s")
 					}
 				}
 			}
-			t.Logf("allocations: %s, %s", na.TURNAddr(), nb.TURNAddr())
+			t.Logf("allocations: %s, %s", na.Status().TURN, nb.Status().TURN)
 			echoed := echoOnce(nb)
 			start := time.Now()
 			sess, err := na.DialSession(ctx, nb.ID())

@@ -7,12 +7,13 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/internal/natlab"
 	"github.com/reachp2p/reach/internal/reachlab"
 	"github.com/reachp2p/reach/stream"
 	"github.com/reachp2p/reach/upnp"
-	"go.uber.org/goleak"
 )
 
 // waitMapped waits until n's port mapper has an external address.
@@ -20,7 +21,7 @@ func waitMapped(t *testing.T, n *reach.Node, limit time.Duration) upnp.Status {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for {
-		st := n.PortMapping()
+		st := n.Status().PortMapping
 		if st.External.IsValid() {
 			return st
 		}
@@ -201,7 +202,7 @@ func TestLabUPnPRestart(t *testing.T) {
 	}
 	deadline := restarted.Add(check + 5*time.Second)
 	for {
-		st2 := ln.PortMapping()
+		st2 := ln.Status().PortMapping
 		if st2.Maps > st.Maps && st2.External.IsValid() && gatewayHas(ctx, t, mu, st2.External.Port()) {
 			t.Logf("mapped again %v after the restart (check every %v): %s, SOAP port %d -> %d",
 				time.Since(restarted).Round(time.Millisecond), check, st2.External, oldHTTP, mu.HTTPPort())
@@ -255,11 +256,11 @@ func TestLabUPnPNone(t *testing.T) {
 			without := reachlab.NewNode(t, dsite.Host, reach.Config{Servers: []string{cs}, Strategies: noUPnP})
 			// Let the mapper reach its verdict (at most the 2s discovery).
 			mctx, mcancel := context.WithTimeout(ctx, 5*time.Second)
-			for ln.PortMapping().Err == nil && mctx.Err() == nil {
+			for ln.Status().PortMapping.Err == nil && mctx.Err() == nil {
 				time.Sleep(20 * time.Millisecond)
 			}
 			mcancel()
-			st := ln.PortMapping()
+			st := ln.Status().PortMapping
 			t.Logf("%s: port mapping: protocol %q external %v: %v", tc.name, st.Protocol, st.External, st.Err)
 			if st.External.IsValid() || !errors.Is(st.Err, tc.want) {
 				t.Fatalf("status %+v: want no mapping and %v", st, tc.want)

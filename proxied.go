@@ -6,7 +6,6 @@ import (
 	"net/url"
 
 	"github.com/reachp2p/reach/proxy"
-	"github.com/reachp2p/reach/relay"
 )
 
 // Proxy errors, from an HTTP CONNECT proxy (Config.Proxy or HTTPS_PROXY)
@@ -35,31 +34,4 @@ func (n *Node) serverDialTCP() func(ctx context.Context, network, addr string) (
 		return proxy.FromEnvironment(addr)
 	}
 	return proxy.Func(pick, n.cfg.DialTCP)
-}
-
-// relayDialers is Config.RelayDialers with the node's server dial (the
-// namespace hooks and the proxy) filled in where a TCP dialer has none.
-// Nil: the relay client's defaults, over that dial.
-func (n *Node) relayDialers() []relay.LinkDialer {
-	if n.cfg.RelayDialers == nil {
-		return nil
-	}
-	out := make([]relay.LinkDialer, len(n.cfg.RelayDialers))
-	for i, d := range n.cfg.RelayDialers {
-		switch d := d.(type) {
-		case relay.TLSDialer:
-			if d.DialTCP == nil {
-				d.DialTCP = n.serverDialTCP()
-			}
-			out[i] = d
-		case relay.WSDialer:
-			if d.DialTCP == nil {
-				d.DialTCP = n.serverDialTCP()
-			}
-			out[i] = d
-		default:
-			out[i] = d
-		}
-	}
-	return out
 }

@@ -92,14 +92,14 @@ func newNode(t testing.TB, cs string, cfg reach.Config) *reach.Node {
 func echo(n *reach.Node) {
 	go func() {
 		for {
-			c, err := n.Accept()
+			c, err := n.Accept(context.Background())
 			if err != nil {
 				return
 			}
 			go func() {
 				defer c.Close()
 				io.Copy(c, c)
-				c.(*stream.Stream).CloseWrite()
+				c.CloseWrite()
 			}()
 		}
 	}()
@@ -174,9 +174,9 @@ func TestRelayLoopback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("relayed session in %v over %s", time.Since(start), a.RelayTransport())
-	if sess.Strategy() != reach.StrategyRelay || a.RelayTransport() != "udp" {
-		t.Fatalf("strategy %q transport %q, want relay over udp", sess.Strategy(), a.RelayTransport())
+	t.Logf("relayed session in %v over %s", time.Since(start), a.Status().RelayTransport)
+	if sess.Strategy() != reach.StrategyRelay || a.Status().RelayTransport != "udp" {
+		t.Fatalf("strategy %q transport %q, want relay over udp", sess.Strategy(), a.Status().RelayTransport)
 	}
 	c, err := sess.OpenStream(ctx)
 	if err != nil {

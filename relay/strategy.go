@@ -8,15 +8,16 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/rendezvous"
-	"github.com/reachp2p/reach/strategy"
 	"github.com/reachp2p/reach/stream"
 )
 
-// Name is the strategy's name in the ladder.
+// Name is the rung's name in the ladder.
 const Name = "relay"
 
-// Strategy is the last rung of the ladder: it links the node to the relay
+// Strategy dials a peer through a relay (the hosted relay for the Rung,
+// a volunteer for the supernode rung): it links the node to the relay
 // of the server that introduced the peers (the peer links there too when
 // the introduction reaches it) and dials QUIC end to end to the peer's
 // relay address over the node's relayed transport. The relay forwards
@@ -33,15 +34,12 @@ type Strategy struct {
 	Server func() rendezvous.ServerAddr
 }
 
-// Name implements strategy.Strategy.
-func (*Strategy) Name() string { return Name }
-
-// Connect implements strategy.Strategy. Errors: those of Client.Connect
+// Connect dials a.Peer through the relay. Errors: those of Client.Connect
 // (ErrBadToken, ErrTokenExpired, ErrRelayFull, ErrNoRelay, ...);
 // ErrRelayFull when the relay is at its session limit;
 // ErrPeerNotConnected (joined with the handshake's error) when the peer
 // never linked to the relay.
-func (s *Strategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream.Session, error) {
+func (s *Strategy) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
 	sa := s.Server()
 	if sa.IsZero() {
 		return nil, fmt.Errorf("%w: no server to relay through", ErrNoRelay)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+
 	"github.com/reachp2p/reach/identity"
 )
 

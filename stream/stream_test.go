@@ -12,9 +12,10 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
-	"github.com/reachp2p/reach/identity"
 	"go.uber.org/goleak"
 	"golang.org/x/net/nettest"
+
+	"github.com/reachp2p/reach/identity"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

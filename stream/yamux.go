@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+
 	"github.com/reachp2p/reach/identity"
 )
 

@@ -52,7 +52,7 @@ func BenchmarkLoopback(b *testing.B) {
 			io.Copy(io.Discard, st)
 			st.Close()
 		}()
-		st, err := p.b.AcceptContext(ctx)
+		st, err := p.b.Accept(ctx)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -14,11 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/internal/natlab"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
-	"go.uber.org/goleak"
 )
 
 // leakCheck fails the test if it leaves goroutines behind.

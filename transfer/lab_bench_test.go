@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/natlab"
@@ -173,7 +174,7 @@ func streamCopy(a, b *reach.Node, src, dst string) error {
 		io.Copy(io.Discard, st)
 		errc <- err
 	}()
-	st, err := b.AcceptContext(ctx)
+	st, err := b.Accept(ctx)
 	if err != nil {
 		return err
 	}

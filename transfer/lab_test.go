@@ -8,10 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"lukechampine.com/blake3"
+
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/internal/natlab"
 	"github.com/reachp2p/reach/internal/reachlab"
-	"lukechampine.com/blake3"
 )
 
 // TestLabMaliciousSender: in the NAT lab (the sender behind a full-cone

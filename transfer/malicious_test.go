@@ -24,7 +24,7 @@ func evilSender(t *testing.T, n StreamAcceptor, m Manifest, data map[int][]byte)
 	go func() {
 		defer close(done)
 		for {
-			st, err := n.AcceptContext(ctx)
+			st, err := n.Accept(ctx)
 			if err != nil {
 				return
 			}

@@ -11,8 +11,9 @@ import (
 	"runtime"
 	"unicode/utf8"
 
-	"github.com/reachp2p/reach/identity"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/reachp2p/reach/identity"
 )
 
 // PrepareConfig tunes Prepare. The zero value is ready to use.

@@ -16,10 +16,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/reachp2p/reach/identity"
-	"github.com/reachp2p/reach/stream"
 	"golang.org/x/sync/errgroup"
 	"lukechampine.com/blake3"
+
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/stream"
 )
 
 // DefaultStreams is how many data streams a receiver opens when

@@ -121,7 +121,7 @@ func (s *Sender) Stats() SenderStats {
 
 // StreamAcceptor is where Serve takes streams from: a *reach.Node.
 type StreamAcceptor interface {
-	AcceptContext(ctx context.Context) (*stream.Stream, error)
+	Accept(ctx context.Context) (*stream.Stream, error)
 }
 
 // Serve takes every incoming stream from n and serves it, until ctx ends
@@ -132,7 +132,7 @@ func (s *Sender) Serve(ctx context.Context, n StreamAcceptor) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
-		st, err := n.AcceptContext(ctx)
+		st, err := n.Accept(ctx)
 		if err != nil {
 			return err
 		}

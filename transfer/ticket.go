@@ -7,9 +7,10 @@ import (
 	"fmt"
 	"strings"
 
+	"lukechampine.com/blake3"
+
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/rendezvous"
-	"lukechampine.com/blake3"
 )
 
 // TicketPrefix starts every ticket. The underscore keeps the whole ticket

@@ -5,8 +5,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/reachp2p/reach/identity"
 	"lukechampine.com/blake3"
+
+	"github.com/reachp2p/reach/identity"
 )
 
 func TestTicketRoundTrip(t *testing.T) {

@@ -9,9 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/reachp2p/reach/internal/natlab"
 	"github.com/reachp2p/reach/upnp"
-	"go.uber.org/goleak"
 )
 
 // hooks fills cfg's socket hooks so that every socket the mapper opens is

@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/reachp2p/reach/upnp"
 	"go.uber.org/goleak"
+
+	"github.com/reachp2p/reach/upnp"
 )
 
 // TestHooksOnly: with socket hooks that refuse, every protocol fails

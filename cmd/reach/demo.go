@@ -49,7 +49,7 @@ func runDemo(args []string) error {
 	// B: read everything, answer with its SHA-256.
 	got := make(chan error, 1)
 	go func() {
-		c, err := b.Accept()
+		c, err := b.Accept(ctx)
 		if err != nil {
 			got <- err
 			return

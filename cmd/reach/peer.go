@@ -157,7 +157,7 @@ func runListen(args []string) error {
 	if *volunteer {
 		go reportSupernode(n)
 	}
-	c, err := n.AcceptContext(context.Background())
+	c, err := n.Accept(context.Background())
 	if err != nil {
 		return err
 	}

@@ -14,9 +14,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/reachp2p/reach/transfer"
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
+
+	"github.com/reachp2p/reach/transfer"
 )
 
 // runSend offers files and folders: it prints a ticket on stdout and

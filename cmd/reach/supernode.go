@@ -95,7 +95,7 @@ func runSupernode(args []string) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick:
-			fmt.Fprintln(os.Stderr, statusLine(n.Supernode()))
+			fmt.Fprintln(os.Stderr, statusLine(n.Status().Supernode))
 		}
 	}
 }

@@ -71,7 +71,7 @@ func Run(ctx context.Context, lab *natlab.Lab, cfg Config) (*Result, error) {
 	rand.Read(r.payload)
 	res := &Result{
 		Started: start, DelayMS: ms(cfg.Delay), Runs: cfg.Runs, Size: cfg.Size,
-		Ladder: append([]string(nil), reach.DefaultStrategies...), GoVersion: runtime.Version(),
+		Ladder: append([]string(nil), reach.Strategies()...), GoVersion: runtime.Version(),
 	}
 	for _, p := range cfg.Pairs {
 		for _, k := range []Kind{p.A, p.B} {
@@ -315,7 +315,7 @@ func (r *runner) startNode(ctx context.Context, s *site) (*reach.Node, error) {
 // waitMapping waits until n's gateway granted a mapping, or limit.
 func waitMapping(ctx context.Context, n *reach.Node, limit time.Duration) {
 	deadline := time.Now().Add(limit)
-	for !n.PortMapping().External.IsValid() && time.Now().Before(deadline) && ctx.Err() == nil {
+	for !n.Status().PortMapping.External.IsValid() && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
@@ -323,7 +323,7 @@ func waitMapping(ctx context.Context, n *reach.Node, limit time.Duration) {
 // serve answers one attempt on the listening node: it echoes the first
 // byte, counts the transfer that follows, and acknowledges its length.
 func serve(ctx context.Context, n *reach.Node) error {
-	st, err := n.AcceptContext(ctx)
+	st, err := n.Accept(ctx)
 	if err != nil {
 		return err
 	}
@@ -364,7 +364,7 @@ func (r *runner) dial(ctx context.Context, nd, nl *reach.Node) Attempt {
 	a.Strategy = sess.Strategy()
 	a.Path = sess.RemoteAddr().String()
 	if a.Strategy == Relay {
-		a.Link = nd.RelayTransport()
+		a.Link = nd.Status().RelayTransport
 		a.Path = "relay"
 	}
 	st, err := sess.OpenStream(dctx)

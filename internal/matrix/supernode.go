@@ -18,7 +18,7 @@ import (
 // relay. It returns a note for the result when the ladder has no
 // supernode rung or the volunteer was not admitted.
 func (r *runner) startVolunteer(ctx context.Context) (note string, err error) {
-	if !slices.Contains(reach.DefaultStrategies, Supernode) {
+	if !slices.Contains(reach.Strategies(), Supernode) {
 		return "", nil
 	}
 	h, err := r.lab.AddPublicHost(ctx, "vol")

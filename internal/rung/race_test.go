@@ -1,4 +1,4 @@
-package strategy
+package rung
 
 import (
 	"bytes"
@@ -11,10 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/sock"
 	"github.com/reachp2p/reach/stream"
-	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -50,9 +51,9 @@ type fake struct {
 	conn      *fakeConn
 }
 
-func (f *fake) candidate(headStart time.Duration) candidate[*fakeConn] {
+func (f *fake) candidate(headStart time.Duration) contender[*fakeConn] {
 	f.conn = &fakeConn{name: f.name}
-	return candidate[*fakeConn]{
+	return contender[*fakeConn]{
 		name:      f.name,
 		headStart: headStart,
 		run: func(ctx context.Context) (*fakeConn, error) {
@@ -85,7 +86,7 @@ func (f *fake) startedAfter(t0 time.Time) time.Duration {
 	return time.Unix(0, ns).Sub(t0)
 }
 
-func race(t *testing.T, ctx context.Context, cands ...candidate[*fakeConn]) (*fakeConn, string, error) {
+func race(t *testing.T, ctx context.Context, cands ...contender[*fakeConn]) (*fakeConn, string, error) {
 	t.Helper()
 	if ctx == nil {
 		var cancel context.CancelFunc
@@ -227,6 +228,7 @@ func TestEmptyLadder(t *testing.T) {
 
 // loopbackStrategy dials a real QUIC session to a listener on loopback.
 type loopbackStrategy struct {
+	Base
 	name  string
 	addr  netip.AddrPort
 	delay time.Duration
@@ -285,9 +287,9 @@ func TestRaceSessions(t *testing.T) {
 	a := &Attempt{Key: ck, Peer: sk.ID(), Socket: cli, Logger: testLogger(t)}
 
 	s, name, err := Race(ctx, a, []Entry{
-		{&loopbackStrategy{name: "broken", nilOK: true}, time.Second},
-		{&loopbackStrategy{name: "fails", fail: errors.New("nope")}, time.Second},
-		{&loopbackStrategy{name: "works", addr: addr}, 0},
+		{Rung: &loopbackStrategy{name: "broken", nilOK: true}, HeadStart: time.Second},
+		{Rung: &loopbackStrategy{name: "fails", fail: errors.New("nope")}, HeadStart: time.Second},
+		{Rung: &loopbackStrategy{name: "works", addr: addr}},
 	})
 	if err != nil || name != "works" {
 		t.Fatalf("Race = %q %v", name, err)
@@ -305,8 +307,8 @@ func TestRaceSessions(t *testing.T) {
 	// Two real sessions: the loser's is closed by the race.
 	late := &stubborn{loopbackStrategy: loopbackStrategy{name: "second", addr: addr, delay: 50 * time.Millisecond}}
 	s, name, err = Race(ctx, a, []Entry{
-		{&loopbackStrategy{name: "first", addr: addr}, 0},
-		{late, 0},
+		{Rung: &loopbackStrategy{name: "first", addr: addr}},
+		{Rung: late},
 	})
 	if err != nil || name != "first" {
 		t.Fatalf("Race = %q %v", name, err)
@@ -328,7 +330,7 @@ func TestRaceSessions(t *testing.T) {
 
 	// Wrong key everywhere: errors.Is sees it through the RaceError.
 	a.Peer = ck.ID()
-	_, _, err = Race(ctx, a, []Entry{{&loopbackStrategy{name: "direct", addr: addr}, 0}})
+	_, _, err = Race(ctx, a, []Entry{{Rung: &loopbackStrategy{name: "direct", addr: addr}}})
 	if !errors.Is(err, identity.ErrWrongPeer) {
 		t.Fatalf("err = %v, want ErrWrongPeer", err)
 	}

@@ -11,9 +11,10 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 
-	"github.com/reachp2p/reach/rendezvous"
-	"github.com/reachp2p/reach/strategy"
+	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/stream"
 )
 
@@ -23,7 +24,7 @@ const Name = "direct"
 // ErrNoAddress: the peer advertised no address this strategy can dial.
 var ErrNoAddress = errors.New("direct: peer has no dialable address")
 
-// Strategy dials every host candidate of the peer (the addresses of its
+// Rung dials every host candidate of the peer (the addresses of its
 // own interfaces: LAN, public, IPv6) at once over the node's socket; the
 // first QUIC session that proves the peer's key wins and the other attempts
 // are cancelled. Reflexive addresses are left to holepunch, whose checks
@@ -31,18 +32,52 @@ var ErrNoAddress = errors.New("direct: peer has no dialable address")
 // that, as behind a full-cone NAT, is found by holepunch just as fast), and
 // mapped ones to the port-mapping strategy: so the strategy that wins says
 // truthfully what made the path.
-type Strategy struct{}
-
-// Name implements strategy.Strategy.
-func (Strategy) Name() string { return Name }
-
-// Targets returns the addresses Connect dials, in the order given.
-func Targets(remote rendezvous.PeerInfo) []netip.AddrPort {
-	return remote.Addrs(rendezvous.Host)
+//
+// The rung also advertises the node's host candidates (the addresses of
+// its own interfaces), which hole punching checks too.
+type Rung struct {
+	rung.Base
+	h *rung.Host
 }
 
-// Connect implements strategy.Strategy.
-func (Strategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream.Session, error) {
+// New makes the rung for the node h.
+func New(h *rung.Host) *Rung { return &Rung{h: h} }
+
+// Name implements rung.Rung.
+func (*Rung) Name() string { return Name }
+
+// Targets returns the addresses Connect dials, in the order given.
+func Targets(remote candidate.PeerInfo) []netip.AddrPort {
+	return remote.Addrs(candidate.Host)
+}
+
+// Candidates implements rung.Rung: the node's host addresses.
+func (r *Rung) Candidates() []candidate.Candidate {
+	la := r.h.Socket.LocalAddr()
+	if !la.Addr().IsUnspecified() {
+		return []candidate.Candidate{{Addr: la, Kind: candidate.Host}}
+	}
+	addrs, err := r.h.InterfaceAddrs()
+	if err != nil {
+		r.h.Logger.Warn("listing interface addresses", "err", err)
+	}
+	return candidate.HostAddrs(addrs, la.Port(), r.h.Local, la.Addr().Is6())
+}
+
+// Plan implements rung.Rung: when none of the peer's host candidates can
+// plausibly be reached as it is (a public address, or one on a network
+// this node is on), direct gets no head start, so the next rungs do not
+// wait for it.
+func (r *Rung) Plan(a *rung.Attempt, headStart time.Duration) (time.Duration, bool) {
+	addrs, _ := r.h.InterfaceAddrs()
+	if a.Remote.DirectPlausible(candidate.Prefixes(addrs)) {
+		return headStart, true
+	}
+	return 0, true
+}
+
+// Connect implements rung.Rung.
+func (*Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
 	targets := Targets(a.Remote)
 	if len(targets) == 0 {
 		return nil, ErrNoAddress
@@ -53,7 +88,7 @@ func (Strategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream.Sessi
 // DialFirst dials every target at once and returns the first session;
 // the rest are cancelled, and any that completes anyway is closed. If all
 // fail it returns every error joined.
-func DialFirst(ctx context.Context, a *strategy.Attempt, targets []netip.AddrPort) (*stream.Session, error) {
+func DialFirst(ctx context.Context, a *rung.Attempt, targets []netip.AddrPort) (*stream.Session, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach/identity"
-	"github.com/reachp2p/reach/rendezvous"
-	"github.com/reachp2p/reach/strategy"
+	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/stream"
 )
 
@@ -21,42 +21,92 @@ const Name = "holepunch"
 // peer answered.
 var ErrNoPath = errors.New("holepunch: no candidate pair answered")
 
-// Strategy is the dialler's side of a hole punch: it runs checks against
-// every candidate of the peer (whose side started when the introduction
-// reached it), then dials QUIC to the first address that answered, on the
-// same socket so the NAT mappings the checks opened carry the session.
-type Strategy struct {
-	// Manager returns the node's punch manager.
-	Manager func() *Manager
+// DefaultLinger is how long the listening side keeps sending punch
+// packets after an introduction, when the node's Config does not say.
+const DefaultLinger = 15 * time.Second
+
+// Rung is hole punching. On the listening side it starts checks towards
+// the dialler's punchable candidates when an introduction arrives and keeps
+// them up for Linger; on the dialling side it answers the peer's first
+// checks from before the introduction is asked for, runs checks against
+// every punchable candidate of the peer, then dials QUIC to the first
+// address that answered, on the same socket so the NAT mappings the checks
+// opened carry the session.
+type Rung struct {
+	rung.Base
+	h *rung.Host
+	m *Manager
+	// Linger: how long the listening side punches after an
+	// introduction. Zero: DefaultLinger.
+	Linger time.Duration
 	// CheckTimeout bounds how long checks run without any address
 	// answering before Connect gives up with ErrNoPath. Zero: 10s.
 	CheckTimeout time.Duration
 }
 
-// Name implements strategy.Strategy.
-func (*Strategy) Name() string { return Name }
+// NewRung makes the rung for the node h; it reads and writes punch
+// packets on the node's socket from now on.
+func NewRung(h *rung.Host, linger time.Duration) *Rung {
+	if linger <= 0 {
+		linger = DefaultLinger
+	}
+	return &Rung{h: h, m: NewManager(h.Socket, h.Logger), Linger: linger}
+}
 
-// Connect implements strategy.Strategy. If the node started the attempt
-// early (Manager.Start with no remotes, before asking for the
-// introduction, so that the peer's first checks are answered at once), it
-// is reused and given the peer's candidates.
+// Name implements rung.Rung.
+func (*Rung) Name() string { return Name }
+
+// Close implements rung.Rung.
+func (r *Rung) Close() { r.m.Close() }
+
+// Offer implements rung.Rung: the listener starts punching when the
+// introduction reaches it, before our answer arrives, so the dialler is
+// ready to answer its checks from the start.
+func (r *Rung) Offer(_ context.Context, offer *candidate.PeerInfo) func() {
+	offer.PunchKey = NewKey()
+	early, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleDialer})
+	if err != nil {
+		return nil
+	}
+	return early.Close
+}
+
+// Introduced implements rung.Rung: it punches towards the dialler's
+// punchable candidates for Linger.
+func (r *Rung) Introduced(offer candidate.PeerInfo) {
+	if len(offer.PunchKey) != KeyLen {
+		return
+	}
+	at, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleListener, Remote: offer.Punchable()})
+	if err != nil {
+		r.h.Logger.Debug("punch", "peer", offer.Peer.Short(), "err", err)
+		return
+	}
+	r.h.Go(func() {
+		t := time.NewTimer(r.Linger)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-r.h.Context.Done():
+		}
+		at.Close()
+	})
+}
+
+// Connect implements rung.Rung. If the node started the attempt early
+// (Offer), it is reused and given the peer's candidates.
 //
 // Every address that validates gets a QUIC dial of its own, in parallel:
 // the first session wins, the others are cancelled. An address validates
 // when its pong comes back, or when an authenticated ping arrives from it
 // (the peer's NAT is then open towards us from that address, which saves
 // the round trip of our own check).
-func (s *Strategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream.Session, error) {
-	var remotes []netip.AddrPort
-	for _, c := range a.Remote.Candidates {
-		if c.Kind != rendezvous.Relay {
-			remotes = append(remotes, c.Addr)
-		}
-	}
+func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
+	remotes := a.Remote.Punchable()
 	if len(remotes) == 0 {
 		return nil, ErrNoCandidates
 	}
-	m := s.Manager()
+	m := s.m
 	at := m.Lookup(a.Local.Attempt)
 	if at != nil {
 		at.AddRemotes(remotes)
@@ -140,12 +190,12 @@ func (s *Strategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream.Se
 	// rung that wins says what made the path.
 	own := map[netip.AddrPort]bool{}
 	for _, c := range a.Remote.Candidates {
-		if c.Kind == rendezvous.Host {
+		if c.Kind == candidate.Host {
 			own[c.Addr] = true
 		}
 	}
 	for _, c := range a.Remote.Candidates {
-		if c.Kind == rendezvous.Reflexive && c.Addr.IsValid() && !own[c.Addr] {
+		if c.Kind == candidate.Reflexive && c.Addr.IsValid() && !own[c.Addr] {
 			dial(c.Addr)
 		}
 	}

@@ -1,4 +1,10 @@
-package reach
+// Package turn is the TURN rung: it relays a session through a standard
+// TURN server (RFC 8656, e.g. coturn) that the node's Config names. Each
+// peer allocates a relayed address on its TURN server (in the background
+// from the node's start, released when it closes) and advertises it; the
+// dialler permits the peer's allocation and QUIC runs end to end between
+// the two allocations. For operators who already run TURN.
+package turn
 
 import (
 	"context"
@@ -20,35 +26,31 @@ import (
 	"github.com/pion/turn/v4"
 	"github.com/quic-go/quic-go"
 
+	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/relay"
-	"github.com/reachp2p/reach/rendezvous"
-	"github.com/reachp2p/reach/strategy"
 	"github.com/reachp2p/reach/stream"
 )
 
-// StrategyTURN is the rung that relays a session through a standard TURN
-// server (RFC 8656, e.g. coturn) that Config.TURN names: each peer
-// allocates a relayed address there and QUIC runs end to end between the
-// two allocations. With TURN configured it sits right before StrategyRelay
-// and joins the race when the relay would (Config.RelayDelay); the hosted
-// relay follows turnHeadStart later.
-const StrategyTURN = "turn"
+// Name is the rung's name in the ladder. With TURN servers configured it
+// sits right before the hosted relay and joins the race when the relay
+// would (the forwarding delay); the hosted relay follows HeadStart later.
+const Name = "turn"
 
 // ErrNoTURN: the TURN rung has nothing to work with: no TURN server
 // answered (the allocation's error is joined), or the peer advertised no
 // TURN address.
-var ErrNoTURN = errors.New("reach: no TURN allocation")
+var ErrNoTURN = errors.New("turn: no TURN allocation")
 
-// turnKind is the kind of a TURN candidate: the peer's relayed transport
-// address on its TURN server, reachable once the other side permits it.
-const turnKind rendezvous.CandidateKind = "turn"
+// HeadStart is how long the TURN rung runs before the hosted relay joins:
+// an operator who configured TURN prefers it.
+const HeadStart = 500 * time.Millisecond
 
-// turnHeadStart is how long the TURN rung runs before the hosted relay
-// joins: an operator who configured TURN prefers it.
-const turnHeadStart = 500 * time.Millisecond
+// allocateTimeout bounds the allocation on one server.
+const allocateTimeout = 10 * time.Second
 
-// TURNServer is a TURN server a node may relay through.
-type TURNServer struct {
+// Server is a TURN server a node may relay through.
+type Server struct {
 	// URL is the server, RFC 7065 style: "turn:host:port" (UDP),
 	// "turn:host:port?transport=tcp" (TCP) or "turns:host:port" (TLS over
 	// TCP). The port defaults to 3478 (turn:) and 5349 (turns:). The
@@ -70,11 +72,11 @@ type TURNServer struct {
 	ServerName string
 }
 
-// TURNCredentials derives TURN REST API credentials (the scheme coturn's
+// Credentials derives TURN REST API credentials (the scheme coturn's
 // use-auth-secret implements) for user from the shared secret, valid
 // until now+ttl: username "<unix expiry>:<user>", password the base64
 // HMAC-SHA1 of the username under secret.
-func TURNCredentials(secret, user string, ttl time.Duration) (username, password string) {
+func Credentials(secret, user string, ttl time.Duration) (username, password string) {
 	username = strconv.FormatInt(time.Now().Add(ttl).Unix(), 10) + ":" + user
 	m := hmac.New(sha1.New, []byte(secret))
 	m.Write([]byte(username))
@@ -91,12 +93,12 @@ type turnURL struct {
 func parseTURNURL(s string) (turnURL, error) {
 	scheme, rest, ok := strings.Cut(s, ":")
 	if !ok || (scheme != "turn" && scheme != "turns") {
-		return turnURL{}, fmt.Errorf("reach: TURN URL %q: want turn: or turns:", s)
+		return turnURL{}, fmt.Errorf("turn: URL %q: want turn: or turns:", s)
 	}
 	rest, query, _ := strings.Cut(rest, "?")
 	q, err := url.ParseQuery(query)
 	if err != nil {
-		return turnURL{}, fmt.Errorf("reach: TURN URL %q: %w", s, err)
+		return turnURL{}, fmt.Errorf("turn: URL %q: %w", s, err)
 	}
 	u := turnURL{transport: "udp"}
 	port := "3478"
@@ -109,24 +111,27 @@ func parseTURNURL(s string) (turnURL, error) {
 		u.transport = "tcp"
 	case t == "udp" && scheme == "turn", t == "tcp" && scheme == "turns":
 	default:
-		return turnURL{}, fmt.Errorf("reach: TURN URL %q: transport %q", s, t)
+		return turnURL{}, fmt.Errorf("turn: URL %q: transport %q", s, t)
 	}
 	host, p, err := net.SplitHostPort(rest)
 	if err != nil {
 		host, p = strings.Trim(rest, "[]"), port
 	}
 	if host == "" {
-		return turnURL{}, fmt.Errorf("reach: TURN URL %q: no host", s)
+		return turnURL{}, fmt.Errorf("turn: URL %q: no host", s)
 	}
 	u.host, u.hostPort = host, net.JoinHostPort(host, p)
 	return u, nil
 }
 
-// turnState is a node's TURN side: one allocation on the first server of
-// Config.TURN that grants one, and the QUIC transport on it.
-type turnState struct {
-	ready chan struct{} // closed when the allocation attempt ended
-	err   error         // why there is none
+// Rung is the TURN rung: one allocation on the first server of its list
+// that grants one, and the QUIC transport on it.
+type Rung struct {
+	rung.Base
+	h       *rung.Host
+	servers []Server
+	ready   chan struct{} // closed when the allocation attempt ended
+	err     error         // why there is none
 
 	mu     sync.Mutex
 	client *turn.Client
@@ -137,50 +142,60 @@ type turnState struct {
 	ln     *stream.Listener
 }
 
-// startTURN allocates on the configured TURN servers in the background.
-func (n *Node) startTURN() {
-	if len(n.cfg.TURN) == 0 {
-		return
+// NewRung makes the rung for the node h, with the TURN servers to try in
+// order (none: the rung never connects).
+func NewRung(h *rung.Host, servers []Server) *Rung {
+	return &Rung{h: h, servers: servers, ready: make(chan struct{})}
+}
+
+// Name implements rung.Rung.
+func (*Rung) Name() string { return Name }
+
+// Start implements rung.Rung: it allocates on the configured servers in
+// the background.
+func (r *Rung) Start(context.Context) error {
+	if len(r.servers) == 0 || !r.h.Signalling {
+		close(r.ready)
+		return nil
 	}
-	ts := &turnState{ready: make(chan struct{})}
-	n.turn = ts
-	n.goRun(func() {
-		defer close(ts.ready)
+	r.h.Go(func() {
+		defer close(r.ready)
 		var errs []error
-		for _, srv := range n.cfg.TURN {
-			ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
-			err := n.allocate(ctx, ts, srv)
+		for _, srv := range r.servers {
+			ctx, cancel := context.WithTimeout(r.h.Context, allocateTimeout)
+			err := r.allocate(ctx, srv)
 			cancel()
 			if err == nil {
-				n.log.Info("turn: allocated", "server", srv.URL, "relayed", ts.addr.String())
-				n.goRun(func() { n.acceptFrom(ts.ln, StrategyTURN) })
+				r.h.Logger.Info("turn: allocated", "server", srv.URL, "relayed", r.addr.String())
+				r.h.Go(func() { relay.AcceptInto(r.h, r.ln, Name) })
 				return
 			}
-			n.log.Warn("turn: no allocation", "server", srv.URL, "err", err)
+			r.h.Logger.Warn("turn: no allocation", "server", srv.URL, "err", err)
 			errs = append(errs, fmt.Errorf("%s: %w", srv.URL, err))
-			if n.ctx.Err() != nil {
+			if r.h.Context.Err() != nil {
 				break
 			}
 		}
-		ts.err = errors.Join(errs...)
+		r.err = errors.Join(errs...)
 	})
+	return nil
 }
 
 // allocate gets an allocation on srv, from a socket made with the node's
 // hooks, and starts the QUIC transport and listener on it.
-func (n *Node) allocate(ctx context.Context, ts *turnState, srv TURNServer) error {
+func (r *Rung) allocate(ctx context.Context, srv Server) error {
 	u, err := parseTURNURL(srv.URL)
 	if err != nil {
 		return err
 	}
 	user, pass := srv.Username, srv.Password
 	if srv.Secret != "" && user == "" {
-		user, pass = TURNCredentials(srv.Secret, n.ID().String(), 24*time.Hour)
+		user, pass = Credentials(srv.Secret, r.h.Key.ID().String(), 24*time.Hour)
 	}
 	var base net.PacketConn
 	switch u.transport {
 	case "udp":
-		listen := n.cfg.ListenPacket
+		listen := r.h.ListenPacket
 		if listen == nil {
 			listen = net.ListenPacket
 		}
@@ -192,7 +207,7 @@ func (n *Node) allocate(ctx context.Context, ts *turnState, srv TURNServer) erro
 			return err
 		}
 	default:
-		dial := n.cfg.DialTCP
+		dial := r.h.DialTCP
 		if dial == nil {
 			var d net.Dialer
 			dial = d.DialContext
@@ -250,117 +265,93 @@ func (n *Node) allocate(ctx context.Context, ts *turnState, srv TURNServer) erro
 		return fail(fmt.Errorf("relayed address %v", conn.LocalAddr()))
 	}
 	tr := &quic.Transport{Conn: turnConn{conn, base}}
-	ln, err := stream.Listen(tr, n.key, relaySessionConfig(n.cfg.Session))
+	ln, err := stream.Listen(tr, r.h.Key, relay.SessionConfig(r.h.Session))
 	if err != nil {
 		tr.Close()
 		conn.Close()
 		return fail(err)
 	}
 	ap := ua.AddrPort()
-	ts.mu.Lock()
-	ts.client, ts.base, ts.conn, ts.tr, ts.ln = client, base, conn, tr, ln
-	ts.addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	ts.mu.Unlock()
+	r.mu.Lock()
+	r.client, r.base, r.conn, r.tr, r.ln = client, base, conn, tr, ln
+	r.addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	r.mu.Unlock()
 	return nil
 }
 
-// closeTURN releases the allocation (Close calls it).
-func (n *Node) closeTURN() {
-	ts := n.turn
-	if ts == nil {
+// Close implements rung.Rung: it releases the allocation.
+func (r *Rung) Close() {
+	<-r.ready
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.client == nil {
 		return
 	}
-	<-ts.ready
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	if ts.client == nil {
-		return
-	}
-	ts.ln.Close()
-	ts.tr.Close()
-	ts.conn.Close() // deallocates (a Refresh with lifetime 0)
-	ts.client.Close()
-	ts.base.Close()
+	r.ln.Close()
+	r.tr.Close()
+	r.conn.Close() // deallocates (a Refresh with lifetime 0)
+	r.client.Close()
+	r.base.Close()
 }
 
-// TURNAddr returns the node's relayed address on its TURN server, or the
+// Addr returns the node's relayed address on its TURN server, or the
 // zero AddrPort while it has none.
-func (n *Node) TURNAddr() netip.AddrPort {
-	if n.turn == nil {
-		return netip.AddrPort{}
-	}
-	n.turn.mu.Lock()
-	defer n.turn.mu.Unlock()
-	return n.turn.addr
+func (r *Rung) Addr() netip.AddrPort {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.addr
 }
 
-// turnCandidates is the node's TURN candidate, advertised in offers and
-// answers, once it has an allocation.
-func (n *Node) turnCandidates() []rendezvous.Candidate {
-	if a := n.TURNAddr(); a.IsValid() {
-		return []rendezvous.Candidate{{Addr: a, Kind: turnKind}}
+// Candidates implements rung.Rung: the relayed address, once allocated.
+func (r *Rung) Candidates() []candidate.Candidate {
+	if a := r.Addr(); a.IsValid() {
+		return []candidate.Candidate{{Addr: a, Kind: candidate.TURN}}
 	}
 	return nil
 }
 
-// turnIntroduced lets the dialler's TURN address through the listener's
-// allocation (a TURN server drops what comes from peers without a
-// permission), so the dialler's QUIC handshake gets in.
-func (n *Node) turnIntroduced(offer rendezvous.PeerInfo) {
-	if n.turn == nil {
-		return
-	}
+// Introduced implements rung.Rung: it lets the dialler's TURN address
+// through the listener's allocation (a TURN server drops what comes from
+// peers without a permission), so the dialler's QUIC handshake gets in.
+func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	var addrs []net.Addr
-	for _, c := range offer.Candidates {
-		if c.Kind == turnKind {
-			addrs = append(addrs, net.UDPAddrFromAddrPort(c.Addr))
-		}
+	for _, a := range offer.Addrs(candidate.TURN) {
+		addrs = append(addrs, net.UDPAddrFromAddrPort(a))
 	}
 	if len(addrs) == 0 {
 		return
 	}
-	n.goRun(func() {
-		n.turn.mu.Lock()
-		client := n.turn.client
-		n.turn.mu.Unlock()
+	r.h.Go(func() {
+		r.mu.Lock()
+		client := r.client
+		r.mu.Unlock()
 		if client == nil {
 			return
 		}
-		if err := client.CreatePermission(addrs...); err != nil && n.ctx.Err() == nil {
-			n.log.Debug("turn: permission for an introduced peer", "peer", offer.Peer.Short(), "err", err)
+		if err := client.CreatePermission(addrs...); err != nil && r.h.Context.Err() == nil {
+			r.h.Logger.Debug("turn: permission for an introduced peer", "peer", offer.Peer.Short(), "err", err)
 		}
 	})
 }
 
-// turnStrategy is the TURN rung.
-type turnStrategy struct{ n *Node }
-
-func (turnStrategy) Name() string { return StrategyTURN }
-
-// Connect dials QUIC from the node's allocation to the peer's.
-func (s turnStrategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream.Session, error) {
-	ts := s.n.turn
-	if ts == nil {
+// Connect implements rung.Rung: it dials QUIC from the node's allocation
+// to the peer's.
+func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
+	if len(r.servers) == 0 {
 		return nil, fmt.Errorf("%w: no TURN server configured", ErrNoTURN)
 	}
 	select {
-	case <-ts.ready:
+	case <-r.ready:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	ts.mu.Lock()
-	client, tr := ts.client, ts.tr
-	ts.mu.Unlock()
+	r.mu.Lock()
+	client, tr := r.client, r.tr
+	r.mu.Unlock()
 	if client == nil {
-		return nil, fmt.Errorf("%w: %w", ErrNoTURN, ts.err)
+		return nil, fmt.Errorf("%w: %w", ErrNoTURN, r.err)
 	}
-	var target netip.AddrPort
-	for _, c := range a.Remote.Candidates {
-		if c.Kind == turnKind {
-			target = c.Addr
-			break
-		}
-	}
+	target := a.Remote.First(candidate.TURN)
 	if !target.IsValid() {
 		return nil, fmt.Errorf("%w: the peer advertised no TURN address", ErrNoTURN)
 	}
@@ -368,9 +359,7 @@ func (s turnStrategy) Connect(ctx context.Context, a *strategy.Attempt) (*stream
 	if err := client.CreatePermission(ua); err != nil {
 		return nil, fmt.Errorf("turn: permission for %s: %w", target, err)
 	}
-	cfg := a.Session
-	cfg.PacketSize = relay.PacketSize
-	return stream.DialAddr(ctx, tr, ua, a.Key, a.Peer, cfg)
+	return stream.DialAddr(ctx, tr, ua, a.Key, a.Peer, relay.SessionConfig(a.Session))
 }
 
 // turnConn is an allocation as quic-go's packet connection: the buffer
@@ -394,4 +383,9 @@ func (c turnConn) SetWriteBuffer(n int) error {
 		return b.SetWriteBuffer(n)
 	}
 	return nil
+}
+
+// Plan implements rung.Rung: without TURN servers the rung sits out.
+func (r *Rung) Plan(_ *rung.Attempt, headStart time.Duration) (time.Duration, bool) {
+	return headStart, len(r.servers) > 0
 }

@@ -1,4 +1,4 @@
-package strategy
+package rung
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 
 // raceCore is Race for any closable result, so the race logic can be tested
 // without sessions. See Race for the rules.
-func raceCore[T io.Closer](ctx context.Context, cands []candidate[T], log *slog.Logger) (T, string, error) {
+func raceCore[T io.Closer](ctx context.Context, cands []contender[T], log *slog.Logger) (T, string, error) {
 	var zero T
 	if len(cands) == 0 {
 		return zero, "", ErrEmptyLadder

@@ -1,11 +1,13 @@
-// Package strategy defines how reach tries to reach a peer: the Strategy
-// interface that each rung of the connectivity ladder implements (direct,
-// upnp, holepunch, supernode, relay), and Race, which runs a ladder
-// Happy-Eyeballs style and returns the first session that works.
+// Package rung defines a rung of reach's connectivity ladder: the Rung
+// interface each rung's folder implements (everything a rung does for its
+// node: what it adds to offers, what it does when the node is introduced,
+// how it connects, its cleanup), the Host a node lends its rungs, Race,
+// which runs one dial's ladder Happy-Eyeballs style and returns the first
+// session that works, and Plan, the per-dial policy applied before it.
 //
-// The ladder is always an explicit []Entry built by the caller; strategies
-// never register themselves.
-package strategy
+// The ladder is an explicit table (package internal/ladder); rungs never
+// register themselves.
+package rung
 
 import (
 	"context"
@@ -16,13 +18,13 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/candidate"
 	"github.com/reachp2p/reach/internal/sock"
-	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
 )
 
-// Attempt is what a strategy needs to connect to one peer. Strategies must
-// not modify it; Race shares one Attempt between all of them.
+// Attempt is what a rung needs to connect to one peer. Rungs must not
+// modify it; Race shares one Attempt between all of them.
 type Attempt struct {
 	// Key is this node's key, proved in every handshake.
 	Key *identity.Key
@@ -32,7 +34,7 @@ type Attempt struct {
 	Socket *sock.Socket
 	// Local is what this side told the peer in the introduction (its
 	// candidates, the punch key); Remote is what the peer answered.
-	Local, Remote rendezvous.PeerInfo
+	Local, Remote candidate.PeerInfo
 	// Session configures the sessions strategies make.
 	Session stream.Config
 	// Logger receives debug logs. Nil discards them.
@@ -46,30 +48,20 @@ func (a *Attempt) logger() *slog.Logger {
 	return a.Logger
 }
 
-// Strategy is one way to reach a peer.
-//
-// Connect tries to make a session with a.Peer. It must return promptly once
-// ctx is done (with an error wrapping ctx.Err() if it gave up because of
-// it), and must close everything it opened unless it returns a session:
-// on error the session is nil, and on success the caller owns the session.
-// Connect must be safe to call concurrently with other strategies' Connect
-// on the same Attempt.
-type Strategy interface {
-	// Name is a short lowercase name for logs, metrics and
-	// Session.Strategy, e.g. "direct".
-	Name() string
-	Connect(ctx context.Context, a *Attempt) (*stream.Session, error)
-}
-
-// Entry is one rung of a ladder.
+// Entry is one rung of a dial's ladder.
 type Entry struct {
-	Strategy Strategy
-	// HeadStart is how long Race lets this strategy run before it starts
+	Rung Rung
+	// HeadStart is how long Race lets this rung run before it starts
 	// the next entry. The next entry starts earlier if this one fails
 	// (earlier entries may still be running). Zero starts the next entry
 	// at once.
 	// The last entry's HeadStart is unused.
 	HeadStart time.Duration
+	// Forwards marks a rung whose path goes through a third party (the
+	// hosted relay, TURN, a supernode): it joins the race after the
+	// forwarding delay (see Plan), and the node keeps looking for a
+	// better path while a session runs on it.
+	Forwards bool
 }
 
 // Named errors. Test with errors.Is.
@@ -137,11 +129,11 @@ func (e *RaceError) Unwrap() []error {
 // failed, if any).
 func Race(ctx context.Context, a *Attempt, ladder []Entry) (*stream.Session, string, error) {
 	log := a.logger()
-	cands := make([]candidate[*stream.Session], len(ladder))
+	cands := make([]contender[*stream.Session], len(ladder))
 	for i, e := range ladder {
-		st := e.Strategy
+		st := e.Rung
 		name := st.Name()
-		cands[i] = candidate[*stream.Session]{
+		cands[i] = contender[*stream.Session]{
 			name:      name,
 			headStart: e.HeadStart,
 			run: func(ctx context.Context) (*stream.Session, error) {
@@ -170,8 +162,8 @@ func Race(ctx context.Context, a *Attempt, ladder []Entry) (*stream.Session, str
 	return s, winner, nil
 }
 
-// candidate is one entry of the generic race.
-type candidate[T io.Closer] struct {
+// contender is one entry of the generic race.
+type contender[T io.Closer] struct {
 	name      string
 	headStart time.Duration
 	run       func(ctx context.Context) (T, error)

@@ -1,0 +1,209 @@
+package reach
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/ladder"
+	"github.com/reachp2p/reach/internal/rung"
+	"github.com/reachp2p/reach/stream"
+)
+
+// DialSession returns a session to peer: an open one if the node has one,
+// else a new one from the race of the ladder's rungs. The session's
+// Strategy() names the rung that carries it. ctx bounds the setup only.
+func (n *Node) DialSession(ctx context.Context, peer PeerID) (*Session, error) {
+	if peer == n.ID() {
+		return nil, ErrSelfDial
+	}
+	if s := n.liveSession(peer); s != nil {
+		return s, nil
+	}
+	if n.client == nil {
+		return nil, ErrNoServers
+	}
+	if n.ctx.Err() != nil {
+		return nil, ErrClosed
+	}
+	start := time.Now()
+	sess, err := n.introduceAndRace(ctx, peer, n.ladder.Dial)
+	if err != nil {
+		return nil, err
+	}
+	n.log.Debug("session up", "peer", peer.Short(), "strategy", sess.Strategy(), "path", sess.RemoteAddr(), "elapsed", time.Since(start))
+	if !n.accepted(sess) {
+		sess.CloseWithError(0, "node closed")
+		return nil, ErrClosed
+	}
+	if ladder.Forwards(sess.Strategy()) {
+		n.forwarded(sess)
+	}
+	return sess, nil
+}
+
+// introduceAndRace asks the server to introduce the node to peer and races
+// entries on the answer: each rung of entries prepares the offer, then
+// the per-dial policy (rung.Plan) adapts the ladder to the answer.
+func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entries []rung.Entry) (*stream.Session, error) {
+	var b [8]byte
+	rand.Read(b[:])
+	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1}
+	for _, e := range entries {
+		if release := e.Rung.Offer(ctx, &offer); release != nil {
+			defer release()
+		}
+	}
+	introStart := time.Now()
+	answer, err := n.client.Connect(ctx, peer, offer)
+	if err != nil {
+		return nil, fmt.Errorf("reach: introduction to %s: %w", peer.Short(), err)
+	}
+	intro := time.Since(introStart)
+	offer.Peer = n.ID()
+	a := &rung.Attempt{
+		Key: n.key, Peer: peer, Socket: n.sock,
+		Local: offer, Remote: answer,
+		Session: n.cfg.Session, Logger: n.log,
+	}
+	delay := rung.ForwardDelay(n.cfg.RelayDelay, intro, answer.HasUDP() && n.Observed().IsValid())
+	sess, _, err := rung.Race(ctx, a, rung.Plan(a, entries, delay))
+	if err != nil {
+		return nil, fmt.Errorf("reach: dial %s: %w", peer.Short(), err)
+	}
+	return sess, nil
+}
+
+// liveSession returns an open session to peer, if any; a forwarded one
+// only if there is no other.
+func (n *Node) liveSession(peer identity.PeerID) *stream.Session {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var forwarded *stream.Session
+	for _, s := range n.sessions[peer] {
+		if s.Context().Err() == nil {
+			if !ladder.Forwards(s.Strategy()) {
+				return s
+			}
+			if forwarded == nil {
+				forwarded = s
+			}
+		}
+	}
+	return forwarded
+}
+
+// Sessions returns the node's open sessions.
+func (n *Node) Sessions() []*Session {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []*stream.Session
+	for _, ss := range n.sessions {
+		for _, s := range ss {
+			if s.Context().Err() == nil {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+// accepted takes a new session, dialled or accepted on any rung: the node
+// tracks it until it ends and queues the streams the peer opens on it
+// for Accept. It reports false if the node closed (the caller closes the
+// session).
+func (n *Node) accepted(sess *stream.Session) bool {
+	peer := sess.RemotePeer()
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return false
+	}
+	n.sessions[peer] = append(n.sessions[peer], sess)
+	n.mu.Unlock()
+	n.goRun(func() {
+		select {
+		case <-sess.Done():
+		case <-n.ctx.Done():
+		}
+		n.mu.Lock()
+		ss := n.sessions[peer]
+		for i, s := range ss {
+			if s == sess {
+				ss = append(ss[:i], ss[i+1:]...)
+				break
+			}
+		}
+		if len(ss) == 0 {
+			delete(n.sessions, peer)
+		} else {
+			n.sessions[peer] = ss
+		}
+		n.mu.Unlock()
+	})
+	n.goRun(func() { n.acceptStreams(sess) })
+	return true
+}
+
+// acceptSessions takes QUIC sessions other peers open to this node's own
+// socket.
+func (n *Node) acceptSessions() {
+	for {
+		sess, err := n.ln.Accept(n.ctx)
+		if err != nil {
+			if n.ctx.Err() == nil {
+				n.log.Debug("accepting sessions stopped", "err", err)
+			}
+			return
+		}
+		n.log.Debug("session accepted", "peer", sess.RemotePeer().Short(), "path", sess.RemoteAddr())
+		if !n.accepted(sess) {
+			sess.CloseWithError(0, "node closed")
+			return
+		}
+	}
+}
+
+// acceptStreams queues the streams the peer opens on sess for Accept.
+func (n *Node) acceptStreams(sess *stream.Session) {
+	for {
+		st, err := sess.AcceptStream(n.ctx)
+		if err != nil {
+			return
+		}
+		select {
+		case n.accept <- st:
+		default:
+			n.log.Warn("accept queue full; resetting stream", "peer", sess.RemotePeer().Short())
+			st.Close()
+		}
+	}
+}
+
+// serveIntroductions answers other peers' introductions: it sends this
+// node's candidates back and lets every rung do its listening side.
+func (n *Node) serveIntroductions() {
+	for {
+		select {
+		case in, ok := <-n.client.Incoming():
+			if !ok { // the client closed (Close closes it after n.ctx)
+				return
+			}
+			offer := in.Offer
+			if err := in.Accept(candidate.PeerInfo{}); err != nil {
+				n.log.Debug("answering introduction", "peer", offer.Peer.Short(), "err", err)
+				continue
+			}
+			n.log.Debug("introduced", "peer", offer.Peer.Short(), "candidates", offer.Candidates)
+			for _, r := range n.ladder.All {
+				r.Introduced(offer)
+			}
+		case <-n.ctx.Done():
+			return
+		}
+	}
+}

@@ -1,0 +1,197 @@
+// Package candidate holds the addresses peers advertise to each other in
+// an introduction (offer and answer), their kinds, and the one set of
+// filters both sides use to pick the addresses a rung works with. It is a
+// leaf: it imports nothing of reach but the peer ID.
+//
+// A rung that adds a kind of address adds its Kind here; what each rung
+// dials or punches is said once, by the functions below, so the dialler and
+// the listener cannot disagree about it.
+package candidate
+
+import (
+	"net"
+	"net/netip"
+
+	"github.com/reachp2p/reach/identity"
+)
+
+// Kind says where a candidate address came from.
+type Kind string
+
+// Candidate kinds, in the order rungs usually prefer them.
+const (
+	// Host: an address of one of the peer's own interfaces.
+	Host Kind = "host"
+	// Reflexive: the peer's public address as a server saw it (STUN or the
+	// rendezvous connection on the shared socket).
+	Reflexive Kind = "srflx"
+	// Mapped: an address a port-mapping gateway (UPnP, NAT-PMP, PCP) granted.
+	Mapped Kind = "mapped"
+	// Relay: the hosted relay that the dialler will come through (the
+	// relay of the server that introduced the peers). Not a peer address.
+	Relay Kind = "relay"
+	// Supernode: a volunteer (a peer with open ports) that forwards
+	// between the two peers. Only the server adds these, with Peer (the
+	// volunteer's key) and Token (the recipient's pass to link to it).
+	Supernode Kind = "supernode"
+	// TURN: the peer's relayed transport address on its TURN server,
+	// reachable once the other side permits it there.
+	TURN Kind = "turn"
+)
+
+// Candidate is one address at which a peer might be reached.
+type Candidate struct {
+	Addr netip.AddrPort `json:"addr"`
+	Kind Kind           `json:"kind"`
+	// Peer is the key at Addr, for Supernode candidates; zero otherwise.
+	Peer identity.PeerID `json:"peer,omitzero"`
+	// Token lets the recipient link to the Supernode candidate's
+	// volunteer; empty otherwise.
+	Token string `json:"token,omitempty"`
+}
+
+// PeerInfo is what one side of an introduction tells the other: the
+// dialler's offer and the listener's answer.
+type PeerInfo struct {
+	// Peer is the sender's ID. The server fills it in from the sender's
+	// authenticated connection; a value the sender puts here is ignored.
+	Peer identity.PeerID `json:"peer"`
+	// Candidates are the sender's addresses. The server appends the
+	// reflexive address it observed on the sender's UDP connection, if any.
+	Candidates []Candidate `json:"candidates"`
+	// PunchKey is 32 random bytes chosen by the dialler for this attempt
+	// and echoed by the listener; punch packets carry a MAC under it.
+	PunchKey []byte `json:"punch_key,omitempty"`
+	// Attempt identifies one introduction; chosen by the dialler, echoed.
+	Attempt uint64 `json:"attempt"`
+	// WantSupernodes, in an offer, asks the server for volunteers: it adds
+	// Supernode candidates to the offer it forwards and to the answer.
+	WantSupernodes bool `json:"want_supernodes,omitempty"`
+}
+
+// Addrs returns the distinct usable addresses (valid, non-zero port) of
+// the candidates of the given kinds, in the order given.
+func (p PeerInfo) Addrs(kinds ...Kind) []netip.AddrPort {
+	var out []netip.AddrPort
+	seen := map[netip.AddrPort]bool{}
+	for _, c := range p.Candidates {
+		if !isKind(c.Kind, kinds) || !c.Addr.IsValid() || c.Addr.Port() == 0 || seen[c.Addr] {
+			continue
+		}
+		seen[c.Addr] = true
+		out = append(out, c.Addr)
+	}
+	return out
+}
+
+func isKind(k Kind, kinds []Kind) bool {
+	for _, want := range kinds {
+		if k == want {
+			return true
+		}
+	}
+	return false
+}
+
+// Punchable returns the addresses a hole punch checks, on either side:
+// the peer's own addresses, its reflexive ones and its mapped ones. Relay,
+// TURN and supernode candidates are servers, not the peer, and never get a
+// punch packet.
+func (p PeerInfo) Punchable() []netip.AddrPort {
+	return p.Addrs(Host, Reflexive, Mapped)
+}
+
+// HasUDP reports whether the sender's UDP reached its server: the server
+// observed a reflexive address. A peer without one registered over TCP,
+// and its UDP is likely blocked.
+func (p PeerInfo) HasUDP() bool {
+	for _, c := range p.Candidates {
+		if c.Kind == Reflexive && c.Addr.IsValid() {
+			return true
+		}
+	}
+	return false
+}
+
+// Volunteers returns the usable Supernode candidates, in the server's
+// order (best first).
+func (p PeerInfo) Volunteers() []Candidate {
+	var out []Candidate
+	for _, c := range p.Candidates {
+		if c.Kind == Supernode && !c.Peer.IsZero() && c.Addr.IsValid() {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// First returns the first usable address of kind k, or the zero AddrPort.
+func (p PeerInfo) First(k Kind) netip.AddrPort {
+	if a := p.Addrs(k); len(a) > 0 {
+		return a[0]
+	}
+	return netip.AddrPort{}
+}
+
+// HostAddrs lists an address on port for every usable interface address:
+// IPv4 and IPv6 global and private unicast addresses (no link-local: they
+// need a zone and rarely help). Loopback addresses are included only with
+// loopback true (everything on one machine, as in the demo); IPv6 only
+// with v6 true (the socket is dual-stack).
+func HostAddrs(addrs []net.Addr, port uint16, loopback, v6 bool) []Candidate {
+	var out []Candidate
+	seen := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		pfx, err := netip.ParsePrefix(a.String())
+		if err != nil {
+			continue
+		}
+		ip := pfx.Addr().Unmap()
+		switch {
+		case seen[ip], ip.IsLinkLocalUnicast(), ip.IsMulticast(), ip.IsUnspecified():
+			continue
+		case ip.IsLoopback() && !loopback:
+			continue
+		case ip.Is6() && !v6:
+			continue
+		}
+		seen[ip] = true
+		out = append(out, Candidate{Addr: netip.AddrPortFrom(ip, port), Kind: Host})
+	}
+	return out
+}
+
+// Prefixes lists the networks of the given interface addresses.
+func Prefixes(addrs []net.Addr) []netip.Prefix {
+	var out []netip.Prefix
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked())
+		}
+	}
+	return out
+}
+
+// DirectPlausible reports whether some host candidate of the peer is a
+// public address or lies in one of the local networks: only then can the
+// peer be reached as it is.
+func (p PeerInfo) DirectPlausible(local []netip.Prefix) bool {
+	for _, c := range p.Candidates {
+		if c.Kind != Host {
+			continue
+		}
+		ip := c.Addr.Addr().Unmap()
+		if ip.IsGlobalUnicast() && !ip.IsPrivate() && !cgnat.Contains(ip) {
+			return true
+		}
+		for _, pfx := range local {
+			if pfx.Contains(ip) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// cgnat is the shared address space of carrier-grade NATs (RFC 6598).
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")

@@ -1,18 +1,19 @@
 package relaymetrics_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/quic-go/quic-go"
 	"go.uber.org/goleak"
 
@@ -24,21 +25,15 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// scrape gathers reg and checks the text exposition is want.
+// scrape serves reg's /metrics the way reach server does and checks the
+// text exposition is want.
 func scrape(t *testing.T, reg *prometheus.Registry, want string) {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b bytes.Buffer
-	for _, mf := range mfs {
-		if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if b.String() != want {
-		t.Errorf("scraped:\n%s\nwant:\n%s", b.String(), want)
+	rec := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.PanicOnError}).
+		ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if got := rec.Body.String(); got != want {
+		t.Errorf("scraped:\n%s\nwant:\n%s", got, want)
 	}
 }
 

@@ -6,7 +6,8 @@ import "sync/atomic"
 // enums whose names are the metric label values. Nothing here knows
 // about Prometheus: relay/relaymetrics reads Server.Metrics at scrape
 // time, so SDK users that never run a server do not link a metrics
-// library, and forwarding a packet costs two atomic adds.
+// library, and counting a forwarded packet is two atomic adds (no map
+// lookup, no allocation).
 
 // transport is the kind of a server-side link.
 type transport uint8

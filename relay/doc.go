@@ -10,8 +10,10 @@
 // ServerConfig.Protocols): QUIC on the UDP port, TLS on the TCP ports (443
 // where it may bind it). Peers prove their Ed25519 key in the TLS
 // handshake; only connected peers can be reached, never arbitrary
-// addresses. Limits, tokens (NewToken, CheckToken) and Prometheus metrics
-// are in ServerConfig.
+// addresses. Limits and tokens (NewToken, CheckToken) are in ServerConfig.
+// The server counts what it forwards, drops and refuses in plain atomics
+// (Server.Metrics, Server.Stats); package relay/relaymetrics exports them
+// to Prometheus, so this package links no metrics library.
 //
 // Client side: a Client keeps a node's Link to the relay. Links are
 // pluggable (LinkDialer): UDPDialer (QUIC DATAGRAM frames from the node's

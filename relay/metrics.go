@@ -1,68 +1,163 @@
 package relay
 
-import (
-	"sync/atomic"
+import "sync/atomic"
 
-	"github.com/prometheus/client_golang/prometheus"
+// The server counts what it does in plain atomics, indexed by small
+// enums whose names are the metric label values. Nothing here knows
+// about Prometheus: relay/relaymetrics reads Server.Metrics at scrape
+// time, so SDK users that never run a server do not link a metrics
+// library, and counting a forwarded packet is two atomic adds (no map
+// lookup, no allocation).
+
+// transport is the kind of a server-side link.
+type transport uint8
+
+const (
+	transportUDP transport = iota // QUIC datagrams
+	transportTLS                  // TLS over TCP (also under a WebSocket)
+	numTransports
 )
 
-// metrics are the relay server's Prometheus metrics (all prefixed
-// reach_relay_), plus plain counters for Stats.
+var transportNames = [numTransports]string{"udp", "tls"}
+
+func (t transport) String() string { return transportNames[t] }
+
+// dropReason is why a packet was not forwarded.
+type dropReason uint8
+
+const (
+	dropNoPeer       dropReason = iota // destination not linked (or the sender itself)
+	dropSessionLimit                   // would open a session past MaxSessions
+	dropPeerRate                       // sender over PeerRate
+	dropTotalRate                      // relay over TotalRate
+	dropQueueFull                      // destination's send queue full
+	dropMalformed                      // empty, oversized or truncated
+	numDropReasons
+)
+
+var dropNames = [numDropReasons]string{"no_peer", "session_limit", "peer_rate", "total_rate", "queue_full", "malformed"}
+
+// rejectReason is why a link was refused before registration (other than
+// its token).
+type rejectReason uint8
+
+const (
+	rejectFull        rejectReason = iota // at MaxClients
+	rejectRateLimited                     // over ConnRate for its IP
+	rejectHandshake                       // no valid HELLO
+	numRejectReasons
+)
+
+var rejectNames = [numRejectReasons]string{"full", "rate_limited", "handshake"}
+
+// authReason is why a link's token was refused.
+type authReason uint8
+
+const (
+	authBadToken authReason = iota
+	authTokenExpired
+	numAuthReasons
+)
+
+var authNames = [numAuthReasons]string{"bad_token", "token_expired"}
+
+// metrics are a Server's counters. The sessions gauge is Server.sessions
+// itself (kept under Server.mu).
 type metrics struct {
-	clients  *prometheus.GaugeVec   // connected peers, by transport
-	conns    *prometheus.CounterVec // links accepted, by transport
-	rejected *prometheus.CounterVec // links refused, by reason
-	auth     *prometheus.CounterVec // token failures, by reason
-	sessions prometheus.Gauge       // relay sessions now
-	packets  prometheus.Counter     // packets forwarded
-	bytes    prometheus.Counter     // payload bytes forwarded
-	drops    *prometheus.CounterVec // packets dropped, by reason
+	packets, bytes atomic.Uint64 // forwarded
 
-	nPackets, nBytes, nDrops, nAuth atomic.Uint64
+	clients  [numTransports]atomic.Int64 // linked now
+	conns    [numTransports]atomic.Uint64
+	rejected [numRejectReasons]atomic.Uint64
+	auth     [numAuthReasons]atomic.Uint64
+	drops    [numDropReasons]atomic.Uint64
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
-	m := &metrics{
-		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "reach_relay_clients",
-			Help: "Peers connected to the relay, by link transport."}, []string{"transport"}),
-		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "reach_relay_connections_total",
-			Help: "Relay links accepted, by transport."}, []string{"transport"}),
-		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "reach_relay_rejected_total",
-			Help: "Relay links refused before registration, by reason (full, rate_limited, handshake)."}, []string{"reason"}),
-		auth: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "reach_relay_auth_failures_total",
-			Help: "Relay links refused for their token, by reason (bad_token, token_expired)."}, []string{"reason"}),
-		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Name: "reach_relay_sessions",
-			Help: "Relay sessions (ordered pairs of peers with recent packets)."}),
-		packets: prometheus.NewCounter(prometheus.CounterOpts{Name: "reach_relay_packets_total",
-			Help: "Packets forwarded."}),
-		bytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "reach_relay_bytes_total",
-			Help: "Payload bytes forwarded."}),
-		drops: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "reach_relay_drops_total",
-			Help: "Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed)."}, []string{"reason"}),
-	}
-	// Known label values start at zero, so they show before the first event.
-	for _, r := range []string{"no_peer", "session_limit", "peer_rate", "total_rate", "queue_full", "malformed"} {
-		m.drops.WithLabelValues(r)
-	}
-	for _, r := range []string{"bad_token", "token_expired"} {
-		m.auth.WithLabelValues(r)
-	}
-	for _, r := range []string{"full", "rate_limited", "handshake"} {
-		m.rejected.WithLabelValues(r)
-	}
-	for _, t := range []string{"udp", "tls"} {
-		m.clients.WithLabelValues(t)
-		m.conns.WithLabelValues(t)
-	}
-	if reg != nil {
-		for _, c := range []prometheus.Collector{m.clients, m.conns, m.rejected, m.auth, m.sessions, m.packets, m.bytes, m.drops} {
-			reg.MustRegister(c)
-		}
-	}
-	return m
+func (m *metrics) drop(r dropReason) { m.drops[r].Add(1) }
+
+// MetricsSnapshot is every counter and gauge of a Server, read at one
+// moment (each value atomically, not all together). Every map has an
+// entry for each label value the server knows, zero or not, so a new
+// server already shows them all. Package relay/relaymetrics exports it to
+// Prometheus as reach_relay_* metrics.
+type MetricsSnapshot struct {
+	// Clients are the peers linked now, by transport ("udp", "tls"; a
+	// WebSocket link counts as tls).
+	Clients map[string]int
+	// Connections are the links registered, by transport.
+	Connections map[string]uint64
+	// Rejected are the links refused before registration, by reason
+	// ("full", "rate_limited", "handshake").
+	Rejected map[string]uint64
+	// AuthFailures are the links refused for their token, by reason
+	// ("bad_token", "token_expired").
+	AuthFailures map[string]uint64
+	// Sessions are the relay sessions now (ordered pairs of peers with
+	// recent packets).
+	Sessions int
+	// Packets and Bytes are the packets and payload bytes forwarded.
+	Packets, Bytes uint64
+	// Drops are the packets dropped, by reason ("no_peer",
+	// "session_limit", "peer_rate", "total_rate", "queue_full",
+	// "malformed").
+	Drops map[string]uint64
 }
 
-func (m *metrics) drop(reason string) {
-	m.nDrops.Add(1)
-	m.drops.WithLabelValues(reason).Inc()
+// Metrics returns a snapshot of the server's counters and gauges.
+func (s *Server) Metrics() MetricsSnapshot {
+	s.mu.RLock()
+	sessions := s.sessions
+	s.mu.RUnlock()
+	m := s.m
+	snap := MetricsSnapshot{
+		Clients:      make(map[string]int, numTransports),
+		Connections:  make(map[string]uint64, numTransports),
+		Rejected:     make(map[string]uint64, numRejectReasons),
+		AuthFailures: make(map[string]uint64, numAuthReasons),
+		Sessions:     sessions,
+		Packets:      m.packets.Load(),
+		Bytes:        m.bytes.Load(),
+		Drops:        make(map[string]uint64, numDropReasons),
+	}
+	for i, name := range transportNames {
+		snap.Clients[name] = int(m.clients[i].Load())
+		snap.Connections[name] = m.conns[i].Load()
+	}
+	for i, name := range rejectNames {
+		snap.Rejected[name] = m.rejected[i].Load()
+	}
+	for i, name := range authNames {
+		snap.AuthFailures[name] = m.auth[i].Load()
+	}
+	for i, name := range dropNames {
+		snap.Drops[name] = m.drops[i].Load()
+	}
+	return snap
+}
+
+// Stats is a snapshot of a server's state and counters: the totals of
+// Metrics.
+type Stats struct {
+	Clients      int    // peers connected now
+	Sessions     int    // relay sessions now
+	Packets      uint64 // packets forwarded
+	Bytes        uint64 // payload bytes forwarded
+	Drops        uint64 // packets dropped, for any reason
+	AuthFailures uint64 // links refused for a bad or expired token
+}
+
+// Stats returns a snapshot of the server's counters.
+func (s *Server) Stats() Stats {
+	s.mu.RLock()
+	st := Stats{Clients: len(s.peers), Sessions: s.sessions}
+	s.mu.RUnlock()
+	st.Packets = s.m.packets.Load()
+	st.Bytes = s.m.bytes.Load()
+	for i := range s.m.drops {
+		st.Drops += s.m.drops[i].Load()
+	}
+	for i := range s.m.auth {
+		st.AuthFailures += s.m.auth[i].Load()
+	}
+	return st
 }

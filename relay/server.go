@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/time/rate"
 
@@ -73,9 +72,6 @@ type ServerConfig struct {
 	// bad_token). A supernode uses it for its allow-list and for tokens
 	// its rendezvous servers issued. Nil: Secrets decide.
 	Authorize func(peer identity.PeerID, token string) error
-	// Registerer receives the server's Prometheus metrics. Nil: they are
-	// kept but not registered anywhere (Stats still reads them).
-	Registerer prometheus.Registerer
 	// Logger receives the server's logs. Nil: discard.
 	Logger *slog.Logger
 }
@@ -139,8 +135,8 @@ func NewServer(cfg ServerConfig) *Server {
 	cfg = cfg.withDefaults()
 	s := &Server{
 		cfg:     cfg,
+		m:       new(metrics),
 		log:     cfg.Logger,
-		m:       newMetrics(cfg.Registerer),
 		peers:   make(map[identity.PeerID]*peerLink),
 		ipRates: make(map[netip.Addr]*ipRate),
 	}
@@ -148,28 +144,6 @@ func NewServer(cfg ServerConfig) *Server {
 		s.total = rate.NewLimiter(rate.Limit(cfg.TotalRate), max(cfg.TotalRate/4, 64<<10))
 	}
 	return s
-}
-
-// Stats is a snapshot of a server's state and counters.
-type Stats struct {
-	Clients      int    // peers connected now
-	Sessions     int    // relay sessions now
-	Packets      uint64 // packets forwarded
-	Bytes        uint64 // payload bytes forwarded
-	Drops        uint64 // packets dropped, for any reason
-	AuthFailures uint64 // links refused for a bad or expired token
-}
-
-// Stats returns a snapshot of the server's counters.
-func (s *Server) Stats() Stats {
-	s.mu.RLock()
-	st := Stats{Clients: len(s.peers), Sessions: s.sessions}
-	s.mu.RUnlock()
-	st.Packets = s.m.nPackets.Load()
-	st.Bytes = s.m.nBytes.Load()
-	st.Drops = s.m.nDrops.Load()
-	st.AuthFailures = s.m.nAuth.Load()
-	return st
 }
 
 // PeerStats is one linked peer's share of a relay's work.
@@ -195,7 +169,7 @@ func (s *Server) Peers() []PeerStats {
 		p.omu.Lock()
 		n := len(p.out)
 		p.omu.Unlock()
-		out = append(out, PeerStats{Peer: p.id, Transport: p.transport, Sessions: n,
+		out = append(out, PeerStats{Peer: p.id, Transport: p.transport.String(), Sessions: n,
 			Packets: p.nPackets.Load(), Bytes: p.nBytes.Load()})
 	}
 	return out
@@ -206,7 +180,7 @@ type peerLink struct {
 	srv       *Server
 	id        identity.PeerID
 	ip        netip.Addr
-	transport string
+	transport transport
 	lim       *rate.Limiter // nil: unlimited
 	// write sends one queued message; buf has frameHeader bytes of room
 	// in front of the peer key and payload.
@@ -262,7 +236,7 @@ func (s *Server) ServeQUIC(ctx context.Context, qc *quic.Conn) {
 		qc.CloseWithError(quic.ApplicationErrorCode(code), codeName(code))
 	}
 	st.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	p := &peerLink{srv: s, id: id, ip: ip, transport: "udp", fail: closeWith,
+	p := &peerLink{srv: s, id: id, ip: ip, transport: transportUDP, fail: closeWith,
 		write: func(buf []byte) error {
 			if buf[0] != framePacket {
 				return writeCtl(buf)
@@ -301,7 +275,7 @@ func (s *Server) ServeQUIC(ctx context.Context, qc *quic.Conn) {
 			return
 		}
 		if len(d) < identityLen {
-			s.m.drop("malformed")
+			s.m.drop(dropMalformed)
 			continue
 		}
 		s.forward(p, identity.PeerID(d[:identityLen]), d[identityLen:])
@@ -330,7 +304,7 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 		_, err := tc.Write(buf)
 		return err
 	}
-	p := &peerLink{srv: s, id: id, ip: addrOf(tc.RemoteAddr()), transport: "tls",
+	p := &peerLink{srv: s, id: id, ip: addrOf(tc.RemoteAddr()), transport: transportTLS,
 		fail: func(code byte, reason string) {
 			if code != 0 {
 				write(appendFrame(nil, frameError, []byte{code}, []byte(reason)))
@@ -406,12 +380,12 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 	s.sweepOnce.Do(func() { go s.sweep(ctx) })
 	typ, body, _, err := readFrame(r, nil)
 	if err != nil || typ != frameHello {
-		s.m.rejected.WithLabelValues("handshake").Inc()
+		s.m.rejected[rejectHandshake].Add(1)
 		p.fail(codeProtocol, "want HELLO")
 		return false
 	}
 	if !s.allowConn(p.ip) {
-		s.m.rejected.WithLabelValues("rate_limited").Inc()
+		s.m.rejected[rejectRateLimited].Add(1)
 		p.fail(codeRateLimited, "too many connections from "+p.ip.String())
 		return false
 	}
@@ -421,12 +395,11 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 			check = func() error { return s.cfg.Authorize(p.id, string(body)) }
 		}
 		if err := check(); err != nil {
-			code, reason := byte(codeBadToken), "bad_token"
+			code, reason := byte(codeBadToken), authBadToken
 			if errors.Is(err, ErrTokenExpired) {
-				code, reason = codeTokenExpired, "token_expired"
+				code, reason = codeTokenExpired, authTokenExpired
 			}
-			s.m.auth.WithLabelValues(reason).Inc()
-			s.m.nAuth.Add(1)
+			s.m.auth[reason].Add(1)
 			s.log.Debug("relay: token refused", "peer", p.id.Short(), "err", err)
 			p.fail(code, err.Error())
 			return false
@@ -440,7 +413,7 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 	old := s.peers[p.id]
 	if old == nil && len(s.peers) >= s.cfg.MaxClients {
 		s.mu.Unlock()
-		s.m.rejected.WithLabelValues("full").Inc()
+		s.m.rejected[rejectFull].Add(1)
 		p.fail(codeFull, "relay is at its client limit")
 		return false
 	}
@@ -449,8 +422,8 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 	if old != nil {
 		old.fail(codeReplaced, "a newer link of this peer took over")
 	}
-	s.m.clients.WithLabelValues(p.transport).Inc()
-	s.m.conns.WithLabelValues(p.transport).Inc()
+	s.m.clients[p.transport].Add(1)
+	s.m.conns[p.transport].Add(1)
 	var w [4]byte
 	binary.BigEndian.PutUint16(w[0:2], MaxPayload)
 	binary.BigEndian.PutUint16(w[2:4], uint16(min(s.cfg.IdleTimeout/3/time.Second, 65535)))
@@ -459,7 +432,7 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 		p.fail(0, "")
 		return false
 	}
-	s.log.Debug("relay: peer connected", "peer", p.id.Short(), "transport", p.transport, "ip", p.ip)
+	s.log.Debug("relay: peer connected", "peer", p.id.Short(), "transport", p.transport.String(), "ip", p.ip)
 	return true
 }
 
@@ -479,11 +452,10 @@ func (s *Server) unregister(p *peerLink) {
 		delete(s.peers, p.id)
 	}
 	s.sessions -= n
-	s.m.sessions.Set(float64(s.sessions))
 	s.mu.Unlock()
-	s.m.clients.WithLabelValues(p.transport).Dec()
+	s.m.clients[p.transport].Add(-1)
 	p.fail(0, "")
-	s.log.Debug("relay: peer gone", "peer", p.id.Short(), "transport", p.transport)
+	s.log.Debug("relay: peer gone", "peer", p.id.Short(), "transport", p.transport.String())
 }
 
 // allowConn applies the per-IP connection rate.
@@ -505,23 +477,23 @@ func (s *Server) allowConn(ip netip.Addr) bool {
 // forward relays one packet from src to the peer dst.
 func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 	if len(pkt) > MaxPayload || len(pkt) == 0 {
-		s.m.drop("malformed")
+		s.m.drop(dropMalformed)
 		return
 	}
 	now := time.Now()
 	if src.lim != nil && !src.lim.AllowN(now, len(pkt)) {
-		s.m.drop("peer_rate")
+		s.m.drop(dropPeerRate)
 		return
 	}
 	if s.total != nil && !s.total.AllowN(now, len(pkt)) {
-		s.m.drop("total_rate")
+		s.m.drop(dropTotalRate)
 		return
 	}
 	s.mu.RLock()
 	to := s.peers[dst]
 	s.mu.RUnlock()
 	if to == nil || to == src {
-		s.m.drop("no_peer")
+		s.m.drop(dropNoPeer)
 		src.notice(dst, noticeNoPeer, now)
 		return
 	}
@@ -534,12 +506,11 @@ func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 		if s.sessions >= s.cfg.MaxSessions {
 			s.mu.Unlock()
 			src.omu.Unlock()
-			s.m.drop("session_limit")
+			s.m.drop(dropSessionLimit)
 			src.notice(dst, noticeSessionLimit, now)
 			return
 		}
 		s.sessions++
-		s.m.sessions.Set(float64(s.sessions))
 		s.mu.Unlock()
 	}
 	src.out[dst] = now
@@ -547,15 +518,13 @@ func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 	buf := appendFrame(getBuf(), framePacket, src.id[:], pkt) // writeLoop returns it to the pool
 	if !to.enqueue(buf) {
 		putBuf(buf)
-		s.m.drop("queue_full")
+		s.m.drop(dropQueueFull)
 		return
 	}
-	s.m.nPackets.Add(1)
-	s.m.nBytes.Add(uint64(len(pkt)))
+	s.m.packets.Add(1)
+	s.m.bytes.Add(uint64(len(pkt)))
 	src.nPackets.Add(1)
 	src.nBytes.Add(uint64(len(pkt)))
-	s.m.packets.Inc()
-	s.m.bytes.Add(float64(len(pkt)))
 }
 
 // notice tells p (at most once a second per destination) why its packets
@@ -665,7 +634,6 @@ func (s *Server) sweep(ctx context.Context) {
 			}
 			s.mu.Lock()
 			s.sessions -= ended
-			s.m.sessions.Set(float64(s.sessions))
 			for ip, r := range s.ipRates {
 				if now.Sub(r.seen) > time.Minute {
 					delete(s.ipRates, ip)

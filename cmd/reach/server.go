@@ -25,6 +25,7 @@ import (
 
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/relay"
+	"github.com/reachp2p/reach/relay/relaymetrics"
 	"github.com/reachp2p/reach/rendezvous"
 )
 
@@ -118,12 +119,16 @@ func runServer(args []string) error {
 	if !*noRelay {
 		rcfg := relay.ServerConfig{
 			MaxClients: *maxClients, MaxSessions: *maxSessions, PeerRate: *peerRate, ConnRate: *connRate,
-			Registerer: reg, Logger: logger.With("part", "relay"),
+			Logger: logger.With("part", "relay"),
 		}
 		for _, s := range secrets {
 			rcfg.Secrets = append(rcfg.Secrets, []byte(s))
 		}
-		scfg.Protocols = map[string]rendezvous.Protocol{relay.ALPN: relay.NewServer(rcfg)}
+		rl := relay.NewServer(rcfg)
+		if err := relaymetrics.Register(reg, rl); err != nil {
+			return err
+		}
+		scfg.Protocols = map[string]rendezvous.Protocol{relay.ALPN: rl}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -132,10 +134,48 @@ func TestServerCommand(t *testing.T) {
 	}
 	stopServer(t, cmd2)
 
-	// No state: a fresh key.
-	sa3, cmd3 := runServerBinary(t, bin, "--listen", "127.0.0.1:0")
+	// No state: a fresh key. With --metrics: the relay's metrics, every
+	// label value at zero.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	maddr := ln.Addr().String()
+	ln.Close()
+	sa3, cmd3 := runServerBinary(t, bin, "--listen", "127.0.0.1:0", "--metrics", maddr)
 	if sa3.ID == sa.ID {
 		t.Error("without --state the key was reused")
 	}
+	checkMetrics(t, "http://"+maddr+"/metrics")
 	stopServer(t, cmd3)
+}
+
+// checkMetrics scrapes a fresh reach server's /metrics and checks the
+// relay's series are there, at zero.
+func checkMetrics(t *testing.T, url string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
+	}
+	for _, want := range []string{
+		"# TYPE reach_relay_clients gauge", `reach_relay_clients{transport="udp"} 0`, `reach_relay_clients{transport="tls"} 0`,
+		"# TYPE reach_relay_connections_total counter", `reach_relay_connections_total{transport="tls"} 0`,
+		"# TYPE reach_relay_rejected_total counter", `reach_relay_rejected_total{reason="full"} 0`,
+		"# TYPE reach_relay_auth_failures_total counter", `reach_relay_auth_failures_total{reason="token_expired"} 0`,
+		"# TYPE reach_relay_sessions gauge", "reach_relay_sessions 0",
+		"# TYPE reach_relay_packets_total counter", "reach_relay_packets_total 0",
+		"# TYPE reach_relay_bytes_total counter", "reach_relay_bytes_total 0",
+		"# TYPE reach_relay_drops_total counter", `reach_relay_drops_total{reason="session_limit"} 0`,
+		"# TYPE go_goroutines gauge",
+	} {
+		if !strings.Contains(string(body), want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 }

@@ -45,7 +45,6 @@ import (
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
-	"github.com/reachp2p/reach/upnp"
 )
 
 // Named errors. Errors from the rendezvous server (rendezvous.ErrUnknownPeer,
@@ -336,10 +335,9 @@ func (n *Node) host(signalling, local bool) *rung.Host {
 func (n *Node) ladderOptions() ladder.Options {
 	return ladder.Options{
 		HeadStart: n.cfg.HeadStart, PunchLinger: n.cfg.PunchLinger,
-		PortMapping: upnp.RungConfig{Disable: n.cfg.DisablePortMapping, Mapper: n.cfg.PortMapping},
-		Relay:       relay.RungConfig{Token: n.cfg.RelayToken, Dialers: n.cfg.RelayDialers},
-		TURN:        n.cfg.TURN,
-		Supernode:   n.cfg.Supernode,
+		DisablePortMapping: n.cfg.DisablePortMapping, PortMapping: n.cfg.PortMapping,
+		RelayToken: n.cfg.RelayToken, RelayDialers: n.cfg.RelayDialers,
+		TURN: n.cfg.TURN, Supernode: n.cfg.Supernode,
 	}
 }
 

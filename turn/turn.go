@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/turn/v4"
@@ -130,6 +131,7 @@ type Rung struct {
 	rung.Base
 	h       *rung.Host
 	servers []Server
+	started atomic.Bool   // Start ran
 	ready   chan struct{} // closed when the allocation attempt ended
 	err     error         // why there is none
 
@@ -154,6 +156,7 @@ func (*Rung) Name() string { return Name }
 // Start implements rung.Rung: it allocates on the configured servers in
 // the background.
 func (r *Rung) Start(context.Context) error {
+	r.started.Store(true)
 	if len(r.servers) == 0 || !r.h.Signalling {
 		close(r.ready)
 		return nil
@@ -281,6 +284,9 @@ func (r *Rung) allocate(ctx context.Context, srv Server) error {
 
 // Close implements rung.Rung: it releases the allocation.
 func (r *Rung) Close() {
+	if !r.started.Load() {
+		return
+	}
 	<-r.ready
 	r.mu.Lock()
 	defer r.mu.Unlock()

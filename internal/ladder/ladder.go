@@ -27,10 +27,16 @@ type Options struct {
 	HeadStart time.Duration
 	// PunchLinger: holepunch.Rung.Linger.
 	PunchLinger time.Duration
-	PortMapping upnp.RungConfig
-	Relay       relay.RungConfig
-	TURN        []turn.Server
-	Supernode   supernode.Config
+	// DisablePortMapping and PortMapping: upnp.RungConfig.
+	DisablePortMapping bool
+	PortMapping        upnp.Config
+	// RelayToken and RelayDialers: relay.RungConfig.
+	RelayToken   func() string
+	RelayDialers []relay.LinkDialer
+	// TURN: the TURN servers (none: the turn rung sits out).
+	TURN []turn.Server
+	// Supernode: supernode.Config.
+	Supernode supernode.Config
 }
 
 // DefaultHeadStart is how long a rung runs alone before the next one
@@ -50,11 +56,15 @@ type spec struct {
 // table is the ladder, in order of preference.
 var table = []spec{
 	{name: direct.Name, new: func(h *rung.Host, _ *Options) rung.Rung { return direct.New(h) }},
-	{name: upnp.Name, new: func(h *rung.Host, o *Options) rung.Rung { return upnp.NewRung(h, o.PortMapping) }},
+	{name: upnp.Name, new: func(h *rung.Host, o *Options) rung.Rung {
+		return upnp.NewRung(h, upnp.RungConfig{Disable: o.DisablePortMapping, Mapper: o.PortMapping})
+	}},
 	{name: holepunch.Name, new: func(h *rung.Host, o *Options) rung.Rung { return holepunch.NewRung(h, o.PunchLinger) }},
 	{name: supernode.Name, new: func(h *rung.Host, o *Options) rung.Rung { return supernode.NewRung(h, o.Supernode) }, headStart: supernode.HeadStart, forwards: true},
 	{name: turn.Name, new: func(h *rung.Host, o *Options) rung.Rung { return turn.NewRung(h, o.TURN) }, headStart: turn.HeadStart, forwards: true},
-	{name: relay.Name, new: func(h *rung.Host, o *Options) rung.Rung { return relay.NewRung(h, o.Relay) }, forwards: true},
+	{name: relay.Name, new: func(h *rung.Host, o *Options) rung.Rung {
+		return relay.NewRung(h, relay.RungConfig{Token: o.RelayToken, Dialers: o.RelayDialers})
+	}, forwards: true},
 }
 
 // ErrUnknown: a name given to Build is not a rung of the table.
@@ -140,14 +150,4 @@ func (l *Ladder) Better() []rung.Entry {
 		}
 	}
 	return out
-}
-
-// Has reports whether the dial ladder has the named rung.
-func Has(entries []rung.Entry, name string) bool {
-	for _, e := range entries {
-		if e.Rung.Name() == name {
-			return true
-		}
-	}
-	return false
 }

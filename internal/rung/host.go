@@ -57,7 +57,8 @@ type Rung interface {
 	// New returns (a port mapping a LAN gateway grants in milliseconds).
 	Ready(ctx context.Context)
 	// Close stops the rung and releases what it holds at third parties
-	// (port mappings, allocations, links).
+	// (port mappings, allocations, links). It must also work when Start
+	// was never called or failed (a node whose setup failed part way).
 	Close()
 
 	// Candidates are the node's addresses this rung advertises, in every

@@ -1,0 +1,107 @@
+package candidate
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/reachp2p/reach/identity"
+)
+
+func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+func info(cs ...Candidate) PeerInfo { return PeerInfo{Candidates: cs} }
+
+// TestPunchable: both sides punch only the peer's own, reflexive and
+// mapped addresses: never the relay server, a TURN server or a volunteer
+// (the listener used to ping the relay's address for 15 s per
+// introduction).
+func TestPunchable(t *testing.T) {
+	vol, _ := identity.GenerateKey()
+	p := info(
+		Candidate{Addr: ap("192.168.1.2:4000"), Kind: Host},
+		Candidate{Addr: ap("203.0.113.7:4000"), Kind: Reflexive},
+		Candidate{Addr: ap("203.0.113.1:5000"), Kind: Mapped},
+		Candidate{Addr: ap("198.51.100.9:4950"), Kind: Relay},
+		Candidate{Addr: ap("198.51.100.10:3478"), Kind: TURN},
+		Candidate{Addr: ap("198.51.100.11:4000"), Kind: Supernode, Peer: vol.ID(), Token: "t"},
+		Candidate{Addr: ap("192.168.1.2:4000"), Kind: Host}, // duplicate
+		Candidate{Addr: ap("192.168.1.3:0"), Kind: Host},    // no port
+		Candidate{Kind: Reflexive},                          // invalid
+	)
+	got := p.Punchable()
+	want := []netip.AddrPort{ap("192.168.1.2:4000"), ap("203.0.113.7:4000"), ap("203.0.113.1:5000")}
+	if !slices.Equal(got, want) {
+		t.Fatalf("Punchable = %v, want %v", got, want)
+	}
+	if v := p.Volunteers(); len(v) != 1 || v[0].Peer != vol.ID() {
+		t.Errorf("Volunteers = %v", v)
+	}
+	if !p.HasUDP() {
+		t.Error("HasUDP = false with a reflexive candidate")
+	}
+	if info(Candidate{Addr: ap("192.168.1.2:4000"), Kind: Host}).HasUDP() {
+		t.Error("HasUDP = true without a reflexive candidate")
+	}
+	if got := p.First(TURN); got != ap("198.51.100.10:3478") {
+		t.Errorf("First(TURN) = %v", got)
+	}
+	if got := p.First(Mapped); got != ap("203.0.113.1:5000") {
+		t.Errorf("First(Mapped) = %v", got)
+	}
+	// A supernode candidate without the volunteer's key is unusable.
+	if v := info(Candidate{Addr: ap("198.51.100.11:4000"), Kind: Supernode}).Volunteers(); len(v) != 0 {
+		t.Errorf("Volunteers without a key = %v", v)
+	}
+}
+
+type addr string
+
+func (a addr) Network() string { return "ip+net" }
+func (a addr) String() string  { return string(a) }
+
+func TestHostAddrs(t *testing.T) {
+	addrs := []net.Addr{
+		addr("127.0.0.1/8"), addr("10.0.0.5/24"), addr("10.0.0.5/24"), addr("fe80::1/64"),
+		addr("2001:db8::5/64"), addr("224.0.0.1/4"), addr("0.0.0.0/0"), addr("garbage"),
+	}
+	kinds := func(cs []Candidate) []string {
+		var out []string
+		for _, c := range cs {
+			if c.Kind != Host || c.Addr.Port() != 4000 {
+				t.Errorf("candidate %v", c)
+			}
+			out = append(out, c.Addr.Addr().String())
+		}
+		return out
+	}
+	if got := kinds(HostAddrs(addrs, 4000, false, true)); !slices.Equal(got, []string{"10.0.0.5", "2001:db8::5"}) {
+		t.Errorf("HostAddrs(no loopback, v6) = %v", got)
+	}
+	if got := kinds(HostAddrs(addrs, 4000, true, false)); !slices.Equal(got, []string{"127.0.0.1", "10.0.0.5"}) {
+		t.Errorf("HostAddrs(loopback, no v6) = %v", got)
+	}
+}
+
+func TestDirectPlausible(t *testing.T) {
+	local := Prefixes([]net.Addr{addr("192.168.1.10/24"), addr("garbage")})
+	if want := []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24")}; !slices.Equal(local, want) {
+		t.Fatalf("Prefixes = %v", local)
+	}
+	for _, tc := range []struct {
+		host string
+		want bool
+	}{
+		{"192.168.1.20:4000", true},  // same LAN
+		{"192.168.2.20:4000", false}, // another private network
+		{"100.64.3.4:4000", false},   // behind a carrier NAT
+		{"203.0.113.7:4000", true},   // public
+		{"[2001:db8::1]:4000", true}, // global IPv6
+	} {
+		p := info(Candidate{Addr: ap(tc.host), Kind: Host}, Candidate{Addr: ap("203.0.113.99:1"), Kind: Reflexive})
+		if got := p.DirectPlausible(local); got != tc.want {
+			t.Errorf("DirectPlausible(%s) = %v, want %v", tc.host, got, tc.want)
+		}
+	}
+}

@@ -2,12 +2,17 @@ package rendezvous
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
 
 	"github.com/reachp2p/reach/identity"
 )
@@ -260,16 +265,101 @@ func TestReRegistrationReplaces(t *testing.T) {
 }
 
 func TestTCPUpgradesToQUIC(t *testing.T) {
-	// A QUIC handshake slower than the head start: TCP registers first,
-	// QUIC replaces it when it completes.
-	rs := startTestServer(t, ServerConfig{})
-	c := startClient(t, "a", mustKey(t), []ServerAddr{rs.ServerAddr()}, newTransport(t), func(c *ClientConfig) {
-		c.UDPHeadStart = time.Nanosecond
+	t.Run("tcp-first", func(t *testing.T) {
+		// QUIC's packets are held until TCP has registered: the client
+		// starts on TCP, then moves to QUIC, which replaces TCP at the
+		// server.
+		rs := startTestServer(t, ServerConfig{})
+		gate := newGatedConn(t)
+		tr := &quic.Transport{Conn: gate}
+		t.Cleanup(func() { tr.Close(); gate.Close() })
+		c := startClient(t, "a", mustKey(t), []ServerAddr{rs.ServerAddr()}, tr, func(c *ClientConfig) {
+			c.UDPHeadStart = time.Nanosecond
+		})
+		if c.Current().IsZero() || c.Observed().IsValid() {
+			t.Fatalf("want a TCP registration first: current %v, observed %v", c.Current(), c.Observed())
+		}
+		gate.open()
+		waitFor(t, "QUIC registration", func() bool { return c.Observed().IsValid() })
+		if st := rs.Stats(); st.Peers != 1 || st.Registrations != 2 || st.Replaced != 1 {
+			t.Errorf("stats %+v, want TCP then QUIC replacing it", st)
+		}
 	})
-	waitFor(t, "QUIC registration", func() bool { return c.Observed().IsValid() })
-	if st := rs.Stats(); st.Peers != 1 {
-		t.Errorf("stats %+v", st)
+	t.Run("race", func(t *testing.T) {
+		// Both attempts run at once and either may finish first. Once the
+		// TCP attempt is over, the client must still be on QUIC and the
+		// server must introduce others to it there.
+		rs := startTestServer(t, ServerConfig{})
+		var tcpOpen atomic.Int32 // TCP attempts dialling or connected
+		ka := mustKey(t)
+		a := startClient(t, "a", ka, []ServerAddr{rs.ServerAddr()}, newTransport(t), func(c *ClientConfig) {
+			c.UDPHeadStart = time.Nanosecond
+			c.DialTCP = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				tcpOpen.Add(1)
+				var d net.Dialer
+				conn, err := d.DialContext(ctx, network, addr)
+				if err != nil {
+					tcpOpen.Add(-1)
+					return nil, err
+				}
+				return &closeNotifyConn{Conn: conn, done: func() { tcpOpen.Add(-1) }}, nil
+			}
+		})
+		answerAll(t, a)
+		waitFor(t, "QUIC registration", func() bool { return a.Observed().IsValid() })
+		// A TCP attempt not yet dialling now finds its context cancelled.
+		waitFor(t, "the TCP attempt to end", func() bool { return tcpOpen.Load() == 0 })
+		if st := rs.Stats(); st.Peers != 1 || st.Registrations != st.Replaced+1 {
+			t.Errorf("stats %+v", st)
+		}
+		b := startClient(t, "b", mustKey(t), []ServerAddr{rs.ServerAddr()}, newTransport(t), forceTCP)
+		ans, err := b.Connect(testCtx(t, 5*time.Second), ka.ID(), PeerInfo{})
+		if err != nil {
+			t.Fatalf("introduction to a: %v", err)
+		}
+		if obs := a.Observed(); !obs.IsValid() || !hasCand(ans.Candidates, Candidate{Addr: obs, Kind: Reflexive}) {
+			t.Errorf("answer candidates %v: want a's QUIC address %v", ans.Candidates, obs)
+		}
+	})
+}
+
+// gatedConn is a UDP socket that sends nothing until open is called.
+type gatedConn struct {
+	net.PacketConn
+	gate chan struct{}
+	once sync.Once
+}
+
+func newGatedConn(t testing.TB) *gatedConn {
+	uc, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
 	}
+	return &gatedConn{PacketConn: uc, gate: make(chan struct{})}
+}
+
+func (g *gatedConn) open() { g.once.Do(func() { close(g.gate) }) }
+
+func (g *gatedConn) WriteTo(p []byte, addr net.Addr) (int, error) {
+	<-g.gate
+	return g.PacketConn.WriteTo(p, addr)
+}
+
+func (g *gatedConn) Close() error {
+	g.open()
+	return g.PacketConn.Close()
+}
+
+// closeNotifyConn calls done once when it is closed.
+type closeNotifyConn struct {
+	net.Conn
+	done func()
+	once sync.Once
+}
+
+func (c *closeNotifyConn) Close() error {
+	c.once.Do(c.done)
+	return c.Conn.Close()
 }
 
 func TestClientKeepsRegistrationAlive(t *testing.T) {

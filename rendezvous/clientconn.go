@@ -56,12 +56,58 @@ func newClientConn(c *Client, sa ServerAddr, proto string) *clientConn {
 // as soon as QUIC fails. If TCP registers while QUIC is still trying, TCP
 // is returned and QUIC, should it succeed, replaces it later: the caller
 // must call after (if not nil) once it has installed the connection.
+//
+// The server keeps the newest registration of a peer ID, so the two
+// attempts must not race to it: their handshakes run in parallel, but
+// REGISTER goes out on one at a time (regMu), and not at all on TCP once
+// QUIC has registered. QUIC therefore always registers last and wins,
+// whether it beat TCP or upgrades from it.
 func (c *Client) dialServer(ctx context.Context, sa ServerAddr) (cc *clientConn, after func(), err error) {
 	if c.cfg.Transport == nil || c.cfg.ForceTCP {
 		tctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 		defer cancel()
 		cc, err := c.dialTCP(tctx, sa)
-		return cc, nil, err
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := cc.register(tctx); err != nil {
+			cc.closeTransport()
+			return nil, nil, err
+		}
+		return cc, nil, nil
+	}
+	var regMu sync.Mutex
+	udpRegistered := false // guarded by regMu
+	registerUDP := func(ctx context.Context) (*clientConn, error) {
+		cc, err := c.dialQUIC(ctx, sa)
+		if err != nil {
+			return nil, err
+		}
+		regMu.Lock()
+		defer regMu.Unlock()
+		if err := cc.register(ctx); err != nil {
+			cc.closeTransport()
+			return nil, err
+		}
+		udpRegistered = true
+		return cc, nil
+	}
+	registerTCP := func(ctx context.Context) (*clientConn, error) {
+		cc, err := c.dialTCP(ctx, sa)
+		if err != nil {
+			return nil, err
+		}
+		regMu.Lock()
+		defer regMu.Unlock()
+		if udpRegistered {
+			cc.closeTransport()
+			return nil, errors.New("QUIC registered first")
+		}
+		if err := cc.register(ctx); err != nil {
+			cc.closeTransport()
+			return nil, err
+		}
+		return cc, nil
 	}
 	// The QUIC attempt may outlive this call (to upgrade from TCP), so
 	// it hangs off the client's lifetime and is cancelled explicitly.
@@ -69,7 +115,7 @@ func (c *Client) dialServer(ctx context.Context, sa ServerAddr) (cc *clientConn,
 	udpCtx, udpStop := context.WithTimeoutCause(udpBase, c.cfg.DialTimeout,
 		fmt.Errorf("no QUIC answer within %v", c.cfg.DialTimeout))
 	udpCancel := func() { udpStop(); udpCancelCause(nil) }
-	udp := c.startAttempt(udpCtx, func(ctx context.Context) (*clientConn, error) { return c.dialQUIC(ctx, sa) })
+	udp := c.startAttempt(udpCtx, registerUDP)
 	if udp == nil {
 		udpCancel()
 		return nil, nil, ErrClosed
@@ -81,7 +127,7 @@ func (c *Client) dialServer(ctx context.Context, sa ServerAddr) (cc *clientConn,
 	defer head.Stop()
 	startTCP := func() {
 		if tcp == nil {
-			tcp = c.startAttempt(tcpCtx, func(ctx context.Context) (*clientConn, error) { return c.dialTCP(ctx, sa) })
+			tcp = c.startAttempt(tcpCtx, registerTCP)
 		}
 	}
 	closeIt := func(r dialResult) {
@@ -272,6 +318,8 @@ func (c *Client) resolveUDP(ctx context.Context, sa ServerAddr) (netip.AddrPort,
 	return netip.AddrPortFrom(pick, sa.Port), nil
 }
 
+// dialQUIC opens a QUIC connection and its stream to sa; the caller
+// registers on it.
 func (c *Client) dialQUIC(ctx context.Context, sa ServerAddr) (*clientConn, error) {
 	addr, err := c.resolveUDP(ctx, sa)
 	if err != nil {
@@ -313,13 +361,11 @@ func (c *Client) dialQUIC(ctx context.Context, sa ServerAddr) (*clientConn, erro
 		}
 		return err
 	}
-	if err := cc.register(ctx); err != nil {
-		cc.closeTransport()
-		return nil, err
-	}
 	return cc, nil
 }
 
+// dialTCP opens a TLS connection (over TCP or a WebSocket) to sa; the
+// caller registers on it.
 func (c *Client) dialTCP(ctx context.Context, sa ServerAddr) (*clientConn, error) {
 	tlsCfg, pin, err := identity.ClientTLSConfig(c.cfg.Key, sa.ID, ALPN)
 	if err != nil {
@@ -352,10 +398,6 @@ func (c *Client) dialTCP(ctx context.Context, sa ServerAddr) (*clientConn, error
 	cc.setWriteDeadline = tc.SetWriteDeadline
 	cc.closeTransport = func() { tc.Close() }
 	cc.mapErr = func(err error) error { return err }
-	if err := cc.register(ctx); err != nil {
-		tc.Close()
-		return nil, err
-	}
 	return cc, nil
 }
 

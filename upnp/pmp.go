@@ -32,7 +32,9 @@ const (
 	pcpOpMap      = 1
 
 	pcpUnsuppVersion  = 1
+	pcpNoResources    = 8
 	pmpNetworkFailure = 3
+	pmpNoResources    = 4
 	protoUDP          = 17
 )
 
@@ -274,7 +276,9 @@ func pcpCheck(b []byte, op byte, size int) (uint32, error) {
 		return 0, errShort
 	}
 	if code := int(b[3]); code != 0 {
-		return 0, &GatewayError{Protocol: PCP, Code: code, Msg: pcpResults[code]}
+		// An error's lifetime is how long the error will last.
+		after := time.Duration(binary.BigEndian.Uint32(b[4:])) * time.Second
+		return 0, &GatewayError{Protocol: PCP, Code: code, Msg: pcpResults[code], RetryAfter: after}
 	}
 	if len(b) < size {
 		return 0, errShort
@@ -337,7 +341,33 @@ func (c *pcpClient) request(ctx context.Context, port, want uint16, lifetime uin
 }
 
 func (c *pcpClient) mapPort(ctx context.Context, port, want uint16, lease time.Duration) (grant, error) {
-	return c.request(ctx, port, want, uint32(lease/time.Second))
+	g, err := c.request(ctx, port, want, uint32(lease/time.Second))
+	if ge := (*GatewayError)(nil); errors.As(err, &ge) {
+		if perr := c.privateExternal(ctx); perr != nil {
+			return grant{}, fmt.Errorf("%w; %w", perr, err)
+		}
+	}
+	return g, err
+}
+
+// privateExternal returns an ErrPrivateExternal if the gateway's own WAN
+// address is not public, asked over NAT-PMP, or nil. A refused MAP does
+// not say why, and a gateway behind another NAT may refuse every one:
+// miniupnpd answers NO_RESOURCES then. PCP has no request for the external
+// address, but a PCP server may answer NAT-PMP too (RFC 6887 appendix A;
+// miniupnpd does); one that does not is waited for no longer than a
+// discovery.
+func (c *pcpClient) privateExternal(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.m.cfg.DiscoverTimeout)
+	defer cancel()
+	ip, err := (&pmpClient{m: c.m, local: c.local, gw: c.gw}).externalAddr(ctx)
+	switch {
+	case errors.Is(err, ErrPrivateExternal):
+		return err
+	case err == nil && !IsPublic(ip):
+		return fmt.Errorf("%w: gateway %s reports %s over nat-pmp", ErrPrivateExternal, c.gw, ip)
+	}
+	return nil
 }
 
 func (c *pcpClient) unmap(ctx context.Context, g grant) error {

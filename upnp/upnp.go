@@ -57,6 +57,11 @@ var (
 	// (double NAT, carrier-grade NAT), so a mapping on it cannot be
 	// reached from the internet. Nothing is advertised.
 	ErrPrivateExternal = errors.New("upnp: gateway's external address is not public (double NAT)")
+	// ErrNoResources: the gateway answered but has no resources for a
+	// mapping now (PCP NO_RESOURCES, NAT-PMP "out of resources"). It is
+	// a GatewayError; the Mapper asks again later, not before the wait
+	// the gateway asked for (GatewayError.RetryAfter).
+	ErrNoResources = errors.New("upnp: gateway has no resources for a mapping now")
 	// ErrClosed: the Mapper has been closed.
 	ErrClosed = errors.New("upnp: mapper closed")
 	// ErrNoPort: Config.Port is zero.
@@ -70,6 +75,15 @@ type GatewayError struct {
 	Protocol Protocol
 	Code     int
 	Msg      string
+	// RetryAfter is how long the gateway says the refusal will last (the
+	// lifetime of a PCP error response); zero if it does not say.
+	RetryAfter time.Duration
+}
+
+// Is reports whether e is the refusal ErrNoResources names.
+func (e *GatewayError) Is(target error) bool {
+	return target == ErrNoResources &&
+		(e.Protocol == PCP && e.Code == pcpNoResources || e.Protocol == NATPMP && e.Code == pmpNoResources)
 }
 
 func (e *GatewayError) Error() string {
@@ -334,7 +348,7 @@ func (m *Mapper) run() {
 		}
 		ctx, cancel := context.WithTimeout(m.ctx, 5*time.Second)
 		g, err := cl.mapPort(ctx, m.cfg.Port, want, m.cfg.Lease)
-		for err != nil && !cur.ext.IsValid() && len(spare) > 0 && m.ctx.Err() == nil {
+		for err != nil && !errors.Is(err, ErrPrivateExternal) && !cur.ext.IsValid() && len(spare) > 0 && m.ctx.Err() == nil {
 			// The gateway answered this protocol but won't map with it
 			// (or has lost it): try the others that answered.
 			m.log.Debug("upnp: mapping failed, trying the next protocol", "proto", cl.proto(), "err", err, "next", spare[0].proto())
@@ -363,6 +377,10 @@ func (m *Mapper) run() {
 		case err != nil:
 			m.log.Debug("upnp: mapping failed", "proto", cl.proto(), "err", err)
 			wait = fail(err)
+			if ge := (*GatewayError)(nil); errors.As(err, &ge) && ge.RetryAfter > wait {
+				// Asking again before then gets the same answer.
+				wait = min(ge.RetryAfter, m.cfg.RetryInterval)
+			}
 		case !g.ext.Addr().IsValid() || !IsPublic(g.ext.Addr()):
 			// Useless: say so, give the port back, and look again much
 			// later (the line might change).

@@ -2,9 +2,11 @@ package upnp_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -274,20 +276,122 @@ func TestLabMapperNone(t *testing.T) {
 			t.Errorf("outcome after %v, bound %v", el, discover+time.Second)
 		}
 	})
-	t.Run("double-nat", func(t *testing.T) {
-		_, _, st, el := mapperOn(t, hd, upnp.Config{DiscoverTimeout: discover})
-		t.Logf("double NAT: %s %v (gateway external %s) after %v", st.Protocol, st.Err, st.GatewayExternal, el.Round(time.Millisecond))
-		if st.External.IsValid() || !errors.Is(st.Err, upnp.ErrPrivateExternal) {
-			t.Errorf("status %+v, want ErrPrivateExternal and no external address", st)
+	// miniupnpd on a private WAN address maps nothing: it answers PCP MAP
+	// with NO_RESOURCES and NAT-PMP with NETWORK_FAILURE. Whichever
+	// protocol is asked first (pcp: the one that answered first), the
+	// mapper must find out why.
+	for _, tc := range []struct {
+		name   string
+		protos []upnp.Protocol
+	}{{"double-nat", nil}, {"double-nat-pcp", []upnp.Protocol{upnp.PCP}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, st, el := mapperOn(t, hd, upnp.Config{DiscoverTimeout: discover, Protocols: tc.protos})
+			t.Logf("double NAT: %s %v (gateway external %s) after %v", st.Protocol, st.Err, st.GatewayExternal, el.Round(time.Millisecond))
+			if st.External.IsValid() || !errors.Is(st.Err, upnp.ErrPrivateExternal) {
+				t.Errorf("status %+v, want ErrPrivateExternal and no external address", st)
+			}
+			if el > discover+time.Second {
+				t.Errorf("outcome after %v, bound %v", el, discover+time.Second)
+			}
+			maps, _ := mu.Mappings(ctx)
+			if len(maps) != 0 {
+				t.Errorf("mappings left on the double-NAT gateway: %v", maps)
+			}
+		})
+	}
+}
+
+// TestLabMapperNoResources: a PCP-only gateway (written here) that is out
+// of resources at first answers MAP with NO_RESOURCES and a lifetime: the
+// mapper reports ErrNoResources, advertises nothing, asks again no sooner
+// than that lifetime, and maps once the gateway can.
+func TestLabMapperNoResources(t *testing.T) {
+	l := natlab.NewT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rt, err := l.AddRouter(ctx, natlab.RouterConfig{Name: "nores", NAT: natlab.PortRestricted})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _ := rt.AddHost(ctx, "hnores")
+	var srv net.PacketConn
+	if err := rt.Run(func() (err error) {
+		srv, err = net.ListenPacket("udp4", netip.AddrPortFrom(rt.LANAddr(), 5351).String())
+		return
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	const hint = 2 // seconds, the NO_RESOURCES lifetime
+	public := netip.MustParseAddr("5.5.5.77")
+	var mu sync.Mutex
+	var maps []time.Time // MAP requests that asked for a mapping
+	go func() {
+		buf := make([]byte, 1100)
+		for {
+			n, from, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			req := buf[:n]
+			if n >= 2 && req[0] == 0 { // NAT-PMP: not spoken here
+				srv.WriteTo([]byte{0, 128 + req[1], 0, 1, 0, 0, 0, 0}, from)
+				continue
+			}
+			if n < 24 || req[0] != 2 {
+				continue
+			}
+			resp := make([]byte, n)
+			copy(resp, req)
+			resp[1] |= 0x80
+			resp[2], resp[3] = 0, 0
+			if req[1] == 1 && n >= 60 && req[4]|req[5]|req[6]|req[7] != 0 {
+				mu.Lock()
+				maps = append(maps, time.Now())
+				first := len(maps) == 1
+				mu.Unlock()
+				if first {
+					resp[3] = 8 // NO_RESOURCES
+					binary.BigEndian.PutUint32(resp[4:], hint)
+				} else {
+					resp[24+18], resp[24+19] = req[24+16], req[24+17]
+					a := public.As16()
+					copy(resp[24+20:], a[:])
+				}
+			}
+			clear(resp[8:24]) // epoch and reserved
+			srv.WriteTo(resp, from)
 		}
-		if el > discover+time.Second {
-			t.Errorf("outcome after %v, bound %v", el, discover+time.Second)
+	}()
+	m, _, st, _ := mapperOn(t, h, upnp.Config{Protocols: []upnp.Protocol{upnp.PCP}})
+	t.Logf("first outcome: %s %v", st.Protocol, st.Err)
+	var ge *upnp.GatewayError
+	if st.External.IsValid() || !errors.Is(st.Err, upnp.ErrNoResources) || !errors.As(st.Err, &ge) || ge.RetryAfter != hint*time.Second {
+		t.Fatalf("status %+v, want ErrNoResources with RetryAfter %ds and nothing advertised", st, hint)
+	}
+	deadline := time.After(15 * time.Second)
+	for {
+		changed := m.Changed()
+		if st := m.Status(); st.External.IsValid() {
+			if st.Err != nil || st.External.Addr() != public {
+				t.Errorf("status %+v, want %s mapped", st, public)
+			}
+			break
 		}
-		maps, _ := mu.Mappings(ctx)
-		if len(maps) != 0 {
-			t.Errorf("mappings left on the double-NAT gateway: %v", maps)
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("not mapped once the gateway had resources: %+v", m.Status())
 		}
-	})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(maps) < 2 {
+		t.Fatalf("%d MAP requests", len(maps))
+	}
+	if d := maps[1].Sub(maps[0]); d < hint*time.Second {
+		t.Errorf("asked again after %v, before the gateway's %ds", d.Round(time.Millisecond), hint)
+	}
 }
 
 // TestLabMapperCGNAT: a gateway (a PCP server written here, on a plain

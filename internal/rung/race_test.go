@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -97,127 +98,139 @@ func race(t *testing.T, ctx context.Context, cands ...contender[*fakeConn]) (*fa
 }
 
 func TestPreferredWins(t *testing.T) {
-	// a finishes within its head start: b never starts.
-	a := &fake{name: "a", delay: 20 * time.Millisecond}
-	b := &fake{name: "b"}
-	c, name, err := race(t, nil, a.candidate(time.Second), b.candidate(0))
-	if err != nil || name != "a" || c != a.conn {
-		t.Fatalf("race = %v %q %v, want a", c, name, err)
-	}
-	if b.started.Load() != 0 {
-		t.Error("b started although a won within its head start")
-	}
-	if a.conn.closed.Load() {
-		t.Error("winner closed")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		// a finishes within its head start: b never starts.
+		a := &fake{name: "a", delay: 20 * time.Millisecond}
+		b := &fake{name: "b"}
+		c, name, err := race(t, nil, a.candidate(time.Second), b.candidate(0))
+		if err != nil || name != "a" || c != a.conn {
+			t.Fatalf("race = %v %q %v, want a", c, name, err)
+		}
+		if b.started.Load() != 0 {
+			t.Error("b started although a won within its head start")
+		}
+		if a.conn.closed.Load() {
+			t.Error("winner closed")
+		}
 
-	// Both running, both would succeed: the first to finish (a) wins and
-	// b is cancelled.
-	a = &fake{name: "a", delay: 50 * time.Millisecond}
-	b = &fake{name: "b", delay: 300 * time.Millisecond}
-	_, name, err = race(t, nil, a.candidate(10*time.Millisecond), b.candidate(0))
-	if err != nil || name != "a" {
-		t.Fatalf("race = %q %v, want a", name, err)
-	}
-	if b.started.Load() == 0 || !b.cancelled.Load() {
-		t.Errorf("b started=%v cancelled=%v, want both", b.started.Load() != 0, b.cancelled.Load())
-	}
+		// Both running, both would succeed: the first to finish (a) wins and
+		// b is cancelled.
+		a = &fake{name: "a", delay: 50 * time.Millisecond}
+		b = &fake{name: "b", delay: 300 * time.Millisecond}
+		_, name, err = race(t, nil, a.candidate(10*time.Millisecond), b.candidate(0))
+		if err != nil || name != "a" {
+			t.Fatalf("race = %q %v, want a", name, err)
+		}
+		if b.started.Load() == 0 || !b.cancelled.Load() {
+			t.Errorf("b started=%v cancelled=%v, want both", b.started.Load() != 0, b.cancelled.Load())
+		}
+	})
 }
 
 func TestHeadStart(t *testing.T) {
-	// a hangs: b starts after a's head start, not before, and wins.
-	a := &fake{name: "a", delay: time.Hour}
-	b := &fake{name: "b", delay: 10 * time.Millisecond}
-	t0 := time.Now()
-	_, name, err := race(t, nil, a.candidate(150*time.Millisecond), b.candidate(0))
-	if err != nil || name != "b" {
-		t.Fatalf("race = %q %v, want b", name, err)
-	}
-	if d := b.startedAfter(t0); d < 140*time.Millisecond || d > time.Second {
-		t.Errorf("b started after %v, want about 150ms", d)
-	}
-	if !a.cancelled.Load() {
-		t.Error("a not cancelled")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		// a hangs: b starts after a's head start, not before, and wins.
+		a := &fake{name: "a", delay: time.Hour}
+		b := &fake{name: "b", delay: 10 * time.Millisecond}
+		t0 := time.Now()
+		_, name, err := race(t, nil, a.candidate(150*time.Millisecond), b.candidate(0))
+		if err != nil || name != "b" {
+			t.Fatalf("race = %q %v, want b", name, err)
+		}
+		if d := b.startedAfter(t0); d != 150*time.Millisecond {
+			t.Errorf("b started after %v, want a's head start, 150ms", d)
+		}
+		if !a.cancelled.Load() {
+			t.Error("a not cancelled")
+		}
+	})
 }
 
 func TestFastFailureStartsNext(t *testing.T) {
-	a := &fake{name: "a", delay: 10 * time.Millisecond, err: errors.New("no route")}
-	b := &fake{name: "b", delay: 10 * time.Millisecond, err: errors.New("refused")}
-	c := &fake{name: "c", delay: 10 * time.Millisecond}
-	t0 := time.Now()
-	_, name, err := race(t, nil, a.candidate(5*time.Second), b.candidate(5*time.Second), c.candidate(0))
-	if err != nil || name != "c" {
-		t.Fatalf("race = %q %v, want c", name, err)
-	}
-	if d := c.startedAfter(t0); d < 0 || d > time.Second {
-		t.Errorf("c started after %v, want at once after a and b failed", d)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		a := &fake{name: "a", delay: 10 * time.Millisecond, err: errors.New("no route")}
+		b := &fake{name: "b", delay: 10 * time.Millisecond, err: errors.New("refused")}
+		c := &fake{name: "c", delay: 10 * time.Millisecond}
+		t0 := time.Now()
+		_, name, err := race(t, nil, a.candidate(5*time.Second), b.candidate(5*time.Second), c.candidate(0))
+		if err != nil || name != "c" {
+			t.Fatalf("race = %q %v, want c", name, err)
+		}
+		if d := c.startedAfter(t0); d != 20*time.Millisecond {
+			t.Errorf("c started after %v, want at once after a and b failed (20ms)", d)
+		}
+	})
 }
 
 func TestLateLoserClosed(t *testing.T) {
-	// Both start at once; a wins; b ignores the cancellation and still
-	// returns a connection, which the race must close.
-	a := &fake{name: "a", delay: 10 * time.Millisecond}
-	b := &fake{name: "b", delay: 100 * time.Millisecond, stubborn: true}
-	c, name, err := race(t, nil, a.candidate(0), b.candidate(0))
-	if err != nil || name != "a" || c.closed.Load() {
-		t.Fatalf("race = %q %v (closed %v), want open a", name, err, c.closed.Load())
-	}
-	if !b.conn.closed.Load() {
-		t.Fatal("late loser's connection not closed")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		// Both start at once; a wins; b ignores the cancellation and still
+		// returns a connection, which the race must close.
+		a := &fake{name: "a", delay: 10 * time.Millisecond}
+		b := &fake{name: "b", delay: 100 * time.Millisecond, stubborn: true}
+		c, name, err := race(t, nil, a.candidate(0), b.candidate(0))
+		if err != nil || name != "a" || c.closed.Load() {
+			t.Fatalf("race = %q %v (closed %v), want open a", name, err, c.closed.Load())
+		}
+		if !b.conn.closed.Load() {
+			t.Fatal("late loser's connection not closed")
+		}
+	})
 }
 
 func TestAllFail(t *testing.T) {
-	errA := errors.New("a broke")
-	a := &fake{name: "a", err: errA}
-	b := &fake{name: "b", err: fmt.Errorf("dial: %w", &identity.WrongPeerError{})}
-	c := &fake{name: "c", delay: 20 * time.Millisecond, err: errors.New("c broke")}
-	_, _, err := race(t, nil, a.candidate(time.Second), b.candidate(time.Second), c.candidate(0))
-	var re *RaceError
-	if !errors.As(err, &re) {
-		t.Fatalf("err = %v, want *RaceError", err)
-	}
-	if len(re.Errs) != 3 || re.Errs[0].Strategy != "a" || re.Errs[1].Strategy != "b" || re.Errs[2].Strategy != "c" {
-		t.Fatalf("errs = %v", re.Errs)
-	}
-	if !errors.Is(err, errA) || !errors.Is(err, identity.ErrWrongPeer) {
-		t.Fatalf("errors.Is lost a strategy's error: %v", err)
-	}
-	var se *Error
-	if !errors.As(err, &se) || se.Strategy != "a" {
-		t.Fatalf("errors.As *Error = %v", se)
-	}
-	t.Log(err)
+	synctest.Test(t, func(t *testing.T) {
+		errA := errors.New("a broke")
+		a := &fake{name: "a", err: errA}
+		b := &fake{name: "b", err: fmt.Errorf("dial: %w", &identity.WrongPeerError{})}
+		c := &fake{name: "c", delay: 20 * time.Millisecond, err: errors.New("c broke")}
+		_, _, err := race(t, nil, a.candidate(time.Second), b.candidate(time.Second), c.candidate(0))
+		var re *RaceError
+		if !errors.As(err, &re) {
+			t.Fatalf("err = %v, want *RaceError", err)
+		}
+		if len(re.Errs) != 3 || re.Errs[0].Strategy != "a" || re.Errs[1].Strategy != "b" || re.Errs[2].Strategy != "c" {
+			t.Fatalf("errs = %v", re.Errs)
+		}
+		if !errors.Is(err, errA) || !errors.Is(err, identity.ErrWrongPeer) {
+			t.Fatalf("errors.Is lost a strategy's error: %v", err)
+		}
+		var se *Error
+		if !errors.As(err, &se) || se.Strategy != "a" {
+			t.Fatalf("errors.As *Error = %v", se)
+		}
+		t.Log(err)
+	})
 }
 
 func TestContextCancel(t *testing.T) {
-	a := &fake{name: "a", delay: time.Hour}
-	b := &fake{name: "b", delay: time.Hour}
-	ctx, cancel := context.WithCancel(context.Background())
-	time.AfterFunc(50*time.Millisecond, cancel)
-	t0 := time.Now()
-	_, _, err := race(t, ctx, a.candidate(10*time.Millisecond), b.candidate(0))
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("err = %v, want context.Canceled", err)
-	}
-	if d := time.Since(t0); d > time.Second {
-		t.Fatalf("returned after %v", d)
-	}
-	if !a.cancelled.Load() || !b.cancelled.Load() {
-		t.Fatal("strategies not cancelled")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		a := &fake{name: "a", delay: time.Hour}
+		b := &fake{name: "b", delay: time.Hour}
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(50*time.Millisecond, cancel)
+		t0 := time.Now()
+		_, _, err := race(t, ctx, a.candidate(10*time.Millisecond), b.candidate(0))
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v, want context.Canceled", err)
+		}
+		if d := time.Since(t0); d != 50*time.Millisecond {
+			t.Fatalf("returned after %v, want at the cancellation (50ms)", d)
+		}
+		if !a.cancelled.Load() || !b.cancelled.Load() {
+			t.Fatal("strategies not cancelled")
+		}
 
-	// A cancelled context with nothing started yet still stops the ladder.
-	c := &fake{name: "c", delay: 10 * time.Millisecond, err: errors.New("x")}
-	d := &fake{name: "d"}
-	ctx, cancel = context.WithCancel(context.Background())
-	cancel()
-	_, _, err = race(t, ctx, c.candidate(time.Second), d.candidate(0))
-	if !errors.Is(err, context.Canceled) || d.started.Load() != 0 {
-		t.Fatalf("err = %v, d started %v", err, d.started.Load() != 0)
-	}
+		// A cancelled context with nothing started yet still stops the ladder.
+		c := &fake{name: "c", delay: 10 * time.Millisecond, err: errors.New("x")}
+		d := &fake{name: "d"}
+		ctx, cancel = context.WithCancel(context.Background())
+		cancel()
+		_, _, err = race(t, ctx, c.candidate(time.Second), d.candidate(0))
+		if !errors.Is(err, context.Canceled) || d.started.Load() != 0 {
+			t.Fatalf("err = %v, d started %v", err, d.started.Load() != 0)
+		}
+	})
 }
 
 func TestEmptyLadder(t *testing.T) {

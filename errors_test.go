@@ -22,9 +22,9 @@ import (
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/holepunch"
-	"github.com/reachp2p/reach/internal/natlab"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/internal/sock"
+	"github.com/reachp2p/reach/lab/natlab"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
 )

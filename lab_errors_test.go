@@ -24,8 +24,8 @@ import (
 
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/internal/holepunch"
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 )
 
 // logTap is a logger that writes to t.Log and keeps a copy to search.

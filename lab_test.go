@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 )
 
 // echoOnce accepts one stream on n and echoes it back until EOF.

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/lab/natlab"
 	"github.com/reachp2p/reach/rendezvous"
 )
 

@@ -122,7 +122,7 @@ func TestLabRaceLeak(t *testing.T) {
 	}
 
 	// (b) One session each way, and it carries data.
-	rbEcho(b)
+	reachlab.Echo(t, b)
 	c, err := sess.OpenStream(dctx)
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +176,7 @@ func TestLabFailover(t *testing.T) {
 	cfg := reach.Config{Servers: []string{cs1, cs2}}
 	a := reachlab.NewNode(t, sa.Host, cfg)
 	b := reachlab.NewNode(t, sb.Host, cfg)
-	rbEcho(b)
+	reachlab.Echo(t, b)
 	if a.Server() != cs1 || b.Server() != cs1 {
 		t.Fatalf("nodes on %q and %q, want the first server", a.Server(), b.Server())
 	}
@@ -251,7 +251,7 @@ func TestLabSpoofedPunch(t *testing.T) {
 	tap, log := newLogTap(t, "sfc")
 	a := reachlab.NewNode(t, sa.Host, reach.Config{Servers: []string{cs}, Logger: log})
 	b := reachlab.NewNode(t, sb.Host, reach.Config{Servers: []string{cs}})
-	rbEcho(b)
+	reachlab.Echo(t, b)
 	target := a.Observed()
 	if !target.IsValid() {
 		t.Fatal("dialler has no reflexive address")

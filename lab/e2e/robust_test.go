@@ -1,4 +1,4 @@
-package reach_test
+package e2e_test
 
 // Robustness in the NAT lab: losers of the strategy race leave nothing
 // behind, nodes behind NATs fail over between servers, and forged punch

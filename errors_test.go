@@ -395,9 +395,9 @@ func TestFailover(t *testing.T) {
 
 	rs1.Close()
 	killed := time.Now()
-	rbWait(t, 5*time.Second, "both nodes on server 2", func() bool { return a.Server() == cs2 && b.Server() == cs2 })
+	reachlab.MustWaitFor(t, 5*time.Second, "both nodes on server 2", func() bool { return a.Server() == cs2 && b.Server() == cs2 })
 	t.Logf("both nodes failed over in %v", time.Since(killed))
-	rbWait(t, 2*time.Second, "old session gone", func() bool { return rbSessionsTo(a, b.ID())+rbSessionsTo(b, a.ID()) == 0 })
+	reachlab.MustWaitFor(t, 2*time.Second, "old session gone", func() bool { return rbSessionsTo(a, b.ID())+rbSessionsTo(b, a.ID()) == 0 })
 
 	start := time.Now()
 	rbCheckDial(t, a, b)
@@ -406,18 +406,6 @@ func TestFailover(t *testing.T) {
 	}
 	if got := rs2.Stats().Introductions; got != 1 {
 		t.Errorf("server 2 made %d introductions, want 1", got)
-	}
-}
-
-// rbWait polls cond every 10ms until it holds or d passes.
-func rbWait(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

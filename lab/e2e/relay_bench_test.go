@@ -31,16 +31,10 @@ const relayBenchBytes = 100 << 20
 //
 //     go test -run '^$' -bench BenchmarkLabRelay -benchtime 2x .
 func BenchmarkLabRelay(b *testing.B) {
-	l := natlab.NewT(b)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	srv, err := l.AddPublicHost(ctx, "srv")
-	if err != nil {
-		b.Fatal(err)
-	}
-	rs, rl := startRelayServer(b, srv, relay.ServerConfig{Logger: quietLogger(b)})
-	syma, symb := benchSite(b, l, "rsa", natlab.Kind(natlab.Symmetric)), benchSite(b, l, "rsb", natlab.Kind(natlab.Symmetric))
-	corp := benchSite(b, l, "rcorp", natlab.Kind(natlab.UDPBlocked))
+	s := reachlab.NewScenario(b, reachlab.ServerConfig{Relay: true, RelayConfig: relay.ServerConfig{Logger: quietLogger(b)}})
+	rs, rl := s.Server, s.Relay
+	syma, symb := s.Site(b, "rsa", natlab.Kind(natlab.Symmetric)), s.Site(b, "rsb", natlab.Kind(natlab.Symmetric))
+	corp := s.Site(b, "rcorp", natlab.Kind(natlab.UDPBlocked))
 	cfg := reach.Config{Servers: []string{rs.ConnectString()}, Logger: quietLogger(b), DisablePortMapping: true, UpgradeInterval: -1}
 	na := reachlab.NewNode(b, syma.Host, cfg)
 	nb := reachlab.NewNode(b, symb.Host, cfg)

@@ -1,66 +1,17 @@
 package e2e_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"fmt"
-	"io"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/lab/matrix"
 	"github.com/reachp2p/reach/lab/natlab"
 	"github.com/reachp2p/reach/lab/reachlab"
 )
-
-// echoOnce accepts one stream on n and echoes it back until EOF.
-func echoOnce(n *reach.Node) <-chan error {
-	done := make(chan error, 1)
-	go func() {
-		c, err := n.Accept(context.Background())
-		if err != nil {
-			done <- err
-			return
-		}
-		defer c.Close()
-		if _, err := io.Copy(c, c); err != nil {
-			done <- err
-			return
-		}
-		done <- c.CloseWrite()
-	}()
-	return done
-}
-
-// roundTrip sends size random bytes on c while reading the echo, and checks
-// that what came back is what was sent.
-func roundTrip(c *reach.Stream, size int) error {
-	data := make([]byte, size)
-	rand.Read(data)
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(data)
-		if err == nil {
-			err = c.CloseWrite()
-		}
-		werr <- err
-	}()
-	h := sha256.New()
-	n, err := io.Copy(h, c)
-	if err != nil {
-		return fmt.Errorf("reading echo after %d bytes: %w", n, err)
-	}
-	if err := <-werr; err != nil {
-		return err
-	}
-	want := sha256.Sum256(data)
-	if n != int64(size) || !bytes.Equal(h.Sum(nil), want[:]) {
-		return fmt.Errorf("echo: got %d bytes, sha mismatch=%v", n, !bytes.Equal(h.Sum(nil), want[:]))
-	}
-	return nil
-}
 
 type pairResult struct {
 	strategy string
@@ -70,135 +21,103 @@ type pairResult struct {
 
 // connectPair starts a node on each host, dials from a to b, moves size
 // bytes both ways, and returns what won.
-func connectPair(t *testing.T, cs string, a, b *natlab.Host, size int, cfg reach.Config) pairResult {
+func connectPair(t *testing.T, s *reachlab.Scenario, a, b *natlab.Host, size int) pairResult {
 	t.Helper()
-	cfg.Servers = []string{cs}
-	na := reachlab.NewNode(t, a, cfg)
-	nb := reachlab.NewNode(t, b, cfg)
-	echoed := echoOnce(nb)
+	na := s.Node(t, a, reach.Config{})
+	nb := s.Node(t, b, reach.Config{})
+	reachlab.Echo(t, nb)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	start := time.Now()
-	sess, err := na.DialSession(ctx, nb.ID())
-	if err != nil {
-		t.Fatalf("dial %s -> %s: %v", a.Name(), b.Name(), err)
-	}
-	el := time.Since(start)
-	c, err := sess.OpenStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := roundTrip(c, size); err != nil {
-		t.Fatalf("%s -> %s over %s: %v", a.Name(), b.Name(), sess.Strategy(), err)
-	}
-	if err := <-echoed; err != nil {
-		t.Fatalf("echo side: %v", err)
-	}
+	sess, el := dialEcho(t, ctx, na, nb, size)
 	return pairResult{sess.Strategy(), sess.RemoteAddr().String(), el}
 }
 
+// oracle is the strategy the connectivity matrix expects when a peer at a
+// site of kind dialer dials one of kind listener with reach's full ladder,
+// and why (matrix.Best).
+func oracle(dialer, listener natlab.Kind) (string, string) {
+	return matrix.Best(matrix.Kind(dialer), matrix.Kind(listener), reach.Strategies())
+}
+
 // TestLabPairs: peers behind every pair of {open, full cone, restricted,
-// port-restricted, double NAT} connect with holepunch or direct, never
-// anything slower; 10 MB move both ways intact. The listener's kind decides
-// which: an open listener is reached direct, any NAT'd one by holepunch.
+// port-restricted, double NAT} connect with the strategy the matrix's
+// oracle expects for the pair (matrix.Best: direct to an open listener,
+// holepunch to any NAT'd one), never anything slower; 10 MB move both
+// ways intact.
 func TestLabPairs(t *testing.T) {
-	l := natlab.NewT(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	srv, err := l.AddPublicHost(ctx, "srv")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, cs := reachlab.StartServer(t, srv)
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{})
 	kinds := []natlab.Kind{natlab.Open, natlab.Kind(natlab.FullCone), natlab.Kind(natlab.RestrictedCone), natlab.Kind(natlab.PortRestricted), natlab.KindDouble}
 	sites := map[string]*natlab.Site{}
 	for i, k := range kinds {
 		for _, side := range []string{"a", "b"} {
-			s, err := l.AddSite(ctx, fmt.Sprintf("k%d%s", i, side), k)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sites[fmt.Sprintf("%d%s", i, side)] = s
+			sites[fmt.Sprintf("%d%s", i, side)] = s.Site(t, fmt.Sprintf("k%d%s", i, side), k)
 		}
 	}
-	table := "\n"
+	var table strings.Builder
 	for i := range kinds {
 		for j := i; j < len(kinds); j++ {
 			a, b := sites[fmt.Sprintf("%da", i)], sites[fmt.Sprintf("%db", j)]
 			name := fmt.Sprintf("%s->%s", kinds[i], kinds[j])
 			t.Run(name, func(t *testing.T) {
-				r := connectPair(t, cs, a.Host, b.Host, 10<<20, reach.Config{})
-				want := reach.StrategyHolepunch
-				if b.Kind == natlab.Open {
-					want = reach.StrategyDirect
-				}
-				table += fmt.Sprintf("%-36s %-10s %-22s %v\n", name, r.strategy, r.path, r.elapsed.Round(time.Millisecond))
+				want, why := oracle(a.Kind, b.Kind)
+				r := connectPair(t, s, a.Host, b.Host, 10<<20)
+				fmt.Fprintf(&table, "%-36s %-10s %-22s %v\n", name, r.strategy, r.path, r.elapsed.Round(time.Millisecond))
 				if r.strategy != want {
-					t.Errorf("strategy %s, want %s", r.strategy, want)
+					t.Errorf("strategy %s, want %s: %s", r.strategy, want, why)
 				}
 			})
 		}
 	}
-	t.Log(table)
+	t.Log("\n" + table.String())
 }
 
 // TestLabSymmetric: a peer behind a symmetric NAT connects directly (hole
 // punched, no relay) to peers behind full-cone and restricted-cone NATs,
 // in both directions: the cone side learns the symmetric side's
-// peer-reflexive address from its checks.
+// peer-reflexive address from its checks. The matrix's oracle agrees.
 func TestLabSymmetric(t *testing.T) {
-	l := natlab.NewT(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	srv, _ := l.AddPublicHost(ctx, "srv")
-	_, cs := reachlab.StartServer(t, srv)
-	sym, err := l.AddSite(ctx, "sym", natlab.Kind(natlab.Symmetric))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{})
+	sym := s.Site(t, "sym", natlab.Kind(natlab.Symmetric))
 	for _, k := range []natlab.Kind{natlab.Kind(natlab.FullCone), natlab.Kind(natlab.RestrictedCone)} {
-		other, err := l.AddSite(ctx, string(k)[:4], k)
-		if err != nil {
-			t.Fatal(err)
+		other := s.Site(t, string(k)[:4], k)
+		for _, dir := range [][2]*natlab.Site{{sym, other}, {other, sym}} {
+			t.Run(string(dir[0].Kind)+"->"+string(dir[1].Kind), func(t *testing.T) {
+				want, why := oracle(dir[0].Kind, dir[1].Kind)
+				if want != reach.StrategyHolepunch {
+					t.Fatalf("the oracle expects %s (%s); this test is about holepunch", want, why)
+				}
+				r := connectPair(t, s, dir[0].Host, dir[1].Host, 1<<20)
+				if r.strategy != want {
+					t.Errorf("strategy %s, want %s: %s", r.strategy, want, why)
+				}
+			})
 		}
-		t.Run("symmetric->"+string(k), func(t *testing.T) {
-			r := connectPair(t, cs, sym.Host, other.Host, 1<<20, reach.Config{})
-			if r.strategy != reach.StrategyHolepunch {
-				t.Errorf("strategy %s, want holepunch", r.strategy)
-			}
-		})
-		t.Run(string(k)+"->symmetric", func(t *testing.T) {
-			r := connectPair(t, cs, other.Host, sym.Host, 1<<20, reach.Config{})
-			if r.strategy != reach.StrategyHolepunch {
-				t.Errorf("strategy %s, want holepunch", r.strategy)
-			}
-		})
 	}
 }
 
 // TestLabSameLAN: two peers behind one NAT without hairpinning connect over
 // their LAN addresses.
 func TestLabSameLAN(t *testing.T) {
-	l := natlab.NewT(t)
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv, _ := l.AddPublicHost(ctx, "srv")
-	_, cs := reachlab.StartServer(t, srv)
-	rt, err := l.AddRouter(ctx, natlab.RouterConfig{Name: "home", NAT: natlab.PortRestricted, Hairpin: false})
+	rt, err := s.AddRouter(ctx, natlab.RouterConfig{Name: "home", NAT: natlab.PortRestricted, Hairpin: false})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, _ := rt.AddHost(ctx, "lana")
+	a, err := rt.AddHost(ctx, "lana")
+	if err != nil {
+		t.Fatal(err)
+	}
 	b, err := rt.AddHost(ctx, "lanb")
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := connectPair(t, cs, a, b, 10<<20, reach.Config{})
+	r := connectPair(t, s, a, b, 10<<20)
 	if r.strategy != reach.StrategyDirect {
 		t.Errorf("strategy %s, want direct", r.strategy)
 	}
-	if want := b.Addr().String(); len(r.path) < len(want) || r.path[:len(want)] != want {
+	if want := b.Addr().String(); !strings.HasPrefix(r.path, want) {
 		t.Errorf("path %s, want b's LAN address %s", r.path, want)
 	}
 }

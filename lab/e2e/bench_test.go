@@ -25,7 +25,7 @@ import (
 // lab hosts, through the same NATs, in one run, so the ratio means something
 // on a shared, noisy machine:
 //
-//	go test -run '^$' -bench 'BenchmarkLab' -count 5 -benchtime 3x .
+//	go test -run '^$' -bench 'BenchmarkLab' -count 5 -benchtime 3x ./lab/e2e
 //
 // Each benchmark builds its lab, nodes and bare QUIC connections once; the
 // sub-benchmarks (and every -count repetition) reuse them. See

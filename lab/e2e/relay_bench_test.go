@@ -29,7 +29,7 @@ const relayBenchBytes = 100 << 20
 //     the symmetric peer: introduction, the relay rung's delay, the relay
 //     link (UDP fails, TLS on 443), the QUIC handshake through the relay.
 //
-//     go test -run '^$' -bench BenchmarkLabRelay -benchtime 2x .
+//     go test -run '^$' -bench BenchmarkLabRelay -benchtime 2x ./lab/e2e
 func BenchmarkLabRelay(b *testing.B) {
 	s := reachlab.NewScenario(b, reachlab.ServerConfig{Relay: true, RelayConfig: relay.ServerConfig{Logger: quietLogger(b)}})
 	rs, rl := s.Server, s.Relay

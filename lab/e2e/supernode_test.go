@@ -311,7 +311,7 @@ func TestLabSupernodeKilled(t *testing.T) {
 //
 //   - direct: two peers on open hosts, directly.
 //
-//     go test -run '^$' -bench BenchmarkLabSupernode -benchtime 2x .
+//     go test -run '^$' -bench BenchmarkLabSupernode -benchtime 2x ./lab/e2e
 func BenchmarkLabSupernode(b *testing.B) {
 	s := reachlab.NewScenario(b, reachlab.ServerConfig{Relay: true, RelayConfig: relay.ServerConfig{Logger: quietLogger(b)}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -23,7 +23,7 @@ const turnBenchBytes = 32 << 20
 // on the machine hits both alike); it reports the median of each in MB/s
 // and relay/turn, the ratio of the medians.
 //
-//	go test -run '^$' -bench BenchmarkLabRelayVsTURN -benchtime 5x .
+//	go test -run '^$' -bench BenchmarkLabRelayVsTURN -benchtime 5x ./lab/e2e
 func BenchmarkLabRelayVsTURN(b *testing.B) {
 	s := reachlab.NewScenario(b, reachlab.ServerConfig{Relay: true, RelayConfig: relay.ServerConfig{Logger: quietLogger(b)}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

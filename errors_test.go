@@ -22,9 +22,10 @@ import (
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/holepunch"
-	"github.com/reachp2p/reach/internal/natlab"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/internal/sock"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
 )
@@ -58,52 +59,15 @@ func rbNode(t testing.TB, name string, servers ...string) *reach.Node {
 	return n
 }
 
-// rbEcho answers every stream n accepts with what it reads, until n closes.
-func rbEcho(n *reach.Node) {
-	go func() {
-		for {
-			c, err := n.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					k, err := c.Read(buf)
-					if k > 0 {
-						if _, werr := c.Write(buf[:k]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						c.CloseWrite()
-						return
-					}
-				}
-			}()
-		}
-	}()
-}
-
-// rbCheckDial dials to (which must run rbEcho) from from and checks that
-// 256 KiB come back intact.
+// rbCheckDial dials to (which must run reachlab.Echo) from from and
+// checks that 256 KiB come back intact.
 func rbCheckDial(t *testing.T, from, to *reach.Node) *stream.Session {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	sess, err := from.DialSession(ctx, to.ID())
+	sess, err := reachlab.CheckEcho(t, ctx, from, to, 256<<10)
 	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	c, err := sess.OpenStream(ctx)
-	if err != nil {
-		t.Fatalf("open stream: %v", err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if err := roundTrip(c, 256<<10); err != nil {
-		t.Fatalf("round trip over %s: %v", sess.Strategy(), err)
+		t.Fatal(err)
 	}
 	return sess
 }
@@ -243,7 +207,7 @@ func TestWrongPeerKey(t *testing.T) {
 	}
 
 	b := rbNode(t, "b", cs)
-	rbEcho(b)
+	reachlab.Echo(t, b)
 	rbCheckDial(t, a, b)
 }
 
@@ -296,7 +260,7 @@ func TestUnknownAndOfflinePeer(t *testing.T) {
 	}
 
 	b := rbNode(t, "b", cs)
-	rbEcho(b)
+	reachlab.Echo(t, b)
 	rbCheckDial(t, a, b)
 }
 
@@ -420,7 +384,7 @@ func TestFailover(t *testing.T) {
 	cs1, cs2 := rs1.ConnectString(), rs2.ConnectString()
 	a := rbNode(t, "a", cs1, cs2)
 	b := rbNode(t, "b", cs1, cs2)
-	rbEcho(b)
+	reachlab.Echo(t, b)
 	for _, n := range []*reach.Node{a, b} {
 		if n.Server() != cs1 {
 			t.Fatalf("node registered with %q, want the first server %s", n.Server(), cs1)
@@ -431,9 +395,9 @@ func TestFailover(t *testing.T) {
 
 	rs1.Close()
 	killed := time.Now()
-	rbWait(t, 5*time.Second, "both nodes on server 2", func() bool { return a.Server() == cs2 && b.Server() == cs2 })
+	reachlab.MustWaitFor(t, 5*time.Second, "both nodes on server 2", func() bool { return a.Server() == cs2 && b.Server() == cs2 })
 	t.Logf("both nodes failed over in %v", time.Since(killed))
-	rbWait(t, 2*time.Second, "old session gone", func() bool { return rbSessionsTo(a, b.ID())+rbSessionsTo(b, a.ID()) == 0 })
+	reachlab.MustWaitFor(t, 2*time.Second, "old session gone", func() bool { return rbSessionsTo(a, b.ID())+rbSessionsTo(b, a.ID()) == 0 })
 
 	start := time.Now()
 	rbCheckDial(t, a, b)
@@ -442,18 +406,6 @@ func TestFailover(t *testing.T) {
 	}
 	if got := rs2.Stats().Introductions; got != 1 {
 		t.Errorf("server 2 made %d introductions, want 1", got)
-	}
-}
-
-// rbWait polls cond every 10ms until it holds or d passes.
-func rbWait(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -563,9 +515,9 @@ func TestJunkAtNode(t *testing.T) {
 	rs := rbServer(t)
 	cs := rs.ConnectString()
 	b := rbNode(t, "b", cs)
-	rbEcho(b)
+	reachlab.Echo(t, b)
 	a := rbNode(t, "a", cs)
-	rbEcho(a)
+	reachlab.Echo(t, a)
 
 	atk, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(rbLoopback))
 	if err != nil {
@@ -664,8 +616,8 @@ func TestJunkAtServer(t *testing.T) {
 	}
 
 	b := rbNode(t, "b", cs)
-	rbEcho(b)
-	rbEcho(a)
+	reachlab.Echo(t, b)
+	reachlab.Echo(t, a)
 	rbCheckDial(t, a, b)
 	c := rbNode(t, "c", cs)
 	rbCheckDial(t, c, a)

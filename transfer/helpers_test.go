@@ -17,7 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/lab/natlab"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
 )

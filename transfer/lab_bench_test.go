@@ -25,8 +25,8 @@ import (
 
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 	"github.com/reachp2p/reach/stream"
 )
 

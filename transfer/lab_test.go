@@ -11,8 +11,8 @@ import (
 	"lukechampine.com/blake3"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 )
 
 // TestLabMaliciousSender: in the NAT lab (the sender behind a full-cone

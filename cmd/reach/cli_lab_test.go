@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/lab/natlab"
 )
 
 func buildBinary(t *testing.T) string {

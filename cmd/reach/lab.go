@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/lab/natlab"
 )
 
 const labUsage = `usage:

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/reachp2p/reach/internal/matrix"
-	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/lab/matrix"
+	"github.com/reachp2p/reach/lab/natlab"
 )
 
 // labMatrix runs `reach lab matrix`: the connectivity matrix in one lab,

@@ -7,7 +7,7 @@ import (
 )
 
 // TestLabMatrixFlags: bad flags are refused before any lab is built (the
-// matrix itself runs in internal/matrix's TestLabMatrixShort).
+// matrix itself runs in lab/matrix's TestLabMatrixShort).
 func TestLabMatrixFlags(t *testing.T) {
 	for _, tc := range []struct {
 		args []string

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 )
 
 // TestLabNetcheck runs `reach netcheck` inside three lab topologies, with

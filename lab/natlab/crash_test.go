@@ -28,7 +28,7 @@ func TestCrashedRunLeftovers(t *testing.T) {
 			os.Exit(5)
 		}
 		os.Stdout.WriteString("LAB " + l.ID() + "\n")
-		time.Sleep(time.Minute)
+		time.Sleep(time.Minute) // stay alive until the parent kills us
 		os.Exit(0)
 	}
 	Require(t)

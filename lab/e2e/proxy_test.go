@@ -1,4 +1,4 @@
-package reach_test
+package e2e_test
 
 import (
 	"context"
@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 	"github.com/reachp2p/reach/relay"
 )
 
@@ -21,18 +21,10 @@ import (
 // port-restricted NAT through the relay; data moves intact both ways and
 // squid's log shows the tunnels. A wrong proxy password is ErrProxyAuth.
 func TestLabRelayProxyOnly(t *testing.T) {
-	l := natlab.NewT(t)
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
 	defer cancel()
-	srv, err := l.AddPublicHost(ctx, "srv")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, rl := startRelayServer(t, srv, relay.ServerConfig{})
-	corp, err := l.AddSite(ctx, "corp", natlab.Kind(natlab.ProxyOnly))
-	if err != nil {
-		t.Fatal(err)
-	}
+	corp := s.Site(t, "corp", natlab.Kind(natlab.ProxyOnly))
 	sq, err := corp.Router.StartSquidAuth(ctx, "alice", "s3cret")
 	if err != nil {
 		t.Fatal(err)
@@ -42,14 +34,11 @@ func TestLabRelayProxyOnly(t *testing.T) {
 			t.Logf("squid log:\n%s\naccess.log:\n%s", sq.Log(), sq.AccessLog())
 		}
 	})
-	pr, err := l.AddSite(ctx, "pr", natlab.Kind(natlab.PortRestricted))
-	if err != nil {
-		t.Fatal(err)
-	}
+	pr := s.Site(t, "pr", natlab.Kind(natlab.PortRestricted))
 	proxyURL := func(pw string) *url.URL {
 		return &url.URL{Scheme: "http", User: url.UserPassword("alice", pw), Host: sq.Addr().String()}
 	}
-	cfg := reach.Config{Servers: []string{rs.ConnectString()}, DisablePortMapping: true, UpgradeInterval: -1}
+	cfg := reach.Config{Servers: []string{s.ConnectString()}, DisablePortMapping: true, UpgradeInterval: -1}
 
 	t.Run("wrong-password", func(t *testing.T) {
 		bad := cfg
@@ -74,8 +63,8 @@ func TestLabRelayProxyOnly(t *testing.T) {
 
 	good := cfg
 	good.Proxy = proxyURL("s3cret")
-	nc := reachlab.NewNode(t, corp.Host, good)
-	np := reachlab.NewNode(t, pr.Host, cfg)
+	nc := s.Node(t, corp.Host, good)
+	np := s.Node(t, pr.Host, cfg)
 	if nc.Observed().IsValid() {
 		t.Fatalf("proxy-only node registered over UDP (observed %v)", nc.Observed())
 	}
@@ -84,26 +73,11 @@ func TestLabRelayProxyOnly(t *testing.T) {
 		from, to *reach.Node
 	}{{"proxied->port-restricted", nc, np}, {"port-restricted->proxied", np, nc}} {
 		t.Run(dir.name, func(t *testing.T) {
-			echoed := echoOnce(dir.to)
-			start := time.Now()
-			sess, err := dir.from.DialSession(ctx, dir.to.ID())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("%s: %s after %v; proxied node's relay link: %s", dir.name, sess.Strategy(), time.Since(start), nc.Status().RelayTransport)
+			reachlab.Echo(t, dir.to)
+			sess := checkEcho(t, ctx, dir.from, dir.to, 2<<20)
+			t.Logf("%s: %s; proxied node's relay link: %s", dir.name, sess.Strategy(), nc.Status().RelayTransport)
 			if sess.Strategy() != reach.StrategyRelay {
 				t.Fatalf("strategy %q, want relay", sess.Strategy())
-			}
-			c, err := sess.OpenStream(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			if err := roundTrip(c, 2<<20); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-echoed; err != nil {
-				t.Fatal(err)
 			}
 			closeAndWaitGone(t, sess, dir.to, dir.from)
 		})
@@ -118,43 +92,30 @@ func TestLabRelayProxyOnly(t *testing.T) {
 		ws.WebSocketSignalling = true
 		ws.ForceTCPSignalling = true
 		ws.RelayDialers = []relay.LinkDialer{relay.WSDialer{}}
-		nw := reachlab.NewNode(t, corp.Host, ws)
-		echoed := echoOnce(np)
-		sess, err := nw.DialSession(ctx, np.ID())
-		if err != nil {
-			t.Fatal(err)
-		}
+		nw := s.Node(t, corp.Host, ws)
+		reachlab.Echo(t, np)
+		sess := checkEcho(t, ctx, nw, np, 2<<20)
 		t.Logf("websocket node: %s, relay link %s", sess.Strategy(), nw.Status().RelayTransport)
 		if sess.Strategy() != reach.StrategyRelay || nw.Status().RelayTransport != "ws" {
 			t.Fatalf("strategy %q over %q, want relay over ws", sess.Strategy(), nw.Status().RelayTransport)
-		}
-		c, err := sess.OpenStream(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if err := roundTrip(c, 2<<20); err != nil {
-			t.Fatal(err)
-		}
-		if err := <-echoed; err != nil {
-			t.Fatal(err)
 		}
 		nw.Close()
 	})
 
 	// squid logs a tunnel when it ends.
 	nc.Close()
-	target := rs.ServerAddr().TCPHostPort()
+	target := s.Server.ServerAddr().TCPHostPort()
 	var log string
 	tunnels := 0
-	for deadline := time.Now().Add(5 * time.Second); tunnels < 2 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	reachlab.WaitFor(5*time.Second, func() bool {
 		log, tunnels = sq.AccessLog(), 0
 		for _, line := range strings.Split(log, "\n") {
 			if strings.Contains(line, "TCP_TUNNEL/200") && strings.Contains(line, "CONNECT "+target) && strings.Contains(line, " alice ") {
 				tunnels++
 			}
 		}
-	}
+		return tunnels >= 2
+	})
 	t.Logf("squid access.log:\n%s", log)
 	// One for signalling, one for the relay link at least.
 	if tunnels < 2 {
@@ -163,5 +124,5 @@ func TestLabRelayProxyOnly(t *testing.T) {
 	if !strings.Contains(log, "TCP_DENIED/407") {
 		t.Error("the wrong password left no TCP_DENIED/407 in squid's log")
 	}
-	t.Logf("relay: %+v", rl.Stats())
+	t.Logf("relay: %+v", s.Relay.Stats())
 }

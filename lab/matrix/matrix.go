@@ -26,7 +26,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/lab/natlab"
 )
 
 // Kind is where a peer sits: a natlab.Kind, or one of them with a UPnP

@@ -1,4 +1,4 @@
-package reach_test
+package e2e_test
 
 import (
 	"context"
@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/stream"
 )
@@ -29,18 +29,12 @@ const relayBenchBytes = 100 << 20
 //     the symmetric peer: introduction, the relay rung's delay, the relay
 //     link (UDP fails, TLS on 443), the QUIC handshake through the relay.
 //
-//     go test -run '^$' -bench BenchmarkLabRelay -benchtime 2x .
+//     go test -run '^$' -bench BenchmarkLabRelay -benchtime 2x ./lab/e2e
 func BenchmarkLabRelay(b *testing.B) {
-	l := natlab.NewT(b)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	srv, err := l.AddPublicHost(ctx, "srv")
-	if err != nil {
-		b.Fatal(err)
-	}
-	rs, rl := startRelayServer(b, srv, relay.ServerConfig{Logger: quietLogger(b)})
-	syma, symb := benchSite(b, l, "rsa", natlab.Kind(natlab.Symmetric)), benchSite(b, l, "rsb", natlab.Kind(natlab.Symmetric))
-	corp := benchSite(b, l, "rcorp", natlab.Kind(natlab.UDPBlocked))
+	s := reachlab.NewScenario(b, reachlab.ServerConfig{Relay: true, RelayConfig: relay.ServerConfig{Logger: quietLogger(b)}})
+	rs, rl := s.Server, s.Relay
+	syma, symb := s.Site(b, "rsa", natlab.Kind(natlab.Symmetric)), s.Site(b, "rsb", natlab.Kind(natlab.Symmetric))
+	corp := s.Site(b, "rcorp", natlab.Kind(natlab.UDPBlocked))
 	cfg := reach.Config{Servers: []string{rs.ConnectString()}, Logger: quietLogger(b), DisablePortMapping: true, UpgradeInterval: -1}
 	na := reachlab.NewNode(b, syma.Host, cfg)
 	nb := reachlab.NewNode(b, symb.Host, cfg)

@@ -213,13 +213,14 @@ func TestUDPTimeout(t *testing.T) {
 	}
 	// Kept alive: outbound every second for 3s, then a reply gets in.
 	for i := 0; i < 3; i++ {
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // the keepalive spacing under test
+
 		Probe(hs, netip.AddrPortFrom(pub.Addr(), 4000), "keepalive", ps, time.Second)
 	}
 	if _, _, err := Probe(ps, m, "still-open", hs, time.Second); err != nil {
 		t.Fatalf("mapping died although kept alive: %v", err)
 	}
-	time.Sleep(3500 * time.Millisecond)
+	time.Sleep(3500 * time.Millisecond) // outlive the 2s UDP timeout
 	if _, _, err := Probe(ps, m, "after-timeout", hs, 700*time.Millisecond); err == nil {
 		t.Fatalf("mapping still open 3.5s after the last packet with a 2s timeout")
 	}

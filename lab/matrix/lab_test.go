@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/lab/natlab"
 )
 
 // tlog writes log lines to t.Log.

@@ -1,10 +1,11 @@
-package reach_test
+package e2e_test
 
 import (
 	"context"
 	"errors"
 	"io"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,11 +13,10 @@ import (
 
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
-	"github.com/reachp2p/reach/stream"
 	"github.com/reachp2p/reach/supernode"
 )
 
@@ -38,12 +38,10 @@ func startVolunteer(t testing.TB, h *natlab.Host, cs string, cfg supernode.Confi
 	return n, st, err
 }
 
-// supernodeLab is a server, an open volunteer and two peers behind
+// supernodeLab is a scenario with an open volunteer and two peers behind
 // symmetric NATs (no UPnP).
 type supernodeLab struct {
-	l          *natlab.Lab
-	srv        *natlab.Host
-	cs         string
+	*reachlab.Scenario
 	vol        *reach.Node
 	volHost    *natlab.Host
 	syma, symb *natlab.Site
@@ -52,30 +50,16 @@ type supernodeLab struct {
 
 func newSupernodeLab(t *testing.T, withRelay bool, vcfg supernode.Config) *supernodeLab {
 	t.Helper()
-	s := &supernodeLab{l: natlab.NewT(t)}
+	s := &supernodeLab{Scenario: reachlab.NewScenario(t, reachlab.ServerConfig{Relay: withRelay})}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var err error
-	if s.srv, err = s.l.AddPublicHost(ctx, "srv"); err != nil {
-		t.Fatal(err)
-	}
-	if withRelay {
-		rs, _ := startRelayServer(t, s.srv, relay.ServerConfig{})
-		s.cs = rs.ConnectString()
-	} else {
-		_, s.cs = reachlab.StartServer(t, s.srv)
-	}
-	vh, err := s.l.AddPublicHost(ctx, "vol")
+	vh, err := s.AddPublicHost(ctx, "vol")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.syma, err = s.l.AddSite(ctx, "syma", natlab.Kind(natlab.Symmetric)); err != nil {
-		t.Fatal(err)
-	}
-	if s.symb, err = s.l.AddSite(ctx, "symb", natlab.Kind(natlab.Symmetric)); err != nil {
-		t.Fatal(err)
-	}
-	vol, st, err := startVolunteer(t, vh, s.cs, vcfg)
+	s.syma = s.Site(t, "syma", natlab.Kind(natlab.Symmetric))
+	s.symb = s.Site(t, "symb", natlab.Kind(natlab.Symmetric))
+	vol, st, err := startVolunteer(t, vh, s.ConnectString(), vcfg)
 	if err != nil {
 		t.Fatalf("open volunteer not admitted: %v", err)
 	}
@@ -88,36 +72,16 @@ func newSupernodeLab(t *testing.T, withRelay bool, vcfg supernode.Config) *super
 // peerConfig is the config of the peers in these tests: no UPnP, no
 // background upgrade attempts (symmetric to symmetric has no direct path).
 func (s *supernodeLab) peerConfig() reach.Config {
-	return reach.Config{Servers: []string{s.cs}, DisablePortMapping: true, UpgradeInterval: -1}
+	return reach.Config{Servers: []string{s.ConnectString()}, DisablePortMapping: true, UpgradeInterval: -1}
 }
 
-// snDialEcho dials from a to b and moves size bytes each way on a stream.
-func snDialEcho(t *testing.T, a, b *reach.Node, size int) *stream.Session {
+// snDialEcho dials from a to b (which runs reachlab.Echo) and moves size
+// bytes each way on a stream, within 30 s.
+func snDialEcho(t *testing.T, a, b *reach.Node, size int) *reach.Session {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	echoed := echoOnce(b)
-	start := time.Now()
-	sess, err := a.DialSession(ctx, b.ID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("connected with %s after %v", sess.Strategy(), time.Since(start).Round(time.Millisecond))
-	c, err := sess.OpenStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	start = time.Now()
-	if err := roundTrip(c, size); err != nil {
-		t.Fatalf("over %s: %v", sess.Strategy(), err)
-	}
-	if err := <-echoed; err != nil {
-		t.Fatal(err)
-	}
-	el := time.Since(start)
-	t.Logf("%d MiB each way over %s in %v (%.0f Mbit/s each way)", size>>20, sess.Strategy(), el.Round(time.Millisecond), float64(size)*8/el.Seconds()/1e6)
-	return sess
+	return checkEcho(t, ctx, a, b, size)
 }
 
 // checkServes checks that the volunteer's status lists peers and at least
@@ -144,6 +108,7 @@ func TestLabSupernodeSymmetric(t *testing.T) {
 	s := newSupernodeLab(t, false, supernode.Config{})
 	na := reachlab.NewNode(t, s.syma.Host, s.peerConfig())
 	nb := reachlab.NewNode(t, s.symb.Host, s.peerConfig())
+	reachlab.Echo(t, nb)
 	sess := snDialEcho(t, na, nb, supernodePayload)
 	if sess.Strategy() != reach.StrategySupernode {
 		t.Fatalf("strategy %q, want supernode", sess.Strategy())
@@ -160,6 +125,7 @@ func TestLabSupernodeBeforeRelay(t *testing.T) {
 	s := newSupernodeLab(t, true, supernode.Config{})
 	na := reachlab.NewNode(t, s.syma.Host, s.peerConfig())
 	nb := reachlab.NewNode(t, s.symb.Host, s.peerConfig())
+	reachlab.Echo(t, nb)
 	sess := snDialEcho(t, na, nb, 4<<20)
 	if sess.Strategy() != reach.StrategySupernode {
 		t.Fatalf("strategy %q, want supernode (before relay)", sess.Strategy())
@@ -173,22 +139,10 @@ func TestLabSupernodeBeforeRelay(t *testing.T) {
 // NAT towards the server's own port. A volunteer behind a full-cone NAT
 // (reachable) is admitted. The server lists only that one.
 func TestLabSupernodeAdmission(t *testing.T) {
-	l := natlab.NewT(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	srv, err := l.AddPublicHost(ctx, "srv")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, cs := reachlab.StartServer(t, srv)
-	pr, err := l.AddSite(ctx, "prc", natlab.Kind(natlab.PortRestricted))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fc, err := l.AddSite(ctx, "fcone", natlab.Kind(natlab.FullCone))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{})
+	rs, cs := s.Server, s.ConnectString()
+	pr := s.Site(t, "prc", natlab.Kind(natlab.PortRestricted))
+	fc := s.Site(t, "fcone", natlab.Kind(natlab.FullCone))
 	start := time.Now()
 	_, st, err := startVolunteer(t, pr.Host, cs, supernode.Config{})
 	t.Logf("port-restricted volunteer after %v: admitted=%v err=%v", time.Since(start).Round(time.Millisecond), st.Admitted, err)
@@ -214,6 +168,7 @@ func TestLabSupernodeFull(t *testing.T) {
 	defer cancel()
 	na := reachlab.NewNode(t, s.syma.Host, s.peerConfig())
 	nb := reachlab.NewNode(t, s.symb.Host, s.peerConfig())
+	reachlab.Echo(t, nb)
 	first := snDialEcho(t, na, nb, 1<<20)
 	if first.Strategy() != reach.StrategySupernode {
 		t.Fatalf("first pair: strategy %q, want supernode", first.Strategy())
@@ -228,6 +183,7 @@ func TestLabSupernodeFull(t *testing.T) {
 	}
 	nc := reachlab.NewNode(t, hc, s.peerConfig())
 	nd := reachlab.NewNode(t, hd, s.peerConfig())
+	reachlab.Echo(t, nd)
 	second := snDialEcho(t, nc, nd, 1<<20)
 	if second.Strategy() != reach.StrategyRelay {
 		t.Fatalf("second pair: strategy %q, want relay", second.Strategy())
@@ -281,24 +237,25 @@ func TestLabSupernodeKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	sent := make(chan error, 1)
-	var n int64
+	var n atomic.Int64
 	go func() {
 		buf := make([]byte, 64<<10)
 		for {
 			k, err := st.Write(buf)
-			n += int64(k)
+			n.Add(int64(k))
 			if err != nil {
 				sent <- err
 				return
 			}
 		}
 	}()
-	time.Sleep(time.Second)
+	// Mid-transfer: once some MiB are through the volunteer.
+	reachlab.MustWaitFor(t, 10*time.Second, "4 MiB through the volunteer", func() bool { return n.Load() >= 4<<20 })
 	killed := time.Now()
 	if err := s.volHost.Impair(ctx, natlab.Impairment{Loss: 0.999999}); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("volunteer blackholed after %d MiB", n>>20)
+	t.Logf("volunteer blackholed after %d MiB", n.Load()>>20)
 	for _, side := range []struct {
 		name string
 		ch   chan error
@@ -326,6 +283,7 @@ func TestLabSupernodeKilled(t *testing.T) {
 	}
 	s.vol.Close()
 	start := time.Now()
+	reachlab.Echo(t, nb)
 	again := snDialEcho(t, na, nb, 4<<20)
 	t.Logf("redial: %s after the loss, %v to connect and move 4 MiB each way", again.Strategy(), time.Since(start).Round(time.Millisecond))
 	if again.Strategy() != reach.StrategyRelay {
@@ -353,19 +311,14 @@ func TestLabSupernodeKilled(t *testing.T) {
 //
 //   - direct: two peers on open hosts, directly.
 //
-//     go test -run '^$' -bench BenchmarkLabSupernode -benchtime 2x .
+//     go test -run '^$' -bench BenchmarkLabSupernode -benchtime 2x ./lab/e2e
 func BenchmarkLabSupernode(b *testing.B) {
-	l := natlab.NewT(b)
+	s := reachlab.NewScenario(b, reachlab.ServerConfig{Relay: true, RelayConfig: relay.ServerConfig{Logger: quietLogger(b)}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv, err := l.AddPublicHost(ctx, "srv")
-	if err != nil {
-		b.Fatal(err)
-	}
-	rs, rl := startRelayServer(b, srv, relay.ServerConfig{Logger: quietLogger(b)})
-	cs := rs.ConnectString()
-	vh := benchSite(b, l, "vol", natlab.Open).Host
-	syma, symb := benchSite(b, l, "bsa", natlab.Kind(natlab.Symmetric)), benchSite(b, l, "bsb", natlab.Kind(natlab.Symmetric))
+	cs, rl := s.ConnectString(), s.Relay
+	vh := s.Site(b, "vol", natlab.Open).Host
+	syma, symb := s.Site(b, "bsa", natlab.Kind(natlab.Symmetric)), s.Site(b, "bsb", natlab.Kind(natlab.Symmetric))
 	hc, err := syma.Router.AddHost(ctx, "bsc")
 	if err != nil {
 		b.Fatal(err)
@@ -374,7 +327,7 @@ func BenchmarkLabSupernode(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	oa, ob := benchSite(b, l, "boa", natlab.Open).Host, benchSite(b, l, "bob", natlab.Open).Host
+	oa, ob := s.Site(b, "boa", natlab.Open).Host, s.Site(b, "bob", natlab.Open).Host
 	cfg := reach.Config{Servers: []string{cs}, Logger: quietLogger(b), DisablePortMapping: true, UpgradeInterval: -1}
 	vcfg := cfg
 	vcfg.Supernode = supernode.Config{Enable: true}

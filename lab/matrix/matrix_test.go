@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/lab/natlab"
 )
 
 func TestKinds(t *testing.T) {

@@ -48,9 +48,14 @@ func NewT(t testing.TB) *Lab {
 	return l
 }
 
-// TestLogger returns a logger that writes to t.Log.
-func TestLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+// TestLogger returns a logger that writes to t.Log, debug lines included.
+func TestLogger(t testing.TB) *slog.Logger { return TestLoggerLevel(t, slog.LevelDebug) }
+
+// TestLoggerLevel returns a logger that writes records of level min and
+// above to t.Log: benchmarks print their whole log, and the nodes' debug
+// lines would bury the figures.
+func TestLoggerLevel(t testing.TB, min slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: min}))
 }
 
 type tWriter struct{ t testing.TB }

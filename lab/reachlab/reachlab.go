@@ -1,6 +1,10 @@
 // Package reachlab puts reach servers and nodes on NAT lab hosts, for the
 // end-to-end tests and benchmarks: every socket a node or server opens is
-// created inside its host's namespace, so no packet leaves the lab.
+// created inside its host's namespace, so no packet leaves the lab. It
+// also holds what those tests share: a scenario (a lab with a server host
+// and peers' sites, Scenario) and the echo check (Echo on the listener,
+// CheckEcho or RoundTrip on the dialler: random bytes out, their SHA-256
+// back).
 package reachlab
 
 import (
@@ -11,7 +15,8 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
 )
 
@@ -88,4 +93,35 @@ func NewNode(t testing.TB, h *natlab.Host, cfg reach.Config) *reach.Node {
 	}
 	t.Cleanup(func() { n.Close() })
 	return n
+}
+
+// StartRelayServer runs what `reach server` runs on h: rendezvous, STUN
+// and the relay, on UDP and TCP 4950 and TLS on TCP 443, until the test
+// ends.
+func StartRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig) (*rendezvous.RunningServer, *relay.Server) {
+	t.Helper()
+	log := rcfg.Logger // a benchmark's quiet logger serves both
+	if log == nil {
+		log = natlab.TestLogger(t)
+		rcfg.Logger = log.With("relay", h.Name())
+	}
+	rl := relay.NewServer(rcfg)
+	var rs *rendezvous.RunningServer
+	err := h.Run(func() error {
+		var err error
+		rs, err = rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{
+			Logger:    log.With("server", h.Name()),
+			Protocols: map[string]rendezvous.Protocol{relay.ALPN: rl},
+			TLSPort:   443,
+		}, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("server on %s: %v", h.Name(), err)
+	}
+	t.Cleanup(func() { rs.Close() })
+	if !rs.TLSAddr().IsValid() || rs.ServerAddr().TCPPort != 443 {
+		t.Fatalf("server did not bind TLS on 443: %v %s", rs.TLSAddr(), rs.ConnectString())
+	}
+	return rs, rl
 }

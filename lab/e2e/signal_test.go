@@ -1,4 +1,4 @@
-package reach_test
+package e2e_test
 
 import (
 	"context"
@@ -9,9 +9,9 @@ import (
 
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/internal/holepunch"
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
 	"github.com/reachp2p/reach/internal/rung"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
 )

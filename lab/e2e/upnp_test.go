@@ -1,4 +1,4 @@
-package reach_test
+package e2e_test
 
 import (
 	"context"
@@ -10,53 +10,18 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
-	"github.com/reachp2p/reach/stream"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 	"github.com/reachp2p/reach/upnp"
 )
 
 // waitMapped waits until n's port mapper has an external address.
 func waitMapped(t *testing.T, n *reach.Node, limit time.Duration) upnp.Status {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		st := n.Status().PortMapping
-		if st.External.IsValid() {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no port mapping after %v: %+v", limit, st)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !reachlab.WaitFor(limit, func() bool { return n.Status().PortMapping.External.IsValid() }) {
+		t.Fatalf("no port mapping after %v: %+v", limit, n.Status().PortMapping)
 	}
-}
-
-// dialEcho dials b from a, moves size bytes both ways over one stream, and
-// returns the session and how long the dial took.
-func dialEcho(t *testing.T, a, b *reach.Node, size int) (*stream.Session, time.Duration) {
-	t.Helper()
-	echoed := echoOnce(b)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	start := time.Now()
-	sess, err := a.DialSession(ctx, b.ID())
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	el := time.Since(start)
-	c, err := sess.OpenStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := roundTrip(c, size); err != nil {
-		t.Fatalf("over %s: %v", sess.Strategy(), err)
-	}
-	if err := <-echoed; err != nil {
-		t.Fatalf("echo side: %v", err)
-	}
-	return sess, el
+	return n.Status().PortMapping
 }
 
 func gatewayHas(ctx context.Context, t *testing.T, m *natlab.Miniupnpd, ext uint16) bool {
@@ -83,15 +48,11 @@ func gatewayHas(ctx context.Context, t *testing.T, m *natlab.Miniupnpd, ext uint
 func TestLabUPnP(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) }) // after the lab and the nodes are gone
-	l := natlab.NewT(t)
+	l := reachlab.NewScenario(t, reachlab.ServerConfig{})
+	cs := l.ConnectString()
 	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Second)
 	defer cancel()
-	srv, _ := l.AddPublicHost(ctx, "srv")
-	_, cs := reachlab.StartServer(t, srv)
-	dsite, err := l.AddSite(ctx, "dial", natlab.Kind(natlab.Symmetric))
-	if err != nil {
-		t.Fatal(err)
-	}
+	dsite := l.Site(t, "dial", natlab.Kind(natlab.Symmetric))
 	dialer := reachlab.NewNode(t, dsite.Host, reach.Config{Servers: []string{cs}})
 	table := "\n"
 	for i, tc := range []struct {
@@ -112,12 +73,13 @@ func TestLabUPnP(t *testing.T) {
 			h, _ := rt.AddHost(ctx, fmt.Sprintf("lis%d", i))
 			start := time.Now()
 			ln := reachlab.NewNode(t, h, reach.Config{Servers: []string{cs}, PortMapping: upnp.Config{Protocols: tc.protos}})
+			reachlab.Echo(t, ln)
 			st := waitMapped(t, ln, 5*time.Second)
 			mapped := time.Since(start)
 			if st.Protocol != tc.want || st.External.Addr() != rt.WAN() {
 				t.Errorf("mapping %s %s, want %s on %s", st.Protocol, st.External, tc.want, rt.WAN())
 			}
-			sess, el := dialEcho(t, dialer, ln, 1<<20)
+			sess, el := dialEcho(t, ctx, dialer, ln, 1<<20)
 			table += fmt.Sprintf("%-12s %-8s mapped %-20s in %-6v  dial: %-9s %-20s %v\n", tc.name, st.Protocol, st.External,
 				mapped.Round(time.Millisecond), sess.Strategy(), sess.RemoteAddr(), el.Round(time.Millisecond))
 			if sess.Strategy() != reach.StrategyUPnP {
@@ -146,13 +108,14 @@ func TestLabUPnP(t *testing.T) {
 		}
 		h, _ := rt.AddHost(ctx, "liscone")
 		ln := reachlab.NewNode(t, h, reach.Config{Servers: []string{cs}})
+		reachlab.Echo(t, ln)
 		st := waitMapped(t, ln, 5*time.Second)
-		csite, _ := l.AddSite(ctx, "dcone", natlab.Kind(natlab.PortRestricted))
+		csite := l.Site(t, "dcone", natlab.Kind(natlab.PortRestricted))
 		d := reachlab.NewNode(t, csite.Host, reach.Config{Servers: []string{cs}})
-		sess, el := dialEcho(t, d, ln, 64<<10)
+		sess, el := dialEcho(t, ctx, d, ln, 64<<10)
 		sess.CloseWithError(0, "done")
 		ctl := reachlab.NewNode(t, csite.Host, reach.Config{Servers: []string{cs}, Strategies: []string{reach.StrategyDirect, reach.StrategyHolepunch}})
-		sess2, el2 := dialEcho(t, ctl, ln, 64<<10)
+		sess2, el2 := dialEcho(t, ctx, ctl, ln, 64<<10)
 		sess2.CloseWithError(0, "done")
 		table += fmt.Sprintf("%-12s %-8s mapped %-20s            dial: %-9s %-20s %v (without the upnp rung: %s %v)\n", "cone-pair", st.Protocol, st.External,
 			sess.Strategy(), sess.RemoteAddr(), el.Round(time.Millisecond), sess2.Strategy(), el2.Round(time.Millisecond))
@@ -171,12 +134,11 @@ func TestLabUPnP(t *testing.T) {
 // and maps again within checkInterval + 5s, and a new dial from a peer
 // behind a symmetric NAT succeeds over upnp.
 func TestLabUPnPRestart(t *testing.T) {
-	l := natlab.NewT(t)
+	l := reachlab.NewScenario(t, reachlab.ServerConfig{})
+	cs := l.ConnectString()
 	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Second)
 	defer cancel()
-	srv, _ := l.AddPublicHost(ctx, "srv")
-	_, cs := reachlab.StartServer(t, srv)
-	dsite, _ := l.AddSite(ctx, "dial", natlab.Kind(natlab.Symmetric))
+	dsite := l.Site(t, "dial", natlab.Kind(natlab.Symmetric))
 	rt, mu, err := l.AddUPnPRouter(ctx, natlab.RouterConfig{Name: "gw", NAT: natlab.Symmetric}, natlab.UPnPConfig{UPnP: true})
 	if err != nil {
 		t.Fatal(err)
@@ -185,8 +147,9 @@ func TestLabUPnPRestart(t *testing.T) {
 	const check = time.Second
 	ln := reachlab.NewNode(t, h, reach.Config{Servers: []string{cs}, PortMapping: upnp.Config{CheckInterval: check}})
 	dialer := reachlab.NewNode(t, dsite.Host, reach.Config{Servers: []string{cs}})
+	reachlab.Echo(t, ln)
 	st := waitMapped(t, ln, 5*time.Second)
-	sess, _ := dialEcho(t, dialer, ln, 64<<10)
+	sess, _ := dialEcho(t, ctx, dialer, ln, 64<<10)
 	if sess.Strategy() != reach.StrategyUPnP {
 		t.Fatalf("before the restart: strategy %s, want upnp", sess.Strategy())
 	}
@@ -200,20 +163,16 @@ func TestLabUPnPRestart(t *testing.T) {
 	if gatewayHas(ctx, t, mu, st.External.Port()) {
 		t.Fatal("restart kept the mapping")
 	}
-	deadline := restarted.Add(check + 5*time.Second)
-	for {
+	remapped := func() bool {
 		st2 := ln.Status().PortMapping
-		if st2.Maps > st.Maps && st2.External.IsValid() && gatewayHas(ctx, t, mu, st2.External.Port()) {
-			t.Logf("mapped again %v after the restart (check every %v): %s, SOAP port %d -> %d",
-				time.Since(restarted).Round(time.Millisecond), check, st2.External, oldHTTP, mu.HTTPPort())
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not mapped again within %v: %+v", check+5*time.Second, st2)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return st2.Maps > st.Maps && st2.External.IsValid() && gatewayHas(ctx, t, mu, st2.External.Port())
 	}
-	sess2, el := dialEcho(t, dialer, ln, 64<<10)
+	if !reachlab.WaitFor(time.Until(restarted.Add(check+5*time.Second)), remapped) {
+		t.Fatalf("not mapped again within %v: %+v", check+5*time.Second, ln.Status().PortMapping)
+	}
+	t.Logf("mapped again %v after the restart (check every %v): %s, SOAP port %d -> %d",
+		time.Since(restarted).Round(time.Millisecond), check, ln.Status().PortMapping.External, oldHTTP, mu.HTTPPort())
+	sess2, el := dialEcho(t, ctx, dialer, ln, 64<<10)
 	t.Logf("dial after the restart: %s via %s in %v", sess2.Strategy(), sess2.RemoteAddr(), el.Round(time.Millisecond))
 	if sess2.Strategy() != reach.StrategyUPnP {
 		t.Errorf("after the restart: strategy %s, want upnp", sess2.Strategy())
@@ -227,12 +186,11 @@ func TestLabUPnPRestart(t *testing.T) {
 // the same dial without the upnp rung, within moveOnBound.
 func TestLabUPnPNone(t *testing.T) {
 	const moveOnBound = 250 * time.Millisecond
-	l := natlab.NewT(t)
+	l := reachlab.NewScenario(t, reachlab.ServerConfig{})
+	cs := l.ConnectString()
 	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Second)
 	defer cancel()
-	srv, _ := l.AddPublicHost(ctx, "srv")
-	_, cs := reachlab.StartServer(t, srv)
-	dsite, _ := l.AddSite(ctx, "dial", natlab.Kind(natlab.PortRestricted))
+	dsite := l.Site(t, "dial", natlab.Kind(natlab.PortRestricted))
 	plain, _ := l.AddRouter(ctx, natlab.RouterConfig{Name: "plain", NAT: natlab.PortRestricted})
 	hp, _ := plain.AddHost(ctx, "lisplain")
 	home, _, err := l.AddDoubleNAT(ctx, "dbl", natlab.PortRestricted, natlab.PortRestricted)
@@ -252,22 +210,19 @@ func TestLabUPnPNone(t *testing.T) {
 	}{{"no-gateway", hp, upnp.ErrNoGateway}, {"double-nat", hd, upnp.ErrPrivateExternal}} {
 		t.Run(tc.name, func(t *testing.T) {
 			ln := reachlab.NewNode(t, tc.h, reach.Config{Servers: []string{cs}})
+			reachlab.Echo(t, ln)
 			with := reachlab.NewNode(t, dsite.Host, reach.Config{Servers: []string{cs}})
 			without := reachlab.NewNode(t, dsite.Host, reach.Config{Servers: []string{cs}, Strategies: noUPnP})
 			// Let the mapper reach its verdict (at most the 2s discovery).
-			mctx, mcancel := context.WithTimeout(ctx, 5*time.Second)
-			for ln.Status().PortMapping.Err == nil && mctx.Err() == nil {
-				time.Sleep(20 * time.Millisecond)
-			}
-			mcancel()
+			reachlab.WaitFor(5*time.Second, func() bool { return ln.Status().PortMapping.Err != nil })
 			st := ln.Status().PortMapping
 			t.Logf("%s: port mapping: protocol %q external %v: %v", tc.name, st.Protocol, st.External, st.Err)
 			if st.External.IsValid() || !errors.Is(st.Err, tc.want) {
 				t.Fatalf("status %+v: want no mapping and %v", st, tc.want)
 			}
-			s1, el1 := dialEcho(t, with, ln, 64<<10)
+			s1, el1 := dialEcho(t, ctx, with, ln, 64<<10)
 			s1.CloseWithError(0, "done")
-			s2, el2 := dialEcho(t, without, ln, 64<<10)
+			s2, el2 := dialEcho(t, ctx, without, ln, 64<<10)
 			s2.CloseWithError(0, "done")
 			t.Logf("%s: dial with the upnp rung: %s in %v; without: %s in %v", tc.name, s1.Strategy(), el1.Round(time.Millisecond), s2.Strategy(), el2.Round(time.Millisecond))
 			if s1.Strategy() != reach.StrategyHolepunch {

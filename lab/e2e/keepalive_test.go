@@ -1,8 +1,7 @@
-package reach_test
+package e2e_test
 
 import (
 	"context"
-	"io"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -10,8 +9,8 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 	"github.com/reachp2p/reach/stream"
 )
 
@@ -64,16 +63,11 @@ func TestDefaultKeepAliveBelowNATTimeout(t *testing.T) {
 // path: the first transfer after the idle period times out. So the
 // keepalives, and nothing else, held the mappings.
 func TestLabKeepAlive(t *testing.T) {
-	l := natlab.NewT(t)
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv, err := l.AddPublicHost(ctx, "srv")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, cs := reachlab.StartServer(t, srv)
 	host := func(name string) *natlab.Site {
-		rt, err := l.AddRouter(ctx, natlab.RouterConfig{Name: name + "r", NAT: natlab.PortRestricted, UDPTimeout: kaNATTimeout})
+		rt, err := s.AddRouter(ctx, natlab.RouterConfig{Name: name + "r", NAT: natlab.PortRestricted, UDPTimeout: kaNATTimeout})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -95,14 +89,13 @@ func TestLabKeepAlive(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel() // both sit idle at the same time
 			cfg := reach.Config{
-				Servers:     []string{cs},
 				PunchLinger: kaPunchLinger,
 				Session:     stream.Config{KeepAlivePeriod: tc.keepAlive, MaxIdleTimeout: 20 * time.Second},
 			}
-			na := reachlab.NewNode(t, tc.a.Host, cfg)
-			nb := reachlab.NewNode(t, tc.b.Host, cfg)
-			echoAll(na)
-			echoAll(nb)
+			na := s.Node(t, tc.a.Host, cfg)
+			nb := s.Node(t, tc.b.Host, cfg)
+			reachlab.Echo(t, na)
+			reachlab.Echo(t, nb)
 			dctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			sess, err := na.DialSession(dctx, nb.ID())
@@ -126,6 +119,8 @@ func TestLabKeepAlive(t *testing.T) {
 				ka = tc.keepAlive.String()
 			}
 			t.Logf("session %v up; idle for %v (NAT UDP timeout %v, keepalive %s)", sess, kaIdle, kaNATTimeout, ka)
+			// The idle period itself is what is tested: mappings expire
+			// unless keepalives refresh them.
 			time.Sleep(kaIdle)
 
 			// Each NAT keeps the session's flow (its mapping, and the
@@ -197,35 +192,10 @@ func hasFlow(conntrack string, remote netip.AddrPort) bool {
 	return false
 }
 
-// transfer opens a stream on sess and round-trips 256 KiB through the
-// peer's echo, within kaTransfer.
-func transfer(sess *stream.Session) error {
+// transfer round-trips 256 KiB on a new stream of sess through the peer's
+// echo, within kaTransfer.
+func transfer(sess *reach.Session) error {
 	ctx, cancel := context.WithTimeout(context.Background(), kaTransfer)
 	defer cancel()
-	c, err := sess.OpenStream(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(kaTransfer))
-	return roundTrip(c, 256<<10)
-}
-
-// echoAll echoes every stream n accepts, until n closes.
-func echoAll(n *reach.Node) {
-	go func() {
-		for {
-			c, err := n.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(time.Minute))
-				if _, err := io.Copy(c, c); err == nil {
-					c.CloseWrite()
-				}
-			}()
-		}
-	}()
+	return reachlab.RoundTrip(ctx, sess, 256<<10)
 }

@@ -1,11 +1,10 @@
-package reach_test
+package e2e_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -17,8 +16,8 @@ import (
 
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 	"github.com/reachp2p/reach/stream"
 )
 
@@ -26,7 +25,7 @@ import (
 // lab hosts, through the same NATs, in one run, so the ratio means something
 // on a shared, noisy machine:
 //
-//	go test -run '^$' -bench 'BenchmarkLab' -count 5 -benchtime 3x .
+//	go test -run '^$' -bench 'BenchmarkLab' -count 5 -benchtime 3x ./lab/e2e
 //
 // Each benchmark builds its lab, nodes and bare QUIC connections once; the
 // sub-benchmarks (and every -count repetition) reuse them. See
@@ -57,16 +56,10 @@ const (
 // paired-public interleave the two and report reach/bare directly. No link
 // impairment: this measures what reach costs on top of quic-go.
 func BenchmarkLabThroughput(b *testing.B) {
-	l := natlab.NewT(b)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	srv, err := l.AddPublicHost(ctx, "srv")
-	if err != nil {
-		b.Fatal(err)
-	}
-	_, cs := reachlab.StartServer(b, srv)
-	pa, pb := benchSite(b, l, "tpa", natlab.Kind(natlab.PortRestricted)), benchSite(b, l, "tpb", natlab.Kind(natlab.PortRestricted))
-	oa, ob := benchSite(b, l, "toa", natlab.Open), benchSite(b, l, "tob", natlab.Open)
+	s := reachlab.NewScenario(b, reachlab.ServerConfig{})
+	cs := s.ConnectString()
+	pa, pb := s.Site(b, "tpa", natlab.Kind(natlab.PortRestricted)), s.Site(b, "tpb", natlab.Kind(natlab.PortRestricted))
+	oa, ob := s.Site(b, "toa", natlab.Open), s.Site(b, "tob", natlab.Open)
 
 	// The contexts the receivers run in; they end with the benchmark.
 	runCtx, stop := context.WithCancel(context.Background())
@@ -159,19 +152,15 @@ func BenchmarkLabThroughput(b *testing.B) {
 // Metrics: ms/op and RTT/op, the time in units of the measured
 // peer-to-peer round trip (rtt-ms).
 func BenchmarkLabConnect(b *testing.B) {
-	l := natlab.NewT(b)
+	s := reachlab.NewScenario(b, reachlab.ServerConfig{})
+	cs := s.ConnectString()
+	pa, pb := s.Site(b, "cna", natlab.Kind(natlab.PortRestricted)), s.Site(b, "cnb", natlab.Kind(natlab.PortRestricted))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv, err := l.AddPublicHost(ctx, "srv")
-	if err != nil {
-		b.Fatal(err)
-	}
-	_, cs := reachlab.StartServer(b, srv)
-	pa, pb := benchSite(b, l, "cna", natlab.Kind(natlab.PortRestricted)), benchSite(b, l, "cnb", natlab.Kind(natlab.PortRestricted))
-	for _, s := range []*natlab.Site{pa, pb} {
+	for _, site := range []*natlab.Site{pa, pb} {
 		// Before any traffic: inserting the delay forwarder drops the link
 		// for a few milliseconds.
-		if err := s.Router.Impair(ctx, natlab.Impairment{Delay: labAccessDelay}); err != nil {
+		if err := site.Router.Impair(ctx, natlab.Impairment{Delay: labAccessDelay}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -195,7 +184,7 @@ func BenchmarkLabConnect(b *testing.B) {
 			b.StopTimer()
 			na := reachlab.NewNode(b, pa.Host, cfg)
 			nb := reachlab.NewNode(b, pb.Host, cfg)
-			echoed := echoOnce(nb)
+			reachlab.Echo(b, nb)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			b.StartTimer()
 
@@ -215,12 +204,13 @@ func BenchmarkLabConnect(b *testing.B) {
 				b.Fatalf("strategy %s, want holepunch", s.Strategy())
 			}
 			total += el
-			c.Close()
-			select {
-			case <-echoed:
-			case <-time.After(10 * time.Second):
-				b.Fatal("echo side did not finish")
+			// The echo side is done when our half-close comes back as EOF.
+			c.CloseWrite()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.Copy(io.Discard, c); err != nil {
+				b.Fatalf("echo side did not finish: %v", err)
 			}
+			c.Close()
 			na.Close()
 			nb.Close()
 			b.StartTimer()
@@ -296,18 +286,6 @@ func BenchmarkLabConnect(b *testing.B) {
 		b.StopTimer()
 		report(b, total)
 	})
-}
-
-// benchSite adds a site of kind k named name.
-func benchSite(b *testing.B, l *natlab.Lab, name string, k natlab.Kind) *natlab.Site {
-	b.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	s, err := l.AddSite(ctx, name, k)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return s
 }
 
 // reachSession starts nodes on a and bh, dials a session from a to bh and
@@ -584,28 +562,4 @@ func benchKey(b *testing.B) *identity.Key {
 		b.Fatal(err)
 	}
 	return k
-}
-
-// quietLogger writes warnings and errors to the benchmark's log: a
-// benchmark prints its whole log, and the nodes' debug lines would bury the
-// figures.
-func quietLogger(b *testing.B) *slog.Logger {
-	return slog.New(minLevel{natlab.TestLogger(b).Handler(), slog.LevelWarn})
-}
-
-type minLevel struct {
-	slog.Handler
-	min slog.Level
-}
-
-func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= h.min && h.Handler.Enabled(ctx, l)
-}
-
-func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
-	return minLevel{h.Handler.WithAttrs(as), h.min}
-}
-
-func (h minLevel) WithGroup(name string) slog.Handler {
-	return minLevel{h.Handler.WithGroup(name), h.min}
 }

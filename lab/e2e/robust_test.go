@@ -1,17 +1,15 @@
-package reach_test
+package e2e_test
 
 // Robustness in the NAT lab: losers of the strategy race leave nothing
 // behind, nodes behind NATs fail over between servers, and forged punch
 // packets from the internet cannot steer a session.
 
 import (
-	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
-	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
@@ -24,46 +22,9 @@ import (
 
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/internal/holepunch"
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 )
-
-// logTap is a logger that writes to t.Log and keeps a copy to search.
-type logTap struct {
-	t   testing.TB
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logTap) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	l.buf.Write(p)
-	l.mu.Unlock()
-	l.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-// lines returns the logged lines containing every one of subs.
-func (l *logTap) lines(subs ...string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []string
-next:
-	for _, line := range strings.Split(l.buf.String(), "\n") {
-		for _, s := range subs {
-			if !strings.Contains(line, s) {
-				continue next
-			}
-		}
-		out = append(out, line)
-	}
-	return out
-}
-
-func newLogTap(t testing.TB, name string) (*logTap, *slog.Logger) {
-	tap := &logTap{t: t}
-	return tap, slog.New(slog.NewTextHandler(tap, &slog.HandlerOptions{Level: slog.LevelDebug})).With("host", name)
-}
 
 // loserFrames are stack frames of code that runs only inside a race.
 var loserFrames = []string{"reach/direct.", "reach/holepunch.(*Strategy)", "reach/stream.Dial("}
@@ -74,28 +35,14 @@ var loserFrames = []string{"reach/direct.", "reach/holepunch.(*Strategy)", "reac
 // up with exactly one session to the dialler, and once both nodes close
 // nothing they started is left running.
 func TestLabRaceLeak(t *testing.T) {
-	l := natlab.NewT(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	srv, err := l.AddPublicHost(ctx, "srv")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, cs := reachlab.StartServer(t, srv)
-	sa, err := l.AddSite(ctx, "pa", natlab.Kind(natlab.PortRestricted))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, err := l.AddSite(ctx, "pb", natlab.Kind(natlab.PortRestricted))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{})
+	sa, sb := s.Pair(t, natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.PortRestricted))
 	ignore := goleak.IgnoreCurrent()
 
-	tap, log := newLogTap(t, "pa")
-	a := reachlab.NewNode(t, sa.Host, reach.Config{Servers: []string{cs}, Logger: log})
-	b := reachlab.NewNode(t, sb.Host, reach.Config{Servers: []string{cs}})
-	dctx, dcancel := context.WithTimeout(ctx, 15*time.Second)
+	tap, log := newLogTap(t, sa.Host.Name())
+	a := s.Node(t, sa.Host, reach.Config{Logger: log})
+	b := s.Node(t, sb.Host, reach.Config{})
+	dctx, dcancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer dcancel()
 	sess, err := a.DialSession(dctx, b.ID())
 	if err != nil {
@@ -122,20 +69,12 @@ func TestLabRaceLeak(t *testing.T) {
 	}
 
 	// (b) One session each way, and it carries data.
-	rbEcho(b)
-	c, err := sess.OpenStream(dctx)
-	if err != nil {
+	reachlab.Echo(t, b)
+	if err := reachlab.RoundTrip(dctx, sess, 64<<10); err != nil {
 		t.Fatal(err)
 	}
-	if err := roundTrip(c, 64<<10); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	deadline := time.Now().Add(2 * time.Second)
-	for rbSessionsTo(b, a.ID()) != 1 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if na, nb := rbSessionsTo(a, b.ID()), rbSessionsTo(b, a.ID()); na != 1 || nb != 1 {
+	reachlab.WaitFor(2*time.Second, func() bool { return sessionsTo(b, a.ID()) == 1 })
+	if na, nb := sessionsTo(a, b.ID()), sessionsTo(b, a.ID()); na != 1 || nb != 1 {
 		t.Errorf("sessions a->b %d, b->a %d; want exactly 1 each", na, nb)
 	}
 
@@ -152,43 +91,32 @@ func TestLabRaceLeak(t *testing.T) {
 // peers move to the second and make a fresh hole-punched session through
 // it.
 func TestLabFailover(t *testing.T) {
-	l := natlab.NewT(t)
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{}) // server 1
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	h1, err := l.AddPublicHost(ctx, "srv1")
+	h2, err := s.AddPublicHost(ctx, "srv2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	h2, err := l.AddPublicHost(ctx, "srv2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs1, cs1 := reachlab.StartServer(t, h1)
+	rs1, cs1 := s.Server, s.ConnectString()
 	rs2, cs2 := reachlab.StartServer(t, h2)
-	sa, err := l.AddSite(ctx, "fa", natlab.Kind(natlab.PortRestricted))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, err := l.AddSite(ctx, "fb", natlab.Kind(natlab.PortRestricted))
-	if err != nil {
-		t.Fatal(err)
-	}
+	sa, sb := s.Pair(t, natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.PortRestricted))
 	cfg := reach.Config{Servers: []string{cs1, cs2}}
-	a := reachlab.NewNode(t, sa.Host, cfg)
-	b := reachlab.NewNode(t, sb.Host, cfg)
-	rbEcho(b)
+	a := s.Node(t, sa.Host, cfg)
+	b := s.Node(t, sb.Host, cfg)
+	reachlab.Echo(t, b)
 	if a.Server() != cs1 || b.Server() != cs1 {
 		t.Fatalf("nodes on %q and %q, want the first server", a.Server(), b.Server())
 	}
-	rbCheckDial(t, a, b).Close()
+	checkEcho(t, ctx, a, b, 256<<10).Close()
 
 	rs1.Close()
 	killed := time.Now()
-	rbWait(t, 5*time.Second, "both nodes on server 2", func() bool { return a.Server() == cs2 && b.Server() == cs2 })
+	reachlab.MustWaitFor(t, 5*time.Second, "both nodes on server 2", func() bool { return a.Server() == cs2 && b.Server() == cs2 })
 	t.Logf("failed over in %v", time.Since(killed))
-	rbWait(t, 2*time.Second, "old session gone", func() bool { return rbSessionsTo(a, b.ID())+rbSessionsTo(b, a.ID()) == 0 })
+	reachlab.MustWaitFor(t, 2*time.Second, "old session gone", func() bool { return sessionsTo(a, b.ID())+sessionsTo(b, a.ID()) == 0 })
 	start := time.Now()
-	sess := rbCheckDial(t, a, b)
+	sess := checkEcho(t, ctx, a, b, 256<<10)
 	if el := time.Since(start); el > 3*time.Second {
 		t.Errorf("fresh dial after failover took %v, want under 3s", el)
 	}
@@ -225,33 +153,22 @@ func forgePunch(key []byte, typ, role byte, attempt, txid uint64, observed netip
 // slowed so the punch takes a while). The packets reach the MAC check and
 // are dropped; the session goes to the real peer at its NAT address.
 func TestLabSpoofedPunch(t *testing.T) {
-	l := natlab.NewT(t)
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv, err := l.AddPublicHost(ctx, "srv")
+	evil, err := s.AddPublicHost(ctx, "evil")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, cs := reachlab.StartServer(t, srv)
-	evil, err := l.AddPublicHost(ctx, "evil")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sa, err := l.AddSite(ctx, "sfc", natlab.Kind(natlab.FullCone))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, err := l.AddSite(ctx, "spr", natlab.Kind(natlab.PortRestricted))
-	if err != nil {
-		t.Fatal(err)
-	}
+	sa := s.Site(t, "sfc", natlab.Kind(natlab.FullCone))
+	sb := s.Site(t, "spr", natlab.Kind(natlab.PortRestricted))
 	if err := sb.Host.Impair(ctx, natlab.Impairment{Delay: 150 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
 	tap, log := newLogTap(t, "sfc")
-	a := reachlab.NewNode(t, sa.Host, reach.Config{Servers: []string{cs}, Logger: log})
-	b := reachlab.NewNode(t, sb.Host, reach.Config{Servers: []string{cs}})
-	rbEcho(b)
+	a := s.Node(t, sa.Host, reach.Config{Logger: log})
+	b := s.Node(t, sb.Host, reach.Config{})
+	reachlab.Echo(t, b)
 	target := a.Observed()
 	if !target.IsValid() {
 		t.Fatal("dialler has no reflexive address")
@@ -348,7 +265,8 @@ func TestLabSpoofedPunch(t *testing.T) {
 	dctx, dcancel := context.WithTimeout(ctx, 15*time.Second)
 	defer dcancel()
 	sess, err := a.DialSession(dctx, b.ID())
-	// Keep forging a little after the session is up, then stop.
+	// Keep forging for a moment after the session is up (the point is
+	// packets that arrive late), then stop.
 	time.Sleep(50 * time.Millisecond)
 	close(stop)
 	wg.Wait()
@@ -380,12 +298,7 @@ func TestLabSpoofedPunch(t *testing.T) {
 	if n := len(a.Sessions()); n != 1 {
 		t.Errorf("dialler has %d sessions, want 1", n)
 	}
-	c, err := sess.OpenStream(dctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := roundTrip(c, 256<<10); err != nil {
+	if err := reachlab.RoundTrip(dctx, sess, 256<<10); err != nil {
 		t.Fatal(err)
 	}
 }

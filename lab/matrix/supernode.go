@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 	"github.com/reachp2p/reach/supernode"
 )
 

@@ -1,4 +1,4 @@
-package reach_test
+package e2e_test
 
 import (
 	"context"
@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 )
 
 // TestLabTURN: two peers behind symmetric NATs (no UPnP), whose server has
@@ -18,15 +18,10 @@ import (
 // credentials derived from coturn's shared secret. Data moves intact both
 // ways and the session's rung is turn.
 func TestLabTURN(t *testing.T) {
-	l := natlab.NewT(t)
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{}) // rendezvous and STUN, no relay
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
 	defer cancel()
-	srv, err := l.AddPublicHost(ctx, "srv")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, cs := reachlab.StartServer(t, srv) // rendezvous and STUN, no relay
-	th, err := l.AddPublicHost(ctx, "turn")
+	th, err := s.AddPublicHost(ctx, "turn")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +29,7 @@ func TestLabTURN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rh, err := l.AddPublicHost(ctx, "turnrest")
+	rh, err := s.AddPublicHost(ctx, "turnrest")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,14 +42,7 @@ func TestLabTURN(t *testing.T) {
 			t.Logf("coturn log:\n%s\ncoturn (REST) log:\n%s", ct.Log(), ctREST.Log())
 		}
 	})
-	sa, err := l.AddSite(ctx, "syma", natlab.Kind(natlab.Symmetric))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, err := l.AddSite(ctx, "symb", natlab.Kind(natlab.Symmetric))
-	if err != nil {
-		t.Fatal(err)
-	}
+	sa, sb := s.Pair(t, natlab.Kind(natlab.Symmetric), natlab.Kind(natlab.Symmetric))
 	roots := x509.NewCertPool()
 	roots.AddCert(ct.Certificate())
 	for _, tc := range []struct {
@@ -66,38 +54,17 @@ func TestLabTURN(t *testing.T) {
 		{"tcp-rest", reach.TURNServer{URL: "turn:" + ctREST.Addr().String() + "?transport=tcp", Secret: "s3cret"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := reach.Config{Servers: []string{cs}, DisablePortMapping: true, UpgradeInterval: -1,
-				TURN: []reach.TURNServer{tc.srv}}
-			na := reachlab.NewNode(t, sa.Host, cfg)
-			nb := reachlab.NewNode(t, sb.Host, cfg)
-			for _, n := range []*reach.Node{na, nb} {
-				for deadline := time.Now().Add(5 * time.Second); !n.Status().TURN.IsValid(); time.Sleep(20 * time.Millisecond) {
-					if time.Now().After(deadline) {
-						t.Fatal("no TURN allocation after 5s")
-					}
-				}
-			}
+			cfg := reach.Config{DisablePortMapping: true, UpgradeInterval: -1, TURN: []reach.TURNServer{tc.srv}}
+			na := s.Node(t, sa.Host, cfg)
+			nb := s.Node(t, sb.Host, cfg)
+			reachlab.MustWaitFor(t, 5*time.Second, "TURN allocations on both nodes", func() bool {
+				return na.Status().TURN.IsValid() && nb.Status().TURN.IsValid()
+			})
 			t.Logf("allocations: %s, %s", na.Status().TURN, nb.Status().TURN)
-			echoed := echoOnce(nb)
-			start := time.Now()
-			sess, err := na.DialSession(ctx, nb.ID())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("%s: %s after %v", tc.name, sess.Strategy(), time.Since(start))
+			reachlab.Echo(t, nb)
+			sess := checkEcho(t, ctx, na, nb, 2<<20)
 			if sess.Strategy() != reach.StrategyTURN {
 				t.Fatalf("strategy %q, want turn", sess.Strategy())
-			}
-			c, err := sess.OpenStream(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			if err := roundTrip(c, 2<<20); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-echoed; err != nil {
-				t.Fatal(err)
 			}
 		})
 	}

@@ -41,6 +41,26 @@ func echoUDP(t testing.TB, h *Host, addr netip.AddrPort) {
 	}()
 }
 
+// waitPath waits (2 s at most) until a datagram from h to the echo server
+// at dst comes back: after a wire is inserted, the link's carrier is back.
+func waitPath(t testing.TB, h *Host, dst netip.AddrPort) {
+	t.Helper()
+	c, err := h.ListenUDP(netip.AddrPortFrom(netip.IPv6Unspecified(), 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 64)
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		c.WriteToUDPAddrPort([]byte("path?"), dst) // may fail while the link is down; the read below waits anyway
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if n, _, err := c.ReadFromUDPAddrPort(buf); err == nil && string(buf[:n]) == "path?" {
+			return
+		}
+	}
+	t.Fatalf("no echo from %v through %s's link within 2s", dst, h.Name())
+}
+
 // pingUDP sends n numbered datagrams from h to an echo server at dst, one
 // every interval, and returns the round-trip times of those that came
 // back, sorted.
@@ -84,9 +104,20 @@ func pingUDP(t testing.TB, h *Host, dst netip.AddrPort, n int, interval time.Dur
 		if _, err := c.WriteToUDPAddrPort(msg, dst); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(interval)
+		time.Sleep(interval) // the probes' spacing
 	}
-	time.Sleep(500 * time.Millisecond)
+	// Replies still on their way: wait until all are in, 500 ms at most
+	// (lost ones never come).
+	tick := time.NewTicker(10 * time.Millisecond)
+	for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline); <-tick.C {
+		mu.Lock()
+		all := len(rtts) == n
+		mu.Unlock()
+		if all {
+			break
+		}
+	}
+	tick.Stop()
 	c.SetReadDeadline(time.Now())
 	<-done
 	slices.Sort(rtts)
@@ -121,7 +152,7 @@ func TestImpairDelay(t *testing.T) {
 		if err := b.ImpairEach(ctx, tc.up, tc.down); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(50 * time.Millisecond) // carrier back after the first insertion
+		waitPath(t, b, netip.AddrPortFrom(a.Addr(), 7)) // carrier back after the first insertion
 		rtts := pingUDP(t, b, netip.AddrPortFrom(a.Addr(), 7), 200, 5*time.Millisecond)
 		med, p95 := quantile(rtts, .5), quantile(rtts, .95)
 		t.Logf("%s: %d/200 replies, median RTT %v, p95 %v (asked %v)", tc.name, len(rtts), med, p95, tc.want)
@@ -370,9 +401,11 @@ func countReceived(t testing.TB, from, to *Host, n int) int {
 	for i := range n {
 		sc.WriteToUDPAddrPort(msg, dst)
 		if i%50 == 49 {
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // pace the burst so the receiver's buffer is not what drops
 		}
 	}
+	// Datagrams still in flight: the count is what is measured, and the
+	// lost ones never come, so there is nothing to wait for but time.
 	time.Sleep(300 * time.Millisecond)
 	rc.SetReadDeadline(time.Now())
 	return <-got
@@ -413,7 +446,7 @@ func TestImpairClassification(t *testing.T) {
 		if st := linkOf(&rt.Host); st.dev != "wan" {
 			t.Fatalf("router link uses %s, want wan", st.dev)
 		}
-		time.Sleep(50 * time.Millisecond)
+		waitPath(t, h, netip.AddrPortFrom(a.Addr(), 7)) // carrier back after the insertions
 		rtts := pingUDP(t, h, netip.AddrPortFrom(a.Addr(), 7), 40, 5*time.Millisecond)
 		med := quantile(rtts, .5)
 		t.Logf("%s: median RTT through the NAT %v (asked 2×(15+5) ms)", tc.nat, med)
@@ -522,7 +555,8 @@ func BenchmarkWireThroughput(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				time.Sleep(50 * time.Millisecond)
+				echoUDP(b, x, netip.AddrPortFrom(x.Addr(), 7))
+				waitPath(b, y, netip.AddrPortFrom(x.Addr(), 7)) // carrier back after the insertion
 			}
 			const size = 32 << 20
 			b.SetBytes(size)

@@ -1,4 +1,4 @@
-package reach_test
+package e2e_test
 
 import (
 	"context"
@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/internal/natlab"
-	"github.com/reachp2p/reach/internal/reachlab"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/stream"
 )
@@ -23,21 +23,17 @@ const turnBenchBytes = 32 << 20
 // on the machine hits both alike); it reports the median of each in MB/s
 // and relay/turn, the ratio of the medians.
 //
-//	go test -run '^$' -bench BenchmarkLabRelayVsTURN -benchtime 5x .
+//	go test -run '^$' -bench BenchmarkLabRelayVsTURN -benchtime 5x ./lab/e2e
 func BenchmarkLabRelayVsTURN(b *testing.B) {
-	l := natlab.NewT(b)
+	s := reachlab.NewScenario(b, reachlab.ServerConfig{Relay: true, RelayConfig: relay.ServerConfig{Logger: quietLogger(b)}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv, err := l.AddPublicHost(ctx, "srv")
+	rs := s.Server
+	ct, err := s.Srv.StartCoturn(ctx, natlab.CoturnConfig{Users: map[string]string{"alice": "wonderland"}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	rs, _ := startRelayServer(b, srv, relay.ServerConfig{Logger: quietLogger(b)})
-	ct, err := srv.StartCoturn(ctx, natlab.CoturnConfig{Users: map[string]string{"alice": "wonderland"}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	syma, symb := benchSite(b, l, "vsa", natlab.Kind(natlab.Symmetric)), benchSite(b, l, "vsb", natlab.Kind(natlab.Symmetric))
+	syma, symb := s.Site(b, "vsa", natlab.Kind(natlab.Symmetric)), s.Site(b, "vsb", natlab.Kind(natlab.Symmetric))
 	base := reach.Config{Servers: []string{rs.ConnectString()}, Logger: quietLogger(b), DisablePortMapping: true, UpgradeInterval: -1}
 	pair := func(cfg reach.Config, want string) (*stream.Session, <-chan copyResult) {
 		na := reachlab.NewNode(b, syma.Host, cfg)
@@ -52,10 +48,8 @@ func BenchmarkLabRelayVsTURN(b *testing.B) {
 				got <- drain(st)
 			}
 		}()
-		for deadline := time.Now().Add(5 * time.Second); want == reach.StrategyTURN && !(na.Status().TURN.IsValid() && nb.Status().TURN.IsValid()); time.Sleep(20 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				b.Fatal("no TURN allocations")
-			}
+		if want == reach.StrategyTURN {
+			reachlab.MustWaitFor(b, 5*time.Second, "TURN allocations", func() bool { return na.Status().TURN.IsValid() && nb.Status().TURN.IsValid() })
 		}
 		sess, err := na.DialSession(ctx, nb.ID())
 		if err != nil {

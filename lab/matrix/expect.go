@@ -3,7 +3,7 @@ package matrix
 import (
 	"slices"
 
-	"github.com/reachp2p/reach/internal/natlab"
+	"github.com/reachp2p/reach/lab/natlab"
 )
 
 // Rung names as the ladder reports them. Supernode and TURN are named

@@ -1,0 +1,91 @@
+package reachlab
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/relay"
+	"github.com/reachp2p/reach/rendezvous"
+)
+
+// Scenario is the lab most end-to-end tests start from: a NAT lab
+// (natlab.NewT: closed when the test ends, dumped when it fails) with
+// reach's server on the public host "srv". Sites for the peers are added
+// with Site or Pair, nodes with Node.
+type Scenario struct {
+	*natlab.Lab
+	// Srv is the server's host on the internet segment.
+	Srv *natlab.Host
+	// Server is the rendezvous server (and STUN) on Srv.
+	Server *rendezvous.RunningServer
+	// Relay is the relay next to it; nil unless the scenario has one.
+	Relay *relay.Server
+	pairs int
+}
+
+// ServerConfig says what runs on the scenario's server host.
+type ServerConfig struct {
+	// Relay runs the relay next to the rendezvous server, with TLS on
+	// TCP 443 (StartRelayServer); without it the server has no relay
+	// (StartServer).
+	Relay bool
+	// RelayConfig configures the relay when Relay is set.
+	RelayConfig relay.ServerConfig
+}
+
+// NewScenario builds the lab and starts the server (skipping the test
+// when the lab cannot run here, see natlab.Require).
+func NewScenario(t testing.TB, cfg ServerConfig) *Scenario {
+	t.Helper()
+	s := &Scenario{Lab: natlab.NewT(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var err error
+	if s.Srv, err = s.AddPublicHost(ctx, "srv"); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Relay {
+		s.Server, s.Relay = StartRelayServer(t, s.Srv, cfg.RelayConfig)
+	} else {
+		s.Server, _ = StartServer(t, s.Srv)
+	}
+	return s
+}
+
+// ConnectString is the server's connect string, for Config.Servers.
+func (s *Scenario) ConnectString() string { return s.Server.ConnectString() }
+
+// Site adds a site of kind k named name (a public host, or a host behind
+// a router of that kind).
+func (s *Scenario) Site(t testing.TB, name string, k natlab.Kind) *natlab.Site {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	site, err := s.AddSite(ctx, name, k)
+	if err != nil {
+		t.Fatalf("site %s (%s): %v", name, k, err)
+	}
+	return site
+}
+
+// Pair adds two sites, one of kind a and one of kind b, each behind its
+// own router: the two peers of a test, named p<N>a and p<N>b.
+func (s *Scenario) Pair(t testing.TB, a, b natlab.Kind) (*natlab.Site, *natlab.Site) {
+	t.Helper()
+	s.pairs++
+	return s.Site(t, fmt.Sprintf("p%da", s.pairs), a), s.Site(t, fmt.Sprintf("p%db", s.pairs), b)
+}
+
+// Node starts a node on h (NewNode) registered with the scenario's
+// server, unless cfg names servers of its own.
+func (s *Scenario) Node(t testing.TB, h *natlab.Host, cfg reach.Config) *reach.Node {
+	t.Helper()
+	if len(cfg.Servers) == 0 {
+		cfg.Servers = []string{s.ConnectString()}
+	}
+	return NewNode(t, h, cfg)
+}

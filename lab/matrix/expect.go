@@ -3,18 +3,19 @@ package matrix
 import (
 	"slices"
 
+	"github.com/reachp2p/reach"
+
 	"github.com/reachp2p/reach/lab/natlab"
 )
 
-// Rung names as the ladder reports them. Supernode and TURN are named
-// here so the matrix ranks them when nodes have them.
+// Rung names as the ladder reports them (reach's names, short here).
 const (
-	Direct    = "direct"
-	UPnP      = "upnp"
-	Holepunch = "holepunch"
-	Supernode = "supernode"
-	TURN      = "turn"
-	Relay     = "relay"
+	Direct    = reach.StrategyDirect
+	UPnP      = reach.StrategyUPnP
+	Holepunch = reach.StrategyHolepunch
+	Supernode = reach.StrategySupernode
+	TURN      = reach.StrategyTURN
+	Relay     = reach.StrategyRelay
 )
 
 // rank orders strategies by the path they give: a path of its own (direct,

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"sync"
 	"time"
 
@@ -36,8 +35,10 @@ var (
 	// ErrVolunteerFull: the volunteer is at a limit (sessions, links); it
 	// wraps the relay's ErrRelayFull.
 	ErrVolunteerFull = errors.New("supernode: volunteer at its limit")
-	// ErrNotAllowed: a peer not on the volunteer's allow-list, or without
-	// a valid token from one of its servers, tried to link.
+	// ErrNotAllowed: a peer not on the volunteer's allow-list tried to
+	// link (a peer without a valid token from one of its servers gets
+	// relay.ErrBadToken or relay.ErrTokenExpired). On the wire the
+	// dialler sees relay.ErrBadToken.
 	ErrNotAllowed = errors.New("supernode: peer not served by this volunteer")
 )
 
@@ -134,8 +135,9 @@ func (v *Volunteer) Verdict(st rendezvous.VolunteerStatus) {
 	defer v.mu.Unlock()
 	v.verdicts[st.Server] = st
 	if st.Admitted && len(st.Secret) > 0 {
-		v.secrets = slices.Insert(v.secrets, 0, st.Secret)
-		v.secrets = v.secrets[:min(len(v.secrets), maxSecrets)]
+		// A new slice, never an in-place insert: authorize reads the old
+		// one after it let go of the lock.
+		v.secrets = append([][]byte{st.Secret}, v.secrets[:min(len(v.secrets), maxSecrets-1)]...)
 	}
 	close(v.changed)
 	v.changed = make(chan struct{})

@@ -96,8 +96,8 @@ func fuzzManifest() *Manifest {
 // checkAccepted asserts what checkManifest promises of a manifest it
 // accepts, by other means than its own: paths are local (filepath.IsLocal)
 // and unique, parents are directories listed earlier, symlinks resolve
-// inside, only permission bits are set, and the total size is at least
-// every file's size (no overflow).
+// inside, only permission bits are set, and Size() is the sum of the
+// files' sizes, without overflow (what MaxSize is checked against).
 func checkAccepted(t *testing.T, m *Manifest) {
 	types := map[string]string{}
 	var total int64
@@ -128,13 +128,15 @@ func checkAccepted(t *testing.T, m *Manifest) {
 			t.Fatalf("accepted type %q", e.Type)
 		}
 		types[e.Path] = e.Type
-		total += e.Size
-		if total < e.Size {
-			t.Fatalf("accepted a manifest whose size overflows (%d after %q of %d bytes)", total, e.Path, e.Size)
+		if e.Type == TypeFile {
+			total += e.Size
+			if total < e.Size {
+				t.Fatalf("accepted a manifest whose size overflows (%d after %q of %d bytes)", total, e.Path, e.Size)
+			}
 		}
 	}
 	if m.Size() != total {
-		t.Fatalf("Size() = %d, want %d", m.Size(), total)
+		t.Fatalf("Size() = %d, want the files' total %d", m.Size(), total)
 	}
 }
 
@@ -176,13 +178,16 @@ func FuzzManifest(f *testing.F) {
 	})
 }
 
-// FuzzReadCtrl reads a byte stream as control frames. Properties: errors
-// are I/O errors, wrap ErrProtocol, or are a *RemoteError; the messages
-// read are no larger than the input (the length prefix is not trusted for
-// memory); a message re-encoded by writeCtrl reads back the same.
+// fuzzCtrlTypes are the message types a reader expects.
+var fuzzCtrlTypes = []string{msgHello, msgManifest, msgRequest, msgData, msgDone}
+
+// FuzzReadCtrl reads a byte stream as control frames, each expected (as
+// expect does) to be of a type the fuzzer picks. Properties: errors are
+// I/O errors, wrap ErrProtocol, or are a *RemoteError; a message read is
+// of the type expected; re-encoded by writeCtrl it reads back the same.
 func FuzzReadCtrl(f *testing.F) {
 	var all bytes.Buffer
-	for _, m := range []*ctrl{
+	for i, m := range []*ctrl{
 		{T: msgHello, V: protocolVersion, Transfer: ID{1}.String()},
 		{T: msgManifest, Token: "tok", Manifest: fuzzManifest()},
 		{T: msgRequest, Files: []fileWant{{Index: 1, Offset: 3, Prefix: &Hash{9}}, {Index: 4}}, Streams: 2},
@@ -194,42 +199,44 @@ func FuzzReadCtrl(f *testing.F) {
 		if err := writeCtrl(&b, m); err != nil {
 			f.Fatal(err)
 		}
-		f.Add(b.Bytes())
+		f.Add(b.Bytes(), byte(i))
 		all.Write(b.Bytes())
 	}
-	f.Add(all.Bytes())
-	f.Add([]byte{0xff, 0xff, 0xff, 0xff, '{'})
-	f.Add([]byte{0, 0, 0, 2, '{', '}'})
-	f.Add([]byte{0, 0, 0, 4, 'n', 'u', 'l', 'l'})
-	f.Fuzz(func(t *testing.T, in []byte) {
+	f.Add(all.Bytes(), byte(1))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, '{'}, byte(1))
+	f.Add([]byte{0, 0, 0, 2, '{', '}'}, byte(0))
+	f.Add([]byte{0, 0, 0, 4, 'n', 'u', 'l', 'l'}, byte(4))
+	f.Fuzz(func(t *testing.T, in []byte, which byte) {
+		want := fuzzCtrlTypes[int(which)%len(fuzzCtrlTypes)]
 		r := bytes.NewReader(in)
-		for {
-			before := r.Len()
-			m, err := readCtrl(r)
-			if err != nil {
-				var re *RemoteError
-				if err != io.EOF && err != io.ErrUnexpectedEOF && !errors.Is(err, ErrProtocol) && !errors.As(err, &re) {
-					t.Fatalf("unexpected error %v", err)
-				}
-				return
+		before := r.Len()
+		m, err := expect(r, want)
+		if err != nil {
+			var re *RemoteError
+			if err != io.EOF && err != io.ErrUnexpectedEOF && !errors.Is(err, ErrProtocol) && !errors.As(err, &re) {
+				t.Fatalf("unexpected error %v", err)
 			}
-			var b bytes.Buffer
-			if err := writeCtrl(&b, m); err != nil {
-				t.Fatalf("message read does not write: %v", err)
+			return
+		}
+		if m.T != want {
+			t.Fatalf("expected %q, got %q", want, m.T)
+		}
+		var b bytes.Buffer
+		if err := writeCtrl(&b, m); err != nil {
+			t.Fatalf("message read does not write: %v", err)
+		}
+		read := before - r.Len()
+		m2, err := expect(&b, want)
+		if err != nil {
+			if b.Len() > read {
+				return // grew on re-encoding (escapes) past a size cap
 			}
-			if b.Len() > 6*(before-r.Len())+64 {
-				// JSON can grow on re-encoding (escapes), but not without bound.
-				t.Fatalf("%d input bytes re-encode to %d", before-r.Len(), b.Len())
-			}
-			m2, err := readCtrl(&b)
-			if err != nil {
-				t.Fatalf("re-encoded message does not read: %v", err)
-			}
-			j1, _ := json.Marshal(m)
-			j2, _ := json.Marshal(m2)
-			if !bytes.Equal(j1, j2) {
-				t.Fatalf("message changes on a round trip:\n%s\n%s", j1, j2)
-			}
+			t.Fatalf("re-encoded message does not read: %v", err)
+		}
+		j1, _ := json.Marshal(m)
+		j2, _ := json.Marshal(m2)
+		if !bytes.Equal(j1, j2) {
+			t.Fatalf("message changes on a round trip:\n%s\n%s", j1, j2)
 		}
 	})
 }

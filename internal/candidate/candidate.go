@@ -11,6 +11,7 @@ package candidate
 import (
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/reachp2p/reach/identity"
 )
@@ -67,6 +68,10 @@ type PeerInfo struct {
 	// WantSupernodes, in an offer, asks the server for volunteers: it adds
 	// Supernode candidates to the offer it forwards and to the answer.
 	WantSupernodes bool `json:"want_supernodes,omitempty"`
+	// ServerRTT, in an offer, is the dialler's round-trip time to the
+	// server (zero: unknown). With its own, the listener estimates when
+	// the dialler will start sending to it (holepunch).
+	ServerRTT time.Duration `json:"server_rtt,omitempty"`
 }
 
 // Addrs returns the distinct usable addresses (valid, non-zero port) of

@@ -290,7 +290,7 @@ func (r *receiver) plan() (Incoming, error) {
 	in := Incoming{Manifest: r.m, Files: r.m.Files(), Size: r.m.Size()}
 	r.plans = map[int]*filePlan{}
 	r.existed = map[string]bool{}
-	var foreign []string // existing directories the transfer does not own
+	var foreign []string          // existing directories the transfer does not own
 	replaced := map[string]bool{} // directories that replace something else
 	for i, e := range r.m.Entries {
 		var st fs.FileInfo
@@ -629,7 +629,8 @@ func (r *receiver) file(h fileHeader, br *bufio.Reader, buf []byte) error {
 }
 
 // finish checks that every wanted file came, creates the symlinks and
-// sets the directories' modes (deepest first).
+// sets the modes of the directories this transfer created (deepest first;
+// a directory that was there before keeps its mode).
 func (r *receiver) finish() error {
 	for i, p := range r.plans {
 		if !p.taken.Load() {

@@ -35,10 +35,17 @@ type ReceiveConfig struct {
 	// Dir is the target directory, created if missing. Empty: ".".
 	Dir string
 	// Force overwrites files (and replaces symlinks) that exist with other
-	// content. Zero: such files fail the transfer with an *ExistsError
-	// before any data flows. Directories are never replaced.
+	// content, and lets the transfer write into directories that existed
+	// before it. Zero: such files fail the transfer with an *ExistsError,
+	// such directories with ErrExistingDir, before any data flows (a
+	// directory that holds only this transfer's own files, as an earlier
+	// attempt leaves it, is not in the way). Directories are never
+	// replaced, and one that existed before keeps its mode even with
+	// Force.
 	Force bool
-	// MaxSize caps the total size of the files. Zero: no limit.
+	// MaxSize caps the total size of the files. Zero or negative: no
+	// limit. The total is summed without overflow (a manifest whose sizes
+	// overflow int64 is ErrBadManifest).
 	MaxSize int64
 	// MaxEntries caps the manifest's entries. Zero: DefaultMaxEntries.
 	MaxEntries int

@@ -24,9 +24,11 @@
 //     sender answers with the manifest: every entry's relative path, type,
 //     size, mode, modification time and BLAKE3-256 hash.
 //   - The receiver checks the manifest before any data flows: unsafe paths
-//     (ErrUnsafePath), special files (ErrSpecialFile), the size cap
-//     (ErrTooLarge), files that exist already (ErrExists, unless Force), and
-//     its own Confirm hook. For each file it looks on disk for a finished
+//     (ErrUnsafePath, control characters in names included), special files
+//     (ErrSpecialFile), sizes that are negative or overflow (ErrBadManifest),
+//     the size cap (ErrTooLarge), files that exist already (ErrExists,
+//     unless Force), directories that existed before (ErrExistingDir,
+//     unless Force), and its own Confirm hook. For each file it looks on disk for a finished
 //     copy (same size and hash: skipped) or a partial one from an earlier
 //     attempt (its length and the hash of its content are sent, so the
 //     sender resumes after it if its own file starts the same way).

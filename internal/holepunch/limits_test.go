@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"testing"
@@ -152,14 +153,24 @@ func TestManagerRate(t *testing.T) {
 
 func newTestRung(t *testing.T, limits Limits) *Rung {
 	t.Helper()
+	return newRungOn(t, limits, true, nil, netip.AddrPort{})
+}
+
+// newRungOn makes a rung on a loopback socket for a node that is local (a
+// one-machine setup) or not, with the given interface addresses and
+// observed address.
+func newRungOn(t *testing.T, limits Limits, local bool, ifaces []net.Addr, observed netip.AddrPort) *Rung {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	s := loopSock(t)
 	h := &rung.Host{
 		Socket: s, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Context: ctx,
-		Go:    func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() },
-		Local: true,
+		Go:             func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() },
+		Local:          local,
+		InterfaceAddrs: func() ([]net.Addr, error) { return ifaces, nil },
+		Observed:       func() netip.AddrPort { return observed },
 	}
 	r := NewRung(h, time.Minute, limits)
 	t.Cleanup(r.Close)
@@ -232,4 +243,39 @@ func TestPeerBucketRefills(t *testing.T) {
 			t.Fatal("want exactly one introduction back after 6 s")
 		}
 	})
+}
+
+// TestRungFilters: a node on a real network (not a one-machine setup)
+// starts no attempt for an introduction listing only loopback and own-LAN
+// addresses from a dialler elsewhere, but punches a genuine LAN peer
+// (behind the same public address) on its LAN address.
+func TestRungFilters(t *testing.T) {
+	lan := []net.Addr{&net.IPNet{IP: net.IPv4(192, 168, 1, 2), Mask: net.CIDRMask(24, 32)}}
+	r := newRungOn(t, Limits{}, false, lan, netip.MustParseAddrPort("203.0.113.7:4000"))
+	k, _ := identity.GenerateKey()
+	hostile := candidate.PeerInfo{Peer: k.ID(), Attempt: 1, PunchKey: NewKey(), Candidates: []candidate.Candidate{
+		{Addr: netip.MustParseAddrPort("127.0.0.1:22"), Kind: candidate.Host},
+		{Addr: netip.MustParseAddrPort("192.168.1.1:53"), Kind: candidate.Host},
+		{Addr: netip.MustParseAddrPort("192.168.1.255:9"), Kind: candidate.Mapped},
+		{Addr: netip.MustParseAddrPort("[::1]:22"), Kind: candidate.Host},
+	}}
+	r.Introduced(hostile)
+	if r.Manager().Lookup(1) != nil || running(r) != 0 {
+		t.Fatal("punching loopback or own-LAN addresses for a dialler elsewhere")
+	}
+	lanPeer := candidate.PeerInfo{Peer: k.ID(), Attempt: 3, PunchKey: NewKey(), Candidates: []candidate.Candidate{
+		{Addr: netip.MustParseAddrPort("192.168.1.9:4000"), Kind: candidate.Host},
+		{Addr: netip.MustParseAddrPort("203.0.113.7:4100"), Kind: candidate.Reflexive},
+	}}
+	r.Introduced(lanPeer)
+	at := r.Manager().Lookup(3)
+	if at == nil {
+		t.Fatal("a genuine LAN peer is not punched")
+	}
+	at.mu.Lock()
+	remotes := append([]netip.AddrPort(nil), at.remotes...)
+	at.mu.Unlock()
+	if len(remotes) != 2 || remotes[1] != netip.MustParseAddrPort("192.168.1.9:4000") {
+		t.Fatalf("LAN peer: punching %v, want its reflexive and LAN addresses", remotes)
+	}
 }

@@ -39,6 +39,20 @@ const KeyLen = 32
 // cannon.
 const MaxRemotes = 32
 
+// Defaults of the bounds on punching (see Params and Manager.SetRate).
+const (
+	// EarlyPhase is how long an attempt pings an address that has not
+	// answered: every 40ms at most, then never again unless it answers.
+	EarlyPhase = 2 * time.Second
+	// DefaultAttemptPackets bounds the pings one listener-side attempt
+	// sends over its whole life, across all its addresses: half of it
+	// paces the early phase, the rest keeps answering addresses open.
+	DefaultAttemptPackets = 300
+	// DefaultPacketsPerSecond bounds all punch packets of a node together
+	// (pings and pongs of every attempt).
+	DefaultPacketsPerSecond = 500
+)
+
 // Named errors.
 var (
 	ErrBadKey        = errors.New("holepunch: punch key must be 32 bytes")
@@ -62,7 +76,9 @@ type Manager struct {
 	attempts map[uint64]*Attempt
 	closed   bool
 
-	dropped atomic.Uint64
+	dropped   atomic.Uint64
+	throttled atomic.Uint64
+	bucket    bucket
 }
 
 // NewManager registers the punch packet handler on s. log may be nil.
@@ -71,9 +87,25 @@ func NewManager(s Socket, log *slog.Logger) *Manager {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	m := &Manager{sock: s, log: log, attempts: map[uint64]*Attempt{}}
+	m.SetRate(0)
 	s.Handle(Magic, m.handle)
 	return m
 }
+
+// SetRate sets how many punch packets per second the node sends at most,
+// all attempts together (the burst is a fifth of a second's worth, at
+// least one). Zero or less: DefaultPacketsPerSecond. A packet over the
+// budget is not sent; Throttled counts it.
+func (m *Manager) SetRate(pps int) {
+	if pps <= 0 {
+		pps = DefaultPacketsPerSecond
+	}
+	m.bucket.set(float64(pps), float64(max(pps/5, 1)))
+}
+
+// Throttled counts punch packets not sent because the node's packet rate
+// was spent.
+func (m *Manager) Throttled() uint64 { return m.throttled.Load() }
 
 // Dropped counts punch packets dropped as malformed, unauthenticated, for
 // no running attempt, or from the wrong role or address.
@@ -106,8 +138,16 @@ type Params struct {
 	// Remote are the other peer's candidate addresses.
 	Remote []netip.AddrPort
 	// Interval is the time between rounds of pings. Zero: 40ms for the
-	// first 2 seconds, then 250ms.
+	// first 2 seconds (EarlyPhase), then 250ms.
 	Interval time.Duration
+	// Budget bounds the pings the attempt sends over its life, all
+	// addresses together; with it, the early phase's pings are paced to
+	// half of it, and an address that has not answered (no ping or pong
+	// came from it) within EarlyPhase of being added gets no more pings,
+	// so a dead or unwilling address costs a few dozen packets and a
+	// stale NAT entry towards it can expire. Zero: no bound (the
+	// dialling side, whose attempts its own Dial bounds).
+	Budget int
 }
 
 // NewKey returns a fresh random punch key.
@@ -125,6 +165,9 @@ type Attempt struct {
 
 	mu        sync.Mutex
 	remotes   []netip.AddrPort
+	added     map[netip.AddrPort]time.Time
+	answered  map[netip.AddrPort]bool // a ping or pong came from it
+	sent      int                     // pings sent
 	learned   []netip.AddrPort
 	validated map[netip.AddrPort]bool
 	confirmed map[netip.AddrPort]bool // a pong came from it
@@ -150,6 +193,8 @@ func (m *Manager) Start(p Params) (*Attempt, error) {
 		txkey:     mac(p.Key, []byte("reach punch txid")),
 		validated: map[netip.AddrPort]bool{},
 		confirmed: map[netip.AddrPort]bool{},
+		added:     map[netip.AddrPort]time.Time{},
+		answered:  map[netip.AddrPort]bool{},
 		ch:        make(chan netip.AddrPort, MaxRemotes),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
@@ -191,7 +236,7 @@ func (a *Attempt) AddRemotes(addrs []netip.AddrPort) {
 	}
 	a.mu.Unlock()
 	for _, r := range fresh {
-		a.send(typePing, r, netip.AddrPort{}, a.txid(r))
+		a.ping(r)
 	}
 }
 
@@ -233,7 +278,7 @@ func (a *Attempt) Close() {
 
 func (a *Attempt) addRemote(r netip.AddrPort) bool {
 	r = netip.AddrPortFrom(r.Addr().Unmap(), r.Port())
-	if !r.IsValid() || r.Port() == 0 || r.Addr().IsUnspecified() || r.Addr().IsMulticast() {
+	if !r.IsValid() || r.Port() == 0 || r.Addr().IsUnspecified() || r.Addr().IsMulticast() || r.Addr() == broadcast {
 		return false
 	}
 	for _, x := range a.remotes {
@@ -245,8 +290,12 @@ func (a *Attempt) addRemote(r netip.AddrPort) bool {
 		return false
 	}
 	a.remotes = append(a.remotes, r)
+	a.added[r] = time.Now()
 	return true
 }
+
+// broadcast is the IPv4 limited broadcast address.
+var broadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 
 // txid is the transaction ID of pings to addr: a MAC of the address, so a
 // pong proves it answers a ping sent to exactly the address it came from.
@@ -259,17 +308,31 @@ func (a *Attempt) run() {
 	defer close(a.done)
 	start := time.Now()
 	for {
+		now := time.Now()
 		a.mu.Lock()
-		targets := append([]netip.AddrPort(nil), a.remotes...)
+		var targets []netip.AddrPort
+		for _, r := range a.remotes {
+			if a.p.Budget > 0 && !a.answered[r] && now.Sub(a.added[r]) >= EarlyPhase {
+				continue // never answered: its early phase is over
+			}
+			targets = append(targets, r)
+		}
 		a.mu.Unlock()
 		for _, r := range targets {
-			a.send(typePing, r, netip.AddrPort{}, a.txid(r))
+			a.ping(r)
 		}
 		iv := a.p.Interval
 		if iv == 0 {
 			iv = 250 * time.Millisecond
-			if time.Since(start) < 2*time.Second {
+			if now.Sub(start) < EarlyPhase {
 				iv = 40 * time.Millisecond
+			}
+		}
+		if a.p.Budget > 0 && len(targets) > 0 {
+			// Pace the rounds so that a whole early phase of pings to
+			// every target costs at most half the budget.
+			if pace := EarlyPhase * time.Duration(len(targets)) / time.Duration(max(a.p.Budget/2, 1)); pace > iv {
+				iv = pace
 			}
 		}
 		select {
@@ -280,7 +343,30 @@ func (a *Attempt) run() {
 	}
 }
 
+// ping sends a check to r, within the attempt's budget.
+func (a *Attempt) ping(r netip.AddrPort) {
+	a.mu.Lock()
+	if a.p.Budget > 0 && a.sent >= a.p.Budget {
+		a.mu.Unlock()
+		return
+	}
+	a.sent++
+	a.mu.Unlock()
+	a.send(typePing, r, netip.AddrPort{}, a.txid(r))
+}
+
+// Sent returns how many pings the attempt has sent.
+func (a *Attempt) Sent() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.sent
+}
+
 func (a *Attempt) send(typ byte, to, observed netip.AddrPort, txid uint64) {
+	if !a.m.bucket.take(time.Now()) {
+		a.m.throttled.Add(1)
+		return
+	}
 	pk := &packet{typ: typ, role: a.p.Role, attempt: a.p.Attempt, txid: txid, observed: observed}
 	if err := a.m.sock.WriteTo(pk.marshal(a.p.Key), to); err != nil {
 		a.m.log.Debug("holepunch: send", "to", to, "err", err)
@@ -317,9 +403,10 @@ func (m *Manager) handle(b []byte, from netip.AddrPort) {
 		if learned {
 			a.learned = append(a.learned, from)
 		}
+		a.answered[from] = true
 		a.mu.Unlock()
 		if learned {
-			a.send(typePing, from, netip.AddrPort{}, a.txid(from))
+			a.ping(from)
 		}
 		a.markValidated(from)
 	case typePong:
@@ -330,6 +417,7 @@ func (m *Manager) handle(b []byte, from netip.AddrPort) {
 		a.mu.Lock()
 		a.observed = pk.observed
 		a.confirmed[from] = true
+		a.answered[from] = true
 		a.mu.Unlock()
 		a.markValidated(from)
 	}
@@ -356,4 +444,33 @@ func (a *Attempt) markValidated(addr netip.AddrPort) {
 		default:
 		}
 	}
+}
+
+// bucket is a token bucket: rate tokens a second, at most burst saved.
+type bucket struct {
+	mu          sync.Mutex
+	rate, burst float64
+	tokens      float64
+	last        time.Time
+}
+
+func (b *bucket) set(rate, burst float64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.rate, b.burst, b.tokens, b.last = rate, burst, burst, time.Time{}
+}
+
+// take spends one token if there is one.
+func (b *bucket) take(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.last.IsZero() {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }

@@ -364,6 +364,12 @@ func (n *Node) host(signalling, local bool) *rung.Host {
 			return n.client.Current()
 		},
 		Observed: n.Observed,
+		ServerRTT: func() time.Duration {
+			if n.client == nil {
+				return 0
+			}
+			return n.client.RTT()
+		},
 		Accepted: n.accepted,
 		Event:    n.event,
 	}

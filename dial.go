@@ -202,13 +202,15 @@ func (n *Node) serveIntroductions() {
 				}
 				continue
 			}
-			if err := in.Accept(candidate.PeerInfo{}); err != nil {
-				n.log.Debug("answering introduction", "peer", offer.Peer.Short(), "err", err)
-				continue
-			}
+			// The rungs first, the answer after: the dialler sends to us
+			// as soon as it has the answer, and holepunch's primers must
+			// have opened our NAT by then (see holepunch.Params.Hold).
 			n.log.Debug("introduced", "peer", offer.Peer.Short(), "candidates", offer.Candidates)
 			for _, r := range n.ladder.All {
 				r.Introduced(offer)
+			}
+			if err := in.Accept(candidate.PeerInfo{}); err != nil {
+				n.log.Debug("answering introduction", "peer", offer.Peer.Short(), "err", err)
 			}
 		case <-n.ctx.Done():
 			return

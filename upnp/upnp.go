@@ -453,10 +453,14 @@ type client interface {
 }
 
 // discover probes every configured protocol at once and returns the
-// clients that answered first: the first answer and those within 30ms of
-// it, ranked by AllProtocols order (PCP and NAT-PMP usually come from one
-// daemon).
+// clients that answered first: the first answer and those that came
+// within a grace after it, ranked by AllProtocols order (PCP and NAT-PMP
+// usually come from one daemon, and PCP is preferred). The grace is as
+// long as the first answer took, at least 30ms: a gateway (or a machine)
+// that is slow to answer one protocol is as slow with the other, so a
+// fixed window would pick whichever answered first on a busy gateway.
 func (m *Mapper) discover(ctx context.Context) ([]client, error) {
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.DiscoverTimeout)
 	defer cancel()
 	type answer struct {
@@ -524,7 +528,7 @@ func (m *Mapper) discover(ctx context.Context) ([]client, error) {
 			got = append(got, a.c)
 			slices.SortStableFunc(got, func(x, y client) int { return rank(x.proto()) - rank(y.proto()) })
 			if grace == nil {
-				grace = time.After(30 * time.Millisecond)
+				grace = time.After(max(minGrace, time.Since(start)))
 			}
 		case <-grace:
 			m.log.Debug("upnp: gateway found", "proto", got[0].proto(), "gateway", got[0].gateway(), "answered", len(got))
@@ -532,6 +536,10 @@ func (m *Mapper) discover(ctx context.Context) ([]client, error) {
 		}
 	}
 }
+
+// minGrace is the least discover waits for further answers after the
+// first.
+const minGrace = 30 * time.Millisecond
 
 func allTimeouts(errs []error) bool {
 	for _, err := range errs {

@@ -148,6 +148,20 @@ type Params struct {
 	// stale NAT entry towards it can expire. Zero: no bound (the
 	// dialling side, whose attempts its own Dial bounds).
 	Budget int
+	// Hold delays the attempt's full pings: for Hold after the start it
+	// sends only primers, unless a packet from the peer arrives first. The
+	// listening side holds until the dialler has had time to send: a ping
+	// that reaches the dialler's router before the dialler sent anything
+	// to us would, on a router that accepts packets to itself (a Linux
+	// host doing masquerade), become a conntrack entry that moves the
+	// dialler's mapping to another port. Zero: no hold.
+	Hold time.Duration
+	// PrimerTTL is the TTL (hop limit) of the primers sent at the start
+	// of a hold: pings that cross this side's NAT, so it lets the peer's
+	// packets in, and expire at a router of the provider before they
+	// reach the peer's router, which then keeps no state for them. Zero:
+	// no primers.
+	PrimerTTL int
 }
 
 // NewKey returns a fresh random punch key.
@@ -174,6 +188,9 @@ type Attempt struct {
 	observed  netip.AddrPort
 	ch        chan netip.AddrPort
 
+	heard     chan struct{} // closed when the first packet from the peer arrived
+	heardOnce sync.Once
+
 	stop chan struct{}
 	done chan struct{}
 	once sync.Once
@@ -196,6 +213,7 @@ func (m *Manager) Start(p Params) (*Attempt, error) {
 		added:     map[netip.AddrPort]time.Time{},
 		answered:  map[netip.AddrPort]bool{},
 		ch:        make(chan netip.AddrPort, MaxRemotes),
+		heard:     make(chan struct{}),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -213,6 +231,11 @@ func (m *Manager) Start(p Params) (*Attempt, error) {
 	}
 	m.attempts[p.Attempt] = a
 	m.mu.Unlock()
+	if p.Hold > 0 && p.PrimerTTL > 0 {
+		// Before Start returns: the caller answers the introduction
+		// next, and the primers must be out before the peer can send.
+		a.primeAll()
+	}
 	go a.run()
 	return a, nil
 }
@@ -306,6 +329,9 @@ func (a *Attempt) txid(addr netip.AddrPort) uint64 {
 
 func (a *Attempt) run() {
 	defer close(a.done)
+	if !a.hold() {
+		return
+	}
 	start := time.Now()
 	for {
 		now := time.Now()
@@ -340,6 +366,71 @@ func (a *Attempt) run() {
 			return
 		case <-time.After(iv):
 		}
+	}
+}
+
+// primeAll sends a primer to every remote address (Start does, for an
+// attempt with a hold).
+func (a *Attempt) primeAll() {
+	tw, ok := a.m.sock.(ttlWriter)
+	if !ok {
+		return
+	}
+	a.mu.Lock()
+	targets := append([]netip.AddrPort(nil), a.remotes...)
+	a.mu.Unlock()
+	for _, r := range targets {
+		a.prime(tw, r)
+	}
+}
+
+// hold waits out Params.Hold, or until the peer is heard from; it
+// reports false when the attempt was closed meanwhile. The early phase of
+// every address starts when the hold ends.
+func (a *Attempt) hold() bool {
+	if a.p.Hold <= 0 {
+		return true
+	}
+	t := time.NewTimer(a.p.Hold)
+	defer t.Stop()
+	select {
+	case <-a.stop:
+		return false
+	case <-a.heard:
+	case <-t.C:
+	}
+	now := time.Now()
+	a.mu.Lock()
+	for r := range a.added {
+		a.added[r] = now
+	}
+	a.mu.Unlock()
+	return true
+}
+
+// ttlWriter is the part of the node's socket (*sock.Socket) that sends a
+// packet with a given TTL.
+type ttlWriter interface {
+	WriteToTTL(b []byte, to netip.AddrPort, ttl int) error
+}
+
+// prime sends r a ping with Params.PrimerTTL, within the budget and the
+// node's rate.
+func (a *Attempt) prime(tw ttlWriter, r netip.AddrPort) {
+	a.mu.Lock()
+	if a.p.Budget > 0 && a.sent >= a.p.Budget {
+		a.mu.Unlock()
+		return
+	}
+	a.sent++
+	a.mu.Unlock()
+	if !a.m.bucket.take(time.Now()) {
+		a.m.throttled.Add(1)
+		return
+	}
+	pk := &packet{typ: typePing, role: a.p.Role, attempt: a.p.Attempt, txid: a.txid(r)}
+	if err := tw.WriteToTTL(pk.marshal(a.p.Key), r, a.p.PrimerTTL); err != nil {
+		a.m.log.Debug("holepunch: primer", "to", r, "err", err)
 	}
 }
 
@@ -393,6 +484,7 @@ func (m *Manager) handle(b []byte, from netip.AddrPort) {
 		m.log.Debug("holepunch: dropped packet", "from", from, "err", err)
 		return
 	}
+	a.heardOnce.Do(func() { close(a.heard) })
 	switch pk.typ {
 	case typePing:
 		// Answer at once, to the address it came from; and ping that

@@ -92,6 +92,9 @@ type Rung struct {
 	// CheckTimeout bounds how long checks run without any address
 	// answering before Connect gives up with ErrNoPath. Zero: 10s.
 	CheckTimeout time.Duration
+	// PrimerTTL is the TTL of the listening side's primers (see
+	// Params.PrimerTTL). Zero: DefaultPrimerTTL; negative: no primers.
+	PrimerTTL int
 
 	limits  Limits
 	mu      sync.Mutex
@@ -110,6 +113,36 @@ func NewRung(h *rung.Host, linger time.Duration, limits Limits) *Rung {
 	m := NewManager(h.Socket, h.Logger)
 	m.SetRate(limits.PacketsPerSecond)
 	return &Rung{h: h, m: m, Linger: linger, limits: limits, peers: map[identity.PeerID]*bucket{}}
+}
+
+// DefaultPrimerTTL is the TTL of the listening side's primers: it crosses
+// the node's own NAT (one hop) and expires at the next router, the
+// provider's, before the peer's router sees it.
+const DefaultPrimerTTL = 2
+
+// Hold bounds: holdSlack is added to the estimate of when the dialler
+// starts sending; maxHold caps it (a far server must not delay a pair
+// that could only punch from this side by more than this).
+const (
+	holdSlack = 20 * time.Millisecond
+	maxHold   = time.Second
+)
+
+// holdFor is how long the listening side waits before its full pings when
+// the dialler does not show up first: the answer reaches the dialler about
+// half of each side's round trip to the server after it leaves, and the
+// dialler sends at once; plus slack. Zero when neither RTT is known (a
+// loopback setup, or both registered over TCP).
+func holdFor(own, dialler time.Duration) time.Duration {
+	switch {
+	case own <= 0 && dialler <= 0:
+		return 0
+	case own <= 0:
+		own = dialler
+	case dialler <= 0:
+		dialler = own
+	}
+	return min((own+dialler)/2+holdSlack, maxHold)
 }
 
 // Skipped counts introductions the listening side did not punch for:
@@ -179,6 +212,9 @@ func (r *Rung) Close() { r.m.Close() }
 // ready to answer its checks from the start.
 func (r *Rung) Offer(_ context.Context, offer *candidate.PeerInfo) func() {
 	offer.PunchKey = NewKey()
+	if r.h.ServerRTT != nil {
+		offer.ServerRTT = r.h.ServerRTT()
+	}
 	early, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleDialer})
 	if err != nil {
 		return nil
@@ -209,8 +245,17 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 		r.running--
 		r.mu.Unlock()
 	}
+	var own time.Duration
+	if r.h.ServerRTT != nil {
+		own = r.h.ServerRTT()
+	}
+	ttl := r.PrimerTTL
+	if ttl == 0 {
+		ttl = DefaultPrimerTTL
+	}
 	at, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleListener,
-		Remote: remotes, Budget: r.limits.AttemptPackets})
+		Remote: remotes, Budget: r.limits.AttemptPackets,
+		Hold: holdFor(own, offer.ServerRTT), PrimerTTL: max(ttl, 0)})
 	if err != nil {
 		release()
 		r.h.Logger.Debug("punch", "peer", offer.Peer.Short(), "err", err)

@@ -70,6 +70,10 @@ type SiteConfig struct {
 	// site and the internet (see AddISP). Zero: the site's router (or
 	// host) sits on the internet segment itself.
 	ISP bool
+	// IPv6 gives the site's LAN a routed IPv6 prefix behind the router's
+	// stateful firewall (RouterConfig.IPv6): dual-stack. Not with ISP or
+	// a double NAT.
+	IPv6 bool
 }
 
 // AddSiteWith builds a peer host named name as cfg says (its router, if
@@ -100,7 +104,7 @@ func (l *Lab) AddSiteWith(ctx context.Context, name string, cfg SiteConfig) (*Si
 		}
 		s.Router, err = l.AddRouter(ctx, RouterConfig{Name: name + "r", NAT: PortRestricted, Upstream: cg.LAN(), Firewall: cfg.Firewall})
 	default:
-		s.Router, err = l.AddRouter(ctx, RouterConfig{Name: name + "r", NAT: NAT(cfg.Kind), Upstream: up, Firewall: cfg.Firewall})
+		s.Router, err = l.AddRouter(ctx, RouterConfig{Name: name + "r", NAT: NAT(cfg.Kind), Upstream: up, Firewall: cfg.Firewall, IPv6: cfg.IPv6})
 	}
 	if err != nil {
 		return nil, err

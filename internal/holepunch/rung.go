@@ -124,14 +124,18 @@ const DefaultPrimerTTL = 2
 // starts sending; maxHold caps it (a far server must not delay a pair
 // that could only punch from this side by more than this).
 const (
-	holdSlack = 20 * time.Millisecond
+	holdSlack = 50 * time.Millisecond
 	maxHold   = time.Second
 )
 
 // holdFor is how long the listening side waits before its full pings when
-// the dialler does not show up first: the answer reaches the dialler about
+// the dialler does not show up first. The answer reaches the dialler about
 // half of each side's round trip to the server after it leaves, and the
-// dialler sends at once; plus slack. Zero when neither RTT is known (a
+// dialler sends at once; the hold is twice that, plus slack, because
+// sending too early can cost the pair its direct path (on a Linux-host
+// router) while waiting longer costs only pairs that the dialler cannot
+// open from its side, and only this much. It usually ends sooner: when
+// the dialler's first packet arrives. Zero when neither RTT is known (a
 // loopback setup, or both registered over TCP).
 func holdFor(own, dialler time.Duration) time.Duration {
 	switch {
@@ -142,7 +146,7 @@ func holdFor(own, dialler time.Duration) time.Duration {
 	case dialler <= 0:
 		dialler = own
 	}
-	return min((own+dialler)/2+holdSlack, maxHold)
+	return min(own+dialler+holdSlack, maxHold)
 }
 
 // Skipped counts introductions the listening side did not punch for:

@@ -35,12 +35,38 @@ func dialsPerPair() int {
 // TestLabLinuxHost: peers behind linux-host routers (no input firewall:
 // a punch packet that arrives before the LAN host sent anything leaves a
 // conntrack entry that moves its later mapping), each behind its own ISP,
-// with no link delay: every dial, both ways, goes direct (hole punched),
-// in under 2 s, with fresh nodes (fresh ports) each time; the home
-// variant too. Before the listener's primers and hold, linux-host
-// port-restricted pairs went direct about half the time.
+// go direct (hole punched) on every dial, both ways, in under 2 s, with
+// fresh nodes (fresh ports) each time; the home variant too. Two
+// topologies: no link delay at all, and the server far away (60 ms each
+// way on its link) while the peers are near each other, where the
+// listener's first packets would reach the dialler long before the
+// dialler has the listener's answer. Before the listener's primers and
+// hold, linux-host port-restricted pairs went direct about half the time.
 func TestLabLinuxHost(t *testing.T) {
-	s := reachlab.NewScenario(t, reachlab.ServerConfig{})
+	for _, topo := range []struct {
+		name      string
+		serverRTT time.Duration // added to the server's link, each way half
+	}{
+		{"zero-delay", 0},
+		{"far-server", 120 * time.Millisecond},
+	} {
+		t.Run(topo.name, func(t *testing.T) {
+			s := reachlab.NewScenario(t, reachlab.ServerConfig{})
+			if topo.serverRTT > 0 {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				if err := s.Srv.Impair(ctx, natlab.Impairment{Delay: topo.serverRTT / 2}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			linuxHostPairsRun(t, s)
+		})
+	}
+}
+
+// linuxHostPairsRun dials each of linuxHostPairs in both firewall
+// variants on s.
+func linuxHostPairsRun(t *testing.T, s *reachlab.Scenario) {
 	n := dialsPerPair()
 	for _, fw := range []natlab.Firewall{natlab.LinuxHost, natlab.Home} {
 		for i, p := range linuxHostPairs {

@@ -39,6 +39,7 @@ import (
 
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/holepunch"
 	"github.com/reachp2p/reach/internal/ladder"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/internal/sock"
@@ -102,6 +103,16 @@ type Config struct {
 	// PunchLinger is how long the listening side keeps sending punch
 	// packets after an introduction. Zero: 15s.
 	PunchLinger time.Duration
+	// PunchLimits bound the punch packets other peers' introductions make
+	// the node send. Zero fields: the defaults (see PunchLimits).
+	PunchLimits PunchLimits
+	// Accept decides, for each introduction, whether the node answers the
+	// dialling peer: false refuses it (the dialler's DialSession fails with
+	// rendezvous.ErrRejected) and no rung acts on it (no punch packets, no
+	// relay link, no TURN permission). It runs on the goroutine that
+	// serves introductions, so it must return quickly. Nil: accept every
+	// peer.
+	Accept func(peer PeerID) bool
 	// Session tunes QUIC sessions (keepalive, windows, timeouts).
 	Session stream.Config
 	// AcceptQueue is how many incoming streams may wait for Accept; more
@@ -311,6 +322,33 @@ func (n *Node) start(ctx context.Context, servers []rendezvous.ServerAddr) error
 	return nil
 }
 
+// PunchLimits bound what introductions make a node send: a peer that
+// knows the node's ID can ask it to punch towards any addresses it lists,
+// so the listening side filters them (never loopback outside a
+// one-machine setup, multicast, unspecified, link-local or broadcast
+// addresses; its own LAN only for a dialler a server saw on that LAN) and
+// counts what it sends. An introduction over a limit is still answered
+// (the other rungs may carry the session) but gets no punch packets.
+// Zero fields take the defaults.
+type PunchLimits struct {
+	// MaxAttempts: listener-side punch attempts running at once.
+	// Zero: 16.
+	MaxAttempts int
+	// PerPeer: introductions from one dialler (peer ID) punched for per
+	// minute (a token bucket). Zero: 10.
+	PerPeer int
+	// AttemptPackets: pings one listener-side attempt sends over its
+	// life, all addresses together; an address silent after the first 2
+	// seconds gets no more. Zero: 300.
+	AttemptPackets int
+	// PacketsPerSecond: punch packets of the node, all attempts together
+	// (dialling side included). Zero: 500.
+	PacketsPerSecond int
+	// MaxAddrs: addresses of the other peer one attempt checks.
+	// Zero: 8.
+	MaxAddrs int
+}
+
 // host is what the node lends its rungs.
 func (n *Node) host(signalling, local bool) *rung.Host {
 	return &rung.Host{
@@ -326,6 +364,12 @@ func (n *Node) host(signalling, local bool) *rung.Host {
 			return n.client.Current()
 		},
 		Observed: n.Observed,
+		ServerRTT: func() time.Duration {
+			if n.client == nil {
+				return 0
+			}
+			return n.client.RTT()
+		},
 		Accepted: n.accepted,
 		Event:    n.event,
 	}
@@ -334,7 +378,7 @@ func (n *Node) host(signalling, local bool) *rung.Host {
 // ladderOptions are the Config fields the rungs read.
 func (n *Node) ladderOptions() ladder.Options {
 	return ladder.Options{
-		HeadStart: n.cfg.HeadStart, PunchLinger: n.cfg.PunchLinger,
+		HeadStart: n.cfg.HeadStart, PunchLinger: n.cfg.PunchLinger, PunchLimits: holepunch.Limits(n.cfg.PunchLimits),
 		DisablePortMapping: n.cfg.DisablePortMapping, PortMapping: n.cfg.PortMapping,
 		RelayToken: n.cfg.RelayToken, RelayDialers: n.cfg.RelayDialers,
 		TURN: n.cfg.TURN, Supernode: n.cfg.Supernode,

@@ -184,8 +184,9 @@ func (n *Node) acceptStreams(sess *stream.Session) {
 	}
 }
 
-// serveIntroductions answers other peers' introductions: it sends this
-// node's candidates back and lets every rung do its listening side.
+// serveIntroductions answers other peers' introductions: it refuses those
+// Config.Accept turns down, sends this node's candidates back for the
+// others and lets every rung do its listening side.
 func (n *Node) serveIntroductions() {
 	for {
 		select {
@@ -194,13 +195,22 @@ func (n *Node) serveIntroductions() {
 				return
 			}
 			offer := in.Offer
-			if err := in.Accept(candidate.PeerInfo{}); err != nil {
-				n.log.Debug("answering introduction", "peer", offer.Peer.Short(), "err", err)
+			if n.cfg.Accept != nil && !n.cfg.Accept(offer.Peer) {
+				n.log.Debug("introduction refused", "peer", offer.Peer.Short())
+				if err := in.Reject("not accepted"); err != nil {
+					n.log.Debug("refusing introduction", "peer", offer.Peer.Short(), "err", err)
+				}
 				continue
 			}
+			// The rungs first, the answer after: the dialler sends to us
+			// as soon as it has the answer, and holepunch's primers must
+			// have opened our NAT by then (see holepunch.Params.Hold).
 			n.log.Debug("introduced", "peer", offer.Peer.Short(), "candidates", offer.Candidates)
 			for _, r := range n.ladder.All {
 				r.Introduced(offer)
+			}
+			if err := in.Accept(candidate.PeerInfo{}); err != nil {
+				n.log.Debug("answering introduction", "peer", offer.Peer.Short(), "err", err)
 			}
 		case <-n.ctx.Done():
 			return

@@ -213,6 +213,19 @@ func (c *Client) Observed() netip.AddrPort {
 	return c.conn.observed
 }
 
+// RTT returns the smoothed round-trip time of the QUIC connection to the
+// current server, or zero when it is unknown (not registered, or over
+// TCP).
+func (c *Client) RTT() time.Duration {
+	c.mu.Lock()
+	cc := c.conn
+	c.mu.Unlock()
+	if cc == nil || cc.rtt == nil {
+		return 0
+	}
+	return cc.rtt()
+}
+
 // Current returns the server the client is registered with, or the zero
 // value while it is not registered.
 func (c *Client) Current() ServerAddr {

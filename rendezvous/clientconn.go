@@ -32,6 +32,7 @@ type clientConn struct {
 
 	observed  netip.AddrPort
 	keepalive time.Duration
+	rtt       func() time.Duration // nil: unknown (TCP)
 
 	wmu sync.Mutex // serialises writes
 
@@ -350,6 +351,7 @@ func (c *Client) dialQUIC(ctx context.Context, sa ServerAddr) (*clientConn, erro
 	cc.rw = st
 	cc.setReadDeadline = st.SetReadDeadline
 	cc.setWriteDeadline = st.SetWriteDeadline
+	cc.rtt = func() time.Duration { return qc.ConnectionStats().SmoothedRTT }
 	cc.closeTransport = func() {
 		st.Close()
 		qc.CloseWithError(quicCodeNoError, "")

@@ -32,7 +32,7 @@ func evilSender(t *testing.T, n StreamAcceptor, m Manifest, data map[int][]byte)
 				defer st.Close()
 				stop := context.AfterFunc(ctx, func() { st.Close() })
 				defer stop()
-				first, err := readCtrl(st)
+				first, err := readCtrl(st, MaxControlFrame)
 				if err != nil {
 					return
 				}
@@ -40,7 +40,7 @@ func evilSender(t *testing.T, n StreamAcceptor, m Manifest, data map[int][]byte)
 					writeCtrl(st, &ctrl{T: msgManifest, Token: "evil", Manifest: &m})
 					_, err := expect(st, msgRequest)
 					answers <- err
-					readCtrl(st) // done or an error
+					readCtrl(st, MaxControlFrame) // done or an error
 					return
 				}
 				// A data stream: every file of data, from offset zero.
@@ -90,6 +90,12 @@ func TestMaliciousSender(t *testing.T) {
 		{"setuid", []Entry{{Path: "suid", Type: TypeFile, Size: 5, Mode: 0o4755, Hash: hash}}, ErrSpecialFile},
 		{"duplicate", []Entry{f("x"), f("x")}, ErrBadManifest},
 		{"orphan", []Entry{f("nodir/x")}, ErrBadManifest},
+		{"terminal-escape", []Entry{f("x\x1b]0;pwned\x07\x1b[2J")}, ErrUnsafePath},
+		{"newline", []Entry{f("x\nreceived 0 files")}, ErrUnsafePath},
+		{"del", []Entry{f("x\x7f")}, ErrUnsafePath},
+		{"bidi-override", []Entry{f("invoice\u202Efdp.exe")}, ErrUnsafePath},
+		{"symlink-target-escape", []Entry{f("x"), l("link", "x\x1b[2J")}, ErrUnsafePath},
+		{"negative-size", []Entry{{Path: "x", Type: TypeFile, Size: -1, Mode: 0o644, Hash: hash}}, ErrBadManifest},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

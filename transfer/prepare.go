@@ -101,6 +101,10 @@ func (o *Offer) add(abs, name string, log *slog.Logger) error {
 		skip(abs, "name is not UTF-8")
 		return nil
 	}
+	if err := checkPath(name); err != nil {
+		skip(abs, err.Error())
+		return nil
+	}
 	if !st.IsDir() {
 		if !st.Mode().IsRegular() {
 			skip(abs, "not a regular file: "+st.Mode().Type().String())
@@ -130,6 +134,9 @@ func (o *Offer) add(abs, name string, log *slog.Logger) error {
 		}
 		if err := checkPath(mpath); err != nil {
 			skip(p, err.Error())
+			if d.IsDir() && p != abs {
+				return filepath.SkipDir // its children would have no parent
+			}
 			return nil
 		}
 		info, err := d.Info()

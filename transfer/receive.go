@@ -35,10 +35,17 @@ type ReceiveConfig struct {
 	// Dir is the target directory, created if missing. Empty: ".".
 	Dir string
 	// Force overwrites files (and replaces symlinks) that exist with other
-	// content. Zero: such files fail the transfer with an *ExistsError
-	// before any data flows. Directories are never replaced.
+	// content, and lets the transfer write into directories that existed
+	// before it. Zero: such files fail the transfer with an *ExistsError,
+	// such directories with ErrExistingDir, before any data flows (a
+	// directory that holds only this transfer's own files, as an earlier
+	// attempt leaves it, is not in the way). Directories are never
+	// replaced, and one that existed before keeps its mode even with
+	// Force.
 	Force bool
-	// MaxSize caps the total size of the files. Zero: no limit.
+	// MaxSize caps the total size of the files. Zero or negative: no
+	// limit. The total is summed without overflow (a manifest whose sizes
+	// overflow int64 is ErrBadManifest).
 	MaxSize int64
 	// MaxEntries caps the manifest's entries. Zero: DefaultMaxEntries.
 	MaxEntries int
@@ -145,6 +152,8 @@ type receiver struct {
 	m    *Manifest
 
 	plans   map[int]*filePlan // wanted files by entry index
+	existed map[string]bool   // directories that were there before: never chmod'ed
+	names   map[string]bool   // manifest paths and their temporary names (see owned)
 	meter   *meter
 	got     atomic.Int64 // files written
 	bytes   atomic.Int64 // content bytes received
@@ -221,7 +230,7 @@ func (r *receiver) run(ctx context.Context, id ID) (*ReceiveResult, error) {
 	g, gctx := errgroup.WithContext(ctx)
 	remote := make(chan error, 1)
 	go func() {
-		m, err := readCtrl(cs)
+		m, err := readCtrl(cs, MaxControlFrame)
 		if err == nil {
 			err = fmt.Errorf("%w: unexpected %q", ErrProtocol, m.T)
 		}
@@ -287,6 +296,8 @@ func native(p string) string { return filepath.FromSlash(p) }
 func (r *receiver) plan() (Incoming, error) {
 	in := Incoming{Manifest: r.m, Files: r.m.Files(), Size: r.m.Size()}
 	r.plans = map[int]*filePlan{}
+	r.existed = map[string]bool{}
+	var foreign []string          // existing directories the transfer does not own
 	replaced := map[string]bool{} // directories that replace something else
 	for i, e := range r.m.Entries {
 		var st fs.FileInfo
@@ -316,6 +327,12 @@ func (r *receiver) plan() (Incoming, error) {
 			if exists && !st.IsDir() {
 				in.Overwrite = append(in.Overwrite, e.Path)
 			}
+			if exists && st.IsDir() && !replaced[path.Dir(e.Path)] {
+				r.existed[e.Path] = true
+				if why := r.owned(e.Path); why != "" {
+					foreign = append(foreign, e.Path+" ("+why+")")
+				}
+			}
 		case TypeSymlink:
 			if exists {
 				if t, err := r.root.Readlink(native(e.Path)); err == nil && filepath.ToSlash(t) == e.Target {
@@ -344,6 +361,14 @@ func (r *receiver) plan() (Incoming, error) {
 			r.plans[i] = p
 		}
 	}
+	if len(foreign) > 0 && !r.cfg.Force {
+		more := ""
+		if len(foreign) > 1 {
+			more = fmt.Sprintf(" and %d more", len(foreign)-1)
+		}
+		return in, fmt.Errorf("%w: %s%s; the transfer would write into a directory it did not create (use Force to allow it)",
+			ErrExistingDir, foreign[0], more)
+	}
 	if len(in.Overwrite) > 0 && !r.cfg.Force {
 		return in, &ExistsError{Paths: in.Overwrite}
 	}
@@ -354,6 +379,41 @@ func (r *receiver) plan() (Incoming, error) {
 	}
 	r.resumed.Store(in.OnDisk)
 	return in, nil
+}
+
+// owned says why the existing directory dir is not the transfer's own, or
+// "" if it is: it must hold nothing but what the manifest puts there (its
+// entries and their temporary files), as an earlier attempt of the same
+// transfer leaves it. An empty directory is not owned: $HOME/bin or an
+// empty $HOME/.ssh is exactly where a hostile sender would plant a file.
+func (r *receiver) owned(dir string) string {
+	if r.names == nil {
+		r.names = make(map[string]bool, len(r.m.Entries))
+		for _, e := range r.m.Entries {
+			r.names[e.Path] = true
+			if e.Type == TypeFile {
+				r.names[partName(e.Path)] = true
+			}
+		}
+	}
+	f, err := r.root.Open(native(dir))
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return err.Error()
+	}
+	if len(names) == 0 {
+		return "existed before, empty"
+	}
+	for _, n := range names {
+		if !r.names[dir+"/"+n] {
+			return fmt.Sprintf("existed before, holds %q", n)
+		}
+	}
+	return ""
 }
 
 // partial checks for the temporary file of an earlier attempt: a regular
@@ -576,7 +636,8 @@ func (r *receiver) file(h fileHeader, br *bufio.Reader, buf []byte) error {
 }
 
 // finish checks that every wanted file came, creates the symlinks and
-// sets the directories' modes (deepest first).
+// sets the modes of the directories this transfer created (deepest first;
+// a directory that was there before keeps its mode).
 func (r *receiver) finish() error {
 	for i, p := range r.plans {
 		if !p.taken.Load() {
@@ -601,7 +662,7 @@ func (r *receiver) finish() error {
 		}
 	}
 	for i := len(r.m.Entries) - 1; i >= 0; i-- {
-		if e := r.m.Entries[i]; e.Type == TypeDir {
+		if e := r.m.Entries[i]; e.Type == TypeDir && !r.existed[e.Path] {
 			if err := r.root.Chmod(native(e.Path), e.Mode); err != nil {
 				return rootErr(e.Path, err)
 			}

@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"fmt"
+	"math"
 	"path"
 	"strings"
 	"unicode/utf8"
@@ -32,6 +33,8 @@ func checkPath(p string) error {
 		return bad("not UTF-8")
 	case strings.ContainsAny(p, "\x00\\"):
 		return bad("contains NUL or a backslash")
+	case hasControl(p):
+		return bad("contains a control character or a bidirectional override")
 	case strings.HasPrefix(p, "/"):
 		return bad("absolute")
 	case len(p) >= 2 && p[1] == ':':
@@ -56,6 +59,24 @@ func checkPath(p string) error {
 	return nil
 }
 
+// hasControl reports whether s holds a character that a terminal or a
+// file manager would interpret rather than show: the C0 controls (below
+// 0x20, escape sequences among them), DEL, the C1 controls (U+0080 to
+// U+009F, which some terminals take as escape sequences too), and the
+// Unicode marks that reorder text ("evil\u202Etxt.exe" shows as
+// "evilexe.txt").
+func hasControl(s string) bool {
+	for _, r := range s {
+		switch {
+		case r < 0x20, r == 0x7f, r >= 0x80 && r <= 0x9f:
+			return true
+		case r == 0x061c, r == 0x200e, r == 0x200f, r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069:
+			return true
+		}
+	}
+	return false
+}
+
 // checkTarget refuses a symlink at p whose target is absolute or resolves
 // outside the transfer's top level (lexically; the receiver also writes
 // through an os.Root, which refuses any escape at the system call).
@@ -68,6 +89,8 @@ func checkTarget(p, target string) error {
 		return bad("is empty")
 	case strings.HasPrefix(target, "/") || strings.ContainsAny(target, "\x00\\") || len(target) >= 2 && target[1] == ':':
 		return bad("is absolute")
+	case !utf8.ValidString(target) || hasControl(target):
+		return &UnsafePathError{Path: p, Reason: "symlink target is not UTF-8 or holds a control character"}
 	}
 	// ".." only at the start: after a symlink element, ".." would climb
 	// from wherever that link leads, not where a lexical check thinks.
@@ -95,6 +118,7 @@ func checkManifest(m *Manifest, maxEntries int) error {
 		return fmt.Errorf("%w: %d entries, the limit is %d", ErrBadManifest, len(m.Entries), maxEntries)
 	}
 	seen := make(map[string]string, len(m.Entries)) // path -> type
+	var total int64
 	for i := range m.Entries {
 		e := &m.Entries[i]
 		if err := checkPath(e.Path); err != nil {
@@ -108,11 +132,20 @@ func checkManifest(m *Manifest, maxEntries int) error {
 			if e.Size < 0 {
 				return fmt.Errorf("%w: %q has size %d", ErrBadManifest, e.Path, e.Size)
 			}
+			// The total must not wrap around: a sum that overflows int64
+			// could come out below any MaxSize.
+			if e.Size > math.MaxInt64-total {
+				return fmt.Errorf("%w: the total size overflows at %q", ErrBadManifest, e.Path)
+			}
+			total += e.Size
 		case TypeDir:
 			if e.Size != 0 {
 				return fmt.Errorf("%w: directory %q has a size", ErrBadManifest, e.Path)
 			}
 		case TypeSymlink:
+			if e.Size != 0 {
+				return fmt.Errorf("%w: symlink %q has a size", ErrBadManifest, e.Path)
+			}
 			if err := checkTarget(e.Path, e.Target); err != nil {
 				return err
 			}

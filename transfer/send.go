@@ -153,7 +153,7 @@ func (s *Sender) ServeStream(ctx context.Context, st *stream.Stream) error {
 	stop := context.AfterFunc(ctx, func() { st.Close() })
 	defer stop()
 	st.SetReadDeadline(time.Now().Add(helloTimeout))
-	m, err := readCtrl(st)
+	m, err := readCtrl(st, MaxControlFrame)
 	if err != nil {
 		return err
 	}

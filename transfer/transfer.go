@@ -24,9 +24,11 @@
 //     sender answers with the manifest: every entry's relative path, type,
 //     size, mode, modification time and BLAKE3-256 hash.
 //   - The receiver checks the manifest before any data flows: unsafe paths
-//     (ErrUnsafePath), special files (ErrSpecialFile), the size cap
-//     (ErrTooLarge), files that exist already (ErrExists, unless Force), and
-//     its own Confirm hook. For each file it looks on disk for a finished
+//     (ErrUnsafePath, control characters in names included), special files
+//     (ErrSpecialFile), sizes that are negative or overflow (ErrBadManifest),
+//     the size cap (ErrTooLarge), files that exist already (ErrExists,
+//     unless Force), directories that existed before (ErrExistingDir,
+//     unless Force), and its own Confirm hook. For each file it looks on disk for a finished
 //     copy (same size and hash: skipped) or a partial one from an earlier
 //     attempt (its length and the hash of its content are sent, so the
 //     sender resumes after it if its own file starts the same way).
@@ -45,6 +47,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"time"
 
 	"lukechampine.com/blake3"
@@ -78,6 +81,15 @@ var (
 	// ErrBadManifest: the manifest is malformed (duplicate paths, missing
 	// parent directories, too many entries, bad hashes).
 	ErrBadManifest = errors.New("transfer: bad manifest")
+	// ErrExistingDir: the manifest names a directory that existed in the
+	// target before the transfer and holds something the transfer does
+	// not (or is empty), and ReceiveConfig.Force is not set: the transfer
+	// would write into a directory it does not own ($HOME/.ssh).
+	ErrExistingDir = errors.New("transfer: directory exists")
+	// ErrFrameTooLarge: a control message is longer than its cap
+	// (MaxControlFrame, or MaxManifestFrame for the manifest and the
+	// request). It comes wrapped with ErrProtocol.
+	ErrFrameTooLarge = errors.New("transfer: control message too large")
 	// ErrDuplicatePath: two paths given to Prepare have the same name.
 	ErrDuplicatePath = errors.New("transfer: two paths have the same name")
 	// ErrChanged: a file changed on the sender's disk after Prepare hashed
@@ -141,6 +153,7 @@ var codeErrors = map[string]error{
 	"special_file":     ErrSpecialFile,
 	"too_large":        ErrTooLarge,
 	"exists":           ErrExists,
+	"existing_dir":     ErrExistingDir,
 	"hash_mismatch":    ErrHashMismatch,
 	"protocol":         ErrProtocol,
 	"bad_manifest":     ErrBadManifest,
@@ -232,10 +245,19 @@ type Manifest struct {
 	Entries []Entry `json:"entries"`
 }
 
-// Size returns the total of the files' sizes.
+// Size returns the total of the files' sizes. It saturates at
+// math.MaxInt64 rather than wrap around, and counts only files with a size
+// of zero or more, so that an unchecked manifest cannot make it look small
+// (the receiver refuses such manifests with ErrBadManifest anyway).
 func (m *Manifest) Size() int64 {
 	var n int64
 	for _, e := range m.Entries {
+		if e.Type != TypeFile || e.Size <= 0 {
+			continue
+		}
+		if e.Size > math.MaxInt64-n {
+			return math.MaxInt64
+		}
 		n += e.Size
 	}
 	return n

@@ -6,14 +6,28 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // protocolVersion is the "v" of hello; a sender refuses other versions.
 const protocolVersion = 1
 
-// maxControlFrame caps one control message (the manifest is the big one:
-// about 200 bytes per entry).
-const maxControlFrame = 256 << 20
+// Caps on one control message. Every message is read within a cap that
+// depends on what the reader expects next, checked against the length
+// prefix before anything is read (and the buffer grows with what arrives,
+// so a lying length costs no memory).
+const (
+	// MaxManifestFrame caps the two messages whose size grows with the
+	// number of files: the manifest (about 200 bytes per entry, so
+	// DefaultMaxEntries fit) and the receiver's request.
+	MaxManifestFrame = 256 << 20
+	// MaxControlFrame caps every other control message: hello, data,
+	// done, error.
+	MaxControlFrame = 64 << 10
+	// maxReason caps the reason of an error message, so that it always
+	// fits in MaxControlFrame.
+	maxReason = 4 << 10
+)
 
 // Control message types ("t").
 const (
@@ -53,7 +67,7 @@ func writeCtrl(w io.Writer, m *ctrl) error {
 	if err != nil {
 		return err
 	}
-	if len(b) > maxControlFrame {
+	if len(b) > MaxManifestFrame {
 		return fmt.Errorf("%w: control message of %d bytes", ErrBadManifest, len(b))
 	}
 	frame := make([]byte, 4, 4+len(b))
@@ -62,16 +76,17 @@ func writeCtrl(w io.Writer, m *ctrl) error {
 	return err
 }
 
-// readCtrl reads one control frame. A frame of type error is returned as
-// a *RemoteError.
-func readCtrl(r io.Reader) (*ctrl, error) {
+// readCtrl reads one control frame of at most limit bytes
+// (MaxControlFrame or MaxManifestFrame). A frame of type error is returned
+// as a *RemoteError.
+func readCtrl(r io.Reader, limit uint32) (*ctrl, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
 	}
 	n := binary.BigEndian.Uint32(hdr[:])
-	if n > maxControlFrame {
-		return nil, fmt.Errorf("%w: control frame of %d bytes", ErrProtocol, n)
+	if n > limit {
+		return nil, fmt.Errorf("%w: %w: %d bytes, the limit is %d", ErrProtocol, ErrFrameTooLarge, n, limit)
 	}
 	// Grow with what arrives rather than trust the length for memory.
 	b, err := io.ReadAll(io.LimitReader(r, int64(n)))
@@ -83,14 +98,19 @@ func readCtrl(r io.Reader) (*ctrl, error) {
 		return nil, fmt.Errorf("%w: bad control message: %v", ErrProtocol, err)
 	}
 	if m.T == msgError {
-		return nil, &RemoteError{Code: m.Code, Reason: m.Reason}
+		// The peer's words end up on a terminal: no escape sequences.
+		return nil, &RemoteError{Code: printable(m.Code), Reason: printable(m.Reason)}
 	}
 	return &m, nil
 }
 
-// expect reads a control message of type t.
+// expect reads a control message of type t, within the cap of t.
 func expect(r io.Reader, t string) (*ctrl, error) {
-	m, err := readCtrl(r)
+	limit := uint32(MaxControlFrame)
+	if t == msgManifest || t == msgRequest {
+		limit = MaxManifestFrame
+	}
+	m, err := readCtrl(r, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +122,11 @@ func expect(r io.Reader, t string) (*ctrl, error) {
 
 // errorMsg is the error message that reports err to the peer.
 func errorMsg(err error) *ctrl {
-	return &ctrl{T: msgError, Code: errCode(err), Reason: err.Error()}
+	reason := err.Error()
+	if len(reason) > maxReason {
+		reason = strings.ToValidUTF8(reason[:maxReason], "") + "..."
+	}
+	return &ctrl{T: msgError, Code: errCode(err), Reason: reason}
 }
 
 // Data stream records, sender -> receiver, after the receiver's data
@@ -152,4 +176,19 @@ func readRecord(r *bufio.Reader) (h fileHeader, ok bool, err error) {
 		}
 	}
 	return fileHeader{int(v[0]), int64(v[1]), int64(v[2])}, true, nil
+}
+
+// printable replaces what hasControl refuses in a path (and invalid UTF-8)
+// with U+FFFD.
+func printable(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if !hasControl(s) {
+		return s
+	}
+	return strings.Map(func(r rune) rune {
+		if hasControl(string(r)) {
+			return '\uFFFD'
+		}
+		return r
+	}, s)
 }

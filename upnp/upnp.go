@@ -453,17 +453,23 @@ type client interface {
 }
 
 // discover probes every configured protocol at once and returns the
-// clients that answered first: the first answer and those within 30ms of
-// it, ranked by AllProtocols order (PCP and NAT-PMP usually come from one
-// daemon).
+// clients that answered, ranked by AllProtocols order (PCP and NAT-PMP
+// usually come from one daemon, and PCP is preferred). After the first
+// answer it waits while a better-ranked protocol's probe is still running,
+// at most preferWait: a gateway (or a machine) under load answers one
+// protocol well after the other, and a fixed window would pick whichever
+// came first. A gateway that does not speak the better protocol refuses
+// it at once (or stays silent: then the mapping waits preferWait more).
 func (m *Mapper) discover(ctx context.Context) ([]client, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.DiscoverTimeout)
 	defer cancel()
 	type answer struct {
+		p   Protocol
 		c   client
 		err error
 	}
 	answers := make(chan answer, len(m.cfg.Protocols))
+	pending := map[Protocol]bool{}
 	var wg sync.WaitGroup
 	for _, p := range m.cfg.Protocols {
 		var probe func(context.Context) (client, error)
@@ -475,9 +481,10 @@ func (m *Mapper) discover(ctx context.Context) ([]client, error) {
 		case UPnP:
 			probe = m.probeIGD
 		default:
-			answers <- answer{err: fmt.Errorf("upnp: unknown protocol %q", p)}
+			answers <- answer{p: p, err: fmt.Errorf("upnp: unknown protocol %q", p)}
 			continue
 		}
+		pending[p] = true
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -485,7 +492,7 @@ func (m *Mapper) discover(ctx context.Context) ([]client, error) {
 			if err != nil {
 				err = fmt.Errorf("%s: %w", p, err)
 			}
-			answers <- answer{c, err}
+			answers <- answer{p, c, err}
 		}()
 	}
 	go func() { wg.Wait(); close(answers) }()
@@ -499,6 +506,20 @@ func (m *Mapper) discover(ctx context.Context) ([]client, error) {
 		}
 		return len(AllProtocols)
 	}
+	// betterPending reports whether a probe ranked above the best answer
+	// so far is still running.
+	betterPending := func(got []client) bool {
+		for p := range pending {
+			if rank(p) < rank(got[0].proto()) {
+				return true
+			}
+		}
+		return false
+	}
+	found := func(got []client) ([]client, error) {
+		m.log.Debug("upnp: gateway found", "proto", got[0].proto(), "gateway", got[0].gateway(), "answered", len(got))
+		return got, nil
+	}
 	var got []client
 	var errs []error
 	var grace <-chan time.Time
@@ -507,7 +528,7 @@ func (m *Mapper) discover(ctx context.Context) ([]client, error) {
 		case a, ok := <-answers:
 			if !ok {
 				if len(got) > 0 {
-					return got, nil
+					return found(got)
 				}
 				if ctx.Err() != nil && m.ctx.Err() != nil {
 					return nil, ErrClosed
@@ -517,21 +538,31 @@ func (m *Mapper) discover(ctx context.Context) ([]client, error) {
 				}
 				return nil, fmt.Errorf("%w: %w", ErrNoGateway, errors.Join(errs...))
 			}
+			delete(pending, a.p)
 			if a.err != nil {
 				errs = append(errs, a.err)
+			} else {
+				got = append(got, a.c)
+				slices.SortStableFunc(got, func(x, y client) int { return rank(x.proto()) - rank(y.proto()) })
+			}
+			if len(got) == 0 {
 				continue
 			}
-			got = append(got, a.c)
-			slices.SortStableFunc(got, func(x, y client) int { return rank(x.proto()) - rank(y.proto()) })
+			if !betterPending(got) {
+				return found(got)
+			}
 			if grace == nil {
-				grace = time.After(30 * time.Millisecond)
+				grace = time.After(preferWait)
 			}
 		case <-grace:
-			m.log.Debug("upnp: gateway found", "proto", got[0].proto(), "gateway", got[0].gateway(), "answered", len(got))
-			return got, nil
+			return found(got)
 		}
 	}
 }
+
+// preferWait is the most discover waits for a better protocol after a
+// first answer.
+const preferWait = time.Second
 
 func allTimeouts(errs []error) bool {
 	for _, err := range errs {

@@ -25,7 +25,7 @@ const labUsage = `usage:
                                 symmetric+upnp) dialled both ways in one lab; writes
                                 matrix.md, matrix.json and matrix.png to DIR
                                 (--from matrix.json: render an earlier run again)
-  reach lab down                remove every lab namespace (leftovers of crashed runs)
+  reach lab down [--stale]      remove every lab namespace (--stale: only those whose process is gone)
 kinds: %s
 Needs root.`
 
@@ -45,7 +45,10 @@ func runLab(args []string) error {
 	defer stop()
 	switch args[0] {
 	case "down":
-		removed, err := natlab.Cleanup(ctx, true)
+		// --stale: only labs whose owning process is gone (safe while
+		// other lab tests run on the machine).
+		all := !(len(args) > 1 && args[1] == "--stale")
+		removed, err := natlab.Cleanup(ctx, all)
 		for _, ns := range removed {
 			fmt.Println("removed", ns)
 		}

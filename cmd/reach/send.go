@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"path"
@@ -127,8 +129,10 @@ func runRecv(args []string) error {
 	fs := flag.NewFlagSet("recv", flag.ContinueOnError)
 	var pf peerFlags
 	pf.register(fs, true)
-	outDir := fs.String("out", ".", "target directory (created if missing)")
-	force := fs.Bool("force", false, "overwrite files that exist with other content")
+	outDir := fs.String("out", "", "target directory (created if missing); default: the current directory after a\n"+
+		"confirmation on a terminal, else a new folder reach-<transfer ID>")
+	yes := fs.Bool("yes", false, "do not ask; without --out, receive into a new folder reach-<transfer ID>")
+	force := fs.Bool("force", false, "overwrite files that exist with other content, write into existing folders")
 	maxSize := fs.String("max-size", "", "refuse transfers larger than this (bytes, or with a unit: 500MB, 2GiB)")
 	streams := fs.Int("streams", 0, "data streams (default 4)")
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on connection setup")
@@ -149,6 +153,8 @@ func runRecv(args []string) error {
 	ev := &events{on: pf.jsonOut}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	ask := !*yes && !pf.jsonOut && term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stderr.Fd()))
+	dir := recvDir(*outDir, ask, tk.ID)
 	// The sender's servers first: it is registered there.
 	pf.servers = append(tk.ConnectStrings(), pf.servers...)
 	setup, cancel := context.WithTimeout(ctx, *timeout)
@@ -170,13 +176,17 @@ func runRecv(args []string) error {
 	ev.emit(connected)
 	out := newProgressOut(pf.jsonOut, "recv")
 	res, err := transfer.ReceiveSession(ctx, sess, tk.ID, transfer.ReceiveConfig{
-		Dir: *outDir, Force: *force, MaxSize: limit, Streams: *streams,
+		Dir: dir, Force: *force, MaxSize: limit, Streams: *streams,
 		Progress: out.progress, ProgressInterval: out.interval(),
 		Confirm: func(in transfer.Incoming) error {
 			ev.emit(map[string]any{"event": "manifest", "files": in.Files, "bytes": in.Size, "on_disk": in.OnDisk,
-				"complete": in.Complete, "overwrite": len(in.Overwrite)})
-			if !pf.jsonOut {
-				fmt.Fprintf(os.Stderr, "receiving %d files, %s into %s%s\n", in.Files, humanBytes(in.Size), *outDir, resumedNote(in.OnDisk))
+				"complete": in.Complete, "overwrite": len(in.Overwrite), "dir": dir, "top": firstN(topEntries(in.Manifest), maxListed)})
+			if pf.jsonOut {
+				return nil
+			}
+			fmt.Fprint(os.Stderr, describeIncoming(in, dir))
+			if ask {
+				return confirm(ctx, "receive? [y/N] ")
 			}
 			return nil
 		},
@@ -200,6 +210,89 @@ func runRecv(args []string) error {
 	// nothing is in flight, closing the session loses nothing.
 	sess.CloseWithError(0, "done")
 	return nil
+}
+
+// errDeclined: the user answered no.
+var errDeclined = errors.New("declined")
+
+// recvDir is where recv writes: --out if given; the current directory when
+// the user confirms on a terminal; otherwise a new folder named after the
+// transfer (the same one again for the same ticket, so a rerun resumes),
+// never the current directory unseen: run in $HOME, a sender could else
+// drop files there that nobody looked at.
+func recvDir(out string, ask bool, id transfer.ID) string {
+	switch {
+	case out != "":
+		return out
+	case ask:
+		return "."
+	}
+	return "reach-" + id.String()[:12]
+}
+
+// maxListed is how many top-level entries recv lists before "and N more".
+const maxListed = 10
+
+// topEntries lists the manifest's top-level names (directories with a
+// trailing "/"), the first maxListed of them.
+func topEntries(m *transfer.Manifest) []string {
+	var top []string
+	for _, e := range m.Entries {
+		if strings.Contains(e.Path, "/") {
+			continue
+		}
+		if e.Type == transfer.TypeDir {
+			top = append(top, e.Path+"/")
+		} else {
+			top = append(top, e.Path)
+		}
+	}
+	return top
+}
+
+func firstN(ss []string, n int) []string { return ss[:min(len(ss), n)] }
+
+// describeIncoming says what a transfer will write, and where. The names
+// are shown quoted if they hold anything unusual (the receiver has refused
+// control characters already).
+func describeIncoming(in transfer.Incoming, dir string) string {
+	var b strings.Builder
+	top := topEntries(in.Manifest)
+	fmt.Fprintf(&b, "receiving %d files, %s into %s%s:\n", in.Files, humanBytes(in.Size), dir, resumedNote(in.OnDisk))
+	for i, name := range top {
+		if i == maxListed {
+			fmt.Fprintf(&b, "  ... and %d more\n", len(top)-maxListed)
+			break
+		}
+		if q := strconv.Quote(name); q[1:len(q)-1] != name {
+			name = q
+		}
+		fmt.Fprintf(&b, "  %s\n", name)
+	}
+	if len(in.Overwrite) > 0 {
+		fmt.Fprintf(&b, "  overwriting %d existing files (--force)\n", len(in.Overwrite))
+	}
+	return b.String()
+}
+
+// confirm asks on stderr and reads a line from stdin: "y" or "yes" goes
+// on, anything else (or ctx ending) is errDeclined.
+func confirm(ctx context.Context, prompt string) error {
+	fmt.Fprint(os.Stderr, prompt)
+	answer := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+		answer <- strings.ToLower(strings.TrimSpace(line))
+	}()
+	select {
+	case a := <-answer:
+		if a == "y" || a == "yes" {
+			return nil
+		}
+	case <-ctx.Done():
+		fmt.Fprintln(os.Stderr)
+	}
+	return errDeclined
 }
 
 // serverList is the --server flags, or $REACH_SERVER.
@@ -340,7 +433,7 @@ func parseSize(s string) (int64, error) {
 		num, unit = s[:i], strings.ToUpper(strings.TrimSpace(s[i:]))
 	}
 	v, err := strconv.ParseFloat(num, 64)
-	if err != nil || v < 0 {
+	if err != nil || !(v >= 0) {
 		return 0, fmt.Errorf("bad size %q", s)
 	}
 	mult := map[string]float64{"": 1, "B": 1,
@@ -348,6 +441,11 @@ func parseSize(s string) (int64, error) {
 		"G": 1 << 30, "GIB": 1 << 30, "GB": 1e9, "T": 1 << 40, "TIB": 1 << 40, "TB": 1e12}[unit]
 	if mult == 0 {
 		return 0, fmt.Errorf("bad size unit %q", unit)
+	}
+	// Converting a float beyond int64 gives a negative number on amd64,
+	// which would read as "no limit".
+	if n := v * mult; n >= math.MaxInt64 {
+		return 0, fmt.Errorf("size %q is too large", s)
 	}
 	return int64(v * mult), nil
 }

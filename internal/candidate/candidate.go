@@ -11,6 +11,7 @@ package candidate
 import (
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/reachp2p/reach/identity"
 )
@@ -67,6 +68,10 @@ type PeerInfo struct {
 	// WantSupernodes, in an offer, asks the server for volunteers: it adds
 	// Supernode candidates to the offer it forwards and to the answer.
 	WantSupernodes bool `json:"want_supernodes,omitempty"`
+	// ServerRTT, in an offer, is the dialler's round-trip time to the
+	// server (zero: unknown). With its own, the listener estimates when
+	// the dialler will start sending to it (holepunch).
+	ServerRTT time.Duration `json:"server_rtt,omitempty"`
 }
 
 // Addrs returns the distinct usable addresses (valid, non-zero port) of
@@ -195,3 +200,119 @@ func (p PeerInfo) DirectPlausible(local []netip.Prefix) bool {
 
 // cgnat is the shared address space of carrier-grade NATs (RFC 6598).
 var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+
+// MaxPunchAddrs is how many addresses of a peer one hole punch checks at
+// most, unless the caller says otherwise. A real peer advertises one host
+// address per interface (one or two on most machines, a few more with
+// containers or VPNs), one reflexive and at most one mapped address; an
+// introduction listing more is trimmed, reflexive and mapped first.
+const MaxPunchAddrs = 8
+
+// PunchScope is what the local node knows of itself when it picks the
+// addresses of a peer it may punch: a hole punch sends packets to
+// addresses the peer chose, so a peer must not be able to aim them at
+// this node's own machine or network, or at many third parties.
+type PunchScope struct {
+	// LAN are the networks of the node's own interfaces (Prefixes).
+	LAN []netip.Prefix
+	// Observed is the node's own reflexive address (invalid if unknown).
+	Observed netip.AddrPort
+	// Loopback allows loopback addresses: everything runs on one machine
+	// (the node's server is on loopback). Never set on a real network.
+	Loopback bool
+	// Max bounds the addresses returned. Zero: MaxPunchAddrs.
+	Max int
+}
+
+// SameLAN reports whether the peer appears to be on the local node's own
+// network: a server saw both behind the same public address (equal
+// reflexive IPs), or saw the peer from inside one of the node's networks.
+// The peer's own host candidates prove nothing here: they are whatever
+// the peer chose to write.
+func (p PeerInfo) SameLAN(s PunchScope) bool {
+	ours := s.Observed.Addr().Unmap()
+	for _, c := range p.Candidates {
+		if c.Kind != Reflexive || !c.Addr.IsValid() {
+			continue
+		}
+		ip := c.Addr.Addr().Unmap()
+		if ours.IsValid() && ip == ours {
+			return true
+		}
+		if inAny(ip, s.LAN) {
+			return true
+		}
+	}
+	return false
+}
+
+// PunchableFrom is Punchable as the local node described by s may use it:
+// never loopback (unless s.Loopback), unspecified, multicast, link-local
+// or broadcast addresses; addresses inside the node's own networks only
+// when the peer appears to be on that network (SameLAN); at most s.Max
+// addresses, reflexive first, then mapped, then host.
+func (p PeerInfo) PunchableFrom(s PunchScope) []netip.AddrPort {
+	max := s.Max
+	if max <= 0 {
+		max = MaxPunchAddrs
+	}
+	sameLAN := p.SameLAN(s)
+	var out []netip.AddrPort
+	seen := map[netip.AddrPort]bool{}
+	for _, k := range []Kind{Reflexive, Mapped, Host} {
+		for _, a := range p.Addrs(k) {
+			a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+			if len(out) >= max {
+				return out
+			}
+			if seen[a] || !s.Allowed(a.Addr(), sameLAN) {
+				continue
+			}
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Allowed reports whether a punch packet may go to ip, for a peer that
+// appears (sameLAN) or does not appear to be on the node's own network.
+func (s PunchScope) Allowed(ip netip.Addr, sameLAN bool) bool {
+	ip = ip.Unmap()
+	switch {
+	case !ip.IsValid(), ip.IsUnspecified(), ip.IsMulticast(), ip.IsLinkLocalUnicast(),
+		ip.IsInterfaceLocalMulticast(), ip.IsLinkLocalMulticast(), ip == broadcast:
+		return false
+	case ip.IsLoopback():
+		return s.Loopback
+	}
+	for _, pfx := range s.LAN {
+		if !pfx.Contains(ip) {
+			continue
+		}
+		if !sameLAN || (pfx.Addr().Is4() && pfx.Bits() < 31 && ip == lastAddr(pfx)) {
+			return false
+		}
+	}
+	return true
+}
+
+// broadcast is the IPv4 limited broadcast address.
+var broadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+
+// lastAddr is the last address of an IPv4 prefix: its directed broadcast.
+func lastAddr(pfx netip.Prefix) netip.Addr {
+	b := pfx.Masked().Addr().As4()
+	host := uint32(1)<<(32-pfx.Bits()) - 1
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+func inAny(ip netip.Addr, pfxs []netip.Prefix) bool {
+	for _, pfx := range pfxs {
+		if pfx.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}

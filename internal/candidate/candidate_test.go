@@ -105,3 +105,81 @@ func TestDirectPlausible(t *testing.T) {
 		}
 	}
 }
+
+// TestPunchableFromRefusesSpecial: loopback, unspecified, multicast,
+// link-local and broadcast addresses are never punched, and an own-LAN
+// address only for a peer a server saw on that LAN.
+func TestPunchableFromRefusesSpecial(t *testing.T) {
+	lan := []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("fd00:1::/64")}
+	scope := PunchScope{LAN: lan, Observed: ap("203.0.113.7:4000")}
+	hostile := info(
+		Candidate{Addr: ap("198.51.100.50:6000"), Kind: Reflexive}, // its own, stamped by the server
+		Candidate{Addr: ap("127.0.0.1:22"), Kind: Host},
+		Candidate{Addr: ap("[::1]:22"), Kind: Host},
+		Candidate{Addr: ap("0.0.0.0:22"), Kind: Host},
+		Candidate{Addr: ap("224.0.0.251:5353"), Kind: Host},
+		Candidate{Addr: ap("[ff02::1]:5353"), Kind: Host},
+		Candidate{Addr: ap("169.254.1.1:80"), Kind: Host},
+		Candidate{Addr: ap("[fe80::1]:80"), Kind: Host},
+		Candidate{Addr: ap("255.255.255.255:9"), Kind: Host},
+		Candidate{Addr: ap("192.168.1.1:53"), Kind: Mapped}, // our gateway
+		Candidate{Addr: ap("192.168.1.255:9"), Kind: Host},
+		Candidate{Addr: ap("[fd00:1::5]:80"), Kind: Host},
+		Candidate{Addr: ap("[::ffff:127.0.0.1]:22"), Kind: Host},
+		Candidate{Addr: ap("10.9.9.9:4000"), Kind: Host}, // someone's LAN, not ours: harmless to try
+	)
+	got := hostile.PunchableFrom(scope)
+	want := []netip.AddrPort{ap("198.51.100.50:6000"), ap("10.9.9.9:4000")}
+	if !slices.Equal(got, want) {
+		t.Fatalf("hostile peer: punch %v, want %v", got, want)
+	}
+	if hostile.SameLAN(scope) {
+		t.Fatal("a peer behind another public address is not on our LAN")
+	}
+	// Loopback is allowed only when everything runs on one machine.
+	local := scope
+	local.Loopback = true
+	if got := hostile.PunchableFrom(local); !slices.Contains(got, ap("127.0.0.1:22")) || slices.Contains(got, ap("0.0.0.0:22")) {
+		t.Fatalf("local setup: punch %v, want loopback in and unspecified out", got)
+	}
+}
+
+// TestPunchableFromGenuineLANPeer: a peer behind the same public address
+// (or seen by the server from inside our network) is punched on its LAN
+// address, though never on the LAN's broadcast address.
+func TestPunchableFromGenuineLANPeer(t *testing.T) {
+	lan := []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24")}
+	for name, refl := range map[string]string{"same NAT": "203.0.113.7:4100", "server on the LAN": "192.168.1.9:4000"} {
+		peer := info(
+			Candidate{Addr: ap("192.168.1.9:4000"), Kind: Host},
+			Candidate{Addr: ap("192.168.1.255:4000"), Kind: Host},
+			Candidate{Addr: ap(refl), Kind: Reflexive},
+		)
+		got := peer.PunchableFrom(PunchScope{LAN: lan, Observed: ap("203.0.113.7:4000")})
+		if !slices.Contains(got, ap("192.168.1.9:4000")) || slices.Contains(got, ap("192.168.1.255:4000")) {
+			t.Fatalf("%s: punch %v, want the LAN address and not the broadcast", name, got)
+		}
+	}
+	// Host candidates in our network do not by themselves make a LAN peer.
+	liar := info(Candidate{Addr: ap("192.168.1.9:4000"), Kind: Host}, Candidate{Addr: ap("198.51.100.50:6000"), Kind: Reflexive})
+	if got := liar.PunchableFrom(PunchScope{LAN: lan, Observed: ap("203.0.113.7:4000")}); slices.Contains(got, ap("192.168.1.9:4000")) {
+		t.Fatalf("peer elsewhere listing our LAN: punch %v", got)
+	}
+}
+
+// TestPunchableFromCap: at most MaxPunchAddrs (or Max) addresses, the
+// reflexive and mapped ones kept ahead of host addresses.
+func TestPunchableFromCap(t *testing.T) {
+	var cs []Candidate
+	for i := range 32 {
+		cs = append(cs, Candidate{Addr: netip.AddrPortFrom(netip.MustParseAddr("198.51.100.1"), uint16(1000+i)), Kind: Host})
+	}
+	cs = append(cs, Candidate{Addr: ap("203.0.113.9:4000"), Kind: Mapped}, Candidate{Addr: ap("203.0.113.8:4000"), Kind: Reflexive})
+	got := info(cs...).PunchableFrom(PunchScope{})
+	if len(got) != MaxPunchAddrs || got[0] != ap("203.0.113.8:4000") || got[1] != ap("203.0.113.9:4000") {
+		t.Fatalf("punch %v: want %d addresses, reflexive then mapped first", got, MaxPunchAddrs)
+	}
+	if got := info(cs...).PunchableFrom(PunchScope{Max: 3}); len(got) != 3 {
+		t.Fatalf("Max 3: punch %v", got)
+	}
+}

@@ -39,6 +39,20 @@ const KeyLen = 32
 // cannon.
 const MaxRemotes = 32
 
+// Defaults of the bounds on punching (see Params and Manager.SetRate).
+const (
+	// EarlyPhase is how long an attempt pings an address that has not
+	// answered: every 40ms at most, then never again unless it answers.
+	EarlyPhase = 2 * time.Second
+	// DefaultAttemptPackets bounds the pings one listener-side attempt
+	// sends over its whole life, across all its addresses: half of it
+	// paces the early phase, the rest keeps answering addresses open.
+	DefaultAttemptPackets = 300
+	// DefaultPacketsPerSecond bounds all punch packets of a node together
+	// (pings and pongs of every attempt).
+	DefaultPacketsPerSecond = 500
+)
+
 // Named errors.
 var (
 	ErrBadKey        = errors.New("holepunch: punch key must be 32 bytes")
@@ -62,7 +76,9 @@ type Manager struct {
 	attempts map[uint64]*Attempt
 	closed   bool
 
-	dropped atomic.Uint64
+	dropped   atomic.Uint64
+	throttled atomic.Uint64
+	bucket    bucket
 }
 
 // NewManager registers the punch packet handler on s. log may be nil.
@@ -71,9 +87,25 @@ func NewManager(s Socket, log *slog.Logger) *Manager {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	m := &Manager{sock: s, log: log, attempts: map[uint64]*Attempt{}}
+	m.SetRate(0)
 	s.Handle(Magic, m.handle)
 	return m
 }
+
+// SetRate sets how many punch packets per second the node sends at most,
+// all attempts together (the burst is a fifth of a second's worth, at
+// least one). Zero or less: DefaultPacketsPerSecond. A packet over the
+// budget is not sent; Throttled counts it.
+func (m *Manager) SetRate(pps int) {
+	if pps <= 0 {
+		pps = DefaultPacketsPerSecond
+	}
+	m.bucket.set(float64(pps), float64(max(pps/5, 1)))
+}
+
+// Throttled counts punch packets not sent because the node's packet rate
+// was spent.
+func (m *Manager) Throttled() uint64 { return m.throttled.Load() }
 
 // Dropped counts punch packets dropped as malformed, unauthenticated, for
 // no running attempt, or from the wrong role or address.
@@ -106,8 +138,30 @@ type Params struct {
 	// Remote are the other peer's candidate addresses.
 	Remote []netip.AddrPort
 	// Interval is the time between rounds of pings. Zero: 40ms for the
-	// first 2 seconds, then 250ms.
+	// first 2 seconds (EarlyPhase), then 250ms.
 	Interval time.Duration
+	// Budget bounds the pings the attempt sends over its life, all
+	// addresses together; with it, the early phase's pings are paced to
+	// half of it, and an address that has not answered (no ping or pong
+	// came from it) within EarlyPhase of being added gets no more pings,
+	// so a dead or unwilling address costs a few dozen packets and a
+	// stale NAT entry towards it can expire. Zero: no bound (the
+	// dialling side, whose attempts its own Dial bounds).
+	Budget int
+	// Hold delays the attempt's full pings: for Hold after the start it
+	// sends only primers, unless a packet from the peer arrives first. The
+	// listening side holds until the dialler has had time to send: a ping
+	// that reaches the dialler's router before the dialler sent anything
+	// to us would, on a router that accepts packets to itself (a Linux
+	// host doing masquerade), become a conntrack entry that moves the
+	// dialler's mapping to another port. Zero: no hold.
+	Hold time.Duration
+	// PrimerTTL is the TTL (hop limit) of the primers sent at the start
+	// of a hold: pings that cross this side's NAT, so it lets the peer's
+	// packets in, and expire at a router of the provider before they
+	// reach the peer's router, which then keeps no state for them. Zero:
+	// no primers.
+	PrimerTTL int
 }
 
 // NewKey returns a fresh random punch key.
@@ -125,11 +179,17 @@ type Attempt struct {
 
 	mu        sync.Mutex
 	remotes   []netip.AddrPort
+	added     map[netip.AddrPort]time.Time
+	answered  map[netip.AddrPort]bool // a ping or pong came from it
+	sent      int                     // pings sent
 	learned   []netip.AddrPort
 	validated map[netip.AddrPort]bool
 	confirmed map[netip.AddrPort]bool // a pong came from it
 	observed  netip.AddrPort
 	ch        chan netip.AddrPort
+
+	heard     chan struct{} // closed when the first packet from the peer arrived
+	heardOnce sync.Once
 
 	stop chan struct{}
 	done chan struct{}
@@ -150,7 +210,10 @@ func (m *Manager) Start(p Params) (*Attempt, error) {
 		txkey:     mac(p.Key, []byte("reach punch txid")),
 		validated: map[netip.AddrPort]bool{},
 		confirmed: map[netip.AddrPort]bool{},
+		added:     map[netip.AddrPort]time.Time{},
+		answered:  map[netip.AddrPort]bool{},
 		ch:        make(chan netip.AddrPort, MaxRemotes),
+		heard:     make(chan struct{}),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -168,6 +231,11 @@ func (m *Manager) Start(p Params) (*Attempt, error) {
 	}
 	m.attempts[p.Attempt] = a
 	m.mu.Unlock()
+	if p.Hold > 0 && p.PrimerTTL > 0 {
+		// Before Start returns: the caller answers the introduction
+		// next, and the primers must be out before the peer can send.
+		a.primeAll()
+	}
 	go a.run()
 	return a, nil
 }
@@ -191,7 +259,7 @@ func (a *Attempt) AddRemotes(addrs []netip.AddrPort) {
 	}
 	a.mu.Unlock()
 	for _, r := range fresh {
-		a.send(typePing, r, netip.AddrPort{}, a.txid(r))
+		a.ping(r)
 	}
 }
 
@@ -233,7 +301,7 @@ func (a *Attempt) Close() {
 
 func (a *Attempt) addRemote(r netip.AddrPort) bool {
 	r = netip.AddrPortFrom(r.Addr().Unmap(), r.Port())
-	if !r.IsValid() || r.Port() == 0 || r.Addr().IsUnspecified() || r.Addr().IsMulticast() {
+	if !r.IsValid() || r.Port() == 0 || r.Addr().IsUnspecified() || r.Addr().IsMulticast() || r.Addr() == broadcast {
 		return false
 	}
 	for _, x := range a.remotes {
@@ -245,8 +313,12 @@ func (a *Attempt) addRemote(r netip.AddrPort) bool {
 		return false
 	}
 	a.remotes = append(a.remotes, r)
+	a.added[r] = time.Now()
 	return true
 }
+
+// broadcast is the IPv4 limited broadcast address.
+var broadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 
 // txid is the transaction ID of pings to addr: a MAC of the address, so a
 // pong proves it answers a ping sent to exactly the address it came from.
@@ -257,19 +329,36 @@ func (a *Attempt) txid(addr netip.AddrPort) uint64 {
 
 func (a *Attempt) run() {
 	defer close(a.done)
+	if !a.hold() {
+		return
+	}
 	start := time.Now()
 	for {
+		now := time.Now()
 		a.mu.Lock()
-		targets := append([]netip.AddrPort(nil), a.remotes...)
+		var targets []netip.AddrPort
+		for _, r := range a.remotes {
+			if a.p.Budget > 0 && !a.answered[r] && now.Sub(a.added[r]) >= EarlyPhase {
+				continue // never answered: its early phase is over
+			}
+			targets = append(targets, r)
+		}
 		a.mu.Unlock()
 		for _, r := range targets {
-			a.send(typePing, r, netip.AddrPort{}, a.txid(r))
+			a.ping(r)
 		}
 		iv := a.p.Interval
 		if iv == 0 {
 			iv = 250 * time.Millisecond
-			if time.Since(start) < 2*time.Second {
+			if now.Sub(start) < EarlyPhase {
 				iv = 40 * time.Millisecond
+			}
+		}
+		if a.p.Budget > 0 && len(targets) > 0 {
+			// Pace the rounds so that a whole early phase of pings to
+			// every target costs at most half the budget.
+			if pace := EarlyPhase * time.Duration(len(targets)) / time.Duration(max(a.p.Budget/2, 1)); pace > iv {
+				iv = pace
 			}
 		}
 		select {
@@ -280,7 +369,95 @@ func (a *Attempt) run() {
 	}
 }
 
+// primeAll sends a primer to every remote address (Start does, for an
+// attempt with a hold).
+func (a *Attempt) primeAll() {
+	tw, ok := a.m.sock.(ttlWriter)
+	if !ok {
+		return
+	}
+	a.mu.Lock()
+	targets := append([]netip.AddrPort(nil), a.remotes...)
+	a.mu.Unlock()
+	for _, r := range targets {
+		a.prime(tw, r)
+	}
+}
+
+// hold waits out Params.Hold, or until the peer is heard from; it
+// reports false when the attempt was closed meanwhile. The early phase of
+// every address starts when the hold ends.
+func (a *Attempt) hold() bool {
+	if a.p.Hold <= 0 {
+		return true
+	}
+	t := time.NewTimer(a.p.Hold)
+	defer t.Stop()
+	select {
+	case <-a.stop:
+		return false
+	case <-a.heard:
+	case <-t.C:
+	}
+	now := time.Now()
+	a.mu.Lock()
+	for r := range a.added {
+		a.added[r] = now
+	}
+	a.mu.Unlock()
+	return true
+}
+
+// ttlWriter is the part of the node's socket (*sock.Socket) that sends a
+// packet with a given TTL.
+type ttlWriter interface {
+	WriteToTTL(b []byte, to netip.AddrPort, ttl int) error
+}
+
+// prime sends r a ping with Params.PrimerTTL, within the budget and the
+// node's rate.
+func (a *Attempt) prime(tw ttlWriter, r netip.AddrPort) {
+	a.mu.Lock()
+	if a.p.Budget > 0 && a.sent >= a.p.Budget {
+		a.mu.Unlock()
+		return
+	}
+	a.sent++
+	a.mu.Unlock()
+	if !a.m.bucket.take(time.Now()) {
+		a.m.throttled.Add(1)
+		return
+	}
+	pk := &packet{typ: typePing, role: a.p.Role, attempt: a.p.Attempt, txid: a.txid(r)}
+	if err := tw.WriteToTTL(pk.marshal(a.p.Key), r, a.p.PrimerTTL); err != nil {
+		a.m.log.Debug("holepunch: primer", "to", r, "err", err)
+	}
+}
+
+// ping sends a check to r, within the attempt's budget.
+func (a *Attempt) ping(r netip.AddrPort) {
+	a.mu.Lock()
+	if a.p.Budget > 0 && a.sent >= a.p.Budget {
+		a.mu.Unlock()
+		return
+	}
+	a.sent++
+	a.mu.Unlock()
+	a.send(typePing, r, netip.AddrPort{}, a.txid(r))
+}
+
+// Sent returns how many pings the attempt has sent.
+func (a *Attempt) Sent() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.sent
+}
+
 func (a *Attempt) send(typ byte, to, observed netip.AddrPort, txid uint64) {
+	if !a.m.bucket.take(time.Now()) {
+		a.m.throttled.Add(1)
+		return
+	}
 	pk := &packet{typ: typ, role: a.p.Role, attempt: a.p.Attempt, txid: txid, observed: observed}
 	if err := a.m.sock.WriteTo(pk.marshal(a.p.Key), to); err != nil {
 		a.m.log.Debug("holepunch: send", "to", to, "err", err)
@@ -307,6 +484,7 @@ func (m *Manager) handle(b []byte, from netip.AddrPort) {
 		m.log.Debug("holepunch: dropped packet", "from", from, "err", err)
 		return
 	}
+	a.heardOnce.Do(func() { close(a.heard) })
 	switch pk.typ {
 	case typePing:
 		// Answer at once, to the address it came from; and ping that
@@ -317,9 +495,10 @@ func (m *Manager) handle(b []byte, from netip.AddrPort) {
 		if learned {
 			a.learned = append(a.learned, from)
 		}
+		a.answered[from] = true
 		a.mu.Unlock()
 		if learned {
-			a.send(typePing, from, netip.AddrPort{}, a.txid(from))
+			a.ping(from)
 		}
 		a.markValidated(from)
 	case typePong:
@@ -330,6 +509,7 @@ func (m *Manager) handle(b []byte, from netip.AddrPort) {
 		a.mu.Lock()
 		a.observed = pk.observed
 		a.confirmed[from] = true
+		a.answered[from] = true
 		a.mu.Unlock()
 		a.markValidated(from)
 	}
@@ -356,4 +536,33 @@ func (a *Attempt) markValidated(addr netip.AddrPort) {
 		default:
 		}
 	}
+}
+
+// bucket is a token bucket: rate tokens a second, at most burst saved.
+type bucket struct {
+	mu          sync.Mutex
+	rate, burst float64
+	tokens      float64
+	last        time.Time
+}
+
+func (b *bucket) set(rate, burst float64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.rate, b.burst, b.tokens, b.last = rate, burst, burst, time.Time{}
+}
+
+// take spends one token if there is one.
+func (b *bucket) take(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.last.IsZero() {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/reachp2p/reach/identity"
@@ -25,6 +26,55 @@ var ErrNoPath = errors.New("holepunch: no candidate pair answered")
 // packets after an introduction, when the node's Config does not say.
 const DefaultLinger = 15 * time.Second
 
+// Defaults of the listening side's limits (see Limits).
+const (
+	// DefaultMaxAttempts is how many listener-side attempts run at once.
+	DefaultMaxAttempts = 16
+	// DefaultPerPeer is how many introductions from one dialler a minute
+	// the listening side punches for (a token bucket: 10 at once, then one
+	// every 6 s).
+	DefaultPerPeer = 10
+)
+
+// Limits bound what introductions make the listening side send. Zero
+// fields take the defaults.
+type Limits struct {
+	// MaxAttempts: listener-side attempts running at once.
+	// Zero: DefaultMaxAttempts.
+	MaxAttempts int
+	// PerPeer: introductions one dialler (by peer ID) gets punched for a
+	// minute. Zero: DefaultPerPeer.
+	PerPeer int
+	// AttemptPackets: pings of one listener-side attempt over its life.
+	// Zero: DefaultAttemptPackets.
+	AttemptPackets int
+	// PacketsPerSecond: punch packets of the node, all attempts and both
+	// sides together. Zero: DefaultPacketsPerSecond.
+	PacketsPerSecond int
+	// MaxAddrs: addresses of a peer one attempt checks.
+	// Zero: candidate.MaxPunchAddrs.
+	MaxAddrs int
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxAttempts <= 0 {
+		l.MaxAttempts = DefaultMaxAttempts
+	}
+	if l.PerPeer <= 0 {
+		l.PerPeer = DefaultPerPeer
+	}
+	if l.AttemptPackets <= 0 {
+		l.AttemptPackets = DefaultAttemptPackets
+	}
+	if l.PacketsPerSecond <= 0 {
+		l.PacketsPerSecond = DefaultPacketsPerSecond
+	}
+	if l.MaxAddrs <= 0 {
+		l.MaxAddrs = candidate.MaxPunchAddrs
+	}
+	return l
+}
+
 // Rung is hole punching. On the listening side it starts checks towards
 // the dialler's punchable candidates when an introduction arrives and keeps
 // them up for Linger; on the dialling side it answers the peer's first
@@ -42,16 +92,118 @@ type Rung struct {
 	// CheckTimeout bounds how long checks run without any address
 	// answering before Connect gives up with ErrNoPath. Zero: 10s.
 	CheckTimeout time.Duration
+	// PrimerTTL is the TTL of the listening side's primers (see
+	// Params.PrimerTTL). Zero: DefaultPrimerTTL; negative: no primers.
+	PrimerTTL int
+
+	limits  Limits
+	mu      sync.Mutex
+	running int                         // listener-side attempts
+	peers   map[identity.PeerID]*bucket // introductions per dialler
+	skipped atomic.Uint64
 }
 
 // NewRung makes the rung for the node h; it reads and writes punch
 // packets on the node's socket from now on.
-func NewRung(h *rung.Host, linger time.Duration) *Rung {
+func NewRung(h *rung.Host, linger time.Duration, limits Limits) *Rung {
 	if linger <= 0 {
 		linger = DefaultLinger
 	}
-	return &Rung{h: h, m: NewManager(h.Socket, h.Logger), Linger: linger}
+	limits = limits.withDefaults()
+	m := NewManager(h.Socket, h.Logger)
+	m.SetRate(limits.PacketsPerSecond)
+	return &Rung{h: h, m: m, Linger: linger, limits: limits, peers: map[identity.PeerID]*bucket{}}
 }
+
+// DefaultPrimerTTL is the TTL of the listening side's primers: it crosses
+// the node's own NAT (one hop) and expires at the next router, the
+// provider's, before the peer's router sees it.
+const DefaultPrimerTTL = 2
+
+// Hold bounds: holdSlack is added to the estimate of when the dialler
+// starts sending; maxHold caps it (a far server must not delay a pair
+// that could only punch from this side by more than this).
+const (
+	holdSlack = 50 * time.Millisecond
+	maxHold   = time.Second
+)
+
+// holdFor is how long the listening side waits before its full pings when
+// the dialler does not show up first. The answer reaches the dialler about
+// half of each side's round trip to the server after it leaves, and the
+// dialler sends at once; the hold is twice that, plus slack, because
+// sending too early can cost the pair its direct path (on a Linux-host
+// router) while waiting longer costs only pairs that the dialler cannot
+// open from its side, and only this much. It usually ends sooner: when
+// the dialler's first packet arrives. Zero when neither RTT is known (a
+// loopback setup, or both registered over TCP).
+func holdFor(own, dialler time.Duration) time.Duration {
+	switch {
+	case own <= 0 && dialler <= 0:
+		return 0
+	case own <= 0:
+		own = dialler
+	case dialler <= 0:
+		dialler = own
+	}
+	return min(own+dialler+holdSlack, maxHold)
+}
+
+// Skipped counts introductions the listening side did not punch for:
+// too many attempts running, or the dialler over its rate.
+func (r *Rung) Skipped() uint64 { return r.skipped.Load() }
+
+// Manager returns the rung's punch manager.
+func (r *Rung) Manager() *Manager { return r.m }
+
+// scope is what the node knows of itself for picking a peer's
+// punchable addresses.
+func (r *Rung) scope() candidate.PunchScope {
+	s := candidate.PunchScope{Loopback: r.h.Local, Max: r.limits.MaxAddrs}
+	if r.h.InterfaceAddrs != nil {
+		addrs, _ := r.h.InterfaceAddrs()
+		s.LAN = candidate.Prefixes(addrs)
+	}
+	if r.h.Observed != nil {
+		s.Observed = r.h.Observed()
+	}
+	return s
+}
+
+// admit reserves a listener-side attempt for peer, or reports why not.
+func (r *Rung) admit(peer identity.PeerID) string {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.running >= r.limits.MaxAttempts {
+		return "too many attempts running"
+	}
+	b := r.peers[peer]
+	if b == nil {
+		if len(r.peers) >= maxTrackedPeers {
+			// Forget diallers whose bucket has refilled: they are where a
+			// new bucket would start anyway.
+			for id, pb := range r.peers {
+				if now.Sub(pb.last) >= time.Minute {
+					delete(r.peers, id)
+				}
+			}
+		}
+		b = &bucket{}
+		rate := float64(r.limits.PerPeer) / 60
+		b.rate, b.burst, b.tokens = rate, float64(r.limits.PerPeer), float64(r.limits.PerPeer)
+		r.peers[peer] = b
+	}
+	if !b.take(now) {
+		return "dialler over its introduction rate"
+	}
+	r.running++
+	return ""
+}
+
+// maxTrackedPeers is how many diallers' rates the rung tracks before it
+// forgets those idle for a minute.
+const maxTrackedPeers = 4096
 
 // Name implements rung.Rung.
 func (*Rung) Name() string { return Name }
@@ -64,6 +216,9 @@ func (r *Rung) Close() { r.m.Close() }
 // ready to answer its checks from the start.
 func (r *Rung) Offer(_ context.Context, offer *candidate.PeerInfo) func() {
 	offer.PunchKey = NewKey()
+	if r.h.ServerRTT != nil {
+		offer.ServerRTT = r.h.ServerRTT()
+	}
 	early, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleDialer})
 	if err != nil {
 		return nil
@@ -72,17 +227,46 @@ func (r *Rung) Offer(_ context.Context, offer *candidate.PeerInfo) func() {
 }
 
 // Introduced implements rung.Rung: it punches towards the dialler's
-// punchable candidates for Linger.
+// punchable addresses for Linger, within the rung's Limits: an
+// introduction beyond them is still answered (the other rungs may carry
+// the session) but gets no punch packets.
 func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	if len(offer.PunchKey) != KeyLen {
 		return
 	}
-	at, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleListener, Remote: offer.Punchable()})
+	remotes := offer.PunchableFrom(r.scope())
+	if len(remotes) == 0 {
+		r.h.Logger.Debug("punch: no address of the dialler may be punched", "peer", offer.Peer.Short())
+		return
+	}
+	if why := r.admit(offer.Peer); why != "" {
+		r.skipped.Add(1)
+		r.h.Logger.Debug("punch: not punching", "peer", offer.Peer.Short(), "why", why)
+		return
+	}
+	release := func() {
+		r.mu.Lock()
+		r.running--
+		r.mu.Unlock()
+	}
+	var own time.Duration
+	if r.h.ServerRTT != nil {
+		own = r.h.ServerRTT()
+	}
+	ttl := r.PrimerTTL
+	if ttl == 0 {
+		ttl = DefaultPrimerTTL
+	}
+	at, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleListener,
+		Remote: remotes, Budget: r.limits.AttemptPackets,
+		Hold: holdFor(own, offer.ServerRTT), PrimerTTL: max(ttl, 0)})
 	if err != nil {
+		release()
 		r.h.Logger.Debug("punch", "peer", offer.Peer.Short(), "err", err)
 		return
 	}
 	r.h.Go(func() {
+		defer release()
 		t := time.NewTimer(r.Linger)
 		defer t.Stop()
 		select {
@@ -102,7 +286,7 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 // (the peer's NAT is then open towards us from that address, which saves
 // the round trip of our own check).
 func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
-	remotes := a.Remote.Punchable()
+	remotes := a.Remote.PunchableFrom(s.scope())
 	if len(remotes) == 0 {
 		return nil, ErrNoCandidates
 	}

@@ -27,6 +27,8 @@ type Options struct {
 	HeadStart time.Duration
 	// PunchLinger: holepunch.Rung.Linger.
 	PunchLinger time.Duration
+	// PunchLimits: holepunch.Limits (the listening side's bounds).
+	PunchLimits holepunch.Limits
 	// DisablePortMapping and PortMapping: upnp.RungConfig.
 	DisablePortMapping bool
 	PortMapping        upnp.Config
@@ -59,7 +61,7 @@ var table = []spec{
 	{name: upnp.Name, new: func(h *rung.Host, o *Options) rung.Rung {
 		return upnp.NewRung(h, upnp.RungConfig{Disable: o.DisablePortMapping, Mapper: o.PortMapping})
 	}},
-	{name: holepunch.Name, new: func(h *rung.Host, o *Options) rung.Rung { return holepunch.NewRung(h, o.PunchLinger) }},
+	{name: holepunch.Name, new: func(h *rung.Host, o *Options) rung.Rung { return holepunch.NewRung(h, o.PunchLinger, o.PunchLimits) }},
 	{name: supernode.Name, new: func(h *rung.Host, o *Options) rung.Rung { return supernode.NewRung(h, o.Supernode) }, headStart: supernode.HeadStart, forwards: true},
 	{name: turn.Name, new: func(h *rung.Host, o *Options) rung.Rung { return turn.NewRung(h, o.TURN) }, headStart: turn.HeadStart, forwards: true},
 	{name: relay.Name, new: func(h *rung.Host, o *Options) rung.Rung {

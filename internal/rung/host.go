@@ -129,6 +129,9 @@ type Host struct {
 	// Observed is the node's public UDP address as its server sees it
 	// (invalid without one, or over TCP).
 	Observed func() netip.AddrPort
+	// ServerRTT is the round-trip time to that server (zero: unknown).
+	// Nil: unknown.
+	ServerRTT func() time.Duration
 	// Accepted hands the node a session a peer opened on a transport the
 	// rung owns (a relay link, an allocation): the node tracks it and
 	// queues its streams for Accept. It reports false (and the rung

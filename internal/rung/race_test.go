@@ -310,15 +310,18 @@ func TestRaceSessions(t *testing.T) {
 	if s.Strategy() != "works" || s.RemotePeer() != sk.ID() {
 		t.Fatalf("session strategy %q peer %v", s.Strategy(), s.RemotePeer())
 	}
-	s.Close()
+	// The listener hands over a session once the client's last
+	// handshake flight arrived: close ours only after that, or a session
+	// closed during the server's half of the handshake is never accepted.
 	first := <-accepted
 	if first == nil {
 		t.Fatal("listener stopped")
 	}
+	s.Close()
 	first.Close()
 
 	// Two real sessions: the loser's is closed by the race.
-	late := &stubborn{loopbackStrategy: loopbackStrategy{name: "second", addr: addr, delay: 50 * time.Millisecond}}
+	late := &stubborn{loopbackStrategy: loopbackStrategy{name: "second", addr: addr}}
 	s, name, err = Race(ctx, a, []Entry{
 		{Rung: &loopbackStrategy{name: "first", addr: addr}},
 		{Rung: late},
@@ -350,14 +353,17 @@ func TestRaceSessions(t *testing.T) {
 	cancel()
 }
 
-// stubborn dials with a context that ignores the race's cancellation.
-// It records the session it returns.
+// stubborn waits until the race cancels it (another rung won), then
+// dials anyway with a context that ignores the cancellation, so it always
+// finishes last, whatever the machine's load. It records the session it
+// returns.
 type stubborn struct {
 	loopbackStrategy
 	got *stream.Session
 }
 
 func (s *stubborn) Connect(ctx context.Context, a *Attempt) (*stream.Session, error) {
+	<-ctx.Done()
 	sess, err := s.loopbackStrategy.Connect(context.WithoutCancel(ctx), a)
 	s.got = sess
 	return sess, err

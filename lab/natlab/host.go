@@ -136,14 +136,25 @@ func (n *Network) defaultRoutes(ctx context.Context, ns, ifname string) error {
 	return nil
 }
 
-// addRoute6 adds an IPv6 route to every host on the segment, now and later.
+// addRoute6 adds an IPv6 route to every host on the segment, now and
+// later, and to the IPv6 routers already on it (a later router gets the
+// segment's routes with its default routes), so that two IPv6 sites reach
+// each other.
 func (n *Network) addRoute6(ctx context.Context, dst netip.Prefix, via netip.Addr) error {
 	n.lab.mu.Lock()
 	n.routes = append(n.routes, v6Route{dst, via})
-	hosts := append([]*Host(nil), n.hosts...)
+	var nss []string
+	for _, h := range n.hosts {
+		nss = append(nss, h.ns)
+	}
+	for _, r := range n.lab.routers {
+		if r.net == n && r.cfg.IPv6 {
+			nss = append(nss, r.ns)
+		}
+	}
 	n.lab.mu.Unlock()
-	for _, h := range hosts {
-		if err := run(ctx, "ip", "-n", h.ns, "-6", "route", "add", dst.String(), "via", via.String()); err != nil {
+	for _, ns := range nss {
+		if err := run(ctx, "ip", "-n", ns, "-6", "route", "add", dst.String(), "via", via.String()); err != nil {
 			return err
 		}
 	}

@@ -450,9 +450,9 @@ func TestImpairClassification(t *testing.T) {
 		rtts := pingUDP(t, h, netip.AddrPortFrom(a.Addr(), 7), 40, 5*time.Millisecond)
 		med := quantile(rtts, .5)
 		t.Logf("%s: median RTT through the NAT %v (asked 2×(15+5) ms)", tc.nat, med)
-		// p10 reads the delay the wires deliver (load only adds to it);
-		// the median gets room for a loaded machine.
-		if p10 := quantile(rtts, .10); len(rtts) < 38 || p10 < 40*time.Millisecond || p10 > 46*time.Millisecond || med > 60*time.Millisecond {
+		// p10 reads the delay the wires deliver: load only adds to it, so
+		// a busy machine moves the median (logged above) and not p10.
+		if p10 := quantile(rtts, .10); len(rtts) < 38 || p10 < 40*time.Millisecond || p10 > 46*time.Millisecond {
 			t.Errorf("%s: %d/40 replies, p10 %v, median %v, want about 40 ms", tc.nat, len(rtts), p10, med)
 		}
 		got, err := Classify(h, a, b, c)

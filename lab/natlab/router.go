@@ -41,6 +41,23 @@ const (
 // AllNATs lists every behaviour, in the brief's order.
 var AllNATs = []NAT{FullCone, RestrictedCone, PortRestricted, Symmetric, UDPBlocked, ProxyOnly}
 
+// Firewall is what a router does with new packets from the WAN side to
+// itself: the two variants every NAT behaviour exists in.
+type Firewall string
+
+const (
+	// Home: new inbound packets to the router itself are dropped, as home
+	// routers do. A dropped packet leaves no conntrack entry.
+	Home Firewall = "home"
+	// LinuxHost: the router accepts them (plain masquerade with no input
+	// firewall), like a Docker, Podman or libvirt host, a cloud VM running
+	// containers, a small Linux router. A punch packet that arrives before
+	// the LAN host sent anything to its source becomes a conntrack entry
+	// for a flow to the router itself, which blocks (and, by port clash,
+	// moves) the LAN host's later mapping towards that source.
+	LinuxHost Firewall = "linux-host"
+)
+
 // RouterConfig describes a router. Zero values are the common home router.
 type RouterConfig struct {
 	// Name is the router's short name (letters, digits; unique in the lab).
@@ -74,6 +91,8 @@ type RouterConfig struct {
 	// (outbound and replies pass; unsolicited inbound is dropped). Only for
 	// routers attached to the internet. Zero: IPv4 only.
 	IPv6 bool
+	// Firewall is the router's input policy on its WAN side. Zero: Home.
+	Firewall Firewall
 }
 
 // Router is a NAT gateway between a private LAN and its upstream segment.
@@ -112,6 +131,9 @@ func (l *Lab) AddRouter(ctx context.Context, cfg RouterConfig) (*Router, error) 
 	}
 	if cfg.NAT == "" {
 		cfg.NAT = PortRestricted
+	}
+	if cfg.Firewall == "" {
+		cfg.Firewall = Home
 	}
 	up := cfg.Upstream
 	if up == nil {
@@ -278,15 +300,18 @@ func (r *Router) ruleset() string {
 	fmt.Fprintf(&b, "    oifname \"wan\" ct original ip saddr %s meta l4proto udp update @portmap { udp sport : ct original ip saddr . ct original proto-src }\n", lanNet)
 	fmt.Fprintf(&b, "    oifname \"wan\" ct original ip saddr %s meta l4proto udp update @contacted { ip daddr . udp sport }\n", lanNet)
 	b.WriteString("  }\n")
-	// The router's own firewall, as on real home routers: nothing new
-	// comes in on the WAN side to the router itself. This matters for
+	// The router's own firewall. Home: as on real home routers, nothing
+	// new comes in on the WAN side to the router itself. This matters for
 	// hole punching: a dropped packet leaves no conntrack entry, whereas
-	// one accepted into an empty port would leave an un-NATed entry that
+	// one accepted into an empty port leaves an un-NATed entry that
 	// blocks (and, by port clash, moves) the LAN host's later mapping.
+	// LinuxHost: no input firewall at all, so that is what happens.
 	b.WriteString("  chain input {\n    type filter hook input priority filter; policy accept;\n")
-	b.WriteString("    iifname \"wan\" ct state established,related accept\n")
-	b.WriteString("    iifname \"wan\" meta l4proto icmp accept\n")
-	b.WriteString("    iifname \"wan\" drop\n")
+	if c.Firewall != LinuxHost {
+		b.WriteString("    iifname \"wan\" ct state established,related accept\n")
+		b.WriteString("    iifname \"wan\" meta l4proto icmp accept\n")
+		b.WriteString("    iifname \"wan\" drop\n")
+	}
 	b.WriteString("  }\n")
 	b.WriteString("  chain forward {\n    type filter hook forward priority filter; policy drop;\n")
 	b.WriteString("    ct state established,related accept\n")

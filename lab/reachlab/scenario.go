@@ -89,3 +89,16 @@ func (s *Scenario) Node(t testing.TB, h *natlab.Host, cfg reach.Config) *reach.N
 	}
 	return NewNode(t, h, cfg)
 }
+
+// SiteWith adds a site as cfg says (natlab.SiteConfig: kind, firewall
+// variant, an ISP hop).
+func (s *Scenario) SiteWith(t testing.TB, name string, cfg natlab.SiteConfig) *natlab.Site {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	site, err := s.AddSiteWith(ctx, name, cfg)
+	if err != nil {
+		t.Fatalf("site %s (%+v): %v", name, cfg, err)
+	}
+	return site
+}

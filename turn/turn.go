@@ -122,6 +122,13 @@ func parseTURNURL(s string) (turnURL, error) {
 		return turnURL{}, fmt.Errorf("turn: URL %q: no host", s)
 	}
 	u.host, u.hostPort = host, net.JoinHostPort(host, p)
+	// What we dial must split back into this host and a port: a stray
+	// bracket or colon ("turn:0[0") is a malformed URL, not a host.
+	if h, pp, err := net.SplitHostPort(u.hostPort); err != nil || h != host {
+		return turnURL{}, fmt.Errorf("turn: URL %q: bad host %q", s, host)
+	} else if n, err := strconv.ParseUint(pp, 10, 16); err != nil || n == 0 {
+		return turnURL{}, fmt.Errorf("turn: URL %q: bad port %q", s, pp)
+	}
 	return u, nil
 }
 

@@ -1,11 +1,15 @@
 package holepunch
 
 import (
+	"context"
 	"net/netip"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/rung"
 )
 
 // ttlSock is a fakeSock that also records packets sent with a TTL.
@@ -99,4 +103,29 @@ func TestHoldFor(t *testing.T) {
 			t.Errorf("holdFor(%v, %v) = %v, want %v", tc.own, tc.dialler, got, tc.want)
 		}
 	}
+}
+
+// TestDiallerBudget: the dialling side's attempt (started by the rung's
+// Offer before the introduction, then given the peer's addresses) is
+// bounded like the listening side's: addresses that never answer get
+// pings only in their early phase, within the budget. (Unbounded, 8
+// silent addresses cost 656 pings over a dial's 10 s.)
+func TestDiallerBudget(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fs := newFakeSock()
+		r := &Rung{h: &rung.Host{}, m: NewManager(fs, nil), limits: Limits{}.withDefaults()}
+		defer r.m.Close()
+		offer := candidate.PeerInfo{Attempt: 7}
+		release := r.Offer(context.Background(), &offer)
+		if release == nil {
+			t.Fatal("Offer started no attempt")
+		}
+		r.m.Lookup(7).AddRemotes(addrs(8))
+		time.Sleep(10 * time.Second) // a dial's whole check time
+		release()
+		if n := fs.total(); n > DefaultAttemptPackets {
+			t.Fatalf("%d pings in a dial's 10 s, want at most %d", n, DefaultAttemptPackets)
+		}
+		t.Logf("dialling side, 8 silent addresses: %d pings in 10 s", fs.total())
+	})
 }

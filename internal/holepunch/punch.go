@@ -145,8 +145,8 @@ type Params struct {
 	// half of it, and an address that has not answered (no ping or pong
 	// came from it) within EarlyPhase of being added gets no more pings,
 	// so a dead or unwilling address costs a few dozen packets and a
-	// stale NAT entry towards it can expire. Zero: no bound (the
-	// dialling side, whose attempts its own Dial bounds).
+	// stale NAT entry towards it can expire. Both sides of a node's
+	// attempts have one (Limits.AttemptPackets). Zero: no bound.
 	Budget int
 	// Hold delays the attempt's full pings: for Hold after the start it
 	// sends only primers, unless a packet from the peer arrives first. The

@@ -219,7 +219,10 @@ func (r *Rung) Offer(_ context.Context, offer *candidate.PeerInfo) func() {
 	if r.h.ServerRTT != nil {
 		offer.ServerRTT = r.h.ServerRTT()
 	}
-	early, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleDialer})
+	// The dialling side is bounded like the listening side: a dial checks
+	// for 10 s at most, and an address that never answers gets pings only
+	// in its early phase.
+	early, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleDialer, Budget: r.limits.AttemptPackets})
 	if err != nil {
 		return nil
 	}
@@ -296,7 +299,7 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 		at.AddRemotes(remotes)
 	} else {
 		var err error
-		at, err = m.Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes})
+		at, err = m.Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes, Budget: s.limits.AttemptPackets})
 		if err != nil {
 			return nil, err
 		}

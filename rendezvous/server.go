@@ -41,6 +41,11 @@ type ServerConfig struct {
 	// waiting for an answer at once; more are refused with ErrBusy.
 	// Zero: 16.
 	MaxPendingIntros int
+	// MaxIncomingIntros is how many introductions to one peer may wait
+	// for its answer at once, from all diallers together; more are
+	// refused with ErrBusy (the peer is never disconnected for what
+	// others send it). Zero: 32, half the peer's send queue.
+	MaxIncomingIntros int
 	// IntroTimeout bounds how long the target of an introduction has to
 	// answer before the dialler gets ErrTimeout. Zero: 10s.
 	IntroTimeout time.Duration
@@ -107,6 +112,7 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	c.MaxFrameSize = min(c.MaxFrameSize, maxFrameBody)
 	def(&c.MaxCandidates, 32)
 	def(&c.MaxPendingIntros, 16)
+	def(&c.MaxIncomingIntros, sendQueueLen/2)
 	defD(&c.IntroTimeout, 10*time.Second)
 	defD(&c.IdleTimeout, 30*time.Second)
 	defD(&c.HandshakeTimeout, 10*time.Second)
@@ -126,6 +132,7 @@ type Stats struct {
 	Registrations    uint64 // successful registrations since start
 	Replaced         uint64 // registrations that replaced an older one
 	Introductions    uint64 // introductions forwarded to a target
+	IntrosRefused    uint64 // introductions refused because their target had too many waiting
 	STUNRequests     uint64 // STUN binding requests answered
 	DroppedPackets   uint64 // non-QUIC datagrams that were not valid STUN binding requests
 	ProtocolErrors   uint64 // connections closed for breaking the protocol
@@ -149,7 +156,7 @@ type Server struct {
 	serving   bool
 	sn        *snRegistry // volunteers; set by start
 
-	nRegistrations, nReplaced, nIntros, nSTUN, nDropped, nProtoErr, nHandshakeFail atomic.Uint64
+	nRegistrations, nReplaced, nIntros, nIntrosRefused, nSTUN, nDropped, nProtoErr, nHandshakeFail atomic.Uint64
 }
 
 // NewServer checks cfg and makes a Server.
@@ -221,6 +228,7 @@ func (s *Server) Stats() Stats {
 		Registrations:    s.nRegistrations.Load(),
 		Replaced:         s.nReplaced.Load(),
 		Introductions:    s.nIntros.Load(),
+		IntrosRefused:    s.nIntrosRefused.Load(),
 		STUNRequests:     s.nSTUN.Load(),
 		DroppedPackets:   s.nDropped.Load(),
 		ProtocolErrors:   s.nProtoErr.Load(),

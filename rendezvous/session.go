@@ -33,8 +33,9 @@ type session struct {
 	final     *ProtocolError // written before done is closed
 
 	// Guarded by srv.mu.
-	intros  map[uint64]*pendingIntro // introductions this session is part of
-	pending int                      // of those, how many it dialled
+	intros   map[uint64]*pendingIntro // introductions this session is part of
+	pending  int                      // of those, how many it dialled
+	incoming int                      // of those, how many are addressed to it
 }
 
 // pendingIntro is an introduction waiting for the target's answer.
@@ -124,6 +125,25 @@ func (ss *session) writeLoop() {
 		}
 		ss.closeConn(ss.final)
 		return
+	}
+}
+
+// trySend queues a frame that may be dropped (an introduction, which
+// others send): it reports false, and leaves the peer connected, when the
+// queue is full.
+func (ss *session) trySend(t msgType, body any) bool {
+	b, err := appendFrame(nil, t, body)
+	if err != nil {
+		ss.log.Warn("cannot encode frame", "type", t.String(), "err", err)
+		return false
+	}
+	select {
+	case <-ss.done:
+		return false
+	case ss.out <- b:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -348,6 +368,12 @@ func (s *Server) connect(ss *session, cb connectBody) {
 		fail(codeBusy, fmt.Sprintf("%d introductions already pending", ss.pending))
 		return
 	}
+	if target.incoming >= s.cfg.MaxIncomingIntros {
+		s.mu.Unlock()
+		s.nIntrosRefused.Add(1)
+		fail(codeBusy, fmt.Sprintf("the peer has %d introductions waiting", target.incoming))
+		return
+	}
 	s.nextIntro++
 	pi := &pendingIntro{id: s.nextIntro, reqID: cb.ID, from: ss, to: target}
 	pi.supernodes = forDialler
@@ -355,6 +381,7 @@ func (s *Server) connect(ss *session, cb connectBody) {
 	ss.intros[pi.id] = pi
 	target.intros[pi.id] = pi
 	ss.pending++
+	target.incoming++
 	pi.timer = time.AfterFunc(s.cfg.IntroTimeout, func() {
 		s.finishIntro(pi.id, nil, resultBody{Error: codeTimeout, Reason: fmt.Sprintf("no answer within %v", s.cfg.IntroTimeout)})
 	})
@@ -363,9 +390,13 @@ func (s *Server) connect(ss *session, cb connectBody) {
 	offer := cb.Offer
 	offer.Peer = ss.peer
 	offer.Candidates = append(withReflexive(withoutSupernodes(offer.Candidates), ss.observed()), forTarget...)
-	s.nIntros.Add(1)
 	ss.log.Debug("introducing", "target", cb.Target.Short(), "intro", pi.id)
-	target.send(typeIntro, introBody{ID: pi.id, Offer: offer})
+	if !target.trySend(typeIntro, introBody{ID: pi.id, Offer: offer}) {
+		s.nIntrosRefused.Add(1)
+		s.finishIntro(pi.id, nil, resultBody{Error: codeBusy, Reason: "the peer's queue is full"})
+		return
+	}
+	s.nIntros.Add(1)
 }
 
 func (s *Server) answer(ss *session, ab answerBody) {
@@ -396,6 +427,7 @@ func (s *Server) finishIntro(id uint64, by *session, res resultBody) {
 	delete(pi.from.intros, id)
 	delete(pi.to.intros, id)
 	pi.from.pending--
+	pi.to.incoming--
 	pi.timer.Stop()
 	s.mu.Unlock()
 	res.ID = pi.reqID

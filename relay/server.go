@@ -527,14 +527,21 @@ func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 	src.nBytes.Add(uint64(len(pkt)))
 }
 
-// notice tells p (at most once a second per destination) why its packets
-// to dst are dropped.
+// maxNotices bounds the destinations a link's NOTICE rate limit
+// remembers (each ~100 B, a minute): a peer that sends to random peer IDs
+// gets no notice about new ones once it has this many, instead of making
+// the relay remember every one.
+const maxNotices = 256
+
+// notice tells p (at most once a second per destination, for at most
+// maxNotices destinations a minute) why its packets to dst are dropped.
 func (p *peerLink) notice(dst identity.PeerID, code byte, now time.Time) {
 	p.omu.Lock()
 	if p.notices == nil {
 		p.notices = make(map[identity.PeerID]time.Time)
 	}
-	if now.Sub(p.notices[dst]) < time.Second {
+	last, known := p.notices[dst]
+	if known && now.Sub(last) < time.Second || !known && len(p.notices) >= maxNotices {
 		p.omu.Unlock()
 		return
 	}

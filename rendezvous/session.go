@@ -347,10 +347,6 @@ func (s *Server) connect(ss *session, cb connectBody) {
 		fail(codeBadRequest, "offer: "+why)
 		return
 	}
-	var forDialler, forTarget []Candidate
-	if cb.Offer.WantSupernodes {
-		forDialler, forTarget = s.pickSupernodes(ss.peer, cb.Target)
-	}
 	s.mu.Lock()
 	target := s.peers[cb.Target]
 	if target == nil {
@@ -361,6 +357,19 @@ func (s *Server) connect(ss *session, cb connectBody) {
 		} else {
 			fail(codeUnknownPeer, "")
 		}
+		return
+	}
+	s.mu.Unlock()
+	// Volunteers only for an introduction that can happen: each one
+	// handed out counts as load on it.
+	var forDialler, forTarget []Candidate
+	if cb.Offer.WantSupernodes {
+		forDialler, forTarget = s.pickSupernodes(ss.peer, cb.Target)
+	}
+	s.mu.Lock()
+	if s.peers[cb.Target] != target {
+		s.mu.Unlock()
+		fail(codePeerOffline, "")
 		return
 	}
 	if ss.pending >= s.cfg.MaxPendingIntros {

@@ -58,6 +58,11 @@ type SupernodeConfig struct {
 	// TokenTTL is how long a token handed out with a volunteer lets its
 	// holder open a link to it. Zero: 5 min.
 	TokenTTL time.Duration
+	// MaxDeclared caps the capacity (pairs at once) the server believes a
+	// volunteer declares: the ranking prefers the least loaded for its
+	// capacity, and a self-reported capacity of millions would win every
+	// introduction. Zero: 64.
+	MaxDeclared int
 }
 
 // maxAllow is the longest allow-list a VOLUNTEER may carry.
@@ -119,6 +124,9 @@ func (s *Server) startSupernodes(ctx context.Context, udp *net.UDPConn) {
 	defD(&c.DialBackTimeout, 3*time.Second)
 	defD(&c.Recheck, time.Minute)
 	defD(&c.TokenTTL, 5*time.Minute)
+	if c.MaxDeclared <= 0 {
+		c.MaxDeclared = 64
+	}
 	if c.PerIntro <= 0 {
 		c.PerIntro = 2
 	}
@@ -196,7 +204,7 @@ func (s *Server) volunteer(ss *session, vb volunteerBody) {
 			}
 			return
 		}
-		v := &volunteer{ss: ss, addr: obs, secret: make([]byte, 32), maxSessions: max(vb.MaxSessions, 1), since: time.Now()}
+		v := &volunteer{ss: ss, addr: obs, secret: make([]byte, 32), maxSessions: min(max(vb.MaxSessions, 1), reg.cfg.MaxDeclared), since: time.Now()}
 		rand.Read(v.secret)
 		if len(vb.Allow) > 0 {
 			v.allow = make(map[identity.PeerID]bool, len(vb.Allow))

@@ -176,3 +176,49 @@ func TestSupernodeAllowList(t *testing.T) {
 		t.Fatalf("pair with a stranger got %d volunteers", len(f))
 	}
 }
+
+// TestSupernodeRankingHostile: a volunteer that declares an enormous
+// capacity is believed only up to MaxDeclared, so it does not win every
+// introduction over an honest one; and introductions to unknown peers do
+// not count as load on anybody (they used to be counted before the target
+// was looked up).
+func TestSupernodeRankingHostile(t *testing.T) {
+	rs := startTestServer(t, ServerConfig{Supernodes: SupernodeConfig{DialBackTimeout: time.Second, PerIntro: 1, MaxDeclared: 4}})
+	servers := []ServerAddr{rs.ServerAddr()}
+	volunteer := func(name string, capacity int) *identity.Key {
+		k, tr := mustKey(t), newTransport(t)
+		serveDialBack(t, tr, k)
+		var ch chan VolunteerStatus
+		startClient(t, name, k, servers, tr, func(c *ClientConfig) { ch = verdicts(c, VolunteerOffer{MaxSessions: capacity}) })
+		if st := waitVerdict(t, ch); !st.Admitted {
+			t.Fatalf("%s not admitted: %+v", name, st)
+		}
+		return k
+	}
+	hostile := volunteer("hostile", 1_000_000)
+	honest := volunteer("honest", 4)
+	a := startClient(t, "a", mustKey(t), servers, newTransport(t))
+	// Dials to peers that do not exist: no volunteer is handed out.
+	for range 20 {
+		if _, err := a.Connect(testCtx(t, 5*time.Second), mustKey(t).ID(), PeerInfo{WantSupernodes: true}); !errors.Is(err, ErrUnknownPeer) {
+			t.Fatalf("dial to nobody: %v, want ErrUnknownPeer", err)
+		}
+	}
+	bk := mustKey(t)
+	b := startClient(t, "b", bk, servers, newTransport(t))
+	answerAll(t, b)
+	got := map[identity.PeerID]int{}
+	for range 8 {
+		ans, err := a.Connect(testCtx(t, 5*time.Second), bk.ID(), PeerInfo{WantSupernodes: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range ans.Volunteers() {
+			got[c.Peer]++
+		}
+	}
+	t.Logf("8 introductions: hostile (declares 1,000,000) handed %d, honest (4) handed %d", got[hostile.ID()], got[honest.ID()])
+	if got[honest.ID()] < 3 {
+		t.Errorf("honest volunteer handed %d of 8 introductions, want its share (the hostile one may not take them all)", got[honest.ID()])
+	}
+}

@@ -146,12 +146,14 @@ func forgePunch(key []byte, typ, role byte, attempt, txid uint64, observed netip
 
 // TestLabSpoofedPunch: the dialler sits behind a full-cone NAT, so anyone
 // on the internet can send to its public address. An attacker that
-// watches the punch on the path (a raw socket at the dialler's host stands
-// in for an on-path observer: it learns the attempt ID but not the key)
-// floods the dialler with pings and pongs for that attempt under a wrong
-// key, plus guessed attempts, while the punch runs (the listener's link is
-// slowed so the punch takes a while). The packets reach the MAC check and
-// are dropped; the session goes to the real peer at its NAT address.
+// watches the punch on the path (a raw socket at the listener's host
+// stands in for an on-path observer: it sees the dialler's checks arrive,
+// so it learns the attempt ID but not the key) floods the dialler with
+// pings and pongs for that attempt under a wrong key, plus guessed
+// attempts, while the punch runs (the listener's link is slowed, so the
+// dialler's checks are seen a round trip before its session is up). The
+// packets reach the MAC check and are dropped; the session goes to the
+// real peer at its NAT address.
 func TestLabSpoofedPunch(t *testing.T) {
 	s := reachlab.NewScenario(t, reachlab.ServerConfig{})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -174,9 +176,9 @@ func TestLabSpoofedPunch(t *testing.T) {
 		t.Fatal("dialler has no reflexive address")
 	}
 
-	// The observer: every UDP datagram reaching the dialler's host.
+	// The observer: every UDP datagram reaching the listener's host.
 	var raw net.PacketConn
-	if err := sa.Host.Run(func() (err error) { raw, err = net.ListenPacket("ip4:udp", "0.0.0.0"); return }); err != nil {
+	if err := sb.Host.Run(func() (err error) { raw, err = net.ListenPacket("ip4:udp", "0.0.0.0"); return }); err != nil {
 		t.Fatal(err)
 	}
 	defer raw.Close()
@@ -204,7 +206,7 @@ func TestLabSpoofedPunch(t *testing.T) {
 				continue // not the attacker's own packets
 			}
 			p := buf[:n]
-			if len(p) == 8+holepunch.PacketLen && p[8] == holepunch.Magic && p[8+3] == holepunch.RoleListener {
+			if len(p) == 8+holepunch.PacketLen && p[8] == holepunch.Magic && p[8+3] == holepunch.RoleDialer {
 				attempts <- binary.BigEndian.Uint64(p[8+4:])
 				return
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/reachp2p/reach/internal/candidate"
 	"github.com/reachp2p/reach/internal/ladder"
 	"github.com/reachp2p/reach/internal/rung"
+	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
 )
 
@@ -60,6 +62,13 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 	}
 	introStart := time.Now()
 	answer, err := n.client.Connect(ctx, peer, offer)
+	var ce *rendezvous.ConnectError
+	if errors.As(err, &ce) && ce.Reason == rendezvous.ReasonReregistered {
+		// The peer moved to a new connection to the server while our
+		// offer was on its way to the old one: ask again, once.
+		introStart = time.Now()
+		answer, err = n.client.Connect(ctx, peer, offer)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("reach: introduction to %s: %w", peer.Short(), err)
 	}

@@ -105,6 +105,12 @@ func (e *ProtocolError) Unwrap() error {
 // ConnectError is returned by Client.Connect when the server or the target
 // refused the introduction. It unwraps to ErrUnknownPeer, ErrPeerOffline,
 // ErrTimeout, ErrRejected, ErrBusy or ErrBadRequest.
+// ReasonReregistered is the Reason of an ErrPeerOffline whose target
+// moved to a new connection (it re-registered, say from TCP to QUIC) while
+// the introduction was on its way: the peer is online, and a new
+// introduction reaches it.
+const ReasonReregistered = "peer re-registered before answering"
+
 type ConnectError struct {
 	Peer   identity.PeerID
 	Code   string // the RESULT frame's error code

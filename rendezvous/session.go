@@ -271,11 +271,16 @@ func (s *Server) unregister(ss *session) {
 		s.pruneSeenLocked()
 		ss.log.Info("unregistered")
 	}
+	reason := "peer disconnected before answering"
+	if cur := s.peers[ss.peer]; cur != nil && cur != ss {
+		reason = ReasonReregistered
+	}
 	for id, pi := range ss.intros {
 		delete(s.intros, id)
 		delete(pi.from.intros, id)
 		delete(pi.to.intros, id)
 		pi.from.pending--
+		pi.to.incoming--
 		pi.timer.Stop()
 		if pi.from != ss {
 			orphans = append(orphans, pi)
@@ -283,7 +288,7 @@ func (s *Server) unregister(ss *session) {
 	}
 	s.mu.Unlock()
 	for _, pi := range orphans {
-		pi.from.send(typeResult, resultBody{ID: pi.reqID, Error: codePeerOffline, Reason: "peer disconnected before answering"})
+		pi.from.send(typeResult, resultBody{ID: pi.reqID, Error: codePeerOffline, Reason: reason})
 	}
 }
 

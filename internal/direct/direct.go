@@ -21,6 +21,10 @@ import (
 // Name is the strategy's name in the ladder.
 const Name = "direct"
 
+// PlausibleHeadStart is the least head start direct gets when one of the
+// peer's host addresses is public or on one of our networks.
+const PlausibleHeadStart = 200 * time.Millisecond
+
 // ErrNoAddress: the peer advertised no address this strategy can dial.
 var ErrNoAddress = errors.New("direct: peer has no dialable address")
 
@@ -71,7 +75,10 @@ func (r *Rung) Candidates() []candidate.Candidate {
 func (r *Rung) Plan(a *rung.Attempt, headStart time.Duration) (time.Duration, bool) {
 	addrs, _ := r.h.InterfaceAddrs()
 	if a.Remote.DirectPlausible(candidate.Prefixes(addrs)) {
-		return headStart, true
+		// A handshake's worth: otherwise hole punching's optimistic dial
+		// to the reflexive (IPv4) address races the direct one to a
+		// public (IPv6) address and takes it on a busy machine.
+		return max(headStart, PlausibleHeadStart), true
 	}
 	return 0, true
 }

@@ -89,7 +89,7 @@ func TestPlan(t *testing.T) {
 	r := New(host(t, listen(t, "127.0.0.1:0"), "192.168.7.2/24"))
 	lan := &rung.Attempt{Remote: candidate.PeerInfo{Candidates: []candidate.Candidate{{Addr: netip.MustParseAddrPort("192.168.7.9:4000"), Kind: candidate.Host}}}}
 	other := &rung.Attempt{Remote: candidate.PeerInfo{Candidates: []candidate.Candidate{{Addr: netip.MustParseAddrPort("10.9.9.9:4000"), Kind: candidate.Host}}}}
-	if hs, ok := r.Plan(lan, 20*time.Millisecond); !ok || hs != 20*time.Millisecond {
+	if hs, ok := r.Plan(lan, 20*time.Millisecond); !ok || hs != PlausibleHeadStart {
 		t.Errorf("same LAN: %v %v", hs, ok)
 	}
 	if hs, ok := r.Plan(other, 20*time.Millisecond); !ok || hs != 0 {

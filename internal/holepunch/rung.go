@@ -149,6 +149,25 @@ func holdFor(own, dialler time.Duration) time.Duration {
 	return min(own+dialler+holdSlack, maxHold)
 }
 
+// reachableAsIs reports whether the dialler can be reached without its
+// NAT being opened from its side first: it advertised a port mapping, or
+// its reflexive address is one of its own (no NAT).
+func reachableAsIs(offer candidate.PeerInfo) bool {
+	if len(offer.Addrs(candidate.Mapped)) > 0 {
+		return true
+	}
+	own := map[netip.AddrPort]bool{}
+	for _, a := range offer.Addrs(candidate.Host) {
+		own[a] = true
+	}
+	for _, a := range offer.Addrs(candidate.Reflexive) {
+		if own[a] {
+			return true
+		}
+	}
+	return false
+}
+
 // Skipped counts introductions the listening side did not punch for:
 // too many attempts running, or the dialler over its rate.
 func (r *Rung) Skipped() uint64 { return r.skipped.Load() }
@@ -260,9 +279,16 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	if ttl == 0 {
 		ttl = DefaultPrimerTTL
 	}
+	hold := holdFor(own, offer.ServerRTT)
+	if reachableAsIs(offer) {
+		// Our pings go to a port the dialler's gateway forwards, or to a
+		// host with no NAT: they cannot leave state on a router, so there
+		// is nothing to wait for.
+		hold = 0
+	}
 	at, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleListener,
 		Remote: remotes, Budget: r.limits.AttemptPackets,
-		Hold: holdFor(own, offer.ServerRTT), PrimerTTL: max(ttl, 0)})
+		Hold: hold, PrimerTTL: max(ttl, 0)})
 	if err != nil {
 		release()
 		r.h.Logger.Debug("punch", "peer", offer.Peer.Short(), "err", err)
@@ -382,7 +408,11 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 		}
 	}
 	for _, c := range a.Remote.Candidates {
-		if c.Kind == candidate.Reflexive && c.Addr.IsValid() && !own[c.Addr] {
+		if c.Kind == candidate.Reflexive && c.Addr.IsValid() && !own[c.Addr] && !dialed[c.Addr] {
+			// One dial per address: when the address validates later,
+			// this dial is the one that counts (a second handshake to
+			// the same address would only make a duplicate session).
+			dialed[c.Addr] = true
 			dial(c.Addr)
 		}
 	}

@@ -78,7 +78,7 @@ func raceCore[T io.Closer](ctx context.Context, cands []contender[T], log *slog.
 				r.v.Close()
 				errs[r.i] = &Error{Strategy: cands[r.i].name, Err: context.Canceled}
 			}
-			if winner < 0 && ctxDone != nil && r.err != nil && r.i == started-1 && started < len(cands) {
+			if winner < 0 && ctxDone != nil && ctx.Err() == nil && r.err != nil && r.i == started-1 && started < len(cands) {
 				// The latest rung failed: its head start is moot, start the
 				// next at once (earlier rungs still running keep going).
 				timer.Stop()

@@ -63,9 +63,13 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 	introStart := time.Now()
 	answer, err := n.client.Connect(ctx, peer, offer)
 	var ce *rendezvous.ConnectError
-	if errors.As(err, &ce) && ce.Reason == rendezvous.ReasonReregistered {
-		// The peer moved to a new connection to the server while our
-		// offer was on its way to the old one: ask again, once.
+	reregistered := errors.As(err, &ce) && ce.Reason == rendezvous.ReasonReregistered
+	// Our own registration moved to a newer connection (TCP to QUIC)
+	// while the offer was on the old one: we are still registered.
+	ownUpgrade := errors.Is(err, rendezvous.ErrReplaced) && !n.client.Current().IsZero()
+	if reregistered || ownUpgrade {
+		// The peer, or this node, moved to a new connection to the
+		// server while the offer was on its way: ask again, once.
 		introStart = time.Now()
 		answer, err = n.client.Connect(ctx, peer, offer)
 	}

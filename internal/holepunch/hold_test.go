@@ -94,9 +94,9 @@ func TestHoldFor(t *testing.T) {
 	ms := time.Millisecond
 	for _, tc := range []struct{ own, dialler, want time.Duration }{
 		{0, 0, 0},
-		{40 * ms, 0, 130 * ms},
-		{0, 40 * ms, 130 * ms},
-		{40 * ms, 120 * ms, 210 * ms},
+		{40 * ms, 0, 180 * ms},
+		{0, 40 * ms, 180 * ms},
+		{40 * ms, 120 * ms, 260 * ms},
 		{3 * time.Second, 3 * time.Second, maxHold},
 	} {
 		if got := holdFor(tc.own, tc.dialler); got != tc.want {

@@ -124,7 +124,7 @@ const DefaultPrimerTTL = 2
 // starts sending; maxHold caps it (a far server must not delay a pair
 // that could only punch from this side by more than this).
 const (
-	holdSlack = 50 * time.Millisecond
+	holdSlack = 100 * time.Millisecond
 	maxHold   = time.Second
 )
 

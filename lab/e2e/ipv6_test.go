@@ -1,7 +1,6 @@
 package e2e_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -25,19 +24,7 @@ func TestLabIPv6(t *testing.T) {
 			b := s.SiteWith(t, fmt.Sprintf("v6%sb", fw[:1]), natlab.SiteConfig{Kind: kind, Firewall: fw, IPv6: true})
 			v6 := 0
 			for k := range n {
-				from, to := a.Host, b.Host
-				if k%2 == 1 {
-					from, to = to, from
-				}
-				na := s.Node(t, from, reach.Config{DisablePortMapping: true})
-				nb := s.Node(t, to, reach.Config{DisablePortMapping: true})
-				reachlab.Echo(t, nb)
-				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-				sess, el, err := reachlab.Dial(ctx, na, nb)
-				if err == nil {
-					err = reachlab.RoundTrip(ctx, sess, 64<<10)
-				}
-				cancel()
+				sess, el, done, err := freshDial(t, s, a.Host, b.Host, k)
 				switch {
 				case err != nil:
 					t.Errorf("dial %d: %v", k, err)
@@ -49,8 +36,7 @@ func TestLabIPv6(t *testing.T) {
 					v6++
 					t.Logf("dial %d: %s over %v after %v", k, sess.Strategy(), sess.RemoteAddr(), el.Round(time.Millisecond))
 				}
-				na.Close()
-				nb.Close()
+				done()
 			}
 			t.Logf("%s: %d/%d over IPv6", fw, v6, n)
 		})

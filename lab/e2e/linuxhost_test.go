@@ -77,20 +77,7 @@ func linuxHostPairsRun(t *testing.T, s *reachlab.Scenario) {
 				direct := 0
 				var worst time.Duration
 				for k := range n {
-					// Both ways: the odd dials go from b to a.
-					from, to := a.Host, b.Host
-					if k%2 == 1 {
-						from, to = to, from
-					}
-					na := s.Node(t, from, reach.Config{DisablePortMapping: true})
-					nb := s.Node(t, to, reach.Config{DisablePortMapping: true})
-					reachlab.Echo(t, nb)
-					ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-					sess, el, err := reachlab.Dial(ctx, na, nb)
-					if err == nil {
-						err = reachlab.RoundTrip(ctx, sess, 64<<10)
-					}
-					cancel()
+					sess, el, done, err := freshDial(t, s, a.Host, b.Host, k)
 					switch {
 					case err != nil:
 						t.Errorf("dial %d: %v", k, err)
@@ -103,11 +90,30 @@ func linuxHostPairsRun(t *testing.T, s *reachlab.Scenario) {
 						direct++
 					}
 					worst = max(worst, el)
-					na.Close()
-					nb.Close()
+					done()
 				}
 				t.Logf("%s: %d/%d direct, slowest %v", name, direct, n, worst.Round(time.Millisecond))
 			})
 		}
 	}
+}
+
+// freshDial makes a fresh node on each host (fresh keys, fresh ports), the
+// listener echoing, and dials: the even dials from a to b, the odd ones
+// from b to a; then it moves 64 KiB both ways. done closes both nodes.
+func freshDial(t *testing.T, s *reachlab.Scenario, a, b *natlab.Host, k int) (*reach.Session, time.Duration, func(), error) {
+	from, to := a, b
+	if k%2 == 1 {
+		from, to = to, from
+	}
+	na := s.Node(t, from, reach.Config{DisablePortMapping: true})
+	nb := s.Node(t, to, reach.Config{DisablePortMapping: true})
+	reachlab.Echo(t, nb)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	sess, el, err := reachlab.Dial(ctx, na, nb)
+	if err == nil {
+		err = reachlab.RoundTrip(ctx, sess, 64<<10)
+	}
+	return sess, el, func() { na.Close(); nb.Close() }, err
 }

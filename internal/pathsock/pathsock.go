@@ -1,0 +1,430 @@
+// Package pathsock gives quic-go one address per peer that outlives the
+// peer's paths.
+//
+// A Conn wraps a node's *net.UDPConn. Every peer gets a virtual address
+// (AddPeer) from a range that is never a real source (240.0.0.0/4, reserved
+// since RFC 1112); a QUIC connection dialled to it, or accepted from it, keeps
+// that address for its whole life. Underneath, each peer has a current path:
+//
+//   - a direct UDP address (SetDirect): packets go out of the wrapped socket
+//     unchanged but for the destination, and packets from that address come
+//     in carrying the peer's virtual address;
+//   - or a forwarded path (SetPath: a relay, a supernode, a TURN
+//     allocation): packets to the peer go to Path.Send, and packets that
+//     path receives are handed back with Inject.
+//
+// Moving a peer from one path to another is one call; quic-go sees no
+// change of address, so streams keep going (its congestion controller
+// adapts to the new path like to any change of conditions).
+//
+// The wrapper keeps quic-go's fast path: Conn implements
+// quic.OOBCapablePacketConn and ReadBatch, so quic-go still reads with
+// recvmmsg, writes with GSO and sets ECN; the wrapper only rewrites the
+// address of each message (a lock-free map lookup) and, when a peer's path
+// is of another address family than the packet's control messages, those
+// messages. docs/architecture.md has the measurement that chose this design.
+package pathsock
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/ipv4"
+)
+
+// Named errors. Test with errors.Is.
+var (
+	// ErrClosed: the Conn has been closed.
+	ErrClosed = net.ErrClosed
+	// ErrUnknownPeer: a virtual address that AddPeer did not hand out, or
+	// one that RemovePeer took back.
+	ErrUnknownPeer = errors.New("pathsock: unknown virtual address")
+	// ErrNoPath: the peer has neither a direct address nor a forwarded
+	// path yet.
+	ErrNoPath = errors.New("pathsock: peer has no path")
+	// ErrFull: MaxPeers virtual addresses are in use.
+	ErrFull = errors.New("pathsock: too many peers")
+)
+
+// MaxPeers bounds the virtual addresses one Conn hands out (the 240/4 range
+// has room for 2^28; the bound keeps a flood of peers from growing the
+// tables without limit). Callers remove peers whose sessions ended.
+const MaxPeers = 1 << 16
+
+// injectQueue bounds the packets Inject holds for the reader; beyond it
+// packets are dropped, as a full socket buffer would.
+const injectQueue = 1024
+
+// Path is a forwarded path to one peer.
+type Path interface {
+	// Send sends one QUIC packet to the peer. It must not keep b.
+	Send(b []byte) error
+}
+
+// peer is one virtual address and its current path. It is immutable;
+// changes replace it.
+type peer struct {
+	virt    netip.AddrPort
+	virtUDP *net.UDPAddr
+	direct  netip.AddrPort // valid: the current path is direct
+	udp     *net.UDPAddr   // direct as a *net.UDPAddr (mapped on a v6 socket)
+	fwd     Path           // the current path when direct is not valid
+}
+
+// tables is a snapshot of the peer tables, replaced on every change.
+type tables struct {
+	byVirt map[netip.AddrPort]*peer
+	byReal map[netip.AddrPort]*peer
+}
+
+type injected struct {
+	b    []byte
+	from *net.UDPAddr
+}
+
+// Conn is a *net.UDPConn whose peers are virtual addresses. Create it with
+// New; it is safe for concurrent use.
+type Conn struct {
+	udp   *net.UDPConn
+	batch *ipv4.PacketConn
+	v6    bool // the socket is IPv6 (dual-stack): IPv4 peers need mapping
+
+	mu   sync.Mutex // serialises table changes and the address counter
+	tab  atomic.Pointer[tables]
+	next uint32
+
+	inj     chan injected
+	reading atomic.Bool // the reader is (about to be) blocked in the socket
+	woken   atomic.Bool // Inject interrupted the reader
+	rdl     atomic.Int64
+	closed  atomic.Bool
+}
+
+// New wraps udp. The Conn owns it from now on: Close closes it.
+func New(udp *net.UDPConn) *Conn {
+	c := &Conn{udp: udp, batch: ipv4.NewPacketConn(udp), inj: make(chan injected, injectQueue)}
+	if la, ok := udp.LocalAddr().(*net.UDPAddr); ok {
+		c.v6 = la.IP.To4() == nil
+	}
+	c.tab.Store(&tables{byVirt: map[netip.AddrPort]*peer{}, byReal: map[netip.AddrPort]*peer{}})
+	return c
+}
+
+// IsVirtual reports whether a is in the virtual range.
+func IsVirtual(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.Is4() && a.As4()[0]&0xf0 == 240
+}
+
+// AddPeer hands out a new virtual address, with no path yet.
+func (c *Conn) AddPeer() (netip.AddrPort, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.tab.Load()
+	if len(t.byVirt) >= MaxPeers {
+		return netip.AddrPort{}, ErrFull
+	}
+	for {
+		c.next++
+		n := c.next & (1<<28 - 1)
+		if n == 0 {
+			continue
+		}
+		a := netip.AddrPortFrom(netip.AddrFrom4([4]byte{240 | byte(n>>24), byte(n >> 16), byte(n >> 8), byte(n)}), 1)
+		if _, used := t.byVirt[a]; used {
+			continue
+		}
+		p := &peer{virt: a, virtUDP: net.UDPAddrFromAddrPort(a)}
+		c.replace(nil, p)
+		return a, nil
+	}
+}
+
+// RemovePeer forgets a virtual address and its path.
+func (c *Conn) RemovePeer(virt netip.AddrPort) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.tab.Load().byVirt[virt]; old != nil {
+		c.replace(old, nil)
+	}
+}
+
+// SetDirect makes the direct UDP address real the peer's current path.
+// A real address belongs to one peer at a time: a peer that had it loses
+// it (it has no path until it is given one).
+func (c *Conn) SetDirect(virt, real netip.AddrPort) error {
+	real = netip.AddrPortFrom(real.Addr().Unmap(), real.Port())
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.tab.Load()
+	old := t.byVirt[virt]
+	if old == nil {
+		return ErrUnknownPeer
+	}
+	if other := t.byReal[real]; other != nil && other != old {
+		c.replace(other, &peer{virt: other.virt, virtUDP: other.virtUDP})
+	}
+	ua := real
+	if c.v6 && real.Addr().Is4() {
+		ua = netip.AddrPortFrom(netip.AddrFrom16(real.Addr().As16()), real.Port())
+	}
+	c.replace(c.tab.Load().byVirt[virt], &peer{virt: old.virt, virtUDP: old.virtUDP, direct: real, udp: net.UDPAddrFromAddrPort(ua)})
+	return nil
+}
+
+// SetPath makes p the peer's current path. Packets from its former direct
+// address, if any, no longer count as the peer's.
+func (c *Conn) SetPath(virt netip.AddrPort, p Path) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.tab.Load().byVirt[virt]
+	if old == nil {
+		return ErrUnknownPeer
+	}
+	c.replace(old, &peer{virt: old.virt, virtUDP: old.virtUDP, fwd: p})
+	return nil
+}
+
+// Current returns the peer's direct address (valid when the current path
+// is direct) and its forwarded path (when it is not).
+func (c *Conn) Current(virt netip.AddrPort) (netip.AddrPort, Path, error) {
+	p := c.tab.Load().byVirt[virt]
+	if p == nil {
+		return netip.AddrPort{}, nil, ErrUnknownPeer
+	}
+	return p.direct, p.fwd, nil
+}
+
+// replace swaps old for p (either may be nil) in a copy of the tables.
+// c.mu is held.
+func (c *Conn) replace(old, p *peer) {
+	t := c.tab.Load()
+	n := &tables{byVirt: make(map[netip.AddrPort]*peer, len(t.byVirt)+1), byReal: make(map[netip.AddrPort]*peer, len(t.byReal)+1)}
+	for k, v := range t.byVirt {
+		if v != old {
+			n.byVirt[k] = v
+		}
+	}
+	for k, v := range t.byReal {
+		if v != old {
+			n.byReal[k] = v
+		}
+	}
+	if p != nil {
+		n.byVirt[p.virt] = p
+		if p.direct.IsValid() {
+			n.byReal[p.direct] = p
+		}
+	}
+	c.tab.Store(n)
+}
+
+// Inject hands quic-go a packet that a forwarded path received from the
+// peer at virt. It copies b. A full queue drops the packet (QUIC
+// retransmits), as a full socket buffer would.
+func (c *Conn) Inject(virt netip.AddrPort, b []byte) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	p := c.tab.Load().byVirt[virt]
+	if p == nil {
+		return ErrUnknownPeer
+	}
+	select {
+	case c.inj <- injected{b: append([]byte(nil), b...), from: p.virtUDP}:
+	default:
+		return nil
+	}
+	if c.reading.Load() && !c.woken.Swap(true) {
+		// The reader may be blocked in the kernel: a deadline in the past
+		// wakes it; it clears the deadline and takes the queue.
+		c.udp.SetReadDeadline(time.Unix(1, 0))
+	}
+	return nil
+}
+
+// ReadBatch implements quic-go's batch reading: injected packets first,
+// then one recvmmsg on the socket, every source address translated.
+func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
+	for {
+		if c.closed.Load() {
+			return 0, ErrClosed
+		}
+		if n := c.takeInjected(ms); n > 0 {
+			return n, nil
+		}
+		c.reading.Store(true)
+		if len(c.inj) > 0 { // an Inject between the take and the store
+			c.reading.Store(false)
+			continue
+		}
+		n, err := c.batch.ReadBatch(ms, flags)
+		c.reading.Store(false)
+		if err != nil {
+			if c.woken.Swap(false) && isTimeout(err) {
+				if err := c.restoreDeadline(); err != nil {
+					return 0, err
+				}
+				continue
+			}
+			return n, err
+		}
+		t := c.tab.Load()
+		for i := range ms[:n] {
+			ms[i].Addr = c.translate(t, ms[i].Addr)
+		}
+		return n, nil
+	}
+}
+
+// takeInjected moves queued packets into ms without blocking.
+func (c *Conn) takeInjected(ms []ipv4.Message) int {
+	n := 0
+	for n < len(ms) {
+		select {
+		case p := <-c.inj:
+			m := &ms[n]
+			m.N = copy(m.Buffers[0], p.b)
+			m.NN = 0
+			m.Flags = 0
+			m.Addr = p.from
+			n++
+		default:
+			return n
+		}
+	}
+	return n
+}
+
+// restoreDeadline puts back the caller's read deadline after a wake-up.
+func (c *Conn) restoreDeadline() error {
+	var t time.Time
+	if d := c.rdl.Load(); d != 0 {
+		t = time.Unix(0, d)
+		if time.Now().After(t) {
+			return os.ErrDeadlineExceeded
+		}
+	}
+	return c.udp.SetReadDeadline(t)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// translate returns the virtual address of a packet's source, or the
+// source itself when it is no peer's current direct address.
+func (c *Conn) translate(t *tables, a net.Addr) net.Addr {
+	ua, ok := a.(*net.UDPAddr)
+	if !ok || len(t.byReal) == 0 {
+		return a
+	}
+	ap := ua.AddrPort()
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	if p := t.byReal[ap]; p != nil {
+		return p.virtUDP
+	}
+	return a
+}
+
+// WriteMsgUDP implements quic.OOBCapablePacketConn: a packet to a virtual
+// address goes out on the peer's current path.
+func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
+	if addr == nil || !isVirtualIP(addr.IP) {
+		return c.udp.WriteMsgUDP(b, oob, addr)
+	}
+	p := c.tab.Load().byVirt[addr.AddrPort()]
+	switch {
+	case p == nil:
+		return 0, 0, ErrUnknownPeer
+	case p.direct.IsValid():
+		return c.udp.WriteMsgUDP(b, fixOOB(oob, p.direct.Addr().Is4()), p.udp)
+	case p.fwd != nil:
+		return sendSegments(p.fwd, b, oob)
+	default:
+		return 0, 0, ErrNoPath
+	}
+}
+
+func isVirtualIP(ip net.IP) bool {
+	ip4 := ip.To4()
+	return ip4 != nil && ip4[0]&0xf0 == 240
+}
+
+// WriteTo implements net.PacketConn.
+func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return c.udp.WriteTo(b, addr)
+	}
+	n, _, err := c.WriteMsgUDP(b, nil, ua)
+	return n, err
+}
+
+// ReadFrom implements net.PacketConn (quic-go reads with ReadBatch).
+func (c *Conn) ReadFrom(b []byte) (int, net.Addr, error) {
+	ms := []ipv4.Message{{Buffers: [][]byte{b}}}
+	if _, err := c.ReadBatch(ms, 0); err != nil {
+		return 0, nil, err
+	}
+	return ms[0].N, ms[0].Addr, nil
+}
+
+// ReadMsgUDP implements quic.OOBCapablePacketConn (quic-go reads with
+// ReadBatch).
+func (c *Conn) ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr, err error) {
+	ms := []ipv4.Message{{Buffers: [][]byte{b}, OOB: oob}}
+	if _, err := c.ReadBatch(ms, 0); err != nil {
+		return 0, 0, 0, nil, err
+	}
+	ua, _ := ms[0].Addr.(*net.UDPAddr)
+	return ms[0].N, ms[0].NN, ms[0].Flags, ua, nil
+}
+
+// Close closes the socket.
+func (c *Conn) Close() error {
+	c.closed.Store(true)
+	return c.udp.Close()
+}
+
+// LocalAddr implements net.PacketConn.
+func (c *Conn) LocalAddr() net.Addr { return c.udp.LocalAddr() }
+
+// SetDeadline implements net.PacketConn.
+func (c *Conn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.udp.SetWriteDeadline(t)
+}
+
+// SetReadDeadline implements net.PacketConn.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	if t.IsZero() {
+		c.rdl.Store(0)
+	} else {
+		c.rdl.Store(t.UnixNano())
+	}
+	return c.udp.SetReadDeadline(t)
+}
+
+// SetWriteDeadline implements net.PacketConn.
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.udp.SetWriteDeadline(t) }
+
+// SyscallConn implements quic.OOBCapablePacketConn: socket options (DF,
+// packet info, GSO detection) are set on the wrapped socket. Reads and
+// writes go through the Conn.
+func (c *Conn) SyscallConn() (syscall.RawConn, error) { return c.udp.SyscallConn() }
+
+// SetReadBuffer implements quic.OOBCapablePacketConn.
+func (c *Conn) SetReadBuffer(n int) error { return c.udp.SetReadBuffer(n) }
+
+// SetWriteBuffer lets quic-go size the send buffer.
+func (c *Conn) SetWriteBuffer(n int) error { return c.udp.SetWriteBuffer(n) }

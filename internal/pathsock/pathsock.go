@@ -20,7 +20,7 @@
 // The wrapper keeps quic-go's fast path: Conn implements
 // quic.OOBCapablePacketConn and ReadBatch, so quic-go still reads with
 // recvmmsg, writes with GSO and sets ECN; the wrapper only rewrites the
-// address of each message (a lock-free map lookup) and, when a peer's path
+// address of each message (a map lookup under a read lock) and, when a peer's path
 // is of another address family than the packet's control messages, those
 // messages. docs/architecture.md has the measurement that chose this design.
 package pathsock
@@ -77,11 +77,6 @@ type peer struct {
 	fwd     Path           // the current path when direct is not valid
 }
 
-// tables is a snapshot of the peer tables, replaced on every change.
-type tables struct {
-	byVirt map[netip.AddrPort]*peer
-	byReal map[netip.AddrPort]*peer
-}
 
 type injected struct {
 	b    []byte
@@ -95,9 +90,10 @@ type Conn struct {
 	batch *ipv4.PacketConn
 	v6    bool // the socket is IPv6 (dual-stack): IPv4 peers need mapping
 
-	mu   sync.Mutex // serialises table changes and the address counter
-	tab  atomic.Pointer[tables]
-	next uint32
+	mu     sync.RWMutex // guards the tables and the address counter
+	byVirt map[netip.AddrPort]*peer
+	byReal map[netip.AddrPort]*peer
+	next   uint32
 
 	inj     chan injected
 	reading atomic.Bool // the reader is (about to be) blocked in the socket
@@ -112,7 +108,7 @@ func New(udp *net.UDPConn) *Conn {
 	if la, ok := udp.LocalAddr().(*net.UDPAddr); ok {
 		c.v6 = la.IP.To4() == nil
 	}
-	c.tab.Store(&tables{byVirt: map[netip.AddrPort]*peer{}, byReal: map[netip.AddrPort]*peer{}})
+	c.byVirt, c.byReal = map[netip.AddrPort]*peer{}, map[netip.AddrPort]*peer{}
 	return c
 }
 
@@ -126,8 +122,7 @@ func IsVirtual(a netip.Addr) bool {
 func (c *Conn) AddPeer() (netip.AddrPort, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := c.tab.Load()
-	if len(t.byVirt) >= MaxPeers {
+	if len(c.byVirt) >= MaxPeers {
 		return netip.AddrPort{}, ErrFull
 	}
 	for {
@@ -137,7 +132,7 @@ func (c *Conn) AddPeer() (netip.AddrPort, error) {
 			continue
 		}
 		a := netip.AddrPortFrom(netip.AddrFrom4([4]byte{240 | byte(n>>24), byte(n >> 16), byte(n >> 8), byte(n)}), 1)
-		if _, used := t.byVirt[a]; used {
+		if _, used := c.byVirt[a]; used {
 			continue
 		}
 		p := &peer{virt: a, virtUDP: net.UDPAddrFromAddrPort(a)}
@@ -150,7 +145,7 @@ func (c *Conn) AddPeer() (netip.AddrPort, error) {
 func (c *Conn) RemovePeer(virt netip.AddrPort) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if old := c.tab.Load().byVirt[virt]; old != nil {
+	if old := c.byVirt[virt]; old != nil {
 		c.replace(old, nil)
 	}
 }
@@ -162,19 +157,18 @@ func (c *Conn) SetDirect(virt, real netip.AddrPort) error {
 	real = netip.AddrPortFrom(real.Addr().Unmap(), real.Port())
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := c.tab.Load()
-	old := t.byVirt[virt]
+	old := c.byVirt[virt]
 	if old == nil {
 		return ErrUnknownPeer
 	}
-	if other := t.byReal[real]; other != nil && other != old {
+	if other := c.byReal[real]; other != nil && other != old {
 		c.replace(other, &peer{virt: other.virt, virtUDP: other.virtUDP})
 	}
 	ua := real
 	if c.v6 && real.Addr().Is4() {
 		ua = netip.AddrPortFrom(netip.AddrFrom16(real.Addr().As16()), real.Port())
 	}
-	c.replace(c.tab.Load().byVirt[virt], &peer{virt: old.virt, virtUDP: old.virtUDP, direct: real, udp: net.UDPAddrFromAddrPort(ua)})
+	c.replace(old, &peer{virt: old.virt, virtUDP: old.virtUDP, direct: real, udp: net.UDPAddrFromAddrPort(ua)})
 	return nil
 }
 
@@ -183,7 +177,7 @@ func (c *Conn) SetDirect(virt, real netip.AddrPort) error {
 func (c *Conn) SetPath(virt netip.AddrPort, p Path) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	old := c.tab.Load().byVirt[virt]
+	old := c.byVirt[virt]
 	if old == nil {
 		return ErrUnknownPeer
 	}
@@ -194,35 +188,30 @@ func (c *Conn) SetPath(virt netip.AddrPort, p Path) error {
 // Current returns the peer's direct address (valid when the current path
 // is direct) and its forwarded path (when it is not).
 func (c *Conn) Current(virt netip.AddrPort) (netip.AddrPort, Path, error) {
-	p := c.tab.Load().byVirt[virt]
+	c.mu.RLock()
+	p := c.byVirt[virt]
+	c.mu.RUnlock()
 	if p == nil {
 		return netip.AddrPort{}, nil, ErrUnknownPeer
 	}
 	return p.direct, p.fwd, nil
 }
 
-// replace swaps old for p (either may be nil) in a copy of the tables.
-// c.mu is held.
+// replace swaps old for p (either may be nil) in the tables. c.mu is
+// held for writing.
 func (c *Conn) replace(old, p *peer) {
-	t := c.tab.Load()
-	n := &tables{byVirt: make(map[netip.AddrPort]*peer, len(t.byVirt)+1), byReal: make(map[netip.AddrPort]*peer, len(t.byReal)+1)}
-	for k, v := range t.byVirt {
-		if v != old {
-			n.byVirt[k] = v
-		}
-	}
-	for k, v := range t.byReal {
-		if v != old {
-			n.byReal[k] = v
+	if old != nil {
+		delete(c.byVirt, old.virt)
+		if old.direct.IsValid() && c.byReal[old.direct] == old {
+			delete(c.byReal, old.direct)
 		}
 	}
 	if p != nil {
-		n.byVirt[p.virt] = p
+		c.byVirt[p.virt] = p
 		if p.direct.IsValid() {
-			n.byReal[p.direct] = p
+			c.byReal[p.direct] = p
 		}
 	}
-	c.tab.Store(n)
 }
 
 // Inject hands quic-go a packet that a forwarded path received from the
@@ -232,7 +221,9 @@ func (c *Conn) Inject(virt netip.AddrPort, b []byte) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
-	p := c.tab.Load().byVirt[virt]
+	c.mu.RLock()
+	p := c.byVirt[virt]
+	c.mu.RUnlock()
 	if p == nil {
 		return ErrUnknownPeer
 	}
@@ -275,10 +266,13 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			}
 			return n, err
 		}
-		t := c.tab.Load()
-		for i := range ms[:n] {
-			ms[i].Addr = c.translate(t, ms[i].Addr)
+		c.mu.RLock()
+		if len(c.byReal) > 0 {
+			for i := range ms[:n] {
+				ms[i].Addr = c.translate(ms[i].Addr)
+			}
 		}
+		c.mu.RUnlock()
 		return n, nil
 	}
 }
@@ -320,15 +314,16 @@ func isTimeout(err error) bool {
 }
 
 // translate returns the virtual address of a packet's source, or the
-// source itself when it is no peer's current direct address.
-func (c *Conn) translate(t *tables, a net.Addr) net.Addr {
+// source itself when it is no peer's current direct address. c.mu is held
+// for reading.
+func (c *Conn) translate(a net.Addr) net.Addr {
 	ua, ok := a.(*net.UDPAddr)
-	if !ok || len(t.byReal) == 0 {
+	if !ok {
 		return a
 	}
 	ap := ua.AddrPort()
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	if p := t.byReal[ap]; p != nil {
+	if p := c.byReal[ap]; p != nil {
 		return p.virtUDP
 	}
 	return a
@@ -340,7 +335,9 @@ func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 	if addr == nil || !isVirtualIP(addr.IP) {
 		return c.udp.WriteMsgUDP(b, oob, addr)
 	}
-	p := c.tab.Load().byVirt[addr.AddrPort()]
+	c.mu.RLock()
+	p := c.byVirt[addr.AddrPort()]
+	c.mu.RUnlock()
 	switch {
 	case p == nil:
 		return 0, 0, ErrUnknownPeer

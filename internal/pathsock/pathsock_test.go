@@ -315,3 +315,81 @@ func TestRealAddressBelongsToOnePeer(t *testing.T) {
 		t.Fatalf("second peer has %v", d)
 	}
 }
+
+// TestFloodsAreBounded: a flood of forwarded packets that nobody reads
+// holds at most injectQueue packets and never blocks the sender; a flood
+// of peers stops at MaxPeers with ErrFull.
+func TestFloodsAreBounded(t *testing.T) {
+	p := newPair(t)
+	pkt := make([]byte, 1200)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 20 * injectQueue {
+			if err := p.a.Inject(p.aPeer, pkt); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Inject blocked")
+	}
+	if n := len(p.a.inj); n != injectQueue {
+		t.Fatalf("queue holds %d packets, want the bound %d", n, injectQueue)
+	}
+	for {
+		_, err := p.b.AddPeer()
+		if errors.Is(err, ErrFull) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(p.b.byVirt); n != MaxPeers {
+		t.Fatalf("%d peers, want MaxPeers %d", n, MaxPeers)
+	}
+	p.b.RemovePeer(p.bPeer)
+	if _, err := p.b.AddPeer(); err != nil {
+		t.Fatalf("after a removal: %v", err)
+	}
+}
+
+// TestReadDeadlineStillWorks: a wake-up by Inject does not swallow the
+// caller's read deadline, and Close unblocks a reader.
+func TestReadDeadlineStillWorks(t *testing.T) {
+	p := newPair(t)
+	buf := make([]byte, 1500)
+	p.a.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	start := time.Now()
+	if _, _, err := p.a.ReadFrom(buf); !isTimeout(err) {
+		t.Fatalf("want a timeout, got %v", err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("deadline ignored: %v", el)
+	}
+	p.a.SetReadDeadline(time.Time{})
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		p.a.Inject(p.aPeer, []byte("forwarded"))
+	}()
+	n, from, err := p.a.ReadFrom(buf)
+	if err != nil || string(buf[:n]) != "forwarded" || from.(*net.UDPAddr).AddrPort() != p.aPeer {
+		t.Fatalf("injected read: %q from %v, %v", buf[:n], from, err)
+	}
+	errc := make(chan error, 1)
+	go func() { _, _, err := p.a.ReadFrom(buf); errc <- err }()
+	time.Sleep(20 * time.Millisecond)
+	p.a.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("after Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not unblock the reader")
+	}
+}

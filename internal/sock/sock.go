@@ -5,8 +5,9 @@
 // binding requests and punch packets. That way the NAT mapping that STUN and
 // the rendezvous server observe is the very mapping QUIC later uses.
 //
-// The UDPConn is handed, unwrapped, to one *quic.Transport, so quic-go keeps
-// its fast path (GSO/GRO, batched I/O, large buffers). Packets whose first byte
+// The UDPConn is handed to one *quic.Transport inside a pathsock.Conn,
+// which gives each peer an address that outlives its paths and keeps
+// quic-go's fast path (GSO/GRO, batched I/O, large buffers). Packets whose first byte
 // is below 0x40 are not QUIC; quic-go queues them for
 // Transport.ReadNonQUICPacket, and a Socket reads them in one goroutine and
 // hands each to the Handler registered for its first byte. STUN responses to
@@ -28,6 +29,8 @@ import (
 	"sync"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/reachp2p/reach/internal/pathsock"
 )
 
 // DefaultBufferSize is the socket buffer size requested when Config leaves
@@ -79,6 +82,7 @@ type Handler func(pkt []byte, from netip.AddrPort)
 // non-QUIC packets. Its methods are safe for concurrent use.
 type Socket struct {
 	conn  *net.UDPConn
+	paths *pathsock.Conn
 	tr    *quic.Transport
 	log   *slog.Logger
 	local netip.AddrPort
@@ -134,9 +138,11 @@ func Listen(cfg Config) (*Socket, error) {
 		log.Debug("sock: set write buffer", "size", wb, "err", err)
 	}
 	local := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	paths := pathsock.New(conn)
 	s := &Socket{
 		conn:  conn,
-		tr:    &quic.Transport{Conn: conn},
+		paths: paths,
+		tr:    &quic.Transport{Conn: paths},
 		log:   log,
 		local: unmap(local),
 		ipv6:  local.Addr().Is6() && !local.Addr().Is4In6(),
@@ -164,6 +170,9 @@ func Listen(cfg Config) (*Socket, error) {
 // Transport returns the QUIC transport on the socket. Do not close it;
 // close the Socket.
 func (s *Socket) Transport() *quic.Transport { return s.tr }
+
+// Paths returns the socket's table of peers' virtual addresses and paths.
+func (s *Socket) Paths() *pathsock.Conn { return s.paths }
 
 // LocalAddr returns the bound address, e.g. [::]:4900 for a dual-stack
 // socket. It is never IPv4-mapped.
@@ -233,7 +242,7 @@ func (s *Socket) Close() error {
 
 	s.cancel()
 	err := s.tr.Close()
-	if cerr := s.conn.Close(); err == nil {
+	if cerr := s.paths.Close(); err == nil {
 		err = cerr
 	}
 	<-s.done

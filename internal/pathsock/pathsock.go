@@ -61,23 +61,6 @@ const MaxPeers = 1 << 16
 // packets are dropped, as a full socket buffer would.
 const injectQueue = 1024
 
-// Path is a forwarded path to one peer.
-type Path interface {
-	// Send sends one QUIC packet to the peer. It must not keep b.
-	Send(b []byte) error
-}
-
-// peer is one virtual address and its current path. It is immutable;
-// changes replace it.
-type peer struct {
-	virt    netip.AddrPort
-	virtUDP *net.UDPAddr
-	direct  netip.AddrPort // valid: the current path is direct
-	udp     *net.UDPAddr   // direct as a *net.UDPAddr (mapped on a v6 socket)
-	fwd     Path           // the current path when direct is not valid
-}
-
-
 type injected struct {
 	b    []byte
 	from *net.UDPAddr
@@ -92,7 +75,8 @@ type Conn struct {
 
 	mu     sync.RWMutex // guards the tables and the address counter
 	byVirt map[netip.AddrPort]*peer
-	byReal map[netip.AddrPort]*peer
+	byReal map[netip.AddrPort]*peer // every peer's aliases
+	byName map[string]*peer
 	next   uint32
 
 	inj     chan injected
@@ -108,7 +92,7 @@ func New(udp *net.UDPConn) *Conn {
 	if la, ok := udp.LocalAddr().(*net.UDPAddr); ok {
 		c.v6 = la.IP.To4() == nil
 	}
-	c.byVirt, c.byReal = map[netip.AddrPort]*peer{}, map[netip.AddrPort]*peer{}
+	c.byVirt, c.byReal, c.byName = map[netip.AddrPort]*peer{}, map[netip.AddrPort]*peer{}, map[string]*peer{}
 	return c
 }
 
@@ -116,102 +100,6 @@ func New(udp *net.UDPConn) *Conn {
 func IsVirtual(a netip.Addr) bool {
 	a = a.Unmap()
 	return a.Is4() && a.As4()[0]&0xf0 == 240
-}
-
-// AddPeer hands out a new virtual address, with no path yet.
-func (c *Conn) AddPeer() (netip.AddrPort, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.byVirt) >= MaxPeers {
-		return netip.AddrPort{}, ErrFull
-	}
-	for {
-		c.next++
-		n := c.next & (1<<28 - 1)
-		if n == 0 {
-			continue
-		}
-		a := netip.AddrPortFrom(netip.AddrFrom4([4]byte{240 | byte(n>>24), byte(n >> 16), byte(n >> 8), byte(n)}), 1)
-		if _, used := c.byVirt[a]; used {
-			continue
-		}
-		p := &peer{virt: a, virtUDP: net.UDPAddrFromAddrPort(a)}
-		c.replace(nil, p)
-		return a, nil
-	}
-}
-
-// RemovePeer forgets a virtual address and its path.
-func (c *Conn) RemovePeer(virt netip.AddrPort) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if old := c.byVirt[virt]; old != nil {
-		c.replace(old, nil)
-	}
-}
-
-// SetDirect makes the direct UDP address real the peer's current path.
-// A real address belongs to one peer at a time: a peer that had it loses
-// it (it has no path until it is given one).
-func (c *Conn) SetDirect(virt, real netip.AddrPort) error {
-	real = netip.AddrPortFrom(real.Addr().Unmap(), real.Port())
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	old := c.byVirt[virt]
-	if old == nil {
-		return ErrUnknownPeer
-	}
-	if other := c.byReal[real]; other != nil && other != old {
-		c.replace(other, &peer{virt: other.virt, virtUDP: other.virtUDP})
-	}
-	ua := real
-	if c.v6 && real.Addr().Is4() {
-		ua = netip.AddrPortFrom(netip.AddrFrom16(real.Addr().As16()), real.Port())
-	}
-	c.replace(old, &peer{virt: old.virt, virtUDP: old.virtUDP, direct: real, udp: net.UDPAddrFromAddrPort(ua)})
-	return nil
-}
-
-// SetPath makes p the peer's current path. Packets from its former direct
-// address, if any, no longer count as the peer's.
-func (c *Conn) SetPath(virt netip.AddrPort, p Path) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	old := c.byVirt[virt]
-	if old == nil {
-		return ErrUnknownPeer
-	}
-	c.replace(old, &peer{virt: old.virt, virtUDP: old.virtUDP, fwd: p})
-	return nil
-}
-
-// Current returns the peer's direct address (valid when the current path
-// is direct) and its forwarded path (when it is not).
-func (c *Conn) Current(virt netip.AddrPort) (netip.AddrPort, Path, error) {
-	c.mu.RLock()
-	p := c.byVirt[virt]
-	c.mu.RUnlock()
-	if p == nil {
-		return netip.AddrPort{}, nil, ErrUnknownPeer
-	}
-	return p.direct, p.fwd, nil
-}
-
-// replace swaps old for p (either may be nil) in the tables. c.mu is
-// held for writing.
-func (c *Conn) replace(old, p *peer) {
-	if old != nil {
-		delete(c.byVirt, old.virt)
-		if old.direct.IsValid() && c.byReal[old.direct] == old {
-			delete(c.byReal, old.direct)
-		}
-	}
-	if p != nil {
-		c.byVirt[p.virt] = p
-		if p.direct.IsValid() {
-			c.byReal[p.direct] = p
-		}
-	}
 }
 
 // Inject hands quic-go a packet that a forwarded path received from the
@@ -227,6 +115,7 @@ func (c *Conn) Inject(virt netip.AddrPort, b []byte) error {
 	if p == nil {
 		return ErrUnknownPeer
 	}
+	p.seen.Store(time.Now().UnixNano())
 	select {
 	case c.inj <- injected{b: append([]byte(nil), b...), from: p.virtUDP}:
 	default:
@@ -268,8 +157,9 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 		}
 		c.mu.RLock()
 		if len(c.byReal) > 0 {
+			now := time.Now().UnixNano()
 			for i := range ms[:n] {
-				ms[i].Addr = c.translate(ms[i].Addr)
+				ms[i].Addr = c.translate(ms[i].Addr, now)
 			}
 		}
 		c.mu.RUnlock()
@@ -314,9 +204,9 @@ func isTimeout(err error) bool {
 }
 
 // translate returns the virtual address of a packet's source, or the
-// source itself when it is no peer's current direct address. c.mu is held
-// for reading.
-func (c *Conn) translate(a net.Addr) net.Addr {
+// source itself when it is no peer's source, and stamps the peer as
+// heard. c.mu is held for reading.
+func (c *Conn) translate(a net.Addr, now int64) net.Addr {
 	ua, ok := a.(*net.UDPAddr)
 	if !ok {
 		return a
@@ -324,6 +214,10 @@ func (c *Conn) translate(a net.Addr) net.Addr {
 	ap := ua.AddrPort()
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	if p := c.byReal[ap]; p != nil {
+		if p.heard.Load() != now {
+			p.heard.Store(now)
+			p.seen.Store(now)
+		}
 		return p.virtUDP
 	}
 	return a
@@ -337,14 +231,22 @@ func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 	}
 	c.mu.RLock()
 	p := c.byVirt[addr.AddrPort()]
+	var (
+		direct netip.AddrPort
+		ua     *net.UDPAddr
+		fwd    Path
+	)
+	if p != nil {
+		direct, ua, fwd = p.direct, p.udp, p.fwd
+	}
 	c.mu.RUnlock()
 	switch {
 	case p == nil:
 		return 0, 0, ErrUnknownPeer
-	case p.direct.IsValid():
-		return c.udp.WriteMsgUDP(b, fixOOB(oob, p.direct.Addr().Is4()), p.udp)
-	case p.fwd != nil:
-		return sendSegments(p.fwd, b, oob)
+	case direct.IsValid():
+		return c.udp.WriteMsgUDP(b, fixOOB(oob, direct.Addr().Is4()), ua)
+	case fwd != nil:
+		return sendSegments(fwd, b, oob)
 	default:
 		return 0, 0, ErrNoPath
 	}

@@ -1,0 +1,295 @@
+package pathsock
+
+import (
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+)
+
+// Path is a forwarded path to one peer.
+type Path interface {
+	// Send sends one QUIC packet to the peer. It must not keep b.
+	Send(b []byte) error
+}
+
+// maxAliases bounds the extra source addresses one peer may have.
+const maxAliases = 8
+
+// peer is one virtual address and its paths. Its fields change under
+// Conn.mu (written with the lock held, read with it held for reading);
+// seen and heard are atomics stamped on the read path.
+type peer struct {
+	virt    netip.AddrPort
+	virtUDP *net.UDPAddr
+	name    string // "" for AddPeer's anonymous addresses
+
+	direct netip.AddrPort // valid: the current path is direct
+	udp    *net.UDPAddr   // direct as a *net.UDPAddr (mapped on a v6 socket)
+	fwd    Path           // the forwarded path: current when direct is not valid
+	// aliases are sources whose packets count as the peer's (its direct
+	// address among them), newest last.
+	aliases []netip.AddrPort
+
+	heard atomic.Int64 // unix ns of the last packet from a direct source
+	seen  atomic.Int64 // unix ns of the last packet by any path
+}
+
+// AddPeer hands out a new virtual address, with no path yet.
+func (c *Conn) AddPeer() (netip.AddrPort, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, err := c.addLocked("")
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	return p.virt, nil
+}
+
+// Key returns the virtual address of the peer called name (a node uses
+// the peer's ID), handing one out on first use.
+func (c *Conn) Key(name string) (netip.AddrPort, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.byName[name]; p != nil {
+		return p.virt, nil
+	}
+	p, err := c.addLocked(name)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	return p.virt, nil
+}
+
+// Lookup returns the virtual address of the peer called name, if it has
+// one.
+func (c *Conn) Lookup(name string) (netip.AddrPort, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if p := c.byName[name]; p != nil {
+		return p.virt, true
+	}
+	return netip.AddrPort{}, false
+}
+
+// Name returns the name Key was given for virt ("" for AddPeer's).
+func (c *Conn) Name(virt netip.AddrPort) string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if p := c.byVirt[virt]; p != nil {
+		return p.name
+	}
+	return ""
+}
+
+func (c *Conn) addLocked(name string) (*peer, error) {
+	if len(c.byVirt) >= MaxPeers {
+		return nil, ErrFull
+	}
+	for {
+		c.next++
+		n := c.next & (1<<28 - 1)
+		if n == 0 {
+			continue
+		}
+		a := netip.AddrPortFrom(netip.AddrFrom4([4]byte{240 | byte(n>>24), byte(n >> 16), byte(n >> 8), byte(n)}), 1)
+		if _, used := c.byVirt[a]; used {
+			continue
+		}
+		p := &peer{virt: a, virtUDP: net.UDPAddrFromAddrPort(a), name: name}
+		p.seen.Store(time.Now().UnixNano())
+		c.byVirt[a] = p
+		if name != "" {
+			c.byName[name] = p
+		}
+		return p, nil
+	}
+}
+
+// RemovePeer forgets a virtual address and its paths.
+func (c *Conn) RemovePeer(virt netip.AddrPort) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.removeLocked(c.byVirt[virt])
+}
+
+func (c *Conn) removeLocked(p *peer) {
+	if p == nil {
+		return
+	}
+	delete(c.byVirt, p.virt)
+	if p.name != "" && c.byName[p.name] == p {
+		delete(c.byName, p.name)
+	}
+	for _, a := range p.aliases {
+		if c.byReal[a] == p {
+			delete(c.byReal, a)
+		}
+	}
+}
+
+// SetDirect makes the direct UDP address real the peer's current path; its
+// forwarded path, if any, stays as the fallback (Fallback). A source
+// address belongs to one peer at a time: a peer that had it loses it (and
+// its direct path, if that was it).
+func (c *Conn) SetDirect(virt, real netip.AddrPort) error {
+	real = unmapped(real)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.byVirt[virt]
+	if p == nil {
+		return ErrUnknownPeer
+	}
+	c.aliasLocked(p, real)
+	ua := real
+	if c.v6 && real.Addr().Is4() {
+		ua = netip.AddrPortFrom(netip.AddrFrom16(real.Addr().As16()), real.Port())
+	}
+	p.direct, p.udp = real, net.UDPAddrFromAddrPort(ua)
+	p.heard.Store(time.Now().UnixNano())
+	return nil
+}
+
+// AddAlias makes packets from real count as the peer's without changing
+// where packets to the peer go: a path the peer uses towards us before we
+// have proved it both ways.
+func (c *Conn) AddAlias(virt, real netip.AddrPort) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.byVirt[virt]
+	if p == nil {
+		return ErrUnknownPeer
+	}
+	c.aliasLocked(p, unmapped(real))
+	return nil
+}
+
+// aliasLocked adds real to p's sources, taking it from another peer and
+// dropping p's oldest alias beyond maxAliases (never its direct address).
+func (c *Conn) aliasLocked(p *peer, real netip.AddrPort) {
+	if other := c.byReal[real]; other != nil && other != p {
+		other.aliases = without(other.aliases, real)
+		if other.direct == real {
+			other.direct, other.udp = netip.AddrPort{}, nil
+		}
+	}
+	c.byReal[real] = p
+	p.aliases = append(without(p.aliases, real), real)
+	for len(p.aliases) > maxAliases {
+		i := 0
+		if p.aliases[0] == p.direct {
+			i = 1
+		}
+		if c.byReal[p.aliases[i]] == p {
+			delete(c.byReal, p.aliases[i])
+		}
+		p.aliases = append(p.aliases[:i], p.aliases[i+1:]...)
+	}
+}
+
+func without(s []netip.AddrPort, a netip.AddrPort) []netip.AddrPort {
+	out := s[:0]
+	for _, x := range s {
+		if x != a {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func unmapped(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}
+
+// SetPath makes the forwarded path p the peer's current path (the direct
+// address, if any, stays a source of the peer's packets).
+func (c *Conn) SetPath(virt netip.AddrPort, p Path) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pe := c.byVirt[virt]
+	if pe == nil {
+		return ErrUnknownPeer
+	}
+	pe.fwd = p
+	pe.direct, pe.udp = netip.AddrPort{}, nil
+	return nil
+}
+
+// SetFallback keeps p as the peer's forwarded path; it becomes the current
+// path only when the peer has no direct one.
+func (c *Conn) SetFallback(virt netip.AddrPort, p Path) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pe := c.byVirt[virt]
+	if pe == nil {
+		return ErrUnknownPeer
+	}
+	pe.fwd = p
+	return nil
+}
+
+// Fallback moves the peer from its direct path to its forwarded one. It
+// reports whether it did (false: no direct path, or nothing to fall back
+// to).
+func (c *Conn) Fallback(virt netip.AddrPort) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.byVirt[virt]
+	if p == nil || !p.direct.IsValid() || p.fwd == nil {
+		return false
+	}
+	p.direct, p.udp = netip.AddrPort{}, nil
+	return true
+}
+
+// Current returns the peer's direct address (valid when the current path
+// is direct) and its forwarded path (the current one when direct is not
+// valid, else the fallback).
+func (c *Conn) Current(virt netip.AddrPort) (netip.AddrPort, Path, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	p := c.byVirt[virt]
+	if p == nil {
+		return netip.AddrPort{}, nil, ErrUnknownPeer
+	}
+	return p.direct, p.fwd, nil
+}
+
+// Heard returns when a packet last came from one of the peer's direct
+// sources (or when SetDirect was called, if later).
+func (c *Conn) Heard(virt netip.AddrPort) time.Time {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if p := c.byVirt[virt]; p != nil {
+		return time.Unix(0, p.heard.Load())
+	}
+	return time.Time{}
+}
+
+// Expire removes the peers that sent nothing by any path for idle, except
+// those keep wants (a node keeps the peers it has sessions with). It
+// returns how many it removed.
+func (c *Conn) Expire(idle time.Duration, keep func(virt netip.AddrPort) bool) int {
+	cut := time.Now().Add(-idle).UnixNano()
+	c.mu.RLock()
+	var old []netip.AddrPort
+	for v, p := range c.byVirt {
+		if p.seen.Load() < cut {
+			old = append(old, v)
+		}
+	}
+	c.mu.RUnlock()
+	n := 0
+	for _, v := range old {
+		if keep != nil && keep(v) {
+			continue
+		}
+		c.mu.Lock()
+		if p := c.byVirt[v]; p != nil && p.seen.Load() < cut {
+			c.removeLocked(p)
+			n++
+		}
+		c.mu.Unlock()
+	}
+	return n
+}

@@ -219,6 +219,7 @@ type Node struct {
 
 	mu       sync.Mutex
 	sessions map[identity.PeerID][]*stream.Session
+	moving   map[identity.PeerID]bool // moveLoop runs for the peer
 	closed   bool
 }
 
@@ -292,6 +293,7 @@ func (n *Node) start(ctx context.Context, servers []rendezvous.ServerAddr) error
 		return err
 	}
 	n.goRun(n.acceptSessions)
+	n.goRun(n.watchPaths)
 	if len(servers) > 0 {
 		cc := rendezvous.ClientConfig{
 			Key: n.key, Servers: servers, Transport: n.sock.Transport(),
@@ -370,8 +372,9 @@ func (n *Node) host(signalling, local bool) *rung.Host {
 			}
 			return n.client.RTT()
 		},
-		Accepted: n.accepted,
-		Event:    n.event,
+		Accepted:  n.accepted,
+		Event:     n.event,
+		PathHeard: n.pathHeard,
 	}
 }
 

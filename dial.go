@@ -52,12 +52,36 @@ func (n *Node) DialSession(ctx context.Context, peer PeerID) (*Session, error) {
 // entries on the answer: each rung of entries prepares the offer, then
 // the per-dial policy (rung.Plan) adapts the ladder to the answer.
 func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entries []rung.Entry) (*stream.Session, error) {
+	a, intro, release, err := n.introduce(ctx, peer, entries)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	delay := rung.ForwardDelay(n.cfg.RelayDelay, intro, a.Remote.HasUDP() && n.Observed().IsValid())
+	sess, _, err := rung.Race(ctx, a, rung.Plan(a, entries, delay))
+	if err != nil {
+		return nil, fmt.Errorf("reach: dial %s: %w", peer.Short(), err)
+	}
+	return sess, nil
+}
+
+// introduce asks the server to introduce the node to peer, each rung of
+// entries preparing the offer, and returns the attempt (offer and answer),
+// how long the introduction took and what to call when the attempt is
+// over (the rungs' releases).
+func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []rung.Entry) (*rung.Attempt, time.Duration, func(), error) {
 	var b [8]byte
 	rand.Read(b[:])
 	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1}
+	var releases []func()
+	release := func() {
+		for _, r := range releases {
+			r()
+		}
+	}
 	for _, e := range entries {
-		if release := e.Rung.Offer(ctx, &offer); release != nil {
-			defer release()
+		if r := e.Rung.Offer(ctx, &offer); r != nil {
+			releases = append(releases, r)
 		}
 	}
 	introStart := time.Now()
@@ -74,7 +98,8 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 		answer, err = n.client.Connect(ctx, peer, offer)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reach: introduction to %s: %w", peer.Short(), err)
+		release()
+		return nil, 0, nil, fmt.Errorf("reach: introduction to %s: %w", peer.Short(), err)
 	}
 	intro := time.Since(introStart)
 	offer.Peer = n.ID()
@@ -83,12 +108,7 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 		Local: offer, Remote: answer,
 		Session: n.cfg.Session, Logger: n.log,
 	}
-	delay := rung.ForwardDelay(n.cfg.RelayDelay, intro, answer.HasUDP() && n.Observed().IsValid())
-	sess, _, err := rung.Race(ctx, a, rung.Plan(a, entries, delay))
-	if err != nil {
-		return nil, fmt.Errorf("reach: dial %s: %w", peer.Short(), err)
-	}
-	return sess, nil
+	return a, intro, release, nil
 }
 
 // liveSession returns an open session to peer, if any; a forwarded one
@@ -173,7 +193,14 @@ func (n *Node) acceptSessions() {
 			}
 			return
 		}
-		n.log.Debug("session accepted", "peer", sess.RemotePeer().Short(), "path", sess.RemoteAddr())
+		if movable(sess) {
+			// It came through a forwarded path (a relayed packet is what
+			// gives a peer a virtual address).
+			if direct, fwd, err := n.sock.Paths().Current(sess.RemoteAddr()); err == nil && !direct.IsValid() && fwd != nil {
+				sess.SetStrategy(pathName(fwd))
+			}
+		}
+		n.log.Debug("session accepted", "peer", sess.RemotePeer().Short(), "strategy", sess.Strategy(), "path", sess.RemoteAddr())
 		if !n.accepted(sess) {
 			sess.CloseWithError(0, "node closed")
 			return

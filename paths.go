@@ -76,6 +76,11 @@ func (n *Node) forwarded(sess *stream.Session) {
 	if n.cfg.UpgradeInterval < 0 {
 		return
 	}
+	if movable(sess) {
+		// The session itself moves when a direct path is found.
+		n.startMoving(peer)
+		return
+	}
 	better := n.ladder.Better()
 	if len(better) == 0 {
 		return

@@ -43,6 +43,10 @@ type ClientConfig struct {
 	// (e.g. "tls" when the node's UDP looks blocked); it is called for
 	// every link. Nil or "": the Dialers' order.
 	Prefer func() string
+	// Deliver, when set, receives every packet a peer sends through the
+	// relay, instead of PacketConn (which then reads nothing). It must
+	// not keep pkt.
+	Deliver func(from identity.PeerID, pkt []byte)
 	// Logger receives the client's logs. Nil: discard.
 	Logger *slog.Logger
 }
@@ -365,7 +369,35 @@ func (c *Client) watch(peer identity.PeerID) (<-chan error, func()) {
 
 type clientHandler Client
 
-func (h *clientHandler) Packet(from identity.PeerID, pkt []byte) { h.pc.deliver(from, pkt) }
+func (h *clientHandler) Packet(from identity.PeerID, pkt []byte) {
+	if d := h.cfg.Deliver; d != nil {
+		d(from, pkt)
+		return
+	}
+	h.pc.deliver(from, pkt)
+}
+
+// Path returns the path to peer through the client's current link, for a
+// pathsock.Conn: a packet sent while there is no link is dropped, as a UDP
+// socket drops packets without a route; QUIC retransmits.
+func (c *Client) Path(peer identity.PeerID) *PeerPath { return &PeerPath{c: c, peer: peer} }
+
+// PeerPath is a pathsock.Path to one peer through a relay client.
+type PeerPath struct {
+	c    *Client
+	peer identity.PeerID
+}
+
+// Send implements pathsock.Path.
+func (p *PeerPath) Send(b []byte) error {
+	if l := p.c.current(); l != nil {
+		l.Send(p.peer, b) // errors mean the link is going: drop
+	}
+	return nil
+}
+
+// Name says which rung the path belongs to: "relay".
+func (p *PeerPath) Name() string { return Name }
 
 func (h *clientHandler) Notice(peer identity.PeerID, err error) {
 	c := (*Client)(h)

@@ -2,13 +2,14 @@ package relay
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"time"
 
-	"github.com/quic-go/quic-go"
-
+	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/stream"
 )
@@ -27,16 +28,15 @@ type RungConfig struct {
 
 // Rung is the hosted relay, the last rung. The node keeps a link to the
 // relay of the server it is registered with (opened when a dial or an
-// introduction needs it) and runs a second QUIC transport on the link's
-// relayed packet connection; sessions peers open there are handed to the
-// node.
+// introduction needs it). Relayed sessions run on the node's own QUIC
+// transport, each peer at its virtual address (internal/pathsock), so a
+// relayed session can move to a direct path without breaking; the node
+// accepts them with its other sessions.
 type Rung struct {
 	rung.Base
 	h      *rung.Host
 	cfg    RungConfig
 	client *Client // nil without servers
-	tr     *quic.Transport
-	ln     *stream.Listener
 }
 
 // NewRung makes the rung for the node h.
@@ -59,6 +59,7 @@ func (r *Rung) Start(context.Context) error {
 	if !r.h.Signalling {
 		return nil
 	}
+	paths := r.h.Socket.Paths()
 	c, err := NewClient(ClientConfig{
 		Key: r.h.Key, Socket: r.h.Socket.Transport(), DialTCP: r.h.DialServer, Dialers: r.dialers(),
 		Token: r.cfg.Token, Logger: r.h.Logger,
@@ -70,19 +71,70 @@ func (r *Rung) Start(context.Context) error {
 			}
 			return ""
 		},
+		Deliver: func(from identity.PeerID, pkt []byte) { r.deliver(paths, from, pkt) },
 	})
 	if err != nil {
 		return err
 	}
-	tr := &quic.Transport{Conn: c.PacketConn()}
-	ln, err := stream.Listen(tr, r.h.Key, SessionConfig(r.h.Session))
-	if err != nil {
-		c.Close()
-		return err
-	}
-	r.client, r.tr, r.ln = c, tr, ln
-	r.h.Go(func() { AcceptInto(r.h, ln, Name) })
+	r.client = c
 	return nil
+}
+
+// deliver hands a relayed packet to the node's socket as coming from the
+// peer's virtual address, so sessions over the relay live on the node's
+// one QUIC transport and can move to a direct path (internal/pathsock). A
+// peer without a virtual address gets one only for a QUIC Initial (the
+// start of a session); the relay becomes its path when it has none.
+func (r *Rung) deliver(paths *pathsock.Conn, from identity.PeerID, pkt []byte) {
+	name := from.String()
+	key, ok := paths.Lookup(name)
+	if !ok {
+		if !isInitial(pkt) {
+			return
+		}
+		var err error
+		if key, err = paths.Key(name); err != nil {
+			r.h.Logger.Debug("relay: no virtual address for a peer", "peer", from.Short(), "err", err)
+			return
+		}
+	}
+	if _, fwd, err := paths.Current(key); err == nil && fwd == nil {
+		paths.SetFallback(key, r.client.Path(from))
+	}
+	paths.Inject(key, pkt)
+}
+
+// isInitial reports whether pkt is a QUIC long-header Initial packet
+// (RFC 9000 §17.2: header form and fixed bits set, type 0; version 1 or
+// 2, whose Initial type differs).
+func isInitial(pkt []byte) bool {
+	if len(pkt) < 5 || pkt[0]&0xc0 != 0xc0 {
+		return false
+	}
+	typ := pkt[0] >> 4 & 3
+	switch version := uint32(pkt[1])<<24 | uint32(pkt[2])<<16 | uint32(pkt[3])<<8 | uint32(pkt[4]); version {
+	case 1:
+		return typ == 0
+	case 0x6b3343cf: // QUIC v2 (RFC 9369)
+		return typ == 1
+	default:
+		return false
+	}
+}
+
+// Key returns the virtual address of peer on the node's socket with the
+// relay as its forwarded path (its current path unless it has a direct
+// one): what the rung dials.
+func (r *Rung) Key(peer identity.PeerID) (net.Addr, error) {
+	paths := r.h.Socket.Paths()
+	key, err := paths.Key(peer.String())
+	if err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	if err := paths.SetFallback(key, r.client.Path(peer)); err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	return net.UDPAddrFromAddrPort(key), nil
 }
 
 // dialers is RungConfig.Dialers with the node's server dial (the
@@ -133,8 +185,6 @@ func (r *Rung) Close() {
 	if r.client == nil {
 		return
 	}
-	r.ln.Close()
-	r.tr.Close()
 	r.client.Close()
 }
 
@@ -200,8 +250,9 @@ func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 	}
 	s := Strategy{
 		Client:    func() *Client { return r.client },
-		Transport: func() *quic.Transport { return r.tr },
+		Transport: r.h.Socket.Transport,
 		Server:    r.h.Server,
+		Addr:      r.Key,
 	}
 	return s.Connect(ctx, a)
 }

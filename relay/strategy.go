@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
@@ -32,6 +34,10 @@ type Strategy struct {
 	// Server returns the relay to use (the node's current rendezvous
 	// server); zero means none.
 	Server func() rendezvous.ServerAddr
+	// Addr returns the address to dial peer at on Transport. Nil: the
+	// relay address Addr{peer} (Transport runs on the client's
+	// PacketConn).
+	Addr func(peer identity.PeerID) (net.Addr, error)
 }
 
 // Connect dials a.Peer through the relay. Errors: those of Client.Connect
@@ -75,7 +81,16 @@ func (s *Strategy) Connect(ctx context.Context, a *rung.Attempt) (*stream.Sessio
 	}()
 	cfg := a.Session
 	cfg.PacketSize = PacketSize
-	sess, err := stream.DialAddr(dctx, s.Transport(), Addr{a.Peer}, a.Key, a.Peer, cfg)
+	var to net.Addr = Addr{a.Peer}
+	if s.Addr != nil {
+		var err error
+		if to, err = s.Addr(a.Peer); err != nil {
+			cancel(nil)
+			wg.Wait()
+			return nil, err
+		}
+	}
+	sess, err := stream.DialAddr(dctx, s.Transport(), to, a.Key, a.Peer, cfg)
 	cancel(nil)
 	wg.Wait()
 	if err == nil {

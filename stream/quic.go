@@ -11,6 +11,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/pathsock"
 )
 
 // Dial opens a QUIC session to the peer want at addr over the shared
@@ -66,7 +67,7 @@ func Listen(tr *quic.Transport, key *identity.Key, cfg Config) (*Listener, error
 	if err != nil {
 		return nil, fmt.Errorf("stream: listen: %w", err)
 	}
-	ln, err := tr.Listen(tlsConf, QUICConfig(cfg))
+	ln, err := tr.Listen(tlsConf, listenConfig(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("stream: listen: %w", err)
 	}
@@ -91,13 +92,38 @@ func ListenWith(tr *quic.Transport, key *identity.Key, cfg Config, others map[st
 	if err != nil {
 		return nil, fmt.Errorf("stream: listen: %w", err)
 	}
-	qcfg := QUICConfig(cfg)
+	qcfg := listenConfig(cfg)
 	qcfg.EnableDatagrams = len(others) > 0
 	ln, err := tr.Listen(tlsConf, qcfg)
 	if err != nil {
 		return nil, fmt.Errorf("stream: listen: %w", err)
 	}
 	return &Listener{ln: ln, key: key, cfg: cfg, others: others}, nil
+}
+
+// MovablePacketSize is the packet size of sessions with a peer's virtual
+// address (internal/pathsock): they may move to a forwarded path at any
+// time, so their packets are sized to fit a relay frame (the QUIC
+// minimum, like relay.PacketSize) and do not grow by path MTU discovery,
+// which never shrinks them again.
+const MovablePacketSize = 1200
+
+// listenConfig is QUICConfig(cfg) for a listener: a client that comes
+// from a virtual address gets MovablePacketSize.
+func listenConfig(cfg Config) *quic.Config {
+	q := QUICConfig(cfg)
+	movable := cfg
+	movable.PacketSize = MovablePacketSize
+	mq := QUICConfig(movable)
+	q.GetConfigForClient = func(info *quic.ClientInfo) (*quic.Config, error) {
+		if ua, ok := info.RemoteAddr.(*net.UDPAddr); ok && pathsock.IsVirtual(ua.AddrPort().Addr()) {
+			c := mq.Clone()
+			c.EnableDatagrams = q.EnableDatagrams
+			return c, nil
+		}
+		return q, nil
+	}
+	return q
 }
 
 // Accept waits for the next session whose handshake has completed, until

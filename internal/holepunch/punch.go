@@ -162,6 +162,12 @@ type Params struct {
 	// reach the peer's router, which then keeps no state for them. Zero:
 	// no primers.
 	PrimerTTL int
+	// OnHeard, when set, is called for every authenticated packet from
+	// the peer, on the socket's read goroutine (it must not block):
+	// confirmed false for a ping (the peer reaches us from addr; called
+	// before our pong goes out), true for a pong to our ping (addr works
+	// both ways).
+	OnHeard func(addr netip.AddrPort, confirmed bool)
 }
 
 // NewKey returns a fresh random punch key.
@@ -176,6 +182,8 @@ type Attempt struct {
 	m     *Manager
 	p     Params
 	txkey []byte
+	// onHeard is Params.OnHeard, replaceable (SetOnHeard).
+	onHeard atomic.Pointer[func(netip.AddrPort, bool)]
 
 	mu        sync.Mutex
 	remotes   []netip.AddrPort
@@ -217,6 +225,9 @@ func (m *Manager) Start(p Params) (*Attempt, error) {
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
+	if p.OnHeard != nil {
+		a.onHeard.Store(&p.OnHeard)
+	}
 	for _, r := range p.Remote {
 		a.addRemote(r)
 	}
@@ -238,6 +249,16 @@ func (m *Manager) Start(p Params) (*Attempt, error) {
 	}
 	go a.run()
 	return a, nil
+}
+
+// SetOnHeard replaces the attempt's Params.OnHeard (nil: none), for an
+// attempt started before its peer was known.
+func (a *Attempt) SetOnHeard(f func(addr netip.AddrPort, confirmed bool)) {
+	if f == nil {
+		a.onHeard.Store(nil)
+		return
+	}
+	a.onHeard.Store(&f)
 }
 
 // Lookup returns the running attempt with the given ID, or nil.
@@ -489,6 +510,9 @@ func (m *Manager) handle(b []byte, from netip.AddrPort) {
 	case typePing:
 		// Answer at once, to the address it came from; and ping that
 		// address ourselves if it is new (peer-reflexive).
+		if f := a.onHeard.Load(); f != nil {
+			(*f)(from, false)
+		}
 		a.send(typePong, from, from, pk.txid)
 		a.mu.Lock()
 		learned := a.addRemote(from)
@@ -511,6 +535,9 @@ func (m *Manager) handle(b []byte, from netip.AddrPort) {
 		a.confirmed[from] = true
 		a.answered[from] = true
 		a.mu.Unlock()
+		if f := a.onHeard.Load(); f != nil {
+			(*f)(from, true)
+		}
 		a.markValidated(from)
 	}
 }

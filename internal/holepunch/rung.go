@@ -288,7 +288,7 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	}
 	at, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleListener,
 		Remote: remotes, Budget: r.limits.AttemptPackets,
-		Hold: hold, PrimerTTL: max(ttl, 0)})
+		Hold: hold, PrimerTTL: max(ttl, 0), OnHeard: r.heard(offer.Peer)})
 	if err != nil {
 		release()
 		r.h.Logger.Debug("punch", "peer", offer.Peer.Short(), "err", err)
@@ -304,6 +304,15 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 		}
 		at.Close()
 	})
+}
+
+// heard is the OnHeard of an attempt with peer: it tells the node
+// (rung.Host.PathHeard).
+func (r *Rung) heard(peer identity.PeerID) func(netip.AddrPort, bool) {
+	if r.h.PathHeard == nil {
+		return nil
+	}
+	return func(addr netip.AddrPort, confirmed bool) { r.h.PathHeard(Name, peer, addr, confirmed) }
 }
 
 // Connect implements rung.Rung. If the node started the attempt early
@@ -322,10 +331,11 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 	m := s.m
 	at := m.Lookup(a.Local.Attempt)
 	if at != nil {
+		at.SetOnHeard(s.heard(a.Peer))
 		at.AddRemotes(remotes)
 	} else {
 		var err error
-		at, err = m.Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes, Budget: s.limits.AttemptPackets})
+		at, err = m.Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes, Budget: s.limits.AttemptPackets, OnHeard: s.heard(a.Peer)})
 		if err != nil {
 			return nil, err
 		}
@@ -459,6 +469,59 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 			if pending == 0 && expired {
 				return nil, fail(ErrNoPath)
 			}
+		}
+	}
+}
+
+// Validate implements rung.Validator: it runs checks against the peer's
+// punchable candidates like Connect, and returns the first address that
+// answered one of our checks (a pong: the address works both ways),
+// without dialling QUIC. The node moves an existing session there (its
+// PathHeard hook saw the address first). Errors: ErrNoCandidates,
+// ErrNoPath (nothing answered within CheckTimeout), the context's.
+func (s *Rung) Validate(ctx context.Context, a *rung.Attempt) (netip.AddrPort, error) {
+	remotes := a.Remote.PunchableFrom(s.scope())
+	if len(remotes) == 0 {
+		return netip.AddrPort{}, ErrNoCandidates
+	}
+	at := s.m.Lookup(a.Local.Attempt)
+	if at != nil {
+		at.SetOnHeard(s.heard(a.Peer))
+		at.AddRemotes(remotes)
+	} else {
+		var err error
+		at, err = s.m.Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes, Budget: s.limits.AttemptPackets, OnHeard: s.heard(a.Peer)})
+		if err != nil {
+			return netip.AddrPort{}, err
+		}
+		defer at.Close()
+	}
+	limit := s.CheckTimeout
+	if limit <= 0 {
+		limit = 10 * time.Second
+	}
+	giveUp := time.NewTimer(limit)
+	defer giveUp.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var heard []netip.AddrPort // validated by a ping only, so far
+	for {
+		select {
+		case addr := <-at.Validated():
+			if at.Confirmed(addr) {
+				return addr, nil
+			}
+			heard = append(heard, addr)
+		case <-tick.C:
+			for _, addr := range heard {
+				if at.Confirmed(addr) {
+					return addr, nil
+				}
+			}
+		case <-giveUp.C:
+			return netip.AddrPort{}, fmt.Errorf("%w within %v", ErrNoPath, limit)
+		case <-ctx.Done():
+			return netip.AddrPort{}, fmt.Errorf("%w: %w", ErrNoPath, ctx.Err())
 		}
 	}
 }

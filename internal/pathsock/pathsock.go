@@ -159,7 +159,13 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 		if len(c.byReal) > 0 {
 			now := time.Now().UnixNano()
 			for i := range ms[:n] {
-				ms[i].Addr = c.translate(ms[i].Addr, now)
+				// Only QUIC packets belong to a session; others (STUN,
+				// punch checks: first byte below 0x40, which quic-go
+				// hands to ReadNonQUICPacket) keep the real source their
+				// readers need.
+				if m := &ms[i]; m.N > 0 && m.Buffers[0][0] >= 0x40 {
+					m.Addr = c.translate(m.Addr, now)
+				}
 			}
 		}
 		c.mu.RUnlock()

@@ -79,6 +79,15 @@ type Rung interface {
 	Plan(a *Attempt, headStart time.Duration) (time.Duration, bool)
 }
 
+// Validator is a rung that can prove a direct path to a peer without
+// opening a session: the node uses it to move an existing session (one on
+// a forwarded path, say) onto that path (docs/architecture.md, "After the
+// relay"). Validate returns the address that answered; the node's
+// PathHeard hook has seen it first.
+type Validator interface {
+	Validate(ctx context.Context, a *Attempt) (netip.AddrPort, error)
+}
+
 // Base implements every hook of Rung but Name and Connect as doing
 // nothing; rungs embed it.
 type Base struct{}
@@ -139,6 +148,12 @@ type Host struct {
 	Accepted func(sess *stream.Session) bool
 	// Event reports what happens to a peer's path.
 	Event func(Event)
+	// PathHeard tells the node that peer reached it from addr with an
+	// authenticated check (confirmed false), or answered its check there
+	// (confirmed true: addr works both ways), so a session with the peer
+	// may move to addr. It runs on the socket's read goroutine and must
+	// not block. Nil: nobody listens.
+	PathHeard func(rung string, peer identity.PeerID, addr netip.AddrPort, confirmed bool)
 }
 
 // EventKind says what happened to a peer's path.
@@ -150,5 +165,6 @@ type Event struct {
 	Kind     EventKind
 	Strategy string          // the rung of Session
 	Session  *stream.Session // when the event concerns one session
+	Path     netip.AddrPort  // the direct address a session moved to
 	Err      error           // why, for failures and losses
 }

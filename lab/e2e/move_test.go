@@ -1,0 +1,160 @@
+package e2e_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"io"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
+)
+
+// moveBytes is what TestLabMoveRelayDirect streams (REACH_MOVE_MIB
+// overrides it; the figure is 1024).
+func moveBytes() int64 {
+	if n, err := strconv.Atoi(os.Getenv("REACH_MOVE_MIB")); err == nil && n > 0 {
+		return int64(n) << 20
+	}
+	return 256 << 20
+}
+
+// moveRate bounds TestLabMoveRelayDirect's sender (bytes a second): below
+// the relay's speed here, and far below the direct path's.
+const moveRate = 16 << 20
+
+// TestLabMoveRelayDirect: two peers behind port-restricted NATs whose
+// direct path is cut (a firewall rule on one router) connect through the
+// relay. One stream starts; the rule goes after 3 s, and the session
+// moves to the direct path within 5 s, with the stream running. The rule
+// comes back: the session falls back to the relay within 5 s, and moves
+// to direct again when the rule goes. The stream's bytes arrive intact
+// (SHA-256) and most of them go direct.
+func TestLabMoveRelayDirect(t *testing.T) {
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	sa, sb := s.Pair(t, natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.PortRestricted))
+	cut := func() {
+		t.Helper()
+		if err := sa.Router.Block(ctx, sb.Router.WAN()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mend := func() {
+		t.Helper()
+		if err := sa.Router.Unblock(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cut()
+	ev := newEvents()
+	cfg := reach.Config{DisablePortMapping: true}
+	cfgA := cfg
+	cfgA.OnPathEvent = ev.add
+	na := s.Node(t, sa.Host, cfgA)
+	nb := s.Node(t, sb.Host, cfg)
+
+	size := moveBytes()
+	data := rand.NewChaCha8([32]byte{13})
+	want := sha256.New()
+	var received atomic.Int64
+	got := make(chan []byte, 1)
+	go func() {
+		st, err := nb.Accept(ctx)
+		if err != nil {
+			t.Errorf("accept: %v", err)
+			got <- nil
+			return
+		}
+		h := sha256.New()
+		if _, err := io.Copy(io.MultiWriter(h, counter{&received}), st); err != nil {
+			t.Errorf("receiving: %v after %d bytes", err, received.Load())
+		}
+		got <- h.Sum(nil)
+	}()
+
+	c, err := na.Dial(ctx, nb.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess := c.Session()
+	if sess.Strategy() != reach.StrategyRelay {
+		t.Fatalf("with the direct path cut: strategy %q, want relay", sess.Strategy())
+	}
+	ev.wait(t, reach.PathRelayed, time.Second)
+	sent := make(chan error, 1)
+	go func() {
+		// Paced (moveRate), so the stream is still running through every
+		// move on a fast machine too (64 KiB writes).
+		buf := make([]byte, 64<<10)
+		start := time.Now()
+		for off := int64(0); off < size; off += int64(len(buf)) {
+			if ahead := time.Duration(float64(off)/moveRate*float64(time.Second)) - time.Since(start); ahead > 0 {
+				time.Sleep(ahead)
+			}
+			data.Read(buf)
+			want.Write(buf)
+			if _, err := c.Write(buf); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- c.CloseWrite()
+	}()
+
+	relayBytes := func() uint64 { return s.Relay.Stats().Bytes }
+	movedWithin := func(d time.Duration, strategy string) reach.PathEvent {
+		t.Helper()
+		start := time.Now()
+		for {
+			e := ev.wait(t, reach.PathMoved, d-time.Since(start))
+			if e.Strategy == strategy {
+				t.Logf("moved to %s (%v) %v after the change, %d MiB received", e.Strategy, e.Path, time.Since(start).Round(time.Millisecond), received.Load()>>20)
+				return e
+			}
+		}
+	}
+
+	time.Sleep(3 * time.Second)
+	atRelay := received.Load()
+	mend()
+	e := movedWithin(5*time.Second, reach.StrategyHolepunch)
+	if !e.Path.IsValid() || sess.Strategy() != reach.StrategyHolepunch {
+		t.Fatalf("after the move: path %v, strategy %q", e.Path, sess.Strategy())
+	}
+	relayAtMove := relayBytes()
+	reachlab.MustWaitFor(t, 30*time.Second, "8 MiB more over the direct path", func() bool { return received.Load() > atRelay+8<<20 })
+
+	cut()
+	movedWithin(5*time.Second, reach.StrategyRelay)
+	reachlab.MustWaitFor(t, 30*time.Second, "bytes over the relay again", func() bool { return relayBytes() > relayAtMove+1<<20 })
+	mend()
+	movedWithin(10*time.Second, reach.StrategyHolepunch)
+
+	if err := <-sent; err != nil {
+		t.Fatalf("sending: %v after %d bytes received", err, received.Load())
+	}
+	select {
+	case h := <-got:
+		if string(h) != string(want.Sum(nil)) {
+			t.Fatalf("SHA-256 differs (%d of %d bytes received)", received.Load(), size)
+		}
+	case <-ctx.Done():
+		t.Fatalf("stream did not finish: %d of %d bytes", received.Load(), size)
+	}
+	t.Logf("%d MiB intact; the relay carried %d MiB in all", size>>20, relayBytes()>>20)
+	if r := relayBytes(); r > uint64(size)/2 {
+		t.Errorf("the relay carried %d of %d bytes: the session did not stay on the direct path", r, size)
+	}
+}
+
+type counter struct{ n *atomic.Int64 }
+
+func (c counter) Write(b []byte) (int, error) { c.n.Add(int64(len(b))); return len(b), nil }

@@ -1,0 +1,273 @@
+package reach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/pathsock"
+	"github.com/reachp2p/reach/internal/rung"
+	"github.com/reachp2p/reach/stream"
+)
+
+// Moving sessions between paths (docs/architecture.md, "After the relay").
+// A session that starts on the relay lives at the peer's virtual address
+// on the node's socket (internal/pathsock). While it runs, the node looks
+// for a direct path with the rungs that can validate one without a session
+// (rung.Validator: hole punching), and when a check is answered the
+// peer's address moves there; every session with the peer follows, with
+// no byte lost. A direct path that goes silent falls back to the relay,
+// and the search starts again.
+const (
+	// pathDeadAfter: a direct path that brought nothing for this long is
+	// given up for the peer's forwarded path. Sessions keep alive every
+	// second (stream.DefaultKeepAlive), so a live path is never this
+	// quiet.
+	pathDeadAfter = 3 * time.Second
+	// pathCheckEvery is how often the node looks for silent direct paths.
+	pathCheckEvery = 250 * time.Millisecond
+	// moveCheck bounds one search for a direct path: the checks' early
+	// phase (2 s), when every candidate address is pinged, and a second
+	// for late answers.
+	moveCheck = 3 * time.Second
+	// moveGap is the pause between searches during moveFastPhase after a
+	// session went forwarded; then the pause doubles up to
+	// maxUpgradeInterval. A search costs one introduction and at most a
+	// few hundred punch packets (holepunch.Limits.AttemptPackets on each
+	// side): about 60 packets a second for the first minute of a relayed
+	// session, then rapidly less.
+	moveGap       = 2 * time.Second
+	moveFastPhase = time.Minute
+	// virtualIdle: a virtual address with no session and no packet for
+	// this long is forgotten.
+	virtualIdle = time.Minute
+)
+
+// PathMoved: every session with the peer moved to another path without
+// breaking (Strategy names the rung of the new path; Path is its direct
+// address, or invalid when the session fell back to a forwarded path, in
+// which case Err says why).
+const PathMoved PathEventKind = "moved"
+
+// errPathSilent is the Err of a PathMoved back to a forwarded path.
+var errPathSilent = fmt.Errorf("reach: the direct path brought nothing for %v", pathDeadAfter)
+
+// pathHeard implements rung.Host.PathHeard. It runs on the socket's read
+// goroutine: it must not block.
+func (n *Node) pathHeard(name string, peer identity.PeerID, addr netip.AddrPort, confirmed bool) {
+	paths := n.sock.Paths()
+	key, ok := paths.Lookup(peer.String())
+	if !ok {
+		return // no session of ours can move
+	}
+	if !confirmed {
+		// The peer reaches us from addr: its packets there are its own
+		// from now on, before it moves (it moves when our pong, which
+		// follows, reaches it).
+		paths.AddAlias(key, addr)
+		return
+	}
+	direct, _, err := paths.Current(key)
+	if err != nil {
+		return
+	}
+	if direct.IsValid() {
+		paths.AddAlias(key, addr)
+		return
+	}
+	paths.SetDirect(key, addr)
+	n.goRun(func() { n.moved(peer, key, name, addr, nil) })
+}
+
+// moved relabels the sessions at key and reports the move.
+func (n *Node) moved(peer identity.PeerID, key netip.AddrPort, name string, addr netip.AddrPort, why error) {
+	for _, s := range n.sessionsAt(peer, key) {
+		s.SetStrategy(name)
+	}
+	n.event(PathEvent{Peer: peer, Kind: PathMoved, Strategy: name, Path: addr, Err: why})
+}
+
+// sessionsAt returns the live sessions with peer at key.
+func (n *Node) sessionsAt(peer identity.PeerID, key netip.AddrPort) []*stream.Session {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []*stream.Session
+	for _, s := range n.sessions[peer] {
+		if s.Context().Err() == nil && s.RemoteAddr() == key {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// movable reports whether sess lives at a virtual address.
+func movable(sess *stream.Session) bool { return pathsock.IsVirtual(sess.RemoteAddr().Addr()) }
+
+// pathName is the rung name of a forwarded path.
+func pathName(p pathsock.Path) string {
+	if named, ok := p.(interface{ Name() string }); ok {
+		return named.Name()
+	}
+	return "forwarded"
+}
+
+// watchPaths falls back from silent direct paths and forgets idle
+// virtual addresses, until the node closes.
+func (n *Node) watchPaths() {
+	check := time.NewTicker(pathCheckEvery)
+	defer check.Stop()
+	expire := time.NewTicker(virtualIdle / 2)
+	defer expire.Stop()
+	paths := n.sock.Paths()
+	for {
+		select {
+		case <-check.C:
+			for peer, key := range n.movablePeers() {
+				direct, fwd, err := paths.Current(key)
+				if err != nil || !direct.IsValid() || fwd == nil || time.Since(paths.Heard(key)) < pathDeadAfter {
+					continue
+				}
+				if paths.Fallback(key) {
+					n.moved(peer, key, pathName(fwd), netip.AddrPort{}, errPathSilent)
+					n.startMoving(peer)
+				}
+			}
+		case <-expire.C:
+			keep := map[netip.AddrPort]bool{}
+			for _, key := range n.movablePeers() {
+				keep[key] = true
+			}
+			paths.Expire(virtualIdle, func(v netip.AddrPort) bool { return keep[v] })
+		case <-n.ctx.Done():
+			return
+		}
+	}
+}
+
+// movablePeers returns the peers with live sessions at virtual addresses.
+func (n *Node) movablePeers() map[identity.PeerID]netip.AddrPort {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := map[identity.PeerID]netip.AddrPort{}
+	for peer, ss := range n.sessions {
+		for _, s := range ss {
+			if s.Context().Err() == nil && movable(s) {
+				out[peer] = s.RemoteAddr()
+			}
+		}
+	}
+	return out
+}
+
+// startMoving runs moveLoop for peer unless one runs already.
+func (n *Node) startMoving(peer identity.PeerID) {
+	n.mu.Lock()
+	if n.moving == nil {
+		n.moving = map[identity.PeerID]bool{}
+	}
+	if n.moving[peer] || n.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.moving[peer] = true
+	n.mu.Unlock()
+	n.goRun(func() {
+		defer func() {
+			n.mu.Lock()
+			delete(n.moving, peer)
+			n.mu.Unlock()
+		}()
+		n.moveLoop(peer)
+	})
+}
+
+// moveLoop searches for a direct path to peer while a session with it is
+// on a forwarded path: every moveGap for moveFastPhase, then less often.
+func (n *Node) moveLoop(peer identity.PeerID) {
+	paths := n.sock.Paths()
+	start := time.Now()
+	wait := moveGap
+	for {
+		key, ok := paths.Lookup(peer.String())
+		if !ok || len(n.sessionsAt(peer, key)) == 0 {
+			return
+		}
+		if direct, _, _ := paths.Current(key); direct.IsValid() {
+			return
+		}
+		n.event(PathEvent{Peer: peer, Kind: PathUpgradeAttempt})
+		ctx, cancel := context.WithTimeout(n.ctx, moveCheck+time.Second)
+		addr, name, err := n.validate(ctx, peer)
+		cancel()
+		if err == nil {
+			if direct, _, _ := paths.Current(key); !direct.IsValid() {
+				// The check's pong moved it already, unless a fallback
+				// raced with it.
+				paths.SetDirect(key, addr)
+				n.moved(peer, key, name, addr, nil)
+			}
+			return
+		}
+		if n.ctx.Err() != nil {
+			return
+		}
+		n.event(PathEvent{Peer: peer, Kind: PathUpgradeFailed, Err: err})
+		if time.Since(start) > moveFastPhase {
+			wait = min(2*wait, maxUpgradeInterval)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-n.ctx.Done():
+			t.Stop()
+			return
+		}
+	}
+}
+
+// validate introduces the node to peer again and runs every rung of the
+// ladder that can validate a direct path, in parallel, for moveCheck: the
+// first address that answers wins.
+func (n *Node) validate(ctx context.Context, peer identity.PeerID) (netip.AddrPort, string, error) {
+	var entries []rung.Entry
+	for _, e := range n.ladder.Better() {
+		if _, ok := e.Rung.(rung.Validator); ok {
+			entries = append(entries, e)
+		}
+	}
+	if len(entries) == 0 {
+		return netip.AddrPort{}, "", errors.New("reach: no rung can validate a direct path")
+	}
+	a, _, release, err := n.introduce(ctx, peer, entries)
+	if err != nil {
+		return netip.AddrPort{}, "", err
+	}
+	defer release()
+	ctx, cancel := context.WithTimeout(ctx, moveCheck)
+	defer cancel()
+	type result struct {
+		addr netip.AddrPort
+		name string
+		err  error
+	}
+	results := make(chan result, len(entries))
+	for _, e := range entries {
+		go func() {
+			addr, err := e.Rung.(rung.Validator).Validate(ctx, a)
+			results <- result{addr, e.Rung.Name(), err}
+		}()
+	}
+	var errs []error
+	for range entries {
+		r := <-results
+		if r.err == nil {
+			cancel()
+			return r.addr, r.name, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", r.name, r.err))
+	}
+	return netip.AddrPort{}, "", errors.Join(errs...)
+}

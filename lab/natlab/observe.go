@@ -11,8 +11,15 @@ import (
 // the live NAT mappings) and its conntrack table.
 func (r *Router) Dump(ctx context.Context) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "=== router %s (%s, %s) wan=%s %s lan=%s %s ===\n", r.name, r.cfg.NAT, r.cfg.Firewall,
-		orNone(r.addr4), orNone(r.wan6), r.cfg.LAN, r.lan.v6)
+	var wan, lan []string
+	if !r.cfg.IPv6Only {
+		wan, lan = append(wan, r.addr4.String()), append(lan, r.cfg.LAN.String())
+	}
+	if r.cfg.IPv6 {
+		wan, lan = append(wan, r.wan6.String()), append(lan, r.lan.v6.String())
+	}
+	fmt.Fprintf(&b, "=== router %s (%s, %s) wan=%s lan=%s ===\n", r.name, r.cfg.NAT, r.cfg.Firewall,
+		strings.Join(wan, ","), strings.Join(lan, ","))
 	if out, err := output(ctx, "ip", "netns", "exec", r.ns, "nft", "list", "ruleset"); err != nil {
 		fmt.Fprintf(&b, "nft: %v\n", err)
 	} else {

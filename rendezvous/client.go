@@ -63,6 +63,10 @@ type ClientConfig struct {
 	// IncomingQueue is the capacity of the Incoming channel; an
 	// introduction arriving when it is full is rejected ("busy"). Zero: 16.
 	IncomingQueue int
+
+	// lookupNetIP resolves server names for QUIC (tests give a name
+	// addresses without DNS). Nil: net.DefaultResolver.
+	lookupNetIP func(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
 func (c ClientConfig) withDefaults() ClientConfig {

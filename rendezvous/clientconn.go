@@ -293,36 +293,47 @@ func (c *Client) lastIdxOf(sa ServerAddr) int {
 
 func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 
-// resolveUDP picks the server address to dial from the shared socket: an
-// address of the socket's family, IPv4 first on a dual-stack socket.
-func (c *Client) resolveUDP(ctx context.Context, sa ServerAddr) (netip.AddrPort, error) {
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", sa.Host)
+// resolveUDP lists the server's addresses to dial from the shared socket,
+// in the order to try them: those of the socket's family, IPv4 first on a
+// dual-stack socket (registering over IPv4 shows the server the node's
+// IPv4 mapping, which punching through IPv4 NATs needs).
+func (c *Client) resolveUDP(ctx context.Context, sa ServerAddr) ([]netip.AddrPort, error) {
+	lookup := c.cfg.lookupNetIP
+	if lookup == nil {
+		lookup = net.DefaultResolver.LookupNetIP
+	}
+	ips, err := lookup(ctx, "ip", sa.Host)
 	if err != nil {
-		return netip.AddrPort{}, err
+		return nil, err
 	}
 	local := addrPortOf(c.cfg.Transport.Conn.LocalAddr()).Addr()
-	var pick netip.Addr
+	var v4, v6 []netip.AddrPort
+	seen := map[netip.Addr]bool{}
 	for _, ip := range ips {
 		ip = ip.Unmap()
 		switch {
-		case local.Is4() && !ip.Is4(), local.Is6() && !local.IsUnspecified() && !ip.Is6():
+		case seen[ip], local.Is4() && !ip.Is4(), local.Is6() && !local.IsUnspecified() && !ip.Is6():
 			continue
 		case ip.Is4():
-			return netip.AddrPortFrom(ip, sa.Port), nil
-		case !pick.IsValid():
-			pick = ip
+			v4 = append(v4, netip.AddrPortFrom(ip, sa.Port))
+		default:
+			v6 = append(v6, netip.AddrPortFrom(ip, sa.Port))
 		}
+		seen[ip] = true
 	}
-	if !pick.IsValid() {
-		return netip.AddrPort{}, fmt.Errorf("no address of %s suits the local socket %v", sa.Host, local)
+	if len(v4)+len(v6) == 0 {
+		return nil, fmt.Errorf("no address of %s suits the local socket %v", sa.Host, local)
 	}
-	return netip.AddrPortFrom(pick, sa.Port), nil
+	return append(v4, v6...), nil
 }
 
 // dialQUIC opens a QUIC connection and its stream to sa; the caller
-// registers on it.
+// registers on it. A name with several addresses is tried address by
+// address, within ctx: the next one when a dial fails (at once when the
+// host cannot send there at all, as an IPv6-only host to an IPv4
+// address).
 func (c *Client) dialQUIC(ctx context.Context, sa ServerAddr) (*clientConn, error) {
-	addr, err := c.resolveUDP(ctx, sa)
+	addrs, err := c.resolveUDP(ctx, sa)
 	if err != nil {
 		return nil, err
 	}
@@ -330,17 +341,24 @@ func (c *Client) dialQUIC(ctx context.Context, sa ServerAddr) (*clientConn, erro
 	if err != nil {
 		return nil, err
 	}
-	qc, err := c.cfg.Transport.Dial(ctx, net.UDPAddrFromAddrPort(addr), tlsCfg, &quic.Config{
-		HandshakeIdleTimeout:  c.cfg.DialTimeout,
-		MaxIdleTimeout:        time.Minute, // the server's (shorter) one applies
-		MaxIncomingStreams:    -1,
-		MaxIncomingUniStreams: -1,
-	})
-	if err != nil {
+	var qc *quic.Conn
+	for i, addr := range addrs {
+		qc, err = c.cfg.Transport.Dial(ctx, net.UDPAddrFromAddrPort(addr), tlsCfg, &quic.Config{
+			HandshakeIdleTimeout:  c.cfg.DialTimeout,
+			MaxIdleTimeout:        time.Minute, // the server's (shorter) one applies
+			MaxIncomingStreams:    -1,
+			MaxIncomingUniStreams: -1,
+		})
+		if err == nil {
+			break
+		}
 		if perr := pin.Err(); perr != nil {
 			return nil, perr
 		}
-		return nil, err
+		if ctx.Err() != nil || i == len(addrs)-1 {
+			return nil, err
+		}
+		c.log.Debug("server address failed; trying the next", "server", sa.String(), "addr", addr, "err", err)
 	}
 	st, err := qc.OpenStreamSync(ctx)
 	if err != nil {

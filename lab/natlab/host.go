@@ -11,14 +11,14 @@ import (
 )
 
 // Network is an L2 segment: a bridge inside some namespace with an IPv4
-// prefix (and maybe an IPv6 one). The internet is one; every router's LAN
+// prefix, an IPv6 one, or both. The internet is one; every router's LAN
 // is another.
 type Network struct {
 	lab    *Lab
 	name   string
 	ns     string // namespace holding the bridge
 	bridge string
-	v4, v6 netip.Prefix // v6 invalid: no IPv6 on this segment
+	v4, v6 netip.Prefix // invalid: no IPv4 (an IPv6-only LAN), no IPv6 on this segment
 	gw4    netip.Addr   // invalid on the internet (on-link default route)
 	gw6    netip.Addr
 	next   int       // next host number to hand out
@@ -34,7 +34,7 @@ type v6Route struct {
 // Name is the segment's name ("internet" or the router's name).
 func (n *Network) Name() string { return n.name }
 
-// Prefix4 is the segment's IPv4 prefix.
+// Prefix4 is the segment's IPv4 prefix (invalid on an IPv6-only LAN).
 func (n *Network) Prefix4() netip.Prefix { return n.v4 }
 
 // Prefix6 is the segment's IPv6 prefix (invalid if the segment has none).
@@ -57,7 +57,8 @@ func (h *Host) Name() string { return h.name }
 // Namespace is the network namespace's name (for ip netns exec).
 func (h *Host) Namespace() string { return h.ns }
 
-// Addr is the host's IPv4 address on its segment.
+// Addr is the host's IPv4 address on its segment (invalid on an
+// IPv6-only host).
 func (h *Host) Addr() netip.Addr { return h.addr4 }
 
 // Addr6 is the host's IPv6 address (invalid if its segment has no IPv6).
@@ -74,19 +75,23 @@ func (n *Network) allocate() (netip.Addr, netip.Addr, error) {
 	if i > 250 {
 		return netip.Addr{}, netip.Addr{}, fmt.Errorf("natlab: segment %s is full", n.name)
 	}
-	a4 := n.v4.Addr().As4()
-	a4[3] = byte(i)
-	var v6 netip.Addr
+	var v4, v6 netip.Addr
+	if n.v4.IsValid() {
+		a := n.v4.Addr().As4()
+		a[3] = byte(i)
+		v4 = netip.AddrFrom4(a)
+	}
 	if n.v6.IsValid() {
 		a := n.v6.Addr().As16()
 		a[15] = byte(i)
 		v6 = netip.AddrFrom16(a)
 	}
-	return netip.AddrFrom4(a4), v6, nil
+	return v4, v6, nil
 }
 
 // link connects namespace ns to network n with a veth pair; the end in ns
-// is called ifname. It returns the addresses assigned to it.
+// is called ifname and gets the addresses a4 and a6 (each may be invalid:
+// none of that family).
 func (n *Network) link(ctx context.Context, ns, ifname string, a4, a6 netip.Addr) error {
 	l := n.lab
 	l.mu.Lock()
@@ -96,7 +101,9 @@ func (n *Network) link(ctx context.Context, ns, ifname string, a4, a6 netip.Addr
 	steps := [][]string{
 		{"ip", "-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", port, "netns", n.ns},
 		{"ip", "-n", n.ns, "link", "set", port, "master", n.bridge, "up"},
-		{"ip", "-n", ns, "addr", "add", netip.PrefixFrom(a4, n.v4.Bits()).String(), "dev", ifname},
+	}
+	if a4.IsValid() {
+		steps = append(steps, []string{"ip", "-n", ns, "addr", "add", netip.PrefixFrom(a4, n.v4.Bits()).String(), "dev", ifname})
 	}
 	if a6.IsValid() {
 		steps = append(steps, []string{"ip", "-n", ns, "-6", "addr", "add", netip.PrefixFrom(a6, n.v6.Bits()).String(), "dev", ifname, "nodad"})
@@ -110,12 +117,16 @@ func (n *Network) link(ctx context.Context, ns, ifname string, a4, a6 netip.Addr
 	return nil
 }
 
-// defaultRoutes points ns's default routes at segment n.
-func (n *Network) defaultRoutes(ctx context.Context, ns, ifname string) error {
+// defaultRoutes points ns's default routes at segment n: IPv4 only with
+// v4 (a namespace without an IPv4 address gets no IPv4 route at all, so
+// an IPv4 destination is unreachable there), IPv6 when n has it.
+func (n *Network) defaultRoutes(ctx context.Context, ns, ifname string, v4 bool) error {
 	var steps [][]string
-	if n.gw4.IsValid() {
+	switch {
+	case !v4:
+	case n.gw4.IsValid():
 		steps = append(steps, []string{"ip", "-n", ns, "route", "add", "default", "via", n.gw4.String()})
-	} else {
+	default:
 		steps = append(steps, []string{"ip", "-n", ns, "route", "add", "default", "dev", ifname})
 	}
 	if n.v6.IsValid() {
@@ -162,11 +173,24 @@ func (n *Network) addRoute6(ctx context.Context, dst netip.Prefix, via netip.Add
 }
 
 // AddHost attaches a new host to the segment: a public host on the
-// internet, or a private host on a router's LAN.
+// internet, or a private host on a router's LAN (with IPv4 only if the LAN
+// has it).
 func (n *Network) AddHost(ctx context.Context, name string) (*Host, error) {
+	return n.addHost(ctx, name, false)
+}
+
+// addHost attaches a host; with v6only it gets no IPv4 address and no
+// IPv4 route even where the segment has IPv4.
+func (n *Network) addHost(ctx context.Context, name string, v6only bool) (*Host, error) {
 	a4, a6, err := n.allocate()
 	if err != nil {
 		return nil, err
+	}
+	if v6only {
+		if !a6.IsValid() {
+			return nil, fmt.Errorf("natlab: host %s: segment %s has no IPv6", name, n.name)
+		}
+		a4 = netip.Addr{}
 	}
 	h := &Host{lab: n.lab, name: name, ns: n.lab.nsName(name), net: n, addr4: a4, addr6: a6}
 	if err := n.lab.addNS(ctx, h.ns); err != nil {
@@ -175,7 +199,7 @@ func (n *Network) AddHost(ctx context.Context, name string) (*Host, error) {
 	if err := n.link(ctx, h.ns, "eth0", a4, a6); err != nil {
 		return nil, err
 	}
-	if err := n.defaultRoutes(ctx, h.ns, "eth0"); err != nil {
+	if err := n.defaultRoutes(ctx, h.ns, "eth0", a4.IsValid()); err != nil {
 		return nil, err
 	}
 	n.lab.mu.Lock()
@@ -189,6 +213,12 @@ func (n *Network) AddHost(ctx context.Context, name string) (*Host, error) {
 // AddPublicHost adds a host on the internet segment.
 func (l *Lab) AddPublicHost(ctx context.Context, name string) (*Host, error) {
 	return l.inet.AddHost(ctx, name)
+}
+
+// AddPublicHost6 adds a host on the internet segment with only an IPv6
+// address (an IPv6-only server or VPS): no IPv4 address, no IPv4 route.
+func (l *Lab) AddPublicHost6(ctx context.Context, name string) (*Host, error) {
+	return l.inet.addHost(ctx, name, true)
 }
 
 // Run calls fn on an OS thread switched into the host's namespace. Sockets

@@ -35,7 +35,7 @@ func (l *Lab) AddISP(ctx context.Context, name string) (*Network, error) {
 	if err := l.inet.link(ctx, h.ns, "wan", wan4, netip.Addr{}); err != nil {
 		return nil, err
 	}
-	if err := l.inet.defaultRoutes(ctx, h.ns, "wan"); err != nil {
+	if err := l.inet.defaultRoutes(ctx, h.ns, "wan", true); err != nil {
 		return nil, err
 	}
 	seg := &Network{lab: l, name: name, ns: h.ns, bridge: "lan", v4: prefix, gw4: prefix.Addr().Next(), next: 10}
@@ -74,6 +74,12 @@ type SiteConfig struct {
 	// stateful firewall (RouterConfig.IPv6): dual-stack. Not with ISP or
 	// a double NAT.
 	IPv6 bool
+	// IPv6Only makes the site IPv6 only: its host has an IPv6 address and
+	// no IPv4 address or route, behind a router that has no IPv4 either
+	// (RouterConfig.IPv6Only: a stateful IPv6 firewall of the Firewall
+	// variant; Kind says only what it lets out). With Open, a public host
+	// with only an IPv6 address. Not with ISP or a double NAT.
+	IPv6Only bool
 }
 
 // AddSiteWith builds a peer host named name as cfg says (its router, if
@@ -81,6 +87,9 @@ type SiteConfig struct {
 // name+"isp").
 func (l *Lab) AddSiteWith(ctx context.Context, name string, cfg SiteConfig) (*Site, error) {
 	s := &Site{Kind: cfg.Kind}
+	if (cfg.IPv6 || cfg.IPv6Only) && (cfg.ISP || cfg.Kind == KindDouble) {
+		return nil, fmt.Errorf("natlab: site %s: IPv6 with an ISP or a double NAT is not modelled", name)
+	}
 	var up *Network
 	if cfg.ISP {
 		var err error
@@ -95,7 +104,7 @@ func (l *Lab) AddSiteWith(ctx context.Context, name string, cfg SiteConfig) (*Si
 		if net == nil {
 			net = l.inet
 		}
-		s.Host, err = net.AddHost(ctx, name)
+		s.Host, err = net.addHost(ctx, name, cfg.IPv6Only)
 		return s, err
 	case KindDouble:
 		var cg *Router
@@ -104,7 +113,8 @@ func (l *Lab) AddSiteWith(ctx context.Context, name string, cfg SiteConfig) (*Si
 		}
 		s.Router, err = l.AddRouter(ctx, RouterConfig{Name: name + "r", NAT: PortRestricted, Upstream: cg.LAN(), Firewall: cfg.Firewall})
 	default:
-		s.Router, err = l.AddRouter(ctx, RouterConfig{Name: name + "r", NAT: NAT(cfg.Kind), Upstream: up, Firewall: cfg.Firewall, IPv6: cfg.IPv6})
+		s.Router, err = l.AddRouter(ctx, RouterConfig{Name: name + "r", NAT: NAT(cfg.Kind), Upstream: up, Firewall: cfg.Firewall,
+			IPv6: cfg.IPv6, IPv6Only: cfg.IPv6Only})
 	}
 	if err != nil {
 		return nil, err

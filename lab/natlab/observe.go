@@ -11,7 +11,15 @@ import (
 // the live NAT mappings) and its conntrack table.
 func (r *Router) Dump(ctx context.Context) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "=== router %s (%s) wan=%s lan=%s ===\n", r.name, r.cfg.NAT, r.addr4, r.cfg.LAN)
+	var wan, lan []string
+	if !r.cfg.IPv6Only {
+		wan, lan = append(wan, r.addr4.String()), append(lan, r.cfg.LAN.String())
+	}
+	if r.cfg.IPv6 {
+		wan, lan = append(wan, r.wan6.String()), append(lan, r.lan.v6.String())
+	}
+	fmt.Fprintf(&b, "=== router %s (%s, %s) wan=%s lan=%s ===\n", r.name, r.cfg.NAT, r.cfg.Firewall,
+		strings.Join(wan, ","), strings.Join(lan, ","))
 	if out, err := output(ctx, "ip", "netns", "exec", r.ns, "nft", "list", "ruleset"); err != nil {
 		fmt.Fprintf(&b, "nft: %v\n", err)
 	} else {
@@ -24,13 +32,23 @@ func (r *Router) Dump(ctx context.Context) string {
 
 // Conntrack returns the router's conntrack table (conntrack -L), one entry
 // a line: each shows the original tuple and the reply tuple, so the NAT
-// mapping of a flow is the reply tuple's destination.
+// mapping of a flow is the reply tuple's destination. An IPv6 router's
+// table lists its IPv6 flows too.
 func (r *Router) Conntrack(ctx context.Context) string {
-	out, err := output(ctx, "ip", "netns", "exec", r.ns, "conntrack", "-L")
-	if err != nil {
-		return fmt.Sprintf("conntrack: %v\n", err)
+	var b strings.Builder
+	fams := []string{"ipv4"}
+	if r.cfg.IPv6 {
+		fams = append(fams, "ipv6")
 	}
-	return out
+	for _, f := range fams {
+		out, err := output(ctx, "ip", "netns", "exec", r.ns, "conntrack", "-L", "-f", f)
+		if err != nil {
+			fmt.Fprintf(&b, "conntrack -f %s: %v\n", f, err)
+			continue
+		}
+		b.WriteString(out)
+	}
+	return b.String()
 }
 
 // FlushConntrack forgets every mapping on the router (like a reboot of the

@@ -91,6 +91,13 @@ type RouterConfig struct {
 	// (outbound and replies pass; unsolicited inbound is dropped). Only for
 	// routers attached to the internet. Zero: IPv4 only.
 	IPv6 bool
+	// IPv6Only makes the router and its LAN IPv6 only (implies IPv6): no
+	// IPv4 address on either side, no IPv4 route, nothing of IPv4
+	// forwarded, and no NAT64 either, so its hosts reach IPv6 addresses
+	// only. NAT then says only what the firewall lets out (every UDP kind
+	// alike; UDPBlocked only TCP to 80 and 443); not ProxyOnly, Carrier,
+	// Hairpin, WANAddr or LAN.
+	IPv6Only bool
 	// Firewall is the router's input policy on its WAN side. Zero: Home.
 	Firewall Firewall
 }
@@ -113,11 +120,16 @@ func (r *Router) Config() RouterConfig { return r.cfg }
 // LAN returns the router's private segment.
 func (r *Router) LAN() *Network { return r.lan }
 
-// WAN returns the router's external IPv4 address.
+// WAN returns the router's external IPv4 address (invalid for IPv6Only).
 func (r *Router) WAN() netip.Addr { return r.addr4 }
 
-// LANAddr returns the router's address on its LAN (the hosts' gateway).
+// LANAddr returns the router's IPv4 address on its LAN (the hosts'
+// gateway; invalid for IPv6Only).
 func (r *Router) LANAddr() netip.Addr { return r.lan.gw4 }
+
+// LANAddr6 returns the router's IPv6 address on its LAN (invalid without
+// IPv6).
+func (r *Router) LANAddr6() netip.Addr { return r.lan.gw6 }
 
 // AddHost adds a private host behind the router.
 func (r *Router) AddHost(ctx context.Context, name string) (*Host, error) {
@@ -139,6 +151,12 @@ func (l *Lab) AddRouter(ctx context.Context, cfg RouterConfig) (*Router, error) 
 	if up == nil {
 		up = l.inet
 	}
+	if cfg.IPv6Only {
+		if cfg.NAT == ProxyOnly || cfg.Carrier || cfg.Hairpin || cfg.WANAddr.IsValid() || cfg.LAN.IsValid() {
+			return nil, fmt.Errorf("natlab: router %s: IPv6Only with %s, Carrier, Hairpin, WANAddr or LAN is not modelled", cfg.Name, cfg.NAT)
+		}
+		cfg.IPv6 = true
+	}
 	if cfg.IPv6 && up != l.inet {
 		return nil, fmt.Errorf("natlab: router %s: IPv6 only for routers on the internet segment", cfg.Name)
 	}
@@ -146,7 +164,7 @@ func (l *Lab) AddRouter(ctx context.Context, cfg RouterConfig) (*Router, error) 
 	l.nextNet++
 	n := l.nextNet
 	l.mu.Unlock()
-	if !cfg.LAN.IsValid() {
+	if !cfg.LAN.IsValid() && !cfg.IPv6Only {
 		if cfg.Carrier {
 			cfg.LAN = netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 64, byte(n), 0}), 24)
 		} else {
@@ -159,6 +177,9 @@ func (l *Lab) AddRouter(ctx context.Context, cfg RouterConfig) (*Router, error) 
 	}
 	if cfg.WANAddr.IsValid() {
 		wan4 = cfg.WANAddr
+	}
+	if cfg.IPv6Only {
+		wan4 = netip.Addr{}
 	}
 	cfg.WANAddr = wan4
 	if !cfg.IPv6 {
@@ -174,7 +195,7 @@ func (l *Lab) AddRouter(ctx context.Context, cfg RouterConfig) (*Router, error) 
 	if err := up.link(ctx, r.ns, "wan", wan4, wan6); err != nil {
 		return nil, err
 	}
-	if !up.v4.Contains(wan4) {
+	if wan4.IsValid() && !up.v4.Contains(wan4) {
 		if err := run(ctx, "ip", "-n", r.ns, "addr", "del", netip.PrefixFrom(wan4, up.v4.Bits()).String(), "dev", "wan"); err != nil {
 			return nil, err
 		}
@@ -182,22 +203,24 @@ func (l *Lab) AddRouter(ctx context.Context, cfg RouterConfig) (*Router, error) 
 			return nil, err
 		}
 	}
-	if err := up.defaultRoutes(ctx, r.ns, "wan"); err != nil {
+	if err := up.defaultRoutes(ctx, r.ns, "wan", wan4.IsValid()); err != nil {
 		return nil, err
 	}
 	// LAN side: a bridge in the router's namespace.
 	lan := &Network{lab: l, name: cfg.Name, ns: r.ns, bridge: "lan", v4: cfg.LAN, next: 10}
-	lan.gw4 = cfg.LAN.Addr().Next()
+	if cfg.LAN.IsValid() {
+		lan.gw4 = cfg.LAN.Addr().Next()
+	}
 	if cfg.IPv6 {
 		lan.v6 = netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, byte(n)}), 64)
 		lan.gw6 = lan.v6.Addr().Next()
 	}
 	r.lan = lan
-	steps := [][]string{
-		{"ip", "-n", r.ns, "link", "add", "lan", "type", "bridge"},
-		{"ip", "-n", r.ns, "addr", "add", netip.PrefixFrom(lan.gw4, cfg.LAN.Bits()).String(), "dev", "lan"},
-		{"ip", "-n", r.ns, "link", "set", "lan", "up"},
+	steps := [][]string{{"ip", "-n", r.ns, "link", "add", "lan", "type", "bridge"}}
+	if lan.gw4.IsValid() {
+		steps = append(steps, []string{"ip", "-n", r.ns, "addr", "add", netip.PrefixFrom(lan.gw4, cfg.LAN.Bits()).String(), "dev", "lan"})
 	}
+	steps = append(steps, []string{"ip", "-n", r.ns, "link", "set", "lan", "up"})
 	if cfg.IPv6 {
 		steps = append(steps, []string{"ip", "-n", r.ns, "-6", "addr", "add", netip.PrefixFrom(lan.gw6, 64).String(), "dev", "lan", "nodad"})
 	}
@@ -206,7 +229,10 @@ func (l *Lab) AddRouter(ctx context.Context, cfg RouterConfig) (*Router, error) 
 			return nil, err
 		}
 	}
-	kv := []string{"net.ipv4.ip_forward", "1", "net.ipv6.conf.all.forwarding", "1"}
+	kv := []string{"net.ipv6.conf.all.forwarding", "1"}
+	if !cfg.IPv6Only {
+		kv = append(kv, "net.ipv4.ip_forward", "1")
+	}
 	if cfg.UDPTimeout > 0 {
 		secs := strconv.Itoa(max(1, int(cfg.UDPTimeout/time.Second)))
 		kv = append(kv, "net.netfilter.nf_conntrack_udp_timeout", secs, "net.netfilter.nf_conntrack_udp_timeout_stream", secs)
@@ -259,6 +285,18 @@ func (l *Lab) AddDoubleNAT(ctx context.Context, name string, home, carrier NAT) 
 // restricted cone only when the sender's address is in the set of
 // (remote address, external port) pairs the LAN host has sent to.
 func (r *Router) ruleset() string {
+	var b strings.Builder
+	if !r.cfg.IPv6Only {
+		r.ruleset4(&b)
+	}
+	if r.cfg.IPv6 {
+		r.ruleset6(&b)
+	}
+	return b.String()
+}
+
+// ruleset4 renders the IPv4 table: the NAT behaviour and both firewalls.
+func (r *Router) ruleset4(b *strings.Builder) {
 	c := r.cfg
 	to := "120"
 	if c.UDPTimeout > 0 {
@@ -266,39 +304,38 @@ func (r *Router) ruleset() string {
 	}
 	wan := r.addr4.String()
 	lanNet := c.LAN.String()
-	var b strings.Builder
-	fmt.Fprintf(&b, "table ip lab {\n")
-	fmt.Fprintf(&b, "  map portmap { type inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout %ss; }\n", to)
-	fmt.Fprintf(&b, "  set contacted { type ipv4_addr . inet_service; flags dynamic,timeout; timeout %ss; }\n", to)
+	fmt.Fprintf(b, "table ip lab {\n")
+	fmt.Fprintf(b, "  map portmap { type inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout %ss; }\n", to)
+	fmt.Fprintf(b, "  set contacted { type ipv4_addr . inet_service; flags dynamic,timeout; timeout %ss; }\n", to)
 	b.WriteString("  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n")
 	switch c.NAT {
 	case FullCone:
-		fmt.Fprintf(&b, "    iifname \"wan\" ip daddr %s udp dport @portmap dnat ip to udp dport map @portmap\n", wan)
+		fmt.Fprintf(b, "    iifname \"wan\" ip daddr %s udp dport @portmap dnat ip to udp dport map @portmap\n", wan)
 	case RestrictedCone:
-		fmt.Fprintf(&b, "    iifname \"wan\" ip daddr %s ip saddr . udp dport @contacted dnat ip to udp dport map @portmap\n", wan)
+		fmt.Fprintf(b, "    iifname \"wan\" ip daddr %s ip saddr . udp dport @contacted dnat ip to udp dport map @portmap\n", wan)
 	}
 	if c.Hairpin {
-		fmt.Fprintf(&b, "    iifname \"lan\" ip daddr %s udp dport @portmap dnat ip to udp dport map @portmap\n", wan)
+		fmt.Fprintf(b, "    iifname \"lan\" ip daddr %s udp dport @portmap dnat ip to udp dport map @portmap\n", wan)
 	}
 	b.WriteString("  }\n")
 	b.WriteString("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n")
 	if c.Hairpin {
 		// (no input interface at postrouting: match the addresses)
-		fmt.Fprintf(&b, "    oifname \"lan\" ip saddr %s ip daddr %s ct status dnat snat ip to %s\n", lanNet, lanNet, wan)
+		fmt.Fprintf(b, "    oifname \"lan\" ip saddr %s ip daddr %s ct status dnat snat ip to %s\n", lanNet, lanNet, wan)
 	}
 	switch c.NAT {
 	case Symmetric:
-		fmt.Fprintf(&b, "    oifname \"wan\" ip saddr %s masquerade random\n", lanNet)
+		fmt.Fprintf(b, "    oifname \"wan\" ip saddr %s masquerade random\n", lanNet)
 	case ProxyOnly:
 		// nothing from the LAN goes out; the router's own traffic (squid)
 		// leaves with its WAN address as it is.
 	default:
-		fmt.Fprintf(&b, "    oifname \"wan\" ip saddr %s masquerade\n", lanNet)
+		fmt.Fprintf(b, "    oifname \"wan\" ip saddr %s masquerade\n", lanNet)
 	}
 	b.WriteString("  }\n")
 	b.WriteString("  chain record {\n    type filter hook postrouting priority srcnat + 1; policy accept;\n")
-	fmt.Fprintf(&b, "    oifname \"wan\" ct original ip saddr %s meta l4proto udp update @portmap { udp sport : ct original ip saddr . ct original proto-src }\n", lanNet)
-	fmt.Fprintf(&b, "    oifname \"wan\" ct original ip saddr %s meta l4proto udp update @contacted { ip daddr . udp sport }\n", lanNet)
+	fmt.Fprintf(b, "    oifname \"wan\" ct original ip saddr %s meta l4proto udp update @portmap { udp sport : ct original ip saddr . ct original proto-src }\n", lanNet)
+	fmt.Fprintf(b, "    oifname \"wan\" ct original ip saddr %s meta l4proto udp update @contacted { ip daddr . udp sport }\n", lanNet)
 	b.WriteString("  }\n")
 	// The router's own firewall. Home: as on real home routers, nothing
 	// new comes in on the WAN side to the router itself. This matters for
@@ -328,20 +365,31 @@ func (r *Router) ruleset() string {
 		b.WriteString("    iifname \"lan\" oifname \"lan\" ct status dnat accept\n")
 	}
 	b.WriteString("  }\n}\n")
-	if c.IPv6 {
-		// IPv6: routed, no NAT; a stateful firewall. The corporate types
-		// keep their outbound policy.
-		b.WriteString("table ip6 lab6 {\n  chain forward {\n    type filter hook forward priority filter; policy drop;\n")
-		b.WriteString("    ct state established,related accept\n")
-		b.WriteString("    meta l4proto ipv6-icmp icmpv6 type { packet-too-big, time-exceeded, destination-unreachable } accept\n")
-		switch c.NAT {
-		case UDPBlocked:
-			b.WriteString("    iifname \"lan\" oifname \"wan\" tcp dport { 80, 443 } accept\n")
-		case ProxyOnly:
-		default:
-			b.WriteString("    iifname \"lan\" accept\n")
-		}
-		b.WriteString("  }\n}\n")
+}
+
+// ruleset6 renders the IPv6 table: routed, no NAT; a stateful firewall for
+// the LAN (the corporate types keep their outbound policy), and the same
+// input policy on the router itself as for IPv4, except that ICMPv6 passes
+// (neighbour discovery needs it).
+func (r *Router) ruleset6(b *strings.Builder) {
+	c := r.cfg
+	b.WriteString("table ip6 lab6 {\n")
+	b.WriteString("  chain input {\n    type filter hook input priority filter; policy accept;\n")
+	if c.Firewall != LinuxHost {
+		b.WriteString("    iifname \"wan\" ct state established,related accept\n")
+		b.WriteString("    iifname \"wan\" meta l4proto ipv6-icmp accept\n")
+		b.WriteString("    iifname \"wan\" drop\n")
 	}
-	return b.String()
+	b.WriteString("  }\n")
+	b.WriteString("  chain forward {\n    type filter hook forward priority filter; policy drop;\n")
+	b.WriteString("    ct state established,related accept\n")
+	b.WriteString("    meta l4proto ipv6-icmp icmpv6 type { packet-too-big, time-exceeded, destination-unreachable } accept\n")
+	switch c.NAT {
+	case UDPBlocked:
+		b.WriteString("    iifname \"lan\" oifname \"wan\" tcp dport { 80, 443 } accept\n")
+	case ProxyOnly:
+	default:
+		b.WriteString("    iifname \"lan\" accept\n")
+	}
+	b.WriteString("  }\n}\n")
 }

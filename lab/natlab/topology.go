@@ -3,6 +3,7 @@ package natlab
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 )
 
@@ -76,14 +77,26 @@ func (l *Lab) Describe() string {
 	l.mu.Unlock()
 	var b strings.Builder
 	for _, r := range routers {
-		fmt.Fprintf(&b, "router %-10s %-16s wan %-15s lan %-15s ns %s\n", r.name, r.cfg.NAT, r.addr4, r.cfg.LAN, r.ns)
+		wan, lan := orNone(r.addr4), r.cfg.LAN.String()
+		if r.cfg.IPv6Only {
+			wan, lan = r.wan6.String()+" (IPv6 only)", r.lan.v6.String()
+		}
+		fmt.Fprintf(&b, "router %-10s %-16s wan %-15s lan %-15s ns %s\n", r.name, r.cfg.NAT, wan, lan, r.ns)
 	}
 	for _, h := range hosts {
 		v6 := ""
 		if h.addr6.IsValid() {
 			v6 = " " + h.addr6.String()
 		}
-		fmt.Fprintf(&b, "host   %-10s on %-13s %s%s  ns %s\n", h.name, h.net.name, h.addr4, v6, h.ns)
+		fmt.Fprintf(&b, "host   %-10s on %-13s %s%s  ns %s\n", h.name, h.net.name, orNone(h.addr4), v6, h.ns)
 	}
 	return b.String()
+}
+
+// orNone prints an address, or "-" for none (an IPv6-only host's IPv4).
+func orNone(a netip.Addr) string {
+	if !a.IsValid() {
+		return "-"
+	}
+	return a.String()
 }

@@ -21,14 +21,19 @@ import (
 )
 
 // StartServer runs a rendezvous server on host h at port 4950 (UDP and
-// TCP) until the test ends and returns its connect string.
+// TCP) of its IPv4 address until the test ends and returns its connect
+// string.
 func StartServer(t testing.TB, h *natlab.Host) (*rendezvous.RunningServer, string) {
+	return startServer(t, h, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort))
+}
+
+// startServer is StartServer on listen.
+func startServer(t testing.TB, h *natlab.Host, listen netip.AddrPort) (*rendezvous.RunningServer, string) {
 	t.Helper()
 	var rs *rendezvous.RunningServer
 	err := h.Run(func() error {
 		var err error
-		rs, err = rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{Logger: natlab.TestLogger(t).With("server", h.Name())},
-			netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort))
+		rs, err = rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{Logger: natlab.TestLogger(t).With("server", h.Name())}, listen)
 		return err
 	})
 	if err != nil {
@@ -96,9 +101,14 @@ func NewNode(t testing.TB, h *natlab.Host, cfg reach.Config) *reach.Node {
 }
 
 // StartRelayServer runs what `reach server` runs on h: rendezvous, STUN
-// and the relay, on UDP and TCP 4950 and TLS on TCP 443, until the test
-// ends.
+// and the relay, on UDP and TCP 4950 and TLS on TCP 443 of its IPv4
+// address, until the test ends.
 func StartRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig) (*rendezvous.RunningServer, *relay.Server) {
+	return startRelayServer(t, h, rcfg, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort))
+}
+
+// startRelayServer is StartRelayServer on listen.
+func startRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig, listen netip.AddrPort) (*rendezvous.RunningServer, *relay.Server) {
 	t.Helper()
 	log := rcfg.Logger // a benchmark's quiet logger serves both
 	if log == nil {
@@ -113,7 +123,7 @@ func StartRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig) (*r
 			Logger:    log.With("server", h.Name()),
 			Protocols: map[string]rendezvous.Protocol{relay.ALPN: rl},
 			TLSPort:   443,
-		}, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort))
+		}, listen)
 		return err
 	})
 	if err != nil {

@@ -3,6 +3,7 @@ package reachlab
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -24,7 +25,9 @@ type Scenario struct {
 	Server *rendezvous.RunningServer
 	// Relay is the relay next to it; nil unless the scenario has one.
 	Relay *relay.Server
-	pairs int
+	// servers are the connect strings nodes get.
+	servers []string
+	pairs   int
 }
 
 // ServerConfig says what runs on the scenario's server host.
@@ -35,6 +38,13 @@ type ServerConfig struct {
 	Relay bool
 	// RelayConfig configures the relay when Relay is set.
 	RelayConfig relay.ServerConfig
+	// IPv6 makes the server listen on all its addresses, IPv4 and IPv6
+	// (one dual-stack socket, as `reach server` does by default), and
+	// gives every node both of its connect strings, the IPv4 one first:
+	// what an operator hands out for a dual-stack server when the lab has
+	// no DNS name to give. Zero: the server listens on its IPv4 address
+	// only.
+	IPv6 bool
 }
 
 // NewScenario builds the lab and starts the server (skipping the test
@@ -48,16 +58,32 @@ func NewScenario(t testing.TB, cfg ServerConfig) *Scenario {
 	if s.Srv, err = s.AddPublicHost(ctx, "srv"); err != nil {
 		t.Fatal(err)
 	}
+	listen := netip.AddrPortFrom(s.Srv.Addr(), rendezvous.DefaultPort)
+	if cfg.IPv6 {
+		listen = netip.AddrPortFrom(netip.IPv6Unspecified(), rendezvous.DefaultPort)
+	}
 	if cfg.Relay {
-		s.Server, s.Relay = StartRelayServer(t, s.Srv, cfg.RelayConfig)
+		s.Server, s.Relay = startRelayServer(t, s.Srv, cfg.RelayConfig, listen)
 	} else {
-		s.Server, _ = StartServer(t, s.Srv)
+		s.Server, _ = startServer(t, s.Srv, listen)
+	}
+	sa := s.Server.ServerAddr()
+	sa.Host = s.Srv.Addr().String()
+	s.servers = []string{sa.String()}
+	if cfg.IPv6 {
+		sa.Host = s.Srv.Addr6().String()
+		s.servers = append(s.servers, sa.String())
 	}
 	return s
 }
 
-// ConnectString is the server's connect string, for Config.Servers.
-func (s *Scenario) ConnectString() string { return s.Server.ConnectString() }
+// ConnectString is the server's connect string (its IPv4 address), for
+// Config.Servers.
+func (s *Scenario) ConnectString() string { return s.servers[0] }
+
+// ConnectStrings are the connect strings every node gets: the server's
+// IPv4 address, and with ServerConfig.IPv6 its IPv6 address after it.
+func (s *Scenario) ConnectStrings() []string { return append([]string(nil), s.servers...) }
 
 // Site adds a site of kind k named name (a public host, or a host behind
 // a router of that kind).
@@ -81,11 +107,11 @@ func (s *Scenario) Pair(t testing.TB, a, b natlab.Kind) (*natlab.Site, *natlab.S
 }
 
 // Node starts a node on h (NewNode) registered with the scenario's
-// server, unless cfg names servers of its own.
+// server (ConnectStrings), unless cfg names servers of its own.
 func (s *Scenario) Node(t testing.TB, h *natlab.Host, cfg reach.Config) *reach.Node {
 	t.Helper()
 	if len(cfg.Servers) == 0 {
-		cfg.Servers = []string{s.ConnectString()}
+		cfg.Servers = s.ConnectStrings()
 	}
 	return NewNode(t, h, cfg)
 }

@@ -31,7 +31,7 @@ func (st *Stream) serviceType() byte {
 	defer st.hdrMu.Unlock()
 	var b [1]byte
 	n, err := io.ReadFull(st.raw, b[:])
-	if n == 1 && (b[0] == streamTypePing || b[0] == streamTypeBye) {
+	if n == 1 && (b[0] == streamTypePing || b[0] == streamTypeBye || b[0] == streamTypeDrain) {
 		return b[0]
 	}
 	switch {

@@ -14,7 +14,8 @@ package stream
 // The IDs are the closer's streams that carry nothing from it (no data
 // was ever written on them): the peer need not wait for those. The peer
 // answers once every other stream it holds has finished reading: read to
-// EOF, failed, or closed by its application. The closer then closes the
+// EOF (on QUIC everything but the EOF is enough: the final size tells),
+// failed, or closed by its application. The closer then closes the
 // session. Streams the closer opened reach the peer before the drain
 // stream (both backends hand streams to AcceptStream in the order they
 // were opened), so the peer knows every stream it has to wait for.
@@ -185,6 +186,29 @@ func (s *Session) track(st *Stream) bool {
 	return true
 }
 
+// rawRead reads from the backend stream, counting what it consumed.
+func (s *Stream) rawRead(p []byte) (int, error) {
+	n, err := s.raw.Read(p)
+	if n > 0 {
+		s.consumed.Add(int64(n))
+		s.checkConsumed()
+	}
+	return n, err
+}
+
+type rawReader struct{ s *Stream }
+
+func (r rawReader) Read(p []byte) (int, error) { return r.s.rawRead(p) }
+
+// checkConsumed ends reading once everything the peer sends has been
+// read: only EOF is left, which the application need not read for the
+// peer's Close to be satisfied.
+func (s *Stream) checkConsumed() {
+	if f := s.final.Load(); f >= 0 && s.consumed.Load() >= f {
+		s.readEnded()
+	}
+}
+
 func (s *Stream) readFailed(err error) {
 	if !isTimeout(err) {
 		s.readEnded()
@@ -246,7 +270,7 @@ func (s *Session) Abort() error {
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
-	return s.CloseWithError(uint64(CodeAborted), "aborted")
+	return s.CloseWithError(uint64(CodeAborted), "")
 }
 
 // drain is Close's work.
@@ -328,26 +352,29 @@ func (s *Session) askDrain(ctx context.Context, skip []int64) error {
 // first (nil for a normal close: it had what it wanted), the timeout, or
 // another failure.
 func (s *Session) drainFailed(ctx context.Context, err error) error {
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		// The peer ends the drain stream without an answer only when its
-		// session is over; a TLS+yamux backend may not know yet.
-		select {
-		case <-s.Done():
-		case <-time.After(100 * time.Millisecond):
-			return nil
-		}
-	}
-	if sctx := s.b.context(); sctx.Err() != nil {
-		var pe *PeerError
-		if cause := peerError(context.Cause(sctx)); errors.As(cause, &pe) && pe.Code != CodeNone {
-			return fmt.Errorf("stream: close: %w", pe)
-		}
-		return nil
-	}
 	if ctx.Err() != nil || isTimeout(err) {
 		return fmt.Errorf("%w (%v)", ErrCloseTimeout, s.closeTimeout)
 	}
-	return fmt.Errorf("stream: close: %w", peerError(err))
+	var pe *PeerError
+	if err = peerError(err); errors.As(err, &pe) && pe.Session {
+		if pe.Code == CodeNone {
+			return nil
+		}
+		return fmt.Errorf("stream: close: %w", pe)
+	}
+	// The session may be ending under us; the backend may not know yet.
+	select {
+	case <-s.Done():
+	case <-time.After(100 * time.Millisecond):
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil // the peer ends the drain stream unanswered only when its session ends
+		}
+		return fmt.Errorf("stream: close: %w", err)
+	}
+	if cause := peerError(context.Cause(s.b.context())); errors.As(cause, &pe) && pe.Code != CodeNone {
+		return fmt.Errorf("stream: close: %w", pe)
+	}
+	return nil
 }
 
 // serveDrain answers the peer's drain request once this side has finished

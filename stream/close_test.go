@@ -225,6 +225,39 @@ func TestCloseNothingWritten(t *testing.T) {
 	}
 }
 
+// TestCloseReaderSkipsEOF: a peer that reads exactly what it expects,
+// never the EOF, and keeps the stream open has read everything: Close does
+// not wait for it (QUIC knows the stream's final size; yamux does not).
+func TestCloseReaderSkipsEOF(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.CloseTimeout = time.Hour
+	p := quicPair(t, cfg)
+	incoming := acceptLoop(t, p.server)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := p.client.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("hello"))
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(<-incoming, got); err != nil || string(got) != "hello" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	// The EOF comes after the data was read, on its own.
+	c.Close()
+	closed := make(chan error, 1)
+	go func() { closed <- p.client.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("Close waited for the peer to read an EOF")
+	}
+}
+
 // TestAbort: an aborted stream or session fails the peer's Read and Write
 // with the named error of its code.
 func TestAbort(t *testing.T) {

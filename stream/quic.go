@@ -195,6 +195,8 @@ func (s quicStream) closeWrite() error { return s.Stream.Close() }
 func (s quicStream) abortRead()        { s.Stream.CancelRead(0) }
 func (s quicStream) id() int64         { return int64(s.Stream.StreamID()) }
 
+func (s quicStream) onFinalSize(f func(int64)) { s.Stream.SetReceiveFinalSizeCallback(f) }
+
 func (s quicStream) reset(code uint64) {
 	s.Stream.CancelWrite(quic.StreamErrorCode(code))
 	s.Stream.CancelRead(quic.StreamErrorCode(code))

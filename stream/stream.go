@@ -254,6 +254,9 @@ type rawStream interface {
 	// reset abandons both directions at once with an error code for the
 	// peer, where the backend can (yamux cannot: it half-closes).
 	reset(code uint64)
+	// onFinalSize has f called with the size of everything the peer sends
+	// once that is known (QUIC); yamux never calls it.
+	onFinalSize(f func(int64))
 	// id is the backend's stream ID, the same number on both sides.
 	id() int64
 }
@@ -332,7 +335,13 @@ func (s *Session) openStream(ctx context.Context, typ byte) (*Stream, error) {
 }
 
 func (s *Session) newStream(raw rawStream) *Stream {
-	return &Stream{raw: raw, sess: s, readEnd: make(chan struct{})}
+	st := &Stream{raw: raw, sess: s, readEnd: make(chan struct{})}
+	st.final.Store(-1)
+	raw.onFinalSize(func(n int64) {
+		st.final.Store(n)
+		st.checkConsumed()
+	})
+	return st
 }
 
 // AcceptStream waits for the peer to open a stream, until ctx ends or the
@@ -432,7 +441,9 @@ type Stream struct {
 	wrote    atomic.Bool   // application data was written
 	readEnd  chan struct{} // closed once reading is over (close.go)
 	readOnce sync.Once
-	wend     atomic.Bool // no more writes: FIN sent or the write side failed
+	consumed atomic.Int64 // bytes read from the backend stream
+	final    atomic.Int64 // what the peer sends in all, -1 until known
+	wend     atomic.Bool  // no more writes: FIN sent or the write side failed
 
 	hdrMu     sync.Mutex
 	hdrDone   atomic.Bool // the type header has been sent or consumed
@@ -465,7 +476,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 		s.readFailed(err)
 		return 0, s.mapErr(err)
 	}
-	n, err := s.raw.Read(p)
+	n, err := s.rawRead(p)
 	if err != nil {
 		s.readFailed(err)
 		err = s.mapErr(err)
@@ -484,7 +495,7 @@ func (s *Stream) readHeader() error {
 	}
 	var b [1]byte
 	for {
-		n, err := s.raw.Read(b[:])
+		n, err := s.rawRead(b[:])
 		if n == 1 {
 			break
 		}

@@ -241,9 +241,10 @@ func (s *yamuxStream) SetWriteDeadline(t time.Time) error {
 	return s.Stream.SetWriteDeadline(t)
 }
 
-func (s *yamuxStream) closeWrite() error { return s.Stream.Close() }
-func (s *yamuxStream) abortRead()        {}
-func (s *yamuxStream) id() int64         { return int64(s.Stream.StreamID()) }
+func (s *yamuxStream) closeWrite() error       { return s.Stream.Close() }
+func (s *yamuxStream) abortRead()              {}
+func (s *yamuxStream) id() int64               { return int64(s.Stream.StreamID()) }
+func (s *yamuxStream) onFinalSize(func(int64)) {}
 
 // reset half-closes: yamux has no way to abandon a stream with a code.
 func (s *yamuxStream) reset(uint64) { s.Stream.Close() }

@@ -204,9 +204,22 @@ func (r rawReader) Read(p []byte) (int, error) { return r.s.rawRead(p) }
 // read: only EOF is left, which the application need not read for the
 // peer's Close to be satisfied.
 func (s *Stream) checkConsumed() {
-	if f := s.final.Load(); f >= 0 && s.consumed.Load() >= f {
+	if s.allRead() {
 		s.readEnded()
 	}
+}
+
+// allRead: the peer's final size is known and everything up to it has
+// been read.
+func (s *Stream) allRead() bool {
+	f := s.final.Load()
+	return f >= 0 && s.consumed.Load() >= f
+}
+
+// isReset: err is the peer's (or our) abandoning of the stream.
+func isReset(err error) bool {
+	var se *quic.StreamError
+	return errors.As(err, &se)
 }
 
 func (s *Stream) readFailed(err error) {
@@ -271,6 +284,18 @@ func (s *Session) Abort() error {
 	s.closing = true
 	s.mu.Unlock()
 	return s.CloseWithError(uint64(CodeAborted), "")
+}
+
+// Err returns nil while the session is open, then why it ended: a
+// *PeerError when the peer closed or aborted it (errors.Is
+// ErrPeerInterrupted, ...), else the transport's reason (an idle timeout,
+// this side's close).
+func (s *Session) Err() error {
+	ctx := s.b.context()
+	if ctx.Err() == nil {
+		return nil
+	}
+	return peerError(context.Cause(ctx))
 }
 
 // drain is Close's work.

@@ -227,7 +227,8 @@ func TestCloseNothingWritten(t *testing.T) {
 
 // TestCloseReaderSkipsEOF: a peer that reads exactly what it expects,
 // never the EOF, and keeps the stream open has read everything: Close does
-// not wait for it (QUIC knows the stream's final size; yamux does not).
+// not wait for it (QUIC knows the stream's final size; yamux does not),
+// and the peer's late Read still returns io.EOF.
 func TestCloseReaderSkipsEOF(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.CloseTimeout = time.Hour
@@ -241,7 +242,8 @@ func TestCloseReaderSkipsEOF(t *testing.T) {
 	}
 	c.Write([]byte("hello"))
 	got := make([]byte, 5)
-	if _, err := io.ReadFull(<-incoming, got); err != nil || string(got) != "hello" {
+	s := <-incoming
+	if _, err := io.ReadFull(s, got); err != nil || string(got) != "hello" {
 		t.Fatalf("read %q, %v", got, err)
 	}
 	// The EOF comes after the data was read, on its own.
@@ -255,6 +257,12 @@ func TestCloseReaderSkipsEOF(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("Close waited for the peer to read an EOF")
+	}
+	// The session is gone, but the stream had ended cleanly: EOF, not an
+	// error, for the read that comes late.
+	<-p.server.Done()
+	if n, err := s.Read(got); n != 0 || err != io.EOF {
+		t.Fatalf("late read: %d, %v; want io.EOF", n, err)
 	}
 }
 

@@ -479,6 +479,12 @@ func (s *Stream) Read(p []byte) (int, error) {
 	n, err := s.rawRead(p)
 	if err != nil {
 		s.readFailed(err)
+		if s.allRead() && !isReset(err) && !s.closed.Load() {
+			// The peer's FIN was known, everything before it read, and
+			// the session closed before the EOF itself was: the peer's
+			// Close had every byte, and so has this side.
+			return n, io.EOF
+		}
 		err = s.mapErr(err)
 	}
 	return n, err

@@ -114,7 +114,7 @@ func BestDualStack(dialer, listener Kind, ladder []string) (strategy, why string
 	if dialer.noUDP() || listener.noUDP() {
 		return Best(dialer, listener, ladder)
 	}
-	return Direct, "both peers have global IPv6 addresses behind stateful firewalls: no NAT between them"
+	return Direct, "both peers have global IPv6 addresses: no NAT between them, at most stateful firewalls that open as each side sends"
 }
 
 func pick(c bool, a, b Kind) Kind {

@@ -163,7 +163,7 @@ func (r *Result) Markdown() string {
 		}
 		p("\n")
 	}
-	p("\n✗: no attempt connected; ⚠: worse than possible, a failure or a forwarded path where the peers could have their own; △: a peer-to-peer rung other than the best one won (the same kind of path); ~: mixed outcomes. Reasons below.\n\n")
+	p("\n✗: no attempt connected; ⚠: worse than possible, a failure or a forwarded path where the peers could have their own (or IPv4 where both have IPv6); △: a peer-to-peer rung other than the best one won (the same kind of path); ~: mixed outcomes. Reasons below.\n\n")
 
 	p("#### Connect time by winning strategy\n\n")
 	p("Dial → first echoed byte, median over the directions each strategy won (their own medians), in round trips of the path (measured by pings on the session) and in ms; range in brackets.\n\n")
@@ -208,8 +208,11 @@ func (r *Result) Markdown() string {
 	}
 	for _, d := range flagged {
 		what := "failure or forwarded path"
-		if d.Severity == SeverityRung {
+		switch {
+		case d.Severity == SeverityRung:
 			what = "another peer-to-peer rung"
+		case d.BestIPv6 && notIPv6(&d) > 0 && d.Connected == len(d.Attempts) && !forwarded(d):
+			what = "an IPv4 path where IPv6 was best"
 		}
 		best := d.Best
 		if d.BestIPv6 {
@@ -247,6 +250,16 @@ func (r *Result) topology() string {
 // the path has no delay of its own to speak of (zero delay) or the server
 // is much further than the peer (far server): there they are in ms.
 func (r *Result) inRTTs() bool { return r.DelayMS >= 10 && r.ServerDelayMS == 0 }
+
+// forwarded reports whether some attempt of d was forwarded.
+func forwarded(d Direction) bool {
+	for s := range d.Strategies {
+		if Forwarded(s) {
+			return true
+		}
+	}
+	return false
+}
 
 // gridCell is one cell of the Markdown grid.
 func (r *Result) gridCell(d Direction, ok bool) string {

@@ -485,11 +485,12 @@ func pathRTT(ctx context.Context, sess *stream.Session) float64 {
 }
 
 // summarise fills a direction's totals from its attempts and compares
-// them with Best.
+// them with Best (again, if it ran before).
 func summarise(d *Direction) {
 	var connect, rtt, mbps []float64
 	var fails []string
-	d.Strategies = map[string]int{}
+	d.Connected, d.Strategy, d.Strategies = 0, "", map[string]int{}
+	d.ConnectMedianMS, d.ConnectWorstMS = 0, 0
 	for _, a := range d.Attempts {
 		if !a.OK {
 			fails = append(fails, a.Err)

@@ -119,9 +119,14 @@ func TestRenderReport(t *testing.T) {
 	for _, v := range Variants() {
 		rep.Variants = append(rep.Variants, sampleVariant(v, [2]Kind{lpr, Kind(natlab.Symmetric)}))
 	}
+	// In the ipv6 variant, open -> open went over IPv4.
+	v4 := &rep.Variants[3].Directions[0]
+	v4.Attempts[0].Path = "203.0.113.12:4000"
+	summarise(v4)
 	md := rep.Markdown()
 	for _, want := range []string{
-		"Variants: **4**", "flagged: **4**", // lpr -> symmetric failed in each variant
+		"Variants: **4**", "flagged: **5**", // lpr -> symmetric failed in each variant, open -> open over IPv4
+		"- **open → open** (an IPv4 path where IPv6 was best): a path not over IPv6 in 1 of 1",
 		"| [zero-delay](#zero-delay) | no delay on any link |",
 		"60 ms one-way on the server's link",
 		"### far-server\n", "### ipv6\n", "dual-stack sites",
@@ -133,8 +138,8 @@ func TestRenderReport(t *testing.T) {
 			t.Errorf("markdown lacks %q", want)
 		}
 	}
-	if rep.Flagged() != 4 {
-		t.Errorf("%d flagged, want 4", rep.Flagged())
+	if rep.Flagged() != 5 {
+		t.Errorf("%d flagged, want 5", rep.Flagged())
 	}
 	dir := t.TempDir()
 	if err := rep.WriteFiles(dir); err != nil {

@@ -20,10 +20,12 @@ const labUsage = `usage:
                                 kinds, print them, keep them up until Ctrl-C
   reach lab classify            build every router type, print RFC 4787 mapping and
                                 filtering as observed, tear down
-  reach lab matrix [--out DIR] [--delay 20ms] [--runs N] [--pairs short|full] [--size BYTES]
-                                the connectivity matrix: every pair of kinds (and
-                                symmetric+upnp) dialled both ways in one lab; writes
-                                matrix.md, matrix.json and matrix.png to DIR
+  reach lab matrix [--variants all|main,zero-delay,far-server,ipv6] [--out DIR] [--runs N]
+                   [--pairs short|full] [--delay 20ms] [--size BYTES]
+                                the connectivity matrix: every pair of kinds (with the
+                                linux-host variants and symmetric+upnp) dialled both ways,
+                                in four topologies (see lab matrix -h); writes matrix.md,
+                                matrix.json and the heatmaps to DIR
                                 (--from matrix.json: render an earlier run again)
   reach lab down [--stale]      remove every lab namespace (--stale: only those whose process is gone)
 kinds: %s

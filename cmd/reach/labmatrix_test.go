@@ -16,6 +16,8 @@ func TestLabMatrixFlags(t *testing.T) {
 		{[]string{"--pairs", "medium"}, "neither short nor full"},
 		{[]string{"extra"}, "takes no arguments"},
 		{[]string{"--runs", "x"}, "invalid value"},
+		{[]string{"--variants", "main,far"}, `unknown variant "far"`},
+		{[]string{"--variants", ""}, `unknown variant ""`},
 	} {
 		err := labMatrix(context.Background(), tc.args)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

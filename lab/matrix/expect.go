@@ -63,7 +63,12 @@ func (k Kind) portFiltering() bool {
 
 // Best returns the best strategy physically possible when a peer of kind
 // dialer dials one of kind listener with ladder (the nodes' rungs, in
-// order), and why. The rules, first match wins:
+// order), and why, over IPv4 (BestDualStack is the answer when both
+// peers also have IPv6). A linux-host variant has the best strategy of
+// its home variant: its router accepts a punch packet that arrives before
+// its LAN host sent anything, which can move the host's mapping, but the
+// mapping and filtering behaviour are the same, so the same path exists.
+// The rules, first match wins:
 //
 //   - either side has no UDP (UDP blocked, proxy only): relay, over TLS on
 //     TCP 443 (through the proxy for proxy-only); nothing else gets out;
@@ -98,6 +103,18 @@ func Best(dialer, listener Kind, ladder []string) (strategy, why string) {
 		return forwarder("random symmetric ports against port-dependent filtering: no hole punch")
 	}
 	return Holepunch, "endpoint-independent mapping on at least one side lets checks through"
+}
+
+// BestDualStack is Best when both peers also have global IPv6 addresses
+// behind stateful firewalls (no NAT66): unless one side has no UDP at
+// all, the best path is direct over IPv6, whatever the IPv4 NATs are: the
+// peers' own addresses are the candidates, and a stateful firewall opens
+// for the peer as soon as its host has sent to it.
+func BestDualStack(dialer, listener Kind, ladder []string) (strategy, why string) {
+	if dialer.noUDP() || listener.noUDP() {
+		return Best(dialer, listener, ladder)
+	}
+	return Direct, "both peers have global IPv6 addresses: no NAT between them, at most stateful firewalls that open as each side sends"
 }
 
 func pick(c bool, a, b Kind) Kind {

@@ -7,6 +7,7 @@ import (
 	"image/draw"
 	"image/png"
 	"io"
+	"strings"
 
 	"golang.org/x/image/font"
 	"golang.org/x/image/font/basicfont"
@@ -18,13 +19,14 @@ const (
 	hmMargin = 12
 	hmCellW  = 116
 	hmCellH  = 50
-	hmLabelW = 124 // row labels
+	hmLabelW = 194 // row labels: 26 characters ("port-restricted/linux-host")
 	hmTitleH = 52
-	hmHeadH  = 22 // column labels
+	hmHeadH  = 36 // column labels: two lines (the kind, its variant)
 	hmLegend = 64
 	hmBorder = 4 // flagged cells
 	hmCharW  = 7
 	hmLine   = 14
+	hmMinW   = 1100 // the legend's two lines
 )
 
 // Strategy colours; text on them is white.
@@ -63,20 +65,32 @@ func cellColor(d Direction) color.RGBA {
 // possible get a red border.
 func (r *Result) WritePNG(w io.Writer) error {
 	n := len(r.Kinds)
-	width := 2*hmMargin + hmLabelW + n*hmCellW
+	width := max(2*hmMargin+hmLabelW+n*hmCellW, 2*hmMargin+len(r.topology())*hmCharW, hmMinW)
 	height := 2*hmMargin + hmTitleH + hmHeadH + n*hmCellH + hmLegend
 	img := image.NewRGBA(image.Rect(0, 0, width, max(width/3, height)))
 	draw.Draw(img, img.Bounds(), image.NewUniform(color.White), image.Point{}, draw.Src)
 
 	x0, y0 := hmMargin, hmMargin
-	text(img, x0, y0+12, colText, "reach connectivity matrix: winning strategy, Dial -> first echoed byte in round trips, one stream's Mbit/s")
-	text(img, x0, y0+28, colText, fmt.Sprintf("%s one-way delay per access link (peer RTT %s); %d dial(s) per cell, fresh nodes; %s; %s",
-		fmtMS(r.DelayMS), fmtMS(4*r.DelayMS), r.Runs, r.Started.UTC().Format("2006-01-02"), r.GoVersion))
-	text(img, x0, y0+44, colText, "rows: dialer    columns: listener")
+	unit := "round trips"
+	if !r.inRTTs() {
+		unit = "ms"
+	}
+	title := "reach connectivity matrix"
+	if r.Variant != "" {
+		title += " (" + r.Variant + ")"
+	}
+	text(img, x0, y0+12, colText, title+": winning strategy, Dial -> first echoed byte in "+unit+", one stream's Mbit/s")
+	text(img, x0, y0+28, colText, r.topology())
+	text(img, x0, y0+44, colText, fmt.Sprintf("rows: dialer    columns: listener    %d dial(s) per cell, fresh nodes; %s; %s",
+		r.Runs, r.Started.UTC().Format("2006-01-02"), r.GoVersion))
 
 	gx, gy := x0+hmLabelW, y0+hmTitleH+hmHeadH
 	for j, k := range r.Kinds {
-		centered(img, gx+j*hmCellW, hmCellW, gy-7, colText, string(k))
+		name, variant, _ := strings.Cut(string(k), "/")
+		centered(img, gx+j*hmCellW, hmCellW, gy-21, colText, name)
+		if variant != "" {
+			centered(img, gx+j*hmCellW, hmCellW, gy-7, colText, "/"+variant)
+		}
 	}
 	for i, dk := range r.Kinds {
 		cy := gy + i*hmCellH
@@ -99,7 +113,7 @@ func (r *Result) WritePNG(w io.Writer) error {
 					outline(img, rect.Inset(k), c)
 				}
 			}
-			lines := cellLines(d)
+			lines := cellLines(d, r.inRTTs())
 			ty := cy + (hmCellH-len(lines)*hmLine)/2 + 11
 			for _, l := range lines {
 				centered(img, cx, hmCellW, ty, colOnColor, l)
@@ -134,8 +148,9 @@ func (r *Result) WritePNG(w io.Writer) error {
 	return png.Encode(w, img)
 }
 
-// cellLines is the text of one cell.
-func cellLines(d Direction) []string {
+// cellLines is the text of one cell: connect time in round trips, or in
+// ms when !rtts.
+func cellLines(d Direction, rtts bool) []string {
 	if d.Connected == 0 {
 		return []string{"not connected", fmt.Sprintf("0/%d", len(d.Attempts))}
 	}
@@ -149,6 +164,9 @@ func cellLines(d Direction) []string {
 		}
 	}
 	lines := []string{s, fmt.Sprintf("%.1f RTT", d.ConnectRTTs)}
+	if !rtts {
+		lines[1] = fmt.Sprintf("%.0f ms", d.ConnectMedianMS)
+	}
 	if d.Mbps > 0 {
 		lines = append(lines, fmt.Sprintf("%.0f Mbit/s", d.Mbps))
 	}

@@ -1,53 +1,83 @@
 // Package matrix measures reach's connectivity matrix in the NAT lab: for
 // every pair of the brief's network kinds (open, the four NAT behaviours,
-// double NAT, UDP blocked, proxy only, and a symmetric NAT whose gateway
-// speaks UPnP), it dials in both directions several times with fresh
-// nodes and records whether the pair connected, which rung of the ladder
-// won, the time from Dial to the first echoed byte, the path's round trip
-// and the throughput of one stream. Each direction is compared with the
-// best strategy that is physically possible for it (Best), and every
-// direction that did worse is flagged.
+// double NAT, UDP blocked, proxy only, a symmetric NAT whose gateway
+// speaks UPnP, and the linux-host firewall variant of every router kind a
+// hole can be punched from), it dials in both directions several times
+// with fresh nodes and records whether the pair connected, which rung of
+// the ladder won, the time from Dial to the first echoed byte, the path's
+// round trip and the throughput of one stream. Each direction is compared
+// with the best strategy that is physically possible for it (Best,
+// BestDualStack), and every direction that did worse is flagged.
 //
-// The whole matrix runs in one lab: a server host on the internet segment
-// (rendezvous, STUN and relay; TLS on 443 for networks that let only TCP
-// 80/443 out), two sites of every kind, squid on the proxy-only routers,
-// miniupnpd on the UPnP ones, and an emulated delay on every site's
-// access link so that connect times can be stated in round trips.
+// One run (Run, a Config) is one topology in one lab: a server host on
+// the internet segment (rendezvous, STUN and relay; TLS on 443 for
+// networks that let only TCP 80/443 out), a volunteer supernode, two
+// sites of every kind (linux-host ones behind an ISP hop of their own),
+// squid on the proxy-only routers, miniupnpd on the UPnP ones, and an
+// emulated delay on the access links and, for a far server, on the
+// server's link. The full matrix is four such runs (Variants): main (20
+// ms links), zero-delay, far-server and ipv6 (dual-stack sites).
 //
-// Run returns a Result; Result.Markdown, Result.WriteJSON and
-// Result.WritePNG render it, Result.WriteFiles writes all three.
-// `reach lab matrix` is the command; docs/matrix.md shows the latest run.
+// Run returns a Result; several make a Report (`reach lab matrix`).
+// Markdown, WriteJSON, WritePNG and WriteFiles render them;
+// docs/matrix.md shows the latest full run.
 package matrix
 
 import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/reachp2p/reach/lab/natlab"
 )
 
-// Kind is where a peer sits: a natlab.Kind, or one of them with a UPnP
-// gateway ("symmetric+upnp").
+// Kind is where a peer sits: a natlab.Kind, optionally with the
+// linux-host firewall variant ("port-restricted/linux-host") or a UPnP
+// gateway ("symmetric+upnp"). A kind without a variant suffix is the
+// home variant, on the internet segment itself.
 type Kind string
 
 // upnpSuffix marks a kind whose router runs miniupnpd (UPnP IGD, NAT-PMP
 // and PCP).
 const upnpSuffix = "+upnp"
 
+// linuxHostSuffix marks the linux-host firewall variant of a router kind
+// (natlab.LinuxHost: no input firewall, plain masquerade). Such a site
+// sits behind an ISP hop of its own (natlab.SiteConfig.ISP), as real
+// Linux hosts do: the provider's router between two of them is what lets
+// a low-TTL punch packet die before it reaches the peer's router.
+const linuxHostSuffix = "/" + string(natlab.LinuxHost)
+
 // SymmetricUPnP is a symmetric NAT whose gateway grants port mappings:
 // the one UPnP variant where the gateway changes the answer (without it,
 // a symmetric peer cannot be reached from a port-dependent NAT).
 const SymmetricUPnP = Kind(string(natlab.Symmetric) + upnpSuffix)
 
+// LinuxHost returns the linux-host variant of the router kind k.
+func LinuxHost(k natlab.Kind) Kind { return Kind(string(k) + linuxHostSuffix) }
+
+// linuxHostBases are the router kinds that have a linux-host variant in
+// the matrix: every kind a hole can be punched from (the cone NATs, the
+// symmetric NAT, the double NAT). The networks without UDP reach only the
+// relay over TCP, whatever their router does with its input.
+func linuxHostBases() []natlab.Kind {
+	return []natlab.Kind{natlab.Kind(natlab.FullCone), natlab.Kind(natlab.RestrictedCone),
+		natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.Symmetric), natlab.KindDouble}
+}
+
 // Kinds lists every kind of the full matrix: natlab.Kinds() in the
-// brief's order, then SymmetricUPnP.
+// brief's order, each router kind that has one followed by its
+// linux-host variant, then SymmetricUPnP.
 func Kinds() []Kind {
 	var out []Kind
 	for _, k := range natlab.Kinds() {
 		out = append(out, Kind(k))
+		if slices.Contains(linuxHostBases(), k) {
+			out = append(out, LinuxHost(k))
+		}
 	}
 	return append(out, SymmetricUPnP)
 }
@@ -62,18 +92,31 @@ func ParseKind(s string) (Kind, error) {
 			return k, nil
 		}
 	}
-	names := make([]string, 0, 9)
+	var names []string
 	for _, k := range Kinds() {
 		names = append(names, string(k))
 	}
 	return "", fmt.Errorf("%w %q (one of %s)", ErrUnknownKind, s, strings.Join(names, ", "))
 }
 
-// Base returns the lab kind without the UPnP gateway.
-func (k Kind) Base() natlab.Kind { return natlab.Kind(strings.TrimSuffix(string(k), upnpSuffix)) }
+// Base returns the lab kind without the firewall variant and the UPnP
+// gateway.
+func (k Kind) Base() natlab.Kind {
+	s := strings.TrimSuffix(string(k), upnpSuffix)
+	return natlab.Kind(strings.TrimSuffix(s, linuxHostSuffix))
+}
 
 // UPnP reports whether the kind's gateway grants port mappings.
 func (k Kind) UPnP() bool { return strings.HasSuffix(string(k), upnpSuffix) }
+
+// Firewall returns the firewall variant of the kind's router (natlab.Home
+// for every kind without the linux-host suffix, open included).
+func (k Kind) Firewall() natlab.Firewall {
+	if strings.HasSuffix(string(k), linuxHostSuffix) {
+		return natlab.LinuxHost
+	}
+	return natlab.Home
+}
 
 // Pair is an unordered pair of kinds; each is dialled in both directions
 // (A to B, then B to A).
@@ -82,17 +125,9 @@ type Pair struct{ A, B Kind }
 func (p Pair) String() string { return string(p.A) + " <-> " + string(p.B) }
 
 // FullPairs returns every unordered pair of Kinds, each kind with itself
-// included: 45 pairs, 90 directions.
-func FullPairs() []Pair {
-	ks := Kinds()
-	var out []Pair
-	for i := range ks {
-		for j := i; j < len(ks); j++ {
-			out = append(out, Pair{ks[i], ks[j]})
-		}
-	}
-	return out
-}
+// included: 105 pairs, 196 directions (a kind with itself is one
+// direction).
+func FullPairs() []Pair { return pairsOf(Kinds()) }
 
 // ShortPairs is the CI variant: one pair per outcome the ladder can have
 // (direct, hole punch through cone NATs, hole punch from a symmetric NAT,
@@ -123,6 +158,21 @@ type Config struct {
 	// is 4×Delay and a peer-to-server one 2×Delay (the server's link is
 	// not delayed). Zero: 20ms. Negative: no delay.
 	Delay time.Duration
+	// ServerDelay is the one-way delay on the server's own link (the
+	// rendezvous server, STUN and the relay): a server far away while
+	// the peers are near each other, so a listener's first packets reach
+	// the dialler long before the listener's answer does. Zero: none.
+	ServerDelay time.Duration
+	// IPv6 makes every site dual-stack: the routers route a global IPv6
+	// prefix to their LAN behind a stateful firewall (natlab's
+	// RouterConfig.IPv6), and the best path is then direct over IPv6
+	// (BestDualStack). Kinds that cannot have it (double NAT, the networks
+	// without UDP) are refused. natlab's IPv6 routers sit on the internet
+	// segment, so linux-host sites have no ISP hop here.
+	IPv6 bool
+	// Variant names the topology in the result (see Variant). Zero:
+	// nothing.
+	Variant string
 	// Size is how many bytes the throughput transfer sends on one stream
 	// after the first echoed byte. Zero: 4 MiB. Negative: no transfer.
 	Size int
@@ -152,6 +202,7 @@ func (c Config) withDefaults() Config {
 	if c.Delay < 0 {
 		c.Delay = 0
 	}
+	c.ServerDelay = max(c.ServerDelay, 0)
 	if c.Size == 0 {
 		c.Size = 4 << 20
 	}
@@ -217,6 +268,9 @@ type Direction struct {
 	// with this ladder, and BestWhy the reason (see Best).
 	Best    string `json:"best"`
 	BestWhy string `json:"best_why"`
+	// BestIPv6: the best path is over IPv6 (both peers are dual-stack);
+	// an attempt whose path is IPv4 did worse.
+	BestIPv6 bool `json:"best_ipv6,omitempty"`
 	// Worse: some attempt failed or won with a rung worse than Best.
 	// Reason says what happened and, where known, why.
 	Worse  bool   `json:"worse"`
@@ -236,12 +290,19 @@ const (
 
 // Result is a whole matrix run.
 type Result struct {
+	// Variant names the topology (see Variant); "" for a run of Run
+	// alone.
+	Variant  string    `json:"variant,omitempty"`
 	Started  time.Time `json:"started"`
 	Duration string    `json:"duration"`
-	// DelayMS is the one-way delay on each access link.
-	DelayMS float64 `json:"delay_ms"`
-	Runs    int     `json:"runs"`
-	Size    int     `json:"size"`
+	// DelayMS is the one-way delay on each access link, ServerDelayMS
+	// the one on the server's link.
+	DelayMS       float64 `json:"delay_ms"`
+	ServerDelayMS float64 `json:"server_delay_ms,omitempty"`
+	// IPv6: every site was dual-stack (Config.IPv6).
+	IPv6 bool `json:"ipv6,omitempty"`
+	Runs int  `json:"runs"`
+	Size int  `json:"size"`
 	// Ladder is the nodes' ladder, in order.
 	Ladder []string `json:"ladder"`
 	// Commit and GoVersion say what was measured (Commit: filled in by

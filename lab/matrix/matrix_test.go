@@ -15,11 +15,28 @@ import (
 
 func TestKinds(t *testing.T) {
 	ks := Kinds()
-	if len(ks) != len(natlab.Kinds())+1 || ks[len(ks)-1] != SymmetricUPnP {
+	if len(ks) != len(natlab.Kinds())+len(linuxHostBases())+1 || ks[len(ks)-1] != SymmetricUPnP {
 		t.Fatalf("Kinds() = %v", ks)
 	}
 	if SymmetricUPnP.Base() != natlab.Kind(natlab.Symmetric) || !SymmetricUPnP.UPnP() || Kind(natlab.Open).UPnP() {
 		t.Error("Base/UPnP of the kinds")
+	}
+	lpr := LinuxHost(natlab.Kind(natlab.PortRestricted))
+	if lpr != "port-restricted/linux-host" || lpr.Base() != natlab.Kind(natlab.PortRestricted) || lpr.Firewall() != natlab.LinuxHost || lpr.UPnP() {
+		t.Errorf("%q: base %q, firewall %q", lpr, lpr.Base(), lpr.Firewall())
+	}
+	if SymmetricUPnP.Firewall() != natlab.Home || Kind(natlab.Open).Firewall() != natlab.Home {
+		t.Error("a kind without the suffix is not the home variant")
+	}
+	// Every router kind a hole can be punched from has its linux-host
+	// variant, right after it.
+	for _, b := range []natlab.Kind{natlab.Kind(natlab.FullCone), natlab.Kind(natlab.RestrictedCone), natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.Symmetric), natlab.KindDouble} {
+		if i := kindIndex(Kind(b)); i+1 >= len(ks) || ks[i+1] != LinuxHost(b) {
+			t.Errorf("no linux-host variant after %s in %v", b, ks)
+		}
+	}
+	if _, err := ParseKind("open/linux-host"); err == nil {
+		t.Error("ParseKind accepted a linux-host open host")
 	}
 	for _, k := range ks {
 		if got, err := ParseKind(string(k)); err != nil || got != k {
@@ -32,6 +49,9 @@ func TestKinds(t *testing.T) {
 	n := len(ks)
 	if got := len(FullPairs()); got != n*(n+1)/2 {
 		t.Errorf("%d full pairs, want %d", got, n*(n+1)/2)
+	}
+	if got := Directions(FullPairs()); got != n*n {
+		t.Errorf("%d directions in the full matrix, want %d", got, n*n)
 	}
 	for _, p := range ShortPairs() {
 		if kindIndex(p.A) == len(ks) || kindIndex(p.B) == len(ks) {
@@ -70,10 +90,56 @@ func TestBest(t *testing.T) {
 		{SymmetricUPnP, sym, base, Holepunch},
 		{SymmetricUPnP, SymmetricUPnP, base, UPnP},
 		{blocked, SymmetricUPnP, withSN, Relay},
+		// linux-host variants: the same best as the home variant.
+		{LinuxHost(natlab.Kind(natlab.PortRestricted)), LinuxHost(natlab.Kind(natlab.PortRestricted)), withSN, Holepunch},
+		{LinuxHost(natlab.Kind(natlab.RestrictedCone)), LinuxHost(natlab.Kind(natlab.Symmetric)), withSN, Holepunch},
+		{LinuxHost(natlab.Kind(natlab.FullCone)), LinuxHost(natlab.Kind(natlab.Symmetric)), withSN, Holepunch},
+		{LinuxHost(natlab.KindDouble), pr, withSN, Holepunch},
+		{LinuxHost(natlab.Kind(natlab.Symmetric)), pr, withSN, Supernode},
+		{LinuxHost(natlab.Kind(natlab.Symmetric)), LinuxHost(natlab.KindDouble), base, Relay},
+		{sym, LinuxHost(natlab.Kind(natlab.FullCone)), base, Holepunch},
+		{LinuxHost(natlab.Kind(natlab.PortRestricted)), open, base, Direct},
 	} {
 		got, why := Best(tc.dialer, tc.listener, tc.ladder)
 		if got != tc.want || why == "" {
 			t.Errorf("Best(%s -> %s, %v) = %s (%s), want %s", tc.dialer, tc.listener, tc.ladder, got, why, tc.want)
+		}
+	}
+	// Every direction with a linux-host side has the best of the same
+	// direction between home variants.
+	home := func(k Kind) Kind {
+		if k.Firewall() == natlab.LinuxHost {
+			return Kind(k.Base())
+		}
+		return k
+	}
+	for _, d := range Kinds() {
+		for _, l := range Kinds() {
+			got, _ := Best(d, l, withSN)
+			if want, _ := Best(home(d), home(l), withSN); got != want {
+				t.Errorf("Best(%s -> %s) = %s, but %s between the home variants", d, l, got, want)
+			}
+		}
+	}
+}
+
+// TestBestDualStack: with IPv6 on both sides every pair with UDP goes
+// direct, symmetric against port-restricted included; without UDP the
+// relay stays the only way.
+func TestBestDualStack(t *testing.T) {
+	withSN := []string{Direct, UPnP, Holepunch, Supernode, Relay}
+	sym, lpr := Kind(natlab.Symmetric), LinuxHost(natlab.Kind(natlab.PortRestricted))
+	for _, tc := range []struct {
+		dialer, listener Kind
+		want             string
+	}{
+		{sym, lpr, Direct},
+		{sym, sym, Direct},
+		{lpr, Kind(natlab.Open), Direct},
+		{Kind(natlab.UDPBlocked), sym, Relay},
+	} {
+		if got, why := BestDualStack(tc.dialer, tc.listener, withSN); got != tc.want || why == "" {
+			t.Errorf("BestDualStack(%s -> %s) = %s (%s), want %s", tc.dialer, tc.listener, got, why, tc.want)
 		}
 	}
 }
@@ -104,6 +170,22 @@ func TestSummarise(t *testing.T) {
 	summarise(&failed)
 	if !failed.Worse || failed.Strategy != "" || !strings.Contains(failed.Reason, "boom") {
 		t.Errorf("failed direction: %+v", failed)
+	}
+	// Dual-stack: direct over IPv4 (an open listener's v4 address) where
+	// IPv6 was possible is another path, flagged as such; over IPv6 it is
+	// not flagged.
+	v6 := Direction{Best: Direct, BestIPv6: true, Attempts: []Attempt{
+		{OK: true, Strategy: Direct, Path: "[2001:db8:1::a]:4000", ConnectMS: 250, RTTMS: 80},
+		{OK: true, Strategy: Direct, Path: "203.0.113.12:4000", ConnectMS: 250, RTTMS: 80},
+	}}
+	summarise(&v6)
+	if !v6.Worse || v6.Severity != SeverityPath || !strings.Contains(v6.Reason, "not over IPv6 in 1 of 2") {
+		t.Errorf("IPv4 path in a dual-stack direction: worse=%v severity %q reason %q", v6.Worse, v6.Severity, v6.Reason)
+	}
+	v6.Attempts[1].Path = "[2001:db8:1::a]:4001"
+	summarise(&v6)
+	if v6.Worse {
+		t.Errorf("IPv6 paths flagged: %q", v6.Reason)
 	}
 }
 
@@ -161,7 +243,7 @@ func TestRender(t *testing.T) {
 	}
 	n := len(r.Kinds)
 	if w := img.Bounds().Dx(); w != 2*hmMargin+hmLabelW+n*hmCellW {
-		t.Errorf("PNG width %d", w)
+		t.Errorf("PNG width %d, want %d for %d kinds", w, 2*hmMargin+hmLabelW+n*hmCellW, n)
 	}
 	dir := t.TempDir()
 	if err := r.WriteFiles(filepath.Join(dir, "out")); err != nil {

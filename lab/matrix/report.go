@@ -130,10 +130,9 @@ func (r *Result) Markdown() string {
 	}
 	p("Directions: **%d**; every attempt connected: **%d**; as good as possible: **%d**; flagged: **%d**.\n\n",
 		len(r.Directions), connected, best, len(r.Directions)-best)
-	p("Run %s, %s, %d dial(s) per direction with fresh nodes, %s one-way delay on every access link "+
-		"(peer-to-peer round trip %s, peer-to-server %s), %s transfer, ladder %s, %s",
-		r.Started.UTC().Format("2006-01-02 15:04 UTC"), r.Duration, r.Runs, fmtMS(r.DelayMS),
-		fmtMS(4*r.DelayMS), fmtMS(2*r.DelayMS), fmtSize(r.Size), strings.Join(r.Ladder, " → "), r.GoVersion)
+	p("Run %s, %s, %d dial(s) per direction with fresh nodes, %s, %s transfer, ladder %s, %s",
+		r.Started.UTC().Format("2006-01-02 15:04 UTC"), r.Duration, r.Runs, r.topology(),
+		fmtSize(r.Size), strings.Join(r.Ladder, " → "), r.GoVersion)
 	if r.Commit != "" {
 		p(", commit %s", r.Commit)
 	}
@@ -142,7 +141,11 @@ func (r *Result) Markdown() string {
 		p("Note: %s.\n\n", n)
 	}
 
-	p("### Grid: winning strategy and connect time in round trips (dialer ↓, listener →)\n\n")
+	unit := "in round trips"
+	if !r.inRTTs() {
+		unit = "in ms"
+	}
+	p("#### Grid: winning strategy and connect time %s (dialer ↓, listener →)\n\n", unit)
 	p("| dialer \\ listener |")
 	for _, k := range r.Kinds {
 		p(" %s |", k)
@@ -156,13 +159,13 @@ func (r *Result) Markdown() string {
 		p("| **%s** |", dk)
 		for _, lk := range r.Kinds {
 			d, ok := r.Lookup(dk, lk)
-			p(" %s |", gridCell(d, ok))
+			p(" %s |", r.gridCell(d, ok))
 		}
 		p("\n")
 	}
-	p("\n✗: no attempt connected; ⚠: worse than possible, a failure or a forwarded path where the peers could have their own; △: a peer-to-peer rung other than the best one won (the same kind of path); ~: mixed outcomes. Reasons below.\n\n")
+	p("\n✗: no attempt connected; ⚠: worse than possible, a failure or a forwarded path where the peers could have their own (or IPv4 where both have IPv6); △: a peer-to-peer rung other than the best one won (the same kind of path); ~: mixed outcomes. Reasons below.\n\n")
 
-	p("### Connect time by winning strategy\n\n")
+	p("#### Connect time by winning strategy\n\n")
 	p("Dial → first echoed byte, median over the directions each strategy won (their own medians), in round trips of the path (measured by pings on the session) and in ms; range in brackets.\n\n")
 	p("| strategy (dialler's relay link) | directions | round trips | ms | one stream, Mbit/s |\n|---|---|---|---|---|\n")
 	for _, s := range r.ByStrategy() {
@@ -170,7 +173,7 @@ func (r *Result) Markdown() string {
 			s.RTTs, s.RTTsMin, s.RTTsMax, s.MS, s.MSMin, s.MSMax, s.Mbps)
 	}
 
-	p("\n### Every direction\n\n")
+	p("\n#### Every direction\n\n")
 	p("| dialer → listener | connected | won | best possible | connect median / worst (ms) | path RTT (ms) | connect (RTTs) | Mbit/s | |\n")
 	p("|---|---|---|---|---|---|---|---|---|\n")
 	for _, d := range r.Directions {
@@ -187,27 +190,79 @@ func (r *Result) Markdown() string {
 				won += " (" + links + ")"
 			}
 		}
+		best := d.Best
+		if r.IPv6 && d.Connected > 0 {
+			won += fmt.Sprintf(", IPv6 %d/%d", d.Connected-notIPv6(&d), d.Connected)
+		}
+		if d.BestIPv6 {
+			best += " (IPv6)"
+		}
 		p("| %s → %s | %d/%d | %s | %s | %s / %s | %s | %s | %s | %s |\n", d.Dialer, d.Listener, d.Connected, len(d.Attempts),
-			won, d.Best, num(d.ConnectMedianMS, 0), num(d.ConnectWorstMS, 0), num(d.RTTMS, 1), num(d.ConnectRTTs, 1), num(d.Mbps, 0), flag)
+			won, best, num(d.ConnectMedianMS, 0), num(d.ConnectWorstMS, 0), num(d.RTTMS, 1), num(d.ConnectRTTs, 1), num(d.Mbps, 0), flag)
 	}
 
-	p("\n### Worse than possible\n\n")
+	p("\n#### Worse than possible\n\n")
 	flagged := r.Flagged()
 	if len(flagged) == 0 {
 		p("None: every direction connected with the best strategy possible for it.\n")
 	}
 	for _, d := range flagged {
 		what := "failure or forwarded path"
-		if d.Severity == SeverityRung {
+		switch {
+		case d.Severity == SeverityRung:
 			what = "another peer-to-peer rung"
+		case d.BestIPv6 && notIPv6(&d) > 0 && d.Connected == len(d.Attempts) && !forwarded(d):
+			what = "an IPv4 path where IPv6 was best"
 		}
-		p("- **%s → %s** (%s): %s. Best possible: %s (%s).\n", d.Dialer, d.Listener, what, d.Reason, d.Best, d.BestWhy)
+		best := d.Best
+		if d.BestIPv6 {
+			best += " over IPv6"
+		}
+		p("- **%s → %s** (%s): %s. Best possible: %s (%s).\n", d.Dialer, d.Listener, what, d.Reason, best, d.BestWhy)
 	}
 	return b.String()
 }
 
+// topology describes the run's links and addresses in words.
+func (r *Result) topology() string {
+	var s string
+	switch {
+	case r.DelayMS == 0 && r.ServerDelayMS == 0:
+		s = "no delay on any link"
+	case r.DelayMS == 0:
+		s = "no delay on the access links"
+	default:
+		s = fmt.Sprintf("%s one-way delay on every access link (peer-to-peer round trip %s)", fmtMS(r.DelayMS), fmtMS(4*r.DelayMS))
+	}
+	if r.ServerDelayMS > 0 {
+		s += fmt.Sprintf(", %s one-way on the server's link (peer-to-server round trip %s)",
+			fmtMS(r.ServerDelayMS), fmtMS(2*(r.DelayMS+r.ServerDelayMS)))
+	} else if r.DelayMS > 0 {
+		s += fmt.Sprintf(", the server's link not delayed (peer-to-server round trip %s)", fmtMS(2*r.DelayMS))
+	}
+	if r.IPv6 {
+		s += ", dual-stack sites (global IPv6 behind stateful firewalls)"
+	}
+	return s
+}
+
+// inRTTs: connect times are stated in round trips of the path. Not when
+// the path has no delay of its own to speak of (zero delay) or the server
+// is much further than the peer (far server): there they are in ms.
+func (r *Result) inRTTs() bool { return r.DelayMS >= 10 && r.ServerDelayMS == 0 }
+
+// forwarded reports whether some attempt of d was forwarded.
+func forwarded(d Direction) bool {
+	for s := range d.Strategies {
+		if Forwarded(s) {
+			return true
+		}
+	}
+	return false
+}
+
 // gridCell is one cell of the Markdown grid.
-func gridCell(d Direction, ok bool) string {
+func (r *Result) gridCell(d Direction, ok bool) string {
 	if !ok {
 		return ""
 	}
@@ -218,7 +273,11 @@ func gridCell(d Direction, ok bool) string {
 	if len(d.Strategies) > 1 || d.Connected < len(d.Attempts) {
 		s = "~" + s
 	}
-	s = fmt.Sprintf("%s %.1f", s, d.ConnectRTTs)
+	if r.inRTTs() {
+		s = fmt.Sprintf("%s %.1f", s, d.ConnectRTTs)
+	} else {
+		s = fmt.Sprintf("%s %.0f ms", s, d.ConnectMedianMS)
+	}
 	if d.Worse {
 		s += " " + flagMark(d)
 	}

@@ -61,6 +61,9 @@ type runner struct {
 // returns a nil Result.
 func Run(ctx context.Context, lab *natlab.Lab, cfg Config) (*Result, error) {
 	cfg = cfg.withDefaults()
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	r := &runner{cfg: cfg, lab: lab, sites: map[Kind][]*site{}}
 	defer r.close()
@@ -70,7 +73,8 @@ func Run(ctx context.Context, lab *natlab.Lab, cfg Config) (*Result, error) {
 	r.payload = make([]byte, 64<<10)
 	rand.Read(r.payload)
 	res := &Result{
-		Started: start, DelayMS: ms(cfg.Delay), Runs: cfg.Runs, Size: cfg.Size,
+		Variant: cfg.Variant, Started: start, DelayMS: ms(cfg.Delay), ServerDelayMS: ms(cfg.ServerDelay), IPv6: cfg.IPv6,
+		Runs: cfg.Runs, Size: cfg.Size,
 		Ladder: append([]string(nil), reach.Strategies()...), GoVersion: runtime.Version(),
 	}
 	for _, p := range cfg.Pairs {
@@ -82,7 +86,8 @@ func Run(ctx context.Context, lab *natlab.Lab, cfg Config) (*Result, error) {
 	}
 	sort.SliceStable(res.Kinds, func(i, j int) bool { return kindIndex(res.Kinds[i]) < kindIndex(res.Kinds[j]) })
 	res.Notes = append(res.Notes, r.notes...)
-	cfg.Logger.Info("matrix topology up", "pairs", len(cfg.Pairs), "runs", cfg.Runs, "delay", cfg.Delay, "setup", time.Since(start).Round(time.Millisecond))
+	cfg.Logger.Info("matrix topology up", "variant", cfg.Variant, "pairs", len(cfg.Pairs), "runs", cfg.Runs, "delay", cfg.Delay,
+		"server_delay", cfg.ServerDelay, "ipv6", cfg.IPv6, "setup", time.Since(start).Round(time.Millisecond))
 	for _, p := range cfg.Pairs {
 		a, b := r.sites[p.A][0], r.sites[p.B][0]
 		dirs := [][2]*site{{a, b}, {b, a}}
@@ -105,6 +110,25 @@ func Run(ctx context.Context, lab *natlab.Lab, cfg Config) (*Result, error) {
 	}
 	res.Duration = time.Since(start).Round(time.Second).String()
 	return res, nil
+}
+
+// ErrKindUnsupported: a kind the run's topology cannot build (a double
+// NAT or a network without UDP in the IPv6 run).
+var ErrKindUnsupported = errors.New("matrix: kind not supported in this topology")
+
+// check refuses pairs the topology cannot build.
+func (c Config) check() error {
+	for _, p := range c.Pairs {
+		for _, k := range []Kind{p.A, p.B} {
+			if kindIndex(k) == len(Kinds()) {
+				return fmt.Errorf("%w %q", ErrUnknownKind, k)
+			}
+			if c.IPv6 && (k.Base() == natlab.KindDouble || k.noUDP()) {
+				return fmt.Errorf("%w: %s with IPv6", ErrKindUnsupported, k)
+			}
+		}
+	}
+	return nil
 }
 
 // close stops the server (the lab is the caller's).
@@ -130,6 +154,11 @@ func (r *runner) build(ctx context.Context) error {
 	srv, err := r.lab.AddPublicHost(ctx, "srv")
 	if err != nil {
 		return err
+	}
+	if r.cfg.ServerDelay > 0 {
+		if err := srv.Impair(ctx, natlab.Impairment{Delay: r.cfg.ServerDelay}); err != nil {
+			return fmt.Errorf("matrix: server link: %w", err)
+		}
 	}
 	if r.connect, err = r.startServer(ctx, srv); err != nil {
 		return err
@@ -185,11 +214,17 @@ func (r *runner) startServer(ctx context.Context, h *natlab.Host) (string, error
 	return rs.ConnectString(), nil
 }
 
-// addSite builds one site of kind k and delays its access link.
+// addSite builds one site of kind k and delays its access link. A
+// linux-host site gets an ISP hop of its own (not in the IPv6 run: the
+// lab's IPv6 routers attach to the internet segment only); the UPnP
+// gateway sits on the internet segment too (miniupnpd wants a
+// public-looking WAN address).
 func (r *runner) addSite(ctx context.Context, name string, k Kind) (*site, error) {
 	s := &site{kind: k}
 	if k.UPnP() {
-		rt, _, err := r.lab.AddUPnPRouter(ctx, natlab.RouterConfig{Name: name + "r", NAT: natlab.NAT(k.Base())}, natlab.UPnPConfig{})
+		rt, _, err := r.lab.AddUPnPRouter(ctx, natlab.RouterConfig{
+			Name: name + "r", NAT: natlab.NAT(k.Base()), Firewall: k.Firewall(), IPv6: r.cfg.IPv6,
+		}, natlab.UPnPConfig{})
 		if err != nil {
 			return nil, err
 		}
@@ -198,7 +233,12 @@ func (r *runner) addSite(ctx context.Context, name string, k Kind) (*site, error
 			return nil, err
 		}
 	} else {
-		ns, err := r.lab.AddSite(ctx, name, k.Base())
+		ns, err := r.lab.AddSiteWith(ctx, name, natlab.SiteConfig{
+			Kind:     k.Base(),
+			Firewall: k.Firewall(),
+			ISP:      k.Firewall() == natlab.LinuxHost && !r.cfg.IPv6,
+			IPv6:     r.cfg.IPv6 && k.Base() != natlab.Open,
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -226,7 +266,12 @@ func (r *runner) addSite(ctx context.Context, name string, k Kind) (*site, error
 // are of one kind, the runs alternate which one dials.
 func (r *runner) direction(ctx context.Context, dialer, listener *site, ladder []string) Direction {
 	d := Direction{Dialer: dialer.kind, Listener: listener.kind}
-	d.Best, d.BestWhy = Best(d.Dialer, d.Listener, ladder)
+	if r.cfg.IPv6 {
+		d.Best, d.BestWhy = BestDualStack(d.Dialer, d.Listener, ladder)
+		d.BestIPv6 = !d.Dialer.noUDP() && !d.Listener.noUDP()
+	} else {
+		d.Best, d.BestWhy = Best(d.Dialer, d.Listener, ladder)
+	}
 	for i := range r.cfg.Runs {
 		if ctx.Err() != nil {
 			break
@@ -440,11 +485,12 @@ func pathRTT(ctx context.Context, sess *stream.Session) float64 {
 }
 
 // summarise fills a direction's totals from its attempts and compares
-// them with Best.
+// them with Best (again, if it ran before).
 func summarise(d *Direction) {
 	var connect, rtt, mbps []float64
 	var fails []string
-	d.Strategies = map[string]int{}
+	d.Connected, d.Strategy, d.Strategies = 0, "", map[string]int{}
+	d.ConnectMedianMS, d.ConnectWorstMS = 0, 0
 	for _, a := range d.Attempts {
 		if !a.OK {
 			fails = append(fails, a.Err)
@@ -487,10 +533,16 @@ func summarise(d *Direction) {
 		}
 	}
 	sort.Strings(worse)
+	if v4 := notIPv6(d); d.BestIPv6 && v4 > 0 {
+		// Another path, not another name for the same one: through the
+		// IPv4 NATs, with their mappings and timeouts.
+		why = append(why, fmt.Sprintf("a path not over IPv6 in %d of %d", v4, len(d.Attempts)))
+		worsePath = true
+	}
 	if len(worse) > 0 {
 		why = append(why, "won by "+strings.Join(worse, ", ")+", best is "+d.Best)
 	}
-	d.Worse = len(fails) > 0 || len(worse) > 0
+	d.Worse = worsePath || len(worse) > 0
 	d.Reason = strings.Join(why, "; ")
 	switch {
 	case worsePath:
@@ -498,6 +550,21 @@ func summarise(d *Direction) {
 	case d.Worse:
 		d.Severity = SeverityRung
 	}
+}
+
+// notIPv6 counts the connected attempts whose path is not an IPv6 one.
+func notIPv6(d *Direction) int {
+	n := 0
+	for _, a := range d.Attempts {
+		if !a.OK {
+			continue
+		}
+		ap, err := netip.ParseAddrPort(a.Path)
+		if err != nil || !ap.Addr().Is6() || ap.Addr().Is4In6() {
+			n++
+		}
+	}
+	return n
 }
 
 // shortErr keeps the first line of an error, at most 200 bytes.

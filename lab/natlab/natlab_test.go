@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -278,6 +279,67 @@ func TestIPv6Firewall(t *testing.T) {
 	}
 	if _, _, err := Probe(ps, from, "reply", hs, time.Second); err != nil {
 		t.Errorf("reply blocked: %v", err)
+	}
+}
+
+// TestISPHop: a host behind an ISP hop is reached from the internet on
+// the first datagram, at once: the ISP answers ARP for its segment without
+// Linux's default proxy ARP delay (a random wait of up to 0.8 s meant to
+// let a real owner answer first), which a routed provider does not have
+// and which made a site's first packets from every new neighbour wait.
+// A datagram with TTL 1 dies at the ISP's router, one with TTL 2 arrives:
+// the provider is a hop.
+func TestISPHop(t *testing.T) {
+	l := NewT(t)
+	ctx := ctxT(t, time.Minute)
+	pub, err := l.AddPublicHost(ctx, "pubi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := pub.ListenUDP(netip.AddrPortFrom(pub.Addr(), 4000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ps.Close()
+	setTTL := func(ttl int) {
+		rc, err := ps.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TTL, ttl) }); err != nil || serr != nil {
+			t.Fatal(err, serr)
+		}
+	}
+	for i := range 3 {
+		site, err := l.AddSiteWith(ctx, fmt.Sprintf("isph%d", i), SiteConfig{Kind: Open, ISP: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs, err := site.Host.ListenUDP(netip.AddrPortFrom(site.Host.Addr(), 5000))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hs.Close()
+		dst := netip.AddrPortFrom(site.Host.Addr(), 5000)
+		setTTL(1)
+		if _, _, err := Probe(ps, dst, "ttl1", hs, 300*time.Millisecond); err == nil {
+			t.Errorf("%s: a datagram with TTL 1 crossed the ISP's router", site.Host.Name())
+		}
+		// The TTL-1 datagram resolved nothing (it died at the router,
+		// which had no need for ARP on its segment); flush the public
+		// host's neighbour cache so the next one asks afresh.
+		if err := run(ctx, "ip", "-n", pub.Namespace(), "neigh", "flush", "all"); err != nil {
+			t.Fatal(err)
+		}
+		setTTL(2)
+		start := time.Now()
+		if _, _, err := Probe(ps, dst, "ttl2", hs, 2*time.Second); err != nil {
+			t.Fatalf("%s: a datagram with TTL 2: %v", site.Host.Name(), err)
+		}
+		if el := time.Since(start); el > 100*time.Millisecond {
+			t.Errorf("%s: the first datagram took %v to arrive (ARP through the ISP's proxy ARP), want well under 100ms", site.Host.Name(), el)
+		}
 	}
 }
 

@@ -158,6 +158,9 @@ func (n *Node) accepted(sess *stream.Session) bool {
 	}
 	n.sessions[peer] = append(n.sessions[peer], sess)
 	n.mu.Unlock()
+	if movable(sess) {
+		sess.SetPathResolver(n.resolvePath)
+	}
 	n.goRun(func() {
 		select {
 		case <-sess.Done():
@@ -196,7 +199,7 @@ func (n *Node) acceptSessions() {
 		if movable(sess) {
 			// It came through a forwarded path (a relayed packet is what
 			// gives a peer a virtual address).
-			if direct, fwd, err := n.sock.Paths().Current(sess.RemoteAddr()); err == nil && !direct.IsValid() && fwd != nil {
+			if direct, fwd, err := n.sock.Paths().Current(sess.QUICAddr()); err == nil && !direct.IsValid() && fwd != nil {
 				sess.SetStrategy(pathName(fwd))
 			}
 		}

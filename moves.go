@@ -96,7 +96,7 @@ func (n *Node) sessionsAt(peer identity.PeerID, key netip.AddrPort) []*stream.Se
 	defer n.mu.Unlock()
 	var out []*stream.Session
 	for _, s := range n.sessions[peer] {
-		if s.Context().Err() == nil && s.RemoteAddr() == key {
+		if s.Context().Err() == nil && s.QUICAddr() == key {
 			out = append(out, s)
 		}
 	}
@@ -104,7 +104,14 @@ func (n *Node) sessionsAt(peer identity.PeerID, key netip.AddrPort) []*stream.Se
 }
 
 // movable reports whether sess lives at a virtual address.
-func movable(sess *stream.Session) bool { return pathsock.IsVirtual(sess.RemoteAddr().Addr()) }
+func movable(sess *stream.Session) bool { return pathsock.IsVirtual(sess.QUICAddr().Addr()) }
+
+// resolvePath is the path resolver of movable sessions: the peer's direct
+// address, or invalid while it is on a forwarded path.
+func (n *Node) resolvePath(key netip.AddrPort) netip.AddrPort {
+	direct, _, _ := n.sock.Paths().Current(key)
+	return direct
+}
 
 // pathName is the rung name of a forwarded path.
 func pathName(p pathsock.Path) string {
@@ -155,7 +162,7 @@ func (n *Node) movablePeers() map[identity.PeerID]netip.AddrPort {
 	for peer, ss := range n.sessions {
 		for _, s := range ss {
 			if s.Context().Err() == nil && movable(s) {
-				out[peer] = s.RemoteAddr()
+				out[peer] = s.QUICAddr()
 			}
 		}
 	}

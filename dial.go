@@ -11,6 +11,7 @@ import (
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/candidate"
 	"github.com/reachp2p/reach/internal/ladder"
+	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
@@ -158,8 +159,10 @@ func (n *Node) accepted(sess *stream.Session) bool {
 	}
 	n.sessions[peer] = append(n.sessions[peer], sess)
 	n.mu.Unlock()
-	if movable(sess) {
+	if n.movable(sess) {
 		sess.SetPathResolver(n.resolvePath)
+	} else {
+		n.adopt(sess)
 	}
 	n.goRun(func() {
 		select {
@@ -196,7 +199,7 @@ func (n *Node) acceptSessions() {
 			}
 			return
 		}
-		if movable(sess) {
+		if pathsock.IsVirtual(sess.QUICAddr().Addr()) {
 			// It came through a forwarded path (a relayed packet is what
 			// gives a peer a virtual address).
 			if direct, fwd, err := n.sock.Paths().Current(sess.QUICAddr()); err == nil && !direct.IsValid() && fwd != nil {

@@ -18,6 +18,11 @@
 //	conn, err := node.Accept(ctx)
 //	fmt.Println("stream from", conn.RemoteAddr()) // the remote peer ID
 //
+// Streams are net.Conn with TCP's semantics (see Node.Dial): Close sends
+// what was written, then EOF, without waiting; Node.Close waits until the
+// peers have read it, so write, Close the stream, Close the node, exit is
+// safe. Abort discards instead.
+//
 // This package is the API; the rungs live in their own folders and the
 // ladder's order in internal/ladder (see docs/architecture.md).
 package reach
@@ -212,10 +217,11 @@ type Node struct {
 	client *rendezvous.Client // nil without servers
 	ladder *ladder.Ladder
 
-	ctx    context.Context // cancelled by Close
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	accept chan *stream.Stream
+	ctx     context.Context // cancelled by Close once sessions are closed
+	cancel  context.CancelFunc
+	closing chan struct{} // closed when Close begins
+	wg      sync.WaitGroup
+	accept  chan *stream.Stream
 
 	mu       sync.Mutex
 	sessions map[identity.PeerID][]*stream.Session
@@ -259,7 +265,8 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		}
 	}
 	n := &Node{cfg: cfg, key: cfg.Key, log: cfg.Logger.With("node", cfg.Key.ID().Short()),
-		accept: make(chan *stream.Stream, cfg.AcceptQueue), sessions: map[identity.PeerID][]*stream.Session{}}
+		accept: make(chan *stream.Stream, cfg.AcceptQueue), closing: make(chan struct{}),
+		sessions: map[identity.PeerID][]*stream.Session{}}
 	var err error
 	n.sock, err = sock.Listen(sock.Config{Addr: cfg.ListenAddr, Logger: n.log})
 	if err != nil {
@@ -433,9 +440,24 @@ func (n *Node) candidates() []candidate.Candidate {
 	return out
 }
 
-// Close closes every session, the rungs (releasing port mappings,
-// allocations and links), the registrations and the socket.
-func (n *Node) Close() error {
+// Close closes the node without losing data: it closes every session as
+// Session.Close does (in parallel; each waits at most
+// Config.Session.CloseTimeout, stream.DefaultCloseTimeout (10 s) by
+// default, until the peer has read what this node wrote on it), then the
+// rungs (releasing port mappings, allocations and links), the
+// registrations and the socket. Accept returns ErrClosed from the start.
+// Its error joins those of sessions the peer did not finish reading in
+// time (stream.ErrCloseTimeout). A program that wrote to a stream closes
+// its Node (or the Session) before it exits: the data is sent in the
+// background, and leaving the process drops what is still on its way.
+func (n *Node) Close() error { return n.close(false) }
+
+// Abort closes the node at once: unlike Close it does not wait for peers
+// to read what was written; their reads and writes fail with
+// stream.ErrPeerAborted.
+func (n *Node) Abort() error { return n.close(true) }
+
+func (n *Node) close(abort bool) error {
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
@@ -447,11 +469,26 @@ func (n *Node) Close() error {
 		all = append(all, ss...)
 	}
 	n.mu.Unlock()
+	close(n.closing)
+	var errs []error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, s := range all {
+		if abort {
+			s.Abort()
+			continue
+		}
+		wg.Go(func() {
+			if err := s.Close(); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("reach: closing the session with %s: %w", s.RemotePeer().Short(), err))
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
 	if n.cancel != nil {
 		n.cancel()
-	}
-	for _, s := range all {
-		s.CloseWithError(0, "node closed")
 	}
 	if n.client != nil {
 		n.client.Close()
@@ -464,19 +501,25 @@ func (n *Node) Close() error {
 	if n.ln != nil {
 		n.ln.Close()
 	}
-	err := n.sock.Close()
+	errs = append(errs, n.sock.Close())
 	n.wg.Wait()
-	return err
+	return errors.Join(errs...)
 }
 
 // Accept waits for the next incoming stream from any peer, bounded by
 // ctx. The stream's RemoteAddr().String() is the remote peer ID. It
-// returns ErrClosed after Close.
+// returns ErrClosed once Close has begun. The stream behaves as Dial
+// describes.
 func (n *Node) Accept(ctx context.Context) (*Stream, error) {
+	select {
+	case <-n.closing:
+		return nil, ErrClosed
+	default:
+	}
 	select {
 	case s := <-n.accept:
 		return s, nil
-	case <-n.ctx.Done():
+	case <-n.closing:
 		return nil, ErrClosed
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -494,6 +537,26 @@ func (l nodeListener) Addr() net.Addr            { return stream.Addr{Peer: l.n.
 
 // Dial connects to peer and opens a stream. ctx bounds the setup only, as
 // with net.Dialer: cancelling it later does not affect the stream.
+//
+// The stream is a net.Conn that behaves like a TCP connection:
+//   - Write returns once the data is queued; flow control blocks a writer
+//     that is far ahead of the reader.
+//   - CloseWrite sends EOF after what was written; reading goes on.
+//   - Read returns io.EOF after the peer's CloseWrite or Close and
+//     everything it wrote. When the peer aborted the stream or its node
+//     (Abort, Ctrl-C in the CLI), Read and Write fail with a *PeerError:
+//     errors.Is ErrPeerAborted or ErrPeerInterrupted; when the peer closed
+//     while this side was still writing, ErrPeerClosed.
+//   - Close returns at once: what was written is still sent, then EOF;
+//     what the peer sends from then on is discarded. Like a socket that
+//     the kernel goes on sending from, the data needs the node (and the
+//     session) to stay up: Node.Close and Session.Close wait until the
+//     peer has read it, up to Config.Session.CloseTimeout
+//     (stream.DefaultCloseTimeout, 10 s). So the obvious sequence
+//     (Write, Close, Node.Close, exit) loses nothing.
+//   - Abort (or CloseWithError with a code) discards what is not yet
+//     delivered; Node.Abort does that for every stream.
+//   - Deadlines work as net.Conn documents.
 func (n *Node) Dial(ctx context.Context, peer PeerID) (*Stream, error) {
 	sess, err := n.DialSession(ctx, peer)
 	if err != nil {
@@ -503,8 +566,9 @@ func (n *Node) Dial(ctx context.Context, peer PeerID) (*Stream, error) {
 }
 
 // Dial connects to peer with a node made for this call from a fresh key
-// and the given servers, and returns a stream. The node is closed when the
-// stream is closed. For more than a one-off, make a Node.
+// and the given servers, and returns a stream. Closing the stream closes
+// the node, which waits (as Node.Close does) until the peer has read what
+// was written. For more than a one-off, make a Node.
 func Dial(ctx context.Context, peer PeerID, servers ...string) (net.Conn, error) {
 	n, err := New(ctx, Config{Servers: servers})
 	if err != nil {

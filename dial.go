@@ -30,8 +30,10 @@ func (n *Node) DialSession(ctx context.Context, peer PeerID) (*Session, error) {
 	if n.client == nil {
 		return nil, ErrNoServers
 	}
-	if n.ctx.Err() != nil {
+	select {
+	case <-n.closing:
 		return nil, ErrClosed
+	default:
 	}
 	start := time.Now()
 	sess, err := n.introduceAndRace(ctx, peer, n.ladder.Dial)

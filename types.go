@@ -56,3 +56,17 @@ var TURNCredentials = turn.Credentials
 // ErrNoTURN: the TURN rung had nothing to work with (no allocation, or
 // the peer advertised no TURN address).
 var ErrNoTURN = turn.ErrNoTURN
+
+// What a stream's Read or Write returns after the peer closed or aborted
+// it (a *PeerError; test with errors.Is), and what Close returns when the
+// peer did not read everything in time; see stream.PeerError.
+var (
+	ErrPeerClosed      = stream.ErrPeerClosed
+	ErrPeerAborted     = stream.ErrPeerAborted
+	ErrPeerInterrupted = stream.ErrPeerInterrupted
+	ErrCloseTimeout    = stream.ErrCloseTimeout
+)
+
+// PeerError is the error of a Read or Write after the peer aborted the
+// stream or closed the session, with the peer's error code.
+type PeerError = stream.PeerError

@@ -92,12 +92,12 @@ func BenchmarkStreamThroughputSock(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close()
+	defer c.Abort()
 	s := <-acc
 	if s == nil {
 		b.Fatal("accept failed")
 	}
-	defer s.Close()
+	defer s.Abort()
 	benchStreams(b, pair{client: c, server: s})
 }
 

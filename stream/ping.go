@@ -30,8 +30,8 @@ func (st *Stream) serviceType() byte {
 	st.hdrMu.Lock()
 	defer st.hdrMu.Unlock()
 	var b [1]byte
-	n, err := io.ReadFull(st.raw, b[:])
-	if n == 1 && (b[0] == streamTypePing || b[0] == streamTypeBye) {
+	n, err := io.ReadFull(rawReader{st}, b[:])
+	if n == 1 && (b[0] == streamTypePing || b[0] == streamTypeBye || b[0] == streamTypeDrain) {
 		return b[0]
 	}
 	switch {

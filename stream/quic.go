@@ -163,13 +163,7 @@ func (l *Listener) Addr() netip.AddrPort { return addrPort(l.ln.Addr()) }
 func (l *Listener) Close() error { return l.ln.Close() }
 
 func newQUICSession(qc *quic.Conn, local, remote identity.PeerID, cfg Config) *Session {
-	return &Session{
-		b:      quicBackend{qc},
-		local:  local,
-		remote: remote,
-		qc:     qc,
-		log:    cfg.logger(),
-	}
+	return newSession(quicBackend{qc}, qc, local, remote, cfg)
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -225,3 +219,11 @@ type quicStream struct{ *quic.Stream }
 
 func (s quicStream) closeWrite() error { return s.Stream.Close() }
 func (s quicStream) abortRead()        { s.Stream.CancelRead(0) }
+func (s quicStream) id() int64         { return int64(s.Stream.StreamID()) }
+
+func (s quicStream) onFinalSize(f func(int64)) { s.Stream.SetReceiveFinalSizeCallback(f) }
+
+func (s quicStream) reset(code uint64) {
+	s.Stream.CancelWrite(quic.StreamErrorCode(code))
+	s.Stream.CancelRead(quic.StreamErrorCode(code))
+}

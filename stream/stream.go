@@ -18,9 +18,9 @@
 // Wire format of a stream: the opening side sends one header byte, the
 // stream type, before any application data: 0x00 is an application stream,
 // 0x01 the session's echo service (Session.Ping), 0x02 "done" (Session.
-// Shutdown); these two are served inside AcceptStream, never returned;
-// other values are reserved (the accepting
-// side fails such a stream with ErrBadStreamHeader). The header also makes a freshly opened QUIC
+// Shutdown), 0x03 "drain" (Session.Close, see close.go); these are served
+// inside AcceptStream, never returned; other values are reserved (the
+// accepting side fails such a stream with ErrBadStreamHeader). The header also makes a freshly opened QUIC
 // stream visible to the peer at once (quic-go announces a stream only with
 // its first data), so AcceptStream returns even when the accepting side is
 // the one that speaks first. The header is consumed by the first Read on
@@ -49,9 +49,10 @@ const ALPN = "reach/1"
 
 // Stream types: the first byte the opening side sends on a stream.
 const (
-	streamTypeApp  = 0x00
-	streamTypePing = 0x01 // echo service, see Session.Ping
-	streamTypeBye  = 0x02 // "done": see Session.Shutdown
+	streamTypeApp   = 0x00
+	streamTypePing  = 0x01 // echo service, see Session.Ping
+	streamTypeBye   = 0x02 // "done": see Session.Shutdown
+	streamTypeDrain = 0x03 // "read what I sent": see Session.Close
 )
 
 // Named errors. Test with errors.Is.
@@ -76,6 +77,9 @@ const (
 	// DefaultMaxIncomingStreams is the number of concurrently open streams
 	// a peer may have towards us.
 	DefaultMaxIncomingStreams = 1024
+	// DefaultCloseTimeout bounds how long Session.Close waits for the
+	// peer to read what this side wrote.
+	DefaultCloseTimeout = 10 * time.Second
 	// initialWindow is where quic-go's window auto-tuning starts; it grows
 	// the windows towards the maxima as the measured bandwidth-delay product
 	// requires.
@@ -122,6 +126,12 @@ type Config struct {
 	// use 1200 (relay.PacketSize), the QUIC minimum, so that every packet
 	// fits in one relay datagram. Not used by TLS+yamux sessions.
 	PacketSize uint16
+	// CloseTimeout bounds how long Session.Close (and so Node.Close)
+	// waits for the peer to read the data this side wrote before it
+	// closes the session anyway. Zero means DefaultCloseTimeout (10 s).
+	// Negative: Close does not wait; unread data is discarded, as with
+	// Abort.
+	CloseTimeout time.Duration
 	// Logger receives debug logs. Nil discards them.
 	Logger *slog.Logger
 }
@@ -169,6 +179,13 @@ func (c Config) maxStreams() int64 {
 		return DefaultMaxIncomingStreams
 	}
 	return c.MaxIncomingStreams
+}
+
+func (c Config) closeTimeout() time.Duration {
+	if c.CloseTimeout == 0 {
+		return DefaultCloseTimeout
+	}
+	return c.CloseTimeout
 }
 
 func (c Config) logger() *slog.Logger {
@@ -234,6 +251,14 @@ type rawStream interface {
 	// abortRead discards unread and future data and tells the peer to stop
 	// sending, where the backend can.
 	abortRead()
+	// reset abandons both directions at once with an error code for the
+	// peer, where the backend can (yamux cannot: it half-closes).
+	reset(code uint64)
+	// onFinalSize has f called with the size of everything the peer sends
+	// once that is known (QUIC); yamux never calls it.
+	onFinalSize(f func(int64))
+	// id is the backend's stream ID, the same number on both sides.
+	id() int64
 }
 
 // Session is an authenticated connection to one peer carrying streams. Its
@@ -245,19 +270,53 @@ type Session struct {
 	qc     *quic.Conn // nil for TLS+yamux
 	log    *slog.Logger
 
+	closeTimeout time.Duration
+
 	mu       sync.Mutex
 	strategy string
 	resolve  func(netip.AddrPort) netip.AddrPort // SetPathResolver
 	bye      chan struct{}                       // closed when the peer's bye stream arrives
 	byeSeen  bool
+	live     map[*Stream]struct{} // application streams in use (close.go)
+	closing  bool                 // Close has begun: no new streams
+
+	wrote     atomic.Bool // application data was written on some stream
+	closeOnce sync.Once
+	closeDone chan struct{} // closed when Close has finished
+	closeErr  error         // Close's result, set before closeDone
+}
+
+func newSession(b backend, qc *quic.Conn, local, remote identity.PeerID, cfg Config) *Session {
+	return &Session{
+		b: b, qc: qc, local: local, remote: remote, log: cfg.logger(),
+		closeTimeout: cfg.closeTimeout(),
+		live:         map[*Stream]struct{}{},
+		closeDone:    make(chan struct{}),
+	}
 }
 
 // OpenStream opens a new stream to the peer. On QUIC it blocks while the
 // peer's limit of concurrent streams is reached, until ctx ends; on
 // TLS+yamux ctx is only checked before opening (yamux opens without
 // waiting for the peer).
+//
+// After Close has begun it fails with an error wrapping net.ErrClosed.
 func (s *Session) OpenStream(ctx context.Context) (*Stream, error) {
-	return s.openStream(ctx, streamTypeApp)
+	s.mu.Lock()
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
+		return nil, fmt.Errorf("stream: open: %w", net.ErrClosed)
+	}
+	st, err := s.openStream(ctx, streamTypeApp)
+	if err != nil {
+		return nil, err
+	}
+	if !s.track(st) {
+		st.Close()
+		return nil, fmt.Errorf("stream: open: %w", net.ErrClosed)
+	}
+	return st, nil
 }
 
 func (s *Session) openStream(ctx context.Context, typ byte) (*Stream, error) {
@@ -271,27 +330,47 @@ func (s *Session) openStream(ctx context.Context, typ byte) (*Stream, error) {
 		raw.closeWrite()
 		return nil, fmt.Errorf("stream: open: %w", err)
 	}
-	st := &Stream{raw: raw, sess: s}
+	st := s.newStream(raw)
 	st.hdrDone.Store(true)
 	return st, nil
 }
 
+func (s *Session) newStream(raw rawStream) *Stream {
+	st := &Stream{raw: raw, sess: s, readEnd: make(chan struct{})}
+	st.final.Store(-1)
+	raw.onFinalSize(func(n int64) {
+		st.final.Store(n)
+		st.checkConsumed()
+	})
+	return st
+}
+
 // AcceptStream waits for the peer to open a stream, until ctx ends or the
-// session closes. Streams of the session's own services (Ping) are served
-// here and never returned.
+// session closes. Streams of the session's own services (Ping, Shutdown,
+// the peer's Close) are served here and never returned, so a program that
+// uses a Session directly keeps an AcceptStream call running for as long
+// as the session is open (a Node always does). Once Close has begun, new
+// streams from the peer are closed instead of returned.
 func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
 	for {
 		raw, err := s.b.accept(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("stream: accept: %w", err)
 		}
-		st := &Stream{raw: raw, sess: s}
+		st := s.newStream(raw)
 		switch st.serviceType() {
 		case streamTypePing:
 			go st.serveEcho()
 			continue
 		case streamTypeBye:
 			s.peerSaidBye()
+			st.Close()
+			continue
+		case streamTypeDrain:
+			go s.serveDrain(st)
+			continue
+		}
+		if !s.track(st) {
 			st.Close()
 			continue
 		}
@@ -340,14 +419,10 @@ func (s *Session) SetPathResolver(r func(netip.AddrPort) netip.AddrPort) {
 // before the first sample.
 func (s *Session) RTT() time.Duration { return s.b.rtt() }
 
-// Close closes the session and all its streams at once, telling the peer.
-// Like closing a QUIC connection, it does not wait for data still queued on
-// streams: an application protocol that needs delivery should wait for the
-// peer's answer (or its Close) before closing.
-func (s *Session) Close() error { return s.CloseWithError(0, "") }
-
-// CloseWithError closes the session with an application error code and a
-// reason the peer can read (QUIC only; TLS+yamux sessions just close).
+// CloseWithError closes the session at once with an application error
+// code and a reason the peer can read (QUIC only; TLS+yamux sessions just
+// close): data not yet delivered is lost, unlike Close. The peer's Read and
+// Write calls fail with a *PeerError carrying code (see ErrorCode).
 func (s *Session) CloseWithError(code uint64, msg string) error {
 	return s.b.closeWithError(code, msg)
 }
@@ -389,6 +464,13 @@ type Stream struct {
 	raw  rawStream
 	sess *Session
 
+	wrote    atomic.Bool   // application data was written
+	readEnd  chan struct{} // closed once reading is over (close.go)
+	readOnce sync.Once
+	consumed atomic.Int64 // bytes read from the backend stream
+	final    atomic.Int64 // what the peer sends in all, -1 until known
+	wend     atomic.Bool  // no more writes: FIN sent or the write side failed
+
 	hdrMu     sync.Mutex
 	hdrDone   atomic.Bool // the type header has been sent or consumed
 	hdrErr    error       // under hdrMu: permanent header failure
@@ -417,10 +499,18 @@ func (s *Stream) Read(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	if err := s.readHeader(); err != nil {
+		s.readFailed(err)
 		return 0, s.mapErr(err)
 	}
-	n, err := s.raw.Read(p)
+	n, err := s.rawRead(p)
 	if err != nil {
+		s.readFailed(err)
+		if s.allRead() && !isReset(err) && !s.closed.Load() {
+			// The peer's FIN was known, everything before it read, and
+			// the session closed before the EOF itself was: the peer's
+			// Close had every byte, and so has this side.
+			return n, io.EOF
+		}
 		err = s.mapErr(err)
 	}
 	return n, err
@@ -437,7 +527,7 @@ func (s *Stream) readHeader() error {
 	}
 	var b [1]byte
 	for {
-		n, err := s.raw.Read(b[:])
+		n, err := s.rawRead(b[:])
 		if n == 1 {
 			break
 		}
@@ -471,8 +561,16 @@ func (s *Stream) Write(p []byte) (int, error) {
 	if s.wclosed {
 		return 0, ErrWriteClosed
 	}
+	if len(p) > 0 {
+		// Before writing: Close must know that data may be in flight.
+		s.wrote.Store(true)
+		s.sess.wrote.Store(true)
+	}
 	n, err := s.raw.Write(p)
 	if err != nil {
+		if !isTimeout(err) {
+			s.writeEnded()
+		}
 		err = s.mapErr(err)
 	}
 	return n, err
@@ -482,7 +580,7 @@ func (s *Stream) mapErr(err error) error {
 	if s.closed.Load() {
 		return net.ErrClosed
 	}
-	return err
+	return peerError(err)
 }
 
 // CloseWrite half-closes the stream: the peer reads io.EOF after the data
@@ -497,13 +595,19 @@ func (s *Stream) CloseWrite() error {
 		return nil
 	}
 	s.wclosed = true
-	return s.raw.closeWrite()
+	err := s.raw.closeWrite()
+	s.writeEnded()
+	return err
 }
 
 // Close closes the stream in both directions, as net.Conn requires: blocked
 // Read and Write calls return net.ErrClosed, data written so far is still
 // delivered followed by EOF, and data from the peer is discarded (the peer's
-// further writes fail, like writing to a reset TCP connection).
+// further writes fail with ErrPeerClosed, like writing to a reset TCP
+// connection). Close does not wait for delivery: the session goes on
+// sending in the background, and Session.Close (or Node.Close) waits,
+// bounded by Config.CloseTimeout, until the peer has read it. Abort and
+// CloseWithError discard undelivered data instead.
 func (s *Stream) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
@@ -519,6 +623,8 @@ func (s *Stream) Close() error {
 			s.raw.closeWrite()
 		}
 		s.wmu.Unlock()
+		s.readEnded()
+		s.writeEnded()
 	})
 	return nil
 }

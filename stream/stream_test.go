@@ -57,7 +57,7 @@ type pair struct {
 	clientKey, serverKey *identity.Key
 }
 
-// quicPair makes a QUIC session pair on loopback; both are closed by
+// quicPair makes a QUIC session pair on loopback; both are aborted by
 // t.Cleanup.
 func quicPair(t testing.TB, cfg Config) pair {
 	t.Helper()
@@ -84,12 +84,12 @@ func quicPair(t testing.TB, cfg Config) pair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() { c.Abort() })
 	r := <-acc
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	t.Cleanup(func() { r.s.Close() })
+	t.Cleanup(func() { r.s.Abort() })
 	return pair{c, r.s, ck, sk}
 }
 
@@ -126,12 +126,12 @@ func yamuxPair(t testing.TB, cfg Config) pair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() { c.Abort() })
 	r := <-acc
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	t.Cleanup(func() { r.s.Close() })
+	t.Cleanup(func() { r.s.Abort() })
 	return pair{c, r.s, ck, sk}
 }
 

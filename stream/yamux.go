@@ -112,7 +112,7 @@ func newYamuxSession(ys *yamux.Session, tc *tls.Conn, local, remote identity.Pee
 	b := &yamuxBackend{ys: ys, tc: tc, done: make(chan struct{})}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	go b.run(cfg)
-	s := &Session{b: b, local: local, remote: remote, log: cfg.logger()}
+	s := newSession(b, nil, local, remote, cfg)
 	s.log.Debug("stream: TLS+yamux session up", "peer", remote.Short(), "remote", b.remoteAddr())
 	return s
 }
@@ -241,5 +241,10 @@ func (s *yamuxStream) SetWriteDeadline(t time.Time) error {
 	return s.Stream.SetWriteDeadline(t)
 }
 
-func (s *yamuxStream) closeWrite() error { return s.Stream.Close() }
-func (s *yamuxStream) abortRead()        {}
+func (s *yamuxStream) closeWrite() error       { return s.Stream.Close() }
+func (s *yamuxStream) abortRead()              {}
+func (s *yamuxStream) id() int64               { return int64(s.Stream.StreamID()) }
+func (s *yamuxStream) onFinalSize(func(int64)) {}
+
+// reset half-closes: yamux has no way to abandon a stream with a code.
+func (s *yamuxStream) reset(uint64) { s.Stream.Close() }

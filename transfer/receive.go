@@ -128,7 +128,7 @@ func ReceiveSession(ctx context.Context, sess *stream.Session, id ID, cfg Receiv
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
-		return nil, err
+		return nil, fsErr(cfg.Dir, "", err)
 	}
 	root, err := os.OpenRoot(cfg.Dir)
 	if err != nil {
@@ -247,19 +247,17 @@ func (r *receiver) run(ctx context.Context, id ID) (*ReceiveResult, error) {
 		stopReport(false)
 		// A stream failure may be the sender giving up: its reason, which
 		// comes right after, beats ours.
-		wait := time.Second
-		if errCode(err) != "error" {
-			wait = 0 // our own named error
-		}
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case rerr := <-remote:
-			if _, ok := errors.AsType[*RemoteError](rerr); ok {
-				return nil, rerr
+		if errCode(err) == "error" { // not our own named error
+			t := time.NewTimer(time.Second)
+			defer t.Stop()
+			select {
+			case rerr := <-remote:
+				if _, ok := errors.AsType[*RemoteError](rerr); ok {
+					return nil, rerr
+				}
+			case <-t.C:
+			case <-ctx.Done():
 			}
-		case <-t.C:
-		case <-ctx.Done():
 		}
 		writeCtrl(cs, errorMsg(err))
 		return nil, err
@@ -508,7 +506,7 @@ func (r *receiver) makeDirs() error {
 			}
 		}
 		if err := r.root.Mkdir(p, 0o700|e.Mode); err != nil && !errors.Is(err, fs.ErrExist) {
-			return rootErr(e.Path, err)
+			return fsErr(e.Path, "", rootErr(e.Path, err))
 		}
 	}
 	return nil
@@ -540,6 +538,9 @@ func (r *receiver) dataStream(ctx context.Context, token string, remote <-chan e
 			return nil
 		}
 		if err := r.file(h, br, buf); err != nil {
+			if code := streamCode(err); code != stream.CodeNone {
+				st.CloseWithError(code) // the sender's write says why at once
+			}
 			return err
 		}
 	}
@@ -571,14 +572,15 @@ func (r *receiver) file(h fileHeader, br *bufio.Reader, buf []byte) error {
 			r.resumed.Add(-p.want.Offset)
 		}
 	}
+	partial := path.Join(path.Dir(e.Path), part)
 	f, err := dr.OpenFile(part, flags, 0o600)
 	if err != nil {
-		return rootErr(e.Path, err)
+		return fsErr(e.Path, "", rootErr(e.Path, err))
 	}
 	defer f.Close()
 	if h.offset > 0 {
 		if err := f.Truncate(h.offset); err != nil {
-			return err
+			return fsErr(e.Path, partial, err)
 		}
 		if _, err := f.Seek(h.offset, io.SeekStart); err != nil {
 			return err
@@ -591,7 +593,7 @@ func (r *receiver) file(h fileHeader, br *bufio.Reader, buf []byte) error {
 		n, err := br.Read(buf[:min(int64(len(buf)), left)])
 		if n > 0 {
 			if _, werr := f.Write(buf[:n]); werr != nil {
-				return werr
+				return fsErr(e.Path, partial, werr)
 			}
 			hasher.Write(buf[:n])
 			left -= int64(n)
@@ -612,20 +614,20 @@ func (r *receiver) file(h fileHeader, br *bufio.Reader, buf []byte) error {
 	}
 	if r.cfg.Sync {
 		if err := f.Sync(); err != nil {
-			return err
+			return fsErr(e.Path, partial, err)
 		}
 	}
 	if err := f.Chmod(e.Mode); err != nil {
-		return err
+		return fsErr(e.Path, partial, err)
 	}
 	if err := f.Close(); err != nil {
-		return err
+		return fsErr(e.Path, partial, err)
 	}
 	if !e.ModTime.IsZero() {
 		dr.Chtimes(part, time.Time{}, e.ModTime)
 	}
 	if err := dr.Rename(part, final); err != nil {
-		return rootErr(e.Path, err)
+		return fsErr(e.Path, partial, rootErr(e.Path, err))
 	}
 	r.got.Add(1)
 	finished = true

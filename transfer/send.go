@@ -327,8 +327,12 @@ func (s *Sender) serveData(st *stream.Stream, m *ctrl) error {
 	defer stop()
 	err := j.send(st)
 	if err != nil {
+		// The receiver's disk failing stops the stream with a code that
+		// says so; the receiver knows already.
+		err = fromStreamCode(err)
+		_, theirs := errors.AsType[*RemoteError](err)
 		// Tell the receiver why before the data streams go.
-		if j.ctx.Err() == nil && j.failed.CompareAndSwap(false, true) {
+		if !theirs && j.ctx.Err() == nil && j.failed.CompareAndSwap(false, true) {
 			j.writeCtrl(errorMsg(err))
 		}
 		j.cancel(err)

@@ -158,6 +158,9 @@ var codeErrors = map[string]error{
 	"protocol":         ErrProtocol,
 	"bad_manifest":     ErrBadManifest,
 	"changed":          ErrChanged,
+	"disk_full":        ErrDiskFull,
+	"quota":            ErrQuota,
+	"permission":       ErrPermission,
 }
 
 // errCode is the wire code of err ("error" if it has none).

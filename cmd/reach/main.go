@@ -4,8 +4,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
+
+	"github.com/reachp2p/reach/stream"
 )
 
 type command struct {
@@ -40,17 +43,35 @@ func usage() {
 func main() {
 	if len(os.Args) < 2 {
 		usage()
-		os.Exit(2)
+		os.Exit(exitUsage)
 	}
 	for _, c := range commands {
 		if c.name == os.Args[1] {
 			if err := c.run(os.Args[2:]); err != nil {
 				fmt.Fprintf(os.Stderr, "reach %s: %v\n", c.name, err)
-				os.Exit(1)
+				os.Exit(exitCode(err))
 			}
 			return
 		}
 	}
 	usage()
-	os.Exit(2)
+	os.Exit(exitUsage)
+}
+
+// Exit codes (README.md, "Exit codes").
+const (
+	exitError       = 1   // any other failure
+	exitUsage       = 2   // no or unknown command
+	exitPeerGone    = 3   // the peer was interrupted, aborted, or closed while we still sent
+	exitInterrupted = 130 // SIGINT or SIGTERM (128 + SIGINT, as shells report it)
+)
+
+func exitCode(err error) int {
+	switch {
+	case errors.Is(err, errInterrupted):
+		return exitInterrupted
+	case errors.Is(err, stream.ErrPeerInterrupted), errors.Is(err, stream.ErrPeerAborted), errors.Is(err, stream.ErrPeerClosed):
+		return exitPeerGone
+	}
+	return exitError
 }

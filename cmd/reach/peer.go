@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
-	"github.com/reachp2p/reach/stream"
 )
 
 // multiFlag is a repeatable string flag.
@@ -107,118 +105,6 @@ func runID(args []string) error {
 	}
 	fmt.Println(k.ID())
 	return nil
-}
-
-// halfCloser is a stream that can half-close.
-type halfCloser interface{ CloseWrite() error }
-
-// pipe copies stdin to c (half-closing c at EOF) and c to stdout, and
-// returns when both directions are done.
-func pipe(c io.ReadWriteCloser, stdin io.Reader, stdout io.Writer) error {
-	errc := make(chan error, 2)
-	go func() {
-		_, err := io.Copy(c, stdin)
-		if hc, ok := c.(halfCloser); ok {
-			if cerr := hc.CloseWrite(); err == nil {
-				err = cerr
-			}
-		}
-		errc <- err
-	}()
-	_, err := io.Copy(stdout, c)
-	if err != nil {
-		return err
-	}
-	// The remote finished; our stdin may still be open (like nc, stop).
-	select {
-	case err := <-errc:
-		return err
-	case <-time.After(100 * time.Millisecond):
-		return nil
-	}
-}
-
-func runListen(args []string) error {
-	fs := flag.NewFlagSet("listen", flag.ContinueOnError)
-	var pf peerFlags
-	pf.register(fs, false)
-	volunteer := fs.Bool("supernode", false, "also volunteer as a supernode (forward for peers that cannot punch through; see reach supernode)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	n, err := pf.nodeWith(ctx, func(c *reach.Config) { c.Supernode.Enable = *volunteer })
-	cancel()
-	if err != nil {
-		return err
-	}
-	defer n.Close()
-	fmt.Fprintf(os.Stderr, "listening %s\n", n.ID())
-	if *volunteer {
-		go reportSupernode(n)
-	}
-	c, err := n.Accept(context.Background())
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := pipe(c, os.Stdin, os.Stdout); err != nil {
-		return err
-	}
-	return finish(c.Session())
-}
-
-// finish waits (bounded) until the peer has everything this side sent,
-// then closes the session: closing at once could drop data in flight.
-func finish(s *stream.Session) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	return s.Shutdown(ctx)
-}
-
-func runDial(args []string) error {
-	fs := flag.NewFlagSet("dial", flag.ContinueOnError)
-	var pf peerFlags
-	pf.register(fs, true)
-	timeout := fs.Duration("timeout", 30*time.Second, "bound on connection setup")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return errors.New("usage: reach dial [flags] PEER")
-	}
-	ev := &events{on: pf.jsonOut}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-	defer cancel()
-	start := time.Now()
-	n, err := pf.node(ctx)
-	if err != nil {
-		ev.emit(map[string]any{"event": "error", "error": err.Error()})
-		return err
-	}
-	defer n.Close()
-	peer, err := identity.ParsePeerID(fs.Arg(0))
-	if err != nil {
-		return err
-	}
-	sess, err := n.DialSession(ctx, peer)
-	if err != nil {
-		ev.emit(map[string]any{"event": "error", "error": err.Error()})
-		return err
-	}
-	c, err := sess.OpenStream(ctx)
-	if err != nil {
-		return err
-	}
-	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": sess.RemoteAddr().String(),
-		"remote": peer.String(), "elapsed_ms": time.Since(start).Milliseconds()})
-	defer c.Close()
-	err = pipe(c, os.Stdin, os.Stdout)
-	if err == nil {
-		err = finish(sess)
-	}
-	ev.emit(map[string]any{"event": "closed", "error": errString(err)})
-	return err
 }
 
 func errString(err error) any {

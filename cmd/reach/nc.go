@@ -1,0 +1,198 @@
+package main
+
+// reach listen and reach dial: one stream between stdin/stdout and a peer,
+// like netcat, with TCP's half-close.
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/stream"
+)
+
+// errInterrupted: SIGINT or SIGTERM ended the command (exit 130).
+var errInterrupted = errors.New("interrupted")
+
+// pipe copies stdin to c, half-closing c at stdin's EOF, and c to stdout,
+// until both directions are done: a peer that half-closed its side (as
+// `reach listen </dev/null` does at once) still gets the whole of stdin.
+// It returns early with the error when a direction fails or the session
+// ends (the peer aborted, was interrupted, or closed the stream).
+func pipe(c *stream.Stream, stdin io.Reader, stdout io.Writer) error {
+	up := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, stdin)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		up <- err
+	}()
+	down := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(stdout, c)
+		down <- err
+	}()
+	done := c.Session().Done()
+	for up != nil || down != nil {
+		select {
+		case err := <-up:
+			if err != nil {
+				return fmt.Errorf("sending: %w", err)
+			}
+			up = nil
+		case err := <-down:
+			if err != nil {
+				return err
+			}
+			down = nil
+		case <-done:
+			done = nil
+			// Reading from the stream ends at once now; reading stdin
+			// may not (a terminal).
+			if down != nil {
+				if err := <-down; err != nil {
+					return err
+				}
+				down = nil
+			}
+			if up != nil {
+				select {
+				case err := <-up:
+					if err != nil {
+						return fmt.Errorf("sending: %w", err)
+					}
+					up = nil
+				case <-time.After(100 * time.Millisecond):
+					if err := c.Session().Err(); err != nil {
+						return err
+					}
+					return stream.ErrPeerClosed
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// abortOnSignal aborts sess and n when ctx (a signal context) ends:
+// the peer learns at once (stream.ErrPeerInterrupted) instead of after
+// its idle timeout. wait returns once that is done, if it happened.
+func abortOnSignal(ctx context.Context, n *reach.Node, sess *stream.Session) (wait, stop func()) {
+	done := make(chan struct{})
+	stopf := context.AfterFunc(ctx, func() {
+		defer close(done)
+		sess.CloseWithError(uint64(stream.CodeInterrupted), "interrupted")
+		n.Abort()
+	})
+	return func() { <-done }, func() { stopf() }
+}
+
+func runListen(args []string) error {
+	fs := flag.NewFlagSet("listen", flag.ContinueOnError)
+	var pf peerFlags
+	pf.register(fs, false)
+	volunteer := fs.Bool("supernode", false, "also volunteer as a supernode (forward for peers that cannot punch through; see reach supernode)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	sig, stopSig := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stopSig()
+	ctx, cancel := context.WithTimeout(sig, 30*time.Second)
+	n, err := pf.nodeWith(ctx, func(c *reach.Config) { c.Supernode.Enable = *volunteer })
+	cancel()
+	if err != nil {
+		return interrupted(sig, err)
+	}
+	defer n.Abort() // after Close, a no-op
+	fmt.Fprintf(os.Stderr, "listening %s\n", n.ID())
+	if *volunteer {
+		go reportSupernode(n)
+	}
+	c, err := n.Accept(sig)
+	if err != nil {
+		return interrupted(sig, err)
+	}
+	wait, stop := abortOnSignal(sig, n, c.Session())
+	defer stop()
+	err = pipe(c, os.Stdin, os.Stdout)
+	if sig.Err() != nil {
+		wait()
+		return errInterrupted
+	}
+	if err != nil {
+		return err
+	}
+	// Close waits until the peer has read everything we sent.
+	c.Close()
+	return interrupted(sig, n.Close())
+}
+
+func runDial(args []string) error {
+	fs := flag.NewFlagSet("dial", flag.ContinueOnError)
+	var pf peerFlags
+	pf.register(fs, true)
+	timeout := fs.Duration("timeout", 30*time.Second, "bound on connection setup")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("usage: reach dial [flags] PEER")
+	}
+	peer, err := identity.ParsePeerID(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	ev := &events{on: pf.jsonOut}
+	sig, stopSig := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stopSig()
+	ctx, cancel := context.WithTimeout(sig, *timeout)
+	defer cancel()
+	start := time.Now()
+	n, err := pf.node(ctx)
+	if err != nil {
+		ev.emit(map[string]any{"event": "error", "error": err.Error()})
+		return interrupted(sig, err)
+	}
+	defer n.Abort() // after Close, a no-op
+	sess, err := n.DialSession(ctx, peer)
+	if err != nil {
+		ev.emit(map[string]any{"event": "error", "error": err.Error()})
+		return interrupted(sig, err)
+	}
+	wait, stop := abortOnSignal(sig, n, sess)
+	defer stop()
+	c, err := sess.OpenStream(ctx)
+	if err != nil {
+		return interrupted(sig, err)
+	}
+	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": sess.RemoteAddr().String(),
+		"remote": peer.String(), "elapsed_ms": time.Since(start).Milliseconds()})
+	err = pipe(c, os.Stdin, os.Stdout)
+	if sig.Err() != nil {
+		wait()
+		err = errInterrupted
+	} else if err == nil {
+		c.Close()
+		err = interrupted(sig, n.Close())
+	}
+	ev.emit(map[string]any{"event": "closed", "error": errString(err)})
+	return err
+}
+
+// interrupted is errInterrupted when a signal ended the command (and err
+// is a consequence), else err.
+func interrupted(sig context.Context, err error) error {
+	if err != nil && sig.Err() != nil {
+		return errInterrupted
+	}
+	return err
+}

@@ -10,8 +10,8 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/reachp2p/reach/identity"
-	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/sock"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"

@@ -11,6 +11,7 @@ import (
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/candidate"
 	"github.com/reachp2p/reach/internal/ladder"
+	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
@@ -160,6 +161,11 @@ func (n *Node) accepted(sess *stream.Session) bool {
 	}
 	n.sessions[peer] = append(n.sessions[peer], sess)
 	n.mu.Unlock()
+	if n.movable(sess) {
+		sess.SetPathResolver(n.resolvePath)
+	} else {
+		n.adopt(sess)
+	}
 	n.goRun(func() {
 		select {
 		case <-sess.Done():
@@ -195,10 +201,10 @@ func (n *Node) acceptSessions() {
 			}
 			return
 		}
-		if movable(sess) {
+		if pathsock.IsVirtual(sess.QUICAddr().Addr()) {
 			// It came through a forwarded path (a relayed packet is what
 			// gives a peer a virtual address).
-			if direct, fwd, err := n.sock.Paths().Current(sess.RemoteAddr()); err == nil && !direct.IsValid() && fwd != nil {
+			if direct, fwd, err := n.sock.Paths().Current(sess.QUICAddr()); err == nil && !direct.IsValid() && fwd != nil {
 				sess.SetStrategy(pathName(fwd))
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/ladder"
 	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/stream"
@@ -44,6 +45,8 @@ const (
 	// virtualIdle: a virtual address with no session and no packet for
 	// this long is forgotten.
 	virtualIdle = time.Minute
+	// fallbackReady bounds readying a forwarded path for a direct session.
+	fallbackReady = 10 * time.Second
 )
 
 // PathMoved: every session with the peer moved to another path without
@@ -96,15 +99,70 @@ func (n *Node) sessionsAt(peer identity.PeerID, key netip.AddrPort) []*stream.Se
 	defer n.mu.Unlock()
 	var out []*stream.Session
 	for _, s := range n.sessions[peer] {
-		if s.Context().Err() == nil && s.RemoteAddr() == key {
+		if s.Context().Err() == nil && quicKey(s) == key {
 			out = append(out, s)
 		}
 	}
 	return out
 }
 
-// movable reports whether sess lives at a virtual address.
-func movable(sess *stream.Session) bool { return pathsock.IsVirtual(sess.RemoteAddr().Addr()) }
+// quicKey is sess's QUIC address as the node's socket keys it.
+func quicKey(sess *stream.Session) netip.AddrPort {
+	a := sess.QUICAddr()
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}
+
+// movable reports whether sess can change paths: its QUIC address is its
+// peer's key on the node's socket (a virtual address, or an adopted one).
+func (n *Node) movable(sess *stream.Session) bool {
+	return n.sock.Paths().Name(quicKey(sess)) == sess.RemotePeer().String()
+}
+
+// adopt makes a session born on a direct path of the node's socket
+// movable: its peer address becomes the peer's key (pathsock.Adopt), and
+// a forwarding rung readies the path it falls back to when the direct one
+// goes silent. A peer that has a key already (another session) keeps it;
+// this session then stays where it is.
+func (n *Node) adopt(sess *stream.Session) {
+	key := quicKey(sess)
+	if !key.IsValid() || pathsock.IsVirtual(key.Addr()) || ladder.Forwards(sess.Strategy()) {
+		return
+	}
+	peer := sess.RemotePeer()
+	if _, err := n.sock.Paths().Adopt(key, peer.String()); err != nil {
+		n.log.Debug("session stays on its path", "peer", peer.Short(), "path", key, "err", err)
+		return
+	}
+	sess.SetPathResolver(n.resolvePath)
+	n.goRun(func() { n.readyFallback(peer, key) })
+}
+
+// readyFallback gives the peer's key the first forwarded path a rung can
+// ready.
+func (n *Node) readyFallback(peer identity.PeerID, key netip.AddrPort) {
+	for _, r := range n.ladder.All {
+		f, ok := r.(rung.Forwarder)
+		if !ok {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, fallbackReady)
+		p, err := f.ForwardPath(ctx, peer)
+		cancel()
+		if err != nil {
+			n.log.Debug("no fallback path", "peer", peer.Short(), "rung", r.Name(), "err", err)
+			continue
+		}
+		n.sock.Paths().SetFallback(key, p)
+		return
+	}
+}
+
+// resolvePath is the path resolver of movable sessions: the peer's direct
+// address, or invalid while it is on a forwarded path.
+func (n *Node) resolvePath(key netip.AddrPort) netip.AddrPort {
+	direct, _, _ := n.sock.Paths().Current(key)
+	return direct
+}
 
 // pathName is the rung name of a forwarded path.
 func pathName(p pathsock.Path) string {
@@ -154,8 +212,8 @@ func (n *Node) movablePeers() map[identity.PeerID]netip.AddrPort {
 	out := map[identity.PeerID]netip.AddrPort{}
 	for peer, ss := range n.sessions {
 		for _, s := range ss {
-			if s.Context().Err() == nil && movable(s) {
-				out[peer] = s.RemoteAddr()
+			if s.Context().Err() == nil && n.movable(s) {
+				out[peer] = quicKey(s)
 			}
 		}
 	}

@@ -76,7 +76,7 @@ func (n *Node) forwarded(sess *stream.Session) {
 	if n.cfg.UpgradeInterval < 0 {
 		return
 	}
-	if movable(sess) {
+	if n.movable(sess) {
 		// The session itself moves when a direct path is found.
 		n.startMoving(peer)
 		return

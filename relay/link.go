@@ -122,13 +122,30 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 		qc.CloseWithError(0, "")
 		return nil, err
 	}
-	l := &link{transport: "udp", h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: st,
+	var ctlMu sync.Mutex
+	ctl := writerFunc(func(b []byte) error {
+		ctlMu.Lock()
+		defer ctlMu.Unlock()
+		st.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_, err := st.Write(b)
+		return err
+	})
+	l := &link{transport: "udp", h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: ctl,
 		sendPacket: func(peer identity.PeerID, pkt []byte) error {
 			// SendDatagram copies the datagram, so the buffer goes back
 			// to the pool at once.
 			b := append(append(getBuf(), peer[:]...), pkt...)
 			err := qc.SendDatagram(b)
 			putBuf(b)
+			var tooLarge *quic.DatagramTooLargeError
+			if errors.As(err, &tooLarge) {
+				// Larger than a datagram on this path (a session that
+				// fell back from a direct path with larger packets):
+				// the control stream carries it, as on a TLS link.
+				f := appendFrame(getBuf(), framePacket, peer[:], pkt)
+				err = ctl(f)
+				putBuf(f)
+			}
 			return err
 		},
 		closeTransport: func() { st.Close(); qc.CloseWithError(0, "") },

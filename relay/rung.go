@@ -122,6 +122,22 @@ func isInitial(pkt []byte) bool {
 	}
 }
 
+// ForwardPath implements rung.Forwarder: it links to the relay of the
+// node's server and returns the path to peer through it.
+func (r *Rung) ForwardPath(ctx context.Context, peer identity.PeerID) (pathsock.Path, error) {
+	if r.client == nil {
+		return nil, ErrNoRelay
+	}
+	sa := r.h.Server()
+	if sa.IsZero() {
+		return nil, fmt.Errorf("%w: no server to relay through", ErrNoRelay)
+	}
+	if _, err := r.client.Connect(ctx, sa); err != nil {
+		return nil, err
+	}
+	return r.client.Path(peer), nil
+}
+
 // Key returns the virtual address of peer on the node's socket with the
 // relay as its forwarded path (its current path unless it has a direct
 // one): what the rung dials.

@@ -241,13 +241,22 @@ func (s *Server) ServeQUIC(ctx context.Context, qc *quic.Conn) {
 			if buf[0] != framePacket {
 				return writeCtl(buf)
 			}
-			return qc.SendDatagram(buf[frameHeader:])
+			err := qc.SendDatagram(buf[frameHeader:])
+			var tooLarge *quic.DatagramTooLargeError
+			if errors.As(err, &tooLarge) {
+				// Too large for a datagram on this link: the control
+				// stream carries it as a PACKET frame.
+				n := len(buf) - frameHeader
+				buf[1], buf[2] = byte(n>>8), byte(n)
+				return writeCtl(buf)
+			}
+			return err
 		}}
 	if !s.hello(ctx, p, st) {
 		return
 	}
 	defer s.unregister(p)
-	go func() { // control frames: pings only
+	go func() { // control frames: pings, and packets too large for a datagram
 		var buf []byte
 		for {
 			st.SetReadDeadline(time.Time{})
@@ -258,6 +267,11 @@ func (s *Server) ServeQUIC(ctx context.Context, qc *quic.Conn) {
 			}
 			if typ == framePing {
 				p.enqueue(appendFrame(nil, framePong, body))
+				continue
+			}
+			if typ == framePacket && len(body) >= identityLen {
+				// A packet too large for a datagram (see protocol.md).
+				s.forward(p, identity.PeerID(body[:identityLen]), body[identityLen:])
 				continue
 			}
 			s.log.Debug("relay: unexpected frame on QUIC control stream", "peer", id.Short(), "type", typ)

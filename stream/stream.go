@@ -274,7 +274,8 @@ type Session struct {
 
 	mu       sync.Mutex
 	strategy string
-	bye      chan struct{} // closed when the peer's bye stream arrives
+	resolve  func(netip.AddrPort) netip.AddrPort // SetPathResolver
+	bye      chan struct{}                       // closed when the peer's bye stream arrives
 	byeSeen  bool
 	live     map[*Stream]struct{} // application streams in use (close.go)
 	closing  bool                 // Close has begun: no new streams
@@ -386,8 +387,33 @@ func (s *Session) LocalPeer() identity.PeerID { return s.local }
 // LocalAddr returns the local address of the session's current path.
 func (s *Session) LocalAddr() netip.AddrPort { return s.b.localAddr() }
 
-// RemoteAddr returns the peer's address on the session's current path.
-func (s *Session) RemoteAddr() netip.AddrPort { return s.b.remoteAddr() }
+// RemoteAddr returns the peer's address on the session's current path:
+// invalid while the path is forwarded (a relay) and the session can move
+// (see SetPathResolver).
+func (s *Session) RemoteAddr() netip.AddrPort {
+	a := s.b.remoteAddr()
+	s.mu.Lock()
+	r := s.resolve
+	s.mu.Unlock()
+	if r != nil {
+		return r(a)
+	}
+	return a
+}
+
+// QUICAddr returns the address the session's QUIC connection uses for the
+// peer: for a session that can move between paths, the peer's virtual
+// address on the node's socket, which stays the same on every path.
+func (s *Session) QUICAddr() netip.AddrPort { return s.b.remoteAddr() }
+
+// SetPathResolver makes RemoteAddr report r(QUICAddr()): the node sets it
+// for sessions whose QUIC address is virtual, so the path a user sees is
+// the one the session uses now.
+func (s *Session) SetPathResolver(r func(netip.AddrPort) netip.AddrPort) {
+	s.mu.Lock()
+	s.resolve = r
+	s.mu.Unlock()
+}
 
 // RTT returns the smoothed round-trip time of the current path, or zero
 // before the first sample.

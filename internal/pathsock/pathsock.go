@@ -78,6 +78,9 @@ type Conn struct {
 	byReal map[netip.AddrPort]*peer // every peer's aliases
 	byName map[string]*peer
 	next   uint32
+	// adopted counts keys that are real addresses (Adopt): while there
+	// are none, writes to real addresses skip the table.
+	adopted atomic.Int32
 
 	inj     chan injected
 	reading atomic.Bool // the reader is (about to be) blocked in the socket
@@ -232,11 +235,20 @@ func (c *Conn) translate(a net.Addr, now int64) net.Addr {
 // WriteMsgUDP implements quic.OOBCapablePacketConn: a packet to a virtual
 // address goes out on the peer's current path.
 func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
-	if addr == nil || !isVirtualIP(addr.IP) {
+	if addr == nil || len(b) == 0 || b[0] < 0x40 {
+		// Not QUIC (STUN, punch checks): always the real address.
+		return c.udp.WriteMsgUDP(b, oob, addr)
+	}
+	virtual := isVirtualIP(addr.IP)
+	if !virtual && c.adopted.Load() == 0 {
 		return c.udp.WriteMsgUDP(b, oob, addr)
 	}
 	c.mu.RLock()
-	p := c.byVirt[addr.AddrPort()]
+	p := c.byVirt[unmapped(addr.AddrPort())]
+	if p == nil && !virtual {
+		c.mu.RUnlock()
+		return c.udp.WriteMsgUDP(b, oob, addr)
+	}
 	var (
 		direct netip.AddrPort
 		ua     *net.UDPAddr

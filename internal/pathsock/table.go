@@ -1,6 +1,7 @@
 package pathsock
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -23,6 +24,7 @@ type peer struct {
 	virt    netip.AddrPort
 	virtUDP *net.UDPAddr
 	name    string // "" for AddPeer's anonymous addresses
+	adopted bool   // the key is a real address (Adopt)
 
 	direct netip.AddrPort // valid: the current path is direct
 	udp    *net.UDPAddr   // direct as a *net.UDPAddr (mapped on a v6 socket)
@@ -106,6 +108,46 @@ func (c *Conn) addLocked(name string) (*peer, error) {
 	}
 }
 
+// ErrNamed: Adopt for a peer that has an address already.
+var ErrNamed = errors.New("pathsock: the peer has an address already")
+
+// Adopt makes real, the address a session born on a direct path uses for
+// the peer called name, that session's key: packets to real go on the
+// peer's current path (real itself until it moves), so the session can
+// fall back to a forwarded path and follow the peer to a new address, like
+// a session at a virtual address. It fails with ErrNamed if the peer has
+// an address already (its sessions are there), ErrFull at MaxPeers.
+func (c *Conn) Adopt(real netip.AddrPort, name string) (netip.AddrPort, error) {
+	real = unmapped(real)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.byName[name]; p != nil {
+		if p.virt == real {
+			return real, nil
+		}
+		return netip.AddrPort{}, ErrNamed
+	}
+	if p := c.byVirt[real]; p != nil {
+		return netip.AddrPort{}, ErrNamed // another peer adopted it
+	}
+	if len(c.byVirt) >= MaxPeers {
+		return netip.AddrPort{}, ErrFull
+	}
+	ua := real
+	if c.v6 && real.Addr().Is4() {
+		ua = netip.AddrPortFrom(netip.AddrFrom16(real.Addr().As16()), real.Port())
+	}
+	p := &peer{virt: real, virtUDP: net.UDPAddrFromAddrPort(ua), name: name, adopted: true}
+	p.seen.Store(time.Now().UnixNano())
+	c.byVirt[real] = p
+	c.byName[name] = p
+	c.adopted.Add(1)
+	c.aliasLocked(p, real)
+	p.direct, p.udp = real, p.virtUDP
+	p.heard.Store(time.Now().UnixNano())
+	return real, nil
+}
+
 // RemovePeer forgets a virtual address and its paths.
 func (c *Conn) RemovePeer(virt netip.AddrPort) {
 	c.mu.Lock()
@@ -118,6 +160,9 @@ func (c *Conn) removeLocked(p *peer) {
 		return
 	}
 	delete(c.byVirt, p.virt)
+	if p.adopted {
+		c.adopted.Add(-1)
+	}
 	if p.name != "" && c.byName[p.name] == p {
 		delete(c.byName, p.name)
 	}

@@ -1,9 +1,15 @@
 package pathsock
 
 import (
+	"bytes"
+	"errors"
+	"net"
+
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
 )
 
 // TestNamedKeysAliasesAndFallback: a named peer keeps one virtual
@@ -67,4 +73,46 @@ func TestNamedKeysAliasesAndFallback(t *testing.T) {
 	if _, ok := p.a.Lookup("peer-b"); ok {
 		t.Fatal("Expire kept an idle peer")
 	}
+}
+
+// TestAdoptedSessionMoves: a session dialled to a real address (born on a
+// direct path) whose address both sides adopt moves to a forwarded path
+// and back, every byte intact; a second adoption for the same peer fails
+// with ErrNamed; non-QUIC packets to an adopted address stay direct.
+func TestAdoptedSessionMoves(t *testing.T) {
+	p := newPair(t)
+	ta, tb := &quic.Transport{Conn: p.a}, &quic.Transport{Conn: p.b}
+	client, server := session(t, ta, tb, p.bReal)
+	ka, err := p.a.Adopt(p.bReal, "b")
+	if err != nil || ka != p.bReal {
+		t.Fatalf("Adopt: %v %v", ka, err)
+	}
+	kb, err := p.b.Adopt(server.RemoteAddr().(*net.UDPAddr).AddrPort(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.a.Adopt(p.aReal, "b"); !errors.Is(err, ErrNamed) {
+		t.Fatalf("second Adopt for the peer: %v", err)
+	}
+	echo(t, client, server, []byte("direct, adopted"))
+	ab := &memPath{to: p.b, as: kb}
+	ba := &memPath{to: p.a, as: ka}
+	p.a.SetPath(ka, ab)
+	p.b.SetPath(kb, ba)
+	echo(t, client, server, bytes.Repeat([]byte("forwarded "), 100000))
+	if ab.n.Load() == 0 || ba.n.Load() == 0 {
+		t.Fatalf("forwarded path carried %d/%d packets", ab.n.Load(), ba.n.Load())
+	}
+	// A punch check (first byte below 0x40) to the adopted address goes
+	// out directly, not on the forwarded path.
+	before := ab.n.Load()
+	if _, err := p.a.WriteTo([]byte{0x3a, 1, 2, 3}, net.UDPAddrFromAddrPort(p.bReal)); err != nil {
+		t.Fatal(err)
+	}
+	if ab.n.Load() != before {
+		t.Fatal("a non-QUIC packet took the forwarded path")
+	}
+	p.a.SetDirect(ka, p.bReal)
+	p.b.SetDirect(kb, p.aReal)
+	echo(t, client, server, []byte("direct again"))
 }

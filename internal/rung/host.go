@@ -11,6 +11,7 @@ import (
 
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/sock"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
@@ -77,6 +78,13 @@ type Rung interface {
 	// false when the rung cannot help this dial and should not run (so it
 	// does not start the next rung early by failing at once).
 	Plan(a *Attempt, headStart time.Duration) (time.Duration, bool)
+}
+
+// Forwarder is a forwarding rung that can carry a session born on a
+// direct path when that path goes silent: ForwardPath readies its link
+// and returns the path to peer on the node's socket.
+type Forwarder interface {
+	ForwardPath(ctx context.Context, peer identity.PeerID) (pathsock.Path, error)
 }
 
 // Validator is a rung that can prove a direct path to a peer without

@@ -158,3 +158,105 @@ func TestLabMoveRelayDirect(t *testing.T) {
 type counter struct{ n *atomic.Int64 }
 
 func (c counter) Write(b []byte) (int, error) { c.n.Add(int64(len(b))); return len(b), nil }
+
+// TestLabMoveDirectRelay: a session born on the hole-punched path keeps
+// its stream when the path is cut: it falls back to the relay within 5 s
+// and returns to the direct path within 5 s of the cut's end; the bytes
+// arrive intact.
+func TestLabMoveDirectRelay(t *testing.T) {
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sa, sb := s.Pair(t, natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.PortRestricted))
+	ev := newEvents()
+	cfg := reach.Config{DisablePortMapping: true}
+	cfgA := cfg
+	cfgA.OnPathEvent = ev.add
+	na := s.Node(t, sa.Host, cfgA)
+	nb := s.Node(t, sb.Host, cfg)
+
+	const size = 128 << 20
+	var received atomic.Int64
+	got := make(chan []byte, 1)
+	go func() {
+		st, err := nb.Accept(ctx)
+		if err != nil {
+			t.Errorf("accept: %v", err)
+			got <- nil
+			return
+		}
+		h := sha256.New()
+		if _, err := io.Copy(io.MultiWriter(h, counter{&received}), st); err != nil {
+			t.Errorf("receiving: %v after %d bytes", err, received.Load())
+		}
+		got <- h.Sum(nil)
+	}()
+	c, err := na.Dial(ctx, nb.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess := c.Session()
+	if sess.Strategy() != reach.StrategyHolepunch {
+		t.Fatalf("strategy %q, want holepunch", sess.Strategy())
+	}
+	born := sess.RemoteAddr()
+	want := sha256.New()
+	sent := make(chan error, 1)
+	go func() {
+		data := rand.NewChaCha8([32]byte{17})
+		buf := make([]byte, 64<<10)
+		start := time.Now()
+		for off := int64(0); off < size; off += int64(len(buf)) {
+			if ahead := time.Duration(float64(off)/moveRate*float64(time.Second)) - time.Since(start); ahead > 0 {
+				time.Sleep(ahead)
+			}
+			data.Read(buf)
+			want.Write(buf)
+			if _, err := c.Write(buf); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- c.CloseWrite()
+	}()
+	movedTo := func(d time.Duration, strategy string) {
+		t.Helper()
+		start := time.Now()
+		for {
+			e := ev.wait(t, reach.PathMoved, d-time.Since(start))
+			if e.Strategy == strategy {
+				t.Logf("moved to %s (%v) %v after the change, %d MiB received", e.Strategy, e.Path, time.Since(start).Round(time.Millisecond), received.Load()>>20)
+				return
+			}
+		}
+	}
+	reachlab.MustWaitFor(t, 30*time.Second, "16 MiB over the direct path", func() bool { return received.Load() > 16<<20 })
+	if err := sa.Router.Block(ctx, sb.Router.WAN()); err != nil {
+		t.Fatal(err)
+	}
+	movedTo(5*time.Second, reach.StrategyRelay)
+	if sess.Strategy() != reach.StrategyRelay || sess.RemoteAddr().IsValid() {
+		t.Fatalf("after the cut: strategy %q, path %v", sess.Strategy(), sess.RemoteAddr())
+	}
+	atCut := received.Load()
+	reachlab.MustWaitFor(t, 30*time.Second, "4 MiB over the relay", func() bool { return received.Load() > atCut+4<<20 })
+	if err := sa.Router.Unblock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	movedTo(5*time.Second, reach.StrategyHolepunch)
+	if sess.RemoteAddr() != born {
+		t.Logf("back on %v (born on %v)", sess.RemoteAddr(), born)
+	}
+	if err := <-sent; err != nil {
+		t.Fatalf("sending: %v after %d bytes received", err, received.Load())
+	}
+	select {
+	case h := <-got:
+		if string(h) != string(want.Sum(nil)) {
+			t.Fatalf("SHA-256 differs (%d of %d bytes received)", received.Load(), size)
+		}
+	case <-ctx.Done():
+		t.Fatalf("stream did not finish: %d of %d bytes", received.Load(), size)
+	}
+	t.Logf("%d MiB intact; the relay carried %d MiB", size>>20, s.Relay.Stats().Bytes>>20)
+}

@@ -130,9 +130,14 @@ func (r *Rung) Status() Status {
 	return r.mapper.Status()
 }
 
-// Plan implements rung.Rung: at least HeadStart.
-func (r *Rung) Plan(_ *rung.Attempt, headStart time.Duration) (time.Duration, bool) {
-	return max(headStart, HeadStart), true
+// Plan implements rung.Rung: at least HeadStart, and the rung sits out a
+// dial whose peer offered no mapped address. (It would fail at once, and
+// its head start would still count towards when the forwarding rungs
+// join: they joined about 200 ms after the dial instead of the
+// forwarding delay, and a supernode overtook hole punching to a double
+// NAT.)
+func (r *Rung) Plan(a *rung.Attempt, headStart time.Duration) (time.Duration, bool) {
+	return max(headStart, HeadStart), len(Targets(a.Remote)) > 0
 }
 
 // Targets returns the peer's mapped addresses, in the order given.

@@ -92,19 +92,28 @@ func (*Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, err
 	return DialFirst(ctx, a, targets)
 }
 
-// DialFirst dials every target at once and returns the first session;
-// the rest are cancelled, and any that completes anyway is closed. If all
-// fail it returns every error joined.
+// IPv4Delay is how long DialFirst lets IPv6 targets try alone (Happy
+// Eyeballs, RFC 8305 §5, which allows 10 ms to 2 s; a LAN or an open host
+// answers within a few milliseconds): a host reachable both ways gets its
+// IPv6 path, and a broken IPv6 path costs this much.
+const IPv4Delay = 50 * time.Millisecond
+
+// DialFirst dials every target and returns the first session; the rest are
+// cancelled, and any that completes anyway is closed. IPv6 targets start
+// at once, IPv4 targets IPv4Delay later (at once if there is no IPv6
+// target or every IPv6 dial failed). If all fail it returns every error
+// joined.
 func DialFirst(ctx context.Context, a *rung.Attempt, targets []netip.AddrPort) (*stream.Session, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
 		s   *stream.Session
 		err error
+		v6  bool
 	}
 	results := make(chan result, len(targets))
 	var wg sync.WaitGroup
-	for _, t := range targets {
+	start := func(t netip.AddrPort) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -112,19 +121,64 @@ func DialFirst(ctx context.Context, a *rung.Attempt, targets []netip.AddrPort) (
 			if err != nil {
 				err = fmt.Errorf("%s: %w", t, err)
 			}
-			results <- result{s, err}
+			results <- result{s, err, isV6(t)}
 		}()
 	}
+	var v4 []netip.AddrPort
+	v6 := 0
+	for _, t := range targets {
+		if isV6(t) {
+			start(t)
+			v6++
+		} else {
+			v4 = append(v4, t)
+		}
+	}
+	var later <-chan time.Time
+	if v6 == 0 {
+		for _, t := range v4 {
+			start(t)
+		}
+		v4 = nil
+	} else if len(v4) > 0 {
+		tm := time.NewTimer(IPv4Delay)
+		defer tm.Stop()
+		later = tm.C
+	}
+	startV4 := func() {
+		for _, t := range v4 {
+			start(t)
+		}
+		v4, later = nil, nil
+	}
+	pending := len(targets)
 	var winner *stream.Session
 	var errs []error
-	for range targets {
-		r := <-results
+	failed6 := 0
+	for pending > 0 {
+		var r result
+		select {
+		case r = <-results:
+		case <-later:
+			startV4()
+			continue
+		}
+		pending--
 		switch {
 		case r.err != nil:
 			errs = append(errs, r.err)
+			if r.v6 {
+				if failed6++; failed6 == v6 && winner == nil {
+					startV4()
+				}
+			}
 		case winner == nil:
 			winner = r.s
 			cancel()
+			if len(v4) > 0 { // never started: they count as done
+				pending -= len(v4)
+				v4, later = nil, nil
+			}
 		default:
 			r.s.CloseWithError(0, "lost the race")
 		}
@@ -138,3 +192,5 @@ func DialFirst(ctx context.Context, a *rung.Attempt, targets []netip.AddrPort) (
 	}
 	return nil, errors.Join(errs...)
 }
+
+func isV6(a netip.AddrPort) bool { return a.Addr().Is6() && !a.Addr().Is4In6() }

@@ -169,3 +169,60 @@ func TestConnect(t *testing.T) {
 		t.Errorf("no host candidate: %v, want ErrNoAddress", err)
 	}
 }
+
+// TestPrefersIPv6: a peer reachable over both IPv4 and IPv6 is dialled
+// over IPv6 (Happy Eyeballs: IPv4 waits IPv4Delay), every time; with
+// only IPv4 targets, IPv4 goes at once.
+func TestPrefersIPv6(t *testing.T) {
+	srv := listen(t, "[::]:0")
+	probe, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		t.Skip("no IPv6 loopback here:", err)
+	}
+	probe.Close()
+	sk, ck := mustKey(t), mustKey(t)
+	ln, err := stream.Listen(srv.Transport(), sk, stream.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go func() {
+		for {
+			if _, err := ln.Accept(ctx); err != nil {
+				return
+			}
+		}
+	}()
+	port := srv.LocalAddr().Port()
+	v4 := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	v6 := netip.AddrPortFrom(netip.IPv6Loopback(), port)
+	for i := range 5 {
+		cli := listen(t, "[::]:0")
+		a := &rung.Attempt{Key: ck, Peer: sk.ID(), Socket: cli, Logger: testLogger(t), Session: stream.Config{HandshakeTimeout: 2 * time.Second}}
+		targets := []netip.AddrPort{v4, v6}
+		if i%2 == 1 {
+			targets = []netip.AddrPort{v6, v4}
+		}
+		sess, err := DialFirst(ctx, a, targets)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sess.RemoteAddr(); got != v6 {
+			t.Errorf("dial %d: path %v, want the IPv6 %v", i, got, v6)
+		}
+		sess.Abort()
+	}
+	cli := listen(t, "[::]:0")
+	a := &rung.Attempt{Key: ck, Peer: sk.ID(), Socket: cli, Logger: testLogger(t), Session: stream.Config{HandshakeTimeout: 2 * time.Second}}
+	start := time.Now()
+	sess, err := DialFirst(ctx, a, []netip.AddrPort{v4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess.Abort()
+	if el := time.Since(start); el >= time.Second {
+		t.Errorf("IPv4 alone took %v", el)
+	}
+}

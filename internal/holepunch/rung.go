@@ -385,8 +385,10 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 		}
 		return errors.Join(append([]error{base}, errs...)...)
 	}
-	// dialed: addresses with a validated dial under way (or done).
+	// dialed: addresses with a validated dial under way (or done);
+	// finished: those whose dial has returned.
 	dialed := map[netip.AddrPort]bool{}
+	finished := map[netip.AddrPort]bool{}
 	dial := func(addr netip.AddrPort) {
 		pending++
 		wg.Add(1)
@@ -448,8 +450,17 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 			if !dialed[addr] {
 				dialed[addr] = true
 				dial(addr)
+			} else if !finished[addr] {
+				// The optimistic handshake to addr is still waiting: its
+				// first flight was probably dropped by a NAT that was
+				// not open yet (a carrier NAT the listener's primer
+				// could not reach). Send it again now that the path is
+				// open, instead of waiting for quic-go's probe timeout.
+				n := a.Socket.Paths().ResendInitials(addr)
+				a.Logger.Debug("holepunch: first flight sent again", "peer", a.Peer.Short(), "addr", addr, "packets", n)
 			}
 		case r := <-results:
+			finished[r.addr] = true
 			pending--
 			if r.err == nil {
 				return r.sess, nil

@@ -82,6 +82,8 @@ type Conn struct {
 	// are none, writes to real addresses skip the table.
 	adopted atomic.Int32
 
+	flights flights // first flights, for ResendInitials
+
 	inj     chan injected
 	reading atomic.Bool // the reader is (about to be) blocked in the socket
 	woken   atomic.Bool // Inject interrupted the reader
@@ -240,6 +242,16 @@ func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 		return c.udp.WriteMsgUDP(b, oob, addr)
 	}
 	virtual := isVirtualIP(addr.IP)
+	if !virtual && isInitialV1(b) {
+		to := unmapped(addr.AddrPort())
+		seg := segmentSize(oob)
+		if seg <= 0 || seg >= len(b) {
+			seg = len(b)
+		}
+		for off := 0; off < len(b); off += seg {
+			c.flights.note(to, b[off:min(off+seg, len(b))])
+		}
+	}
 	if !virtual && c.adopted.Load() == 0 {
 		return c.udp.WriteMsgUDP(b, oob, addr)
 	}

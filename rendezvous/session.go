@@ -377,15 +377,16 @@ func (s *Server) connect(ss *session, cb connectBody) {
 		fail(codePeerOffline, "")
 		return
 	}
-	if ss.pending >= s.cfg.MaxPendingIntros {
+	if n := ss.pending; n >= s.cfg.MaxPendingIntros {
 		s.mu.Unlock()
-		fail(codeBusy, fmt.Sprintf("%d introductions already pending", ss.pending))
+		fail(codeBusy, fmt.Sprintf("%d introductions already pending", n))
 		return
 	}
-	if target.incoming >= s.cfg.MaxIncomingIntros {
+	if n := target.incoming; n >= s.cfg.MaxIncomingIntros {
+		// Read under the lock: finishIntro changes it.
 		s.mu.Unlock()
 		s.nIntrosRefused.Add(1)
-		fail(codeBusy, fmt.Sprintf("the peer has %d introductions waiting", target.incoming))
+		fail(codeBusy, fmt.Sprintf("the peer has %d introductions waiting", n))
 		return
 	}
 	s.nextIntro++

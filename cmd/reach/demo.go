@@ -74,7 +74,7 @@ func runDemo(args []string) error {
 		return err
 	}
 	defer c.Close()
-	fmt.Printf("connected: strategy %s, path %s, in %v (RTT %v)\n", sess.Strategy(), sess.RemoteAddr(), time.Since(start).Round(time.Millisecond), sess.RTT())
+	fmt.Printf("connected: strategy %s, path %s, in %v (RTT %v)\n", sess.Strategy(), pathText(sess), time.Since(start).Round(time.Millisecond), sess.RTT())
 
 	data := make([]byte, 1<<20)
 	rand.Read(data)

@@ -99,7 +99,7 @@ func abortOnSignal(ctx context.Context, n *reach.Node, sess *stream.Session) (wa
 func runListen(args []string) error {
 	fs := flag.NewFlagSet("listen", flag.ContinueOnError)
 	var pf peerFlags
-	pf.register(fs, false)
+	pf.register(fs, true)
 	volunteer := fs.Bool("supernode", false, "also volunteer as a supernode (forward for peers that cannot punch through; see reach supernode)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -117,23 +117,28 @@ func runListen(args []string) error {
 	if *volunteer {
 		go reportSupernode(n)
 	}
+	ev := pf.events()
 	c, err := n.Accept(sig)
 	if err != nil {
+		ev.emit(map[string]any{"event": "error", "error": err.Error()})
 		return interrupted(sig, err)
 	}
-	wait, stop := abortOnSignal(sig, n, c.Session())
+	sess := c.Session()
+	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": pathText(sess),
+		"remote": sess.RemotePeer().String()})
+	wait, stop := abortOnSignal(sig, n, sess)
 	defer stop()
 	err = pipe(c, os.Stdin, os.Stdout)
 	if sig.Err() != nil {
 		wait()
-		return errInterrupted
+		err = errInterrupted
+	} else if err == nil {
+		// Close waits until the peer has read everything we sent.
+		c.Close()
+		err = interrupted(sig, n.Close())
 	}
-	if err != nil {
-		return err
-	}
-	// Close waits until the peer has read everything we sent.
-	c.Close()
-	return interrupted(sig, n.Close())
+	ev.emit(map[string]any{"event": "closed", "error": errString(err)})
+	return err
 }
 
 func runDial(args []string) error {
@@ -151,7 +156,7 @@ func runDial(args []string) error {
 	if err != nil {
 		return err
 	}
-	ev := &events{on: pf.jsonOut}
+	ev := pf.events()
 	sig, stopSig := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stopSig()
 	ctx, cancel := context.WithTimeout(sig, *timeout)
@@ -174,7 +179,7 @@ func runDial(args []string) error {
 	if err != nil {
 		return interrupted(sig, err)
 	}
-	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": sess.RemoteAddr().String(),
+	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": pathText(sess),
 		"remote": peer.String(), "elapsed_ms": time.Since(start).Milliseconds()})
 	err = pipe(c, os.Stdin, os.Stdout)
 	if sig.Err() != nil {

@@ -29,6 +29,38 @@ type peerFlags struct {
 	strategies string
 	jsonOut    bool
 	verbose    bool
+	ev         *events // the command's JSON events (events())
+}
+
+// events returns the command's JSON event writer (on with --json).
+func (p *peerFlags) events() *events {
+	if p.ev == nil {
+		p.ev = &events{on: p.jsonOut}
+	}
+	return p.ev
+}
+
+// pathEvent is the JSON event for a session that changed paths: every
+// PathMoved after "connected" (relay to direct, direct to relay, a new
+// address). "path" is the direct address, absent while on a relay.
+func pathEvent(e reach.PathEvent) map[string]any {
+	m := map[string]any{"event": "path", "strategy": e.Strategy, "peer": e.Peer.String()}
+	if e.Path.IsValid() {
+		m["path"] = e.Path.String()
+	}
+	if e.Err != nil {
+		m["reason"] = e.Err.Error()
+	}
+	return m
+}
+
+// pathText is a session's path for events and messages: its direct
+// address, or its strategy's name while it is forwarded.
+func pathText(s *reach.Session) string {
+	if p := s.RemoteAddr(); p.IsValid() {
+		return p.String()
+	}
+	return s.Strategy()
 }
 
 func (p *peerFlags) register(fs *flag.FlagSet, withJSON bool) {
@@ -56,6 +88,14 @@ func (p *peerFlags) nodeWith(ctx context.Context, mod func(*reach.Config)) (*rea
 		return nil, errors.New("no server: pass --server CS or set REACH_SERVER")
 	}
 	cfg := reach.Config{Servers: servers}
+	if p.jsonOut {
+		ev := p.events()
+		cfg.OnPathEvent = func(e reach.PathEvent) {
+			if e.Kind == reach.PathMoved {
+				ev.emit(pathEvent(e))
+			}
+		}
+	}
 	if p.key != "" {
 		k, _, err := identity.LoadOrCreateKey(p.key)
 		if err != nil {
@@ -145,10 +185,10 @@ func runPing(args []string) error {
 		ev.emit(map[string]any{"event": "error", "error": err.Error()})
 		return err
 	}
-	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": sess.RemoteAddr().String(),
+	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": pathText(sess),
 		"remote": peer.String(), "elapsed_ms": time.Since(start).Milliseconds()})
 	if !pf.jsonOut {
-		fmt.Printf("connected to %s via %s (%s) in %v\n", peer.Short(), sess.Strategy(), sess.RemoteAddr(), time.Since(start).Round(time.Millisecond))
+		fmt.Printf("connected to %s via %s (%s) in %v\n", peer.Short(), sess.Strategy(), pathText(sess), time.Since(start).Round(time.Millisecond))
 	}
 	var failed int
 	for i := 1; i <= *count; i++ {
@@ -167,9 +207,9 @@ func runPing(args []string) error {
 			continue
 		}
 		ev.emit(map[string]any{"event": "pong", "seq": i, "rtt_ms": float64(rtt.Microseconds()) / 1000,
-			"strategy": sess.Strategy(), "path": sess.RemoteAddr().String()})
+			"strategy": sess.Strategy(), "path": pathText(sess)})
 		if !pf.jsonOut {
-			fmt.Printf("seq=%d rtt=%.2fms path=%s strategy=%s\n", i, float64(rtt.Microseconds())/1000, sess.RemoteAddr(), sess.Strategy())
+			fmt.Printf("seq=%d rtt=%.2fms path=%s strategy=%s\n", i, float64(rtt.Microseconds())/1000, pathText(sess), sess.Strategy())
 		}
 	}
 	if failed == *count {

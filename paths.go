@@ -59,6 +59,9 @@ func (n *Node) event(e PathEvent) {
 	if e.Strategy != "" {
 		args = append(args, "strategy", e.Strategy)
 	}
+	if e.Path.IsValid() {
+		args = append(args, "path", e.Path)
+	}
 	if e.Err != nil {
 		args = append(args, "err", e.Err)
 	}

@@ -96,3 +96,39 @@ func segmentSize(oob []byte) int {
 	}
 	return 0
 }
+
+// hasPktinfo reports whether oob names a source address.
+func hasPktinfo(oob []byte) bool {
+	for len(oob) > 0 {
+		h, _, r, err := unix.ParseOneSocketControlMessage(oob)
+		if err != nil {
+			return false
+		}
+		oob = r
+		if h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO || h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO {
+			return true
+		}
+	}
+	return false
+}
+
+// stripPktinfo returns oob without its packet-info messages (oob itself
+// when it has none).
+func stripPktinfo(oob []byte) []byte {
+	if !hasPktinfo(oob) {
+		return oob
+	}
+	out := make([]byte, 0, len(oob))
+	for rest := oob; len(rest) > 0; {
+		h, data, r, err := unix.ParseOneSocketControlMessage(rest)
+		if err != nil {
+			break
+		}
+		rest = r
+		if h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO || h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO {
+			continue
+		}
+		out = appendCmsg(out, h.Level, h.Type, data)
+	}
+	return out
+}

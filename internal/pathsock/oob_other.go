@@ -7,3 +7,7 @@ package pathsock
 func fixOOB(oob []byte, to4 bool) []byte { return oob }
 
 func segmentSize(oob []byte) int { return 0 }
+
+func hasPktinfo(oob []byte) bool { return false }
+
+func stripPktinfo(oob []byte) []byte { return oob }

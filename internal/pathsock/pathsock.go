@@ -83,6 +83,9 @@ type Conn struct {
 	adopted atomic.Int32
 
 	flights flights // first flights, for ResendInitials
+	// noPktinfo: a send from a vanished local address failed; packet
+	// info is dropped from now on (WriteMsgUDP).
+	noPktinfo atomic.Bool
 
 	inj     chan injected
 	reading atomic.Bool // the reader is (about to be) blocked in the socket
@@ -234,9 +237,37 @@ func (c *Conn) translate(a net.Addr, now int64) net.Addr {
 	return a
 }
 
-// WriteMsgUDP implements quic.OOBCapablePacketConn: a packet to a virtual
-// address goes out on the peer's current path.
+// WriteMsgUDP implements quic.OOBCapablePacketConn: a QUIC packet to a
+// peer's key goes out on the peer's current path. A QUIC packet the
+// network cannot take right now (no route while an interface changes its
+// address, the interface down) is dropped, as a lossy link would drop it:
+// quic-go closes a connection on any write error, and a session must
+// outlive a network change.
+//
+// quic-go sends each packet from the local address its connection's first
+// packet came to (packet-info control messages). When that address is
+// gone (the host was renumbered), every send fails; from then on the Conn
+// drops packet info and lets the kernel pick the source by its routes.
 func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
+	if c.noPktinfo.Load() {
+		oob = stripPktinfo(oob)
+	}
+	n, oobn, err = c.writeMsgUDP(b, oob, addr)
+	if err != nil && (addrGone(err) || transient(err)) && hasPktinfo(oob) {
+		// The named source may be gone (the kernel says no route, or
+		// no such address): without it, does the packet go?
+		if n2, oobn2, err2 := c.writeMsgUDP(b, stripPktinfo(oob), addr); err2 == nil {
+			c.noPktinfo.Store(true)
+			return n2, oobn2, nil
+		}
+	}
+	if err != nil && len(b) > 0 && b[0] >= 0x40 && transient(err) {
+		return len(b), len(oob), nil
+	}
+	return n, oobn, err
+}
+
+func (c *Conn) writeMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
 	if addr == nil || len(b) == 0 || b[0] < 0x40 {
 		// Not QUIC (STUN, punch checks): always the real address.
 		return c.udp.WriteMsgUDP(b, oob, addr)

@@ -260,3 +260,103 @@ func TestLabMoveDirectRelay(t *testing.T) {
 	}
 	t.Logf("%d MiB intact; the relay carried %d MiB", size>>20, s.Relay.Stats().Bytes>>20)
 }
+
+// TestLabMoveRenumber: a host's LAN address changes mid-transfer (the
+// dialler's, then in a fresh pair the listener's): its router gives it a
+// new mapping, so the peer sees it at a new address. The session and its
+// stream survive, the bytes arrive intact, and the session is on a direct
+// path again at the end.
+func TestLabMoveRenumber(t *testing.T) {
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true})
+	for _, who := range []string{"dialler", "listener"} {
+		t.Run(who, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			sa, sb := s.Pair(t, natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.PortRestricted))
+			ev := newEvents()
+			cfg := reach.Config{DisablePortMapping: true, OnPathEvent: ev.add}
+			na := s.Node(t, sa.Host, cfg)
+			nb := s.Node(t, sb.Host, reach.Config{DisablePortMapping: true})
+			const size = 96 << 20
+			var received atomic.Int64
+			got := make(chan []byte, 1)
+			go func() {
+				st, err := nb.Accept(ctx)
+				if err != nil {
+					t.Errorf("accept: %v", err)
+					got <- nil
+					return
+				}
+				h := sha256.New()
+				if _, err := io.Copy(io.MultiWriter(h, counter{&received}), st); err != nil {
+					t.Errorf("receiving: %v after %d bytes", err, received.Load())
+				}
+				got <- h.Sum(nil)
+			}()
+			c, err := na.Dial(ctx, nb.ID())
+			if err != nil {
+				t.Fatal(err)
+			}
+			sess := c.Session()
+			if sess.Strategy() != reach.StrategyHolepunch {
+				t.Fatalf("strategy %q, want holepunch", sess.Strategy())
+			}
+			want := sha256.New()
+			sent := make(chan error, 1)
+			go func() {
+				data := rand.NewChaCha8([32]byte{23})
+				buf := make([]byte, 64<<10)
+				start := time.Now()
+				for off := int64(0); off < size; off += int64(len(buf)) {
+					if ahead := time.Duration(float64(off)/moveRate*float64(time.Second)) - time.Since(start); ahead > 0 {
+						time.Sleep(ahead)
+					}
+					data.Read(buf)
+					want.Write(buf)
+					if _, err := c.Write(buf); err != nil {
+						sent <- err
+						return
+					}
+				}
+				sent <- c.CloseWrite()
+			}()
+			reachlab.MustWaitFor(t, 30*time.Second, "16 MiB", func() bool { return received.Load() > 16<<20 })
+			h := sa.Host
+			if who == "listener" {
+				h = sb.Host
+			}
+			before := sess.RemoteAddr()
+			na4, err := h.Renumber(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s renumbered to %v at %d MiB (session on %v)", who, na4, received.Load()>>20, before)
+			if os.Getenv("REACH_DEBUG_MOVE") != "" {
+				for i := 0; i < 12; i++ {
+					time.Sleep(time.Second)
+					cs := sess.QUIC().ConnectionStats()
+					t.Logf("t+%ds: %d MiB received; A sent %d lost %d recv %d; srtt %v", i+1, received.Load()>>20, cs.PacketsSent, cs.PacketsLost, cs.PacketsReceived, cs.SmoothedRTT)
+					for _, bs := range nb.Sessions() {
+						bc := bs.QUIC().ConnectionStats()
+						t.Logf("      B session %v: sent %d lost %d recv %d", bs.QUICAddr(), bc.PacketsSent, bc.PacketsLost, bc.PacketsReceived)
+					}
+				}
+			}
+			if err := <-sent; err != nil {
+				t.Fatalf("sending: %v after %d bytes received", err, received.Load())
+			}
+			select {
+			case h := <-got:
+				if string(h) != string(want.Sum(nil)) {
+					t.Fatalf("SHA-256 differs (%d of %d bytes received)", received.Load(), size)
+				}
+			case <-ctx.Done():
+				t.Fatalf("stream did not finish: %d of %d bytes", received.Load(), size)
+			}
+			reachlab.MustWaitFor(t, 20*time.Second, "a direct path again", func() bool {
+				return sess.Strategy() == reach.StrategyHolepunch && sess.RemoteAddr().IsValid()
+			})
+			t.Logf("%d MiB intact; the session is on %s %v (was %v); relay carried %d MiB in all", size>>20, sess.Strategy(), sess.RemoteAddr(), before, s.Relay.Stats().Bytes>>20)
+		})
+	}
+}

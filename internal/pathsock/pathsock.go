@@ -88,6 +88,7 @@ type Conn struct {
 	noPktinfo atomic.Bool
 
 	inj     chan injected
+	queued  atomic.Int32 // packets in inj
 	reading atomic.Bool // the reader is (about to be) blocked in the socket
 	woken   atomic.Bool // Inject interrupted the reader
 	rdl     atomic.Int64
@@ -129,9 +130,11 @@ func (c *Conn) Inject(virt netip.AddrPort, b []byte) error {
 	default:
 		return nil
 	}
+	c.queued.Add(1)
 	if c.reading.Load() && !c.woken.Swap(true) {
 		// The reader may be blocked in the kernel: a deadline in the past
-		// wakes it; it clears the deadline and takes the queue.
+		// wakes it; it restores the deadline, clears woken and takes the
+		// queue (in that order: see ReadBatch).
 		c.udp.SetReadDeadline(time.Unix(1, 0))
 	}
 	return nil
@@ -148,17 +151,22 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			return n, nil
 		}
 		c.reading.Store(true)
-		if len(c.inj) > 0 { // an Inject between the take and the store
+		if c.queued.Load() > 0 { // an Inject between the take and the store
 			c.reading.Store(false)
 			continue
 		}
 		n, err := c.batch.ReadBatch(ms, flags)
 		c.reading.Store(false)
 		if err != nil {
-			if c.woken.Swap(false) && isTimeout(err) {
+			if isTimeout(err) && c.woken.Load() {
+				// Restore the deadline first, then clear woken: an Inject
+				// that still saw woken set has queued its packet (taken
+				// next), and one that sees it clear sets the deadline in
+				// the past after our restore, so no wake-up is lost.
 				if err := c.restoreDeadline(); err != nil {
 					return 0, err
 				}
+				c.woken.Store(false)
 				continue
 			}
 			return n, err
@@ -187,6 +195,7 @@ func (c *Conn) takeInjected(ms []ipv4.Message) int {
 	for n < len(ms) {
 		select {
 		case p := <-c.inj:
+			c.queued.Add(-1)
 			m := &ms[n]
 			m.N = copy(m.Buffers[0], p.b)
 			m.NN = 0

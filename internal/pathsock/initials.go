@@ -1,7 +1,6 @@
 package pathsock
 
 import (
-	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -88,11 +87,7 @@ func (f *flights) take(to netip.AddrPort) [][]byte {
 func (c *Conn) ResendInitials(addr netip.AddrPort) int {
 	addr = unmapped(addr)
 	pkts := c.flights.take(addr)
-	ua := addr
-	if c.v6 && addr.Addr().Is4() {
-		ua = netip.AddrPortFrom(netip.AddrFrom16(addr.Addr().As16()), addr.Port())
-	}
-	to := net.UDPAddrFromAddrPort(ua)
+	to := c.sockAddr(addr)
 	n := 0
 	for _, p := range pkts {
 		if _, _, err := c.udp.WriteMsgUDP(p, nil, to); err == nil {

@@ -89,8 +89,8 @@ type Conn struct {
 
 	inj     chan injected
 	queued  atomic.Int32 // packets in inj
-	reading atomic.Bool // the reader is (about to be) blocked in the socket
-	woken   atomic.Bool // Inject interrupted the reader
+	reading atomic.Bool  // the reader is (about to be) blocked in the socket
+	woken   atomic.Bool  // Inject interrupted the reader
 	rdl     atomic.Int64
 	closed  atomic.Bool
 }

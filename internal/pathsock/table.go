@@ -133,11 +133,7 @@ func (c *Conn) Adopt(real netip.AddrPort, name string) (netip.AddrPort, error) {
 	if len(c.byVirt) >= MaxPeers {
 		return netip.AddrPort{}, ErrFull
 	}
-	ua := real
-	if c.v6 && real.Addr().Is4() {
-		ua = netip.AddrPortFrom(netip.AddrFrom16(real.Addr().As16()), real.Port())
-	}
-	p := &peer{virt: real, virtUDP: net.UDPAddrFromAddrPort(ua), name: name, adopted: true}
+	p := &peer{virt: real, virtUDP: c.sockAddr(real), name: name, adopted: true}
 	p.seen.Store(time.Now().UnixNano())
 	c.byVirt[real] = p
 	c.byName[name] = p
@@ -186,11 +182,7 @@ func (c *Conn) SetDirect(virt, real netip.AddrPort) error {
 		return ErrUnknownPeer
 	}
 	c.aliasLocked(p, real)
-	ua := real
-	if c.v6 && real.Addr().Is4() {
-		ua = netip.AddrPortFrom(netip.AddrFrom16(real.Addr().As16()), real.Port())
-	}
-	p.direct, p.udp = real, net.UDPAddrFromAddrPort(ua)
+	p.direct, p.udp = real, c.sockAddr(real)
 	p.heard.Store(time.Now().UnixNano())
 	return nil
 }
@@ -337,4 +329,13 @@ func (c *Conn) Expire(idle time.Duration, keep func(virt netip.AddrPort) bool) i
 		c.mu.Unlock()
 	}
 	return n
+}
+
+// sockAddr is a as the wrapped socket takes it: IPv4-mapped on an IPv6
+// (dual-stack) socket.
+func (c *Conn) sockAddr(a netip.AddrPort) *net.UDPAddr {
+	if c.v6 && a.Addr().Is4() {
+		a = netip.AddrPortFrom(netip.AddrFrom16(a.Addr().As16()), a.Port())
+	}
+	return net.UDPAddrFromAddrPort(a)
 }

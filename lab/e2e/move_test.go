@@ -2,9 +2,6 @@ package e2e_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"io"
-	"math/rand/v2"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -62,23 +59,7 @@ func TestLabMoveRelayDirect(t *testing.T) {
 	nb := s.Node(t, sb.Host, cfg)
 
 	size := moveBytes()
-	data := rand.NewChaCha8([32]byte{13})
-	want := sha256.New()
-	var received atomic.Int64
-	got := make(chan []byte, 1)
-	go func() {
-		st, err := nb.Accept(ctx)
-		if err != nil {
-			t.Errorf("accept: %v", err)
-			got <- nil
-			return
-		}
-		h := sha256.New()
-		if _, err := io.Copy(io.MultiWriter(h, counter{&received}), st); err != nil {
-			t.Errorf("receiving: %v after %d bytes", err, received.Load())
-		}
-		got <- h.Sum(nil)
-	}()
+	x := receiveOn(t, ctx, nb, size)
 
 	c, err := na.Dial(ctx, nb.ID())
 	if err != nil {
@@ -89,66 +70,27 @@ func TestLabMoveRelayDirect(t *testing.T) {
 		t.Fatalf("with the direct path cut: strategy %q, want relay", sess.Strategy())
 	}
 	ev.wait(t, reach.PathRelayed, time.Second)
-	sent := make(chan error, 1)
-	go func() {
-		// Paced (moveRate), so the stream is still running through every
-		// move on a fast machine too (64 KiB writes).
-		buf := make([]byte, 64<<10)
-		start := time.Now()
-		for off := int64(0); off < size; off += int64(len(buf)) {
-			if ahead := time.Duration(float64(off)/moveRate*float64(time.Second)) - time.Since(start); ahead > 0 {
-				time.Sleep(ahead)
-			}
-			data.Read(buf)
-			want.Write(buf)
-			if _, err := c.Write(buf); err != nil {
-				sent <- err
-				return
-			}
-		}
-		sent <- c.CloseWrite()
-	}()
+	x.send(c, 13)
 
 	relayBytes := func() uint64 { return s.Relay.Stats().Bytes }
-	movedWithin := func(d time.Duration, strategy string) reach.PathEvent {
-		t.Helper()
-		start := time.Now()
-		for {
-			e := ev.wait(t, reach.PathMoved, d-time.Since(start))
-			if e.Strategy == strategy {
-				t.Logf("moved to %s (%v) %v after the change, %d MiB received", e.Strategy, e.Path, time.Since(start).Round(time.Millisecond), received.Load()>>20)
-				return e
-			}
-		}
-	}
 
 	time.Sleep(3 * time.Second)
-	atRelay := received.Load()
+	atRelay := x.received.Load()
 	mend()
-	e := movedWithin(5*time.Second, reach.StrategyHolepunch)
+	e := movedTo(t, ev, x, 5*time.Second, reach.StrategyHolepunch)
 	if !e.Path.IsValid() || sess.Strategy() != reach.StrategyHolepunch {
 		t.Fatalf("after the move: path %v, strategy %q", e.Path, sess.Strategy())
 	}
 	relayAtMove := relayBytes()
-	reachlab.MustWaitFor(t, 30*time.Second, "8 MiB more over the direct path", func() bool { return received.Load() > atRelay+8<<20 })
+	reachlab.MustWaitFor(t, 30*time.Second, "8 MiB more over the direct path", func() bool { return x.received.Load() > atRelay+8<<20 })
 
 	cut()
-	movedWithin(5*time.Second, reach.StrategyRelay)
+	movedTo(t, ev, x, 5*time.Second, reach.StrategyRelay)
 	reachlab.MustWaitFor(t, 30*time.Second, "bytes over the relay again", func() bool { return relayBytes() > relayAtMove+1<<20 })
 	mend()
-	movedWithin(10*time.Second, reach.StrategyHolepunch)
+	movedTo(t, ev, x, 10*time.Second, reach.StrategyHolepunch)
 
-	if err := <-sent; err != nil {
-		t.Fatalf("sending: %v after %d bytes received", err, received.Load())
-	}
-	select {
-	case h := <-got:
-		if string(h) != string(want.Sum(nil)) {
-			t.Fatalf("SHA-256 differs (%d of %d bytes received)", received.Load(), size)
-		}
-	case <-ctx.Done():
-		t.Fatalf("stream did not finish: %d of %d bytes", received.Load(), size)
-	}
+	x.check(t, ctx)
 	t.Logf("%d MiB intact; the relay carried %d MiB in all", size>>20, relayBytes()>>20)
 	if r := relayBytes(); r > uint64(size)/2 {
 		t.Errorf("the relay carried %d of %d bytes: the session did not stay on the direct path", r, size)
@@ -175,22 +117,8 @@ func TestLabMoveDirectRelay(t *testing.T) {
 	na := s.Node(t, sa.Host, cfgA)
 	nb := s.Node(t, sb.Host, cfg)
 
-	const size = 128 << 20
-	var received atomic.Int64
-	got := make(chan []byte, 1)
-	go func() {
-		st, err := nb.Accept(ctx)
-		if err != nil {
-			t.Errorf("accept: %v", err)
-			got <- nil
-			return
-		}
-		h := sha256.New()
-		if _, err := io.Copy(io.MultiWriter(h, counter{&received}), st); err != nil {
-			t.Errorf("receiving: %v after %d bytes", err, received.Load())
-		}
-		got <- h.Sum(nil)
-	}()
+	const size int64 = 128 << 20
+	x := receiveOn(t, ctx, nb, size)
 	c, err := na.Dial(ctx, nb.ID())
 	if err != nil {
 		t.Fatal(err)
@@ -200,64 +128,25 @@ func TestLabMoveDirectRelay(t *testing.T) {
 		t.Fatalf("strategy %q, want holepunch", sess.Strategy())
 	}
 	born := sess.RemoteAddr()
-	want := sha256.New()
-	sent := make(chan error, 1)
-	go func() {
-		data := rand.NewChaCha8([32]byte{17})
-		buf := make([]byte, 64<<10)
-		start := time.Now()
-		for off := int64(0); off < size; off += int64(len(buf)) {
-			if ahead := time.Duration(float64(off)/moveRate*float64(time.Second)) - time.Since(start); ahead > 0 {
-				time.Sleep(ahead)
-			}
-			data.Read(buf)
-			want.Write(buf)
-			if _, err := c.Write(buf); err != nil {
-				sent <- err
-				return
-			}
-		}
-		sent <- c.CloseWrite()
-	}()
-	movedTo := func(d time.Duration, strategy string) {
-		t.Helper()
-		start := time.Now()
-		for {
-			e := ev.wait(t, reach.PathMoved, d-time.Since(start))
-			if e.Strategy == strategy {
-				t.Logf("moved to %s (%v) %v after the change, %d MiB received", e.Strategy, e.Path, time.Since(start).Round(time.Millisecond), received.Load()>>20)
-				return
-			}
-		}
-	}
-	reachlab.MustWaitFor(t, 30*time.Second, "16 MiB over the direct path", func() bool { return received.Load() > 16<<20 })
+	x.send(c, 17)
+	reachlab.MustWaitFor(t, 30*time.Second, "16 MiB over the direct path", func() bool { return x.received.Load() > 16<<20 })
 	if err := sa.Router.Block(ctx, sb.Router.WAN()); err != nil {
 		t.Fatal(err)
 	}
-	movedTo(5*time.Second, reach.StrategyRelay)
+	movedTo(t, ev, x, 5*time.Second, reach.StrategyRelay)
 	if sess.Strategy() != reach.StrategyRelay || sess.RemoteAddr().IsValid() {
 		t.Fatalf("after the cut: strategy %q, path %v", sess.Strategy(), sess.RemoteAddr())
 	}
-	atCut := received.Load()
-	reachlab.MustWaitFor(t, 30*time.Second, "4 MiB over the relay", func() bool { return received.Load() > atCut+4<<20 })
+	atCut := x.received.Load()
+	reachlab.MustWaitFor(t, 30*time.Second, "4 MiB over the relay", func() bool { return x.received.Load() > atCut+4<<20 })
 	if err := sa.Router.Unblock(ctx); err != nil {
 		t.Fatal(err)
 	}
-	movedTo(5*time.Second, reach.StrategyHolepunch)
+	movedTo(t, ev, x, 5*time.Second, reach.StrategyHolepunch)
 	if sess.RemoteAddr() != born {
 		t.Logf("back on %v (born on %v)", sess.RemoteAddr(), born)
 	}
-	if err := <-sent; err != nil {
-		t.Fatalf("sending: %v after %d bytes received", err, received.Load())
-	}
-	select {
-	case h := <-got:
-		if string(h) != string(want.Sum(nil)) {
-			t.Fatalf("SHA-256 differs (%d of %d bytes received)", received.Load(), size)
-		}
-	case <-ctx.Done():
-		t.Fatalf("stream did not finish: %d of %d bytes", received.Load(), size)
-	}
+	x.check(t, ctx)
 	t.Logf("%d MiB intact; the relay carried %d MiB", size>>20, s.Relay.Stats().Bytes>>20)
 }
 
@@ -277,22 +166,8 @@ func TestLabMoveRenumber(t *testing.T) {
 			cfg := reach.Config{DisablePortMapping: true, OnPathEvent: ev.add}
 			na := s.Node(t, sa.Host, cfg)
 			nb := s.Node(t, sb.Host, reach.Config{DisablePortMapping: true})
-			const size = 96 << 20
-			var received atomic.Int64
-			got := make(chan []byte, 1)
-			go func() {
-				st, err := nb.Accept(ctx)
-				if err != nil {
-					t.Errorf("accept: %v", err)
-					got <- nil
-					return
-				}
-				h := sha256.New()
-				if _, err := io.Copy(io.MultiWriter(h, counter{&received}), st); err != nil {
-					t.Errorf("receiving: %v after %d bytes", err, received.Load())
-				}
-				got <- h.Sum(nil)
-			}()
+			const size int64 = 96 << 20
+			x := receiveOn(t, ctx, nb, size)
 			c, err := na.Dial(ctx, nb.ID())
 			if err != nil {
 				t.Fatal(err)
@@ -301,26 +176,8 @@ func TestLabMoveRenumber(t *testing.T) {
 			if sess.Strategy() != reach.StrategyHolepunch {
 				t.Fatalf("strategy %q, want holepunch", sess.Strategy())
 			}
-			want := sha256.New()
-			sent := make(chan error, 1)
-			go func() {
-				data := rand.NewChaCha8([32]byte{23})
-				buf := make([]byte, 64<<10)
-				start := time.Now()
-				for off := int64(0); off < size; off += int64(len(buf)) {
-					if ahead := time.Duration(float64(off)/moveRate*float64(time.Second)) - time.Since(start); ahead > 0 {
-						time.Sleep(ahead)
-					}
-					data.Read(buf)
-					want.Write(buf)
-					if _, err := c.Write(buf); err != nil {
-						sent <- err
-						return
-					}
-				}
-				sent <- c.CloseWrite()
-			}()
-			reachlab.MustWaitFor(t, 30*time.Second, "16 MiB", func() bool { return received.Load() > 16<<20 })
+			x.send(c, 23)
+			reachlab.MustWaitFor(t, 30*time.Second, "16 MiB", func() bool { return x.received.Load() > 16<<20 })
 			h := sa.Host
 			if who == "listener" {
 				h = sb.Host
@@ -330,29 +187,19 @@ func TestLabMoveRenumber(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("%s renumbered to %v at %d MiB (session on %v)", who, na4, received.Load()>>20, before)
+			t.Logf("%s renumbered to %v at %d MiB (session on %v)", who, na4, x.received.Load()>>20, before)
 			if os.Getenv("REACH_DEBUG_MOVE") != "" {
 				for i := 0; i < 12; i++ {
 					time.Sleep(time.Second)
 					cs := sess.QUIC().ConnectionStats()
-					t.Logf("t+%ds: %d MiB received; A sent %d lost %d recv %d; srtt %v", i+1, received.Load()>>20, cs.PacketsSent, cs.PacketsLost, cs.PacketsReceived, cs.SmoothedRTT)
+					t.Logf("t+%ds: %d MiB received; A sent %d lost %d recv %d; srtt %v", i+1, x.received.Load()>>20, cs.PacketsSent, cs.PacketsLost, cs.PacketsReceived, cs.SmoothedRTT)
 					for _, bs := range nb.Sessions() {
 						bc := bs.QUIC().ConnectionStats()
 						t.Logf("      B session %v: sent %d lost %d recv %d", bs.QUICAddr(), bc.PacketsSent, bc.PacketsLost, bc.PacketsReceived)
 					}
 				}
 			}
-			if err := <-sent; err != nil {
-				t.Fatalf("sending: %v after %d bytes received", err, received.Load())
-			}
-			select {
-			case h := <-got:
-				if string(h) != string(want.Sum(nil)) {
-					t.Fatalf("SHA-256 differs (%d of %d bytes received)", received.Load(), size)
-				}
-			case <-ctx.Done():
-				t.Fatalf("stream did not finish: %d of %d bytes", received.Load(), size)
-			}
+			x.check(t, ctx)
 			reachlab.MustWaitFor(t, 20*time.Second, "a direct path again", func() bool {
 				return sess.Strategy() == reach.StrategyHolepunch && sess.RemoteAddr().IsValid()
 			})

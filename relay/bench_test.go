@@ -33,7 +33,7 @@ func BenchmarkRelayIdleMemory(b *testing.B) {
 	for _, transport := range []string{"udp", "tls"} {
 		b.Run(transport, func(b *testing.B) {
 			for range b.N {
-				rs, rl := startServer(b, relay.ServerConfig{ConnRate: -1, Logger: quiet()})
+				rs, rl := startServer(b, relay.ServerConfig{ConnRate: -1, MaxLinksPerIP: -1, Logger: quiet()})
 				before := inUse()
 				child := exec.Command(os.Args[0], "-test.run=^$")
 				child.Env = append(os.Environ(), "RELAY_IDLE_CS="+rs.ConnectString(),

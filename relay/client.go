@@ -43,6 +43,13 @@ type ClientConfig struct {
 	// (e.g. "tls" when the node's UDP looks blocked); it is called for
 	// every link. Nil or "": the Dialers' order.
 	Prefer func() string
+	// Consent makes the relay forward to this node only the packets of
+	// peers it allowed (Allow) or sent to itself within
+	// PermissionLifetime; others are dropped and their sender is told
+	// (ErrNotAllowed). The relay rung of a node sets it: the listening
+	// side of an introduction allows the dialler. False: the relay
+	// forwards from any linked peer (as relays did before consent).
+	Consent bool
 	// Deliver, when set, receives every packet a peer sends through the
 	// relay, instead of PacketConn (which then reads nothing). It must
 	// not keep pkt.
@@ -69,6 +76,7 @@ type Client struct {
 	preferred string
 	dialing   *dialCall
 	watchers  map[identity.PeerID]map[chan error]struct{}
+	allowed   map[identity.PeerID]time.Time // Allow: sent again on every new link
 }
 
 type dialCall struct {
@@ -97,7 +105,8 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		}
 		cfg.Dialers = append(cfg.Dialers, TLSDialer{DialTCP: cfg.DialTCP}, WSDialer{DialTCP: cfg.DialTCP})
 	}
-	c := &Client{cfg: cfg, log: cfg.Logger, watchers: map[identity.PeerID]map[chan error]struct{}{}}
+	c := &Client{cfg: cfg, log: cfg.Logger, watchers: map[identity.PeerID]map[chan error]struct{}{},
+		allowed: map[identity.PeerID]time.Time{}}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.pc = newPacketConn(c)
 	return c, nil
@@ -177,11 +186,16 @@ func (c *Client) dial(call *dialCall, sa rendezvous.ServerAddr) {
 		l, err = nil, ErrClosed
 	}
 	var old Link
+	var allow []identity.PeerID
 	if err == nil {
 		old = c.link
 		c.link, c.server, c.preferred = l, sa, l.Transport()
+		allow = c.permitted(time.Now())
 	}
 	c.mu.Unlock()
+	for _, p := range allow {
+		l.Allow(p) // an error ends the link: it is seen below
+	}
 	call.link, call.err = l, err
 	close(call.done)
 	if old != nil {
@@ -218,7 +232,13 @@ func (c *Client) keep(l Link, sa rendezvous.ServerAddr) {
 		return
 	}
 	c.log.Debug("relay: link lost; reconnecting", "relay", sa.String(), "err", l.Err())
-	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+	wait := time.Second
+	if errors.Is(l.Err(), ErrTokenExpired) {
+		// The relay ended the link at its token's expiry: link again at
+		// once, with a fresh token, so relayed sessions lose little.
+		wait = 0
+	}
+	for ; ; wait = min(max(2*wait, time.Second), 30*time.Second) {
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -258,7 +278,7 @@ func (c *Client) race(ctx context.Context, sa rendezvous.ServerAddr) (Link, erro
 	if c.cfg.Token != nil {
 		token = c.cfg.Token()
 	}
-	p := LinkParams{Server: sa, Key: c.cfg.Key, Token: token, Handler: (*clientHandler)(c), Logger: c.log}
+	p := LinkParams{Server: sa, Key: c.cfg.Key, Token: token, Consent: c.cfg.Consent, Handler: (*clientHandler)(c), Logger: c.log}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
@@ -340,6 +360,57 @@ func (c *Client) Close() error {
 	c.pc.Close()
 	c.wg.Wait()
 	return nil
+}
+
+// Allow lets peer send to this node through the relay (recipient
+// consent): the relay forwards a peer's packets only to nodes that allowed
+// it, or that sent to it themselves. The node allows a dialler when it
+// answers its introduction; a consent lasts PermissionLifetime and is
+// sent again on every new link within it. Errors: the link's, if it
+// ended while sending.
+func (c *Client) Allow(peer identity.PeerID) error {
+	now := time.Now()
+	c.mu.Lock()
+	if _, ok := c.allowed[peer]; !ok && len(c.allowed) >= maxPermissions {
+		for p, t := range c.allowed {
+			if now.Sub(t) >= PermissionLifetime {
+				delete(c.allowed, p)
+			}
+		}
+		if len(c.allowed) >= maxPermissions {
+			// The oldest make room: the newest consent is the one a
+			// dial is waiting for.
+			var oldest identity.PeerID
+			var at time.Time
+			for p, t := range c.allowed {
+				if at.IsZero() || t.Before(at) {
+					oldest, at = p, t
+				}
+			}
+			delete(c.allowed, oldest)
+		}
+	}
+	c.allowed[peer] = now
+	l := c.link
+	c.mu.Unlock()
+	if l == nil {
+		return nil // sent when the link is up
+	}
+	return l.Allow(peer)
+}
+
+// permitted returns the peers allowed within PermissionLifetime and
+// forgets the others. c.mu is held.
+func (c *Client) permitted(now time.Time) []identity.PeerID {
+	out := make([]identity.PeerID, 0, len(c.allowed))
+	for p, t := range c.allowed {
+		if now.Sub(t) >= PermissionLifetime {
+			delete(c.allowed, p)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 func (c *Client) current() Link {

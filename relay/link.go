@@ -33,6 +33,10 @@ type Link interface {
 	// Send sends one packet to peer through the relay. It may block
 	// briefly under back-pressure; it never waits for the peer.
 	Send(peer identity.PeerID, pkt []byte) error
+	// Allow tells the relay that peer may send to this node (recipient
+	// consent, ClientConfig.Consent). A relay without consent (an older
+	// one) is not told.
+	Allow(peer identity.PeerID) error
 	// Done is closed when the link has ended; Err then says why.
 	Done() <-chan struct{}
 	Err() error
@@ -47,16 +51,20 @@ type Handler interface {
 	// Packet is a packet from peer.
 	Packet(from identity.PeerID, pkt []byte)
 	// Notice says the relay did not forward a packet to peer: it is not
-	// connected (ErrPeerNotConnected) or the relay is at its session limit
+	// connected (ErrPeerNotConnected), it has not consented to packets
+	// from this node (ErrNotAllowed), or the relay is at a session limit
 	// (ErrRelayFull).
 	Notice(peer identity.PeerID, err error)
 }
 
 // LinkParams is what a LinkDialer needs to open a link.
 type LinkParams struct {
-	Server  rendezvous.ServerAddr
-	Key     *identity.Key
-	Token   string // "" for none
+	Server rendezvous.ServerAddr
+	Key    *identity.Key
+	Token  string // "" for none
+	// Consent asks the relay to forward to this node only packets from
+	// peers it allows (Link.Allow) or sends to (ClientConfig.Consent).
+	Consent bool
 	Handler Handler
 	Logger  *slog.Logger
 }
@@ -150,7 +158,7 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 		},
 		closeTransport: func() { st.Close(); qc.CloseWithError(0, "") },
 	}
-	if err := l.hello(ctx, p.Token, st, st.SetReadDeadline); err != nil {
+	if err := l.hello(ctx, p.Token, p.Consent, st, st.SetReadDeadline); err != nil {
 		l.closeTransport()
 		return nil, mapQUICErr(err)
 	}
@@ -240,7 +248,7 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 		closeTransport: func() { tc.Close() },
 	}
 	stop := context.AfterFunc(ctx, func() { tc.SetReadDeadline(time.Now()) })
-	err = l.hello(ctx, p.Token, tc, tc.SetReadDeadline)
+	err = l.hello(ctx, p.Token, p.Consent, tc, tc.SetReadDeadline)
 	if !stop() {
 		err = errors.Join(err, ctx.Err())
 	}
@@ -351,6 +359,7 @@ type link struct {
 	sendPacket     func(peer identity.PeerID, pkt []byte) error
 	closeTransport func()
 	keepalive      time.Duration
+	consent        bool // the relay understands ALLOW frames (WELCOME)
 
 	once sync.Once
 	done chan struct{}
@@ -367,6 +376,19 @@ func (l *link) Send(p identity.PeerID, b []byte) error {
 	default:
 	}
 	return l.sendPacket(p, b)
+}
+
+func (l *link) Allow(p identity.PeerID) error {
+	select {
+	case <-l.done:
+		return l.err
+	default:
+	}
+	if !l.consent {
+		return nil
+	}
+	_, err := l.ctl.Write(appendFrame(nil, frameAllow, p[:]))
+	return err
 }
 
 func (l *link) Err() error {
@@ -386,8 +408,9 @@ func (l *link) fail(err error) {
 	})
 }
 
-// hello sends HELLO and waits for WELCOME (or ERROR).
-func (l *link) hello(ctx context.Context, token string, r io.Reader, setDeadline func(time.Time) error) error {
+// hello sends HELLO and waits for WELCOME (or ERROR); with consent, it
+// then asks the relay for recipient consent (an empty ALLOW).
+func (l *link) hello(ctx context.Context, token string, consent bool, r io.Reader, setDeadline func(time.Time) error) error {
 	if _, err := l.ctl.Write(appendFrame(nil, frameHello, []byte(token))); err != nil {
 		return err
 	}
@@ -406,6 +429,12 @@ func (l *link) hello(ctx context.Context, token string, r io.Reader, setDeadline
 		return fmt.Errorf("%w: want WELCOME, got frame 0x%02x", ErrProtocol, typ)
 	}
 	l.keepalive = time.Duration(binary.BigEndian.Uint16(body[2:4])) * time.Second
+	l.consent = len(body) >= 5 && body[4]&welcomeConsent != 0
+	if consent && l.consent {
+		if _, err := l.ctl.Write(appendFrame(nil, frameAllow)); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -430,8 +459,11 @@ func (l *link) readControl(r io.Reader, setDeadline func(time.Time) error) {
 		case frameNotice:
 			if len(body) == identityLen+1 {
 				err := ErrPeerNotConnected
-				if body[identityLen] == noticeSessionLimit {
+				switch body[identityLen] {
+				case noticeSessionLimit:
 					err = ErrRelayFull
+				case noticeNotAllowed:
+					err = ErrNotAllowed
 				}
 				l.h.Notice(identity.PeerID(body[:identityLen]), err)
 			}

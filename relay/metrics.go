@@ -32,10 +32,14 @@ const (
 	dropTotalRate                      // relay over TotalRate
 	dropQueueFull                      // destination's send queue full
 	dropMalformed                      // empty, oversized or truncated
+	dropPeerSessions                   // would open a session past MaxSessionsPerPeer
+	dropIPSessions                     // would open a session past MaxSessionsPerIP
+	dropNotAllowed                     // destination has not consented to the sender
 	numDropReasons
 )
 
-var dropNames = [numDropReasons]string{"no_peer", "session_limit", "peer_rate", "total_rate", "queue_full", "malformed"}
+var dropNames = [numDropReasons]string{"no_peer", "session_limit", "peer_rate", "total_rate", "queue_full", "malformed",
+	"peer_sessions", "ip_sessions", "not_allowed"}
 
 // rejectReason is why a link was refused before registration (other than
 // its token).
@@ -45,10 +49,11 @@ const (
 	rejectFull        rejectReason = iota // at MaxClients
 	rejectRateLimited                     // over ConnRate for its IP
 	rejectHandshake                       // no valid HELLO
+	rejectIPLinks                         // at MaxLinksPerIP for its source
 	numRejectReasons
 )
 
-var rejectNames = [numRejectReasons]string{"full", "rate_limited", "handshake"}
+var rejectNames = [numRejectReasons]string{"full", "rate_limited", "handshake", "ip_links"}
 
 // authReason is why a link's token was refused.
 type authReason uint8
@@ -71,6 +76,7 @@ type metrics struct {
 	rejected [numRejectReasons]atomic.Uint64
 	auth     [numAuthReasons]atomic.Uint64
 	drops    [numDropReasons]atomic.Uint64
+	expired  atomic.Uint64 // live links ended at their token's expiry
 }
 
 func (m *metrics) drop(r dropReason) { m.drops[r].Add(1) }
@@ -87,11 +93,13 @@ type MetricsSnapshot struct {
 	// Connections are the links registered, by transport.
 	Connections map[string]uint64
 	// Rejected are the links refused before registration, by reason
-	// ("full", "rate_limited", "handshake").
+	// ("full", "rate_limited", "handshake", "ip_links": MaxLinksPerIP).
 	Rejected map[string]uint64
 	// AuthFailures are the links refused for their token, by reason
 	// ("bad_token", "token_expired").
 	AuthFailures map[string]uint64
+	// Expired are the live links ended because their token expired.
+	Expired uint64
 	// Sessions are the relay sessions now (ordered pairs of peers with
 	// recent packets).
 	Sessions int
@@ -99,7 +107,8 @@ type MetricsSnapshot struct {
 	Packets, Bytes uint64
 	// Drops are the packets dropped, by reason ("no_peer",
 	// "session_limit", "peer_rate", "total_rate", "queue_full",
-	// "malformed").
+	// "malformed", "peer_sessions": MaxSessionsPerPeer, "ip_sessions":
+	// MaxSessionsPerIP, "not_allowed": no consent from the recipient).
 	Drops map[string]uint64
 }
 
@@ -114,6 +123,7 @@ func (s *Server) Metrics() MetricsSnapshot {
 		Connections:  make(map[string]uint64, numTransports),
 		Rejected:     make(map[string]uint64, numRejectReasons),
 		AuthFailures: make(map[string]uint64, numAuthReasons),
+		Expired:      m.expired.Load(),
 		Sessions:     sessions,
 		Packets:      m.packets.Load(),
 		Bytes:        m.bytes.Load(),

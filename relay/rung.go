@@ -62,7 +62,7 @@ func (r *Rung) Start(context.Context) error {
 	paths := r.h.Socket.Paths()
 	c, err := NewClient(ClientConfig{
 		Key: r.h.Key, Socket: r.h.Socket.Transport(), DialTCP: r.h.DialServer, Dialers: r.dialers(),
-		Token: r.cfg.Token, Logger: r.h.Logger,
+		Token: r.cfg.Token, Logger: r.h.Logger, Consent: true,
 		Prefer: func() string {
 			// Registered over TCP: UDP is likely blocked, so do not make
 			// the relay link wait for a UDP attempt to time out first.
@@ -135,6 +135,8 @@ func (r *Rung) ForwardPath(ctx context.Context, peer identity.PeerID) (pathsock.
 	if _, err := r.client.Connect(ctx, sa); err != nil {
 		return nil, err
 	}
+	// The peer may fall back to the relay first: let it through.
+	r.client.Allow(peer)
 	return r.client.Path(peer), nil
 }
 
@@ -241,7 +243,11 @@ func (r *Rung) Offer(ctx context.Context, offer *candidate.PeerInfo) func() {
 const introducedLinkTimeout = 10 * time.Second
 
 // Introduced implements rung.Rung: it links the listening side to the
-// relay when the dialler's offer says it may come through it.
+// relay when the dialler's offer says it may come through it, and
+// consents to the dialler's packets there. The consent goes out now,
+// before the node answers the introduction, when the node is linked
+// already (the dialler's first packet, a QUIC Initial, can only follow
+// the answer), or as soon as the link is up.
 func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	if r.client == nil || len(offer.Addrs(candidate.Relay)) == 0 {
 		return
@@ -250,6 +256,7 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	if sa.IsZero() {
 		return
 	}
+	r.client.Allow(offer.Peer)
 	r.h.Go(func() {
 		ctx, cancel := context.WithTimeout(r.h.Context, introducedLinkTimeout)
 		defer cancel()

@@ -19,93 +19,6 @@ import (
 	"github.com/reachp2p/reach/identity"
 )
 
-// ServerConfig configures a relay Server. Every zero value is usable.
-type ServerConfig struct {
-	// Secrets are the token secrets. Empty: no token is required. With
-	// secrets, a client must present a token (NewToken) made with any one
-	// of them, so a secret is rotated by adding the new one first, issuing
-	// tokens with it, and removing the old one once its tokens expired.
-	Secrets [][]byte
-	// MaxClients is how many peers may be connected at once; one more gets
-	// ERROR full (ErrRelayFull). Zero: 100000.
-	MaxClients int
-	// MaxSessions is how many relay sessions may exist at once. A session
-	// is an ordered pair of peers (from, to) that sent a packet within
-	// SessionIdle. A packet that would open one more is dropped and its
-	// sender gets a NOTICE session_limit (ErrRelayFull); existing sessions
-	// are unaffected. Zero: 10000.
-	MaxSessions int
-	// SessionIdle is how long a session lasts without packets. Zero: 60s
-	// (relayed QUIC sessions send keep-alives every 10s).
-	SessionIdle time.Duration
-	// PeerRate limits what one peer may send through the relay, in bytes
-	// per second (the excess is dropped, which QUIC's congestion control
-	// reads as loss). Zero: no limit.
-	PeerRate int
-	// PeerBurst is the bucket size of PeerRate in bytes. Zero: PeerRate/4
-	// (250 ms at full rate), at least 64 KiB.
-	PeerBurst int
-	// ConnRate limits new links per second from one IP address; more are
-	// refused with ERROR rate_limited (ErrRateLimited). Zero: 10 per
-	// second. Negative: no limit.
-	ConnRate float64
-	// ConnBurst is the number of links an IP address may open at once
-	// before ConnRate applies. Zero: 20.
-	ConnBurst int
-	// SendQueue is how many packets may wait for one peer's link; more are
-	// dropped. Zero: 512.
-	SendQueue int
-	// IdleTimeout closes a link that sends nothing for this long (QUIC idle
-	// timeout; TCP read deadline). Clients are told to ping at a third of
-	// it. Zero: 30s.
-	IdleTimeout time.Duration
-	// HandshakeTimeout bounds a new link's HELLO. Zero: 10s.
-	HandshakeTimeout time.Duration
-	// TotalRate limits what all peers together may send through the
-	// relay, in bytes per second (the excess is dropped, like PeerRate's).
-	// Its bucket is TotalRate/4, at least 64 KiB. Zero: no limit.
-	TotalRate int
-	// Authorize, if set, decides instead of Secrets whether a peer may
-	// link: it gets the peer's proved ID and the token of its HELLO ("" for
-	// none) and returns nil to admit it, or an error to refuse it
-	// (ErrTokenExpired is sent as token_expired, anything else as
-	// bad_token). A supernode uses it for its allow-list and for tokens
-	// its rendezvous servers issued. Nil: Secrets decide.
-	Authorize func(peer identity.PeerID, token string) error
-	// Logger receives the server's logs. Nil: discard.
-	Logger *slog.Logger
-}
-
-func (c ServerConfig) withDefaults() ServerConfig {
-	def := func(v *int, d int) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	defD := func(v *time.Duration, d time.Duration) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	def(&c.MaxClients, 100000)
-	def(&c.MaxSessions, 10000)
-	def(&c.SendQueue, 512)
-	def(&c.ConnBurst, 20)
-	defD(&c.SessionIdle, 60*time.Second)
-	defD(&c.IdleTimeout, 30*time.Second)
-	defD(&c.HandshakeTimeout, 10*time.Second)
-	if c.ConnRate == 0 {
-		c.ConnRate = 10
-	}
-	if c.PeerRate > 0 && c.PeerBurst <= 0 {
-		c.PeerBurst = max(c.PeerRate/4, 64<<10)
-	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
-	return c
-}
-
 // Server forwards packets between peers connected to it, addressed by peer
 // ID. It has no listeners of its own: the rendezvous server hands it the
 // QUIC connections and TLS connections that negotiated ALPN (ServeQUIC,
@@ -119,26 +32,21 @@ type Server struct {
 	mu       sync.RWMutex
 	peers    map[identity.PeerID]*peerLink
 	sessions int
-	ipRates  map[netip.Addr]*ipRate
-	total    *rate.Limiter // TotalRate; nil: unlimited
+	ips      map[netip.Prefix]*ipState // by source (ipKey)
+	total    *rate.Limiter             // TotalRate; nil: unlimited
 
-	sweepOnce sync.Once
-}
-
-type ipRate struct {
-	lim  *rate.Limiter
-	seen time.Time
+	sweeping sync.Once
 }
 
 // NewServer makes a relay server.
 func NewServer(cfg ServerConfig) *Server {
 	cfg = cfg.withDefaults()
 	s := &Server{
-		cfg:     cfg,
-		m:       new(metrics),
-		log:     cfg.Logger,
-		peers:   make(map[identity.PeerID]*peerLink),
-		ipRates: make(map[netip.Addr]*ipRate),
+		cfg:   cfg,
+		m:     new(metrics),
+		log:   cfg.Logger,
+		peers: make(map[identity.PeerID]*peerLink),
+		ips:   make(map[netip.Prefix]*ipState),
 	}
 	if cfg.TotalRate > 0 {
 		s.total = rate.NewLimiter(rate.Limit(cfg.TotalRate), max(cfg.TotalRate/4, 64<<10))
@@ -180,6 +88,9 @@ type peerLink struct {
 	srv       *Server
 	id        identity.PeerID
 	ip        netip.Addr
+	ipk       netip.Prefix // the source it counts against (ipKey)
+	ipst      *ipState     // its source's state, once registered
+	expiry    *time.Timer  // ends the link when its token expires; nil: never
 	transport transport
 	lim       *rate.Limiter // nil: unlimited
 	// write sends one queued message; buf has frameHeader bytes of room
@@ -200,6 +111,9 @@ type peerLink struct {
 	omu     sync.Mutex
 	out     map[identity.PeerID]time.Time // destinations of its sessions → last packet
 	notices map[identity.PeerID]time.Time // last NOTICE sent about a destination
+	consent bool                          // it receives only from peers it allowed (empty ALLOW)
+	allowed map[identity.PeerID]time.Time // peers it consented to receive from → when
+	gone    bool                          // unregistered
 
 	nPackets, nBytes atomic.Uint64 // what it sent that was forwarded
 }
@@ -236,7 +150,7 @@ func (s *Server) ServeQUIC(ctx context.Context, qc *quic.Conn) {
 		qc.CloseWithError(quic.ApplicationErrorCode(code), codeName(code))
 	}
 	st.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	p := &peerLink{srv: s, id: id, ip: ip, transport: transportUDP, fail: closeWith,
+	p := &peerLink{srv: s, id: id, ip: ip, ipk: ipKey(ip), transport: transportUDP, fail: closeWith,
 		write: func(buf []byte) error {
 			if buf[0] != framePacket {
 				return writeCtl(buf)
@@ -272,6 +186,9 @@ func (s *Server) ServeQUIC(ctx context.Context, qc *quic.Conn) {
 			if typ == framePacket && len(body) >= identityLen {
 				// A packet too large for a datagram (see protocol.md).
 				s.forward(p, identity.PeerID(body[:identityLen]), body[identityLen:])
+				continue
+			}
+			if typ == frameAllow && p.allow(body) {
 				continue
 			}
 			s.log.Debug("relay: unexpected frame on QUIC control stream", "peer", id.Short(), "type", typ)
@@ -318,7 +235,8 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 		_, err := tc.Write(buf)
 		return err
 	}
-	p := &peerLink{srv: s, id: id, ip: addrOf(tc.RemoteAddr()), transport: transportTLS,
+	ip := addrOf(tc.RemoteAddr())
+	p := &peerLink{srv: s, id: id, ip: ip, ipk: ipKey(ip), transport: transportTLS,
 		fail: func(code byte, reason string) {
 			if code != 0 {
 				write(appendFrame(nil, frameError, []byte{code}, []byte(reason)))
@@ -381,6 +299,11 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 		case framePing:
 			p.enqueue(appendFrame(nil, framePong, body))
 		case framePong:
+		case frameAllow:
+			if !p.allow(body) {
+				p.fail(codeProtocol, "bad allow frame")
+				return
+			}
 		default:
 			p.fail(codeProtocol, "unexpected frame")
 			return
@@ -391,18 +314,19 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 // hello reads HELLO from r, checks the token and limits, registers p and
 // answers WELCOME. On failure it has closed the link.
 func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
-	s.sweepOnce.Do(func() { go s.sweep(ctx) })
+	s.sweeping.Do(func() { go s.sweep(ctx) })
 	typ, body, _, err := readFrame(r, nil)
 	if err != nil || typ != frameHello {
 		s.m.rejected[rejectHandshake].Add(1)
 		p.fail(codeProtocol, "want HELLO")
 		return false
 	}
-	if !s.allowConn(p.ip) {
+	if !s.allowConn(p) {
 		s.m.rejected[rejectRateLimited].Add(1)
 		p.fail(codeRateLimited, "too many connections from "+p.ip.String())
 		return false
 	}
+	var expires time.Time
 	if len(s.cfg.Secrets) > 0 || s.cfg.Authorize != nil {
 		check := func() error { return CheckToken(s.cfg.Secrets, p.id, string(body), time.Now()) }
 		if s.cfg.Authorize != nil {
@@ -418,33 +342,40 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 			p.fail(code, err.Error())
 			return false
 		}
+		if s.cfg.Authorize == nil {
+			expires = tokenExpiry(string(body))
+		}
 	}
 	if s.cfg.PeerRate > 0 {
 		p.lim = rate.NewLimiter(rate.Limit(s.cfg.PeerRate), s.cfg.PeerBurst)
 	}
 	p.wake = make(chan struct{}, 1)
-	s.mu.Lock()
-	old := s.peers[p.id]
-	if old == nil && len(s.peers) >= s.cfg.MaxClients {
-		s.mu.Unlock()
-		s.m.rejected[rejectFull].Add(1)
-		p.fail(codeFull, "relay is at its client limit")
+	old, refused, ok := s.register(p)
+	if !ok {
+		s.m.rejected[refused].Add(1)
+		if refused == rejectFull {
+			p.fail(codeFull, "relay is at its client limit")
+		} else {
+			p.fail(codeRateLimited, "too many links from "+p.ipk.String())
+		}
 		return false
 	}
-	s.peers[p.id] = p
-	s.mu.Unlock()
 	if old != nil {
 		old.fail(codeReplaced, "a newer link of this peer took over")
 	}
 	s.m.clients[p.transport].Add(1)
 	s.m.conns[p.transport].Add(1)
-	var w [4]byte
+	var w [5]byte
 	binary.BigEndian.PutUint16(w[0:2], MaxPayload)
 	binary.BigEndian.PutUint16(w[2:4], uint16(min(s.cfg.IdleTimeout/3/time.Second, 65535)))
+	w[4] = welcomeConsent
 	if err := p.write(appendFrame(nil, frameWelcome, w[:])); err != nil {
 		s.unregister(p)
 		p.fail(0, "")
 		return false
+	}
+	if !expires.IsZero() {
+		s.expireAt(p, expires)
 	}
 	s.log.Debug("relay: peer connected", "peer", p.id.Short(), "transport", p.transport.String(), "ip", p.ip)
 	return true
@@ -453,53 +384,48 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 // unregister removes p (if it is still the registered link for its ID)
 // and the sessions it started.
 func (s *Server) unregister(p *peerLink) {
+	if p.expiry != nil {
+		p.expiry.Stop()
+	}
 	p.qmu.Lock()
 	p.closed = true
 	p.queue = nil
 	p.qmu.Unlock()
 	p.omu.Lock()
 	n := len(p.out)
-	p.out = nil
+	p.out, p.allowed, p.gone = nil, nil, true
 	p.omu.Unlock()
 	s.mu.Lock()
 	if s.peers[p.id] == p {
 		delete(s.peers, p.id)
 	}
 	s.sessions -= n
+	if st := p.ipst; st != nil {
+		st.sessions -= n
+		st.links--
+		st.seen = time.Now()
+	}
 	s.mu.Unlock()
 	s.m.clients[p.transport].Add(-1)
 	p.fail(0, "")
 	s.log.Debug("relay: peer gone", "peer", p.id.Short(), "transport", p.transport.String())
 }
 
-// allowConn applies the per-IP connection rate.
-func (s *Server) allowConn(ip netip.Addr) bool {
-	if s.cfg.ConnRate < 0 {
-		return true
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r := s.ipRates[ip]
-	if r == nil {
-		r = &ipRate{lim: rate.NewLimiter(rate.Limit(s.cfg.ConnRate), s.cfg.ConnBurst)}
-		s.ipRates[ip] = r
-	}
-	r.seen = time.Now()
-	return r.lim.Allow()
-}
-
-// forward relays one packet from src to the peer dst.
+// forward relays one packet from src to the peer dst: within src's rate
+// and the relay's, to a linked peer that consented, on a session within
+// the session caps.
 func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 	if len(pkt) > MaxPayload || len(pkt) == 0 {
 		s.m.drop(dropMalformed)
 		return
 	}
 	now := time.Now()
-	if src.lim != nil && !src.lim.AllowN(now, len(pkt)) {
+	cost := max(len(pkt), MinPacketCost)
+	if src.lim != nil && !src.lim.AllowN(now, cost) {
 		s.m.drop(dropPeerRate)
 		return
 	}
-	if s.total != nil && !s.total.AllowN(now, len(pkt)) {
+	if s.total != nil && !s.total.AllowN(now, cost) {
 		s.m.drop(dropTotalRate)
 		return
 	}
@@ -512,23 +438,29 @@ func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 		return
 	}
 	src.omu.Lock()
-	if src.out == nil {
-		src.out = make(map[identity.PeerID]time.Time)
+	_, open := src.out[dst]
+	if open {
+		src.out[dst] = now
 	}
-	if _, ok := src.out[dst]; !ok {
-		s.mu.Lock()
-		if s.sessions >= s.cfg.MaxSessions {
-			s.mu.Unlock()
-			src.omu.Unlock()
-			s.m.drop(dropSessionLimit)
-			src.notice(dst, noticeSessionLimit, now)
+	src.omu.Unlock()
+	if !open {
+		if !to.consents(src.id, now) {
+			// Sending to a peer is consent to hear from it: when both
+			// sides of a session fall back to the relay at once, each
+			// one's first packet lets the other's through.
+			src.permit(dst, now)
+			s.m.drop(dropNotAllowed)
+			src.notice(dst, noticeNotAllowed, now)
 			return
 		}
-		s.sessions++
-		s.mu.Unlock()
+		if reason, ok := s.openSession(src, dst, now); !ok {
+			s.m.drop(reason)
+			if reason != dropNoPeer {
+				src.notice(dst, noticeSessionLimit, now)
+			}
+			return
+		}
 	}
-	src.out[dst] = now
-	src.omu.Unlock()
 	buf := appendFrame(getBuf(), framePacket, src.id[:], pkt) // writeLoop returns it to the pool
 	if !to.enqueue(buf) {
 		putBuf(buf)
@@ -618,49 +550,6 @@ func (p *peerLink) writeLoop(ctx context.Context) {
 		}
 		if cap(batch) > 64 {
 			batch = nil
-		}
-	}
-}
-
-// sweep ends idle sessions and forgets idle per-IP rate state.
-func (s *Server) sweep(ctx context.Context) {
-	t := time.NewTicker(max(s.cfg.SessionIdle/4, time.Second))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			s.mu.RLock()
-			peers := make([]*peerLink, 0, len(s.peers))
-			for _, p := range s.peers {
-				peers = append(peers, p)
-			}
-			s.mu.RUnlock()
-			ended := 0
-			for _, p := range peers {
-				p.omu.Lock()
-				for d, last := range p.out {
-					if now.Sub(last) > s.cfg.SessionIdle {
-						delete(p.out, d)
-						ended++
-					}
-				}
-				for d, last := range p.notices {
-					if now.Sub(last) > time.Minute {
-						delete(p.notices, d)
-					}
-				}
-				p.omu.Unlock()
-			}
-			s.mu.Lock()
-			s.sessions -= ended
-			for ip, r := range s.ipRates {
-				if now.Sub(r.seen) > time.Minute {
-					delete(s.ipRates, ip)
-				}
-			}
-			s.mu.Unlock()
 		}
 	}
 }

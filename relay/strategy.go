@@ -54,6 +54,9 @@ func (s *Strategy) Connect(ctx context.Context, a *rung.Attempt) (*stream.Sessio
 	if _, err := c.Connect(ctx, sa); err != nil {
 		return nil, err
 	}
+	// The peer answers through the relay: consent to it (sending to it
+	// would too, but this one does not wait for the first packet).
+	c.Allow(a.Peer)
 	notices, stop := c.watch(a.Peer)
 	defer stop()
 	dctx, cancel := context.WithCancelCause(ctx)

@@ -34,7 +34,13 @@ const (
 	frameError   = 0x05 // server → client: error code + reason; then close
 	framePing    = 0x06 // either: 8 bytes
 	framePong    = 0x07 // either: echoes the ping
+	frameAllow   = 0x08 // client → server: empty (consent wanted), or a peer key the client receives from
 )
+
+// welcomeConsent is the WELCOME flag (the fifth byte of its body) of a
+// relay that understands ALLOW frames (recipient consent). Older clients
+// ignore the byte; clients send no ALLOW to a relay without it.
+const welcomeConsent = 0x01
 
 const frameHeader = 3 // type, 2-byte length
 
@@ -59,21 +65,23 @@ const (
 // Notice codes of NOTICE frames: why a packet to a peer was not forwarded.
 const (
 	noticeNoPeer       = 0x01 // the peer is not connected to this relay
-	noticeSessionLimit = 0x02 // the relay is at its session limit
+	noticeSessionLimit = 0x02 // the relay is at a session limit
+	noticeNotAllowed   = 0x03 // the peer has not consented to packets from the sender
 )
 
 // Named errors. Test with errors.Is; errors the relay server sends arrive
 // as a *ServerError that unwraps to one of them.
 var (
 	// ErrRelayFull: the relay is at its limit of connected peers or of
-	// relay sessions.
+	// relay sessions (in all, of the sender, or of the sender's source).
 	ErrRelayFull = errors.New("relay: relay is full")
 	// ErrBadToken: the relay requires a token and the one given (or none)
 	// is not valid for this peer.
 	ErrBadToken = errors.New("relay: bad relay token")
 	// ErrTokenExpired: the token was valid but its expiry has passed.
 	ErrTokenExpired = errors.New("relay: relay token expired")
-	// ErrRateLimited: too many connections from this IP address.
+	// ErrRateLimited: too many connections, or links at once, from this
+	// IP address (IPv6: its /64).
 	ErrRateLimited = errors.New("relay: too many connections from this address")
 	// ErrReplaced: a newer link of the same peer ID took over.
 	ErrReplaced = errors.New("relay: replaced by a newer link of the same peer")
@@ -84,6 +92,10 @@ var (
 	// ErrPeerNotConnected: the relay reported the peer is not connected
 	// to it, and the peer did not connect in time.
 	ErrPeerNotConnected = errors.New("relay: peer not connected to the relay")
+	// ErrNotAllowed: the relay dropped packets to a peer that has not
+	// consented to receive from this node (it was not introduced to it,
+	// or its consent expired; see ClientConfig.Consent).
+	ErrNotAllowed = errors.New("relay: peer has not allowed packets from this node")
 	// ErrNoRelay: the server does not run a relay (it refused the relay
 	// ALPN), or no transport to it worked.
 	ErrNoRelay = errors.New("relay: no relay link")
@@ -152,7 +164,7 @@ func readFrame(r io.Reader, buf []byte) (typ byte, body []byte, _ []byte, err er
 	}
 	typ = h[0]
 	n := int(binary.BigEndian.Uint16(h[1:3]))
-	if typ == 0 || typ > framePong {
+	if typ == 0 || typ > frameAllow {
 		return 0, nil, buf, fmt.Errorf("%w: unknown frame type 0x%02x", ErrProtocol, typ)
 	}
 	if n > maxFrameBody {

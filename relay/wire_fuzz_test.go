@@ -34,6 +34,9 @@ func fuzzFrames() [][]byte {
 		appendFrame(nil, frameNotice, p[:], []byte{noticeSessionLimit}),
 		appendFrame(nil, framePing, []byte("12345678")),
 		appendFrame(nil, framePong, []byte("12345678")),
+		appendFrame(nil, frameAllow),
+		appendFrame(nil, frameAllow, p[:]),
+		appendFrame(nil, frameWelcome, []byte{0x05, 0xac, 0, 10, welcomeConsent}),
 		appendFrame(nil, frameError, []byte{codeFull}, []byte("relay is full")),
 	}
 }
@@ -50,7 +53,7 @@ func FuzzReadFrame(f *testing.F) {
 	}
 	f.Add(all)
 	f.Add([]byte{0, 0, 0})
-	f.Add([]byte{framePong + 1, 0, 0})
+	f.Add([]byte{frameAllow + 1, 0, 0})
 	f.Add([]byte{framePacket, 0xff, 0xff})
 	f.Add([]byte{framePacket, 0x05, 0xcc, 1, 2})
 	f.Fuzz(func(t *testing.T, in []byte) {
@@ -74,7 +77,7 @@ func FuzzReadFrame(f *testing.F) {
 				}
 				break
 			}
-			if typ < frameHello || typ > framePong {
+			if typ < frameHello || typ > frameAllow {
 				t.Fatalf("unknown type 0x%02x returned", typ)
 			}
 			if len(body) > maxFrameBody {
@@ -113,7 +116,7 @@ func (h *fuzzHandler) Packet(from identity.PeerID, pkt []byte) {
 }
 
 func (h *fuzzHandler) Notice(peer identity.PeerID, err error) {
-	if err != ErrPeerNotConnected && err != ErrRelayFull {
+	if err != ErrPeerNotConnected && err != ErrRelayFull && err != ErrNotAllowed {
 		h.t.Fatalf("notice with error %v", err)
 	}
 }
@@ -148,7 +151,7 @@ func FuzzLinkControl(f *testing.F) {
 		}
 		r := bytes.NewReader(in)
 		noDeadline := func(time.Time) error { return nil }
-		err := l.hello(context.Background(), "tok", r, noDeadline)
+		err := l.hello(context.Background(), "tok", false, r, noDeadline)
 		hello := appendFrame(nil, frameHello, []byte("tok"))
 		if !bytes.HasPrefix(ctl.Bytes(), hello) {
 			t.Fatalf("hello wrote %x", ctl.Bytes())
@@ -184,7 +187,7 @@ func FuzzLinkControl(f *testing.F) {
 			if typ == framePing {
 				pings = appendFrame(pings, framePong, body)
 			}
-			if typ == frameError && len(body) >= 1 || typ == frameHello || typ == frameWelcome {
+			if typ == frameError && len(body) >= 1 || typ == frameHello || typ == frameWelcome || typ == frameAllow {
 				break
 			}
 		}

@@ -106,14 +106,20 @@ func NewVolunteer(cfg Config, log *slog.Logger) *Volunteer {
 		}
 	}
 	n := cfg.maxSessions()
+	noLimit := func(r int) int { // Config's zero is no limit; the relay's is its default
+		if r <= 0 {
+			return -1
+		}
+		return r
+	}
 	v.srv = relay.NewServer(relay.ServerConfig{
 		// A pair of peers is two relay sessions (one per direction) and
 		// two links; listeners also link to the other volunteers of an
 		// introduction for a while, hence the room in MaxClients.
 		MaxSessions: 2 * n,
 		MaxClients:  4*n + 4,
-		PeerRate:    cfg.SessionRate,
-		TotalRate:   cfg.TotalRate,
+		PeerRate:    noLimit(cfg.SessionRate),
+		TotalRate:   noLimit(cfg.TotalRate),
 		Authorize:   v.authorize,
 		Logger:      log,
 	})

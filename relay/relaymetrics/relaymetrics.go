@@ -28,7 +28,7 @@ var (
 	descConns = prometheus.NewDesc("reach_relay_connections_total",
 		"Relay links accepted, by transport.", []string{"transport"}, nil)
 	descRejected = prometheus.NewDesc("reach_relay_rejected_total",
-		"Relay links refused before registration, by reason (full, rate_limited, handshake).", []string{"reason"}, nil)
+		"Relay links refused before registration, by reason (full, rate_limited, handshake, ip_links).", []string{"reason"}, nil)
 	descAuth = prometheus.NewDesc("reach_relay_auth_failures_total",
 		"Relay links refused for their token, by reason (bad_token, token_expired).", []string{"reason"}, nil)
 	descSessions = prometheus.NewDesc("reach_relay_sessions",
@@ -38,7 +38,9 @@ var (
 	descBytes = prometheus.NewDesc("reach_relay_bytes_total",
 		"Payload bytes forwarded.", nil, nil)
 	descDrops = prometheus.NewDesc("reach_relay_drops_total",
-		"Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed).", []string{"reason"}, nil)
+		"Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed, peer_sessions, ip_sessions, not_allowed).", []string{"reason"}, nil)
+	descExpired = prometheus.NewDesc("reach_relay_token_expired_total",
+		"Live relay links ended because their token expired.", nil, nil)
 )
 
 // Collector is a prometheus.Collector of one relay server's metrics.
@@ -60,7 +62,7 @@ func Register(reg prometheus.Registerer, s *relay.Server) error {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descClients, descConns, descRejected, descAuth, descSessions, descPackets, descBytes, descDrops} {
+	for _, d := range []*prometheus.Desc{descClients, descConns, descRejected, descAuth, descSessions, descPackets, descBytes, descDrops, descExpired} {
 		ch <- d
 	}
 }
@@ -83,4 +85,5 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(m.Sessions))
 	ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(m.Packets))
 	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(m.Bytes))
+	ch <- prometheus.MustNewConstMetric(descExpired, prometheus.CounterValue, float64(m.Expired))
 }

@@ -55,25 +55,32 @@ reach_relay_clients{transport="udp"} %[1]d
 # TYPE reach_relay_connections_total counter
 reach_relay_connections_total{transport="tls"} %[2]d
 reach_relay_connections_total{transport="udp"} %[1]d
-# HELP reach_relay_drops_total Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed).
+# HELP reach_relay_drops_total Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed, peer_sessions, ip_sessions, not_allowed).
 # TYPE reach_relay_drops_total counter
+reach_relay_drops_total{reason="ip_sessions"} 0
 reach_relay_drops_total{reason="malformed"} 0
 reach_relay_drops_total{reason="no_peer"} %[6]d
+reach_relay_drops_total{reason="not_allowed"} 0
 reach_relay_drops_total{reason="peer_rate"} 0
+reach_relay_drops_total{reason="peer_sessions"} 0
 reach_relay_drops_total{reason="queue_full"} 0
 reach_relay_drops_total{reason="session_limit"} 0
 reach_relay_drops_total{reason="total_rate"} 0
 # HELP reach_relay_packets_total Packets forwarded.
 # TYPE reach_relay_packets_total counter
 reach_relay_packets_total %[4]d
-# HELP reach_relay_rejected_total Relay links refused before registration, by reason (full, rate_limited, handshake).
+# HELP reach_relay_rejected_total Relay links refused before registration, by reason (full, rate_limited, handshake, ip_links).
 # TYPE reach_relay_rejected_total counter
 reach_relay_rejected_total{reason="full"} 0
 reach_relay_rejected_total{reason="handshake"} 0
+reach_relay_rejected_total{reason="ip_links"} 0
 reach_relay_rejected_total{reason="rate_limited"} 0
 # HELP reach_relay_sessions Relay sessions (ordered pairs of peers with recent packets).
 # TYPE reach_relay_sessions gauge
 reach_relay_sessions %[3]d
+# HELP reach_relay_token_expired_total Live relay links ended because their token expired.
+# TYPE reach_relay_token_expired_total counter
+reach_relay_token_expired_total 0
 `, udp, tls, sessions, packets, bytes, noPeer, expired)
 }
 

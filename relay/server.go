@@ -346,9 +346,7 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 			expires = tokenExpiry(string(body))
 		}
 	}
-	if s.cfg.PeerRate > 0 {
-		p.lim = rate.NewLimiter(rate.Limit(s.cfg.PeerRate), s.cfg.PeerBurst)
-	}
+	p.lim = s.peerLimiter()
 	p.wake = make(chan struct{}, 1)
 	old, refused, ok := s.register(p)
 	if !ok {
@@ -379,6 +377,14 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 	}
 	s.log.Debug("relay: peer connected", "peer", p.id.Short(), "transport", p.transport.String(), "ip", p.ip)
 	return true
+}
+
+// peerLimiter is a new link's PeerRate bucket; nil: no limit.
+func (s *Server) peerLimiter() *rate.Limiter {
+	if s.cfg.PeerRate <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(s.cfg.PeerRate), s.cfg.PeerBurst)
 }
 
 // unregister removes p (if it is still the registered link for its ID)

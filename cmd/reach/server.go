@@ -69,7 +69,11 @@ func runServer(args []string) error {
 	fs.Var(&secrets, "relay-secret", "token `SECRET` the relay requires (relay.NewToken); repeat to rotate: tokens made with any are accepted")
 	maxClients := fs.Int("relay-max-clients", 0, "peers connected to the relay at once (0: 100000)")
 	maxSessions := fs.Int("relay-max-sessions", 0, "relay sessions (ordered peer pairs) at once (0: 10000)")
-	peerRate := fs.Int("relay-rate", 0, "bytes per second one peer may send through the relay (0: no limit)")
+	peerRate := fs.Int("relay-rate", 0, "bytes per second one peer may send through the relay (0: 64 MiB/s; negative: no limit)")
+	totalRate := fs.Int("relay-total-rate", 0, "bytes per second all peers together may send through the relay (0: 256 MiB/s; negative: no limit)")
+	linksPerIP := fs.Int("relay-max-links-per-ip", 0, "peers linked at once from one IPv4 address or IPv6 /64 (0: 64; negative: no limit)")
+	sessionsPerPeer := fs.Int("relay-max-sessions-per-peer", 0, "relay sessions one peer may send on at once (0: 256; negative: no limit)")
+	sessionsPerIP := fs.Int("relay-max-sessions-per-ip", 0, "relay sessions the peers of one IPv4 address or IPv6 /64 may send on at once (0: 1024; negative: no limit)")
 	connRate := fs.Float64("relay-conn-rate", 0, "new relay links per second from one IP (0: 10; negative: no limit)")
 	metricsAddr := fs.String("metrics", "", "`ADDR` (host:port) serving Prometheus /metrics and /healthz over HTTP; empty: off")
 	fs.Usage = func() {
@@ -119,6 +123,7 @@ func runServer(args []string) error {
 	if !*noRelay {
 		rcfg := relay.ServerConfig{
 			MaxClients: *maxClients, MaxSessions: *maxSessions, PeerRate: *peerRate, ConnRate: *connRate,
+			TotalRate: *totalRate, MaxLinksPerIP: *linksPerIP, MaxSessionsPerPeer: *sessionsPerPeer, MaxSessionsPerIP: *sessionsPerIP,
 			Logger: logger.With("part", "relay"),
 		}
 		for _, s := range secrets {

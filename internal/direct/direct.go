@@ -84,12 +84,48 @@ func (r *Rung) Plan(a *rung.Attempt, headStart time.Duration) (time.Duration, bo
 }
 
 // Connect implements rung.Rung.
-func (*Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
-	targets := Targets(a.Remote)
+func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
+	targets := r.reachable(Targets(a.Remote))
 	if len(targets) == 0 {
 		return nil, ErrNoAddress
 	}
 	return DialFirst(ctx, a, targets)
+}
+
+// reachable drops the IPv6 targets this node has no IPv6 address to reach
+// from: a dial to them only fails at its handshake timeout (the socket
+// cannot send, and sends that fail are dropped like lost packets), and
+// Happy Eyeballs would hold the IPv4 targets back for IPv4Delay meanwhile.
+// Without a global IPv6 address only unique-local and loopback ones may be
+// reachable; with none at all (or an IPv4 socket), no IPv6 target is.
+func (r *Rung) reachable(targets []netip.AddrPort) []netip.AddrPort {
+	la := r.h.Socket.LocalAddr().Addr()
+	var global, ula, loop bool
+	if la.Is6() && !la.Is4In6() {
+		if !la.IsUnspecified() {
+			global, ula, loop = la.IsGlobalUnicast() && !la.IsPrivate(), la.IsPrivate(), la.IsLoopback()
+		} else if r.h.InterfaceAddrs != nil {
+			addrs, _ := r.h.InterfaceAddrs()
+			for _, p := range candidate.Prefixes(addrs) {
+				a := p.Addr()
+				if !a.Is6() || a.Is4In6() {
+					continue
+				}
+				global = global || a.IsGlobalUnicast() && !a.IsPrivate()
+				ula = ula || a.IsPrivate()
+				loop = loop || a.IsLoopback()
+			}
+		}
+	}
+	out := targets[:0:0]
+	for _, t := range targets {
+		a := t.Addr()
+		switch {
+		case !isV6(t), global, a.IsPrivate() && ula, a.IsLoopback() && loop:
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // IPv4Delay is how long DialFirst lets IPv6 targets try alone (Happy

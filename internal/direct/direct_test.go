@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -224,5 +225,36 @@ func TestPrefersIPv6(t *testing.T) {
 	sess.Abort()
 	if el := time.Since(start); el >= time.Second {
 		t.Errorf("IPv4 alone took %v", el)
+	}
+}
+
+// TestReachableTargets: a node without an IPv6 address of the right scope
+// does not dial the peer's IPv6 addresses (each would cost Happy
+// Eyeballs' IPv4Delay and a handshake timeout, measured 0.6 round trips
+// at 20 ms per link in BenchmarkLabConnect's reach-direct).
+func TestReachableTargets(t *testing.T) {
+	v4 := netip.MustParseAddrPort("203.0.113.5:4000")
+	g6 := netip.MustParseAddrPort("[2001:db8::5]:4000")
+	ula := netip.MustParseAddrPort("[fd00::5]:4000")
+	all := []netip.AddrPort{v4, g6, ula}
+	for _, tc := range []struct {
+		name  string
+		sock  string
+		addrs []string
+		want  []netip.AddrPort
+	}{
+		{"ipv4 socket", "0.0.0.0:0", []string{"10.0.0.2/24", "2001:db8:1::2/64"}, []netip.AddrPort{v4}},
+		{"no ipv6 address", "[::]:0", []string{"10.0.0.2/24", "fe80::1/64"}, []netip.AddrPort{v4}},
+		{"unique-local only", "[::]:0", []string{"10.0.0.2/24", "fd00:1::2/64"}, []netip.AddrPort{v4, ula}},
+		{"global ipv6", "[::]:0", []string{"10.0.0.2/24", "2001:db8:1::2/64"}, all},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := listen(t, tc.sock)
+			r := &Rung{h: host(t, s, tc.addrs...)}
+			got := r.reachable(append([]netip.AddrPort(nil), all...))
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("targets %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

@@ -159,21 +159,34 @@ func BenchmarkLabThroughput(b *testing.B) {
 // The ISP hops add no delay, so the home pair's round trip is their unit
 // too.
 func BenchmarkLabConnect(b *testing.B) {
-	s := reachlab.NewScenario(b, reachlab.ServerConfig{})
+	s := reachlab.NewScenario(b, reachlab.ServerConfig{Relay: true})
 	cs := s.ConnectString()
 	pa, pb := s.Site(b, "cna", natlab.Kind(natlab.PortRestricted)), s.Site(b, "cnb", natlab.Kind(natlab.PortRestricted))
+	// xa and xb cannot reach each other (a firewall rule): the relay.
+	xa, xb := s.Site(b, "cxa", natlab.Kind(natlab.PortRestricted)), s.Site(b, "cxb", natlab.Kind(natlab.PortRestricted))
 	la := s.SiteWith(b, "cla", natlab.SiteConfig{Kind: natlab.Kind(natlab.PortRestricted), Firewall: natlab.LinuxHost, ISP: true})
 	lb := s.SiteWith(b, "clb", natlab.SiteConfig{Kind: natlab.Kind(natlab.PortRestricted), Firewall: natlab.LinuxHost, ISP: true})
 	ra := s.Site(b, "cra", natlab.Kind(natlab.RestrictedCone))
 	sb := s.Site(b, "csb", natlab.Kind(natlab.Symmetric))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	for _, site := range []*natlab.Site{pa, pb, la, lb, ra, sb} {
+	for _, site := range []*natlab.Site{pa, pb, la, lb, ra, sb, xa, xb} {
 		// Before any traffic: inserting the delay forwarder drops the link
 		// for a few milliseconds.
 		if err := site.Router.Impair(ctx, natlab.Impairment{Delay: labAccessDelay}); err != nil {
 			b.Fatal(err)
 		}
+	}
+	// A public listener (no NAT) at the same distance: direct.
+	pub, err := s.AddPublicHost(ctx, "cpub")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pub.Impair(ctx, natlab.Impairment{Delay: labAccessDelay}); err != nil {
+		b.Fatal(err)
+	}
+	if err := xa.Router.Block(ctx, xb.Router.WAN()); err != nil {
+		b.Fatal(err)
 	}
 
 	// The bare path, punched once; its UDP round trip is the RTT unit.
@@ -259,11 +272,15 @@ func BenchmarkLabConnect(b *testing.B) {
 		name   string
 		dialer *natlab.Host
 		lis    *natlab.Host
+		want   string
 	}{
-		{"reach-holepunch", pa.Host, pb.Host},
-		{"reach-holepunch-linux-host", la.Host, lb.Host},
-		{"reach-holepunch-symmetric-listener", ra.Host, sb.Host},
+		{"reach-direct", pa.Host, pub, reach.StrategyDirect},
+		{"reach-holepunch", pa.Host, pb.Host, reach.StrategyHolepunch},
+		{"reach-holepunch-linux-host", la.Host, lb.Host, reach.StrategyHolepunch},
+		{"reach-holepunch-symmetric-listener", ra.Host, sb.Host, reach.StrategyHolepunch},
+		{"reach-relay", xa.Host, xb.Host, reach.StrategyRelay},
 	} {
+		want := c.want
 		b.Run(c.name, func(b *testing.B) {
 			cfg := reach.Config{Servers: []string{cs}, Logger: quietLogger(b)}
 			var total time.Duration
@@ -288,8 +305,8 @@ func BenchmarkLabConnect(b *testing.B) {
 				if err != nil {
 					b.Fatalf("dial and echo: %v", err)
 				}
-				if s := c.Session(); s.Strategy() != reach.StrategyHolepunch {
-					b.Fatalf("strategy %s, want holepunch", s.Strategy())
+				if s := c.Session(); s.Strategy() != want {
+					b.Fatalf("strategy %s, want %s", s.Strategy(), want)
 				}
 				total += el
 				// The echo side is done when our half-close comes back as EOF.

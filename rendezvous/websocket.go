@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
-	"time"
 
 	"github.com/coder/websocket"
 
@@ -140,10 +139,9 @@ func (s *Server) serveHTTP(ctx context.Context, tc *tls.Conn, src netip.Prefix) 
 			return
 		}
 		s.log.Debug("websocket", "remote", tc.RemoteAddr().String(), "path", r.URL.Path)
-		// The request's deadlines stay on the hijacked connection: clear
-		// them; the tunnelled connection's handshake and idle timeouts
-		// apply from here.
-		tc.SetDeadline(time.Time{})
+		// net/http cleared the request's deadlines when the upgrade took
+		// the connection over: the tunnelled connection's handshake and
+		// idle timeouts apply from here.
 		s.handleConn(ctx, websocket.NetConn(ctx, wc, websocket.MessageBinary), src, nil)
 	}
 	mux := http.NewServeMux()

@@ -158,9 +158,17 @@ func (c *deafConn) Close() error {
 	return nil // the socket itself stays open (no ICMP): the caller closes it
 }
 
-func (c *deafConn) LocalAddr() net.Addr              { return c.uc.LocalAddr() }
-func (c *deafConn) SetDeadline(time.Time) error      { return nil }
-func (c *deafConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *deafConn) LocalAddr() net.Addr         { return c.uc.LocalAddr() }
+func (c *deafConn) SetDeadline(time.Time) error { return nil }
+
+// SetReadDeadline wakes the reader for good: quic-go's Transport.Close
+// sets one to stop its reader on a socket it did not open.
+func (c *deafConn) SetReadDeadline(t time.Time) error {
+	if !t.IsZero() {
+		c.once.Do(func() { close(c.closed) })
+	}
+	return nil
+}
 func (c *deafConn) SetWriteDeadline(time.Time) error { return nil }
 
 // spoofedInitial sends one QUIC Initial to server from a socket on ip,

@@ -17,6 +17,12 @@
 // The server's UDP port also answers STUN binding requests (RFC 8489), read
 // with quic.Transport.ReadNonQUICPacket beside the QUIC listener.
 //
+// The server bounds what each source (an IPv4 address, an IPv6 /64) and
+// each peer ID may cost it: rates of new connections, registrations,
+// introductions and STUN requests, QUIC Retry under load, caps on
+// handshakes in progress (ServerConfig.Limits). A refused registration or
+// introduction is ErrRateLimited; excess STUN and handshakes are dropped.
+//
 // Servers are named by connect strings, reach://<server-peer-id>@host:port,
 // which pin the server's key (see ParseServerAddr).
 package rendezvous

@@ -17,6 +17,12 @@
 // The server's UDP port also answers STUN binding requests (RFC 8489), read
 // with quic.Transport.ReadNonQUICPacket beside the QUIC listener.
 //
+// The server bounds what each source (an IPv4 address, an IPv6 /64) and
+// each peer ID may cost it: rates of new connections, registrations,
+// introductions and STUN requests, QUIC Retry under load, caps on
+// handshakes in progress (ServerConfig.Limits). A refused registration or
+// introduction is ErrRateLimited; excess STUN and handshakes are dropped.
+//
 // Servers are named by connect strings, reach://<server-peer-id>@host:port,
 // which pin the server's key (see ParseServerAddr).
 package rendezvous
@@ -50,6 +56,11 @@ var (
 	// ErrBusy: the server refused because a limit was reached (too many
 	// peers, too many pending introductions).
 	ErrBusy = errors.New("rendezvous: server busy")
+	// ErrRateLimited: the server refused a registration or an
+	// introduction because its sender (its address or peer ID) went over a
+	// rate limit (ServerConfig.Limits). It also matches ErrBusy. Retry
+	// later, after a back-off.
+	ErrRateLimited error = rateLimitedError{}
 	// ErrBadRequest: the server found a request invalid (for example an
 	// offer with too many candidates).
 	ErrBadRequest = errors.New("rendezvous: bad request")
@@ -74,9 +85,15 @@ var (
 	ErrAnswered = errors.New("rendezvous: introduction already answered")
 )
 
+// rateLimitedError is ErrRateLimited: a kind of ErrBusy.
+type rateLimitedError struct{}
+
+func (rateLimitedError) Error() string { return "rendezvous: rate limited by the server" }
+func (rateLimitedError) Unwrap() error { return ErrBusy }
+
 // ProtocolError is a broken-protocol condition, sent or received as an
-// ERROR frame. It unwraps to ErrProtocol, or to ErrReplaced or ErrBusy
-// for those codes.
+// ERROR frame. It unwraps to ErrProtocol, or to ErrReplaced, ErrBusy or
+// ErrRateLimited for those codes.
 type ProtocolError struct {
 	Code   string // machine-readable, see docs/protocol.md
 	Reason string // human-readable detail
@@ -96,6 +113,8 @@ func (e *ProtocolError) Unwrap() error {
 		return ErrReplaced
 	case codeBusy:
 		return ErrBusy
+	case codeRateLimited:
+		return ErrRateLimited
 	case codeShutdown:
 		return ErrServerLost
 	}
@@ -104,7 +123,7 @@ func (e *ProtocolError) Unwrap() error {
 
 // ConnectError is returned by Client.Connect when the server or the target
 // refused the introduction. It unwraps to ErrUnknownPeer, ErrPeerOffline,
-// ErrTimeout, ErrRejected, ErrBusy or ErrBadRequest.
+// ErrTimeout, ErrRejected, ErrBusy, ErrRateLimited or ErrBadRequest.
 // ReasonReregistered is the Reason of an ErrPeerOffline whose target
 // moved to a new connection (it re-registered, say from TCP to QUIC) while
 // the introduction was on its way: the peer is online, and a new
@@ -138,6 +157,8 @@ func (e *ConnectError) Unwrap() error {
 		return ErrRejected
 	case codeBusy:
 		return ErrBusy
+	case codeRateLimited:
+		return ErrRateLimited
 	}
 	return ErrBadRequest
 }

@@ -78,6 +78,12 @@ type ServerConfig struct {
 	// clients need not present a certificate. Nil: the key's certificate
 	// for everyone.
 	Certificate *tls.Certificate
+	// Limits are the per-source limits: rates of new connections,
+	// registrations, introductions and STUN per source address (IPv4, or
+	// IPv6 /64) and per peer ID, QUIC Retry under load, and caps on
+	// handshakes in progress. Zero: on, with their defaults (see
+	// LimitConfig); Limits.Disable turns them off.
+	Limits LimitConfig
 	// Supernodes configures the registry of volunteers (dial-back,
 	// re-checks, how many per introduction). Zero: on, with its defaults.
 	Supernodes SupernodeConfig
@@ -137,6 +143,16 @@ type Stats struct {
 	DroppedPackets   uint64 // non-QUIC datagrams that were not valid STUN binding requests
 	ProtocolErrors   uint64 // connections closed for breaking the protocol
 	FailedHandshakes uint64 // TLS/QUIC handshakes that failed or timed out
+
+	// Per-source limits (ServerConfig.Limits).
+	ConnsRefused         uint64 // new connections refused: over their source's rate or a handshake cap
+	Retries              uint64 // QUIC handshakes asked to prove their address first (Retry)
+	RegistrationsLimited uint64 // registrations refused with ErrRateLimited
+	IntrosLimited        uint64 // introductions refused with ErrRateLimited
+	STUNLimited          uint64 // STUN binding requests dropped over their source's rate
+	Handshakes           int    // handshakes in progress now
+	PeakHandshakes       int    // most handshakes in progress at once since start
+	Sources              int    // token buckets kept now, every limit together
 }
 
 // Server is a rendezvous server: registry, introductions and STUN.
@@ -155,6 +171,7 @@ type Server struct {
 	nextIntro uint64
 	serving   bool
 	sn        *snRegistry // volunteers; set by start
+	lim       *limits
 
 	nRegistrations, nReplaced, nIntros, nIntrosRefused, nSTUN, nDropped, nProtoErr, nHandshakeFail atomic.Uint64
 }
@@ -212,6 +229,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		peers:  make(map[identity.PeerID]*session),
 		seen:   make(map[identity.PeerID]time.Time),
 		intros: make(map[uint64]*pendingIntro),
+		lim:    newLimits(cfg.Limits),
 	}, nil
 }
 
@@ -223,6 +241,7 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	n := len(s.peers)
 	s.mu.Unlock()
+	hs, peak := s.lim.inProgress()
 	return Stats{
 		Peers:            n,
 		Registrations:    s.nRegistrations.Load(),
@@ -233,6 +252,15 @@ func (s *Server) Stats() Stats {
 		DroppedPackets:   s.nDropped.Load(),
 		ProtocolErrors:   s.nProtoErr.Load(),
 		FailedHandshakes: s.nHandshakeFail.Load(),
+
+		ConnsRefused:         s.lim.nConnsRefused.Load(),
+		Retries:              s.lim.nRetries.Load(),
+		RegistrationsLimited: s.lim.nRegLimited.Load(),
+		IntrosLimited:        s.lim.nIntroLimited.Load(),
+		STUNLimited:          s.lim.nSTUNLimited.Load(),
+		Handshakes:           hs,
+		PeakHandshakes:       peak,
+		Sources:              s.lim.sources(),
 	}
 }
 
@@ -269,7 +297,11 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 
 	var tr *quic.Transport
 	if udp != nil {
-		tr = &quic.Transport{Conn: udp}
+		tr = &quic.Transport{
+			Conn:                udp,
+			VerifySourceAddress: s.lim.verifySource,
+			ConnContext:         s.lim.connContext,
+		}
 		// Arm the non-QUIC queue before the socket is read at all:
 		// quic-go drops non-QUIC packets until the first call.
 		armed, disarm := context.WithCancel(ctx)
@@ -377,6 +409,7 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 // handleQUIC runs one QUIC signalling connection: its single bidirectional
 // stream carries the frames.
 func (s *Server) handleQUIC(ctx context.Context, conn *quic.Conn) {
+	handshakeDone(conn)
 	if p := conn.ConnectionState().TLS.NegotiatedProtocol; p != ALPN && s.cfg.Protocols[p] != nil {
 		s.cfg.Protocols[p].ServeQUIC(ctx, conn)
 		return
@@ -400,6 +433,7 @@ func (s *Server) handleQUIC(ctx context.Context, conn *quic.Conn) {
 		srv:      s,
 		peer:     id,
 		proto:    "udp",
+		src:      sourceOfAddr(conn.RemoteAddr()),
 		observed: remote,
 		rw:       st,
 		setReadDeadline: func(t time.Time) error {
@@ -419,16 +453,31 @@ func (s *Server) handleQUIC(ctx context.Context, conn *quic.Conn) {
 }
 
 // handleTCP runs one TLS-over-TCP signalling connection.
-func (s *Server) handleTCP(ctx context.Context, c net.Conn) { s.handleConn(ctx, c, true) }
+// A source over its limits is closed at once.
+func (s *Server) handleTCP(ctx context.Context, c net.Conn) {
+	src := sourceOfAddr(c.RemoteAddr())
+	done, ok := s.lim.beginConn(src)
+	if !ok {
+		s.log.Debug("tcp connection over its source's limits", "remote", c.RemoteAddr().String())
+		c.Close()
+		return
+	}
+	s.handleConn(ctx, c, src, done)
+}
 
-// handleConn runs one connection of a TCP port, or one tunnelled in a
-// WebSocket (web false: no WebSocket inside a WebSocket).
-func (s *Server) handleConn(ctx context.Context, c net.Conn, web bool) {
+// handleConn runs one connection of a TCP port from src, or one tunnelled
+// in a WebSocket (handshakeDone nil: no WebSocket inside a WebSocket).
+// handshakeDone is called once the TLS handshake is over.
+func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, handshakeDone func()) {
+	web := handshakeDone != nil
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	tc := tls.Server(c, s.tcpTLS)
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
+	if web {
+		handshakeDone()
+	}
 	if !stop() {
 		c.Close()
 		return
@@ -441,7 +490,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, web bool) {
 	}
 	cs := tc.ConnectionState()
 	if cs.NegotiatedProtocol == alpnHTTP && web {
-		s.serveHTTP(ctx, tc)
+		s.serveHTTP(ctx, tc, src)
 		return
 	}
 	if p := cs.NegotiatedProtocol; p != ALPN && s.cfg.Protocols[p] != nil {
@@ -464,6 +513,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, web bool) {
 		srv:              s,
 		peer:             id,
 		proto:            "tcp",
+		src:              src,
 		observed:         func() netip.AddrPort { return netip.AddrPort{} },
 		rw:               tc,
 		setReadDeadline:  tc.SetReadDeadline,
@@ -482,7 +532,7 @@ const (
 
 func quicCodeFor(pe *ProtocolError) quic.ApplicationErrorCode {
 	switch pe.Code {
-	case codeReplaced, codeShutdown, codeBusy:
+	case codeReplaced, codeShutdown, codeBusy, codeRateLimited:
 		return quicCodeNoError
 	}
 	return quicCodeProtocol
@@ -536,6 +586,9 @@ func (s *Server) stunResponse(pkt []byte, from net.Addr) []byte {
 	}
 	if !stun.IsMessage(pkt) {
 		return drop("not STUN")
+	}
+	if !s.lim.allowSTUN(sourceOfAddr(from)) {
+		return nil // counted in STUNLimited; not logged (a flood)
 	}
 	req := &stun.Message{Raw: append([]byte(nil), pkt...)}
 	if err := req.Decode(); err != nil {

@@ -20,6 +20,7 @@ type session struct {
 	srv              *Server
 	peer             identity.PeerID
 	proto            string                // "udp" or "tcp"
+	src              netip.Prefix          // the source its limits count against (sourceOf)
 	observed         func() netip.AddrPort // the peer's UDP address as seen here; invalid on TCP
 	rw               io.ReadWriter
 	setReadDeadline  func(time.Time) error
@@ -36,6 +37,9 @@ type session struct {
 	intros   map[uint64]*pendingIntro // introductions this session is part of
 	pending  int                      // of those, how many it dialled
 	incoming int                      // of those, how many are addressed to it
+	// incomingFrom counts incoming by the dialler's source (no zero
+	// entries), for LimitConfig.IncomingPerSource.
+	incomingFrom map[netip.Prefix]int
 }
 
 // pendingIntro is an introduction waiting for the target's answer.
@@ -59,6 +63,7 @@ func (ss *session) run(ctx context.Context) {
 	ss.out = make(chan []byte, sendQueueLen)
 	ss.done = make(chan struct{})
 	ss.intros = make(map[uint64]*pendingIntro)
+	ss.incomingFrom = make(map[netip.Prefix]int)
 	stop := context.AfterFunc(ctx, func() {
 		ss.closeWith(&ProtocolError{Code: codeShutdown, Reason: "server shutting down"})
 	})
@@ -71,6 +76,10 @@ func (ss *session) run(ctx context.Context) {
 
 	fr := newFrameReader(ss.rw, s.cfg.MaxFrameSize)
 	err := ss.readRegister(fr)
+	if err == nil && !s.lim.allowRegister(ss.src, ss.peer) {
+		ss.log.Debug("registration over its rate limit", "source", ss.src)
+		err = &ProtocolError{Code: codeRateLimited, Reason: "too many registrations from this address or peer ID"}
+	}
 	if err == nil {
 		err = s.register(ss)
 	}
@@ -280,7 +289,7 @@ func (s *Server) unregister(ss *session) {
 		delete(pi.from.intros, id)
 		delete(pi.to.intros, id)
 		pi.from.pending--
-		pi.to.incoming--
+		pi.to.dropIncoming(pi.from.src)
 		pi.timer.Stop()
 		if pi.from != ss {
 			orphans = append(orphans, pi)
@@ -352,6 +361,10 @@ func (s *Server) connect(ss *session, cb connectBody) {
 		fail(codeBadRequest, "offer: "+why)
 		return
 	}
+	if !s.lim.allowIntro(ss.src, ss.peer) {
+		fail(codeRateLimited, "too many introductions from this address or peer ID")
+		return
+	}
 	s.mu.Lock()
 	target := s.peers[cb.Target]
 	if target == nil {
@@ -389,6 +402,12 @@ func (s *Server) connect(ss *session, cb connectBody) {
 		fail(codeBusy, fmt.Sprintf("the peer has %d introductions waiting", n))
 		return
 	}
+	if n, share := target.incomingFrom[ss.src], s.lim.incomingShare(); share >= 0 && n >= share {
+		s.mu.Unlock()
+		s.nIntrosRefused.Add(1)
+		fail(codeBusy, fmt.Sprintf("the peer has %d introductions waiting from your address", n))
+		return
+	}
 	s.nextIntro++
 	pi := &pendingIntro{id: s.nextIntro, reqID: cb.ID, from: ss, to: target}
 	pi.supernodes = forDialler
@@ -397,6 +416,7 @@ func (s *Server) connect(ss *session, cb connectBody) {
 	target.intros[pi.id] = pi
 	ss.pending++
 	target.incoming++
+	target.incomingFrom[ss.src]++
 	pi.timer = time.AfterFunc(s.cfg.IntroTimeout, func() {
 		s.finishIntro(pi.id, nil, resultBody{Error: codeTimeout, Reason: fmt.Sprintf("no answer within %v", s.cfg.IntroTimeout)})
 	})
@@ -442,7 +462,7 @@ func (s *Server) finishIntro(id uint64, by *session, res resultBody) {
 	delete(pi.from.intros, id)
 	delete(pi.to.intros, id)
 	pi.from.pending--
-	pi.to.incoming--
+	pi.to.dropIncoming(pi.from.src)
 	pi.timer.Stop()
 	s.mu.Unlock()
 	res.ID = pi.reqID
@@ -452,4 +472,13 @@ func (s *Server) finishIntro(id uint64, by *session, res resultBody) {
 		res.Answer = &a
 	}
 	pi.from.send(typeResult, res)
+}
+
+// dropIncoming counts out an introduction to ss from src. The caller holds
+// srv.mu.
+func (ss *session) dropIncoming(src netip.Prefix) {
+	ss.incoming--
+	if ss.incomingFrom[src]--; ss.incomingFrom[src] <= 0 {
+		delete(ss.incomingFrom, src)
+	}
 }

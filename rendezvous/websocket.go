@@ -10,6 +10,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 
 	"github.com/coder/websocket"
@@ -128,7 +129,7 @@ func rawCerts(cs tls.ConnectionState) [][]byte {
 // port: WebSocket upgrades on PathSignal and PathRelay, whose streams are
 // then served like a TCP port's connections; anything else gets 404. It
 // returns when the connection is done or ctx ends.
-func (s *Server) serveHTTP(ctx context.Context, tc *tls.Conn) {
+func (s *Server) serveHTTP(ctx context.Context, tc *tls.Conn, src netip.Prefix) {
 	closed := make(chan struct{})
 	c := &notifyConn{Conn: tc, closed: closed}
 	upgrade := func(w http.ResponseWriter, r *http.Request) {
@@ -138,17 +139,26 @@ func (s *Server) serveHTTP(ctx context.Context, tc *tls.Conn) {
 			return
 		}
 		s.log.Debug("websocket", "remote", tc.RemoteAddr().String(), "path", r.URL.Path)
-		s.handleConn(ctx, websocket.NetConn(ctx, wc, websocket.MessageBinary), false)
+		// net/http cleared the request's deadlines when the upgrade took
+		// the connection over: the tunnelled connection's handshake and
+		// idle timeouts apply from here.
+		s.handleConn(ctx, websocket.NetConn(ctx, wc, websocket.MessageBinary), src, nil)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathSignal, upgrade)
 	mux.HandleFunc("GET "+PathRelay, upgrade)
+	// The whole request, body included, must arrive within the handshake
+	// timeout (no slow headers or body), and a connection carries one
+	// request: the upgrade, or one answer (404) and close.
 	hs := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: s.cfg.HandshakeTimeout,
+		ReadTimeout:       s.cfg.HandshakeTimeout,
+		WriteTimeout:      s.cfg.HandshakeTimeout,
 		IdleTimeout:       s.cfg.IdleTimeout,
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}
+	hs.SetKeepAlivesEnabled(false)
 	ln := &oneConnListener{c: c, closed: closed, stop: make(chan struct{})}
 	stop := context.AfterFunc(ctx, func() { hs.Close() })
 	defer stop()

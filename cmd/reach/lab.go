@@ -13,7 +13,8 @@ import (
 	"github.com/reachp2p/reach/lab/natlab"
 )
 
-const labUsage = `usage:
+const labUsage = `usage: reach lab up|classify|matrix|down [flags] [arguments]
+
   reach lab up [--delay D] [--loss P] [--rate BPS] KIND_A KIND_B
                                 build a server host and two peers behind the given
                                 kinds, print them, keep them up until Ctrl-C

@@ -143,8 +143,7 @@ func runListen(args []string) error {
 		return err
 	}
 	sess := c.Session()
-	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": pathText(sess),
-		"remote": sess.RemotePeer().String()})
+	ev.emit(connectedEvent(sess))
 	wait, stop := abortOnSignal(sig, n, sess)
 	defer stop()
 	err = pipe(c, os.Stdin, os.Stdout)
@@ -214,8 +213,9 @@ func runDial(args []string) error {
 	if err != nil {
 		return interrupted(sig, err)
 	}
-	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": pathText(sess),
-		"remote": peer.String(), "elapsed_ms": time.Since(start).Milliseconds()})
+	connected := connectedEvent(sess)
+	connected["elapsed_ms"] = time.Since(start).Milliseconds()
+	ev.emit(connected)
 	err = pipe(c, os.Stdin, os.Stdout)
 	if sig.Err() != nil {
 		wait()

@@ -62,6 +62,17 @@ func pathEvent(e reach.PathEvent) map[string]any {
 	return m
 }
 
+// connectedEvent is the JSON event for a session that is up: its
+// strategy, the peer, and "path", the direct address (absent while the
+// session is forwarded: relay, supernode, TURN), as in pathEvent.
+func connectedEvent(s *reach.Session) map[string]any {
+	m := map[string]any{"event": "connected", "strategy": s.Strategy(), "remote": s.RemotePeer().String()}
+	if p := s.RemoteAddr(); p.IsValid() {
+		m["path"] = p.String()
+	}
+	return m
+}
+
 // pathText is a session's path for events and messages: its direct
 // address, or its strategy's name while it is forwarded.
 func pathText(s *reach.Session) string {
@@ -192,8 +203,9 @@ func runPing(args []string) error {
 		ev.emit(map[string]any{"event": "error", "error": message(err)})
 		return err
 	}
-	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": pathText(sess),
-		"remote": peer.String(), "elapsed_ms": time.Since(start).Milliseconds()})
+	connected := connectedEvent(sess)
+	connected["elapsed_ms"] = time.Since(start).Milliseconds()
+	ev.emit(connected)
 	if !pf.jsonOut {
 		fmt.Printf("connected to %s via %s (%s) in %v\n", peer.Short(), sess.Strategy(), pathText(sess), time.Since(start).Round(time.Millisecond))
 	}
@@ -207,14 +219,16 @@ func runPing(args []string) error {
 		pcancel()
 		if err != nil {
 			failed++
-			ev.emit(map[string]any{"event": "timeout", "seq": i, "error": err.Error()})
+			ev.emit(map[string]any{"event": "timeout", "seq": i, "error": message(err)})
 			if !pf.jsonOut {
 				fmt.Printf("seq=%d error: %v\n", i, err)
 			}
 			continue
 		}
-		ev.emit(map[string]any{"event": "pong", "seq": i, "rtt_ms": float64(rtt.Microseconds()) / 1000,
-			"strategy": sess.Strategy(), "path": pathText(sess)})
+		pong := connectedEvent(sess)
+		pong["event"], pong["seq"], pong["rtt_ms"] = "pong", i, float64(rtt.Microseconds())/1000
+		delete(pong, "remote")
+		ev.emit(pong)
 		if !pf.jsonOut {
 			fmt.Printf("seq=%d rtt=%.2fms path=%s strategy=%s\n", i, float64(rtt.Microseconds())/1000, pathText(sess), sess.Strategy())
 		}

@@ -195,11 +195,7 @@ func runRecv(args []string) error {
 		ev.emit(map[string]any{"event": "error", "error": message(err)})
 		return err
 	}
-	connected := map[string]any{"event": "connected", "strategy": sess.Strategy(), "remote": tk.Peer.String()}
-	if p := sess.RemoteAddr(); p.IsValid() { // a relayed session has no peer address
-		connected["path"] = p.String()
-	}
-	ev.emit(connected)
+	ev.emit(connectedEvent(sess))
 	out := newProgressOut(ev, "recv")
 	res, err := transfer.ReceiveSession(ctx, sess, tk.ID, transfer.ReceiveConfig{
 		Dir: dir, Force: *force, MaxSize: limit, Streams: *streams,

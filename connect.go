@@ -67,6 +67,10 @@ var (
 	ErrUnknownStrategy = ladder.ErrUnknown
 	// ErrSelfDial: a node dialled its own peer ID.
 	ErrSelfDial = errors.New("reach: dialling own peer ID")
+	// ErrReplaced: another node with the same key (a second process)
+	// registered with the server and took this node's place there; this
+	// one is offline (Accept and Dial fail with it).
+	ErrReplaced = rendezvous.ErrReplaced
 )
 
 // Strategy names (Config.Strategies, Session.Strategy), in ladder order.
@@ -508,19 +512,32 @@ func (n *Node) close(abort bool) error {
 
 // Accept waits for the next incoming stream from any peer, bounded by
 // ctx. The stream's RemoteAddr().String() is the remote peer ID. It
-// returns ErrClosed once Close has begun. The stream behaves as Dial
-// describes.
+// returns ErrClosed once Close has begun, and an error wrapping
+// ErrReplaced once another process with the same key registered with the
+// server (this node is offline then: no new peer can find it; sessions
+// already open go on). The stream behaves as Dial describes.
 func (n *Node) Accept(ctx context.Context) (*Stream, error) {
 	select {
 	case <-n.closing:
 		return nil, ErrClosed
 	default:
 	}
+	var replaced <-chan struct{}
+	if n.client != nil {
+		replaced = n.client.Replaced()
+	}
 	select {
 	case s := <-n.accept:
 		return s, nil
 	case <-n.closing:
 		return nil, ErrClosed
+	case <-replaced:
+		select {
+		case s := <-n.accept:
+			return s, nil
+		default:
+		}
+		return nil, fmt.Errorf("reach: %s is offline: %w", n.ID().Short(), ErrReplaced)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

@@ -159,15 +159,35 @@ func SaveKey(path string, k *Key) error {
 		return err
 	}
 	data := pem.EncodeToMemory(&pem.Block{Type: pemType, Bytes: k.priv.Seed()})
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// Written whole to a temporary file, then linked into place: a
+	// process that loads path at the same moment (two commands started
+	// at once with the default key) never reads a half-written key, and
+	// of two that create it, one wins and the other fails with
+	// fs.ErrExist.
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
 		return err
 	}
 	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return err
 	}
-	return f.Close()
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return &fs.PathError{Op: "create", Path: path, Err: fs.ErrExist}
+		}
+		return err
+	}
+	return nil
 }
 
 // LoadKey reads a key written by SaveKey. A file readable by group or others
@@ -206,6 +226,10 @@ func LoadOrCreateKey(path string) (k *Key, created bool, err error) {
 		return nil, false, err
 	}
 	if err := SaveKey(path, k); err != nil {
+		if errors.Is(err, fs.ErrExist) { // another process created it first
+			k, err = LoadKey(path)
+			return k, false, err
+		}
 		return nil, false, err
 	}
 	return k, true, nil

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -122,5 +123,38 @@ func TestTLSPinning(t *testing.T) {
 	var wp *WrongPeerError
 	if err == nil || !errors.As(pin.Err(), &wp) || !errors.Is(pin.Err(), ErrWrongPeer) || wp.Got != srvKey.ID() {
 		t.Fatalf("wrong key accepted: %v / %v", err, pin.Err())
+	}
+}
+
+// TestLoadOrCreateKeyRace: processes that create the same key file at
+// once (commands started together with the default key) all get the same
+// key, and the file is 0600.
+func TestLoadOrCreateKeyRace(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cfg", "reach", "key")
+	ids := make(chan PeerID, 16)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			k, _, err := LoadOrCreateKey(path)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ids <- k.ID()
+		})
+	}
+	wg.Wait()
+	close(ids)
+	first := <-ids
+	for id := range ids {
+		if id != first {
+			t.Fatalf("two keys: %s and %s", first, id)
+		}
+	}
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v, %v", st.Mode(), err)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(path)); len(ents) != 1 {
+		t.Errorf("left behind: %v", ents)
 	}
 }

@@ -107,6 +107,8 @@ type Client struct {
 	started  bool
 	closed   bool
 	replaced error // set when the server says a newer registration took over
+	// replacedCh is closed when replaced is set (Replaced).
+	replacedCh chan struct{}
 	// upgradeFrom is a TCP registration whose QUIC replacement is still
 	// being dialled; its loss is handled when that attempt ends.
 	upgradeFrom *clientConn
@@ -134,6 +136,8 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		changed:  make(chan struct{}),
+
+		replacedCh: make(chan struct{}),
 	}, nil
 }
 
@@ -200,6 +204,11 @@ func (c *Client) Close() error {
 	close(c.incoming)
 	return nil
 }
+
+// Replaced is closed when another registration of the node's peer ID (a
+// second process with the same key) took over at the server: the client
+// stays offline from then on, and Connect fails with ErrReplaced.
+func (c *Client) Replaced() <-chan struct{} { return c.replacedCh }
 
 // Incoming yields the introductions other peers ask for. Answer each with
 // Accept or Reject. It is closed by Close.
@@ -371,6 +380,9 @@ func (c *Client) lost(cc *clientConn, err error) {
 	}
 	c.conn = nil
 	if errors.Is(err, ErrReplaced) {
+		if c.replaced == nil {
+			close(c.replacedCh)
+		}
 		c.replaced = err
 		c.log.Error("another connection registered this peer ID; staying offline", "server", cc.server.String())
 	} else {

@@ -82,10 +82,12 @@ func (w *lineWatcher) String() string {
 	return w.all.String()
 }
 
-// start runs the binary inside host h; it is killed when the test ends.
+// start runs the binary inside host h, with a config directory of its
+// own (its default key); it is killed when the test ends.
 func start(t *testing.T, h *natlab.Host, stdin io.Reader, bin string, args ...string) (cmd *exec.Cmd, stdout *bytes.Buffer, stderr *lineWatcher) {
 	t.Helper()
 	cmd = h.Command(context.Background(), bin, args...)
+	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+t.TempDir())
 	cmd.Stdin = stdin
 	stdout = &bytes.Buffer{}
 	cmd.Stdout = stdout
@@ -99,6 +101,30 @@ func start(t *testing.T, h *natlab.Host, stdin io.Reader, bin string, args ...st
 		cmd.Process.Kill()
 		cmd.Wait()
 		pw.Close()
+	})
+	return cmd, stdout, stderr
+}
+
+// startJSON is start for a command whose --json events go to stdout
+// (send, recv): it watches stdout line by line.
+func startJSON(t *testing.T, h *natlab.Host, bin string, args ...string) (cmd *exec.Cmd, stdout, stderr *lineWatcher) {
+	t.Helper()
+	cmd = h.Command(context.Background(), bin, args...)
+	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+t.TempDir())
+	or, ow := io.Pipe()
+	cmd.Stdout = ow
+	stdout = watch(or)
+	er, ew := io.Pipe()
+	cmd.Stderr = ew
+	stderr = watch(er)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		ow.Close()
+		ew.Close()
 	})
 	return cmd, stdout, stderr
 }

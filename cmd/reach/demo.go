@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/netip"
@@ -19,11 +18,22 @@ import (
 // runDemo starts an embedded rendezvous server and two peers in one
 // process, connects them through the ladder over a real QUIC session, moves
 // data one way and back, and prints the winning strategy and throughput.
+const demoHelp = `usage: reach demo [--mb N]
+
+Starts an embedded rendezvous server and two peers in one process (on
+loopback; no setup, no root), connects them through the ladder over a real
+QUIC session, sends --mb MiB one way and the SHA-256 back, and prints the
+winning strategy and the throughput on stdout.
+`
+
 func runDemo(args []string) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs := newFlagSet("demo", demoHelp)
 	size := fs.Int("mb", 256, "MiB to send")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("demo", "demo takes no arguments, got %q", fs.Arg(0))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -14,7 +13,8 @@ import (
 	"github.com/reachp2p/reach/lab/natlab"
 )
 
-const labUsage = `usage:
+const labUsage = `usage: reach lab up|classify|matrix|down [flags] [arguments]
+
   reach lab up [--delay D] [--loss P] [--rate BPS] KIND_A KIND_B
                                 build a server host and two peers behind the given
                                 kinds, print them, keep them up until Ctrl-C
@@ -29,7 +29,8 @@ const labUsage = `usage:
                                 (--from matrix.json: render an earlier run again)
   reach lab down [--stale]      remove every lab namespace (--stale: only those whose process is gone)
 kinds: %s
-Needs root.`
+Needs root. See docs/lab.md.
+`
 
 func kindNames() string {
 	var s []string
@@ -41,7 +42,19 @@ func kindNames() string {
 
 func runLab(args []string) error {
 	if len(args) == 0 {
-		return fmt.Errorf(labUsage, kindNames())
+		return usagef("lab", "lab needs a command: up, classify, matrix or down")
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Printf(labUsage, kindNames())
+		return errHelp
+	}
+	if len(args) > 1 && args[0] != "matrix" && args[0] != "up" {
+		switch args[1] {
+		case "-h", "-help", "--help":
+			fmt.Printf(labUsage, kindNames())
+			return errHelp
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -60,20 +73,25 @@ func runLab(args []string) error {
 	case "matrix":
 		return labMatrix(ctx, args[1:])
 	case "up":
-		fs := flag.NewFlagSet("lab up", flag.ContinueOnError)
+		fs := newFlagSet("lab up", fmt.Sprintf(`usage: reach lab up [--delay D] [--loss P] [--rate BPS] KIND_A KIND_B
+
+Builds a server host and two peers behind routers of the given kinds,
+prints them, and keeps them up until Ctrl-C. Needs root.
+kinds: %s
+`, kindNames()))
 		var imp natlab.Impairment
 		fs.DurationVar(&imp.Delay, "delay", 0, "one-way delay on each peer's access link (its router's WAN, or its own link if open)")
 		fs.Float64Var(&imp.Loss, "loss", 0, "share of packets dropped on each peer's access link, 0..1")
 		fs.Int64Var(&imp.Rate, "rate", 0, "bit/s limit on each peer's access link (0: none)")
-		if err := fs.Parse(args[1:]); err != nil {
+		if err := parseFlags(fs, args[1:]); err != nil {
 			return err
 		}
 		if fs.NArg() != 2 {
-			return fmt.Errorf(labUsage, kindNames())
+			return usagef("lab up", "lab up takes two KINDs, got %d arguments", fs.NArg())
 		}
 		return labUp(ctx, fs.Arg(0), fs.Arg(1), imp)
 	}
-	return fmt.Errorf(labUsage, kindNames())
+	return usagef("lab", "unknown lab command %q", args[0])
 }
 
 func labUp(ctx context.Context, a, b string, imp natlab.Impairment) error {

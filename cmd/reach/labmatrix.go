@@ -50,11 +50,11 @@ func labMatrix(ctx context.Context, args []string) error {
 		fmt.Fprintf(fs.Output(), labMatrixUsage, vs.String())
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
-		return fmt.Errorf("lab matrix takes no arguments, got %q", fs.Args())
+		return usagef("lab matrix", "lab matrix takes no arguments, got %q", fs.Args())
 	}
 	if *from != "" {
 		return renderMatrix(*from, *out)

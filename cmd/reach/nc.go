@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -96,13 +95,32 @@ func abortOnSignal(ctx context.Context, n *reach.Node, sess *stream.Session) (wa
 	return func() { <-done }, func() { stopf() }
 }
 
+const listenHelp = `usage: reach listen [flags]
+
+Registers with the server under this node's peer ID (printed on stderr as
+"listening <peer-id>"), accepts one stream from the first peer that dials
+it, and copies stdin to the stream and the stream to stdout, like nc -l,
+with TCP's half-close: at the end of stdin it sends EOF and keeps reading.
+It exits once both directions are done and the peer has read everything.
+Ctrl-C (or SIGTERM) aborts the session, and the peer learns at once.
+
+If another process registers the same key with the server, this one is
+offline from then on: it says so and exits 1.
+
+With --json, one event a line on stderr (stdout carries the stream):
+connected, path (each time the session moves), closed; see docs/cli.md.
+`
+
 func runListen(args []string) error {
-	fs := flag.NewFlagSet("listen", flag.ContinueOnError)
-	var pf peerFlags
+	fs := newFlagSet("listen", listenHelp)
+	pf := peerFlags{jsonTo: os.Stderr}
 	pf.register(fs, true)
 	volunteer := fs.Bool("supernode", false, "also volunteer as a supernode (forward for peers that cannot punch through; see reach supernode)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("listen", "listen takes no arguments, got %q", fs.Arg(0))
 	}
 	sig, stopSig := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stopSig()
@@ -120,12 +138,12 @@ func runListen(args []string) error {
 	ev := pf.events()
 	c, err := n.Accept(sig)
 	if err != nil {
-		ev.emit(map[string]any{"event": "error", "error": err.Error()})
-		return interrupted(sig, err)
+		err = interrupted(sig, replaced(n, err))
+		ev.emit(map[string]any{"event": "error", "error": message(err)})
+		return err
 	}
 	sess := c.Session()
-	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": pathText(sess),
-		"remote": sess.RemotePeer().String()})
+	ev.emit(connectedEvent(sess))
 	wait, stop := abortOnSignal(sig, n, sess)
 	defer stop()
 	err = pipe(c, os.Stdin, os.Stdout)
@@ -141,16 +159,30 @@ func runListen(args []string) error {
 	return err
 }
 
+const dialHelp = `usage: reach dial [flags] PEER
+
+Connects to PEER (the peer ID a reach listen printed) through the ladder
+(direct, port mapping, hole punching, supernode, relay: the first path
+that works) and copies stdin to the stream and the stream to stdout, like
+nc, with TCP's half-close. It exits once both directions are done and the
+peer has read everything. Ctrl-C (or SIGTERM) aborts the session, and the
+peer learns at once.
+
+With --json, one event a line on stderr (stdout carries the stream):
+connected (strategy, path, elapsed_ms), path (each time the session
+moves), closed; see docs/cli.md.
+`
+
 func runDial(args []string) error {
-	fs := flag.NewFlagSet("dial", flag.ContinueOnError)
-	var pf peerFlags
+	fs := newFlagSet("dial", dialHelp)
+	pf := peerFlags{jsonTo: os.Stderr}
 	pf.register(fs, true)
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on connection setup")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return errors.New("usage: reach dial [flags] PEER")
+		return usagef("dial", "dial takes one PEER, got %d arguments", fs.NArg())
 	}
 	peer, err := identity.ParsePeerID(fs.Arg(0))
 	if err != nil {
@@ -164,14 +196,16 @@ func runDial(args []string) error {
 	start := time.Now()
 	n, err := pf.node(ctx)
 	if err != nil {
-		ev.emit(map[string]any{"event": "error", "error": err.Error()})
-		return interrupted(sig, err)
+		err = interrupted(sig, err)
+		ev.emit(map[string]any{"event": "error", "error": message(err)})
+		return err
 	}
 	defer n.Abort() // after Close, a no-op
 	sess, err := n.DialSession(ctx, peer)
 	if err != nil {
-		ev.emit(map[string]any{"event": "error", "error": err.Error()})
-		return interrupted(sig, err)
+		err = interrupted(sig, replaced(n, err))
+		ev.emit(map[string]any{"event": "error", "error": message(err)})
+		return err
 	}
 	wait, stop := abortOnSignal(sig, n, sess)
 	defer stop()
@@ -179,8 +213,9 @@ func runDial(args []string) error {
 	if err != nil {
 		return interrupted(sig, err)
 	}
-	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": pathText(sess),
-		"remote": peer.String(), "elapsed_ms": time.Since(start).Milliseconds()})
+	connected := connectedEvent(sess)
+	connected["elapsed_ms"] = time.Since(start).Milliseconds()
+	ev.emit(connected)
 	err = pipe(c, os.Stdin, os.Stdout)
 	if sig.Err() != nil {
 		wait()

@@ -101,7 +101,16 @@ type proc struct {
 
 func startProc(t *testing.T, stdin io.Reader, stdout io.Writer, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(bin, args...), done: make(chan struct{})}
+	cmd := exec.Command(bin, args...)
+	// A config directory of its own: its default key, never the user's.
+	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+t.TempDir())
+	return startCmd(t, cmd, stdin, stdout)
+}
+
+// startCmd starts cmd as startProc does.
+func startCmd(t *testing.T, cmd *exec.Cmd, stdin io.Reader, stdout io.Writer) *proc {
+	t.Helper()
+	p := &proc{cmd: cmd, done: make(chan struct{})}
 	p.cmd.WaitDelay = 2 * time.Second // stdin copying must not hold Wait
 	p.cmd.Stdin = stdin
 	p.cmd.Stdout = stdout
@@ -289,7 +298,7 @@ func TestInterruptTellsPeer(t *testing.T) {
 				if code := hit.exit(t, 5*time.Second); code != exitInterrupted {
 					t.Errorf("the interrupted side exited %d, want %d", code, exitInterrupted)
 				}
-				if s := hit.stderr.String(); !strings.Contains(s, "reach "+victim+": interrupted") {
+				if s := hit.stderr.String(); !strings.Contains(s, "reach: interrupted") {
 					t.Errorf("the interrupted side said:\n%s", s)
 				}
 				if s := other.stderr.String(); !strings.Contains(s, "the peer was interrupted") {

@@ -11,7 +11,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -65,8 +64,19 @@ type netcheckMapping struct {
 	Disabled        bool   `json:"disabled,omitempty"`
 }
 
+const netcheckHelp = `usage: reach netcheck [--server CS]... [--stun HOST:PORT]... [flags]
+
+Diagnoses this network the way a node sees it, from one UDP socket: its
+local addresses, the public address each server (and each extra STUN
+server) sees, whether the NAT's mapping varies by destination (a
+symmetric NAT: hole punching is hard), and whether the gateway grants a
+port mapping (UPnP IGD, NAT-PMP, PCP; the mapping is deleted before it
+exits). It prints a report on stdout, or the report as one JSON object
+with --json. See docs/portmapping.md.
+`
+
 func runNetcheck(args []string) error {
-	fs := flag.NewFlagSet("netcheck", flag.ContinueOnError)
+	fs := newFlagSet("netcheck", netcheckHelp)
 	var servers, stuns multiFlag
 	fs.Var(&servers, "server", "rendezvous connect string (repeatable; default $REACH_SERVER)")
 	fs.Var(&stuns, "stun", "extra STUN server host:port, e.g. a coturn (repeatable)")
@@ -74,8 +84,11 @@ func runNetcheck(args []string) error {
 	timeout := fs.Duration("timeout", 4*time.Second, "how long to wait for each server and the gateway")
 	noMap := fs.Bool("no-portmap", false, "do not ask the gateway for a port mapping")
 	verbose := fs.Bool("v", false, "debug logs on stderr")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("netcheck", "netcheck takes no arguments, got %q", fs.Arg(0))
 	}
 	if len(servers) == 0 {
 		if env := os.Getenv("REACH_SERVER"); env != "" {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -29,13 +30,20 @@ type peerFlags struct {
 	strategies string
 	jsonOut    bool
 	verbose    bool
-	ev         *events // the command's JSON events (events())
+	// jsonTo is where JSON events go: stdout (nil), or stderr when stdout
+	// carries the stream (listen, dial).
+	jsonTo io.Writer
+	ev     *events // the command's JSON events (events())
 }
 
 // events returns the command's JSON event writer (on with --json).
 func (p *peerFlags) events() *events {
 	if p.ev == nil {
-		p.ev = &events{on: p.jsonOut}
+		w := p.jsonTo
+		if w == nil {
+			w = os.Stdout
+		}
+		p.ev = &events{on: p.jsonOut, w: w}
 	}
 	return p.ev
 }
@@ -54,6 +62,17 @@ func pathEvent(e reach.PathEvent) map[string]any {
 	return m
 }
 
+// connectedEvent is the JSON event for a session that is up: its
+// strategy, the peer, and "path", the direct address (absent while the
+// session is forwarded: relay, supernode, TURN), as in pathEvent.
+func connectedEvent(s *reach.Session) map[string]any {
+	m := map[string]any{"event": "connected", "strategy": s.Strategy(), "remote": s.RemotePeer().String()}
+	if p := s.RemoteAddr(); p.IsValid() {
+		m["path"] = p.String()
+	}
+	return m
+}
+
 // pathText is a session's path for events and messages: its direct
 // address, or its strategy's name while it is forwarded.
 func pathText(s *reach.Session) string {
@@ -64,12 +83,16 @@ func pathText(s *reach.Session) string {
 }
 
 func (p *peerFlags) register(fs *flag.FlagSet, withJSON bool) {
-	fs.StringVar(&p.key, "key", "", "key file (created if missing); empty: a fresh key each run")
-	fs.Var(&p.servers, "server", "rendezvous connect string (repeatable; default $REACH_SERVER)")
-	fs.StringVar(&p.strategies, "strategies", "", "comma-separated ladder, e.g. direct,holepunch (default: all)")
+	fs.StringVar(&p.key, "key", "", "key `FILE` (created if missing; default: $REACH_KEY, else the default key, see reach id)")
+	fs.Var(&p.servers, "server", "rendezvous connect string `CS` (repeatable; default $REACH_SERVER)")
+	fs.StringVar(&p.strategies, "strategies", "", "comma-separated ladder `LIST`, e.g. direct,holepunch (default: all)")
 	fs.BoolVar(&p.verbose, "v", false, "debug logs on stderr")
 	if withJSON {
-		fs.BoolVar(&p.jsonOut, "json", false, "JSON events, one per line, on stderr")
+		where := "stdout"
+		if p.jsonTo == os.Stderr {
+			where = "stderr (stdout carries the stream)"
+		}
+		fs.BoolVar(&p.jsonOut, "json", false, "JSON events, one per line, on "+where+" (docs/cli.md)")
 	}
 }
 
@@ -96,13 +119,11 @@ func (p *peerFlags) nodeWith(ctx context.Context, mod func(*reach.Config)) (*rea
 			}
 		}
 	}
-	if p.key != "" {
-		k, _, err := identity.LoadOrCreateKey(p.key)
-		if err != nil {
-			return nil, err
-		}
-		cfg.Key = k
+	k, err := loadKey(p.key)
+	if err != nil {
+		return nil, err
 	}
+	cfg.Key = k
 	if p.strategies != "" {
 		cfg.Strategies = strings.Split(p.strategies, ",")
 	}
@@ -115,9 +136,10 @@ func (p *peerFlags) nodeWith(ctx context.Context, mod func(*reach.Config)) (*rea
 	return reach.New(ctx, cfg)
 }
 
-// events writes JSON events on stderr when enabled.
+// events writes JSON events, one a line, to w when enabled.
 type events struct {
 	on bool
+	w  io.Writer
 	mu sync.Mutex
 }
 
@@ -127,51 +149,46 @@ func (e *events) emit(kv map[string]any) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	json.NewEncoder(os.Stderr).Encode(kv)
+	json.NewEncoder(e.w).Encode(kv)
 }
 
-func runID(args []string) error {
-	fs := flag.NewFlagSet("id", flag.ContinueOnError)
-	key := fs.String("key", "", "key file (created with mode 0600 if missing)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *key == "" {
-		return errors.New("--key FILE is required")
-	}
-	k, _, err := identity.LoadOrCreateKey(*key)
-	if err != nil {
-		return err
-	}
-	fmt.Println(k.ID())
-	return nil
-}
-
+// errString is err for a JSON event: null, or the message the command
+// prints for it.
 func errString(err error) any {
 	if err == nil {
 		return nil
 	}
-	return err.Error()
+	return message(err)
 }
 
+const pingHelp = `usage: reach ping [flags] PEER
+
+Connects to PEER (a peer ID, as reach listen or reach id prints it) through
+the ladder, says how (strategy and path), then measures the round trip
+--count times over the session. Exits 1 if no ping was answered.
+
+With --json, one event a line on stdout: connected, then pong (seq,
+rtt_ms, strategy, path) or timeout for each ping; see docs/cli.md.
+`
+
 func runPing(args []string) error {
-	fs := flag.NewFlagSet("ping", flag.ContinueOnError)
+	fs := newFlagSet("ping", pingHelp)
 	var pf peerFlags
 	pf.register(fs, true)
 	count := fs.Int("count", 4, "number of pings")
 	interval := fs.Duration("interval", time.Second, "time between pings")
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on connection setup")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return errors.New("usage: reach ping [flags] PEER")
+		return usagef("ping", "ping takes one PEER, got %d arguments", fs.NArg())
 	}
 	peer, err := identity.ParsePeerID(fs.Arg(0))
 	if err != nil {
 		return err
 	}
-	ev := &events{on: pf.jsonOut}
+	ev := pf.events()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	start := time.Now()
@@ -182,11 +199,13 @@ func runPing(args []string) error {
 	defer n.Close()
 	sess, err := n.DialSession(ctx, peer)
 	if err != nil {
-		ev.emit(map[string]any{"event": "error", "error": err.Error()})
+		err = replaced(n, err)
+		ev.emit(map[string]any{"event": "error", "error": message(err)})
 		return err
 	}
-	ev.emit(map[string]any{"event": "connected", "strategy": sess.Strategy(), "path": pathText(sess),
-		"remote": peer.String(), "elapsed_ms": time.Since(start).Milliseconds()})
+	connected := connectedEvent(sess)
+	connected["elapsed_ms"] = time.Since(start).Milliseconds()
+	ev.emit(connected)
 	if !pf.jsonOut {
 		fmt.Printf("connected to %s via %s (%s) in %v\n", peer.Short(), sess.Strategy(), pathText(sess), time.Since(start).Round(time.Millisecond))
 	}
@@ -200,14 +219,16 @@ func runPing(args []string) error {
 		pcancel()
 		if err != nil {
 			failed++
-			ev.emit(map[string]any{"event": "timeout", "seq": i, "error": err.Error()})
+			ev.emit(map[string]any{"event": "timeout", "seq": i, "error": message(err)})
 			if !pf.jsonOut {
 				fmt.Printf("seq=%d error: %v\n", i, err)
 			}
 			continue
 		}
-		ev.emit(map[string]any{"event": "pong", "seq": i, "rtt_ms": float64(rtt.Microseconds()) / 1000,
-			"strategy": sess.Strategy(), "path": pathText(sess)})
+		pong := connectedEvent(sess)
+		pong["event"], pong["seq"], pong["rtt_ms"] = "pong", i, float64(rtt.Microseconds())/1000
+		delete(pong, "remote")
+		ev.emit(pong)
 		if !pf.jsonOut {
 			fmt.Printf("seq=%d rtt=%.2fms path=%s strategy=%s\n", i, float64(rtt.Microseconds())/1000, pathText(sess), sess.Strategy())
 		}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"math"
 	"os"
@@ -25,18 +24,31 @@ import (
 // runSend offers files and folders: it prints a ticket on stdout and
 // serves it until one receiver has everything (or, with --keep, until
 // interrupted).
+const sendHelp = `usage: reach send [flags] PATH...
+
+Offers files and folders: prints a ticket (the line to give the receiver:
+reach recv TICKET) and serves the offer until one receiver has everything
+(with --keep, until interrupted). The ticket names this node's peer ID,
+the server and the offer's hash; the receiver verifies every byte. Special
+files are skipped with a message. Progress goes to stderr.
+
+Without --json the ticket is the one line on stdout. With --json, stdout
+carries only events, one a line: skipped, ticket (with the ticket),
+progress, sent; see docs/cli.md.
+`
+
 func runSend(args []string) error {
-	fs := flag.NewFlagSet("send", flag.ContinueOnError)
+	fs := newFlagSet("send", sendHelp)
 	var pf peerFlags
 	pf.register(fs, true)
 	keep := fs.Bool("keep", false, "keep serving after a receiver finished, until interrupted")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() == 0 {
-		return errors.New("usage: reach send [flags] PATH...")
+		return usagef("send", "send takes at least one PATH")
 	}
-	ev := &events{on: pf.jsonOut}
+	ev := pf.events()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	offer, err := transfer.Prepare(ctx, fs.Args(), transfer.PrepareConfig{})
@@ -65,10 +77,10 @@ func runSend(args []string) error {
 	ev.emit(map[string]any{"event": "ticket", "ticket": tk.String(), "files": m.Files(), "bytes": m.Size()})
 	if !pf.jsonOut {
 		fmt.Fprintf(os.Stderr, "offering %d files, %s. On the other side run:\n  reach recv %s\n", m.Files(), humanBytes(m.Size()), tk)
+		fmt.Println(tk)
 	}
-	fmt.Println(tk)
 
-	out := newProgressOut(pf.jsonOut, "send")
+	out := newProgressOut(ev, "send")
 	finished := make(chan struct{}, 1)
 	s := transfer.NewSender(transfer.SenderConfig{
 		Progress:         out.progress,
@@ -117,16 +129,29 @@ func runSend(args []string) error {
 		case err := <-served:
 			stopServe()
 			if ctx.Err() != nil {
-				return errors.New("interrupted")
+				return errInterrupted
 			}
-			return err
+			return replaced(n, err)
 		}
 	}
 }
 
 // runRecv fetches what a ticket offers.
+const recvHelp = `usage: reach recv [flags] TICKET
+
+Fetches what a ticket (printed by reach send) offers: it dials the sender
+through the ticket's server, shows what it will write and where, asks on a
+terminal (unless --yes or --out), and verifies every file against the
+ticket's hash. An interrupted transfer resumes when run again with the
+same ticket and --out. It refuses to overwrite files with other content
+(--force) and transfers larger than --max-size. Progress goes to stderr.
+
+With --json, one event a line on stdout: connected, manifest, progress,
+file, done (or error); it does not ask. See docs/cli.md.
+`
+
 func runRecv(args []string) error {
-	fs := flag.NewFlagSet("recv", flag.ContinueOnError)
+	fs := newFlagSet("recv", recvHelp)
 	var pf peerFlags
 	pf.register(fs, true)
 	outDir := fs.String("out", "", "target directory (created if missing); default: the current directory after a\n"+
@@ -136,11 +161,11 @@ func runRecv(args []string) error {
 	maxSize := fs.String("max-size", "", "refuse transfers larger than this (bytes, or with a unit: 500MB, 2GiB)")
 	streams := fs.Int("streams", 0, "data streams (default 4)")
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on connection setup")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return errors.New("usage: reach recv [flags] TICKET")
+		return usagef("recv", "recv takes one TICKET, got %d arguments", fs.NArg())
 	}
 	tk, err := transfer.ParseTicket(fs.Arg(0))
 	if err != nil {
@@ -150,7 +175,7 @@ func runRecv(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--max-size: %w", err)
 	}
-	ev := &events{on: pf.jsonOut}
+	ev := pf.events()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ask := !*yes && !pf.jsonOut && term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stderr.Fd()))
@@ -166,21 +191,18 @@ func runRecv(args []string) error {
 	defer n.Close()
 	sess, err := n.DialSession(setup, tk.Peer)
 	if err != nil {
-		ev.emit(map[string]any{"event": "error", "error": err.Error()})
+		err = replaced(n, err)
+		ev.emit(map[string]any{"event": "error", "error": message(err)})
 		return err
 	}
-	connected := map[string]any{"event": "connected", "strategy": sess.Strategy(), "remote": tk.Peer.String()}
-	if p := sess.RemoteAddr(); p.IsValid() { // a relayed session has no peer address
-		connected["path"] = p.String()
-	}
-	ev.emit(connected)
-	out := newProgressOut(pf.jsonOut, "recv")
+	ev.emit(connectedEvent(sess))
+	out := newProgressOut(ev, "recv")
 	res, err := transfer.ReceiveSession(ctx, sess, tk.ID, transfer.ReceiveConfig{
 		Dir: dir, Force: *force, MaxSize: limit, Streams: *streams,
 		Progress: out.progress, ProgressInterval: out.interval(),
 		Confirm: func(in transfer.Incoming) error {
 			ev.emit(map[string]any{"event": "manifest", "files": in.Files, "bytes": in.Size, "on_disk": in.OnDisk,
-				"complete": in.Complete, "overwrite": len(in.Overwrite), "dir": dir, "top": firstN(topEntries(in.Manifest), maxListed)})
+				"files_on_disk": in.Complete, "overwrite": len(in.Overwrite), "dir": dir, "top": firstN(topEntries(in.Manifest), maxListed)})
 			if pf.jsonOut {
 				return nil
 			}
@@ -196,11 +218,11 @@ func runRecv(args []string) error {
 	})
 	out.finish(err == nil)
 	if err != nil {
-		ev.emit(map[string]any{"event": "error", "error": err.Error()})
+		ev.emit(map[string]any{"event": "error", "error": message(err)})
 		return err
 	}
 	ev.emit(map[string]any{"event": "done", "files": res.Files, "bytes": res.Bytes, "resumed": res.Resumed,
-		"complete": res.Complete, "elapsed_ms": res.Elapsed.Milliseconds()})
+		"files_on_disk": res.Complete, "elapsed_ms": res.Elapsed.Milliseconds()})
 	if !pf.jsonOut {
 		rate := float64(res.Bytes) / res.Elapsed.Seconds()
 		fmt.Fprintf(os.Stderr, "received %d files, %s in %v (%s/s), verified%s\n", res.Files, humanBytes(res.Bytes),
@@ -326,6 +348,7 @@ func resumedNote(n int64) string {
 // terminal, a line a second otherwise, JSON events with --json.
 type progressOut struct {
 	verb    string
+	ev      *events
 	json    bool
 	tty     bool
 	mu      sync.Mutex
@@ -334,8 +357,8 @@ type progressOut struct {
 	printed bool
 }
 
-func newProgressOut(jsonOut bool, verb string) *progressOut {
-	return &progressOut{verb: verb, json: jsonOut, tty: !jsonOut && term.IsTerminal(int(os.Stderr.Fd()))}
+func newProgressOut(ev *events, verb string) *progressOut {
+	return &progressOut{verb: verb, ev: ev, json: ev.on, tty: !ev.on && term.IsTerminal(int(os.Stderr.Fd()))}
 }
 
 func (o *progressOut) interval() time.Duration {
@@ -364,7 +387,7 @@ func (o *progressOut) progress(p transfer.Progress) {
 			active = append(active, map[string]any{"path": a.Path, "bytes_done": a.BytesDone, "bytes": a.Size,
 				"rate": int64(a.Rate), "eta_ms": a.ETA.Milliseconds()})
 		}
-		(&events{on: true}).emit(map[string]any{"event": "progress", "peer": p.Peer, "files_done": p.FilesDone, "files": p.Files,
+		o.ev.emit(map[string]any{"event": "progress", "peer": p.Peer, "files_done": p.FilesDone, "files": p.Files,
 			"bytes_done": p.BytesDone, "bytes": p.Bytes, "rate": int64(p.Rate), "eta_ms": p.ETA.Milliseconds(), "active": active})
 	case o.tty:
 		if o.bar == nil {

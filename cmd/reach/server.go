@@ -80,15 +80,11 @@ func runServer(args []string) error {
 		fmt.Fprintf(fs.Output(), serverHelp, rendezvous.DefaultPort)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		fs.Usage()
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return usagef("server", "unexpected argument %q", fs.Arg(0))
 	}
 	addr, err := parseListen(*listen)
 	if err != nil {

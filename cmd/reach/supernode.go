@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -17,7 +16,7 @@ import (
 	"github.com/reachp2p/reach/supernode"
 )
 
-const supernodeHelp = `usage: reach supernode --key FILE --server CS [--max-sessions N]
+const supernodeHelp = `usage: reach supernode [--key FILE] --server CS [--max-sessions N]
                        [--rate BYTES/s] [--total-rate BYTES/s] [--allow PEER]...
                        [--status 30s] [-v]
 
@@ -35,12 +34,14 @@ on stderr; if the server does not admit it, one line with the reason, and
 it exits with status 1. Then, every --status interval, one line: whom it
 forwards for and how much. SIGINT or SIGTERM stops it.
 
-Flags:
+It keeps its peer ID: it uses the key given by --key, else $REACH_KEY,
+else the default key (see reach id). Give it a key of its own if a
+reach listen with the default key runs on the same host: two processes
+with one key push each other off the server.
 `
 
 func runSupernode(args []string) error {
-	fs := flag.NewFlagSet("supernode", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprint(os.Stderr, supernodeHelp); fs.PrintDefaults() }
+	fs := newFlagSet("supernode", supernodeHelp)
 	var pf peerFlags
 	pf.register(fs, false)
 	var cfg supernode.Config
@@ -50,11 +51,11 @@ func runSupernode(args []string) error {
 	fs.IntVar(&cfg.TotalRate, "total-rate", 0, "bytes per second for everyone together (0: no limit)")
 	fs.Var(&allow, "allow", "serve only these peers (repeatable; default: any peer the server introduces)")
 	every := fs.Duration("status", 30*time.Second, "how often to print a status line (0: never)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if pf.key == "" {
-		return errors.New("--key FILE is required (a supernode keeps its peer ID)")
+	if fs.NArg() != 0 {
+		return usagef("supernode", "supernode takes no arguments, got %q", fs.Arg(0))
 	}
 	for _, a := range allow {
 		id, err := identity.ParsePeerID(a)

@@ -197,11 +197,11 @@ func TestCLITransferTree(t *testing.T) {
 	t.Logf("tree made in %v", time.Since(start0))
 	out := filepath.Join(dir, "out")
 
-	send, _, sendErr := start(t, a.Host, nil, bin, "send", "--json", "--server", cs, src)
-	tk := jsonEvent(t, sendErr, "ticket", 30*time.Second)
+	send, sendOut, sendErr := startJSON(t, a.Host, bin, "send", "--json", "--server", cs, src)
+	tk := jsonEvent(t, sendOut, "ticket", 30*time.Second)
 	t.Logf("ticket: %v files, %v bytes: %v", tk["files"], tk["bytes"], tk["ticket"])
 	began := time.Now()
-	recv, _, recvErr := start(t, b.Host, nil, bin, "recv", "--json", "--server", cs, "--out", out, tk["ticket"].(string))
+	recv, recvOut, recvErr := startJSON(t, b.Host, bin, "recv", "--json", "--server", cs, "--out", out, tk["ticket"].(string))
 	if err := waitExit(t, recv, 3*time.Minute); err != nil {
 		t.Fatalf("recv: %v\n%s", err, recvErr)
 	}
@@ -209,8 +209,8 @@ func TestCLITransferTree(t *testing.T) {
 	if err := waitExit(t, send, 10*time.Second); err != nil {
 		t.Fatalf("send: %v\n%s", err, sendErr)
 	}
-	conn := jsonEvent(t, recvErr, "connected", time.Second)
-	done := jsonEvent(t, recvErr, "done", time.Second)
+	conn := jsonEvent(t, recvOut, "connected", time.Second)
+	done := jsonEvent(t, recvOut, "done", time.Second)
 	t.Logf("%s over %v; %v files, %v bytes in %v", conn["strategy"], conn["path"], done["files"], done["bytes"], el)
 	if treeWantStrategy != "" && conn["strategy"] != treeWantStrategy {
 		t.Errorf("strategy %v, want %s", conn["strategy"], treeWantStrategy)
@@ -218,10 +218,10 @@ func TestCLITransferTree(t *testing.T) {
 	if d := sameTree(src, filepath.Join(out, "tree")); d != "" {
 		t.Fatalf("trees differ: %s", d)
 	}
-	if n := strings.Count(recvErr.String(), `"event":"file"`); n != 10000+2+5+3 {
+	if n := strings.Count(recvOut.String(), `"event":"file"`); n != 10000+2+5+3 {
 		t.Errorf("%d file events", n)
 	}
-	if sent := jsonEvent(t, sendErr, "sent", time.Second); sent["complete"] != true {
+	if sent := jsonEvent(t, sendOut, "sent", time.Second); sent["complete"] != true {
 		t.Errorf("sender's event: %v", sent)
 	}
 }
@@ -280,7 +280,7 @@ func TestCLIResumeAfterKill(t *testing.T) {
 
 	out := filepath.Join(dir, "out")
 	part := filepath.Join(out, ".big.bin.reachpart")
-	recv, _, recvErr := start(t, b.Host, nil, bin, "recv", "--json", "--out", out, tk.String())
+	recv, _, recvErr := startJSON(t, b.Host, bin, "recv", "--json", "--out", out, tk.String())
 	deadline := time.Now().Add(2 * time.Minute)
 	var at int64
 	for {
@@ -305,12 +305,12 @@ func TestCLIResumeAfterKill(t *testing.T) {
 		t.Fatal("the file is in place after the kill")
 	}
 
-	recv2, _, recvErr2 := start(t, b.Host, nil, bin, "recv", "--json", "--out", out, tk.String())
+	recv2, recvOut2, recvErr2 := startJSON(t, b.Host, bin, "recv", "--json", "--out", out, tk.String())
 	if err := waitExit(t, recv2, 2*time.Minute); err != nil {
 		t.Fatalf("second recv: %v\n%s", err, recvErr2)
 	}
-	man := jsonEvent(t, recvErr2, "manifest", time.Second)
-	done := jsonEvent(t, recvErr2, "done", time.Second)
+	man := jsonEvent(t, recvOut2, "manifest", time.Second)
+	done := jsonEvent(t, recvOut2, "done", time.Second)
 	t.Logf("second run: on disk %v, received %v, resumed %v", man["on_disk"], done["bytes"], done["resumed"])
 	got, err := os.ReadFile(filepath.Join(out, "big.bin"))
 	if err != nil || !bytes.Equal(got, data) {

@@ -12,7 +12,11 @@ package stream
 //	peer -> closer: one byte 0x00 once it has finished reading, then FIN
 //
 // The IDs are the closer's streams that carry nothing from it (no data
-// was ever written on them): the peer need not wait for those. The peer
+// was written on them and their write side is still open, so not even a
+// FIN is on its way): the peer need not wait for those. A FIN counts: a
+// peer reading the stream waits for its EOF (a listener with nothing to
+// send half-closes at once, and its dialler must read EOF, not the
+// session's end). The peer
 // answers once every other stream it holds has finished reading: read to
 // EOF (on QUIC everything but the EOF is enough: the final size tells),
 // failed, or closed by its application. The closer then closes the

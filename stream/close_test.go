@@ -323,3 +323,41 @@ func TestAbort(t *testing.T) {
 		}
 	})
 }
+
+// TestCloseAfterFINOnly: a side that wrote nothing but half-closed (a
+// netcat listener with empty input) and then closes the session: the peer
+// still reads io.EOF, not the session's end (`reach listen </dev/null`
+// made `reach dial` exit 3 in 6 runs of 10).
+func TestCloseAfterFINOnly(t *testing.T) {
+	for _, tc := range backends {
+		t.Run(tc.name, func(t *testing.T) {
+			for i := range 10 {
+				p := tc.mk(t, testConfig(t))
+				toServer := acceptLoop(t, p.server)
+				acceptLoop(t, p.client) // a node always accepts (the drain request)
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				c, err := p.client.OpenStream(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Write([]byte("hello"))
+				c.CloseWrite()
+				s := <-toServer
+				s.CloseWrite() // nothing to say
+				if got, err := io.ReadAll(s); string(got) != "hello" || err != nil {
+					t.Fatalf("server read %q, %v", got, err)
+				}
+				closed := make(chan error, 1)
+				go func() { closed <- p.server.Close() }()
+				got, err := io.ReadAll(c)
+				if len(got) != 0 || err != nil {
+					t.Fatalf("run %d: client read %q, %v; want io.EOF", i, got, err)
+				}
+				if err := <-closed; err != nil {
+					t.Fatal(err)
+				}
+				cancel()
+			}
+		})
+	}
+}

@@ -595,6 +595,10 @@ func (s *Stream) CloseWrite() error {
 		return nil
 	}
 	s.wclosed = true
+	// The FIN is something the peer reads (io.EOF): Close must not end
+	// the session before it arrives, data or not.
+	s.wrote.Store(true)
+	s.sess.wrote.Store(true)
 	err := s.raw.closeWrite()
 	s.writeEnded()
 	return err
@@ -618,6 +622,8 @@ func (s *Stream) Close() error {
 		s.wmu.Lock()
 		if !s.wclosed {
 			s.wclosed = true
+			s.wrote.Store(true) // the FIN, as in CloseWrite
+			s.sess.wrote.Store(true)
 			// An error only means the FIN cannot be sent (the peer reset
 			// the stream, or the session is gone): nothing to report.
 			s.raw.closeWrite()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -232,5 +233,38 @@ func TestCLISameKey(t *testing.T) {
 	case <-second.done:
 		t.Errorf("the second listener exited too:\n%s", second.stderr)
 	default:
+	}
+}
+
+// TestCLIDialBesideListen: on one machine, `reach listen` in one shell and
+// `reach dial` in another, both with the default key: the dial takes a
+// one-time key (and says so) instead of pushing the listener offline, and
+// the bytes cross.
+func TestCLIDialBesideListen(t *testing.T) {
+	bin := reachBinary(t)
+	cs := ncServer(t)
+	cfg := t.TempDir()
+	env := append(os.Environ(), "XDG_CONFIG_HOME="+cfg, "REACH_KEY=", "REACH_SERVER=")
+	id, _, _ := runReach(t, []string{"XDG_CONFIG_HOME=" + cfg}, "id")
+	id = strings.TrimSpace(id)
+	var got bytes.Buffer
+	lc := exec.Command(bin, "listen", "--server", cs)
+	lc.Env = env
+	lis := startCmd(t, lc, strings.NewReader(""), &got)
+	lis.stderr.wait(t, "listening "+id, 15*time.Second)
+	dc := exec.Command(bin, "dial", "--server", cs, id)
+	dc.Env = env
+	dial := startCmd(t, dc, strings.NewReader("hello beside the listener\n"), io.Discard)
+	if code := dial.exit(t, 30*time.Second); code != 0 {
+		t.Fatalf("dial exited %d:\n%s", code, dial.stderr)
+	}
+	if note := dial.stderr.wait(t, "reach: the default key is in use", time.Second); !strings.Contains(note, "one-time key") {
+		t.Errorf("dial said %q", note)
+	}
+	if code := lis.exit(t, 15*time.Second); code != 0 {
+		t.Fatalf("listen exited %d:\n%s", code, lis.stderr)
+	}
+	if got.String() != "hello beside the listener\n" {
+		t.Errorf("listener got %q", got.String())
 	}
 }

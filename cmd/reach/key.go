@@ -53,6 +53,32 @@ func loadKey(flagKey string) (*identity.Key, error) {
 	return k, err
 }
 
+// loadKeyFor is loadKey for a command; the default key is also locked for
+// as long as the process runs (a lock file beside it). A caller (a
+// command that only dials) that finds the default key locked by another
+// reach process on this machine (a listen in another shell) takes a
+// one-time key instead, and says so on stderr: with the same key it would
+// push that process offline (the server keeps one registration per key).
+func loadKeyFor(flagKey string, caller bool) (*identity.Key, error) {
+	path, from, err := keyPath(flagKey)
+	if err != nil {
+		return nil, err
+	}
+	k, _, err := identity.LoadOrCreateKey(path)
+	if err != nil || from != "default" {
+		return k, err
+	}
+	if lockKey(path) || !caller {
+		return k, nil
+	}
+	fmt.Fprintln(os.Stderr, "reach: the default key is in use by another reach process here; using a one-time key (pass --key or set REACH_KEY for a lasting one)")
+	return identity.GenerateKey()
+}
+
+// heldLocks keeps the lock files of keys in use open until the process
+// exits.
+var heldLocks []*os.File
+
 // replacedError: another process registered this node's key with the
 // server, and this one is offline (reach.ErrReplaced).
 type replacedError struct {

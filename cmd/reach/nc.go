@@ -175,7 +175,7 @@ moves), closed; see docs/cli.md.
 
 func runDial(args []string) error {
 	fs := newFlagSet("dial", dialHelp)
-	pf := peerFlags{jsonTo: os.Stderr}
+	pf := peerFlags{jsonTo: os.Stderr, caller: true}
 	pf.register(fs, true)
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on connection setup")
 	if err := parseFlags(fs, args); err != nil {

@@ -34,6 +34,10 @@ type peerFlags struct {
 	// carries the stream (listen, dial).
 	jsonTo io.Writer
 	ev     *events // the command's JSON events (events())
+	// caller: a command that only dials (dial, ping, recv): when another
+	// reach process here holds the default key, it takes a one-time key
+	// rather than push that process offline.
+	caller bool
 }
 
 // events returns the command's JSON event writer (on with --json).
@@ -119,7 +123,7 @@ func (p *peerFlags) nodeWith(ctx context.Context, mod func(*reach.Config)) (*rea
 			}
 		}
 	}
-	k, err := loadKey(p.key)
+	k, err := loadKeyFor(p.key, p.caller)
 	if err != nil {
 		return nil, err
 	}
@@ -173,7 +177,7 @@ rtt_ms, strategy, path) or timeout for each ping; see docs/cli.md.
 
 func runPing(args []string) error {
 	fs := newFlagSet("ping", pingHelp)
-	var pf peerFlags
+	pf := peerFlags{caller: true}
 	pf.register(fs, true)
 	count := fs.Int("count", 4, "number of pings")
 	interval := fs.Duration("interval", time.Second, "time between pings")

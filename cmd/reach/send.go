@@ -152,7 +152,7 @@ file, done (or error); it does not ask. See docs/cli.md.
 
 func runRecv(args []string) error {
 	fs := newFlagSet("recv", recvHelp)
-	var pf peerFlags
+	pf := peerFlags{caller: true}
 	pf.register(fs, true)
 	outDir := fs.String("out", "", "target directory (created if missing); default: the current directory after a\n"+
 		"confirmation on a terminal, else a new folder reach-<transfer ID>")

@@ -17,6 +17,7 @@ type RunningServer struct {
 	udp    netip.AddrPort
 	tcp    netip.AddrPort
 	tls    netip.AddrPort // cfg.TLSPort's listener, if bound
+	alt    netip.AddrPort // the alternate STUN port, if bound
 	cancel context.CancelFunc
 	done   chan struct{}
 	err    error
@@ -51,6 +52,13 @@ func StartServer(ctx context.Context, cfg ServerConfig, listen netip.AddrPort) (
 		done:   make(chan struct{}),
 	}
 	rs.addr = ServerAddr{ID: srv.ID(), Host: AdvertiseAddr(listen.Addr()).String(), Port: rs.udp.Port()}
+	srv.advertise = AdvertiseAddr(listen.Addr())
+	if alt, err := listenAltSTUN(cfg, listen, rs.udp.Port()); err != nil {
+		srv.log.Warn("rendezvous: alternate STUN port not bound; clients need two servers to see a symmetric NAT", "err", err)
+	} else if alt != nil {
+		srv.alt, srv.altPort = alt, addrPortOf(alt.LocalAddr()).Port()
+		rs.alt = addrPortOf(alt.LocalAddr())
+	}
 	var extra []net.Listener
 	if p := cfg.TLSPort; p != 0 && p != rs.tcp.Port() {
 		tcpNet := "tcp6"
@@ -76,6 +84,9 @@ func StartServer(ctx context.Context, cfg ServerConfig, listen netip.AddrPort) (
 	wait, err := srv.start(sctx, udp, tcp, extra...)
 	if err != nil {
 		cancel()
+		if srv.alt != nil {
+			srv.alt.Close()
+		}
 		return nil, err
 	}
 	go func() {
@@ -164,6 +175,10 @@ func (rs *RunningServer) TCPAddr() netip.AddrPort { return rs.tcp }
 // TLSAddr returns the address bound for ServerConfig.TLSPort, or the zero
 // value if there is none.
 func (rs *RunningServer) TLSAddr() netip.AddrPort { return rs.tls }
+
+// AltSTUNAddr returns the address of the alternate STUN port
+// (ServerConfig.AltSTUNPort), or the zero value if there is none.
+func (rs *RunningServer) AltSTUNAddr() netip.AddrPort { return rs.alt }
 
 // Done is closed when the server has stopped.
 func (rs *RunningServer) Done() <-chan struct{} { return rs.done }

@@ -92,6 +92,15 @@ type ServerConfig struct {
 	// only HTTP) may open a WebSocket on PathSignal or PathRelay, which
 	// then carries what the TCP port carries (see WebSocketDialer).
 	DisableWebSocket bool
+	// AltSTUNPort is a second UDP port, on the same address, that answers
+	// STUN binding requests only; binding responses on the main port name
+	// it (OTHER-ADDRESS, RFC 5780), so that a client with one server learns
+	// whether its NAT's mapping depends on the destination (reach
+	// netcheck). Zero: the main port + 1 (any free port when the main port
+	// is picked at random). StartServer warns and goes on without it if it
+	// cannot be bound. DisableAltSTUN turns it off.
+	AltSTUNPort    uint16
+	DisableAltSTUN bool
 }
 
 // Protocol serves connections that negotiated another ALPN than ALPN on a
@@ -168,6 +177,11 @@ type Server struct {
 	peers     map[identity.PeerID]*session
 	seen      map[identity.PeerID]time.Time // when each peer was last registered
 	intros    map[uint64]*pendingIntro
+	// The alternate STUN socket (StartServer), its port, and the address
+	// OTHER-ADDRESS names; set before start.
+	alt       *net.UDPConn
+	altPort   uint16
+	advertise netip.Addr
 	nextIntro uint64
 	serving   bool
 	sn        *snRegistry // volunteers; set by start
@@ -338,6 +352,10 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 		s.log.Info("rendezvous serving UDP (QUIC + STUN)", "addr", udp.LocalAddr().String(), "id", s.ID().String())
 		s.startSupernodes(ctx, udp)
 		wg.Go(func() { s.serveSTUN(ctx, tr) })
+		if alt := s.alt; alt != nil {
+			s.log.Info("rendezvous serving STUN on its alternate port", "addr", alt.LocalAddr().String())
+			wg.Go(func() { s.serveAltSTUN(ctx, alt) })
+		}
 		wg.Go(func() {
 			defer ln.Close()
 			for {
@@ -577,8 +595,15 @@ func (s *Server) handleNonQUIC(tr *quic.Transport, pkt []byte, from net.Addr) {
 	}
 }
 
-// stunResponse returns the reply to one datagram, or nil to drop it.
+// stunResponse returns the reply to one datagram on the main port, or nil
+// to drop it.
 func (s *Server) stunResponse(pkt []byte, from net.Addr) []byte {
+	return s.stunReply(pkt, from, s.altPort)
+}
+
+// stunReply is stunResponse naming other, when not zero, as the server's
+// OTHER-ADDRESS port.
+func (s *Server) stunReply(pkt []byte, from net.Addr, other uint16) []byte {
 	drop := func(why string) []byte {
 		s.nDropped.Add(1)
 		s.log.Debug("dropped non-QUIC datagram", "from", from.String(), "len", len(pkt), "why", why)
@@ -606,13 +631,17 @@ func (s *Server) stunResponse(pkt []byte, from net.Addr) []byte {
 	if !ap.IsValid() {
 		return drop("no source address")
 	}
-	resp, err := stun.Build(
+	setters := []stun.Setter{
 		stun.NewTransactionIDSetter(req.TransactionID),
 		stun.BindingSuccess,
 		&stun.XORMappedAddress{IP: ap.Addr().AsSlice(), Port: int(ap.Port())},
-		stun.NewSoftware("reach"),
-		stun.Fingerprint,
-	)
+	}
+	if other != 0 {
+		o := s.otherAddress(ap, other)
+		setters = append(setters, &stun.OtherAddress{IP: o.Addr().AsSlice(), Port: int(o.Port())})
+	}
+	setters = append(setters, stun.NewSoftware("reach"), stun.Fingerprint)
+	resp, err := stun.Build(setters...)
 	if err != nil {
 		return drop("build reply: " + err.Error())
 	}

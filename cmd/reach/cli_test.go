@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -266,5 +267,25 @@ func TestCLIDialBesideListen(t *testing.T) {
 	}
 	if got.String() != "hello beside the listener\n" {
 		t.Errorf("listener got %q", got.String())
+	}
+}
+
+// TestCLINetcheckNoAnswer: netcheck with no server answering prints its
+// report, whose verdict says relay only, and exits 1 with the reason.
+func TestCLINetcheckNoAnswer(t *testing.T) {
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0") // bound, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	out, errOut, code := runReach(t, nil, "netcheck", "--stun", pc.LocalAddr().String(), "--timeout", "1s", "--no-portmap")
+	if code != exitError {
+		t.Errorf("exit %d, want %d", code, exitError)
+	}
+	if !strings.Contains(out, "verdict:          relay only") {
+		t.Errorf("report without the relay-only verdict:\n%s", out)
+	}
+	if !strings.HasPrefix(errOut, "reach: no server answered over UDP") || strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
+		t.Errorf("stderr %q, want one line naming the cause", errOut)
 	}
 }

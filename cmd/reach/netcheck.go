@@ -38,18 +38,25 @@ type netcheckReport struct {
 	// MappingVaries: the NAT gave the socket a different public address
 	// or port per destination (address-and-port-dependent mapping, a
 	// symmetric NAT). Null when fewer than two endpoints answered.
-	MappingVaries *bool           `json:"mapping_varies_by_destination"`
-	PortMapping   netcheckMapping `json:"port_mapping"`
+	MappingVaries *bool `json:"mapping_varies_by_destination"`
+	// Allocation, when the mapping varies: how the NAT picks a new public
+	// port ("sequential +N", "random"), from the ports fresh sockets got
+	// one after the other.
+	Allocation  string          `json:"port_allocation,omitempty"`
+	PortMapping netcheckMapping `json:"port_mapping"`
+	// Verdict says what will connect from here.
+	Verdict string `json:"verdict"`
 }
 
 type netcheckEndpoint struct {
-	Name     string  `json:"name"` // as given
-	Kind     string  `json:"kind"` // "reach" or "stun"
-	Addr     string  `json:"addr"` // resolved UDP address
-	UDP      bool    `json:"udp"`  // a STUN answer came back
-	RTTms    float64 `json:"rtt_ms,omitempty"`
-	Observed string  `json:"observed,omitempty"` // the socket's address as it saw it
-	Error    string  `json:"error,omitempty"`
+	Name     string         `json:"name"` // as given
+	Kind     string         `json:"kind"` // "reach" or "stun"
+	Addr     string         `json:"addr"` // resolved UDP address
+	UDP      bool           `json:"udp"`  // a STUN answer came back
+	RTTms    float64        `json:"rtt_ms,omitempty"`
+	Observed string         `json:"observed,omitempty"` // the socket's address as it saw it
+	Error    string         `json:"error,omitempty"`
+	other    netip.AddrPort // its OTHER-ADDRESS (a reach server's alternate STUN port)
 }
 
 type netcheckMapping struct {
@@ -105,16 +112,19 @@ func runNetcheck(args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout+5*time.Second)
 	defer cancel()
 	rep, err := netcheck(ctx, servers, stuns, *timeout, !*noMap, log)
-	if err != nil {
+	if rep == nil {
 		return err
 	}
 	if *jsonOut {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		if jerr := enc.Encode(rep); jerr != nil {
+			return jerr
+		}
+		return err
 	}
 	printNetcheck(os.Stdout, rep)
-	return nil
+	return err // errNoUDPAnswer: exit 1 after the report
 }
 
 func netcheck(ctx context.Context, servers, stuns []string, timeout time.Duration, portmap bool, log *slog.Logger) (*netcheckReport, error) {
@@ -168,6 +178,29 @@ func netcheck(ctx context.Context, servers, stuns []string, timeout time.Duratio
 		}()
 	}
 	wg.Wait()
+	// A reach server names a second STUN port of its own: asking it too
+	// tells whether the mapping varies with one server.
+	first := len(rep.Endpoints)
+	for i := range first {
+		ep := rep.Endpoints[i]
+		if ep.Kind != "reach" || !ep.other.IsValid() {
+			continue
+		}
+		to, err := netip.ParseAddrPort(ep.Addr)
+		if err != nil {
+			continue
+		}
+		alt := netip.AddrPortFrom(to.Addr(), ep.other.Port())
+		rep.Endpoints = append(rep.Endpoints, netcheckEndpoint{Name: ep.Name + " (alternate port)", Kind: "reach-alt", Addr: alt.String()})
+	}
+	for i := first; i < len(rep.Endpoints); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			probeEndpoint(ctx, s, &rep.Endpoints[i], timeout)
+		}()
+	}
+	wg.Wait()
 
 	var observed []netip.AddrPort
 	for _, ep := range rep.Endpoints {
@@ -189,6 +222,9 @@ func netcheck(ctx context.Context, servers, stuns []string, timeout time.Duratio
 	if answered >= 2 {
 		varies := len(observed) > 1
 		rep.MappingVaries = &varies
+		if varies {
+			rep.Allocation = allocation(ctx, rep.Endpoints, timeout, log)
+		}
 	}
 
 	if mapper != nil {
@@ -215,6 +251,10 @@ func netcheck(ctx context.Context, servers, stuns []string, timeout time.Duratio
 		case !st.External.IsValid():
 			pm.Error = "no answer from the gateway within " + timeout.String()
 		}
+	}
+	rep.Verdict = verdict(rep)
+	if answered == 0 {
+		return rep, errNoUDPAnswer
 	}
 	return rep, nil
 }
@@ -247,7 +287,7 @@ func probeEndpoint(ctx context.Context, s *sock.Socket, ep *netcheckEndpoint, ti
 	best := time.Duration(-1)
 	for range 3 {
 		start := time.Now()
-		got, err := s.STUN(ctx, to)
+		got, err := s.STUNBinding(ctx, to)
 		if err != nil {
 			if best < 0 {
 				ep.Error = err.Error()
@@ -257,7 +297,7 @@ func probeEndpoint(ctx context.Context, s *sock.Socket, ep *netcheckEndpoint, ti
 		if rtt := time.Since(start); best < 0 || rtt < best {
 			best = rtt
 		}
-		ep.UDP, ep.Observed, ep.Error = true, got.String(), ""
+		ep.UDP, ep.Observed, ep.Error, ep.other = true, got.Mapped.String(), "", got.Other
 	}
 	if best >= 0 {
 		ep.RTTms = float64(best.Microseconds()) / 1000
@@ -285,6 +325,9 @@ func printNetcheck(w io.Writer, r *netcheckReport) {
 		fmt.Fprintf(w, "mapping varies:   unknown (needs answers from two endpoints; add --stun HOST:PORT)\n")
 	case *r.MappingVaries:
 		fmt.Fprintf(w, "mapping varies:   yes: a new public port per destination (symmetric NAT; hole punching is hard, a port mapping or relay helps)\n")
+		if r.Allocation != "" {
+			fmt.Fprintf(w, "port allocation:  %s\n", r.Allocation)
+		}
 	default:
 		fmt.Fprintf(w, "mapping varies:   no: one public address for every destination (hole punching works)\n")
 	}
@@ -303,6 +346,7 @@ func printNetcheck(w io.Writer, r *netcheckReport) {
 	default:
 		fmt.Fprintf(w, "port mapping:     none: %s\n", oneLine(pm.Error))
 	}
+	fmt.Fprintf(w, "verdict:          %s\n", r.Verdict)
 }
 
 func orDash(s string) string {

@@ -96,6 +96,49 @@ func TestLabNetcheck(t *testing.T) {
 			}
 		})
 	}
+	// One reach server alone (its alternate STUN port) is enough to see
+	// whether the mapping varies, and how a symmetric NAT picks ports.
+	for _, tc := range []struct {
+		name       string
+		h          *natlab.Host
+		varies     bool
+		allocation string
+	}{
+		{"symmetric, one server", sym, true, "random"},
+		{"port-restricted, one server", pr, false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			js, err := tc.h.Exec(ctx, bin, "netcheck", "--server", cs, "--timeout", "3s", "--no-portmap", "--json")
+			if err != nil {
+				t.Fatalf("netcheck --json: %v\n%s", err, js)
+			}
+			var rep netcheckReport
+			if err := json.Unmarshal([]byte(js), &rep); err != nil {
+				t.Fatalf("JSON: %v\n%s", err, js)
+			}
+			alt := 0
+			for _, ep := range rep.Endpoints {
+				if ep.Kind == "reach-alt" && ep.UDP {
+					alt++
+				}
+			}
+			if alt != 1 {
+				t.Errorf("%d answering alternate ports, want 1: %+v", alt, rep.Endpoints)
+			}
+			if rep.MappingVaries == nil || *rep.MappingVaries != tc.varies {
+				t.Errorf("mapping varies %v, want %v", rep.MappingVaries, tc.varies)
+			}
+			if rep.Allocation != tc.allocation {
+				t.Errorf("allocation %q, want %q", rep.Allocation, tc.allocation)
+			}
+			if rep.Verdict == "" {
+				t.Errorf("no verdict")
+			}
+			out, _ := tc.h.Exec(ctx, bin, "netcheck", "--server", cs, "--timeout", "3s", "--no-portmap")
+			t.Logf("$ reach netcheck --server CS --no-portmap   # %s\n%s", tc.name, out)
+		})
+	}
+
 	// netcheck deletes what it mapped before exiting.
 	if maps, _ := mu.Mappings(ctx); len(maps) != 0 {
 		t.Errorf("netcheck left mappings on miniupnpd: %v", maps)

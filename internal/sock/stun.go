@@ -27,15 +27,33 @@ const (
 // if ctx ended); an error response wraps ErrSTUNResponse; a closed socket
 // gives ErrClosed.
 func (s *Socket) STUN(ctx context.Context, server netip.AddrPort) (netip.AddrPort, error) {
+	b, err := s.STUNBinding(ctx, server)
+	return b.Mapped, err
+}
+
+// Binding is a STUN binding response.
+type Binding struct {
+	// Mapped is this socket's address as the server saw it.
+	Mapped netip.AddrPort
+	// Other is the server's OTHER-ADDRESS (RFC 5780): another address of
+	// the server that answers binding requests, to learn whether the
+	// NAT's mapping depends on the destination. Invalid when the server
+	// named none. (A reach server names a second port of the address
+	// asked; its IP may be unspecified.)
+	Other netip.AddrPort
+}
+
+// STUNBinding is STUN with the whole answer.
+func (s *Socket) STUNBinding(ctx context.Context, server netip.AddrPort) (Binding, error) {
 	req, err := stun.Build(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("sock: build STUN request: %w", err)
+		return Binding{}, fmt.Errorf("sock: build STUN request: %w", err)
 	}
 	ch := make(chan []byte, 1)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return netip.AddrPort{}, ErrClosed
+		return Binding{}, ErrClosed
 	}
 	s.stun[req.TransactionID] = ch
 	s.mu.Unlock()
@@ -51,7 +69,7 @@ func (s *Socket) STUN(ctx context.Context, server netip.AddrPort) (netip.AddrPor
 	<-timer.C
 	for attempt := 1; ; attempt++ {
 		if err := s.WriteTo(req.Raw, server); err != nil {
-			return netip.AddrPort{}, err
+			return Binding{}, err
 		}
 		wait := rto
 		if attempt == stunAttempts {
@@ -60,14 +78,14 @@ func (s *Socket) STUN(ctx context.Context, server netip.AddrPort) (netip.AddrPor
 		timer.Reset(wait)
 		select {
 		case raw := <-ch:
-			return parseBindingResponse(raw, server)
+			return parseBinding(raw, server)
 		case <-ctx.Done():
-			return netip.AddrPort{}, fmt.Errorf("sock: STUN %v: %w (%w)", server, ErrSTUNTimeout, ctx.Err())
+			return Binding{}, fmt.Errorf("sock: STUN %v: %w (%w)", server, ErrSTUNTimeout, ctx.Err())
 		case <-s.ctx.Done():
-			return netip.AddrPort{}, ErrClosed
+			return Binding{}, ErrClosed
 		case <-timer.C:
 			if attempt == stunAttempts {
-				return netip.AddrPort{}, fmt.Errorf("sock: STUN %v: %w after %d requests", server, ErrSTUNTimeout, attempt)
+				return Binding{}, fmt.Errorf("sock: STUN %v: %w after %d requests", server, ErrSTUNTimeout, attempt)
 			}
 			s.log.Debug("sock: STUN retransmit", "server", server, "attempt", attempt+1)
 			rto *= 2
@@ -76,6 +94,31 @@ func (s *Socket) STUN(ctx context.Context, server netip.AddrPort) (netip.AddrPor
 }
 
 func parseBindingResponse(raw []byte, server netip.AddrPort) (netip.AddrPort, error) {
+	b, err := parseBinding(raw, server)
+	return b.Mapped, err
+}
+
+// parseBinding parses a binding response: the mapped address as
+// parseBindingResponse, and OTHER-ADDRESS if present and well formed.
+func parseBinding(raw []byte, server netip.AddrPort) (Binding, error) {
+	mapped, err := parseMapped(raw, server)
+	if err != nil {
+		return Binding{}, err
+	}
+	b := Binding{Mapped: mapped}
+	m := &stun.Message{Raw: raw}
+	if m.Decode() == nil {
+		var o stun.OtherAddress
+		if o.GetFrom(m) == nil && o.Port > 0 && o.Port <= 0xffff {
+			if ip, ok := netip.AddrFromSlice(o.IP); ok {
+				b.Other = netip.AddrPortFrom(ip.Unmap(), uint16(o.Port))
+			}
+		}
+	}
+	return b, nil
+}
+
+func parseMapped(raw []byte, server netip.AddrPort) (netip.AddrPort, error) {
 	m := &stun.Message{Raw: raw}
 	if err := m.Decode(); err != nil {
 		return netip.AddrPort{}, fmt.Errorf("sock: STUN %v: %w: %v", server, ErrSTUNResponse, err)

@@ -35,7 +35,9 @@ const serverHelp = `usage: reach server [--listen IP or IP:PORT] [--state DIR] [
 Runs the public reach server: rendezvous (signalling over QUIC on UDP and
 over TLS on TCP), STUN, and the relay, on the same port number for UDP and
 TCP (default %d), plus TLS on TCP 443 (--tls-port) when it may bind it:
-UDP-blocking firewalls let 443 through. The relay and signalling share
+UDP-blocking firewalls let 443 through. STUN also answers on the next UDP
+port (--stun-alt-port), so a client learns with one server whether its
+NAT is symmetric. The relay and signalling share
 every port (told apart by ALPN). If 443 cannot be bound the server says so
 on stderr and clients use the main TCP port. See docs/server.md.
 
@@ -62,6 +64,7 @@ func runServer(args []string) error {
 	state := fs.String("state", "", "`DIR` that keeps the server key, so the connect string survives restarts")
 	verbose := fs.Bool("v", false, "debug logging")
 	tlsPort := fs.Uint("tls-port", 443, "extra TCP `PORT` for TLS (signalling and relay), advertised in the connect string; 0: none")
+	altSTUN := fs.Int("stun-alt-port", 0, "second UDP `PORT` answering STUN only, so netcheck sees a symmetric NAT with one server (0: the main port + 1; -1: none)")
 	tlsCert := fs.String("tls-cert", "", "certificate `FILE` (PEM) for TLS clients that do not speak reach's ALPNs; reach clients always get the self-signed certificate their connect string pins")
 	tlsKey := fs.String("tls-key", "", "private key `FILE` (PEM) of --tls-cert")
 	noRelay := fs.Bool("no-relay", false, "run rendezvous and STUN only")
@@ -103,7 +106,11 @@ func runServer(args []string) error {
 	if *tlsPort > 65535 {
 		return fmt.Errorf("--tls-port %d: not a port", *tlsPort)
 	}
-	scfg := rendezvous.ServerConfig{Key: key, Logger: logger, TLSPort: uint16(*tlsPort)}
+	if *altSTUN < -1 || *altSTUN > 65535 {
+		return usagef("server", "--stun-alt-port %d: not a port (-1 for none)", *altSTUN)
+	}
+	scfg := rendezvous.ServerConfig{Key: key, Logger: logger, TLSPort: uint16(*tlsPort),
+		AltSTUNPort: uint16(max(*altSTUN, 0)), DisableAltSTUN: *altSTUN < 0}
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}

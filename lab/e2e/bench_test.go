@@ -19,6 +19,7 @@ import (
 	"github.com/reachp2p/reach/lab/natlab"
 	"github.com/reachp2p/reach/lab/reachlab"
 	"github.com/reachp2p/reach/stream"
+	"github.com/reachp2p/reach/supernode"
 )
 
 // The core benchmarks compare reach with bare quic-go between the same two
@@ -188,6 +189,46 @@ func BenchmarkLabConnect(b *testing.B) {
 	if err := xa.Router.Block(ctx, xb.Router.WAN()); err != nil {
 		b.Fatal(err)
 	}
+	// A listener behind a port-restricted router that runs miniupnpd.
+	ugw, _, err := s.AddUPnPRouter(ctx, natlab.RouterConfig{Name: "cupr", NAT: natlab.PortRestricted}, natlab.UPnPConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	uh, err := ugw.AddHost(ctx, "cuph")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := ugw.Impair(ctx, natlab.Impairment{Delay: labAccessDelay}); err != nil {
+		b.Fatal(err)
+	}
+	// A symmetric dialler for the forwarding rungs (to the symmetric
+	// listener sb), a volunteer and a coturn, each 20 ms away.
+	ya := s.Site(b, "cya", natlab.Kind(natlab.Symmetric))
+	if err := ya.Router.Impair(ctx, natlab.Impairment{Delay: labAccessDelay}); err != nil {
+		b.Fatal(err)
+	}
+	vh, err := s.AddPublicHost(ctx, "cvol")
+	if err != nil {
+		b.Fatal(err)
+	}
+	th, err := s.AddPublicHost(ctx, "cturn")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, h := range []*natlab.Host{vh, th} {
+		if err := h.Impair(ctx, natlab.Impairment{Delay: labAccessDelay}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, _, err := startVolunteer(b, vh, cs, supernode.Config{}); err != nil {
+		b.Fatalf("volunteer: %v", err)
+	}
+	ct, err := th.StartCoturn(ctx, natlab.CoturnConfig{Users: map[string]string{"alice": "wonderland"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	turnCfg := []reach.TURNServer{{URL: "turn:" + ct.Addr().String(), Username: "alice", Password: "wonderland"}}
+	only := func(fwd string) []string { return []string{"direct", "upnp", "holepunch", fwd} }
 
 	// The bare path, punched once; its UDP round trip is the RTT unit.
 	ca, cb, aAddr, bAddr := punchedUDP(b, pa, pb, false)
@@ -269,20 +310,34 @@ func BenchmarkLabConnect(b *testing.B) {
 		report(b, total)
 	})
 	for _, c := range []struct {
-		name   string
-		dialer *natlab.Host
-		lis    *natlab.Host
-		want   string
+		name       string
+		dialer     *natlab.Host
+		lis        *natlab.Host
+		want       string
+		strategies []string
+		turn       []reach.TURNServer
+		// ready: what the listener (and dialler) must have before the
+		// clock starts (a port mapping, TURN allocations).
+		ready func(na, nb *reach.Node) bool
 	}{
-		{"reach-direct", pa.Host, pub, reach.StrategyDirect},
-		{"reach-holepunch", pa.Host, pb.Host, reach.StrategyHolepunch},
-		{"reach-holepunch-linux-host", la.Host, lb.Host, reach.StrategyHolepunch},
-		{"reach-holepunch-symmetric-listener", ra.Host, sb.Host, reach.StrategyHolepunch},
-		{"reach-relay", xa.Host, xb.Host, reach.StrategyRelay},
+		{"reach-direct", pa.Host, pub, reach.StrategyDirect, nil, nil, nil},
+		{"reach-upnp", pa.Host, uh, reach.StrategyUPnP, nil, nil, func(_, nb *reach.Node) bool {
+			return nb.Status().PortMapping.External.IsValid()
+		}},
+		{"reach-holepunch", pa.Host, pb.Host, reach.StrategyHolepunch, nil, nil, nil},
+		{"reach-holepunch-linux-host", la.Host, lb.Host, reach.StrategyHolepunch, nil, nil, nil},
+		{"reach-holepunch-symmetric-listener", ra.Host, sb.Host, reach.StrategyHolepunch, nil, nil, nil},
+		// The forwarding rungs, one at a time (each alone after the
+		// direct ones, so that the one measured is the one that wins).
+		{"reach-supernode", ya.Host, sb.Host, reach.StrategySupernode, only("supernode"), nil, nil},
+		{"reach-turn", ya.Host, sb.Host, reach.StrategyTURN, only("turn"), turnCfg, func(na, nb *reach.Node) bool {
+			return na.Status().TURN.IsValid() && nb.Status().TURN.IsValid()
+		}},
+		{"reach-relay", xa.Host, xb.Host, reach.StrategyRelay, only("relay"), nil, nil},
 	} {
 		want := c.want
 		b.Run(c.name, func(b *testing.B) {
-			cfg := reach.Config{Servers: []string{cs}, Logger: quietLogger(b)}
+			cfg := reach.Config{Servers: []string{cs}, Logger: quietLogger(b), Strategies: c.strategies, TURN: c.turn}
 			var total time.Duration
 			b.ResetTimer()
 			for range b.N {
@@ -290,6 +345,9 @@ func BenchmarkLabConnect(b *testing.B) {
 				na := reachlab.NewNode(b, c.dialer, cfg)
 				nb := reachlab.NewNode(b, c.lis, cfg)
 				reachlab.Echo(b, nb)
+				if c.ready != nil {
+					reachlab.MustWaitFor(b, 10*time.Second, "the nodes ready for "+want, func() bool { return c.ready(na, nb) })
+				}
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 				b.StartTimer()
 

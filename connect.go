@@ -38,6 +38,7 @@ import (
 	"net/netip"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -231,6 +232,8 @@ type Node struct {
 	sessions map[identity.PeerID][]*stream.Session
 	moving   map[identity.PeerID]bool // moveLoop runs for the peer
 	closed   bool
+
+	mapping atomic.Value // string: how the NAT maps the socket (mapping.go)
 }
 
 // New starts a node: it opens the UDP socket, starts the rungs and
@@ -328,6 +331,7 @@ func (n *Node) start(ctx context.Context, servers []rendezvous.ServerAddr) error
 			return err
 		}
 		n.goRun(n.serveIntroductions)
+		n.goRun(n.detectMapping)
 	}
 	for _, r := range n.ladder.All {
 		r.Ready(ctx)

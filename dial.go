@@ -61,6 +61,10 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 	}
 	defer release()
 	delay := rung.ForwardDelay(n.cfg.RelayDelay, intro, a.Remote.HasUDP() && n.Observed().IsValid())
+	if n.forwardAtOnce(a) {
+		n.log.Debug("both NATs map per destination: forwarding at once", "peer", peer.Short())
+		delay = 0
+	}
 	sess, _, err := rung.Race(ctx, a, rung.Plan(a, entries, delay))
 	if err != nil {
 		return nil, fmt.Errorf("reach: dial %s: %w", peer.Short(), err)
@@ -75,7 +79,7 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []rung.Entry) (*rung.Attempt, time.Duration, func(), error) {
 	var b [8]byte
 	rand.Read(b[:])
-	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1}
+	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1, Mapping: n.Mapping()}
 	var releases []func()
 	release := func() {
 		for _, r := range releases {
@@ -257,7 +261,7 @@ func (n *Node) serveIntroductions() {
 			for _, r := range n.ladder.All {
 				r.Introduced(offer)
 			}
-			if err := in.Accept(candidate.PeerInfo{}); err != nil {
+			if err := in.Accept(candidate.PeerInfo{Mapping: n.Mapping()}); err != nil {
 				n.log.Debug("answering introduction", "peer", offer.Peer.Short(), "err", err)
 			}
 		case <-n.ctx.Done():

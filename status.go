@@ -21,6 +21,8 @@ type Status struct {
 	// public UDP address as that server sees it (invalid over TCP).
 	Server   string
 	Observed netip.AddrPort
+	// Mapping is how the node's NAT maps its socket (Node.Mapping).
+	Mapping string
 	// Sessions are the node's open sessions.
 	Sessions []*Session
 	ladder.Status
@@ -30,7 +32,7 @@ type Status struct {
 func (n *Node) Status() Status {
 	return Status{
 		ID: n.ID(), LocalAddr: n.LocalAddr(), Server: n.Server(), Observed: n.Observed(),
-		Sessions: n.Sessions(), Status: n.ladder.Status(),
+		Mapping: n.Mapping(), Sessions: n.Sessions(), Status: n.ladder.Status(),
 	}
 }
 

@@ -226,6 +226,18 @@ func (c *Client) Observed() netip.AddrPort {
 	return c.conn.observed
 }
 
+// ServerUDP returns the UDP address of the server the client is
+// registered with over QUIC, or the zero value (not registered, or over
+// TCP).
+func (c *Client) ServerUDP() netip.AddrPort {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil {
+		return netip.AddrPort{}
+	}
+	return c.conn.remote
+}
+
 // RTT returns the smoothed round-trip time of the QUIC connection to the
 // current server, or zero when it is unknown (not registered, or over
 // TCP).

@@ -31,6 +31,7 @@ type clientConn struct {
 	mapErr           func(error) error // turns transport errors into ours
 
 	observed  netip.AddrPort
+	remote    netip.AddrPort // the server's UDP address (QUIC only)
 	keepalive time.Duration
 	rtt       func() time.Duration // nil: unknown (TCP)
 
@@ -366,6 +367,7 @@ func (c *Client) dialQUIC(ctx context.Context, sa ServerAddr) (*clientConn, erro
 		return nil, err
 	}
 	cc := newClientConn(c, sa, "udp")
+	cc.remote = addrPortOf(qc.RemoteAddr())
 	cc.rw = st
 	cc.setReadDeadline = st.SetReadDeadline
 	cc.setWriteDeadline = st.SetWriteDeadline

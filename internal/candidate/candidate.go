@@ -72,7 +72,18 @@ type PeerInfo struct {
 	// server (zero: unknown). With its own, the listener estimates when
 	// the dialler will start sending to it (holepunch).
 	ServerRTT time.Duration `json:"server_rtt,omitempty"`
+	// Mapping is how the sender's NAT maps its socket, as it measured it
+	// (MappingIndependent, MappingVaries; "" unknown).
+	Mapping string `json:"mapping,omitempty"`
 }
+
+// Mapping behaviours a node measures with its server's two STUN ports
+// (RFC 4787: endpoint-independent, or varying by destination as a
+// symmetric NAT's does).
+const (
+	MappingIndependent = "independent"
+	MappingVaries      = "varies"
+)
 
 // Addrs returns the distinct usable addresses (valid, non-zero port) of
 // the candidates of the given kinds, in the order given.

@@ -329,9 +329,11 @@ func BenchmarkLabConnect(b *testing.B) {
 		{"reach-holepunch-symmetric-listener", ra.Host, sb.Host, reach.StrategyHolepunch, nil, nil, nil},
 		// The forwarding rungs, one at a time (each alone after the
 		// direct ones, so that the one measured is the one that wins).
-		{"reach-supernode", ya.Host, sb.Host, reach.StrategySupernode, only("supernode"), nil, nil},
+		// (Both symmetric: once each node has measured its mapping, the
+		// forwarding rungs start at once.)
+		{"reach-supernode", ya.Host, sb.Host, reach.StrategySupernode, only("supernode"), nil, mappingsKnown},
 		{"reach-turn", ya.Host, sb.Host, reach.StrategyTURN, only("turn"), turnCfg, func(na, nb *reach.Node) bool {
-			return na.Status().TURN.IsValid() && nb.Status().TURN.IsValid()
+			return na.Status().TURN.IsValid() && nb.Status().TURN.IsValid() && mappingsKnown(na, nb)
 		}},
 		{"reach-relay", xa.Host, xb.Host, reach.StrategyRelay, only("relay"), nil, nil},
 	} {
@@ -384,6 +386,10 @@ func BenchmarkLabConnect(b *testing.B) {
 	}
 
 }
+
+// mappingsKnown reports whether both nodes have measured their NAT's
+// mapping (Node.Mapping).
+func mappingsKnown(na, nb *reach.Node) bool { return na.Mapping() != "" && nb.Mapping() != "" }
 
 // reachSession starts nodes on a and bh, dials a session from a to bh and
 // checks that strategy want carries it. It returns the session and the

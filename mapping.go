@@ -1,0 +1,83 @@
+package reach
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/rung"
+)
+
+// How the node's NAT maps its socket (RFC 4787), learnt from its server's
+// two STUN ports (rendezvous.ServerConfig.AltSTUNPort): the same public
+// address for both is an endpoint-independent mapping, two addresses a
+// mapping that varies by destination (a symmetric NAT). Offers and answers
+// carry it (candidate.PeerInfo.Mapping): when both sides' mappings vary
+// and neither can be reached as it is, hole punching cannot work (the
+// public port each side would aim at is not the one the other's packets
+// come from) and the forwarding rungs start at once instead of after the
+// forwarding delay (forwardAtOnce).
+
+// mappingTimeout bounds one measurement (two STUN exchanges with the
+// server, retransmitted RFC 5389 style).
+const mappingTimeout = 5 * time.Second
+
+// detectMapping measures the node's mapping once it is registered over
+// UDP; a server without a second STUN port leaves it unknown.
+func (n *Node) detectMapping() {
+	srv := n.client.ServerUDP()
+	if !srv.IsValid() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, mappingTimeout)
+	defer cancel()
+	first, err := n.sock.STUNBinding(ctx, srv)
+	if err != nil || !first.Other.IsValid() {
+		n.log.Debug("mapping: unknown", "server", srv, "err", err)
+		return
+	}
+	second, err := n.sock.STUN(ctx, netip.AddrPortFrom(srv.Addr(), first.Other.Port()))
+	if err != nil {
+		n.log.Debug("mapping: unknown", "server", srv, "err", err)
+		return
+	}
+	m := candidate.MappingIndependent
+	if second != first.Mapped {
+		m = candidate.MappingVaries
+	}
+	n.mapping.Store(m)
+	n.log.Debug("mapping", "behaviour", m, "first", first.Mapped, "second", second)
+}
+
+// Mapping returns how the node's NAT maps its socket:
+// candidate.MappingIndependent ("independent"), MappingVaries ("varies":
+// a symmetric NAT), or "" while unknown (no server with a second STUN
+// port, signalling over TCP, or not measured yet).
+func (n *Node) Mapping() string {
+	m, _ := n.mapping.Load().(string)
+	return m
+}
+
+// forwardAtOnce reports whether a dial with attempt a has no peer-to-peer
+// path to wait for: both NATs map per destination, neither side offered a
+// port mapping, and none of the peer's own addresses is plausibly
+// reachable (public, or on one of our networks).
+func (n *Node) forwardAtOnce(a *rung.Attempt) bool {
+	if a.Local.Mapping != candidate.MappingVaries || a.Remote.Mapping != candidate.MappingVaries {
+		return false
+	}
+	if len(a.Local.Addrs(candidate.Mapped)) > 0 || len(a.Remote.Addrs(candidate.Mapped)) > 0 {
+		return false
+	}
+	addrs, _ := n.cfg.InterfaceAddrs()
+	if a.Remote.DirectPlausible(candidate.Prefixes(addrs)) {
+		return false
+	}
+	for _, e := range n.ladder.Dial {
+		if e.Forwards {
+			return true
+		}
+	}
+	return false
+}

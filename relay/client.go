@@ -278,7 +278,8 @@ func (c *Client) race(ctx context.Context, sa rendezvous.ServerAddr) (Link, erro
 	if c.cfg.Token != nil {
 		token = c.cfg.Token()
 	}
-	p := LinkParams{Server: sa, Key: c.cfg.Key, Token: token, Consent: c.cfg.Consent, Handler: (*clientHandler)(c), Logger: c.log}
+	p := LinkParams{Server: sa, Key: c.cfg.Key, Token: token, Consent: c.cfg.Consent, Handler: (*clientHandler)(c), Logger: c.log,
+		gate: newHelloGate()}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {

@@ -67,6 +67,52 @@ type LinkParams struct {
 	Consent bool
 	Handler Handler
 	Logger  *slog.Logger
+
+	// gate, set by a Client's race of transports, lets one link of the
+	// race say HELLO at a time (see helloGate).
+	gate *helloGate
+}
+
+// helloGate serializes the HELLOs of one race of link transports. The
+// relay keeps one link per peer ID, the newest: when two transports of a
+// race both said HELLO, the second replaced the first at the relay (ERROR
+// replaced) while the client may have kept the first and closed the
+// second, leaving the node with no link at all (and, since a replaced
+// link does not reconnect, for good). Through the gate a transport says
+// HELLO only while no other one's HELLO is waiting for its answer, and
+// not at all once one was welcomed.
+type helloGate struct {
+	turn chan struct{} // holds a token while a HELLO waits for its answer
+	won  bool          // guarded by turn
+}
+
+func newHelloGate() *helloGate { return &helloGate{turn: make(chan struct{}, 1)} }
+
+// errRaceLost ends a link attempt whose race another transport won
+// before it said HELLO.
+var errRaceLost = errors.New("relay: another transport linked first")
+
+// hello runs say (a link's HELLO and its answer) in its turn: it fails
+// with errRaceLost if another link of the race was welcomed. A nil gate
+// runs say at once.
+func (g *helloGate) hello(ctx context.Context, say func() error) error {
+	if g == nil {
+		return say()
+	}
+	select {
+	case g.turn <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-g.turn }()
+	if g.won {
+		return errRaceLost
+	}
+	err := say()
+	if err == nil {
+		g.won = true
+	}
+	return err
 }
 
 // LinkDialer opens links over one transport.
@@ -158,7 +204,7 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 		},
 		closeTransport: func() { st.Close(); qc.CloseWithError(0, "") },
 	}
-	if err := l.hello(ctx, p.Token, p.Consent, st, st.SetReadDeadline); err != nil {
+	if err := p.gate.hello(ctx, func() error { return l.hello(ctx, p.Token, p.Consent, st, st.SetReadDeadline) }); err != nil {
 		l.closeTransport()
 		return nil, mapQUICErr(err)
 	}
@@ -248,7 +294,7 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 		closeTransport: func() { tc.Close() },
 	}
 	stop := context.AfterFunc(ctx, func() { tc.SetReadDeadline(time.Now()) })
-	err = l.hello(ctx, p.Token, p.Consent, tc, tc.SetReadDeadline)
+	err = p.gate.hello(ctx, func() error { return l.hello(ctx, p.Token, p.Consent, tc, tc.SetReadDeadline) })
 	if !stop() {
 		err = errors.Join(err, ctx.Err())
 	}

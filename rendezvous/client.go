@@ -269,11 +269,56 @@ func (c *Client) Current() ServerAddr {
 // *ConnectError (ErrUnknownPeer, ErrPeerOffline, ErrTimeout, ErrRejected,
 // ErrBusy, ErrBadRequest), ErrServerLost, ErrReplaced, ErrClosed or ctx's.
 func (c *Client) Connect(ctx context.Context, peer identity.PeerID, offer PeerInfo) (PeerInfo, error) {
+	offer.Candidates = c.withCandidates(offer.Candidates)
+	answer, cc, err := c.connect(ctx, peer, offer)
+	if err != nil && errors.Is(err, ErrServerLost) && c.handedOver(ctx, cc) {
+		// The request went out on a registration this client left for
+		// its own newer one (TCP moving to QUIC): not a lost server.
+		// Ask again there, once.
+		answer, _, err = c.connect(ctx, peer, offer)
+	}
+	return answer, err
+}
+
+// handedOver reports whether cc, on which a request failed, was left for
+// a newer connection of this client (a TCP registration that moved to
+// QUIC, which the server ends with "replaced"); while that move is under
+// way it waits for its outcome, within ctx.
+func (c *Client) handedOver(ctx context.Context, cc *clientConn) bool {
+	if cc == nil {
+		return false
+	}
+	for {
+		c.mu.Lock()
+		conn, moving, ch := c.conn, c.upgradeFrom == cc, c.changed
+		c.mu.Unlock()
+		switch {
+		case conn != nil && conn != cc:
+			return true
+		case !moving || conn != cc:
+			return false
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// connect sends one introduction request on the current registration and
+// waits for its result; it returns the connection it used (nil if none).
+func (c *Client) connect(ctx context.Context, peer identity.PeerID, offer PeerInfo) (PeerInfo, *clientConn, error) {
 	cc, err := c.waitConn(ctx)
 	if err != nil {
-		return PeerInfo{}, err
+		return PeerInfo{}, nil, err
 	}
-	offer.Candidates = c.withCandidates(offer.Candidates)
+	answer, err := c.request(ctx, cc, peer, offer)
+	return answer, cc, err
+}
+
+// request sends one introduction request on cc and waits for its result.
+func (c *Client) request(ctx context.Context, cc *clientConn, peer identity.PeerID, offer PeerInfo) (PeerInfo, error) {
 	id := c.nextReq.Add(1)
 	ch := cc.expect(id)
 	if ch == nil {

@@ -116,11 +116,22 @@ func runListen(args []string) error {
 	pf := peerFlags{jsonTo: os.Stderr}
 	pf.register(fs, true)
 	volunteer := fs.Bool("supernode", false, "also volunteer as a supernode (forward for peers that cannot punch through; see reach supernode)")
+	forward := fs.String("forward", "", "connect every stream a dialler opens to a new TCP connection to `HOST:PORT`,\n"+
+		"many at once, until interrupted (instead of stdin/stdout)")
+	maxConns := fs.Int("max-conns", defaultMaxConns, "with --forward: streams carried at once; more are refused")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
 		return usagef("listen", "listen takes no arguments, got %q", fs.Arg(0))
+	}
+	if *forward != "" {
+		if err := forwardTarget(*forward); err != nil {
+			return err
+		}
+		if *maxConns < 1 {
+			return usagef("listen", "--max-conns must be at least 1, got %d", *maxConns)
+		}
 	}
 	sig, stopSig := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stopSig()
@@ -136,6 +147,9 @@ func runListen(args []string) error {
 		go reportSupernode(n)
 	}
 	ev := pf.events()
+	if *forward != "" {
+		return forwardListen(sig, n, ev, *forward, *maxConns)
+	}
 	c, err := n.Accept(sig)
 	if err != nil {
 		err = interrupted(sig, replaced(n, err))
@@ -178,11 +192,20 @@ func runDial(args []string) error {
 	pf := peerFlags{jsonTo: os.Stderr, caller: true}
 	pf.register(fs, true)
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on connection setup")
+	local := fs.String("local", "", "listen on TCP `ADDR:PORT` (a bare PORT: 127.0.0.1) and carry each connection\n"+
+		"on a stream of its own to PEER, until interrupted (instead of stdin/stdout)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
 		return usagef("dial", "dial takes one PEER, got %d arguments", fs.NArg())
+	}
+	if *local != "" {
+		addr, err := localAddr(*local)
+		if err != nil {
+			return err
+		}
+		*local = addr
 	}
 	peer, err := identity.ParsePeerID(fs.Arg(0))
 	if err != nil {
@@ -206,6 +229,13 @@ func runDial(args []string) error {
 		err = interrupted(sig, replaced(n, err))
 		ev.emit(map[string]any{"event": "error", "error": message(err)})
 		return err
+	}
+	if *local != "" {
+		cancel()
+		connected := connectedEvent(sess)
+		connected["elapsed_ms"] = time.Since(start).Milliseconds()
+		ev.emit(connected)
+		return forwardDial(sig, n, ev, peer, sess, *local, *timeout)
 	}
 	wait, stop := abortOnSignal(sig, n, sess)
 	defer stop()

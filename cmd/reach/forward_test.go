@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -101,7 +102,8 @@ func echoThrough(addr string, size int) error {
 // connections at once through the local port each send 1 MiB and
 // half-close, and each gets exactly its bytes back; a second dial
 // process, with its own key, works too while the first still runs, and
-// the first still works after it. SIGINT ends each with exit 130.
+// the first still works after it, and a plain reach dial (stdin/stdout)
+// gets the echo of its stdin. SIGINT ends each with exit 130.
 func TestForward(t *testing.T) {
 	bin := reachBinary(t)
 	cs := ncServer(t)
@@ -151,6 +153,14 @@ func testForward(t *testing.T, bin, cs, strategy string) {
 	if err := echoThrough(addr, 64<<10); err != nil {
 		t.Errorf("through the first dial process again: %v", err)
 	}
+	// A plain reach dial (netcat style) is one forwarded connection too.
+	ncKeyFile, _ := ncKey(t, "nc")
+	var ncOut bytes.Buffer
+	nc := startProc(t, strings.NewReader("hello through the forward\n"), &ncOut, bin, "dial", "--key", ncKeyFile,
+		"--server", cs, "--strategies", strategy, lisID.String())
+	if code := nc.exit(t, 30*time.Second); code != 0 || ncOut.String() != "hello through the forward\n" {
+		t.Errorf("reach dial (stdin/stdout): exit %d, stdout %q", code, ncOut.String())
+	}
 	for _, p := range []*proc{dial, dial2, lis} {
 		select {
 		case <-p.done:
@@ -194,12 +204,8 @@ func TestForwardRefused(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.SetDeadline(time.Now().Add(15 * time.Second))
-		io.WriteString(c, "hello?")
-		n, err := c.Read(make([]byte, 10))
-		c.Close()
-		if !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("connection %d: read %d bytes, %v; want a reset (ECONNRESET)", i, n, err)
+		if err := expectReset(c, "hello?"); err != nil {
+			t.Errorf("connection %d: %v", i, err)
 		}
 	}
 	want := "forward: stream from "
@@ -212,6 +218,12 @@ func TestForwardRefused(t *testing.T) {
 		t.Errorf("the dialler said:\n%s", s)
 	}
 
+	// A plain reach dial reads the listener's code and exits 1.
+	_, errOut, code := runReach(t, nil, "dial", "--server", cs, lisID.String())
+	if code != exitError || !strings.Contains(errOut, "error code 0x110") {
+		t.Errorf("reach dial (stdin/stdout): exit %d, stderr %q; want 1 and error code 0x110", code, errOut)
+	}
+
 	// The target comes up on the same port (if nothing took it meanwhile).
 	ln, err := net.Listen("tcp", target)
 	if err != nil {
@@ -222,6 +234,21 @@ func TestForwardRefused(t *testing.T) {
 	if err := echoThrough(addr, 100<<10); err != nil {
 		t.Errorf("once the target listens: %v", err)
 	}
+}
+
+// expectReset writes msg to c, reads, and returns an error unless the
+// connection was reset (ECONNRESET) without a byte coming back, then
+// closes c. The kernel reports a reset once: to the write when it came
+// before it (the read then sees EOF), else to the read.
+func expectReset(c net.Conn, msg string) error {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(15 * time.Second))
+	_, werr := io.WriteString(c, msg)
+	n, rerr := c.Read(make([]byte, 10))
+	if n == 0 && (errors.Is(rerr, syscall.ECONNRESET) || (errors.Is(werr, syscall.ECONNRESET) || errors.Is(werr, syscall.EPIPE)) && rerr == io.EOF) {
+		return nil
+	}
+	return fmt.Errorf("write: %v; read %d bytes, %v; want a reset (ECONNRESET)", werr, n, rerr)
 }
 
 // waitCount waits until w has at least n lines starting with prefix.
@@ -276,12 +303,9 @@ func TestForwardMaxConns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.SetDeadline(time.Now().Add(15 * time.Second))
-	io.WriteString(c, "third")
-	if n, err := c.Read(make([]byte, 10)); !errors.Is(err, syscall.ECONNRESET) {
-		t.Errorf("the third connection read %d bytes, %v; want a reset", n, err)
+	if err := expectReset(c, "third"); err != nil {
+		t.Errorf("the third connection: %v", err)
 	}
-	c.Close()
 	waitCount(t, lis.stderr, "forward: stream from ", 1, 10*time.Second)
 	waitCount(t, dial.stderr, "forward: 127.0.0.1:", 1, 10*time.Second)
 	if s := dial.stderr.String(); !strings.Contains(s, errForwardBusy.Error()) {

@@ -86,7 +86,7 @@ func splice(tc *net.TCPConn, s *stream.Stream) error {
 	go func() { // TCP to stream
 		defer wg.Done()
 		if _, err := io.Copy(s, tc); err != nil {
-			fail(fmt.Errorf("from the local connection: %w", err))
+			fail(err)
 			return
 		}
 		if err := s.CloseWrite(); err != nil {

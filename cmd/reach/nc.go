@@ -104,11 +104,23 @@ with TCP's half-close: at the end of stdin it sends EOF and keeps reading.
 It exits once both directions are done and the peer has read everything.
 Ctrl-C (or SIGTERM) aborts the session, and the peer learns at once.
 
+With --forward HOST:PORT it exposes a TCP service instead (like the
+remote end of ssh -L): every stream any dialler opens (reach dial --local,
+or a plain reach dial) is connected to a new TCP connection to HOST:PORT,
+bytes copied both ways with half-close, many at once (--max-conns; more
+are refused), until interrupted. Diallers cannot choose the target. When
+the connection to HOST:PORT fails, the dialler's stream is aborted (reach
+dial --local resets its TCP connection) and a "forward:" line is logged;
+the listener goes on. It prints "forwarding streams to HOST:PORT" after
+the listening line.
+
 If another process registers the same key with the server, this one is
 offline from then on: it says so and exits 1.
 
 With --json, one event a line on stderr (stdout carries the stream):
-connected, path (each time the session moves), closed; see docs/cli.md.
+connected, path (each time the session moves), closed; with --forward:
+forwarding, then connected for each dialler's session, forward_error for
+each failed connection, closed; see docs/cli.md.
 `
 
 func runListen(args []string) error {
@@ -116,11 +128,22 @@ func runListen(args []string) error {
 	pf := peerFlags{jsonTo: os.Stderr}
 	pf.register(fs, true)
 	volunteer := fs.Bool("supernode", false, "also volunteer as a supernode (forward for peers that cannot punch through; see reach supernode)")
+	forward := fs.String("forward", "", "connect every stream a dialler opens to a new TCP connection to `HOST:PORT`,\n"+
+		"many at once, until interrupted (instead of stdin/stdout)")
+	maxConns := fs.Int("max-conns", defaultMaxConns, "with --forward: streams carried at once; more are refused")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
 		return usagef("listen", "listen takes no arguments, got %q", fs.Arg(0))
+	}
+	if *forward != "" {
+		if err := forwardTarget(*forward); err != nil {
+			return err
+		}
+		if *maxConns < 1 {
+			return usagef("listen", "--max-conns must be at least 1, got %d", *maxConns)
+		}
 	}
 	sig, stopSig := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stopSig()
@@ -136,6 +159,9 @@ func runListen(args []string) error {
 		go reportSupernode(n)
 	}
 	ev := pf.events()
+	if *forward != "" {
+		return forwardListen(sig, n, ev, *forward, *maxConns)
+	}
 	c, err := n.Accept(sig)
 	if err != nil {
 		err = interrupted(sig, replaced(n, err))
@@ -168,9 +194,20 @@ nc, with TCP's half-close. It exits once both directions are done and the
 peer has read everything. Ctrl-C (or SIGTERM) aborts the session, and the
 peer learns at once.
 
+With --local ADDR:PORT it forwards a local TCP port instead (like ssh
+-L): it connects to PEER (a reach listen --forward), listens on ADDR:PORT
+(a bare PORT means 127.0.0.1:PORT; port 0 picks a free one), prints
+"forwarding ADDR:PORT -> PEER" on stderr, and carries each accepted TCP
+connection on a stream of its own on that one session, with half-close,
+many at once, until interrupted. A session that ended is dialled again at
+the next connection. A connection the listener could not serve is reset,
+with a "forward:" line on stderr.
+
 With --json, one event a line on stderr (stdout carries the stream):
 connected (strategy, path, elapsed_ms), path (each time the session
-moves), closed; see docs/cli.md.
+moves), closed; with --local: connected, forwarding (local, remote),
+connected again for each new session, forward_error for each failed
+connection, closed; see docs/cli.md.
 `
 
 func runDial(args []string) error {
@@ -178,11 +215,20 @@ func runDial(args []string) error {
 	pf := peerFlags{jsonTo: os.Stderr, caller: true}
 	pf.register(fs, true)
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on connection setup")
+	local := fs.String("local", "", "listen on TCP `ADDR:PORT` (a bare PORT: 127.0.0.1) and carry each connection\n"+
+		"on a stream of its own to PEER, until interrupted (instead of stdin/stdout)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
 		return usagef("dial", "dial takes one PEER, got %d arguments", fs.NArg())
+	}
+	if *local != "" {
+		addr, err := localAddr(*local)
+		if err != nil {
+			return err
+		}
+		*local = addr
 	}
 	peer, err := identity.ParsePeerID(fs.Arg(0))
 	if err != nil {
@@ -206,6 +252,13 @@ func runDial(args []string) error {
 		err = interrupted(sig, replaced(n, err))
 		ev.emit(map[string]any{"event": "error", "error": message(err)})
 		return err
+	}
+	if *local != "" {
+		cancel()
+		connected := connectedEvent(sess)
+		connected["elapsed_ms"] = time.Since(start).Milliseconds()
+		ev.emit(connected)
+		return forwardDial(sig, n, ev, peer, sess, *local, *timeout)
 	}
 	wait, stop := abortOnSignal(sig, n, sess)
 	defer stop()

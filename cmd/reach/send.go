@@ -32,6 +32,10 @@ reach recv TICKET) and serves the offer until one receiver has everything
 the server and the offer's hash; the receiver verifies every byte. Special
 files are skipped with a message. Progress goes to stderr.
 
+A PATH of - offers stdin as one file named stdin (or --name NAME): stdin
+is read to its end into a temporary file first (the offer names each
+file's size and hash up front), removed when send exits.
+
 Without --json the ticket is the one line on stdout. With --json, stdout
 carries only events, one a line: skipped, ticket (with the ticket),
 progress, sent; see docs/cli.md.
@@ -42,16 +46,25 @@ func runSend(args []string) error {
 	var pf peerFlags
 	pf.register(fs, true)
 	keep := fs.Bool("keep", false, "keep serving after a receiver finished, until interrupted")
+	name := fs.String("name", defaultStdinName, "the file `NAME` under which - (stdin) is offered")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() == 0 {
 		return usagef("send", "send takes at least one PATH")
 	}
+	if err := stdinName(*name); err != nil {
+		return err
+	}
 	ev := pf.events()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	offer, err := transfer.Prepare(ctx, fs.Args(), transfer.PrepareConfig{})
+	paths, cleanup, err := spoolStdin(ctx, fs.Args(), *name)
+	defer cleanup()
+	if err != nil {
+		return err
+	}
+	offer, err := transfer.Prepare(ctx, paths, transfer.PrepareConfig{})
 	if err != nil {
 		return err
 	}

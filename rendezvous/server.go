@@ -173,10 +173,10 @@ type Server struct {
 	tlsCfg *tls.Config // QUIC
 	tcpTLS *tls.Config // TCP ports: tlsCfg plus http/1.1 (WebSocket)
 
-	mu        sync.Mutex
-	peers     map[identity.PeerID]*session
-	seen      map[identity.PeerID]time.Time // when each peer was last registered
-	intros    map[uint64]*pendingIntro
+	mu     sync.Mutex
+	peers  map[identity.PeerID]*session
+	seen   map[identity.PeerID]time.Time // when each peer was last registered
+	intros map[uint64]*pendingIntro
 	// The alternate STUN socket (StartServer), its port, and the address
 	// OTHER-ADDRESS names; set before start.
 	alt       *net.UDPConn

@@ -29,7 +29,7 @@ import (
 	"github.com/reachp2p/reach/rendezvous"
 )
 
-const serverHelp = `usage: reach server [--listen IP or IP:PORT] [--state DIR] [--tls-port N]
+const serverHelp = `usage: reach server [--listen IP or IP:PORT] [--public-addr IP[:PORT]]... [--state DIR] [--tls-port N]
                     [--relay-secret S]... [--metrics ADDR] [flags] [-v]
 
 Runs the public reach server: rendezvous (signalling over QUIC on UDP and
@@ -46,10 +46,13 @@ The first line on stdout is exactly
     reach server ready <connect-string>
 
 where the connect string (reach://<server-id>@<host>:<port>) is what peers
-need. Its host is the --listen IP; when listening on all interfaces (the
-default), it is the first non-loopback global address of this host
-(IPv4 preferred), or 127.0.0.1 if there is none. Behind NAT or a load
-balancer, give peers the public address with the same ID and port instead.
+need. Its host and port are the first --public-addr; without one, the
+host is the --listen IP or, when listening on all interfaces (the
+default), the first non-loopback global address of this host (IPv4
+preferred), or 127.0.0.1 if there is none. Behind a 1:1 NAT or a load
+balancer, name the public address with --public-addr (once per family:
+the others are logged as "also advertised", and STUN names each family's
+own). Peers may also use a DNS name as the host.
 
 Without --state the server makes a fresh key (a new connect string) on
 every run; with --state DIR it keeps its key in DIR/server.key (mode 0600).
@@ -68,6 +71,8 @@ func runServer(args []string) error {
 	tlsCert := fs.String("tls-cert", "", "certificate `FILE` (PEM) for TLS clients that do not speak reach's ALPNs; reach clients always get the self-signed certificate their connect string pins")
 	tlsKey := fs.String("tls-key", "", "private key `FILE` (PEM) of --tls-cert")
 	noRelay := fs.Bool("no-relay", false, "run rendezvous and STUN only")
+	var public stringList
+	fs.Var(&public, "public-addr", "`IP[:PORT]` to advertise in the connect string instead of guessing (behind a 1:1 NAT or a load balancer); repeat for IPv4 and IPv6, the first is in the ready line; no PORT: the bound one")
 	var secrets stringList
 	fs.Var(&secrets, "relay-secret", "token `SECRET` the relay requires (relay.NewToken); repeat to rotate: tokens made with any are accepted")
 	maxClients := fs.Int("relay-max-clients", 0, "peers connected to the relay at once (0: 100000)")
@@ -93,6 +98,10 @@ func runServer(args []string) error {
 	if err != nil {
 		return err
 	}
+	publicAddrs, err := parsePublicAddrs(public)
+	if err != nil {
+		return usagef("server", "%v", err)
+	}
 	key, err := serverKey(*state)
 	if err != nil {
 		return err
@@ -110,7 +119,7 @@ func runServer(args []string) error {
 		return usagef("server", "--stun-alt-port %d: not a port (-1 for none)", *altSTUN)
 	}
 	scfg := rendezvous.ServerConfig{Key: key, Logger: logger, TLSPort: uint16(*tlsPort),
-		AltSTUNPort: uint16(max(*altSTUN, 0)), DisableAltSTUN: *altSTUN < 0}
+		AltSTUNPort: uint16(max(*altSTUN, 0)), DisableAltSTUN: *altSTUN < 0, PublicAddrs: publicAddrs}
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
@@ -162,6 +171,9 @@ func runServer(args []string) error {
 	if _, err := fmt.Printf("reach server ready %s\n", rs.ConnectString()); err != nil {
 		rs.Close()
 		return err
+	}
+	for _, cs := range rs.ConnectStrings()[1:] {
+		logger.Info("also advertised", "connect", cs)
 	}
 	select {
 	case <-ctx.Done():

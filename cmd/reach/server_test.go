@@ -45,8 +45,16 @@ func TestParseListen(t *testing.T) {
 // runServerBinary starts `reach server` and returns its connect string.
 func runServerBinary(t *testing.T, bin string, args ...string) (rendezvous.ServerAddr, *exec.Cmd) {
 	t.Helper()
+	return runServerEnv(t, bin, nil, os.Stderr, args...)
+}
+
+// runServerEnv starts `reach server` with env added to the test's
+// environment and its stderr to stderr, and returns its connect string.
+func runServerEnv(t *testing.T, bin string, env []string, stderr io.Writer, args ...string) (rendezvous.ServerAddr, *exec.Cmd) {
+	t.Helper()
 	cmd := exec.Command(bin, append([]string{"server"}, args...)...)
-	cmd.Stderr = os.Stderr
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -54,8 +54,11 @@ balancer, name the public address with --public-addr (once per family:
 the others are logged as "also advertised", and STUN names each family's
 own). Peers may also use a DNS name as the host.
 
-Without --state the server makes a fresh key (a new connect string) on
-every run; with --state DIR it keeps its key in DIR/server.key (mode 0600).
+The server keeps its key in DIR/server.key (mode 0600, made on the first
+run), so the connect string survives restarts. DIR is --state; without
+it, $STATE_DIRECTORY (systemd's StateDirectory=), else /var/lib/reach
+when run as root, else the user configuration directory's reach-server
+(~/.config/reach-server on Linux). A new DIR means a new connect string.
 Logs go to stderr. SIGINT or SIGTERM shuts it down cleanly.
 
 Flags:
@@ -64,7 +67,7 @@ Flags:
 func runServer(args []string) error {
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	listen := fs.String("listen", "", "`IP or IP:PORT` to listen on, UDP and TCP (default: all interfaces, port "+strconv.Itoa(rendezvous.DefaultPort)+")")
-	state := fs.String("state", "", "`DIR` that keeps the server key, so the connect string survives restarts")
+	state := fs.String("state", "", "`DIR` that keeps the server key, so the connect string survives restarts (default: $STATE_DIRECTORY, else "+rootStateDir+" as root, else the user config directory's reach-server)")
 	verbose := fs.Bool("v", false, "debug logging")
 	tlsPort := fs.Uint("tls-port", 443, "extra TCP `PORT` for TLS (signalling and relay), advertised in the connect string; 0: none")
 	altSTUN := fs.Int("stun-alt-port", 0, "second UDP `PORT` answering STUN only, so netcheck sees a symmetric NAT with one server (0: the main port + 1; -1: none)")
@@ -102,15 +105,20 @@ func runServer(args []string) error {
 	if err != nil {
 		return usagef("server", "%v", err)
 	}
-	key, err := serverKey(*state)
-	if err != nil {
-		return err
-	}
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	stateDir, err := serverStateDir(*state, osStateEnv())
+	if err != nil {
+		return err
+	}
+	key, created, err := serverKey(stateDir)
+	if err != nil {
+		return err
+	}
+	logger.Info("state", "dir", stateDir, "new_key", created)
 
 	if *tlsPort > 65535 {
 		return fmt.Errorf("--tls-port %d: not a port", *tlsPort)
@@ -213,10 +221,12 @@ type stringList []string
 func (l *stringList) String() string     { return strings.Join(*l, ",") }
 func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
 
-func serverKey(dir string) (*identity.Key, error) {
-	if dir == "" {
-		return identity.GenerateKey()
+// serverKey loads dir/server.key, or makes it (and dir, mode 0700) if it
+// does not exist; created says which.
+func serverKey(dir string) (k *identity.Key, created bool, err error) {
+	k, created, err = identity.LoadOrCreateKey(filepath.Join(dir, "server.key"))
+	if err != nil {
+		return nil, false, fmt.Errorf("state directory: %w", err)
 	}
-	k, _, err := identity.LoadOrCreateKey(filepath.Join(dir, "server.key"))
-	return k, err
+	return k, created, nil
 }

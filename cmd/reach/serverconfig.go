@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -44,4 +46,48 @@ func parsePublicAddrs(vals []string) ([]netip.AddrPort, error) {
 		out = append(out, ap)
 	}
 	return out, nil
+}
+
+// errNoStateDir: no --state, no $STATE_DIRECTORY, and no user
+// configuration directory to keep the server's key in.
+var errNoStateDir = errors.New("no directory for the server's state: pass --state DIR or set STATE_DIRECTORY")
+
+// rootStateDir is where a server run as root keeps its state by default.
+const rootStateDir = "/var/lib/reach"
+
+// stateEnv is what serverStateDir looks at besides the flag, so tests can
+// give their own.
+type stateEnv struct {
+	getenv        func(string) string
+	euid          int
+	userConfigDir func() (string, error)
+}
+
+// osStateEnv is the process's own environment.
+func osStateEnv() stateEnv {
+	return stateEnv{getenv: os.Getenv, euid: os.Geteuid(), userConfigDir: os.UserConfigDir}
+}
+
+// serverStateDir returns the directory that keeps the server's key:
+// flag (--state) if set; else $STATE_DIRECTORY (set by systemd's
+// StateDirectory=; the first of a colon-separated list); else
+// /var/lib/reach when running as root (on Unix); else
+// os.UserConfigDir()/reach-server ($XDG_CONFIG_HOME/reach-server or
+// ~/.config/reach-server on Linux).
+func serverStateDir(flag string, env stateEnv) (string, error) {
+	if flag != "" {
+		return flag, nil
+	}
+	if sd := env.getenv("STATE_DIRECTORY"); sd != "" {
+		first, _, _ := strings.Cut(sd, ":")
+		return first, nil
+	}
+	if env.euid == 0 {
+		return rootStateDir, nil
+	}
+	dir, err := env.userConfigDir()
+	if err != nil {
+		return "", fmt.Errorf("%w (%v)", errNoStateDir, err)
+	}
+	return filepath.Join(dir, "reach-server"), nil
 }

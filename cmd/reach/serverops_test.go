@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -90,4 +92,73 @@ func TestServerPublicAddr(t *testing.T) {
 	}
 	c.Close()
 	stopServer(t, cmd)
+}
+
+func TestServerStateDir(t *testing.T) {
+	env := func(vars map[string]string, euid int, cfg string) stateEnv {
+		return stateEnv{
+			getenv: func(k string) string { return vars[k] },
+			euid:   euid,
+			userConfigDir: func() (string, error) {
+				if cfg == "" {
+					return "", errors.New("neither $XDG_CONFIG_HOME nor $HOME is defined")
+				}
+				return cfg, nil
+			},
+		}
+	}
+	sd := map[string]string{"STATE_DIRECTORY": "/var/lib/reach:/var/lib/other"}
+	for _, c := range []struct {
+		name, flag string
+		env        stateEnv
+		want       string
+	}{
+		{"flag wins", "/srv/reach", env(sd, 0, "/home/u/.config"), "/srv/reach"},
+		{"systemd", "", env(sd, 1000, "/home/u/.config"), "/var/lib/reach"},
+		{"root", "", env(nil, 0, "/root/.config"), rootStateDir},
+		{"user", "", env(nil, 1000, "/home/u/.config"), "/home/u/.config/reach-server"},
+	} {
+		if got, err := serverStateDir(c.flag, c.env); err != nil || got != c.want {
+			t.Errorf("%s: %q, %v; want %q", c.name, got, err, c.want)
+		}
+	}
+	if _, err := serverStateDir("", env(nil, 1000, "")); !errors.Is(err, errNoStateDir) {
+		t.Errorf("no home: %v, want errNoStateDir", err)
+	}
+}
+
+// TestServerDefaultState: without --state, two runs with the same
+// environment print the same connect string, and the key is where the
+// docs say (as a user: $XDG_CONFIG_HOME/reach-server; under systemd:
+// $STATE_DIRECTORY); --state still wins.
+func TestServerDefaultState(t *testing.T) {
+	bin := reachBinary(t)
+	home := t.TempDir()
+	stateEnv := []string{"STATE_DIRECTORY=" + filepath.Join(home, "state")}
+	run := func(env []string, args ...string) rendezvous.ServerAddr {
+		t.Helper()
+		sa, cmd := runServerEnv(t, bin, env, os.Stderr, append([]string{"--listen", "127.0.0.1:0", "--tls-port", "0"}, args...)...)
+		stopServer(t, cmd)
+		return sa
+	}
+	first := run(stateEnv)
+	if again := run(stateEnv); again.ID != first.ID {
+		t.Errorf("restart with the default state: %s, then %s", first.ID, again.ID)
+	}
+	if _, err := os.Stat(filepath.Join(home, "state", "server.key")); err != nil {
+		t.Errorf("key not in $STATE_DIRECTORY: %v", err)
+	}
+	if other := run(stateEnv, "--state", filepath.Join(home, "flag")); other.ID == first.ID {
+		t.Error("--state DIR: the default directory's key")
+	}
+	if os.Geteuid() != 0 { // as root the default is /var/lib/reach: not in a test
+		userEnv := []string{"STATE_DIRECTORY=", "XDG_CONFIG_HOME=" + home, "HOME=" + home}
+		a, b := run(userEnv), run(userEnv)
+		if a.ID != b.ID {
+			t.Errorf("restart with $XDG_CONFIG_HOME: %s, then %s", a.ID, b.ID)
+		}
+		if _, err := os.Stat(filepath.Join(home, "reach-server", "server.key")); err != nil {
+			t.Errorf("key not in $XDG_CONFIG_HOME/reach-server: %v", err)
+		}
+	}
 }

@@ -30,7 +30,8 @@ import (
 )
 
 const serverHelp = `usage: reach server [--listen IP or IP:PORT] [--public-addr IP[:PORT]]... [--state DIR] [--tls-port N]
-                    [--relay-secret S]... [--metrics ADDR] [flags] [-v]
+                    [--relay-secret-file FILE]... [--metrics ADDR] [flags] [-v]
+       reach server token --peer ID [--ttl D] [--relay-secret-file FILE]...
 
 Runs the public reach server: rendezvous (signalling over QUIC on UDP and
 over TLS on TCP), STUN, and the relay, on the same port number for UDP and
@@ -59,12 +60,19 @@ run), so the connect string survives restarts. DIR is --state; without
 it, $STATE_DIRECTORY (systemd's StateDirectory=), else /var/lib/reach
 when run as root, else the user configuration directory's reach-server
 (~/.config/reach-server on Linux). A new DIR means a new connect string.
+With relay secrets (--relay-secret-file, $REACH_RELAY_SECRET, or
+--relay-secret) the relay requires a token (relay.NewToken) of each peer;
+reach server token prints one (reach server token --help).
+
 Logs go to stderr. SIGINT or SIGTERM shuts it down cleanly.
 
 Flags:
 `
 
 func runServer(args []string) error {
+	if len(args) > 0 && args[0] == "token" {
+		return runServerToken(args[1:])
+	}
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	listen := fs.String("listen", "", "`IP or IP:PORT` to listen on, UDP and TCP (default: all interfaces, port "+strconv.Itoa(rendezvous.DefaultPort)+")")
 	state := fs.String("state", "", "`DIR` that keeps the server key, so the connect string survives restarts (default: $STATE_DIRECTORY, else "+rootStateDir+" as root, else the user config directory's reach-server)")
@@ -77,7 +85,9 @@ func runServer(args []string) error {
 	var public stringList
 	fs.Var(&public, "public-addr", "`IP[:PORT]` to advertise in the connect string instead of guessing (behind a 1:1 NAT or a load balancer); repeat for IPv4 and IPv6, the first is in the ready line; no PORT: the bound one")
 	var secrets stringList
-	fs.Var(&secrets, "relay-secret", "token `SECRET` the relay requires (relay.NewToken); repeat to rotate: tokens made with any are accepted")
+	fs.Var(&secrets, "relay-secret", "token `SECRET` the relay requires (relay.NewToken); repeat to rotate: tokens made with any are accepted. Visible in the process list: prefer --relay-secret-file or $REACH_RELAY_SECRET")
+	var secretFiles stringList
+	fs.Var(&secretFiles, "relay-secret-file", "`FILE` of relay secrets, one a line (# comments); repeatable; $REACH_RELAY_SECRET adds its lines too")
 	maxClients := fs.Int("relay-max-clients", 0, "peers connected to the relay at once (0: 100000)")
 	maxSessions := fs.Int("relay-max-sessions", 0, "relay sessions (ordered peer pairs) at once (0: 10000)")
 	peerRate := fs.Int("relay-rate", 0, "bytes per second one peer may send through the relay (0: 64 MiB/s; negative: no limit)")
@@ -146,8 +156,11 @@ func runServer(args []string) error {
 			TotalRate: *totalRate, MaxLinksPerIP: *linksPerIP, MaxSessionsPerPeer: *sessionsPerPeer, MaxSessionsPerIP: *sessionsPerIP,
 			Logger: logger.With("part", "relay"),
 		}
-		for _, s := range secrets {
-			rcfg.Secrets = append(rcfg.Secrets, []byte(s))
+		if rcfg.Secrets, err = relaySecrets(secrets, secretFiles, os.Getenv); err != nil {
+			return err
+		}
+		if len(rcfg.Secrets) > 0 {
+			logger.Info("relay requires tokens", "secrets", len(rcfg.Secrets))
 		}
 		rl := relay.NewServer(rcfg)
 		if err := relaymetrics.Register(reg, rl); err != nil {

@@ -91,3 +91,57 @@ func serverStateDir(flag string, env stateEnv) (string, error) {
 	}
 	return filepath.Join(dir, "reach-server"), nil
 }
+
+// errNoSecret: a --relay-secret-file or $REACH_RELAY_SECRET that holds no
+// secret (empty, or only comments): most likely the wrong file, and a
+// relay without a secret would be open to everyone.
+var errNoSecret = errors.New("holds no secret")
+
+// parseSecrets returns the secrets in text, one a line: each line trimmed
+// of spaces (so CRLF files work), empty lines and lines starting with #
+// skipped.
+func parseSecrets(text string) []string {
+	var out []string
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		out = append(out, line)
+	}
+	return out
+}
+
+// relaySecrets gathers the relay secrets: every --relay-secret, then the
+// lines of every --relay-secret-file, then the lines of
+// $REACH_RELAY_SECRET. The first is the one `reach server token` signs
+// with; the relay accepts tokens of any.
+func relaySecrets(flags, files []string, getenv func(string) string) ([][]byte, error) {
+	var out [][]byte
+	for _, s := range flags {
+		out = append(out, []byte(s))
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("--relay-secret-file: %w", err)
+		}
+		ss := parseSecrets(string(b))
+		if len(ss) == 0 {
+			return nil, fmt.Errorf("--relay-secret-file %s: %w", f, errNoSecret)
+		}
+		for _, s := range ss {
+			out = append(out, []byte(s))
+		}
+	}
+	if env := getenv("REACH_RELAY_SECRET"); env != "" {
+		ss := parseSecrets(env)
+		if len(ss) == 0 {
+			return nil, fmt.Errorf("$REACH_RELAY_SECRET: %w", errNoSecret)
+		}
+		for _, s := range ss {
+			out = append(out, []byte(s))
+		}
+	}
+	return out, nil
+}

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -160,5 +162,94 @@ func TestServerDefaultState(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(home, "reach-server", "server.key")); err != nil {
 			t.Errorf("key not in $XDG_CONFIG_HOME/reach-server: %v", err)
 		}
+	}
+}
+
+func TestRelaySecrets(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "secrets")
+	os.WriteFile(f, []byte("# rotated 2026-11\nnew-secret\r\n\n  old-secret  \n"), 0o600)
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, []byte("# nothing yet\n\n"), 0o600)
+	env := func(v string) func(string) string {
+		return func(k string) string {
+			if k == "REACH_RELAY_SECRET" {
+				return v
+			}
+			return ""
+		}
+	}
+	got, err := relaySecrets([]string{"flag"}, []string{f}, env("env-1\nenv-2"))
+	var s []string
+	for _, b := range got {
+		s = append(s, string(b))
+	}
+	if err != nil || strings.Join(s, ",") != "flag,new-secret,old-secret,env-1,env-2" {
+		t.Errorf("relaySecrets: %q, %v", s, err)
+	}
+	if _, err := relaySecrets(nil, []string{empty}, env("")); !errors.Is(err, errNoSecret) {
+		t.Errorf("a file of comments: %v, want errNoSecret", err)
+	}
+	if _, err := relaySecrets(nil, nil, env(" \n")); !errors.Is(err, errNoSecret) {
+		t.Errorf("a blank $REACH_RELAY_SECRET: %v, want errNoSecret", err)
+	}
+	if _, err := relaySecrets(nil, []string{filepath.Join(dir, "missing")}, env("")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a missing file: %v", err)
+	}
+	if got, err := relaySecrets(nil, nil, env("")); err != nil || len(got) != 0 {
+		t.Errorf("no secrets: %q, %v", got, err)
+	}
+}
+
+// TestServerRelaySecretFile: a server whose relay secret is in a file
+// refuses a CLI dial through the relay without a token, and carries it
+// with tokens from `reach server token` (the listener's in
+// $REACH_RELAY_TOKEN, the dialler's in --relay-token).
+func TestServerRelaySecretFile(t *testing.T) {
+	bin := reachBinary(t)
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "relay-secret")
+	if err := os.WriteFile(secret, []byte("s3cret-from-a-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := runServerEnv(t, bin, []string{"STATE_DIRECTORY=" + dir}, os.Stderr,
+		"--listen", "127.0.0.1:0", "--tls-port", "0", "--relay-secret-file", secret)
+	cs := sa.String()
+	token := func(id identity.PeerID) string {
+		out, err := exec.Command(bin, "server", "token", "--relay-secret-file", secret, "--peer", id.String(), "--ttl", "10m").Output()
+		if err != nil {
+			t.Fatalf("reach server token: %v", err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	lisKey, lisID := ncKey(t, "lis")
+	dialKey, dialID := ncKey(t, "dial")
+	var got lockedBuffer
+	lisCmd := exec.Command(bin, "listen", "--key", lisKey, "--server", cs)
+	lisCmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+t.TempDir(), "REACH_RELAY_TOKEN="+token(lisID))
+	lis := startCmd(t, lisCmd, nil, &got)
+	lis.stderr.wait(t, "listening ", 15*time.Second)
+
+	refused := startProc(t, strings.NewReader("no token\n"), io.Discard, bin, "dial", "--strategies", "relay",
+		"--timeout", "10s", "--key", dialKey, "--server", cs, lisID.String())
+	if code := refused.exit(t, 30*time.Second); code == 0 {
+		t.Fatal("dial through the relay without a token exited 0")
+	}
+	if !strings.Contains(refused.stderr.String(), "bad_token") {
+		t.Errorf("dial without a token: stderr lacks bad_token:\n%s", refused.stderr)
+	}
+	dial := startProc(t, strings.NewReader("hello through the relay\n"), io.Discard, bin, "dial", "--json", "--strategies", "relay",
+		"--relay-token", token(dialID), "--key", dialKey, "--server", cs, lisID.String())
+	if s := connectedStrategy(t, dial.stderr); s != "relay" {
+		t.Fatalf("strategy %q, want relay", s)
+	}
+	if code := dial.exit(t, 30*time.Second); code != 0 {
+		t.Fatalf("dial with --relay-token exited %d", code)
+	}
+	if code := lis.exit(t, 15*time.Second); code != 0 {
+		t.Fatalf("listen exited %d", code)
+	}
+	if got.String() != "hello through the relay\n" {
+		t.Errorf("listener wrote %q", got.String())
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -30,7 +29,8 @@ import (
 )
 
 const serverHelp = `usage: reach server [--listen IP or IP:PORT] [--public-addr IP[:PORT]]... [--state DIR] [--tls-port N]
-                    [--relay-secret-file FILE]... [--metrics ADDR] [flags] [-v]
+                    [--relay-secret-file FILE]... [--metrics ADDR] [--log-format text|json]
+                    [--log-level debug|info|warn|error] [flags] [-v]
        reach server token --peer ID [--ttl D] [--relay-secret-file FILE]...
 
 Runs the public reach server: rendezvous (signalling over QUIC on UDP and
@@ -64,7 +64,9 @@ With relay secrets (--relay-secret-file, $REACH_RELAY_SECRET, or
 --relay-secret) the relay requires a token (relay.NewToken) of each peer;
 reach server token prints one (reach server token --help).
 
-Logs go to stderr. SIGINT or SIGTERM shuts it down cleanly.
+Logs go to stderr, as text (key=value) or JSON (--log-format), at info
+and above (--log-level; registrations and relay links are at debug).
+SIGINT or SIGTERM shuts it down cleanly.
 
 Flags:
 `
@@ -76,7 +78,9 @@ func runServer(args []string) error {
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	listen := fs.String("listen", "", "`IP or IP:PORT` to listen on, UDP and TCP (default: all interfaces, port "+strconv.Itoa(rendezvous.DefaultPort)+")")
 	state := fs.String("state", "", "`DIR` that keeps the server key, so the connect string survives restarts (default: $STATE_DIRECTORY, else "+rootStateDir+" as root, else the user config directory's reach-server)")
-	verbose := fs.Bool("v", false, "debug logging")
+	verbose := fs.Bool("v", false, "debug logging (--log-level debug)")
+	logFormat := fs.String("log-format", "text", "log `FORMAT` on stderr: text (key=value) or json (one object a line)")
+	logLevel := fs.String("log-level", "info", "least `LEVEL` logged: debug (every registration and relay link), info, warn or error")
 	tlsPort := fs.Uint("tls-port", 443, "extra TCP `PORT` for TLS (signalling and relay), advertised in the connect string; 0: none")
 	altSTUN := fs.Int("stun-alt-port", 0, "second UDP `PORT` answering STUN only, so netcheck sees a symmetric NAT with one server (0: the main port + 1; -1: none)")
 	tlsCert := fs.String("tls-cert", "", "certificate `FILE` (PEM) for TLS clients that do not speak reach's ALPNs; reach clients always get the self-signed certificate their connect string pins")
@@ -115,11 +119,10 @@ func runServer(args []string) error {
 	if err != nil {
 		return usagef("server", "%v", err)
 	}
-	level := slog.LevelInfo
-	if *verbose {
-		level = slog.LevelDebug
+	logger, err := serverLogger(os.Stderr, *logFormat, *logLevel, *verbose)
+	if err != nil {
+		return usagef("server", "%v", err)
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	stateDir, err := serverStateDir(*state, osStateEnv())
 	if err != nil {
 		return err

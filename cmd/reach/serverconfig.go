@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -144,4 +146,38 @@ func relaySecrets(flags, files []string, getenv func(string) string) ([][]byte, 
 		}
 	}
 	return out, nil
+}
+
+// errBadLogFlag is a --log-format or --log-level value the server does
+// not know.
+var errBadLogFlag = errors.New("unknown value")
+
+// serverLogger makes the server's logger on w: format "text" (logfmt, the
+// default) or "json" (one object a line), at level "debug", "info"
+// (default), "warn" or "error"; verbose (-v) means debug.
+func serverLogger(w io.Writer, format, level string, verbose bool) (*slog.Logger, error) {
+	var lv slog.Level
+	switch strings.ToLower(level) {
+	case "debug":
+		lv = slog.LevelDebug
+	case "", "info":
+		lv = slog.LevelInfo
+	case "warn", "warning":
+		lv = slog.LevelWarn
+	case "error":
+		lv = slog.LevelError
+	default:
+		return nil, fmt.Errorf("--log-level %q: %w (debug, info, warn or error)", level, errBadLogFlag)
+	}
+	if verbose {
+		lv = slog.LevelDebug
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: %w (text or json)", format, errBadLogFlag)
 }

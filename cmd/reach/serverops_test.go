@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/netip"
@@ -251,5 +252,79 @@ func TestServerRelaySecretFile(t *testing.T) {
 	}
 	if got.String() != "hello through the relay\n" {
 		t.Errorf("listener wrote %q", got.String())
+	}
+}
+
+func TestServerLogger(t *testing.T) {
+	var b bytes.Buffer
+	l, err := serverLogger(&b, "json", "warn", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Info("hidden")
+	l.Warn("shown", "k", 1)
+	var m map[string]any
+	if err := json.Unmarshal(b.Bytes(), &m); err != nil || m["msg"] != "shown" || m["level"] != "WARN" {
+		t.Errorf("json at warn: %q (%v)", b.String(), err)
+	}
+	b.Reset()
+	if l, err = serverLogger(&b, "text", "error", true); err != nil { // -v wins
+		t.Fatal(err)
+	}
+	l.Debug("dbg")
+	if !strings.Contains(b.String(), "level=DEBUG msg=dbg") {
+		t.Errorf("text with -v: %q", b.String())
+	}
+	for _, bad := range [][2]string{{"xml", "info"}, {"text", "loud"}} {
+		if _, err := serverLogger(&b, bad[0], bad[1], false); !errors.Is(err, errBadLogFlag) {
+			t.Errorf("serverLogger(%q, %q): %v, want errBadLogFlag", bad[0], bad[1], err)
+		}
+	}
+}
+
+// TestServerLogFormat: with --log-format json every stderr line is a JSON
+// object; a peer's registration is logged at debug only.
+func TestServerLogFormat(t *testing.T) {
+	bin := reachBinary(t)
+	register := func(sa rendezvous.ServerAddr) {
+		t.Helper()
+		key, _ := identity.GenerateKey()
+		c, err := rendezvous.NewClient(rendezvous.ClientConfig{Key: key, Servers: []rendezvous.ServerAddr{sa}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := c.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	msgs := func(level string) []string {
+		t.Helper()
+		var stderr lockedBuffer
+		sa, cmd := runServerEnv(t, bin, []string{"STATE_DIRECTORY=" + t.TempDir()}, &stderr,
+			"--listen", "127.0.0.1:0", "--tls-port", "0", "--log-format", "json", "--log-level", level)
+		register(sa)
+		time.Sleep(200 * time.Millisecond) // the server logs the unregistration
+		stopServer(t, cmd)
+		var out []string
+		for _, line := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+			var m struct{ Msg, Level string }
+			if err := json.Unmarshal([]byte(line), &m); err != nil || m.Msg == "" {
+				t.Errorf("--log-format json: stderr line %q is no JSON log record (%v)", line, err)
+				continue
+			}
+			out = append(out, m.Level+" "+m.Msg)
+		}
+		return out
+	}
+	debug := strings.Join(msgs("debug"), "\n")
+	if !strings.Contains(debug, "DEBUG registered\n") || !strings.Contains(debug, "DEBUG unregistered") {
+		t.Errorf("--log-level debug: no registration logged:\n%s", debug)
+	}
+	info := strings.Join(msgs("info"), "\n")
+	if strings.Contains(info, "registered") || !strings.Contains(info, "INFO rendezvous serving UDP") {
+		t.Errorf("--log-level info:\n%s", info)
 	}
 }

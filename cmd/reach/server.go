@@ -32,6 +32,7 @@ const serverHelp = `usage: reach server [--listen IP or IP:PORT] [--public-addr 
                     [--relay-secret-file FILE]... [--metrics ADDR] [--log-format text|json]
                     [--log-level debug|info|warn|error] [flags] [-v]
        reach server token --peer ID [--ttl D] [--relay-secret-file FILE]...
+       reach server healthcheck [URL]
 
 Runs the public reach server: rendezvous (signalling over QUIC on UDP and
 over TLS on TCP), STUN, and the relay, on the same port number for UDP and
@@ -64,6 +65,9 @@ With relay secrets (--relay-secret-file, $REACH_RELAY_SECRET, or
 --relay-secret) the relay requires a token (relay.NewToken) of each peer;
 reach server token prints one (reach server token --help).
 
+reach server healthcheck asks a server's /healthz (on --metrics): the
+Docker image's health check.
+
 Logs go to stderr, as text (key=value) or JSON (--log-format), at info
 and above (--log-level; registrations and relay links are at debug).
 SIGINT or SIGTERM shuts it down cleanly.
@@ -72,8 +76,13 @@ Flags:
 `
 
 func runServer(args []string) error {
-	if len(args) > 0 && args[0] == "token" {
-		return runServerToken(args[1:])
+	if len(args) > 0 {
+		switch args[0] {
+		case "token":
+			return runServerToken(args[1:])
+		case "healthcheck":
+			return runServerHealth(args[1:])
+		}
 	}
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	listen := fs.String("listen", "", "`IP or IP:PORT` to listen on, UDP and TCP (default: all interfaces, port "+strconv.Itoa(rendezvous.DefaultPort)+")")

@@ -65,13 +65,15 @@ func (s *Server) serveAltSTUN(ctx context.Context, pc *net.UDPConn) {
 	}
 }
 
-// otherAddress is the OTHER-ADDRESS for a request from from: the
-// advertised address when it is of the request's family, else the
+// otherAddress is the OTHER-ADDRESS for a request from from: the first
+// advertised address of the request's family, else the
 // unspecified address of that family (a client uses the port with the
 // address it asked).
 func (s *Server) otherAddress(from netip.AddrPort, port uint16) netip.AddrPort {
-	if a := s.advertise; a.IsValid() && a.Is4() == from.Addr().Is4() {
-		return netip.AddrPortFrom(a, port)
+	for _, a := range s.advertise {
+		if a.Is4() == from.Addr().Is4() {
+			return netip.AddrPortFrom(a, port)
+		}
 	}
 	if from.Addr().Is4() {
 		return netip.AddrPortFrom(netip.IPv4Unspecified(), port)

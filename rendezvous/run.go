@@ -13,7 +13,7 @@ import (
 // RunningServer is a Server started by StartServer.
 type RunningServer struct {
 	*Server
-	addr   ServerAddr
+	addrs  []ServerAddr // what it advertises; the first is ServerAddr
 	udp    netip.AddrPort
 	tcp    netip.AddrPort
 	tls    netip.AddrPort // cfg.TLSPort's listener, if bound
@@ -27,9 +27,9 @@ type RunningServer struct {
 // StartServer listens on UDP and TCP at listen and serves there until
 // Close. The two ports are the same number; port 0 picks a free one. An
 // invalid (zero) listen address means all interfaces, port DefaultPort.
-// The connect string names listen's IP, or for an unspecified IP the
-// host's first global unicast address (see AdvertiseAddr). ctx bounds only
-// the setup.
+// The connect string names cfg.PublicAddrs if any, else listen's IP, or
+// for an unspecified IP the host's first global unicast address (see
+// AdvertiseAddr). ctx bounds only the setup.
 func StartServer(ctx context.Context, cfg ServerConfig, listen netip.AddrPort) (*RunningServer, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -51,8 +51,20 @@ func StartServer(ctx context.Context, cfg ServerConfig, listen netip.AddrPort) (
 		tcp:    addrPortOf(tcp.Addr()),
 		done:   make(chan struct{}),
 	}
-	rs.addr = ServerAddr{ID: srv.ID(), Host: AdvertiseAddr(listen.Addr()).String(), Port: rs.udp.Port()}
-	srv.advertise = AdvertiseAddr(listen.Addr())
+	for _, pa := range cfg.PublicAddrs {
+		port := pa.Port()
+		if port == 0 {
+			port = rs.udp.Port()
+		}
+		ip := pa.Addr().Unmap()
+		rs.addrs = append(rs.addrs, ServerAddr{ID: srv.ID(), Host: ip.String(), Port: port})
+		srv.advertise = append(srv.advertise, ip)
+	}
+	if len(rs.addrs) == 0 {
+		ip := AdvertiseAddr(listen.Addr())
+		rs.addrs = []ServerAddr{{ID: srv.ID(), Host: ip.String(), Port: rs.udp.Port()}}
+		srv.advertise = []netip.Addr{ip}
+	}
 	if alt, err := listenAltSTUN(cfg, listen, rs.udp.Port()); err != nil {
 		srv.log.Warn("rendezvous: alternate STUN port not bound; clients need two servers to see a symmetric NAT", "err", err)
 	} else if alt != nil {
@@ -76,7 +88,9 @@ func StartServer(ctx context.Context, cfg ServerConfig, listen netip.AddrPort) (
 		} else {
 			extra = append(extra, l)
 			rs.tls = addrPortOf(l.Addr())
-			rs.addr.TCPPort = p
+			for i := range rs.addrs {
+				rs.addrs[i].TCPPort = p
+			}
 		}
 	}
 	sctx, cancel := context.WithCancel(context.Background())
@@ -160,11 +174,23 @@ func AdvertiseAddr(ip netip.Addr) netip.Addr {
 	return netip.AddrFrom4([4]byte{127, 0, 0, 1})
 }
 
-// ServerAddr returns the server's address and key.
-func (rs *RunningServer) ServerAddr() ServerAddr { return rs.addr }
+// ServerAddr returns the server's address and key: the first it
+// advertises.
+func (rs *RunningServer) ServerAddr() ServerAddr { return rs.addrs[0] }
 
-// ConnectString returns the connect string clients need.
-func (rs *RunningServer) ConnectString() string { return rs.addr.String() }
+// ConnectString returns the connect string clients need: the first of
+// ConnectStrings.
+func (rs *RunningServer) ConnectString() string { return rs.addrs[0].String() }
+
+// ConnectStrings returns a connect string for every address the server
+// advertises (ServerConfig.PublicAddrs, in order), or the one it guessed.
+func (rs *RunningServer) ConnectStrings() []string {
+	out := make([]string, len(rs.addrs))
+	for i, a := range rs.addrs {
+		out[i] = a.String()
+	}
+	return out
+}
 
 // UDPAddr returns the bound UDP address.
 func (rs *RunningServer) UDPAddr() netip.AddrPort { return rs.udp }

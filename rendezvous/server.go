@@ -101,6 +101,14 @@ type ServerConfig struct {
 	// cannot be bound. DisableAltSTUN turns it off.
 	AltSTUNPort    uint16
 	DisableAltSTUN bool
+	// PublicAddrs are the addresses StartServer advertises, in this order,
+	// instead of guessing from the listen address and the interfaces
+	// (AdvertiseAddr): for a server behind a 1:1 NAT (a cloud's public IP)
+	// or a load balancer. Each yields a connect string (ConnectStrings; the
+	// first is ConnectString); a zero port means the bound UDP port. The
+	// first of each family is the OTHER-ADDRESS of STUN answers to that
+	// family. Nil: guess.
+	PublicAddrs []netip.AddrPort
 }
 
 // Protocol serves connections that negotiated another ALPN than ALPN on a
@@ -181,7 +189,7 @@ type Server struct {
 	// OTHER-ADDRESS names; set before start.
 	alt       *net.UDPConn
 	altPort   uint16
-	advertise netip.Addr
+	advertise []netip.Addr
 	nextIntro uint64
 	serving   bool
 	sn        *snRegistry // volunteers; set by start

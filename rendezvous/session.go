@@ -257,7 +257,7 @@ func (s *Server) register(ss *session) error {
 		ss.log.Info("registration replaces an older connection")
 		old.closeWith(&ProtocolError{Code: codeReplaced, Reason: "a newer connection registered this peer ID"})
 	} else {
-		ss.log.Info("registered")
+		ss.log.Debug("registered") // one a peer: Info would flood a busy server's log
 	}
 	ss.send(typeRegistered, registeredBody{
 		Peer:        ss.peer,
@@ -278,7 +278,7 @@ func (s *Server) unregister(ss *session) {
 		delete(s.peers, ss.peer)
 		s.seen[ss.peer] = time.Now()
 		s.pruneSeenLocked()
-		ss.log.Info("unregistered")
+		ss.log.Debug("unregistered")
 	}
 	reason := "peer disconnected before answering"
 	if cur := s.peers[ss.peer]; cur != nil && cur != ss {

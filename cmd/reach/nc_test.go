@@ -35,9 +35,23 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// reach server keeps its key in a default directory (the real home's,
+	// or /var/lib/reach as root): keep the tests' servers out of both.
+	stateDir := ""
+	if os.Getenv("STATE_DIRECTORY") == "" {
+		var err error
+		if stateDir, err = os.MkdirTemp("", "reach-server-state"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Setenv("STATE_DIRECTORY", stateDir)
+	}
 	code := m.Run()
 	if ncDir != "" {
 		os.RemoveAll(ncDir)
+	}
+	if stateDir != "" {
+		os.RemoveAll(stateDir)
 	}
 	os.Exit(code)
 }

@@ -28,6 +28,7 @@ type peerFlags struct {
 	key        string
 	servers    multiFlag
 	strategies string
+	relayToken string
 	jsonOut    bool
 	verbose    bool
 	// jsonTo is where JSON events go: stdout (nil), or stderr when stdout
@@ -90,6 +91,7 @@ func (p *peerFlags) register(fs *flag.FlagSet, withJSON bool) {
 	fs.StringVar(&p.key, "key", "", "key `FILE` (created if missing; default: $REACH_KEY, else the default key, see reach id)")
 	fs.Var(&p.servers, "server", "rendezvous connect string `CS` (repeatable; default $REACH_SERVER)")
 	fs.StringVar(&p.strategies, "strategies", "", "comma-separated ladder `LIST`, e.g. direct,holepunch (default: all)")
+	fs.StringVar(&p.relayToken, "relay-token", "", "`TOKEN` for a relay that requires one (reach server token; default $REACH_RELAY_TOKEN)")
 	fs.BoolVar(&p.verbose, "v", false, "debug logs on stderr")
 	if withJSON {
 		where := "stdout"
@@ -128,6 +130,13 @@ func (p *peerFlags) nodeWith(ctx context.Context, mod func(*reach.Config)) (*rea
 		return nil, err
 	}
 	cfg.Key = k
+	tok := p.relayToken
+	if tok == "" {
+		tok = os.Getenv("REACH_RELAY_TOKEN")
+	}
+	if tok != "" {
+		cfg.RelayToken = func() string { return tok }
+	}
 	if p.strategies != "" {
 		cfg.Strategies = strings.Split(p.strategies, ",")
 	}

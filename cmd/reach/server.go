@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -29,8 +28,11 @@ import (
 	"github.com/reachp2p/reach/rendezvous"
 )
 
-const serverHelp = `usage: reach server [--listen IP or IP:PORT] [--state DIR] [--tls-port N]
-                    [--relay-secret S]... [--metrics ADDR] [flags] [-v]
+const serverHelp = `usage: reach server [--listen IP or IP:PORT] [--public-addr IP[:PORT]]... [--state DIR] [--tls-port N]
+                    [--relay-secret-file FILE]... [--metrics ADDR] [--log-format text|json]
+                    [--log-level debug|info|warn|error] [flags] [-v]
+       reach server token --peer ID [--ttl D] [--relay-secret-file FILE]...
+       reach server healthcheck [URL]
 
 Runs the public reach server: rendezvous (signalling over QUIC on UDP and
 over TLS on TCP), STUN, and the relay, on the same port number for UDP and
@@ -46,30 +48,59 @@ The first line on stdout is exactly
     reach server ready <connect-string>
 
 where the connect string (reach://<server-id>@<host>:<port>) is what peers
-need. Its host is the --listen IP; when listening on all interfaces (the
-default), it is the first non-loopback global address of this host
-(IPv4 preferred), or 127.0.0.1 if there is none. Behind NAT or a load
-balancer, give peers the public address with the same ID and port instead.
+need. Its host and port are the first --public-addr; without one, the
+host is the --listen IP or, when listening on all interfaces (the
+default), the first non-loopback global address of this host (IPv4
+preferred), or 127.0.0.1 if there is none. Behind a 1:1 NAT or a load
+balancer, name the public address with --public-addr (once per family:
+the others are logged as "also advertised", and STUN names each family's
+own). Peers may also use a DNS name as the host.
 
-Without --state the server makes a fresh key (a new connect string) on
-every run; with --state DIR it keeps its key in DIR/server.key (mode 0600).
-Logs go to stderr. SIGINT or SIGTERM shuts it down cleanly.
+The server keeps its key in DIR/server.key (mode 0600, made on the first
+run), so the connect string survives restarts. DIR is --state; without
+it, $STATE_DIRECTORY (systemd's StateDirectory=), else /var/lib/reach
+when run as root, else the user configuration directory's reach-server
+(~/.config/reach-server on Linux). A new DIR means a new connect string.
+With relay secrets (--relay-secret-file, $REACH_RELAY_SECRET, or
+--relay-secret) the relay requires a token (relay.NewToken) of each peer;
+reach server token prints one (reach server token --help).
+
+reach server healthcheck asks a server's /healthz (on --metrics): the
+Docker image's health check.
+
+Logs go to stderr, as text (key=value) or JSON (--log-format), at info
+and above (--log-level; registrations and relay links are at debug).
+SIGINT or SIGTERM shuts it down cleanly.
 
 Flags:
 `
 
 func runServer(args []string) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "token":
+			return runServerToken(args[1:])
+		case "healthcheck":
+			return runServerHealth(args[1:])
+		}
+	}
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	listen := fs.String("listen", "", "`IP or IP:PORT` to listen on, UDP and TCP (default: all interfaces, port "+strconv.Itoa(rendezvous.DefaultPort)+")")
-	state := fs.String("state", "", "`DIR` that keeps the server key, so the connect string survives restarts")
-	verbose := fs.Bool("v", false, "debug logging")
+	state := fs.String("state", "", "`DIR` that keeps the server key, so the connect string survives restarts (default: $STATE_DIRECTORY, else "+rootStateDir+" as root, else the user config directory's reach-server)")
+	verbose := fs.Bool("v", false, "debug logging (--log-level debug)")
+	logFormat := fs.String("log-format", "text", "log `FORMAT` on stderr: text (key=value) or json (one object a line)")
+	logLevel := fs.String("log-level", "info", "least `LEVEL` logged: debug (every registration and relay link), info, warn or error")
 	tlsPort := fs.Uint("tls-port", 443, "extra TCP `PORT` for TLS (signalling and relay), advertised in the connect string; 0: none")
 	altSTUN := fs.Int("stun-alt-port", 0, "second UDP `PORT` answering STUN only, so netcheck sees a symmetric NAT with one server (0: the main port + 1; -1: none)")
 	tlsCert := fs.String("tls-cert", "", "certificate `FILE` (PEM) for TLS clients that do not speak reach's ALPNs; reach clients always get the self-signed certificate their connect string pins")
 	tlsKey := fs.String("tls-key", "", "private key `FILE` (PEM) of --tls-cert")
 	noRelay := fs.Bool("no-relay", false, "run rendezvous and STUN only")
+	var public stringList
+	fs.Var(&public, "public-addr", "`IP[:PORT]` to advertise in the connect string instead of guessing (behind a 1:1 NAT or a load balancer); repeat for IPv4 and IPv6, the first is in the ready line; no PORT: the bound one")
 	var secrets stringList
-	fs.Var(&secrets, "relay-secret", "token `SECRET` the relay requires (relay.NewToken); repeat to rotate: tokens made with any are accepted")
+	fs.Var(&secrets, "relay-secret", "token `SECRET` the relay requires (relay.NewToken); repeat to rotate: tokens made with any are accepted. Visible in the process list: prefer --relay-secret-file or $REACH_RELAY_SECRET")
+	var secretFiles stringList
+	fs.Var(&secretFiles, "relay-secret-file", "`FILE` of relay secrets, one a line (# comments); repeatable; $REACH_RELAY_SECRET adds its lines too")
 	maxClients := fs.Int("relay-max-clients", 0, "peers connected to the relay at once (0: 100000)")
 	maxSessions := fs.Int("relay-max-sessions", 0, "relay sessions (ordered peer pairs) at once (0: 10000)")
 	peerRate := fs.Int("relay-rate", 0, "bytes per second one peer may send through the relay (0: 64 MiB/s; negative: no limit)")
@@ -93,15 +124,23 @@ func runServer(args []string) error {
 	if err != nil {
 		return err
 	}
-	key, err := serverKey(*state)
+	publicAddrs, err := parsePublicAddrs(public)
+	if err != nil {
+		return usagef("server", "%v", err)
+	}
+	logger, err := serverLogger(os.Stderr, *logFormat, *logLevel, *verbose)
+	if err != nil {
+		return usagef("server", "%v", err)
+	}
+	stateDir, err := serverStateDir(*state, osStateEnv())
 	if err != nil {
 		return err
 	}
-	level := slog.LevelInfo
-	if *verbose {
-		level = slog.LevelDebug
+	key, created, err := serverKey(stateDir)
+	if err != nil {
+		return err
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	logger.Info("state", "dir", stateDir, "new_key", created)
 
 	if *tlsPort > 65535 {
 		return fmt.Errorf("--tls-port %d: not a port", *tlsPort)
@@ -110,7 +149,7 @@ func runServer(args []string) error {
 		return usagef("server", "--stun-alt-port %d: not a port (-1 for none)", *altSTUN)
 	}
 	scfg := rendezvous.ServerConfig{Key: key, Logger: logger, TLSPort: uint16(*tlsPort),
-		AltSTUNPort: uint16(max(*altSTUN, 0)), DisableAltSTUN: *altSTUN < 0}
+		AltSTUNPort: uint16(max(*altSTUN, 0)), DisableAltSTUN: *altSTUN < 0, PublicAddrs: publicAddrs}
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
@@ -129,8 +168,11 @@ func runServer(args []string) error {
 			TotalRate: *totalRate, MaxLinksPerIP: *linksPerIP, MaxSessionsPerPeer: *sessionsPerPeer, MaxSessionsPerIP: *sessionsPerIP,
 			Logger: logger.With("part", "relay"),
 		}
-		for _, s := range secrets {
-			rcfg.Secrets = append(rcfg.Secrets, []byte(s))
+		if rcfg.Secrets, err = relaySecrets(secrets, secretFiles, os.Getenv); err != nil {
+			return err
+		}
+		if len(rcfg.Secrets) > 0 {
+			logger.Info("relay requires tokens", "secrets", len(rcfg.Secrets))
 		}
 		rl := relay.NewServer(rcfg)
 		if err := relaymetrics.Register(reg, rl); err != nil {
@@ -162,6 +204,9 @@ func runServer(args []string) error {
 	if _, err := fmt.Printf("reach server ready %s\n", rs.ConnectString()); err != nil {
 		rs.Close()
 		return err
+	}
+	for _, cs := range rs.ConnectStrings()[1:] {
+		logger.Info("also advertised", "connect", cs)
 	}
 	select {
 	case <-ctx.Done():
@@ -201,10 +246,12 @@ type stringList []string
 func (l *stringList) String() string     { return strings.Join(*l, ",") }
 func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
 
-func serverKey(dir string) (*identity.Key, error) {
-	if dir == "" {
-		return identity.GenerateKey()
+// serverKey loads dir/server.key, or makes it (and dir, mode 0700) if it
+// does not exist; created says which.
+func serverKey(dir string) (k *identity.Key, created bool, err error) {
+	k, created, err = identity.LoadOrCreateKey(filepath.Join(dir, "server.key"))
+	if err != nil {
+		return nil, false, fmt.Errorf("state directory: %w", err)
 	}
-	k, _, err := identity.LoadOrCreateKey(filepath.Join(dir, "server.key"))
-	return k, err
+	return k, created, nil
 }

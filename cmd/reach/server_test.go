@@ -45,8 +45,16 @@ func TestParseListen(t *testing.T) {
 // runServerBinary starts `reach server` and returns its connect string.
 func runServerBinary(t *testing.T, bin string, args ...string) (rendezvous.ServerAddr, *exec.Cmd) {
 	t.Helper()
+	return runServerEnv(t, bin, nil, os.Stderr, args...)
+}
+
+// runServerEnv starts `reach server` with env added to the test's
+// environment and its stderr to stderr, and returns its connect string.
+func runServerEnv(t *testing.T, bin string, env []string, stderr io.Writer, args ...string) (rendezvous.ServerAddr, *exec.Cmd) {
+	t.Helper()
 	cmd := exec.Command(bin, append([]string{"server"}, args...)...)
-	cmd.Stderr = os.Stderr
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -134,17 +142,17 @@ func TestServerCommand(t *testing.T) {
 	}
 	stopServer(t, cmd2)
 
-	// No state: a fresh key. With --metrics: the relay's metrics, every
-	// label value at zero.
+	// Another state directory (here the default, $STATE_DIRECTORY): another
+	// key. With --metrics: the relay's metrics, every label value at zero.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	maddr := ln.Addr().String()
 	ln.Close()
-	sa3, cmd3 := runServerBinary(t, bin, "--listen", "127.0.0.1:0", "--metrics", maddr)
+	sa3, cmd3 := runServerEnv(t, bin, []string{"STATE_DIRECTORY=" + t.TempDir()}, os.Stderr, "--listen", "127.0.0.1:0", "--metrics", maddr)
 	if sa3.ID == sa.ID {
-		t.Error("without --state the key was reused")
+		t.Error("another state directory, the same key")
 	}
 	checkMetrics(t, "http://"+maddr+"/metrics")
 	stopServer(t, cmd3)

@@ -148,20 +148,86 @@ func (s *Server) openSession(src *peerLink, dst identity.PeerID, now time.Time) 
 }
 
 // allow handles an ALLOW frame from p: an empty one asks for consent
-// (p receives only from peers it allowed from now on), one with a peer
-// key allows that peer. False: a malformed frame.
-func (p *peerLink) allow(body []byte) bool {
+// (p receives only from peers it allowed from now on, and the sessions
+// to it that opened before it asked are checked too), one with a peer key
+// allows that peer. False: a malformed frame.
+func (s *Server) allow(p *peerLink, body []byte) bool {
 	switch len(body) {
 	case 0:
-		p.omu.Lock()
-		p.consent = true
-		p.omu.Unlock()
+		s.enableConsent(p, time.Now())
 	case identityLen:
 		p.permit(identity.PeerID(body), time.Now())
 	default:
 		return false
 	}
 	return true
+}
+
+// Consent asked for late. A link asks for consent one round trip after its
+// WELCOME; a stranger's packet in that window opens a session to it, which
+// would never be checked again. So the sessions to a link opened in its
+// first consentGrace (before it asked) are remembered, at most maxEarly,
+// and checked when it asks; beyond maxEarly, every packet to it is.
+const (
+	consentGrace = 10 * time.Second
+	maxEarly     = 64
+)
+
+// enableConsent turns consent on for p and ends the sessions to it that
+// opened before, from peers it has not allowed.
+func (s *Server) enableConsent(p *peerLink, now time.Time) {
+	p.omu.Lock()
+	p.consent = true
+	early := p.early
+	p.early = nil
+	p.omu.Unlock()
+	for _, src := range early {
+		if !p.consents(src.id, now) {
+			s.closeSession(src, p.id)
+		}
+	}
+}
+
+// earlyOpen records a session src opened to p before p asked for consent;
+// it reports false when p asked meanwhile and has not allowed src.
+func (p *peerLink) earlyOpen(src *peerLink, now time.Time) bool {
+	p.omu.Lock()
+	defer p.omu.Unlock()
+	if p.consent {
+		if _, ok := p.out[src.id]; ok {
+			return true
+		}
+		t, ok := p.allowed[src.id]
+		return ok && now.Sub(t) < PermissionLifetime
+	}
+	if now.Sub(p.linkedAt) > consentGrace {
+		p.early = nil // an older client: it never asks
+		return true
+	}
+	if len(p.early) >= maxEarly {
+		p.strict.Store(true)
+		return true
+	}
+	p.early = append(p.early, src)
+	return true
+}
+
+// closeSession ends the session src → dst, if open.
+func (s *Server) closeSession(src *peerLink, dst identity.PeerID) {
+	src.omu.Lock()
+	_, open := src.out[dst]
+	delete(src.out, dst)
+	st := src.ipst
+	src.omu.Unlock()
+	if !open {
+		return
+	}
+	s.mu.Lock()
+	s.sessions--
+	if st != nil {
+		st.sessions--
+	}
+	s.mu.Unlock()
 }
 
 // consents reports whether p receives packets from peer: it did not ask

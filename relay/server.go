@@ -114,6 +114,12 @@ type peerLink struct {
 	consent bool                          // it receives only from peers it allowed (empty ALLOW)
 	allowed map[identity.PeerID]time.Time // peers it consented to receive from → when
 	gone    bool                          // unregistered
+	// Sessions to it opened before it asked for consent (consentGrace
+	// after it linked): checked when it asks (enableConsent). Beyond
+	// maxEarly of them, strict: every packet to it is checked.
+	linkedAt time.Time
+	early    []*peerLink
+	strict   atomic.Bool
 
 	nPackets, nBytes atomic.Uint64 // what it sent that was forwarded
 }
@@ -150,7 +156,7 @@ func (s *Server) ServeQUIC(ctx context.Context, qc *quic.Conn) {
 		qc.CloseWithError(quic.ApplicationErrorCode(code), codeName(code))
 	}
 	st.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	p := &peerLink{srv: s, id: id, ip: ip, ipk: ipKey(ip), transport: transportUDP, fail: closeWith,
+	p := &peerLink{srv: s, id: id, ip: ip, ipk: ipKey(ip), transport: transportUDP, fail: closeWith, linkedAt: time.Now(),
 		write: func(buf []byte) error {
 			if buf[0] != framePacket {
 				return writeCtl(buf)
@@ -188,7 +194,7 @@ func (s *Server) ServeQUIC(ctx context.Context, qc *quic.Conn) {
 				s.forward(p, identity.PeerID(body[:identityLen]), body[identityLen:])
 				continue
 			}
-			if typ == frameAllow && p.allow(body) {
+			if typ == frameAllow && s.allow(p, body) {
 				continue
 			}
 			s.log.Debug("relay: unexpected frame on QUIC control stream", "peer", id.Short(), "type", typ)
@@ -236,7 +242,7 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 		return err
 	}
 	ip := addrOf(tc.RemoteAddr())
-	p := &peerLink{srv: s, id: id, ip: ip, ipk: ipKey(ip), transport: transportTLS,
+	p := &peerLink{srv: s, id: id, ip: ip, ipk: ipKey(ip), transport: transportTLS, linkedAt: time.Now(),
 		fail: func(code byte, reason string) {
 			if code != 0 {
 				write(appendFrame(nil, frameError, []byte{code}, []byte(reason)))
@@ -300,7 +306,7 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 			p.enqueue(appendFrame(nil, framePong, body))
 		case framePong:
 		case frameAllow:
-			if !p.allow(body) {
+			if !s.allow(p, body) {
 				p.fail(codeProtocol, "bad allow frame")
 				return
 			}
@@ -449,6 +455,11 @@ func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 		src.out[dst] = now
 	}
 	src.omu.Unlock()
+	if open && to.strict.Load() && !to.consents(src.id, now) {
+		s.closeSession(src, dst)
+		s.m.drop(dropNotAllowed)
+		return
+	}
 	if !open {
 		if !to.consents(src.id, now) {
 			// Sending to a peer is consent to hear from it: when both
@@ -464,6 +475,12 @@ func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 			if reason != dropNoPeer {
 				src.notice(dst, noticeSessionLimit, now)
 			}
+			return
+		}
+		if !to.earlyOpen(src, now) {
+			// The recipient asked for consent meanwhile.
+			s.closeSession(src, dst)
+			s.m.drop(dropNotAllowed)
 			return
 		}
 	}

@@ -271,10 +271,11 @@ func (c *Client) Current() ServerAddr {
 func (c *Client) Connect(ctx context.Context, peer identity.PeerID, offer PeerInfo) (PeerInfo, error) {
 	offer.Candidates = c.withCandidates(offer.Candidates)
 	answer, cc, err := c.connect(ctx, peer, offer)
-	if err != nil && errors.Is(err, ErrServerLost) && c.handedOver(ctx, cc) {
+	if err != nil && (errors.Is(err, ErrServerLost) || errors.Is(err, ErrReplaced)) && c.handedOver(ctx, cc) {
 		// The request went out on a registration this client left for
-		// its own newer one (TCP moving to QUIC): not a lost server.
-		// Ask again there, once.
+		// its own newer one (TCP moving to QUIC; the server ends the old
+		// one as replaced, and the request fails with it): not a lost
+		// server. Ask again there, once.
 		answer, _, err = c.connect(ctx, peer, offer)
 	}
 	return answer, err

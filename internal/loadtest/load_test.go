@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"runtime"
 	"sort"
 	"strings"
@@ -61,6 +62,12 @@ const (
 func TestLoadHostileSource(t *testing.T) {
 	if testing.Short() {
 		t.Skip("load test: 100 nodes, about a minute")
+	}
+	if os.Getenv("REACH_LOADTEST") == "" {
+		// It needs the machine to itself: beside the lab tests (go test
+		// ./... runs packages in parallel) two cores starve 100 nodes.
+		// .ci/run runs it on its own after the suite.
+		t.Skip("load test: set REACH_LOADTEST=1 (.ci/run does, after the suite)")
 	}
 	var base, flood outcome
 	t.Run("baseline", func(t *testing.T) { base = runPhase(t, false) })
@@ -191,12 +198,12 @@ func checkHostile(t *testing.T, h *hostile, st rendezvous.Stats, m relay.Metrics
 	if h.relayGot.Load() != 0 {
 		t.Errorf("hostile relay packets: %d delivered to hostile links; want none", h.relayGot.Load())
 	}
-	if forwarded != 0 {
-		// A known finding, not fixed yet (docs/security.md, "Load
-		// test"): a link asks for consent with an ALLOW frame after its
-		// WELCOME, and a session opened in that round trip is never
-		// checked again, so a sender that hits the window keeps it.
-		t.Logf("FINDING: %d hostile relay packets forwarded to honest peers that never consented (sessions opened before their links asked for consent)", forwarded)
+	// A link asks for consent one round trip after its WELCOME; packets
+	// in that window get through, and the sessions they opened end when
+	// it asks (relay.Server.enableConsent): a few per honest peer, where
+	// those sessions used to live on (27,822 packets in one run).
+	if bound := uint64(20 * honestN); forwarded > bound {
+		t.Errorf("%d hostile relay packets forwarded to honest peers that never consented, bound %d", forwarded, bound)
 	}
 	if m.Drops["no_peer"] == 0 || m.Drops["not_allowed"] == 0 {
 		t.Errorf("hostile relay packets: drops %s, want no_peer and not_allowed", nonZero(m.Drops))

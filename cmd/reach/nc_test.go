@@ -46,7 +46,17 @@ func TestMain(m *testing.M) {
 		}
 		os.Setenv("STATE_DIRECTORY", stateDir)
 	}
+	// Commands a test runs without --key (send, recv) use the default
+	// key in the user's config directory: a temporary one, never the
+	// real home's.
+	configDir, err := os.MkdirTemp("", "reach-config")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Setenv("XDG_CONFIG_HOME", configDir)
 	code := m.Run()
+	os.RemoveAll(configDir)
 	if ncDir != "" {
 		os.RemoveAll(ncDir)
 	}

@@ -58,11 +58,17 @@ func watch(r io.Reader) *lineWatcher {
 
 func (w *lineWatcher) wait(t *testing.T, prefix string, d time.Duration) string {
 	t.Helper()
+	return w.match(t, "starting with", prefix, func(l string) bool { return strings.HasPrefix(l, prefix) }, d)
+}
+
+// match waits for a line that ok accepts (what and s describe it).
+func (w *lineWatcher) match(t *testing.T, what, s string, ok func(string) bool, d time.Duration) string {
+	t.Helper()
 	deadline := time.After(d)
 	for {
 		w.mu.Lock()
 		for _, l := range w.lines {
-			if strings.HasPrefix(l, prefix) {
+			if ok(l) {
 				w.mu.Unlock()
 				return l
 			}
@@ -71,7 +77,7 @@ func (w *lineWatcher) wait(t *testing.T, prefix string, d time.Duration) string 
 		select {
 		case <-w.added:
 		case <-deadline:
-			t.Fatalf("no line starting with %q within %v; output:\n%s", prefix, d, w.String())
+			t.Fatalf("no line %s %q within %v; output:\n%s", what, s, d, w.String())
 		}
 	}
 }

@@ -18,22 +18,7 @@ import (
 // waitFor waits for a line containing sub and returns it.
 func (w *lineWatcher) waitFor(t *testing.T, sub string, d time.Duration) string {
 	t.Helper()
-	deadline := time.After(d)
-	for {
-		w.mu.Lock()
-		for _, l := range w.lines {
-			if strings.Contains(l, sub) {
-				w.mu.Unlock()
-				return l
-			}
-		}
-		w.mu.Unlock()
-		select {
-		case <-w.added:
-		case <-deadline:
-			t.Fatalf("no line containing %q within %v; output:\n%s", sub, d, w.String())
-		}
-	}
+	return w.match(t, "containing", sub, func(l string) bool { return strings.Contains(l, sub) }, d)
 }
 
 // TestCLIPathEvents: `reach dial --json` and `reach listen --json` print a

@@ -234,6 +234,7 @@ type Node struct {
 	closed   bool
 
 	mapping atomic.Value // string: how the NAT maps the socket (mapping.go)
+	counts  nodeCounts   // for Metrics (metrics.go)
 }
 
 // New starts a node: it opens the UDP socket, starts the rungs and

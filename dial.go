@@ -114,6 +114,7 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 		Key: n.key, Peer: peer, Socket: n.sock,
 		Local: offer, Remote: answer,
 		Session: n.cfg.Session, Logger: n.log,
+		Result: n.counts.attempt,
 	}
 	return a, intro, release, nil
 }
@@ -165,6 +166,7 @@ func (n *Node) accepted(sess *stream.Session) bool {
 	}
 	n.sessions[peer] = append(n.sessions[peer], sess)
 	n.mu.Unlock()
+	n.counts.session(sess.Strategy())
 	if n.movable(sess) {
 		sess.SetPathResolver(n.resolvePath)
 	} else {

@@ -66,6 +66,7 @@ func (n *Node) event(e PathEvent) {
 		args = append(args, "err", e.Err)
 	}
 	n.log.Info("path", args...)
+	n.counts.event(e)
 	if f := n.cfg.OnPathEvent; f != nil {
 		f(e)
 	}

@@ -196,6 +196,8 @@ type Server struct {
 	lim       *limits
 
 	nRegistrations, nReplaced, nIntros, nIntrosRefused, nSTUN, nDropped, nProtoErr, nHandshakeFail atomic.Uint64
+
+	outcomes outcomeCounts // by label, for the metrics (metrics.go)
 }
 
 // NewServer checks cfg and makes a Server.

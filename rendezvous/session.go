@@ -246,6 +246,7 @@ func (s *Server) register(ss *session) error {
 	old := s.peers[ss.peer]
 	if old == nil && len(s.peers) >= s.cfg.MaxPeers {
 		s.mu.Unlock()
+		s.outcomes.regFull.Add(1)
 		return &ProtocolError{Code: codeBusy, Reason: "server is at its peer limit"}
 	}
 	s.peers[ss.peer] = ss
@@ -257,6 +258,7 @@ func (s *Server) register(ss *session) error {
 		ss.log.Info("registration replaces an older connection")
 		old.closeWith(&ProtocolError{Code: codeReplaced, Reason: "a newer connection registered this peer ID"})
 	} else {
+		s.outcomes.regNew.Add(1)
 		ss.log.Debug("registered") // one a peer: Info would flood a busy server's log
 	}
 	ss.send(typeRegistered, registeredBody{
@@ -297,6 +299,7 @@ func (s *Server) unregister(ss *session) {
 	}
 	s.mu.Unlock()
 	for _, pi := range orphans {
+		s.countIntro(codePeerOffline)
 		pi.from.send(typeResult, resultBody{ID: pi.reqID, Error: codePeerOffline, Reason: reason})
 	}
 }
@@ -355,6 +358,7 @@ func withReflexive(cands []Candidate, obs netip.AddrPort) []Candidate {
 
 func (s *Server) connect(ss *session, cb connectBody) {
 	fail := func(code, reason string) {
+		s.countIntro(code)
 		ss.send(typeResult, resultBody{ID: cb.ID, Error: code, Reason: reason})
 	}
 	if why := s.checkInfo(&cb.Offer); why != "" {
@@ -466,6 +470,7 @@ func (s *Server) finishIntro(id uint64, by *session, res resultBody) {
 	pi.timer.Stop()
 	s.mu.Unlock()
 	res.ID = pi.reqID
+	s.countIntro(res.Error)
 	if res.Answer != nil && len(pi.supernodes) > 0 {
 		a := *res.Answer
 		a.Candidates = append(a.Candidates[:len(a.Candidates):len(a.Candidates)], pi.supernodes...)

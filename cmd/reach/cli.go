@@ -75,6 +75,12 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 // go install m@version, else the VCS revision (with "-dirty" for a
 // modified tree) when built in a clone, and the Go version.
 func version() string {
+	return fmt.Sprintf("reach %s %s %s/%s", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// buildVersion is the module version, or "devel REVISION[-dirty]", or
+// "unknown" (version without the Go version and platform).
+func buildVersion() string {
 	v := "unknown"
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		v = bi.Main.Version
@@ -97,7 +103,7 @@ func version() string {
 			}
 		}
 	}
-	return fmt.Sprintf("reach %s %s %s/%s", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return v
 }
 
 // packages are the prefixes SDK errors start with; message drops them

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -18,13 +17,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/relay"
-	"github.com/reachp2p/reach/relay/relaymetrics"
 	"github.com/reachp2p/reach/rendezvous"
 )
 
@@ -160,8 +154,7 @@ func runServer(args []string) error {
 		}
 		scfg.Certificate = &cert
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var rl *relay.Server
 	if !*noRelay {
 		rcfg := relay.ServerConfig{
 			MaxClients: *maxClients, MaxSessions: *maxSessions, PeerRate: *peerRate, ConnRate: *connRate,
@@ -174,32 +167,35 @@ func runServer(args []string) error {
 		if len(rcfg.Secrets) > 0 {
 			logger.Info("relay requires tokens", "secrets", len(rcfg.Secrets))
 		}
-		rl := relay.NewServer(rcfg)
-		if err := relaymetrics.Register(reg, rl); err != nil {
-			return err
-		}
+		rl = relay.NewServer(rcfg)
 		scfg.Protocols = map[string]rendezvous.Protocol{relay.ALPN: rl}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	var ms *http.Server
+	var metricsLn net.Listener
 	if *metricsAddr != "" {
-		ln, err := net.Listen("tcp", *metricsAddr)
-		if err != nil {
+		// Bound before the server starts, so a taken port fails at once;
+		// served (and /healthz answers) once the server runs.
+		if metricsLn, err = net.Listen("tcp", *metricsAddr); err != nil {
 			return fmt.Errorf("--metrics: %w", err)
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-		ms = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go ms.Serve(ln)
-		defer ms.Close()
-		logger.Info("metrics serving HTTP", "addr", ln.Addr().String())
+		defer metricsLn.Close()
 	}
 	rs, err := rendezvous.StartServer(ctx, scfg, addr)
 	if err != nil {
 		return err
+	}
+	if metricsLn != nil {
+		reg, err := serverRegistry(rs.Server, rl)
+		if err != nil {
+			rs.Close()
+			return err
+		}
+		ms := &http.Server{Handler: metricsHandler(reg), ReadHeaderTimeout: 5 * time.Second}
+		go ms.Serve(metricsLn)
+		defer ms.Close()
+		logger.Info("metrics serving HTTP", "addr", metricsLn.Addr().String())
 	}
 	if _, err := fmt.Printf("reach server ready %s\n", rs.ConnectString()); err != nil {
 		rs.Close()

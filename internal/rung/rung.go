@@ -39,6 +39,11 @@ type Attempt struct {
 	Session stream.Config
 	// Logger receives debug logs. Nil discards them.
 	Logger *slog.Logger
+	// Result, if set, is told what each rung Race started came to: err
+	// nil for a session (the winner's, or a loser's that Race closes),
+	// cancelled when the race or its ctx ended before the rung did (it
+	// lost). It must not block. The node counts it (Node.Metrics).
+	Result func(strategy string, err error, cancelled bool)
 }
 
 func (a *Attempt) logger() *slog.Logger {
@@ -148,6 +153,9 @@ func Race(ctx context.Context, a *Attempt, ladder []Entry) (*stream.Session, str
 				}
 				if err != nil {
 					log.Debug("strategy: failed", "strategy", name, "err", err)
+				}
+				if a.Result != nil {
+					a.Result(name, err, err != nil && ctx.Err() != nil)
 				}
 				return s, err
 			},

@@ -22,7 +22,7 @@ import (
 	"github.com/reachp2p/reach/rendezvous"
 )
 
-const serverHelp = `usage: reach server [--listen IP or IP:PORT] [--public-addr IP[:PORT]]... [--state DIR] [--tls-port N]
+const serverHelp = `usage: reach server [--config FILE] [--listen IP or IP:PORT] [--public-addr IP[:PORT]]... [--state DIR] [--tls-port N]
                     [--relay-secret-file FILE]... [--metrics ADDR] [--log-format text|json]
                     [--log-level debug|info|warn|error] [flags] [-v]
        reach server token --peer ID [--ttl D] [--relay-secret-file FILE]...
@@ -62,6 +62,14 @@ reach server token prints one (reach server token --help).
 reach server healthcheck asks a server's /healthz (on --metrics): the
 Docker image's health check.
 
+Every flag may also come from the environment, REACH_SERVER_ and its name
+upper-cased with - as _ (--public-addr: REACH_SERVER_PUBLIC_ADDR; a
+repeatable flag's values separated by commas), or from a config file
+(--config FILE or $REACH_SERVER_CONFIG): one "name = value" a line, the
+flag's name without dashes, # comments, a repeatable flag on several
+lines. Flags win over the environment, which wins over the file. An
+unknown name in either is an error.
+
 Logs go to stderr, as text (key=value) or JSON (--log-format), at info
 and above (--log-level; registrations and relay links are at debug).
 SIGINT or SIGTERM shuts it down cleanly.
@@ -79,6 +87,7 @@ func runServer(args []string) error {
 		}
 	}
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	config := fs.String("config", "", "config `FILE`: \"name = value\" lines with the flags' names (default: $REACH_SERVER_CONFIG); flags and the environment win over it")
 	listen := fs.String("listen", "", "`IP or IP:PORT` to listen on, UDP and TCP (default: all interfaces, port "+strconv.Itoa(rendezvous.DefaultPort)+")")
 	state := fs.String("state", "", "`DIR` that keeps the server key, so the connect string survives restarts (default: $STATE_DIRECTORY, else "+rootStateDir+" as root, else the user config directory's reach-server)")
 	verbose := fs.Bool("v", false, "debug logging (--log-level debug)")
@@ -108,11 +117,26 @@ func runServer(args []string) error {
 		fmt.Fprintf(fs.Output(), serverHelp, rendezvous.DefaultPort)
 		fs.PrintDefaults()
 	}
-	if err := parseFlags(fs, args); err != nil {
+	err := parseFlags(fs, args)
+	if err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usagef("server", "unexpected argument %q", fs.Arg(0))
+	}
+	cfgPath := *config
+	if cfgPath == "" {
+		cfgPath = os.Getenv(envName(serverEnvPrefix, "config"))
+	}
+	var file map[string][]configEntry
+	if cfgPath != "" {
+		if file, err = readConfigFile(cfgPath); err != nil {
+			return err
+		}
+	}
+	fromEnv, fromFile, err := configSources(fs, serverEnvPrefix, os.Environ(), file, "config")
+	if err != nil {
+		return usagef("server", "%v", err)
 	}
 	addr, err := parseListen(*listen)
 	if err != nil {
@@ -133,6 +157,9 @@ func runServer(args []string) error {
 	key, created, err := serverKey(stateDir)
 	if err != nil {
 		return err
+	}
+	if len(fromEnv) > 0 || cfgPath != "" {
+		logger.Info("configuration", "file", cfgPath, "from_file", fromFile, "from_env", fromEnv)
 	}
 	logger.Info("state", "dir", stateDir, "new_key", created)
 

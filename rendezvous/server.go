@@ -78,6 +78,9 @@ type ServerConfig struct {
 	// clients need not present a certificate. Nil: the key's certificate
 	// for everyone.
 	Certificate *tls.Certificate
+	// GetCertificate, if set, replaces Certificate: it is asked at every
+	// such handshake (a certificate reloaded when its files change).
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	// Limits are the per-source limits: rates of new connections,
 	// registrations, introductions and STUN per source address (IPv4, or
 	// IPv6 /64) and per peer ID, QUIC Retry under load, and caps on
@@ -229,11 +232,14 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		tcpTLS = tlsCfg.Clone()
 		tcpTLS.NextProtos = tcpALPNs
 	}
-	if cfg.Certificate != nil {
+	if cfg.Certificate != nil || cfg.GetCertificate != nil {
 		web := &tls.Config{
-			MinVersion:   tls.VersionTLS12,
-			Certificates: []tls.Certificate{*cfg.Certificate},
-			NextProtos:   tcpALPNs,
+			MinVersion:     tls.VersionTLS12,
+			GetCertificate: cfg.GetCertificate,
+			NextProtos:     tcpALPNs,
+		}
+		if cfg.GetCertificate == nil {
+			web.Certificates = []tls.Certificate{*cfg.Certificate}
 		}
 		tcpTLS.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
 			for _, p := range hi.SupportedProtos {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -72,7 +71,8 @@ unknown name in either is an error.
 
 Logs go to stderr, as text (key=value) or JSON (--log-format), at info
 and above (--log-level; registrations and relay links are at debug).
-SIGINT or SIGTERM shuts it down cleanly.
+SIGINT or SIGTERM shuts it down cleanly; SIGHUP loads --tls-cert and
+--tls-key again (they are also reloaded when the files change).
 
 Flags:
 `
@@ -95,7 +95,7 @@ func runServer(args []string) error {
 	logLevel := fs.String("log-level", "info", "least `LEVEL` logged: debug (every registration and relay link), info, warn or error")
 	tlsPort := fs.Uint("tls-port", 443, "extra TCP `PORT` for TLS (signalling and relay), advertised in the connect string; 0: none")
 	altSTUN := fs.Int("stun-alt-port", 0, "second UDP `PORT` answering STUN only, so netcheck sees a symmetric NAT with one server (0: the main port + 1; -1: none)")
-	tlsCert := fs.String("tls-cert", "", "certificate `FILE` (PEM) for TLS clients that do not speak reach's ALPNs; reach clients always get the self-signed certificate their connect string pins")
+	tlsCert := fs.String("tls-cert", "", "certificate `FILE` (PEM) for TLS clients that do not speak reach's ALPNs; reach clients always get the self-signed certificate their connect string pins. Loaded again when it or --tls-key changes, and on SIGHUP")
 	tlsKey := fs.String("tls-key", "", "private key `FILE` (PEM) of --tls-cert")
 	noRelay := fs.Bool("no-relay", false, "run rendezvous and STUN only")
 	var public stringList
@@ -174,12 +174,12 @@ func runServer(args []string) error {
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
+	var certs *certReloader
 	if *tlsCert != "" {
-		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
-		if err != nil {
-			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		if certs, err = newCertReloader(*tlsCert, *tlsKey, logger); err != nil {
+			return err
 		}
-		scfg.Certificate = &cert
+		scfg.GetCertificate = certs.GetCertificate
 	}
 	var rl *relay.Server
 	if !*noRelay {
@@ -200,6 +200,23 @@ func runServer(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() { // SIGHUP: load --tls-cert/--tls-key again (systemctl reload)
+		for {
+			select {
+			case <-hup:
+				if certs == nil {
+					logger.Info("SIGHUP: nothing to reload (no --tls-cert)")
+				} else {
+					certs.Reload()
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	var metricsLn net.Listener
 	if *metricsAddr != "" {
 		// Bound before the server starts, so a taken port fails at once;

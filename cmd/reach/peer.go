@@ -29,6 +29,8 @@ type peerFlags struct {
 	servers    multiFlag
 	strategies string
 	relayToken string
+	net        netFlags // --proxy, --turn, --port
+	cmd        string   // the command, for usage errors
 	jsonOut    bool
 	verbose    bool
 	// jsonTo is where JSON events go: stdout (nil), or stderr when stdout
@@ -93,6 +95,8 @@ func (p *peerFlags) register(fs *flag.FlagSet, withJSON bool) {
 	fs.StringVar(&p.strategies, "strategies", "", "comma-separated ladder `LIST`, e.g. direct,holepunch (default: all)")
 	fs.StringVar(&p.relayToken, "relay-token", "", "`TOKEN` for a relay that requires one (reach server token; default $REACH_RELAY_TOKEN)")
 	fs.BoolVar(&p.verbose, "v", false, "debug logs on stderr")
+	p.net.register(fs)
+	p.cmd = fs.Name()
 	if withJSON {
 		where := "stdout"
 		if p.jsonTo == os.Stderr {
@@ -107,6 +111,15 @@ func (p *peerFlags) node(ctx context.Context) (*reach.Node, error) { return p.no
 
 // nodeWith starts a node from the flags, with mod's changes to its Config.
 func (p *peerFlags) nodeWith(ctx context.Context, mod func(*reach.Config)) (*reach.Node, error) {
+	cfg, err := p.config(mod)
+	if err != nil {
+		return nil, err
+	}
+	return reach.New(ctx, cfg)
+}
+
+// config is the node's Config from the flags, with mod's changes.
+func (p *peerFlags) config(mod func(*reach.Config)) (reach.Config, error) {
 	servers := []string(p.servers)
 	if len(servers) == 0 {
 		if env := os.Getenv("REACH_SERVER"); env != "" {
@@ -114,9 +127,12 @@ func (p *peerFlags) nodeWith(ctx context.Context, mod func(*reach.Config)) (*rea
 		}
 	}
 	if len(servers) == 0 {
-		return nil, errors.New("no server: pass --server CS or set REACH_SERVER")
+		return reach.Config{}, errors.New("no server: pass --server CS or set REACH_SERVER")
 	}
 	cfg := reach.Config{Servers: servers}
+	if err := p.net.apply(&cfg, os.Getenv); err != nil {
+		return reach.Config{}, &usageError{cmd: p.cmd, err: err}
+	}
 	if p.jsonOut {
 		ev := p.events()
 		cfg.OnPathEvent = func(e reach.PathEvent) {
@@ -127,7 +143,7 @@ func (p *peerFlags) nodeWith(ctx context.Context, mod func(*reach.Config)) (*rea
 	}
 	k, err := loadKeyFor(p.key, p.caller)
 	if err != nil {
-		return nil, err
+		return reach.Config{}, err
 	}
 	cfg.Key = k
 	tok := p.relayToken
@@ -146,7 +162,7 @@ func (p *peerFlags) nodeWith(ctx context.Context, mod func(*reach.Config)) (*rea
 	if mod != nil {
 		mod(&cfg)
 	}
-	return reach.New(ctx, cfg)
+	return cfg, nil
 }
 
 // events writes JSON events, one a line, to w when enabled.

@@ -81,6 +81,10 @@ type ServerConfig struct {
 	// GetCertificate, if set, replaces Certificate: it is asked at every
 	// such handshake (a certificate reloaded when its files change).
 	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// CertificateALPNs are more ALPN protocols offered to the clients
+	// that get Certificate or GetCertificate: "acme-tls/1" for ACME's
+	// TLS-ALPN-01 challenge. Such connections end after the handshake.
+	CertificateALPNs []string
 	// Limits are the per-source limits: rates of new connections,
 	// registrations, introductions and STUN per source address (IPv4, or
 	// IPv6 /64) and per peer ID, QUIC Retry under load, and caps on
@@ -236,7 +240,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		web := &tls.Config{
 			MinVersion:     tls.VersionTLS12,
 			GetCertificate: cfg.GetCertificate,
-			NextProtos:     tcpALPNs,
+			NextProtos:     append(slices.Clone(tcpALPNs), cfg.CertificateALPNs...),
 		}
 		if cfg.GetCertificate == nil {
 			web.Certificates = []tls.Certificate{*cfg.Certificate}

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/crypto/acme"
+
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
@@ -98,6 +100,8 @@ func runServer(args []string) error {
 	tlsCert := fs.String("tls-cert", "", "certificate `FILE` (PEM) for TLS clients that do not speak reach's ALPNs; reach clients always get the self-signed certificate their connect string pins. Loaded again when it or --tls-key changes, and on SIGHUP")
 	tlsKey := fs.String("tls-key", "", "private key `FILE` (PEM) of --tls-cert")
 	noRelay := fs.Bool("no-relay", false, "run rendezvous and STUN only")
+	var acmeOpts acmeOptions
+	acmeOpts.register(fs)
 	var public stringList
 	fs.Var(&public, "public-addr", "`IP[:PORT]` to advertise in the connect string instead of guessing (behind a 1:1 NAT or a load balancer); repeat for IPv4 and IPv6, the first is in the ready line; no PORT: the bound one")
 	var secrets stringList
@@ -174,6 +178,19 @@ func runServer(args []string) error {
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
+	var acmeCerts *acmeCerts
+	switch {
+	case len(acmeOpts.domains) > 0 && *tlsCert != "":
+		return usagef("server", "%v", errACMEWithCert)
+	case len(acmeOpts.domains) > 0:
+		if acmeCerts, err = newACME(&acmeOpts, stateDir, logger.With("part", "acme")); err != nil {
+			return usagef("server", "%v", err)
+		}
+		scfg.GetCertificate = acmeCerts.GetCertificate
+		scfg.CertificateALPNs = []string{acme.ALPNProto}
+	case acmeOpts.httpAddr != "":
+		return usagef("server", "--acme-http needs --acme-domain")
+	}
 	var certs *certReloader
 	if *tlsCert != "" {
 		if certs, err = newCertReloader(*tlsCert, *tlsKey, logger); err != nil {
@@ -208,7 +225,7 @@ func runServer(args []string) error {
 			select {
 			case <-hup:
 				if certs == nil {
-					logger.Info("SIGHUP: nothing to reload (no --tls-cert)")
+					logger.Info("SIGHUP: nothing to reload (no --tls-cert; ACME certificates renew on their own)")
 				} else {
 					certs.Reload()
 				}
@@ -229,6 +246,14 @@ func runServer(args []string) error {
 	rs, err := rendezvous.StartServer(ctx, scfg, addr)
 	if err != nil {
 		return err
+	}
+	if acmeCerts != nil {
+		stopHTTP, err := acmeCerts.start(acmeOpts.httpAddr)
+		if err != nil {
+			rs.Close()
+			return err
+		}
+		defer stopHTTP()
 	}
 	if metricsLn != nil {
 		reg, err := serverRegistry(rs.Server, rl)

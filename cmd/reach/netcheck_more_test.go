@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/reachp2p/reach/identity"
-	"github.com/reachp2p/reach/lab/natlab"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
 )
@@ -29,9 +28,9 @@ func TestGlobalIPv6(t *testing.T) {
 // until the test ends.
 func netcheckServer(t *testing.T, addr string) *rendezvous.RunningServer {
 	t.Helper()
-	rl := relay.NewServer(relay.ServerConfig{Logger: natlab.TestLoggerLevel(t, 0).With("part", "relay")})
+	rl := relay.NewServer(relay.ServerConfig{Logger: testLogger(t).With("part", "relay")})
 	rs, err := rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{
-		Logger:    natlab.TestLoggerLevel(t, 0).With("part", "server"),
+		Logger:    testLogger(t).With("part", "server"),
 		Protocols: map[string]rendezvous.Protocol{relay.ALPN: rl},
 	}, netip.MustParseAddrPort(addr))
 	if err != nil {

@@ -4,6 +4,8 @@
 # machine, each with its own config directory (so its own default key),
 # as two machines have. Needs go, curl and python3 (the web server alice
 # forwards to). Run from the repository: bash docs/walkthrough.sh
+# PORT, WEB_PORT and LOCAL_PORT (14950, 18000, 18080) change the ports it
+# uses (cmd/reach's TestWalkthrough picks free ones).
 set -u
 cd "$(dirname "$0")/.."
 W=$(mktemp -d)
@@ -19,8 +21,12 @@ go build -o "$W/bin/reach" ./cmd/reach || exit 1
 export PATH=$W/bin:$PATH REACH_KEY=
 unset REACH_SERVER
 PORT=${PORT:-14950}
+WEB_PORT=${WEB_PORT:-18000}
+LOCAL_PORT=${LOCAL_PORT:-18080}
 say() { local who=$1; shift; echo "$who\$ $*"; }
 as() { cd "$W/$1" && export XDG_CONFIG_HOME=$W/$1/config; }
+# waitfor FILE TEXT: until FILE holds TEXT (10 s at most).
+waitfor() { for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return; sleep 0.1; done; }
 
 cd "$W/srv"
 say server "reach server --listen 127.0.0.1:$PORT --tls-port 0"
@@ -39,7 +45,7 @@ say alice "reach listen > notes.txt"
 reach listen >notes.txt 2>listen.err &
 LIS=$!
 pids+=($LIS)
-sleep 1
+waitfor listen.err listening
 cat listen.err
 ID=$(head -1 listen.err | cut -d' ' -f2)
 echo
@@ -90,26 +96,27 @@ echo
 as alice
 mkdir -p site
 echo "hello over reach" >site/hello.txt
-python3 -m http.server 18000 --bind 127.0.0.1 --directory site >/dev/null 2>&1 &
+python3 -m http.server $WEB_PORT --bind 127.0.0.1 --directory site >/dev/null 2>&1 &
 pids+=($!)
-say alice "python3 -m http.server 18000 --bind 127.0.0.1 &"
-say alice "reach listen --forward 127.0.0.1:18000 --allow $BOB"
-reach listen --forward 127.0.0.1:18000 --allow "$BOB" 2>fwd.err &
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$WEB_PORT/" && break; sleep 0.1; done
+say alice "python3 -m http.server $WEB_PORT --bind 127.0.0.1 &"
+say alice "reach listen --forward 127.0.0.1:$WEB_PORT --allow $BOB"
+reach listen --forward 127.0.0.1:$WEB_PORT --allow "$BOB" 2>fwd.err &
 FWD=$!
 pids+=($FWD)
-sleep 1
+waitfor fwd.err serving
 cat fwd.err
 echo
 
 as bob
-say bob "reach dial --local 18080 $ID &"
-reach dial --local 18080 "$ID" 2>local.err &
+say bob "reach dial --local $LOCAL_PORT $ID &"
+reach dial --local $LOCAL_PORT "$ID" 2>local.err &
 LOC=$!
 pids+=($LOC)
-sleep 1
+waitfor local.err forwarding
 cat local.err
-say bob "curl -s http://127.0.0.1:18080/hello.txt"
-curl -s http://127.0.0.1:18080/hello.txt
+say bob "curl -s http://127.0.0.1:$LOCAL_PORT/hello.txt"
+curl -s http://127.0.0.1:$LOCAL_PORT/hello.txt
 kill -INT "$LOC" "$FWD"
 wait "$LOC" "$FWD" 2>/dev/null
 exit 0

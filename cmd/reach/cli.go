@@ -117,9 +117,12 @@ func message(err error) string {
 	var ce *rendezvous.ConnectError
 	var ee *transfer.ExistsError
 	var re *replacedError
+	var rj *rejectedError
 	switch {
 	case errors.As(err, &re):
 		return re.Error()
+	case errors.As(err, &rj):
+		return rj.Error()
 	case errors.Is(err, reach.ErrSelfDial):
 		return "that is this node's own peer ID (both sides use the same key? give one its own with --key FILE or REACH_KEY)"
 	case errors.As(err, &ce):

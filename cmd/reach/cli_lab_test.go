@@ -1,7 +1,8 @@
+//go:build linux
+
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -11,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,65 +27,6 @@ func buildBinary(t *testing.T) string {
 		t.Fatalf("go build: %v", err)
 	}
 	return bin
-}
-
-// lineWatcher collects a process's output and waits for a line with a
-// prefix.
-type lineWatcher struct {
-	mu    sync.Mutex
-	lines []string
-	all   bytes.Buffer
-	added chan struct{}
-}
-
-func watch(r io.Reader) *lineWatcher {
-	w := &lineWatcher{added: make(chan struct{}, 1)}
-	go func() {
-		sc := bufio.NewScanner(r)
-		for sc.Scan() {
-			w.mu.Lock()
-			w.lines = append(w.lines, sc.Text())
-			w.all.WriteString(sc.Text() + "\n")
-			w.mu.Unlock()
-			select {
-			case w.added <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	return w
-}
-
-func (w *lineWatcher) wait(t *testing.T, prefix string, d time.Duration) string {
-	t.Helper()
-	return w.match(t, "starting with", prefix, func(l string) bool { return strings.HasPrefix(l, prefix) }, d)
-}
-
-// match waits for a line that ok accepts (what and s describe it).
-func (w *lineWatcher) match(t *testing.T, what, s string, ok func(string) bool, d time.Duration) string {
-	t.Helper()
-	deadline := time.After(d)
-	for {
-		w.mu.Lock()
-		for _, l := range w.lines {
-			if ok(l) {
-				w.mu.Unlock()
-				return l
-			}
-		}
-		w.mu.Unlock()
-		select {
-		case <-w.added:
-		case <-deadline:
-			t.Fatalf("no line %s %q within %v; output:\n%s", what, s, d, w.String())
-		}
-	}
-}
-
-func (w *lineWatcher) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.all.String()
 }
 
 // start runs the binary inside host h, with a config directory of its

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -14,12 +16,6 @@ import (
 
 	"github.com/reachp2p/reach/lab/natlab"
 )
-
-// waitFor waits for a line containing sub and returns it.
-func (w *lineWatcher) waitFor(t *testing.T, sub string, d time.Duration) string {
-	t.Helper()
-	return w.match(t, "containing", sub, func(l string) bool { return strings.Contains(l, sub) }, d)
-}
 
 // TestCLIPathEvents: `reach dial --json` and `reach listen --json` print a
 // path event when their session moves. The direct path between two

@@ -37,6 +37,10 @@ const (
 	forwardConnectTimeout = 10 * time.Second // listen: connecting to the target
 )
 
+// logOut is where forwarding's human lines go: stderr (tests that run
+// forwardListen in process send them to t.Log).
+var logOut io.Writer = os.Stderr
+
 // Named errors of forwarding.
 var (
 	// errForwardConnect: the listener's side could not connect to its
@@ -50,6 +54,9 @@ var (
 // dialler's log; other errors are returned as they are.
 func forwardError(err error) error {
 	var pe *stream.PeerError
+	if errors.As(err, &pe) && pe.Code == codeForwardDenied {
+		return errForwardDenied
+	}
 	if errors.As(err, &pe) && !pe.Session {
 		switch pe.Code {
 		case codeForwardConnect:
@@ -140,12 +147,15 @@ func abortAll(n *reach.Node) {
 	n.Abort()
 }
 
-// forwardListen serves reach listen --forward: each accepted stream, from
-// any dialler, is connected to a new TCP connection to target, at most
-// maxConns at once, until sig ends (or the node is replaced).
-func forwardListen(sig context.Context, n *reach.Node, ev *events, target string, maxConns int) error {
-	fmt.Fprintf(os.Stderr, "forwarding streams to %s\n", target)
-	ev.emit(map[string]any{"event": "forwarding", "target": target, "max_conns": maxConns})
+// forwardListen serves reach listen --forward: each accepted stream from
+// a dialler that allow allows is connected to a new TCP connection to
+// target, at most maxConns at once, until sig ends (or the node is
+// replaced). A stream from another peer is refused with
+// codeForwardDenied, and its session closed.
+func forwardListen(sig context.Context, n *reach.Node, ev *events, target string, maxConns int, allow *allowList) error {
+	fmt.Fprintf(logOut, "forwarding streams to %s\n", target)
+	fmt.Fprintf(logOut, "serving %s\n", allow.describe())
+	ev.emit(map[string]any{"event": "forwarding", "target": target, "max_conns": maxConns, "allowed_peers": allowCount(allow)})
 	slots := make(chan struct{}, maxConns)
 	var (
 		mu   sync.Mutex
@@ -169,6 +179,12 @@ func forwardListen(sig context.Context, n *reach.Node, ev *events, target string
 		}
 		sess := c.Session()
 		peer := sess.RemotePeer()
+		if !allow.allows(peer) {
+			// The introduction was refused already (Config.Accept);
+			// this is a session that came another way (a direct path).
+			refuse(c, allow)
+			continue
+		}
 		mu.Lock()
 		if !seen[sess] {
 			seen[sess] = true
@@ -236,7 +252,7 @@ func logForward(ev *events, peer identity.PeerID, local string, err error) {
 		ev.emit(e)
 		return
 	}
-	fmt.Fprintf(os.Stderr, "forward: %s: %s\n", who, message(err))
+	fmt.Fprintf(logOut, "forward: %s: %s\n", who, message(err))
 }
 
 // forwardDial serves reach dial --local: it listens on local and carries
@@ -250,7 +266,7 @@ func forwardDial(sig context.Context, n *reach.Node, ev *events, peer identity.P
 		return err
 	}
 	defer ln.Close()
-	fmt.Fprintf(os.Stderr, "forwarding %s -> %s\n", ln.Addr(), peer)
+	fmt.Fprintf(logOut, "forwarding %s -> %s\n", ln.Addr(), peer)
 	ev.emit(map[string]any{"event": "forwarding", "local": ln.Addr().String(), "remote": peer.String()})
 	stop := context.AfterFunc(sig, func() {
 		ln.Close()
@@ -270,7 +286,7 @@ func forwardDial(sig context.Context, n *reach.Node, ev *events, peer identity.P
 		start := time.Now()
 		s, err := n.DialSession(ctx, peer)
 		if err != nil {
-			return nil, replaced(n, err)
+			return nil, rejected(n, replaced(n, err))
 		}
 		sess = s
 		connected := connectedEvent(s)

@@ -112,7 +112,15 @@ are refused), until interrupted. Diallers cannot choose the target. When
 the connection to HOST:PORT fails, the dialler's stream is aborted (reach
 dial --local resets its TCP connection) and a "forward:" line is logged;
 the listener goes on. It prints "forwarding streams to HOST:PORT" after
-the listening line.
+the listening line, then whom it serves.
+
+--allow PEER (repeatable) and --allow-file FILE (one peer ID a line; text
+after # is a comment) restrict who may connect, with or without
+--forward: other peers' introductions are refused (their dial fails at
+once: "refused this node", with their peer ID to add) and a stream that
+comes another way is closed with code 0x112; each refused peer is logged
+("refused PEER ..."), at most once a minute. Without them any peer that
+knows this node's ID may connect.
 
 If another process registers the same key with the server, this one is
 offline from then on: it says so and exits 1.
@@ -120,7 +128,8 @@ offline from then on: it says so and exits 1.
 With --json, one event a line on stderr (stdout carries the stream):
 connected, path (each time the session moves), closed; with --forward:
 forwarding, then connected for each dialler's session, forward_error for
-each failed connection, closed; see docs/cli.md.
+each failed connection, closed; refused for each refused peer; see
+docs/cli.md.
 `
 
 func runListen(args []string) error {
@@ -131,11 +140,19 @@ func runListen(args []string) error {
 	forward := fs.String("forward", "", "connect every stream a dialler opens to a new TCP connection to `HOST:PORT`,\n"+
 		"many at once, until interrupted (instead of stdin/stdout)")
 	maxConns := fs.Int("max-conns", defaultMaxConns, "with --forward: streams carried at once; more are refused")
+	var allowIDs, allowFiles multiFlag
+	fs.Var(&allowIDs, "allow", "serve only this `PEER` (repeatable; default: any peer that knows this node's ID)")
+	fs.Var(&allowFiles, "allow-file", "serve only the peers listed in `FILE`, one peer ID a line, # comments (repeatable)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
 		return usagef("listen", "listen takes no arguments, got %q", fs.Arg(0))
+	}
+	ev := pf.events()
+	allow, err := loadAllow(ev, allowIDs, allowFiles)
+	if err != nil {
+		return err
 	}
 	if *forward != "" {
 		if err := forwardTarget(*forward); err != nil {
@@ -148,7 +165,12 @@ func runListen(args []string) error {
 	sig, stopSig := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stopSig()
 	ctx, cancel := context.WithTimeout(sig, 30*time.Second)
-	n, err := pf.nodeWith(ctx, func(c *reach.Config) { c.Supernode.Enable = *volunteer })
+	n, err := pf.nodeWith(ctx, func(c *reach.Config) {
+		c.Supernode.Enable = *volunteer
+		if allow != nil {
+			c.Accept = allow.accept
+		}
+	})
 	cancel()
 	if err != nil {
 		return interrupted(sig, err)
@@ -158,15 +180,21 @@ func runListen(args []string) error {
 	if *volunteer {
 		go reportSupernode(n)
 	}
-	ev := pf.events()
 	if *forward != "" {
-		return forwardListen(sig, n, ev, *forward, *maxConns)
+		return forwardListen(sig, n, ev, *forward, *maxConns, allow)
 	}
-	c, err := n.Accept(sig)
-	if err != nil {
-		err = interrupted(sig, replaced(n, err))
-		ev.emit(map[string]any{"event": "error", "error": message(err)})
-		return err
+	var c *stream.Stream
+	for {
+		c, err = n.Accept(sig)
+		if err != nil {
+			err = interrupted(sig, replaced(n, err))
+			ev.emit(map[string]any{"event": "error", "error": message(err)})
+			return err
+		}
+		if allow.allows(c.Session().RemotePeer()) {
+			break
+		}
+		refuse(c, allow)
 	}
 	sess := c.Session()
 	ev.emit(connectedEvent(sess))
@@ -249,7 +277,7 @@ func runDial(args []string) error {
 	defer n.Abort() // after Close, a no-op
 	sess, err := n.DialSession(ctx, peer)
 	if err != nil {
-		err = interrupted(sig, replaced(n, err))
+		err = interrupted(sig, rejected(n, replaced(n, err)))
 		ev.emit(map[string]any{"event": "error", "error": message(err)})
 		return err
 	}

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach/identity"
-	"github.com/reachp2p/reach/lab/natlab"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
 )
@@ -91,9 +90,9 @@ func reachBinary(t *testing.T) string {
 // until the test ends, and returns its connect string.
 func ncServer(t *testing.T) string {
 	t.Helper()
-	rl := relay.NewServer(relay.ServerConfig{Logger: natlab.TestLoggerLevel(t, 0).With("part", "relay")})
+	rl := relay.NewServer(relay.ServerConfig{Logger: testLogger(t).With("part", "relay")})
 	rs, err := rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{
-		Logger:    natlab.TestLoggerLevel(t, 0).With("part", "server"),
+		Logger:    testLogger(t).With("part", "server"),
 		Protocols: map[string]rendezvous.Protocol{relay.ALPN: rl},
 	}, netip.MustParseAddrPort("127.0.0.1:0"))
 	if err != nil {

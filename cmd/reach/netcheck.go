@@ -23,6 +23,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/sock"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/upnp"
@@ -44,6 +45,11 @@ type netcheckReport struct {
 	// one after the other.
 	Allocation  string          `json:"port_allocation,omitempty"`
 	PortMapping netcheckMapping `json:"port_mapping"`
+	// TCP: TLS and WebSocket to each reach server's TCP port, and to its
+	// port 443 (netcheck_more.go).
+	TCP []netcheckTCP `json:"tcp"`
+	// IPv6: global addresses, STUN over IPv6.
+	IPv6 netcheckIPv6 `json:"ipv6"`
 	// Verdict says what will connect from here.
 	Verdict string `json:"verdict"`
 }
@@ -78,7 +84,12 @@ local addresses, the public address each server (and each extra STUN
 server) sees, whether the NAT's mapping varies by destination (a
 symmetric NAT: hole punching is hard), and whether the gateway grants a
 port mapping (UPnP IGD, NAT-PMP, PCP; the mapping is deleted before it
-exits). It prints a report on stdout, or the report as one JSON object
+exits). For each reach server it also checks TCP, as a node behind a
+firewall that blocks UDP would use it: a TLS handshake proving the
+server's key on its TCP port and on port 443, and the same inside a
+WebSocket (HTTPS); and IPv6: whether this host has a global IPv6 address
+and whether STUN over IPv6 to the server answers. It exits 1 when no
+server answered at all (over UDP or TCP). It prints a report on stdout, or the report as one JSON object
 with --json. See docs/portmapping.md.
 `
 
@@ -154,12 +165,14 @@ func netcheck(ctx context.Context, servers, stuns []string, timeout time.Duratio
 	} else {
 		rep.PortMapping.Disabled = true
 	}
+	var sas []rendezvous.ServerAddr
 	for _, cs := range servers {
 		ep := netcheckEndpoint{Name: cs, Kind: "reach"}
 		sa, err := rendezvous.ParseServerAddr(cs)
 		if err != nil {
 			return nil, err
 		}
+		sas = append(sas, sa)
 		ep.Addr = net.JoinHostPort(sa.Host, strconv.Itoa(int(sa.Port)))
 		rep.Endpoints = append(rep.Endpoints, ep)
 	}
@@ -169,6 +182,11 @@ func netcheck(ctx context.Context, servers, stuns []string, timeout time.Duratio
 		}
 		rep.Endpoints = append(rep.Endpoints, netcheckEndpoint{Name: st, Kind: "stun", Addr: st})
 	}
+	rep.TCP = tcpChecks(servers, sas)
+	key, err := identity.GenerateKey() // the TLS checks' client key, used once
+	if err != nil {
+		return nil, err
+	}
 	var wg sync.WaitGroup
 	for i := range rep.Endpoints {
 		wg.Add(1)
@@ -177,6 +195,18 @@ func netcheck(ctx context.Context, servers, stuns []string, timeout time.Duratio
 			probeEndpoint(ctx, s, &rep.Endpoints[i], timeout)
 		}()
 	}
+	for i := range rep.TCP {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			probeTCP(ctx, &rep.TCP[i], key, timeout)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		probeIPv6(ctx, s, rep, sas, timeout)
+	}()
 	wg.Wait()
 	// A reach server names a second STUN port of its own: asking it too
 	// tells whether the mapping varies with one server.
@@ -202,25 +232,31 @@ func netcheck(ctx context.Context, servers, stuns []string, timeout time.Duratio
 	}
 	wg.Wait()
 
-	var observed []netip.AddrPort
+	// The mapping is compared over IPv4 only: an IPv6 answer (a server
+	// given by its IPv6 address) is another address, not another mapping.
+	var observed, observed4 []netip.AddrPort
+	answered, answered4 := 0, 0
 	for _, ep := range rep.Endpoints {
-		if ap, err := netip.ParseAddrPort(ep.Observed); err == nil {
-			if !slices.Contains(observed, ap) {
-				observed = append(observed, ap)
+		ap, err := netip.ParseAddrPort(ep.Observed)
+		if err != nil {
+			continue
+		}
+		answered++
+		if !slices.Contains(observed, ap) {
+			observed = append(observed, ap)
+		}
+		if ap.Addr().Unmap().Is4() {
+			answered4++
+			if !slices.Contains(observed4, ap) {
+				observed4 = append(observed4, ap)
 			}
 		}
 	}
 	for _, ap := range observed {
 		rep.Public = append(rep.Public, ap.String())
 	}
-	answered := 0
-	for _, ep := range rep.Endpoints {
-		if ep.UDP {
-			answered++
-		}
-	}
-	if answered >= 2 {
-		varies := len(observed) > 1
+	if answered4 >= 2 {
+		varies := len(observed4) > 1
 		rep.MappingVaries = &varies
 		if varies {
 			rep.Allocation = allocation(ctx, rep.Endpoints, timeout, log)
@@ -253,10 +289,15 @@ func netcheck(ctx context.Context, servers, stuns []string, timeout time.Duratio
 		}
 	}
 	rep.Verdict = verdict(rep)
-	if answered == 0 {
+	switch {
+	case answered > 0:
+		return rep, nil
+	case len(rep.TCP) == 0:
 		return rep, errNoUDPAnswer
+	case tcpWorks(rep) == nil:
+		return rep, errNoAnswer
 	}
-	return rep, nil
+	return rep, nil // relay only, over TCP
 }
 
 // probeEndpoint resolves ep.Addr and asks it for the socket's reflexive
@@ -310,11 +351,12 @@ func printNetcheck(w io.Writer, r *netcheckReport) {
 	fmt.Fprintf(w, "servers:\n")
 	for _, ep := range r.Endpoints {
 		if ep.UDP {
-			fmt.Fprintf(w, "  %-5s %-21s udp ok       rtt %6.2fms  sees %s\n", ep.Kind, ep.Addr, ep.RTTms, ep.Observed)
+			fmt.Fprintf(w, "  %-9s %-27s udp ok       rtt %6.2fms  sees %s\n", ep.Kind, ep.Addr, ep.RTTms, ep.Observed)
 		} else {
-			fmt.Fprintf(w, "  %-5s %-21s udp FAILED   %s\n", ep.Kind, ep.Addr, ep.Error)
+			fmt.Fprintf(w, "  %-9s %-27s udp FAILED   %s\n", ep.Kind, ep.Addr, ep.Error)
 		}
 	}
+	printTCP(w, r)
 	if len(r.Public) == 0 {
 		fmt.Fprintf(w, "public address:   unknown (no STUN answer: UDP blocked? reach falls back to TCP signalling and relays)\n")
 	} else {
@@ -322,7 +364,7 @@ func printNetcheck(w io.Writer, r *netcheckReport) {
 	}
 	switch {
 	case r.MappingVaries == nil:
-		fmt.Fprintf(w, "mapping varies:   unknown (needs answers from two endpoints; add --stun HOST:PORT)\n")
+		fmt.Fprintf(w, "mapping varies:   unknown (needs IPv4 answers from two endpoints; add --stun HOST:PORT)\n")
 	case *r.MappingVaries:
 		fmt.Fprintf(w, "mapping varies:   yes: a new public port per destination (symmetric NAT; hole punching is hard, a port mapping or relay helps)\n")
 		if r.Allocation != "" {
@@ -331,6 +373,7 @@ func printNetcheck(w io.Writer, r *netcheckReport) {
 	default:
 		fmt.Fprintf(w, "mapping varies:   no: one public address for every destination (hole punching works)\n")
 	}
+	printIPv6(w, r)
 	pm := r.PortMapping
 	switch {
 	case pm.Disabled:

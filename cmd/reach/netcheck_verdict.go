@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/reachp2p/reach/internal/sock"
@@ -29,7 +30,7 @@ const allocationSockets = 3
 func allocation(ctx context.Context, eps []netcheckEndpoint, timeout time.Duration, log *slog.Logger) string {
 	var targets []netip.AddrPort
 	for _, ep := range eps {
-		if a, err := netip.ParseAddrPort(ep.Addr); err == nil && ep.UDP && len(targets) < 2 {
+		if a, err := netip.ParseAddrPort(ep.Addr); err == nil && ep.UDP && a.Addr().Unmap().Is4() && len(targets) < 2 {
 			targets = append(targets, a)
 		}
 	}
@@ -91,6 +92,15 @@ func classifyPorts(ports []int) string {
 
 // verdict says in one line what will connect from here.
 func verdict(r *netcheckReport) string {
+	v := verdict4(r)
+	if ipv6Direct(r) && !strings.HasPrefix(v, "direct") {
+		v += "; over IPv6, peers that have it reach this host directly (no NAT)"
+	}
+	return v
+}
+
+// verdict4 is the verdict without IPv6.
+func verdict4(r *netcheckReport) string {
 	udp := false
 	for _, ep := range r.Endpoints {
 		udp = udp || ep.UDP
@@ -107,7 +117,12 @@ func verdict(r *netcheckReport) string {
 			}
 		}
 	}
+	tcp := tcpWorks(r)
 	switch {
+	case !udp && tcp != nil:
+		return "relay only: no UDP answer, but TCP to " + tcp.Addr + " works (reach signals and relays over it)"
+	case !udp && len(r.TCP) > 0:
+		return "nothing connects from here: no server answered over UDP or TCP"
 	case !udp:
 		return "relay only: no UDP answer (reach signals and relays over TCP and TLS on 443)"
 	case public:

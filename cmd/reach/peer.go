@@ -228,7 +228,7 @@ func runPing(args []string) error {
 	defer n.Close()
 	sess, err := n.DialSession(ctx, peer)
 	if err != nil {
-		err = replaced(n, err)
+		err = rejected(n, replaced(n, err))
 		ev.emit(map[string]any{"event": "error", "error": message(err)})
 		return err
 	}

@@ -89,6 +89,27 @@ func (n *Node) pathHeard(name string, peer identity.PeerID, addr netip.AddrPort,
 	n.goRun(func() { n.moved(peer, key, name, addr, nil) })
 }
 
+// freshPeer readies the socket for a new session with peer (an
+// introduction that is not a move): the peer's address on the socket, if
+// it has one, belongs to sessions made before. Without a live session it
+// is forgotten; with one (the peer's old process, killed, whose sessions
+// have not timed out yet, or a session the peer wants to replace) it is
+// detached from the peer's name, so that the checks and packets of the
+// new session do not go to the old sessions' paths.
+func (n *Node) freshPeer(peer identity.PeerID) {
+	paths := n.sock.Paths()
+	key, ok := paths.Lookup(peer.String())
+	if !ok {
+		return
+	}
+	if len(n.sessionsAt(peer, key)) == 0 {
+		paths.RemovePeer(key)
+		return
+	}
+	n.log.Debug("a new session from a peer that has one: its old path stays with the old one", "peer", peer.Short(), "key", key)
+	paths.Detach(key)
+}
+
 // moved relabels the sessions at key and reports the move.
 func (n *Node) moved(peer identity.PeerID, key netip.AddrPort, name string, addr netip.AddrPort, why error) {
 	for _, s := range n.sessionsAt(peer, key) {
@@ -300,7 +321,7 @@ func (n *Node) validate(ctx context.Context, peer identity.PeerID) (netip.AddrPo
 	if len(entries) == 0 {
 		return netip.AddrPort{}, "", errors.New("reach: no rung can validate a direct path")
 	}
-	a, _, release, err := n.introduce(ctx, peer, entries)
+	a, _, release, err := n.introduce(ctx, peer, entries, introMove)
 	if err != nil {
 		return netip.AddrPort{}, "", err
 	}

@@ -148,6 +148,21 @@ func (c *Conn) Adopt(real netip.AddrPort, name string) (netip.AddrPort, error) {
 	return real, nil
 }
 
+// Detach takes the name away from virt: Key and Lookup of that name no
+// longer find it (the next Key makes a new address), while virt keeps its
+// paths for the sessions that use it. For a peer that comes back as a new
+// process with the same name while its old sessions have not timed out.
+func (c *Conn) Detach(virt netip.AddrPort) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.byVirt[virt]; p != nil && p.name != "" {
+		if c.byName[p.name] == p {
+			delete(c.byName, p.name)
+		}
+		p.name = ""
+	}
+}
+
 // RemovePeer forgets a virtual address and its paths.
 func (c *Conn) RemovePeer(virt netip.AddrPort) {
 	c.mu.Lock()

@@ -231,6 +231,7 @@ type Node struct {
 	mu       sync.Mutex
 	sessions map[identity.PeerID][]*stream.Session
 	moving   map[identity.PeerID]bool // moveLoop runs for the peer
+	probing  map[identity.PeerID]bool // a probe of the peer's direct path runs (liveness.go)
 	closed   bool
 
 	mapping atomic.Value // string: how the NAT maps the socket (mapping.go)

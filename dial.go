@@ -55,7 +55,7 @@ func (n *Node) DialSession(ctx context.Context, peer PeerID) (*Session, error) {
 // entries on the answer: each rung of entries prepares the offer, then
 // the per-dial policy (rung.Plan) adapts the ladder to the answer.
 func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entries []rung.Entry) (*stream.Session, error) {
-	a, intro, release, err := n.introduce(ctx, peer, entries)
+	a, intro, release, err := n.introduce(ctx, peer, entries, introDial)
 	if err != nil {
 		return nil, err
 	}
@@ -76,10 +76,10 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 // entries preparing the offer, and returns the attempt (offer and answer),
 // how long the introduction took and what to call when the attempt is
 // over (the rungs' releases).
-func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []rung.Entry) (*rung.Attempt, time.Duration, func(), error) {
+func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []rung.Entry, kind introKind) (*rung.Attempt, time.Duration, func(), error) {
 	var b [8]byte
 	rand.Read(b[:])
-	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1, Mapping: n.Mapping()}
+	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1, Mapping: n.Mapping(), Move: kind == introMove}
 	var releases []func()
 	release := func() {
 		for _, r := range releases {
@@ -118,6 +118,14 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 	}
 	return a, intro, release, nil
 }
+
+// introKind says what an introduction is for.
+type introKind int
+
+const (
+	introDial introKind = iota // a new session
+	introMove                  // a new path for the sessions the node has with the peer
+)
 
 // liveSession returns an open session to peer, if any; a forwarded one
 // only if there is no other.
@@ -260,6 +268,9 @@ func (n *Node) serveIntroductions() {
 			// as soon as it has the answer, and holepunch's primers must
 			// have opened our NAT by then (see holepunch.Params.Hold).
 			n.log.Debug("introduced", "peer", offer.Peer.Short(), "candidates", offer.Candidates)
+			if !offer.Move {
+				n.freshPeer(offer.Peer)
+			}
 			for _, r := range n.ladder.All {
 				r.Introduced(offer)
 			}

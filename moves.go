@@ -23,10 +23,9 @@ import (
 // no byte lost. A direct path that goes silent falls back to the relay,
 // and the search starts again.
 const (
-	// pathDeadAfter: a direct path that brought nothing for this long is
-	// given up for the peer's forwarded path. Sessions keep alive every
-	// second (stream.DefaultKeepAlive), so a live path is never this
-	// quiet.
+	// pathDeadAfter: a direct path that brought nothing back for this
+	// long after the node sent on it is given up for the peer's forwarded
+	// path (see checkPath: an idle path is not a dead one).
 	pathDeadAfter = 3 * time.Second
 	// pathCheckEvery is how often the node looks for silent direct paths.
 	pathCheckEvery = 250 * time.Millisecond
@@ -55,8 +54,13 @@ const (
 // which case Err says why).
 const PathMoved PathEventKind = "moved"
 
-// errPathSilent is the Err of a PathMoved back to a forwarded path.
-var errPathSilent = fmt.Errorf("reach: the direct path brought nothing for %v", pathDeadAfter)
+// The Err of a PathMoved back to a forwarded path: the direct path did
+// not answer (errPathSilent), or the peer's packets came by the forwarded
+// path while the direct one was silent (errPeerFellBack).
+var (
+	errPathSilent   = fmt.Errorf("reach: the direct path brought nothing back for %v", pathDeadAfter)
+	errPeerFellBack = fmt.Errorf("reach: the peer's packets come by the forwarded path; the direct one was silent for %v", pathDeadAfter)
+)
 
 // pathHeard implements rung.Host.PathHeard. It runs on the socket's read
 // goroutine: it must not block.
@@ -83,6 +87,27 @@ func (n *Node) pathHeard(name string, peer identity.PeerID, addr netip.AddrPort,
 	}
 	paths.SetDirect(key, addr)
 	n.goRun(func() { n.moved(peer, key, name, addr, nil) })
+}
+
+// freshPeer readies the socket for a new session with peer (an
+// introduction that is not a move): the peer's address on the socket, if
+// it has one, belongs to sessions made before. Without a live session it
+// is forgotten; with one (the peer's old process, killed, whose sessions
+// have not timed out yet, or a session the peer wants to replace) it is
+// detached from the peer's name, so that the checks and packets of the
+// new session do not go to the old sessions' paths.
+func (n *Node) freshPeer(peer identity.PeerID) {
+	paths := n.sock.Paths()
+	key, ok := paths.Lookup(peer.String())
+	if !ok {
+		return
+	}
+	if len(n.sessionsAt(peer, key)) == 0 {
+		paths.RemovePeer(key)
+		return
+	}
+	n.log.Debug("a new session from a peer that has one: its old path stays with the old one", "peer", peer.Short(), "key", key)
+	paths.Detach(key)
 }
 
 // moved relabels the sessions at key and reports the move.
@@ -185,13 +210,10 @@ func (n *Node) watchPaths() {
 		case <-check.C:
 			for peer, key := range n.movablePeers() {
 				direct, fwd, err := paths.Current(key)
-				if err != nil || !direct.IsValid() || fwd == nil || time.Since(paths.Heard(key)) < pathDeadAfter {
+				if err != nil || !direct.IsValid() || fwd == nil {
 					continue
 				}
-				if paths.Fallback(key) {
-					n.moved(peer, key, pathName(fwd), netip.AddrPort{}, errPathSilent)
-					n.startMoving(peer)
-				}
+				n.checkPath(peer, key, direct)
 			}
 		case <-expire.C:
 			keep := map[netip.AddrPort]bool{}
@@ -299,7 +321,7 @@ func (n *Node) validate(ctx context.Context, peer identity.PeerID) (netip.AddrPo
 	if len(entries) == 0 {
 		return netip.AddrPort{}, "", errors.New("reach: no rung can validate a direct path")
 	}
-	a, _, release, err := n.introduce(ctx, peer, entries)
+	a, _, release, err := n.introduce(ctx, peer, entries, introMove)
 	if err != nil {
 		return netip.AddrPort{}, "", err
 	}

@@ -75,6 +75,14 @@ type PeerInfo struct {
 	// Mapping is how the sender's NAT maps its socket, as it measured it
 	// (MappingIndependent, MappingVaries; "" unknown).
 	Mapping string `json:"mapping,omitempty"`
+	// Move, in an offer, says the dialler searches a new path for the
+	// sessions it has with the target (issue 13's moves): no new session
+	// follows, and the target's sessions with it may follow the path the
+	// checks find. Without it, an introduction is for a new session: the
+	// target's sessions with the dialler keep their paths (a dialler that
+	// came back as a new process with the same key must not inherit
+	// them).
+	Move bool `json:"move,omitempty"`
 }
 
 // Mapping behaviours a node measures with its server's two STUN ports

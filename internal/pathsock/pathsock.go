@@ -314,6 +314,11 @@ func (c *Conn) writeMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 	case p == nil:
 		return 0, 0, ErrUnknownPeer
 	case direct.IsValid():
+		now := time.Now().UnixNano()
+		p.sent.Store(now)
+		if p.unanswered.Load() <= p.heard.Load() {
+			p.unanswered.Store(now)
+		}
 		return c.udp.WriteMsgUDP(b, fixOOB(oob, direct.Addr().Is4()), ua)
 	case fwd != nil:
 		return sendSegments(fwd, b, oob)

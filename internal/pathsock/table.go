@@ -35,6 +35,10 @@ type peer struct {
 
 	heard atomic.Int64 // unix ns of the last packet from a direct source
 	seen  atomic.Int64 // unix ns of the last packet by any path
+	sent  atomic.Int64 // unix ns of the last QUIC packet sent on the direct path
+	// unanswered: unix ns of the first QUIC packet sent on the direct
+	// path after the last one heard from it (not after heard: none).
+	unanswered atomic.Int64
 }
 
 // AddPeer hands out a new virtual address, with no path yet.
@@ -142,6 +146,21 @@ func (c *Conn) Adopt(real netip.AddrPort, name string) (netip.AddrPort, error) {
 	p.direct, p.udp = real, p.virtUDP
 	p.heard.Store(time.Now().UnixNano())
 	return real, nil
+}
+
+// Detach takes the name away from virt: Key and Lookup of that name no
+// longer find it (the next Key makes a new address), while virt keeps its
+// paths for the sessions that use it. For a peer that comes back as a new
+// process with the same name while its old sessions have not timed out.
+func (c *Conn) Detach(virt netip.AddrPort) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.byVirt[virt]; p != nil && p.name != "" {
+		if c.byName[p.name] == p {
+			delete(c.byName, p.name)
+		}
+		p.name = ""
+	}
 }
 
 // RemovePeer forgets a virtual address and its paths.
@@ -290,6 +309,43 @@ func (c *Conn) Current(virt netip.AddrPort) (netip.AddrPort, Path, error) {
 		return netip.AddrPort{}, nil, ErrUnknownPeer
 	}
 	return p.direct, p.fwd, nil
+}
+
+// Seen returns when a packet last came from the peer by any path (direct
+// or forwarded; zero: never).
+func (c *Conn) Seen(virt netip.AddrPort) time.Time {
+	return c.stamp(virt, func(p *peer) int64 { return p.seen.Load() })
+}
+
+// Sent returns when the node last sent a QUIC packet to the peer on its
+// direct path (zero: never): a direct path that was sent to and brought
+// nothing back since is suspect; one that nothing was sent to is merely
+// idle.
+func (c *Conn) Sent(virt netip.AddrPort) time.Time {
+	return c.stamp(virt, func(p *peer) int64 { return p.sent.Load() })
+}
+
+func (c *Conn) stamp(virt netip.AddrPort, f func(*peer) int64) time.Time {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if p := c.byVirt[virt]; p != nil {
+		if ns := f(p); ns != 0 {
+			return time.Unix(0, ns)
+		}
+	}
+	return time.Time{}
+}
+
+// Unanswered returns when the node first sent a QUIC packet to the peer
+// on its direct path after it last heard from it there; zero when it sent
+// nothing since.
+func (c *Conn) Unanswered(virt netip.AddrPort) time.Time {
+	return c.stamp(virt, func(p *peer) int64 {
+		if u := p.unanswered.Load(); u > p.heard.Load() {
+			return u
+		}
+		return 0
+	})
 }
 
 // Heard returns when a packet last came from one of the peer's direct

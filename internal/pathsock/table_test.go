@@ -127,3 +127,50 @@ func TestAdoptedSessionMoves(t *testing.T) {
 	p.b.SetDirect(kb, p.aReal)
 	echo(t, client, server, []byte("direct again"))
 }
+
+// TestSendStamps: what a node sent on a peer's direct path and what came
+// back tell an idle path from a dead one: Sent and Unanswered follow the
+// sends, a packet heard from the peer answers them, and a packet by the
+// forwarded path shows in Seen, not Heard.
+func TestSendStamps(t *testing.T) {
+	p := newPair(t)
+	p.direct(t)
+	quicPkt := func(b byte) []byte { return append([]byte{0x40 | b}, make([]byte, 32)...) }
+	if !p.a.Sent(p.aPeer).IsZero() || !p.a.Unanswered(p.aPeer).IsZero() {
+		t.Fatal("stamps before any send")
+	}
+	if _, err := p.a.WriteTo(quicPkt(1), net.UDPAddrFromAddrPort(p.aPeer)); err != nil {
+		t.Fatal(err)
+	}
+	first := p.a.Unanswered(p.aPeer)
+	if first.IsZero() || p.a.Sent(p.aPeer).Before(first) {
+		t.Fatalf("after a send: unanswered %v, sent %v", first, p.a.Sent(p.aPeer))
+	}
+	time.Sleep(2 * time.Millisecond)
+	p.a.WriteTo(quicPkt(2), net.UDPAddrFromAddrPort(p.aPeer))
+	if u := p.a.Unanswered(p.aPeer); !u.Equal(first) {
+		t.Fatalf("a second send moved the first unanswered one: %v, was %v", u, first)
+	}
+	if !p.a.Sent(p.aPeer).After(first) {
+		t.Fatal("Sent did not follow the second send")
+	}
+	// b answers on the direct path: a reads it, and nothing is unanswered.
+	p.b.WriteTo(quicPkt(3), net.UDPAddrFromAddrPort(p.bPeer))
+	buf := make([]byte, 1500)
+	p.a.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, _, err := p.a.ReadFrom(buf); err != nil {
+		t.Fatal(err)
+	}
+	if u := p.a.Unanswered(p.aPeer); !u.IsZero() {
+		t.Fatalf("unanswered %v after the peer's packet", u)
+	}
+	heard := p.a.Heard(p.aPeer)
+	// A packet by the forwarded path: seen, not heard.
+	time.Sleep(2 * time.Millisecond)
+	if err := p.a.Inject(p.aPeer, quicPkt(4)); err != nil {
+		t.Fatal(err)
+	}
+	if !p.a.Heard(p.aPeer).Equal(heard) || !p.a.Seen(p.aPeer).After(heard) {
+		t.Fatalf("after a forwarded packet: heard %v (was %v), seen %v", p.a.Heard(p.aPeer), heard, p.a.Seen(p.aPeer))
+	}
+}

@@ -1,0 +1,108 @@
+package reach
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"github.com/reachp2p/reach/identity"
+)
+
+// When is a direct path dead? Silence alone does not say: an idle session
+// sends nothing between its keepalives (stream.DefaultKeepAlivePeriod,
+// 10 s), and a side that only receives sends nothing a peer answers (QUIC
+// does not acknowledge acknowledgements). The node's socket stamps what
+// it sends on each peer's direct path (pathsock.Conn.Sent, Unanswered)
+// and what comes back (Heard, by any path: Seen), and checkPath reads the
+// stamps every pathCheckEvery:
+//
+//   - nothing sent since the path was last heard: idle, not dead;
+//   - the peer's packets come by the forwarded path while the direct one
+//     has been silent for pathDeadAfter: the peer fell back; follow it;
+//   - the node has been sending, and nothing came back for pathDeadAfter
+//     since its first unanswered packet: dead;
+//   - it sent something a while ago and stopped (say, the last
+//     acknowledgements of a transfer) and nothing came back: ask (a ping
+//     on the session, which the peer answers) and fall back if the answer
+//     does not come within probeWait.
+//
+// So an idle session costs no packets of ours beyond QUIC's keepalives,
+// and a path that dies under traffic is left within pathDeadAfter plus a
+// check interval.
+
+// probeWait bounds the answer to a ping on a suspect direct path.
+const probeWait = time.Second
+
+// sendingWithin: a node that sent on the path this recently is sending.
+const sendingWithin = time.Second
+
+// checkPath judges the direct path direct of the peer at key and falls
+// back, or asks, as above.
+func (n *Node) checkPath(peer identity.PeerID, key, direct netip.AddrPort) {
+	paths := n.sock.Paths()
+	now := time.Now()
+	heard := paths.Heard(key)
+	if now.Sub(heard) < pathDeadAfter {
+		return
+	}
+	if paths.Seen(key).After(heard) {
+		n.fallBack(peer, key, errPeerFellBack)
+		return
+	}
+	first := paths.Unanswered(key)
+	if first.IsZero() || now.Sub(first) < pathDeadAfter {
+		return
+	}
+	if now.Sub(paths.Sent(key)) < sendingWithin {
+		n.fallBack(peer, key, errPathSilent)
+		return
+	}
+	n.probe(peer, key, heard)
+}
+
+// probe pings a session at key, unless a probe of the peer runs already,
+// and falls back if nothing came straight from the peer meanwhile.
+func (n *Node) probe(peer identity.PeerID, key netip.AddrPort, heard time.Time) {
+	n.mu.Lock()
+	if n.probing == nil {
+		n.probing = map[identity.PeerID]bool{}
+	}
+	if n.probing[peer] || n.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.probing[peer] = true
+	n.mu.Unlock()
+	n.goRun(func() {
+		defer func() {
+			n.mu.Lock()
+			delete(n.probing, peer)
+			n.mu.Unlock()
+		}()
+		ss := n.sessionsAt(peer, key)
+		if len(ss) == 0 {
+			return
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, probeWait)
+		ss[0].Ping(ctx)
+		cancel()
+		if n.ctx.Err() != nil || n.sock.Paths().Heard(key).After(heard) {
+			return
+		}
+		n.fallBack(peer, key, errPathSilent)
+	})
+}
+
+// fallBack moves the peer at key from its direct path to its forwarded
+// one, says so, and starts the search for a direct path again.
+func (n *Node) fallBack(peer identity.PeerID, key netip.AddrPort, why error) {
+	paths := n.sock.Paths()
+	direct, fwd, err := paths.Current(key)
+	if err != nil || !direct.IsValid() || fwd == nil {
+		return
+	}
+	if paths.Fallback(key) {
+		n.moved(peer, key, pathName(fwd), netip.AddrPort{}, why)
+		n.startMoving(peer)
+	}
+}

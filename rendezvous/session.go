@@ -431,6 +431,7 @@ func (s *Server) connect(ss *session, cb connectBody) {
 
 	offer := cb.Offer
 	offer.Peer = ss.peer
+	offer.Observed = ss.observed()
 	offer.Candidates = append(withReflexive(withoutSupernodes(offer.Candidates), ss.observed()), forTarget...)
 	ss.log.Debug("introducing", "target", cb.Target.Short(), "intro", pi.id)
 	// Open before the INTRO is queued: the target may answer its
@@ -451,6 +452,7 @@ func (s *Server) answer(ss *session, ab answerBody) {
 	}
 	ans := ab.Answer
 	ans.Peer = ss.peer
+	ans.Observed = ss.observed()
 	ans.Candidates = withReflexive(withoutSupernodes(ans.Candidates), ss.observed())
 	s.finishIntro(ab.ID, ss, resultBody{Answer: &ans})
 }

@@ -75,6 +75,13 @@ type PeerInfo struct {
 	// Mapping is how the sender's NAT maps its socket, as it measured it
 	// (MappingIndependent, MappingVaries; "" unknown).
 	Mapping string `json:"mapping,omitempty"`
+	// Observed is set by the server: the sender's UDP source address as
+	// the server saw it (invalid when it registered over TCP). Unlike the
+	// candidates, which the sender writes, it is the server's word: a
+	// node may send a session's packets there before a check proved the
+	// address (holepunch's first flight). A value the sender puts here is
+	// replaced.
+	Observed netip.AddrPort `json:"observed,omitzero"`
 }
 
 // Mapping behaviours a node measures with its server's two STUN ports

@@ -322,6 +322,20 @@ func (c *Conn) writeMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 	}
 }
 
+// HandshakeOnly is implemented by a Path that carries the packets of QUIC
+// handshakes only (long-header packets), such as a rendezvous server's
+// first flight; it decides itself where a session's packets go (or drops
+// them). Such a path is never a fallback (Fallback).
+type HandshakeOnly interface {
+	Path
+	HandshakeOnly()
+}
+
+func isHandshakeOnly(p Path) bool {
+	_, ok := p.(HandshakeOnly)
+	return ok
+}
+
 func isVirtualIP(ip net.IP) bool {
 	ip4 := ip.To4()
 	return ip4 != nil && ip4[0]&0xf0 == 240

@@ -265,6 +265,43 @@ func (c *Conn) SetFallback(virt netip.AddrPort, p Path) error {
 	return nil
 }
 
+// ClearFallback forgets the peer's forwarded path if it is p.
+func (c *Conn) ClearFallback(virt netip.AddrPort, p Path) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if pe := c.byVirt[virt]; pe != nil && pe.fwd == p {
+		pe.fwd = nil
+	}
+}
+
+// SetName gives the anonymous address virt (AddPeer) the name name, as if
+// Key(name) had handed it out. An address that had the name before keeps
+// its paths but loses the name (the caller knows it has no sessions). It
+// fails with ErrUnknownPeer, or ErrNamed if virt has a name already.
+func (c *Conn) SetName(virt netip.AddrPort, name string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.byVirt[virt]
+	if p == nil {
+		return ErrUnknownPeer
+	}
+	if p.name != "" || p.adopted {
+		if p.name == name {
+			return nil
+		}
+		return ErrNamed
+	}
+	if old := c.byName[name]; old != nil {
+		if old.adopted {
+			return ErrNamed
+		}
+		old.name = ""
+	}
+	p.name = name
+	c.byName[name] = p
+	return nil
+}
+
 // Fallback moves the peer from its direct path to its forwarded one. It
 // reports whether it did (false: no direct path, or nothing to fall back
 // to).
@@ -272,7 +309,7 @@ func (c *Conn) Fallback(virt netip.AddrPort) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.byVirt[virt]
-	if p == nil || !p.direct.IsValid() || p.fwd == nil {
+	if p == nil || !p.direct.IsValid() || p.fwd == nil || isHandshakeOnly(p.fwd) {
 		return false
 	}
 	p.direct, p.udp = netip.AddrPort{}, nil

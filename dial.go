@@ -10,6 +10,7 @@ import (
 
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/holepunch"
 	"github.com/reachp2p/reach/internal/ladder"
 	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/rung"
@@ -55,7 +56,7 @@ func (n *Node) DialSession(ctx context.Context, peer PeerID) (*Session, error) {
 // entries on the answer: each rung of entries prepares the offer, then
 // the per-dial policy (rung.Plan) adapts the ladder to the answer.
 func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entries []rung.Entry) (*stream.Session, error) {
-	a, intro, release, err := n.introduce(ctx, peer, entries)
+	a, intro, release, err := n.introduce(ctx, peer, entries, true)
 	if err != nil {
 		return nil, err
 	}
@@ -75,8 +76,10 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 // introduce asks the server to introduce the node to peer, each rung of
 // entries preparing the offer, and returns the attempt (offer and answer),
 // how long the introduction took and what to call when the attempt is
-// over (the rungs' releases).
-func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []rung.Entry) (*rung.Attempt, time.Duration, func(), error) {
+// over (the rungs' releases). With early, holepunch starts its QUIC dial
+// at once, its first flight going with the introduction
+// (holepunch.Rung.DialEarly).
+func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []rung.Entry, early bool) (*rung.Attempt, time.Duration, func(), error) {
 	var b [8]byte
 	rand.Read(b[:])
 	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1, Mapping: n.Mapping()}
@@ -91,8 +94,19 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 			releases = append(releases, r)
 		}
 	}
+	var fl *rendezvous.Flight
+	hp := holepunchOf(entries)
+	if early && hp != nil {
+		fl = rendezvous.NewFlight()
+		if r := hp.DialEarly(ctx, offer.Attempt, n.key, peer, n.cfg.Session, fl); r != nil {
+			releases = append(releases, r)
+		} else {
+			fl.Close()
+			fl = nil
+		}
+	}
 	introStart := time.Now()
-	answer, err := n.client.Connect(ctx, peer, offer)
+	answer, err := n.client.ConnectFlight(ctx, peer, offer, fl)
 	var ce *rendezvous.ConnectError
 	reregistered := errors.As(err, &ce) && ce.Reason == rendezvous.ReasonReregistered
 	// Our own registration moved to a newer connection (TCP to QUIC)
@@ -102,11 +116,14 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 		// The peer, or this node, moved to a new connection to the
 		// server while the offer was on its way: ask again, once.
 		introStart = time.Now()
-		answer, err = n.client.Connect(ctx, peer, offer)
+		answer, err = n.client.ConnectFlight(ctx, peer, offer, fl)
 	}
 	if err != nil {
 		release()
 		return nil, 0, nil, fmt.Errorf("reach: introduction to %s: %w", peer.Short(), err)
+	}
+	if fl != nil {
+		hp.Answered(offer.Attempt, answer)
 	}
 	intro := time.Since(introStart)
 	offer.Peer = n.ID()
@@ -116,6 +133,16 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 		Session: n.cfg.Session, Logger: n.log,
 	}
 	return a, intro, release, nil
+}
+
+// holepunchOf returns the holepunch rung of entries, if any.
+func holepunchOf(entries []rung.Entry) *holepunch.Rung {
+	for _, e := range entries {
+		if r, ok := e.Rung.(*holepunch.Rung); ok {
+			return r
+		}
+	}
+	return nil
 }
 
 // liveSession returns an open session to peer, if any; a forwarded one
@@ -165,8 +192,10 @@ func (n *Node) accepted(sess *stream.Session) bool {
 	}
 	n.sessions[peer] = append(n.sessions[peer], sess)
 	n.mu.Unlock()
+	n.claimKey(sess)
 	if n.movable(sess) {
 		sess.SetPathResolver(n.resolvePath)
+		n.goRun(func() { n.afterFlight(peer, quicKey(sess)) })
 	} else {
 		n.adopt(sess)
 	}
@@ -249,6 +278,7 @@ func (n *Node) serveIntroductions() {
 			offer := in.Offer
 			if n.cfg.Accept != nil && !n.cfg.Accept(offer.Peer) {
 				n.log.Debug("introduction refused", "peer", offer.Peer.Short())
+				in.Flight().Close()
 				if err := in.Reject("not accepted"); err != nil {
 					n.log.Debug("refusing introduction", "peer", offer.Peer.Short(), "err", err)
 				}
@@ -261,8 +291,22 @@ func (n *Node) serveIntroductions() {
 			for _, r := range n.ladder.All {
 				r.Introduced(offer)
 			}
-			if err := in.Accept(candidate.PeerInfo{Mapping: n.Mapping()}); err != nil {
+			answer := candidate.PeerInfo{Mapping: n.Mapping()}
+			hp := holepunchOf(n.ladder.Dial)
+			if hp != nil {
+				own := candidate.PeerInfo{Candidates: n.candidates(), Observed: n.Observed()}
+				own.Candidates = append(own.Candidates, candidate.Candidate{Addr: own.Observed, Kind: candidate.Reflexive})
+				answer.Flight = hp.TakesFlight(offer, own)
+			}
+			if err := in.Accept(answer); err != nil {
 				n.log.Debug("answering introduction", "peer", offer.Peer.Short(), "err", err)
+			}
+			// The dialler's first flight, after the primers and the
+			// answer (see holepunch.Rung.Flight).
+			if answer.Flight {
+				hp.Flight(offer, in.Flight())
+			} else {
+				in.Flight().Close()
 			}
 		case <-n.ctx.Done():
 			return

@@ -98,10 +98,17 @@ func (r *Rung) deliver(paths *pathsock.Conn, from identity.PeerID, pkt []byte) {
 			return
 		}
 	}
-	if _, fwd, err := paths.Current(key); err == nil && fwd == nil {
+	if _, fwd, err := paths.Current(key); err == nil && (fwd == nil || isHandshakeOnly(fwd)) {
 		paths.SetFallback(key, r.client.Path(from))
 	}
 	paths.Inject(key, pkt)
+}
+
+// isHandshakeOnly reports whether p carries handshakes only (a first
+// flight through the rendezvous server): the relay replaces it.
+func isHandshakeOnly(p pathsock.Path) bool {
+	_, ok := p.(pathsock.HandshakeOnly)
+	return ok
 }
 
 // isInitial reports whether pkt is a QUIC long-header Initial packet

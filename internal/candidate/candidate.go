@@ -82,6 +82,10 @@ type PeerInfo struct {
 	// address (holepunch's first flight). A value the sender puts here is
 	// replaced.
 	Observed netip.AddrPort `json:"observed,omitzero"`
+	// Flight, in an answer, says the listener took the dialler's first
+	// flight through the server (holepunch): the dialler's early dial
+	// goes on. Without it the dialler stops that dial.
+	Flight bool `json:"flight,omitempty"`
 }
 
 // Mapping behaviours a node measures with its server's two STUN ports

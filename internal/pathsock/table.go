@@ -34,6 +34,9 @@ type peer struct {
 	aliases []netip.AddrPort
 
 	heard atomic.Int64 // unix ns of the last packet from a direct source
+	// proved: unix ns of the last packet from the current direct address
+	// itself (zero since SetDirect until one comes).
+	proved atomic.Int64
 	seen  atomic.Int64 // unix ns of the last packet by any path
 }
 
@@ -176,15 +179,49 @@ func (c *Conn) removeLocked(p *peer) {
 func (c *Conn) SetDirect(virt, real netip.AddrPort) error {
 	real = unmapped(real)
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	p := c.byVirt[virt]
 	if p == nil {
+		c.mu.Unlock()
 		return ErrUnknownPeer
 	}
 	c.aliasLocked(p, real)
+	var resend [][]byte
+	if p.direct != real {
+		if p.direct.IsValid() && p.proved.Load() == 0 {
+			resend = c.unproved.take(virt)
+		}
+		p.proved.Store(0)
+	}
 	p.direct, p.udp = real, c.sockAddr(real)
 	p.heard.Store(time.Now().UnixNano())
+	to := p.udp
+	c.mu.Unlock()
+	// What went to the address nothing came from was probably lost:
+	// send it again at once rather than at quic-go's probe timeout (a
+	// copy that did arrive is dropped as a duplicate).
+	for _, b := range resend {
+		c.udp.WriteMsgUDP(b, nil, to)
+	}
 	return nil
+}
+
+// maxUnproved bounds the packets kept per peer for a direct address that
+// nothing came from yet (see SetDirect).
+const maxUnproved = 16
+
+// Proved returns when a packet last came from the peer's current direct
+// address itself (zero: none since it became the current one). A direct
+// address set on the server's word, before any check, is proved by the
+// first packet from it.
+func (c *Conn) Proved(virt netip.AddrPort) time.Time {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if p := c.byVirt[virt]; p != nil {
+		if ns := p.proved.Load(); ns != 0 {
+			return time.Unix(0, ns)
+		}
+	}
+	return time.Time{}
 }
 
 // AddAlias makes packets from real count as the peer's without changing

@@ -227,6 +227,9 @@ type flightPair struct {
 // openFlight starts relaying flight packets for introduction intro (the
 // dialler's CONNECT req) for FlightWindow.
 func (s *Server) openFlight(from, to *session, req, intro uint64) {
+	if s.cfg.DisableFlights {
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(from.flights) >= maxOpenFlights {
@@ -256,7 +259,9 @@ func (s *Server) openFlight(from, to *session, req, intro uint64) {
 // relayFlight forwards a FLIGHT frame from ss to the other side of its
 // introduction, within the flight's limits; anything else is dropped.
 func (s *Server) relayFlight(ss *session, fb flightBody) {
-	if len(fb.Packet) == 0 || len(fb.Packet) > MaxFlightPacket {
+	if len(fb.Packet) == 0 || len(fb.Packet) > MaxFlightPacket || fb.Packet[0]&0x80 == 0 {
+		// Only QUIC handshake packets (long header): a session's own
+		// packets never go through the server.
 		s.nFlightDropped.Add(1)
 		return
 	}

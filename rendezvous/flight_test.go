@@ -27,7 +27,9 @@ func (p *packets) list() [][]byte {
 	return append([][]byte(nil), p.got...)
 }
 
-func pkt(tag string, i int) []byte { return []byte(fmt.Sprintf("%s-%02d", tag, i)) }
+// pkt is a fake QUIC long-header packet (the server relays no other kind)
+// tagged tag and i.
+func pkt(tag string, i int) []byte { return []byte(fmt.Sprintf("\xc0%s-%02d", tag, i)) }
 
 // TestFlight: packets the dialler sends before and after its CONNECT reach
 // the peer in order with the introduction, the peer's answers come back,
@@ -45,8 +47,8 @@ func TestFlight(t *testing.T) {
 		for in := range b.Incoming() {
 			in.Flight().Receive(func(p []byte) {
 				atB.add(p)
-				if bytes.HasPrefix(p, []byte("a-")) {
-					in.Flight().Send(append([]byte("b-re-"), p...))
+				if bytes.HasPrefix(p, []byte("\xc0a-")) {
+					in.Flight().Send(append([]byte("\xc0b-re-"), p[1:]...))
 				}
 			})
 			in.Accept(PeerInfo{})
@@ -79,7 +81,7 @@ func TestFlight(t *testing.T) {
 		}
 	}
 	for _, p := range atA.list() {
-		if !bytes.HasPrefix(p, []byte("b-re-a-")) {
+		if !bytes.HasPrefix(p, []byte("\xc0b-re-a-")) {
 			t.Fatalf("dialler got %q", p)
 		}
 	}
@@ -89,9 +91,8 @@ func TestFlight(t *testing.T) {
 }
 
 // TestFlightLimits: the server relays no more than MaxFlightPackets one
-// way even when a client writes frames itself, drops flight frames for
-// introductions the sender is not part of, and after FlightWindow relays
-// nothing.
+// way even when a client writes frames itself, and drops short-header
+// packets and flight frames for introductions the sender is not part of.
 func TestFlightLimits(t *testing.T) {
 	rs := startTestServer(t, ServerConfig{})
 	servers := []ServerAddr{rs.ServerAddr()}
@@ -124,6 +125,10 @@ func TestFlightLimits(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A session's own packet (short header) is never relayed.
+	if err := cc.write(typeFlight, key.body([]byte{0x40, 1, 2, 3})); err != nil {
+		t.Fatal(err)
+	}
 	// A bystander names the introduction: not its own, dropped.
 	ccC, err := c.waitConn(testCtx(t, 5*time.Second))
 	if err != nil {
@@ -134,15 +139,42 @@ func TestFlightLimits(t *testing.T) {
 		ccC.write(typeFlight, flightBody{Req: key.id, Packet: pkt("c", i)})
 	}
 	waitFor(t, "the server to drop the excess", func() bool {
-		return rs.Stats().FlightDropped >= 2*MaxFlightPackets+10
+		return rs.Stats().FlightDropped >= 2*MaxFlightPackets+11
 	})
 	got := atB.list()
 	if len(got) != MaxFlightPackets {
 		t.Fatalf("peer received %d packets, want %d", len(got), MaxFlightPackets)
 	}
 	for _, p := range got {
-		if bytes.HasPrefix(p, []byte("c-")) {
+		if bytes.HasPrefix(p, []byte("\xc0c-")) {
 			t.Fatalf("a bystander's packet reached the peer: %q", p)
 		}
+	}
+}
+
+// TestFlightsDisabled: a server with DisableFlights relays none, and the
+// introduction works as without a flight.
+func TestFlightsDisabled(t *testing.T) {
+	rs := startTestServer(t, ServerConfig{DisableFlights: true})
+	servers := []ServerAddr{rs.ServerAddr()}
+	a := startClient(t, "a", mustKey(t), servers, newTransport(t))
+	kb := mustKey(t)
+	b := startClient(t, "b", kb, servers, newTransport(t))
+	var atB packets
+	go func() {
+		for in := range b.Incoming() {
+			in.Flight().Receive(atB.add)
+			in.Accept(PeerInfo{})
+		}
+	}()
+	f := NewFlight()
+	defer f.Close()
+	f.Send(pkt("a", 0))
+	if _, err := a.ConnectFlight(testCtx(t, 5*time.Second), kb.ID(), PeerInfo{}, f); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the server to drop the packet", func() bool { return rs.Stats().FlightDropped == 1 })
+	if n := len(atB.list()); n != 0 || rs.Stats().FlightPackets != 0 {
+		t.Fatalf("%d packets reached the peer, want 0", n)
 	}
 }

@@ -109,6 +109,12 @@ type ServerConfig struct {
 	// first of each family is the OTHER-ADDRESS of STUN answers to that
 	// family. Nil: guess.
 	PublicAddrs []netip.AddrPort
+	// DisableFlights turns off first flights (FLIGHT frames: the first
+	// packets of a QUIC handshake between two peers, relayed with their
+	// introduction, at most MaxFlightPackets each way). Zero: relayed;
+	// without them a punched session's first byte takes one more round
+	// trip.
+	DisableFlights bool
 }
 
 // Protocol serves connections that negotiated another ALPN than ALPN on a

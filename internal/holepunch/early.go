@@ -47,7 +47,10 @@ type flightPath struct {
 		WriteTo([]byte, netip.AddrPort) error
 	}
 	data netip.AddrPort
-	ch   chan []byte
+	// heard reports that the peer's packets come straight to us: its NAT
+	// is open, and handshake packets go to data as well. Nil: never.
+	heard func() bool
+	ch    chan []byte
 	done chan struct{}
 	once sync.Once
 }
@@ -81,6 +84,12 @@ func (p *flightPath) Send(b []byte) error {
 			return p.sock.WriteTo(b, p.data)
 		}
 		return nil
+	}
+	if p.data.IsValid() && p.heard != nil && p.heard() {
+		// The dialler's packets come straight (a server that does not
+		// relay flights, or quic-go resending its first flight after
+		// the answer): answer the same way too.
+		p.sock.WriteTo(b, p.data)
 	}
 	select {
 	case p.ch <- append([]byte(nil), b...):
@@ -344,6 +353,8 @@ func (r *Rung) Flight(offer candidate.PeerInfo, fl Flight) {
 	direct, fwd, _ := paths.Current(key)
 	if !direct.IsValid() && fwd == nil {
 		fp = newFlightPath(fl, r.h.Socket, offer.Observed)
+		start := time.Now()
+		fp.heard = func() bool { return paths.Heard(key).After(start) }
 		paths.SetFallback(key, fp)
 	}
 	if offer.Observed.IsValid() {

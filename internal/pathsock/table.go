@@ -37,7 +37,7 @@ type peer struct {
 	// proved: unix ns of the last packet from the current direct address
 	// itself (zero since SetDirect until one comes).
 	proved atomic.Int64
-	seen  atomic.Int64 // unix ns of the last packet by any path
+	seen   atomic.Int64 // unix ns of the last packet by any path
 }
 
 // AddPeer hands out a new virtual address, with no path yet.

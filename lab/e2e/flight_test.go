@@ -1,0 +1,76 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
+	"github.com/reachp2p/reach/rendezvous"
+)
+
+// TestLabFirstFlight: a hole-punched dial's QUIC handshake starts with
+// the introduction: its first flight goes to the listener through the
+// server and the listener's answer comes back the same way (a few packets
+// each way, never more than rendezvous.MaxFlightPackets), and the session
+// runs on the punched path, intact, both behind linux-host routers (which
+// keep state for any packet that reaches them first) and home routers.
+// Against a server that relays no flights (older, or turned off) the same
+// dials still go direct.
+func TestLabFirstFlight(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		off  bool
+	}{{"flights", false}, {"server-without-flights", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := reachlab.NewScenario(t, reachlab.ServerConfig{DisableFlights: tc.off})
+			for i, fw := range []natlab.Firewall{natlab.LinuxHost, natlab.Home} {
+				t.Run(string(fw), func(t *testing.T) {
+					pr := natlab.Kind(natlab.PortRestricted)
+					a := s.SiteWith(t, fmt.Sprintf("f%da", i), natlab.SiteConfig{Kind: pr, Firewall: fw, ISP: true})
+					b := s.SiteWith(t, fmt.Sprintf("f%db", i), natlab.SiteConfig{Kind: pr, Firewall: fw, ISP: true})
+					for k := range 3 {
+						na := s.Node(t, a.Host, reach.Config{})
+						nb := s.Node(t, b.Host, reach.Config{})
+						reachlab.Echo(t, nb)
+						before := s.Server.Stats()
+						ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+						sess, err := reachlab.CheckEcho(t, ctx, na, nb, 1<<20)
+						cancel()
+						if err != nil {
+							t.Fatalf("dial %d: %v", k, err)
+						}
+						if got := sess.Strategy(); got != reach.StrategyHolepunch {
+							t.Fatalf("dial %d: strategy %s, want holepunch", k, got)
+						}
+						if ip := sess.RemoteAddr(); !ip.IsValid() || ip.Addr() == s.Srv.Addr() {
+							t.Fatalf("dial %d: session path %v, want the listener's public address", k, ip)
+						}
+						after := s.Server.Stats()
+						relayed := after.FlightPackets - before.FlightPackets
+						switch {
+						case tc.off && relayed != 0:
+							t.Fatalf("dial %d: a server without flights relayed %d packets", k, relayed)
+						case !tc.off && (relayed < 2 || relayed > 2*rendezvous.MaxFlightPackets):
+							t.Fatalf("dial %d: the server relayed %d flight packets, want 2..%d", k, relayed, 2*rendezvous.MaxFlightPackets)
+						}
+						t.Logf("dial %d: %d flight packets relayed, %d dropped", k, relayed, after.FlightDropped-before.FlightDropped)
+						reachlab.MustWaitFor(t, 5*time.Second, "the listener's session", func() bool {
+							for _, ls := range nb.Sessions() {
+								if ls.RemotePeer() == na.ID() && ls.Strategy() == reach.StrategyHolepunch {
+									return true
+								}
+							}
+							return false
+						})
+						na.Close()
+						nb.Close()
+					}
+				})
+			}
+		})
+	}
+}

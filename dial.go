@@ -14,6 +14,7 @@ import (
 	"github.com/reachp2p/reach/internal/ladder"
 	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/rung"
+	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
 )
@@ -96,7 +97,7 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 	}
 	var fl *rendezvous.Flight
 	hp := holepunchOf(entries)
-	if early && hp != nil {
+	if early && hp != nil && n.mayFlyFirst(offer) {
 		fl = rendezvous.NewFlight()
 		if r := hp.DialEarly(ctx, offer.Attempt, n.key, peer, n.cfg.Session, fl); r != nil {
 			releases = append(releases, r)
@@ -133,6 +134,27 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 		Session: n.cfg.Session, Logger: n.log,
 	}
 	return a, intro, release, nil
+}
+
+// mayFlyFirst reports whether a dial with offer may start its handshake
+// with the introduction (a first flight): such a session wins before a
+// packet proved its direct path, so it needs a fallback that keeps it when
+// that path never works: the node's NAT keeps one mapping for every
+// destination (a punch from the reflexive address the server saw is then
+// likely to work) and the offer names a relay (the session moves there
+// when the direct path stays silent; see Node.afterFlight).
+func (n *Node) mayFlyFirst(offer candidate.PeerInfo) bool {
+	return n.Mapping() == candidate.MappingIndependent && len(offer.Addrs(candidate.Relay)) > 0
+}
+
+// relayUsable reports whether the node has a hosted relay to fall back to.
+func (n *Node) relayUsable() bool {
+	for _, r := range n.ladder.All {
+		if rr, ok := r.(*relay.Rung); ok {
+			return rr.Usable()
+		}
+	}
+	return false
 }
 
 // holepunchOf returns the holepunch rung of entries, if any.
@@ -195,7 +217,7 @@ func (n *Node) accepted(sess *stream.Session) bool {
 	n.claimKey(sess)
 	if n.movable(sess) {
 		sess.SetPathResolver(n.resolvePath)
-		n.goRun(func() { n.afterFlight(peer, quicKey(sess)) })
+		n.goRun(func() { n.afterFlight(sess) })
 	} else {
 		n.adopt(sess)
 	}
@@ -294,9 +316,9 @@ func (n *Node) serveIntroductions() {
 			answer := candidate.PeerInfo{Mapping: n.Mapping()}
 			hp := holepunchOf(n.ladder.Dial)
 			if hp != nil {
-				own := candidate.PeerInfo{Candidates: n.candidates(), Observed: n.Observed()}
+				own := candidate.PeerInfo{Candidates: n.candidates(), Observed: n.Observed(), Mapping: n.Mapping()}
 				own.Candidates = append(own.Candidates, candidate.Candidate{Addr: own.Observed, Kind: candidate.Reflexive})
-				answer.Flight = hp.TakesFlight(offer, own)
+				answer.Flight = hp.TakesFlight(offer, own, n.relayUsable())
 			}
 			if err := in.Accept(answer); err != nil {
 				n.log.Debug("answering introduction", "peer", offer.Peer.Short(), "err", err)

@@ -11,7 +11,6 @@ import (
 	"github.com/reachp2p/reach/internal/ladder"
 	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/rung"
-	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
 )
 
@@ -94,55 +93,6 @@ func (n *Node) pathHeard(name string, peer identity.PeerID, addr netip.AddrPort,
 		return // a session whose handshake came through the server: it was on its way here
 	}
 	n.goRun(func() { n.moved(peer, key, name, addr, nil) })
-}
-
-// claimKey names the anonymous address of a session whose first flight
-// went through the server (holepunch.Rung.DialEarly) after its peer, so
-// that it moves like the others, unless another live session has the
-// peer's address.
-func (n *Node) claimKey(sess *stream.Session) {
-	key := quicKey(sess)
-	paths := n.sock.Paths()
-	if !pathsock.IsVirtual(key.Addr()) || paths.Name(key) != "" {
-		return
-	}
-	peer := sess.RemotePeer()
-	if old, ok := paths.Lookup(peer.String()); ok && len(n.sessionsAt(peer, old)) > 0 {
-		return
-	}
-	if err := paths.SetName(key, peer.String()); err != nil {
-		n.log.Debug("session stays at its address", "peer", peer.Short(), "err", err)
-	}
-}
-
-// afterFlight readies a forwarded path for a session that has none once
-// its first flight through the server is over (a session born on a
-// forwarded path has it already).
-func (n *Node) afterFlight(peer identity.PeerID, key netip.AddrPort) {
-	paths := n.sock.Paths()
-	end := time.Now().Add(2 * rendezvous.FlightWindow)
-	for {
-		_, fwd, err := paths.Current(key)
-		if err != nil {
-			return
-		}
-		if _, first := fwd.(pathsock.HandshakeOnly); !first {
-			if fwd == nil {
-				n.readyFallback(peer, key)
-			}
-			return
-		}
-		if time.Now().After(end) {
-			return
-		}
-		t := time.NewTimer(pathCheckEvery)
-		select {
-		case <-t.C:
-		case <-n.ctx.Done():
-			t.Stop()
-			return
-		}
-	}
 }
 
 // moved relabels the sessions at key and reports the move.

@@ -42,6 +42,10 @@ type Rung struct {
 // NewRung makes the rung for the node h.
 func NewRung(h *rung.Host, cfg RungConfig) *Rung { return &Rung{h: h, cfg: cfg} }
 
+// Usable reports whether the node has a relay to link to (it has
+// servers): the rung can dial, and ready a fallback path.
+func (r *Rung) Usable() bool { return r.client != nil }
+
 // Name implements rung.Rung.
 func (*Rung) Name() string { return Name }
 

@@ -51,8 +51,8 @@ type flightPath struct {
 	// is open, and handshake packets go to data as well. Nil: never.
 	heard func() bool
 	ch    chan []byte
-	done chan struct{}
-	once sync.Once
+	done  chan struct{}
+	once  sync.Once
 }
 
 func newFlightPath(fl Flight, s interface {
@@ -217,9 +217,20 @@ func (r *Rung) Answered(attempt uint64, answer candidate.PeerInfo) {
 // over UDP, and when it is not a listener that the direct or port-mapping
 // rungs reach (a public or mapped address, or IPv6: those dial its own
 // addresses from the dialler's socket, and their packets must not be
-// taken for the first flight's).
-func (r *Rung) TakesFlight(offer, answer candidate.PeerInfo) bool {
+// taken for the first flight's). A session made by a first flight wins
+// before any packet proved its direct path; so both NATs must keep one
+// mapping for every destination (then the addresses the server saw are
+// the ones the peers punch from), and both sides must be able to fall
+// back to the relay (the offer names one, and fallback: the listener has
+// one too) when that path stays silent.
+func (r *Rung) TakesFlight(offer, answer candidate.PeerInfo, fallback bool) bool {
 	if !offer.Observed.IsValid() || !answer.Observed.IsValid() || len(offer.PunchKey) != KeyLen {
+		return false
+	}
+	if offer.Mapping != candidate.MappingIndependent || answer.Mapping != candidate.MappingIndependent {
+		return false
+	}
+	if !fallback || len(offer.Addrs(candidate.Relay)) == 0 {
 		return false
 	}
 	if len(offer.PunchableFrom(r.scope())) == 0 {

@@ -234,6 +234,9 @@ type Node struct {
 	closed   bool
 
 	mapping atomic.Value // string: how the NAT maps the socket (mapping.go)
+	// mapped is closed when the first measurement of mapping is over,
+	// whatever it found.
+	mapped chan struct{}
 }
 
 // New starts a node: it opens the UDP socket, starts the rungs and
@@ -331,7 +334,11 @@ func (n *Node) start(ctx context.Context, servers []rendezvous.ServerAddr) error
 			return err
 		}
 		n.goRun(n.serveIntroductions)
-		n.goRun(n.detectMapping)
+		n.mapped = make(chan struct{})
+		n.goRun(func() {
+			defer close(n.mapped)
+			n.detectMapping()
+		})
 	}
 	for _, r := range n.ladder.All {
 		r.Ready(ctx)

@@ -97,6 +97,9 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 	}
 	var fl *rendezvous.Flight
 	hp := holepunchOf(entries)
+	if early && hp != nil {
+		n.awaitMapping(ctx) // a node that just started
+	}
 	if early && hp != nil && n.mayFlyFirst(offer) {
 		fl = rendezvous.NewFlight()
 		if r := hp.DialEarly(ctx, offer.Attempt, n.key, peer, n.cfg.Session, fl); r != nil {

@@ -152,8 +152,9 @@ func TestFlightLimits(t *testing.T) {
 	}
 }
 
-// TestFlightsDisabled: a server with DisableFlights relays none, and the
-// introduction works as without a flight.
+// TestFlightsDisabled: a server with DisableFlights relays none, the
+// introduction works as without a flight, and a target's answer that says
+// it took the flight reaches the dialler without that claim.
 func TestFlightsDisabled(t *testing.T) {
 	rs := startTestServer(t, ServerConfig{DisableFlights: true})
 	servers := []ServerAddr{rs.ServerAddr()}
@@ -164,14 +165,18 @@ func TestFlightsDisabled(t *testing.T) {
 	go func() {
 		for in := range b.Incoming() {
 			in.Flight().Receive(atB.add)
-			in.Accept(PeerInfo{})
+			in.Accept(PeerInfo{Flight: true})
 		}
 	}()
 	f := NewFlight()
 	defer f.Close()
 	f.Send(pkt("a", 0))
-	if _, err := a.ConnectFlight(testCtx(t, 5*time.Second), kb.ID(), PeerInfo{}, f); err != nil {
+	answer, err := a.ConnectFlight(testCtx(t, 5*time.Second), kb.ID(), PeerInfo{}, f)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if answer.Flight {
+		t.Fatal("the answer says the target took a flight the server never relayed")
 	}
 	waitFor(t, "the server to drop the packet", func() bool { return rs.Stats().FlightDropped == 1 })
 	if n := len(atB.list()); n != 0 || rs.Stats().FlightPackets != 0 {

@@ -453,6 +453,10 @@ func (s *Server) answer(ss *session, ab answerBody) {
 	ans := ab.Answer
 	ans.Peer = ss.peer
 	ans.Observed = ss.observed()
+	if s.cfg.DisableFlights {
+		// No flight went through: the dialler must not count on one.
+		ans.Flight = false
+	}
 	ans.Candidates = withReflexive(withoutSupernodes(ans.Candidates), ss.observed())
 	s.finishIntro(ab.ID, ss, resultBody{Answer: &ans})
 }

@@ -380,15 +380,20 @@ func (r *Rung) Flight(offer candidate.PeerInfo, fl Flight) {
 		return
 	}
 	// Settle: once a check proved a path (the node's PathHeard made it
-	// the key's direct one), or when the flight is over, the server is
-	// the key's path no more. (A forwarding rung's path replaces it
-	// sooner: a relayed session from the dialler.)
+	// the key's direct one), or a packet came straight from the address
+	// the server saw the dialler at (it sends there only after our
+	// answer: its NAT is open towards us from there), or when the flight
+	// is over, the server is the key's path no more. (A forwarding rung's
+	// path replaces it sooner: a relayed session from the dialler.)
 	r.h.Go(func() {
 		end := time.Now().Add(flightLife)
-		tick := time.NewTicker(50 * time.Millisecond)
+		tick := time.NewTicker(20 * time.Millisecond)
 		defer tick.Stop()
 		for time.Now().Before(end) && r.h.Context.Err() == nil {
 			if d, _, _ := paths.Current(key); d.IsValid() {
+				break
+			}
+			if offer.Observed.IsValid() && fp.heard() {
 				break
 			}
 			select {

@@ -36,6 +36,10 @@ func TestLabFirstFlight(t *testing.T) {
 						na := s.Node(t, a.Host, reach.Config{})
 						nb := s.Node(t, b.Host, reach.Config{})
 						reachlab.Echo(t, nb)
+						// Both must know their mapping, or neither flies first.
+						reachlab.MustWaitFor(t, 10*time.Second, "both mappings measured", func() bool {
+							return na.Mapping() == "independent" && nb.Mapping() == "independent"
+						})
 						before := s.Server.Stats()
 						ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 						sess, err := reachlab.CheckEcho(t, ctx, na, nb, 1<<20)

@@ -236,6 +236,9 @@ type Node struct {
 
 	mapping atomic.Value // string: how the NAT maps the socket (mapping.go)
 	counts  nodeCounts   // for Metrics (metrics.go)
+	// mapped is closed when the first measurement of mapping is over,
+	// whatever it found.
+	mapped chan struct{}
 }
 
 // New starts a node: it opens the UDP socket, starts the rungs and
@@ -333,7 +336,11 @@ func (n *Node) start(ctx context.Context, servers []rendezvous.ServerAddr) error
 			return err
 		}
 		n.goRun(n.serveIntroductions)
-		n.goRun(n.detectMapping)
+		n.mapped = make(chan struct{})
+		n.goRun(func() {
+			defer close(n.mapped)
+			n.detectMapping()
+		})
 	}
 	for _, r := range n.ladder.All {
 		r.Ready(ctx)

@@ -10,9 +10,11 @@ import (
 
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/holepunch"
 	"github.com/reachp2p/reach/internal/ladder"
 	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/rung"
+	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
 )
@@ -75,7 +77,9 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 // introduce asks the server to introduce the node to peer, each rung of
 // entries preparing the offer, and returns the attempt (offer and answer),
 // how long the introduction took and what to call when the attempt is
-// over (the rungs' releases).
+// over (the rungs' releases). A dial (introDial) may fly first:
+// holepunch starts its QUIC dial at once, its first flight going with the
+// introduction (holepunch.Rung.DialEarly).
 func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []rung.Entry, kind introKind) (*rung.Attempt, time.Duration, func(), error) {
 	var b [8]byte
 	rand.Read(b[:])
@@ -91,8 +95,26 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 			releases = append(releases, r)
 		}
 	}
+	var fl *rendezvous.Flight
+	hp := holepunchOf(entries)
+	early := kind == introDial
+	if early {
+		n.freshPeer(peer) // what is left of the sessions this node had with peer
+	}
+	if early && hp != nil {
+		n.awaitMapping(ctx) // a node that just started
+	}
+	if early && hp != nil && n.mayFlyFirst(offer) {
+		fl = rendezvous.NewFlight()
+		if r := hp.DialEarly(ctx, offer.Attempt, n.key, peer, n.cfg.Session, fl); r != nil {
+			releases = append(releases, r)
+		} else {
+			fl.Close()
+			fl = nil
+		}
+	}
 	introStart := time.Now()
-	answer, err := n.client.Connect(ctx, peer, offer)
+	answer, err := n.client.ConnectFlight(ctx, peer, offer, fl)
 	var ce *rendezvous.ConnectError
 	reregistered := errors.As(err, &ce) && ce.Reason == rendezvous.ReasonReregistered
 	// Our own registration moved to a newer connection (TCP to QUIC)
@@ -102,11 +124,14 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 		// The peer, or this node, moved to a new connection to the
 		// server while the offer was on its way: ask again, once.
 		introStart = time.Now()
-		answer, err = n.client.Connect(ctx, peer, offer)
+		answer, err = n.client.ConnectFlight(ctx, peer, offer, fl)
 	}
 	if err != nil {
 		release()
 		return nil, 0, nil, fmt.Errorf("reach: introduction to %s: %w", peer.Short(), err)
+	}
+	if fl != nil {
+		hp.Answered(offer.Attempt, answer)
 	}
 	intro := time.Since(introStart)
 	offer.Peer = n.ID()
@@ -126,6 +151,37 @@ const (
 	introDial introKind = iota // a new session
 	introMove                  // a new path for the sessions the node has with the peer
 )
+
+// mayFlyFirst reports whether a dial with offer may start its handshake
+// with the introduction (a first flight): such a session wins before a
+// packet proved its direct path, so it needs a fallback that keeps it when
+// that path never works: the node's NAT keeps one mapping for every
+// destination (a punch from the reflexive address the server saw is then
+// likely to work) and the offer names a relay (the session moves there
+// when the direct path stays silent; see Node.afterFlight).
+func (n *Node) mayFlyFirst(offer candidate.PeerInfo) bool {
+	return n.Mapping() == candidate.MappingIndependent && len(offer.Addrs(candidate.Relay)) > 0
+}
+
+// relayUsable reports whether the node has a hosted relay to fall back to.
+func (n *Node) relayUsable() bool {
+	for _, r := range n.ladder.All {
+		if rr, ok := r.(*relay.Rung); ok {
+			return rr.Usable()
+		}
+	}
+	return false
+}
+
+// holepunchOf returns the holepunch rung of entries, if any.
+func holepunchOf(entries []rung.Entry) *holepunch.Rung {
+	for _, e := range entries {
+		if r, ok := e.Rung.(*holepunch.Rung); ok {
+			return r
+		}
+	}
+	return nil
+}
 
 // liveSession returns an open session to peer, if any; a forwarded one
 // only if there is no other.
@@ -175,8 +231,10 @@ func (n *Node) accepted(sess *stream.Session) bool {
 	n.sessions[peer] = append(n.sessions[peer], sess)
 	n.mu.Unlock()
 	n.counts.session(sess.Strategy())
+	n.claimKey(sess)
 	if n.movable(sess) {
 		sess.SetPathResolver(n.resolvePath)
+		n.goRun(func() { n.afterFlight(sess) })
 	} else {
 		n.adopt(sess)
 	}
@@ -259,6 +317,7 @@ func (n *Node) serveIntroductions() {
 			offer := in.Offer
 			if n.cfg.Accept != nil && !n.cfg.Accept(offer.Peer) {
 				n.log.Debug("introduction refused", "peer", offer.Peer.Short())
+				in.Flight().Close()
 				if err := in.Reject("not accepted"); err != nil {
 					n.log.Debug("refusing introduction", "peer", offer.Peer.Short(), "err", err)
 				}
@@ -274,8 +333,22 @@ func (n *Node) serveIntroductions() {
 			for _, r := range n.ladder.All {
 				r.Introduced(offer)
 			}
-			if err := in.Accept(candidate.PeerInfo{Mapping: n.Mapping()}); err != nil {
+			answer := candidate.PeerInfo{Mapping: n.Mapping()}
+			hp := holepunchOf(n.ladder.Dial)
+			if hp != nil {
+				own := candidate.PeerInfo{Candidates: n.candidates(), Observed: n.Observed(), Mapping: n.Mapping()}
+				own.Candidates = append(own.Candidates, candidate.Candidate{Addr: own.Observed, Kind: candidate.Reflexive})
+				answer.Flight = hp.TakesFlight(offer, own, n.relayUsable())
+			}
+			if err := in.Accept(answer); err != nil {
 				n.log.Debug("answering introduction", "peer", offer.Peer.Short(), "err", err)
+			}
+			// The dialler's first flight, after the primers and the
+			// answer (see holepunch.Rung.Flight).
+			if answer.Flight {
+				hp.Flight(offer, in.Flight())
+			} else {
+				in.Flight().Close()
 			}
 		case <-n.ctx.Done():
 			return

@@ -50,6 +50,27 @@ func (n *Node) detectMapping() {
 	n.log.Debug("mapping", "behaviour", m, "first", first.Mapped, "second", second)
 }
 
+// mappingWait bounds how long a dial waits for the node's first mapping
+// measurement (two STUN round trips to the server, started when the node
+// registered): a dial that knows the mapping may fly first (holepunch's
+// first flight), which saves a peer-to-peer round trip.
+const mappingWait = 500 * time.Millisecond
+
+// awaitMapping waits, within mappingWait and ctx, for the node's first
+// mapping measurement to end.
+func (n *Node) awaitMapping(ctx context.Context) {
+	if n.mapped == nil {
+		return
+	}
+	t := time.NewTimer(mappingWait)
+	defer t.Stop()
+	select {
+	case <-n.mapped:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
 // Mapping returns how the node's NAT maps its socket:
 // candidate.MappingIndependent ("independent"), MappingVaries ("varies":
 // a symmetric NAT), or "" while unknown (no server with a second STUN

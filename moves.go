@@ -70,6 +70,17 @@ func (n *Node) pathHeard(name string, peer identity.PeerID, addr netip.AddrPort,
 	if !ok {
 		return // no session of ours can move
 	}
+	direct, fwd, err := paths.Current(key)
+	if err != nil {
+		return
+	}
+	if direct.IsValid() && direct != addr && paths.Proved(key).IsZero() {
+		// The direct address came on the server's word (a first flight's
+		// session) and nothing came from it; the peer's checks come from
+		// addr: that is where its NAT is open towards us.
+		paths.SetDirect(key, addr)
+		return
+	}
 	if !confirmed {
 		// The peer reaches us from addr: its packets there are its own
 		// from now on, before it moves (it moves when our pong, which
@@ -77,15 +88,14 @@ func (n *Node) pathHeard(name string, peer identity.PeerID, addr netip.AddrPort,
 		paths.AddAlias(key, addr)
 		return
 	}
-	direct, _, err := paths.Current(key)
-	if err != nil {
-		return
-	}
 	if direct.IsValid() {
 		paths.AddAlias(key, addr)
 		return
 	}
 	paths.SetDirect(key, addr)
+	if _, first := fwd.(pathsock.HandshakeOnly); first {
+		return // a session whose handshake came through the server: it was on its way here
+	}
 	n.goRun(func() { n.moved(peer, key, name, addr, nil) })
 }
 

@@ -42,6 +42,10 @@ type Rung struct {
 // NewRung makes the rung for the node h.
 func NewRung(h *rung.Host, cfg RungConfig) *Rung { return &Rung{h: h, cfg: cfg} }
 
+// Usable reports whether the node has a relay to link to (it has
+// servers): the rung can dial, and ready a fallback path.
+func (r *Rung) Usable() bool { return r.client != nil }
+
 // Name implements rung.Rung.
 func (*Rung) Name() string { return Name }
 
@@ -98,10 +102,17 @@ func (r *Rung) deliver(paths *pathsock.Conn, from identity.PeerID, pkt []byte) {
 			return
 		}
 	}
-	if _, fwd, err := paths.Current(key); err == nil && fwd == nil {
+	if _, fwd, err := paths.Current(key); err == nil && (fwd == nil || isHandshakeOnly(fwd)) {
 		paths.SetFallback(key, r.client.Path(from))
 	}
 	paths.Inject(key, pkt)
+}
+
+// isHandshakeOnly reports whether p carries handshakes only (a first
+// flight through the rendezvous server): the relay replaces it.
+func isHandshakeOnly(p pathsock.Path) bool {
+	_, ok := p.(pathsock.HandshakeOnly)
+	return ok
 }
 
 // isInitial reports whether pkt is a QUIC long-header Initial packet

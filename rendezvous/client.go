@@ -269,14 +269,22 @@ func (c *Client) Current() ServerAddr {
 // *ConnectError (ErrUnknownPeer, ErrPeerOffline, ErrTimeout, ErrRejected,
 // ErrBusy, ErrBadRequest), ErrServerLost, ErrReplaced, ErrClosed or ctx's.
 func (c *Client) Connect(ctx context.Context, peer identity.PeerID, offer PeerInfo) (PeerInfo, error) {
+	return c.ConnectFlight(ctx, peer, offer, nil)
+}
+
+// ConnectFlight is Connect with a first flight: f's packets go to the peer
+// through the server with the introduction, and the peer's come back
+// through it (see Flight). A server or peer that does not know flights
+// drops them; the introduction works as with Connect. Nil f: Connect.
+func (c *Client) ConnectFlight(ctx context.Context, peer identity.PeerID, offer PeerInfo, f *Flight) (PeerInfo, error) {
 	offer.Candidates = c.withCandidates(offer.Candidates)
-	answer, cc, err := c.connect(ctx, peer, offer)
+	answer, cc, err := c.connect(ctx, peer, offer, f)
 	if err != nil && (errors.Is(err, ErrServerLost) || errors.Is(err, ErrReplaced)) && c.handedOver(ctx, cc) {
 		// The request went out on a registration this client left for
 		// its own newer one (TCP moving to QUIC; the server ends the old
 		// one as replaced, and the request fails with it): not a lost
-		// server. Ask again there, once.
-		answer, _, err = c.connect(ctx, peer, offer)
+		// server. Ask again there, once (the flight goes again with it).
+		answer, _, err = c.connect(ctx, peer, offer, f)
 	}
 	return answer, err
 }
@@ -309,17 +317,17 @@ func (c *Client) handedOver(ctx context.Context, cc *clientConn) bool {
 
 // connect sends one introduction request on the current registration and
 // waits for its result; it returns the connection it used (nil if none).
-func (c *Client) connect(ctx context.Context, peer identity.PeerID, offer PeerInfo) (PeerInfo, *clientConn, error) {
+func (c *Client) connect(ctx context.Context, peer identity.PeerID, offer PeerInfo, f *Flight) (PeerInfo, *clientConn, error) {
 	cc, err := c.waitConn(ctx)
 	if err != nil {
 		return PeerInfo{}, nil, err
 	}
-	answer, err := c.request(ctx, cc, peer, offer)
+	answer, err := c.request(ctx, cc, peer, offer, f)
 	return answer, cc, err
 }
 
 // request sends one introduction request on cc and waits for its result.
-func (c *Client) request(ctx context.Context, cc *clientConn, peer identity.PeerID, offer PeerInfo) (PeerInfo, error) {
+func (c *Client) request(ctx context.Context, cc *clientConn, peer identity.PeerID, offer PeerInfo, f *Flight) (PeerInfo, error) {
 	id := c.nextReq.Add(1)
 	ch := cc.expect(id)
 	if ch == nil {
@@ -328,6 +336,9 @@ func (c *Client) request(ctx context.Context, cc *clientConn, peer identity.Peer
 	defer cc.unexpect(id)
 	if err := cc.write(typeConnect, connectBody{ID: id, Target: peer, Offer: offer}); err != nil {
 		return PeerInfo{}, err
+	}
+	if f != nil {
+		f.arm(cc, flightKey{id: id})
 	}
 	select {
 	case r := <-ch:

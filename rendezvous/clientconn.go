@@ -39,6 +39,7 @@ type clientConn struct {
 
 	mu      sync.Mutex
 	pending map[uint64]chan result // nil once failed
+	flights map[flightKey]*Flight
 	err     error
 	done    chan struct{}
 }
@@ -508,13 +509,21 @@ func (cc *clientConn) readFrames() error {
 			if err := decodeBody(t, body, &ib); err != nil {
 				return err
 			}
-			in := &Introduction{Offer: ib.Offer, cc: cc, id: ib.ID}
+			in := &Introduction{Offer: ib.Offer, cc: cc, id: ib.ID, flight: NewFlight()}
+			in.flight.arm(cc, flightKey{intro: true, id: ib.ID})
 			select {
 			case cc.c.incoming <- in:
 			default:
 				cc.c.log.Warn("incoming queue full; rejecting introduction", "from", ib.Offer.Peer.Short())
+				in.flight.Close()
 				cc.write(typeReject, rejectBody{ID: ib.ID, Reason: "busy"})
 			}
+		case typeFlight:
+			var fb flightBody
+			if err := decodeBody(t, body, &fb); err != nil {
+				return err
+			}
+			cc.flightFrame(fb)
 		case typeVolunteered:
 			var vb volunteeredBody
 			if err := decodeBody(t, body, &vb); err != nil {
@@ -641,6 +650,7 @@ type Introduction struct {
 	Offer    PeerInfo
 	cc       *clientConn
 	id       uint64
+	flight   *Flight
 	answered atomic.Bool
 }
 

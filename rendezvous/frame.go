@@ -43,6 +43,7 @@ const (
 	// Extensions this version understands (older peers skip them).
 	typeVolunteer   msgType = 0x80 // client → server: offer (or withdraw) a supernode
 	typeVolunteered msgType = 0x81 // server → client: admitted or not, after the dial-back
+	typeFlight      msgType = 0x82 // either way: a packet of an introduction's first flight
 )
 
 func (t msgType) String() string {
@@ -55,6 +56,8 @@ func (t msgType) String() string {
 		return "VOLUNTEER"
 	case typeVolunteered:
 		return "VOLUNTEERED"
+	case typeFlight:
+		return "FLIGHT"
 	}
 	return fmt.Sprintf("type 0x%02x", byte(t))
 }
@@ -170,7 +173,7 @@ func (fr *frameReader) next() (msgType, []byte, error) {
 		if n > fr.max {
 			return 0, nil, &ProtocolError{Code: codeFrameTooLarge, Reason: fmt.Sprintf("%s body is %d bytes, limit %d", t, n, fr.max)}
 		}
-		if t >= firstExtensionType && t != typeVolunteer && t != typeVolunteered {
+		if t >= firstExtensionType && t != typeVolunteer && t != typeVolunteered && t != typeFlight {
 			if _, err := fr.r.Discard(n); err != nil {
 				return 0, nil, err
 			}

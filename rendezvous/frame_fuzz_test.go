@@ -50,6 +50,7 @@ func fuzzBodies() map[msgType]any {
 		typeError:       errorBody{Code: codeBusy, Reason: "busy"},
 		typeVolunteer:   volunteerBody{MaxSessions: 4, Allow: []identity.PeerID{a, b}},
 		typeVolunteered: volunteeredBody{Admitted: true, Observed: netip.MustParseAddrPort("203.0.113.9:4900"), Secret: []byte("secret")},
+		typeFlight:      flightBody{Req: 4, Intro: 5, Packet: []byte{0xc0, 0, 0, 0, 1}},
 	}
 }
 
@@ -78,12 +79,14 @@ func newBody(t msgType) any {
 		return new(volunteerBody)
 	case typeVolunteered:
 		return new(volunteeredBody)
+	case typeFlight:
+		return new(flightBody)
 	}
 	return nil
 }
 
 func knownType(t msgType) bool {
-	return t >= typeRegister && t <= typeError || t == typeVolunteer || t == typeVolunteered
+	return t >= typeRegister && t <= typeError || t == typeVolunteer || t == typeVolunteered || t == typeFlight
 }
 
 // FuzzFrameReader feeds a byte stream to the frame reader. Properties:

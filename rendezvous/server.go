@@ -116,6 +116,12 @@ type ServerConfig struct {
 	// first of each family is the OTHER-ADDRESS of STUN answers to that
 	// family. Nil: guess.
 	PublicAddrs []netip.AddrPort
+	// DisableFlights turns off first flights (FLIGHT frames: the first
+	// packets of a QUIC handshake between two peers, relayed with their
+	// introduction, at most MaxFlightPackets each way). Zero: relayed;
+	// without them a punched session's first byte takes one more round
+	// trip.
+	DisableFlights bool
 }
 
 // Protocol serves connections that negotiated another ALPN than ALPN on a
@@ -167,6 +173,8 @@ type Stats struct {
 	DroppedPackets   uint64 // non-QUIC datagrams that were not valid STUN binding requests
 	ProtocolErrors   uint64 // connections closed for breaking the protocol
 	FailedHandshakes uint64 // TLS/QUIC handshakes that failed or timed out
+	FlightPackets    uint64 // first-flight packets relayed (FLIGHT)
+	FlightDropped    uint64 // first-flight packets dropped: no such flight, over its limits, queue full
 
 	// Per-source limits (ServerConfig.Limits).
 	ConnsRefused         uint64 // new connections refused: over their source's rate or a handshake cap
@@ -188,10 +196,11 @@ type Server struct {
 	tlsCfg *tls.Config // QUIC
 	tcpTLS *tls.Config // TCP ports: tlsCfg plus http/1.1 (WebSocket)
 
-	mu     sync.Mutex
-	peers  map[identity.PeerID]*session
-	seen   map[identity.PeerID]time.Time // when each peer was last registered
-	intros map[uint64]*pendingIntro
+	mu      sync.Mutex
+	peers   map[identity.PeerID]*session
+	seen    map[identity.PeerID]time.Time // when each peer was last registered
+	intros  map[uint64]*pendingIntro
+	flights map[uint64]*flightPair // by INTRO id, for FlightWindow
 	// The alternate STUN socket (StartServer), its port, and the address
 	// OTHER-ADDRESS names; set before start.
 	alt       *net.UDPConn
@@ -204,7 +213,8 @@ type Server struct {
 
 	nRegistrations, nReplaced, nIntros, nIntrosRefused, nSTUN, nDropped, nProtoErr, nHandshakeFail atomic.Uint64
 
-	outcomes outcomeCounts // by label, for the metrics (metrics.go)
+	outcomes                       outcomeCounts // by label, for the metrics (metrics.go)
+	nFlightRelayed, nFlightDropped atomic.Uint64
 }
 
 // NewServer checks cfg and makes a Server.
@@ -282,6 +292,8 @@ func (s *Server) Stats() Stats {
 		Replaced:         s.nReplaced.Load(),
 		Introductions:    s.nIntros.Load(),
 		IntrosRefused:    s.nIntrosRefused.Load(),
+		FlightPackets:    s.nFlightRelayed.Load(),
+		FlightDropped:    s.nFlightDropped.Load(),
 		STUNRequests:     s.nSTUN.Load(),
 		DroppedPackets:   s.nDropped.Load(),
 		ProtocolErrors:   s.nProtoErr.Load(),

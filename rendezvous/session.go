@@ -40,6 +40,7 @@ type session struct {
 	// incomingFrom counts incoming by the dialler's source (no zero
 	// entries), for LimitConfig.IncomingPerSource.
 	incomingFrom map[netip.Prefix]int
+	flights      map[uint64]*flightPair // flights this session dialled, by CONNECT id
 }
 
 // pendingIntro is an introduction waiting for the target's answer.
@@ -228,6 +229,12 @@ func (ss *session) readLoop(fr *frameReader) error {
 				return err
 			}
 			s.volunteer(ss, vb)
+		case typeFlight:
+			var fb flightBody
+			if err := decodeBody(t, body, &fb); err != nil {
+				return err
+			}
+			s.relayFlight(ss, fb)
 		case typeError:
 			var eb errorBody
 			decodeBody(t, body, &eb)
@@ -428,8 +435,12 @@ func (s *Server) connect(ss *session, cb connectBody) {
 
 	offer := cb.Offer
 	offer.Peer = ss.peer
+	offer.Observed = ss.observed()
 	offer.Candidates = append(withReflexive(withoutSupernodes(offer.Candidates), ss.observed()), forTarget...)
 	ss.log.Debug("introducing", "target", cb.Target.Short(), "intro", pi.id)
+	// Open before the INTRO is queued: the target may answer its
+	// flight at once.
+	s.openFlight(ss, target, cb.ID, pi.id)
 	if !target.trySend(typeIntro, introBody{ID: pi.id, Offer: offer}) {
 		s.nIntrosRefused.Add(1)
 		s.finishIntro(pi.id, nil, resultBody{Error: codeBusy, Reason: "the peer's queue is full"})
@@ -445,6 +456,11 @@ func (s *Server) answer(ss *session, ab answerBody) {
 	}
 	ans := ab.Answer
 	ans.Peer = ss.peer
+	ans.Observed = ss.observed()
+	if s.cfg.DisableFlights {
+		// No flight went through: the dialler must not count on one.
+		ans.Flight = false
+	}
 	ans.Candidates = withReflexive(withoutSupernodes(ans.Candidates), ss.observed())
 	s.finishIntro(ab.ID, ss, resultBody{Answer: &ans})
 }

@@ -83,6 +83,17 @@ type PeerInfo struct {
 	// came back as a new process with the same key must not inherit
 	// them).
 	Move bool `json:"move,omitempty"`
+	// Observed is set by the server: the sender's UDP source address as
+	// the server saw it (invalid when it registered over TCP). Unlike the
+	// candidates, which the sender writes, it is the server's word: a
+	// node may send a session's packets there before a check proved the
+	// address (holepunch's first flight). A value the sender puts here is
+	// replaced.
+	Observed netip.AddrPort `json:"observed,omitzero"`
+	// Flight, in an answer, says the listener took the dialler's first
+	// flight through the server (holepunch): the dialler's early dial
+	// goes on. Without it the dialler stops that dial.
+	Flight bool `json:"flight,omitempty"`
 }
 
 // Mapping behaviours a node measures with its server's two STUN ports

@@ -100,6 +100,7 @@ type Rung struct {
 	mu      sync.Mutex
 	running int                         // listener-side attempts
 	peers   map[identity.PeerID]*bucket // introductions per dialler
+	early   map[uint64]*early           // dials whose first flight went through the server, by attempt
 	skipped atomic.Uint64
 }
 
@@ -241,11 +242,11 @@ func (r *Rung) Offer(_ context.Context, offer *candidate.PeerInfo) func() {
 	// The dialling side is bounded like the listening side: a dial checks
 	// for 10 s at most, and an address that never answers gets pings only
 	// in its early phase.
-	early, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleDialer, Budget: r.limits.AttemptPackets})
+	at, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleDialer, Budget: r.limits.AttemptPackets})
 	if err != nil {
 		return nil
 	}
-	return early.Close
+	return func() { r.closeAttempt(offer.Attempt, at) }
 }
 
 // Introduced implements rung.Rung: it punches towards the dialler's
@@ -413,6 +414,34 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 	// A reflexive address that is also one of the peer's own addresses
 	// (an open host) is what direct dials: leave it to direct, so the
 	// rung that wins says what made the path.
+	//
+	// A dial whose first flight went through the server with the
+	// introduction (DialEarly) replaces them: it is well ahead, and
+	// checked addresses become its path rather than dials of their own.
+	e := s.takeEarly(a.Local.Attempt)
+	var early netip.AddrPort     // e's key, while it runs
+	var checked []netip.AddrPort // addresses validated while it ran
+	if e != nil {
+		early = e.key
+		pending++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case <-e.done:
+			case <-dctx.Done():
+				e.cancel()
+				<-e.done
+			}
+			select {
+			case results <- result{e.key, e.sess, e.err}:
+			case <-dctx.Done():
+				if e.sess != nil {
+					e.sess.CloseWithError(0, "lost the race")
+				}
+			}
+		}()
+	}
 	own := map[netip.AddrPort]bool{}
 	for _, c := range a.Remote.Candidates {
 		if c.Kind == candidate.Host {
@@ -420,6 +449,9 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 		}
 	}
 	for _, c := range a.Remote.Candidates {
+		if e != nil {
+			break
+		}
 		if c.Kind == candidate.Reflexive && c.Addr.IsValid() && !own[c.Addr] && !dialed[c.Addr] {
 			// One dial per address: when the address validates later,
 			// this dial is the one that counts (a second handshake to
@@ -447,6 +479,11 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 			}
 		case addr := <-at.Validated():
 			a.Logger.Debug("holepunch: pair validated", "peer", a.Peer.Short(), "addr", addr, "learned", at.Learned())
+			if early.IsValid() {
+				e.validated(addr)
+				checked = append(checked, addr)
+				continue
+			}
 			if !dialed[addr] {
 				dialed[addr] = true
 				dial(addr)
@@ -463,7 +500,20 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 			finished[r.addr] = true
 			pending--
 			if r.err == nil {
+				if r.addr == early {
+					e.wonBy()
+				}
 				return r.sess, nil
+			}
+			if r.addr == early {
+				// The early dial failed: dial what the checks found.
+				early = netip.AddrPort{}
+				for _, addr := range checked {
+					if !dialed[addr] {
+						dialed[addr] = true
+						dial(addr)
+					}
+				}
 			}
 			errs = append(errs, fmt.Errorf("%s: %w", r.addr, r.err))
 			if errors.Is(r.err, identity.ErrWrongPeer) && at.Confirmed(r.addr) {

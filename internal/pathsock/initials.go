@@ -30,8 +30,9 @@ type flight struct {
 }
 
 type flights struct {
-	mu sync.Mutex
-	m  map[netip.AddrPort]*flight
+	mu  sync.Mutex
+	m   map[netip.AddrPort]*flight
+	max int // packets kept per address; zero: maxFlightPackets
 }
 
 // isInitialV1 reports whether b starts with a QUIC version 1 Initial
@@ -63,7 +64,11 @@ func (f *flights) note(to netip.AddrPort, b []byte) {
 		fl = &flight{at: now}
 		f.m[to] = fl
 	}
-	if len(fl.pkts) < maxFlightPackets {
+	limit := f.max
+	if limit == 0 {
+		limit = maxFlightPackets
+	}
+	if len(fl.pkts) < limit {
 		fl.pkts = append(fl.pkts, append([]byte(nil), b...))
 	}
 }

@@ -83,6 +83,10 @@ type Conn struct {
 	adopted atomic.Int32
 
 	flights flights // first flights, for ResendInitials
+	// unproved keeps what went to peers' direct addresses that nothing
+	// came from yet (set on a server's word): SetDirect sends it again
+	// when such an address is replaced by one a check proved.
+	unproved flights
 	// noPktinfo: a send from a vanished local address failed; packet
 	// info is dropped from now on (WriteMsgUDP).
 	noPktinfo atomic.Bool
@@ -98,6 +102,7 @@ type Conn struct {
 // New wraps udp. The Conn owns it from now on: Close closes it.
 func New(udp *net.UDPConn) *Conn {
 	c := &Conn{udp: udp, batch: ipv4.NewPacketConn(udp), inj: make(chan injected, injectQueue)}
+	c.unproved.max = maxUnproved
 	if la, ok := udp.LocalAddr().(*net.UDPAddr); ok {
 		c.v6 = la.IP.To4() == nil
 	}
@@ -241,6 +246,9 @@ func (c *Conn) translate(a net.Addr, now int64) net.Addr {
 			p.heard.Store(now)
 			p.seen.Store(now)
 		}
+		if ap == p.direct && p.proved.Load() != now {
+			p.proved.Store(now)
+		}
 		return p.virtUDP
 	}
 	return a
@@ -305,9 +313,11 @@ func (c *Conn) writeMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 		direct netip.AddrPort
 		ua     *net.UDPAddr
 		fwd    Path
+		proved bool
 	)
 	if p != nil {
 		direct, ua, fwd = p.direct, p.udp, p.fwd
+		proved = p.proved.Load() != 0
 	}
 	c.mu.RUnlock()
 	switch {
@@ -319,12 +329,35 @@ func (c *Conn) writeMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 		if p.unanswered.Load() <= p.heard.Load() {
 			p.unanswered.Store(now)
 		}
+		if virtual && !proved {
+			seg := segmentSize(oob)
+			if seg <= 0 || seg >= len(b) {
+				seg = len(b)
+			}
+			for off := 0; off < len(b); off += seg {
+				c.unproved.note(p.virt, b[off:min(off+seg, len(b))])
+			}
+		}
 		return c.udp.WriteMsgUDP(b, fixOOB(oob, direct.Addr().Is4()), ua)
 	case fwd != nil:
 		return sendSegments(fwd, b, oob)
 	default:
 		return 0, 0, ErrNoPath
 	}
+}
+
+// HandshakeOnly is implemented by a Path that carries the packets of QUIC
+// handshakes only (long-header packets), such as a rendezvous server's
+// first flight; it decides itself where a session's packets go (or drops
+// them). Such a path is never a fallback (Fallback).
+type HandshakeOnly interface {
+	Path
+	HandshakeOnly()
+}
+
+func isHandshakeOnly(p Path) bool {
+	_, ok := p.(HandshakeOnly)
+	return ok
 }
 
 func isVirtualIP(ip net.IP) bool {

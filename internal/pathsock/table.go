@@ -39,6 +39,9 @@ type peer struct {
 	// unanswered: unix ns of the first QUIC packet sent on the direct
 	// path after the last one heard from it (not after heard: none).
 	unanswered atomic.Int64
+	// proved: unix ns of the last packet from the current direct address
+	// itself (zero since SetDirect until one comes).
+	proved atomic.Int64
 }
 
 // AddPeer hands out a new virtual address, with no path yet.
@@ -195,15 +198,49 @@ func (c *Conn) removeLocked(p *peer) {
 func (c *Conn) SetDirect(virt, real netip.AddrPort) error {
 	real = unmapped(real)
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	p := c.byVirt[virt]
 	if p == nil {
+		c.mu.Unlock()
 		return ErrUnknownPeer
 	}
 	c.aliasLocked(p, real)
+	var resend [][]byte
+	if p.direct != real {
+		if p.direct.IsValid() && p.proved.Load() == 0 {
+			resend = c.unproved.take(virt)
+		}
+		p.proved.Store(0)
+	}
 	p.direct, p.udp = real, c.sockAddr(real)
 	p.heard.Store(time.Now().UnixNano())
+	to := p.udp
+	c.mu.Unlock()
+	// What went to the address nothing came from was probably lost:
+	// send it again at once rather than at quic-go's probe timeout (a
+	// copy that did arrive is dropped as a duplicate).
+	for _, b := range resend {
+		c.udp.WriteMsgUDP(b, nil, to)
+	}
 	return nil
+}
+
+// maxUnproved bounds the packets kept per peer for a direct address that
+// nothing came from yet (see SetDirect).
+const maxUnproved = 16
+
+// Proved returns when a packet last came from the peer's current direct
+// address itself (zero: none since it became the current one). A direct
+// address set on the server's word, before any check, is proved by the
+// first packet from it.
+func (c *Conn) Proved(virt netip.AddrPort) time.Time {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if p := c.byVirt[virt]; p != nil {
+		if ns := p.proved.Load(); ns != 0 {
+			return time.Unix(0, ns)
+		}
+	}
+	return time.Time{}
 }
 
 // AddAlias makes packets from real count as the peer's without changing
@@ -284,6 +321,43 @@ func (c *Conn) SetFallback(virt netip.AddrPort, p Path) error {
 	return nil
 }
 
+// ClearFallback forgets the peer's forwarded path if it is p.
+func (c *Conn) ClearFallback(virt netip.AddrPort, p Path) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if pe := c.byVirt[virt]; pe != nil && pe.fwd == p {
+		pe.fwd = nil
+	}
+}
+
+// SetName gives the anonymous address virt (AddPeer) the name name, as if
+// Key(name) had handed it out. An address that had the name before keeps
+// its paths but loses the name (the caller knows it has no sessions). It
+// fails with ErrUnknownPeer, or ErrNamed if virt has a name already.
+func (c *Conn) SetName(virt netip.AddrPort, name string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.byVirt[virt]
+	if p == nil {
+		return ErrUnknownPeer
+	}
+	if p.name != "" || p.adopted {
+		if p.name == name {
+			return nil
+		}
+		return ErrNamed
+	}
+	if old := c.byName[name]; old != nil {
+		if old.adopted {
+			return ErrNamed
+		}
+		old.name = ""
+	}
+	p.name = name
+	c.byName[name] = p
+	return nil
+}
+
 // Fallback moves the peer from its direct path to its forwarded one. It
 // reports whether it did (false: no direct path, or nothing to fall back
 // to).
@@ -291,7 +365,7 @@ func (c *Conn) Fallback(virt netip.AddrPort) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.byVirt[virt]
-	if p == nil || !p.direct.IsValid() || p.fwd == nil {
+	if p == nil || !p.direct.IsValid() || p.fwd == nil || isHandshakeOnly(p.fwd) {
 		return false
 	}
 	p.direct, p.udp = netip.AddrPort{}, nil

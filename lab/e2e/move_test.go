@@ -33,8 +33,19 @@ const moveRate = 16 << 20
 // comes back: the session falls back to the relay within 5 s, and moves
 // to direct again when the rule goes. The stream's bytes arrive intact
 // (SHA-256) and most of them go direct.
+//
+// Twice: with a server that relays no first flights, the session is born
+// on the relay; with first flights (the default), it is born on the
+// hole-punched path on the server's word and moves to the relay when
+// nothing comes straight from the peer, then on as above.
 func TestLabMoveRelayDirect(t *testing.T) {
-	s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true})
+	for _, born := range []string{reach.StrategyRelay, reach.StrategyHolepunch} {
+		t.Run("born-"+born, func(t *testing.T) { testMoveRelayDirect(t, born) })
+	}
+}
+
+func testMoveRelayDirect(t *testing.T, born string) {
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true, DisableFlights: born == reach.StrategyRelay})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	sa, sb := s.Pair(t, natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.PortRestricted))
@@ -60,16 +71,35 @@ func TestLabMoveRelayDirect(t *testing.T) {
 
 	size := moveBytes()
 	x := receiveOn(t, ctx, nb, size)
+	if born == reach.StrategyHolepunch {
+		reachlab.MustWaitFor(t, 10*time.Second, "both mappings measured", func() bool {
+			return na.Mapping() == "independent" && nb.Mapping() == "independent"
+		})
+	}
 
 	c, err := na.Dial(ctx, nb.ID())
 	if err != nil {
 		t.Fatal(err)
 	}
 	sess := c.Session()
-	if sess.Strategy() != reach.StrategyRelay {
-		t.Fatalf("with the direct path cut: strategy %q, want relay", sess.Strategy())
+	if born == reach.StrategyHolepunch {
+		// Both NATs keep one mapping per socket: once both nodes know
+		// it, the dial flies first.
+		if got := sess.Strategy(); got != reach.StrategyHolepunch {
+			t.Fatalf("first flight with the direct path cut: strategy %q, want holepunch (then the relay)", got)
+		}
+		if e := ev.wait(t, reach.PathMoved, 5*time.Second); e.Strategy != reach.StrategyRelay || e.Err == nil {
+			t.Fatalf("first flight with the direct path cut: %+v, want a move to the relay", e)
+		}
+	} else {
+		if sess.Strategy() != reach.StrategyRelay {
+			t.Fatalf("with the direct path cut: strategy %q, want relay", sess.Strategy())
+		}
+		ev.wait(t, reach.PathRelayed, time.Second)
 	}
-	ev.wait(t, reach.PathRelayed, time.Second)
+	if sess.Strategy() != reach.StrategyRelay {
+		t.Fatalf("strategy %q, want relay", sess.Strategy())
+	}
 	x.send(c, 13)
 
 	relayBytes := func() uint64 { return s.Relay.Stats().Bytes }

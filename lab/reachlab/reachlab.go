@@ -24,16 +24,17 @@ import (
 // TCP) of its IPv4 address until the test ends and returns its connect
 // string.
 func StartServer(t testing.TB, h *natlab.Host) (*rendezvous.RunningServer, string) {
-	return startServer(t, h, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort))
+	return startServer(t, h, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort), false)
 }
 
-// startServer is StartServer on listen.
-func startServer(t testing.TB, h *natlab.Host, listen netip.AddrPort) (*rendezvous.RunningServer, string) {
+// startServer is StartServer on listen, without first flights if
+// noFlights.
+func startServer(t testing.TB, h *natlab.Host, listen netip.AddrPort, noFlights bool) (*rendezvous.RunningServer, string) {
 	t.Helper()
 	var rs *rendezvous.RunningServer
 	err := h.Run(func() error {
 		var err error
-		rs, err = rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{Logger: natlab.TestLogger(t).With("server", h.Name())}, listen)
+		rs, err = rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{Logger: natlab.TestLogger(t).With("server", h.Name()), DisableFlights: noFlights}, listen)
 		return err
 	})
 	if err != nil {

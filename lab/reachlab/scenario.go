@@ -45,6 +45,10 @@ type ServerConfig struct {
 	// no DNS name to give. Zero: the server listens on its IPv4 address
 	// only.
 	IPv6 bool
+	// DisableFlights runs the server without first flights
+	// (rendezvous.ServerConfig.DisableFlights), as a server older than
+	// them; without Relay only.
+	DisableFlights bool
 }
 
 // NewScenario builds the lab and starts the server (skipping the test
@@ -65,7 +69,7 @@ func NewScenario(t testing.TB, cfg ServerConfig) *Scenario {
 	if cfg.Relay {
 		s.Server, s.Relay = startRelayServer(t, s.Srv, cfg.RelayConfig, listen)
 	} else {
-		s.Server, _ = startServer(t, s.Srv, listen)
+		s.Server, _ = startServer(t, s.Srv, listen, cfg.DisableFlights)
 	}
 	sa := s.Server.ServerAddr()
 	sa.Host = s.Srv.Addr().String()

@@ -361,14 +361,29 @@ func (c *Conn) SetName(virt netip.AddrPort, name string) error {
 // Fallback moves the peer from its direct path to its forwarded one. It
 // reports whether it did (false: no direct path, or nothing to fall back
 // to).
+//
+// Leaving a direct address that nothing ever came from (set on the
+// server's word), it sends what went there again at once over the
+// forwarded path, as SetDirect does: it was probably lost, and quic-go
+// would send it again only at its probe timeout, which has doubled a few
+// times by then.
 func (c *Conn) Fallback(virt netip.AddrPort) bool {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	p := c.byVirt[virt]
 	if p == nil || !p.direct.IsValid() || p.fwd == nil || isHandshakeOnly(p.fwd) {
+		c.mu.Unlock()
 		return false
 	}
+	var resend [][]byte
+	if p.proved.Load() == 0 {
+		resend = c.unproved.take(virt)
+	}
 	p.direct, p.udp = netip.AddrPort{}, nil
+	fwd := p.fwd
+	c.mu.Unlock()
+	for _, b := range resend {
+		fwd.Send(b)
+	}
 	return true
 }
 

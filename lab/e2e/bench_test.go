@@ -347,9 +347,12 @@ func BenchmarkLabConnect(b *testing.B) {
 				na := reachlab.NewNode(b, c.dialer, cfg)
 				nb := reachlab.NewNode(b, c.lis, cfg)
 				reachlab.Echo(b, nb)
-				if c.ready != nil {
-					reachlab.MustWaitFor(b, 10*time.Second, "the nodes ready for "+want, func() bool { return c.ready(na, nb) })
-				}
+				// Ready as a running node is: registered, its NAT's mapping
+				// measured (a few STUN round trips after it registered),
+				// and whatever the rung needs.
+				reachlab.MustWaitFor(b, 10*time.Second, "the nodes ready for "+want, func() bool {
+					return mappingsKnown(na, nb) && (c.ready == nil || c.ready(na, nb))
+				})
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 				b.StartTimer()
 

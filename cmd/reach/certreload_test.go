@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/reachp2p/reach/lab/natlab"
 	"github.com/reachp2p/reach/rendezvous"
 )
 
@@ -163,7 +162,7 @@ func TestCertReloaderKeepsOldOnMissingFile(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	writeCert(t, certFile, keyFile, "one.example", time.Now().Add(-time.Hour))
-	r, err := newCertReloader(certFile, keyFile, natlab.TestLogger(t))
+	r, err := newCertReloader(certFile, keyFile, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +174,7 @@ func TestCertReloaderKeepsOldOnMissingFile(t *testing.T) {
 	if err != nil || c == nil || c.Leaf == nil || c.Leaf.Subject.CommonName != "one.example" {
 		t.Errorf("GetCertificate = %v, %v; want one.example", c, err)
 	}
-	if _, err := newCertReloader(certFile, keyFile, natlab.TestLogger(t)); err == nil {
+	if _, err := newCertReloader(certFile, keyFile, testLogger(t)); err == nil {
 		t.Error("newCertReloader with the key missing: no error")
 	}
 }

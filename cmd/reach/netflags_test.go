@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/lab/natlab"
 	"github.com/reachp2p/reach/rendezvous"
 )
 
@@ -108,7 +107,7 @@ func TestListenPort(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	n, err := reach.New(ctx, reach.Config{Servers: []string{cs}, ListenAddr: netip.MustParseAddrPort("127.0.0.1:0"),
-		Strategies: []string{reach.StrategyDirect}, Logger: natlab.TestLoggerLevel(t, 0)})
+		Strategies: []string{reach.StrategyDirect}, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,6 @@ import (
 
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
-	"github.com/reachp2p/reach/lab/natlab"
 	"github.com/reachp2p/reach/reachmetrics"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
@@ -33,9 +32,9 @@ import (
 // ends.
 func metricsServer(t *testing.T) (cs string, reg *prometheus.Registry, metricsURL string) {
 	t.Helper()
-	rl := relay.NewServer(relay.ServerConfig{Logger: natlab.TestLoggerLevel(t, 0).With("part", "relay")})
+	rl := relay.NewServer(relay.ServerConfig{Logger: testLogger(t).With("part", "relay")})
 	rs, err := rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{
-		Logger:    natlab.TestLoggerLevel(t, 0).With("part", "server"),
+		Logger:    testLogger(t).With("part", "server"),
 		Protocols: map[string]rendezvous.Protocol{relay.ALPN: rl},
 	}, netip.MustParseAddrPort("127.0.0.1:0"))
 	if err != nil {
@@ -57,7 +56,7 @@ func metricsNode(t *testing.T, name, server string, strategies ...string) *reach
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	n, err := reach.New(ctx, reach.Config{Servers: []string{server}, ListenAddr: netip.MustParseAddrPort("127.0.0.1:0"),
-		Strategies: strategies, Logger: natlab.TestLoggerLevel(t, 0).With("n", name)})
+		Strategies: strategies, Logger: testLogger(t).With("n", name)})
 	if err != nil {
 		t.Fatalf("node %s: %v", name, err)
 	}

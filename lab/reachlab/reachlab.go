@@ -105,11 +105,12 @@ func NewNode(t testing.TB, h *natlab.Host, cfg reach.Config) *reach.Node {
 // and the relay, on UDP and TCP 4950 and TLS on TCP 443 of its IPv4
 // address, until the test ends.
 func StartRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig) (*rendezvous.RunningServer, *relay.Server) {
-	return startRelayServer(t, h, rcfg, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort))
+	return startRelayServer(t, h, rcfg, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort), false)
 }
 
-// startRelayServer is StartRelayServer on listen.
-func startRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig, listen netip.AddrPort) (*rendezvous.RunningServer, *relay.Server) {
+// startRelayServer is StartRelayServer on listen, without first flights
+// if noFlights.
+func startRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig, listen netip.AddrPort, noFlights bool) (*rendezvous.RunningServer, *relay.Server) {
 	t.Helper()
 	log := rcfg.Logger // a benchmark's quiet logger serves both
 	if log == nil {
@@ -121,9 +122,10 @@ func startRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig, lis
 	err := h.Run(func() error {
 		var err error
 		rs, err = rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{
-			Logger:    log.With("server", h.Name()),
-			Protocols: map[string]rendezvous.Protocol{relay.ALPN: rl},
-			TLSPort:   443,
+			Logger:         log.With("server", h.Name()),
+			Protocols:      map[string]rendezvous.Protocol{relay.ALPN: rl},
+			TLSPort:        443,
+			DisableFlights: noFlights,
 		}, listen)
 		return err
 	})

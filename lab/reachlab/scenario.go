@@ -67,7 +67,7 @@ func NewScenario(t testing.TB, cfg ServerConfig) *Scenario {
 		listen = netip.AddrPortFrom(netip.IPv6Unspecified(), rendezvous.DefaultPort)
 	}
 	if cfg.Relay {
-		s.Server, s.Relay = startRelayServer(t, s.Srv, cfg.RelayConfig, listen)
+		s.Server, s.Relay = startRelayServer(t, s.Srv, cfg.RelayConfig, listen, cfg.DisableFlights)
 	} else {
 		s.Server, _ = startServer(t, s.Srv, listen, cfg.DisableFlights)
 	}

@@ -313,6 +313,7 @@ func (n *Node) start(ctx context.Context, servers []rendezvous.ServerAddr) error
 	}
 	n.goRun(n.acceptSessions)
 	n.goRun(n.watchPaths)
+	n.goRun(n.watchInterfaces)
 	if len(servers) > 0 {
 		cc := rendezvous.ClientConfig{
 			Key: n.key, Servers: servers, Transport: n.sock.Transport(),

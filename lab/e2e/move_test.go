@@ -237,3 +237,47 @@ func TestLabMoveRenumber(t *testing.T) {
 		})
 	}
 }
+
+// TestLabMoveRenumberIdle: an idle session whose dialler is renumbered
+// (its NAT then maps it anew, so the listener's direct path to it is
+// dead) notices at once: the node watches its own addresses, checks its
+// direct paths when they change and falls back to the relay within 4 s
+// (an idle session sends nothing to find the path dead by: it took the
+// next keepalive and three silent seconds, 10-13 s, before); the session
+// then finds a direct path again and carries an echo intact.
+func TestLabMoveRenumberIdle(t *testing.T) {
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sa, sb := s.Pair(t, natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.PortRestricted))
+	ev := newEvents()
+	na := s.Node(t, sa.Host, reach.Config{DisablePortMapping: true, OnPathEvent: ev.add})
+	nb := s.Node(t, sb.Host, reach.Config{DisablePortMapping: true})
+	reachlab.Echo(t, nb)
+	sess, err := reachlab.CheckEcho(t, ctx, na, nb, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sess.Strategy() != reach.StrategyHolepunch || !sess.RemoteAddr().IsValid() {
+		t.Fatalf("born on %s %v, want holepunch", sess.Strategy(), sess.RemoteAddr())
+	}
+	time.Sleep(2 * time.Second) // idle
+	addr, err := sa.Host.Renumber(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renumbered := time.Now()
+	t.Logf("dialler renumbered to %v", addr)
+	e := ev.wait(t, reach.PathMoved, 4*time.Second)
+	if e.Strategy != reach.StrategyRelay {
+		t.Fatalf("first move %+v, want the relay", e)
+	}
+	t.Logf("fell back to the relay %v after the renumbering", time.Since(renumbered).Round(time.Millisecond))
+	reachlab.MustWaitFor(t, 20*time.Second, "a direct path again", func() bool {
+		return sess.Strategy() == reach.StrategyHolepunch && sess.RemoteAddr().IsValid()
+	})
+	t.Logf("direct again %v after the renumbering, on %v", time.Since(renumbered).Round(time.Millisecond), sess.RemoteAddr())
+	if err := reachlab.RoundTrip(ctx, sess, 1<<20); err != nil {
+		t.Fatalf("echo after the move: %v", err)
+	}
+}

@@ -2,6 +2,7 @@ package reach
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -32,6 +33,10 @@ import (
 
 // probeWait bounds the answer to a ping on a suspect direct path.
 const probeWait = time.Second
+
+// errProbeUnanswered is the Err of a PathMoved back to the forwarded path
+// after a ping on the direct one went unanswered.
+var errProbeUnanswered = fmt.Errorf("reach: the direct path did not answer a ping within %v", probeWait)
 
 // sendingWithin: a node that sent on the path this recently is sending.
 const sendingWithin = time.Second
@@ -89,7 +94,7 @@ func (n *Node) probe(peer identity.PeerID, key netip.AddrPort, heard time.Time) 
 		if n.ctx.Err() != nil || n.sock.Paths().Heard(key).After(heard) {
 			return
 		}
-		n.fallBack(peer, key, errPathSilent)
+		n.fallBack(peer, key, errProbeUnanswered)
 	})
 }
 

@@ -157,14 +157,19 @@ const (
 // packet proved its direct path, so it needs a fallback that keeps it when
 // that path never works: the node's NAT keeps one mapping for every
 // destination (a punch from the reflexive address the server saw is then
-// likely to work) and the offer names a relay (the session moves there
-// when the direct path stays silent; see Node.afterFlight).
+// likely to work) and the offer names a relay that runs (the session
+// moves there when the direct path stays silent; see firstflight.go).
 func (n *Node) mayFlyFirst(offer candidate.PeerInfo) bool {
-	return n.Mapping() == candidate.MappingIndependent && len(offer.Addrs(candidate.Relay)) > 0
+	return n.Mapping() == candidate.MappingIndependent && len(offer.Addrs(candidate.Relay)) > 0 && n.relayUsable()
 }
 
-// relayUsable reports whether the node has a hosted relay to fall back to.
+// relayUsable reports whether the node has a hosted relay to fall back
+// to: its relay rung runs, and the server it is registered with says it
+// serves the relay (REGISTERED's protocols).
 func (n *Node) relayUsable() bool {
+	if n.client == nil || !n.client.ServerOffers(relay.ALPN) {
+		return false
+	}
 	for _, r := range n.ladder.All {
 		if rr, ok := r.(*relay.Rung); ok {
 			return rr.Usable()

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -236,6 +237,16 @@ func (c *Client) ServerUDP() netip.AddrPort {
 		return netip.AddrPort{}
 	}
 	return c.conn.remote
+}
+
+// ServerOffers reports whether the server the client is registered with
+// serves the ALPN protocol alpn besides rendezvous (its REGISTERED frame
+// says so: relay.ALPN when it runs the relay); false while not registered
+// or with a server that does not say.
+func (c *Client) ServerOffers(alpn string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conn != nil && slices.Contains(c.conn.protocols, alpn)
 }
 
 // RTT returns the smoothed round-trip time of the QUIC connection to the

@@ -33,6 +33,7 @@ type clientConn struct {
 	observed  netip.AddrPort
 	remote    netip.AddrPort // the server's UDP address (QUIC only)
 	keepalive time.Duration
+	protocols []string             // REGISTERED's: the server's other ALPN protocols
 	rtt       func() time.Duration // nil: unknown (TCP)
 
 	wmu sync.Mutex // serialises writes
@@ -458,6 +459,7 @@ func (cc *clientConn) register(ctx context.Context) error {
 				return &ProtocolError{Code: codeBadBody, Reason: "server registered a different peer ID"}
 			}
 			cc.observed = netip.AddrPortFrom(rb.Observed.Addr().Unmap(), rb.Observed.Port())
+			cc.protocols = rb.Protocols
 			cc.keepalive = max(time.Duration(rb.KeepaliveMS)*time.Millisecond, 100*time.Millisecond)
 			if rb.KeepaliveMS == 0 {
 				cc.keepalive = 10 * time.Second

@@ -2,11 +2,16 @@ package rendezvous
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
 )
 
 // packets collects what a flight receives.
@@ -181,5 +186,32 @@ func TestFlightsDisabled(t *testing.T) {
 	waitFor(t, "the server to drop the packet", func() bool { return rs.Stats().FlightDropped == 1 })
 	if n := len(atB.list()); n != 0 || rs.Stats().FlightPackets != 0 {
 		t.Fatalf("%d packets reached the peer, want 0", n)
+	}
+}
+
+// nopProtocol is a Protocol that serves nothing.
+type nopProtocol struct{}
+
+func (nopProtocol) ServeQUIC(context.Context, *quic.Conn) {}
+func (nopProtocol) ServeTLS(context.Context, *tls.Conn)   {}
+
+// TestServerOffers: REGISTERED names the other protocols the server
+// serves (a node flies first only when the server runs the relay it would
+// fall back to), and a server without them names none.
+func TestServerOffers(t *testing.T) {
+	for _, tc := range []struct {
+		protocols map[string]Protocol
+		want      []string
+	}{
+		{map[string]Protocol{"reach-relay-test": nopProtocol{}, "another": nopProtocol{}}, []string{"another", "reach-relay-test"}},
+		{nil, nil},
+	} {
+		rs := startTestServer(t, ServerConfig{Protocols: tc.protocols})
+		c := startClient(t, "a", mustKey(t), []ServerAddr{rs.ServerAddr()}, newTransport(t))
+		for _, p := range []string{"another", "reach-relay-test", "missing"} {
+			if got, want := c.ServerOffers(p), slices.Contains(tc.want, p); got != want {
+				t.Errorf("server with %v: ServerOffers(%q) = %v, want %v", tc.want, p, got, want)
+			}
+		}
 	}
 }

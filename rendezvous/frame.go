@@ -92,6 +92,9 @@ type (
 		Observed    netip.AddrPort  `json:"observed,omitzero"`
 		KeepaliveMS int64           `json:"keepalive_ms,omitempty"`
 		MaxFrame    int             `json:"max_frame,omitempty"`
+		// Protocols are the other ALPN protocols the server serves on
+		// its ports (ServerConfig.Protocols: the relay's, ...), sorted.
+		Protocols []string `json:"protocols,omitempty"`
 	}
 	connectBody struct {
 		ID     uint64          `json:"id"`

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -273,6 +275,7 @@ func (s *Server) register(ss *session) error {
 		Observed:    ss.observed(),
 		KeepaliveMS: (s.cfg.IdleTimeout / 3).Milliseconds(),
 		MaxFrame:    s.cfg.MaxFrameSize,
+		Protocols:   slices.Sorted(maps.Keys(s.cfg.Protocols)),
 	})
 	return nil
 }

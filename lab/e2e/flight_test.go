@@ -19,14 +19,15 @@ import (
 // runs on the punched path, intact, both behind linux-host routers (which
 // keep state for any packet that reaches them first) and home routers.
 // Against a server that relays no flights (older, or turned off) the same
-// dials still go direct.
+// dials still go direct. The server runs the relay: a node flies first
+// only when it has the relay to fall back to.
 func TestLabFirstFlight(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		off  bool
 	}{{"flights", false}, {"server-without-flights", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := reachlab.NewScenario(t, reachlab.ServerConfig{DisableFlights: tc.off})
+			s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true, DisableFlights: tc.off})
 			for i, fw := range []natlab.Firewall{natlab.LinuxHost, natlab.Home} {
 				t.Run(string(fw), func(t *testing.T) {
 					pr := natlab.Kind(natlab.PortRestricted)

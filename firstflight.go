@@ -96,7 +96,6 @@ func (n *Node) afterFlight(sess *stream.Session) {
 // within unprovenWait.
 func (n *Node) proveOrFallBack(sess *stream.Session) {
 	peer, key := sess.RemotePeer(), quicKey(sess)
-	paths := n.sock.Paths()
 	ready := make(chan struct{})
 	n.goRun(func() {
 		defer close(ready)
@@ -129,25 +128,10 @@ func (n *Node) proveOrFallBack(sess *stream.Session) {
 		if n.provedSince(key) {
 			return
 		}
-		direct, fwd, err := paths.Current(key)
-		if err != nil || !direct.IsValid() || fwd == nil {
-			return // no relay to move to; the path stays as it is
+		// (Without a relay ready, the path stays as it is.)
+		if n.fallBack(peer, key, errUnproven) {
+			n.log.Debug("first flight: the direct path stayed silent: moved to the relay", "peer", peer.Short(), "waited", wait)
 		}
-		// Relabel first: what the session carries from now on goes by
-		// the relay, and a caller that saw it arrive must see so.
-		name, was := pathName(fwd), sess.Strategy()
-		for _, s := range n.sessionsAt(peer, key) {
-			s.SetStrategy(name)
-		}
-		if !paths.Fallback(key) {
-			for _, s := range n.sessionsAt(peer, key) {
-				s.SetStrategy(was)
-			}
-			return
-		}
-		n.log.Debug("first flight: the direct path stayed silent: moving to the relay", "peer", peer.Short(), "path", direct, "waited", wait)
-		n.event(PathEvent{Peer: peer, Kind: PathMoved, Strategy: name, Err: errUnproven})
-		n.startMoving(peer)
 		return
 	}
 }

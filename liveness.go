@@ -99,15 +99,30 @@ func (n *Node) probe(peer identity.PeerID, key netip.AddrPort, heard time.Time) 
 }
 
 // fallBack moves the peer at key from its direct path to its forwarded
-// one, says so, and starts the search for a direct path again.
-func (n *Node) fallBack(peer identity.PeerID, key netip.AddrPort, why error) {
+// one, says so, and starts the search for a direct path again; it reports
+// whether it moved. The sessions are relabelled before the path changes:
+// what they carry from then on goes by the forwarded path, and a caller
+// that saw it arrive must see so.
+func (n *Node) fallBack(peer identity.PeerID, key netip.AddrPort, why error) bool {
 	paths := n.sock.Paths()
 	direct, fwd, err := paths.Current(key)
 	if err != nil || !direct.IsValid() || fwd == nil {
-		return
+		return false
 	}
-	if paths.Fallback(key) {
-		n.moved(peer, key, pathName(fwd), netip.AddrPort{}, why)
-		n.startMoving(peer)
+	name := pathName(fwd)
+	ss := n.sessionsAt(peer, key)
+	was := make([]string, len(ss))
+	for i, s := range ss {
+		was[i] = s.Strategy()
+		s.SetStrategy(name)
 	}
+	if !paths.Fallback(key) {
+		for i, s := range ss {
+			s.SetStrategy(was[i])
+		}
+		return false
+	}
+	n.event(PathEvent{Peer: peer, Kind: PathMoved, Strategy: name, Err: why})
+	n.startMoving(peer)
+	return true
 }

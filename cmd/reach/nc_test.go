@@ -90,6 +90,13 @@ func reachBinary(t *testing.T) string {
 // until the test ends, and returns its connect string.
 func ncServer(t *testing.T) string {
 	t.Helper()
+	rs, _ := loopbackServer(t)
+	return rs.ConnectString()
+}
+
+// loopbackServer is ncServer's server and relay.
+func loopbackServer(t *testing.T) (*rendezvous.RunningServer, *relay.Server) {
+	t.Helper()
 	rl := relay.NewServer(relay.ServerConfig{Logger: testLogger(t).With("part", "relay")})
 	rs, err := rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{
 		Logger:    testLogger(t).With("part", "server"),
@@ -99,7 +106,7 @@ func ncServer(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rs.Close() })
-	return rs.ConnectString()
+	return rs, rl
 }
 
 // ncKey makes a key file and returns its path and peer ID.

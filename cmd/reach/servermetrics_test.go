@@ -23,7 +23,6 @@ import (
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/reachmetrics"
-	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
 )
 
@@ -32,16 +31,8 @@ import (
 // ends.
 func metricsServer(t *testing.T) (cs string, reg *prometheus.Registry, metricsURL string) {
 	t.Helper()
-	rl := relay.NewServer(relay.ServerConfig{Logger: testLogger(t).With("part", "relay")})
-	rs, err := rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{
-		Logger:    testLogger(t).With("part", "server"),
-		Protocols: map[string]rendezvous.Protocol{relay.ALPN: rl},
-	}, netip.MustParseAddrPort("127.0.0.1:0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rs.Close() })
-	reg, err = serverRegistry(rs.Server, rl)
+	rs, rl := loopbackServer(t)
+	reg, err := serverRegistry(rs.Server, rl)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,6 +77,9 @@ type Client struct {
 	dialing   *dialCall
 	watchers  map[identity.PeerID]map[chan error]struct{}
 	allowed   map[identity.PeerID]time.Time // Allow: sent again on every new link
+	// route, set by the node's relay rung before the first link, hands
+	// UDP links' data packets to quic-go in place (see dataLink).
+	route routeFunc
 }
 
 type dialCall struct {
@@ -279,7 +282,7 @@ func (c *Client) race(ctx context.Context, sa rendezvous.ServerAddr) (Link, erro
 		token = c.cfg.Token()
 	}
 	p := LinkParams{Server: sa, Key: c.cfg.Key, Token: token, Consent: c.cfg.Consent, Handler: (*clientHandler)(c), Logger: c.log,
-		gate: newHelloGate()}
+		gate: newHelloGate(), route: c.route}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
@@ -464,6 +467,23 @@ type PeerPath struct {
 func (p *PeerPath) Send(b []byte) error {
 	if l := p.c.current(); l != nil {
 		l.Send(p.peer, b) // errors mean the link is going: drop
+	}
+	return nil
+}
+
+// SendSegments implements pathsock.SegmentPath: packets of one size go
+// out in one segmented send on a UDP link that carries data packets, else
+// one by one.
+func (p *PeerPath) SendSegments(b []byte, seg int) error {
+	l := p.c.current()
+	if l == nil {
+		return nil
+	}
+	if ll, ok := l.(*link); ok && ll.sendSegments != nil && ll.sendSegments(p.peer, b, seg) {
+		return nil
+	}
+	for off := 0; off < len(b); off += seg {
+		l.Send(p.peer, b[off:min(off+seg, len(b))])
 	}
 	return nil
 }

@@ -106,6 +106,9 @@ func (s *Server) register(p *peerLink) (old *peerLink, refused rejectReason, ok 
 	st.links++
 	p.ipst = st
 	s.peers[p.id] = p
+	if p.data.token != 0 {
+		s.data[p.data.token] = p
+	}
 	return old, 0, true
 }
 

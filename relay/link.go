@@ -10,12 +10,15 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/rendezvous"
 )
 
@@ -71,6 +74,9 @@ type LinkParams struct {
 	// gate, set by a Client's race of transports, lets one link of the
 	// race say HELLO at a time (see helloGate).
 	gate *helloGate
+	// route, set by a node's relay rung, lets a UDP link's data packets
+	// go to quic-go in place (see dataLink).
+	route routeFunc
 }
 
 // helloGate serializes the HELLOs of one race of link transports. The
@@ -176,6 +182,7 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 		qc.CloseWithError(0, "")
 		return nil, err
 	}
+	var data atomic.Pointer[dataLink]
 	var ctlMu sync.Mutex
 	ctl := writerFunc(func(b []byte) error {
 		ctlMu.Lock()
@@ -186,6 +193,9 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 	})
 	l := &link{transport: "udp", h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: ctl,
 		sendPacket: func(peer identity.PeerID, pkt []byte) error {
+			if d := data.Load(); d != nil && d.send(peer, pkt) {
+				return nil
+			}
 			// SendDatagram copies the datagram, so the buffer goes back
 			// to the pool at once.
 			b := append(append(getBuf(), peer[:]...), pkt...)
@@ -202,11 +212,30 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 			}
 			return err
 		},
-		closeTransport: func() { st.Close(); qc.CloseWithError(0, "") },
+		sendSegments: func(peer identity.PeerID, b []byte, seg int) bool {
+			d := data.Load()
+			return d != nil && d.sendSegments(peer, b, seg)
+		},
+		closeTransport: func() {
+			if d := data.Load(); d != nil {
+				d.remove()
+			}
+			st.Close()
+			qc.CloseWithError(0, "")
+		},
 	}
 	if err := p.gate.hello(ctx, func() error { return l.hello(ctx, p.Token, p.Consent, st, st.SetReadDeadline) }); err != nil {
 		l.closeTransport()
 		return nil, mapQUICErr(err)
+	}
+	if paths, ok := d.Socket.Conn.(*pathsock.Conn); ok && l.dataToken != 0 {
+		server := netip.AddrPortFrom(addr[0].Unmap(), p.Server.Port)
+		data.Store(startData(l, paths, server, l.dataToken, p.route))
+		select {
+		case <-l.done: // closed meanwhile: closeTransport may have missed it
+			data.Load().remove()
+		default:
+		}
 	}
 	go l.readControl(st, nil)
 	go func() {
@@ -398,14 +427,18 @@ func (f writerFunc) Write(b []byte) (int, error) {
 // link is a Link over a control byte stream plus a packet path (datagrams
 // on QUIC, the same stream's PACKET frames on TLS).
 type link struct {
-	transport      string
-	h              Handler
-	log            *slog.Logger
-	ctl            io.Writer
-	sendPacket     func(peer identity.PeerID, pkt []byte) error
+	transport  string
+	h          Handler
+	log        *slog.Logger
+	ctl        io.Writer
+	sendPacket func(peer identity.PeerID, pkt []byte) error
+	// sendSegments, if set, sends packets of one size at once (GSO);
+	// false: send each with sendPacket.
+	sendSegments   func(peer identity.PeerID, b []byte, seg int) bool
 	closeTransport func()
 	keepalive      time.Duration
-	consent        bool // the relay understands ALLOW frames (WELCOME)
+	consent        bool   // the relay understands ALLOW frames (WELCOME)
+	dataToken      uint64 // the relay takes data packets with this token (WELCOME); 0: not
 
 	once sync.Once
 	done chan struct{}
@@ -476,6 +509,9 @@ func (l *link) hello(ctx context.Context, token string, consent bool, r io.Reade
 	}
 	l.keepalive = time.Duration(binary.BigEndian.Uint16(body[2:4])) * time.Second
 	l.consent = len(body) >= 5 && body[4]&welcomeConsent != 0
+	if len(body) >= 5+linkTokenLen && body[4]&welcomeData != 0 {
+		l.dataToken = binary.BigEndian.Uint64(body[5 : 5+linkTokenLen])
+	}
 	if consent && l.consent {
 		if _, err := l.ctl.Write(appendFrame(nil, frameAllow)); err != nil {
 			return err

@@ -35,11 +35,12 @@ const (
 	dropPeerSessions                   // would open a session past MaxSessionsPerPeer
 	dropIPSessions                     // would open a session past MaxSessionsPerIP
 	dropNotAllowed                     // destination has not consented to the sender
+	dropUnknownLink                    // a data packet with no link's token, or not from its address
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{"no_peer", "session_limit", "peer_rate", "total_rate", "queue_full", "malformed",
-	"peer_sessions", "ip_sessions", "not_allowed"}
+	"peer_sessions", "ip_sessions", "not_allowed", "unknown_link"}
 
 // rejectReason is why a link was refused before registration (other than
 // its token).
@@ -70,6 +71,9 @@ var authNames = [numAuthReasons]string{"bad_token", "token_expired"}
 // itself (kept under Server.mu).
 type metrics struct {
 	packets, bytes atomic.Uint64 // forwarded
+	// dataIn and dataOut are the packets that came and went as data
+	// packets (the rest of a UDP link's packets are DATAGRAM frames).
+	dataIn, dataOut atomic.Uint64
 
 	clients  [numTransports]atomic.Int64 // linked now
 	conns    [numTransports]atomic.Uint64
@@ -105,10 +109,16 @@ type MetricsSnapshot struct {
 	Sessions int
 	// Packets and Bytes are the packets and payload bytes forwarded.
 	Packets, Bytes uint64
+	// DataIn and DataOut are the packets that came from and went to UDP
+	// links as data packets (not in their QUIC connection's DATAGRAM
+	// frames; see docs/protocol.md, Relay data packets).
+	DataIn, DataOut uint64
 	// Drops are the packets dropped, by reason ("no_peer",
 	// "session_limit", "peer_rate", "total_rate", "queue_full",
 	// "malformed", "peer_sessions": MaxSessionsPerPeer, "ip_sessions":
-	// MaxSessionsPerIP, "not_allowed": no consent from the recipient).
+	// MaxSessionsPerIP, "not_allowed": no consent from the recipient,
+	// "unknown_link": a data packet with no link's token, or not from
+	// its link's address).
 	Drops map[string]uint64
 }
 
@@ -127,6 +137,8 @@ func (s *Server) Metrics() MetricsSnapshot {
 		Sessions:     sessions,
 		Packets:      m.packets.Load(),
 		Bytes:        m.bytes.Load(),
+		DataIn:       m.dataIn.Load(),
+		DataOut:      m.dataOut.Load(),
 		Drops:        make(map[string]uint64, numDropReasons),
 	}
 	for i, name := range transportNames {
@@ -152,6 +164,8 @@ type Stats struct {
 	Sessions     int    // relay sessions now
 	Packets      uint64 // packets forwarded
 	Bytes        uint64 // payload bytes forwarded
+	DataIn       uint64 // packets that came as data packets
+	DataOut      uint64 // packets that went as data packets
 	Drops        uint64 // packets dropped, for any reason
 	AuthFailures uint64 // links refused for a bad or expired token
 }
@@ -163,6 +177,7 @@ func (s *Server) Stats() Stats {
 	s.mu.RUnlock()
 	st.Packets = s.m.packets.Load()
 	st.Bytes = s.m.bytes.Load()
+	st.DataIn, st.DataOut = s.m.dataIn.Load(), s.m.dataOut.Load()
 	for i := range s.m.drops {
 		st.Drops += s.m.drops[i].Load()
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/reachp2p/reach/identity"
@@ -37,6 +39,9 @@ type Rung struct {
 	h      *rung.Host
 	cfg    RungConfig
 	client *Client // nil without servers
+
+	names  sync.Map // identity.PeerID → its String, for route
+	nNames atomic.Int32
 }
 
 // NewRung makes the rung for the node h.
@@ -80,9 +85,35 @@ func (r *Rung) Start(context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.route = func(from identity.PeerID, _ []byte) (netip.AddrPort, bool) { return r.route(paths, from) }
 	r.client = c
 	return nil
 }
+
+// route returns the virtual address that a relayed packet from a peer can
+// be handed to quic-go as, in place, when the peer has one and the relay
+// is among its paths; otherwise deliver does the rest.
+func (r *Rung) route(paths *pathsock.Conn, from identity.PeerID) (netip.AddrPort, bool) {
+	name, ok := r.names.Load(from)
+	if !ok {
+		if r.nNames.Add(1) > maxNames {
+			r.names.Clear()
+			r.nNames.Store(1)
+		}
+		name, _ = r.names.LoadOrStore(from, from.String())
+	}
+	key, ok := paths.Lookup(name.(string))
+	if !ok {
+		return netip.AddrPort{}, false
+	}
+	if _, fwd, err := paths.Current(key); err != nil || fwd == nil || isHandshakeOnly(fwd) {
+		return netip.AddrPort{}, false
+	}
+	return key, true
+}
+
+// maxNames bounds the peer names route keeps (it starts over beyond).
+const maxNames = 4096
 
 // deliver hands a relayed packet to the node's socket as coming from the
 // peer's virtual address, so sessions over the relay live on the node's

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/rendezvous"
 )
 
 // Server forwards packets between peers connected to it, addressed by peer
@@ -34,6 +35,9 @@ type Server struct {
 	sessions int
 	ips      map[netip.Prefix]*ipState // by source (ipKey)
 	total    *rate.Limiter             // TotalRate; nil: unlimited
+	data     map[uint64]*peerLink      // QUIC links that take data packets, by link token
+
+	sock atomic.Pointer[rendezvous.PacketSocket] // ServeDatagrams; nil: none
 
 	sweeping sync.Once
 }
@@ -47,6 +51,7 @@ func NewServer(cfg ServerConfig) *Server {
 		log:   cfg.Logger,
 		peers: make(map[identity.PeerID]*peerLink),
 		ips:   make(map[netip.Prefix]*ipState),
+		data:  make(map[uint64]*peerLink),
 	}
 	if cfg.TotalRate > 0 {
 		s.total = rate.NewLimiter(rate.Limit(cfg.TotalRate), max(cfg.TotalRate/4, 64<<10))
@@ -122,6 +127,8 @@ type peerLink struct {
 	strict   atomic.Bool
 
 	nPackets, nBytes atomic.Uint64 // what it sent that was forwarded
+
+	data linkData // a QUIC link's data packets (zero token: none)
 }
 
 // ServeQUIC serves one QUIC connection that negotiated ALPN; it returns
@@ -156,10 +163,14 @@ func (s *Server) ServeQUIC(ctx context.Context, qc *quic.Conn) {
 		qc.CloseWithError(quic.ApplicationErrorCode(code), codeName(code))
 	}
 	st.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	p := &peerLink{srv: s, id: id, ip: ip, ipk: ipKey(ip), transport: transportUDP, fail: closeWith, linkedAt: time.Now(),
+	var p *peerLink
+	p = &peerLink{srv: s, id: id, ip: ip, ipk: ipKey(ip), transport: transportUDP, fail: closeWith, linkedAt: time.Now(),
 		write: func(buf []byte) error {
 			if buf[0] != framePacket {
 				return writeCtl(buf)
+			}
+			if p.sendData(buf[frameHeader:]) {
+				return nil
 			}
 			err := qc.SendDatagram(buf[frameHeader:])
 			var tooLarge *quic.DatagramTooLargeError
@@ -172,6 +183,13 @@ func (s *Server) ServeQUIC(ctx context.Context, qc *quic.Conn) {
 			}
 			return err
 		}}
+	if sock := s.sock.Load(); sock != nil {
+		remote := func() netip.AddrPort { return addrPortOf(qc.RemoteAddr()) }
+		p.data = linkData{token: newLinkToken(), sock: *sock, remote: remote}
+		a := remote()
+		p.data.addr.Store(&a)
+		p.writeBatch = p.writeDataBatch
+	}
 	if !s.hello(ctx, p, st) {
 		return
 	}
@@ -369,11 +387,15 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 	}
 	s.m.clients[p.transport].Add(1)
 	s.m.conns[p.transport].Add(1)
-	var w [5]byte
+	w := make([]byte, 5, 5+linkTokenLen)
 	binary.BigEndian.PutUint16(w[0:2], MaxPayload)
 	binary.BigEndian.PutUint16(w[2:4], uint16(min(s.cfg.IdleTimeout/3/time.Second, 65535)))
 	w[4] = welcomeConsent
-	if err := p.write(appendFrame(nil, frameWelcome, w[:])); err != nil {
+	if p.data.token != 0 {
+		w[4] |= welcomeData
+		w = binary.BigEndian.AppendUint64(w, p.data.token)
+	}
+	if err := p.write(appendFrame(nil, frameWelcome, w)); err != nil {
 		s.unregister(p)
 		p.fail(0, "")
 		return false
@@ -410,6 +432,9 @@ func (s *Server) unregister(p *peerLink) {
 	s.mu.Lock()
 	if s.peers[p.id] == p {
 		delete(s.peers, p.id)
+	}
+	if s.data[p.data.token] == p {
+		delete(s.data, p.data.token)
 	}
 	s.sessions -= n
 	if st := p.ipst; st != nil {
@@ -575,6 +600,15 @@ func (p *peerLink) writeLoop(ctx context.Context) {
 			batch = nil
 		}
 	}
+}
+
+// addrPortOf is a's address and port, never IPv4-mapped.
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ua, ok := a.(*net.UDPAddr); ok {
+		ap := ua.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
 }
 
 func addrOf(a net.Addr) netip.Addr {

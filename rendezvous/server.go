@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/pathsock"
 )
 
 // ServerConfig configures a Server. Every zero value is usable.
@@ -130,6 +132,28 @@ type ServerConfig struct {
 type Protocol interface {
 	ServeQUIC(ctx context.Context, conn *quic.Conn)
 	ServeTLS(ctx context.Context, conn *tls.Conn)
+}
+
+// DatagramProtocol is a Protocol that also takes datagrams of its own on
+// the server's UDP port (a relay's data packets): Serve calls
+// ServeDatagrams once with the server's socket, and stop when it returns.
+type DatagramProtocol interface {
+	Protocol
+	ServeDatagrams(sock PacketSocket) (stop func())
+}
+
+// PacketSocket is a server's UDP socket as a DatagramProtocol sees it.
+type PacketSocket interface {
+	// Intercept hands h the datagrams from from (the zero AddrPort: any
+	// source) whose first byte is first (below 0x40: not QUIC), on the
+	// socket's read loop, before QUIC sees them. h returns 0 when it took
+	// the datagram (it must not block or keep b); remove takes h away.
+	Intercept(first byte, from netip.AddrPort, h func(b []byte, from netip.AddrPort) (int, netip.AddrPort)) (remove func())
+	// WriteToUDPAddrPort sends a datagram from the socket.
+	WriteToUDPAddrPort(b []byte, to netip.AddrPort) (int, error)
+	// WriteSegments sends b as datagrams of seg bytes each (the last may
+	// be shorter), in as few system calls as the kernel allows (GSO).
+	WriteSegments(b []byte, seg int, to netip.AddrPort) error
 }
 
 func (c ServerConfig) withDefaults() ServerConfig {
@@ -343,8 +367,17 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 
 	var tr *quic.Transport
 	if udp != nil {
+		// The socket goes through pathsock so that protocols can take
+		// their datagrams on quic-go's read loop (DatagramProtocol);
+		// pathsock keeps quic-go's batched reads and GSO.
+		paths := pathsock.New(udp)
+		for _, name := range slices.Sorted(maps.Keys(s.cfg.Protocols)) {
+			if dp, ok := s.cfg.Protocols[name].(DatagramProtocol); ok {
+				context.AfterFunc(ctx, dp.ServeDatagrams(paths))
+			}
+		}
 		tr = &quic.Transport{
-			Conn:                udp,
+			Conn:                paths,
 			VerifySourceAddress: s.lim.verifySource,
 			ConnContext:         s.lim.connContext,
 		}

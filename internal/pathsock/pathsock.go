@@ -82,6 +82,8 @@ type Conn struct {
 	// are none, writes to real addresses skip the table.
 	adopted atomic.Int32
 
+	icpt intercepts // InterceptFuncs, by first byte and source
+
 	flights flights // first flights, for ResendInitials
 	// unproved keeps what went to peers' direct addresses that nothing
 	// came from yet (set on a server's word): SetDirect sends it again
@@ -90,6 +92,9 @@ type Conn struct {
 	// noPktinfo: a send from a vanished local address failed; packet
 	// info is dropped from now on (WriteMsgUDP).
 	noPktinfo atomic.Bool
+	// noGSO: the kernel refused a segmented send (WriteSegments); send
+	// each datagram on its own from now on.
+	noGSO atomic.Bool
 
 	inj     chan injected
 	queued  atomic.Int32 // packets in inj
@@ -175,6 +180,11 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 				continue
 			}
 			return n, err
+		}
+		if c.icpt.firsts.Load() != 0 {
+			if n = c.intercept(ms, n); n == 0 {
+				continue // all taken: read again
+			}
 		}
 		c.mu.RLock()
 		if len(c.byReal) > 0 {

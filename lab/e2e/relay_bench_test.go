@@ -31,7 +31,7 @@ const relayBenchBytes = 100 << 20
 //
 //     go test -run '^$' -bench BenchmarkLabRelay -benchtime 2x ./lab/e2e
 func BenchmarkLabRelay(b *testing.B) {
-	s := reachlab.NewScenario(b, reachlab.ServerConfig{Relay: true, RelayConfig: relay.ServerConfig{Logger: quietLogger(b)}})
+	s := reachlab.NewScenario(b, reachlab.ServerConfig{Relay: true, RelayConfig: relay.ServerConfig{Logger: quietLogger(b), PeerRate: -1, TotalRate: -1}})
 	rs, rl := s.Server, s.Relay
 	syma, symb := s.Site(b, "rsa", natlab.Kind(natlab.Symmetric)), s.Site(b, "rsb", natlab.Kind(natlab.Symmetric))
 	corp := s.Site(b, "rcorp", natlab.Kind(natlab.UDPBlocked))
@@ -137,6 +137,13 @@ func logRelayStats(b *testing.B, sess *stream.Session, rl *relay.Server) {
 	}
 	if rl != nil {
 		st := rl.Stats()
-		b.Logf("relay: forwarded %d packets, dropped %d", st.Packets, st.Drops)
+		b.Logf("relay: forwarded %d packets (in as data packets %d, out %d), dropped %d", st.Packets, st.DataIn, st.DataOut, st.Drops)
+		if st.Drops > 0 {
+			for reason, n := range rl.Metrics().Drops {
+				if n > 0 {
+					b.Logf("relay: dropped %d: %s", n, reason)
+				}
+			}
+		}
 	}
 }

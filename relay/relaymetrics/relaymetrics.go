@@ -38,7 +38,9 @@ var (
 	descBytes = prometheus.NewDesc("reach_relay_bytes_total",
 		"Payload bytes forwarded.", nil, nil)
 	descDrops = prometheus.NewDesc("reach_relay_drops_total",
-		"Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed, peer_sessions, ip_sessions, not_allowed).", []string{"reason"}, nil)
+		"Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed, peer_sessions, ip_sessions, not_allowed, unknown_link).", []string{"reason"}, nil)
+	descData = prometheus.NewDesc("reach_relay_data_packets_total",
+		"Packets that came from (in) or went to (out) UDP links as data packets rather than QUIC DATAGRAM frames.", []string{"direction"}, nil)
 	descExpired = prometheus.NewDesc("reach_relay_token_expired_total",
 		"Live relay links ended because their token expired.", nil, nil)
 )
@@ -62,7 +64,7 @@ func Register(reg prometheus.Registerer, s *relay.Server) error {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descClients, descConns, descRejected, descAuth, descSessions, descPackets, descBytes, descDrops, descExpired} {
+	for _, d := range []*prometheus.Desc{descClients, descConns, descRejected, descAuth, descSessions, descPackets, descBytes, descDrops, descData, descExpired} {
 		ch <- d
 	}
 }
@@ -84,6 +86,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counters(descDrops, m.Drops)
 	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(m.Sessions))
 	ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(m.Packets))
+	ch <- prometheus.MustNewConstMetric(descData, prometheus.CounterValue, float64(m.DataIn), "in")
+	ch <- prometheus.MustNewConstMetric(descData, prometheus.CounterValue, float64(m.DataOut), "out")
 	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(m.Bytes))
 	ch <- prometheus.MustNewConstMetric(descExpired, prometheus.CounterValue, float64(m.Expired))
 }

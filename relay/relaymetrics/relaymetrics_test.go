@@ -55,7 +55,11 @@ reach_relay_clients{transport="udp"} %[1]d
 # TYPE reach_relay_connections_total counter
 reach_relay_connections_total{transport="tls"} %[2]d
 reach_relay_connections_total{transport="udp"} %[1]d
-# HELP reach_relay_drops_total Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed, peer_sessions, ip_sessions, not_allowed).
+# HELP reach_relay_data_packets_total Packets that came from (in) or went to (out) UDP links as data packets rather than QUIC DATAGRAM frames.
+# TYPE reach_relay_data_packets_total counter
+reach_relay_data_packets_total{direction="in"} 0
+reach_relay_data_packets_total{direction="out"} 0
+# HELP reach_relay_drops_total Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed, peer_sessions, ip_sessions, not_allowed, unknown_link).
 # TYPE reach_relay_drops_total counter
 reach_relay_drops_total{reason="ip_sessions"} 0
 reach_relay_drops_total{reason="malformed"} 0
@@ -66,6 +70,7 @@ reach_relay_drops_total{reason="peer_sessions"} 0
 reach_relay_drops_total{reason="queue_full"} 0
 reach_relay_drops_total{reason="session_limit"} 0
 reach_relay_drops_total{reason="total_rate"} 0
+reach_relay_drops_total{reason="unknown_link"} 0
 # HELP reach_relay_packets_total Packets forwarded.
 # TYPE reach_relay_packets_total counter
 reach_relay_packets_total %[4]d

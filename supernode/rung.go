@@ -79,6 +79,11 @@ func (r *Rung) Signalling(cfg *rendezvous.ClientConfig) {
 // Start implements rung.Rung: it sets up the node's links to volunteers
 // (none is opened until a dial or an introduction needs one).
 func (r *Rung) Start(context.Context) error {
+	if r.vol != nil {
+		// Links to the volunteer may carry data packets on the node's
+		// socket (relay.Server.ServeDatagrams), until the node closes.
+		context.AfterFunc(r.h.Context, r.vol.Relay().ServeDatagrams(r.h.Socket.Paths()))
+	}
 	if !r.h.Signalling {
 		return nil
 	}

@@ -191,7 +191,7 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 		_, err := st.Write(b)
 		return err
 	})
-	l := &link{transport: "udp", h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: ctl,
+	l := &link{transport: "udp", h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: ctl, data: &data,
 		sendPacket: func(peer identity.PeerID, pkt []byte) error {
 			if d := data.Load(); d != nil && d.send(peer, pkt) {
 				return nil
@@ -437,8 +437,9 @@ type link struct {
 	sendSegments   func(peer identity.PeerID, b []byte, seg int) bool
 	closeTransport func()
 	keepalive      time.Duration
-	consent        bool   // the relay understands ALLOW frames (WELCOME)
-	dataToken      uint64 // the relay takes data packets with this token (WELCOME); 0: not
+	consent        bool                      // the relay understands ALLOW frames (WELCOME)
+	dataToken      uint64                    // the relay takes data packets with this token (WELCOME); 0: not
+	data           *atomic.Pointer[dataLink] // a UDP link's data packets; nil: none
 
 	once sync.Once
 	done chan struct{}

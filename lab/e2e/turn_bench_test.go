@@ -25,7 +25,7 @@ const turnBenchBytes = 32 << 20
 //
 //	go test -run '^$' -bench BenchmarkLabRelayVsTURN -benchtime 5x ./lab/e2e
 func BenchmarkLabRelayVsTURN(b *testing.B) {
-	s := reachlab.NewScenario(b, reachlab.ServerConfig{Relay: true, RelayConfig: relay.ServerConfig{Logger: quietLogger(b)}})
+	s := reachlab.NewScenario(b, reachlab.ServerConfig{Relay: true, RelayConfig: relay.ServerConfig{Logger: quietLogger(b), PeerRate: -1, TotalRate: -1}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	rs := s.Server

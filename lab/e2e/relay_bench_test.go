@@ -24,6 +24,9 @@ const relayBenchBytes = 100 << 20
 //   - tls-link: the same from a peer in a UDP-blocked network, linked over
 //     TLS on TCP 443, to a peer behind a symmetric NAT.
 //
+//   - tls-tls: between two peers in that UDP-blocked network, both linked
+//     over TLS.
+//
 //   - udp-blocked-connect: the time from DialSession on a fresh node in the
 //     UDP-blocked network (registered over TCP) to a relayed session with
 //     the symmetric peer: introduction, the relay rung's delay, the relay
@@ -39,25 +42,32 @@ func BenchmarkLabRelay(b *testing.B) {
 	na := reachlab.NewNode(b, syma.Host, cfg)
 	nb := reachlab.NewNode(b, symb.Host, cfg)
 	nc := reachlab.NewNode(b, corp.Host, cfg)
+	hd, err := corp.Router.AddHost(context.Background(), "rcorpd")
+	if err != nil {
+		b.Fatal(err)
+	}
+	nd := reachlab.NewNode(b, hd, cfg)
 	runCtx, stop := context.WithCancel(context.Background())
 	defer stop()
 	got := make(chan copyResult, 1)
-	go func() {
-		for {
-			st, err := nb.Accept(runCtx)
-			if err != nil {
-				return
+	for _, n := range []*reach.Node{nb, nd} {
+		go func() {
+			for {
+				st, err := n.Accept(runCtx)
+				if err != nil {
+					return
+				}
+				got <- drain(st)
 			}
-			got <- drain(st)
-		}
-	}()
+		}()
+	}
 	for _, p := range []struct {
 		name      string
-		from      *reach.Node
+		from, to  *reach.Node
 		transport string
-	}{{"udp-link", na, "udp"}, {"tls-link", nc, "tls"}} {
+	}{{"udp-link", na, nb, "udp"}, {"tls-link", nc, nb, "tls"}, {"tls-tls", nc, nd, "tls"}} {
 		dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Second)
-		sess, err := p.from.DialSession(dctx, nb.ID())
+		sess, err := p.from.DialSession(dctx, p.to.ID())
 		dcancel()
 		if err != nil {
 			b.Fatal(err)

@@ -108,10 +108,12 @@ type peerLink struct {
 	// fail closes the link with an ERROR code (0: quietly).
 	fail func(code byte, reason string)
 
-	qmu    sync.Mutex
-	queue  [][]byte
-	wake   chan struct{}
-	closed bool
+	qmu       sync.Mutex
+	queue     [][]byte
+	wake      chan struct{}
+	closed    bool
+	writing   bool            // a writeLoop runs (or is starting)
+	writerCtx context.Context // ends the writers; nil until the link serves (startWriter)
 
 	omu     sync.Mutex
 	out     map[identity.PeerID]time.Time // destinations of its sessions → last packet
@@ -220,7 +222,7 @@ func (s *Server) ServeQUIC(ctx context.Context, qc *quic.Conn) {
 			return
 		}
 	}()
-	go p.writeLoop(qc.Context())
+	p.startWriter(qc.Context())
 	for {
 		d, err := qc.ReceiveDatagram(ctx)
 		if err != nil {
@@ -301,7 +303,7 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 	defer s.unregister(p)
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go p.writeLoop(lctx)
+	p.startWriter(lctx)
 	var buf []byte
 	for {
 		tc.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
@@ -547,7 +549,8 @@ func (p *peerLink) notice(dst identity.PeerID, code byte, now time.Time) {
 // maxCoalesce is the most a byte-stream link's write loop writes at once.
 const maxCoalesce = 64 << 10
 
-// enqueue queues a message for p's link; false if the queue is full.
+// enqueue queues a message for p's link, and starts its writer if none
+// runs; false if the queue is full.
 func (p *peerLink) enqueue(buf []byte) bool {
 	p.qmu.Lock()
 	if p.closed || len(p.queue) >= p.srv.cfg.SendQueue {
@@ -555,7 +558,15 @@ func (p *peerLink) enqueue(buf []byte) bool {
 		return false
 	}
 	p.queue = append(p.queue, buf)
+	start := !p.writing && p.writerCtx != nil
+	if start {
+		p.writing = true
+	}
 	p.qmu.Unlock()
+	if start {
+		go p.writeLoop(p.writerCtx)
+		return true
+	}
 	select {
 	case p.wake <- struct{}{}:
 	default:
@@ -563,19 +574,49 @@ func (p *peerLink) enqueue(buf []byte) bool {
 	return true
 }
 
-// writeLoop sends p's queued messages until ctx ends or a write fails.
+// writerLinger is how long a link's writer waits for more to send before
+// it ends: an idle link has no writer goroutine (and its stack) at all,
+// a busy one does not start one per packet.
+const writerLinger = time.Second
+
+// writeLoop sends p's queued messages until nothing was queued for
+// writerLinger, ctx ends or a write fails. enqueue starts it.
 func (p *peerLink) writeLoop(ctx context.Context) {
 	var batch [][]byte
-	for {
-		select {
-		case <-p.wake:
-		case <-ctx.Done():
-			return
+	var linger *time.Timer
+	defer func() {
+		if linger != nil {
+			linger.Stop()
 		}
+	}()
+	for {
 		p.qmu.Lock()
 		batch, p.queue = p.queue, batch[:0]
 		if len(p.queue) == 0 && cap(p.queue) > 64 {
 			p.queue = nil // let an idle peer's queue shrink
+		}
+		if len(batch) == 0 {
+			p.qmu.Unlock()
+			if linger == nil {
+				linger = time.NewTimer(writerLinger)
+			} else {
+				linger.Reset(writerLinger)
+			}
+			select {
+			case <-p.wake:
+				continue
+			case <-ctx.Done():
+				return
+			case <-linger.C:
+			}
+			p.qmu.Lock()
+			if len(p.queue) == 0 {
+				p.writing = false // the next enqueue starts a writer
+				p.qmu.Unlock()
+				return
+			}
+			p.qmu.Unlock()
+			continue
 		}
 		p.qmu.Unlock()
 		if p.writeBatch != nil {
@@ -602,7 +643,19 @@ func (p *peerLink) writeLoop(ctx context.Context) {
 	}
 }
 
-// addrPortOf is a's address and port, never IPv4-mapped.
+// startWriter lets enqueue start writers for p until ctx ends, and
+// starts one for what was queued before.
+func (p *peerLink) startWriter(ctx context.Context) {
+	p.qmu.Lock()
+	p.writerCtx = ctx
+	start := !p.writing && len(p.queue) > 0
+	p.writing = p.writing || start
+	p.qmu.Unlock()
+	if start {
+		go p.writeLoop(ctx)
+	}
+}
+
 func addrPortOf(a net.Addr) netip.AddrPort {
 	if ua, ok := a.(*net.UDPAddr); ok {
 		ap := ua.AddrPort()

@@ -283,6 +283,9 @@ func (n *Node) acceptSessions() {
 			// gives a peer a virtual address).
 			if direct, fwd, err := n.sock.Paths().Current(sess.QUICAddr()); err == nil && !direct.IsValid() && fwd != nil {
 				sess.SetStrategy(pathName(fwd))
+				if a, ok := fwd.(interface{ Accepted(*stream.Session) }); ok {
+					a.Accepted(sess) // a volunteer's path tracks its sessions
+				}
 			}
 		}
 		n.log.Debug("session accepted", "peer", sess.RemotePeer().Short(), "strategy", sess.Strategy(), "path", sess.RemoteAddr())

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/reachp2p/reach/identity"
@@ -39,9 +37,6 @@ type Rung struct {
 	h      *rung.Host
 	cfg    RungConfig
 	client *Client // nil without servers
-
-	names  sync.Map // identity.PeerID → its String, for route
-	nNames atomic.Int32
 }
 
 // NewRung makes the rung for the node h.
@@ -68,8 +63,7 @@ func (r *Rung) Start(context.Context) error {
 	if !r.h.Signalling {
 		return nil
 	}
-	paths := r.h.Socket.Paths()
-	c, err := NewClient(ClientConfig{
+	c, err := NewPathClient(r.h.Socket.Paths(), nil, ClientConfig{
 		Key: r.h.Key, Socket: r.h.Socket.Transport(), DialTCP: r.h.DialServer, Dialers: r.dialers(),
 		Token: r.cfg.Token, Logger: r.h.Logger, Consent: true,
 		Prefer: func() string {
@@ -80,63 +74,12 @@ func (r *Rung) Start(context.Context) error {
 			}
 			return ""
 		},
-		Deliver: func(from identity.PeerID, pkt []byte) { r.deliver(paths, from, pkt) },
 	})
 	if err != nil {
 		return err
 	}
-	c.route = func(from identity.PeerID, _ []byte) (netip.AddrPort, bool) { return r.route(paths, from) }
 	r.client = c
 	return nil
-}
-
-// route returns the virtual address that a relayed packet from a peer can
-// be handed to quic-go as, in place, when the peer has one and the relay
-// is among its paths; otherwise deliver does the rest.
-func (r *Rung) route(paths *pathsock.Conn, from identity.PeerID) (netip.AddrPort, bool) {
-	name, ok := r.names.Load(from)
-	if !ok {
-		if r.nNames.Add(1) > maxNames {
-			r.names.Clear()
-			r.nNames.Store(1)
-		}
-		name, _ = r.names.LoadOrStore(from, from.String())
-	}
-	key, ok := paths.Lookup(name.(string))
-	if !ok {
-		return netip.AddrPort{}, false
-	}
-	if _, fwd, err := paths.Current(key); err != nil || fwd == nil || isHandshakeOnly(fwd) {
-		return netip.AddrPort{}, false
-	}
-	return key, true
-}
-
-// maxNames bounds the peer names route keeps (it starts over beyond).
-const maxNames = 4096
-
-// deliver hands a relayed packet to the node's socket as coming from the
-// peer's virtual address, so sessions over the relay live on the node's
-// one QUIC transport and can move to a direct path (internal/pathsock). A
-// peer without a virtual address gets one only for a QUIC Initial (the
-// start of a session); the relay becomes its path when it has none.
-func (r *Rung) deliver(paths *pathsock.Conn, from identity.PeerID, pkt []byte) {
-	name := from.String()
-	key, ok := paths.Lookup(name)
-	if !ok {
-		if !isInitial(pkt) {
-			return
-		}
-		var err error
-		if key, err = paths.Key(name); err != nil {
-			r.h.Logger.Debug("relay: no virtual address for a peer", "peer", from.Short(), "err", err)
-			return
-		}
-	}
-	if _, fwd, err := paths.Current(key); err == nil && (fwd == nil || isHandshakeOnly(fwd)) {
-		paths.SetFallback(key, r.client.Path(from))
-	}
-	paths.Inject(key, pkt)
 }
 
 // isHandshakeOnly reports whether p carries handshakes only (a first

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
@@ -23,6 +25,21 @@ func (p *Pool) dial(ctx context.Context, c rendezvous.Candidate, a *rung.Attempt
 		Client:    func() *relay.Client { return vl.client },
 		Transport: func() *quic.Transport { return vl.tr },
 		Server:    func() rendezvous.ServerAddr { return vl.addr },
+	}
+	if paths := p.paths; paths != nil {
+		// On the node's own transport, at the peer's virtual address
+		// with the volunteer as its path.
+		rs.Transport = func() *quic.Transport { return p.cfg.Socket }
+		rs.Addr = func(peer identity.PeerID) (net.Addr, error) {
+			key, err := paths.Key(peer.String())
+			if err != nil {
+				return nil, fmt.Errorf("supernode: %w", err)
+			}
+			if err := paths.SetFallback(key, vl.path(peer)); err != nil {
+				return nil, fmt.Errorf("supernode: %w", err)
+			}
+			return net.UDPAddrFromAddrPort(key), nil
+		}
 	}
 	sess, err := rs.Connect(ctx, a)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
@@ -67,23 +68,63 @@ type Pool struct {
 	mu    sync.Mutex
 	links map[identity.PeerID]*vlink
 	dead  map[identity.PeerID]time.Time
+
+	// paths, when set (by the node's rung, before the first link), is the
+	// node's socket: sessions through volunteers then run on its own QUIC
+	// transport (cfg.Socket), each peer at its virtual address with the
+	// volunteer as its path, instead of on a transport per link.
+	paths *pathsock.Conn
 }
 
-// vlink is the node's link to one volunteer: a relay client, the QUIC
-// transport on its packet connection, and the sessions on that transport.
+// vlink is the node's link to one volunteer: a relay client and the
+// sessions through it, either on the node's own transport (Pool.paths) or
+// on a QUIC transport on the client's packet connection (tr, ln).
 type vlink struct {
 	p      *Pool
 	peer   identity.PeerID
 	addr   rendezvous.ServerAddr
 	client *relay.Client
-	tr     *quic.Transport
-	ln     *stream.Listener
+	tr     *quic.Transport  // nil with Pool.paths
+	ln     *stream.Listener // nil with Pool.paths
 
 	mu        sync.Mutex
 	token     string
 	watching  bool
 	sessions  map[*stream.Session]struct{}
 	idleSince time.Time
+	vpaths    map[identity.PeerID]*vpath // with Pool.paths: the peers' paths through it
+}
+
+// vpath is a peer's path through a volunteer on the node's socket.
+type vpath struct {
+	*relay.PeerPath
+	vl *vlink
+}
+
+// Name says which rung the path belongs to: "supernode".
+func (*vpath) Name() string { return Name }
+
+// Accepted records a session the node accepted on this path, so that it
+// ends with ErrVolunteerGone when the volunteer goes.
+func (vp *vpath) Accepted(sess *stream.Session) {
+	sess.SetStrategy(Name)
+	vp.vl.add(sess)
+}
+
+// path returns peer's path through vl (one per peer, so that it can be
+// taken back: ClearFallback compares paths).
+func (vl *vlink) path(peer identity.PeerID) *vpath {
+	vl.mu.Lock()
+	defer vl.mu.Unlock()
+	if vl.vpaths == nil {
+		vl.vpaths = map[identity.PeerID]*vpath{}
+	}
+	vp := vl.vpaths[peer]
+	if vp == nil {
+		vp = &vpath{PeerPath: vl.client.Path(peer), vl: vl}
+		vl.vpaths[peer] = vp
+	}
+	return vp
 }
 
 // NewPool makes a pool; it links on demand.
@@ -188,8 +229,7 @@ func (p *Pool) link(ctx context.Context, c rendezvous.Candidate) (*vlink, error)
 func (p *Pool) newLink(c rendezvous.Candidate) (*vlink, error) {
 	vl := &vlink{p: p, peer: c.Peer, sessions: map[*stream.Session]struct{}{}, idleSince: time.Now(),
 		addr: rendezvous.ServerAddr{ID: c.Peer, Host: c.Addr.Addr().Unmap().String(), Port: c.Addr.Port()}}
-	var err error
-	vl.client, err = relay.NewClient(relay.ClientConfig{
+	ccfg := relay.ClientConfig{
 		Key: p.cfg.Key,
 		Dialers: []relay.LinkDialer{relay.UDPDialer{Socket: p.cfg.Socket,
 			KeepAlive: linkKeepAlive, IdleTimeout: LinkIdleTimeout}},
@@ -200,7 +240,13 @@ func (p *Pool) newLink(c rendezvous.Candidate) (*vlink, error) {
 		},
 		DialTimeout: linkDialTimeout,
 		Logger:      p.log,
-	})
+	}
+	var err error
+	if p.paths != nil {
+		vl.client, err = relay.NewPathClient(p.paths, func(_ *relay.Client, peer identity.PeerID) pathsock.Path { return vl.path(peer) }, ccfg)
+		return vl, err
+	}
+	vl.client, err = relay.NewClient(ccfg)
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +296,8 @@ func (vl *vlink) add(sess *stream.Session) {
 }
 
 // lost handles the end of vl's link: the volunteer is gone (or refused
-// us for good). Its sessions are closed with ErrVolunteerGone.
+// us for good). Its sessions are closed with ErrVolunteerGone, but those
+// that moved to a direct path meanwhile.
 func (p *Pool) lost(vl *vlink, err error) {
 	p.mu.Lock()
 	if p.links[vl.peer] != vl {
@@ -263,6 +310,11 @@ func (p *Pool) lost(vl *vlink, err error) {
 	vl.mu.Lock()
 	var sessions []*stream.Session
 	for s := range vl.sessions {
+		if p.paths != nil {
+			if direct, _, err := p.paths.Current(s.QUICAddr()); err == nil && direct.IsValid() {
+				continue // it moved to a direct path: it does not need the volunteer
+			}
+		}
 		sessions = append(sessions, s)
 	}
 	vl.mu.Unlock()
@@ -279,9 +331,24 @@ func (p *Pool) lost(vl *vlink, err error) {
 }
 
 func (vl *vlink) close() {
-	vl.ln.Close()
-	vl.tr.Close()
+	if vl.ln != nil {
+		vl.ln.Close()
+		vl.tr.Close()
+	}
 	vl.client.Close()
+	// Peers whose path is this volunteer have none through it any more:
+	// the next dial, or relayed packet, gives them another.
+	vl.mu.Lock()
+	vpaths := vl.vpaths
+	vl.vpaths = nil
+	vl.mu.Unlock()
+	if paths := vl.p.paths; paths != nil {
+		for peer, vp := range vpaths {
+			if key, ok := paths.Lookup(peer.String()); ok {
+				paths.ClearFallback(key, vp)
+			}
+		}
+	}
 }
 
 // reap closes links that have had no session for idleLink and forgets

@@ -103,6 +103,7 @@ func (r *Rung) Start(context.Context) error {
 	if err != nil {
 		return err
 	}
+	p.paths = r.h.Socket.Paths()
 	r.pool = p
 	return nil
 }

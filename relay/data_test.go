@@ -148,6 +148,11 @@ func TestDataPackets(t *testing.T) {
 	pa := pattern(700, 9)
 	a.l.Send(b.id, pa) // b's relay now sends b data packets too
 	b.expect(t, pa)
+	for _, ps := range rl.Peers() {
+		if !ps.DataPackets || ps.Transport != "udp" {
+			t.Errorf("Peers(): %s on %s, data packets %v; want udp, true", ps.Peer.Short(), ps.Transport, ps.DataPackets)
+		}
+	}
 	// The relay counts a packet after it sent it: wait for the counts to
 	// settle (every packet came as a data packet and went as one, but pb:
 	// a was not sending data packets yet).

@@ -66,6 +66,9 @@ type PeerStats struct {
 	Sessions  int    // sessions it sends on now (destinations)
 	Packets   uint64 // packets it sent that were forwarded
 	Bytes     uint64 // payload bytes it sent that were forwarded
+	// DataPackets: a UDP link whose packets travel as data packets
+	// (docs/protocol.md), not DATAGRAM frames.
+	DataPackets bool
 }
 
 // Peers returns the peers linked now and what the relay forwarded for
@@ -83,7 +86,7 @@ func (s *Server) Peers() []PeerStats {
 		n := len(p.out)
 		p.omu.Unlock()
 		out = append(out, PeerStats{Peer: p.id, Transport: p.transport.String(), Sessions: n,
-			Packets: p.nPackets.Load(), Bytes: p.nBytes.Load()})
+			Packets: p.nPackets.Load(), Bytes: p.nBytes.Load(), DataPackets: p.data.dataOn.Load()})
 	}
 	return out
 }

@@ -27,6 +27,11 @@ const relayBenchBytes = 100 << 20
 //   - tls-tls: between two peers in that UDP-blocked network, both linked
 //     over TLS.
 //
+//   - direct: two peers on open hosts, directly, on the same lab and
+//     machine: the figure the relayed ones are compared with.
+//
+// The relay's bandwidth limits are off: this measures forwarding.
+//
 //   - udp-blocked-connect: the time from DialSession on a fresh node in the
 //     UDP-blocked network (registered over TCP) to a relayed session with
 //     the symmetric peer: introduction, the relay rung's delay, the relay
@@ -47,10 +52,14 @@ func BenchmarkLabRelay(b *testing.B) {
 		b.Fatal(err)
 	}
 	nd := reachlab.NewNode(b, hd, cfg)
+	direct := cfg
+	direct.Strategies = []string{reach.StrategyDirect}
+	oa := reachlab.NewNode(b, s.Site(b, "roa", natlab.Open).Host, direct)
+	ob := reachlab.NewNode(b, s.Site(b, "rob", natlab.Open).Host, direct)
 	runCtx, stop := context.WithCancel(context.Background())
 	defer stop()
 	got := make(chan copyResult, 1)
-	for _, n := range []*reach.Node{nb, nd} {
+	for _, n := range []*reach.Node{nb, nd, ob} {
 		go func() {
 			for {
 				st, err := n.Accept(runCtx)
@@ -65,14 +74,18 @@ func BenchmarkLabRelay(b *testing.B) {
 		name      string
 		from, to  *reach.Node
 		transport string
-	}{{"udp-link", na, nb, "udp"}, {"tls-link", nc, nb, "tls"}, {"tls-tls", nc, nd, "tls"}} {
+	}{{"udp-link", na, nb, "udp"}, {"tls-link", nc, nb, "tls"}, {"tls-tls", nc, nd, "tls"}, {"direct", oa, ob, ""}} {
 		dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Second)
 		sess, err := p.from.DialSession(dctx, p.to.ID())
 		dcancel()
 		if err != nil {
 			b.Fatal(err)
 		}
-		if sess.Strategy() != reach.StrategyRelay || p.from.Status().RelayTransport != p.transport {
+		if p.transport == "" {
+			if sess.Strategy() != reach.StrategyDirect {
+				b.Fatalf("%s: strategy %s", p.name, sess.Strategy())
+			}
+		} else if sess.Strategy() != reach.StrategyRelay || p.from.Status().RelayTransport != p.transport {
 			b.Fatalf("%s: strategy %s over %q", p.name, sess.Strategy(), p.from.Status().RelayTransport)
 		}
 		b.Run(p.name, func(b *testing.B) {

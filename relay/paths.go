@@ -46,15 +46,7 @@ const maxNames = 4096
 // be handed to quic-go as, in place, when the peer has one and a forwarded
 // path; otherwise deliver does the rest.
 func (pd *pathDelivery) route(from identity.PeerID, _ []byte) (netip.AddrPort, bool) {
-	name, ok := pd.names.Load(from)
-	if !ok {
-		if pd.nNames.Add(1) > maxNames {
-			pd.names.Clear()
-			pd.nNames.Store(1)
-		}
-		name, _ = pd.names.LoadOrStore(from, from.String())
-	}
-	key, ok := pd.paths.Lookup(name.(string))
+	key, ok := pd.paths.Lookup(pd.name(from))
 	if !ok {
 		return netip.AddrPort{}, false
 	}
@@ -64,10 +56,24 @@ func (pd *pathDelivery) route(from identity.PeerID, _ []byte) (netip.AddrPort, b
 	return key, true
 }
 
+// name returns peer's String, remembered (a packet's peer is looked up by
+// name, and encoding it is most of the cost).
+func (pd *pathDelivery) name(peer identity.PeerID) string {
+	name, ok := pd.names.Load(peer)
+	if !ok {
+		if pd.nNames.Add(1) > maxNames {
+			pd.names.Clear()
+			pd.nNames.Store(1)
+		}
+		name, _ = pd.names.LoadOrStore(peer, peer.String())
+	}
+	return name.(string)
+}
+
 // deliver hands a relayed packet to the node's socket as coming from the
 // peer's virtual address.
 func (pd *pathDelivery) deliver(from identity.PeerID, pkt []byte) {
-	name := from.String()
+	name := pd.name(from)
 	key, ok := pd.paths.Lookup(name)
 	if !ok {
 		if !isInitial(pkt) {

@@ -27,6 +27,7 @@ var (
 	soakWarmup   = flag.Duration("soak.warmup", time.Minute, "TestSoak: the first part of the duration left out of the RSS fit")
 	soakEvery    = flag.Duration("soak.sample", 5*time.Second, "TestSoak: how often the server's RSS and goroutines are sampled")
 	soakRate     = flag.Int("soak.rate", 8<<10, "TestSoak: bytes per second each pair sends each way")
+	soakRamp     = flag.Int("soak.ramp", 16, "TestSoak: pairs set up at once (dial, relay links, session) while the first ones already move data")
 	soakMaxSlope = flag.Float64("soak.max-slope", 1024, "TestSoak: the largest server RSS slope after the warm-up, KiB per minute, that passes")
 )
 
@@ -35,6 +36,7 @@ type soakConfig struct {
 	pairs                    int
 	duration, warmup, sample time.Duration
 	rate                     int     // bytes/s per pair, each way
+	ramp                     int     // pairs set up at once
 	maxSlope                 float64 // KiB/min; negative: not checked (too short a run)
 }
 
@@ -58,7 +60,7 @@ func TestSoak(t *testing.T) {
 		t.Skip("soak: set REACH_SOAK=1 (10 minutes, 1,000 peers; docs/benchmarks.md)")
 	}
 	runSoak(t, soakConfig{pairs: *soakPairs, duration: *soakDuration, warmup: *soakWarmup, sample: *soakEvery,
-		rate: *soakRate, maxSlope: *soakMaxSlope})
+		rate: *soakRate, ramp: *soakRamp, maxSlope: *soakMaxSlope})
 }
 
 // TestSoakSmoke runs the soak small and short (20 pairs, 30 s), so that
@@ -68,7 +70,7 @@ func TestSoakSmoke(t *testing.T) {
 		t.Skip("soak smoke run: 40 peers for 30 s")
 	}
 	runSoak(t, soakConfig{pairs: 20, duration: 30 * time.Second, warmup: 10 * time.Second, sample: 2 * time.Second,
-		rate: 32 << 10, maxSlope: -1})
+		rate: 32 << 10, ramp: 16, maxSlope: -1})
 }
 
 // runSoak runs one soak and checks it (see TestSoak).
@@ -108,12 +110,12 @@ func runSoak(t *testing.T, cfg soakConfig) {
 	}
 	var failMu sync.Mutex
 	var dialFailures []string
-	forEach(64, len(pairs), func(i int) {
+	forEach(cfg.ramp, len(pairs), func(i int) {
 		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 		defer cancel()
 		if err := pairs[i].run(ctx, stop, kill, cfg.rate); err != nil {
 			failMu.Lock()
-			dialFailures = append(dialFailures, fmt.Sprintf("pair %d: %v", i, err))
+			dialFailures = append(dialFailures, fmt.Sprintf("pair %d, %v into the setup: %v", i, time.Since(setupStart).Round(time.Millisecond), err))
 			failMu.Unlock()
 		}
 	})
@@ -121,13 +123,22 @@ func runSoak(t *testing.T, cfg soakConfig) {
 		t.Error(f)
 	}
 	if t.Failed() {
+		srv.logMetrics(t)
 		return
 	}
 	start := time.Now()
 	t.Logf("%d relayed pairs moving %d B/s each way, set up in %v; running for %v", len(pairs), cfg.rate,
 		start.Sub(setupStart).Round(time.Millisecond), cfg.duration)
 
+	cpu0, _ := srv.cpu()
+	moved0 := movedNow(pairs)
 	samples := sampleSoak(t, srv, pairs, start, cfg)
+	if cpu1, err := srv.cpu(); err == nil {
+		used := cpu1 - cpu0
+		t.Logf("server CPU over the run: %v (%.0f%% of a core); %.1f MB of payload relayed per server CPU-second",
+			used.Round(10*time.Millisecond), 100*used.Seconds()/time.Since(start).Seconds(),
+			float64(movedNow(pairs)-moved0)/1e6/max(used.Seconds(), 0.01))
+	}
 	stopSending()
 	// The drain: every receiver reads to its sender's half-close.
 	drained := make(chan struct{})
@@ -160,6 +171,9 @@ func runSoak(t *testing.T, cfg soakConfig) {
 		t.Errorf("%d bytes lost, %d corrupted; want none", tot.lost, tot.corrupt)
 	}
 	checkSamples(t, samples, cfg)
+	if t.Failed() {
+		srv.logMetrics(t)
+	}
 
 	closeNodes(nodes)
 	closed = true
@@ -230,13 +244,20 @@ func sampleSoak(t *testing.T, srv *soakServer, pairs []*soakPair, start time.Tim
 			t.Errorf("server goroutines: %v", err)
 			return out
 		}
-		for _, p := range pairs {
-			s.moved += p.flows[0].received.Load() + p.flows[1].received.Load()
-		}
+		s.moved = movedNow(pairs)
 		t.Logf("sample %6.1fs: server RSS %7.1f MiB, %5d goroutines; peers' process %6d goroutines; moved %8.1f MiB",
 			s.at.Seconds(), mib(s.rss), s.goroutines, s.peerGs, mib(uint64(s.moved)))
 		out = append(out, s)
 	}
+}
+
+// movedNow is what every pair's receivers have read so far.
+func movedNow(pairs []*soakPair) int64 {
+	var n int64
+	for _, p := range pairs {
+		n += p.flows[0].received.Load() + p.flows[1].received.Load()
+	}
+	return n
 }
 
 // checkSamples fits the server's RSS after the warm-up (KiB per minute)

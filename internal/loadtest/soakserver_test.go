@@ -146,15 +146,57 @@ func (s *soakServer) rss() (uint64, error) {
 	return 0, errors.New("no VmRSS in /proc status")
 }
 
-// goroutines is the server's go_goroutines, from its /metrics.
-func (s *soakServer) goroutines() (int, error) {
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get(s.metrics)
+// cpu is the CPU time (user and system) the server has used, from /proc
+// (clock ticks of 10 ms, the Linux USER_HZ).
+func (s *soakServer) cpu() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
 	if err != nil {
 		return 0, err
 	}
+	// The fields after the command name, which is in parentheses: state
+	// is the first, utime the 12th and stime the 13th.
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	k, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(u+k) * 10 * time.Millisecond, nil
+}
+
+// scrape returns the server's /metrics.
+func (s *soakServer) scrape() ([]byte, error) {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(s.metrics)
+	if err != nil {
+		return nil, err
+	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	return io.ReadAll(resp.Body)
+}
+
+// logMetrics logs the server's own metrics (reach_*) that are not zero:
+// what explains a failure.
+func (s *soakServer) logMetrics(t testing.TB) {
+	body, err := s.scrape()
+	if err != nil {
+		t.Logf("server metrics: %v", err)
+		return
+	}
+	for line := range bytes.Lines(body) {
+		if bytes.HasPrefix(line, []byte("reach_")) && !bytes.HasSuffix(bytes.TrimSpace(line), []byte(" 0")) {
+			t.Logf("server metric %s", bytes.TrimSpace(line))
+		}
+	}
+}
+
+// goroutines is the server's go_goroutines, from its /metrics.
+func (s *soakServer) goroutines() (int, error) {
+	body, err := s.scrape()
 	if err != nil {
 		return 0, err
 	}

@@ -79,8 +79,8 @@ func TestLabRelayLoss(t *testing.T) {
 			if sess.Strategy() != reach.StrategyRelay {
 				t.Fatalf("strategy %q, want relay", sess.Strategy())
 			}
-			if tr := p.from.Status().RelayTransport; tr != p.wantTransport {
-				t.Fatalf("dialler's relay link over %q, want %q", tr, p.wantTransport)
+			if tr, lt := p.from.Status().RelayTransport, nb.Status().RelayTransport; tr != p.wantTransport || lt != "udp" {
+				t.Fatalf("relay links: dialler's over %q, listener's over %q; want %q and udp", tr, lt, p.wantTransport)
 			}
 			t.Logf("relayed session after %v; dialler linked over %s, listener over %s", el.Round(time.Millisecond),
 				p.from.Status().RelayTransport, nb.Status().RelayTransport)

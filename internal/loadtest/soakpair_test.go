@@ -49,6 +49,7 @@ type soakPair struct {
 	index    int
 	a, b     *reach.Node
 	strategy string
+	setupErr error       // why run failed; nil once the pair moves data
 	flows    [2]soakFlow // soakUp (a to b), soakDown (b to a)
 	wg       sync.WaitGroup
 }

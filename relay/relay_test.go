@@ -24,9 +24,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// The test binary doubles as BenchmarkRelayIdleMemory's child process.
-	if cs := os.Getenv("RELAY_IDLE_CS"); cs != "" {
-		if err := idleClientsChild(cs); err != nil {
+	// The test binary doubles as BenchmarkRelayIdleMemory's server process.
+	if os.Getenv("RELAY_MEM_SERVER") != "" {
+		if err := memServerChild(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}

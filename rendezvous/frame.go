@@ -1,7 +1,6 @@
 package rendezvous
 
 import (
-	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -146,9 +145,11 @@ func appendFrame(dst []byte, t msgType, body any) ([]byte, error) {
 }
 
 // frameReader reads frames, enforcing the version, a body size limit and
-// the type rules, and skipping unknown extension frames.
+// the type rules, and skipping unknown extension frames. It reads r
+// without a buffer of its own: a QUIC stream and a tls.Conn have theirs,
+// and 4 KB more would be a third of an idle registration's heap.
 type frameReader struct {
-	r   *bufio.Reader
+	r   io.Reader
 	max int // largest body accepted
 	hdr [headerLen]byte
 }
@@ -157,7 +158,7 @@ func newFrameReader(r io.Reader, max int) *frameReader {
 	if max <= 0 || max > maxFrameBody {
 		max = maxFrameBody
 	}
-	return &frameReader{r: bufio.NewReaderSize(r, 4096), max: max}
+	return &frameReader{r: r, max: max}
 }
 
 // next returns the next frame this version understands. Its body is valid
@@ -177,7 +178,7 @@ func (fr *frameReader) next() (msgType, []byte, error) {
 			return 0, nil, &ProtocolError{Code: codeFrameTooLarge, Reason: fmt.Sprintf("%s body is %d bytes, limit %d", t, n, fr.max)}
 		}
 		if t >= firstExtensionType && t != typeVolunteer && t != typeVolunteered && t != typeFlight {
-			if _, err := fr.r.Discard(n); err != nil {
+			if _, err := io.CopyN(io.Discard, fr.r, int64(n)); err != nil {
 				return 0, nil, err
 			}
 			continue

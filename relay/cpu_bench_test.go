@@ -30,7 +30,8 @@ import (
 // figures), sent in GSO-sized batches as quic-go hands them to a relay
 // path, with at most cpuWindow packets between sender and receiver (the
 // relay's default SendQueue: more overflow its queue for the receiver) so
-// the receiver loses little. RELAY_CPU_WINDOW=n sets another window.
+// the receiver loses little. RELAY_CPU_WINDOW=n sets another window,
+// RELAY_CPU_FLOOD=10s a longer flood (for profiles).
 const (
 	cpuPacket = 1200
 	cpuBatch  = 8
@@ -86,7 +87,10 @@ func BenchmarkRelayCPU(b *testing.B) {
 			}
 			path := send.Path(ridB)
 			var sum cpuResult
-			window := int64(cpuWindow)
+			window, flood := int64(cpuWindow), cpuFlood
+			if d, err := time.ParseDuration(os.Getenv("RELAY_CPU_FLOOD")); err == nil {
+				flood = d
+			}
 			if w, err := strconv.Atoi(os.Getenv("RELAY_CPU_WINDOW")); err == nil {
 				window = int64(w)
 			}
@@ -97,7 +101,7 @@ func BenchmarkRelayCPU(b *testing.B) {
 				m0 := rc.mark(b)
 				start := time.Now()
 				sent, off := int64(0), int64(0)
-				for end := start.Add(cpuFlood); time.Now().Before(end); {
+				for end := start.Add(flood); time.Now().Before(end); {
 					g := got.Load() - got0
 					off = min(off, sent-g) // written off, then came late
 					if sent-g-off+cpuBatch > window {

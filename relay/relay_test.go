@@ -32,6 +32,14 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	// And as BenchmarkRelayCPU's server.
+	if kind := os.Getenv("RELAY_CPU_CHILD"); kind != "" {
+		if err := relayCPUChild(kind); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -280,9 +280,31 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 			return write(buf)
 		}}
 	// The write loop coalesces what is queued into writes of up to
-	// maxCoalesce bytes: one TLS record and one syscall for many packets.
-	var out []byte
-	p.writeBatch = func(bufs [][]byte) error {
+	// maxCoalesce bytes (crypto/tls makes 16 KB records of them), and,
+	// where the connection under the TLS lets it hold writes (the
+	// rendezvous server's TCP connections), sends all of a batch's
+	// records in one system call.
+	hold, _ := tc.NetConn().(interface {
+		HoldWrites()
+		FlushWrites() error
+	})
+	p.writeBatch = func(bufs [][]byte) (err error) {
+		bp := coalesceBufs.Get().(*[]byte)
+		out := (*bp)[:0]
+		defer func() {
+			if cap(out) <= 2*maxCoalesce {
+				*bp = out[:0]
+				coalesceBufs.Put(bp)
+			}
+		}()
+		if hold != nil {
+			hold.HoldWrites()
+			defer func() {
+				if ferr := hold.FlushWrites(); err == nil {
+					err = ferr
+				}
+			}()
+		}
 		for _, b := range bufs {
 			if len(out) > 0 && len(out)+len(b) > maxCoalesce {
 				if err := write(out); err != nil {
@@ -295,9 +317,7 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 		if len(out) == 0 {
 			return nil
 		}
-		err := write(out)
-		out = out[:0]
-		return err
+		return write(out)
 	}
 	tc.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if !s.hello(ctx, p, tc) {
@@ -560,6 +580,10 @@ func (p *peerLink) notice(dst identity.PeerID, code byte, now time.Time) {
 
 // maxCoalesce is the most a byte-stream link's write loop writes at once.
 const maxCoalesce = 64 << 10
+
+// coalesceBufs recycles the write loops' coalescing buffers, so that an
+// idle TLS link keeps none.
+var coalesceBufs = sync.Pool{New: func() any { b := make([]byte, 0, maxCoalesce+bufSize); return &b }}
 
 // enqueue queues a message for p's link, and starts its writer if none
 // runs; false if the queue is full.

@@ -548,7 +548,7 @@ func (s *Server) handleTCP(ctx context.Context, c net.Conn) {
 		c.Close()
 		return
 	}
-	s.handleConn(ctx, &heldConn{Conn: c}, src, done)
+	s.handleConn(ctx, c, src, done)
 }
 
 // handleConn runs one connection of a TCP port from src, or one tunnelled

@@ -245,13 +245,13 @@ func sampleSoak(t *testing.T, srv *soakServer, pairs []*soakPair, start time.Tim
 			t.Errorf("server RSS: %v", err)
 			return out
 		}
-		if s.goroutines, err = srv.goroutines(); err != nil {
+		if s.goroutines, s.heap, err = srv.runtimeStats(); err != nil {
 			t.Logf("sample %6.1fs skipped: server goroutines: %v", s.at.Seconds(), err)
 			continue
 		}
 		s.moved = movedNow(pairs)
-		t.Logf("sample %6.1fs: server RSS %7.1f MiB, %5d goroutines; peers' process %6d goroutines; moved %8.1f MiB",
-			s.at.Seconds(), mib(s.rss), s.goroutines, s.peerGs, mib(uint64(s.moved)))
+		t.Logf("sample %6.1fs: server RSS %7.1f MiB (heap in use %7.1f MiB), %5d goroutines; peers' process %6d goroutines; moved %8.1f MiB",
+			s.at.Seconds(), mib(s.rss), mib(s.heap), s.goroutines, s.peerGs, mib(uint64(s.moved)))
 		out = append(out, s)
 	}
 }
@@ -284,6 +284,14 @@ func checkSamples(t *testing.T, samples []soakSample, cfg soakConfig) {
 	}
 	slope, _ := linearFit(x, y)
 	first, last := after[0], after[len(after)-1]
+	if first.heap > 0 {
+		hy := make([]float64, len(after))
+		for j, s := range after {
+			hy[j] = float64(s.heap) / 1024
+		}
+		hslope, _ := linearFit(x, hy)
+		t.Logf("after the warm-up: server Go heap in use %.1f to %.1f MiB, slope %+.1f KiB/min", mib(first.heap), mib(last.heap), hslope)
+	}
 	t.Logf("after the %v warm-up (%d samples, %v to %v): server RSS %.1f to %.1f MiB (min %.1f, max %.1f), slope %+.1f KiB/min; goroutines %d to %d (min %d, max %d)",
 		cfg.warmup, len(after), first.at.Round(time.Second), last.at.Round(time.Second), mib(first.rss), mib(last.rss),
 		mib(minRSS), mib(maxRSS), slope, first.goroutines, last.goroutines, minG, maxG)

@@ -196,22 +196,43 @@ func (s *soakServer) logMetrics(t testing.TB) {
 
 // goroutines is the server's go_goroutines, from its /metrics.
 func (s *soakServer) goroutines() (int, error) {
+	n, _, err := s.runtimeStats()
+	return n, err
+}
+
+// runtimeStats is the server's go_goroutines and
+// go_memstats_heap_inuse_bytes (0 if it does not export it), from its
+// /metrics: the heap tells a growing RSS that is the Go heap's from one
+// that is not.
+func (s *soakServer) runtimeStats() (goroutines int, heapInuse uint64, err error) {
 	body, err := s.scrape()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
+	found := false
 	for line := range bytes.Lines(body) {
 		if v, ok := bytes.CutPrefix(line, []byte("go_goroutines ")); ok {
-			return strconv.Atoi(string(bytes.TrimSpace(v)))
+			if goroutines, err = strconv.Atoi(string(bytes.TrimSpace(v))); err != nil {
+				return 0, 0, err
+			}
+			found = true
+		}
+		if v, ok := bytes.CutPrefix(line, []byte("go_memstats_heap_inuse_bytes ")); ok {
+			f, _ := strconv.ParseFloat(string(bytes.TrimSpace(v)), 64)
+			heapInuse = uint64(f)
 		}
 	}
-	return 0, errors.New("no go_goroutines in /metrics")
+	if !found {
+		return 0, 0, errors.New("no go_goroutines in /metrics")
+	}
+	return goroutines, heapInuse, nil
 }
 
 // soakSample is one look at the server (and the peers' process).
 type soakSample struct {
 	at         time.Duration // since the traffic started
 	rss        uint64        // server RSS
+	heap       uint64        // server Go heap in use (0: not exported)
 	goroutines int           // server goroutines
 	peerGs     int           // the peers' process's goroutines
 	moved      int64         // bytes received intact so far, every pair

@@ -50,7 +50,7 @@ func (pd *pathDelivery) route(from identity.PeerID, _ []byte) (netip.AddrPort, b
 	if !ok {
 		return netip.AddrPort{}, false
 	}
-	if _, fwd, err := pd.paths.Current(key); err != nil || fwd == nil || isHandshakeOnly(fwd) {
+	if direct, fwd, err := pd.paths.Current(key); err != nil || direct.IsValid() || fwd == nil || isHandshakeOnly(fwd) {
 		return netip.AddrPort{}, false
 	}
 	return key, true

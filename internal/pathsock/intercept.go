@@ -97,7 +97,14 @@ func (c *Conn) intercept(ms []ipv4.Message, n int) int {
 				if k <= 0 {
 					continue
 				}
+				// As from the peer's virtual address, and without the
+				// outer datagram's control messages (as Inject): its
+				// packet info and ECN say nothing of the peer's path,
+				// and quic-go keeps a connection's local address from
+				// packet info (a session that then moved to a direct
+				// path sent nothing that arrived: TestLabMoveRelayDirect).
 				m.N = k
+				m.NN, m.Flags = 0, 0
 				m.Addr = c.virtual(virt, &now)
 			}
 		}

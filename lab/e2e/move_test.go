@@ -32,7 +32,7 @@ const moveRate = 16 << 20
 // moves to the direct path within 5 s, with the stream running. The rule
 // comes back: the session falls back to the relay within 5 s, and moves
 // to direct again when the rule goes. The stream's bytes arrive intact
-// (SHA-256) and most of them go direct.
+// (SHA-256), and after the move back the rest goes direct.
 //
 // Twice: with a server that relays no first flights, the session is born
 // on the relay; with first flights (the default), it is born on the
@@ -119,11 +119,18 @@ func testMoveRelayDirect(t *testing.T, born string) {
 	reachlab.MustWaitFor(t, 30*time.Second, "bytes over the relay again", func() bool { return relayBytes() > relayAtMove+1<<20 })
 	mend()
 	movedTo(t, ev, x, 10*time.Second, reach.StrategyHolepunch)
+	relayAtLast, receivedAtLast := relayBytes(), x.received.Load()
 
 	x.check(t, ctx)
-	t.Logf("%d MiB intact; the relay carried %d MiB in all", size>>20, relayBytes()>>20)
-	if r := relayBytes(); r > uint64(size)/2 {
-		t.Errorf("the relay carried %d of %d bytes: the session did not stay on the direct path", r, size)
+	// What the relay carries depends on its speed: after each outage of
+	// the direct path (3 s until the fallback) the stream's backlog drains
+	// over it, at full speed since the relay forwards data packets. What
+	// must hold is that once back on the direct path, the session stays
+	// there: the rest of the stream goes direct.
+	after, rest := relayBytes()-relayAtLast, uint64(int64(size)-receivedAtLast)
+	t.Logf("%d MiB intact; the relay carried %d MiB in all, %d KiB of the last %d MiB", size>>20, relayBytes()>>20, after>>10, rest>>20)
+	if after > rest/10+1<<20 {
+		t.Errorf("the relay carried %d of the last %d bytes, after the move back: the session did not stay on the direct path", after, rest)
 	}
 }
 

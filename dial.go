@@ -104,11 +104,16 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 	if early && hp != nil {
 		n.awaitMapping(ctx) // a node that just started
 	}
+	if early && hp != nil && !n.mayFlyFirst(offer) {
+		n.log.Debug("first flight: not this dial", "peer", peer.Short(), "mapping", n.Mapping(),
+			"relay_offered", len(offer.Addrs(candidate.Relay)) > 0, "relay_usable", n.relayUsable())
+	}
 	if early && hp != nil && n.mayFlyFirst(offer) {
 		fl = rendezvous.NewFlight()
 		if r := hp.DialEarly(ctx, offer.Attempt, n.key, peer, n.cfg.Session, fl); r != nil {
 			releases = append(releases, r)
 		} else {
+			n.log.Debug("first flight: not this dial: the peer has an address on the socket already", "peer", peer.Short())
 			fl.Close()
 			fl = nil
 		}
@@ -347,6 +352,10 @@ func (n *Node) serveIntroductions() {
 				own := candidate.PeerInfo{Candidates: n.candidates(), Observed: n.Observed(), Mapping: n.Mapping()}
 				own.Candidates = append(own.Candidates, candidate.Candidate{Addr: own.Observed, Kind: candidate.Reflexive})
 				answer.Flight = hp.TakesFlight(offer, own, n.relayUsable())
+				if !answer.Flight {
+					n.log.Debug("first flight: not taken", "peer", offer.Peer.Short(), "offer_mapping", offer.Mapping,
+						"own_mapping", own.Mapping, "relay_usable", n.relayUsable(), "observed", own.Observed)
+				}
 			}
 			if err := in.Accept(answer); err != nil {
 				n.log.Debug("answering introduction", "peer", offer.Peer.Short(), "err", err)

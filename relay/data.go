@@ -127,7 +127,7 @@ func (p *peerLink) dataFrom(from netip.AddrPort) bool {
 	return false
 }
 
-// sendDatagram writes one data packet to the link's address; false if the
+// sendDatagram writes one data packet (a probe's answer) to the link's address; false if the
 // socket refused it.
 func (p *peerLink) sendDatagram(b []byte) bool {
 	a := p.data.addr.Load()
@@ -137,22 +137,6 @@ func (p *peerLink) sendDatagram(b []byte) bool {
 	binary.BigEndian.PutUint64(b[1:1+linkTokenLen], p.data.token)
 	_, err := p.data.sock.WriteToUDPAddrPort(b, *a)
 	return err == nil
-}
-
-// sendData sends a PACKET frame's body (source key, packet) as a data
-// packet, when the node takes them and it fits; false: send it on the
-// QUIC connection.
-func (p *peerLink) sendData(body []byte) bool {
-	if !p.data.dataOn.Load() || len(body)-identityLen > maxDataPayload {
-		return false
-	}
-	d := append(append(append(getBuf(), dataFromRelay), zeroToken[:]...), body...)
-	ok := p.sendDatagram(d)
-	putBuf(d)
-	if ok {
-		p.srv.m.dataOut.Add(1)
-	}
-	return ok
 }
 
 // dataLink is a UDP link's data packets on the node's side: it takes the
@@ -274,7 +258,7 @@ func (d *dataLink) sendSegments(peer identity.PeerID, b []byte, seg int) bool {
 	return err == nil
 }
 
-// writeBatch sends a batch of a QUIC link's queued messages: packets as
+// writeDataBatch sends a batch of a QUIC link's queued messages: packets as
 // data packets, runs of one size in one segmented send, when the node
 // takes data packets; the rest one by one (p.write).
 func (p *peerLink) writeDataBatch(bufs [][]byte) error {

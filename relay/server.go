@@ -174,9 +174,6 @@ func (s *Server) ServeQUIC(ctx context.Context, qc *quic.Conn) {
 			if buf[0] != framePacket {
 				return writeCtl(buf)
 			}
-			if p.sendData(buf[frameHeader:]) {
-				return nil
-			}
 			err := qc.SendDatagram(buf[frameHeader:])
 			var tooLarge *quic.DatagramTooLargeError
 			if errors.As(err, &tooLarge) {

@@ -107,6 +107,14 @@ type ServerConfig struct {
 	IdleTimeout time.Duration
 	// HandshakeTimeout bounds a new link's HELLO. Zero: 10s.
 	HandshakeTimeout time.Duration
+	// QUICLinks keeps every UDP link on its QUIC connection while it
+	// lives. False (the default): a UDP link whose data packets work
+	// detaches once set up (docs/protocol.md, "Detached links"): its QUIC
+	// connection closes and the link lives on as data packets, so an idle
+	// link costs the relay about 1 KB instead of a QUIC connection
+	// (~90 KB). A supernode sets it: its links' short QUIC idle timeout is
+	// how both ends notice a vanished volunteer.
+	QUICLinks bool
 	// TotalRate limits what all peers together may send through the
 	// relay, in bytes per second, counted as PeerRate is (the excess is
 	// dropped). Its bucket is TotalRate/4, at least 64 KiB. Zero:

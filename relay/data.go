@@ -45,8 +45,12 @@ const (
 var zeroToken [linkTokenLen]byte
 
 // welcomeData is the WELCOME flag of a relay that takes data packets on
-// this link; the link token follows the flags byte.
-const welcomeData = 0x02
+// this link; the link token follows the flags byte. welcomeDetach: the
+// link may detach (DETACH) once its data packets work.
+const (
+	welcomeData   = 0x02
+	welcomeDetach = 0x04
+)
 
 // newLinkToken returns a random non-zero link token.
 func newLinkToken() uint64 {
@@ -67,6 +71,11 @@ func (s *Server) ServeDatagrams(sock rendezvous.PacketSocket) (stop func()) {
 	s.sock.Store(&sock)
 	remove := sock.Intercept(dataToRelay, netip.AddrPort{}, s.takeData)
 	return func() {
+		// Detached links have no connection that closes with the
+		// server: tell each that the server stops.
+		for _, p := range s.detachedLinks() {
+			p.fail(codeShutdown, "server shutting down")
+		}
 		remove()
 		s.sock.Store(nil)
 	}
@@ -87,11 +96,18 @@ func (s *Server) takeData(b []byte, from netip.AddrPort) (int, netip.AddrPort) {
 		s.m.drop(dropUnknownLink)
 		return 0, netip.AddrPort{}
 	}
+	if !p.data.seen.Load() {
+		p.data.seen.Store(true)
+	}
 	dst := identity.PeerID(b[1+linkTokenLen : dataHeader])
 	if dst == (identity.PeerID{}) {
-		// A probe: answer it in kind (as large as it, no larger).
-		b[0] = dataFromRelay
-		p.sendDatagram(b[:dataHeader])
+		if len(b) == dataHeader {
+			// A probe: answer it in kind (as large as it, no larger).
+			b[0] = dataFromRelay
+			p.sendDatagram(b[:dataHeader])
+			return 0, netip.AddrPort{}
+		}
+		s.takeControl(p, b[dataHeader:])
 		return 0, netip.AddrPort{}
 	}
 	if !p.data.dataOn.Load() {
@@ -102,24 +118,77 @@ func (s *Server) takeData(b []byte, from netip.AddrPort) (int, netip.AddrPort) {
 	return 0, netip.AddrPort{}
 }
 
+// takeControl handles a control frame that came in a data packet of a
+// detached link (docs/protocol.md, "Detached links"): PING (answered with
+// PONG), ALLOW (echoed as its acknowledgement), or ERROR (the node is
+// leaving). Answers are no larger than what they answer.
+func (s *Server) takeControl(p *peerLink, f []byte) {
+	if !p.data.detached.Load() || len(f) < frameHeader || int(f[1])<<8|int(f[2]) != len(f)-frameHeader {
+		s.m.drop(dropMalformed)
+		return
+	}
+	typ, body := f[0], f[frameHeader:]
+	switch {
+	case typ == framePing && len(body) <= 64:
+		f[0] = framePong
+		p.sendControl(f)
+	case typ == frameAllow && s.allow(p, body):
+		p.sendControl(f)
+	case typ == frameError:
+		s.log.Debug("relay: detached link left", "peer", p.id.Short())
+		s.unregister(p)
+	case typ == framePong:
+	default:
+		s.m.drop(dropMalformed)
+	}
+}
+
+// sendControl sends a control frame to a detached link as a data packet
+// from the all-zero peer key.
+func (p *peerLink) sendControl(frame []byte) {
+	b := make([]byte, dataHeader, dataHeader+len(frame))
+	b[0] = dataFromRelay
+	p.sendDatagram(append(b, frame...))
+}
+
 // linkData is a QUIC link's data-packet state on the server.
 type linkData struct {
 	token  uint64
 	sock   rendezvous.PacketSocket
 	addr   atomic.Pointer[netip.AddrPort] // where the link's QUIC connection is
-	remote func() netip.AddrPort          // the QUIC connection's address now
 	dataOn atomic.Bool                    // the node sends data packets: send it data packets
+	// detached: the link has no QUIC connection any more; it ends when
+	// nothing came from it for IdleTimeout (seen, lastSeen: the sweep's).
+	detached atomic.Bool
+	seen     atomic.Bool // a data packet came since the last sweep
+	lastSeen time.Time   // the sweep's: when it last found seen set
+	fragID   atomic.Uint32
+}
+
+// sendFrags sends pkt from src to a detached link as two fragments.
+func (p *peerLink) sendFrags(src, pkt []byte) {
+	id := uint16(p.data.fragID.Add(1))
+	b := append(getBuf(), dataFromRelay)
+	b = binary.BigEndian.AppendUint64(b, p.data.token)
+	b = append(b, src...)
+	for i := range 2 {
+		b = appendFrag(b[:dataHeader], id, i, pkt)
+		if p.sendDatagram(b) {
+			p.srv.m.dataOut.Add(1)
+		}
+	}
+	putBuf(b)
 }
 
 // dataFrom reports whether a data packet with p's token may come from
 // from: the link's address (which follows its QUIC connection when that
-// migrates).
+// migrates; a detached link's stays).
 func (p *peerLink) dataFrom(from netip.AddrPort) bool {
 	if a := p.data.addr.Load(); a != nil && *a == from {
 		return true
 	}
-	if p.data.remote != nil {
-		if now := p.data.remote(); now == from {
+	if q := p.q.Load(); q != nil {
+		if now := addrPortOf(q.qc.RemoteAddr()); now == from {
 			p.data.addr.Store(&now)
 			return true
 		}
@@ -127,8 +196,8 @@ func (p *peerLink) dataFrom(from netip.AddrPort) bool {
 	return false
 }
 
-// sendDatagram writes one data packet (a probe's answer) to the link's address; false if the
-// socket refused it.
+// sendDatagram writes one data packet (a probe's answer, a control frame)
+// to the link's address; false if the socket refused it.
 func (p *peerLink) sendDatagram(b []byte) bool {
 	a := p.data.addr.Load()
 	if a == nil || p.data.sock == nil {
@@ -142,14 +211,21 @@ func (p *peerLink) sendDatagram(b []byte) bool {
 // dataLink is a UDP link's data packets on the node's side: it takes the
 // relay's data packets on the node's socket (pathsock.Conn.Intercept) and
 // sends the node's packets as data packets once a probe was answered.
+// Once the link detached, its control frames travel as data packets too.
 type dataLink struct {
 	l      *link
 	paths  *pathsock.Conn
 	server netip.AddrPort
 	token  uint64
 	on     atomic.Bool // a probe was answered: send packets as data packets
+	seen   atomic.Bool // a data packet came from the relay (keepalive's)
+	fragID atomic.Uint32
 	route  routeFunc
+	up     func() // called (on its own goroutine) when a probe was first answered
 	remove func()
+
+	amu  sync.Mutex
+	acks map[identity.PeerID]chan struct{} // ALLOWs sent as data packets, until echoed
 }
 
 // routeFunc says where on the node's socket a packet from a peer may be
@@ -160,8 +236,8 @@ type routeFunc func(from identity.PeerID, pkt []byte) (netip.AddrPort, bool)
 // probeWaits are the waits before each probe of a new link's data path.
 var probeWaits = []time.Duration{0, 200 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second}
 
-func startData(l *link, paths *pathsock.Conn, server netip.AddrPort, token uint64, route routeFunc) *dataLink {
-	d := &dataLink{l: l, paths: paths, server: server, token: token, route: route}
+func startData(l *link, paths *pathsock.Conn, server netip.AddrPort, token uint64, route routeFunc, up func()) *dataLink {
+	d := &dataLink{l: l, paths: paths, server: server, token: token, route: route, up: up}
 	d.remove = paths.Intercept(dataFromRelay, server, d.take)
 	go d.probe()
 	return d
@@ -172,30 +248,192 @@ func (d *dataLink) take(b []byte, _ netip.AddrPort) (int, netip.AddrPort) {
 	if len(b) < dataHeader || binary.BigEndian.Uint64(b[1:1+linkTokenLen]) != d.token {
 		return 0, netip.AddrPort{}
 	}
+	if !d.seen.Load() {
+		d.seen.Store(true)
+	}
 	src := identity.PeerID(b[1+linkTokenLen : dataHeader])
 	if src == (identity.PeerID{}) {
-		if !d.on.Load() {
+		if len(b) > dataHeader {
+			d.control(b[dataHeader:])
+		} else if !d.on.Load() {
 			d.on.Store(true)
 			d.l.log.Debug("relay: data packets on", "server", d.server)
+			if d.up != nil {
+				go d.up()
+			}
 		}
 		return 0, netip.AddrPort{}
 	}
 	pkt := b[dataHeader:]
-	if d.route != nil {
+	if d.route != nil && !isFrag(pkt) {
 		if virt, ok := d.route(src, pkt); ok {
 			return copy(b, pkt), virt
 		}
 	}
-	d.l.h.Packet(src, pkt)
+	d.l.packet(src, pkt)
 	return 0, netip.AddrPort{}
+}
+
+// control handles a control frame the relay sent as a data packet (to a
+// detached link), on the socket's read loop: it must not block.
+func (d *dataLink) control(f []byte) {
+	if len(f) < frameHeader || int(f[1])<<8|int(f[2]) != len(f)-frameHeader {
+		return
+	}
+	typ, body := f[0], f[frameHeader:]
+	switch typ {
+	case frameNotice:
+		if len(body) == identityLen+1 {
+			d.l.h.Notice(identity.PeerID(body[:identityLen]), noticeErr(body[identityLen]))
+		}
+	case frameAllow:
+		if len(body) == identityLen {
+			d.amu.Lock()
+			if ch, ok := d.acks[identity.PeerID(body)]; ok {
+				close(ch)
+				delete(d.acks, identity.PeerID(body))
+			}
+			d.amu.Unlock()
+		}
+	case frameError:
+		if len(body) >= 1 {
+			err := &ServerError{Code: body[0], Reason: string(body[1:])}
+			go d.l.fail(err)
+		}
+	}
+}
+
+// sendControl sends a control frame to the relay as a data packet to the
+// all-zero peer key (a detached link's).
+func (d *dataLink) sendControl(frame []byte) error {
+	b := make([]byte, dataHeader, dataHeader+len(frame))
+	b[0] = dataToRelay
+	binary.BigEndian.PutUint64(b[1:], d.token)
+	_, err := d.paths.WriteToUDPAddrPort(append(b, frame...), d.server)
+	return err
+}
+
+// allowWaits are the waits between the sends of a detached link's ALLOW
+// until the relay echoes it.
+var allowWaits = []time.Duration{0, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond,
+	800 * time.Millisecond, 1600 * time.Millisecond, 3200 * time.Millisecond}
+
+// allow sends ALLOW for peer as a data packet, again until the relay
+// echoes it (or the waits run out).
+func (d *dataLink) allow(peer identity.PeerID) error {
+	ch := make(chan struct{})
+	d.amu.Lock()
+	if d.acks == nil {
+		d.acks = make(map[identity.PeerID]chan struct{})
+	}
+	if _, ok := d.acks[peer]; ok {
+		d.amu.Unlock()
+		return nil // already being sent
+	}
+	d.acks[peer] = ch
+	d.amu.Unlock()
+	frame := appendFrame(nil, frameAllow, peer[:])
+	if err := d.sendControl(frame); err != nil {
+		return err
+	}
+	go func() {
+		defer func() {
+			d.amu.Lock()
+			if d.acks[peer] == ch {
+				delete(d.acks, peer)
+			}
+			d.amu.Unlock()
+		}()
+		for _, w := range allowWaits[1:] {
+			t := time.NewTimer(w)
+			select {
+			case <-ch:
+				t.Stop()
+				return
+			case <-d.l.done:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			d.sendControl(frame)
+		}
+	}()
+	return nil
+}
+
+// pingRetries are the waits for an answer to a detached link's PING
+// before it is sent again; with none after the last, the link is lost.
+var pingRetries = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second}
+
+// keepalive pings the relay from a detached link every `every` (which
+// keeps the NAT's mapping and the relay's link alive) and ends the link
+// with ErrLinkLost when nothing answers a PING or its resends.
+func (d *dataLink) keepalive(every time.Duration) {
+	t := time.NewTimer(every)
+	defer t.Stop()
+	wait := func(w time.Duration) bool {
+		t.Reset(w)
+		select {
+		case <-t.C:
+			return true
+		case <-d.l.done:
+			return false
+		}
+	}
+	ping := func() {
+		var b [8]byte
+		rand.Read(b[:])
+		d.sendControl(appendFrame(nil, framePing, b[:]))
+	}
+	t.Stop()
+	for wait(every) {
+		d.seen.Store(false)
+		ping()
+		answered := false
+		for _, w := range pingRetries {
+			if !wait(w) {
+				return
+			}
+			if d.seen.Load() {
+				answered = true
+				break
+			}
+			ping()
+		}
+		if !answered {
+			d.l.log.Debug("relay: detached link lost", "server", d.server)
+			d.l.fail(ErrLinkLost)
+			return
+		}
+	}
 }
 
 // send sends pkt to peer as a data packet; false: the link's QUIC
 // connection must carry it (no probe answered yet, too large, or the
 // socket refused it).
 func (d *dataLink) send(peer identity.PeerID, pkt []byte) bool {
-	if !d.on.Load() || len(pkt) > maxDataPayload {
+	if !d.on.Load() {
 		return false
+	}
+	if len(pkt) > maxDataPayload {
+		if !d.l.isDetached.Load() || len(pkt) > MaxPayload {
+			return false
+		}
+		// No QUIC connection to carry it: two fragments.
+		id := uint16(d.fragID.Add(1))
+		b := append(getBuf(), dataToRelay)
+		b = binary.BigEndian.AppendUint64(b, d.token)
+		b = append(b, peer[:]...)
+		var err error
+		for i := range 2 {
+			f := appendFrag(b[:dataHeader], id, i, pkt)
+			if _, err = d.paths.WriteToUDPAddrPort(f, d.server); err != nil {
+				break
+			}
+			b = f
+		}
+		putBuf(b)
+		return err == nil
 	}
 	b := append(append(getBuf(), dataToRelay), zeroToken[:]...)
 	binary.BigEndian.PutUint64(b[1:], d.token)
@@ -286,6 +524,12 @@ func (p *peerLink) writeDataBatch(bufs [][]byte) error {
 		out, seg, ended = out[:0], 0, false
 	}
 	for _, b := range bufs {
+		if b[0] == framePacket && len(b)-frameHeader-identityLen > maxDataPayload && p.data.detached.Load() {
+			// No QUIC connection to carry it: two fragments (frag.go).
+			flush()
+			p.sendFrags(b[frameHeader:frameHeader+identityLen], b[frameHeader+identityLen:])
+			continue
+		}
 		if b[0] != framePacket || len(b)-frameHeader-identityLen > maxDataPayload || len(b) < frameHeader+identityLen {
 			flush()
 			if err := p.write(b); err != nil {

@@ -23,7 +23,14 @@ import (
 // as the rendezvous server's protocol (to hide ServeDatagrams).
 func dataServer(t *testing.T, proto func(*Server) rendezvous.Protocol) (*Server, rendezvous.ServerAddr, netip.AddrPort) {
 	t.Helper()
-	rl := NewServer(ServerConfig{Logger: dataLogger(t).With("side", "relay")})
+	return dataServerConfig(t, ServerConfig{}, proto)
+}
+
+// dataServerConfig is dataServer with the relay's config.
+func dataServerConfig(t *testing.T, cfg ServerConfig, proto func(*Server) rendezvous.Protocol) (*Server, rendezvous.ServerAddr, netip.AddrPort) {
+	t.Helper()
+	cfg.Logger = dataLogger(t).With("side", "relay")
+	rl := NewServer(cfg)
 	var p rendezvous.Protocol = rl
 	if proto != nil {
 		p = proto(rl)
@@ -130,9 +137,10 @@ func pattern(n int, seed byte) []byte {
 // TestDataPackets: two nodes on UDP links exchange packets as data packets
 // (the relay counts them in and out), one by one and as GSO batches, in
 // order and intact; packets too large for a data packet still arrive (on
-// the QUIC connection).
+// the QUIC connection). The links stay attached (QUICLinks, as a
+// supernode's): TestDetachedLink has the default.
 func TestDataPackets(t *testing.T) {
-	rl, sa, _ := dataServer(t, nil)
+	rl, sa, _ := dataServerConfig(t, ServerConfig{QUICLinks: true}, nil)
 	a, b := dataLinked(t, sa, "a"), dataLinked(t, sa, "b")
 	a.dataOn(t)
 	b.dataOn(t)

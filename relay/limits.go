@@ -290,7 +290,7 @@ func (s *Server) expireAt(p *peerLink, at time.Time) {
 // sweep ends idle sessions, forgets expired permissions and old NOTICE
 // state, and the state of sources without links.
 func (s *Server) sweep(ctx context.Context) {
-	t := time.NewTicker(max(s.cfg.SessionIdle/4, time.Second))
+	t := time.NewTicker(max(min(s.cfg.SessionIdle/4, s.cfg.IdleTimeout/3), time.Second))
 	defer t.Stop()
 	for {
 		select {
@@ -314,7 +314,17 @@ func (s *Server) sweepOnce(now time.Time) {
 		n  int
 	}
 	var ends []ended
+	var silent []*peerLink
 	for _, p := range peers {
+		if p.data.detached.Load() {
+			// A detached link has no QUIC idle timeout: it ends when
+			// nothing came from it (its pings) for IdleTimeout.
+			if p.data.seen.Swap(false) || p.data.lastSeen.IsZero() {
+				p.data.lastSeen = now
+			} else if now.Sub(p.data.lastSeen) > s.cfg.IdleTimeout {
+				silent = append(silent, p)
+			}
+		}
 		n := 0
 		p.omu.Lock()
 		for d, last := range p.out {
@@ -351,4 +361,21 @@ func (s *Server) sweepOnce(now time.Time) {
 		}
 	}
 	s.mu.Unlock()
+	for _, p := range silent {
+		s.log.Debug("relay: detached link silent; ended", "peer", p.id.Short())
+		s.unregister(p)
+	}
+}
+
+// detachedLinks returns the links that are detached now.
+func (s *Server) detachedLinks() []*peerLink {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*peerLink
+	for _, p := range s.peers {
+		if p.data.detached.Load() {
+			out = append(out, p)
+		}
+	}
+	return out
 }

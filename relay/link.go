@@ -191,7 +191,8 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 		_, err := st.Write(b)
 		return err
 	})
-	l := &link{transport: "udp", h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: ctl, data: &data,
+	var l *link
+	l = &link{transport: "udp", h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: ctl, data: &data,
 		sendPacket: func(peer identity.PeerID, pkt []byte) error {
 			if d := data.Load(); d != nil && d.send(peer, pkt) {
 				return nil
@@ -218,6 +219,11 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 		},
 		closeTransport: func() {
 			if d := data.Load(); d != nil {
+				if l.isDetached.Load() && errors.Is(l.err, ErrClosed) {
+					// Tell the relay the link is gone (else it holds
+					// it until IdleTimeout).
+					d.sendControl(appendFrame(nil, frameError, []byte{0}))
+				}
 				d.remove()
 			}
 			st.Close()
@@ -230,7 +236,24 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 	}
 	if paths, ok := d.Socket.Conn.(*pathsock.Conn); ok && l.dataToken != 0 {
 		server := netip.AddrPortFrom(addr[0].Unmap(), p.Server.Port)
-		data.Store(startData(l, paths, server, l.dataToken, p.route))
+		var up func()
+		if l.detachable {
+			// Data packets work: leave the QUIC connection (the relay
+			// then holds ~1 KB for this link instead of a connection).
+			up = func() { ctl(appendFrame(nil, frameDetach)) }
+			l.detached = func() {
+				l.isDetached.Store(true)
+				st.Close()
+				qc.CloseWithError(0, "detached")
+				l.log.Debug("relay: link detached", "server", server)
+				every := l.keepalive
+				if every <= 0 || every > keepAlive {
+					every = keepAlive
+				}
+				go data.Load().keepalive(every)
+			}
+		}
+		data.Store(startData(l, paths, server, l.dataToken, p.route, up))
 		select {
 		case <-l.done: // closed meanwhile: closeTransport may have missed it
 			data.Load().remove()
@@ -242,11 +265,13 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 		for {
 			d, err := qc.ReceiveDatagram(context.Background())
 			if err != nil {
-				l.fail(mapQUICErr(err))
+				if !l.isDetached.Load() {
+					l.fail(mapQUICErr(err))
+				}
 				return
 			}
 			if len(d) >= identityLen {
-				l.h.Packet(identity.PeerID(d[:identityLen]), d[identityLen:])
+				l.packet(identity.PeerID(d[:identityLen]), d[identityLen:])
 			}
 		}
 	}()
@@ -439,11 +464,30 @@ type link struct {
 	keepalive      time.Duration
 	consent        bool                      // the relay understands ALLOW frames (WELCOME)
 	dataToken      uint64                    // the relay takes data packets with this token (WELCOME); 0: not
+	detachable     bool                      // the relay lets the link detach (WELCOME)
 	data           *atomic.Pointer[dataLink] // a UDP link's data packets; nil: none
+	// detached, if set, is called when the relay answered DETACH: the
+	// link goes on as data packets alone (a UDP link's).
+	detached   func()
+	isDetached atomic.Bool
+
+	frags reassembler // fragments from detached senders (frag.go)
 
 	once sync.Once
 	done chan struct{}
 	err  error
+}
+
+// packet hands a packet from src to the Handler, fragments joined first.
+func (l *link) packet(src identity.PeerID, pkt []byte) {
+	if isFrag(pkt) {
+		full, ok := l.frags.add(src, pkt)
+		if !ok {
+			return
+		}
+		pkt = full
+	}
+	l.h.Packet(src, pkt)
 }
 
 func (l *link) Transport() string     { return l.transport }
@@ -466,6 +510,9 @@ func (l *link) Allow(p identity.PeerID) error {
 	}
 	if !l.consent {
 		return nil
+	}
+	if l.isDetached.Load() {
+		return l.data.Load().allow(p)
 	}
 	_, err := l.ctl.Write(appendFrame(nil, frameAllow, p[:]))
 	return err
@@ -512,6 +559,7 @@ func (l *link) hello(ctx context.Context, token string, consent bool, r io.Reade
 	l.consent = len(body) >= 5 && body[4]&welcomeConsent != 0
 	if len(body) >= 5+linkTokenLen && body[4]&welcomeData != 0 {
 		l.dataToken = binary.BigEndian.Uint64(body[5 : 5+linkTokenLen])
+		l.detachable = body[4]&welcomeDetach != 0
 	}
 	if consent && l.consent {
 		if _, err := l.ctl.Write(appendFrame(nil, frameAllow)); err != nil {
@@ -537,19 +585,19 @@ func (l *link) readControl(r io.Reader, setDeadline func(time.Time) error) {
 		switch typ {
 		case framePacket:
 			if len(body) >= identityLen {
-				l.h.Packet(identity.PeerID(body[:identityLen]), body[identityLen:])
+				l.packet(identity.PeerID(body[:identityLen]), body[identityLen:])
 			}
 		case frameNotice:
 			if len(body) == identityLen+1 {
-				err := ErrPeerNotConnected
-				switch body[identityLen] {
-				case noticeSessionLimit:
-					err = ErrRelayFull
-				case noticeNotAllowed:
-					err = ErrNotAllowed
-				}
-				l.h.Notice(identity.PeerID(body[:identityLen]), err)
+				l.h.Notice(identity.PeerID(body[:identityLen]), noticeErr(body[identityLen]))
 			}
+		case frameDetach:
+			if l.detached != nil {
+				l.detached()
+				return
+			}
+			l.fail(fmt.Errorf("%w: unexpected frame 0x%02x", ErrProtocol, typ))
+			return
 		case frameError:
 			if len(body) >= 1 {
 				l.fail(&ServerError{Code: body[0], Reason: string(body[1:])})
@@ -563,6 +611,17 @@ func (l *link) readControl(r io.Reader, setDeadline func(time.Time) error) {
 			return
 		}
 	}
+}
+
+// noticeErr is the named error of a NOTICE code.
+func noticeErr(code byte) error {
+	switch code {
+	case noticeSessionLimit:
+		return ErrRelayFull
+	case noticeNotAllowed:
+		return ErrNotAllowed
+	}
+	return ErrPeerNotConnected
 }
 
 // pingLoop keeps a byte-stream link alive (QUIC has its own keep-alive).

@@ -81,6 +81,7 @@ type metrics struct {
 	auth     [numAuthReasons]atomic.Uint64
 	drops    [numDropReasons]atomic.Uint64
 	expired  atomic.Uint64 // live links ended at their token's expiry
+	detached atomic.Int64  // UDP links detached now (data packets alone)
 }
 
 func (m *metrics) drop(r dropReason) { m.drops[r].Add(1) }
@@ -104,6 +105,10 @@ type MetricsSnapshot struct {
 	AuthFailures map[string]uint64
 	// Expired are the live links ended because their token expired.
 	Expired uint64
+	// Detached are the UDP links (counted in Clients) that live on as data
+	// packets alone, without a QUIC connection (docs/protocol.md,
+	// "Detached links").
+	Detached int
 	// Sessions are the relay sessions now (ordered pairs of peers with
 	// recent packets).
 	Sessions int
@@ -134,6 +139,7 @@ func (s *Server) Metrics() MetricsSnapshot {
 		Rejected:     make(map[string]uint64, numRejectReasons),
 		AuthFailures: make(map[string]uint64, numAuthReasons),
 		Expired:      m.expired.Load(),
+		Detached:     int(m.detached.Load()),
 		Sessions:     sessions,
 		Packets:      m.packets.Load(),
 		Bytes:        m.bytes.Load(),

@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/quic-go/quic-go"
 	"golang.org/x/time/rate"
 
 	"github.com/reachp2p/reach/identity"
@@ -134,109 +133,9 @@ type peerLink struct {
 	nPackets, nBytes atomic.Uint64 // what it sent that was forwarded
 
 	data linkData // a QUIC link's data packets (zero token: none)
-}
-
-// ServeQUIC serves one QUIC connection that negotiated ALPN; it returns
-// when the link ends. The connection must have datagrams enabled.
-func (s *Server) ServeQUIC(ctx context.Context, qc *quic.Conn) {
-	id, err := identity.PeerIDFromState(qc.ConnectionState().TLS)
-	if err != nil || !qc.ConnectionState().SupportsDatagrams.Remote {
-		qc.CloseWithError(codeProtocol, "protocol")
-		return
-	}
-	ip := addrOf(qc.RemoteAddr())
-	actx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
-	st, err := qc.AcceptStream(actx)
-	cancel()
-	if err != nil {
-		qc.CloseWithError(codeProtocol, "protocol")
-		return
-	}
-	var wmu sync.Mutex
-	writeCtl := func(b []byte) error {
-		wmu.Lock()
-		defer wmu.Unlock()
-		st.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		_, err := st.Write(b)
-		return err
-	}
-	closeWith := func(code byte, reason string) {
-		if code != 0 {
-			writeCtl(appendFrame(nil, frameError, []byte{code}, []byte(reason)))
-		}
-		st.Close()
-		qc.CloseWithError(quic.ApplicationErrorCode(code), codeName(code))
-	}
-	st.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	var p *peerLink
-	p = &peerLink{srv: s, id: id, ip: ip, ipk: ipKey(ip), transport: transportUDP, fail: closeWith, linkedAt: time.Now(),
-		write: func(buf []byte) error {
-			if buf[0] != framePacket {
-				return writeCtl(buf)
-			}
-			err := qc.SendDatagram(buf[frameHeader:])
-			var tooLarge *quic.DatagramTooLargeError
-			if errors.As(err, &tooLarge) {
-				// Too large for a datagram on this link: the control
-				// stream carries it as a PACKET frame.
-				n := len(buf) - frameHeader
-				buf[1], buf[2] = byte(n>>8), byte(n)
-				return writeCtl(buf)
-			}
-			return err
-		}}
-	if sock := s.sock.Load(); sock != nil {
-		remote := func() netip.AddrPort { return addrPortOf(qc.RemoteAddr()) }
-		p.data = linkData{token: newLinkToken(), sock: *sock, remote: remote}
-		a := remote()
-		p.data.addr.Store(&a)
-		p.writeBatch = p.writeDataBatch
-	}
-	if !s.hello(ctx, p, st) {
-		return
-	}
-	defer s.unregister(p)
-	go func() { // control frames: pings, and packets too large for a datagram
-		var buf []byte
-		for {
-			st.SetReadDeadline(time.Time{})
-			typ, body, b, err := readFrame(st, buf)
-			buf = b
-			if err != nil {
-				return
-			}
-			if typ == framePing {
-				p.enqueue(appendFrame(nil, framePong, body))
-				continue
-			}
-			if typ == framePacket && len(body) >= identityLen {
-				// A packet too large for a datagram (see protocol.md).
-				s.forward(p, identity.PeerID(body[:identityLen]), body[identityLen:])
-				continue
-			}
-			if typ == frameAllow && s.allow(p, body) {
-				continue
-			}
-			s.log.Debug("relay: unexpected frame on QUIC control stream", "peer", id.Short(), "type", typ)
-			closeWith(codeProtocol, "unexpected frame")
-			return
-		}
-	}()
-	p.startWriter(qc.Context())
-	for {
-		d, err := qc.ReceiveDatagram(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				closeWith(codeShutdown, "server shutting down")
-			}
-			return
-		}
-		if len(d) < identityLen {
-			s.m.drop(dropMalformed)
-			continue
-		}
-		s.forward(p, identity.PeerID(d[:identityLen]), d[identityLen:])
-	}
+	// q is a UDP link's QUIC connection; nil once the link detached (or
+	// for other transports).
+	q atomic.Pointer[quicLink]
 }
 
 // ServeTLS serves one TLS connection (handshake done) that negotiated
@@ -412,6 +311,9 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 	w[4] = welcomeConsent
 	if p.data.token != 0 {
 		w[4] |= welcomeData
+		if !s.cfg.QUICLinks {
+			w[4] |= welcomeDetach
+		}
 		w = binary.BigEndian.AppendUint64(w, p.data.token)
 	}
 	if err := p.write(appendFrame(nil, frameWelcome, w)); err != nil {
@@ -437,10 +339,11 @@ func (s *Server) peerLimiter() *rate.Limiter {
 // unregister removes p (if it is still the registered link for its ID)
 // and the sessions it started.
 func (s *Server) unregister(p *peerLink) {
-	if p.expiry != nil {
-		p.expiry.Stop()
-	}
 	p.qmu.Lock()
+	if p.closed {
+		p.qmu.Unlock()
+		return
+	}
 	p.closed = true
 	p.queue = nil
 	p.qmu.Unlock()
@@ -462,6 +365,12 @@ func (s *Server) unregister(p *peerLink) {
 		st.seen = time.Now()
 	}
 	s.mu.Unlock()
+	if p.expiry != nil {
+		p.expiry.Stop()
+	}
+	if p.data.detached.Load() {
+		s.m.detached.Add(-1)
+	}
 	s.m.clients[p.transport].Add(-1)
 	p.fail(0, "")
 	s.log.Debug("relay: peer gone", "peer", p.id.Short(), "transport", p.transport.String())

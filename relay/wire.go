@@ -35,6 +35,7 @@ const (
 	framePing    = 0x06 // either: 8 bytes
 	framePong    = 0x07 // either: echoes the ping
 	frameAllow   = 0x08 // client → server: empty (consent wanted), or a peer key the client receives from
+	frameDetach  = 0x09 // either, QUIC links: empty; the link goes on as data packets alone (detached)
 )
 
 // welcomeConsent is the WELCOME flag (the fifth byte of its body) of a
@@ -99,6 +100,10 @@ var (
 	// ErrNoRelay: the server does not run a relay (it refused the relay
 	// ALPN), or no transport to it worked.
 	ErrNoRelay = errors.New("relay: no relay link")
+	// ErrLinkLost: a detached link's relay stopped answering its pings
+	// (the relay went away, or the node's address changed); the client
+	// links again.
+	ErrLinkLost = errors.New("relay: link lost: the relay stopped answering")
 	// ErrClosed: the client or link is closed.
 	ErrClosed = errors.New("relay: closed")
 )
@@ -164,7 +169,7 @@ func readFrame(r io.Reader, buf []byte) (typ byte, body []byte, _ []byte, err er
 	}
 	typ = h[0]
 	n := int(binary.BigEndian.Uint16(h[1:3]))
-	if typ == 0 || typ > frameAllow {
+	if typ == 0 || typ > frameDetach {
 		return 0, nil, buf, fmt.Errorf("%w: unknown frame type 0x%02x", ErrProtocol, typ)
 	}
 	if n > maxFrameBody {

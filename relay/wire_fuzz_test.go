@@ -77,7 +77,7 @@ func FuzzReadFrame(f *testing.F) {
 				}
 				break
 			}
-			if typ < frameHello || typ > frameAllow {
+			if typ < frameHello || typ > frameDetach {
 				t.Fatalf("unknown type 0x%02x returned", typ)
 			}
 			if len(body) > maxFrameBody {

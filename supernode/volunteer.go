@@ -121,7 +121,10 @@ func NewVolunteer(cfg Config, log *slog.Logger) *Volunteer {
 		PeerRate:    noLimit(cfg.SessionRate),
 		TotalRate:   noLimit(cfg.TotalRate),
 		Authorize:   v.authorize,
-		Logger:      log,
+		// Links keep their QUIC connection: its short idle timeout
+		// (LinkIdleTimeout) is how both ends notice the other vanish.
+		QUICLinks: true,
+		Logger:    log,
 	})
 	return v
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
 )
@@ -110,9 +111,13 @@ func BenchmarkRelayIdleMemory(b *testing.B) {
 				per := func(f func(memFigures) float64) float64 { return (f(after) - f(before)) / float64(peers) }
 				rss := per(func(m memFigures) float64 { return m.rss })
 				b.ReportMetric(rss, "B/peer")
+				b.ReportMetric(per(func(m memFigures) float64 { return m.settled }), "settledB/peer")
 				b.ReportMetric(per(func(m memFigures) float64 { return m.heap }), "heapB/peer")
 				b.ReportMetric(per(func(m memFigures) float64 { return m.stacks }), "stackB/peer")
 				b.ReportMetric(per(func(m memFigures) float64 { return m.goroutines }), "goroutines/peer")
+				if k.link == "udp" {
+					b.Logf("%d of %d links detached", after.detached, after.linked)
+				}
 				b.Logf("stacks used %.1f KB/peer", per(func(m memFigures) float64 { return m.stackUsed })/1024)
 				b.Logf("%s: %d idle peers: RSS %.1f KB each (%.0f -> %.0f MB); heap %.1f KB, stacks %.1f KB, %.2f goroutines each",
 					k.name, peers, rss/1024, before.rss/1e6, after.rss/1e6,
@@ -154,7 +159,8 @@ type memServer struct {
 // memFigures are the server's memory figures at one moment.
 type memFigures struct {
 	rss, heap, stacks, goroutines float64
-	registered, linked            int
+	registered, linked, detached  int
+	settled                       float64 // RSS once the runtime returned its free memory (debug.FreeOSMemory)
 	stackUsed                     float64 // the used part of goroutine stacks
 }
 
@@ -201,9 +207,14 @@ func (s *memServer) measure(b *testing.B) memFigures {
 		b.Fatal(err)
 	}
 	m := memFigures{rss: float64(rss)}
-	if _, err := fmt.Sscan(s.command(b, "mem"), &m.heap, &m.stacks, &m.goroutines, &m.registered, &m.linked, &m.stackUsed); err != nil {
+	if _, err := fmt.Sscan(s.command(b, "mem"), &m.heap, &m.stacks, &m.goroutines, &m.registered, &m.linked, &m.stackUsed, &m.detached); err != nil {
 		b.Fatal(err)
 	}
+	s.command(b, "free")
+	if rss, err = vmRSS(s.cmd.Process.Pid); err != nil {
+		b.Fatal(err)
+	}
+	m.settled = float64(rss)
 	return m
 }
 
@@ -271,7 +282,11 @@ func memServerChild() error {
 			runtime.ReadMemStats(&m)
 			ms := []metrics.Sample{{Name: "/gc/scan/stack:bytes"}}
 			metrics.Read(ms)
-			fmt.Println(m.HeapInuse, m.StackInuse, runtime.NumGoroutine(), rs.Stats().Peers, rl.Stats().Clients, ms[0].Value.Uint64())
+			fmt.Println(m.HeapInuse, m.StackInuse, runtime.NumGoroutine(), rs.Stats().Peers, rl.Stats().Clients, ms[0].Value.Uint64(), rl.Metrics().Detached)
+		case "free":
+			runtime.GC()
+			debug.FreeOSMemory()
+			fmt.Println("freed")
 		case "profile":
 			err := writeProfiles(arg)
 			fmt.Println("profiled", err)
@@ -334,20 +349,28 @@ func linkIdlePeers(cs string, count int, reg, link string, sameSock bool) (*idle
 		return nil, err
 	}
 	nodes := new(idleNodes)
-	var sockets []*quic.Transport
+	// A relay link over UDP takes its data packets on its socket by the
+	// server's address (pathsock.Conn.Intercept), so each such peer has a
+	// socket of its own, as a node does; registrations alone share.
+	perSock := peersPerSocket
+	if link == "udp" {
+		perSock = 1
+	}
+	sockets := map[int]*quic.Transport{}
 	socket := func(i int) (*quic.Transport, error) {
 		nodes.mu.Lock()
 		defer nodes.mu.Unlock()
-		for len(sockets) <= i/peersPerSocket {
-			uc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-			if err != nil {
-				return nil, err
-			}
-			tr := &quic.Transport{Conn: uc}
-			sockets = append(sockets, tr)
-			nodes.closers = append(nodes.closers, func() { tr.Close() })
+		if tr := sockets[i/perSock]; tr != nil {
+			return tr, nil
 		}
-		return sockets[i/peersPerSocket], nil
+		uc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return nil, err
+		}
+		tr := &quic.Transport{Conn: pathsock.New(uc)}
+		sockets[i/perSock] = tr
+		nodes.closers = append(nodes.closers, func() { tr.Close(); uc.Close() })
+		return tr, nil
 	}
 	dialTCP := func(i int) func(ctx context.Context, network, addr string) (net.Conn, error) {
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%tcpSources))}}
@@ -374,10 +397,12 @@ func linkIdlePeers(cs string, count int, reg, link string, sameSock bool) (*idle
 			return err
 		}
 		var regSock, linkSock *quic.Transport
-		if reg == "udp" || link == "udp" {
+		if reg == "udp" {
 			if regSock, err = socket(i); err != nil {
 				return err
 			}
+		}
+		if link == "udp" {
 			linkSock = regSock
 			if !sameSock {
 				// Another socket for the link: i's neighbour in a second range.

@@ -349,13 +349,10 @@ func linkIdlePeers(cs string, count int, reg, link string, sameSock bool) (*idle
 		return nil, err
 	}
 	nodes := new(idleNodes)
-	// A relay link over UDP takes its data packets on its socket by the
-	// server's address (pathsock.Conn.Intercept), so each such peer has a
-	// socket of its own, as a node does; registrations alone share.
+	// Sockets are pathsock's, as a node's: relay links over UDP take
+	// their data packets on them (by token: many links share one) and
+	// detach.
 	perSock := peersPerSocket
-	if link == "udp" {
-		perSock = 1
-	}
 	sockets := map[int]*quic.Transport{}
 	socket := func(i int) (*quic.Transport, error) {
 		nodes.mu.Lock()

@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"net"
 	"testing"
@@ -216,5 +217,66 @@ func TestDetachedLinkLost(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the node did not hear the relay stop")
+	}
+}
+
+// TestDetachedForged: control frames in data packets with a detached
+// link's token but from another address (an ERROR that would end it, an
+// ALLOW, PINGs) are dropped unanswered and the link lives on; a node's
+// reassembler holds at most maxPending halves however many unmatched
+// fragments come.
+func TestDetachedForged(t *testing.T) {
+	rl, sa, server := dataServer(t, nil)
+	a, b := dataLinked(t, sa, "a"), dataLinked(t, sa, "b")
+	detached(t, rl, 2, a, b)
+	da := a.l.data.Load()
+	evil, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer evil.Close()
+	ctl := func(frame []byte) []byte {
+		p := append([]byte{dataToRelay}, binary.BigEndian.AppendUint64(nil, da.token)...)
+		return append(append(p, make([]byte, identityLen)...), frame...)
+	}
+	const flood = 3000
+	for i := range flood {
+		switch i % 3 {
+		case 0:
+			evil.WriteToUDPAddrPort(ctl(appendFrame(nil, frameError, []byte{0})), server)
+		case 1:
+			evil.WriteToUDPAddrPort(ctl(appendFrame(nil, frameAllow, b.id[:])), server)
+		default:
+			evil.WriteToUDPAddrPort(ctl(appendFrame(nil, framePing, make([]byte, 8))), server)
+		}
+	}
+	evil.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, _, err := evil.ReadFromUDPAddrPort(make([]byte, 2048)); !errors.Is(err, errTimeout(err)) || n > 0 {
+		t.Errorf("the relay answered a forged control frame (%d bytes)", n)
+	}
+	for deadline := time.Now().Add(5 * time.Second); rl.Metrics().Drops["unknown_link"] != flood; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("drops %v, want %d unknown_link", rl.Metrics().Drops, flood)
+		}
+	}
+	if c := rl.Stats().Clients; c != 2 || a.l.Err() != nil {
+		t.Fatalf("after the flood: %d links, a's link error %v", c, a.l.Err())
+	}
+	a.l.Send(b.id, pattern(900, 2))
+	b.expect(t, pattern(900, 2))
+	// Unmatched fragments from b (each its own id): a keeps at most
+	// maxPending halves, and a whole packet after them still arrives.
+	for i := range 1000 {
+		f := appendFrag(nil, uint16(i), 0, pattern(1452, 1))
+		b.l.Send(a.id, f)
+	}
+	big := pattern(MaxPayload, 6)
+	b.l.Send(a.id, big)
+	a.expect(t, big)
+	a.l.frags.mu.Lock()
+	n := len(a.l.frags.pending)
+	a.l.frags.mu.Unlock()
+	if n > maxPending {
+		t.Errorf("a holds %d unmatched fragments, want at most %d", n, maxPending)
 	}
 }

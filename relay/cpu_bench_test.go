@@ -33,10 +33,10 @@ import (
 // the receiver loses little. RELAY_CPU_WINDOW=n sets another window,
 // RELAY_CPU_FLOOD=10s a longer flood (for profiles).
 const (
-	cpuPacket = 1200
-	cpuBatch  = 8
-	cpuWindow = 512
-	cpuFlood  = 3 * time.Second
+	cpuPacket   = 1200
+	cpuBatch    = 8
+	cpuWindow   = 512
+	cpuFloodFor = 3 * time.Second
 )
 
 // BenchmarkRelayCPU: the relay's CPU time per forwarded packet, for each
@@ -44,7 +44,7 @@ const (
 // as `reach server` runs them, with no rate limits) runs in a child
 // process (this test binary, see TestMain) pinned to one core with
 // taskset; the parent links two clients and floods 1200-byte packets a→b
-// for cpuFlood, and reads the child's CPU time (getrusage, user + system)
+// for cpuFloodFor, and reads the child's CPU time (getrusage, user + system)
 // and counters before and after. udp-udp, udp-tls and tls-udp must carry
 // the UDP side's packets as data packets (the relay's counters say so);
 // udp-udp-datagram is the older path, plain sockets so QUIC DATAGRAM
@@ -67,80 +67,105 @@ func BenchmarkRelayCPU(b *testing.B) {
 	} {
 		b.Run(k.name, func(b *testing.B) {
 			rc := startCPUChild(b, k.name)
-			var got, lastNano atomic.Int64
-			wake := make(chan struct{}, 1)
-			recv, ridB := cpuClient(b, rc.sa, k.to, func(identity.PeerID, []byte) {
-				lastNano.Store(time.Now().UnixNano())
-				if got.Add(1)%cpuBatch == 0 {
-					select {
-					case wake <- struct{}{}:
-					default:
-					}
-				}
-			})
-			send, ridA := cpuClient(b, rc.sa, k.from, func(identity.PeerID, []byte) {})
-			cpuWarmUp(b, rc, k.from, k.to, send.Path(ridB), recv.Path(ridA), &got)
-
-			burst := make([]byte, 0, cpuBatch*cpuPacket)
-			for i := range cpuBatch {
-				burst = append(burst, cpuPattern(byte(i))...)
-			}
-			path := send.Path(ridB)
+			f := newCPUFlood(b, rc, k.from, k.to)
 			var sum cpuResult
-			window, flood := int64(cpuWindow), cpuFlood
-			if d, err := time.ParseDuration(os.Getenv("RELAY_CPU_FLOOD")); err == nil {
-				flood = d
-			}
-			if w, err := strconv.Atoi(os.Getenv("RELAY_CPU_WINDOW")); err == nil {
-				window = int64(w)
-			}
 			b.ResetTimer()
 			for range b.N {
-				got0 := got.Load()
-				rc.command(b, "profile")
-				m0 := rc.mark(b)
-				start := time.Now()
-				sent, off := int64(0), int64(0)
-				for end := start.Add(flood); time.Now().Before(end); {
-					g := got.Load() - got0
-					off = min(off, sent-g) // written off, then came late
-					if sent-g-off+cpuBatch > window {
-						select {
-						case <-wake:
-						case <-time.After(100 * time.Millisecond):
-							// Lost on the way: write off what is missing.
-							off = sent - (got.Load() - got0)
-						}
-						continue
-					}
-					path.SendSegments(burst, cpuPacket)
-					sent += cpuBatch
-				}
-				// Drain: until nothing arrived for 200ms.
-				for last := got.Load(); ; last = got.Load() {
-					time.Sleep(200 * time.Millisecond)
-					if got.Load() == last {
-						break
-					}
-				}
-				m1 := rc.mark(b)
-				rc.command(b, "unprofile")
-				r := cpuResult{
-					sent: sent, got: got.Load() - got0,
-					wall: time.Duration(lastNano.Load() - start.UnixNano()),
-					cpu:  m1.cpu - m0.cpu, fwd: m1.packets - m0.packets, bytes: m1.bytes - m0.bytes,
-					dataIn: m1.dataIn - m0.dataIn, dataOut: m1.dataOut - m0.dataOut, drops: m1.drops - m0.drops,
-				}
-				if r.drops > 0 {
-					b.Logf("relay drops: %s", rc.command(b, "drops"))
-				}
-				r.check(b, k.from, k.to)
-				sum.add(r)
+				sum.add(f.run(b))
 			}
 			b.StopTimer()
 			sum.report(b, k.name)
 		})
 	}
+}
+
+// cpuFlood is a linked sender and receiver, warmed up, ready to flood
+// a→b through the relay child rc.
+type cpuFlood struct {
+	rc            *cpuChild
+	from, to      string
+	path          *relay.PeerPath
+	got, lastNano *atomic.Int64
+	wake          chan struct{}
+	burst         []byte
+	window        int64
+	flood         time.Duration
+}
+
+// newCPUFlood links a sender over from and a receiver over to ("udp",
+// "tls", "dgram") to rc's relay and warms them up.
+func newCPUFlood(b *testing.B, rc *cpuChild, from, to string) *cpuFlood {
+	b.Helper()
+	f := &cpuFlood{rc: rc, from: from, to: to, got: new(atomic.Int64), lastNano: new(atomic.Int64),
+		wake: make(chan struct{}, 1), window: cpuWindow, flood: cpuFloodFor}
+	recv, ridB := cpuClient(b, rc.sa, to, func(identity.PeerID, []byte) {
+		f.lastNano.Store(time.Now().UnixNano())
+		if f.got.Add(1)%cpuBatch == 0 {
+			select {
+			case f.wake <- struct{}{}:
+			default:
+			}
+		}
+	})
+	send, ridA := cpuClient(b, rc.sa, from, func(identity.PeerID, []byte) {})
+	cpuWarmUp(b, rc, from, to, send.Path(ridB), recv.Path(ridA), f.got)
+	for i := range cpuBatch {
+		f.burst = append(f.burst, cpuPattern(byte(i))...)
+	}
+	f.path = send.Path(ridB)
+	if d, err := time.ParseDuration(os.Getenv("RELAY_CPU_FLOOD")); err == nil {
+		f.flood = d
+	}
+	if w, err := strconv.Atoi(os.Getenv("RELAY_CPU_WINDOW")); err == nil {
+		f.window = int64(w)
+	}
+	return f
+}
+
+// run floods once and returns the counts.
+func (f *cpuFlood) run(b *testing.B) cpuResult {
+	b.Helper()
+	rc, got := f.rc, f.got
+	got0 := got.Load()
+	rc.command(b, "profile")
+	m0 := rc.mark(b)
+	start := time.Now()
+	sent, off := int64(0), int64(0)
+	for end := start.Add(f.flood); time.Now().Before(end); {
+		g := got.Load() - got0
+		off = min(off, sent-g) // written off, then came late
+		if sent-g-off+cpuBatch > f.window {
+			select {
+			case <-f.wake:
+			case <-time.After(100 * time.Millisecond):
+				// Lost on the way: write off what is missing.
+				off = sent - (got.Load() - got0)
+			}
+			continue
+		}
+		f.path.SendSegments(f.burst, cpuPacket)
+		sent += cpuBatch
+	}
+	// Drain: until nothing arrived for 200ms.
+	for last := got.Load(); ; last = got.Load() {
+		time.Sleep(200 * time.Millisecond)
+		if got.Load() == last {
+			break
+		}
+	}
+	m1 := rc.mark(b)
+	rc.command(b, "unprofile")
+	r := cpuResult{
+		sent: sent, got: got.Load() - got0,
+		wall: time.Duration(f.lastNano.Load() - start.UnixNano()),
+		cpu:  m1.cpu - m0.cpu, fwd: m1.packets - m0.packets, bytes: m1.bytes - m0.bytes,
+		dataIn: m1.dataIn - m0.dataIn, dataOut: m1.dataOut - m0.dataOut, drops: m1.drops - m0.drops,
+	}
+	if r.drops > 0 {
+		b.Logf("relay drops: %s", rc.command(b, "drops"))
+	}
+	r.check(b, f.from, f.to)
+	return r
 }
 
 // cpuResult is one flood's counts.
@@ -378,12 +403,17 @@ func (rc *cpuChild) mark(b *testing.B) cpuMark {
 // (CPU time in µs, user + system, and the relay's counters), "profile"
 // and "unprofile" (a CPU profile to $RELAY_CPU_PROFILE-<kind>.pprof).
 func relayCPUChild(kind string) error {
-	rl := relay.NewServer(relay.ServerConfig{
-		PeerRate: -1, TotalRate: -1, ConnRate: -1, MaxLinksPerIP: -1, Logger: quiet(),
-	})
-	rs, err := rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{
-		Logger: quiet(), Protocols: map[string]rendezvous.Protocol{relay.ALPN: rl},
-	}, netip.MustParseAddrPort("127.0.0.1:0"))
+	rcfg := relay.ServerConfig{PeerRate: -1, TotalRate: -1, ConnRate: -1, MaxLinksPerIP: -1, Logger: quiet()}
+	scfg := rendezvous.ServerConfig{Logger: quiet()}
+	if kind == "scale" {
+		// BenchmarkRelayScale: room for its idle peers, all from loopback.
+		rcfg.MaxClients = 1 << 20
+		scfg.MaxPeers = 1 << 20
+		scfg.Limits.Disable = true
+	}
+	rl := relay.NewServer(rcfg)
+	scfg.Protocols = map[string]rendezvous.Protocol{relay.ALPN: rl}
+	rs, err := rendezvous.StartServer(context.Background(), scfg, netip.MustParseAddrPort("127.0.0.1:0"))
 	if err != nil {
 		return err
 	}
@@ -403,6 +433,9 @@ func relayCPUChild(kind string) error {
 			fmt.Printf("ok %d %d %d %d %d %d\n", us, st.Packets, st.Bytes, st.DataIn, st.DataOut, st.Drops)
 		case "drops":
 			fmt.Println("ok", rl.Metrics().Drops)
+		case "peers":
+			rss, _ := vmRSS(os.Getpid())
+			fmt.Println("ok", rs.Stats().Peers, rl.Stats().Clients, rl.Metrics().Detached, rss)
 		case "profile":
 			if p := os.Getenv("RELAY_CPU_PROFILE"); p != "" && prof == nil {
 				if prof, err = os.Create(p + "-" + kind + ".pprof"); err != nil {

@@ -435,7 +435,8 @@ func relayCPUChild(kind string) error {
 			fmt.Println("ok", rl.Metrics().Drops)
 		case "peers":
 			rss, _ := vmRSS(os.Getpid())
-			fmt.Println("ok", rs.Stats().Peers, rl.Stats().Clients, rl.Metrics().Detached, rss)
+			m := rl.Metrics()
+			fmt.Println("ok", rs.Stats().Peers, rl.Stats().Clients, m.Detached, rss, m.Connections["udp"])
 		case "profile":
 			if p := os.Getenv("RELAY_CPU_PROFILE"); p != "" && prof == nil {
 				if prof, err = os.Create(p + "-" + kind + ".pprof"); err != nil {

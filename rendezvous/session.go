@@ -30,10 +30,18 @@ type session struct {
 	closeConn        func(*ProtocolError) // closes the transport; nil: no error
 
 	log       *slog.Logger
-	out       chan []byte
 	done      chan struct{} // closed by closeWith
 	closeOnce sync.Once
 	final     *ProtocolError // written before done is closed
+
+	// The send queue: a writer goroutine runs only while there is
+	// something to write (and writerLinger after), so an idle session has
+	// none, nor its stack.
+	qmu        sync.Mutex
+	queue      [][]byte
+	writing    bool          // a writer runs (or is starting)
+	wake       chan struct{} // tells a running writer that more was queued
+	writerDone chan struct{} // closed by the writer that closed the transport
 
 	// Guarded by srv.mu.
 	intros   map[uint64]*pendingIntro // introductions this session is part of
@@ -63,19 +71,15 @@ const sendQueueLen = 64
 func (ss *session) run(ctx context.Context) {
 	s := ss.srv
 	ss.log = s.log.With("peer", ss.peer.Short(), "proto", ss.proto)
-	ss.out = make(chan []byte, sendQueueLen)
 	ss.done = make(chan struct{})
+	ss.wake = make(chan struct{}, 1)
+	ss.writerDone = make(chan struct{})
 	ss.intros = make(map[uint64]*pendingIntro)
 	ss.incomingFrom = make(map[netip.Prefix]int)
 	stop := context.AfterFunc(ctx, func() {
 		ss.closeWith(&ProtocolError{Code: codeShutdown, Reason: "server shutting down"})
 	})
 	defer stop()
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		ss.writeLoop()
-	}()
 
 	fr := newFrameReader(ss.rw, s.cfg.MaxFrameSize)
 	err := ss.readRegister(fr)
@@ -104,7 +108,7 @@ func (ss *session) run(ctx context.Context) {
 		ss.log.Debug("connection ended", "err", err)
 		ss.closeWith(nil)
 	}
-	<-writerDone
+	<-ss.writerDone
 	s.unregister(ss)
 }
 
@@ -114,30 +118,127 @@ func (ss *session) closeWith(pe *ProtocolError) {
 	ss.closeOnce.Do(func() {
 		ss.final = pe
 		close(ss.done)
+		ss.kick()
 	})
 }
 
+// writerLinger is how long a session's writer waits for more to send
+// before it ends.
+const writerLinger = time.Second
+
+// kick makes sure a writer runs: it starts one, or wakes the one running.
+func (ss *session) kick() {
+	ss.qmu.Lock()
+	start := !ss.writing
+	ss.writing = true
+	ss.qmu.Unlock()
+	if start {
+		go ss.writeLoop()
+		return
+	}
+	select {
+	case ss.wake <- struct{}{}:
+	default:
+	}
+}
+
+// enqueue queues a frame for the writer; false if the session is closing
+// or the queue is full (then, unless drop, the session is closed as slow).
+func (ss *session) enqueue(b []byte, drop bool) bool {
+	select {
+	case <-ss.done:
+		return false
+	default:
+	}
+	ss.qmu.Lock()
+	if len(ss.queue) >= sendQueueLen {
+		ss.qmu.Unlock()
+		if !drop {
+			ss.closeWith(&ProtocolError{Code: codeSlow, Reason: "send queue full"})
+		}
+		return false
+	}
+	ss.queue = append(ss.queue, b)
+	ss.qmu.Unlock()
+	ss.kick()
+	return true
+}
+
+func closed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// writeLoop writes what is queued until nothing was for writerLinger
+// (then it ends; the next frame starts another) or the session closes
+// (then it writes the final ERROR, if any, and closes the transport).
 func (ss *session) writeLoop() {
 	idle := ss.srv.cfg.IdleTimeout
+	var linger *time.Timer
+	defer func() {
+		if linger != nil {
+			linger.Stop()
+		}
+	}()
 	for {
-		select {
-		case b := <-ss.out:
+		ss.qmu.Lock()
+		batch := ss.queue
+		ss.queue = nil
+		if len(batch) == 0 {
+			done := closed(ss.done)
+			ss.qmu.Unlock()
+			if done {
+				ss.finish()
+				return
+			}
+			if linger == nil {
+				linger = time.NewTimer(writerLinger)
+			} else {
+				linger.Reset(writerLinger)
+			}
+			select {
+			case <-ss.wake:
+				continue
+			case <-ss.done:
+				continue
+			case <-linger.C:
+			}
+			ss.qmu.Lock()
+			if len(ss.queue) == 0 && !closed(ss.done) {
+				ss.writing = false
+				ss.qmu.Unlock()
+				return
+			}
+			ss.qmu.Unlock()
+			continue
+		}
+		ss.qmu.Unlock()
+		for _, b := range batch {
+			if closed(ss.done) {
+				break
+			}
 			ss.setWriteDeadline(time.Now().Add(idle))
 			if _, err := ss.rw.Write(b); err != nil {
 				ss.closeWith(nil)
 			}
-			continue
-		case <-ss.done:
 		}
-		if pe := ss.final; pe != nil {
-			if b, err := appendFrame(nil, typeError, errorBody{Code: pe.Code, Reason: pe.Reason}); err == nil {
-				ss.setWriteDeadline(time.Now().Add(time.Second))
-				ss.rw.Write(b)
-			}
-		}
-		ss.closeConn(ss.final)
-		return
 	}
+}
+
+// finish writes the final ERROR (if any) and closes the transport.
+func (ss *session) finish() {
+	if pe := ss.final; pe != nil {
+		if b, err := appendFrame(nil, typeError, errorBody{Code: pe.Code, Reason: pe.Reason}); err == nil {
+			ss.setWriteDeadline(time.Now().Add(time.Second))
+			ss.rw.Write(b)
+		}
+	}
+	ss.closeConn(ss.final)
+	close(ss.writerDone)
 }
 
 // trySend queues a frame that may be dropped (an introduction, which
@@ -149,14 +250,7 @@ func (ss *session) trySend(t msgType, body any) bool {
 		ss.log.Warn("cannot encode frame", "type", t.String(), "err", err)
 		return false
 	}
-	select {
-	case <-ss.done:
-		return false
-	case ss.out <- b:
-		return true
-	default:
-		return false
-	}
+	return ss.enqueue(b, true)
 }
 
 // send queues a frame. A peer that does not read fast enough to keep the
@@ -167,12 +261,7 @@ func (ss *session) send(t msgType, body any) {
 		ss.log.Warn("cannot encode frame", "type", t.String(), "err", err)
 		return
 	}
-	select {
-	case <-ss.done:
-	case ss.out <- b:
-	default:
-		ss.closeWith(&ProtocolError{Code: codeSlow, Reason: "send queue full"})
-	}
+	ss.enqueue(b, false)
 }
 
 func (ss *session) readRegister(fr *frameReader) error {

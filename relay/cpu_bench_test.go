@@ -433,6 +433,9 @@ func relayCPUChild(kind string) error {
 			fmt.Printf("ok %d %d %d %d %d %d\n", us, st.Packets, st.Bytes, st.DataIn, st.DataOut, st.Drops)
 		case "drops":
 			fmt.Println("ok", rl.Metrics().Drops)
+		case "gc":
+			runtime.GC()
+			fmt.Println("ok")
 		case "peers":
 			rss, _ := vmRSS(os.Getpid())
 			m := rl.Metrics()

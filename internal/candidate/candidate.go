@@ -38,6 +38,10 @@ const (
 	// TURN: the peer's relayed transport address on its TURN server,
 	// reachable once the other side permits it there.
 	TURN Kind = "turn"
+	// TCPHost: an address of one of the peer's own interfaces where its
+	// TCP listener accepts TLS+yamux sessions (rung direct-tcp). Usually
+	// the port of its UDP socket. Peers that predate it ignore the kind.
+	TCPHost Kind = "tcp-host"
 )
 
 // Candidate is one address at which a peer might be reached.
@@ -148,6 +152,9 @@ func (p PeerInfo) HasUDP() bool {
 	return false
 }
 
+// HasTCP reports whether the sender advertised a TCP listener.
+func (p PeerInfo) HasTCP() bool { return len(p.Addrs(TCPHost)) > 0 }
+
 // Volunteers returns the usable Supernode candidates, in the server's
 // order (best first).
 func (p PeerInfo) Volunteers() []Candidate {
@@ -192,6 +199,16 @@ func HostAddrs(addrs []net.Addr, port uint16, loopback, v6 bool) []Candidate {
 		}
 		seen[ip] = true
 		out = append(out, Candidate{Addr: netip.AddrPortFrom(ip, port), Kind: Host})
+	}
+	return out
+}
+
+// TCPHostAddrs is HostAddrs for a TCP listener on port: the same
+// addresses, of kind TCPHost.
+func TCPHostAddrs(addrs []net.Addr, port uint16, loopback, v6 bool) []Candidate {
+	out := HostAddrs(addrs, port, loopback, v6)
+	for i := range out {
+		out[i].Kind = TCPHost
 	}
 	return out
 }

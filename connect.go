@@ -206,8 +206,8 @@ type Config struct {
 	// TCPLimits bound the node's TCP listener (StrategyDirectTCP), which
 	// accepts TLS+yamux sessions on the port number of its UDP socket (any
 	// port when that one is taken): connections in their handshake at
-	// once, from one IP address, and the time each has to prove a key.
-	// Zero fields: the defaults (64, 8, 5s).
+	// once, from one IP address, the time each has to prove a key, and
+	// connections back to diallers at once. Zero fields: the defaults.
 	TCPLimits TCPLimits
 	// Supernode makes the node volunteer as a supernode for peers that
 	// cannot punch through, with limits (pairs at once, bandwidth, whom
@@ -395,6 +395,10 @@ type TCPLimits struct {
 	// HandshakeTimeout: the time an accepted connection has to complete
 	// its handshake (at most Session.HandshakeTimeout). Zero: 5s.
 	HandshakeTimeout time.Duration
+	// MaxReversals: connections back to introduced diallers running at
+	// once (when UDP looks blocked and only the dialler's TCP listener
+	// can be reached, the listener connects to it). Zero: 8.
+	MaxReversals int
 }
 
 // host is what the node lends its rungs.

@@ -245,6 +245,24 @@ func (p PeerInfo) DirectPlausible(local []netip.Prefix) bool {
 	return false
 }
 
+// PlausibleAddrs returns the usable addresses of kind k that can
+// plausibly be reached as they are from a node on the local networks: a
+// public address, or one inside one of them. At most max of them (0: no
+// bound).
+func (p PeerInfo) PlausibleAddrs(k Kind, local []netip.Prefix, max int) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, a := range p.Addrs(k) {
+		if max > 0 && len(out) >= max {
+			break
+		}
+		ip := a.Addr().Unmap()
+		if ip.IsGlobalUnicast() && !ip.IsPrivate() && !cgnat.Contains(ip) || inAny(ip, local) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // cgnat is the shared address space of carrier-grade NATs (RFC 6598).
 var cgnat = netip.MustParsePrefix("100.64.0.0/10")
 

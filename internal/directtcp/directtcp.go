@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/candidate"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/stream"
@@ -43,12 +44,16 @@ type Rung struct {
 	h   *rung.Host
 	lim Limits
 
-	mu sync.Mutex
-	ln *Listener // nil before Start, or when listening failed
+	mu        sync.Mutex
+	ln        *Listener // nil before Start, or when listening failed
+	expect    map[identity.PeerID]*expectation
+	reversals int // running now
 }
 
 // New makes the rung for the node h; lim bounds its listener.
-func New(h *rung.Host, lim Limits) *Rung { return &Rung{h: h, lim: lim} }
+func New(h *rung.Host, lim Limits) *Rung {
+	return &Rung{h: h, lim: lim, expect: map[identity.PeerID]*expectation{}}
+}
 
 // Name implements rung.Rung.
 func (*Rung) Name() string { return Name }
@@ -62,7 +67,7 @@ func (r *Rung) Start(ctx context.Context) error {
 		r.h.Logger.Warn("direct-tcp: no TCP listener", "err", err)
 		return nil
 	}
-	l := Serve(ln, r.h.Key, r.h.Session, r.lim, r.h.Logger, r.h.Accepted)
+	l := Serve(ln, r.h.Key, r.h.Session, r.lim, r.h.Logger, r.deliver)
 	r.mu.Lock()
 	r.ln = l
 	r.mu.Unlock()
@@ -106,19 +111,71 @@ func (r *Rung) Candidates() []candidate.Candidate {
 }
 
 // Plan implements rung.Rung: the rung sits out when the peer has no TCP
-// address, and never holds the next rungs back (it gets no head start:
-// the QUIC rungs after it are as good a path when they work).
+// address and will not connect back (reverse.go), and never holds the
+// next rungs back (it gets no head start: the QUIC rungs after it are as
+// good a path when they work).
 func (r *Rung) Plan(a *rung.Attempt, _ time.Duration) (time.Duration, bool) {
-	return 0, a.Remote.HasTCP()
+	return 0, a.Remote.HasTCP() || r.expectsReversal(a)
 }
 
-// Connect implements rung.Rung.
+// Connect implements rung.Rung: it dials the peer's TCP addresses and,
+// when the peer may connect back (reverse.go), also takes the session the
+// peer opens; the first of either wins.
 func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
 	targets := a.Remote.Addrs(candidate.TCPHost)
-	if len(targets) == 0 {
+	var in <-chan *stream.Session
+	if r.expectsReversal(a) {
+		in = r.inbound(a.Peer)
+	}
+	if len(targets) == 0 && in == nil {
 		return nil, ErrNoAddress
 	}
-	return DialFirst(ctx, a, r.dialer(), targets)
+	if in == nil {
+		return DialFirst(ctx, a, r.dialer(), targets)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		s   *stream.Session
+		err error
+	}
+	var out chan result // nil: no dial out (or it failed)
+	if len(targets) > 0 {
+		out = make(chan result, 1)
+		go func() {
+			s, err := DialFirst(ctx, a, r.dialer(), targets)
+			out <- result{s, err}
+		}()
+	}
+	var dialErr error
+	for {
+		select {
+		case res := <-out:
+			if res.err == nil {
+				return res.s, nil
+			}
+			dialErr, out = res.err, nil // the peer may still connect back
+		case s := <-in:
+			r.h.Logger.Debug("direct-tcp: the peer connected back", "peer", a.Peer.Short(), "path", s.RemoteAddr())
+			if out != nil {
+				cancel()
+				if res := <-out; res.err == nil {
+					res.s.Abort()
+				}
+			}
+			return s, nil
+		case <-ctx.Done():
+			if out != nil {
+				if res := <-out; res.err == nil {
+					res.s.Abort()
+				}
+			}
+			if dialErr != nil {
+				return nil, errors.Join(ctx.Err(), dialErr)
+			}
+			return nil, fmt.Errorf("direct-tcp: waiting for the peer to connect back: %w", ctx.Err())
+		}
+	}
 }
 
 // DialFunc opens a TCP connection (net.Dialer.DialContext's signature).

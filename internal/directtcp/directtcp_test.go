@@ -90,7 +90,11 @@ func startRung(t *testing.T, addr string, key *identity.Key, lim Limits, ifaces 
 	}
 	t.Cleanup(func() { s.Close() })
 	got := &sessions{}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
 	h := &rung.Host{Key: key, Socket: s, Logger: testLogger(t), Accepted: got.take,
+		Context: ctx, Go: func(f func()) { wg.Go(f) },
 		Session: stream.Config{HandshakeTimeout: 3 * time.Second},
 		InterfaceAddrs: func() ([]net.Addr, error) {
 			var out []net.Addr
@@ -194,7 +198,8 @@ func TestConnect(t *testing.T) {
 	if err != nil || !bytes.Equal(back, msg) {
 		t.Errorf("echo: %d bytes back (%v), want the %d sent", len(back), err, len(msg))
 	}
-	if ss := got.all(); len(ss) != 1 || ss[0].Strategy() != Name || ss[0].RemotePeer() != ck.ID() {
+	waitFor(t, "the listener's session", func() bool { return len(got.all()) == 1 })
+	if ss := got.all(); ss[0].Strategy() != Name || ss[0].RemotePeer() != ck.ID() {
 		t.Errorf("listener's sessions %v", ss)
 	}
 

@@ -41,6 +41,9 @@ type Limits struct {
 	// key (it is also bounded by the session config's HandshakeTimeout).
 	// Zero: DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// MaxReversals: connections back to introduced diallers at once
+	// (see reverse.go). Zero: DefaultMaxReversals.
+	MaxReversals int
 }
 
 func (l Limits) withDefaults() Limits {

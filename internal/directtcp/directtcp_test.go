@@ -128,13 +128,14 @@ func attempt(t *testing.T, key *identity.Key, peer identity.PeerID, cands ...can
 // another one.
 func TestListensOnUDPPort(t *testing.T) {
 	r, _ := startRung(t, "127.0.0.1:0", mustKey(t), Limits{})
-	udp := r.h.Socket.LocalAddr()
+	samePort(t, r)
 	got := r.Candidates()
-	if len(got) != 1 || got[0].Addr != udp || got[0].Kind != candidate.TCPHost {
-		t.Errorf("bound socket: candidates %v, want %v (tcp-host)", got, udp)
+	if len(got) != 1 || got[0].Addr != r.Listener().Addr() || got[0].Kind != candidate.TCPHost {
+		t.Errorf("bound socket: candidates %v, want %v (tcp-host)", got, r.Listener().Addr())
 	}
 	all, _ := startRung(t, "0.0.0.0:0", mustKey(t), Limits{}, "127.0.0.1/8", "10.1.2.3/24", "fe80::1/64")
-	port := all.h.Socket.LocalAddr().Port()
+	samePort(t, all)
+	port := all.Listener().Addr().Port()
 	got = all.Candidates()
 	if len(got) != 1 || got[0] != (candidate.Candidate{Addr: netip.AddrPortFrom(netip.MustParseAddr("10.1.2.3"), port), Kind: candidate.TCPHost}) {
 		t.Errorf("all interfaces: %v, want 10.1.2.3:%d (tcp-host) only", got, port)
@@ -158,6 +159,23 @@ func TestListensOnUDPPort(t *testing.T) {
 	defer other.Close()
 	if l := other.Listener(); l == nil || l.Addr().Port() == s.LocalAddr().Port() || l.Addr().Port() == 0 {
 		t.Errorf("port taken: listener %v, want another port than %d", other.Listener(), s.LocalAddr().Port())
+	}
+}
+
+// samePort checks that r listens on its UDP socket's port number, unless
+// that TCP port is taken (another program's connection may hold it: TCP
+// and UDP ephemeral ports are drawn from one range).
+func samePort(t *testing.T, r *Rung) {
+	t.Helper()
+	udp, tcp := r.h.Socket.LocalAddr(), r.Listener().Addr()
+	if tcp.Port() == udp.Port() {
+		return
+	}
+	if ln, err := net.Listen("tcp", netip.AddrPortFrom(udp.Addr(), udp.Port()).String()); err == nil {
+		ln.Close()
+		t.Errorf("listening on TCP port %d, not the UDP socket's %d, which is free", tcp.Port(), udp.Port())
+	} else {
+		t.Logf("TCP port %d is taken (%v): the listener is on %d", udp.Port(), err, tcp.Port())
 	}
 }
 

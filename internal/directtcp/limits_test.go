@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -86,6 +87,7 @@ func TestLosersLeaveNothing(t *testing.T) {
 	srv2, got2 := startRung(t, "127.0.0.1:0", sk, Limits{})
 	silent := newSilentServer(t)
 	ignore := goleak.IgnoreCurrent()
+	fds := openFDs(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -99,7 +101,7 @@ func TestLosersLeaveNothing(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dial %d: %v", i, err)
 		}
-		silent.waitClosed(t, 2*time.Second)
+		silent.waitClosed(t, 5*time.Second)
 		var loser *Listener
 		var loserGot *sessions
 		switch sess.RemoteAddr() {
@@ -110,7 +112,7 @@ func TestLosersLeaveNothing(t *testing.T) {
 		default:
 			t.Fatalf("dial %d won at %v", i, sess.RemoteAddr())
 		}
-		deadline := time.Now().Add(2 * time.Second)
+		deadline := time.Now().Add(5 * time.Second)
 		for {
 			live := 0
 			for _, s := range loserGot.all() {
@@ -131,6 +133,9 @@ func TestLosersLeaveNothing(t *testing.T) {
 		sess.Abort()
 	}
 	goleak.VerifyNone(t, ignore)
+	// Every socket the dials opened is closed: on this side (the dials'
+	// connections, the sessions) and the servers' (accepted ones).
+	waitFor(t, "the file descriptors of before the dials", func() bool { return openFDs(t) <= fds })
 
 	// Every attempt hangs: the dial ends with its ctx.
 	short, cancelShort := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -144,8 +149,19 @@ func TestLosersLeaveNothing(t *testing.T) {
 	if el := time.Since(start); el > time.Second {
 		t.Errorf("hanging dial returned after %v", el)
 	}
-	silent.waitClosed(t, 2*time.Second)
+	silent.waitClosed(t, 5*time.Second)
 	goleak.VerifyNone(t, ignore)
+	waitFor(t, "the file descriptors of before the dials", func() bool { return openFDs(t) <= fds })
+}
+
+// openFDs counts the process's open file descriptors (Linux), or skips.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd here:", err)
+	}
+	return len(ents)
 }
 
 // TestListenerFlood: connections that never finish their handshake are
@@ -242,12 +258,13 @@ func TestListenerFlood(t *testing.T) {
 	waitFor(t, "the listener's session", func() bool { return len(got.all()) == 1 })
 }
 
-// waitFor polls cond for 2 s.
+// waitFor polls cond for 5 s (what takes milliseconds alone can take a
+// second on a loaded machine).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(2 * time.Second); !cond(); {
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
 		if time.Now().After(deadline) {
-			t.Fatalf("no %s within 2s", what)
+			t.Fatalf("no %s within 5s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -21,26 +22,46 @@ const tcpDials = 20
 // scenario also runs, in every one of tcpDials fresh dials each way, with
 // 256 KiB intact both ways each time: the blocked peer dials the public
 // one's TCP listener; when the public one dials, the blocked one connects
-// back to it (a reversal). Each session ends on both sides before the
-// next dial.
+// back to it (a reversal). Without delay, and with 20 ms one way on each
+// access link (the matrix's main variant; the relay then joins the race
+// 250 ms after the dial starts, since one side has no UDP). Each session
+// ends on both sides before the next dial.
 func TestLabDirectTCP(t *testing.T) {
 	s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true})
 	pub := s.Site(t, "tpub", natlab.Open)
-	for i, fw := range []natlab.Firewall{natlab.Home, natlab.LinuxHost} {
-		t.Run(string(fw), func(t *testing.T) {
-			// A fresh public node: the server allows a peer ID 30
-			// introductions at once (then 3 a second).
-			np := s.Node(t, pub.Host, reach.Config{})
-			reachlab.Echo(t, np)
-			corp := s.SiteWith(t, []string{"tch", "tcl"}[i], natlab.SiteConfig{Kind: natlab.Kind(natlab.UDPBlockedTCPOpen), Firewall: fw})
-			nc := s.Node(t, corp.Host, reach.Config{})
-			reachlab.Echo(t, nc)
-			if nc.Observed().IsValid() {
-				t.Fatalf("the blocked node registered over UDP (observed %v)", nc.Observed())
+	for j, delay := range []time.Duration{0, 20 * time.Millisecond} {
+		if delay > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := pub.Host.Impair(ctx, natlab.Impairment{Delay: delay})
+			cancel()
+			if err != nil {
+				t.Fatal(err)
 			}
-			dialTCP(t, "blocked -> open", nc, np)
-			dialTCP(t, "open -> blocked", np, nc)
-		})
+		}
+		for i, fw := range []natlab.Firewall{natlab.Home, natlab.LinuxHost} {
+			t.Run(fmt.Sprintf("%s/delay=%v", fw, delay), func(t *testing.T) {
+				// A fresh public node: the server allows a peer ID 30
+				// introductions at once (then 3 a second).
+				np := s.Node(t, pub.Host, reach.Config{})
+				reachlab.Echo(t, np)
+				corp := s.SiteWith(t, fmt.Sprintf("tc%d%d", j, i), natlab.SiteConfig{Kind: natlab.Kind(natlab.UDPBlockedTCPOpen), Firewall: fw})
+				if delay > 0 {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					err := corp.Router.Impair(ctx, natlab.Impairment{Delay: delay})
+					cancel()
+					if err != nil {
+						t.Fatal(err)
+					}
+				}
+				nc := s.Node(t, corp.Host, reach.Config{})
+				reachlab.Echo(t, nc)
+				if nc.Observed().IsValid() {
+					t.Fatalf("the blocked node registered over UDP (observed %v)", nc.Observed())
+				}
+				dialTCP(t, "blocked -> open", nc, np)
+				dialTCP(t, "open -> blocked", np, nc)
+			})
+		}
 	}
 }
 

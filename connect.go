@@ -4,10 +4,10 @@
 // A Node owns one UDP socket, registers its peer ID with one or more
 // rendezvous servers, and offers Dial (a stream to a peer), DialSession
 // (the session, to open and accept more streams) and Accept (incoming
-// streams). Dial races the rungs of the connectivity ladder (direct, a
-// port mapping the peer's gateway granted, hole punching, a volunteer
-// supernode, TURN, the hosted relay) and keeps the first session whose
-// TLS 1.3 handshake proved the dialled key. Node.Status reports what each
+// streams). Dial races the rungs of the connectivity ladder (direct,
+// direct over TCP, a port mapping the peer's gateway granted, hole
+// punching, a volunteer supernode, TURN, the hosted relay) and keeps the
+// first session whose TLS 1.3 handshake proved the dialled key. Node.Status reports what each
 // rung knows (port mapping, relay link, supernode, TURN).
 //
 //	node, err := reach.New(ctx, reach.Config{Key: key, Servers: []string{cs}})

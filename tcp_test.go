@@ -44,6 +44,10 @@ func TestDirectTCP(t *testing.T) {
 		t.Errorf("second dial made a new session (%v), want the open one", again)
 	}
 
+	if st := lis.Status(); st.TCPListener.Port() == 0 || st.TCP.Sessions != 1 || st.TCP.Pending != 0 {
+		t.Errorf("listener's status: TCP listener %v, %+v; want one session", st.TCPListener, st.TCP)
+	}
+
 	full := rbNode(t, "full", rs.ConnectString())
 	s2 := rbCheckDial(t, full, lis)
 	if s2.Strategy() != reach.StrategyDirect || s2.Transport() != stream.TransportUDP {

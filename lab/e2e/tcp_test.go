@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,7 +23,8 @@ const tcpDials = 20
 // scenario also runs, in every one of tcpDials fresh dials each way, with
 // 256 KiB intact both ways each time: the blocked peer dials the public
 // one's TCP listener; when the public one dials, the blocked one connects
-// back to it (a reversal). Without delay, and with 20 ms one way on each
+// back to it (a reversal). Afterwards neither host has a TCP connection
+// left but those to the server. Without delay, and with 20 ms one way on each
 // access link (the matrix's main variant; the relay then joins the race
 // 250 ms after the dial starts, since one side has no UDP). Each session
 // ends on both sides before the next dial.
@@ -60,6 +62,30 @@ func TestLabDirectTCP(t *testing.T) {
 				}
 				dialTCP(t, "blocked -> open", nc, np)
 				dialTCP(t, "open -> blocked", np, nc)
+				// Nothing of the 40 dials is left on either host: no
+				// connection to anyone but the server that is not
+				// closed (TIME_WAIT aside), half-open ones included.
+				srv := s.Srv.Addr().String()
+				for _, h := range []*natlab.Host{corp.Host, pub.Host} {
+					reachlab.MustWaitFor(t, 5*time.Second, "no TCP connection left on "+h.Name(), func() bool {
+						ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+						defer cancel()
+						out, err := h.Exec(ctx, "ss", "-Htn", "state", "connected", "exclude", "time-wait")
+						if err != nil {
+							t.Fatalf("ss on %s: %v", h.Name(), err)
+						}
+						var left []string
+						for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+							if line != "" && !strings.Contains(line, srv+":") {
+								left = append(left, line)
+							}
+						}
+						if len(left) > 0 {
+							t.Logf("%s: %d TCP connections left: %v", h.Name(), len(left), left)
+						}
+						return len(left) == 0
+					})
+				}
 			})
 		}
 	}

@@ -4,10 +4,10 @@
 // A Node owns one UDP socket, registers its peer ID with one or more
 // rendezvous servers, and offers Dial (a stream to a peer), DialSession
 // (the session, to open and accept more streams) and Accept (incoming
-// streams). Dial races the rungs of the connectivity ladder (direct, a
-// port mapping the peer's gateway granted, hole punching, a volunteer
-// supernode, TURN, the hosted relay) and keeps the first session whose
-// TLS 1.3 handshake proved the dialled key. Node.Status reports what each
+// streams). Dial races the rungs of the connectivity ladder (direct,
+// direct over TCP, a port mapping the peer's gateway granted, hole
+// punching, a volunteer supernode, TURN, the hosted relay) and keeps the
+// first session whose TLS 1.3 handshake proved the dialled key. Node.Status reports what each
 // rung knows (port mapping, relay link, supernode, TURN).
 //
 //	node, err := reach.New(ctx, reach.Config{Key: key, Servers: []string{cs}})
@@ -45,6 +45,7 @@ import (
 
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/directtcp"
 	"github.com/reachp2p/reach/internal/holepunch"
 	"github.com/reachp2p/reach/internal/ladder"
 	"github.com/reachp2p/reach/internal/rung"
@@ -78,6 +79,7 @@ var (
 // Strategies lists them.
 const (
 	StrategyDirect    = "direct"
+	StrategyDirectTCP = "direct-tcp"
 	StrategyUPnP      = "upnp"
 	StrategyHolepunch = "holepunch"
 	StrategySupernode = "supernode"
@@ -201,6 +203,12 @@ type Config struct {
 	// tries, fails or manages to find a better path. Nil: events are only
 	// logged.
 	OnPathEvent func(PathEvent)
+	// TCPLimits bound the node's TCP listener (StrategyDirectTCP), which
+	// accepts TLS+yamux sessions on the port number of its UDP socket (any
+	// port when that one is taken): connections in their handshake at
+	// once, from one IP address, the time each has to prove a key, and
+	// connections back to diallers at once. Zero fields: the defaults.
+	TCPLimits TCPLimits
 	// Supernode makes the node volunteer as a supernode for peers that
 	// cannot punch through, with limits (pairs at once, bandwidth, whom
 	// for); see Node.Status and WaitSupernode. Zero: it does not
@@ -376,6 +384,23 @@ type PunchLimits struct {
 	MaxAddrs int
 }
 
+// TCPLimits bound the node's TCP listener: what unauthenticated
+// connections make it keep. Zero fields take the defaults.
+type TCPLimits struct {
+	// MaxPending: connections in their TLS handshake at once; more are
+	// closed as they are accepted. Zero: 64.
+	MaxPending int
+	// MaxPendingPerIP: such connections from one IP address. Zero: 8.
+	MaxPendingPerIP int
+	// HandshakeTimeout: the time an accepted connection has to complete
+	// its handshake (at most Session.HandshakeTimeout). Zero: 5s.
+	HandshakeTimeout time.Duration
+	// MaxReversals: connections back to introduced diallers running at
+	// once (when UDP looks blocked and only the dialler's TCP listener
+	// can be reached, the listener connects to it). Zero: 8.
+	MaxReversals int
+}
+
 // host is what the node lends its rungs.
 func (n *Node) host(signalling, local bool) *rung.Host {
 	return &rung.Host{
@@ -409,7 +434,7 @@ func (n *Node) ladderOptions() ladder.Options {
 		HeadStart: n.cfg.HeadStart, PunchLinger: n.cfg.PunchLinger, PunchLimits: holepunch.Limits(n.cfg.PunchLimits),
 		DisablePortMapping: n.cfg.DisablePortMapping, PortMapping: n.cfg.PortMapping,
 		RelayToken: n.cfg.RelayToken, RelayDialers: n.cfg.RelayDialers,
-		TURN: n.cfg.TURN, Supernode: n.cfg.Supernode,
+		TURN: n.cfg.TURN, Supernode: n.cfg.Supernode, TCPLimits: directtcp.Limits(n.cfg.TCPLimits),
 	}
 }
 

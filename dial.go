@@ -94,6 +94,9 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 		if r := e.Rung.Offer(ctx, &offer); r != nil {
 			releases = append(releases, r)
 		}
+		if x, ok := e.Rung.(rung.Expecter); ok && kind == introDial {
+			releases = append(releases, x.Expect(peer))
+		}
 	}
 	var fl *rendezvous.Flight
 	hp := holepunchOf(entries)

@@ -142,7 +142,12 @@ func (n *Node) sessionsAt(peer identity.PeerID, key netip.AddrPort) []*stream.Se
 }
 
 // quicKey is sess's QUIC address as the node's socket keys it.
+// A TLS+yamux session (direct-tcp) has none: its path is its TCP
+// connection, which the socket's path table knows nothing of.
 func quicKey(sess *stream.Session) netip.AddrPort {
+	if sess.QUIC() == nil {
+		return netip.AddrPort{}
+	}
 	a := sess.QUICAddr()
 	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
 }

@@ -10,7 +10,8 @@ import (
 
 // Status is a snapshot of what a node is and knows: its addresses, its
 // server, its sessions, and what each rung reports (the embedded
-// rung status: PortMapping, Supernode, TURN, RelayTransport).
+// rung status: PortMapping, Supernode, TURN, RelayTransport, TCPListener
+// and TCP).
 type Status struct {
 	// ID is the node's peer ID.
 	ID PeerID

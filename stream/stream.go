@@ -448,6 +448,21 @@ func (s *Session) SetStrategy(name string) {
 	s.mu.Unlock()
 }
 
+// Transports a session runs on (Session.Transport).
+const (
+	TransportUDP = "udp" // QUIC over the node's UDP socket (or a forwarded path of it)
+	TransportTCP = "tcp" // TLS 1.3 + yamux over a byte stream (a TCP connection)
+)
+
+// Transport returns TransportUDP for a QUIC session and TransportTCP for a
+// TLS+yamux one.
+func (s *Session) Transport() string {
+	if s.qc != nil {
+		return TransportUDP
+	}
+	return TransportTCP
+}
+
 // QUIC returns the underlying QUIC connection, or nil for a TLS+yamux
 // session. It is for path management and statistics: streams opened on it
 // directly bypass the stream header and will be rejected by the peer.

@@ -165,7 +165,7 @@ func labClassify(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("%s: %w", k, err))
 			continue
 		}
-		fmt.Printf("%-16s %s\n", k, c)
+		fmt.Printf("%-21s %s\n", k, c)
 	}
 	return errors.Join(errs...)
 }

@@ -70,10 +70,11 @@ func pathEvent(e reach.PathEvent) map[string]any {
 }
 
 // connectedEvent is the JSON event for a session that is up: its
-// strategy, the peer, and "path", the direct address (absent while the
-// session is forwarded: relay, supernode, TURN), as in pathEvent.
+// strategy, the peer, "transport" ("udp": QUIC; "tcp": TLS+yamux over a
+// TCP path) and "path", the direct address (absent while the session is
+// forwarded: relay, supernode, TURN), as in pathEvent.
 func connectedEvent(s *reach.Session) map[string]any {
-	m := map[string]any{"event": "connected", "strategy": s.Strategy(), "remote": s.RemotePeer().String()}
+	m := map[string]any{"event": "connected", "strategy": s.Strategy(), "remote": s.RemotePeer().String(), "transport": s.Transport()}
 	if p := s.RemoteAddr(); p.IsValid() {
 		m["path"] = p.String()
 	}

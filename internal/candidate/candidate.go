@@ -38,6 +38,10 @@ const (
 	// TURN: the peer's relayed transport address on its TURN server,
 	// reachable once the other side permits it there.
 	TURN Kind = "turn"
+	// TCPHost: an address of one of the peer's own interfaces where its
+	// TCP listener accepts TLS+yamux sessions (rung direct-tcp). Usually
+	// the port of its UDP socket. Peers that predate it ignore the kind.
+	TCPHost Kind = "tcp-host"
 )
 
 // Candidate is one address at which a peer might be reached.
@@ -148,6 +152,9 @@ func (p PeerInfo) HasUDP() bool {
 	return false
 }
 
+// HasTCP reports whether the sender advertised a TCP listener.
+func (p PeerInfo) HasTCP() bool { return len(p.Addrs(TCPHost)) > 0 }
+
 // Volunteers returns the usable Supernode candidates, in the server's
 // order (best first).
 func (p PeerInfo) Volunteers() []Candidate {
@@ -196,6 +203,16 @@ func HostAddrs(addrs []net.Addr, port uint16, loopback, v6 bool) []Candidate {
 	return out
 }
 
+// TCPHostAddrs is HostAddrs for a TCP listener on port: the same
+// addresses, of kind TCPHost.
+func TCPHostAddrs(addrs []net.Addr, port uint16, loopback, v6 bool) []Candidate {
+	out := HostAddrs(addrs, port, loopback, v6)
+	for i := range out {
+		out[i].Kind = TCPHost
+	}
+	return out
+}
+
 // Prefixes lists the networks of the given interface addresses.
 func Prefixes(addrs []net.Addr) []netip.Prefix {
 	var out []netip.Prefix
@@ -226,6 +243,24 @@ func (p PeerInfo) DirectPlausible(local []netip.Prefix) bool {
 		}
 	}
 	return false
+}
+
+// PlausibleAddrs returns the usable addresses of kind k that can
+// plausibly be reached as they are from a node on the local networks: a
+// public address, or one inside one of them. At most max of them (0: no
+// bound).
+func (p PeerInfo) PlausibleAddrs(k Kind, local []netip.Prefix, max int) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, a := range p.Addrs(k) {
+		if max > 0 && len(out) >= max {
+			break
+		}
+		ip := a.Addr().Unmap()
+		if ip.IsGlobalUnicast() && !ip.IsPrivate() && !cgnat.Contains(ip) || inAny(ip, local) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // cgnat is the shared address space of carrier-grade NATs (RFC 6598).

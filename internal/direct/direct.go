@@ -72,7 +72,15 @@ func (r *Rung) Candidates() []candidate.Candidate {
 // plausibly be reached as it is (a public address, or one on a network
 // this node is on), direct gets no head start, so the next rungs do not
 // wait for it.
+//
+// Nor does it when either side's UDP looks blocked (the peer's server saw
+// no UDP from it, or this node registered over TCP): QUIC can then only
+// work on a shared LAN, and direct-tcp, next in the table, should not
+// wait for it.
 func (r *Rung) Plan(a *rung.Attempt, headStart time.Duration) (time.Duration, bool) {
+	if !a.Remote.HasUDP() || r.h.Observed != nil && !r.h.Observed().IsValid() {
+		return 0, true
+	}
 	addrs, _ := r.h.InterfaceAddrs()
 	if a.Remote.DirectPlausible(candidate.Prefixes(addrs)) {
 		// A handshake's worth: otherwise hole punching's optimistic dial

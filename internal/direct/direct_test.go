@@ -88,13 +88,29 @@ func TestCandidates(t *testing.T) {
 // reachable as it is.
 func TestPlan(t *testing.T) {
 	r := New(host(t, listen(t, "127.0.0.1:0"), "192.168.7.2/24"))
-	lan := &rung.Attempt{Remote: candidate.PeerInfo{Candidates: []candidate.Candidate{{Addr: netip.MustParseAddrPort("192.168.7.9:4000"), Kind: candidate.Host}}}}
-	other := &rung.Attempt{Remote: candidate.PeerInfo{Candidates: []candidate.Candidate{{Addr: netip.MustParseAddrPort("10.9.9.9:4000"), Kind: candidate.Host}}}}
+	srflx := candidate.Candidate{Addr: netip.MustParseAddrPort("198.51.100.7:4000"), Kind: candidate.Reflexive}
+	lanHost := candidate.Candidate{Addr: netip.MustParseAddrPort("192.168.7.9:4000"), Kind: candidate.Host}
+	lan := &rung.Attempt{Remote: candidate.PeerInfo{Candidates: []candidate.Candidate{lanHost, srflx}}}
+	other := &rung.Attempt{Remote: candidate.PeerInfo{Candidates: []candidate.Candidate{{Addr: netip.MustParseAddrPort("10.9.9.9:4000"), Kind: candidate.Host}, srflx}}}
 	if hs, ok := r.Plan(lan, 20*time.Millisecond); !ok || hs != PlausibleHeadStart {
 		t.Errorf("same LAN: %v %v", hs, ok)
 	}
 	if hs, ok := r.Plan(other, 20*time.Millisecond); !ok || hs != 0 {
 		t.Errorf("another private network: %v %v, want no head start", hs, ok)
+	}
+	// UDP blocked: the peer registered over TCP (no reflexive address),
+	// or this node did (no observed address).
+	noUDP := &rung.Attempt{Remote: candidate.PeerInfo{Candidates: []candidate.Candidate{lanHost}}}
+	if hs, ok := r.Plan(noUDP, 20*time.Millisecond); !ok || hs != 0 {
+		t.Errorf("peer without UDP: %v %v, want no head start", hs, ok)
+	}
+	r.h.Observed = func() netip.AddrPort { return netip.AddrPort{} }
+	if hs, ok := r.Plan(lan, 20*time.Millisecond); !ok || hs != 0 {
+		t.Errorf("this node without UDP: %v %v, want no head start", hs, ok)
+	}
+	r.h.Observed = func() netip.AddrPort { return srflx.Addr }
+	if hs, ok := r.Plan(lan, 20*time.Millisecond); !ok || hs != PlausibleHeadStart {
+		t.Errorf("both with UDP, same LAN: %v %v", hs, ok)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach/internal/direct"
+	"github.com/reachp2p/reach/internal/directtcp"
 	"github.com/reachp2p/reach/internal/holepunch"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/relay"
@@ -39,6 +40,8 @@ type Options struct {
 	TURN []turn.Server
 	// Supernode: supernode.Config.
 	Supernode supernode.Config
+	// TCPLimits: directtcp.Limits (the node's TCP listener).
+	TCPLimits directtcp.Limits
 }
 
 // DefaultHeadStart is how long a rung runs alone before the next one
@@ -58,6 +61,9 @@ type spec struct {
 // table is the ladder, in order of preference.
 var table = []spec{
 	{name: direct.Name, new: func(h *rung.Host, _ *Options) rung.Rung { return direct.New(h) }},
+	// After direct, whose head start (when the peer looks reachable and
+	// both sides have UDP) lets QUIC win where both would work.
+	{name: directtcp.Name, new: func(h *rung.Host, o *Options) rung.Rung { return directtcp.New(h, o.TCPLimits) }},
 	{name: upnp.Name, new: func(h *rung.Host, o *Options) rung.Rung {
 		return upnp.NewRung(h, upnp.RungConfig{Disable: o.DisablePortMapping, Mapper: o.PortMapping})
 	}},

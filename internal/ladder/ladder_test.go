@@ -52,7 +52,7 @@ func closeAll(l *Ladder) {
 }
 
 func TestBuild(t *testing.T) {
-	want := []string{"direct", "upnp", "holepunch", "supernode", "turn", "relay"}
+	want := []string{"direct", "direct-tcp", "upnp", "holepunch", "supernode", "turn", "relay"}
 	if !slices.Equal(Names(), want) {
 		t.Fatalf("Names = %v, want %v", Names(), want)
 	}
@@ -83,7 +83,7 @@ func TestBuild(t *testing.T) {
 			t.Errorf("%s does not forward", n)
 		}
 	}
-	for _, n := range []string{"direct", "upnp", "holepunch", "nonsense"} {
+	for _, n := range []string{"direct", "direct-tcp", "upnp", "holepunch", "nonsense"} {
 		if Forwards(n) {
 			t.Errorf("%s forwards", n)
 		}
@@ -92,7 +92,7 @@ func TestBuild(t *testing.T) {
 	for _, e := range l.Better() {
 		better = append(better, e.Rung.Name())
 	}
-	if !slices.Equal(better, []string{"direct", "upnp", "holepunch"}) {
+	if !slices.Equal(better, []string{"direct", "direct-tcp", "upnp", "holepunch"}) {
 		t.Errorf("Better = %v", better)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 
+	"github.com/reachp2p/reach/internal/directtcp"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/supernode"
@@ -27,6 +28,11 @@ type Status struct {
 	// RelayTransport is the transport of the node's link to its relay
 	// ("udp", "tls", "ws"); "" while it has none.
 	RelayTransport string
+	// TCPListener is the address of the node's TCP listener (direct-tcp;
+	// the UDP socket's port number unless it was taken); invalid without
+	// one. TCP counts what it did with the connections it accepted.
+	TCPListener netip.AddrPort
+	TCP         directtcp.ListenerStats
 }
 
 // Status asks each rung that reports something.
@@ -42,6 +48,10 @@ func (l *Ladder) Status() Status {
 			st.TURN = r.Addr()
 		case *relay.Rung:
 			st.RelayTransport = r.Transport()
+		case *directtcp.Rung:
+			if l := r.Listener(); l != nil {
+				st.TCPListener, st.TCP = l.Addr(), l.Stats()
+			}
 		}
 	}
 	return st

@@ -96,6 +96,17 @@ type Validator interface {
 	Validate(ctx context.Context, a *Attempt) (netip.AddrPort, error)
 }
 
+// Expecter is a rung whose sessions may be opened by the peer being
+// dialled (a connection reversal: the peer connects back to this node
+// when only this node can be reached). Expect tells it, before the
+// introduction is sent, that the node dials peer, so that a session the
+// peer opens from then on is kept for this dial's Connect rather than
+// handed to the node; release, called when the dial's race is over,
+// closes any such session Connect did not take.
+type Expecter interface {
+	Expect(peer identity.PeerID) (release func())
+}
+
 // Base implements every hook of Rung but Name and Connect as doing
 // nothing; rungs embed it.
 type Base struct{}

@@ -11,6 +11,7 @@ import (
 // Rung names as the ladder reports them (reach's names, short here).
 const (
 	Direct    = reach.StrategyDirect
+	DirectTCP = reach.StrategyDirectTCP
 	UPnP      = reach.StrategyUPnP
 	Holepunch = reach.StrategyHolepunch
 	Supernode = reach.StrategySupernode
@@ -27,7 +28,7 @@ func rank(s string) int {
 		return 0
 	case UPnP:
 		return 1
-	case Holepunch:
+	case Holepunch, DirectTCP:
 		return 2
 	case Supernode:
 		return 3

@@ -68,12 +68,22 @@ func linuxHostBases() []natlab.Kind {
 		natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.Symmetric), natlab.KindDouble}
 }
 
+// notYetInMatrix are lab kinds the matrix leaves out for now:
+// udp-blocked-tcp-open needs the TCP rungs' oracle (Best) and adds a row
+// and a column of slow cells (issue 17).
+func notYetInMatrix() []natlab.Kind {
+	return []natlab.Kind{natlab.Kind(natlab.UDPBlockedTCPOpen)}
+}
+
 // Kinds lists every kind of the full matrix: natlab.Kinds() in the
-// brief's order, each router kind that has one followed by its
-// linux-host variant, then SymmetricUPnP.
+// brief's order (but notYetInMatrix), each router kind that has one
+// followed by its linux-host variant, then SymmetricUPnP.
 func Kinds() []Kind {
 	var out []Kind
 	for _, k := range natlab.Kinds() {
+		if slices.Contains(notYetInMatrix(), k) {
+			continue
+		}
 		out = append(out, Kind(k))
 		if slices.Contains(linuxHostBases(), k) {
 			out = append(out, LinuxHost(k))

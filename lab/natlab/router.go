@@ -32,6 +32,11 @@ const (
 	// UDPBlocked: a corporate firewall (port-restricted NAT) that lets only
 	// TCP to ports 80 and 443 out.
 	UDPBlocked NAT = "udp-blocked"
+	// UDPBlockedTCPOpen: a corporate firewall (port-restricted NAT,
+	// masquerade) that drops all UDP but lets TCP out to any port, as many
+	// corporate and hotel networks do. Inbound TCP gets in only as replies
+	// (conntrack), and to the router itself as its Firewall says.
+	UDPBlockedTCPOpen NAT = "udp-blocked-tcp-open"
 	// ProxyOnly: a corporate network with no direct outbound at all; a
 	// squid proxy on the router (LAN address, port 3128) accepts HTTP
 	// CONNECT to port 443 (see Router.StartSquid).
@@ -39,7 +44,7 @@ const (
 )
 
 // AllNATs lists every behaviour, in the brief's order.
-var AllNATs = []NAT{FullCone, RestrictedCone, PortRestricted, Symmetric, UDPBlocked, ProxyOnly}
+var AllNATs = []NAT{FullCone, RestrictedCone, PortRestricted, Symmetric, UDPBlocked, UDPBlockedTCPOpen, ProxyOnly}
 
 // Firewall is what a router does with new packets from the WAN side to
 // itself: the two variants every NAT behaviour exists in.
@@ -95,7 +100,8 @@ type RouterConfig struct {
 	// IPv4 address on either side, no IPv4 route, nothing of IPv4
 	// forwarded, and no NAT64 either, so its hosts reach IPv6 addresses
 	// only. NAT then says only what the firewall lets out (every UDP kind
-	// alike; UDPBlocked only TCP to 80 and 443); not ProxyOnly, Carrier,
+	// alike; UDPBlocked only TCP to 80 and 443, UDPBlockedTCPOpen all
+	// TCP); not ProxyOnly, Carrier,
 	// Hairpin, WANAddr or LAN.
 	IPv6Only bool
 	// Firewall is the router's input policy on its WAN side. Zero: Home.
@@ -355,6 +361,8 @@ func (r *Router) ruleset4(b *strings.Builder) {
 	switch c.NAT {
 	case UDPBlocked:
 		b.WriteString("    iifname \"lan\" oifname \"wan\" tcp dport { 80, 443 } accept\n")
+	case UDPBlockedTCPOpen:
+		b.WriteString("    iifname \"lan\" oifname \"wan\" meta l4proto tcp accept\n")
 	case ProxyOnly:
 		// no forwarding from the LAN at all
 	default:
@@ -387,6 +395,8 @@ func (r *Router) ruleset6(b *strings.Builder) {
 	switch c.NAT {
 	case UDPBlocked:
 		b.WriteString("    iifname \"lan\" oifname \"wan\" tcp dport { 80, 443 } accept\n")
+	case UDPBlockedTCPOpen:
+		b.WriteString("    iifname \"lan\" oifname \"wan\" meta l4proto tcp accept\n")
 	case ProxyOnly:
 	default:
 		b.WriteString("    iifname \"lan\" accept\n")

@@ -23,7 +23,7 @@ func Kinds() []Kind {
 	for _, n := range []NAT{FullCone, RestrictedCone, PortRestricted, Symmetric} {
 		k = append(k, Kind(n))
 	}
-	return append(k, KindDouble, Kind(UDPBlocked), Kind(ProxyOnly))
+	return append(k, KindDouble, Kind(UDPBlocked), Kind(UDPBlockedTCPOpen), Kind(ProxyOnly))
 }
 
 // ParseKind checks a kind name.

@@ -92,7 +92,9 @@ func (s *Server) takeData(b []byte, from netip.AddrPort) (int, netip.AddrPort) {
 	p := s.data[tok]
 	s.mu.RUnlock()
 	if p == nil || !p.dataFrom(from) {
-		s.m.drop(dropUnknownLink)
+		if p == nil || !p.data.detached.Load() || !s.moveTo(p, b, from) {
+			s.m.drop(dropUnknownLink)
+		}
 		return 0, netip.AddrPort{}
 	}
 	if !p.data.seen.Load() {
@@ -162,6 +164,10 @@ type linkData struct {
 	seen     atomic.Bool // a data packet came since the last sweep
 	lastSeen time.Time   // the sweep's: when it last found seen set
 	fragID   atomic.Uint32
+	// key authenticates a detached link's move to a new address (rebind.go);
+	// it went to the node inside the QUIC connection only (WELCOME).
+	key [linkKeyLen]byte
+	mv  moveState
 }
 
 // sendFrags sends pkt from src to a detached link as two fragments.

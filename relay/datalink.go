@@ -178,6 +178,12 @@ func (d *dataLink) control(f []byte) {
 			err := &ServerError{Code: body[0], Reason: string(body[1:])}
 			go d.l.fail(err)
 		}
+	case frameChallenge:
+		// The relay sees this node at a new address: prove it is the
+		// node (rebind.go).
+		if len(body) == 8 && d.l.detachable {
+			d.sendControl(appendFrame(nil, frameResponse, body, moveMAC(d.l.linkKey[:], d.token, body)))
+		}
 	}
 }
 

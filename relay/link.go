@@ -465,6 +465,7 @@ type link struct {
 	consent        bool                      // the relay understands ALLOW frames (WELCOME)
 	dataToken      uint64                    // the relay takes data packets with this token (WELCOME); 0: not
 	detachable     bool                      // the relay lets the link detach (WELCOME)
+	linkKey        [linkKeyLen]byte          // proves the node in a detached link's move (rebind.go)
 	data           *atomic.Pointer[dataLink] // a UDP link's data packets; nil: none
 	// detached, if set, is called when the relay answered DETACH: the
 	// link goes on as data packets alone (a UDP link's).
@@ -559,7 +560,10 @@ func (l *link) hello(ctx context.Context, token string, consent bool, r io.Reade
 	l.consent = len(body) >= 5 && body[4]&welcomeConsent != 0
 	if len(body) >= 5+linkTokenLen && body[4]&welcomeData != 0 {
 		l.dataToken = binary.BigEndian.Uint64(body[5 : 5+linkTokenLen])
-		l.detachable = body[4]&welcomeDetach != 0
+		if k := body[5+linkTokenLen:]; body[4]&welcomeDetach != 0 && len(k) >= linkKeyLen {
+			l.detachable = true
+			l.linkKey = [linkKeyLen]byte(k[:linkKeyLen])
+		}
 	}
 	if consent && l.consent {
 		if _, err := l.ctl.Write(appendFrame(nil, frameAllow)); err != nil {

@@ -82,6 +82,7 @@ type metrics struct {
 	drops    [numDropReasons]atomic.Uint64
 	expired  atomic.Uint64 // live links ended at their token's expiry
 	detached atomic.Int64  // UDP links detached now (data packets alone)
+	moved    atomic.Uint64 // detached links moved to a new address (rebind.go)
 }
 
 func (m *metrics) drop(r dropReason) { m.drops[r].Add(1) }
@@ -109,6 +110,9 @@ type MetricsSnapshot struct {
 	// packets alone, without a QUIC connection (docs/protocol.md,
 	// "Detached links").
 	Detached int
+	// Moved are the detached links that moved to a new address of their
+	// node (a NAT rebinding), validated by a challenge.
+	Moved uint64
 	// Sessions are the relay sessions now (ordered pairs of peers with
 	// recent packets).
 	Sessions int
@@ -140,6 +144,7 @@ func (s *Server) Metrics() MetricsSnapshot {
 		AuthFailures: make(map[string]uint64, numAuthReasons),
 		Expired:      m.expired.Load(),
 		Detached:     int(m.detached.Load()),
+		Moved:        m.moved.Load(),
 		Sessions:     sessions,
 		Packets:      m.packets.Load(),
 		Bytes:        m.bytes.Load(),

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"sync"
 	"time"
@@ -54,6 +55,7 @@ func (s *Server) ServeQUIC(ctx context.Context, qc *quic.Conn) {
 	st.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if sock := s.sock.Load(); sock != nil {
 		p.data = linkData{token: newLinkToken(), sock: *sock}
+		rand.Read(p.data.key[:])
 		a := addrPortOf(qc.RemoteAddr())
 		p.data.addr.Store(&a)
 		p.writeBatch = p.writeDataBatch

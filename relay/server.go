@@ -322,16 +322,17 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 	}
 	s.m.clients[p.transport].Add(1)
 	s.m.conns[p.transport].Add(1)
-	w := make([]byte, 5, 5+linkTokenLen)
+	w := make([]byte, 5, 5+linkTokenLen+linkKeyLen)
 	binary.BigEndian.PutUint16(w[0:2], MaxPayload)
 	binary.BigEndian.PutUint16(w[2:4], uint16(min(s.cfg.IdleTimeout/3/time.Second, 65535)))
 	w[4] = welcomeConsent
 	if p.data.token != 0 {
 		w[4] |= welcomeData
+		w = binary.BigEndian.AppendUint64(w, p.data.token)
 		if !s.cfg.QUICLinks {
 			w[4] |= welcomeDetach
+			w = append(w, p.data.key[:]...)
 		}
-		w = binary.BigEndian.AppendUint64(w, p.data.token)
 	}
 	if err := p.write(appendFrame(nil, frameWelcome, w)); err != nil {
 		s.unregister(p)

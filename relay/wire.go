@@ -36,6 +36,9 @@ const (
 	framePong    = 0x07 // either: echoes the ping
 	frameAllow   = 0x08 // client → server: empty (consent wanted), or a peer key the client receives from
 	frameDetach  = 0x09 // either, QUIC links: empty; the link goes on as data packets alone (detached)
+	// In data packets of detached links only (never on a byte stream):
+	frameChallenge = 0x0a // server → client, to a new address: nonce (8)
+	frameResponse  = 0x0b // client → server, from it: nonce (8) + MAC (16)
 )
 
 // welcomeConsent is the WELCOME flag (the fifth byte of its body) of a

@@ -32,7 +32,8 @@ func (a Addr) String() string { return a.Peer.String() }
 // dropped, as a UDP socket drops packets without a route; QUIC retransmits.
 type PacketConn struct {
 	c      *Client
-	in     chan inPacket
+	in     chan inPacket // queue(): made on first use
+	inOnce sync.Once
 	closed chan struct{}
 	once   sync.Once
 
@@ -51,7 +52,15 @@ type inPacket struct {
 const inQueue = 1024
 
 func newPacketConn(c *Client) *PacketConn {
-	return &PacketConn{c: c, in: make(chan inPacket, inQueue), closed: make(chan struct{}), dlChange: make(chan struct{})}
+	return &PacketConn{c: c, closed: make(chan struct{}), dlChange: make(chan struct{})}
+}
+
+// queue returns the received-packet queue, made on first use: a client
+// whose packets go to ClientConfig.Deliver (a node's) never reads from the
+// PacketConn, and its 1024 slots (56 KB) are then never allocated.
+func (pc *PacketConn) queue() chan inPacket {
+	pc.inOnce.Do(func() { pc.in = make(chan inPacket, inQueue) })
+	return pc.in
 }
 
 func (pc *PacketConn) deliver(from identity.PeerID, b []byte) {
@@ -60,7 +69,7 @@ func (pc *PacketConn) deliver(from identity.PeerID, b []byte) {
 	}
 	buf := append(getBuf(), b...)
 	select {
-	case pc.in <- inPacket{from, buf}:
+	case pc.queue() <- inPacket{from, buf}:
 	default: // full: drop, like a socket buffer
 		putBuf(buf)
 	}
@@ -83,7 +92,7 @@ func (pc *PacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 			timeout = t.C
 		}
 		select {
-		case p := <-pc.in:
+		case p := <-pc.queue():
 			n := copy(b, p.b)
 			putBuf(p.b)
 			return n, Addr{p.from}, nil

@@ -3,7 +3,9 @@ package relay_test
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -67,6 +69,14 @@ func BenchmarkRelayScale(b *testing.B) {
 		loaded := f.run(b)
 		reg, linked, detached, rss1 := scalePeers(b, rc)
 		self1, _ := vmRSS(os.Getpid())
+		if p := os.Getenv("RELAY_SCALE_PROFILE"); p != "" {
+			// The simulated peers' heap (what bounds how many fit here).
+			runtime.GC()
+			if f, err := os.Create(p); err == nil {
+				pprof.Lookup("heap").WriteTo(f, 0)
+				f.Close()
+			}
+		}
 		if reg < peers*99/100 || linked < peers*99/100 {
 			b.Fatalf("%d peers registered and %d linked, want %d", reg, linked, peers)
 		}

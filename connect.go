@@ -234,8 +234,9 @@ type Node struct {
 	probing  map[identity.PeerID]bool // a probe of the peer's direct path runs (liveness.go)
 	closed   bool
 
-	mapping atomic.Value // string: how the NAT maps the socket (mapping.go)
-	counts  nodeCounts   // for Metrics (metrics.go)
+	mapping atomic.Value                             // string: how the NAT maps the socket (mapping.go)
+	alloc   atomic.Pointer[candidate.PortAllocation] // how it allocates ports, when the mapping varies
+	counts  nodeCounts                               // for Metrics (metrics.go)
 	// mapped is closed when the first measurement of mapping is over,
 	// whatever it found.
 	mapped chan struct{}

@@ -83,7 +83,7 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []rung.Entry, kind introKind) (*rung.Attempt, time.Duration, func(), error) {
 	var b [8]byte
 	rand.Read(b[:])
-	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1, Mapping: n.Mapping(), Move: kind == introMove}
+	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1, Mapping: n.Mapping(), Ports: n.ports(), Move: kind == introMove}
 	var releases []func()
 	release := func() {
 		for _, r := range releases {
@@ -346,7 +346,7 @@ func (n *Node) serveIntroductions() {
 			for _, r := range n.ladder.All {
 				r.Introduced(offer)
 			}
-			answer := candidate.PeerInfo{Mapping: n.Mapping()}
+			answer := candidate.PeerInfo{Mapping: n.Mapping(), Ports: n.ports()}
 			hp := holepunchOf(n.ladder.Dial)
 			if hp != nil {
 				own := candidate.PeerInfo{Candidates: n.candidates(), Observed: n.Observed(), Mapping: n.Mapping()}

@@ -2,11 +2,13 @@ package reach
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"time"
 
 	"github.com/reachp2p/reach/internal/candidate"
 	"github.com/reachp2p/reach/internal/rung"
+	"github.com/reachp2p/reach/internal/sock"
 )
 
 // How the node's NAT maps its socket (RFC 4787), learnt from its server's
@@ -48,7 +50,53 @@ func (n *Node) detectMapping() {
 	}
 	n.mapping.Store(m)
 	n.log.Debug("mapping", "behaviour", m, "first", first.Mapped, "second", second)
+	if m == candidate.MappingVaries && second.Addr().Is4() {
+		n.detectAllocation(ctx, srv, first.Other.Port(), second)
+	}
 }
+
+// detectAllocation learns how the node's symmetric NAT picks ports: a
+// helper socket (Config.ListenPacket) asks the server's two STUN ports,
+// which makes two new mappings right after the node's own second one
+// (last); the three ports, oldest first, name the allocation
+// (candidate.ClassifyPorts). Offers and answers carry it, so a peer
+// punches the next ports of a sequential NAT (holepunch's prediction).
+func (n *Node) detectAllocation(ctx context.Context, srv netip.AddrPort, alt uint16, last netip.AddrPort) {
+	listen := n.cfg.ListenPacket
+	if listen == nil {
+		listen = net.ListenPacket
+	}
+	c, err := listen("udp4", ":0")
+	if err != nil {
+		n.log.Debug("mapping: allocation unknown", "err", err)
+		return
+	}
+	defer c.Close()
+	ports := []int{int(last.Port())}
+	for _, to := range []netip.AddrPort{srv, netip.AddrPortFrom(srv.Addr(), alt)} {
+		got, err := sock.STUNConn(ctx, c, to)
+		if err != nil || got.Addr() != last.Addr() {
+			n.log.Debug("mapping: allocation unknown", "to", to, "got", got, "err", err)
+			return
+		}
+		ports = append(ports, int(got.Port()))
+	}
+	a, ok := candidate.ClassifyPorts(ports)
+	if !ok {
+		return
+	}
+	n.alloc.Store(&a)
+	n.log.Debug("mapping: port allocation", "allocation", a.String(), "ports", ports)
+}
+
+// Allocation returns how the node's symmetric NAT allocates public ports:
+// "sequential +N", "random", or "" when unknown or the mapping does not
+// vary by destination.
+func (n *Node) Allocation() string { return n.alloc.Load().String() }
+
+// ports is the node's PortAllocation for offers and answers (nil:
+// unknown).
+func (n *Node) ports() *candidate.PortAllocation { return n.alloc.Load() }
 
 // mappingWait bounds how long a dial waits for the node's first mapping
 // measurement (two STUN round trips to the server, started when the node

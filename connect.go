@@ -375,6 +375,11 @@ type PunchLimits struct {
 	// MaxAddrs: addresses of the other peer one attempt checks.
 	// Zero: 8.
 	MaxAddrs int
+	// PredictPorts: when the other peer's symmetric NAT allocates ports
+	// in sequence, how many of its next ports one attempt punches
+	// besides its addresses (port prediction; within AttemptPackets and
+	// PacketsPerSecond), at most 16. Zero: 12; negative: no prediction.
+	PredictPorts int
 }
 
 // host is what the node lends its rungs.

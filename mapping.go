@@ -48,11 +48,13 @@ func (n *Node) detectMapping() {
 	if second != first.Mapped {
 		m = candidate.MappingVaries
 	}
-	n.mapping.Store(m)
 	n.log.Debug("mapping", "behaviour", m, "first", first.Mapped, "second", second)
 	if m == candidate.MappingVaries && second.Addr().Is4() {
+		// Before the mapping is published: an offer or answer that says
+		// "varies" says how ports are allocated too, when it can.
 		n.detectAllocation(ctx, srv, first.Other.Port(), second)
 	}
+	n.mapping.Store(m)
 }
 
 // detectAllocation learns how the node's symmetric NAT picks ports: a

@@ -274,6 +274,7 @@ type Session struct {
 
 	mu       sync.Mutex
 	strategy string
+	detail   string                              // SetStrategyDetail
 	resolve  func(netip.AddrPort) netip.AddrPort // SetPathResolver
 	bye      chan struct{}                       // closed when the peer's bye stream arrives
 	byeSeen  bool
@@ -445,6 +446,21 @@ func (s *Session) Strategy() string {
 func (s *Session) SetStrategy(name string) {
 	s.mu.Lock()
 	s.strategy = name
+	s.mu.Unlock()
+}
+
+// StrategyDetail says how the strategy made the path, when it has more to
+// say than its name (holepunch: "port prediction: ..."); "" otherwise.
+func (s *Session) StrategyDetail() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.detail
+}
+
+// SetStrategyDetail records StrategyDetail.
+func (s *Session) SetStrategyDetail(d string) {
+	s.mu.Lock()
+	s.detail = d
 	s.mu.Unlock()
 }
 

@@ -89,7 +89,7 @@ func ClassifyPorts(ports []int) (a PortAllocation, ok bool) {
 // attempt punches unless told otherwise, and at most.
 const (
 	DefaultPredictPorts = 12
-	MaxPredictPorts     = 24
+	MaxPredictPorts     = 16
 )
 
 // Predicted returns the ports a peer behind a sequential symmetric NAT is

@@ -54,6 +54,11 @@ type Limits struct {
 	// MaxAddrs: addresses of a peer one attempt checks.
 	// Zero: candidate.MaxPunchAddrs.
 	MaxAddrs int
+	// PredictPorts: the next ports of a peer whose symmetric NAT
+	// allocates in sequence that one attempt punches besides its
+	// candidates (predict.go), at most candidate.MaxPredictPorts. Zero:
+	// candidate.DefaultPredictPorts; negative: no prediction.
+	PredictPorts int
 }
 
 func (l Limits) withDefaults() Limits {
@@ -72,6 +77,10 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxAddrs <= 0 {
 		l.MaxAddrs = candidate.MaxPunchAddrs
 	}
+	if l.PredictPorts == 0 {
+		l.PredictPorts = candidate.DefaultPredictPorts
+	}
+	l.PredictPorts = min(l.PredictPorts, candidate.MaxPredictPorts)
 	return l
 }
 
@@ -257,7 +266,7 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	if len(offer.PunchKey) != KeyLen {
 		return
 	}
-	remotes := offer.PunchableFrom(r.scope())
+	remotes := append(offer.PunchableFrom(r.scope()), r.predicted(offer)...)
 	if len(remotes) == 0 {
 		r.h.Logger.Debug("punch: no address of the dialler may be punched", "peer", offer.Peer.Short())
 		return
@@ -329,6 +338,8 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 	if len(remotes) == 0 {
 		return nil, ErrNoCandidates
 	}
+	predicted := s.predicted(a.Remote)
+	remotes = append(remotes, predicted...)
 	m := s.m
 	at := m.Lookup(a.Local.Attempt)
 	if at != nil {
@@ -503,6 +514,9 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 				if r.addr == early {
 					e.wonBy()
 				}
+				if d := predictionDetail(a.Local, a.Remote, predicted, r.addr); d != "" {
+					r.sess.SetStrategyDetail(d)
+				}
 				return r.sess, nil
 			}
 			if r.addr == early {
@@ -545,6 +559,7 @@ func (s *Rung) Validate(ctx context.Context, a *rung.Attempt) (netip.AddrPort, e
 	if len(remotes) == 0 {
 		return netip.AddrPort{}, ErrNoCandidates
 	}
+	remotes = append(remotes, s.predicted(a.Remote)...)
 	at := s.m.Lookup(a.Local.Attempt)
 	if at != nil {
 		at.SetOnHeard(s.heard(a.Peer))

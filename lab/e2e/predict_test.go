@@ -1,7 +1,9 @@
 package e2e_test
 
 import (
+	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,4 +46,78 @@ func TestLabAllocation(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLabPredict: a peer behind a sequential symmetric NAT connects
+// directly (holepunch) to peers behind port-restricted, full-cone and
+// restricted-cone NATs, both ways (even dials from the symmetric side),
+// fresh nodes each dial, 64 KiB echoed intact, in both firewall variants
+// (linux-host sites behind ISP hops, as in TestLabLinuxHost). Against the
+// port-restricted cone only port prediction can work: its sessions must
+// say so in their strategy detail. The server runs the relay, so a dial
+// that does not punch lands there and counts as a failure.
+// REACH_LAB_DIALS sets the dials per pair (5).
+func TestLabPredict(t *testing.T) {
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true})
+	n := dialsPerPair()
+	var table []string
+	for _, fw := range []natlab.Firewall{natlab.Home, natlab.LinuxHost} {
+		isp := fw == natlab.LinuxHost
+		for i, other := range []natlab.Kind{natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.FullCone), natlab.Kind(natlab.RestrictedCone)} {
+			name := fmt.Sprintf("%s/%s<->%s", fw, seqSym, other)
+			t.Run(name, func(t *testing.T) {
+				a := s.SiteWith(t, fmt.Sprintf("q%s%da", fw[:1], i), natlab.SiteConfig{Kind: seqSym, Firewall: fw, ISP: isp})
+				b := s.SiteWith(t, fmt.Sprintf("q%s%db", fw[:1], i), natlab.SiteConfig{Kind: other, Firewall: fw, ISP: isp})
+				direct, predicted := 0, 0
+				var worst time.Duration
+				for k := range n {
+					sess, el, done, err := freshDial(t, s, a.Host, b.Host, k)
+					switch {
+					case err != nil:
+						t.Errorf("dial %d: %v", k, err)
+					case sess.Strategy() != reach.StrategyHolepunch:
+						t.Errorf("dial %d: %s after %v, want holepunch", k, sess.Strategy(), el)
+					default:
+						direct++
+						if d := sess.StrategyDetail(); strings.HasPrefix(d, "port prediction") {
+							predicted++
+						} else if other == natlab.Kind(natlab.PortRestricted) {
+							t.Errorf("dial %d: holepunch to a port-restricted cone without port prediction? detail %q", k, d)
+						}
+						t.Logf("dial %d: %s to %s in %v: %s", k, sess.Strategy(), sess.RemoteAddr(), el.Round(time.Millisecond), sess.StrategyDetail())
+					}
+					worst = max(worst, el)
+					done()
+				}
+				line := fmt.Sprintf("%-45s %d/%d holepunch (%d with port prediction), slowest %v", name, direct, n, predicted, worst.Round(time.Millisecond))
+				table = append(table, line)
+				t.Log(line)
+			})
+		}
+	}
+	// The control: without prediction, the port-restricted pair does not
+	// punch (the relay carries it), either way.
+	t.Run("home/no-prediction", func(t *testing.T) {
+		a := s.SiteWith(t, "qnpa", natlab.SiteConfig{Kind: seqSym})
+		b := s.SiteWith(t, "qnpb", natlab.SiteConfig{Kind: natlab.Kind(natlab.PortRestricted)})
+		cfg := reach.Config{DisablePortMapping: true, PunchLimits: reach.PunchLimits{PredictPorts: -1}}
+		for k, dir := range [][2]*natlab.Host{{a.Host, b.Host}, {b.Host, a.Host}} {
+			na, nb := s.Node(t, dir[0], cfg), s.Node(t, dir[1], cfg)
+			reachlab.Echo(t, nb)
+			reachlab.MustWaitFor(t, 10*time.Second, "the listener's mapping measured", func() bool { return nb.Mapping() != "" })
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			sess, err := reachlab.CheckEcho(t, ctx, na, nb, 64<<10)
+			cancel()
+			if err != nil {
+				t.Fatalf("dial %d: %v", k, err)
+			}
+			table = append(table, fmt.Sprintf("%-45s dial %d: %s", "home/no-prediction<->port-restricted", k, sess.Strategy()))
+			if sess.Strategy() == reach.StrategyHolepunch {
+				t.Errorf("dial %d: holepunch without prediction (to %s): the lab's NAT is not what it claims", k, sess.RemoteAddr())
+			}
+			na.Close()
+			nb.Close()
+		}
+	})
+	t.Log("\n" + strings.Join(table, "\n"))
 }

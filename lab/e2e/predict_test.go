@@ -55,10 +55,30 @@ func TestLabAllocation(t *testing.T) {
 // (linux-host sites behind ISP hops, as in TestLabLinuxHost). Against the
 // port-restricted cone only port prediction can work: its sessions must
 // say so in their strategy detail. The server runs the relay, so a dial
-// that does not punch lands there and counts as a failure.
-// REACH_LAB_DIALS sets the dials per pair (5).
+// that does not punch lands there and counts as a failure. Two
+// topologies: no delay anywhere, and the server far away (60 ms each way
+// on its link). REACH_LAB_DIALS sets the dials per pair (5).
 func TestLabPredict(t *testing.T) {
-	s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true})
+	for _, topo := range []struct {
+		name      string
+		serverRTT time.Duration
+	}{{"zero-delay", 0}, {"far-server", 120 * time.Millisecond}} {
+		t.Run(topo.name, func(t *testing.T) {
+			s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true})
+			if topo.serverRTT > 0 {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				if err := s.Srv.Impair(ctx, natlab.Impairment{Delay: topo.serverRTT / 2}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			predictPairs(t, s)
+		})
+	}
+}
+
+// predictPairs runs TestLabPredict's dials on s.
+func predictPairs(t *testing.T, s *reachlab.Scenario) {
 	n := dialsPerPair()
 	var table []string
 	for _, fw := range []natlab.Firewall{natlab.Home, natlab.LinuxHost} {

@@ -236,7 +236,10 @@ type Node struct {
 
 	mapping atomic.Value                             // string: how the NAT maps the socket (mapping.go)
 	alloc   atomic.Pointer[candidate.PortAllocation] // how it allocates ports, when the mapping varies
-	counts  nodeCounts                               // for Metrics (metrics.go)
+	// refreshed: when alloc's newest port was last measured again
+	// (time.Time; mapping.go).
+	refreshed atomic.Value
+	counts    nodeCounts // for Metrics (metrics.go)
 	// mapped is closed when the first measurement of mapping is over,
 	// whatever it found.
 	mapped chan struct{}

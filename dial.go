@@ -83,6 +83,7 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []rung.Entry, kind introKind) (*rung.Attempt, time.Duration, func(), error) {
 	var b [8]byte
 	rand.Read(b[:])
+	n.refreshAllocation(ctx) // a sequential NAT: its newest port, for the peer's prediction
 	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1, Mapping: n.Mapping(), Ports: n.ports(), Move: kind == introMove}
 	var releases []func()
 	release := func() {
@@ -343,6 +344,9 @@ func (n *Node) serveIntroductions() {
 			if !offer.Move {
 				n.freshPeer(offer.Peer)
 			}
+			// A sequential NAT: its newest port, measured before the
+			// primers make our mapping towards the dialler.
+			n.refreshAllocation(n.ctx)
 			for _, r := range n.ladder.All {
 				r.Introduced(offer)
 			}

@@ -88,7 +88,57 @@ func (n *Node) detectAllocation(ctx context.Context, srv netip.AddrPort, alt uin
 		return
 	}
 	n.alloc.Store(&a)
+	n.refreshed.Store(time.Now())
 	n.log.Debug("mapping: port allocation", "allocation", a.String(), "ports", ports)
+}
+
+// Refreshing a sequential allocation's newest port before an
+// introduction: other hosts behind the same NAT take ports meanwhile, and
+// the peer punches a window of ports after the one we report. Not within
+// refreshEvery of the last measurement (so a flood of introductions costs
+// one helper exchange a second, and a node that just measured pays
+// nothing), each bounded by refreshTimeout.
+const (
+	refreshEvery   = time.Second
+	refreshTimeout = 400 * time.Millisecond
+)
+
+// refreshAllocation measures the newest port of the node's sequential NAT
+// again: one STUN exchange with the server from a fresh helper socket
+// (a new mapping). Without a sequential allocation, a UDP server or
+// within refreshEvery of the last refresh it does nothing; when the
+// exchange fails the last value stays.
+func (n *Node) refreshAllocation(ctx context.Context) {
+	a := n.alloc.Load()
+	if !a.Sequential() || n.client == nil {
+		return
+	}
+	srv := n.client.ServerUDP()
+	now := time.Now()
+	if last, _ := n.refreshed.Load().(time.Time); !srv.IsValid() || now.Sub(last) < refreshEvery {
+		return
+	}
+	n.refreshed.Store(now)
+	listen := n.cfg.ListenPacket
+	if listen == nil {
+		listen = net.ListenPacket
+	}
+	c, err := listen("udp4", ":0")
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+	defer cancel()
+	got, err := sock.STUNConn(ctx, c, srv)
+	if err != nil {
+		n.log.Debug("mapping: allocation not refreshed", "err", err)
+		return
+	}
+	fresh := *a
+	fresh.Last = got.Port()
+	n.alloc.Store(&fresh)
+	n.log.Debug("mapping: allocation refreshed", "last", a.Last, "now", fresh.Last)
 }
 
 // Allocation returns how the node's symmetric NAT allocates public ports:

@@ -3,12 +3,13 @@ package e2e_test
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/reachp2p/reach"
-	"github.com/reachp2p/reach/lab/natlab"
+		"github.com/reachp2p/reach/lab/natlab"
 	"github.com/reachp2p/reach/lab/reachlab"
 )
 
@@ -139,5 +140,68 @@ func predictPairs(t *testing.T, s *reachlab.Scenario) {
 			nb.Close()
 		}
 	})
+	t.Log("\n" + strings.Join(table, "\n"))
+}
+
+// TestLabPredictBusyNAT: another host behind the same sequential NAT
+// takes ports (4, 8, 30 new flows) between the symmetric node's
+// measurement (when it started) and the introduction. The node measures
+// its newest port again at the introduction (refreshAllocation), so the
+// peer's window (candidate.DefaultPredictPorts ports) starts after the
+// other host's flows, however many: every dial must punch. (Without the
+// refresh, 30 flows sent 5 dials of 5 to the relay.)
+func TestLabPredictBusyNAT(t *testing.T) {
+	s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true})
+	a := s.SiteWith(t, "bza", natlab.SiteConfig{Kind: seqSym})
+	b := s.SiteWith(t, "bzb", natlab.SiteConfig{Kind: natlab.Kind(natlab.PortRestricted)})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	noise, err := a.Router.AddHost(ctx, "bzn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := s.Srv.Addr()
+	n := dialsPerPair()
+	var table []string
+	for _, flows := range []int{4, 8, 30} {
+		direct := 0
+		for k := range n {
+			from, to := a.Host, b.Host
+			if k%2 == 1 {
+				from, to = to, from
+			}
+			cfg := reach.Config{DisablePortMapping: true}
+			na, nb := s.Node(t, from, cfg), s.Node(t, to, cfg)
+			reachlab.Echo(t, nb)
+			reachlab.MustWaitFor(t, 10*time.Second, "both mappings measured", func() bool { return na.Mapping() != "" && nb.Mapping() != "" })
+			time.Sleep(time.Second) // the node's measurement is more than a second old: it refreshes
+			// The other host's new flows: one datagram each to a new port
+			// of the server host (nothing listens; the NAT maps anyway).
+			c, err := noise.ListenUDP(netip.AddrPortFrom(netip.IPv4Unspecified(), 0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range flows {
+				c.WriteToUDPAddrPort([]byte("x"), netip.AddrPortFrom(sink, uint16(40000+k*100+i)))
+			}
+			c.Close()
+			dctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			sess, err := reachlab.CheckEcho(t, dctx, na, nb, 64<<10)
+			cancel()
+			switch {
+			case err != nil:
+				t.Errorf("%d flows, dial %d: %v", flows, k, err)
+			case sess.Strategy() == reach.StrategyHolepunch:
+				direct++
+			}
+			na.Close()
+			nb.Close()
+		}
+		line := fmt.Sprintf("%2d other flows between measurement and dial: %d/%d holepunch (the rest relay)", flows, direct, n)
+		table = append(table, line)
+		if direct != n {
+			t.Errorf("%s: want every dial to punch", line)
+		}
+	}
 	t.Log("\n" + strings.Join(table, "\n"))
 }

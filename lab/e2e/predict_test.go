@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach"
-		"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/natlab"
 	"github.com/reachp2p/reach/lab/reachlab"
 )
 

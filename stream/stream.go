@@ -420,6 +420,21 @@ func (s *Session) SetPathResolver(r func(netip.AddrPort) netip.AddrPort) {
 // before the first sample.
 func (s *Session) RTT() time.Duration { return s.b.rtt() }
 
+// StrategyDetail says how the strategy made the path, when it has more to
+// say than its name (holepunch: "port prediction: ..."); "" otherwise.
+func (s *Session) StrategyDetail() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.detail
+}
+
+// SetStrategyDetail records StrategyDetail.
+func (s *Session) SetStrategyDetail(d string) {
+	s.mu.Lock()
+	s.detail = d
+	s.mu.Unlock()
+}
+
 // CloseWithError closes the session at once with an application error
 // code and a reason the peer can read (QUIC only; TLS+yamux sessions just
 // close): data not yet delivered is lost, unlike Close. The peer's Read and
@@ -449,20 +464,6 @@ func (s *Session) SetStrategy(name string) {
 	s.mu.Unlock()
 }
 
-// StrategyDetail says how the strategy made the path, when it has more to
-// say than its name (holepunch: "port prediction: ..."); "" otherwise.
-func (s *Session) StrategyDetail() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.detail
-}
-
-// SetStrategyDetail records StrategyDetail.
-func (s *Session) SetStrategyDetail(d string) {
-	s.mu.Lock()
-	s.detail = d
-	s.mu.Unlock()
-}
 
 // QUIC returns the underlying QUIC connection, or nil for a TLS+yamux
 // session. It is for path management and statistics: streams opened on it

@@ -47,15 +47,6 @@ const (
 // SymmetricSeq, which is not in the brief's table, comes last.
 var AllNATs = []NAT{FullCone, RestrictedCone, PortRestricted, Symmetric, UDPBlocked, ProxyOnly, SymmetricSeq}
 
-// SeqPortBase and SeqPortCount are the external ports of a SymmetricSeq
-// router: the Nth new UDP mapping (and, with a counter of its own, the Nth
-// new TCP connection) since the router was built gets port
-// SeqPortBase + N mod SeqPortCount.
-const (
-	SeqPortBase  = 20000
-	SeqPortCount = 1024
-)
-
 // Firewall is what a router does with new packets from the WAN side to
 // itself: the two variants every NAT behaviour exists in.
 type Firewall string
@@ -284,6 +275,15 @@ func (l *Lab) AddDoubleNAT(ctx context.Context, name string, home, carrier NAT) 
 	}
 	return h, cg, nil
 }
+
+// SeqPortBase and SeqPortCount are the external ports of a SymmetricSeq
+// router: the Nth new UDP mapping (and, with a counter of its own, the Nth
+// new TCP connection) since the router was built gets port
+// SeqPortBase + N mod SeqPortCount.
+const (
+	SeqPortBase  = 20000
+	SeqPortCount = 1024
+)
 
 // ruleset renders the router's nftables configuration.
 //

@@ -464,7 +464,6 @@ func (s *Session) SetStrategy(name string) {
 	s.mu.Unlock()
 }
 
-
 // QUIC returns the underlying QUIC connection, or nil for a TLS+yamux
 // session. It is for path management and statistics: streams opened on it
 // directly bypass the stream header and will be rejected by the peer.

@@ -43,8 +43,8 @@ const (
 	ProxyOnly NAT = "proxy-only"
 )
 
-// AllNATs lists every behaviour, in the brief's order.
-// SymmetricSeq, which is not in the brief's table, comes last.
+// AllNATs lists every behaviour, in the brief's order (SymmetricSeq, not
+// in the brief's table, last).
 var AllNATs = []NAT{FullCone, RestrictedCone, PortRestricted, Symmetric, UDPBlocked, ProxyOnly, SymmetricSeq}
 
 // Firewall is what a router does with new packets from the WAN side to

@@ -43,8 +43,7 @@ const (
 	ProxyOnly NAT = "proxy-only"
 )
 
-// AllNATs lists every behaviour, in the brief's order (SymmetricSeq, not
-// in the brief's table, last).
+// AllNATs lists every behaviour, in the brief's order.
 var AllNATs = []NAT{FullCone, RestrictedCone, PortRestricted, Symmetric, UDPBlocked, ProxyOnly, SymmetricSeq}
 
 // Firewall is what a router does with new packets from the WAN side to

@@ -83,8 +83,7 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []rung.Entry, kind introKind) (*rung.Attempt, time.Duration, func(), error) {
 	var b [8]byte
 	rand.Read(b[:])
-	n.refreshAllocation(ctx) // a sequential NAT: its newest port, for the peer's prediction
-	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1, Mapping: n.Mapping(), Ports: n.ports(), Move: kind == introMove}
+	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1, Move: kind == introMove}
 	var releases []func()
 	release := func() {
 		for _, r := range releases {
@@ -119,6 +118,11 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 			fl = nil
 		}
 	}
+	// What the node knows of its mapping now (a node that just started
+	// waited for it above); a sequential NAT's newest port, for the
+	// peer's prediction.
+	n.refreshAllocation(ctx)
+	offer.Mapping, offer.Ports = n.Mapping(), n.ports()
 	introStart := time.Now()
 	answer, err := n.client.ConnectFlight(ctx, peer, offer, fl)
 	var ce *rendezvous.ConnectError

@@ -2,8 +2,10 @@ package reach
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/reachp2p/reach/internal/candidate"
@@ -52,36 +54,57 @@ func (n *Node) detectMapping() {
 	if m == candidate.MappingVaries && second.Addr().Is4() {
 		// Before the mapping is published: an offer or answer that says
 		// "varies" says how ports are allocated too, when it can.
-		n.detectAllocation(ctx, srv, first.Other.Port(), second)
+		n.detectAllocation(ctx, srv, first.Other.Port(), second.Addr())
 	}
 	n.mapping.Store(m)
 }
 
-// detectAllocation learns how the node's symmetric NAT picks ports: a
-// helper socket (Config.ListenPacket) asks the server's two STUN ports,
-// which makes two new mappings right after the node's own second one
-// (last); the three ports, oldest first, name the allocation
-// (candidate.ClassifyPorts). Offers and answers carry it, so a peer
-// punches the next ports of a sequential NAT (holepunch's prediction).
-func (n *Node) detectAllocation(ctx context.Context, srv netip.AddrPort, alt uint16, last netip.AddrPort) {
+// detectAllocation learns how the node's symmetric NAT picks ports: four
+// helper sockets (Config.ListenPacket) each ask one of the server's two
+// STUN ports, their first requests allocationGap apart, which makes four
+// new mappings in a known order in about one round trip; their ports name
+// the allocation (candidate.ClassifyPorts). (The node's own mappings are
+// not used: a socket that gets a port an earlier socket used can meet that
+// socket's mapping, still in the NAT.) Offers and answers carry it, so a
+// peer punches the next ports of a sequential NAT (holepunch's
+// prediction).
+func (n *Node) detectAllocation(ctx context.Context, srv netip.AddrPort, alt uint16, ip netip.Addr) {
 	listen := n.cfg.ListenPacket
 	if listen == nil {
 		listen = net.ListenPacket
 	}
-	c, err := listen("udp4", ":0")
-	if err != nil {
-		n.log.Debug("mapping: allocation unknown", "err", err)
-		return
+	const helpers = 4
+	ports := make([]int, helpers)
+	errs := make([]error, helpers)
+	var wg sync.WaitGroup
+	for i := range helpers {
+		c, err := listen("udp4", ":0")
+		if err != nil {
+			n.log.Debug("mapping: allocation unknown", "err", err)
+			break
+		}
+		to := srv
+		if i%2 == 1 {
+			to = netip.AddrPortFrom(srv.Addr(), alt)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			got, err := sock.STUNConn(ctx, c, to)
+			if err == nil && got.Addr() != ip {
+				err = fmt.Errorf("public address %v, not %v", got.Addr(), ip)
+			}
+			ports[i], errs[i] = int(got.Port()), err
+		}()
+		time.Sleep(allocationGap)
 	}
-	defer c.Close()
-	ports := []int{int(last.Port())}
-	for _, to := range []netip.AddrPort{srv, netip.AddrPortFrom(srv.Addr(), alt)} {
-		got, err := sock.STUNConn(ctx, c, to)
-		if err != nil || got.Addr() != last.Addr() {
-			n.log.Debug("mapping: allocation unknown", "to", to, "got", got, "err", err)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil || ports[i] == 0 {
+			n.log.Debug("mapping: allocation unknown", "ports", ports, "err", err)
 			return
 		}
-		ports = append(ports, int(got.Port()))
 	}
 	a, ok := candidate.ClassifyPorts(ports)
 	if !ok {
@@ -91,6 +114,10 @@ func (n *Node) detectAllocation(ctx context.Context, srv netip.AddrPort, alt uin
 	n.refreshed.Store(time.Now())
 	n.log.Debug("mapping: port allocation", "allocation", a.String(), "ports", ports)
 }
+
+// allocationGap separates detectAllocation's requests, so that they reach
+// the NAT, and get their mappings, in the order sent.
+const allocationGap = 2 * time.Millisecond
 
 // Refreshing a sequential allocation's newest port before an
 // introduction: other hosts behind the same NAT take ports meanwhile, and
@@ -133,6 +160,11 @@ func (n *Node) refreshAllocation(ctx context.Context) {
 	got, err := sock.STUNConn(ctx, c, srv)
 	if err != nil {
 		n.log.Debug("mapping: allocation not refreshed", "err", err)
+		return
+	}
+	if !a.Ahead(got.Port()) {
+		// A mapping left over from an earlier socket on the same port.
+		n.log.Debug("mapping: allocation not refreshed: an old mapping", "last", a.Last, "got", got)
 		return
 	}
 	fresh := *a

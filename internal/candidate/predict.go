@@ -54,10 +54,13 @@ func (a *PortAllocation) Sequential() bool {
 const MaxAllocStep = 16
 
 // ClassifyPorts names the allocation behind ports, the public ports of
-// successive new mappings of one NAT, oldest first: AllocSequential with
-// the median step when every step is within one of it (other traffic
-// through the NAT can take a port in between) and none is zero;
-// AllocRandom otherwise. Fewer than three ports say nothing (ok false).
+// successive new mappings of one NAT, oldest first: AllocSequential when
+// most steps (more than half, at least two) are within one of the median
+// step, which is not zero and at most MaxAllocStep (other traffic through
+// the NAT can take a port in between, and a socket can meet a mapping
+// left over from an earlier one); AllocRandom otherwise. Last is the
+// furthest port in the step's direction. Fewer than three ports say
+// nothing (ok false).
 func ClassifyPorts(ports []int) (a PortAllocation, ok bool) {
 	if len(ports) < 3 {
 		return PortAllocation{}, false
@@ -73,16 +76,34 @@ func ClassifyPorts(ports []int) (a PortAllocation, ok bool) {
 	if step == 0 || step < -MaxAllocStep || step > MaxAllocStep {
 		return random, true
 	}
+	fit := 0
 	for _, d := range deltas {
-		if d-step < -1 || d-step > 1 || d == 0 {
-			return random, true
+		if d != 0 && d-step >= -1 && d-step <= 1 {
+			fit++
 		}
 	}
-	last := ports[len(ports)-1]
+	if fit < 2 || 2*fit <= len(deltas) {
+		return random, true
+	}
+	last := slices.Max(ports)
+	if step < 0 {
+		last = slices.Min(ports)
+	}
 	if last <= 0 || last > 0xffff {
 		return random, true
 	}
 	return PortAllocation{Kind: AllocSequential, Step: step, Last: uint16(last)}, true
+}
+
+// Ahead reports whether port is at or beyond a's Last in its step's
+// direction (by less than half the port space): a fresher measurement,
+// not a mapping left over from before.
+func (a *PortAllocation) Ahead(port uint16) bool {
+	d := int(int16(port - a.Last))
+	if a.Step < 0 {
+		d = -d
+	}
+	return d >= 0
 }
 
 // Prediction bounds: how many of a sequential peer's next ports one

@@ -18,6 +18,21 @@ func TestClassifyPortsLast(t *testing.T) {
 	if _, ok := ClassifyPorts([]int{1, 2}); ok {
 		t.Fatal("two ports classified")
 	}
+	// A helper socket met a mapping left over from an earlier socket:
+	// one step is off, the others say +1; Last is the newest.
+	for _, ports := range [][]int{{20096, 20097, 20108, 20109}, {20108, 20109, 20096, 20097}} {
+		a, ok = ClassifyPorts(ports)
+		if !ok || !a.Sequential() || a.Step != 1 || a.Last != 20109 {
+			t.Errorf("%v: got %+v", ports, a)
+		}
+	}
+	if a, _ := ClassifyPorts([]int{20097, 20108, 20109}); a.Sequential() {
+		t.Errorf("one fitting step of two called sequential: %+v", a)
+	}
+	seq := PortAllocation{Kind: AllocSequential, Step: 1, Last: 20010}
+	if !seq.Ahead(20010) || !seq.Ahead(20500) || seq.Ahead(20009) {
+		t.Error("Ahead")
+	}
 }
 
 // TestPredicted: a sequential peer's next ports on its reflexive IPv4

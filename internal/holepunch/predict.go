@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/reachp2p/reach/internal/candidate"
 )
@@ -25,9 +26,13 @@ import (
 // address, inside the attempt's packet budget (Limits.AttemptPackets, all
 // addresses together) and the node's packet rate; a predicted port that
 // does not answer gets pings only during its early phase, like any
-// address. A listener sends only TTL-limited primers to them until the
-// dialler is heard (Params.Hold), so a wrong guess leaves no state on the
-// peer's router.
+// address. Pings to a predicted port carry the primer TTL until it
+// answers (Params.Predicted): they open our NAT and expire before the
+// peer's router, so a wrong guess leaves no state there (on a Linux host
+// it would take that port for flows from us, and the peer's NAT would
+// move its next mapping past it). The peer's own pings, from its real
+// mapping, then cross both NATs; we learn the address and answer at full
+// TTL.
 
 // predicted returns the peer's next ports to punch, per the rung's
 // limits (none with Limits.PredictPorts negative).
@@ -58,4 +63,49 @@ func predictionDetail(local, remote candidate.PeerInfo, predicted []netip.AddrPo
 		return fmt.Sprintf("port prediction: our NAT allocates ports %s; the peer punched our next ports", local.Ports)
 	}
 	return ""
+}
+
+// predictTTL is the TTL of pings to predicted ports: the primer TTL, or
+// none (full TTL) with primers off.
+func (r *Rung) predictTTL() int {
+	switch {
+	case r.PrimerTTL < 0:
+		return 0
+	case r.PrimerTTL == 0:
+		return DefaultPrimerTTL
+	}
+	return r.PrimerTTL
+}
+
+// setPredicted marks addrs as predicted: their pings carry ttl until they
+// answer (ttl 0: full TTL, nothing to mark).
+func (a *Attempt) setPredicted(addrs []netip.AddrPort, ttl int) {
+	if ttl <= 0 {
+		return
+	}
+	for _, r := range addrs {
+		a.predicted[netip.AddrPortFrom(r.Addr().Unmap(), r.Port())] = ttl
+	}
+}
+
+// AddPredicted adds predicted addresses to a running attempt (see
+// Params.Predicted) and pings the new ones at once.
+func (a *Attempt) AddPredicted(addrs []netip.AddrPort, ttl int) {
+	a.mu.Lock()
+	a.setPredicted(addrs, ttl)
+	a.mu.Unlock()
+	a.AddRemotes(addrs)
+}
+
+// sendTTL sends r a ping with the given TTL, within the node's rate (the
+// caller counted it against the attempt's budget).
+func (a *Attempt) sendTTL(tw ttlWriter, r netip.AddrPort, ttl int) {
+	if !a.m.bucket.take(time.Now()) {
+		a.m.throttled.Add(1)
+		return
+	}
+	pk := &packet{typ: typePing, role: a.p.Role, attempt: a.p.Attempt, txid: a.txid(r)}
+	if err := tw.WriteToTTL(pk.marshal(a.p.Key), r, ttl); err != nil {
+		a.m.log.Debug("holepunch: predicted ping", "to", r, "ttl", ttl, "err", err)
+	}
 }

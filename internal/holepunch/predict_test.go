@@ -3,6 +3,7 @@ package holepunch
 import (
 	"net/netip"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/reachp2p/reach/identity"
@@ -86,4 +87,43 @@ func TestPredictionDetail(t *testing.T) {
 			t.Errorf("got %q, want %q", got, tc.want)
 		}
 	}
+}
+
+// TestPredictedPingsLimitedTTL: pings to a predicted port carry the
+// limited TTL (they must not reach the peer's router) until the port
+// answers; then they go at full TTL, like the pings to advertised
+// addresses all along.
+func TestPredictedPingsLimitedTTL(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fs := &ttlSock{fakeSock: newFakeSock(), ttls: map[netip.AddrPort][]int{}}
+		m := NewManager(fs, nil)
+		defer m.Close()
+		key := NewKey()
+		refl := netip.MustParseAddrPort("198.51.100.7:20000")
+		pred := []netip.AddrPort{netip.MustParseAddrPort("198.51.100.7:20001"), netip.MustParseAddrPort("198.51.100.7:20002")}
+		a, err := m.Start(Params{Attempt: 1, Key: key, Role: RoleDialer, Remote: []netip.AddrPort{refl},
+			Predicted: pred, PredictTTL: 2, Budget: DefaultAttemptPackets})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		time.Sleep(500 * time.Millisecond)
+		if fs.count(refl) == 0 || len(fs.primers(refl)) != 0 {
+			t.Fatalf("advertised address: %d full, %d limited pings", fs.count(refl), len(fs.primers(refl)))
+		}
+		for _, p := range pred {
+			if len(fs.primers(p)) == 0 || fs.count(p) != 0 {
+				t.Fatalf("predicted %v: %d limited, %d full-TTL pings before it answered", p, len(fs.primers(p)), fs.count(p))
+			}
+		}
+		// The peer's ping arrives from the second predicted port.
+		fs.h((&packet{typ: typePing, role: RoleListener, attempt: 1, txid: 9}).marshal(key), pred[1])
+		time.Sleep(500 * time.Millisecond)
+		if fs.count(pred[1]) < 2 { // the pong, then pings
+			t.Fatalf("answered predicted port: %d full-TTL packets after it answered", fs.count(pred[1]))
+		}
+		if fs.count(pred[0]) != 0 {
+			t.Fatalf("silent predicted port got %d full-TTL pings", fs.count(pred[0]))
+		}
+	})
 }

@@ -266,8 +266,9 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	if len(offer.PunchKey) != KeyLen {
 		return
 	}
-	remotes := append(offer.PunchableFrom(r.scope()), r.predicted(offer)...)
-	if len(remotes) == 0 {
+	remotes := offer.PunchableFrom(r.scope())
+	predicted := r.predicted(offer)
+	if len(remotes)+len(predicted) == 0 {
 		r.h.Logger.Debug("punch: no address of the dialler may be punched", "peer", offer.Peer.Short())
 		return
 	}
@@ -297,7 +298,7 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 		hold = 0
 	}
 	at, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleListener,
-		Remote: remotes, Budget: r.limits.AttemptPackets,
+		Remote: remotes, Predicted: predicted, PredictTTL: r.predictTTL(), Budget: r.limits.AttemptPackets,
 		Hold: hold, PrimerTTL: max(ttl, 0), OnHeard: r.heard(offer.Peer)})
 	if err != nil {
 		release()
@@ -339,15 +340,16 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 		return nil, ErrNoCandidates
 	}
 	predicted := s.predicted(a.Remote)
-	remotes = append(remotes, predicted...)
 	m := s.m
 	at := m.Lookup(a.Local.Attempt)
 	if at != nil {
 		at.SetOnHeard(s.heard(a.Peer))
 		at.AddRemotes(remotes)
+		at.AddPredicted(predicted, s.predictTTL())
 	} else {
 		var err error
-		at, err = m.Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes, Budget: s.limits.AttemptPackets, OnHeard: s.heard(a.Peer)})
+		at, err = m.Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes,
+			Predicted: predicted, PredictTTL: s.predictTTL(), Budget: s.limits.AttemptPackets, OnHeard: s.heard(a.Peer)})
 		if err != nil {
 			return nil, err
 		}
@@ -559,14 +561,16 @@ func (s *Rung) Validate(ctx context.Context, a *rung.Attempt) (netip.AddrPort, e
 	if len(remotes) == 0 {
 		return netip.AddrPort{}, ErrNoCandidates
 	}
-	remotes = append(remotes, s.predicted(a.Remote)...)
+	predicted := s.predicted(a.Remote)
 	at := s.m.Lookup(a.Local.Attempt)
 	if at != nil {
 		at.SetOnHeard(s.heard(a.Peer))
 		at.AddRemotes(remotes)
+		at.AddPredicted(predicted, s.predictTTL())
 	} else {
 		var err error
-		at, err = s.m.Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes, Budget: s.limits.AttemptPackets, OnHeard: s.heard(a.Peer)})
+		at, err = s.m.Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes,
+			Predicted: predicted, PredictTTL: s.predictTTL(), Budget: s.limits.AttemptPackets, OnHeard: s.heard(a.Peer)})
 		if err != nil {
 			return netip.AddrPort{}, err
 		}

@@ -281,7 +281,7 @@ func (l *Lab) AddDoubleNAT(ctx context.Context, name string, home, carrier NAT) 
 // SeqPortBase + N mod SeqPortCount.
 const (
 	SeqPortBase  = 20000
-	SeqPortCount = 1024
+	SeqPortCount = 4096
 )
 
 // ruleset renders the router's nftables configuration.

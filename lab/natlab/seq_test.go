@@ -3,6 +3,7 @@ package natlab
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -77,6 +78,9 @@ func TestSymmetricSequential(t *testing.T) {
 		}
 		if tc.nat == SymmetricSeq {
 			checkSeqClash(t, h, a, rt, tc.fw, seen[len(seen)-1])
+		}
+		if d := rt.Dump(ctx); tc.nat == SymmetricSeq && (len(d) > 20000 || !strings.Contains(d, fmt.Sprintf("0 : %d, ..., %d : %d", SeqPortBase, SeqPortCount-1, SeqPortBase+SeqPortCount-1))) {
+			t.Errorf("%s: the router dump lists the seqport map in full (%d bytes)", tc.fw, len(d))
 		}
 		if tc.nat == SymmetricSeq && (seen[0] < SeqPortBase || seen[0] >= SeqPortBase+SeqPortCount) {
 			t.Errorf("%s: port %d outside [%d, %d)", tc.nat, seen[0], SeqPortBase, SeqPortBase+SeqPortCount)

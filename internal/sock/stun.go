@@ -200,8 +200,9 @@ func STUNConn(ctx context.Context, c net.PacketConn, server netip.AddrPort) (net
 			wait = stunLastWait * stunRTO
 		}
 		deadline := time.Now().Add(wait)
+		clamped := false // the wait ends with ctx
 		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-			deadline = d
+			deadline, clamped = d, true
 		}
 		c.SetReadDeadline(deadline)
 		for {
@@ -214,6 +215,9 @@ func STUNConn(ctx context.Context, c net.PacketConn, server netip.AddrPort) (net
 				continue
 			}
 			return parseMapped(pkt, server)
+		}
+		if clamped {
+			<-ctx.Done() // due now: the read deadline can beat ctx's timer
 		}
 		if ctx.Err() != nil {
 			return netip.AddrPort{}, fmt.Errorf("sock: STUN %v: %w (%w)", server, ErrSTUNTimeout, ctx.Err())

@@ -142,10 +142,10 @@ func (n *Node) refreshAllocation(ctx context.Context) {
 	}
 	srv := n.client.ServerUDP()
 	now := time.Now()
-	if last, _ := n.refreshed.Load().(time.Time); !srv.IsValid() || now.Sub(last) < refreshEvery {
-		return
+	last, _ := n.refreshed.Load().(time.Time)
+	if !srv.IsValid() || now.Sub(last) < refreshEvery || !n.refreshed.CompareAndSwap(last, now) {
+		return // (or another introduction refreshes it right now)
 	}
-	n.refreshed.Store(now)
 	listen := n.cfg.ListenPacket
 	if listen == nil {
 		listen = net.ListenPacket
@@ -183,8 +183,8 @@ func (n *Node) Allocation() string { return n.alloc.Load().String() }
 func (n *Node) ports() *candidate.PortAllocation { return n.alloc.Load() }
 
 // mappingWait bounds how long a dial waits for the node's first mapping
-// measurement (two STUN round trips to the server, started when the node
-// registered): a dial that knows the mapping may fly first (holepunch's
+// measurement (two STUN round trips to the server, three behind a
+// symmetric NAT, started when the node registered): a dial that knows the mapping may fly first (holepunch's
 // first flight), which saves a peer-to-peer round trip.
 const mappingWait = 500 * time.Millisecond
 

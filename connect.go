@@ -242,8 +242,12 @@ type Node struct {
 	probing  map[identity.PeerID]bool // a probe of the peer's direct path runs (liveness.go)
 	closed   bool
 
-	mapping atomic.Value // string: how the NAT maps the socket (mapping.go)
-	counts  nodeCounts   // for Metrics (metrics.go)
+	mapping atomic.Value                             // string: how the NAT maps the socket (mapping.go)
+	alloc   atomic.Pointer[candidate.PortAllocation] // how it allocates ports, when the mapping varies
+	// refreshed: when alloc's newest port was last measured again
+	// (time.Time; mapping.go).
+	refreshed atomic.Value
+	counts    nodeCounts // for Metrics (metrics.go)
 	// mapped is closed when the first measurement of mapping is over,
 	// whatever it found.
 	mapped chan struct{}
@@ -382,6 +386,11 @@ type PunchLimits struct {
 	// MaxAddrs: addresses of the other peer one attempt checks.
 	// Zero: 8.
 	MaxAddrs int
+	// PredictPorts: when the other peer's symmetric NAT allocates ports
+	// in sequence, how many of its next ports one attempt punches
+	// besides its addresses (port prediction; within AttemptPackets and
+	// PacketsPerSecond), at most 16. Zero: 12; negative: no prediction.
+	PredictPorts int
 }
 
 // TCPLimits bound the node's TCP listener: what unauthenticated

@@ -83,7 +83,7 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []rung.Entry, kind introKind) (*rung.Attempt, time.Duration, func(), error) {
 	var b [8]byte
 	rand.Read(b[:])
-	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1, Mapping: n.Mapping(), Move: kind == introMove}
+	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1, Move: kind == introMove}
 	var releases []func()
 	release := func() {
 		for _, r := range releases {
@@ -121,6 +121,11 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 			fl = nil
 		}
 	}
+	// What the node knows of its mapping now (a node that just started
+	// waited for it above); a sequential NAT's newest port, for the
+	// peer's prediction.
+	n.refreshAllocation(ctx)
+	offer.Mapping, offer.Ports = n.Mapping(), n.ports()
 	introStart := time.Now()
 	answer, err := n.client.ConnectFlight(ctx, peer, offer, fl)
 	var ce *rendezvous.ConnectError
@@ -346,10 +351,13 @@ func (n *Node) serveIntroductions() {
 			if !offer.Move {
 				n.freshPeer(offer.Peer)
 			}
+			// A sequential NAT: its newest port, measured before the
+			// primers make our mapping towards the dialler.
+			n.refreshAllocation(n.ctx)
 			for _, r := range n.ladder.All {
 				r.Introduced(offer)
 			}
-			answer := candidate.PeerInfo{Mapping: n.Mapping()}
+			answer := candidate.PeerInfo{Mapping: n.Mapping(), Ports: n.ports()}
 			hp := holepunchOf(n.ladder.Dial)
 			if hp != nil {
 				own := candidate.PeerInfo{Candidates: n.candidates(), Observed: n.Observed(), Mapping: n.Mapping()}

@@ -24,6 +24,9 @@ type Status struct {
 	Observed netip.AddrPort
 	// Mapping is how the node's NAT maps its socket (Node.Mapping).
 	Mapping string
+	// Allocation is how the node's symmetric NAT allocates public ports
+	// (Node.Allocation): "sequential +N", "random", "" unknown.
+	Allocation string
 	// Sessions are the node's open sessions.
 	Sessions []*Session
 	ladder.Status
@@ -33,7 +36,7 @@ type Status struct {
 func (n *Node) Status() Status {
 	return Status{
 		ID: n.ID(), LocalAddr: n.LocalAddr(), Server: n.Server(), Observed: n.Observed(),
-		Mapping: n.Mapping(), Sessions: n.Sessions(), Status: n.ladder.Status(),
+		Mapping: n.Mapping(), Allocation: n.Allocation(), Sessions: n.Sessions(), Status: n.ladder.Status(),
 	}
 }
 

@@ -274,6 +274,7 @@ type Session struct {
 
 	mu       sync.Mutex
 	strategy string
+	detail   string                              // SetStrategyDetail
 	resolve  func(netip.AddrPort) netip.AddrPort // SetPathResolver
 	bye      chan struct{}                       // closed when the peer's bye stream arrives
 	byeSeen  bool
@@ -418,6 +419,21 @@ func (s *Session) SetPathResolver(r func(netip.AddrPort) netip.AddrPort) {
 // RTT returns the smoothed round-trip time of the current path, or zero
 // before the first sample.
 func (s *Session) RTT() time.Duration { return s.b.rtt() }
+
+// StrategyDetail says how the strategy made the path, when it has more to
+// say than its name (holepunch: "port prediction: ..."); "" otherwise.
+func (s *Session) StrategyDetail() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.detail
+}
+
+// SetStrategyDetail records StrategyDetail.
+func (s *Session) SetStrategyDetail(d string) {
+	s.mu.Lock()
+	s.detail = d
+	s.mu.Unlock()
+}
 
 // CloseWithError closes the session at once with an application error
 // code and a reason the peer can read (QUIC only; TLS+yamux sessions just

@@ -36,7 +36,7 @@ Needs root. See docs/lab.md.
 
 func kindNames() string {
 	var s []string
-	for _, k := range natlab.Kinds() {
+	for _, k := range append(natlab.Kinds(), natlab.MoreKinds()...) {
 		s = append(s, string(k))
 	}
 	return strings.Join(s, ", ")
@@ -155,7 +155,7 @@ func labClassify(ctx context.Context) error {
 		}
 	}
 	var errs []error
-	for i, k := range natlab.Kinds()[1:] {
+	for i, k := range append(natlab.Kinds()[1:], natlab.MoreKinds()...) {
 		site, err := lab.AddSite(ctx, fmt.Sprintf("h%d", i), k)
 		if err != nil {
 			return err

@@ -43,7 +43,11 @@ type netcheckReport struct {
 	// Allocation, when the mapping varies: how the NAT picks a new public
 	// port ("sequential +N", "random"), from the ports fresh sockets got
 	// one after the other.
-	Allocation  string          `json:"port_allocation,omitempty"`
+	Allocation string `json:"port_allocation,omitempty"`
+	// NAT sums the two up: "endpoint-independent", "symmetric,
+	// sequential +N", "symmetric, random", "symmetric" (allocation
+	// unknown); empty when the mapping is unknown.
+	NAT         string          `json:"nat,omitempty"`
 	PortMapping netcheckMapping `json:"port_mapping"`
 	// TCP: TLS and WebSocket to each reach server's TCP port, and to its
 	// port 443 (netcheck_more.go).
@@ -261,6 +265,7 @@ func netcheck(ctx context.Context, servers, stuns []string, timeout time.Duratio
 		if varies {
 			rep.Allocation = allocation(ctx, rep.Endpoints, timeout, log)
 		}
+		rep.NAT = natSummary(varies, rep.Allocation)
 	}
 
 	if mapper != nil {
@@ -370,8 +375,10 @@ func printNetcheck(w io.Writer, r *netcheckReport) {
 		if r.Allocation != "" {
 			fmt.Fprintf(w, "port allocation:  %s\n", r.Allocation)
 		}
+		fmt.Fprintf(w, "nat:              %s\n", r.NAT)
 	default:
 		fmt.Fprintf(w, "mapping varies:   no: one public address for every destination (hole punching works)\n")
+		fmt.Fprintf(w, "nat:              %s\n", r.NAT)
 	}
 	printIPv6(w, r)
 	pm := r.PortMapping

@@ -40,6 +40,11 @@ func TestLabNetcheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	sym, _ := symGW.AddHost(ctx, "sym")
+	seqGW, err := l.AddRouter(ctx, natlab.RouterConfig{Name: "seqgw", NAT: natlab.SymmetricSeq})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq, _ := seqGW.AddHost(ctx, "seq")
 	prGW, _ := l.AddRouter(ctx, natlab.RouterConfig{Name: "prgw", NAT: natlab.PortRestricted})
 	pr, _ := prGW.AddHost(ctx, "pr")
 	home, _, err := l.AddDoubleNAT(ctx, "dbl", natlab.PortRestricted, natlab.PortRestricted)
@@ -105,9 +110,11 @@ func TestLabNetcheck(t *testing.T) {
 		h          *natlab.Host
 		varies     bool
 		allocation string
+		nat        string
 	}{
-		{"symmetric, one server", sym, true, "random"},
-		{"port-restricted, one server", pr, false, ""},
+		{"symmetric, one server", sym, true, "random", "symmetric, random"},
+		{"sequential symmetric, one server", seq, true, "sequential +1", "symmetric, sequential +1"},
+		{"port-restricted, one server", pr, false, "", "endpoint-independent"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			js, err := tc.h.Exec(ctx, bin, "netcheck", "--server", cs, "--timeout", "3s", "--no-portmap", "--json")
@@ -130,13 +137,16 @@ func TestLabNetcheck(t *testing.T) {
 			if rep.MappingVaries == nil || *rep.MappingVaries != tc.varies {
 				t.Errorf("mapping varies %v, want %v", rep.MappingVaries, tc.varies)
 			}
-			if rep.Allocation != tc.allocation {
-				t.Errorf("allocation %q, want %q", rep.Allocation, tc.allocation)
+			if rep.Allocation != tc.allocation || rep.NAT != tc.nat {
+				t.Errorf("allocation %q nat %q, want %q %q", rep.Allocation, rep.NAT, tc.allocation, tc.nat)
 			}
 			if rep.Verdict == "" {
 				t.Errorf("no verdict")
 			}
 			out, _ := tc.h.Exec(ctx, bin, "netcheck", "--server", cs, "--timeout", "3s", "--no-portmap")
+			if !strings.Contains(out, "nat:              "+tc.nat+"\n") {
+				t.Errorf("no line 'nat: %s' in the report", tc.nat)
+			}
 			t.Logf("$ reach netcheck --server CS --no-portmap   # %s\n%s", tc.name, out)
 		})
 	}

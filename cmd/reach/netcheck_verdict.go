@@ -3,13 +3,12 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"strings"
 	"time"
 
+	"github.com/reachp2p/reach/internal/candidate"
 	"github.com/reachp2p/reach/internal/sock"
 )
 
@@ -67,27 +66,27 @@ func allocation(ctx context.Context, eps []netcheckEndpoint, timeout time.Durati
 }
 
 // classifyPorts names the allocation behind ports, the public ports of
-// successive new mappings.
+// successive new mappings ("sequential +N", "random", "" for too few).
 func classifyPorts(ports []int) string {
-	if len(ports) < 3 {
+	a, ok := candidate.ClassifyPorts(ports)
+	if !ok {
 		return ""
 	}
-	var deltas []int
-	for i := 1; i < len(ports); i++ {
-		deltas = append(deltas, ports[i]-ports[i-1])
+	return a.String()
+}
+
+// natSummary names the NAT from its mapping and allocation, as the
+// report's nat field does.
+func natSummary(varies bool, allocation string) string {
+	switch {
+	case !varies:
+		return "endpoint-independent"
+	case allocation == "":
+		return "symmetric"
+	case strings.HasPrefix(allocation, "random"):
+		return "symmetric, random"
 	}
-	sorted := slices.Clone(deltas)
-	slices.Sort(sorted)
-	step := sorted[len(sorted)/2]
-	if step == 0 || step < -16 || step > 16 {
-		return "random"
-	}
-	for _, d := range deltas {
-		if d-step < -1 || d-step > 1 || d == 0 {
-			return "random"
-		}
-	}
-	return fmt.Sprintf("sequential %+d", step)
+	return "symmetric, " + allocation
 }
 
 // verdict says in one line what will connect from here.
@@ -134,7 +133,7 @@ func verdict4(r *netcheckReport) string {
 	case !*r.MappingVaries:
 		return "hole punching works with peers behind most NATs; the relay carries the rest"
 	case r.Allocation != "" && r.Allocation != "random" && r.Allocation[0] == 's':
-		return "symmetric NAT, " + r.Allocation + ": hole punching works only with peers on open or cone NATs; the relay (or a supernode) carries the rest"
+		return "symmetric NAT, " + r.Allocation + ": hole punching works with peers on open or cone NATs (they punch its next ports); the relay (or a supernode) carries the rest"
 	default:
 		return "symmetric NAT: hole punching works only with peers on open or full-cone NATs; the relay (or a supernode) carries the rest"
 	}

@@ -20,3 +20,22 @@ func TestClassifyPorts(t *testing.T) {
 		}
 	}
 }
+
+// TestNATSummary: the report's one-word-ish name of the NAT.
+func TestNATSummary(t *testing.T) {
+	for _, tc := range []struct {
+		varies bool
+		alloc  string
+		want   string
+	}{
+		{false, "", "endpoint-independent"},
+		{true, "sequential +1", "symmetric, sequential +1"},
+		{true, "random", "symmetric, random"},
+		{true, "random (the public address changes too)", "symmetric, random"},
+		{true, "", "symmetric"},
+	} {
+		if got := natSummary(tc.varies, tc.alloc); got != tc.want {
+			t.Errorf("natSummary(%v, %q) = %q, want %q", tc.varies, tc.alloc, got, tc.want)
+		}
+	}
+}

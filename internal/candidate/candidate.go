@@ -79,6 +79,11 @@ type PeerInfo struct {
 	// Mapping is how the sender's NAT maps its socket, as it measured it
 	// (MappingIndependent, MappingVaries; "" unknown).
 	Mapping string `json:"mapping,omitempty"`
+	// Ports, with Mapping MappingVaries, is how the sender's NAT
+	// allocates public ports for new mappings, as it measured them (nil:
+	// unknown). A peer whose NAT allocates in sequence gets its next
+	// ports punched (Predicted).
+	Ports *PortAllocation `json:"ports,omitempty"`
 	// Move, in an offer, says the dialler searches a new path for the
 	// sessions it has with the target (issue 13's moves): no new session
 	// follows, and the target's sessions with it may follow the path the

@@ -162,6 +162,14 @@ type Params struct {
 	// reach the peer's router, which then keeps no state for them. Zero:
 	// no primers.
 	PrimerTTL int
+	// Predicted are more addresses of the peer, guessed rather than
+	// advertised (port prediction): pinged like Remote, but with
+	// PredictTTL, while they have not answered, so a wrong guess never
+	// reaches the peer's router (where, on a Linux host, it would leave a
+	// conntrack entry that moves the peer's next mapping off the
+	// predicted port). Zero PredictTTL: full TTL.
+	Predicted  []netip.AddrPort
+	PredictTTL int
 	// OnHeard, when set, is called for every authenticated packet from
 	// the peer, on the socket's read goroutine (it must not block):
 	// confirmed false for a ping (the peer reaches us from addr; called
@@ -193,6 +201,7 @@ type Attempt struct {
 	learned   []netip.AddrPort
 	validated map[netip.AddrPort]bool
 	confirmed map[netip.AddrPort]bool // a pong came from it
+	predicted map[netip.AddrPort]int  // Params.Predicted and AddPredicted: TTL until answered
 	observed  netip.AddrPort
 	ch        chan netip.AddrPort
 
@@ -220,6 +229,7 @@ func (m *Manager) Start(p Params) (*Attempt, error) {
 		confirmed: map[netip.AddrPort]bool{},
 		added:     map[netip.AddrPort]time.Time{},
 		answered:  map[netip.AddrPort]bool{},
+		predicted: map[netip.AddrPort]int{},
 		ch:        make(chan netip.AddrPort, MaxRemotes),
 		heard:     make(chan struct{}),
 		stop:      make(chan struct{}),
@@ -229,6 +239,10 @@ func (m *Manager) Start(p Params) (*Attempt, error) {
 		a.onHeard.Store(&p.OnHeard)
 	}
 	for _, r := range p.Remote {
+		a.addRemote(r)
+	}
+	a.setPredicted(p.Predicted, p.PredictTTL)
+	for _, r := range p.Predicted {
 		a.addRemote(r)
 	}
 	m.mu.Lock()
@@ -455,7 +469,8 @@ func (a *Attempt) prime(tw ttlWriter, r netip.AddrPort) {
 	}
 }
 
-// ping sends a check to r, within the attempt's budget.
+// ping sends a check to r, within the attempt's budget (with a limited
+// TTL to a predicted address that has not answered).
 func (a *Attempt) ping(r netip.AddrPort) {
 	a.mu.Lock()
 	if a.p.Budget > 0 && a.sent >= a.p.Budget {
@@ -463,7 +478,15 @@ func (a *Attempt) ping(r netip.AddrPort) {
 		return
 	}
 	a.sent++
+	ttl := 0
+	if !a.answered[r] {
+		ttl = a.predicted[r]
+	}
 	a.mu.Unlock()
+	if tw, ok := a.m.sock.(ttlWriter); ok && ttl > 0 {
+		a.sendTTL(tw, r, ttl)
+		return
+	}
 	a.send(typePing, r, netip.AddrPort{}, a.txid(r))
 }
 

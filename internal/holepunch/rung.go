@@ -54,6 +54,11 @@ type Limits struct {
 	// MaxAddrs: addresses of a peer one attempt checks.
 	// Zero: candidate.MaxPunchAddrs.
 	MaxAddrs int
+	// PredictPorts: the next ports of a peer whose symmetric NAT
+	// allocates in sequence that one attempt punches besides its
+	// candidates (predict.go), at most candidate.MaxPredictPorts. Zero:
+	// candidate.DefaultPredictPorts; negative: no prediction.
+	PredictPorts int
 }
 
 func (l Limits) withDefaults() Limits {
@@ -72,6 +77,10 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxAddrs <= 0 {
 		l.MaxAddrs = candidate.MaxPunchAddrs
 	}
+	if l.PredictPorts == 0 {
+		l.PredictPorts = candidate.DefaultPredictPorts
+	}
+	l.PredictPorts = min(l.PredictPorts, candidate.MaxPredictPorts)
 	return l
 }
 
@@ -258,7 +267,8 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 		return
 	}
 	remotes := offer.PunchableFrom(r.scope())
-	if len(remotes) == 0 {
+	predicted := r.predicted(offer)
+	if len(remotes)+len(predicted) == 0 {
 		r.h.Logger.Debug("punch: no address of the dialler may be punched", "peer", offer.Peer.Short())
 		return
 	}
@@ -288,7 +298,7 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 		hold = 0
 	}
 	at, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleListener,
-		Remote: remotes, Budget: r.limits.AttemptPackets,
+		Remote: remotes, Predicted: predicted, PredictTTL: r.predictTTL(), Budget: r.limits.AttemptPackets,
 		Hold: hold, PrimerTTL: max(ttl, 0), OnHeard: r.heard(offer.Peer)})
 	if err != nil {
 		release()
@@ -329,14 +339,17 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 	if len(remotes) == 0 {
 		return nil, ErrNoCandidates
 	}
+	predicted := s.predicted(a.Remote)
 	m := s.m
 	at := m.Lookup(a.Local.Attempt)
 	if at != nil {
 		at.SetOnHeard(s.heard(a.Peer))
 		at.AddRemotes(remotes)
+		at.AddPredicted(predicted, s.predictTTL())
 	} else {
 		var err error
-		at, err = m.Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes, Budget: s.limits.AttemptPackets, OnHeard: s.heard(a.Peer)})
+		at, err = m.Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes,
+			Predicted: predicted, PredictTTL: s.predictTTL(), Budget: s.limits.AttemptPackets, OnHeard: s.heard(a.Peer)})
 		if err != nil {
 			return nil, err
 		}
@@ -503,6 +516,9 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 				if r.addr == early {
 					e.wonBy()
 				}
+				if d := predictionDetail(a.Local, a.Remote, predicted, r.addr); d != "" {
+					r.sess.SetStrategyDetail(d)
+				}
 				return r.sess, nil
 			}
 			if r.addr == early {
@@ -545,13 +561,16 @@ func (s *Rung) Validate(ctx context.Context, a *rung.Attempt) (netip.AddrPort, e
 	if len(remotes) == 0 {
 		return netip.AddrPort{}, ErrNoCandidates
 	}
+	predicted := s.predicted(a.Remote)
 	at := s.m.Lookup(a.Local.Attempt)
 	if at != nil {
 		at.SetOnHeard(s.heard(a.Peer))
 		at.AddRemotes(remotes)
+		at.AddPredicted(predicted, s.predictTTL())
 	} else {
 		var err error
-		at, err = s.m.Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes, Budget: s.limits.AttemptPackets, OnHeard: s.heard(a.Peer)})
+		at, err = s.m.Start(Params{Attempt: a.Local.Attempt, Key: a.Local.PunchKey, Role: RoleDialer, Remote: remotes,
+			Predicted: predicted, PredictTTL: s.predictTTL(), Budget: s.limits.AttemptPackets, OnHeard: s.heard(a.Peer)})
 		if err != nil {
 			return netip.AddrPort{}, err
 		}

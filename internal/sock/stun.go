@@ -3,6 +3,7 @@ package sock
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"time"
 
@@ -173,4 +174,55 @@ func (s *Socket) stunResponse(pkt []byte) bool {
 	default: // a duplicate response; the first one is enough
 	}
 	return true
+}
+
+// STUNConn is STUN on a plain packet connection that is not a Socket (a
+// short-lived helper socket): one binding request to server, retransmitted
+// on the same schedule, answered by the first response with its
+// transaction ID; other packets are ignored. It sets and clears c's read
+// deadline and must be c's only reader meanwhile. No response gives an
+// error wrapping ErrSTUNTimeout.
+func STUNConn(ctx context.Context, c net.PacketConn, server netip.AddrPort) (netip.AddrPort, error) {
+	req, err := stun.Build(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("sock: build STUN request: %w", err)
+	}
+	defer c.SetReadDeadline(time.Time{})
+	to := net.UDPAddrFromAddrPort(server)
+	buf := make([]byte, 1500)
+	rto := stunRTO
+	for attempt := 1; attempt <= stunAttempts; attempt++ {
+		if _, err := c.WriteTo(req.Raw, to); err != nil {
+			return netip.AddrPort{}, fmt.Errorf("sock: STUN %v: %w", server, err)
+		}
+		wait := rto
+		if attempt == stunAttempts {
+			wait = stunLastWait * stunRTO
+		}
+		deadline := time.Now().Add(wait)
+		clamped := false // the wait ends with ctx
+		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+			deadline, clamped = d, true
+		}
+		c.SetReadDeadline(deadline)
+		for {
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				break // deadline: retransmit (or give up)
+			}
+			pkt := buf[:n]
+			if !stun.IsMessage(pkt) || n < 20 || string(pkt[8:20]) != string(req.TransactionID[:]) {
+				continue
+			}
+			return parseMapped(pkt, server)
+		}
+		if clamped {
+			<-ctx.Done() // due now: the read deadline can beat ctx's timer
+		}
+		if ctx.Err() != nil {
+			return netip.AddrPort{}, fmt.Errorf("sock: STUN %v: %w (%w)", server, ErrSTUNTimeout, ctx.Err())
+		}
+		rto *= 2
+	}
+	return netip.AddrPort{}, fmt.Errorf("sock: STUN %v: %w after %d requests", server, ErrSTUNTimeout, stunAttempts)
 }

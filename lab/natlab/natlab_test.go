@@ -55,6 +55,7 @@ func TestClassification(t *testing.T) {
 		{"restricted-cone", simple(RestrictedCone), EIM, ADF},
 		{"port-restricted", simple(PortRestricted), EIM, APDF},
 		{"symmetric", simple(Symmetric), APDM, APDF},
+		{"symmetric-seq", simple(SymmetricSeq), APDM, APDF},
 		{"double-nat", func(name string) (*Router, error) {
 			h, _, err := l.AddDoubleNAT(ctx, name, PortRestricted, PortRestricted)
 			return h, err

@@ -23,7 +23,7 @@ func (r *Router) Dump(ctx context.Context) string {
 	if out, err := output(ctx, "ip", "netns", "exec", r.ns, "nft", "list", "ruleset"); err != nil {
 		fmt.Fprintf(&b, "nft: %v\n", err)
 	} else {
-		b.WriteString(out)
+		b.WriteString(shortSeqMap(out))
 	}
 	b.WriteString("--- conntrack ---\n")
 	b.WriteString(r.Conntrack(ctx))
@@ -64,4 +64,23 @@ func (l *Lab) Dump(ctx context.Context) string {
 		b.WriteString(r.Dump(ctx))
 	}
 	return b.String()
+}
+
+// shortSeqMap replaces the elements of a SymmetricSeq router's seqport
+// map (SeqPortCount lines of "N : port") with a one-line summary.
+func shortSeqMap(ruleset string) string {
+	i := strings.Index(ruleset, "map seqport {")
+	if i < 0 {
+		return ruleset
+	}
+	j := strings.Index(ruleset[i:], "elements = {")
+	if j < 0 {
+		return ruleset
+	}
+	start := i + j + len("elements = {")
+	end := strings.Index(ruleset[start:], "}")
+	if end < 0 {
+		return ruleset
+	}
+	return ruleset[:start] + fmt.Sprintf(" 0 : %d, ..., %d : %d ", SeqPortBase, SeqPortCount-1, SeqPortBase+SeqPortCount-1) + ruleset[start+end:]
 }

@@ -29,6 +29,11 @@ const (
 	// Symmetric: address-and-port-dependent mapping with random external
 	// ports, address-and-port-dependent filtering.
 	Symmetric NAT = "symmetric"
+	// SymmetricSeq: address-and-port-dependent mapping whose external
+	// ports are allocated in sequence (+1 for every new mapping, whichever
+	// LAN host or destination it is for; see SeqPortBase), address-and-
+	// port-dependent filtering: what many carrier and enterprise NATs do.
+	SymmetricSeq NAT = "symmetric-seq"
 	// UDPBlocked: a corporate firewall (port-restricted NAT) that lets only
 	// TCP to ports 80 and 443 out.
 	UDPBlocked NAT = "udp-blocked"
@@ -44,7 +49,7 @@ const (
 )
 
 // AllNATs lists every behaviour, in the brief's order.
-var AllNATs = []NAT{FullCone, RestrictedCone, PortRestricted, Symmetric, UDPBlocked, UDPBlockedTCPOpen, ProxyOnly}
+var AllNATs = []NAT{FullCone, RestrictedCone, PortRestricted, Symmetric, UDPBlocked, UDPBlockedTCPOpen, ProxyOnly, SymmetricSeq}
 
 // Firewall is what a router does with new packets from the WAN side to
 // itself: the two variants every NAT behaviour exists in.
@@ -276,12 +281,23 @@ func (l *Lab) AddDoubleNAT(ctx context.Context, name string, home, carrier NAT) 
 	return h, cg, nil
 }
 
+// SeqPortBase and SeqPortCount are the external ports of a SymmetricSeq
+// router: the Nth new UDP mapping (and, with a counter of its own, the Nth
+// new TCP connection) since the router was built gets port
+// SeqPortBase + N mod SeqPortCount.
+const (
+	SeqPortBase  = 20000
+	SeqPortCount = 4096
+)
+
 // ruleset renders the router's nftables configuration.
 //
 // Mapping: masquerade keeps the LAN source port when it is free, which is
 // endpoint-independent mapping; "masquerade random" picks a new random port
 // for every new (source, destination) pair, which is address-and-port-
-// dependent mapping.
+// dependent mapping; SymmetricSeq's "snat to WAN : numgen inc" gives every
+// new flow the next port of a counter, address-and-port-dependent mapping
+// allocated in sequence.
 //
 // Filtering: conntrack lets in only replies from the exact address and
 // port a LAN host sent to (address-and-port-dependent). The cone types add
@@ -313,6 +329,16 @@ func (r *Router) ruleset4(b *strings.Builder) {
 	fmt.Fprintf(b, "table ip lab {\n")
 	fmt.Fprintf(b, "  map portmap { type inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout %ss; }\n", to)
 	fmt.Fprintf(b, "  set contacted { type ipv4_addr . inet_service; flags dynamic,timeout; timeout %ss; }\n", to)
+	if c.NAT == SymmetricSeq {
+		b.WriteString("  map seqport { typeof numgen inc mod 1 : udp dport; elements = { ")
+		for i := range SeqPortCount {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(b, "%d : %d", i, SeqPortBase+i)
+		}
+		b.WriteString(" }; }\n")
+	}
 	b.WriteString("  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n")
 	switch c.NAT {
 	case FullCone:
@@ -331,6 +357,21 @@ func (r *Router) ruleset4(b *strings.Builder) {
 	}
 	switch c.NAT {
 	case Symmetric:
+		fmt.Fprintf(b, "    oifname \"wan\" ip saddr %s masquerade random\n", lanNet)
+	case SymmetricSeq:
+		// The nat chain sees only a flow's first packet, so each new flow
+		// takes the counter's next value: a port of its own per
+		// destination, in sequence. (The counter goes through the seqport
+		// map because numgen's value is in host byte order and a port in
+		// network order.) A port already taken by a flow with the same
+		// remote endpoint (linux-host: a packet from it to the router
+		// itself) makes conntrack drop that first packet; the next one
+		// takes the next port, so the NAT skips taken ports at the cost
+		// of one packet each.
+		for _, proto := range []string{"udp", "tcp"} {
+			fmt.Fprintf(b, "    oifname \"wan\" ip saddr %s meta l4proto %s snat ip to %s : numgen inc mod %d map @seqport\n",
+				lanNet, proto, wan, SeqPortCount)
+		}
 		fmt.Fprintf(b, "    oifname \"wan\" ip saddr %s masquerade random\n", lanNet)
 	case ProxyOnly:
 		// nothing from the LAN goes out; the router's own traffic (squid)

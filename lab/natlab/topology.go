@@ -26,15 +26,20 @@ func Kinds() []Kind {
 	return append(k, KindDouble, Kind(UDPBlocked), Kind(UDPBlockedTCPOpen), Kind(ProxyOnly))
 }
 
-// ParseKind checks a kind name.
+// MoreKinds lists the kinds built on request that are not in the brief's
+// table, so not in Kinds() (nor, yet, the matrix): ParseKind, `reach lab
+// up` and `reach lab classify` take them.
+func MoreKinds() []Kind { return []Kind{Kind(SymmetricSeq)} }
+
+// ParseKind checks a kind name (Kinds and MoreKinds).
 func ParseKind(s string) (Kind, error) {
-	for _, k := range Kinds() {
+	for _, k := range append(Kinds(), MoreKinds()...) {
 		if string(k) == s {
 			return k, nil
 		}
 	}
 	names := make([]string, 0, 8)
-	for _, k := range Kinds() {
+	for _, k := range append(Kinds(), MoreKinds()...) {
 		names = append(names, string(k))
 	}
 	return "", fmt.Errorf("natlab: unknown kind %q (one of %s)", s, strings.Join(names, ", "))

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"sync"
+	"time"
 
 	"github.com/reachp2p/reach/identity"
 )
@@ -42,6 +43,11 @@ func appendFrag(b []byte, id uint16, idx int, pkt []byte) []byte {
 // stay for long.
 const maxPending = 8
 
+// fragTTL is how long an unmatched half waits for its partner: a half
+// older than this is forgotten (and never joined with a later packet's
+// half that reuses its id).
+const fragTTL = time.Second
+
 // reassembler joins the fragments a link receives. Its zero value is
 // ready; it holds no buffer until a fragment comes.
 type reassembler struct {
@@ -54,6 +60,7 @@ type pendingFrag struct {
 	src  identity.PeerID
 	id   uint16
 	idx  byte
+	at   time.Time
 	part []byte
 }
 
@@ -61,15 +68,20 @@ type pendingFrag struct {
 // the packet (a new buffer).
 func (r *reassembler) add(src identity.PeerID, f []byte) ([]byte, bool) {
 	id, idx, part := uint16(f[1])<<8|uint16(f[2]), f[3], f[fragHeader:]
+	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := range r.pending {
 		p := &r.pending[i]
+		if p.part != nil && now.Sub(p.at) > fragTTL {
+			p.part = nil // too old to join
+		}
 		if p.part == nil || p.src != src || p.id != id {
 			continue
 		}
 		if p.idx == idx {
 			p.part = append(p.part[:0], part...) // a duplicate: keep the newer
+			p.at = now
 			return nil, false
 		}
 		first, second := p.part, part
@@ -95,6 +107,6 @@ func (r *reassembler) add(src identity.PeerID, f []byte) ([]byte, bool) {
 		p = &r.pending[r.next%maxPending]
 		r.next++
 	}
-	*p = pendingFrag{src: src, id: id, idx: idx, part: append([]byte(nil), part...)}
+	*p = pendingFrag{src: src, id: id, idx: idx, at: now, part: append([]byte(nil), part...)}
 	return nil, false
 }

@@ -365,6 +365,12 @@ func (s *Server) unregister(p *peerLink) {
 	p.closed = true
 	p.queue = nil
 	p.qmu.Unlock()
+	if p.wake != nil { // a lingering writer ends at once (not after writerLinger)
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
 	p.omu.Lock()
 	n := len(p.out)
 	p.out, p.allowed, p.gone = nil, nil, true
@@ -544,6 +550,11 @@ func (p *peerLink) writeLoop(ctx context.Context) {
 			p.queue = nil // let an idle peer's queue shrink
 		}
 		if len(batch) == 0 {
+			if p.closed {
+				p.writing = false
+				p.qmu.Unlock()
+				return
+			}
 			p.qmu.Unlock()
 			if linger == nil {
 				linger = time.NewTimer(writerLinger)

@@ -33,6 +33,17 @@ const Name = "direct-tcp"
 // listener, or predates TCP paths).
 var ErrNoAddress = errors.New("direct-tcp: peer has no TCP address")
 
+// ErrNoReversal: the peer did not connect back within reverseWait (and no
+// dial out worked).
+var ErrNoReversal = errors.New("direct-tcp: the peer did not connect back")
+
+// reverseWait bounds how long a dial waits for the peer to connect back:
+// the peer's reversal gives up after ReverseTimeout from its introduction,
+// which came before this dial started; the rest is for its handshake to
+// arrive. The rung thus gives up on its own, long before a caller's
+// deadline (TestLabSignallingOverTCP).
+const reverseWait = ReverseTimeout + 2*time.Second
+
 // Rung dials the peer's TCP host candidates at once; the first connection
 // whose TLS handshake proves the peer's key wins, the others are closed.
 // Where the peer can also be reached over UDP, the QUIC rungs win: the
@@ -148,8 +159,17 @@ func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 		}()
 	}
 	var dialErr error
+	back := time.NewTimer(reverseWait)
+	defer back.Stop()
 	for {
 		select {
+		case <-back.C:
+			// The peer did not connect back in time: what it may still
+			// open is closed with the race's leftovers.
+			in = nil
+			if out == nil {
+				return nil, errors.Join(ErrNoReversal, dialErr)
+			}
 		case res := <-out:
 			if res.err == nil {
 				return res.s, nil

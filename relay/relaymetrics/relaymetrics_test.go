@@ -59,6 +59,9 @@ reach_relay_connections_total{transport="udp"} %[1]d
 # TYPE reach_relay_data_packets_total counter
 reach_relay_data_packets_total{direction="in"} 0
 reach_relay_data_packets_total{direction="out"} 0
+# HELP reach_relay_detached_links UDP relay links that live on as data packets alone, without a QUIC connection (counted in reach_relay_clients).
+# TYPE reach_relay_detached_links gauge
+reach_relay_detached_links 0
 # HELP reach_relay_drops_total Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed, peer_sessions, ip_sessions, not_allowed, unknown_link).
 # TYPE reach_relay_drops_total counter
 reach_relay_drops_total{reason="ip_sessions"} 0

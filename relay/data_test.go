@@ -71,6 +71,12 @@ type dataEnd struct {
 // to Deliver). via, when valid, is where the node sends (a forwarder).
 func dataLinked(t *testing.T, sa rendezvous.ServerAddr, name string) dataEnd {
 	t.Helper()
+	return linkEnd(t, sa, name, false)
+}
+
+// linkEnd is dataLinked, the link asking for recipient consent if consent.
+func linkEnd(t *testing.T, sa rendezvous.ServerAddr, name string, consent bool) dataEnd {
+	t.Helper()
 	k, err := identity.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +88,7 @@ func dataLinked(t *testing.T, sa rendezvous.ServerAddr, name string) dataEnd {
 	tr := &quic.Transport{Conn: pathsock.New(u)}
 	t.Cleanup(func() { tr.Close(); u.Close() })
 	got := make(chan []byte, 256)
-	c, err := NewClient(ClientConfig{Key: k, Socket: tr, Dialers: []LinkDialer{UDPDialer{Socket: tr}},
+	c, err := NewClient(ClientConfig{Key: k, Socket: tr, Dialers: []LinkDialer{UDPDialer{Socket: tr}}, Consent: consent,
 		Logger:  dataLogger(t).With("side", name),
 		Deliver: func(_ identity.PeerID, pkt []byte) { got <- append([]byte(nil), pkt...) }})
 	if err != nil {

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -11,10 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
-
-	"github.com/reachp2p/reach/identity"
-	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/rendezvous"
 )
 
@@ -129,31 +124,7 @@ func TestDetachedLink(t *testing.T) {
 // does).
 func consentEnd(t *testing.T, sa rendezvous.ServerAddr, name string) dataEnd {
 	t.Helper()
-	k, err := identity.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := &quic.Transport{Conn: pathsock.New(u)}
-	t.Cleanup(func() { tr.Close(); u.Close() })
-	got := make(chan []byte, 256)
-	c, err := NewClient(ClientConfig{Key: k, Socket: tr, Dialers: []LinkDialer{UDPDialer{Socket: tr}}, Consent: true,
-		Logger:  dataLogger(t).With("side", name),
-		Deliver: func(_ identity.PeerID, pkt []byte) { got <- append([]byte(nil), pkt...) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	l, err := c.Connect(ctx, sa)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dataEnd{id: k.ID(), c: c, l: l.(*link), got: got, sock: u}
+	return linkEnd(t, sa, name, true)
 }
 
 // TestDetachedConsent: a detached link's consent travels as data packets:

@@ -39,7 +39,7 @@ func labMatrix(ctx context.Context, args []string) error {
 	variants := fs.String("variants", "all", "comma-separated variants to run (main, zero-delay, far-server, ipv6), or all")
 	delay := fs.Duration("delay", 20*time.Millisecond, "one-way delay on every access link in the main and ipv6 variants (0: none); zero-delay and far-server fix their own")
 	runs := fs.Int("runs", 3, "dials per direction, each with two fresh nodes")
-	pairs := fs.String("pairs", "full", "full: every pair of each variant's kinds; short: the CI's pairs of each variant")
+	pairs := fs.String("pairs", "full", "full: every pair of each variant's kinds; short: the CI's pairs of each variant; or a comma-separated list of KIND:KIND pairs (e.g. udp-blocked:proxy-only) to run those cells only")
 	size := fs.Int("size", 4<<20, "bytes sent on one stream per dial to measure throughput (0: none)")
 	timeout := fs.Duration("timeout", time.Hour, "give up after this long (what was measured is still written)")
 	verbose := fs.Bool("v", false, "log every attempt and the nodes' warnings to stderr")
@@ -65,8 +65,11 @@ func labMatrix(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("--variants: %w", err)
 	}
+	var only []matrix.Pair
 	if *pairs != "full" && *pairs != "short" {
-		return fmt.Errorf("--pairs: %q is neither short nor full", *pairs)
+		if only, err = matrix.ParsePairs(*pairs); err != nil {
+			return fmt.Errorf("--pairs: %w", err)
+		}
 	}
 	base := matrix.Config{Runs: *runs, Size: *size}
 	if *size == 0 {
@@ -86,6 +89,9 @@ func labMatrix(ctx context.Context, args []string) error {
 			}
 		}
 		cfg := v.Config(base, *pairs == "short")
+		if only != nil {
+			cfg.Pairs = only
+		}
 		if len(cfg.Pairs) == 0 {
 			continue
 		}

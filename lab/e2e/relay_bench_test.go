@@ -120,7 +120,7 @@ func BenchmarkLabRelay(b *testing.B) {
 
 // copyN moves size bytes on a new stream of sess and waits for the
 // receiver to have read them.
-func copyN(b *testing.B, sess *stream.Session, got <-chan copyResult, size int) {
+func copyN(b testing.TB, sess *stream.Session, got <-chan copyResult, size int) {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

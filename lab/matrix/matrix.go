@@ -134,6 +134,28 @@ type Pair struct{ A, B Kind }
 
 func (p Pair) String() string { return string(p.A) + " <-> " + string(p.B) }
 
+// ParsePairs reads a comma-separated list of KIND:KIND pairs (the cells a
+// run measures, both directions of each).
+func ParsePairs(s string) ([]Pair, error) {
+	var out []Pair
+	for _, f := range strings.Split(s, ",") {
+		a, b, ok := strings.Cut(strings.TrimSpace(f), ":")
+		if !ok {
+			return nil, fmt.Errorf("matrix: pair %q is not KIND:KIND", f)
+		}
+		ka, err := ParseKind(a)
+		if err != nil {
+			return nil, err
+		}
+		kb, err := ParseKind(b)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Pair{ka, kb})
+	}
+	return out, nil
+}
+
 // FullPairs returns every unordered pair of Kinds, each kind with itself
 // included: 105 pairs, 196 directions (a kind with itself is one
 // direction).

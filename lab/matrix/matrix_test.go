@@ -3,9 +3,11 @@ package matrix
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"image/png"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -253,5 +255,22 @@ func TestRender(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(dir, "out", f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
 		}
+	}
+}
+
+func TestParsePairs(t *testing.T) {
+	got, err := ParsePairs("udp-blocked:proxy-only, open:open")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Pair{{"udp-blocked", "proxy-only"}, {"open", "open"}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("ParsePairs = %v, want %v", got, want)
+	}
+	if _, err := ParsePairs("open:bogus"); !errors.Is(err, ErrUnknownKind) {
+		t.Fatalf("unknown kind: %v, want ErrUnknownKind", err)
+	}
+	if _, err := ParsePairs("open"); err == nil {
+		t.Fatal("a pair without a colon was accepted")
 	}
 }

@@ -1,0 +1,115 @@
+package e2e_test
+
+import (
+	"context"
+	"net/url"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/lab/natlab"
+	"github.com/reachp2p/reach/lab/reachlab"
+	"github.com/reachp2p/reach/relay"
+)
+
+// BenchmarkLabRelayStart: the first 4 MiB of a fresh relayed session, as
+// the matrix measures it (fresh nodes for every iteration, so fresh relay
+// links; 20 ms one-way delay on each site's access link, 82 ms round
+// trip), from a UDP-blocked site to another (both peers on TLS links:
+// "tls-tls"), to a proxy-only site (the receiver's TLS link through squid:
+// "tls-proxy") and to a symmetric NAT (the receiver on a UDP link:
+// "tls-udp").
+//
+// It reports the median throughput and early-exit%: the share of
+// sessions whose QUIC congestion window ended below 256 KB with no packet
+// lost. quic-go's hybrid slow start leaves slow start when the smallest
+// of the first 8 round-trip samples of a round is 10 ms (min RTT/8,
+// clamped to 4..16 ms) above the session's min RTT. A TLS link's TCP
+// connection starts with a 10-segment window and grows only with what it
+// carries, so in the session's second and third round trips its two
+// fresh TCP legs queue QUIC's packets for 15-35 ms (seen in qlog: latest
+// RTT 98-118 ms against 84), and in some sessions slow start ends at
+// about 66 packets without a loss; the window then grows by about a
+// packet per round trip (Cubic with no earlier maximum) and the 4 MiB
+// move at about 8 Mbit/s instead of 45-50. docs/benchmarks.md has the
+// figures.
+//
+//	go test -run '^$' -bench BenchmarkLabRelayStart -benchtime 20x ./lab/e2e
+func BenchmarkLabRelayStart(b *testing.B) {
+	const size = 4 << 20
+	s := reachlab.NewScenario(b, reachlab.ServerConfig{Relay: true, RelayConfig: relay.ServerConfig{Logger: quietLogger(b)}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	ua := s.Site(b, "rsta", natlab.Kind(natlab.UDPBlocked))
+	ub := s.Site(b, "rstb", natlab.Kind(natlab.UDPBlocked))
+	sym := s.Site(b, "rstc", natlab.Kind(natlab.Symmetric))
+	po := s.Site(b, "rstd", natlab.Kind(natlab.ProxyOnly))
+	sq, err := po.Router.StartSquid(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	proxyURL, err := url.Parse(sq.URL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, site := range []*natlab.Site{ua, ub, sym, po} {
+		if err := site.Router.Impair(ctx, natlab.Impairment{Delay: 20 * time.Millisecond}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cfg := reach.Config{Servers: []string{s.ConnectString()}, Logger: quietLogger(b), DisablePortMapping: true, UpgradeInterval: -1}
+	viaProxy := cfg
+	viaProxy.Proxy = proxyURL
+	for _, p := range []struct {
+		name  string
+		a, bh *natlab.Host
+		bcfg  reach.Config
+	}{
+		{"tls-tls", ua.Host, ub.Host, cfg},
+		{"tls-proxy", ua.Host, po.Host, viaProxy},
+		{"tls-udp", ua.Host, sym.Host, cfg},
+	} {
+		b.Run(p.name, func(b *testing.B) {
+			var mbps []float64
+			early := 0
+			for range b.N {
+				na := reachlab.NewNode(b, p.a, cfg)
+				nb := reachlab.NewNode(b, p.bh, p.bcfg)
+				got := make(chan copyResult, 1)
+				go func() {
+					st, err := nb.Accept(ctx)
+					if err != nil {
+						return
+					}
+					got <- drain(st)
+				}()
+				dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+				sess, err := na.DialSession(dctx, nb.ID())
+				dcancel()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if sess.Strategy() != reach.StrategyRelay {
+					b.Fatalf("strategy %s, want relay", sess.Strategy())
+				}
+				t0 := time.Now()
+				copyN(b, sess, got, size)
+				mbps = append(mbps, size*8/time.Since(t0).Seconds()/1e6)
+				if qc := sess.QUIC(); qc != nil {
+					cs := qc.ConnectionStats()
+					if cs.PacketsLost == 0 && cs.CongestionWindow < 256<<10 {
+						early++
+					}
+				}
+				sess.Close()
+				na.Close()
+				nb.Close()
+			}
+			slices.Sort(mbps)
+			b.ReportMetric(mbps[len(mbps)/2], "Mbit/s")
+			b.ReportMetric(100*float64(early)/float64(b.N), "early-exit%")
+			b.Logf("%s: Mbit/s per session %.0f", p.name, mbps)
+		})
+	}
+}

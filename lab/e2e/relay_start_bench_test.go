@@ -21,7 +21,8 @@ import (
 // "tls-proxy") and to a symmetric NAT (the receiver on a UDP link:
 // "tls-udp").
 //
-// It reports the median throughput and early-exit%: the share of
+// It reports the median throughput, the median Dial → session time
+// (dial-ms) and early-exit%: the share of
 // sessions whose QUIC congestion window ended below 256 KB with no packet
 // lost. quic-go's hybrid slow start leaves slow start when the smallest
 // of the first 8 round-trip samples of a round is 10 ms (min RTT/8,
@@ -71,7 +72,7 @@ func BenchmarkLabRelayStart(b *testing.B) {
 		{"tls-udp", ua.Host, sym.Host, cfg},
 	} {
 		b.Run(p.name, func(b *testing.B) {
-			var mbps []float64
+			var mbps, dialMS []float64
 			early := 0
 			for range b.N {
 				na := reachlab.NewNode(b, p.a, cfg)
@@ -85,7 +86,9 @@ func BenchmarkLabRelayStart(b *testing.B) {
 					got <- drain(st)
 				}()
 				dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+				d0 := time.Now()
 				sess, err := na.DialSession(dctx, nb.ID())
+				dialMS = append(dialMS, float64(time.Since(d0).Milliseconds()))
 				dcancel()
 				if err != nil {
 					b.Fatal(err)
@@ -107,7 +110,9 @@ func BenchmarkLabRelayStart(b *testing.B) {
 				nb.Close()
 			}
 			slices.Sort(mbps)
+			slices.Sort(dialMS)
 			b.ReportMetric(mbps[len(mbps)/2], "Mbit/s")
+			b.ReportMetric(dialMS[len(dialMS)/2], "dial-ms")
 			b.ReportMetric(100*float64(early)/float64(b.N), "early-exit%")
 			b.Logf("%s: Mbit/s per session %.0f", p.name, mbps)
 		})

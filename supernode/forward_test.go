@@ -184,7 +184,7 @@ func TestForwardThroughVolunteer(t *testing.T) {
 	a, b := newPeer(t, "a"), newPeer(t, "b")
 
 	// The listening side links to the volunteer of its introduction.
-	if err := b.pool.Link(ctx, tv.candFor(b.key.ID(), sec)); err != nil {
+	if err := b.pool.Link(ctx, tv.candFor(b.key.ID(), sec), a.key.ID()); err != nil {
 		t.Fatalf("b links to the volunteer: %v", err)
 	}
 	att := &rung.Attempt{Key: a.key, Peer: b.key.ID(), Logger: testLogger(t)}
@@ -264,7 +264,7 @@ func TestForwardThroughVolunteer(t *testing.T) {
 	}
 	// The vanished volunteer is skipped at once for a while.
 	start := time.Now()
-	if err := a.pool.Link(ctx, tv.candFor(a.key.ID(), sec)); !errors.Is(err, ErrVolunteerGone) {
+	if err := a.pool.Link(ctx, tv.candFor(a.key.ID(), sec), b.key.ID()); !errors.Is(err, ErrVolunteerGone) {
 		t.Errorf("Link to the gone volunteer = %v, want ErrVolunteerGone", err)
 	}
 	if d := time.Since(start); d > 100*time.Millisecond {
@@ -281,20 +281,21 @@ func TestLinkRefused(t *testing.T) {
 	tv := startVolunteer(t, Config{Enable: true})
 	tv.vol.Verdict(admitted(serverAddr(t, 4900), secret(1)))
 	a := newPeer(t, "a")
-	if err := a.pool.Link(ctx, tv.candFor(a.key.ID(), secret(2))); !errors.Is(err, relay.ErrBadToken) {
+	other := mustKey(t).ID() // the peer of the introduction
+	if err := a.pool.Link(ctx, tv.candFor(a.key.ID(), secret(2)), other); !errors.Is(err, relay.ErrBadToken) {
 		t.Errorf("Link with a forged token = %v, want relay.ErrBadToken", err)
 	}
-	if err := a.pool.Link(ctx, tv.candFor(a.key.ID(), secret(1))); err != nil {
+	if err := a.pool.Link(ctx, tv.candFor(a.key.ID(), secret(1)), other); err != nil {
 		t.Errorf("Link with a valid token after a refusal = %v", err)
 	}
 
 	allow := startVolunteer(t, Config{Enable: true, Allow: []identity.PeerID{mustKey(t).ID()}})
 	b := newPeer(t, "b")
-	if err := b.pool.Link(ctx, allow.candFor(b.key.ID(), secret(1))); !errors.Is(err, relay.ErrBadToken) {
+	if err := b.pool.Link(ctx, allow.candFor(b.key.ID(), secret(1)), a.key.ID()); !errors.Is(err, relay.ErrBadToken) {
 		t.Errorf("Link of a peer not on the allow-list = %v, want relay.ErrBadToken (the wire code of ErrNotAllowed)", err)
 	}
 	// Not a supernode candidate at all.
-	if err := b.pool.Link(ctx, rendezvous.Candidate{Kind: rendezvous.Reflexive, Addr: allow.sock.LocalAddr()}); !errors.Is(err, ErrNoVolunteer) {
+	if err := b.pool.Link(ctx, rendezvous.Candidate{Kind: rendezvous.Reflexive, Addr: allow.sock.LocalAddr()}, a.key.ID()); !errors.Is(err, ErrNoVolunteer) {
 		t.Errorf("Link to a reflexive candidate = %v, want ErrNoVolunteer", err)
 	}
 }
@@ -315,12 +316,13 @@ func TestVolunteerLimits(t *testing.T) {
 		peers[i] = newPeer(t, fmt.Sprintf("p%d", i))
 	}
 	for i, p := range peers[:4*n+4] {
-		if err := p.pool.Link(ctx, tv.candFor(p.key.ID(), sec)); err != nil {
+		// Introduced in pairs: 0 and 1, 2 and 3, ...
+		if err := p.pool.Link(ctx, tv.candFor(p.key.ID(), sec), peers[i^1].key.ID()); err != nil {
 			t.Fatalf("peer %d of %d links: %v", i+1, 4*n+4, err)
 		}
 	}
 	extra := peers[4*n+4]
-	if err := extra.pool.Link(ctx, tv.candFor(extra.key.ID(), sec)); !errors.Is(err, ErrVolunteerFull) || !errors.Is(err, relay.ErrRelayFull) {
+	if err := extra.pool.Link(ctx, tv.candFor(extra.key.ID(), sec), peers[0].key.ID()); !errors.Is(err, ErrVolunteerFull) || !errors.Is(err, relay.ErrRelayFull) {
 		t.Errorf("peer %d links = %v, want ErrVolunteerFull and relay.ErrRelayFull", 4*n+5, err)
 	}
 
@@ -351,5 +353,47 @@ func TestVolunteerLimits(t *testing.T) {
 	}
 	if vs := tv.vol.Status(rendezvous.ServerAddr{}); vs.Sessions != n {
 		t.Errorf("volunteer status: %d sessions, want %d", vs.Sessions, n)
+	}
+}
+
+// TestVolunteerConsent: a volunteer forwards to a linked peer only from
+// the peers it was introduced to (Pool.Link's peer). A third peer holding
+// a valid token for the volunteer, as any peer introduced to anyone can,
+// is refused with relay.ErrNotAllowed and b gets no session from it; the
+// introduced peer gets through.
+func TestVolunteerConsent(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	tv := startVolunteer(t, Config{Enable: true})
+	sec := secret(5)
+	tv.vol.Verdict(admitted(serverAddr(t, 4900), sec))
+	a, b, c := newPeer(t, "a"), newPeer(t, "b"), newPeer(t, "c")
+	if err := b.pool.Link(ctx, tv.candFor(b.key.ID(), sec), a.key.ID()); err != nil {
+		t.Fatalf("b links to the volunteer: %v", err)
+	}
+	sess, err := c.pool.dial(ctx, tv.candFor(c.key.ID(), sec), &rung.Attempt{Key: c.key, Peer: b.key.ID(), Logger: testLogger(t)})
+	if err == nil {
+		sess.CloseWithError(0, "")
+		t.Fatal("a peer b was not introduced to reached it through the volunteer")
+	}
+	if !errors.Is(err, relay.ErrNotAllowed) {
+		t.Errorf("c dials b = %v, want relay.ErrNotAllowed", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("c's dial was refused only when the test's context ended")
+	}
+	sess, err = a.pool.dial(ctx, tv.candFor(a.key.ID(), sec), &rung.Attempt{Key: a.key, Peer: b.key.ID(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("a, introduced to b, dials b: %v", err)
+	}
+	st, err := sess.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(st, 64<<10); err != nil {
+		t.Fatalf("a ↔ b through the volunteer: %v", err)
+	}
+	if got := tv.vol.Relay().Metrics().Drops["not_allowed"]; got == 0 {
+		t.Error("the volunteer counted no not_allowed drop for c's packets")
 	}
 }

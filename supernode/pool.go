@@ -168,10 +168,21 @@ func (p *Pool) Close() error {
 }
 
 // Link makes sure the node has a link to the volunteer of c (a Supernode
-// candidate) and returns once it is up. ctx bounds the wait.
-func (p *Pool) Link(ctx context.Context, c rendezvous.Candidate) error {
-	_, err := p.link(ctx, c)
-	return err
+// candidate), allows peer (the peer of the introduction that named the
+// volunteer) to send to the node through it, and returns once the link
+// is up. ctx bounds the wait. The links ask for consent
+// (relay.ClientConfig.Consent): the volunteer forwards to the node only
+// from the peers it allowed this way or dialled, not from anyone else
+// holding a token for the volunteer.
+func (p *Pool) Link(ctx context.Context, c rendezvous.Candidate, peer identity.PeerID) error {
+	vl, err := p.link(ctx, c)
+	if err != nil {
+		return err
+	}
+	if err := vl.client.Allow(peer); err != nil {
+		return fmt.Errorf("supernode %s: %w", c.Peer.Short(), err)
+	}
+	return nil
 }
 
 func (p *Pool) link(ctx context.Context, c rendezvous.Candidate) (*vlink, error) {
@@ -239,7 +250,11 @@ func (p *Pool) newLink(c rendezvous.Candidate) (*vlink, error) {
 			return vl.token
 		},
 		DialTimeout: linkDialTimeout,
-		Logger:      p.log,
+		// Consent: the volunteer forwards to this node only from the
+		// peers it allowed (Link) or dialled (relay.Strategy allows the
+		// peer it dials).
+		Consent: true,
+		Logger:  p.log,
 	}
 	var err error
 	if p.paths != nil {

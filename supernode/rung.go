@@ -137,7 +137,7 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 		r.h.Go(func() {
 			ctx, cancel := context.WithTimeout(r.h.Context, introducedLinkTimeout)
 			defer cancel()
-			if err := r.pool.Link(ctx, c); err != nil && r.h.Context.Err() == nil {
+			if err := r.pool.Link(ctx, c, offer.Peer); err != nil && r.h.Context.Err() == nil {
 				r.h.Logger.Debug("supernode: cannot link for an introduced peer", "peer", offer.Peer.Short(), "volunteer", c.Peer.Short(), "err", err)
 			}
 		})

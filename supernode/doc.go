@@ -17,7 +17,9 @@
 //
 // User side: a dialler that asks gets a short list of volunteers, best first,
 // in the introduction's answer (rendezvous.Supernode candidates, each with a
-// token); the listener gets the same list in the offer and links to each. A
+// token); the listener gets the same list in the offer and links to each,
+// allowing the dialler: links ask for consent (relay.ClientConfig.Consent),
+// so a volunteer forwards to a node only from peers it allowed or dialled. A
 // Pool keeps the node's links to volunteers (relay.Client with the UDP link
 // from the node's socket), a QUIC transport on each link's relay.PacketConn,
 // and the sessions on it. Strategy dials QUIC end to end (ALPN reach/1,

@@ -23,9 +23,13 @@ import (
 	"github.com/reachp2p/reach/stream"
 )
 
-func listenSock(t *testing.T) *sock.Socket {
+func listenSock(t *testing.T) *sock.Socket { return listenSockOn(t, "127.0.0.1") }
+
+// listenSockOn is listenSock on another loopback address (127.0.0.0/8):
+// a peer from another source IP.
+func listenSockOn(t *testing.T, ip string) *sock.Socket {
 	t.Helper()
-	s, err := sock.Listen(sock.Config{Addr: netip.MustParseAddrPort("127.0.0.1:0")})
+	s, err := sock.Listen(sock.Config{Addr: netip.AddrPortFrom(netip.MustParseAddr(ip), 0)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,10 +103,13 @@ type testPeer struct {
 	lost chan *stream.Session
 }
 
-func newPeer(t *testing.T, name string) *testPeer {
+func newPeer(t *testing.T, name string) *testPeer { return newPeerOn(t, name, "127.0.0.1") }
+
+// newPeerOn is newPeer on loopback address ip.
+func newPeerOn(t *testing.T, name, ip string) *testPeer {
 	t.Helper()
 	p := &testPeer{key: mustKey(t), lost: make(chan *stream.Session, 4)}
-	s := listenSock(t)
+	s := listenSockOn(t, ip)
 	var wg sync.WaitGroup
 	pool, err := NewPool(PoolConfig{
 		Key: p.key, Socket: s.Transport(), Logger: testLogger(t).With("side", name),
@@ -395,5 +402,62 @@ func TestVolunteerConsent(t *testing.T) {
 	}
 	if got := tv.vol.Relay().Metrics().Drops["not_allowed"]; got == 0 {
 		t.Error("the volunteer counted no not_allowed drop for c's packets")
+	}
+}
+
+// TestVolunteerFairness: one source IP cannot take a volunteer's whole
+// session table. With MaxSessions 4 (8 relay sessions), colluding peers
+// from one address (each allowing the others) get 2 pairs (4 sessions,
+// MaxSessionsPerIP) and their third pair is refused at once with
+// ErrVolunteerFull; a pair from other addresses is still served. One peer
+// gets at most 2 destinations (MaxSessionsPerPeer).
+func TestVolunteerFairness(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tv := startVolunteer(t, Config{Enable: true, MaxSessions: 4})
+	sec := secret(9)
+	tv.vol.Verdict(admitted(serverAddr(t, 4900), sec))
+	hostile := make([]*testPeer, 6)
+	for i := range hostile {
+		hostile[i] = newPeerOn(t, fmt.Sprintf("h%d", i), "127.0.0.2")
+	}
+	// Each hostile peer allows its partner (pairs 0-1, 2-3, 4-5).
+	for i, h := range hostile {
+		if err := h.pool.Link(ctx, tv.candFor(h.key.ID(), sec), hostile[i^1].key.ID()); err != nil {
+			t.Fatalf("hostile peer %d links: %v", i, err)
+		}
+	}
+	pair := func(a, b *testPeer) error {
+		sess, err := a.pool.dial(ctx, tv.candFor(a.key.ID(), sec), &rung.Attempt{Key: a.key, Peer: b.key.ID(), Logger: testLogger(t)})
+		if err != nil {
+			return err
+		}
+		st, err := sess.OpenStream(ctx)
+		if err != nil {
+			return err
+		}
+		return roundTrip(st, 16<<10) // both directions: two relay sessions
+	}
+	for i := 0; i < 4; i += 2 {
+		if err := pair(hostile[i], hostile[i+1]); err != nil {
+			t.Fatalf("hostile pair %d: %v", i/2+1, err)
+		}
+	}
+	start := time.Now()
+	if err := pair(hostile[4], hostile[5]); !errors.Is(err, ErrVolunteerFull) {
+		t.Fatalf("third pair from one address = %v, want ErrVolunteerFull", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("third pair refused after %v, want at once", d)
+	}
+	if got := tv.vol.Relay().Metrics().Drops["ip_sessions"]; got == 0 {
+		t.Error("no ip_sessions drop counted for the third pair")
+	}
+	a, b := newPeerOn(t, "a", "127.0.0.3"), newPeerOn(t, "b", "127.0.0.4")
+	if err := b.pool.Link(ctx, tv.candFor(b.key.ID(), sec), a.key.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if err := pair(a, b); err != nil {
+		t.Fatalf("an honest pair beside the hostile source: %v", err)
 	}
 }

@@ -51,7 +51,9 @@ type Config struct {
 	Enable bool
 	// MaxSessions is how many pairs of peers it forwards for at once; a
 	// pair beyond it is refused (the dialler's race moves on at once).
-	// Zero: 8.
+	// Of them, one peer may send to at most max(2, n/2) peers, and the
+	// peers of one source IP hold at most max(4, n) relay sessions (half
+	// the table: a pair is two). Zero: 8.
 	MaxSessions int
 	// SessionRate is the bytes per second one peer may send through it
 	// (with one session per peer, the bandwidth of a session in each
@@ -118,6 +120,12 @@ func NewVolunteer(cfg Config, log *slog.Logger) *Volunteer {
 		// introduction for a while, hence the room in MaxClients.
 		MaxSessions: 2 * n,
 		MaxClients:  4*n + 4,
+		// Fairness: one peer may send to at most max(2, n/2) peers
+		// through it, and the peers of one source IP (or IPv6 /64) hold
+		// at most max(4, n) sessions, half the table: one source cannot
+		// take it all (TestVolunteerFairness).
+		MaxSessionsPerPeer: max(2, n/2),
+		MaxSessionsPerIP:   max(4, n),
 		PeerRate:    noLimit(cfg.SessionRate),
 		TotalRate:   noLimit(cfg.TotalRate),
 		Authorize:   v.authorize,

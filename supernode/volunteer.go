@@ -126,9 +126,9 @@ func NewVolunteer(cfg Config, log *slog.Logger) *Volunteer {
 		// take it all (TestVolunteerFairness).
 		MaxSessionsPerPeer: max(2, n/2),
 		MaxSessionsPerIP:   max(4, n),
-		PeerRate:    noLimit(cfg.SessionRate),
-		TotalRate:   noLimit(cfg.TotalRate),
-		Authorize:   v.authorize,
+		PeerRate:           noLimit(cfg.SessionRate),
+		TotalRate:          noLimit(cfg.TotalRate),
+		Authorize:          v.authorize,
 		// Links keep their QUIC connection: its short idle timeout
 		// (LinkIdleTimeout) is how both ends notice the other vanish.
 		QUICLinks: true,

@@ -434,6 +434,7 @@ func (n *Node) host(signalling, local bool) *rung.Host {
 		Accepted:  n.accepted,
 		Event:     n.event,
 		PathHeard: n.pathHeard,
+		Rescue:    n.rescue,
 	}
 }
 

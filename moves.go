@@ -180,9 +180,15 @@ func (n *Node) adopt(sess *stream.Session) {
 // readyFallback gives the peer's key the first forwarded path a rung can
 // ready.
 func (n *Node) readyFallback(peer identity.PeerID, key netip.AddrPort) {
+	n.forwardPath(peer, key, "")
+}
+
+// forwardPath gives the peer's key the first forwarded path a rung other
+// than skip can ready, and returns that rung's name ("": none could).
+func (n *Node) forwardPath(peer identity.PeerID, key netip.AddrPort, skip string) string {
 	for _, r := range n.ladder.All {
 		f, ok := r.(rung.Forwarder)
-		if !ok {
+		if !ok || r.Name() == skip {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(n.ctx, fallbackReady)
@@ -192,9 +198,30 @@ func (n *Node) readyFallback(peer identity.PeerID, key netip.AddrPort) {
 			n.log.Debug("no fallback path", "peer", peer.Short(), "rung", r.Name(), "err", err)
 			continue
 		}
-		n.sock.Paths().SetFallback(key, p)
-		return
+		if err := n.sock.Paths().SetFallback(key, p); err != nil {
+			n.log.Debug("fallback path not set", "peer", peer.Short(), "rung", r.Name(), "err", err)
+			return ""
+		}
+		return r.Name()
 	}
+	return ""
+}
+
+// rescue implements rung.Host.Rescue: the sessions with peer at key lost
+// their forwarded path (the rung lost's, for why); another forwarding
+// rung's path takes its place, unless they moved to a direct path
+// meanwhile. The move is reported as PathMoved with why.
+func (n *Node) rescue(peer identity.PeerID, key netip.AddrPort, lost string, why error) bool {
+	if direct, _, err := n.sock.Paths().Current(key); err == nil && direct.IsValid() {
+		return true // on a direct path: the lost one was only its fallback
+	}
+	name := n.forwardPath(peer, key, lost)
+	if name == "" {
+		return false
+	}
+	n.log.Info("sessions moved to another forwarded path", "peer", peer.Short(), "from", lost, "to", name, "why", why)
+	n.moved(peer, key, name, netip.AddrPort{}, why)
+	return true
 }
 
 // resolvePath is the path resolver of movable sessions: the peer's direct

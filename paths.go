@@ -46,10 +46,12 @@ const (
 	// until they end; moving them is future work, see
 	// docs/architecture.md.
 	PathUpgraded PathEventKind = "upgraded"
-	// PathSupernodeLost: the volunteer that carried Session vanished; the
-	// node closed the session with supernode.ErrVolunteerGone (Err), so
-	// its streams fail with that error instead of hanging. The next Dial
-	// finds another path.
+	// PathSupernodeLost: the volunteer that carried Session vanished and
+	// no other forwarded path could be readied for it (the hosted relay
+	// is tried first: then the event is PathMoved with Strategy relay and
+	// Err supernode.ErrVolunteerGone); the node closed the session with
+	// supernode.ErrVolunteerGone (Err), so its streams fail with that
+	// error instead of hanging. The next Dial finds another path.
 	PathSupernodeLost = supernode.EventLost
 )
 

@@ -27,10 +27,11 @@
 // rung's own code (relay.Strategy): the volunteer forwards ciphertext only.
 //
 // A volunteer that vanishes: the links to it carry a short QUIC idle
-// timeout (LinkIdleTimeout), so both peers notice within it; they close the
-// sessions that ran through it with ErrVolunteerGone (so streams fail with
-// that named error, never hang) and skip that volunteer for a while, and
-// the node's next dial finds another path: another volunteer, TURN or the
-// hosted relay. Moving open streams to the new path is future work, as for
-// the relay (docs/architecture.md).
+// timeout (LinkIdleTimeout), so both peers notice within it. Each asks its
+// node for another forwarded path for the sessions that ran through it
+// (PoolConfig.Rescue: the hosted relay), and those sessions go on there
+// with their open streams. Sessions nothing can take are closed with
+// ErrVolunteerGone (so streams fail with that named error, never hang).
+// Either way the volunteer is skipped for a while, and the node's next dial
+// finds another path: another volunteer, TURN or the hosted relay.
 package supernode

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -52,6 +53,13 @@ type PoolConfig struct {
 	// through a volunteer whose link ended, after the session was closed
 	// with ErrVolunteerGone.
 	OnLost func(volunteer identity.PeerID, sess *stream.Session)
+	// Rescue, when the link to a volunteer ends, is asked once per peer
+	// whose sessions ran through it (at their address on the node's
+	// socket, key) to give them another forwarded path (the hosted
+	// relay's); it blocks until that path is ready or failed. True: those
+	// sessions live on there, and are neither closed nor passed to
+	// OnLost. Nil: every session is closed (ErrVolunteerGone).
+	Rescue func(peer identity.PeerID, key netip.AddrPort) bool
 	// Logger receives the pool's logs. Nil: discard.
 	Logger *slog.Logger
 }
@@ -334,6 +342,7 @@ func (p *Pool) lost(vl *vlink, err error) {
 	}
 	vl.mu.Unlock()
 	p.log.Warn("supernode: link to volunteer lost", "volunteer", vl.peer.Short(), "sessions", len(sessions), "err", err)
+	sessions = p.rescue(sessions)
 	for _, s := range sessions {
 		s.CloseWithError(CodeVolunteerGone, "supernode: volunteer gone")
 	}
@@ -398,4 +407,39 @@ func (p *Pool) reap() {
 			}
 		}
 	}
+}
+
+// rescue asks PoolConfig.Rescue, in parallel, for a new path for each
+// peer of sessions (those at a virtual address of the node's socket) and
+// returns the sessions that still have none.
+func (p *Pool) rescue(sessions []*stream.Session) []*stream.Session {
+	if p.cfg.Rescue == nil || p.paths == nil || len(sessions) == 0 {
+		return sessions
+	}
+	type target struct {
+		peer identity.PeerID
+		key  netip.AddrPort
+	}
+	saved := map[target]bool{}
+	for _, s := range sessions {
+		saved[target{s.RemotePeer(), s.QUICAddr()}] = false
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for t := range saved {
+		wg.Go(func() {
+			ok := p.cfg.Rescue(t.peer, t.key)
+			mu.Lock()
+			saved[t] = ok
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	var left []*stream.Session
+	for _, s := range sessions {
+		if !saved[target{s.RemotePeer(), s.QUICAddr()}] {
+			left = append(left, s)
+		}
+	}
+	return left
 }

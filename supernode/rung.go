@@ -3,6 +3,7 @@ package supernode
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -20,9 +21,10 @@ import (
 // refuses at once).
 const HeadStart = time.Second
 
-// EventLost is the path event of a session whose volunteer vanished: the
-// node closed it with ErrVolunteerGone (the event's Err), so its streams
-// fail with that error instead of hanging.
+// EventLost is the path event of a session whose volunteer vanished and
+// that no other forwarded path could take (Host.Rescue): the node closed
+// it with ErrVolunteerGone (the event's Err), so its streams fail with
+// that error instead of hanging.
 const EventLost rung.EventKind = "supernode-lost"
 
 // introducedLinkTimeout bounds the listening side's link to a volunteer
@@ -94,6 +96,9 @@ func (r *Rung) Start(context.Context) error {
 			if !r.h.Accepted(sess) {
 				sess.CloseWithError(0, "node closed")
 			}
+		},
+		Rescue: func(peer identity.PeerID, key netip.AddrPort) bool {
+			return r.h.Rescue != nil && r.h.Rescue(peer, key, Name, ErrVolunteerGone)
 		},
 		OnLost: func(_ identity.PeerID, sess *stream.Session) {
 			r.h.Event(rung.Event{Peer: sess.RemotePeer(), Kind: EventLost, Strategy: Name,

@@ -173,6 +173,13 @@ type Host struct {
 	// may move to addr. It runs on the socket's read goroutine and must
 	// not block. Nil: nobody listens.
 	PathHeard func(rung string, peer identity.PeerID, addr netip.AddrPort, confirmed bool)
+	// Rescue asks the node to give the sessions with peer at key (a
+	// virtual address of the node's socket) a forwarded path from a rung
+	// other than the one named lost, whose path to the peer died (a
+	// volunteer vanished). It blocks until the path is ready or the node
+	// gave up; true: the sessions move there and need not be closed. Nil:
+	// no rescue.
+	Rescue func(peer identity.PeerID, key netip.AddrPort, lost string, why error) bool
 }
 
 // EventKind says what happened to a peer's path.

@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"slices"
@@ -201,14 +202,14 @@ func TestLabSupernodeFull(t *testing.T) {
 
 // TestLabSupernodeKilled: the volunteer vanishes mid-transfer (its host
 // drops all but one in a million packets, the most natlab's loss takes, as
-// after a crash or a cable pull; then the process ends). The transfer fails with supernode.ErrVolunteerGone within
-// killBound on both sides (the links' idle timeout, 5 s, plus slack); it
-// does not continue on its own (moving open streams is future work). Both
-// nodes report supernode-lost, and a new dial reaches the peer through the
-// hosted relay (the dead volunteer skipped at once), where the data moves
-// intact.
+// after a crash or a cable pull; then the process ends). Both nodes notice
+// within the links' idle timeout (5 s), ready the hosted relay as the
+// session's path instead (Host.Rescue) and report PathMoved to relay with
+// supernode.ErrVolunteerGone; the transfer goes on over the relay without
+// breaking, and every byte written arrives. A new dial then reaches the
+// peer through the hosted relay (the dead volunteer skipped at once).
 func TestLabSupernodeKilled(t *testing.T) {
-	const killBound = 10 * time.Second
+	const moveBound = 20 * time.Second
 	s := newSupernodeLab(t, true, supernode.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -224,16 +225,25 @@ func TestLabSupernodeKilled(t *testing.T) {
 	if sess.Strategy() != reach.StrategySupernode {
 		t.Fatalf("strategy %q, want supernode", sess.Strategy())
 	}
-	// A's writer streams until it fails; B's side reads until it fails.
-	got := make(chan error, 1)
+	// A writes until told to stop; B counts what it reads and hashes it.
+	type readResult struct {
+		n   int64
+		sum [32]byte
+		err error
+	}
+	got := make(chan readResult, 1)
 	go func() {
 		st, err := nb.Accept(ctx)
 		if err != nil {
-			got <- err
+			got <- readResult{err: err}
 			return
 		}
-		_, err = io.Copy(io.Discard, st)
-		got <- err
+		h := sha256.New()
+		k, err := io.Copy(h, st)
+		var r readResult
+		r.n, r.err = k, err
+		copy(r.sum[:], h.Sum(nil))
+		got <- r
 	}()
 	st, err := sess.OpenStream(ctx)
 	if err != nil {
@@ -241,16 +251,23 @@ func TestLabSupernodeKilled(t *testing.T) {
 	}
 	sent := make(chan error, 1)
 	var n atomic.Int64
+	var stop atomic.Bool
+	wh := sha256.New()
 	go func() {
 		buf := make([]byte, 64<<10)
-		for {
+		for i := 0; !stop.Load(); i++ {
+			for j := range buf {
+				buf[j] = byte(i + j)
+			}
 			k, err := st.Write(buf)
+			wh.Write(buf[:k])
 			n.Add(int64(k))
 			if err != nil {
 				sent <- err
 				return
 			}
 		}
+		sent <- st.CloseWrite()
 	}()
 	// Mid-transfer: once some MiB are through the volunteer.
 	reachlab.MustWaitFor(t, 10*time.Second, "4 MiB through the volunteer", func() bool { return n.Load() >= 4<<20 })
@@ -258,26 +275,33 @@ func TestLabSupernodeKilled(t *testing.T) {
 	if err := s.volHost.Impair(ctx, natlab.Impairment{Loss: 0.999999}); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("volunteer blackholed after %d MiB", n.Load()>>20)
-	for _, side := range []struct {
-		name string
-		ch   chan error
-	}{{"writer (dialler)", sent}, {"reader (listener)", got}} {
-		select {
-		case err := <-side.ch:
-			el := time.Since(killed)
-			t.Logf("%s failed after %v: %v", side.name, el.Round(time.Millisecond), err)
-			if !errors.Is(err, supernode.ErrVolunteerGone) {
-				t.Errorf("%s: %v, want supernode.ErrVolunteerGone", side.name, err)
-			}
-		case <-time.After(killBound - time.Since(killed)):
-			t.Fatalf("%s still running %v after the volunteer vanished", side.name, killBound)
+	at := n.Load()
+	t.Logf("volunteer blackholed after %d MiB", at>>20)
+	for name, ev := range map[string]*events{"dialler": eva, "listener": evb} {
+		e := ev.wait(t, reach.PathMoved, moveBound)
+		t.Logf("%s: moved to %s %v after the volunteer vanished (%v)", name, e.Strategy, time.Since(killed).Round(time.Millisecond), e.Err)
+		if e.Strategy != reach.StrategyRelay || !errors.Is(e.Err, supernode.ErrVolunteerGone) {
+			t.Errorf("%s: moved to %q because %v, want relay because supernode.ErrVolunteerGone", name, e.Strategy, e.Err)
 		}
 	}
-	for _, ev := range []*events{eva, evb} {
-		if e := ev.wait(t, reach.PathSupernodeLost, time.Second); !errors.Is(e.Err, supernode.ErrVolunteerGone) {
-			t.Errorf("event error %v", e.Err)
+	reachlab.MustWaitFor(t, moveBound, "4 MiB more over the relay", func() bool { return n.Load() >= at+4<<20 })
+	stop.Store(true)
+	if err := <-sent; err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+	var want [32]byte
+	copy(want[:], wh.Sum(nil))
+	select {
+	case r := <-got:
+		if r.err != nil || r.n != n.Load() || r.sum != want {
+			t.Fatalf("listener read %d of %d bytes (intact: %v): %v", r.n, n.Load(), r.sum == want, r.err)
 		}
+		t.Logf("%d MiB arrived intact, %d MiB of them after the move", r.n>>20, (r.n-at)>>20)
+	case <-time.After(moveBound):
+		t.Fatal("the listener did not finish reading")
+	}
+	if sess.Strategy() != reach.StrategyRelay {
+		t.Errorf("session strategy after the move: %q, want relay", sess.Strategy())
 	}
 	// The process ends (its host back on the network, so that the server
 	// hears it leave and the leak check below need not wait for timeouts).

@@ -123,7 +123,8 @@ func (e *ProtocolError) Unwrap() error {
 
 // ConnectError is returned by Client.Connect when the server or the target
 // refused the introduction. It unwraps to ErrUnknownPeer, ErrPeerOffline,
-// ErrTimeout, ErrRejected, ErrBusy, ErrRateLimited or ErrBadRequest.
+// ErrTimeout, ErrRejected, ErrBusy, ErrRateLimited, ErrRegistryUnavailable or
+// ErrBadRequest.
 // ReasonReregistered is the Reason of an ErrPeerOffline whose target
 // moved to a new connection (it re-registered, say from TCP to QUIC) while
 // the introduction was on its way: the peer is online, and a new
@@ -159,6 +160,8 @@ func (e *ConnectError) Unwrap() error {
 		return ErrBusy
 	case codeRateLimited:
 		return ErrRateLimited
+	case codeRegistryUnavailable:
+		return ErrRegistryUnavailable
 	}
 	return ErrBadRequest
 }

@@ -18,7 +18,7 @@ const IntroAnswered = "answered"
 // IntroOutcomes lists every outcome Breakdown.Introductions counts, in a
 // fixed order (the metrics export each, at zero until it happens).
 var IntroOutcomes = []string{IntroAnswered, codeRejected, codeTimeout, codeUnknownPeer, codePeerOffline,
-	codeBusy, codeRateLimited, codeBadRequest}
+	codeBusy, codeRateLimited, codeBadRequest, codeRegistryUnavailable}
 
 // Transports lists the transports Breakdown.Peers counts registrations
 // by: QUIC over UDP, and TLS over TCP (directly or in a WebSocket).

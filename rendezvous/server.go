@@ -124,6 +124,11 @@ type ServerConfig struct {
 	// without them a punched session's first byte takes one more round
 	// trip.
 	DisableFlights bool
+	// Registry joins the server to a fleet that shares registrations and
+	// introductions (docs/architecture.md, "Fleet"; rendezvous/fleet has
+	// the Redis one). Serve runs it. Nil: this server's peers only, in
+	// memory.
+	Registry Registry
 }
 
 // Protocol serves connections that negotiated another ALPN than ALPN on a
@@ -209,6 +214,11 @@ type Stats struct {
 	Handshakes           int    // handshakes in progress now
 	PeakHandshakes       int    // most handshakes in progress at once since start
 	Sources              int    // token buckets kept now, every limit together
+
+	// The fleet (ServerConfig.Registry).
+	FleetIntrosSent   uint64 // introductions handed to another server of the fleet
+	FleetIntrosServed uint64 // introductions from another server delivered to a peer here
+	RegistryErrors    uint64 // dials that failed because the registry was unavailable
 }
 
 // Server is a rendezvous server: registry, introductions and STUN.
@@ -232,8 +242,13 @@ type Server struct {
 	advertise []netip.Addr
 	nextIntro uint64
 	serving   bool
+	instance  string          // the server's ID in its fleet (Registry)
+	fleetCtx  context.Context // Serve's, for cross-server introductions
+	fleetWG   sync.WaitGroup  // cross-server introductions in flight
 	sn        *snRegistry // volunteers; set by start
 	lim       *limits
+
+	nFleetSent, nFleetServed, nRegistryErrors atomic.Uint64
 
 	nRegistrations, nReplaced, nIntros, nIntrosRefused, nSTUN, nDropped, nProtoErr, nHandshakeFail atomic.Uint64
 
@@ -301,6 +316,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		seen:   make(map[identity.PeerID]time.Time),
 		intros: make(map[uint64]*pendingIntro),
 		lim:    newLimits(cfg.Limits),
+
+		instance: newInstanceID(),
 	}, nil
 }
 
@@ -334,6 +351,10 @@ func (s *Server) Stats() Stats {
 		Handshakes:           hs,
 		PeakHandshakes:       peak,
 		Sources:              s.lim.sources(),
+
+		FleetIntrosSent:   s.nFleetSent.Load(),
+		FleetIntrosServed: s.nFleetServed.Load(),
+		RegistryErrors:    s.nRegistryErrors.Load(),
 	}
 }
 
@@ -367,6 +388,16 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	var wg sync.WaitGroup // every goroutine Serve starts, transitively
+	if r := s.cfg.Registry; r != nil {
+		s.mu.Lock()
+		s.fleetCtx = ctx
+		s.mu.Unlock()
+		wg.Go(func() {
+			if err := r.Run(ctx, s.instance, s); err != nil && ctx.Err() == nil {
+				s.log.Error("fleet registry stopped", "err", err)
+			}
+		})
+	}
 
 	var tr *quic.Transport
 	if udp != nil {
@@ -477,6 +508,7 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 		// Sessions close themselves on ctx (with an ERROR "shutdown"); wait
 		// for them before the transport goes, so their last frames get out.
 		wg.Wait()
+		s.fleetWG.Wait()
 		s.stopSupernodes()
 		if tr != nil {
 			tr.Close()

@@ -57,8 +57,14 @@ type session struct {
 type pendingIntro struct {
 	id       uint64 // server-assigned, the INTRO/ANSWER id
 	reqID    uint64 // the dialler's CONNECT id
-	from, to *session
+	from, to *session // from is nil for a dialler on another server (remote)
 	timer    *time.Timer
+	// src is the dialler's source, which the target's per-source count
+	// of incoming introductions is kept by.
+	src netip.Prefix
+	// remote, for an introduction from another server of the fleet,
+	// takes its result.
+	remote func(FleetResult)
 	// supernodes are the volunteers for the dialler, added to the answer.
 	supernodes []Candidate
 }
@@ -351,6 +357,9 @@ func (s *Server) register(ss *session) error {
 	s.seen[ss.peer] = time.Now()
 	s.mu.Unlock()
 	s.nRegistrations.Add(1)
+	if r := s.cfg.Registry; r != nil {
+		r.Register(ss.peer)
+	}
 	if old != nil {
 		s.nReplaced.Add(1)
 		ss.log.Info("registration replaces an older connection")
@@ -380,6 +389,9 @@ func (s *Server) unregister(ss *session) {
 		s.seen[ss.peer] = time.Now()
 		s.pruneSeenLocked()
 		ss.log.Debug("unregistered")
+		if r := s.cfg.Registry; r != nil {
+			r.Unregister(ss.peer)
+		}
 	}
 	reason := "peer disconnected before answering"
 	if cur := s.peers[ss.peer]; cur != nil && cur != ss {
@@ -387,10 +399,12 @@ func (s *Server) unregister(ss *session) {
 	}
 	for id, pi := range ss.intros {
 		delete(s.intros, id)
-		delete(pi.from.intros, id)
 		delete(pi.to.intros, id)
-		pi.from.pending--
-		pi.to.dropIncoming(pi.from.src)
+		if pi.from != nil {
+			delete(pi.from.intros, id)
+			pi.from.pending--
+		}
+		pi.to.dropIncoming(pi.src)
 		pi.timer.Stop()
 		if pi.from != ss {
 			orphans = append(orphans, pi)
@@ -398,6 +412,10 @@ func (s *Server) unregister(ss *session) {
 	}
 	s.mu.Unlock()
 	for _, pi := range orphans {
+		if pi.remote != nil {
+			pi.remote(FleetResult{Code: codePeerOffline, Reason: reason})
+			continue
+		}
 		s.countIntro(codePeerOffline)
 		pi.from.send(typeResult, resultBody{ID: pi.reqID, Error: codePeerOffline, Reason: reason})
 	}
@@ -470,6 +488,11 @@ func (s *Server) connect(ss *session, cb connectBody) {
 	}
 	s.mu.Lock()
 	target := s.peers[cb.Target]
+	if target == nil && s.cfg.Registry != nil {
+		s.mu.Unlock()
+		s.connectRemote(ss, cb)
+		return
+	}
 	if target == nil {
 		t, seen := s.seen[cb.Target]
 		s.mu.Unlock()
@@ -512,7 +535,7 @@ func (s *Server) connect(ss *session, cb connectBody) {
 		return
 	}
 	s.nextIntro++
-	pi := &pendingIntro{id: s.nextIntro, reqID: cb.ID, from: ss, to: target}
+	pi := &pendingIntro{id: s.nextIntro, reqID: cb.ID, from: ss, to: target, src: ss.src}
 	pi.supernodes = forDialler
 	s.intros[pi.id] = pi
 	ss.intros[pi.id] = pi
@@ -571,12 +594,18 @@ func (s *Server) finishIntro(id uint64, by *session, res resultBody) {
 		return
 	}
 	delete(s.intros, id)
-	delete(pi.from.intros, id)
 	delete(pi.to.intros, id)
-	pi.from.pending--
-	pi.to.dropIncoming(pi.from.src)
+	if pi.from != nil {
+		delete(pi.from.intros, id)
+		pi.from.pending--
+	}
+	pi.to.dropIncoming(pi.src)
 	pi.timer.Stop()
 	s.mu.Unlock()
+	if pi.remote != nil {
+		pi.remote(FleetResult{Answer: res.Answer, Code: res.Error, Reason: res.Reason})
+		return
+	}
 	res.ID = pi.reqID
 	s.countIntro(res.Error)
 	if res.Answer != nil && len(pi.supernodes) > 0 {

@@ -1,0 +1,155 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/rendezvous"
+)
+
+// threeServers starts a fleet of three servers on one Redis.
+func threeServers(t *testing.T, rs *redisServer, fcfg Config, scfg rendezvous.ServerConfig) []*fleetServer {
+	t.Helper()
+	var out []*fleetServer
+	for _, name := range []string{"s1", "s2", "s3"} {
+		out = append(out, startFleetServer(t, name, rs.url(), fcfg, scfg))
+	}
+	return out
+}
+
+func connect(t *testing.T, c *rendezvous.Client, peer identity.PeerID, offer rendezvous.PeerInfo, d time.Duration) (rendezvous.PeerInfo, error, time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	start := time.Now()
+	ans, err := c.Connect(ctx, peer, offer)
+	return ans, err, time.Since(start)
+}
+
+// TestFleetCrossServerIntroduction: peer A registered with server 1 and
+// peer B with server 3 of a fleet on one Redis: A's offer reaches B intact
+// and B's answer comes back intact, through Redis.
+func TestFleetCrossServerIntroduction(t *testing.T) {
+	rs := startRedis(t)
+	srv := threeServers(t, rs, Config{}, rendezvous.ServerConfig{})
+	keyA, keyB := mustKey(t), mustKey(t)
+	a := startClient(t, "A", keyA, srv[0])
+	b := startClient(t, "B", keyB, srv[2])
+	bAddr := netip.MustParseAddrPort("192.0.2.2:4000")
+	offers := answerAll(t, b, rendezvous.Candidate{Addr: bAddr, Kind: rendezvous.Host})
+	registered(t, srv[2], keyB.ID(), 5*time.Second)
+
+	aAddr := netip.MustParseAddrPort("192.0.2.1:3000")
+	punch := bytes.Repeat([]byte{0xa5}, 32)
+	ans, err, took := connect(t, a, keyB.ID(), rendezvous.PeerInfo{
+		Candidates: []rendezvous.Candidate{{Addr: aAddr, Kind: rendezvous.Host}},
+		PunchKey:   punch, Attempt: 7,
+	}, 5*time.Second)
+	if err != nil {
+		t.Fatalf("A dials B across servers: %v", err)
+	}
+	t.Logf("cross-server introduction took %v", took)
+	if ans.Peer != keyB.ID() || !hasCandidate(ans, bAddr) {
+		t.Fatalf("answer = %+v, want B's with %v", ans, bAddr)
+	}
+	if ans.Flight {
+		t.Fatal("a cross-server answer claims a first flight")
+	}
+	select {
+	case off := <-offers:
+		if off.Peer != keyA.ID() || !hasCandidate(off, aAddr) || !bytes.Equal(off.PunchKey, punch) || off.Attempt != 7 {
+			t.Fatalf("B got offer %+v, want A's intact", off)
+		}
+		if !off.Observed.IsValid() {
+			t.Fatal("the offer lost A's observed address on the way")
+		}
+	default:
+		t.Fatal("B saw no offer")
+	}
+	if n := srv[0].rs.Stats().FleetIntrosSent; n != 1 {
+		t.Errorf("server 1 FleetIntrosSent = %d, want 1", n)
+	}
+	if n := srv[2].rs.Stats().FleetIntrosServed; n != 1 {
+		t.Errorf("server 3 FleetIntrosServed = %d, want 1", n)
+	}
+
+	// An unknown peer is unknown fleet-wide, not unavailable.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := a.Connect(ctx, mustKey(t).ID(), rendezvous.PeerInfo{}); !errors.Is(err, rendezvous.ErrUnknownPeer) {
+		t.Fatalf("dial to a peer no server knows: %v, want ErrUnknownPeer", err)
+	}
+
+	// The fleet lists its three servers.
+	servers, err := srv[1].reg.Servers(ctx)
+	if err != nil || len(servers) != 3 {
+		t.Fatalf("Servers = %v, %v; want 3", servers, err)
+	}
+}
+
+// TestFleetRedisOutage: with Redis stopped, a server keeps introducing its
+// own peers, and a cross-server dial fails within 1s with
+// ErrRegistryUnavailable; once Redis is back (empty), the servers
+// repopulate it within one TTL and cross-server dials work again, nothing
+// restarted.
+func TestFleetRedisOutage(t *testing.T) {
+	rs := startRedis(t)
+	const ttl = 3 * time.Second
+	srv := threeServers(t, rs, Config{TTL: ttl}, rendezvous.ServerConfig{})
+	keyA, keyB, keyC := mustKey(t), mustKey(t), mustKey(t)
+	a := startClient(t, "A", keyA, srv[0])
+	b := startClient(t, "B", keyB, srv[2])
+	c := startClient(t, "C", keyC, srv[0])
+	answerAll(t, b, rendezvous.Candidate{Addr: netip.MustParseAddrPort("192.0.2.2:4000"), Kind: rendezvous.Host})
+	answerAll(t, c, rendezvous.Candidate{Addr: netip.MustParseAddrPort("192.0.2.3:4000"), Kind: rendezvous.Host})
+	registered(t, srv[2], keyB.ID(), 5*time.Second)
+	if _, err, _ := connect(t, a, keyB.ID(), rendezvous.PeerInfo{}, 5*time.Second); err != nil {
+		t.Fatalf("cross-server dial before the outage: %v", err)
+	}
+
+	rs.stop()
+	if _, err, took := connect(t, a, keyC.ID(), rendezvous.PeerInfo{}, 5*time.Second); err != nil {
+		t.Fatalf("local dial with Redis down: %v (after %v)", err, took)
+	}
+	for i := range 3 {
+		_, err, took := connect(t, a, keyB.ID(), rendezvous.PeerInfo{}, 5*time.Second)
+		if !errors.Is(err, rendezvous.ErrRegistryUnavailable) {
+			t.Fatalf("cross-server dial %d with Redis down: %v, want ErrRegistryUnavailable", i, err)
+		}
+		if took > time.Second {
+			t.Fatalf("cross-server dial %d with Redis down failed after %v, want within 1s", i, took)
+		}
+		t.Logf("cross-server dial %d with Redis down: failed after %v: %v", i, took, err)
+	}
+	if n := srv[0].rs.Stats().RegistryErrors; n < 3 {
+		t.Errorf("server 1 RegistryErrors = %d, want ≥ 3", n)
+	}
+
+	// Redis comes back empty: within one TTL the registrations are back
+	// and a cross-server dial works again.
+	rs.start()
+	back := time.Now()
+	registered(t, srv[2], keyB.ID(), ttl)
+	t.Logf("B's registration back in Redis %v after Redis restarted", time.Since(back))
+	waitFor(t, ttl, "a cross-server dial after Redis came back", func() bool {
+		_, err, _ := connect(t, a, keyB.ID(), rendezvous.PeerInfo{}, 2*time.Second)
+		if err != nil {
+			t.Logf("cross-server dial: %v", err)
+		}
+		return err == nil
+	})
+	t.Logf("cross-server dials work %v after Redis restarted", time.Since(back))
+}
+
+func hasCandidate(pi rendezvous.PeerInfo, a netip.AddrPort) bool {
+	for _, c := range pi.Candidates {
+		if c.Addr == a {
+			return true
+		}
+	}
+	return false
+}

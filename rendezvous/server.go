@@ -245,7 +245,7 @@ type Server struct {
 	instance  string          // the server's ID in its fleet (Registry)
 	fleetCtx  context.Context // Serve's, for cross-server introductions
 	fleetWG   sync.WaitGroup  // cross-server introductions in flight
-	sn        *snRegistry // volunteers; set by start
+	sn        *snRegistry     // volunteers; set by start
 	lim       *limits
 
 	nFleetSent, nFleetServed, nRegistryErrors atomic.Uint64

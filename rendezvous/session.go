@@ -55,8 +55,8 @@ type session struct {
 
 // pendingIntro is an introduction waiting for the target's answer.
 type pendingIntro struct {
-	id       uint64 // server-assigned, the INTRO/ANSWER id
-	reqID    uint64 // the dialler's CONNECT id
+	id       uint64   // server-assigned, the INTRO/ANSWER id
+	reqID    uint64   // the dialler's CONNECT id
 	from, to *session // from is nil for a dialler on another server (remote)
 	timer    *time.Timer
 	// src is the dialler's source, which the target's per-source count

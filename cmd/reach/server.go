@@ -21,11 +21,12 @@ import (
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
+	"github.com/reachp2p/reach/rendezvous/fleet"
 )
 
 const serverHelp = `usage: reach server [--config FILE] [--listen IP or IP:PORT] [--public-addr IP[:PORT]]... [--state DIR] [--tls-port N]
                     [--relay-secret-file FILE]... [--metrics ADDR] [--log-format text|json]
-                    [--log-level debug|info|warn|error] [flags] [-v]
+                    [--log-level debug|info|warn|error] [--registry URL] [flags] [-v]
        reach server token --peer ID [--ttl D] [--relay-secret-file FILE]...
        reach server healthcheck [URL]
 
@@ -59,6 +60,12 @@ when run as root, else the user configuration directory's reach-server
 With relay secrets (--relay-secret-file, $REACH_RELAY_SECRET, or
 --relay-secret) the relay requires a token (relay.NewToken) of each peer;
 reach server token prints one (reach server token --help).
+
+With --registry, the server joins a fleet of servers sharing one Redis
+(redis://HOST:PORT[/DB], rediss://… for TLS, or HOST:PORT,HOST:PORT,… for
+a Redis Cluster): a peer registered with any of them can dial a peer
+registered with any other. Without it the registry is in memory. See
+docs/server.md, "A fleet of servers".
 
 reach server healthcheck asks a server's /healthz (on --metrics): the
 Docker image's health check.
@@ -116,6 +123,8 @@ func runServer(args []string) error {
 	sessionsPerPeer := fs.Int("relay-max-sessions-per-peer", 0, "relay sessions one peer may send on at once (0: 256; negative: no limit)")
 	sessionsPerIP := fs.Int("relay-max-sessions-per-ip", 0, "relay sessions the peers of one IPv4 address or IPv6 /64 may send on at once (0: 1024; negative: no limit)")
 	connRate := fs.Float64("relay-conn-rate", 0, "new relay links per second from one IP (0: 10; negative: no limit)")
+	registryURL := fs.String("registry", "", "Redis `URL` shared by a fleet of servers: redis://HOST:PORT[/DB], rediss://HOST:PORT[/DB] (TLS), or HOST:PORT,HOST:PORT,... (Redis Cluster seeds); empty: in memory, this server's peers only")
+	registryTTL := fs.Duration("registry-ttl", 0, "how long a registration lives in the fleet's Redis unless its server refreshes it (every third of it) (0: 15s)")
 	metricsAddr := fs.String("metrics", "", "`ADDR` (host:port) serving Prometheus /metrics and /healthz over HTTP; empty: off")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), serverHelp, rendezvous.DefaultPort)
@@ -215,6 +224,17 @@ func runServer(args []string) error {
 		scfg.Protocols = map[string]rendezvous.Protocol{relay.ALPN: rl}
 	}
 
+	var fleetReg *fleet.Registry
+	if *registryURL != "" {
+		fleet.SetRedisLogger(logger.With("part", "redis"))
+		fleetReg, err = fleet.New(*registryURL, fleet.Config{TTL: *registryTTL, Logger: logger.With("part", "fleet")})
+		if err != nil {
+			return usagef("server", "--registry: %v", err)
+		}
+		defer fleetReg.Close()
+		scfg.Registry = fleetReg
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)
@@ -246,6 +266,10 @@ func runServer(args []string) error {
 	rs, err := rendezvous.StartServer(ctx, scfg, addr)
 	if err != nil {
 		return err
+	}
+	if fleetReg != nil {
+		fleetReg.Advertise(rs.ConnectStrings())
+		logger.Info("fleet: registry shared through Redis", "instance", rs.Instance())
 	}
 	if acmeCerts != nil {
 		stopHTTP, err := acmeCerts.start(acmeOpts.httpAddr)

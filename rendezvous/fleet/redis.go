@@ -7,9 +7,11 @@
 package fleet
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,8 +43,8 @@ type Config struct {
 	// refresh writes the registrations). Zero: 65536.
 	MaxQueued int
 	// ConnectStrings are the server's connect strings, published with its
-	// heartbeat so that the fleet's servers can be listed (Servers).
-	// Nil: none.
+	// heartbeat so that the fleet's servers can be listed (Servers); see
+	// also Advertise. Nil: none.
 	ConnectStrings []string
 }
 
@@ -98,6 +100,7 @@ type Registry struct {
 
 	mu       sync.Mutex
 	self     string // set by Run
+	connect  []string
 	done     chan struct{}
 	nextReq  uint64
 	inflight map[uint64]chan rendezvous.FleetResult
@@ -166,7 +169,28 @@ func NewWithClient(c redis.UniversalClient, cfg Config) *Registry {
 		log:      cfg.Logger,
 		queue:    make(chan op, cfg.MaxQueued),
 		inflight: make(map[uint64]chan rendezvous.FleetResult),
+		connect:  slices.Clone(cfg.ConnectStrings),
 	}
+}
+
+// Advertise sets the connect strings published with the server's
+// heartbeat (from the next refresh on): a server knows them only once it
+// listens.
+func (r *Registry) Advertise(connect []string) {
+	r.mu.Lock()
+	r.connect = slices.Clone(connect)
+	r.mu.Unlock()
+}
+
+// SetRedisLogger sends go-redis's own log lines (failed dials, which repeat
+// while Redis is down) to l at debug level, instead of the standard
+// logger. It is process-wide.
+func SetRedisLogger(l *slog.Logger) { redis.SetLogger(redisLogger{l}) }
+
+type redisLogger struct{ l *slog.Logger }
+
+func (rl redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	rl.l.DebugContext(ctx, fmt.Sprintf(format, v...))
 }
 
 // Close closes the connections to Redis.

@@ -151,7 +151,9 @@ func (r *Registry) noteErr(err error) {
 // refresh rewrites the heartbeat and every local registration.
 func (r *Registry) refresh(ctx context.Context, h rendezvous.FleetHandler) {
 	ttl := r.cfg.TTL
-	info, _ := json.Marshal(ServerInfo{Instance: r.self, ConnectStrings: r.cfg.ConnectStrings})
+	r.mu.Lock()
+	info, _ := json.Marshal(ServerInfo{Instance: r.self, ConnectStrings: r.connect})
+	r.mu.Unlock()
 	octx, cancel := context.WithTimeout(ctx, r.cfg.OpTimeout)
 	_, err := r.c.Pipelined(octx, func(p redis.Pipeliner) error {
 		p.Set(octx, serverKey(r.self), info, ttl)

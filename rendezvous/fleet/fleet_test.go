@@ -9,15 +9,16 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/redistest"
 	"github.com/reachp2p/reach/rendezvous"
 )
 
 // threeServers starts a fleet of three servers on one Redis.
-func threeServers(t *testing.T, rs *redisServer, fcfg Config, scfg rendezvous.ServerConfig) []*fleetServer {
+func threeServers(t *testing.T, rs *redistest.Server, fcfg Config, scfg rendezvous.ServerConfig) []*fleetServer {
 	t.Helper()
 	var out []*fleetServer
 	for _, name := range []string{"s1", "s2", "s3"} {
-		out = append(out, startFleetServer(t, name, rs.url(), fcfg, scfg))
+		out = append(out, startFleetServer(t, name, rs.URL(), fcfg, scfg))
 	}
 	return out
 }
@@ -34,7 +35,7 @@ func connect(t *testing.T, c *rendezvous.Client, peer identity.PeerID, offer ren
 // peer B with server 3 of a fleet on one Redis: A's offer reaches B intact
 // and B's answer comes back intact, through Redis.
 func TestFleetCrossServerIntroduction(t *testing.T) {
-	rs := startRedis(t)
+	rs := redistest.Start(t)
 	srv := threeServers(t, rs, Config{}, rendezvous.ServerConfig{})
 	keyA, keyB := mustKey(t), mustKey(t)
 	a := startClient(t, "A", keyA, srv[0])
@@ -97,7 +98,7 @@ func TestFleetCrossServerIntroduction(t *testing.T) {
 // repopulate it within one TTL and cross-server dials work again, nothing
 // restarted.
 func TestFleetRedisOutage(t *testing.T) {
-	rs := startRedis(t)
+	rs := redistest.Start(t)
 	const ttl = 3 * time.Second
 	srv := threeServers(t, rs, Config{TTL: ttl}, rendezvous.ServerConfig{})
 	keyA, keyB, keyC := mustKey(t), mustKey(t), mustKey(t)
@@ -111,7 +112,7 @@ func TestFleetRedisOutage(t *testing.T) {
 		t.Fatalf("cross-server dial before the outage: %v", err)
 	}
 
-	rs.stop()
+	rs.Stop()
 	if _, err, took := connect(t, a, keyC.ID(), rendezvous.PeerInfo{}, 5*time.Second); err != nil {
 		t.Fatalf("local dial with Redis down: %v (after %v)", err, took)
 	}
@@ -131,7 +132,7 @@ func TestFleetRedisOutage(t *testing.T) {
 
 	// Redis comes back empty: within one TTL the registrations are back
 	// and a cross-server dial works again.
-	rs.start()
+	rs.Start()
 	back := time.Now()
 	registered(t, srv[2], keyB.ID(), ttl)
 	t.Logf("B's registration back in Redis %v after Redis restarted", time.Since(back))

@@ -2,19 +2,15 @@ package fleet
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/quic-go/quic-go"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/reachp2p/reach/identity"
@@ -22,78 +18,6 @@ import (
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// redisServer is a private Debian redis-server on loopback.
-type redisServer struct {
-	t    testing.TB
-	port int
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// startRedis starts a redis-server of its own on a free loopback port
-// (no persistence); it is killed when the test ends. Without redis-server
-// the test skips, except in CI (REACH_LAB_REQUIRED=1), where it fails.
-func startRedis(t testing.TB) *redisServer {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv("REACH_LAB_REQUIRED") == "1" {
-			t.Fatal("redis-server not installed (apt-get install redis-server)")
-		}
-		t.Skip("redis-server not installed (apt-get install redis-server)")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	rs := &redisServer{t: t, port: port}
-	rs.start()
-	t.Cleanup(rs.stop)
-	return rs
-}
-
-func (rs *redisServer) url() string { return fmt.Sprintf("redis://127.0.0.1:%d", rs.port) }
-
-// start runs redis-server on rs.port and waits until it answers.
-func (rs *redisServer) start() {
-	t := rs.t
-	t.Helper()
-	rs.cmd = exec.Command("redis-server", "--port", fmt.Sprint(rs.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning")
-	rs.cmd.Stdout, rs.cmd.Stderr = tlogWriter(t, "redis"), tlogWriter(t, "redis")
-	if err := rs.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	rs.done = make(chan struct{})
-	go func() { rs.cmd.Wait(); close(rs.done) }()
-	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", rs.port), DisableIdentity: true, MaxRetries: -1})
-	defer c.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for c.Ping(context.Background()).Err() != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("redis-server did not answer within 5s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// stop kills redis-server and waits for it to exit.
-func (rs *redisServer) stop() {
-	if rs.cmd == nil {
-		return
-	}
-	rs.cmd.Process.Kill()
-	<-rs.done
-	rs.cmd = nil
-}
-
-func (rs *redisServer) client(t testing.TB) *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", rs.port), DisableIdentity: true})
-	t.Cleanup(func() { c.Close() })
-	return c
-}
 
 type logWriter struct {
 	mu   sync.Mutex

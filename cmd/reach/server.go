@@ -280,7 +280,7 @@ func runServer(args []string) error {
 		defer stopHTTP()
 	}
 	if metricsLn != nil {
-		reg, err := serverRegistry(rs.Server, rl)
+		reg, err := serverRegistry(rs.Server, rl, fleetReg)
 		if err != nil {
 			rs.Close()
 			return err

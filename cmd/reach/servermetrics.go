@@ -12,6 +12,7 @@ import (
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/relay/relaymetrics"
 	"github.com/reachp2p/reach/rendezvous"
+	"github.com/reachp2p/reach/rendezvous/fleet"
 	"github.com/reachp2p/reach/rendezvous/rendezvousmetrics"
 )
 
@@ -20,7 +21,8 @@ import (
 // reach_rendezvous_* and, unless rl is nil (--no-relay), the relay's
 // reach_relay_*. docs/server.md lists them; docs/grafana/reach-server.json
 // charts them (TestGrafanaDashboardMetrics checks it names no other).
-func serverRegistry(rs *rendezvous.Server, rl *relay.Server) (*prometheus.Registry, error) {
+// With a fleet registry (--registry), reach_fleet_* too.
+func serverRegistry(rs *rendezvous.Server, rl *relay.Server, fr *fleet.Registry) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "reach_build_info",
@@ -42,7 +44,46 @@ func serverRegistry(rs *rendezvous.Server, rl *relay.Server) (*prometheus.Regist
 			return nil, err
 		}
 	}
+	if fr != nil {
+		for _, c := range fleetCollectors(fr) {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
 	return reg, nil
+}
+
+// fleetCollectors export the fleet registry's Redis counters.
+func fleetCollectors(fr *fleet.Registry) []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "reach_fleet_redis_operations_total",
+			Help: "Redis operations of the fleet registry (a pipeline of registrations counts each)."},
+			func() float64 { return float64(fr.Stats().Ops) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "reach_fleet_redis_errors_total",
+			Help: "Redis operations of the fleet registry that failed."},
+			func() float64 { return float64(fr.Stats().Errors) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "reach_fleet_redis_timed_operations_total",
+			Help: "Redis operations of the fleet registry timed one by one (lookups, publishes)."},
+			func() float64 { return float64(fr.Stats().Timed) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "reach_fleet_redis_operation_seconds_total",
+			Help: "Time spent in the timed Redis operations; divided by reach_fleet_redis_timed_operations_total, their mean latency."},
+			func() float64 { return fr.Stats().TimeSpent.Seconds() }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "reach_fleet_registrations_dropped_total",
+			Help: "Registrations not queued for Redis because the queue was full (the next refresh writes them)."},
+			func() float64 { return float64(fr.Stats().Dropped) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "reach_fleet_introductions_in_flight",
+			Help: "Introductions handed to other servers and waiting for their answer now."},
+			func() float64 { return float64(fr.Stats().Inflight) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "reach_fleet_redis_up",
+			Help: "1 if the fleet registry's last Redis operation succeeded, else 0."},
+			func() float64 {
+				if fr.Stats().Healthy {
+					return 1
+				}
+				return 0
+			}),
+	}
 }
 
 // metricsHandler serves /metrics from reg and /healthz ("ok").

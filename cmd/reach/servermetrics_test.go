@@ -32,7 +32,7 @@ import (
 func metricsServer(t *testing.T) (cs string, reg *prometheus.Registry, metricsURL string) {
 	t.Helper()
 	rs, rl := loopbackServer(t)
-	reg, err := serverRegistry(rs.Server, rl)
+	reg, err := serverRegistry(rs.Server, rl, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -353,7 +353,9 @@ type Stats struct {
 	Dropped   uint64        // registrations not queued: the queue was full
 	Published uint64        // introductions handed to another server
 	Inflight  int           // introductions waiting for their answer now
-	Latency   time.Duration // mean latency of the operations timed one by one
+	Timed     uint64        // operations timed one by one (lookups, publishes)
+	TimeSpent time.Duration // their total time
+	Latency   time.Duration // their mean latency
 	Healthy   bool          // the last operation succeeded
 }
 
@@ -364,8 +366,9 @@ func (r *Registry) Stats() Stats {
 	r.mu.Unlock()
 	st := Stats{Ops: r.nOps.Load(), Errors: r.nErrors.Load(), Dropped: r.nDropped.Load(),
 		Published: r.nPublished.Load(), Inflight: n, Healthy: r.healthy.Load()}
-	if t := r.nTimed.Load(); t > 0 {
-		st.Latency = time.Duration(r.nLatencyNS.Load() / t)
+	st.Timed, st.TimeSpent = r.nTimed.Load(), time.Duration(r.nLatencyNS.Load())
+	if st.Timed > 0 {
+		st.Latency = st.TimeSpent / time.Duration(st.Timed)
 	}
 	return st
 }

@@ -43,7 +43,7 @@ var (
 	descRegs = prometheus.NewDesc("reach_rendezvous_registrations_total",
 		"Registrations, by outcome (new, replaced, rate_limited, full).", []string{"outcome"}, nil)
 	descIntros = prometheus.NewDesc("reach_rendezvous_introductions_total",
-		"Introductions asked for, by outcome (answered, rejected, timeout, unknown_peer, peer_offline, busy, rate_limited, bad_request).", []string{"outcome"}, nil)
+		"Introductions asked for, by outcome (answered, rejected, timeout, unknown_peer, peer_offline, busy, rate_limited, bad_request, registry_unavailable).", []string{"outcome"}, nil)
 	descSTUN = prometheus.NewDesc("reach_rendezvous_stun_requests_total",
 		"STUN binding requests answered (main and alternate port).", nil, nil)
 	descLimited = prometheus.NewDesc("reach_rendezvous_rate_limited_total",
@@ -58,6 +58,10 @@ var (
 		"QUIC handshakes asked to prove their address first (Retry).", nil, nil)
 	descProtoErr = prometheus.NewDesc("reach_rendezvous_protocol_errors_total",
 		"Connections closed for breaking the protocol.", nil, nil)
+	descFleet = prometheus.NewDesc("reach_rendezvous_fleet_introductions_total",
+		"Introductions between servers of a fleet (--registry), by direction: sent (a dialler here, its target on another server), served (from another server, delivered to a peer here).", []string{"direction"}, nil)
+	descRegistryErr = prometheus.NewDesc("reach_rendezvous_registry_unavailable_total",
+		"Dials that failed because the fleet's shared registry (Redis) could not be asked.", nil, nil)
 	descDropped = prometheus.NewDesc("reach_rendezvous_dropped_packets_total",
 		"Datagrams on the QUIC port that were neither QUIC nor a valid STUN binding request.", nil, nil)
 )
@@ -82,7 +86,7 @@ func Register(reg prometheus.Registerer, s *rendezvous.Server) error {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPeers, descRegs, descIntros, descSTUN, descLimited, descVolunteers,
-		descHandshakeFail, descHandshakes, descRetries, descProtoErr, descDropped} {
+		descHandshakeFail, descHandshakes, descRetries, descProtoErr, descDropped, descFleet, descRegistryErr} {
 		ch <- d
 	}
 }
@@ -118,4 +122,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descRetries, st.Retries)
 	counter(descProtoErr, st.ProtocolErrors)
 	counter(descDropped, st.DroppedPackets)
+	counter(descFleet, st.FleetIntrosSent, "sent")
+	counter(descFleet, st.FleetIntrosServed, "served")
+	counter(descRegistryErr, st.RegistryErrors)
 }

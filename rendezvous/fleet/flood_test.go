@@ -217,3 +217,24 @@ func TestFleetRegistrationsBounded(t *testing.T) {
 	clients[0].Close()
 	waitFor(t, 5*time.Second, "the leaving peer's key gone", func() bool { return keys() == 2 })
 }
+
+// TestNewBadURL: a malformed --registry gives ErrBadURL; the forms the
+// docs name are accepted.
+func TestNewBadURL(t *testing.T) {
+	for _, u := range []string{"", "http://127.0.0.1:6379", "127.0.0.1", "redis://[::1", "a:1,,b"} {
+		if r, err := New(u, Config{}); !errors.Is(err, ErrBadURL) {
+			if r != nil {
+				r.Close()
+			}
+			t.Errorf("New(%q): %v, want ErrBadURL", u, err)
+		}
+	}
+	for _, u := range []string{"redis://127.0.0.1:6379", "redis://:secret@127.0.0.1:6379/2", "rediss://redis.example:6380", "10.0.0.1:7000,10.0.0.2:7000"} {
+		r, err := New(u, Config{})
+		if err != nil {
+			t.Errorf("New(%q): %v", u, err)
+			continue
+		}
+		r.Close()
+	}
+}

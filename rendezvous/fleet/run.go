@@ -92,6 +92,11 @@ func (r *Registry) handle(ctx context.Context, wg *sync.WaitGroup, h rendezvous.
 		var once sync.Once
 		h.Introduce(*m.Intro, func(res rendezvous.FleetResult) {
 			once.Do(func() {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				if closedChan(r.done) {
+					return // Run is over: the asking server times out
+				}
 				wg.Go(func() { r.reply(ctx, from, id, res) })
 			})
 		})

@@ -482,6 +482,16 @@ func (n *Node) Server() string {
 	return ""
 }
 
+// Mailbox returns the short-code mailbox of the node's rendezvous
+// servers (package shortcode), or nil without servers (its methods then
+// return rendezvous.ErrNoMailbox).
+func (n *Node) Mailbox() *rendezvous.Mailbox {
+	if n.client == nil {
+		return nil
+	}
+	return n.client.Mailbox()
+}
+
 // candidates are the node's addresses, advertised in offers and answers
 // (the server adds the reflexive one): what each rung advertises.
 func (n *Node) candidates() []candidate.Candidate {

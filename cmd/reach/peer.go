@@ -119,6 +119,10 @@ func (p *peerFlags) nodeWith(ctx context.Context, mod func(*reach.Config)) (*rea
 	return reach.New(ctx, cfg)
 }
 
+// lanCommands work without a server, between peers on one LAN
+// (reach.Config.LAN).
+var lanCommands = map[string]bool{"listen": true, "dial": true, "ping": true}
+
 // config is the node's Config from the flags, with mod's changes.
 func (p *peerFlags) config(mod func(*reach.Config)) (reach.Config, error) {
 	servers := []string(p.servers)
@@ -127,10 +131,18 @@ func (p *peerFlags) config(mod func(*reach.Config)) (reach.Config, error) {
 			servers = strings.Fields(strings.ReplaceAll(env, ",", " "))
 		}
 	}
+	lan := false
 	if len(servers) == 0 {
-		return reach.Config{}, errors.New("no server: pass --server CS or set REACH_SERVER")
+		if !lanCommands[p.cmd] {
+			return reach.Config{}, errors.New("no server: pass --server CS or set REACH_SERVER")
+		}
+		// No server: peers on the same LAN find each other by mDNS.
+		lan = true
+		if !p.jsonOut {
+			fmt.Fprintln(os.Stderr, "no server: finding peers on the local network (mDNS)")
+		}
 	}
-	cfg := reach.Config{Servers: servers}
+	cfg := reach.Config{Servers: servers, LAN: lan}
 	if err := p.net.apply(&cfg, os.Getenv); err != nil {
 		return reach.Config{}, &usageError{cmd: p.cmd, err: err}
 	}

@@ -87,6 +87,7 @@ func TestCLILabLAN(t *testing.T) {
 	if err := waitExit(t, bad, 15*time.Second); err == nil {
 		t.Fatal("dial to a peer not on the LAN exited 0")
 	}
+	t.Logf("dial to a peer not on the LAN: %s", badErr)
 	if msg := badErr.String(); !strings.Contains(msg, "not found on the local network") {
 		t.Errorf("message does not say the peer is not on the local network: %q", msg)
 	}

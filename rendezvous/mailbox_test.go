@@ -77,6 +77,7 @@ func TestMailboxGuessFlood(t *testing.T) {
 	proof := randBytes(32)
 	r := putCode(t, sender, 0, proof, randBytes(100))
 	var limited, wrong, burnt int
+	start := time.Now()
 	for i := range 50 {
 		_, err := claimCode(t, guesser, r.Slot, randBytes(32))
 		var ce *CodeError
@@ -94,8 +95,11 @@ func TestMailboxGuessFlood(t *testing.T) {
 			t.Fatalf("guess %d: %v", i, err)
 		}
 	}
-	t.Logf("50 guesses: %d wrong, %d burnt, %d rate limited", wrong, burnt, limited)
-	if wrong != DefaultCodeAttempts-1 || burnt+wrong > DefaultCodeLookupBurst+2 || limited < 50-DefaultCodeLookupBurst-2 {
+	// The bucket refills at DefaultCodeLookupRate while the flood runs.
+	allowed := DefaultCodeLookupBurst + int(DefaultCodeLookupRate*time.Since(start).Seconds()) + 1
+	t.Logf("50 guesses in %v: %d wrong, %d burnt, %d rate limited (at most %d answered)", time.Since(start).Round(time.Millisecond),
+		wrong, burnt, limited, allowed)
+	if wrong != DefaultCodeAttempts-1 || burnt+wrong > allowed || limited < 50-allowed {
 		t.Errorf("%d wrong, %d burnt, %d limited; want %d wrong, the rest beyond the burst of %d limited", wrong, burnt, limited,
 			DefaultCodeAttempts-1, DefaultCodeLookupBurst)
 	}
@@ -136,7 +140,10 @@ func TestMailboxExpiry(t *testing.T) {
 // dropping spent codes, and goes on serving.
 func TestMailboxPutFlood(t *testing.T) {
 	seal := func(ServerAddr, uint32) ([]byte, []byte, error) { return randBytes(32), randBytes(MaxCodeBlob), nil }
+	var floodTime time.Duration
 	flood := func(mb *Mailbox, n int) (ok, busy, limited int) {
+		start := time.Now()
+		defer func() { floodTime = time.Since(start) }()
 		for range n {
 			_, err := mb.Put(testCtx(t, 5*time.Second), 0, seal)
 			switch {
@@ -154,10 +161,19 @@ func TestMailboxPutFlood(t *testing.T) {
 	}
 	rs := startTestServer(t, ServerConfig{Limits: testLimits(LimitConfig{})})
 	ok, busy, limited := flood(mailboxClient(t, rs, "flooder"), 200)
-	t.Logf("defaults: 200 puts: %d stored, %d busy, %d rate limited", ok, busy, limited)
-	if ok > DefaultCodePutBurst+2 || limited < 150 || rs.CodeStats().Slots > DefaultCodesPerSource {
+	allowed := DefaultCodePutBurst + int(DefaultCodePutRate*floodTime.Seconds()) + 1
+	t.Logf("defaults: 200 puts in %v: %d stored, %d busy, %d rate limited", floodTime.Round(time.Millisecond), ok, busy, limited)
+	if ok > allowed || limited < 200-allowed || rs.CodeStats().Slots > DefaultCodesPerSource {
 		t.Errorf("%d stored, %d limited, %d kept; want at most the burst of %d stored, the rest limited", ok, limited,
 			rs.CodeStats().Slots, DefaultCodePutBurst)
+	}
+
+	// Without the rate, the source's cap holds.
+	rs = startTestServer(t, ServerConfig{Codes: CodeConfig{Puts: Rate{PerSecond: -1}}})
+	ok, busy, limited = flood(mailboxClient(t, rs, "flooder"), 50)
+	t.Logf("no put rate: 50 puts from one source: %d stored, %d busy, %d rate limited", ok, busy, limited)
+	if ok != DefaultCodesPerSource || busy != 50-DefaultCodesPerSource || rs.CodeStats().Live != DefaultCodesPerSource {
+		t.Errorf("%d stored, %d busy; want %d stored (the source's cap), the rest busy", ok, busy, DefaultCodesPerSource)
 	}
 
 	const max = 50

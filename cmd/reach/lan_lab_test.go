@@ -20,7 +20,7 @@ import (
 // server anywhere): reach listen and reach dial PEER without --server find
 // each other by mDNS (multicast only inside the lab's namespaces), the
 // bytes cross intact both ways, and the session is direct, over the
-// listener's LAN address. A dial to a peer nobody announces fails with
+// listener's LAN address; reach ping reaches it too. A dial to a peer nobody announces fails with
 // one line naming the local network.
 func TestCLILabLAN(t *testing.T) {
 	l := natlab.NewT(t)
@@ -76,10 +76,26 @@ func TestCLILabLAN(t *testing.T) {
 	if err := json.Unmarshal([]byte(line), &ev); err != nil {
 		t.Fatalf("bad JSON event %q: %v", line, err)
 	}
-	t.Logf("connected: %+v (dial and transfer took %v)", ev, time.Since(started))
+	if ev.ElapsedMS == nil {
+		t.Fatalf("connected event without elapsed_ms: %q", line)
+	}
+	t.Logf("connected: strategy %s, path %s, dial %d ms (dial and 1 MiB each way: %v)", ev.Strategy, ev.Path, *ev.ElapsedMS,
+		time.Since(started).Round(time.Millisecond))
 	if ev.Event != "connected" || ev.Strategy != "direct" || ev.Remote != idA || !strings.HasPrefix(ev.Path, a.Addr().String()+":") {
 		t.Errorf("connected event %+v, want strategy direct to %s at %s", ev, idA, a.Addr())
 	}
+
+	// ping works the same way.
+	lis2, _, lisErr2 := start(t, a, strings.NewReader(""), bin, "listen", "--key", keyA)
+	lisErr2.wait(t, "listening ", 15*time.Second)
+	ping, pingOut, pingErr := start(t, b, nil, bin, "ping", "--count", "2", "--interval", "100ms", "--key", keyB, idA)
+	if err := waitExit(t, ping, 30*time.Second); err != nil {
+		t.Fatalf("ping: %v\n%s", err, pingErr)
+	}
+	if n := strings.Count(pingOut.String(), "rtt="); n != 2 {
+		t.Errorf("ping printed %d replies:\n%s", n, pingOut)
+	}
+	lis2.Process.Kill()
 
 	// Nobody announces this one: the dial gives up when --timeout ends.
 	other, _ := exec.Command(bin, "id", "--key", filepath.Join(dir, "c.key")).Output()

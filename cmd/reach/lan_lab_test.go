@@ -20,7 +20,8 @@ import (
 // server anywhere): reach listen and reach dial PEER without --server find
 // each other by mDNS (multicast only inside the lab's namespaces), the
 // bytes cross intact both ways, and the session is direct, over the
-// listener's LAN address; reach ping reaches it too. A dial to a peer nobody announces fails with
+// listener's LAN address; reach ping reaches it too. With a --server
+// that does not answer, both sides fall back to the LAN. A dial to a peer nobody announces fails with
 // one line naming the local network.
 func TestCLILabLAN(t *testing.T) {
 	l := natlab.NewT(t)
@@ -96,6 +97,32 @@ func TestCLILabLAN(t *testing.T) {
 		t.Errorf("ping printed %d replies:\n%s", n, pingOut)
 	}
 	lis2.Process.Kill()
+
+	// A server that does not answer (nothing listens at the router's LAN
+	// address): both sides say so and fall back to the LAN.
+	sid, _ := exec.Command(bin, "id", "--key", filepath.Join(dir, "s.key")).Output()
+	dead := "reach://" + strings.TrimSpace(string(sid)) + "@" + rt.LANAddr().String() + ":4950"
+	fromDialer2 := []byte("through a dead server's LAN\n")
+	lisStart := time.Now()
+	lis3, lisOut3, lisErr3 := start(t, a, strings.NewReader(""), bin, "listen", "--key", keyA, "--server", dead)
+	lisErr3.wait(t, "listening ", 30*time.Second)
+	fellBack := time.Since(lisStart)
+	dial3, _, dialErr3 := start(t, b, bytes.NewReader(fromDialer2), bin, "dial", "--key", keyB, "--server", dead, idA)
+	if err := waitExit(t, dial3, 45*time.Second); err != nil {
+		t.Fatalf("dial with a dead server: %v\nstderr:\n%s", err, dialErr3)
+	}
+	if err := waitExit(t, lis3, 10*time.Second); err != nil {
+		t.Fatalf("listen with a dead server: %v\nstderr:\n%s", err, lisErr3)
+	}
+	if !bytes.Equal(lisOut3.Bytes(), fromDialer2) {
+		t.Errorf("listener with a dead server received %q, want %q", lisOut3.Bytes(), fromDialer2)
+	}
+	for _, w := range []*lineWatcher{lisErr3, dialErr3} {
+		if !strings.Contains(w.String(), "finding peers on the local network") {
+			t.Errorf("no word of the fallback:\n%s", w)
+		}
+	}
+	t.Logf("dead server: listener fell back after about %v; dialler:\n%s", fellBack.Round(100*time.Millisecond), dialErr3)
 
 	// Nobody announces this one: the dial gives up when --timeout ends.
 	other, _ := exec.Command(bin, "id", "--key", filepath.Join(dir, "c.key")).Output()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/rendezvous"
 )
 
 // multiFlag is a repeatable string flag.
@@ -116,7 +117,17 @@ func (p *peerFlags) nodeWith(ctx context.Context, mod func(*reach.Config)) (*rea
 	if err != nil {
 		return nil, err
 	}
-	return reach.New(ctx, cfg)
+	n, err := reach.New(ctx, cfg)
+	if err != nil && !cfg.LAN && lanCommands[p.cmd] && errors.Is(err, rendezvous.ErrNoServer) && ctx.Err() == nil {
+		// None of the servers answered: peers on this LAN may still be
+		// found (those whose servers did not answer either).
+		if !p.jsonOut {
+			fmt.Fprintf(os.Stderr, "%s; finding peers on the local network (mDNS)\n", message(err))
+		}
+		cfg.Servers, cfg.LAN = nil, true
+		return reach.New(ctx, cfg)
+	}
+	return n, err
 }
 
 // lanCommands work without a server, between peers on one LAN

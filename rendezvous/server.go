@@ -124,6 +124,9 @@ type ServerConfig struct {
 	// without them a punched session's first byte takes one more round
 	// trip.
 	DisableFlights bool
+	// Codes configures the short-code mailbox (CODE frames: package
+	// shortcode). Zero: on, with its defaults (see CodeConfig).
+	Codes CodeConfig
 }
 
 // Protocol serves connections that negotiated another ALPN than ALPN on a
@@ -234,6 +237,7 @@ type Server struct {
 	serving   bool
 	sn        *snRegistry // volunteers; set by start
 	lim       *limits
+	codes     *mailbox
 
 	nRegistrations, nReplaced, nIntros, nIntrosRefused, nSTUN, nDropped, nProtoErr, nHandshakeFail atomic.Uint64
 
@@ -301,6 +305,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		seen:   make(map[identity.PeerID]time.Time),
 		intros: make(map[uint64]*pendingIntro),
 		lim:    newLimits(cfg.Limits),
+		codes:  newMailbox(cfg.Codes, cfg.Limits.withDefaults().MaxSources),
 	}, nil
 }
 

@@ -48,6 +48,7 @@ import (
 	"github.com/reachp2p/reach/internal/directtcp"
 	"github.com/reachp2p/reach/internal/holepunch"
 	"github.com/reachp2p/reach/internal/ladder"
+	"github.com/reachp2p/reach/internal/mdns"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/internal/sock"
 	"github.com/reachp2p/reach/relay"
@@ -98,8 +99,15 @@ type Config struct {
 	Key *identity.Key
 	// Servers are rendezvous connect strings ("reach://ID@host:port"),
 	// tried in order with failover. Empty: no rendezvous; Dial fails with
-	// ErrNoServers.
+	// ErrNoServers (unless LAN).
 	Servers []string
+	// LAN, for a node without Servers, announces the node on its local
+	// networks by multicast DNS and makes Dial find peers there: it
+	// resolves the peer ID on the link (ErrNotOnLAN if nobody answers
+	// before ctx ends) and dials the addresses found directly
+	// (StrategyDirect), the peer's key pinned as always. See lan.go and
+	// docs/architecture.md. Zero: off (no multicast at all).
+	LAN bool
 	// ListenAddr is the local UDP address of the node's one socket. Zero:
 	// all interfaces (IPv4 and IPv6), a random port.
 	ListenAddr netip.AddrPort
@@ -229,6 +237,7 @@ type Node struct {
 	ln     *stream.Listener
 	client *rendezvous.Client // nil without servers
 	ladder *ladder.Ladder
+	lan    *mdns.Responder // Config.LAN without servers (lan.go)
 
 	ctx     context.Context // cancelled by Close once sessions are closed
 	cancel  context.CancelFunc
@@ -342,6 +351,11 @@ func (n *Node) start(ctx context.Context, servers []rendezvous.ServerAddr) error
 	for _, r := range n.ladder.All {
 		if err := r.Start(ctx); err != nil {
 			return fmt.Errorf("reach: starting %s: %w", r.Name(), err)
+		}
+	}
+	if n.client == nil && n.cfg.LAN {
+		if err := n.startLAN(); err != nil {
+			return err
 		}
 	}
 	if n.client != nil {
@@ -483,6 +497,16 @@ func (n *Node) Server() string {
 	return ""
 }
 
+// Mailbox returns the short-code mailbox of the node's rendezvous
+// servers (package shortcode), or nil without servers (its methods then
+// return rendezvous.ErrNoMailbox).
+func (n *Node) Mailbox() *rendezvous.Mailbox {
+	if n.client == nil {
+		return nil
+	}
+	return n.client.Mailbox()
+}
+
 // candidates are the node's addresses, advertised in offers and answers
 // (the server adds the reflexive one): what each rung advertises.
 func (n *Node) candidates() []candidate.Candidate {
@@ -545,6 +569,9 @@ func (n *Node) close(abort bool) error {
 	}
 	if n.client != nil {
 		n.client.Close()
+	}
+	if n.lan != nil {
+		n.lan.Close()
 	}
 	if n.ladder != nil {
 		for _, r := range n.ladder.All {

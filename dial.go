@@ -29,7 +29,7 @@ func (n *Node) DialSession(ctx context.Context, peer PeerID) (*Session, error) {
 	if s := n.liveSession(peer); s != nil {
 		return s, nil
 	}
-	if n.client == nil {
+	if n.client == nil && n.lan == nil {
 		return nil, ErrNoServers
 	}
 	select {
@@ -38,7 +38,13 @@ func (n *Node) DialSession(ctx context.Context, peer PeerID) (*Session, error) {
 	default:
 	}
 	start := time.Now()
-	sess, err := n.introduceAndRace(ctx, peer, n.ladder.Dial)
+	var sess *stream.Session
+	var err error
+	if n.client == nil {
+		sess, err = n.dialLAN(ctx, peer)
+	} else {
+		sess, err = n.introduceAndRace(ctx, peer, n.ladder.Dial)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -73,18 +73,19 @@ SEND=$!
 pids+=($SEND)
 for _ in $(seq 50); do [ -s send.out ] && break; sleep 0.1; done
 cat send.err
-T=$(cat send.out)
+# The short code: the second line's third word ("  reach recv CODE").
+C=$(sed -n 2p send.err | awk '{print $3}')
 echo
 
 as alice
-say alice "reach recv --yes --out inbox $T"
-reach recv --yes --out inbox "$T" 2>&1
+say alice "reach recv --yes --out inbox $C"
+reach recv --yes --out inbox "$C" 2>&1
 say alice "ls inbox/photos"
 ls inbox/photos
 wait "$SEND"
 echo
 echo "(bob's reach send, after:)"
-tail -n +3 "$W/bob/send.err"
+tail -n +5 "$W/bob/send.err"
 echo
 
 as bob

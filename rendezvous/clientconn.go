@@ -34,6 +34,7 @@ type clientConn struct {
 	remote    netip.AddrPort // the server's UDP address (QUIC only)
 	keepalive time.Duration
 	protocols []string             // REGISTERED's: the server's other ALPN protocols
+	codes     bool                 // REGISTERED's: the server keeps a short-code mailbox
 	rtt       func() time.Duration // nil: unknown (TCP)
 
 	wmu sync.Mutex // serialises writes
@@ -47,6 +48,7 @@ type clientConn struct {
 
 type result struct {
 	body resultBody
+	code *codeResultBody // a CODE_RESULT's
 	err  error
 }
 
@@ -460,6 +462,7 @@ func (cc *clientConn) register(ctx context.Context) error {
 			}
 			cc.observed = netip.AddrPortFrom(rb.Observed.Addr().Unmap(), rb.Observed.Port())
 			cc.protocols = rb.Protocols
+			cc.codes = rb.Codes
 			cc.keepalive = max(time.Duration(rb.KeepaliveMS)*time.Millisecond, 100*time.Millisecond)
 			if rb.KeepaliveMS == 0 {
 				cc.keepalive = 10 * time.Second
@@ -506,6 +509,12 @@ func (cc *clientConn) readFrames() error {
 				return err
 			}
 			cc.deliver(rb)
+		case typeCodeResult:
+			var rb codeResultBody
+			if err := decodeBody(t, body, &rb); err != nil {
+				return err
+			}
+			cc.deliverResult(rb.ID, result{code: &rb})
 		case typeIntro:
 			var ib introBody
 			if err := decodeBody(t, body, &ib); err != nil {
@@ -636,13 +645,15 @@ func (cc *clientConn) unexpect(id uint64) {
 	delete(cc.pending, id)
 }
 
-func (cc *clientConn) deliver(rb resultBody) {
+func (cc *clientConn) deliver(rb resultBody) { cc.deliverResult(rb.ID, result{body: rb}) }
+
+func (cc *clientConn) deliverResult(id uint64, r result) {
 	cc.mu.Lock()
-	ch := cc.pending[rb.ID]
-	delete(cc.pending, rb.ID)
+	ch := cc.pending[id]
+	delete(cc.pending, id)
 	cc.mu.Unlock()
 	if ch != nil {
-		ch <- result{body: rb}
+		ch <- r
 	}
 }
 

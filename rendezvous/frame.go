@@ -43,6 +43,8 @@ const (
 	typeVolunteer   msgType = 0x80 // client → server: offer (or withdraw) a supernode
 	typeVolunteered msgType = 0x81 // server → client: admitted or not, after the dial-back
 	typeFlight      msgType = 0x82 // either way: a packet of an introduction's first flight
+	typeCode        msgType = 0x83 // client → server: a short-code mailbox request (mailbox.go)
+	typeCodeResult  msgType = 0x84 // server → client: its result
 )
 
 func (t msgType) String() string {
@@ -57,6 +59,10 @@ func (t msgType) String() string {
 		return "VOLUNTEERED"
 	case typeFlight:
 		return "FLIGHT"
+	case typeCode:
+		return "CODE"
+	case typeCodeResult:
+		return "CODE_RESULT"
 	}
 	return fmt.Sprintf("type 0x%02x", byte(t))
 }
@@ -94,6 +100,8 @@ type (
 		// Protocols are the other ALPN protocols the server serves on
 		// its ports (ServerConfig.Protocols: the relay's, ...), sorted.
 		Protocols []string `json:"protocols,omitempty"`
+		// Codes says the server keeps a short-code mailbox (CODE frames).
+		Codes bool `json:"codes,omitempty"`
 	}
 	connectBody struct {
 		ID     uint64          `json:"id"`
@@ -177,7 +185,7 @@ func (fr *frameReader) next() (msgType, []byte, error) {
 		if n > fr.max {
 			return 0, nil, &ProtocolError{Code: codeFrameTooLarge, Reason: fmt.Sprintf("%s body is %d bytes, limit %d", t, n, fr.max)}
 		}
-		if t >= firstExtensionType && t != typeVolunteer && t != typeVolunteered && t != typeFlight {
+		if t >= firstExtensionType && !knownExtension(t) {
 			if _, err := io.CopyN(io.Discard, fr.r, int64(n)); err != nil {
 				return 0, nil, err
 			}
@@ -192,6 +200,15 @@ func (fr *frameReader) next() (msgType, []byte, error) {
 		}
 		return t, body, nil
 	}
+}
+
+// knownExtension reports whether this version understands extension t.
+func knownExtension(t msgType) bool {
+	switch t {
+	case typeVolunteer, typeVolunteered, typeFlight, typeCode, typeCodeResult:
+		return true
+	}
+	return false
 }
 
 // decodeBody parses a frame body into v. An empty body leaves v as it is.

@@ -51,6 +51,8 @@ func fuzzBodies() map[msgType]any {
 		typeVolunteer:   volunteerBody{MaxSessions: 4, Allow: []identity.PeerID{a, b}},
 		typeVolunteered: volunteeredBody{Admitted: true, Observed: netip.MustParseAddrPort("203.0.113.9:4900"), Secret: []byte("secret")},
 		typeFlight:      flightBody{Req: 4, Intro: 5, Packet: []byte{0xc0, 0, 0, 0, 1}},
+		typeCode:        codeBody{ID: 6, Op: "put", Slot: 7, Proof: bytes.Repeat([]byte{1}, 32), Blob: []byte("sealed"), TTLMS: 600000},
+		typeCodeResult:  codeResultBody{ID: 6, Slot: 7, Error: codeCodeWrong, AttemptsLeft: 2},
 	}
 }
 
@@ -81,12 +83,16 @@ func newBody(t msgType) any {
 		return new(volunteeredBody)
 	case typeFlight:
 		return new(flightBody)
+	case typeCode:
+		return new(codeBody)
+	case typeCodeResult:
+		return new(codeResultBody)
 	}
 	return nil
 }
 
 func knownType(t msgType) bool {
-	return t >= typeRegister && t <= typeError || t == typeVolunteer || t == typeVolunteered || t == typeFlight
+	return t >= typeRegister && t <= typeError || knownExtension(t)
 }
 
 // FuzzFrameReader feeds a byte stream to the frame reader. Properties:

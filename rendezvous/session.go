@@ -332,6 +332,12 @@ func (ss *session) readLoop(fr *frameReader) error {
 				return err
 			}
 			s.relayFlight(ss, fb)
+		case typeCode:
+			var cb codeBody
+			if err := decodeBody(t, body, &cb); err != nil {
+				return err
+			}
+			ss.send(typeCodeResult, s.codes.handle(ss, s.lim, cb))
 		case typeError:
 			var eb errorBody
 			decodeBody(t, body, &eb)
@@ -374,6 +380,7 @@ func (s *Server) register(ss *session) error {
 		KeepaliveMS: (s.cfg.IdleTimeout / 3).Milliseconds(),
 		MaxFrame:    s.cfg.MaxFrameSize,
 		Protocols:   slices.Sorted(maps.Keys(s.cfg.Protocols)),
+		Codes:       !s.cfg.Codes.Disable,
 	})
 	return nil
 }

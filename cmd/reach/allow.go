@@ -1,16 +1,22 @@
 package main
 
 // The peers a reach listen serves: --allow PEER (repeatable) and
-// --allow-file FILE (one peer ID a line). Without either, any peer that
-// knows the listener's ID may connect.
+// --allow-file FILE (one peer ID a line), read again when a file changes
+// or on SIGHUP. Without either, any peer that knows the listener's ID may
+// connect.
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/reachp2p/reach"
@@ -32,14 +38,32 @@ var errForwardDenied = errors.New("the listener does not allow this peer (its --
 const refusedLogEvery = time.Minute
 
 // allowList is the peers a listener serves. A nil *allowList allows every
-// peer.
+// peer. With --allow-file it is read again when a file changes or on
+// SIGHUP (watch).
 type allowList struct {
-	ids map[identity.PeerID]bool
-	ev  *events
+	ids   atomic.Pointer[map[identity.PeerID]bool] // in use
+	flags []identity.PeerID                        // --allow
+	files []string                                 // --allow-file
+	ev    *events
+
+	rmu    sync.Mutex // reload
+	stamps []fileStamp
 
 	mu     sync.Mutex
 	logged map[identity.PeerID]time.Time // last "refused" line per peer
 }
+
+// fileStamp is what tells an --allow-file changed: its modification time
+// and size, or the error of its stat.
+type fileStamp struct {
+	mod  time.Time
+	size int64
+	err  string
+}
+
+// allowCheckEvery is how often a listener looks at its --allow-file
+// modification times.
+const allowCheckEvery = 2 * time.Second
 
 // loadAllow reads --allow IDs and --allow-file files; with neither it
 // returns nil (any peer). An empty file is an empty list: nobody.
@@ -47,25 +71,111 @@ func loadAllow(ev *events, ids, files []string) (*allowList, error) {
 	if len(ids) == 0 && len(files) == 0 {
 		return nil, nil
 	}
-	a := &allowList{ids: map[identity.PeerID]bool{}, ev: ev, logged: map[identity.PeerID]time.Time{}}
+	a := &allowList{files: files, ev: ev, logged: map[identity.PeerID]time.Time{}}
 	for _, s := range ids {
 		id, err := identity.ParsePeerID(s)
 		if err != nil {
 			return nil, usagef("listen", "--allow %s: %s", s, message(err))
 		}
-		a.ids[id] = true
+		a.flags = append(a.flags, id)
 	}
-	for _, f := range files {
-		if err := a.readFile(f); err != nil {
-			return nil, err
-		}
+	a.stamps = a.stat()
+	set, err := a.build()
+	if err != nil {
+		return nil, err
 	}
+	a.ids.Store(&set)
 	return a, nil
 }
 
-// readFile adds the peer IDs of an --allow-file: one a line; blank lines
-// and text after a # are ignored, so a line may name whose key it is.
-func (a *allowList) readFile(path string) error {
+// build reads the list anew: the --allow IDs and every --allow-file.
+func (a *allowList) build() (map[identity.PeerID]bool, error) {
+	set := map[identity.PeerID]bool{}
+	for _, id := range a.flags {
+		set[id] = true
+	}
+	for _, f := range a.files {
+		if err := readAllowFile(set, f); err != nil {
+			return nil, err
+		}
+	}
+	return set, nil
+}
+
+// stat stamps every --allow-file.
+func (a *allowList) stat() []fileStamp {
+	out := make([]fileStamp, len(a.files))
+	for i, f := range a.files {
+		fi, err := os.Stat(f)
+		if err != nil {
+			out[i].err = err.Error()
+			continue
+		}
+		out[i] = fileStamp{mod: fi.ModTime(), size: fi.Size()}
+	}
+	return out
+}
+
+// watch reloads the list until ctx ends: when an --allow-file's stamp
+// changes (checked every allowCheckEvery) and on SIGHUP. Without
+// --allow-file there is nothing to reload and it returns at once.
+func (a *allowList) watch(ctx context.Context) {
+	if a == nil || len(a.files) == 0 {
+		return
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	t := time.NewTicker(allowCheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			a.reload(true)
+		case <-t.C:
+			a.reload(false)
+		}
+	}
+}
+
+// reload reads the list again if an --allow-file changed, or if forced
+// (SIGHUP), and puts it in use. A list that fails to read (a bad line, a
+// missing file) leaves the one in use; it is said once, and tried again at
+// the next change or SIGHUP. Peers taken off the list are refused from
+// then on (new introductions and streams); a stream they have open runs
+// until it ends.
+func (a *allowList) reload(force bool) {
+	a.rmu.Lock()
+	defer a.rmu.Unlock()
+	stamps := a.stat()
+	if !force && slices.Equal(stamps, a.stamps) {
+		return
+	}
+	a.stamps = stamps
+	was := len(*a.ids.Load())
+	set, err := a.build()
+	if err != nil {
+		if a.ev.on {
+			a.ev.emit(map[string]any{"event": "allow-reload-failed", "error": message(err), "allowed_peers": was})
+		} else {
+			fmt.Fprintf(logOut, "allow list not reloaded: %s; still serving %d allowed peers\n", message(err), was)
+		}
+		return
+	}
+	a.ids.Store(&set)
+	if a.ev.on {
+		a.ev.emit(map[string]any{"event": "allow-reloaded", "allowed_peers": len(set)})
+		return
+	}
+	fmt.Fprintf(logOut, "allow list reloaded: serving %s (was %d)\n", a.describe(), was)
+}
+
+// readAllowFile adds the peer IDs of an --allow-file to set: one a line;
+// blank lines and text after a # are ignored, so a line may name whose
+// key it is.
+func readAllowFile(set map[identity.PeerID]bool, path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("--allow-file: %w", err)
@@ -82,7 +192,7 @@ func (a *allowList) readFile(path string) error {
 		if err != nil {
 			return fmt.Errorf("--allow-file %s:%d: %q: %s", path, line, text, message(err))
 		}
-		a.ids[id] = true
+		set[id] = true
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("--allow-file %s: %w", path, err)
@@ -92,7 +202,7 @@ func (a *allowList) readFile(path string) error {
 
 // allows says whether peer may connect.
 func (a *allowList) allows(peer identity.PeerID) bool {
-	return a == nil || a.ids[peer]
+	return a == nil || (*a.ids.Load())[peer]
 }
 
 // describe is the allow list for the listener's ready line.
@@ -100,13 +210,14 @@ func (a *allowList) describe() string {
 	if a == nil {
 		return "any peer that knows this peer ID (restrict with --allow)"
 	}
-	switch len(a.ids) {
+	switch n := len(*a.ids.Load()); n {
 	case 0:
 		return "no peer (the allow list is empty)"
 	case 1:
 		return "1 allowed peer"
+	default:
+		return fmt.Sprintf("%d allowed peers", n)
 	}
-	return fmt.Sprintf("%d allowed peers", len(a.ids))
 }
 
 // accept is Config.Accept: it refuses the introductions of peers not on
@@ -187,5 +298,5 @@ func allowCount(a *allowList) any {
 	if a == nil {
 		return nil
 	}
-	return len(a.ids)
+	return len(*a.ids.Load())
 }

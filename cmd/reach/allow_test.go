@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -226,5 +227,83 @@ func (w *testLogWriter) waitFor(t *testing.T, sub string, d time.Duration) {
 			t.Fatalf("no %q within %v:\n%s", sub, d, w)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestAllowFileReload: a listener reads its --allow-file again when the
+// file changes and on SIGHUP. A peer added is served and one taken off is
+// refused, without a restart; a file that turns bad keeps the list in use
+// (said once, with the line); a change that keeps the file's size and
+// modification time is picked up by SIGHUP only.
+func TestAllowFileReload(t *testing.T) {
+	bin := reachBinary(t)
+	cs := ncServer(t)
+	echo := echoServer(t)
+	aKey, aID := ncKey(t, "a")
+	bKey, bID := ncKey(t, "b")
+	_, cID := ncKey(t, "c")
+	file := filepath.Join(t.TempDir(), "allowed")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(aID.String() + "\n")
+	lisKey, lisID := ncKey(t, "lis")
+	lis := startProc(t, nil, nil, bin, "listen", "--key", lisKey, "--server", cs, "--forward", echo.Addr().String(),
+		"--allow-file", file)
+	lis.stderr.wait(t, "serving 1 allowed peer", 15*time.Second)
+	served := func(key, who string, want bool) {
+		t.Helper()
+		_, errOut, code := runReach(t, nil, "ping", "--key", key, "--server", cs, "--count", "1", lisID.String())
+		if got := code == 0; got != want {
+			t.Errorf("%s served: %v (exit %d, %q), want %v", who, got, code, errOut, want)
+		}
+		if !want && !strings.Contains(errOut, "refused this node") {
+			t.Errorf("%s refused without saying so: %q", who, errOut)
+		}
+	}
+	served(aKey, "a", true)
+	served(bKey, "b", false)
+
+	// B and C instead of A: picked up at the next check.
+	good := bID.String() + "\n" + cID.String() + "\n"
+	write(good)
+	lis.stderr.wait(t, "allow list reloaded: serving 2 allowed peers (was 1)", 3*allowCheckEvery+5*time.Second)
+	served(bKey, "b after the reload", true)
+	served(aKey, "a after the reload", false)
+
+	// A bad line (C's ID with a character changed: same size) keeps the
+	// list in use.
+	bad := []byte(good)
+	bad[len(bad)-3] ^= 1
+	write(string(bad))
+	line := lis.stderr.wait(t, "allow list not reloaded: ", 3*allowCheckEvery+5*time.Second)
+	if !strings.Contains(line, file+":2") || !strings.Contains(line, "still serving 2 allowed peers") {
+		t.Errorf("reload failure line %q: want the file's line 2 and the list in use", line)
+	}
+	served(bKey, "b with a bad file", true)
+
+	// The good file back under the bad one's modification time (and
+	// size), so only SIGHUP can tell it changed.
+	fi, err := os.Stat(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(good)
+	if err := os.Chtimes(file, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * allowCheckEvery)
+	if strings.Contains(lis.stderr.String(), "(was 2)") {
+		t.Fatalf("reloaded without a change of stamp or SIGHUP:\n%s", lis.stderr)
+	}
+	if err := lis.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	lis.stderr.wait(t, "allow list reloaded: serving 2 allowed peers (was 2)", 5*time.Second)
+	if n := strings.Count(lis.stderr.String(), "allow list not reloaded"); n != 1 {
+		t.Errorf("the bad file was reported %d times, want once:\n%s", n, lis.stderr)
 	}
 }

@@ -109,7 +109,7 @@ func buildVersion() string {
 // packages are the prefixes SDK errors start with; message drops them
 // (each layer adds its own, so they repeat).
 var packages = map[string]bool{"reach": true, "rendezvous": true, "stream": true, "transfer": true, "relay": true,
-	"identity": true, "holepunch": true, "supernode": true, "direct": true, "upnp": true, "turn": true, "ladder": true}
+	"identity": true, "holepunch": true, "shortcode": true, "mdns": true, "supernode": true, "direct": true, "upnp": true, "turn": true, "ladder": true}
 
 // message is err as one line for a user: the named errors a user meets
 // most said plainly, others without the packages' prefixes and repeats.
@@ -118,6 +118,9 @@ func message(err error) string {
 	var ee *transfer.ExistsError
 	var re *replacedError
 	var rj *rejectedError
+	if msg, ok := codeMessage(err); ok {
+		return msg
+	}
 	switch {
 	case errors.As(err, &re):
 		return re.Error()

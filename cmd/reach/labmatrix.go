@@ -68,7 +68,7 @@ func labMatrix(ctx context.Context, args []string) error {
 	var only []matrix.Pair
 	if *pairs != "full" && *pairs != "short" {
 		if only, err = matrix.ParsePairs(*pairs); err != nil {
-			return fmt.Errorf("--pairs: %w", err)
+			return fmt.Errorf("--pairs: %q is neither short nor full, nor KIND:KIND pairs: %w", *pairs, err)
 		}
 	}
 	base := matrix.Config{Runs: *runs, Size: *size}

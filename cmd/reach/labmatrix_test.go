@@ -16,6 +16,7 @@ func TestLabMatrixFlags(t *testing.T) {
 		want string
 	}{
 		{[]string{"--pairs", "medium"}, "neither short nor full"},
+		{[]string{"--pairs", "open:bogus"}, `unknown kind "bogus"`},
 		{[]string{"extra"}, "takes no arguments"},
 		{[]string{"--runs", "x"}, "invalid value"},
 		{[]string{"--variants", "main,far"}, `unknown variant "far"`},

@@ -177,6 +177,7 @@ func runListen(args []string) error {
 	}
 	defer n.Abort() // after Close, a no-op
 	fmt.Fprintf(os.Stderr, "listening %s\n", n.ID())
+	go allow.watch(sig)
 	if *volunteer {
 		go reportSupernode(n)
 	}

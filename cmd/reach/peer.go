@@ -15,6 +15,7 @@ import (
 
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/rendezvous"
 )
 
 // multiFlag is a repeatable string flag.
@@ -116,8 +117,22 @@ func (p *peerFlags) nodeWith(ctx context.Context, mod func(*reach.Config)) (*rea
 	if err != nil {
 		return nil, err
 	}
-	return reach.New(ctx, cfg)
+	n, err := reach.New(ctx, cfg)
+	if err != nil && !cfg.LAN && lanCommands[p.cmd] && errors.Is(err, rendezvous.ErrNoServer) && ctx.Err() == nil {
+		// None of the servers answered: peers on this LAN may still be
+		// found (those whose servers did not answer either).
+		if !p.jsonOut {
+			fmt.Fprintf(os.Stderr, "%s; finding peers on the local network (mDNS)\n", message(err))
+		}
+		cfg.Servers, cfg.LAN = nil, true
+		return reach.New(ctx, cfg)
+	}
+	return n, err
 }
+
+// lanCommands work without a server, between peers on one LAN
+// (reach.Config.LAN).
+var lanCommands = map[string]bool{"listen": true, "dial": true, "ping": true}
 
 // config is the node's Config from the flags, with mod's changes.
 func (p *peerFlags) config(mod func(*reach.Config)) (reach.Config, error) {
@@ -127,10 +142,18 @@ func (p *peerFlags) config(mod func(*reach.Config)) (reach.Config, error) {
 			servers = strings.Fields(strings.ReplaceAll(env, ",", " "))
 		}
 	}
+	lan := false
 	if len(servers) == 0 {
-		return reach.Config{}, errors.New("no server: pass --server CS or set REACH_SERVER")
+		if !lanCommands[p.cmd] {
+			return reach.Config{}, errors.New("no server: pass --server CS or set REACH_SERVER")
+		}
+		// No server: peers on the same LAN find each other by mDNS.
+		lan = true
+		if !p.jsonOut {
+			fmt.Fprintln(os.Stderr, "no server: finding peers on the local network (mDNS)")
+		}
 	}
-	cfg := reach.Config{Servers: servers}
+	cfg := reach.Config{Servers: servers, LAN: lan}
 	if err := p.net.apply(&cfg, os.Getenv); err != nil {
 		return reach.Config{}, &usageError{cmd: p.cmd, err: err}
 	}

@@ -18,6 +18,8 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
+	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/shortcode"
 	"github.com/reachp2p/reach/transfer"
 )
 
@@ -31,6 +33,12 @@ reach recv TICKET) and serves the offer until one receiver has everything
 (with --keep, until interrupted). The ticket names this node's peer ID,
 the server and the offer's hash; the receiver verifies every byte. Special
 files are skipped with a message. Progress goes to stderr.
+
+It also prints a short code (like 7-kato-bira-zemo) that reach recv takes
+instead of the ticket, when the receiver uses the same server: the server
+keeps the ticket sealed with the code for --code-ttl, hands it out once,
+and burns the code after 3 wrong guesses (docs/security.md, "Short
+codes"). --no-code skips it.
 
 A PATH of - offers stdin as one file named stdin (or --name NAME): stdin
 is read to its end into a temporary file first (the offer names each
@@ -47,6 +55,8 @@ func runSend(args []string) error {
 	pf.register(fs, true)
 	keep := fs.Bool("keep", false, "keep serving after a receiver finished, until interrupted")
 	name := fs.String("name", defaultStdinName, "the file `NAME` under which - (stdin) is offered")
+	noCode := fs.Bool("no-code", false, "print no short code, only the ticket")
+	codeTTL := fs.Duration("code-ttl", shortcode.DefaultTTL, "how long the short code waits for its receiver (the server caps it)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -87,9 +97,20 @@ func runSend(args []string) error {
 		return err
 	}
 	m := &offer.Manifest
-	ev.emit(map[string]any{"event": "ticket", "ticket": tk.String(), "files": m.Files(), "bytes": m.Size()})
+	code, dropCode := publishCode(ctx, n, tk, *noCode, *codeTTL, pf.jsonOut)
+	defer dropCode()
+	ticketEv := map[string]any{"event": "ticket", "ticket": tk.String(), "files": m.Files(), "bytes": m.Size()}
+	if code != nil {
+		ticketEv["code"], ticketEv["code_ttl_ms"] = code.code.String(), code.ttl.Milliseconds()
+	}
+	ev.emit(ticketEv)
 	if !pf.jsonOut {
-		fmt.Fprintf(os.Stderr, "offering %d files, %s. On the other side run:\n  reach recv %s\n", m.Files(), humanBytes(m.Size()), tk)
+		if code != nil {
+			fmt.Fprintf(os.Stderr, "offering %d files, %s. On the other side run:\n  reach recv %s\n"+
+				"(with this server, within %v), or anywhere:\n  reach recv %s\n", m.Files(), humanBytes(m.Size()), code.code, code.ttl, tk)
+		} else {
+			fmt.Fprintf(os.Stderr, "offering %d files, %s. On the other side run:\n  reach recv %s\n", m.Files(), humanBytes(m.Size()), tk)
+		}
 		fmt.Println(tk)
 	}
 
@@ -150,7 +171,7 @@ func runSend(args []string) error {
 }
 
 // runRecv fetches what a ticket offers.
-const recvHelp = `usage: reach recv [flags] TICKET
+const recvHelp = `usage: reach recv [flags] TICKET|CODE
 
 Fetches what a ticket (printed by reach send) offers: it dials the sender
 through the ticket's server, shows what it will write and where, asks on a
@@ -161,6 +182,10 @@ same ticket and --out. It refuses to overwrite files with other content
 
 With --json, one event a line on stdout: connected, manifest, progress,
 file, done (or error); it does not ask. See docs/cli.md.
+
+A short CODE (like 7-kato-bira-zemo, printed by reach send) stands for the
+ticket: it is fetched from the server (--server or $REACH_SERVER, the one
+the sender uses), once; a code is void after 3 wrong tries.
 `
 
 func runRecv(args []string) error {
@@ -178,9 +203,19 @@ func runRecv(args []string) error {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return usagef("recv", "recv takes one TICKET, got %d arguments", fs.NArg())
+		return usagef("recv", "recv takes one TICKET or CODE, got %d arguments", fs.NArg())
 	}
-	tk, err := transfer.ParseTicket(fs.Arg(0))
+	var (
+		tk   transfer.Ticket
+		code shortcode.Code
+		err  error
+	)
+	viaCode := shortcode.LooksLikeCode(fs.Arg(0))
+	if viaCode {
+		code, err = shortcode.Parse(fs.Arg(0))
+	} else {
+		tk, err = transfer.ParseTicket(fs.Arg(0))
+	}
 	if err != nil {
 		return err
 	}
@@ -192,16 +227,24 @@ func runRecv(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ask := !*yes && !pf.jsonOut && term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stderr.Fd()))
-	dir := recvDir(*outDir, ask, tk.ID)
-	// The sender's servers first: it is registered there.
-	pf.servers = append(tk.ConnectStrings(), pf.servers...)
 	setup, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	n, err := pf.node(setup)
+	var n *reach.Node
+	if viaCode {
+		// The code waits at the server both sides use; the ticket in it
+		// pins the sender's key like any ticket.
+		n, tk, err = claimTicket(setup, &pf, code)
+	} else {
+		// The sender's servers first: it is registered there.
+		pf.servers = append(tk.ConnectStrings(), pf.servers...)
+		n, err = pf.node(setup)
+	}
 	if err != nil {
+		ev.emit(map[string]any{"event": "error", "error": message(err)})
 		return err
 	}
 	defer n.Close()
+	dir := recvDir(*outDir, ask, tk.ID)
 	sess, err := n.DialSession(setup, tk.Peer)
 	if err != nil {
 		err = replaced(n, err)

@@ -54,6 +54,7 @@ func TestWalkthrough(t *testing.T) {
 		`(?m)^listening [a-z2-7]{56}$`,
 		`(?m)^bob\$ echo 'hello from bob' \| reach dial [a-z2-7]{56}\n\(exit 0\)$`,
 		`(?m)^alice\$ cat notes.txt\nhello from bob$`,
+		`(?m)^alice\$ reach recv --yes --out inbox \d+-[a-z]{4}-[a-z]{4}-[a-z]{4}$`,
 		`(?m)^received 2 files, 4\.0 MiB in .*, verified$`,
 		`(?m)^alice\$ ls inbox/photos\nbeach\.jpg\ndunes\.jpg$`,
 		`(?m)^[a-z2-7]{10} has everything: sent 2 files, 4\.0 MiB in `,

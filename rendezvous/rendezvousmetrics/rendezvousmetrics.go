@@ -35,6 +35,16 @@ const (
 	LimitRegistration = "registration" // registrations (also counted as rate_limited registrations)
 	LimitIntroduction = "introduction" // introductions (also counted as rate_limited introductions)
 	LimitSTUN         = "stun"         // STUN binding requests, dropped
+	LimitCode         = "code"         // short-code reservations and claims
+)
+
+// Short-code outcomes (reach_rendezvous_code_requests_total).
+const (
+	CodeStored  = "stored"  // a code was put
+	CodeClaimed = "claimed" // a code was claimed with the right proof
+	CodeWrong   = "wrong"   // a claim with a wrong proof
+	CodeBurnt   = "burnt"   // a code burnt by wrong proofs
+	CodeRefused = "refused" // a reservation refused: the server's or the source's cap
 )
 
 var (
@@ -47,7 +57,7 @@ var (
 	descSTUN = prometheus.NewDesc("reach_rendezvous_stun_requests_total",
 		"STUN binding requests answered (main and alternate port).", nil, nil)
 	descLimited = prometheus.NewDesc("reach_rendezvous_rate_limited_total",
-		"Requests refused or dropped by a per-source limit, by limit (connection, registration, introduction, stun).", []string{"limit"}, nil)
+		"Requests refused or dropped by a per-source limit, by limit (connection, registration, introduction, stun, code).", []string{"limit"}, nil)
 	descVolunteers = prometheus.NewDesc("reach_rendezvous_supernode_volunteers",
 		"Supernode volunteers admitted now.", nil, nil)
 	descHandshakeFail = prometheus.NewDesc("reach_rendezvous_handshake_failures_total",
@@ -62,6 +72,12 @@ var (
 		"Introductions between servers of a fleet (--registry), by direction: sent (a dialler here, its target on another server), served (from another server, delivered to a peer here).", []string{"direction"}, nil)
 	descRegistryErr = prometheus.NewDesc("reach_rendezvous_registry_unavailable_total",
 		"Dials that failed because the fleet's shared registry (Redis) could not be asked.", nil, nil)
+	descCodes = prometheus.NewDesc("reach_rendezvous_codes",
+		"Short codes waiting for their receiver now.", nil, nil)
+	descCodeSlots = prometheus.NewDesc("reach_rendezvous_code_slots",
+		"Short-code slots kept now, every state (reserved, waiting, spent).", nil, nil)
+	descCodeReqs = prometheus.NewDesc("reach_rendezvous_code_requests_total",
+		"Short-code mailbox events, by outcome (stored, claimed, wrong, burnt, refused).", []string{"outcome"}, nil)
 	descDropped = prometheus.NewDesc("reach_rendezvous_dropped_packets_total",
 		"Datagrams on the QUIC port that were neither QUIC nor a valid STUN binding request.", nil, nil)
 )
@@ -86,7 +102,8 @@ func Register(reg prometheus.Registerer, s *rendezvous.Server) error {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPeers, descRegs, descIntros, descSTUN, descLimited, descVolunteers,
-		descHandshakeFail, descHandshakes, descRetries, descProtoErr, descDropped, descFleet, descRegistryErr} {
+		descHandshakeFail, descHandshakes, descRetries, descProtoErr, descDropped, descCodes, descCodeSlots, descCodeReqs,
+		descFleet, descRegistryErr} {
 		ch <- d
 	}
 }
@@ -125,4 +142,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descFleet, st.FleetIntrosSent, "sent")
 	counter(descFleet, st.FleetIntrosServed, "served")
 	counter(descRegistryErr, st.RegistryErrors)
+	cs := c.s.CodeStats()
+	gauge(descCodes, cs.Live)
+	gauge(descCodeSlots, cs.Slots)
+	counter(descCodeReqs, cs.Puts, CodeStored)
+	counter(descCodeReqs, cs.Claims, CodeClaimed)
+	counter(descCodeReqs, cs.Wrong, CodeWrong)
+	counter(descCodeReqs, cs.Burnt, CodeBurnt)
+	counter(descCodeReqs, cs.Refused, CodeRefused)
+	counter(descLimited, cs.Limited, LimitCode)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
@@ -153,4 +154,46 @@ func hasCandidate(pi rendezvous.PeerInfo, a netip.AddrPort) bool {
 		}
 	}
 	return false
+}
+
+// TestFleetCluster: the same fleet on a three-node Redis Cluster started
+// by the test (--registry HOST:PORT,HOST:PORT,HOST:PORT): registrations
+// land in every node's slots, and introductions cross servers through
+// sharded pub/sub whichever node serves each server's channel.
+func TestFleetCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	var srv []*fleetServer
+	for _, name := range []string{"s1", "s2", "s3"} {
+		srv = append(srv, startFleetServer(t, name, cl.Seeds(), Config{}, rendezvous.ServerConfig{}))
+	}
+	var keys []*identity.Key
+	var clients []*rendezvous.Client
+	for i := range 9 { // three peers per server
+		k := mustKey(t)
+		c := startClient(t, "p"+strconv.Itoa(i), k, srv[i%3])
+		answerAll(t, c, rendezvous.Candidate{Addr: netip.MustParseAddrPort("192.0.2.9:4000"), Kind: rendezvous.Host})
+		keys, clients = append(keys, k), append(clients, c)
+	}
+	for i, k := range keys {
+		registered(t, srv[i%3], k.ID(), 5*time.Second)
+	}
+	// Every node holds some of the registrations.
+	for i, n := range cl.Nodes {
+		ks, err := n.Client(t).Keys(context.Background(), "reach:peer:*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("node %d holds %d registrations", i, len(ks))
+	}
+	// Each peer dials the peer of the next server.
+	for i, c := range clients {
+		to := keys[(i+1)%len(keys)].ID()
+		if _, err, took := connect(t, c, to, rendezvous.PeerInfo{}, 5*time.Second); err != nil {
+			t.Fatalf("p%d (server %d) dials p%d (server %d): %v after %v", i, i%3+1, (i+1)%len(keys), (i+1)%3+1, err, took)
+		}
+	}
+	servers, err := srv[0].reg.Servers(context.Background())
+	if err != nil || len(servers) != 3 {
+		t.Fatalf("Servers on the Cluster = %v, %v; want 3", servers, err)
+	}
 }

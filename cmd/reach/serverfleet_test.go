@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/redistest"
 	"github.com/reachp2p/reach/rendezvous"
@@ -154,4 +156,83 @@ func fleetClient(t *testing.T, name string, key *identity.Key, servers ...rendez
 		t.Fatalf("%s: %v", name, err)
 	}
 	return c
+}
+
+// TestServerFleetMetrics: with a fleet registry, /metrics has the
+// reach_fleet_* series, which pass promlint and follow Redis's health.
+func TestServerFleetMetrics(t *testing.T) {
+	rds := redistest.Start(t)
+	reg, err := fleet.New(rds.URL(), fleet.Config{TTL: 3 * time.Second, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{Logger: testLogger(t), Registry: reg},
+		netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rs.Close(); reg.Close() })
+	preg, err := serverRegistry(rs.Server, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := func(name string) float64 {
+		mfs, err := preg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == name {
+				m := mf.GetMetric()[0]
+				if m.GetCounter() != nil {
+					return m.GetCounter().GetValue()
+				}
+				return m.GetGauge().GetValue()
+			}
+		}
+		t.Fatalf("no metric %s", name)
+		return 0
+	}
+	problems, err := testutil.GatherAndLint(preg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		if strings.HasPrefix(p.Metric, "reach_fleet") {
+			t.Errorf("%s: %s", p.Metric, p.Text)
+		}
+	}
+	waitUntil := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// A dial to a peer nobody knows asks Redis (timed).
+	c := fleetClient(t, "A", mustGenerate(t), rs.ServerAddr())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := c.Connect(ctx, mustGenerate(t).ID(), rendezvous.PeerInfo{}); !errors.Is(err, rendezvous.ErrUnknownPeer) {
+		t.Fatalf("dial to an unknown peer: %v", err)
+	}
+	if value("reach_fleet_redis_up") != 1 || value("reach_fleet_redis_timed_operations_total") < 1 ||
+		value("reach_fleet_redis_operation_seconds_total") <= 0 {
+		t.Errorf("with Redis up: up %v, timed operations %v, seconds %v", value("reach_fleet_redis_up"),
+			value("reach_fleet_redis_timed_operations_total"), value("reach_fleet_redis_operation_seconds_total"))
+	}
+	rds.Stop()
+	if _, err := c.Connect(ctx, mustGenerate(t).ID(), rendezvous.PeerInfo{}); !errors.Is(err, rendezvous.ErrRegistryUnavailable) {
+		t.Fatalf("dial with Redis down: %v", err)
+	}
+	waitUntil("reach_fleet_redis_up 0", func() bool { return value("reach_fleet_redis_up") == 0 })
+	if value("reach_fleet_redis_errors_total") < 1 || value("reach_rendezvous_registry_unavailable_total") != 1 {
+		t.Errorf("with Redis down: errors %v, registry_unavailable %v", value("reach_fleet_redis_errors_total"),
+			value("reach_rendezvous_registry_unavailable_total"))
+	}
+	rds.Start()
+	waitUntil("reach_fleet_redis_up 1 again", func() bool { return value("reach_fleet_redis_up") == 1 })
 }

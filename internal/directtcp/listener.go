@@ -90,6 +90,7 @@ type Listener struct {
 	mu      sync.Mutex
 	pending map[net.Conn]netip.Addr
 	perIP   map[netip.Addr]int
+	claims  map[netip.AddrPort]chan net.Conn
 
 	sessions, refused, failed atomic.Uint64
 }
@@ -151,6 +152,9 @@ func (l *Listener) acceptLoop() {
 			continue
 		}
 		backoff = 0
+		if l.passThrough(c) {
+			continue
+		}
 		if !l.admit(c) {
 			l.refused.Add(1)
 			c.Close()
@@ -159,6 +163,54 @@ func (l *Listener) acceptLoop() {
 		l.wg.Add(1)
 		go l.handshake(c)
 	}
+}
+
+// Claim makes the listener hand the next connection that comes from
+// remote to the returned channel as it is, without a handshake: a TCP
+// hole punch (holepunch-tcp) whose peer's connect() reached this listener
+// runs the side of TLS its introduction gave it, not always the server's.
+// At most one connection is handed over; later ones from remote are
+// closed until release, which closes one left unread.
+func (l *Listener) Claim(remote netip.AddrPort) (<-chan net.Conn, func()) {
+	ch := make(chan net.Conn, 1)
+	l.mu.Lock()
+	if l.claims == nil {
+		l.claims = map[netip.AddrPort]chan net.Conn{}
+	}
+	l.claims[remote] = ch
+	l.mu.Unlock()
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			l.mu.Lock()
+			if l.claims[remote] == ch {
+				delete(l.claims, remote)
+			}
+			l.mu.Unlock()
+			select {
+			case c := <-ch:
+				c.Close()
+			default:
+			}
+		})
+	}
+}
+
+// passThrough hands c to its claim, if any, and reports whether it did.
+func (l *Listener) passThrough(c net.Conn) bool {
+	ra := addrPort(c.RemoteAddr())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ch, ok := l.claims[ra]
+	if !ok {
+		return false
+	}
+	select {
+	case ch <- c:
+	default:
+		c.Close() // one was handed over already
+	}
+	return true
 }
 
 // admit counts c as pending, unless that would break a limit.

@@ -1,0 +1,332 @@
+// Package holepunchtcp is the rung "holepunch-tcp": TCP hole punching by
+// simultaneous open, for pairs where UDP looks blocked on a side and
+// neither TCP listener can be reached as it is (a peer behind a firewall
+// that drops UDP and lets TCP out, and a peer behind a cone NAT or the
+// same kind of firewall).
+//
+// Each side connects, from the port its TCP listener (the direct-tcp
+// rung's) listens on, to the peer's predicted public TCP address
+// (candidate.PeerInfo.TCPPunchAddr): the listener when the introduction
+// arrives, before it answers, with a first SYN whose TTL is small (a
+// primer: it opens the listener's own NAT and expires before the
+// dialler's router, leaving it no state), the dialler when the answer
+// arrives. The SYN that meets the other side's outgoing state gets in:
+// either both connect() calls complete (simultaneous open) or one side's
+// listener accepts. A connect() the peer's side turns away (a reset) is
+// tried again with a fresh socket every RetryEvery, within Limits.
+//
+// The introduction fixes the TLS roles, not the sockets: the dialler is
+// always the client of TLS 1.3 (pinned keys) and yamux, the listener the
+// server. A connection the dialler's own listener accepts from the peer
+// during the punch is claimed raw (directtcp.Listener.Claim) so that the
+// dialler runs the client side on it too.
+package holepunchtcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/directtcp"
+	"github.com/reachp2p/reach/internal/rung"
+	"github.com/reachp2p/reach/stream"
+)
+
+// Name is the strategy's name in the ladder.
+const Name = "holepunch-tcp"
+
+// Errors of a punch.
+var (
+	// ErrNotApplicable: this pair is not one for holepunch-tcp (no TCP
+	// listener on a side, no predicted public TCP address, or UDP works
+	// on both sides).
+	ErrNotApplicable = errors.New("holepunch-tcp: not applicable to this pair")
+	// ErrNoConnection: no connection within the punch's window and
+	// attempts.
+	ErrNoConnection = errors.New("holepunch-tcp: no connection")
+)
+
+// Defaults of the punch's bounds (Limits).
+const (
+	// DefaultWindow is how long one side punches per introduction.
+	DefaultWindow = 5 * time.Second
+	// DefaultMaxAttempts is how many connect() calls (each a fresh
+	// socket, so at most that many SYNs plus the kernel's retransmissions
+	// of the last, 1 s and 3 s later) one side makes per introduction.
+	DefaultMaxAttempts = 16
+	// DefaultMaxPunches is how many introductions the listening side
+	// punches for at once (one per dialler); more get no punch.
+	DefaultMaxPunches = 8
+	// DefaultPrimerTTL is the TTL of the listening side's first SYN.
+	DefaultPrimerTTL = 2
+	// RetryEvery is the least time between two connect() calls of one
+	// side.
+	RetryEvery = 200 * time.Millisecond
+)
+
+// Limits bound what an introduction makes a node do. Zero fields take
+// the defaults.
+type Limits struct {
+	// Window: how long one side punches per introduction.
+	// Zero: DefaultWindow.
+	Window time.Duration
+	// MaxAttempts: connect() calls per introduction and side.
+	// Zero: DefaultMaxAttempts.
+	MaxAttempts int
+	// MaxPunches: introductions punched for at once by the listening
+	// side. Zero: DefaultMaxPunches.
+	MaxPunches int
+	// PrimerTTL: the TTL of the listening side's first SYN.
+	// Zero: DefaultPrimerTTL; negative: full TTL from the start.
+	PrimerTTL int
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.Window <= 0 {
+		l.Window = DefaultWindow
+	}
+	if l.MaxAttempts <= 0 {
+		l.MaxAttempts = DefaultMaxAttempts
+	}
+	if l.MaxPunches <= 0 {
+		l.MaxPunches = DefaultMaxPunches
+	}
+	if l.PrimerTTL == 0 {
+		l.PrimerTTL = DefaultPrimerTTL
+	}
+	return l
+}
+
+// Rung punches TCP for the node h through the listener of its direct-tcp
+// rung.
+type Rung struct {
+	rung.Base
+	h   *rung.Host
+	dt  *directtcp.Rung
+	lim Limits
+
+	mu      sync.Mutex
+	punches map[identity.PeerID]bool // listening side, running now
+}
+
+// New makes the rung for the node h; dt owns the TCP listener.
+func New(h *rung.Host, dt *directtcp.Rung, lim Limits) *Rung {
+	return &Rung{h: h, dt: dt, lim: lim.withDefaults(), punches: map[identity.PeerID]bool{}}
+}
+
+// Name implements rung.Rung.
+func (*Rung) Name() string { return Name }
+
+// pair returns the local address to punch from and the peer's predicted
+// address, for the peer whose offer or answer is p; ok is false when the
+// rung does not apply.
+func (r *Rung) pair(p candidate.PeerInfo) (local, target netip.AddrPort, ok bool) {
+	ln := r.dt.Listener()
+	if ln == nil || !r.dt.UDPBlocked(p) {
+		return local, target, false
+	}
+	target = p.TCPPunchAddr()
+	if !target.IsValid() {
+		return local, target, false
+	}
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), ln.Addr().Port()), target, true
+}
+
+// Plan implements rung.Rung: the rung runs only when it applies.
+func (r *Rung) Plan(a *rung.Attempt, hs time.Duration) (time.Duration, bool) {
+	_, _, ok := r.pair(a.Remote)
+	return hs, ok
+}
+
+// Introduced implements rung.Rung: the listening side starts punching
+// towards the dialler, its first SYN a primer, before it answers.
+func (r *Rung) Introduced(offer candidate.PeerInfo) {
+	if offer.Move {
+		return
+	}
+	local, target, ok := r.pair(offer)
+	if !ok {
+		return
+	}
+	r.mu.Lock()
+	if len(r.punches) >= r.lim.MaxPunches || r.punches[offer.Peer] {
+		r.mu.Unlock()
+		r.h.Logger.Debug("holepunch-tcp: no punch, too many at once", "peer", offer.Peer.Short())
+		return
+	}
+	r.punches[offer.Peer] = true
+	r.mu.Unlock()
+	// The primer's SYN leaves before the answer does: started here, not
+	// on a goroutine that might run later.
+	ctx, cancel := context.WithTimeout(r.h.Context, r.lim.Window)
+	first := make(chan struct{})
+	r.h.Go(func() {
+		defer func() {
+			cancel()
+			r.mu.Lock()
+			delete(r.punches, offer.Peer)
+			r.mu.Unlock()
+		}()
+		c, n, err := r.punch(ctx, local, target, true, first)
+		if err != nil {
+			if !errors.Is(err, errTaken) {
+				r.h.Logger.Debug("holepunch-tcp: listener's punch failed", "peer", offer.Peer.Short(), "target", target, "attempts", n, "err", err)
+			}
+			return
+		}
+		hctx, hcancel := context.WithTimeout(r.h.Context, r.handshakeTimeout())
+		sess, err := stream.Server(hctx, c, r.h.Key, r.h.Session) // closes c on error
+		hcancel()
+		if err != nil {
+			r.h.Logger.Debug("holepunch-tcp: handshake failed", "peer", offer.Peer.Short(), "err", err)
+			return
+		}
+		if sess.RemotePeer() != offer.Peer {
+			r.h.Logger.Debug("holepunch-tcp: wrong peer", "want", offer.Peer.Short(), "got", sess.RemotePeer().Short())
+			sess.Abort()
+			return
+		}
+		sess.SetStrategy(Name)
+		r.h.Logger.Debug("holepunch-tcp: punched (listener)", "peer", offer.Peer.Short(), "path", sess.RemoteAddr(), "attempts", n)
+		if !r.h.Accepted(sess) {
+			sess.Abort()
+		}
+	})
+	select { // the first connect() has been made, or the punch ended
+	case <-first:
+	case <-ctx.Done():
+	}
+}
+
+func (r *Rung) handshakeTimeout() time.Duration {
+	if t := r.h.Session.HandshakeTimeout; t > 0 {
+		return t
+	}
+	return stream.DefaultHandshakeTimeout
+}
+
+// Connect implements rung.Rung: the dialling side punches towards the
+// peer and runs the client side of TLS and yamux on the first connection,
+// whether its own connect() made it or its listener accepted it.
+func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
+	local, target, ok := r.pair(a.Remote)
+	if !ok {
+		return nil, ErrNotApplicable
+	}
+	ln := r.dt.Listener()
+	if ln == nil {
+		return nil, ErrNotApplicable
+	}
+	claimed, release := ln.Claim(target)
+	defer release()
+	pctx, cancel := context.WithTimeout(ctx, r.lim.Window)
+	defer cancel()
+	type result struct {
+		c   net.Conn
+		n   int
+		err error
+	}
+	out := make(chan result, 1)
+	go func() {
+		c, n, err := r.punch(pctx, local, target, false, nil)
+		out <- result{c, n, err}
+	}()
+	var c net.Conn
+	var punchErr error
+	for c == nil {
+		select {
+		case res := <-out:
+			out = nil
+			if res.err == nil {
+				c = res.c
+				break
+			}
+			// errTaken: the peer's connection reached our listener,
+			// claimed: it is on its way.
+			punchErr = fmt.Errorf("%d connects: %w", res.n, res.err)
+		case cc := <-claimed:
+			claimed = nil
+			c = cc
+			cancel()
+			if out != nil {
+				if res := <-out; res.err == nil {
+					res.c.Close()
+				}
+				out = nil
+			}
+		case <-pctx.Done():
+			if out != nil {
+				if res := <-out; res.err == nil {
+					c = res.c // made just in time
+					break
+				}
+			}
+			if ctx.Err() != nil {
+				return nil, errors.Join(ctx.Err(), punchErr)
+			}
+			return nil, errors.Join(ErrNoConnection, punchErr)
+		}
+	}
+	cancel()
+	r.h.Logger.Debug("holepunch-tcp: connected", "peer", a.Peer.Short(), "local", c.LocalAddr(), "remote", c.RemoteAddr())
+	hctx, hcancel := context.WithTimeout(ctx, r.handshakeTimeout())
+	defer hcancel()
+	return stream.Client(hctx, c, a.Key, a.Peer, a.Session) // closes c on error
+}
+
+// errTaken: the four-tuple is in use, so the peer's connection reached
+// this node's listener.
+var errTaken = errors.New("holepunch-tcp: the connection exists already (accepted)")
+
+// punch calls connect() from local to target until a connection exists,
+// the peer's side answers in a way a fresh socket cannot fix, the attempts
+// are used up or ctx ends. With primer, the first SYN carries the primer
+// TTL. first, if not nil, is closed once the first connect() was made.
+func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, primer bool, first chan struct{}) (net.Conn, int, error) {
+	inNet := r.h.RunInNetwork
+	if inNet == nil {
+		inNet = func(f func() error) error { return f() }
+	}
+	var last error
+	for n := 1; n <= r.lim.MaxAttempts; n++ {
+		ttl := 0
+		if primer && n == 1 && r.lim.PrimerTTL > 0 {
+			ttl = r.lim.PrimerTTL
+		}
+		start := time.Now()
+		sent := func() {
+			if first != nil {
+				close(first)
+				first = nil
+			}
+		}
+		c, err := dialFrom(ctx, inNet, local, target, ttl, sent)
+		sent()
+		if err == nil {
+			return c, n, nil
+		}
+		last = err
+		switch {
+		case ctx.Err() != nil:
+			return nil, n, errors.Join(ctx.Err(), last)
+		case taken(err):
+			return nil, n, errTaken
+		case !refused(err):
+			return nil, n, err
+		}
+		t := time.NewTimer(time.Until(start.Add(RetryEvery)))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, n, errors.Join(ctx.Err(), last)
+		}
+	}
+	return nil, r.lim.MaxAttempts, fmt.Errorf("%w: %d connects: %w", ErrNoConnection, r.lim.MaxAttempts, last)
+}

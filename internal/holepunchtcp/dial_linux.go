@@ -128,7 +128,9 @@ func (c *conn) RemoteAddr() net.Addr { return c.remote }
 
 // taken reports whether err says the connection's four-tuple is in use:
 // the peer's connection reached this node's listener already.
-func taken(err error) bool { return errors.Is(err, unix.EADDRNOTAVAIL) || errors.Is(err, unix.EADDRINUSE) }
+func taken(err error) bool {
+	return errors.Is(err, unix.EADDRNOTAVAIL) || errors.Is(err, unix.EADDRINUSE)
+}
 
 // refused reports whether err is an attempt the peer's side turned away
 // (a reset or an ICMP error): a fresh socket may try again.

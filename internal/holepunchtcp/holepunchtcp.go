@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -132,11 +133,33 @@ func (r *Rung) pair(p candidate.PeerInfo) (local, target netip.AddrPort, ok bool
 		return local, target, false
 	}
 	target = p.TCPPunchAddr()
-	if !target.IsValid() {
+	if !target.IsValid() || slices.Contains(p.Addrs(candidate.TCPHost), target) || r.public() {
+		// A side whose listener is public is direct-tcp's: a punch would
+		// only race it (and the peer's SYN could reach this listener
+		// before a dial claims it).
 		return local, target, false
 	}
-	return netip.AddrPortFrom(netip.IPv4Unspecified(), ln.Addr().Port()), target, true
+	local = ln.Addr()
+	if !local.Addr().Is4() {
+		local = netip.AddrPortFrom(netip.IPv4Unspecified(), local.Port())
+	}
+	return local, target, true
 }
+
+// public reports whether this node's TCP listener has a public IPv4
+// address of its own.
+func (r *Rung) public() bool {
+	for _, c := range r.dt.Candidates() {
+		if ip := c.Addr.Addr().Unmap(); ip.Is4() && ip.IsGlobalUnicast() && !ip.IsPrivate() && !cgnat.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// cgnat is the shared address space of carrier NATs (RFC 6598): not
+// public.
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
 
 // Plan implements rung.Rung: the rung runs only when it applies.
 func (r *Rung) Plan(a *rung.Attempt, hs time.Duration) (time.Duration, bool) {
@@ -225,6 +248,7 @@ func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 	}
 	claimed, release := ln.Claim(target)
 	defer release()
+	afterClaim()
 	pctx, cancel := context.WithTimeout(ctx, r.lim.Window)
 	defer cancel()
 	type result struct {
@@ -279,6 +303,9 @@ func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 	defer hcancel()
 	return stream.Client(hctx, c, a.Key, a.Peer, a.Session) // closes c on error
 }
+
+// afterClaim is a test hook: Connect calls it once its claim is in place.
+var afterClaim = func() {}
 
 // errTaken: the four-tuple is in use, so the peer's connection reached
 // this node's listener.

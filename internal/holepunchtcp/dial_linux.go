@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -67,64 +66,54 @@ func dialFrom(ctx context.Context, inNet func(func() error) error, local, remote
 	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
 		return fail("connect", err)
 	}
+	// Wait outside the runtime's poller: a socket registered while it
+	// connects can carry an error event from that phase (an ICMP error
+	// for the primer, say) that the poller then reports on the first read
+	// of the established connection ("not pollable"). The connection is
+	// handed to the poller only once established.
+	if err := waitConnected(ctx, fd); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
 	f := os.NewFile(uintptr(fd), "holepunch-tcp")
 	c, err := net.FileConn(f) // a dup, in the runtime's poller
 	f.Close()
 	if err != nil {
 		return nil, err
 	}
-	tc := c.(*net.TCPConn)
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	stop := context.AfterFunc(ctx, func() { tc.SetWriteDeadline(time.Unix(1, 0)) })
-	var cerr error
-	werr := rc.Write(func(fd uintptr) bool {
-		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	return c, nil
+}
+
+// waitConnected polls fd until its connection is established or failed,
+// or ctx is done.
+func waitConnected(ctx context.Context, fd int) error {
+	for {
+		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 		if err != nil {
-			cerr = err
-			return true
+			return os.NewSyscallError("getsockopt", err)
 		}
 		switch info.State {
 		case unix.BPF_TCP_ESTABLISHED:
-			return true
+			// A soft error left from the connecting phase is not the
+			// connection's.
+			unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+			return nil
 		case unix.BPF_TCP_SYN_SENT, unix.BPF_TCP_SYN_RECV:
-			return false // wait until it is writable or fails
+		default:
+			if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 {
+				return os.NewSyscallError("connect", syscall.Errno(v))
+			}
+			return os.NewSyscallError("connect", unix.ECONNREFUSED)
 		}
-		if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 {
-			cerr = syscall.Errno(v)
-		} else {
-			cerr = unix.ECONNREFUSED
+		if err := ctx.Err(); err != nil {
+			return err
 		}
-		return true
-	})
-	if !stop() || ctx.Err() != nil {
-		c.Close()
-		return nil, ctx.Err()
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		if _, err := unix.Poll(pfd, 20); err != nil && !errors.Is(err, unix.EINTR) {
+			return os.NewSyscallError("poll", err)
+		}
 	}
-	if werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		c.Close()
-		return nil, os.NewSyscallError("connect", werr)
-	}
-	return &conn{TCPConn: tc,
-		local:  net.TCPAddrFromAddrPort(local),
-		remote: net.TCPAddrFromAddrPort(remote)}, nil
 }
-
-// conn is a connection made from a raw socket: net.FileConn does not
-// know its peer (it was not connected yet), so the addresses are ours.
-type conn struct {
-	*net.TCPConn
-	local, remote net.Addr
-}
-
-func (c *conn) LocalAddr() net.Addr  { return c.local }
-func (c *conn) RemoteAddr() net.Addr { return c.remote }
 
 // taken reports whether err says the connection's four-tuple is in use:
 // the peer's connection reached this node's listener already.

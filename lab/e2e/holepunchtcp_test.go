@@ -20,8 +20,9 @@ import (
 // from both listening ports), and to a public peer (direct-tcp), in both
 // firewall variants (linux-host sites behind ISP hops, as in
 // TestLabLinuxHost), fresh nodes each dial, half the dials from each side,
-// 64 KiB echoed intact. Two topologies: no delay anywhere, and the server
-// far away (60 ms each way on its link). Afterwards no host has a TCP
+// 64 KiB echoed intact. Three topologies: no delay anywhere, the server
+// far away (60 ms each way on its link), and the matrix's main variant
+// (20 ms one way on every site's access link). Afterwards no host has a TCP
 // connection left in SYN-SENT (the punch's losing sockets are closed).
 // REACH_LAB_DIALS sets the dials per pair (5; 20 for the figures in
 // docs/architecture.md).
@@ -30,7 +31,8 @@ func TestLabHolepunchTCP(t *testing.T) {
 	for _, topo := range []struct {
 		name      string
 		serverRTT time.Duration
-	}{{"zero-delay", 0}, {"far-server", 120 * time.Millisecond}} {
+		access    time.Duration // one way, on every site's access link
+	}{{"zero-delay", 0, 0}, {"far-server", 120 * time.Millisecond, 0}, {"access-20ms", 0, 20 * time.Millisecond}} {
 		t.Run(topo.name, func(t *testing.T) {
 			s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true})
 			if topo.serverRTT > 0 {
@@ -53,6 +55,20 @@ func TestLabHolepunchTCP(t *testing.T) {
 					t.Run(name, func(t *testing.T) {
 						a := s.SiteWith(t, fmt.Sprintf("u%s%da", fw[:1], i), natlab.SiteConfig{Kind: blocked, Firewall: fw, ISP: isp})
 						b := s.SiteWith(t, fmt.Sprintf("u%s%db", fw[:1], i), natlab.SiteConfig{Kind: other, Firewall: fw, ISP: isp && other != natlab.Open})
+						if topo.access > 0 {
+							for _, site := range []*natlab.Site{a, b} {
+								link := site.Host
+								if site.Router != nil {
+									link = &site.Router.Host
+								}
+								ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+								err := link.Impair(ctx, natlab.Impairment{Delay: topo.access})
+								cancel()
+								if err != nil {
+									t.Fatal(err)
+								}
+							}
+						}
 						ok := 0
 						var worst time.Duration
 						for k := range n {

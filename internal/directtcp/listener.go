@@ -91,6 +91,8 @@ type Listener struct {
 	pending map[net.Conn]netip.Addr
 	perIP   map[netip.Addr]int
 	claims  map[netip.AddrPort]chan net.Conn
+	recent  [recentAccepts]netip.AddrPort // ring of the last remote addresses accepted
+	next    int
 
 	sessions, refused, failed atomic.Uint64
 }
@@ -152,6 +154,7 @@ func (l *Listener) acceptLoop() {
 			continue
 		}
 		backoff = 0
+		l.note(c)
 		if l.passThrough(c) {
 			continue
 		}
@@ -163,6 +166,31 @@ func (l *Listener) acceptLoop() {
 		l.wg.Add(1)
 		go l.handshake(c)
 	}
+}
+
+// recentAccepts is how many remote addresses Accepted remembers.
+const recentAccepts = 64
+
+// note remembers c's remote address among the recent ones.
+func (l *Listener) note(c net.Conn) {
+	l.mu.Lock()
+	l.recent[l.next%recentAccepts] = addrPort(c.RemoteAddr())
+	l.next++
+	l.mu.Unlock()
+}
+
+// Accepted reports whether one of the last 64 connections the listener
+// accepted came from remote: a TCP hole punch checks it before it sends
+// another SYN to remote, which would reset the connection remote made.
+func (l *Listener) Accepted(remote netip.AddrPort) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, a := range l.recent {
+		if a == remote {
+			return true
+		}
+	}
+	return false
 }
 
 // Claim makes the listener hand the next connection that comes from

@@ -30,6 +30,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/reachp2p/reach/identity"
@@ -69,6 +70,12 @@ const (
 	// RetryEvery is the least time between two connect() calls of one
 	// side.
 	RetryEvery = 200 * time.Millisecond
+	// ListenerHold is how long the listening side waits after its primer
+	// (or a failed SYN) before it sends a full SYN: the primer's state in
+	// its own NAT lets the dialler's SYN through to its listener
+	// meanwhile, and a SYN of its own to the dialler after that would
+	// reset the connection.
+	ListenerHold = time.Second
 )
 
 // Limits bound what an introduction makes a node do. Zero fields take
@@ -197,6 +204,9 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 			r.mu.Unlock()
 		}()
 		c, n, err := r.punch(ctx, local, target, true, first)
+		if err != nil && r.dt.Listener() != nil && r.dt.Listener().Accepted(target) {
+			err = errTaken // the dialler's connection came to the listener
+		}
 		if err != nil {
 			if !errors.Is(err, errTaken) {
 				r.h.Logger.Debug("holepunch-tcp: listener's punch failed", "peer", offer.Peer.Short(), "target", target, "attempts", n, "err", err)
@@ -246,10 +256,38 @@ func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 	if ln == nil {
 		return nil, ErrNotApplicable
 	}
+	pctx, cancel := context.WithTimeout(ctx, r.lim.Window)
+	defer cancel()
+	// A connection the peer's side resets during the handshake (its
+	// side of a simultaneous open killed by a late ICMP error for the
+	// listener's primer, seen in the lab with delayed links) leaves the
+	// holes open: punch again, within the window, at most MaxResets times.
+	var errs []error
+	for range MaxResets + 1 {
+		sess, err := r.connectOnce(ctx, pctx, a, ln, local, target)
+		if err == nil {
+			return sess, nil
+		}
+		errs = append(errs, err)
+		if !errors.Is(err, syscall.ECONNRESET) || pctx.Err() != nil {
+			break
+		}
+		r.h.Logger.Debug("holepunch-tcp: reset during the handshake, punching again", "peer", a.Peer.Short(), "err", err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+// MaxResets is how many times a dial punches again after the peer's side
+// reset a punched connection during the handshake.
+const MaxResets = 2
+
+// connectOnce is one punch of Connect and the handshake on its
+// connection; pctx bounds the punch, ctx the handshake.
+func (r *Rung) connectOnce(ctx, pctx context.Context, a *rung.Attempt, ln *directtcp.Listener, local, target netip.AddrPort) (*stream.Session, error) {
 	claimed, release := ln.Claim(target)
 	defer release()
 	afterClaim()
-	pctx, cancel := context.WithTimeout(ctx, r.lim.Window)
+	pctx, cancel := context.WithCancel(pctx)
 	defer cancel()
 	type result struct {
 		c   net.Conn
@@ -347,12 +385,28 @@ func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, primer b
 		case !refused(err):
 			return nil, n, err
 		}
-		t := time.NewTimer(time.Until(start.Add(RetryEvery)))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, n, errors.Join(ctx.Err(), last)
+		wait := RetryEvery
+		if primer {
+			wait = ListenerHold
+		}
+		// Until the next SYN, watch the listener: the peer's connection
+		// arriving there ends the punch (a SYN of ours to it would reset
+		// it).
+		for deadline := start.Add(wait); ; {
+			if ln := r.dt.Listener(); ln != nil && ln.Accepted(target) {
+				return nil, n, errTaken
+			}
+			d := time.Until(deadline)
+			if d <= 0 {
+				break
+			}
+			t := time.NewTimer(min(d, 20*time.Millisecond))
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil, n, errors.Join(ctx.Err(), last)
+			}
 		}
 	}
 	return nil, r.lim.MaxAttempts, fmt.Errorf("%w: %d connects: %w", ErrNoConnection, r.lim.MaxAttempts, last)

@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -106,8 +107,12 @@ func TestLabHolepunchTCP(t *testing.T) {
 // freshTCPDial starts fresh nodes on from and to (which echoes), dials
 // once and echoes 64 KiB. done closes both nodes.
 func freshTCPDial(t *testing.T, s *reachlab.Scenario, from, to *natlab.Host) (*reach.Session, time.Duration, func(), error) {
-	na := s.Node(t, from, reach.Config{DisablePortMapping: true})
-	nb := s.Node(t, to, reach.Config{DisablePortMapping: true})
+	cfg := reach.Config{DisablePortMapping: true}
+	if os.Getenv("REACH_TCP_NO_PRIMER") != "" {
+		cfg.TCPPunchLimits.PrimerTTL = -1
+	}
+	na := s.Node(t, from, cfg)
+	nb := s.Node(t, to, cfg)
 	reachlab.Echo(t, nb)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()

@@ -16,9 +16,9 @@ const (
 	Holepunch = reach.StrategyHolepunch
 	// HolepunchTCP is TCP hole punching (simultaneous open).
 	HolepunchTCP = reach.StrategyHolepunchTCP
-	Supernode = reach.StrategySupernode
-	TURN      = reach.StrategyTURN
-	Relay     = reach.StrategyRelay
+	Supernode    = reach.StrategySupernode
+	TURN         = reach.StrategyTURN
+	Relay        = reach.StrategyRelay
 )
 
 // rank orders strategies by the path they give: a path of its own (direct,

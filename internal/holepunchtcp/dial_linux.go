@@ -121,6 +121,10 @@ func taken(err error) bool {
 	return errors.Is(err, unix.EADDRNOTAVAIL) || errors.Is(err, unix.EADDRINUSE)
 }
 
+// expired reports whether err is a primer's death by an ICMP error (its
+// TTL ran out at a router).
+func expired(err error) bool { return errors.Is(err, unix.EHOSTUNREACH) }
+
 // refused reports whether err is an attempt the peer's side turned away
 // (a reset or an ICMP error): a fresh socket may try again.
 func refused(err error) bool {

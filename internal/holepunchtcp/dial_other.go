@@ -17,3 +17,4 @@ func dialFrom(context.Context, func(func() error) error, netip.AddrPort, netip.A
 
 func taken(error) bool   { return false }
 func refused(error) bool { return false }
+func expired(error) bool { return false }

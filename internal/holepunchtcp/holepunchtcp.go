@@ -361,7 +361,11 @@ func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, primer b
 	var last error
 	for n := 1; n <= r.lim.MaxAttempts; n++ {
 		ttl := 0
-		if primer && n == 1 && r.lim.PrimerTTL > 0 {
+		if primer && (n == 1 || expired(last)) && r.lim.PrimerTTL > 0 {
+			// The first SYN, or again at once when the last primer's
+			// socket died of its own ICMP time-exceeded: the state it
+			// made in our NAT fits only a live socket's sequence
+			// numbers (docs/architecture.md, "TCP paths").
 			ttl = r.lim.PrimerTTL
 		}
 		start := time.Now()
@@ -386,7 +390,10 @@ func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, primer b
 			return nil, n, err
 		}
 		wait := RetryEvery
-		if primer {
+		switch {
+		case primer && expired(err) && r.lim.PrimerTTL > 0:
+			wait = 0 // prime again at once
+		case primer:
 			wait = ListenerHold
 		}
 		// Until the next SYN, watch the listener: the peer's connection

@@ -12,7 +12,7 @@ import (
 // TestStrategyNames: the documented names are the ladder's, in its order,
 // and Config.Strategies refuses any other with ErrUnknownStrategy.
 func TestStrategyNames(t *testing.T) {
-	want := []string{reach.StrategyDirect, reach.StrategyDirectTCP, reach.StrategyUPnP, reach.StrategyHolepunch,
+	want := []string{reach.StrategyDirect, reach.StrategyDirectTCP, reach.StrategyUPnP, reach.StrategyHolepunch, reach.StrategyHolepunchTCP,
 		reach.StrategySupernode, reach.StrategyTURN, reach.StrategyRelay}
 	if got := reach.Strategies(); !slices.Equal(got, want) {
 		t.Fatalf("Strategies() = %v, want %v", got, want)

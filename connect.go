@@ -47,6 +47,7 @@ import (
 	"github.com/reachp2p/reach/internal/candidate"
 	"github.com/reachp2p/reach/internal/directtcp"
 	"github.com/reachp2p/reach/internal/holepunch"
+	"github.com/reachp2p/reach/internal/holepunchtcp"
 	"github.com/reachp2p/reach/internal/ladder"
 	"github.com/reachp2p/reach/internal/mdns"
 	"github.com/reachp2p/reach/internal/rung"
@@ -83,9 +84,12 @@ const (
 	StrategyDirectTCP = "direct-tcp"
 	StrategyUPnP      = "upnp"
 	StrategyHolepunch = "holepunch"
-	StrategySupernode = "supernode"
-	StrategyTURN      = "turn"
-	StrategyRelay     = "relay"
+	// StrategyHolepunchTCP: TCP simultaneous open between the peers'
+	// TCP listening ports, where UDP looks blocked on a side.
+	StrategyHolepunchTCP = "holepunch-tcp"
+	StrategySupernode    = "supernode"
+	StrategyTURN         = "turn"
+	StrategyRelay        = "relay"
 )
 
 // Strategies returns the names of the ladder's rungs, in order.
@@ -143,6 +147,10 @@ type Config struct {
 	// DialTCP opens the node's TCP connections (the signalling fallback).
 	// Nil: a net.Dialer.
 	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
+	// RunInNetwork runs f where the node's sockets belong (a network
+	// namespace, say): the TCP sockets hole punching binds to the node's
+	// listening port are created inside it. Nil: f runs as it is.
+	RunInNetwork func(f func() error) error
 	// Proxy is an HTTP CONNECT proxy (http://[user:password@]host:port;
 	// user information becomes Basic proxy authentication) for the node's
 	// TCP connections to its servers: signalling over TLS and the relay's
@@ -217,6 +225,12 @@ type Config struct {
 	// once, from one IP address, the time each has to prove a key, and
 	// connections back to diallers at once. Zero fields: the defaults.
 	TCPLimits TCPLimits
+	// TCPPunchLimits bound TCP hole punching (StrategyHolepunchTCP) per
+	// introduction: how long each side punches (zero: 5s), connect()
+	// calls per side (zero: 16), introductions the listening side
+	// punches for at once (zero: 8), the TTL of its first SYN (zero: 2;
+	// negative: full TTL).
+	TCPPunchLimits TCPPunchLimits
 	// Supernode makes the node volunteer as a supernode for peers that
 	// cannot punch through, with limits (pairs at once, bandwidth, whom
 	// for); see Node.Status and WaitSupernode. Zero: it does not
@@ -407,6 +421,9 @@ type PunchLimits struct {
 	PredictPorts int
 }
 
+// TCPPunchLimits bound TCP hole punching (Config.TCPPunchLimits).
+type TCPPunchLimits = holepunchtcp.Limits
+
 // TCPLimits bound the node's TCP listener: what unauthenticated
 // connections make it keep. Zero fields take the defaults.
 type TCPLimits struct {
@@ -431,7 +448,7 @@ func (n *Node) host(signalling, local bool) *rung.Host {
 		Context: n.ctx, Go: n.goRun,
 		Signalling: signalling, Local: local,
 		InterfaceAddrs: n.cfg.InterfaceAddrs, ListenPacket: n.cfg.ListenPacket,
-		DialTCP: n.cfg.DialTCP, DialServer: n.serverDialTCP(),
+		DialTCP: n.cfg.DialTCP, DialServer: n.serverDialTCP(), RunInNetwork: n.cfg.RunInNetwork,
 		Server: func() rendezvous.ServerAddr {
 			if n.client == nil {
 				return rendezvous.ServerAddr{}
@@ -459,6 +476,7 @@ func (n *Node) ladderOptions() ladder.Options {
 		DisablePortMapping: n.cfg.DisablePortMapping, PortMapping: n.cfg.PortMapping,
 		RelayToken: n.cfg.RelayToken, RelayDialers: n.cfg.RelayDialers,
 		TURN: n.cfg.TURN, Supernode: n.cfg.Supernode, TCPLimits: directtcp.Limits(n.cfg.TCPLimits),
+		TCPPunchLimits: n.cfg.TCPPunchLimits,
 	}
 }
 

@@ -580,6 +580,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, h
 		proto:            "tcp",
 		src:              src,
 		observed:         func() netip.AddrPort { return netip.AddrPort{} },
+		tcpObserved:      addrPortOf(c.RemoteAddr()),
 		rw:               tc,
 		setReadDeadline:  tc.SetReadDeadline,
 		setWriteDeadline: tc.SetWriteDeadline,

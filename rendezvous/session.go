@@ -24,6 +24,7 @@ type session struct {
 	proto            string                // "udp" or "tcp"
 	src              netip.Prefix          // the source its limits count against (sourceOf)
 	observed         func() netip.AddrPort // the peer's UDP address as seen here; invalid on TCP
+	tcpObserved      netip.AddrPort        // the TCP connection's remote address; invalid on UDP
 	rw               io.ReadWriter
 	setReadDeadline  func(time.Time) error
 	setWriteDeadline func(time.Time) error
@@ -480,6 +481,22 @@ func withReflexive(cands []Candidate, obs netip.AddrPort) []Candidate {
 	return append(cands[:len(cands):len(cands)], Candidate{Addr: obs, Kind: Reflexive})
 }
 
+// withTCPReflexive drops any tcp-srflx candidate the peer sent (only the
+// server says what it saw) and appends obs as one unless it is invalid
+// (a peer registered over UDP).
+func withTCPReflexive(cands []Candidate, obs netip.AddrPort) []Candidate {
+	out := make([]Candidate, 0, len(cands)+1)
+	for _, c := range cands {
+		if c.Kind != TCPReflexive {
+			out = append(out, c)
+		}
+	}
+	if obs.IsValid() {
+		out = append(out, Candidate{Addr: netip.AddrPortFrom(obs.Addr().Unmap(), obs.Port()), Kind: TCPReflexive})
+	}
+	return out
+}
+
 func (s *Server) connect(ss *session, cb connectBody) {
 	fail := func(code, reason string) {
 		s.countIntro(code)
@@ -558,7 +575,7 @@ func (s *Server) connect(ss *session, cb connectBody) {
 	offer := cb.Offer
 	offer.Peer = ss.peer
 	offer.Observed = ss.observed()
-	offer.Candidates = append(withReflexive(withoutSupernodes(offer.Candidates), ss.observed()), forTarget...)
+	offer.Candidates = append(withTCPReflexive(withReflexive(withoutSupernodes(offer.Candidates), ss.observed()), ss.tcpObserved), forTarget...)
 	ss.log.Debug("introducing", "target", cb.Target.Short(), "intro", pi.id)
 	// Open before the INTRO is queued: the target may answer its
 	// flight at once.
@@ -583,7 +600,7 @@ func (s *Server) answer(ss *session, ab answerBody) {
 		// No flight went through: the dialler must not count on one.
 		ans.Flight = false
 	}
-	ans.Candidates = withReflexive(withoutSupernodes(ans.Candidates), ss.observed())
+	ans.Candidates = withTCPReflexive(withReflexive(withoutSupernodes(ans.Candidates), ss.observed()), ss.tcpObserved)
 	s.finishIntro(ab.ID, ss, resultBody{Answer: &ans})
 }
 

@@ -23,4 +23,6 @@ const (
 	Relay     = candidate.Relay
 	Supernode = candidate.Supernode
 	TURN      = candidate.TURN
+	// TCPReflexive is stamped by the server only, for peers registered over TCP.
+	TCPReflexive = candidate.TCPReflexive
 )

@@ -42,6 +42,12 @@ const (
 	// TCP listener accepts TLS+yamux sessions (rung direct-tcp). Usually
 	// the port of its UDP socket. Peers that predate it ignore the kind.
 	TCPHost Kind = "tcp-host"
+	// TCPReflexive: the public address a server saw the peer's TCP
+	// signalling connection come from (only the server adds it, for a
+	// peer registered over TCP). Its IP is the peer's NAT's; its port is
+	// the signalling connection's, not the listener's (see
+	// PeerInfo.TCPPunchAddr).
+	TCPReflexive Kind = "tcp-srflx"
 )
 
 // Candidate is one address at which a peer might be reached.
@@ -155,6 +161,27 @@ func (p PeerInfo) HasUDP() bool {
 		}
 	}
 	return false
+}
+
+// TCPPunchAddr predicts the public address of the sender's TCP listener,
+// the address holepunch-tcp connects to: the IP of its NAT (its
+// tcp-srflx candidate, or else its IPv4 srflx one) with the port of its
+// tcp-host candidates (masquerade keeps a free source port for TCP as for
+// UDP: endpoint-independent mapping). Invalid when the sender has no TCP
+// listener or no public IPv4 address was seen.
+func (p PeerInfo) TCPPunchAddr() netip.AddrPort {
+	host := p.First(TCPHost)
+	if !host.IsValid() {
+		return netip.AddrPort{}
+	}
+	ip := p.First(TCPReflexive).Addr().Unmap()
+	if !ip.Is4() {
+		ip = p.First(Reflexive).Addr().Unmap()
+	}
+	if !ip.Is4() {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(ip, host.Port())
 }
 
 // HasTCP reports whether the sender advertised a TCP listener.

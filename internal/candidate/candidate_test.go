@@ -183,3 +183,28 @@ func TestPunchableFromCap(t *testing.T) {
 		t.Fatalf("Max 3: punch %v", got)
 	}
 }
+
+// TestTCPPunchAddr: the predicted public TCP address is the IP the server
+// saw the peer's TCP connection come from (else its UDP one) with the
+// port of its TCP listener; without a listener or a public IPv4 address
+// there is none.
+func TestTCPPunchAddr(t *testing.T) {
+	host := Candidate{Addr: ap("10.0.0.2:4900"), Kind: TCPHost}
+	for _, tc := range []struct {
+		name string
+		p    PeerInfo
+		want string
+	}{
+		{"tcp-srflx", info(host, Candidate{Addr: ap("198.51.100.7:51000"), Kind: TCPReflexive}), "198.51.100.7:4900"},
+		{"srflx", info(host, Candidate{Addr: ap("198.51.100.8:4900"), Kind: Reflexive}), "198.51.100.8:4900"},
+		{"both: tcp-srflx first", info(Candidate{Addr: ap("198.51.100.8:4900"), Kind: Reflexive}, host, Candidate{Addr: ap("198.51.100.7:51000"), Kind: TCPReflexive}), "198.51.100.7:4900"},
+		{"no listener", info(Candidate{Addr: ap("198.51.100.7:51000"), Kind: TCPReflexive}), ""},
+		{"no public address", info(host), ""},
+		{"IPv6 only", info(host, Candidate{Addr: ap("[2001:db8::1]:4900"), Kind: Reflexive}), ""},
+	} {
+		got := tc.p.TCPPunchAddr()
+		if s := map[bool]string{true: got.String(), false: ""}[got.IsValid()]; s != tc.want {
+			t.Errorf("%s: %v, want %q", tc.name, got, tc.want)
+		}
+	}
+}

@@ -90,6 +90,9 @@ type Listener struct {
 	mu      sync.Mutex
 	pending map[net.Conn]netip.Addr
 	perIP   map[netip.Addr]int
+	claims  map[netip.AddrPort]chan net.Conn
+	recent  [recentAccepts]netip.AddrPort // ring of the last remote addresses accepted
+	next    int
 
 	sessions, refused, failed atomic.Uint64
 }
@@ -151,6 +154,10 @@ func (l *Listener) acceptLoop() {
 			continue
 		}
 		backoff = 0
+		l.note(c)
+		if l.passThrough(c) {
+			continue
+		}
 		if !l.admit(c) {
 			l.refused.Add(1)
 			c.Close()
@@ -159,6 +166,79 @@ func (l *Listener) acceptLoop() {
 		l.wg.Add(1)
 		go l.handshake(c)
 	}
+}
+
+// recentAccepts is how many remote addresses Accepted remembers.
+const recentAccepts = 64
+
+// note remembers c's remote address among the recent ones.
+func (l *Listener) note(c net.Conn) {
+	l.mu.Lock()
+	l.recent[l.next%recentAccepts] = addrPort(c.RemoteAddr())
+	l.next++
+	l.mu.Unlock()
+}
+
+// Accepted reports whether one of the last 64 connections the listener
+// accepted came from remote: a TCP hole punch checks it before it sends
+// another SYN to remote, which would reset the connection remote made.
+func (l *Listener) Accepted(remote netip.AddrPort) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, a := range l.recent {
+		if a == remote {
+			return true
+		}
+	}
+	return false
+}
+
+// Claim makes the listener hand the next connection that comes from
+// remote to the returned channel as it is, without a handshake: a TCP
+// hole punch (holepunch-tcp) whose peer's connect() reached this listener
+// runs the side of TLS its introduction gave it, not always the server's.
+// At most one connection is handed over; later ones from remote are
+// closed until release, which closes one left unread.
+func (l *Listener) Claim(remote netip.AddrPort) (<-chan net.Conn, func()) {
+	ch := make(chan net.Conn, 1)
+	l.mu.Lock()
+	if l.claims == nil {
+		l.claims = map[netip.AddrPort]chan net.Conn{}
+	}
+	l.claims[remote] = ch
+	l.mu.Unlock()
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			l.mu.Lock()
+			if l.claims[remote] == ch {
+				delete(l.claims, remote)
+			}
+			l.mu.Unlock()
+			select {
+			case c := <-ch:
+				c.Close()
+			default:
+			}
+		})
+	}
+}
+
+// passThrough hands c to its claim, if any, and reports whether it did.
+func (l *Listener) passThrough(c net.Conn) bool {
+	ra := addrPort(c.RemoteAddr())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ch, ok := l.claims[ra]
+	if !ok {
+		return false
+	}
+	select {
+	case ch <- c:
+	default:
+		c.Close() // one was handed over already
+	}
+	return true
 }
 
 // admit counts c as pending, unless that would break a limit.

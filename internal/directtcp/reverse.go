@@ -107,6 +107,10 @@ func (r *Rung) deliver(sess *stream.Session) bool {
 	return r.h.Accepted(sess)
 }
 
+// UDPBlocked reports whether this node or the peer (whose offer or answer
+// is p) looks unable to use UDP (holepunch-tcp runs only then).
+func (r *Rung) UDPBlocked(p candidate.PeerInfo) bool { return r.udpBlocked(p) }
+
 // udpBlocked reports whether this node or the peer (whose offer or
 // answer is p) looks unable to use UDP: a node registered over TCP has no
 // observed address, and the server adds no reflexive candidate for it.

@@ -14,6 +14,7 @@ import (
 	"github.com/reachp2p/reach/internal/direct"
 	"github.com/reachp2p/reach/internal/directtcp"
 	"github.com/reachp2p/reach/internal/holepunch"
+	"github.com/reachp2p/reach/internal/holepunchtcp"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/supernode"
@@ -42,6 +43,12 @@ type Options struct {
 	Supernode supernode.Config
 	// TCPLimits: directtcp.Limits (the node's TCP listener).
 	TCPLimits directtcp.Limits
+	// TCPPunchLimits: holepunchtcp.Limits.
+	TCPPunchLimits holepunchtcp.Limits
+
+	// directTCP is the direct-tcp rung Build made: holepunch-tcp punches
+	// through its listener.
+	directTCP *directtcp.Rung
 }
 
 // DefaultHeadStart is how long a rung runs alone before the next one
@@ -63,11 +70,20 @@ var table = []spec{
 	{name: direct.Name, new: func(h *rung.Host, _ *Options) rung.Rung { return direct.New(h) }},
 	// After direct, whose head start (when the peer looks reachable and
 	// both sides have UDP) lets QUIC win where both would work.
-	{name: directtcp.Name, new: func(h *rung.Host, o *Options) rung.Rung { return directtcp.New(h, o.TCPLimits) }},
+	{name: directtcp.Name, new: func(h *rung.Host, o *Options) rung.Rung {
+		o.directTCP = directtcp.New(h, o.TCPLimits)
+		return o.directTCP
+	}},
 	{name: upnp.Name, new: func(h *rung.Host, o *Options) rung.Rung {
 		return upnp.NewRung(h, upnp.RungConfig{Disable: o.DisablePortMapping, Mapper: o.PortMapping})
 	}},
 	{name: holepunch.Name, new: func(h *rung.Host, o *Options) rung.Rung { return holepunch.NewRung(h, o.PunchLinger, o.PunchLimits) }},
+	// Only where UDP looks blocked on a side (it sits out otherwise):
+	// before the forwarding rungs, so it gets what is left of the
+	// forwarding delay.
+	{name: holepunchtcp.Name, new: func(h *rung.Host, o *Options) rung.Rung {
+		return holepunchtcp.New(h, o.directTCP, o.TCPPunchLimits)
+	}},
 	{name: supernode.Name, new: func(h *rung.Host, o *Options) rung.Rung { return supernode.NewRung(h, o.Supernode) }, headStart: supernode.HeadStart, forwards: true},
 	{name: turn.Name, new: func(h *rung.Host, o *Options) rung.Rung { return turn.NewRung(h, o.TURN) }, headStart: turn.HeadStart, forwards: true},
 	{name: relay.Name, new: func(h *rung.Host, o *Options) rung.Rung {

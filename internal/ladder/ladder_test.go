@@ -52,7 +52,7 @@ func closeAll(l *Ladder) {
 }
 
 func TestBuild(t *testing.T) {
-	want := []string{"direct", "direct-tcp", "upnp", "holepunch", "supernode", "turn", "relay"}
+	want := []string{"direct", "direct-tcp", "upnp", "holepunch", "holepunch-tcp", "supernode", "turn", "relay"}
 	if !slices.Equal(Names(), want) {
 		t.Fatalf("Names = %v, want %v", Names(), want)
 	}
@@ -92,7 +92,7 @@ func TestBuild(t *testing.T) {
 	for _, e := range l.Better() {
 		better = append(better, e.Rung.Name())
 	}
-	if !slices.Equal(better, []string{"direct", "direct-tcp", "upnp", "holepunch"}) {
+	if !slices.Equal(better, []string{"direct", "direct-tcp", "upnp", "holepunch", "holepunch-tcp"}) {
 		t.Errorf("Better = %v", better)
 	}
 }

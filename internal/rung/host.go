@@ -151,6 +151,9 @@ type Host struct {
 	// DialServer opens them to the node's servers (through the proxy, if
 	// any). Nil DialTCP: a net.Dialer.
 	DialTCP, DialServer func(ctx context.Context, network, addr string) (net.Conn, error)
+	// RunInNetwork runs f where the node's sockets are created (its
+	// network namespace). Nil: f runs as it is.
+	RunInNetwork func(f func() error) error
 	// Server is the rendezvous server the node is registered with now
 	// (zero while it has none).
 	Server func() rendezvous.ServerAddr

@@ -14,9 +14,11 @@ const (
 	DirectTCP = reach.StrategyDirectTCP
 	UPnP      = reach.StrategyUPnP
 	Holepunch = reach.StrategyHolepunch
-	Supernode = reach.StrategySupernode
-	TURN      = reach.StrategyTURN
-	Relay     = reach.StrategyRelay
+	// HolepunchTCP is TCP hole punching (simultaneous open).
+	HolepunchTCP = reach.StrategyHolepunchTCP
+	Supernode    = reach.StrategySupernode
+	TURN         = reach.StrategyTURN
+	Relay        = reach.StrategyRelay
 )
 
 // rank orders strategies by the path they give: a path of its own (direct,
@@ -28,7 +30,7 @@ func rank(s string) int {
 		return 0
 	case UPnP:
 		return 1
-	case Holepunch, DirectTCP:
+	case Holepunch, DirectTCP, HolepunchTCP:
 		return 2
 	case Supernode:
 		return 3
@@ -46,6 +48,25 @@ func Forwarded(s string) bool { return rank(s) >= 3 }
 func (k Kind) noUDP() bool {
 	b := k.Base()
 	return b == natlab.Kind(natlab.UDPBlocked) || b == natlab.Kind(natlab.ProxyOnly)
+}
+
+// tcpOnly: the kind drops UDP and lets any TCP out
+// (udp-blocked-tcp-open).
+func (k Kind) tcpOnly() bool { return k.Base() == natlab.Kind(natlab.UDPBlockedTCPOpen) }
+
+// tcpPunchable: a TCP simultaneous open works from behind the kind: its
+// TCP mapping keeps the port the host connects from (endpoint-
+// independent, as masquerade does when the port is free), so the peer can
+// predict it from the public IP and the listening port. Not the
+// symmetric kinds: their TCP mappings, like their UDP ones, vary by
+// destination (port prediction is done for UDP only).
+func (k Kind) tcpPunchable() bool {
+	switch k.Base() {
+	case natlab.Kind(natlab.FullCone), natlab.Kind(natlab.RestrictedCone), natlab.Kind(natlab.PortRestricted),
+		natlab.Kind(natlab.UDPBlockedTCPOpen), natlab.KindDouble:
+		return true
+	}
+	return false
 }
 
 // randomMapping: a new random external port for every destination, so a
@@ -73,6 +94,11 @@ func (k Kind) portFiltering() bool {
 //
 //   - either side has no UDP (UDP blocked, proxy only): relay, over TLS on
 //     TCP 443 (through the proxy for proxy-only); nothing else gets out;
+//   - either side lets only TCP out (udp-blocked-tcp-open): direct-tcp
+//     when a side is open (the blocked side dials its TCP listener, or
+//     the open one's dial is answered by a connection back); holepunch-tcp
+//     when both sides' TCP mappings can be predicted (tcpPunchable);
+//     else the relay (over TCP);
 //   - the listener is open: direct;
 //   - the listener's gateway grants a mapping: upnp;
 //   - the dialler is open or has a mapping: holepunch (the listener's
@@ -92,6 +118,15 @@ func Best(dialer, listener Kind, ladder []string) (strategy, why string) {
 	switch {
 	case dialer.noUDP() || listener.noUDP():
 		return Relay, "no UDP path out of " + string(pick(dialer.noUDP(), dialer, listener)) + ": only TCP 443 (or the proxy) to the relay"
+	case dialer.tcpOnly() || listener.tcpOnly():
+		blocked := pick(dialer.tcpOnly(), dialer, listener)
+		switch {
+		case (dialer.Base() == natlab.Open || listener.Base() == natlab.Open) && has(DirectTCP):
+			return DirectTCP, "no UDP out of " + string(blocked) + ", but TCP to the public peer's listener (or from it, reversed)"
+		case dialer.tcpPunchable() && listener.tcpPunchable() && has(HolepunchTCP):
+			return HolepunchTCP, "no UDP out of " + string(blocked) + "; both TCP mappings keep the listening port: a TCP simultaneous open"
+		}
+		return Relay, "no UDP out of " + string(blocked) + ", and the other side's TCP mapping cannot be predicted: the relay over TCP"
 	case listener.Base() == natlab.Open:
 		return Direct, "the listener has a public address"
 	case listener.UPnP():

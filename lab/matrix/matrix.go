@@ -61,29 +61,21 @@ func LinuxHost(k natlab.Kind) Kind { return Kind(string(k) + linuxHostSuffix) }
 
 // linuxHostBases are the router kinds that have a linux-host variant in
 // the matrix: every kind a hole can be punched from (the cone NATs, the
-// symmetric NAT, the double NAT). The networks without UDP reach only the
-// relay over TCP, whatever their router does with its input.
+// symmetric NAT, the double NAT, and udp-blocked-tcp-open for TCP). The
+// networks without UDP or open TCP reach only the relay over TCP 443,
+// whatever their router does with its input.
 func linuxHostBases() []natlab.Kind {
 	return []natlab.Kind{natlab.Kind(natlab.FullCone), natlab.Kind(natlab.RestrictedCone),
-		natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.Symmetric), natlab.KindDouble}
-}
-
-// notYetInMatrix are lab kinds the matrix leaves out for now:
-// udp-blocked-tcp-open needs the TCP rungs' oracle (Best) and adds a row
-// and a column of slow cells (issue 17).
-func notYetInMatrix() []natlab.Kind {
-	return []natlab.Kind{natlab.Kind(natlab.UDPBlockedTCPOpen)}
+		natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.Symmetric), natlab.KindDouble,
+		natlab.Kind(natlab.UDPBlockedTCPOpen)}
 }
 
 // Kinds lists every kind of the full matrix: natlab.Kinds() in the
-// brief's order (but notYetInMatrix), each router kind that has one
+// brief's order, each router kind that has one
 // followed by its linux-host variant, then SymmetricUPnP.
 func Kinds() []Kind {
 	var out []Kind
 	for _, k := range natlab.Kinds() {
-		if slices.Contains(notYetInMatrix(), k) {
-			continue
-		}
 		out = append(out, Kind(k))
 		if slices.Contains(linuxHostBases(), k) {
 			out = append(out, LinuxHost(k))
@@ -157,7 +149,7 @@ func ParsePairs(s string) ([]Pair, error) {
 }
 
 // FullPairs returns every unordered pair of Kinds, each kind with itself
-// included: 105 pairs, 196 directions (a kind with itself is one
+// included: 136 pairs, 256 directions (a kind with itself is one
 // direction).
 func FullPairs() []Pair { return pairsOf(Kinds()) }
 
@@ -175,6 +167,10 @@ func ShortPairs() []Pair {
 		{k(natlab.Symmetric), k(natlab.PortRestricted)},
 		{k(natlab.UDPBlocked), k(natlab.Symmetric)},
 		{k(natlab.ProxyOnly), Kind(natlab.Open)},
+		// Not yet udp-blocked-tcp-open <-> port-restricted: with 20 ms
+		// access links the first dial between two fresh routers goes to
+		// the relay about once in ten (docs/architecture.md, "TCP
+		// paths"); it joins when that is fixed.
 	}
 }
 

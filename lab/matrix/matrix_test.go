@@ -17,7 +17,7 @@ import (
 
 func TestKinds(t *testing.T) {
 	ks := Kinds()
-	if len(ks) != len(natlab.Kinds())-len(notYetInMatrix())+len(linuxHostBases())+1 || ks[len(ks)-1] != SymmetricUPnP {
+	if len(ks) != len(natlab.Kinds())+len(linuxHostBases())+1 || ks[len(ks)-1] != SymmetricUPnP {
 		t.Fatalf("Kinds() = %v", ks)
 	}
 	if SymmetricUPnP.Base() != natlab.Kind(natlab.Symmetric) || !SymmetricUPnP.UPnP() || Kind(natlab.Open).UPnP() {
@@ -70,6 +70,8 @@ func TestBest(t *testing.T) {
 	blocked, proxy := k(natlab.UDPBlocked), k(natlab.ProxyOnly)
 	base := []string{Direct, UPnP, Holepunch, Relay}
 	withSN := []string{Direct, UPnP, Holepunch, Supernode, Relay}
+	full17 := []string{Direct, DirectTCP, UPnP, Holepunch, HolepunchTCP, Supernode, Relay}
+	tcpOpen := k(natlab.UDPBlockedTCPOpen)
 	for _, tc := range []struct {
 		dialer, listener Kind
 		ladder           []string
@@ -101,6 +103,18 @@ func TestBest(t *testing.T) {
 		{LinuxHost(natlab.Kind(natlab.Symmetric)), LinuxHost(natlab.KindDouble), base, Relay},
 		{sym, LinuxHost(natlab.Kind(natlab.FullCone)), base, Holepunch},
 		{LinuxHost(natlab.Kind(natlab.PortRestricted)), open, base, Direct},
+		// udp-blocked-tcp-open: the TCP rungs, where their ladder has them.
+		{tcpOpen, open, full17, DirectTCP},
+		{open, tcpOpen, full17, DirectTCP},
+		{tcpOpen, pr, full17, HolepunchTCP},
+		{full, tcpOpen, full17, HolepunchTCP},
+		{tcpOpen, tcpOpen, full17, HolepunchTCP},
+		{LinuxHost(natlab.Kind(natlab.UDPBlockedTCPOpen)), LinuxHost(natlab.Kind(natlab.PortRestricted)), full17, HolepunchTCP},
+		{tcpOpen, dbl, full17, HolepunchTCP},
+		{tcpOpen, sym, full17, Relay},
+		{tcpOpen, blocked, full17, Relay},
+		{proxy, tcpOpen, full17, Relay},
+		{tcpOpen, pr, withSN, Relay}, // no TCP rungs in that ladder
 	} {
 		got, why := Best(tc.dialer, tc.listener, tc.ladder)
 		if got != tc.want || why == "" {

@@ -58,6 +58,7 @@ func HostConfig(h *natlab.Host, cfg reach.Config) reach.Config {
 		})
 		return c, err
 	}
+	cfg.RunInNetwork = h.Run
 	cfg.ListenPacket = func(network, addr string) (net.PacketConn, error) {
 		var c net.PacketConn
 		err := h.Run(func() error {

@@ -249,9 +249,10 @@ func (c *Client) ServerOffers(alpn string) bool {
 	return c.conn != nil && slices.Contains(c.conn.protocols, alpn)
 }
 
-// RTT returns the smoothed round-trip time of the QUIC connection to the
-// current server, or zero when it is unknown (not registered, or over
-// TCP).
+// RTT returns the smoothed round-trip time of the connection to the
+// current server (QUIC's estimate, or the kernel's for TCP on Linux), or
+// zero when it is unknown (not registered, or over a proxy, WebSocket or
+// TCP elsewhere).
 func (c *Client) RTT() time.Duration {
 	c.mu.Lock()
 	cc := c.conn

@@ -420,6 +420,7 @@ func (c *Client) dialTCP(ctx context.Context, sa ServerAddr) (*clientConn, error
 	}
 	cc := newClientConn(c, sa, "tcp")
 	cc.rw = tc
+	cc.rtt = tcpRTT(raw)
 	cc.setReadDeadline = tc.SetReadDeadline
 	cc.setWriteDeadline = tc.SetWriteDeadline
 	cc.closeTransport = func() { tc.Close() }

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,23 +18,27 @@ import (
 // dialFrom connects from local (the node's listening port, shared with
 // SO_REUSEADDR/SO_REUSEPORT) to remote, and returns once the connection
 // is established (by a SYN-ACK or by a simultaneous open) or failed, or
-// ctx is done. ttl > 0 is the TTL of the first SYN only: it is set before
-// connect() and the socket's own is restored at once, so retransmissions
-// and the SYN-ACK of a simultaneous open go at full TTL. inNet runs the
-// socket's creation where the node's sockets belong; sent is called
-// once connect() has sent the first SYN.
-func dialFrom(ctx context.Context, inNet func(func() error) error, local, remote netip.AddrPort, ttl int, sent func()) (net.Conn, error) {
+// ctx is done. inNet runs the socket's creation where the node's sockets
+// belong; sent is called once connect() has sent the first SYN.
+//
+// With pr.TTL > 0 the first SYN is a primer: it carries that TTL (the
+// socket's own is restored at once, so retransmissions and the SYN-ACK of
+// a simultaneous open go at full TTL), and the socket ignores ICMP errors
+// (IP_MINTTL 255) until its own time-exceeded has come back, so that the
+// error does not kill it (fatal in SYN-SENT and SYN-RECV). When that is,
+// a probe tells: a second socket, from an ephemeral port, that sends the
+// same SYN right after and reports its ICMP error (IP_RECVERR). Without
+// an error from the probe within pr.Hold, the primer hears again then. A
+// peer's SYN is dropped as well while the primer is deaf (its
+// retransmission a second later gets in), so Hold is kept below the
+// earliest moment the peer's SYN can come.
+func dialFrom(ctx context.Context, inNet func(func() error) error, local, remote netip.AddrPort, pr primer, sent func()) (net.Conn, error) {
 	if !local.Addr().Unmap().Is4() || !remote.Addr().Unmap().Is4() {
 		return nil, fmt.Errorf("holepunch-tcp: IPv4 only: %v -> %v", local, remote)
 	}
-	fd := -1
-	err := inNet(func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		return err
-	})
+	fd, err := tcpSocket(inNet)
 	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
+		return nil, err
 	}
 	fail := func(op string, err error) (net.Conn, error) {
 		unix.Close(fd)
@@ -48,29 +53,50 @@ func dialFrom(ctx context.Context, inNet func(func() error) error, local, remote
 		return fail("bind", err)
 	}
 	old := 0
-	if ttl > 0 {
+	if pr.TTL > 0 {
 		if old, err = unix.GetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL); err != nil {
 			return fail("getsockopt", err)
 		}
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, ttl); err != nil {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, pr.TTL); err != nil {
+			return fail("setsockopt", err)
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MINTTL, 255); err != nil {
 			return fail("setsockopt", err)
 		}
 	}
-	err = unix.Connect(fd, &unix.SockaddrInet4{Port: int(remote.Port()), Addr: remote.Addr().Unmap().As4()})
+	to := &unix.SockaddrInet4{Port: int(remote.Port()), Addr: remote.Addr().Unmap().As4()}
+	err = unix.Connect(fd, to)
 	sent()
-	if ttl > 0 {
+	var deaf time.Time // when the primer hears again at the latest
+	probe := -1
+	if pr.TTL > 0 {
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, old); err != nil {
 			return fail("setsockopt", err)
 		}
+		deaf = time.Now().Add(pr.Hold)
+		probe = startProbe(inNet, to, pr.TTL)
 	}
 	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
+		if probe >= 0 {
+			unix.Close(probe)
+		}
 		return fail("connect", err)
 	}
+	if pr.TTL > 0 {
+		// Deaf until the probe's error or the hold's end.
+		awaitProbe(ctx, probe, deaf)
+		if probe >= 0 {
+			unix.Close(probe)
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MINTTL, 0); err != nil {
+			return fail("setsockopt", err)
+		}
+	}
 	// Wait outside the runtime's poller: a socket registered while it
-	// connects can carry an error event from that phase (an ICMP error
-	// for the primer, say) that the poller then reports on the first read
-	// of the established connection ("not pollable"). The connection is
-	// handed to the poller only once established.
+	// connects can carry an error event from that phase (an ICMP error,
+	// say) that the poller then reports on the first read of the
+	// established connection ("not pollable"). The connection is handed
+	// to the poller only once established.
 	if err := waitConnected(ctx, fd); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -82,6 +108,69 @@ func dialFrom(ctx context.Context, inNet func(func() error) error, local, remote
 		return nil, err
 	}
 	return c, nil
+}
+
+// tcpSocket makes a non-blocking IPv4 TCP socket where inNet says.
+func tcpSocket(inNet func(func() error) error) (int, error) {
+	fd := -1
+	err := inNet(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	return fd, nil
+}
+
+// startProbe sends a SYN of the given TTL to to from an ephemeral port,
+// on a socket that queues the ICMP error it gets (IP_RECVERR: even one
+// that arrives while connect() holds the socket, which would otherwise
+// leave no trace). It returns the socket, or -1 if it could not.
+func startProbe(inNet func(func() error) error, to *unix.SockaddrInet4, ttl int) int {
+	fd, err := tcpSocket(inNet)
+	if err != nil {
+		return -1
+	}
+	if unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, ttl) != nil ||
+		unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1) != nil {
+		unix.Close(fd)
+		return -1
+	}
+	if err := unix.Connect(fd, to); err != nil && !errors.Is(err, unix.EINPROGRESS) {
+		unix.Close(fd)
+		return -1
+	}
+	return fd
+}
+
+// awaitProbe waits until the probe has an error (its ICMP came back, so
+// the primer's did too), until, or ctx's end.
+func awaitProbe(ctx context.Context, probe int, until time.Time) {
+	for {
+		d := time.Until(until)
+		if d <= 0 || ctx.Err() != nil {
+			return
+		}
+		if probe < 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+			return
+		}
+		pfd := []unix.PollFd{{Fd: int32(probe)}} // POLLERR is always reported
+		n, err := unix.Poll(pfd, int(min(d, 20*time.Millisecond)/time.Millisecond)+1)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return
+		}
+		if n > 0 && pfd[0].Revents&(unix.POLLERR|unix.POLLHUP) != 0 {
+			return
+		}
+	}
 }
 
 // waitConnected polls fd until its connection is established or failed,
@@ -130,4 +219,70 @@ func expired(err error) bool { return errors.Is(err, unix.EHOSTUNREACH) }
 func refused(err error) bool {
 	return errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.ECONNRESET) ||
 		errors.Is(err, unix.EHOSTUNREACH) || errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.ETIMEDOUT)
+}
+
+// measureHop sends one SYN of the given TTL to to (the server) from an
+// ephemeral port and reports what came back within wait: the time until
+// an ICMP error (a router within ttl hops answers, as it will answer a
+// primer), or silent (the SYN reached the server: no router within ttl
+// hops answers on that path), or neither (nothing came back).
+func measureHop(ctx context.Context, inNet func(func() error) error, to netip.AddrPort, ttl int, wait time.Duration) (hop time.Duration, silent bool) {
+	if !to.Addr().Unmap().Is4() {
+		return 0, false
+	}
+	start := time.Now()
+	fd := startProbe(inNet, &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().Unmap().As4()}, ttl)
+	if fd < 0 {
+		return 0, false
+	}
+	// Closed with a reset, not a FIN, if the server answered.
+	defer func() {
+		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		unix.Close(fd)
+	}()
+	for deadline := start.Add(wait); ctx.Err() == nil; {
+		d := time.Until(deadline)
+		if d <= 0 {
+			return 0, false
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		n, err := unix.Poll(pfd, int(min(d, 20*time.Millisecond)/time.Millisecond)+1)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return 0, false
+		}
+		if n == 0 {
+			continue
+		}
+		el := time.Since(start)
+		v, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if errors.Is(syscall.Errno(v), unix.EHOSTUNREACH) || pfd[0].Revents&unix.POLLERR != 0 && v == 0 && hasICMPError(fd) {
+			return el, false
+		}
+		return 0, true // connected or refused: the SYN got there
+	}
+	return 0, false
+}
+
+// hasICMPError reports whether fd's error queue holds an ICMP time-
+// exceeded (queued by IP_RECVERR even when the socket lives on).
+func hasICMPError(fd int) bool {
+	buf := make([]byte, 64)
+	oob := make([]byte, 512)
+	_, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+	if err != nil {
+		return false
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil {
+		return false
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_RECVERR && len(m.Data) >= 6 {
+			// struct sock_extended_err: errno (4), origin (1), type (1)
+			if m.Data[4] == unix.SO_EE_ORIGIN_ICMP && m.Data[5] == 11 {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -121,15 +121,139 @@ type Rung struct {
 
 	mu      sync.Mutex
 	punches map[identity.PeerID]bool // listening side, running now
+	hop     time.Duration            // measureHop's time to the ICMP of a primer-TTL SYN (zero: none or unknown)
+	farTTL  bool                     // a primer-TTL SYN reached the server: primers go one hop further
+	// measured is closed when Ready's measurement is over (or was not
+	// made).
+	measured     chan struct{}
+	measuredOnce sync.Once
 }
 
 // New makes the rung for the node h; dt owns the TCP listener.
 func New(h *rung.Host, dt *directtcp.Rung, lim Limits) *Rung {
-	return &Rung{h: h, dt: dt, lim: lim.withDefaults(), punches: map[identity.PeerID]bool{}}
+	return &Rung{h: h, dt: dt, lim: lim.withDefaults(), punches: map[identity.PeerID]bool{}, measured: make(chan struct{})}
 }
 
 // Name implements rung.Rung.
 func (*Rung) Name() string { return Name }
+
+// primer is how a punch's first SYN goes out (dialFrom): TTL zero is a
+// full SYN.
+type primer struct {
+	TTL  int           // the primer's TTL
+	Hold time.Duration // how long it stays deaf at most without the probe's word
+}
+
+// primerHold is how long the listener's primer may stay deaf to ICMP
+// errors when its probe hears none: half the larger of the two round
+// trips to the server, since the dialler's SYN comes no sooner than the
+// answer travels through the server to the dialler and the SYN from
+// there to us, at least about the larger of the two (triangle), and
+// should find the primer hearing again. Where a router within the
+// primer's TTL is known to answer after hop (measureHop), the hold
+// covers that answer (plus half and 2 ms), even if the dialler's SYN may
+// then come while the primer is deaf (its retransmission gets in): an
+// ICMP error that comes after the SYN kills the connection it started.
+// Unknown round trips and hop: no hold.
+func primerHold(own, dialler, hop time.Duration) time.Duration {
+	h := max(own, dialler) / 2
+	if hop > 0 {
+		h = max(h, hop+hop/2+2*time.Millisecond)
+	}
+	return min(h, maxPrimerHold)
+}
+
+// Ready implements rung.Rung: once registered, the node learns in the
+// background how far the first router that answers a primer is
+// (measureHop towards the server), for primerHold.
+func (r *Rung) Ready(context.Context) {
+	done := func() { r.measuredOnce.Do(func() { close(r.measured) }) }
+	if r.dt.Listener() == nil || r.lim.PrimerTTL <= 0 || r.h.Server == nil {
+		done()
+		return
+	}
+	sa := r.h.Server()
+	if sa.IsZero() {
+		done()
+		return
+	}
+	r.h.Go(func() {
+		defer done()
+		ctx, cancel := context.WithTimeout(r.h.Context, 5*time.Second)
+		defer cancel()
+		addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip4", sa.Host)
+		if err != nil || len(addrs) == 0 {
+			return
+		}
+		inNet := r.h.RunInNetwork
+		if inNet == nil {
+			inNet = func(f func() error) error { return f() }
+		}
+		port := sa.TCPPort
+		if port == 0 {
+			port = sa.Port
+		}
+		to := netip.AddrPortFrom(addrs[0].Unmap(), port)
+		hop, silent := measureHop(ctx, inNet, to, r.lim.PrimerTTL, 2*time.Second)
+		r.h.Logger.Debug("holepunch-tcp: first answering router", "ttl", r.lim.PrimerTTL, "after", hop, "reached_server", silent)
+		r.mu.Lock()
+		r.hop, r.farTTL = hop, silent
+		r.mu.Unlock()
+	})
+}
+
+// primerTTL is the TTL of this node's primers: Limits.PrimerTTL, or one
+// more when a SYN of that TTL reached the server (Ready), i.e. no router
+// within that many hops answers on the server's path. The first router a
+// primer meets beyond our own is then likely the peer's, and a primer
+// that comes there after the peer's SYN went out is better let through
+// to the peer (a simultaneous open on both sides) than answered with an
+// ICMP error that kills the primer's connection once the peer's SYN made
+// it one (seen in the lab between two home routers with delayed links).
+// Before the peer's SYN went out, the peer's router drops it as it drops
+// any unsolicited SYN, or answers with a reset the deaf primer ignores.
+func (r *Rung) primerTTL() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.farTTL {
+		return r.lim.PrimerTTL + 1
+	}
+	return r.lim.PrimerTTL
+}
+
+// MeasureWait bounds how long an introduction waits for Ready's
+// measurement (measureHop: one round trip to the first router that
+// answers, or to the server).
+const MeasureWait = 300 * time.Millisecond
+
+// maxPrimerHold bounds primerHold.
+const maxPrimerHold = 250 * time.Millisecond
+
+// measuredHop is what Ready measured (zero: nothing answered, or not
+// yet).
+func (r *Rung) measuredHop() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.hop
+}
+
+// serverRTT is this node's round-trip time to its server (zero: unknown).
+func (r *Rung) serverRTT() time.Duration {
+	if r.h.ServerRTT == nil {
+		return 0
+	}
+	return r.h.ServerRTT()
+}
+
+// Offer implements rung.Rung: the offer says the dialler's round-trip
+// time to the server (the listener's primer hold needs it) if no other
+// rung did.
+func (r *Rung) Offer(_ context.Context, offer *candidate.PeerInfo) func() {
+	if offer.ServerRTT == 0 {
+		offer.ServerRTT = r.serverRTT()
+	}
+	return nil
+}
 
 // pair returns the local address to punch from and the peer's predicted
 // address, for the peer whose offer or answer is p; ok is false when the
@@ -192,6 +316,15 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	}
 	r.punches[offer.Peer] = true
 	r.mu.Unlock()
+	// An introduction that comes right after the node started waits a
+	// little for the measurement the primer's TTL and hold depend on.
+	wait := time.NewTimer(MeasureWait)
+	select {
+	case <-r.measured:
+	case <-wait.C:
+	case <-r.h.Context.Done():
+	}
+	wait.Stop()
 	// The primer's SYN leaves before the answer does: started here, not
 	// on a goroutine that might run later.
 	ctx, cancel := context.WithTimeout(r.h.Context, r.lim.Window)
@@ -203,7 +336,7 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 			delete(r.punches, offer.Peer)
 			r.mu.Unlock()
 		}()
-		c, n, err := r.punch(ctx, local, target, true, first)
+		c, n, err := r.punch(ctx, local, target, true, primerHold(r.serverRTT(), offer.ServerRTT, r.measuredHop()), first)
 		if err != nil && r.dt.Listener() != nil && r.dt.Listener().Accepted(target) {
 			err = errTaken // the dialler's connection came to the listener
 		}
@@ -296,7 +429,7 @@ func (r *Rung) connectOnce(ctx, pctx context.Context, a *rung.Attempt, ln *direc
 	}
 	out := make(chan result, 1)
 	go func() {
-		c, n, err := r.punch(pctx, local, target, false, nil)
+		c, n, err := r.punch(pctx, local, target, false, 0, nil)
 		out <- result{c, n, err}
 	}()
 	var c net.Conn
@@ -351,22 +484,23 @@ var errTaken = errors.New("holepunch-tcp: the connection exists already (accepte
 
 // punch calls connect() from local to target until a connection exists,
 // the peer's side answers in a way a fresh socket cannot fix, the attempts
-// are used up or ctx ends. With primer, the first SYN carries the primer
-// TTL. first, if not nil, is closed once the first connect() was made.
-func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, primer bool, first chan struct{}) (net.Conn, int, error) {
+// are used up or ctx ends. With priming, the first SYN is a primer (of
+// the primer TTL, deaf to ICMP errors for at most hold: dialFrom). first,
+// if not nil, is closed once the first connect() was made.
+func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, priming bool, hold time.Duration, first chan struct{}) (net.Conn, int, error) {
 	inNet := r.h.RunInNetwork
 	if inNet == nil {
 		inNet = func(f func() error) error { return f() }
 	}
 	var last error
 	for n := 1; n <= r.lim.MaxAttempts; n++ {
-		ttl := 0
-		if primer && (n == 1 || expired(last)) && r.lim.PrimerTTL > 0 {
+		var pr primer
+		if priming && (n == 1 || expired(last)) && r.lim.PrimerTTL > 0 {
 			// The first SYN, or again at once when the last primer's
-			// socket died of its own ICMP time-exceeded: the state it
-			// made in our NAT fits only a live socket's sequence
-			// numbers (docs/architecture.md, "TCP paths").
-			ttl = r.lim.PrimerTTL
+			// socket died of its own ICMP time-exceeded all the same:
+			// the state it made in our NAT fits only a live socket's
+			// sequence numbers (docs/architecture.md, "TCP paths").
+			pr = primer{TTL: r.primerTTL(), Hold: hold}
 		}
 		start := time.Now()
 		sent := func() {
@@ -375,7 +509,7 @@ func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, primer b
 				first = nil
 			}
 		}
-		c, err := dialFrom(ctx, inNet, local, target, ttl, sent)
+		c, err := dialFrom(ctx, inNet, local, target, pr, sent)
 		sent()
 		if err == nil {
 			return c, n, nil
@@ -391,9 +525,9 @@ func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, primer b
 		}
 		wait := RetryEvery
 		switch {
-		case primer && expired(err) && r.lim.PrimerTTL > 0:
+		case priming && expired(err) && r.lim.PrimerTTL > 0:
 			wait = 0 // prime again at once
-		case primer:
+		case priming:
 			wait = ListenerHold
 		}
 		// Until the next SYN, watch the listener: the peer's connection

@@ -94,6 +94,7 @@ func startNode(t *testing.T, lim Limits) *node {
 		t.Fatal(err)
 	}
 	n.r = New(h, dt, lim)
+	n.r.Ready(context.Background()) // no server: nothing to measure
 	t.Cleanup(func() {
 		dt.Close()
 		for _, s := range n.sessions() {
@@ -212,14 +213,20 @@ func TestNotApplicable(t *testing.T) {
 func TestPunchFlood(t *testing.T) {
 	lim := Limits{MaxPunches: 3, MaxAttempts: 3, Window: 10 * time.Second}
 	l := startNode(t, lim)
-	closed, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := closed.Addr().(*net.TCPAddr).Port
-	closed.Close() // connects to it are refused
-	start := time.Now()
+	// A closed port per dialler (connects to it are refused): diallers
+	// have addresses of their own, and one punch's primer, alive in
+	// SYN-SENT, holds its four-tuple.
+	var ports []int
 	for range 20 {
+		closed, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports = append(ports, closed.Addr().(*net.TCPAddr).Port)
+		closed.Close()
+	}
+	start := time.Now()
+	for _, port := range ports {
 		k, err := identity.GenerateKey()
 		if err != nil {
 			t.Fatal(err)

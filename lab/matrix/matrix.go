@@ -155,8 +155,9 @@ func FullPairs() []Pair { return pairsOf(Kinds()) }
 
 // ShortPairs is the CI variant: one pair per outcome the ladder can have
 // (direct, hole punch through cone NATs, hole punch from a symmetric NAT,
-// double NAT, the UPnP gateway, the hard pair that needs a forwarder, and
-// the corporate networks that only the relay over TCP 443 reaches).
+// double NAT, the UPnP gateway, the hard pair that needs a forwarder, the
+// corporate networks that only the relay over TCP 443 reaches, and TCP
+// hole punching from a network that blocks UDP).
 func ShortPairs() []Pair {
 	k := func(n natlab.NAT) Kind { return Kind(n) }
 	return []Pair{
@@ -167,10 +168,7 @@ func ShortPairs() []Pair {
 		{k(natlab.Symmetric), k(natlab.PortRestricted)},
 		{k(natlab.UDPBlocked), k(natlab.Symmetric)},
 		{k(natlab.ProxyOnly), Kind(natlab.Open)},
-		// Not yet udp-blocked-tcp-open <-> port-restricted: with 20 ms
-		// access links the first dial between two fresh routers goes to
-		// the relay about once in ten (docs/architecture.md, "TCP
-		// paths"); it joins when that is fixed.
+		{k(natlab.UDPBlockedTCPOpen), k(natlab.PortRestricted)},
 	}
 }
 

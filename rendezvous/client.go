@@ -64,13 +64,30 @@ type ClientConfig struct {
 	// IncomingQueue is the capacity of the Incoming channel; an
 	// introduction arriving when it is full is rejected ("busy"). Zero: 16.
 	IncomingQueue int
+	// Liveness is how long the server may stay silent before the client
+	// takes it for dead and fails over: the client pings every third of
+	// it (each ping answered by the server). Over TCP a killed server's
+	// kernel closes the connection at once; over QUIC nothing tells, so
+	// this bounds the failover. Zero: DefaultFleetLiveness with more than
+	// one server in Servers, else three of the server's keepalive
+	// intervals (30 s: one ping each 10 s). Negative: the latter always.
+	Liveness time.Duration
 
 	// lookupNetIP resolves server names for QUIC (tests give a name
 	// addresses without DNS). Nil: net.DefaultResolver.
 	lookupNetIP func(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
+// DefaultFleetLiveness is ClientConfig.Liveness for a client with more
+// than one server: a killed server's peers register elsewhere within
+// about 3 s. It costs one small ping and its answer per second and peer
+// (the single-server default: one each 10 s).
+const DefaultFleetLiveness = 3 * time.Second
+
 func (c ClientConfig) withDefaults() ClientConfig {
+	if c.Liveness == 0 && len(c.Servers) > 1 {
+		c.Liveness = DefaultFleetLiveness
+	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 5 * time.Second
 	}

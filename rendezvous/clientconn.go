@@ -491,7 +491,7 @@ func (cc *clientConn) readLoop() {
 
 func (cc *clientConn) readFrames() error {
 	for {
-		cc.setReadDeadline(time.Now().Add(3 * cc.keepalive))
+		cc.setReadDeadline(time.Now().Add(cc.silentFor()))
 		t, body, err := cc.fr.next()
 		if err != nil {
 			if e := cc.Err(); e != nil {
@@ -557,8 +557,17 @@ func (cc *clientConn) readFrames() error {
 	}
 }
 
+// silentFor is how long the server may stay silent before the
+// connection is taken for dead (ClientConfig.Liveness).
+func (cc *clientConn) silentFor() time.Duration {
+	if l := cc.c.cfg.Liveness; l > 0 {
+		return min(l, 3*cc.keepalive)
+	}
+	return 3 * cc.keepalive
+}
+
 func (cc *clientConn) pingLoop() {
-	t := time.NewTicker(cc.keepalive)
+	t := time.NewTicker(cc.silentFor() / 3)
 	defer t.Stop()
 	var seq uint64
 	for {

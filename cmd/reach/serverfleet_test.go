@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/quic-go/quic-go"
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/redistest"
 	"github.com/reachp2p/reach/rendezvous"
@@ -23,7 +25,17 @@ import (
 // killed (SIGKILL): within 5s A re-registers with server 2 and B reaches
 // it again; meanwhile no dial waits for the dead server (peer_offline at
 // once, not at the registration's TTL). Server 1 restarts and rejoins.
+// Twice: the clients' signalling over TCP (the kernel closes a killed
+// server's connections at once), and over QUIC (nothing tells: the client
+// pings each second and takes a server silent for
+// rendezvous.DefaultFleetLiveness, 3 s, for dead).
 func TestServerFleet(t *testing.T) {
+	for _, proto := range []string{"tcp", "quic"} {
+		t.Run(proto, func(t *testing.T) { testServerFleet(t, proto == "quic") })
+	}
+}
+
+func testServerFleet(t *testing.T, overQUIC bool) {
 	bin := reachBinary(t)
 	rds := redistest.Start(t)
 	var srv []rendezvous.ServerAddr
@@ -47,8 +59,11 @@ func TestServerFleet(t *testing.T) {
 	}
 	defer reg.Close()
 	keyA, keyB := mustGenerate(t), mustGenerate(t)
-	a := fleetClient(t, "A", keyA, srv[0], srv[1])
-	b := fleetClient(t, "B", keyB, srv[2])
+	a := fleetClient(t, "A", keyA, overQUIC, srv[0], srv[1])
+	b := fleetClient(t, "B", keyB, overQUIC, srv[2])
+	if overQUIC && (!a.ServerUDP().IsValid() || !b.ServerUDP().IsValid()) {
+		t.Fatalf("not registered over QUIC: A at %v, B at %v", a.ServerUDP(), b.ServerUDP())
+	}
 	answer := func(c *rendezvous.Client) {
 		var wg sync.WaitGroup
 		wg.Go(func() {
@@ -104,6 +119,9 @@ func TestServerFleet(t *testing.T) {
 	if a.Current() != srv[1] {
 		t.Errorf("A is registered with %v, want server 2", a.Current())
 	}
+	if overQUIC && !a.ServerUDP().IsValid() {
+		t.Errorf("A is registered with server 2 over TCP, not QUIC")
+	}
 
 	// Server 1 comes back (a new instance, same key): it rejoins the
 	// fleet, and its new peers are reached from the others.
@@ -113,7 +131,7 @@ func TestServerFleet(t *testing.T) {
 		t.Errorf("server 1 came back as %s, was %s", sa1.ID, srv[0].ID)
 	}
 	keyC := mustGenerate(t)
-	answer(fleetClient(t, "C", keyC, sa1))
+	answer(fleetClient(t, "C", keyC, overQUIC, sa1))
 	deadline = time.Now().Add(5 * time.Second)
 	for {
 		_, err := dial(b, keyC.ID())
@@ -140,13 +158,20 @@ func mustGenerate(t *testing.T) *identity.Key {
 	return k
 }
 
-func fleetClient(t *testing.T, name string, key *identity.Key, servers ...rendezvous.ServerAddr) *rendezvous.Client {
+func fleetClient(t *testing.T, name string, key *identity.Key, overQUIC bool, servers ...rendezvous.ServerAddr) *rendezvous.Client {
 	t.Helper()
-	// Signalling over TCP: the kernel closes a killed server's
-	// connections, so the client fails over at once. Over QUIC it notices
-	// only at its idle timeout (30s; issue 16's next step).
-	c, err := rendezvous.NewClient(rendezvous.ClientConfig{Key: key, Servers: servers, Logger: testLogger(t).With("peer", name),
-		DialTimeout: 2 * time.Second})
+	cfg := rendezvous.ClientConfig{Key: key, Servers: servers, Logger: testLogger(t).With("peer", name),
+		DialTimeout: 2 * time.Second}
+	if overQUIC {
+		pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := &quic.Transport{Conn: pc}
+		t.Cleanup(func() { tr.Close() })
+		cfg.Transport = tr
+	}
+	c, err := rendezvous.NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +238,7 @@ func TestServerFleetMetrics(t *testing.T) {
 		}
 	}
 	// A dial to a peer nobody knows asks Redis (timed).
-	c := fleetClient(t, "A", mustGenerate(t), rs.ServerAddr())
+	c := fleetClient(t, "A", mustGenerate(t), false, rs.ServerAddr())
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if _, err := c.Connect(ctx, mustGenerate(t).ID(), rendezvous.PeerInfo{}); !errors.Is(err, rendezvous.ErrUnknownPeer) {

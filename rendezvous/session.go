@@ -42,6 +42,7 @@ type session struct {
 	queue      [][]byte
 	writing    bool          // a writer runs (or is starting)
 	wake       chan struct{} // tells a running writer that more was queued
+	space      chan struct{} // tells the reader that the writer wrote a batch
 	writerDone chan struct{} // closed by the writer that closed the transport
 
 	// Guarded by srv.mu.
@@ -75,11 +76,20 @@ var errClientError = errors.New("client sent ERROR")
 
 const sendQueueLen = 64
 
+// ownQueueLen is how much of the send queue the session's own requests
+// may fill with their answers before it reads no more of them (so a
+// client that asks for many introductions at once is slowed, not closed
+// as a slow reader). The rest stays for what others send it: incoming
+// introductions (ServerConfig.MaxIncomingIntros, half the queue) and the
+// answers to its requests that come later (MaxPendingIntros).
+const ownQueueLen = sendQueueLen / 4
+
 func (ss *session) run(ctx context.Context) {
 	s := ss.srv
 	ss.log = s.log.With("peer", ss.peer.Short(), "proto", ss.proto)
 	ss.done = make(chan struct{})
 	ss.wake = make(chan struct{}, 1)
+	ss.space = make(chan struct{}, 1)
 	ss.writerDone = make(chan struct{})
 	ss.intros = make(map[uint64]*pendingIntro)
 	ss.incomingFrom = make(map[netip.Prefix]int)
@@ -233,6 +243,29 @@ func (ss *session) writeLoop() {
 				ss.closeWith(nil)
 			}
 		}
+		select {
+		case ss.space <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// awaitSpace holds the reader while the send queue holds ownQueueLen
+// frames or more, until the writer made room; false if the session
+// closed meanwhile.
+func (ss *session) awaitSpace() bool {
+	for {
+		ss.qmu.Lock()
+		n := len(ss.queue)
+		ss.qmu.Unlock()
+		if n < ownQueueLen {
+			return true
+		}
+		select {
+		case <-ss.space:
+		case <-ss.done:
+			return false
+		}
 	}
 }
 
@@ -287,6 +320,9 @@ func (ss *session) readRegister(fr *frameReader) error {
 func (ss *session) readLoop(fr *frameReader) error {
 	s := ss.srv
 	for {
+		if !ss.awaitSpace() {
+			return nil
+		}
 		ss.setReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
 		t, body, err := fr.next()
 		if err != nil {

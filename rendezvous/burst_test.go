@@ -62,4 +62,3 @@ func errString(err error) string {
 	}
 	return err.Error()
 }
-

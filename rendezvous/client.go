@@ -68,9 +68,10 @@ type ClientConfig struct {
 	// takes it for dead and fails over: the client pings every third of
 	// it (each ping answered by the server). Over TCP a killed server's
 	// kernel closes the connection at once; over QUIC nothing tells, so
-	// this bounds the failover. Zero: DefaultFleetLiveness with more than
-	// one server in Servers, else three of the server's keepalive
-	// intervals (30 s: one ping each 10 s). Negative: the latter always.
+	// this bounds the failover. Zero: DefaultFleetLiveness while the
+	// client knows more than one server (Servers, and those the servers of
+	// a fleet name), else three of the server's keepalive intervals (30 s:
+	// one ping each 10 s). Negative: the latter always.
 	Liveness time.Duration
 
 	// lookupNetIP resolves server names for QUIC (tests give a name
@@ -85,9 +86,6 @@ type ClientConfig struct {
 const DefaultFleetLiveness = 3 * time.Second
 
 func (c ClientConfig) withDefaults() ClientConfig {
-	if c.Liveness == 0 && len(c.Servers) > 1 {
-		c.Liveness = DefaultFleetLiveness
-	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 5 * time.Second
 	}
@@ -118,10 +116,13 @@ type Client struct {
 	wg       sync.WaitGroup
 	nextReq  atomic.Uint64
 
-	mu       sync.Mutex
-	conn     *clientConn   // current registration; nil while reconnecting
-	changed  chan struct{} // closed and replaced whenever conn changes
-	lastIdx  int           // index in Servers of the latest registration
+	mu      sync.Mutex
+	conn    *clientConn   // current registration; nil while reconnecting
+	changed chan struct{} // closed and replaced whenever conn changes
+	lastIdx int           // index in servers of the latest registration
+	// servers are the configured Servers, then those the last
+	// registration's server named (its fleet), at most MaxFleetServers.
+	servers  []ServerAddr
 	started  bool
 	closed   bool
 	replaced error // set when the server says a newer registration took over
@@ -154,6 +155,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		changed:  make(chan struct{}),
+		servers:  slices.Clone(cfg.Servers),
 
 		replacedCh: make(chan struct{}),
 	}, nil
@@ -279,6 +281,12 @@ func (c *Client) RTT() time.Duration {
 	}
 	return cc.rtt()
 }
+
+// Servers returns the servers the client knows, in the order it tries
+// them: ClientConfig.Servers, then the other live servers of a fleet that
+// its current server named (at most MaxFleetServers; the list follows the
+// fleet while the client stays registered).
+func (c *Client) Servers() []ServerAddr { return c.serverList() }
 
 // Current returns the server the client is registered with, or the zero
 // value while it is not registered.
@@ -454,6 +462,10 @@ func (c *Client) install(cc *clientConn, idx int) bool {
 	}
 	old := c.conn
 	c.conn = cc
+	if len(cc.fleet) > 0 || len(c.servers) > len(c.cfg.Servers) {
+		c.learnLocked(cc.fleet)
+		idx = c.indexLocked(cc.server)
+	}
 	c.lastIdx = idx
 	c.signalLocked()
 	c.wg.Go(cc.readLoop)
@@ -506,7 +518,7 @@ func (c *Client) maintain() {
 				return
 			}
 		}
-		cc, newIdx, after, err := c.dialAny(c.ctx, (idx+1)%len(c.cfg.Servers))
+		cc, newIdx, after, err := c.dialAny(c.ctx, idx+1)
 		if err == nil {
 			ok := c.install(cc, newIdx)
 			if after != nil {
@@ -533,11 +545,12 @@ func (c *Client) maintain() {
 
 // dialAny tries every server once, starting at index start.
 func (c *Client) dialAny(ctx context.Context, start int) (*clientConn, int, func(), error) {
-	n := len(c.cfg.Servers)
+	list := c.serverList()
+	n := len(list)
 	nse := &NoServerError{}
 	for i := range n {
 		idx := (start + i) % n
-		sa := c.cfg.Servers[idx]
+		sa := list[idx]
 		cc, after, err := c.dialServer(ctx, sa)
 		if err == nil {
 			return cc, idx, after, nil

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -33,6 +34,7 @@ type clientConn struct {
 	observed  netip.AddrPort
 	remote    netip.AddrPort // the server's UDP address (QUIC only)
 	keepalive time.Duration
+	fleet     []string             // REGISTERED: the other live servers of the fleet
 	protocols []string             // REGISTERED's: the server's other ALPN protocols
 	codes     bool                 // REGISTERED's: the server keeps a short-code mailbox
 	rtt       func() time.Duration // nil: unknown (TCP)
@@ -288,12 +290,51 @@ func (c *Client) finishUpgrade(old *clientConn, u dialResult) {
 }
 
 func (c *Client) lastIdxOf(sa ServerAddr) int {
-	for i, s := range c.cfg.Servers {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.indexLocked(sa)
+}
+
+// indexLocked is sa's index in c.servers (0 if it is not there).
+func (c *Client) indexLocked(sa ServerAddr) int {
+	for i, s := range c.servers {
 		if s == sa {
 			return i
 		}
 	}
 	return 0
+}
+
+// serverList is a snapshot of the servers the client knows.
+func (c *Client) serverList() []ServerAddr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.servers)
+}
+
+// learnLocked replaces the servers learned from a fleet with those that
+// connect strings name (REGISTERED): after the configured ones, without
+// repeats, at most MaxFleetServers; a string that does not parse is
+// skipped.
+func (c *Client) learnLocked(connect []string) {
+	list := slices.Clone(c.cfg.Servers)
+	for _, cs := range connect {
+		if len(list) >= len(c.cfg.Servers)+MaxFleetServers {
+			break
+		}
+		sa, err := ParseServerAddr(cs)
+		if err != nil {
+			c.log.Debug("fleet: a server's connect string does not parse", "connect", cs, "err", err)
+			continue
+		}
+		if !slices.Contains(list, sa) {
+			list = append(list, sa)
+		}
+	}
+	if !slices.Equal(list, c.servers) {
+		c.log.Debug("fleet: servers known", "servers", len(list), "configured", len(c.cfg.Servers))
+	}
+	c.servers = list
 }
 
 func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
@@ -463,6 +504,7 @@ func (cc *clientConn) register(ctx context.Context) error {
 			}
 			cc.observed = netip.AddrPortFrom(rb.Observed.Addr().Unmap(), rb.Observed.Port())
 			cc.protocols = rb.Protocols
+			cc.fleet = rb.Servers
 			cc.codes = rb.Codes
 			cc.keepalive = max(time.Duration(rb.KeepaliveMS)*time.Millisecond, 100*time.Millisecond)
 			if rb.KeepaliveMS == 0 {
@@ -547,6 +589,18 @@ func (cc *clientConn) readFrames() error {
 			decodeBody(t, body, &p)
 			cc.write(typePong, p)
 		case typePong:
+			var p pingBody
+			if err := decodeBody(t, body, &p); err != nil {
+				return err
+			}
+			if len(p.Servers) > 0 {
+				cc.c.mu.Lock()
+				if cc.c.conn == cc {
+					cc.c.learnLocked(p.Servers)
+					cc.c.lastIdx = cc.c.indexLocked(cc.server)
+				}
+				cc.c.mu.Unlock()
+			}
 		case typeError:
 			var eb errorBody
 			decodeBody(t, body, &eb)
@@ -560,7 +614,11 @@ func (cc *clientConn) readFrames() error {
 // silentFor is how long the server may stay silent before the
 // connection is taken for dead (ClientConfig.Liveness).
 func (cc *clientConn) silentFor() time.Duration {
-	if l := cc.c.cfg.Liveness; l > 0 {
+	l := cc.c.cfg.Liveness
+	if l == 0 && len(cc.c.serverList()) > 1 {
+		l = DefaultFleetLiveness
+	}
+	if l > 0 {
 		return min(l, 3*cc.keepalive)
 	}
 	return 3 * cc.keepalive

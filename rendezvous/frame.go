@@ -102,6 +102,9 @@ type (
 		Protocols []string `json:"protocols,omitempty"`
 		// Codes says the server keeps a short-code mailbox (CODE frames).
 		Codes bool `json:"codes,omitempty"`
+		// Servers are connect strings of the other live servers of the
+		// server's fleet (at most MaxFleetServers), for failover.
+		Servers []string `json:"servers,omitempty"`
 	}
 	connectBody struct {
 		ID     uint64          `json:"id"`
@@ -128,6 +131,10 @@ type (
 	}
 	pingBody struct {
 		Seq uint64 `json:"seq,omitempty"`
+		// Servers, in a server's PONG, are the other live servers of its
+		// fleet when they changed since it last told this client (as in
+		// REGISTERED).
+		Servers []string `json:"servers,omitempty"`
 	}
 	errorBody struct {
 		Code   string `json:"code"`

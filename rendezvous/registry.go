@@ -49,6 +49,15 @@ type Registry interface {
 	Introduce(ctx context.Context, home string, in FleetIntro) (FleetResult, error)
 }
 
+// ServerLister is a Registry that can say which other servers of the
+// fleet are alive: the server passes their connect strings to its
+// clients (REGISTERED), which fail over to them.
+type ServerLister interface {
+	// LiveServers returns the connect strings of the fleet's live
+	// servers other than this one; errors wrap ErrRegistryUnavailable.
+	LiveServers(ctx context.Context) ([]string, error)
+}
+
 // FleetHandler is the server as its Registry sees it.
 type FleetHandler interface {
 	// LocalPeers lists the peers registered with this server now.

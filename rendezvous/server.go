@@ -197,11 +197,15 @@ const maxPunchKey = 64
 // Server is a rendezvous server: registry, introductions and STUN.
 // Create it with NewServer and run it with Serve.
 type Server struct {
-	cfg    ServerConfig
-	key    *identity.Key
-	log    *slog.Logger
-	tlsCfg *tls.Config // QUIC
-	tcpTLS *tls.Config // TCP ports: tlsCfg plus http/1.1 (WebSocket)
+	cfg ServerConfig
+	key *identity.Key
+	log *slog.Logger
+	// fleet holds the other live servers' connect strings
+	// (listServers), for REGISTERED.
+	fleet    atomic.Pointer[[]string]
+	fleetVer atomic.Uint64 // changes with fleet
+	tlsCfg   *tls.Config   // QUIC
+	tcpTLS   *tls.Config   // TCP ports: tlsCfg plus http/1.1 (WebSocket)
 
 	mu      sync.Mutex
 	peers   map[identity.PeerID]*session
@@ -338,6 +342,9 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 				s.log.Error("fleet registry stopped", "err", err)
 			}
 		})
+		if sl, ok := r.(ServerLister); ok {
+			wg.Go(func() { s.listServers(ctx, sl) })
+		}
 	}
 
 	var tr *quic.Transport

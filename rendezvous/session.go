@@ -43,6 +43,7 @@ type session struct {
 	writing    bool          // a writer runs (or is starting)
 	wake       chan struct{} // tells a running writer that more was queued
 	space      chan struct{} // tells the reader that the writer wrote a batch
+	fleetVer   uint64        // the version of the fleet's server list last sent (reader only)
 	writerDone chan struct{} // closed by the writer that closed the transport
 
 	// Guarded by srv.mu.
@@ -293,6 +294,13 @@ func (ss *session) trySend(t msgType, body any) bool {
 	return ss.enqueue(b, true)
 }
 
+// fleetList is the fleet's server list for REGISTERED, noting its
+// version as sent.
+func (ss *session) fleetList() []string {
+	ss.fleetVer = ss.srv.fleetVer.Load()
+	return ss.srv.fleetServers()
+}
+
 // send queues a frame. A peer that does not read fast enough to keep the
 // queue short is disconnected.
 func (ss *session) send(t msgType, body any) {
@@ -333,6 +341,10 @@ func (ss *session) readLoop(fr *frameReader) error {
 			var p pingBody
 			if err := decodeBody(t, body, &p); err != nil {
 				return err
+			}
+			if v := s.fleetVer.Load(); v != ss.fleetVer {
+				ss.fleetVer = v
+				p.Servers = s.fleetServers()
 			}
 			ss.send(typePong, p)
 		case typePong:
@@ -418,6 +430,7 @@ func (s *Server) register(ss *session) error {
 		MaxFrame:    s.cfg.MaxFrameSize,
 		Protocols:   slices.Sorted(maps.Keys(s.cfg.Protocols)),
 		Codes:       !s.cfg.Codes.Disable,
+		Servers:     ss.fleetList(),
 	})
 	return nil
 }

@@ -351,6 +351,26 @@ func (r *Registry) Servers(ctx context.Context) ([]ServerInfo, error) {
 	return out, nil
 }
 
+// LiveServers implements rendezvous.ServerLister: the connect strings of
+// the live servers other than this one (Run's self), each server's in
+// the order it advertised them.
+func (r *Registry) LiveServers(ctx context.Context) ([]string, error) {
+	all, err := r.Servers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	self := r.self
+	r.mu.Unlock()
+	var out []string
+	for _, si := range all {
+		if si.Instance != self {
+			out = append(out, si.ConnectStrings...)
+		}
+	}
+	return out, nil
+}
+
 // Stats are a registry's counters.
 type Stats struct {
 	Ops       uint64        // Redis operations (a pipelined registration counts one)

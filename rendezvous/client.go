@@ -269,9 +269,9 @@ func (c *Client) ServerOffers(alpn string) bool {
 }
 
 // RTT returns the smoothed round-trip time of the connection to the
-// current server (QUIC's estimate, or the kernel's for TCP on Linux), or
-// zero when it is unknown (not registered, or over a proxy, WebSocket or
-// TCP elsewhere).
+// current server (QUIC's estimate, or the kernel's for TCP on Linux: to
+// the proxy, through an HTTP proxy), or zero when it is unknown (not
+// registered, over a WebSocket, or over TCP elsewhere).
 func (c *Client) RTT() time.Duration {
 	c.mu.Lock()
 	cc := c.conn
@@ -462,8 +462,8 @@ func (c *Client) install(cc *clientConn, idx int) bool {
 	}
 	old := c.conn
 	c.conn = cc
-	if len(cc.fleet) > 0 || len(c.servers) > len(c.cfg.Servers) {
-		c.learnLocked(cc.fleet)
+	if cc.inFleet || len(c.servers) > len(c.cfg.Servers) {
+		c.learnLocked(cc.fleet, cc.server)
 		idx = c.indexLocked(cc.server)
 	}
 	c.lastIdx = idx

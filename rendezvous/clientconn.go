@@ -35,6 +35,8 @@ type clientConn struct {
 	remote    netip.AddrPort // the server's UDP address (QUIC only)
 	keepalive time.Duration
 	fleet     []string             // REGISTERED: the other live servers of the fleet
+	inFleet   bool                 // REGISTERED: the server is in a fleet (fleet is its list, maybe empty)
+	relearned chan struct{}        // a PONG changed the servers known: pingLoop re-arms
 	protocols []string             // REGISTERED's: the server's other ALPN protocols
 	codes     bool                 // REGISTERED's: the server keeps a short-code mailbox
 	rtt       func() time.Duration // nil: unknown (TCP)
@@ -57,7 +59,8 @@ type result struct {
 const writeTimeout = 10 * time.Second
 
 func newClientConn(c *Client, sa ServerAddr, proto string) *clientConn {
-	return &clientConn{c: c, server: sa, proto: proto, pending: make(map[uint64]chan result), done: make(chan struct{})}
+	return &clientConn{c: c, server: sa, proto: proto, pending: make(map[uint64]chan result), done: make(chan struct{}),
+		relearned: make(chan struct{}, 1)}
 }
 
 // dialServer registers with sa: QUIC first; TCP+TLS after UDPHeadStart or
@@ -313,11 +316,15 @@ func (c *Client) serverList() []ServerAddr {
 }
 
 // learnLocked replaces the servers learned from a fleet with those that
-// connect strings name (REGISTERED): after the configured ones, without
-// repeats, at most MaxFleetServers; a string that does not parse is
-// skipped.
-func (c *Client) learnLocked(connect []string) {
+// connect strings name (REGISTERED, PONG): after the configured ones and
+// current (the server that named them, which does not name itself),
+// without repeats, at most MaxFleetServers; a string that does not parse
+// is skipped.
+func (c *Client) learnLocked(connect []string, current ServerAddr) {
 	list := slices.Clone(c.cfg.Servers)
+	if !slices.Contains(list, current) {
+		list = append(list, current)
+	}
 	for _, cs := range connect {
 		if len(list) >= len(c.cfg.Servers)+MaxFleetServers {
 			break
@@ -504,7 +511,7 @@ func (cc *clientConn) register(ctx context.Context) error {
 			}
 			cc.observed = netip.AddrPortFrom(rb.Observed.Addr().Unmap(), rb.Observed.Port())
 			cc.protocols = rb.Protocols
-			cc.fleet = rb.Servers
+			cc.fleet, cc.inFleet = rb.Servers, rb.Fleet
 			cc.codes = rb.Codes
 			cc.keepalive = max(time.Duration(rb.KeepaliveMS)*time.Millisecond, 100*time.Millisecond)
 			if rb.KeepaliveMS == 0 {
@@ -593,13 +600,17 @@ func (cc *clientConn) readFrames() error {
 			if err := decodeBody(t, body, &p); err != nil {
 				return err
 			}
-			if len(p.Servers) > 0 {
+			if p.Fleet {
 				cc.c.mu.Lock()
 				if cc.c.conn == cc {
-					cc.c.learnLocked(p.Servers)
+					cc.c.learnLocked(p.Servers, cc.server)
 					cc.c.lastIdx = cc.c.indexLocked(cc.server)
 				}
 				cc.c.mu.Unlock()
+				select {
+				case cc.relearned <- struct{}{}:
+				default:
+				}
 			}
 		case typeError:
 			var eb errorBody
@@ -619,13 +630,19 @@ func (cc *clientConn) silentFor() time.Duration {
 		l = DefaultFleetLiveness
 	}
 	if l > 0 {
-		return min(l, 3*cc.keepalive)
+		return max(min(l, 3*cc.keepalive), minLiveness)
 	}
 	return 3 * cc.keepalive
 }
 
+// minLiveness is the least silence taken for a dead server.
+const minLiveness = 300 * time.Millisecond
+
+// pingLoop pings every third of silentFor, which it reads again for each
+// ping: a client that learns a second server pings more often from then
+// on.
 func (cc *clientConn) pingLoop() {
-	t := time.NewTicker(cc.silentFor() / 3)
+	t := time.NewTimer(cc.silentFor() / 3)
 	defer t.Stop()
 	var seq uint64
 	for {
@@ -635,6 +652,11 @@ func (cc *clientConn) pingLoop() {
 			if cc.write(typePing, pingBody{Seq: seq}) != nil {
 				return
 			}
+			t.Reset(cc.silentFor() / 3)
+		case <-cc.relearned:
+			// The servers known changed (a PONG): the next ping comes
+			// within the new interval.
+			t.Reset(cc.silentFor() / 3)
 		case <-cc.done:
 			return
 		}

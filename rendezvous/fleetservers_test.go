@@ -80,3 +80,48 @@ func TestClientLearnsFleet(t *testing.T) {
 		t.Errorf("the client moved to %v", got)
 	}
 }
+
+// TestClientLearnsFleetLater: a client whose server named no other when
+// it registered learns them from a PONG, pings faster from then on (not
+// taking the old interval's silence for a dead server), and forgets them
+// when the server says its fleet is down to itself.
+func TestClientLearnsFleetLater(t *testing.T) {
+	fleetServersEvery = 100 * time.Millisecond
+	defer func() { fleetServersEvery = FleetServersEvery }()
+	reg := &listingRegistry{}
+	// A keepalive of 3 s: the client's pings come that far apart until it
+	// knows a second server.
+	rs := startTestServer(t, ServerConfig{Logger: testLogger(t, "srv"), Registry: reg, IdleTimeout: 9 * time.Second})
+	time.Sleep(300 * time.Millisecond)
+	c := startClient(t, "A", mustKey(t), []ServerAddr{rs.ServerAddr()}, newTransport(t))
+	if got := c.Servers(); len(got) != 1 {
+		t.Fatalf("the client knows %v, want its one server", got)
+	}
+	other := ServerAddr{ID: mustKey(t).ID(), Host: "192.0.2.1", Port: 5001}
+	reg.set([]string{other.String()})
+	deadline := time.Now().Add(6 * time.Second)
+	for len(c.Servers()) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the client did not learn the fleet from a PONG: %v", c.Servers())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.mu.Lock()
+	cc := c.conn
+	c.mu.Unlock()
+	time.Sleep(DefaultFleetLiveness + time.Second)
+	c.mu.Lock()
+	same := c.conn == cc
+	c.mu.Unlock()
+	if !same {
+		t.Fatalf("the client left its live server after learning a second one")
+	}
+	reg.set(nil)
+	deadline = time.Now().Add(5 * time.Second)
+	for len(c.Servers()) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the client still knows %v after the fleet shrank to its server", c.Servers())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

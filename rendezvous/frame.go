@@ -103,8 +103,11 @@ type (
 		// Codes says the server keeps a short-code mailbox (CODE frames).
 		Codes bool `json:"codes,omitempty"`
 		// Servers are connect strings of the other live servers of the
-		// server's fleet (at most MaxFleetServers), for failover.
+		// server's fleet (at most MaxFleetServers), for failover; Fleet
+		// says the server is in a fleet, so Servers is its list even
+		// when empty.
 		Servers []string `json:"servers,omitempty"`
+		Fleet   bool     `json:"fleet,omitempty"`
 	}
 	connectBody struct {
 		ID     uint64          `json:"id"`
@@ -133,8 +136,10 @@ type (
 		Seq uint64 `json:"seq,omitempty"`
 		// Servers, in a server's PONG, are the other live servers of its
 		// fleet when they changed since it last told this client (as in
-		// REGISTERED).
+		// REGISTERED); Fleet marks a PONG that carries the list, so an
+		// empty one is said too.
 		Servers []string `json:"servers,omitempty"`
+		Fleet   bool     `json:"fleet,omitempty"`
 	}
 	errorBody struct {
 		Code   string `json:"code"`

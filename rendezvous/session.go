@@ -344,7 +344,7 @@ func (ss *session) readLoop(fr *frameReader) error {
 			}
 			if v := s.fleetVer.Load(); v != ss.fleetVer {
 				ss.fleetVer = v
-				p.Servers = s.fleetServers()
+				p.Servers, p.Fleet = s.fleetServers(), true
 			}
 			ss.send(typePong, p)
 		case typePong:
@@ -431,6 +431,7 @@ func (s *Server) register(ss *session) error {
 		Protocols:   slices.Sorted(maps.Keys(s.cfg.Protocols)),
 		Codes:       !s.cfg.Codes.Disable,
 		Servers:     ss.fleetList(),
+		Fleet:       s.fleet.Load() != nil,
 	})
 	return nil
 }

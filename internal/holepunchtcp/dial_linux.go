@@ -77,17 +77,13 @@ func dialFrom(ctx context.Context, inNet func(func() error) error, local, remote
 		probe = startProbe(inNet, to, pr.TTL)
 	}
 	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
-		if probe >= 0 {
-			unix.Close(probe)
-		}
+		closeProbe(probe)
 		return fail("connect", err)
 	}
 	if pr.TTL > 0 {
 		// Deaf until the probe's error or the hold's end.
 		awaitProbe(ctx, probe, deaf)
-		if probe >= 0 {
-			unix.Close(probe)
-		}
+		closeProbe(probe)
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MINTTL, 0); err != nil {
 			return fail("setsockopt", err)
 		}
@@ -143,6 +139,17 @@ func startProbe(inNet func(func() error) error, to *unix.SockaddrInet4, ttl int)
 		return -1
 	}
 	return fd
+}
+
+// closeProbe closes a probe (if any) with a reset, not a FIN: one that
+// reached a listening socket (a target within its TTL) leaves no
+// half-made connection behind there.
+func closeProbe(fd int) {
+	if fd < 0 {
+		return
+	}
+	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	unix.Close(fd)
 }
 
 // awaitProbe waits until the probe has an error (its ICMP came back, so
@@ -254,11 +261,16 @@ func measureHop(ctx context.Context, inNet func(func() error) error, to netip.Ad
 			continue
 		}
 		el := time.Since(start)
-		v, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-		if errors.Is(syscall.Errno(v), unix.EHOSTUNREACH) || pfd[0].Revents&unix.POLLERR != 0 && v == 0 && hasICMPError(fd) {
+		if hasICMPError(fd) { // queued by IP_RECVERR, dead socket or not
 			return el, false
 		}
-		return 0, true // connected or refused: the SYN got there
+		v, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		switch e := syscall.Errno(v); {
+		case v == 0 && pfd[0].Revents&unix.POLLOUT != 0, e == unix.ECONNREFUSED, e == unix.ECONNRESET:
+			return 0, true // connected or refused: the SYN got there
+		case v != 0:
+			return 0, false // another error: nothing learned
+		}
 	}
 	return 0, false
 }

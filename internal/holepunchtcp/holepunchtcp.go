@@ -124,9 +124,10 @@ type Rung struct {
 	hop     time.Duration            // measureHop's time to the ICMP of a primer-TTL SYN (zero: none or unknown)
 	farTTL  bool                     // a primer-TTL SYN reached the server: primers go one hop further
 	// measured is closed when Ready's measurement is over (or was not
-	// made).
+	// made); readyAt is when Ready started it.
 	measured     chan struct{}
 	measuredOnce sync.Once
+	readyAt      time.Time
 }
 
 // New makes the rung for the node h; dt owns the TCP listener.
@@ -177,6 +178,9 @@ func (r *Rung) Ready(context.Context) {
 		done()
 		return
 	}
+	r.mu.Lock()
+	r.readyAt = time.Now()
+	r.mu.Unlock()
 	r.h.Go(func() {
 		defer done()
 		ctx, cancel := context.WithTimeout(r.h.Context, 5*time.Second)
@@ -317,14 +321,21 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	r.punches[offer.Peer] = true
 	r.mu.Unlock()
 	// An introduction that comes right after the node started waits a
-	// little for the measurement the primer's TTL and hold depend on.
-	wait := time.NewTimer(MeasureWait)
-	select {
-	case <-r.measured:
-	case <-wait.C:
-	case <-r.h.Context.Done():
+	// little for the measurement the primer's TTL and hold depend on: at
+	// most until MeasureWait after Ready started it, so the wait is paid
+	// once, not per introduction.
+	r.mu.Lock()
+	until := r.readyAt.Add(MeasureWait)
+	r.mu.Unlock()
+	if d := time.Until(until); d > 0 {
+		wait := time.NewTimer(d)
+		select {
+		case <-r.measured:
+		case <-wait.C:
+		case <-r.h.Context.Done():
+		}
+		wait.Stop()
 	}
-	wait.Stop()
 	// The primer's SYN leaves before the answer does: started here, not
 	// on a goroutine that might run later.
 	ctx, cancel := context.WithTimeout(r.h.Context, r.lim.Window)

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -362,6 +364,9 @@ func (r *Registry) LiveServers(ctx context.Context) ([]string, error) {
 	r.mu.Lock()
 	self := r.self
 	r.mu.Unlock()
+	// In a steady order (Servers' follows the heartbeats), so the list
+	// changes only when the fleet does.
+	slices.SortFunc(all, func(a, b ServerInfo) int { return strings.Compare(a.Instance, b.Instance) })
 	var out []string
 	for _, si := range all {
 		if si.Instance != self {

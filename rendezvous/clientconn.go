@@ -17,6 +17,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/tcpinfo"
 )
 
 // clientConn is one registration with one server over QUIC or TLS.
@@ -468,7 +469,9 @@ func (c *Client) dialTCP(ctx context.Context, sa ServerAddr) (*clientConn, error
 	}
 	cc := newClientConn(c, sa, "tcp")
 	cc.rw = tc
-	cc.rtt = tcpRTT(raw)
+	if _, ok := raw.(*net.TCPConn); ok && tcpinfo.Supported {
+		cc.rtt = func() time.Duration { return tcpinfo.RTT(raw) }
+	}
 	cc.setReadDeadline = tc.SetReadDeadline
 	cc.setWriteDeadline = tc.SetWriteDeadline
 	cc.closeTransport = func() { tc.Close() }

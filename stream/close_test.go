@@ -106,14 +106,17 @@ func TestCloseBothAtOnce(t *testing.T) {
 				t.Fatal(err)
 			}
 			data := randomBytes(t, 1<<20)
-			if _, err := c.Write(data); err != nil {
-				t.Fatal(err)
-			}
-			c.CloseWrite()
-			s := <-incoming
+			// Written while the peer reads: 1 MiB may be more than the
+			// stream's window (a TCP path's is sized to its round trip).
 			var wg sync.WaitGroup
 			var cgot, sgot []byte
-			var cerr, serr error
+			var cerr, serr, werr error
+			wg.Go(func() {
+				if _, werr = c.Write(data); werr == nil {
+					werr = c.CloseWrite()
+				}
+			})
+			s := <-incoming
 			wg.Go(func() { cgot, cerr = io.ReadAll(c) })
 			wg.Go(func() { sgot, serr = io.ReadAll(s) })
 			if _, err := s.Write(data); err != nil {
@@ -121,6 +124,9 @@ func TestCloseBothAtOnce(t *testing.T) {
 			}
 			s.CloseWrite()
 			wg.Wait()
+			if werr != nil {
+				t.Fatalf("client write: %v", werr)
+			}
 			if cerr != nil || serr != nil || string(cgot) != string(data) || string(sgot) != string(data) {
 				t.Fatalf("client read %d bytes (%v), server %d (%v), want %d each", len(cgot), cerr, len(sgot), serr, len(data))
 			}

@@ -107,8 +107,10 @@ type Config struct {
 	// the most unread data the peer may send ahead on it. Windows start at
 	// 1 MiB and grow up to this as quic-go measures the path's
 	// bandwidth-delay product. Zero means DefaultStreamReceiveWindow
-	// (16 MiB). For TLS+yamux sessions it is the (fixed) yamux stream
-	// window, capped at 4 GiB - 1.
+	// (16 MiB). For TLS+yamux sessions (TCP paths) it caps the yamux
+	// stream window, which is sized once to the path: 1 Gbit/s over its
+	// round trip (the kernel's, TCP_INFO, or the TLS handshake's time), at
+	// least 256 KiB, at most this and 4 GiB - 1.
 	StreamReceiveWindow uint64
 	// ConnectionReceiveWindow is the largest flow-control window of a whole
 	// QUIC session, across its streams. Zero means twice

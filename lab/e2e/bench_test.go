@@ -125,22 +125,7 @@ func BenchmarkLabThroughput(b *testing.B) {
 		// ratio. paired interleaves them (reach, bare, bare, reach, ...)
 		// and reports both rates and their ratio from the same stretch of
 		// time: the figure to quote.
-		b.Run(p.pairedName, func(b *testing.B) {
-			var reachTime, bareTime time.Duration
-			for i := range b.N {
-				for k := range 2 {
-					if (i+k)%2 == 0 {
-						reachTime += copyOnce(b, openReach, got)
-					} else {
-						bareTime += copyOnce(b, openBare, bgot)
-					}
-				}
-			}
-			mb := float64(b.N) * labBenchBytes / 1e6
-			b.ReportMetric(mb/reachTime.Seconds(), "reach-MB/s")
-			b.ReportMetric(mb/bareTime.Seconds(), "bare-MB/s")
-			b.ReportMetric(bareTime.Seconds()/reachTime.Seconds(), "reach/bare")
-		})
+		b.Run(p.pairedName, func(b *testing.B) { benchPaired(b, openReach, got, openBare, bgot) })
 	}
 }
 
@@ -597,6 +582,27 @@ func drain(st halfStream) copyResult {
 	n, err := io.Copy(io.Discard, st)
 	st.Close()
 	return copyResult{n, err}
+}
+
+// benchPaired interleaves copies over reach and over the bare
+// comparison (reach, bare, bare, reach, ...) and reports both rates and
+// their ratio from the same stretch of time.
+func benchPaired(b *testing.B, openReach func(context.Context) (halfStream, error), got <-chan copyResult,
+	openBare func(context.Context) (halfStream, error), bgot <-chan copyResult) {
+	var reachTime, bareTime time.Duration
+	for i := range b.N {
+		for k := range 2 {
+			if (i+k)%2 == 0 {
+				reachTime += copyOnce(b, openReach, got)
+			} else {
+				bareTime += copyOnce(b, openBare, bgot)
+			}
+		}
+	}
+	mb := float64(b.N) * labBenchBytes / 1e6
+	b.ReportMetric(mb/reachTime.Seconds(), "reach-MB/s")
+	b.ReportMetric(mb/bareTime.Seconds(), "bare-MB/s")
+	b.ReportMetric(bareTime.Seconds()/reachTime.Seconds(), "reach/bare")
 }
 
 // benchCopy moves labBenchBytes on a new stream per iteration.

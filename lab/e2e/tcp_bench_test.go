@@ -71,22 +71,7 @@ func BenchmarkLabTCPThroughput(b *testing.B) {
 
 	b.Run("reach-direct-tcp", func(b *testing.B) { benchCopy(b, openReach, got) })
 	b.Run("bare-tls", func(b *testing.B) { benchCopy(b, openBare, bgot) })
-	b.Run("paired-tcp", func(b *testing.B) {
-		var reachTime, bareTime time.Duration
-		for i := range b.N {
-			for k := range 2 {
-				if (i+k)%2 == 0 {
-					reachTime += copyOnce(b, openReach, got)
-				} else {
-					bareTime += copyOnce(b, openBare, bgot)
-				}
-			}
-		}
-		mb := float64(b.N) * labBenchBytes / 1e6
-		b.ReportMetric(mb/reachTime.Seconds(), "reach-MB/s")
-		b.ReportMetric(mb/bareTime.Seconds(), "bare-MB/s")
-		b.ReportMetric(bareTime.Seconds()/reachTime.Seconds(), "reach/bare")
-	})
+	b.Run("paired-tcp", func(b *testing.B) { benchPaired(b, openReach, got, openBare, bgot) })
 
 	hsess, hnb := reachSession(b, cs, ha.Host, hb.Host, reach.StrategyHolepunchTCP)
 	openPunched, pgot := reachOpen(hsess, hnb)
@@ -147,4 +132,3 @@ func bareTLS(b *testing.B, runCtx context.Context, client, server *natlab.Host) 
 		return tc, nil
 	}, got
 }
-

@@ -62,8 +62,9 @@ func testServerFleet(t *testing.T, overQUIC bool) {
 	defer reg.Close()
 	keyA, keyB := mustGenerate(t), mustGenerate(t)
 	// A is given server 1 only and learns the others from it: wait until
-	// server 1 lists both (it reads the list each 5 s).
-	deadline := time.Now().Add(8 * time.Second)
+	// server 1 lists both (it reads the list each 5 s, rendezvous.
+	// FleetServersEvery: two reads, with room for a loaded machine).
+	deadline := time.Now().Add(2*rendezvous.FleetServersEvery + 3*time.Second)
 	for {
 		p := fleetClient(t, "probe", mustGenerate(t), overQUIC, srv[0])
 		known := len(p.Servers())

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -566,11 +567,63 @@ func (l *link) hello(ctx context.Context, token string, consent bool, r io.Reade
 		}
 	}
 	if consent && l.consent {
-		if _, err := l.ctl.Write(appendFrame(nil, frameAllow)); err != nil {
-			return err
-		}
+		return l.askConsent(ctx, r, setDeadline)
 	}
 	return nil
+}
+
+// consentPing is the body of the PING that follows a link's empty ALLOW.
+var consentPing = []byte("consent")
+
+// askConsent asks the relay for recipient consent (an empty ALLOW) and
+// waits until the relay enforces it: the relay reads a link's control
+// frames in order, so its answer to the PING sent after the ALLOW says
+// that the ALLOW was applied. Without the wait, a stranger's packets in
+// the round trip after WELCOME would open a session to this node (the
+// relay ends it when the ALLOW arrives, but a QUIC handshake may have
+// completed by then). Packets and notices that come first are handled
+// as readControl would.
+func (l *link) askConsent(ctx context.Context, r io.Reader, setDeadline func(time.Time) error) error {
+	if _, err := l.ctl.Write(append(appendFrame(nil, frameAllow), appendFrame(nil, framePing, consentPing)...)); err != nil {
+		return err
+	}
+	if d, ok := ctx.Deadline(); ok {
+		setDeadline(d)
+	}
+	defer setDeadline(time.Time{})
+	var buf []byte
+	for {
+		typ, body, b, err := readFrame(r, buf)
+		buf = b
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case framePong:
+			if bytes.Equal(body, consentPing) {
+				return nil
+			}
+		case framePacket:
+			if len(body) >= identityLen {
+				l.packet(identity.PeerID(body[:identityLen]), body[identityLen:])
+			}
+		case frameNotice:
+			if len(body) == identityLen+1 {
+				l.h.Notice(identity.PeerID(body[:identityLen]), noticeErr(body[identityLen]))
+			}
+		case frameError:
+			if len(body) >= 1 {
+				return &ServerError{Code: body[0], Reason: string(body[1:])}
+			}
+			return fmt.Errorf("%w: empty ERROR frame", ErrProtocol)
+		case framePing:
+			if _, err := l.ctl.Write(appendFrame(nil, framePong, body)); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("%w: want PONG, got frame 0x%02x", ErrProtocol, typ)
+		}
+	}
 }
 
 // readControl reads frames until the link ends.

@@ -378,7 +378,12 @@ func TestVolunteerConsent(t *testing.T) {
 	if err := b.pool.Link(ctx, tv.candFor(b.key.ID(), sec), a.key.ID()); err != nil {
 		t.Fatalf("b links to the volunteer: %v", err)
 	}
-	sess, err := c.pool.dial(ctx, tv.candFor(c.key.ID(), sec), &rung.Attempt{Key: c.key, Peer: b.key.ID(), Logger: testLogger(t)})
+	// b asked for consent before its Link returned, so c's packets never
+	// reach b: c's dial ends at its handshake timeout (a NOTICE
+	// not_allowed is not final: the peer may allow c a moment later, as
+	// a listener answering an introduction does), with ErrNotAllowed.
+	sess, err := c.pool.dial(ctx, tv.candFor(c.key.ID(), sec), &rung.Attempt{Key: c.key, Peer: b.key.ID(),
+		Session: stream.Config{HandshakeTimeout: 2 * time.Second}, Logger: testLogger(t)})
 	if err == nil {
 		sess.CloseWithError(0, "")
 		t.Fatal("a peer b was not introduced to reached it through the volunteer")

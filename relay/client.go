@@ -282,7 +282,11 @@ func (c *Client) race(ctx context.Context, sa rendezvous.ServerAddr) (Link, erro
 		token = c.cfg.Token()
 	}
 	p := LinkParams{Server: sa, Key: c.cfg.Key, Token: token, Consent: c.cfg.Consent, Handler: (*clientHandler)(c), Logger: c.log,
-		gate: newHelloGate(), route: c.route}
+		gate: newHelloGate(), route: c.route, allowed: func() []identity.PeerID {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return c.permitted(time.Now())
+		}}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {

@@ -72,6 +72,11 @@ type LinkParams struct {
 	Handler Handler
 	Logger  *slog.Logger
 
+	// allowed, set by a Client, returns the peers it allows now: their
+	// ALLOWs go out with the consent request, so they are in force when
+	// the link is up.
+	allowed func() []identity.PeerID
+
 	// gate, set by a Client's race of transports, lets one link of the
 	// race say HELLO at a time (see helloGate).
 	gate *helloGate
@@ -231,7 +236,7 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 			qc.CloseWithError(0, "")
 		},
 	}
-	if err := p.gate.hello(ctx, func() error { return l.hello(ctx, p.Token, p.Consent, st, st.SetReadDeadline) }); err != nil {
+	if err := p.gate.hello(ctx, func() error { return l.hello(ctx, p.Token, p.Consent, p.allowed, st, st.SetReadDeadline) }); err != nil {
 		l.closeTransport()
 		return nil, mapQUICErr(err)
 	}
@@ -349,7 +354,7 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 		closeTransport: func() { tc.Close() },
 	}
 	stop := context.AfterFunc(ctx, func() { tc.SetReadDeadline(time.Now()) })
-	err = p.gate.hello(ctx, func() error { return l.hello(ctx, p.Token, p.Consent, tc, tc.SetReadDeadline) })
+	err = p.gate.hello(ctx, func() error { return l.hello(ctx, p.Token, p.Consent, p.allowed, tc, tc.SetReadDeadline) })
 	if !stop() {
 		err = errors.Join(err, ctx.Err())
 	}
@@ -539,7 +544,7 @@ func (l *link) fail(err error) {
 
 // hello sends HELLO and waits for WELCOME (or ERROR); with consent, it
 // then asks the relay for recipient consent (an empty ALLOW).
-func (l *link) hello(ctx context.Context, token string, consent bool, r io.Reader, setDeadline func(time.Time) error) error {
+func (l *link) hello(ctx context.Context, token string, consent bool, allowed func() []identity.PeerID, r io.Reader, setDeadline func(time.Time) error) error {
 	if _, err := l.ctl.Write(appendFrame(nil, frameHello, []byte(token))); err != nil {
 		return err
 	}
@@ -567,7 +572,11 @@ func (l *link) hello(ctx context.Context, token string, consent bool, r io.Reade
 		}
 	}
 	if consent && l.consent {
-		return l.askConsent(ctx, r, setDeadline)
+		var peers []identity.PeerID
+		if allowed != nil {
+			peers = allowed()
+		}
+		return l.askConsent(ctx, peers, r, setDeadline)
 	}
 	return nil
 }
@@ -575,16 +584,20 @@ func (l *link) hello(ctx context.Context, token string, consent bool, r io.Reade
 // consentPing is the body of the PING that follows a link's empty ALLOW.
 var consentPing = []byte("consent")
 
-// askConsent asks the relay for recipient consent (an empty ALLOW) and
-// waits until the relay enforces it: the relay reads a link's control
+// askConsent asks the relay for recipient consent (an empty ALLOW),
+// allows peers, and waits until the relay enforces both: the relay reads a link's control
 // frames in order, so its answer to the PING sent after the ALLOW says
 // that the ALLOW was applied. Without the wait, a stranger's packets in
 // the round trip after WELCOME would open a session to this node (the
 // relay ends it when the ALLOW arrives, but a QUIC handshake may have
 // completed by then). Packets and notices that come first are handled
 // as readControl would.
-func (l *link) askConsent(ctx context.Context, r io.Reader, setDeadline func(time.Time) error) error {
-	if _, err := l.ctl.Write(append(appendFrame(nil, frameAllow), appendFrame(nil, framePing, consentPing)...)); err != nil {
+func (l *link) askConsent(ctx context.Context, peers []identity.PeerID, r io.Reader, setDeadline func(time.Time) error) error {
+	b := appendFrame(nil, frameAllow)
+	for _, p := range peers {
+		b = append(b, appendFrame(nil, frameAllow, p[:])...)
+	}
+	if _, err := l.ctl.Write(append(b, appendFrame(nil, framePing, consentPing)...)); err != nil {
 		return err
 	}
 	if d, ok := ctx.Deadline(); ok {

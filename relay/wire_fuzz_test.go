@@ -151,7 +151,7 @@ func FuzzLinkControl(f *testing.F) {
 		}
 		r := bytes.NewReader(in)
 		noDeadline := func(time.Time) error { return nil }
-		err := l.hello(context.Background(), "tok", false, r, noDeadline)
+		err := l.hello(context.Background(), "tok", false, nil, r, noDeadline)
 		hello := appendFrame(nil, frameHello, []byte("tok"))
 		if !bytes.HasPrefix(ctl.Bytes(), hello) {
 			t.Fatalf("hello wrote %x", ctl.Bytes())

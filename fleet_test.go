@@ -19,6 +19,13 @@ import (
 // fleet that shares the Redis at url, until the test ends.
 func fleetServer(t *testing.T, name, url string) *rendezvous.RunningServer {
 	t.Helper()
+	rs, _ := fleetServerRelay(t, name, url)
+	return rs
+}
+
+// fleetServerRelay is fleetServer that also returns the server's relay.
+func fleetServerRelay(t *testing.T, name, url string) (*rendezvous.RunningServer, *relay.Server) {
+	t.Helper()
 	reg, err := fleet.New(url, fleet.Config{TTL: 3 * time.Second, Logger: natlab.TestLogger(t).With("fleet", name)})
 	if err != nil {
 		t.Fatal(err)
@@ -34,7 +41,7 @@ func fleetServer(t *testing.T, name, url string) *rendezvous.RunningServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rs.Close(); reg.Close() })
-	return rs
+	return rs, rl
 }
 
 // TestFleetDial: three servers on one Redis; node A registered with server
@@ -114,4 +121,76 @@ func TestFleetDial(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("A -> B works again %v after Redis came back", time.Since(back).Round(time.Millisecond))
+}
+
+// fleetRelayNode is a node on server that dials through the relay only.
+func fleetRelayNode(t *testing.T, name, server string) *reach.Node {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := reach.New(ctx, reach.Config{Servers: []string{server}, ListenAddr: rbLoopback,
+		Strategies: []string{reach.StrategyRelay}, Logger: natlab.TestLogger(t).With("n", name)})
+	if err != nil {
+		t.Fatalf("node %s: %v", name, err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// TestFleetRelay: relayed sessions across servers. A is registered with
+// server 1 and B with server 3, both dial through the relay only. A dials
+// B: B links to the relay A's offer names (server 1's), and 256 KiB come
+// back intact through it; then C, also on server 3, dials A through
+// server 3's relay. Each relay carried the bytes of the dial its own peer
+// made.
+func TestFleetRelay(t *testing.T) {
+	rds := redistest.Start(t)
+	s1, rl1 := fleetServerRelay(t, "s1", rds.URL())
+	s3, rl3 := fleetServerRelay(t, "s3", rds.URL())
+	a := fleetRelayNode(t, "a", s1.ConnectString())
+	b := fleetRelayNode(t, "b", s3.ConnectString())
+	c := fleetRelayNode(t, "c", s3.ConnectString())
+	reachlab.Echo(t, a)
+	reachlab.Echo(t, b)
+
+	dial := func(from, to *reach.Node) (*reach.Session, error) {
+		var sess *reach.Session
+		var err error
+		// A registration reaches Redis in the background: the first dial
+		// may come before it.
+		for range 20 {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			sess, err = reachlab.CheckEcho(t, ctx, from, to, 256<<10)
+			cancel()
+			if !errors.Is(err, rendezvous.ErrUnknownPeer) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return sess, err
+	}
+	sess, err := dial(a, b)
+	if err != nil {
+		t.Fatalf("A (server 1) dials B (server 3) through the relay: %v", err)
+	}
+	if got := sess.Strategy(); got != reach.StrategyRelay {
+		t.Errorf("A -> B won by %s, want %s", got, reach.StrategyRelay)
+	}
+	sess.Close()
+	if n := rl1.Metrics().Bytes; n < 2*256<<10 {
+		t.Errorf("server 1's relay forwarded %d bytes for A -> B, want ≥ %d", n, 2*256<<10)
+	}
+	before3 := rl3.Metrics().Bytes
+
+	sess, err = dial(c, a)
+	if err != nil {
+		t.Fatalf("C (server 3) dials A (server 1) through the relay: %v", err)
+	}
+	if got := sess.Strategy(); got != reach.StrategyRelay {
+		t.Errorf("C -> A won by %s, want %s", got, reach.StrategyRelay)
+	}
+	sess.Close()
+	if n := rl3.Metrics().Bytes - before3; n < 2*256<<10 {
+		t.Errorf("server 3's relay forwarded %d bytes for C -> A, want ≥ %d", n, 2*256<<10)
+	}
 }

@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/candidate"
 	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/rung"
+	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
 )
 
@@ -37,6 +39,13 @@ type Rung struct {
 	h      *rung.Host
 	cfg    RungConfig
 	client *Client // nil without servers
+
+	fmu     sync.Mutex
+	foreign map[rendezvous.ServerAddr]*foreignRelay // links to other servers' relays (foreign.go)
+	via     map[identity.PeerID]*foreignRelay       // peers introduced through one of them
+	// newForeign, set by tests, makes the clients of other relays; nil:
+	// newClient.
+	newForeign func() (*Client, error)
 }
 
 // NewRung makes the rung for the node h.
@@ -63,7 +72,17 @@ func (r *Rung) Start(context.Context) error {
 	if !r.h.Signalling {
 		return nil
 	}
-	c, err := NewPathClient(r.h.Socket.Paths(), nil, ClientConfig{
+	c, err := r.newClient()
+	if err != nil {
+		return err
+	}
+	r.client = c
+	return nil
+}
+
+// newClient makes a client for a relay, on the node's socket.
+func (r *Rung) newClient() (*Client, error) {
+	return NewPathClient(r.h.Socket.Paths(), nil, ClientConfig{
 		Key: r.h.Key, Socket: r.h.Socket.Transport(), DialTCP: r.h.DialServer, Dialers: r.dialers(),
 		Token: r.cfg.Token, Logger: r.h.Logger, Consent: true,
 		Prefer: func() string {
@@ -75,11 +94,6 @@ func (r *Rung) Start(context.Context) error {
 			return ""
 		},
 	})
-	if err != nil {
-		return err
-	}
-	r.client = c
-	return nil
 }
 
 // isHandshakeOnly reports whether p carries handshakes only (a first
@@ -113,16 +127,19 @@ func (r *Rung) ForwardPath(ctx context.Context, peer identity.PeerID) (pathsock.
 	if r.client == nil {
 		return nil, ErrNoRelay
 	}
-	sa := r.h.Server()
+	c, sa := r.viaForeign(peer)
+	if c == nil {
+		c, sa = r.client, r.h.Server()
+	}
 	if sa.IsZero() {
 		return nil, fmt.Errorf("%w: no server to relay through", ErrNoRelay)
 	}
-	if _, err := r.client.Connect(ctx, sa); err != nil {
+	if _, err := c.Connect(ctx, sa); err != nil {
 		return nil, err
 	}
 	// The peer may fall back to the relay first: let it through.
-	r.client.Allow(peer)
-	return r.client.Path(peer), nil
+	c.Allow(peer)
+	return c.Path(peer), nil
 }
 
 // Key returns the virtual address of peer on the node's socket with the
@@ -188,6 +205,7 @@ func (r *Rung) Close() {
 	if r.client == nil {
 		return
 	}
+	r.closeForeign()
 	r.client.Close()
 }
 
@@ -219,7 +237,7 @@ func (r *Rung) Offer(ctx context.Context, offer *candidate.PeerInfo) func() {
 		}
 		ip = ips[0]
 	}
-	offer.Candidates = append(offer.Candidates, candidate.Candidate{Addr: netip.AddrPortFrom(ip.Unmap(), sa.Port), Kind: candidate.Relay})
+	offer.Candidates = append(offer.Candidates, candidate.Candidate{Addr: netip.AddrPortFrom(ip.Unmap(), sa.Port), Kind: candidate.Relay, Peer: sa.ID})
 	return nil
 }
 
@@ -242,9 +260,16 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 		return
 	}
 	r.client.Allow(offer.Peer)
+	foreign, named := relayOf(offer)
 	r.h.Go(func() {
 		ctx, cancel := context.WithTimeout(r.h.Context, introducedLinkTimeout)
 		defer cancel()
+		if named && !r.isOwn(ctx, foreign) {
+			// The dialler is registered with another server of a fleet:
+			// it sends through that server's relay.
+			r.introducedForeign(ctx, foreign, offer.Peer)
+			return
+		}
 		if _, err := r.client.Connect(ctx, sa); err != nil && r.h.Context.Err() == nil {
 			r.h.Logger.Warn("relay: cannot link to the relay for an introduced peer", "peer", offer.Peer.Short(), "err", err)
 		}

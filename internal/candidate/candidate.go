@@ -54,7 +54,8 @@ const (
 type Candidate struct {
 	Addr netip.AddrPort `json:"addr"`
 	Kind Kind           `json:"kind"`
-	// Peer is the key at Addr, for Supernode candidates; zero otherwise.
+	// Peer is the key at Addr, for Supernode and Relay candidates (the
+	// relay's server key; zero from older nodes); zero otherwise.
 	Peer identity.PeerID `json:"peer,omitzero"`
 	// Token lets the recipient link to the Supernode candidate's
 	// volunteer; empty otherwise.

@@ -1,0 +1,177 @@
+package relay
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/rendezvous"
+)
+
+// Relays of other servers (a fleet, docs/architecture.md "Fleet"). A
+// dialler registered with another server of the fleet names that
+// server's relay in its offer and sends through it; the listening node
+// links there too, with a client of its own for that relay, allows the
+// dialler on it and answers through it. Its own relay link is untouched.
+
+// Limits: a dialler chooses the relay its offer names, so what it can
+// make a node hold is bounded.
+const (
+	// maxForeignRelays is how many other servers' relays a node keeps
+	// links to at once. Beyond, the least recently used goes if it was
+	// not used for foreignKeep; else the new one is not linked (the
+	// dialler's relayed path fails; other rungs are unaffected).
+	maxForeignRelays = 4
+	foreignKeep      = time.Minute
+	// maxForeignPeers bounds the peers remembered as reached through a
+	// foreign relay (for ForwardPath); beyond, the map starts over.
+	maxForeignPeers = 4096
+)
+
+// foreignRelay is a node's link to another server's relay.
+type foreignRelay struct {
+	sa     rendezvous.ServerAddr
+	client *Client
+	used   time.Time // the last introduction that named it; r.fmu
+}
+
+// relayOf returns the relay the offer's Relay candidate names, and
+// whether it names one with a key (older nodes' candidates have none: the
+// listener cannot link to a relay whose key it does not know).
+func relayOf(offer candidate.PeerInfo) (rendezvous.ServerAddr, bool) {
+	for _, c := range offer.Candidates {
+		if c.Kind == candidate.Relay && !c.Peer.IsZero() && c.Addr.IsValid() {
+			return rendezvous.ServerAddr{ID: c.Peer, Host: c.Addr.Addr().Unmap().String(), Port: c.Addr.Port()}, true
+		}
+	}
+	return rendezvous.ServerAddr{}, false
+}
+
+// isOwn reports whether the relay at sa is the node's own server's: the
+// same key at one of the addresses its host resolves to. (Servers of a
+// fleet may share a key; their addresses tell them apart.)
+func (r *Rung) isOwn(ctx context.Context, sa rendezvous.ServerAddr) bool {
+	own := r.h.Server()
+	if own.ID != sa.ID || own.Port != sa.Port {
+		return false
+	}
+	ip, err := netip.ParseAddr(sa.Host)
+	if err != nil {
+		return false
+	}
+	if oip, err := netip.ParseAddr(own.Host); err == nil {
+		return oip.Unmap() == ip
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", own.Host)
+	if err != nil {
+		return true // cannot tell: linking to our own relay twice would replace our link
+	}
+	return slices.ContainsFunc(ips, func(a netip.Addr) bool { return a.Unmap() == ip })
+}
+
+// foreignClient returns the node's client for the relay at sa, made if
+// needed within maxForeignRelays; nil when the node holds as many links
+// to other relays, each used within foreignKeep.
+func (r *Rung) foreignClient(sa rendezvous.ServerAddr) *Client {
+	now := time.Now()
+	r.fmu.Lock()
+	defer r.fmu.Unlock()
+	if r.foreign == nil {
+		r.foreign = map[rendezvous.ServerAddr]*foreignRelay{}
+	}
+	if f := r.foreign[sa]; f != nil {
+		f.used = now
+		return f.client
+	}
+	if len(r.foreign) >= maxForeignRelays {
+		var oldest *foreignRelay
+		for _, f := range r.foreign {
+			if oldest == nil || f.used.Before(oldest.used) {
+				oldest = f
+			}
+		}
+		if now.Sub(oldest.used) < foreignKeep {
+			return nil
+		}
+		delete(r.foreign, oldest.sa)
+		for p, f := range r.via {
+			if f == oldest {
+				delete(r.via, p)
+			}
+		}
+		go oldest.client.Close()
+	}
+	newClient := r.newClient
+	if r.newForeign != nil {
+		newClient = r.newForeign
+	}
+	c, err := newClient()
+	if err != nil {
+		return nil
+	}
+	r.foreign[sa] = &foreignRelay{sa: sa, client: c, used: now}
+	return c
+}
+
+// introducedForeign links the listening node to the relay at sa (another
+// server's) for the dialler peer, allows it there, and makes that relay
+// the peer's forwarded path, so the answers go where the dialler is.
+func (r *Rung) introducedForeign(ctx context.Context, sa rendezvous.ServerAddr, peer identity.PeerID) {
+	c := r.foreignClient(sa)
+	if c == nil {
+		r.h.Logger.Warn("relay: not linking to another server's relay: links to too many", "relay", sa.String(), "peer", peer.Short())
+		return
+	}
+	c.Allow(peer)
+	r.remember(peer, sa)
+	paths := r.h.Socket.Paths()
+	if key, err := paths.Key(peer.String()); err == nil {
+		paths.SetFallback(key, c.Path(peer))
+	}
+	if _, err := c.Connect(ctx, sa); err != nil && r.h.Context.Err() == nil {
+		r.h.Logger.Warn("relay: cannot link to the relay of an introduced peer's server", "relay", sa.String(), "peer", peer.Short(), "err", err)
+	}
+}
+
+// remember records that peer was introduced through the relay at sa,
+// within maxForeignPeers.
+func (r *Rung) remember(peer identity.PeerID, sa rendezvous.ServerAddr) {
+	r.fmu.Lock()
+	defer r.fmu.Unlock()
+	f := r.foreign[sa]
+	if f == nil {
+		return
+	}
+	if r.via == nil || len(r.via) >= maxForeignPeers {
+		r.via = map[identity.PeerID]*foreignRelay{}
+	}
+	r.via[peer] = f
+}
+
+// viaForeign returns the client of the other server's relay that peer
+// was last introduced through, or nil.
+func (r *Rung) viaForeign(peer identity.PeerID) (*Client, rendezvous.ServerAddr) {
+	r.fmu.Lock()
+	defer r.fmu.Unlock()
+	f := r.via[peer]
+	if f == nil || r.foreign[f.sa] != f {
+		return nil, rendezvous.ServerAddr{}
+	}
+	f.used = time.Now()
+	return f.client, f.sa
+}
+
+// closeForeign closes the links to other servers' relays.
+func (r *Rung) closeForeign() {
+	r.fmu.Lock()
+	fs := r.foreign
+	r.foreign, r.via = nil, nil
+	r.fmu.Unlock()
+	for _, f := range fs {
+		f.client.Close()
+	}
+}

@@ -1,0 +1,131 @@
+package relay
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/rung"
+	"github.com/reachp2p/reach/rendezvous"
+)
+
+// TestForeignRelaysBounded: diallers name the relay their offer goes
+// through, so a flood of introductions naming distinct relays makes a node
+// hold at most maxForeignRelays links to other relays; a relay named again
+// is reused; one unused for foreignKeep makes room; the peers remembered
+// for ForwardPath are bounded too.
+func TestForeignRelaysBounded(t *testing.T) {
+	k, _ := identity.GenerateKey()
+	r := &Rung{h: &rung.Host{Logger: slog.New(slog.DiscardHandler)}}
+	made := 0
+	r.newForeign = func() (*Client, error) {
+		made++
+		return NewClient(ClientConfig{Key: k})
+	}
+	defer r.closeForeign()
+	relayAt := func(i int) rendezvous.ServerAddr {
+		return rendezvous.ServerAddr{ID: k.ID(), Host: "192.0.2.1", Port: uint16(1000 + i)}
+	}
+	for i := range 100 {
+		c := r.foreignClient(relayAt(i))
+		if i < maxForeignRelays && c == nil {
+			t.Fatalf("relay %d refused below the cap", i)
+		}
+		if i >= maxForeignRelays && c != nil {
+			t.Fatalf("relay %d linked beyond the cap of %d, all of them in use", i, maxForeignRelays)
+		}
+	}
+	if made != maxForeignRelays || len(r.foreign) != maxForeignRelays {
+		t.Fatalf("%d clients made, %d kept; want %d", made, len(r.foreign), maxForeignRelays)
+	}
+	if c := r.foreignClient(relayAt(0)); c == nil || made != maxForeignRelays {
+		t.Fatalf("relay 0 named again: client %v, %d made; want the same client", c, made)
+	}
+	// Relay 1 goes unused: it makes room for a new one.
+	r.fmu.Lock()
+	old := r.foreign[relayAt(1)]
+	old.used = time.Now().Add(-2 * foreignKeep)
+	r.fmu.Unlock()
+	if c := r.foreignClient(relayAt(200)); c == nil {
+		t.Fatal("a new relay refused though relay 1 was unused")
+	}
+	r.fmu.Lock()
+	_, kept := r.foreign[relayAt(1)]
+	n := len(r.foreign)
+	r.fmu.Unlock()
+	if kept || n != maxForeignRelays {
+		t.Fatalf("after making room: relay 1 kept %v, %d relays; want it gone, %d", kept, n, maxForeignRelays)
+	}
+	select {
+	case <-old.client.ctx.Done():
+	case <-time.After(2 * time.Second):
+		t.Fatal("the evicted relay's client was not closed")
+	}
+
+	// Peers remembered as reached through a foreign relay.
+	var last identity.PeerID
+	for range 3 * maxForeignPeers {
+		p, _ := identity.GenerateKey()
+		r.remember(p.ID(), relayAt(0))
+		last = p.ID()
+	}
+	r.fmu.Lock()
+	n = len(r.via)
+	r.fmu.Unlock()
+	if n > maxForeignPeers {
+		t.Fatalf("%d peers remembered, want ≤ %d", n, maxForeignPeers)
+	}
+	if c, sa := r.viaForeign(last); c == nil || sa != relayAt(0) {
+		t.Fatalf("the last peer remembered: via %v, want relay 0", sa)
+	}
+}
+
+// TestRelayOfOffer: the relay an offer names, with the key needed to link
+// to it; none for an offer whose relay candidate has no key (older nodes).
+func TestRelayOfOffer(t *testing.T) {
+	k, _ := identity.GenerateKey()
+	addr := netip.MustParseAddrPort("198.51.100.7:7777")
+	sa, ok := relayOf(candidate.PeerInfo{Candidates: []candidate.Candidate{
+		{Addr: netip.MustParseAddrPort("10.0.0.1:1"), Kind: candidate.Host},
+		{Addr: addr, Kind: candidate.Relay, Peer: k.ID()},
+	}})
+	if !ok || sa.ID != k.ID() || sa.Host != "198.51.100.7" || sa.Port != 7777 {
+		t.Fatalf("relayOf = %+v, %v; want %v at %v", sa, ok, k.ID().Short(), addr)
+	}
+	if _, ok := relayOf(candidate.PeerInfo{Candidates: []candidate.Candidate{{Addr: addr, Kind: candidate.Relay}}}); ok {
+		t.Fatal("a relay candidate without a key was taken")
+	}
+}
+
+// TestIsOwnRelay: the node's own server's relay is recognised by key, port
+// and address (an IP literal, or what the server's name resolves to);
+// another server of a fleet sharing the key is not.
+func TestIsOwnRelay(t *testing.T) {
+	k, _ := identity.GenerateKey()
+	other, _ := identity.GenerateKey()
+	own := rendezvous.ServerAddr{ID: k.ID(), Host: "127.0.0.1", Port: 7777}
+	r := &Rung{h: &rung.Host{Server: func() rendezvous.ServerAddr { return own }}}
+	ctx := context.Background()
+	cases := []struct {
+		sa   rendezvous.ServerAddr
+		want bool
+	}{
+		{rendezvous.ServerAddr{ID: k.ID(), Host: "127.0.0.1", Port: 7777}, true},
+		{rendezvous.ServerAddr{ID: k.ID(), Host: "127.0.0.2", Port: 7777}, false},
+		{rendezvous.ServerAddr{ID: k.ID(), Host: "127.0.0.1", Port: 7778}, false},
+		{rendezvous.ServerAddr{ID: other.ID(), Host: "127.0.0.1", Port: 7777}, false},
+	}
+	for _, c := range cases {
+		if got := r.isOwn(ctx, c.sa); got != c.want {
+			t.Errorf("isOwn(%v) = %v, want %v", c.sa, got, c.want)
+		}
+	}
+	own.Host = "localhost"
+	if !r.isOwn(ctx, rendezvous.ServerAddr{ID: k.ID(), Host: "127.0.0.1", Port: 7777}) {
+		t.Error("the server by name (localhost) is not recognised at 127.0.0.1")
+	}
+}

@@ -106,12 +106,12 @@ func NewNode(t testing.TB, h *natlab.Host, cfg reach.Config) *reach.Node {
 // and the relay, on UDP and TCP 4950 and TLS on TCP 443 of its IPv4
 // address, until the test ends.
 func StartRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig) (*rendezvous.RunningServer, *relay.Server) {
-	return startRelayServer(t, h, rcfg, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort), false)
+	return startRelayServer(t, h, rcfg, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort), false, nil)
 }
 
 // startRelayServer is StartRelayServer on listen, without first flights
 // if noFlights.
-func startRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig, listen netip.AddrPort, noFlights bool) (*rendezvous.RunningServer, *relay.Server) {
+func startRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig, listen netip.AddrPort, noFlights bool, reg rendezvous.Registry) (*rendezvous.RunningServer, *relay.Server) {
 	t.Helper()
 	log := rcfg.Logger // a benchmark's quiet logger serves both
 	if log == nil {
@@ -127,6 +127,7 @@ func startRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig, lis
 			Protocols:      map[string]rendezvous.Protocol{relay.ALPN: rl},
 			TLSPort:        443,
 			DisableFlights: noFlights,
+			Registry:       reg,
 		}, listen)
 		return err
 	})

@@ -49,6 +49,9 @@ type ServerConfig struct {
 	// (rendezvous.ServerConfig.DisableFlights), as a server older than
 	// them; without Relay only.
 	DisableFlights bool
+	// Registry joins the server to a fleet (rendezvous.ServerConfig
+	// .Registry); with Relay only. Nil: the in-memory registry.
+	Registry rendezvous.Registry
 }
 
 // NewScenario builds the lab and starts the server (skipping the test
@@ -67,7 +70,7 @@ func NewScenario(t testing.TB, cfg ServerConfig) *Scenario {
 		listen = netip.AddrPortFrom(netip.IPv6Unspecified(), rendezvous.DefaultPort)
 	}
 	if cfg.Relay {
-		s.Server, s.Relay = startRelayServer(t, s.Srv, cfg.RelayConfig, listen, cfg.DisableFlights)
+		s.Server, s.Relay = startRelayServer(t, s.Srv, cfg.RelayConfig, listen, cfg.DisableFlights, cfg.Registry)
 	} else {
 		s.Server, _ = startServer(t, s.Srv, listen, cfg.DisableFlights)
 	}
@@ -131,4 +134,21 @@ func (s *Scenario) SiteWith(t testing.TB, name string, cfg natlab.SiteConfig) *n
 		t.Fatalf("site %s (%+v): %v", name, cfg, err)
 	}
 	return site
+}
+
+// AddServer starts another server with a relay (cfg.Relay is implied) on
+// a new public host named name, such as a second server of a fleet
+// (cfg.Registry), and returns it, its relay and its connect string.
+func (s *Scenario) AddServer(t testing.TB, name string, cfg ServerConfig) (*rendezvous.RunningServer, *relay.Server, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	h, err := s.AddPublicHost(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, rl := startRelayServer(t, h, cfg.RelayConfig, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort), cfg.DisableFlights, cfg.Registry)
+	sa := rs.ServerAddr()
+	sa.Host = h.Addr().String()
+	return rs, rl, sa.String()
 }

@@ -118,8 +118,9 @@ func (r *Rung) foreignClient(sa rendezvous.ServerAddr) *Client {
 }
 
 // introducedForeign links the listening node to the relay at sa (another
-// server's) for the dialler peer, allows it there, and makes that relay
-// the peer's forwarded path, so the answers go where the dialler is.
+// server's) for the dialler peer and allows it there. As on the node's
+// own relay, the dialler's first packet through it makes it the peer's
+// forwarded path unless another rung's (a supernode's) came first.
 func (r *Rung) introducedForeign(ctx context.Context, sa rendezvous.ServerAddr, peer identity.PeerID) {
 	c := r.foreignClient(sa)
 	if c == nil {
@@ -128,10 +129,6 @@ func (r *Rung) introducedForeign(ctx context.Context, sa rendezvous.ServerAddr, 
 	}
 	c.Allow(peer)
 	r.remember(peer, sa)
-	paths := r.h.Socket.Paths()
-	if key, err := paths.Key(peer.String()); err == nil {
-		paths.SetFallback(key, c.Path(peer))
-	}
 	if _, err := c.Connect(ctx, sa); err != nil && r.h.Context.Err() == nil {
 		r.h.Logger.Warn("relay: cannot link to the relay of an introduced peer's server", "relay", sa.String(), "peer", peer.Short(), "err", err)
 	}

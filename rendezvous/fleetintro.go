@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -37,6 +38,15 @@ func (s *Server) connectRemote(ss *session, cb connectBody) {
 	offer.Peer = ss.peer
 	offer.Observed = ss.observed()
 	offer.Candidates = withReflexive(withoutSupernodes(offer.Candidates), ss.observed())
+	// Volunteers of this server, if the dialler wants some: the target's
+	// go in the offer, the dialler's in its answer. Without any here, the
+	// target's server hands out its own (Introduce).
+	var forDialler []Candidate
+	if cb.Offer.WantSupernodes {
+		var forTarget []Candidate
+		forDialler, forTarget = s.pickSupernodes(ss.peer, cb.Target)
+		offer.Candidates = append(offer.Candidates, forTarget...)
+	}
 	in := FleetIntro{Target: cb.Target, Offer: offer, Source: ss.src}
 	s.fleetWG.Go(func() {
 		defer func() {
@@ -49,6 +59,7 @@ func (s *Server) connectRemote(ss *session, cb connectBody) {
 		if res.Answer != nil {
 			a := *res.Answer
 			a.Flight = false // no flight crossed servers
+			a.Candidates = append(a.Candidates[:len(a.Candidates):len(a.Candidates)], forDialler...)
 			res.Answer = &a
 		}
 		ss.send(typeResult, resultBody{ID: cb.ID, Answer: res.Answer, Error: res.Code, Reason: res.Reason})
@@ -117,6 +128,31 @@ func (s *Server) Introduce(in FleetIntro, reply func(FleetResult)) {
 		reply(FleetResult{Code: codeBadRequest, Reason: "offer: " + why})
 		return
 	}
+	// The offer comes from the dialler's server, which dropped the
+	// Supernode candidates the dialler wrote and added its volunteers.
+	// Without any, this server's volunteers serve the pair: the target's
+	// go in the offer, the dialler's in the answer.
+	offer := in.Offer
+	if offer.WantSupernodes && !slices.ContainsFunc(offer.Candidates, func(c Candidate) bool { return c.Kind == Supernode }) {
+		s.mu.Lock()
+		here := s.peers[in.Target] != nil
+		s.mu.Unlock()
+		if here {
+			forDialler, forTarget := s.pickSupernodes(offer.Peer, in.Target)
+			offer.Candidates = append(offer.Candidates[:len(offer.Candidates):len(offer.Candidates)], forTarget...)
+			if len(forDialler) > 0 {
+				answer := reply
+				reply = func(res FleetResult) {
+					if res.Answer != nil {
+						a := *res.Answer
+						a.Candidates = append(a.Candidates[:len(a.Candidates):len(a.Candidates)], forDialler...)
+						res.Answer = &a
+					}
+					answer(res)
+				}
+			}
+		}
+	}
 	s.mu.Lock()
 	target := s.peers[in.Target]
 	if target == nil {
@@ -146,8 +182,6 @@ func (s *Server) Introduce(in FleetIntro, reply func(FleetResult)) {
 		s.finishIntro(pi.id, nil, resultBody{Error: codeTimeout, Reason: fmt.Sprintf("no answer within %v", s.cfg.IntroTimeout)})
 	})
 	s.mu.Unlock()
-	offer := in.Offer
-	offer.Candidates = withoutSupernodes(offer.Candidates)
 	if !target.trySend(typeIntro, introBody{ID: pi.id, Offer: offer}) {
 		s.nIntrosRefused.Add(1)
 		s.finishIntro(pi.id, nil, resultBody{Error: codeBusy, Reason: "the peer's queue is full"})

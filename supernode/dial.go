@@ -17,7 +17,7 @@ import (
 
 // dial connects to a.Peer through the volunteer of c.
 func (p *Pool) dial(ctx context.Context, c rendezvous.Candidate, a *rung.Attempt) (*stream.Session, error) {
-	vl, err := p.link(ctx, c)
+	vl, err := p.link(ctx, c, identity.PeerID{})
 	if err != nil {
 		return nil, err
 	}

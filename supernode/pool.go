@@ -183,17 +183,14 @@ func (p *Pool) Close() error {
 // from the peers it allowed this way or dialled, not from anyone else
 // holding a token for the volunteer.
 func (p *Pool) Link(ctx context.Context, c rendezvous.Candidate, peer identity.PeerID) error {
-	vl, err := p.link(ctx, c)
-	if err != nil {
-		return err
-	}
-	if err := vl.client.Allow(peer); err != nil {
-		return fmt.Errorf("supernode %s: %w", c.Peer.Short(), err)
-	}
-	return nil
+	_, err := p.link(ctx, c, peer)
+	return err
 }
 
-func (p *Pool) link(ctx context.Context, c rendezvous.Candidate) (*vlink, error) {
+// link links to the volunteer of c, allowing peer first (unless zero):
+// a new link then asks for consent with peer allowed already, so the
+// peer's first packet is not refused.
+func (p *Pool) link(ctx context.Context, c rendezvous.Candidate, peer identity.PeerID) (*vlink, error) {
 	if c.Kind != rendezvous.Supernode || c.Peer.IsZero() || !c.Addr.IsValid() {
 		return nil, fmt.Errorf("%w: not a supernode candidate: %+v", ErrNoVolunteer, c)
 	}
@@ -221,6 +218,11 @@ func (p *Pool) link(ctx context.Context, c rendezvous.Candidate) (*vlink, error)
 		vl.token = c.Token
 	}
 	vl.mu.Unlock()
+	if !peer.IsZero() {
+		if err := vl.client.Allow(peer); err != nil {
+			return nil, fmt.Errorf("supernode %s: %w", c.Peer.Short(), err)
+		}
+	}
 	l, err := vl.client.Connect(ctx, vl.addr)
 	if err != nil {
 		if errors.Is(err, relay.ErrRelayFull) {

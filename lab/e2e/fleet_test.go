@@ -12,6 +12,7 @@ import (
 	"github.com/reachp2p/reach/lab/reachlab"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/rendezvous/fleet"
+	"github.com/reachp2p/reach/supernode"
 )
 
 // TestLabFleet: three servers of one fleet (one Redis) on three public
@@ -19,7 +20,10 @@ import (
 // other with server 3, and each pair gets its best strategy across
 // servers, data intact both ways: full cone ↔ port-restricted punch
 // holes, symmetric ↔ symmetric meet on the relay of the dialler's server
-// (the listener links to it), in both directions.
+// (the listener links to it), in both directions; with a volunteer
+// registered with server 3, a symmetric pair across servers goes through
+// it, whichever side dials (volunteers are handed out by the dialler's
+// server, or by the listener's when the dialler's has none).
 func TestLabFleet(t *testing.T) {
 	rds := redistest.Start(t)
 	registry := func(name string) rendezvous.Registry {
@@ -43,8 +47,24 @@ func TestLabFleet(t *testing.T) {
 	}{
 		{natlab.Kind(natlab.FullCone), natlab.Kind(natlab.PortRestricted), reach.StrategyHolepunch},
 		{natlab.Kind(natlab.Symmetric), natlab.Kind(natlab.Symmetric), reach.StrategyRelay},
+		// The same pair once a volunteer serves the fleet (below).
+		{natlab.Kind(natlab.Symmetric), natlab.Kind(natlab.Symmetric), reach.StrategySupernode},
 	}
-	for _, c := range cases {
+	for i, c := range cases {
+		if i == len(cases)-1 {
+			// A volunteer registered with server 3, the last pair's
+			// listener's: when A (server 1) dials, server 3 hands it
+			// out; when B dials, B's own server does.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			vh, err := s.AddPublicHost(ctx, "vol")
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := startVolunteer(t, vh, cs3, supernode.Config{}); err != nil {
+				t.Fatalf("volunteer on server 3 not admitted: %v", err)
+			}
+		}
 		sa, sb := s.Pair(t, c.a, c.b)
 		cfg := reach.Config{DisablePortMapping: true}
 		cfg.Servers = []string{cs1}

@@ -39,13 +39,15 @@ type foreignRelay struct {
 	used   time.Time // the last introduction that named it; r.fmu
 }
 
-// relayOf returns the relay the offer's Relay candidate names, and
-// whether it names one with a key (older nodes' candidates have none: the
-// listener cannot link to a relay whose key it does not know).
+// relayOf returns the relay of another server that the offer names: a
+// Relay candidate with a key, which only a server writes (it drops the
+// keys of the Relay candidates a client writes), in an offer it hands to
+// a server of its fleet. Without one, the dialler relays through the
+// listener's own server.
 func relayOf(offer candidate.PeerInfo) (rendezvous.ServerAddr, bool) {
 	for _, c := range offer.Candidates {
 		if c.Kind == candidate.Relay && !c.Peer.IsZero() && c.Addr.IsValid() {
-			return rendezvous.ServerAddr{ID: c.Peer, Host: c.Addr.Addr().Unmap().String(), Port: c.Addr.Port()}, true
+			return rendezvous.ServerAddr{ID: c.Peer, Host: c.Addr.Addr().Unmap().String(), Port: c.Addr.Port(), TCPPort: c.TCPPort}, true
 		}
 	}
 	return rendezvous.ServerAddr{}, false
@@ -80,6 +82,9 @@ func (r *Rung) foreignClient(sa rendezvous.ServerAddr) *Client {
 	now := time.Now()
 	r.fmu.Lock()
 	defer r.fmu.Unlock()
+	if r.closed {
+		return nil
+	}
 	if r.foreign == nil {
 		r.foreign = map[rendezvous.ServerAddr]*foreignRelay{}
 	}
@@ -90,6 +95,9 @@ func (r *Rung) foreignClient(sa rendezvous.ServerAddr) *Client {
 	if len(r.foreign) >= maxForeignRelays {
 		var oldest *foreignRelay
 		for _, f := range r.foreign {
+			if now.Sub(f.used) >= foreignKeep && r.carries(f) {
+				f.used = now // a session still runs through it
+			}
 			if oldest == nil || f.used.Before(oldest.used) {
 				oldest = f
 			}
@@ -117,6 +125,31 @@ func (r *Rung) foreignClient(sa rendezvous.ServerAddr) *Client {
 	return c
 }
 
+// carries reports whether a peer introduced through f has f's path as
+// its current forwarded path (a relayed session may run on it). r.fmu is
+// held.
+func (r *Rung) carries(f *foreignRelay) bool {
+	if r.h.Socket == nil {
+		return false
+	}
+	paths := r.h.Socket.Paths()
+	for p, g := range r.via {
+		if g != f {
+			continue
+		}
+		key, ok := paths.Lookup(p.String())
+		if !ok {
+			continue
+		}
+		if direct, fwd, err := paths.Current(key); err == nil && !direct.IsValid() {
+			if pp, ok := fwd.(*PeerPath); ok && pp.c == f.client {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // introducedForeign links the listening node to the relay at sa (another
 // server's) for the dialler peer and allows it there. As on the node's
 // own relay, the dialler's first packet through it makes it the peer's
@@ -130,6 +163,7 @@ func (r *Rung) introducedForeign(ctx context.Context, sa rendezvous.ServerAddr, 
 	c.Allow(peer)
 	r.remember(peer, sa)
 	if _, err := c.Connect(ctx, sa); err != nil && r.h.Context.Err() == nil {
+		r.forget(sa, c)
 		r.h.Logger.Warn("relay: cannot link to the relay of an introduced peer's server", "relay", sa.String(), "peer", peer.Short(), "err", err)
 	}
 }
@@ -162,11 +196,31 @@ func (r *Rung) viaForeign(peer identity.PeerID) (*Client, rendezvous.ServerAddr)
 	return f.client, f.sa
 }
 
-// closeForeign closes the links to other servers' relays.
+// forget closes and drops the client c of the relay at sa (it could not
+// link), so that it holds no slot.
+func (r *Rung) forget(sa rendezvous.ServerAddr, c *Client) {
+	r.fmu.Lock()
+	f := r.foreign[sa]
+	if f == nil || f.client != c {
+		r.fmu.Unlock()
+		return
+	}
+	delete(r.foreign, sa)
+	for p, g := range r.via {
+		if g == f {
+			delete(r.via, p)
+		}
+	}
+	r.fmu.Unlock()
+	c.Close()
+}
+
+// closeForeign closes the links to other servers' relays; none are made
+// afterwards.
 func (r *Rung) closeForeign() {
 	r.fmu.Lock()
 	fs := r.foreign
-	r.foreign, r.via = nil, nil
+	r.foreign, r.via, r.closed = nil, nil, true
 	r.fmu.Unlock()
 	for _, f := range fs {
 		f.client.Close()

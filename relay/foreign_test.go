@@ -129,3 +129,43 @@ func TestIsOwnRelay(t *testing.T) {
 		t.Error("the server by name (localhost) is not recognised at 127.0.0.1")
 	}
 }
+
+// TestForeignAfterClose: an introduction still in flight when the node
+// closes makes no client of another relay (nothing would close it).
+func TestForeignAfterClose(t *testing.T) {
+	k, _ := identity.GenerateKey()
+	r := &Rung{h: &rung.Host{Logger: slog.New(slog.DiscardHandler)}}
+	r.newForeign = func() (*Client, error) { return NewClient(ClientConfig{Key: k}) }
+	r.closeForeign()
+	if c := r.foreignClient(rendezvous.ServerAddr{ID: k.ID(), Host: "192.0.2.1", Port: 1}); c != nil {
+		c.Close()
+		t.Fatal("a client of another relay was made after the rung closed")
+	}
+}
+
+// TestDeadForeignRelaysFreeSlots: relays that cannot be linked to (here
+// nothing listens) hold no slot: after maxForeignRelays of them, a new
+// relay still gets a client.
+func TestDeadForeignRelaysFreeSlots(t *testing.T) {
+	k, _ := identity.GenerateKey()
+	r := &Rung{h: &rung.Host{Logger: slog.New(slog.DiscardHandler), Context: context.Background()}}
+	r.newForeign = func() (*Client, error) {
+		return NewClient(ClientConfig{Key: k, Dialers: []LinkDialer{TLSDialer{}}, DialTimeout: 200 * time.Millisecond})
+	}
+	defer r.closeForeign()
+	for i := range maxForeignRelays {
+		sa := rendezvous.ServerAddr{ID: k.ID(), Host: "127.0.0.1", Port: uint16(1 + i)} // nothing listens
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		r.introducedForeign(ctx, sa, k.ID())
+		cancel()
+	}
+	r.fmu.Lock()
+	n := len(r.foreign)
+	r.fmu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d dead relays hold slots, want 0", n)
+	}
+	if c := r.foreignClient(rendezvous.ServerAddr{ID: k.ID(), Host: "127.0.0.1", Port: 99}); c == nil {
+		t.Fatal("a new relay refused after dead ones")
+	}
+}

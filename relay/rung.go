@@ -41,6 +41,7 @@ type Rung struct {
 	client *Client // nil without servers
 
 	fmu     sync.Mutex
+	closed  bool                                    // Close ran: no more foreign clients
 	foreign map[rendezvous.ServerAddr]*foreignRelay // links to other servers' relays (foreign.go)
 	via     map[identity.PeerID]*foreignRelay       // peers introduced through one of them
 	// newForeign, set by tests, makes the clients of other relays; nil:
@@ -237,7 +238,7 @@ func (r *Rung) Offer(ctx context.Context, offer *candidate.PeerInfo) func() {
 		}
 		ip = ips[0]
 	}
-	offer.Candidates = append(offer.Candidates, candidate.Candidate{Addr: netip.AddrPortFrom(ip.Unmap(), sa.Port), Kind: candidate.Relay, Peer: sa.ID})
+	offer.Candidates = append(offer.Candidates, candidate.Candidate{Addr: netip.AddrPortFrom(ip.Unmap(), sa.Port), Kind: candidate.Relay})
 	return nil
 }
 

@@ -37,16 +37,7 @@ func (s *Server) connectRemote(ss *session, cb connectBody) {
 	offer := cb.Offer
 	offer.Peer = ss.peer
 	offer.Observed = ss.observed()
-	offer.Candidates = withReflexive(withoutSupernodes(offer.Candidates), ss.observed())
-	// Volunteers of this server, if the dialler wants some: the target's
-	// go in the offer, the dialler's in its answer. Without any here, the
-	// target's server hands out its own (Introduce).
-	var forDialler []Candidate
-	if cb.Offer.WantSupernodes {
-		var forTarget []Candidate
-		forDialler, forTarget = s.pickSupernodes(ss.peer, cb.Target)
-		offer.Candidates = append(offer.Candidates, forTarget...)
-	}
+	offer.Candidates = s.vouchRelay(withReflexive(withoutSupernodes(offer.Candidates), ss.observed()))
 	in := FleetIntro{Target: cb.Target, Offer: offer, Source: ss.src}
 	s.fleetWG.Go(func() {
 		defer func() {
@@ -54,7 +45,7 @@ func (s *Server) connectRemote(ss *session, cb connectBody) {
 			ss.pending--
 			s.mu.Unlock()
 		}()
-		res := s.introduceRemote(parent, ss, in)
+		res, forDialler := s.introduceRemote(parent, ss, in)
 		s.countIntro(res.Code)
 		if res.Answer != nil {
 			a := *res.Answer
@@ -68,7 +59,12 @@ func (s *Server) connectRemote(ss *session, cb connectBody) {
 
 // introduceRemote runs one cross-server introduction for ss, bounded by
 // parent (Serve's context) and the session's life.
-func (s *Server) introduceRemote(parent context.Context, ss *session, in FleetIntro) FleetResult {
+//
+// Volunteers of this server, if the dialler wants some, once the target's
+// home server is known: the target's go in the offer, the dialler's are
+// returned for its answer. Without any here, the target's server hands
+// out its own (Introduce).
+func (s *Server) introduceRemote(parent context.Context, ss *session, in FleetIntro) (FleetResult, []Candidate) {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	stop := make(chan struct{})
@@ -85,12 +81,18 @@ func (s *Server) introduceRemote(parent context.Context, ss *session, in FleetIn
 	home, err := reg.Lookup(lctx, in.Target)
 	lcancel()
 	if err != nil {
-		return s.fleetFailure(ss, in, err)
+		return s.fleetFailure(ss, in, err), nil
 	}
 	if home == s.instance {
 		// Registered here by the registry's word, not in memory: a
 		// registration that outlived its session.
-		return FleetResult{Code: codePeerOffline}
+		return FleetResult{Code: codePeerOffline}, nil
+	}
+	var forDialler []Candidate
+	if in.Offer.WantSupernodes {
+		var forTarget []Candidate
+		forDialler, forTarget = s.pickSupernodes(ss.peer, in.Target)
+		in.Offer.Candidates = append(in.Offer.Candidates[:len(in.Offer.Candidates):len(in.Offer.Candidates)], forTarget...)
 	}
 	ictx, icancel := context.WithTimeout(ctx, s.cfg.IntroTimeout+time.Second)
 	defer icancel()
@@ -98,9 +100,9 @@ func (s *Server) introduceRemote(parent context.Context, ss *session, in FleetIn
 	ss.log.Debug("introducing through the fleet", "target", in.Target.Short(), "home", home)
 	res, err := reg.Introduce(ictx, home, in)
 	if err != nil {
-		return s.fleetFailure(ss, in, err)
+		return s.fleetFailure(ss, in, err), nil
 	}
-	return res
+	return res, forDialler
 }
 
 // fleetFailure turns a Registry error into the RESULT the dialler gets.

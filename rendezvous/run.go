@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 )
@@ -93,6 +94,7 @@ func StartServer(ctx context.Context, cfg ServerConfig, listen netip.AddrPort) (
 			}
 		}
 	}
+	srv.self = slices.Clone(rs.addrs)
 	sctx, cancel := context.WithCancel(context.Background())
 	rs.cancel = cancel
 	wait, err := srv.start(sctx, udp, tcp, extra...)

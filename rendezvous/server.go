@@ -217,6 +217,9 @@ type Server struct {
 	alt       *net.UDPConn
 	altPort   uint16
 	advertise []netip.Addr
+	// self are the server's advertised addresses with its ports
+	// (StartServer): a fleet server names its relay with them (vouchRelay).
+	self      []ServerAddr
 	nextIntro uint64
 	serving   bool
 	instance  string          // the server's ID in its fleet (Registry)

@@ -338,13 +338,45 @@ func (s *Server) pickSupernodes(from, to identity.PeerID) (forFrom, forTo []Cand
 	return forFrom, forTo
 }
 
-// withoutSupernodes drops Supernode candidates a client wrote itself:
-// only the server hands them out.
+// withoutSupernodes drops what only a server may write in a client's
+// candidates: Supernode candidates (only the server hands them out), and
+// the key and TCP port of Relay candidates (only a server of a fleet
+// names its relay with them, for the peer of another server to link to;
+// vouchRelay), so a client cannot make its peer link to any address.
 func withoutSupernodes(cands []Candidate) []Candidate {
-	if !slices.ContainsFunc(cands, func(c Candidate) bool { return c.Kind == Supernode }) {
+	if !slices.ContainsFunc(cands, func(c Candidate) bool {
+		return c.Kind == Supernode || c.Kind == Relay && (!c.Peer.IsZero() || c.TCPPort != 0)
+	}) {
 		return cands
 	}
-	return slices.DeleteFunc(slices.Clone(cands), func(c Candidate) bool { return c.Kind == Supernode })
+	out := slices.DeleteFunc(slices.Clone(cands), func(c Candidate) bool { return c.Kind == Supernode })
+	for i := range out {
+		if out[i].Kind == Relay {
+			out[i].Peer, out[i].TCPPort = identity.PeerID{}, 0
+		}
+	}
+	return out
+}
+
+// vouchRelay replaces the dialler's Relay candidates (it relays through
+// this server) with this server's own relay, named with the server's key,
+// advertised address and TCP port: the peer it is handed to is registered
+// with another server of the fleet and links to this relay for the
+// session. Without a Relay candidate (the dialler cannot relay) or an
+// advertised address, cands is returned unchanged.
+func (s *Server) vouchRelay(cands []Candidate) []Candidate {
+	if len(s.self) == 0 || !slices.ContainsFunc(cands, func(c Candidate) bool { return c.Kind == Relay }) {
+		return cands
+	}
+	out := slices.DeleteFunc(slices.Clone(cands), func(c Candidate) bool { return c.Kind == Relay })
+	for _, sa := range s.self {
+		ip, err := netip.ParseAddr(sa.Host)
+		if err != nil {
+			continue
+		}
+		out = append(out, Candidate{Kind: Relay, Addr: netip.AddrPortFrom(ip.Unmap(), sa.Port), Peer: s.ID(), TCPPort: sa.TCPPort})
+	}
+	return out
 }
 
 // Volunteers lists the peers admitted as supernodes now.

@@ -54,9 +54,13 @@ const (
 type Candidate struct {
 	Addr netip.AddrPort `json:"addr"`
 	Kind Kind           `json:"kind"`
-	// Peer is the key at Addr, for Supernode and Relay candidates (the
-	// relay's server key; zero from older nodes); zero otherwise.
+	// Peer is the key at Addr, for Supernode candidates, and for Relay
+	// candidates that a server of a fleet wrote (its own relay, in an
+	// offer it hands to another server); zero otherwise.
 	Peer identity.PeerID `json:"peer,omitzero"`
+	// TCPPort is the TCP port of a Relay candidate with a Peer (zero: the
+	// port of Addr).
+	TCPPort uint16 `json:"tcp_port,omitempty"`
 	// Token lets the recipient link to the Supernode candidate's
 	// volunteer; empty otherwise.
 	Token string `json:"token,omitempty"`

@@ -47,8 +47,11 @@ func TestFleetCrossServerIntroduction(t *testing.T) {
 
 	aAddr := netip.MustParseAddrPort("192.0.2.1:3000")
 	punch := bytes.Repeat([]byte{0xa5}, 32)
+	// A relays through its server: server 1 names its relay (key,
+	// address, TCP port) in place of what A wrote, a forged key included.
+	forged := rendezvous.Candidate{Addr: netip.MustParseAddrPort("198.51.100.9:1"), Kind: rendezvous.Relay, Peer: keyA.ID(), TCPPort: 9}
 	ans, err, took := connect(t, a, keyB.ID(), rendezvous.PeerInfo{
-		Candidates: []rendezvous.Candidate{{Addr: aAddr, Kind: rendezvous.Host}},
+		Candidates: []rendezvous.Candidate{{Addr: aAddr, Kind: rendezvous.Host}, forged},
 		PunchKey:   punch, Attempt: 7,
 	}, 5*time.Second)
 	if err != nil {
@@ -68,6 +71,17 @@ func TestFleetCrossServerIntroduction(t *testing.T) {
 		}
 		if !off.Observed.IsValid() {
 			t.Fatal("the offer lost A's observed address on the way")
+		}
+		s1 := srv[0].rs.ServerAddr()
+		want := rendezvous.Candidate{Addr: netip.AddrPortFrom(netip.MustParseAddr(s1.Host), s1.Port), Kind: rendezvous.Relay, Peer: s1.ID, TCPPort: s1.TCPPort}
+		var relays []rendezvous.Candidate
+		for _, c := range off.Candidates {
+			if c.Kind == rendezvous.Relay {
+				relays = append(relays, c)
+			}
+		}
+		if len(relays) != 1 || relays[0] != want {
+			t.Fatalf("relay candidates in B's offer %+v, want only server 1's relay %+v", relays, want)
 		}
 	default:
 		t.Fatal("B saw no offer")

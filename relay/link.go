@@ -616,14 +616,8 @@ func (l *link) askConsent(ctx context.Context, peers []identity.PeerID, r io.Rea
 			if bytes.Equal(body, consentPing) {
 				return nil
 			}
-		case framePacket:
-			if len(body) >= identityLen {
-				l.packet(identity.PeerID(body[:identityLen]), body[identityLen:])
-			}
-		case frameNotice:
-			if len(body) == identityLen+1 {
-				l.h.Notice(identity.PeerID(body[:identityLen]), noticeErr(body[identityLen]))
-			}
+		case framePacket, frameNotice:
+			l.deliver(typ, body)
 		case frameError:
 			if len(body) >= 1 {
 				return &ServerError{Code: body[0], Reason: string(body[1:])}
@@ -636,6 +630,17 @@ func (l *link) askConsent(ctx context.Context, peers []identity.PeerID, r io.Rea
 		default:
 			return fmt.Errorf("%w: want PONG, got frame 0x%02x", ErrProtocol, typ)
 		}
+	}
+}
+
+// deliver hands a PACKET or NOTICE frame from the relay to the handler
+// (a malformed one is ignored).
+func (l *link) deliver(typ byte, body []byte) {
+	switch {
+	case typ == framePacket && len(body) >= identityLen:
+		l.packet(identity.PeerID(body[:identityLen]), body[identityLen:])
+	case typ == frameNotice && len(body) == identityLen+1:
+		l.h.Notice(identity.PeerID(body[:identityLen]), noticeErr(body[identityLen]))
 	}
 }
 
@@ -653,14 +658,8 @@ func (l *link) readControl(r io.Reader, setDeadline func(time.Time) error) {
 			return
 		}
 		switch typ {
-		case framePacket:
-			if len(body) >= identityLen {
-				l.packet(identity.PeerID(body[:identityLen]), body[identityLen:])
-			}
-		case frameNotice:
-			if len(body) == identityLen+1 {
-				l.h.Notice(identity.PeerID(body[:identityLen]), noticeErr(body[identityLen]))
-			}
+		case framePacket, frameNotice:
+			l.deliver(typ, body)
 		case frameDetach:
 			if l.detached != nil {
 				l.detached()

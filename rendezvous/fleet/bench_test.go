@@ -12,6 +12,7 @@ import (
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/redistest"
 	"github.com/reachp2p/reach/rendezvous"
+	"github.com/redis/go-redis/v9"
 )
 
 // Run the timing benchmarks alone on the machine:
@@ -63,19 +64,7 @@ func BenchmarkFleetRegistrations(b *testing.B) {
 	wg.Go(func() { reg.Run(ctx, "bench", &silentHandler{}) })
 	b.Cleanup(func() { cancel(); wg.Wait(); reg.Close() })
 	rc := rs.Client(b)
-	used := func() int64 {
-		info, err := rc.Info(context.Background(), "memory").Result()
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, l := range strings.Split(info, "\r\n") {
-			if v, ok := strings.CutPrefix(l, "used_memory:"); ok {
-				n, _ := strconv.ParseInt(v, 10, 64)
-				return n
-			}
-		}
-		return 0
-	}
+	used := func() int64 { return usedMemory(b, rc) }
 	const perRound = 10000
 	ids := make([]identity.PeerID, perRound)
 	for i := range ids {
@@ -125,19 +114,7 @@ func BenchmarkFleetRegistrations(b *testing.B) {
 func BenchmarkFleetThreeServers(b *testing.B) {
 	rs := redistest.Start(b)
 	rc := rs.Client(b)
-	used := func() int64 {
-		info, err := rc.Info(context.Background(), "memory").Result()
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, l := range strings.Split(info, "\r\n") {
-			if v, ok := strings.CutPrefix(l, "used_memory:"); ok {
-				n, _ := strconv.ParseInt(v, 10, 64)
-				return n
-			}
-		}
-		return 0
-	}
+	used := func() int64 { return usedMemory(b, rc) }
 	const servers, total = 3, 100_000
 	for b.Loop() {
 		rc.FlushDB(context.Background())
@@ -185,4 +162,19 @@ func BenchmarkFleetThreeServers(b *testing.B) {
 			r.Close()
 		}
 	}
+}
+
+// usedMemory is Redis's used_memory (INFO memory), in bytes.
+func usedMemory(b *testing.B, rc *redis.Client) int64 {
+	info, err := rc.Info(context.Background(), "memory").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(l, "used_memory:"); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
 }

@@ -60,14 +60,15 @@ func TestCoalesceConn(t *testing.T) {
 }
 
 // TestYamuxWindow: a TCP path's stream window follows the handshake's
-// round trip between yamux's least and the configured most.
+// round trip between the floor and the configured most (never below
+// yamux's least).
 func TestYamuxWindow(t *testing.T) {
 	for _, tc := range []struct {
 		hs   time.Duration
 		want uint64
 	}{
-		{0, minYamuxWindow},
-		{200 * time.Microsecond, minYamuxWindow},
+		{0, floorYamuxWindow},
+		{200 * time.Microsecond, floorYamuxWindow},
 		{20 * time.Millisecond, 20 * yamuxWindowRate / 1000},
 		{80 * time.Millisecond, 80 * yamuxWindowRate / 1000},
 		{time.Second, DefaultStreamReceiveWindow},
@@ -75,5 +76,12 @@ func TestYamuxWindow(t *testing.T) {
 		if got := yamuxWindow(DefaultStreamReceiveWindow, tc.hs); got != tc.want {
 			t.Errorf("handshake %v: window %d, want %d", tc.hs, got, tc.want)
 		}
+	}
+	// A configured window below the floor is kept, down to yamux's least.
+	if got := yamuxWindow(512<<10, 0); got != 512<<10 {
+		t.Errorf("StreamReceiveWindow 512 KiB: window %d", got)
+	}
+	if got := yamuxWindow(64<<10, 0); got != minYamuxWindow {
+		t.Errorf("StreamReceiveWindow 64 KiB: window %d, want yamux's least %d", got, minYamuxWindow)
 	}
 }

@@ -78,3 +78,23 @@ func TestConsentWindow(t *testing.T) {
 		t.Errorf("strict link: %d packets from strangers delivered after consent, want 0", n)
 	}
 }
+
+// TestPongBeyondFullQueue: packets that filled a link's queue do not make
+// the relay drop the PONG a node waits for (a new link's consent PONG);
+// a node that pings without reading gets controlHeadroom more, no more.
+func TestPongBeyondFullQueue(t *testing.T) {
+	s := NewServer(ServerConfig{})
+	to, from := linked(t, s), linked(t, s)
+	for range s.cfg.SendQueue + 10 {
+		s.forward(from, to.id, []byte{1})
+	}
+	if n := queued(to); n != s.cfg.SendQueue {
+		t.Fatalf("%d packets queued, want the queue's %d", n, s.cfg.SendQueue)
+	}
+	for range 2 * controlHeadroom {
+		to.enqueuePong(consentPing)
+	}
+	if n := queued(to); n != s.cfg.SendQueue+controlHeadroom {
+		t.Fatalf("%d frames queued after the PONGs, want %d", n, s.cfg.SendQueue+controlHeadroom)
+	}
+}

@@ -99,7 +99,7 @@ func (s *Server) readQUICControl(p *peerLink, q *quicLink) {
 		}
 		switch {
 		case typ == framePing:
-			p.enqueue(appendFrame(nil, framePong, body))
+			p.enqueuePong(body)
 		case typ == framePacket && len(body) >= identityLen:
 			// A packet too large for a datagram (see protocol.md).
 			s.forward(p, identity.PeerID(body[:identityLen]), body[identityLen:])

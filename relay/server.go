@@ -256,7 +256,7 @@ func (s *Server) readTLS(p *peerLink, tc *tls.Conn) {
 			}
 			s.forward(p, identity.PeerID(body[:identityLen]), body[identityLen:])
 		case framePing:
-			p.enqueue(appendFrame(nil, framePong, body))
+			p.enqueuePong(body)
 		case framePong:
 		case frameAllow:
 			if !s.allow(p, body) {
@@ -505,9 +505,24 @@ var coalesceBufs = sync.Pool{New: func() any { b := make([]byte, 0, maxCoalesce+
 
 // enqueue queues a message for p's link, and starts its writer if none
 // runs; false if the queue is full.
-func (p *peerLink) enqueue(buf []byte) bool {
+func (p *peerLink) enqueue(buf []byte) bool { return p.enqueueWithin(buf, p.srv.cfg.SendQueue) }
+
+// controlHeadroom is how many frames beyond SendQueue a link's queue takes
+// for answers to its own control frames (PONG): packets that filled the
+// queue do not make the relay drop the answer a node waits for (a new
+// link's consent PONG), and a node that pings without reading still gets
+// only this many more.
+const controlHeadroom = 64
+
+// enqueuePong queues the answer to a node's PING.
+func (p *peerLink) enqueuePong(body []byte) {
+	p.enqueueWithin(appendFrame(nil, framePong, body), p.srv.cfg.SendQueue+controlHeadroom)
+}
+
+// enqueueWithin queues buf for p unless p holds limit frames already.
+func (p *peerLink) enqueueWithin(buf []byte, limit int) bool {
 	p.qmu.Lock()
-	if p.closed || len(p.queue) >= p.srv.cfg.SendQueue {
+	if p.closed || len(p.queue) >= limit {
 		p.qmu.Unlock()
 		return false
 	}

@@ -169,3 +169,36 @@ func TestDeadForeignRelaysFreeSlots(t *testing.T) {
 		t.Fatal("a new relay refused after dead ones")
 	}
 }
+
+// TestForwardPathAfterFailover: a peer introduced through another
+// server's relay, when the node has since failed over to that very
+// server, is reached through the node's own link there: the other client
+// is dropped (a second link with the node's key would replace its own).
+func TestForwardPathAfterFailover(t *testing.T) {
+	k, _ := identity.GenerateKey()
+	peer, _ := identity.GenerateKey()
+	there := rendezvous.ServerAddr{ID: k.ID(), Host: "127.0.0.1", Port: 4950}
+	own := rendezvous.ServerAddr{ID: k.ID(), Host: "127.0.0.2", Port: 4950}
+	r := &Rung{h: &rung.Host{Logger: slog.New(slog.DiscardHandler), Server: func() rendezvous.ServerAddr { return own }}}
+	r.newForeign = func() (*Client, error) { return NewClient(ClientConfig{Key: k}) }
+	defer r.closeForeign()
+	f := r.foreignClient(there)
+	r.remember(peer.ID(), there)
+	own = there // failed over
+	if c, _ := r.viaForeign(peer.ID()); c != f {
+		t.Fatal("the peer is not remembered through the other relay")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	r.client, _ = NewClient(ClientConfig{Key: k, Dialers: []LinkDialer{TLSDialer{}}, DialTimeout: 100 * time.Millisecond})
+	defer r.client.Close()
+	r.ForwardPath(ctx, peer.ID()) // links (and fails: nothing listens) through its own client
+	if c, _ := r.viaForeign(peer.ID()); c != nil {
+		t.Error("the peer is still reached through a second client of the node's own relay")
+	}
+	select {
+	case <-f.ctx.Done():
+	case <-time.After(2 * time.Second):
+		t.Error("the second client of the node's own relay was not closed")
+	}
+}

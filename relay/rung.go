@@ -129,6 +129,12 @@ func (r *Rung) ForwardPath(ctx context.Context, peer identity.PeerID) (pathsock.
 		return nil, ErrNoRelay
 	}
 	c, sa := r.viaForeign(peer)
+	if c != nil && r.isOwn(ctx, sa) {
+		// The node failed over to that server since: its own link is
+		// there now, and a second one would replace it.
+		r.forget(sa, c)
+		c = nil
+	}
 	if c == nil {
 		c, sa = r.client, r.h.Server()
 	}

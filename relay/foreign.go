@@ -215,6 +215,23 @@ func (r *Rung) forget(sa rendezvous.ServerAddr, c *Client) {
 	c.Close()
 }
 
+// pruneOwn drops the clients of other relays that have become the
+// node's own server's (it failed over there): two links with one key
+// would replace each other at that relay, and a replaced link stays down.
+func (r *Rung) pruneOwn(ctx context.Context) {
+	r.fmu.Lock()
+	fs := make([]*foreignRelay, 0, len(r.foreign))
+	for _, f := range r.foreign {
+		fs = append(fs, f)
+	}
+	r.fmu.Unlock()
+	for _, f := range fs {
+		if r.isOwn(ctx, f.sa) {
+			r.forget(f.sa, f.client)
+		}
+	}
+}
+
 // closeForeign closes the links to other servers' relays; none are made
 // afterwards.
 func (r *Rung) closeForeign() {

@@ -174,6 +174,7 @@ func TestDeadForeignRelaysFreeSlots(t *testing.T) {
 // server's relay, when the node has since failed over to that very
 // server, is reached through the node's own link there: the other client
 // is dropped (a second link with the node's key would replace its own).
+// Without a session to move, the next introduction drops it (pruneOwn).
 func TestForwardPathAfterFailover(t *testing.T) {
 	k, _ := identity.GenerateKey()
 	peer, _ := identity.GenerateKey()
@@ -200,5 +201,17 @@ func TestForwardPathAfterFailover(t *testing.T) {
 	case <-f.ctx.Done():
 	case <-time.After(2 * time.Second):
 		t.Error("the second client of the node's own relay was not closed")
+	}
+
+	// Without a session to move: the next introduction prunes it.
+	own = rendezvous.ServerAddr{ID: k.ID(), Host: "127.0.0.2", Port: 4950}
+	g := r.foreignClient(there)
+	own = there
+	r.pruneOwn(ctx)
+	r.fmu.Lock()
+	n := len(r.foreign)
+	r.fmu.Unlock()
+	if n != 0 || g.ctx.Err() == nil {
+		t.Errorf("after pruning: %d clients of other relays, the one to the node's own relay closed: %v", n, g.ctx.Err() != nil)
 	}
 }

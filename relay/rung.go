@@ -271,6 +271,7 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	r.h.Go(func() {
 		ctx, cancel := context.WithTimeout(r.h.Context, introducedLinkTimeout)
 		defer cancel()
+		r.pruneOwn(ctx)
 		if named && !r.isOwn(ctx, foreign) {
 			// The dialler is registered with another server of a fleet:
 			// it sends through that server's relay.

@@ -105,12 +105,7 @@ func (r *Rung) foreignClient(sa rendezvous.ServerAddr) *Client {
 		if now.Sub(oldest.used) < foreignKeep {
 			return nil
 		}
-		delete(r.foreign, oldest.sa)
-		for p, f := range r.via {
-			if f == oldest {
-				delete(r.via, p)
-			}
-		}
+		r.dropLocked(oldest)
 		go oldest.client.Close()
 	}
 	newClient := r.newClient
@@ -205,14 +200,20 @@ func (r *Rung) forget(sa rendezvous.ServerAddr, c *Client) {
 		r.fmu.Unlock()
 		return
 	}
-	delete(r.foreign, sa)
+	r.dropLocked(f)
+	r.fmu.Unlock()
+	c.Close()
+}
+
+// dropLocked forgets f and the peers introduced through it (r.fmu is
+// held); the caller closes its client.
+func (r *Rung) dropLocked(f *foreignRelay) {
+	delete(r.foreign, f.sa)
 	for p, g := range r.via {
 		if g == f {
 			delete(r.via, p)
 		}
 	}
-	r.fmu.Unlock()
-	c.Close()
 }
 
 // pruneOwn drops the clients of other relays that have become the

@@ -37,7 +37,7 @@ func (s *Server) connectRemote(ss *session, cb connectBody) {
 	offer := cb.Offer
 	offer.Peer = ss.peer
 	offer.Observed = ss.observed()
-	offer.Candidates = s.vouchRelay(withReflexive(withoutSupernodes(offer.Candidates), ss.observed()))
+	offer.Candidates = s.vouchRelay(withReflexive(fromClient(offer.Candidates), ss.observed()))
 	in := FleetIntro{Target: cb.Target, Offer: offer, Source: ss.src}
 	s.fleetWG.Go(func() {
 		defer func() {
@@ -48,9 +48,8 @@ func (s *Server) connectRemote(ss *session, cb connectBody) {
 		res, forDialler := s.introduceRemote(parent, ss, in)
 		s.countIntro(res.Code)
 		if res.Answer != nil {
-			a := *res.Answer
+			a := *withAnswerCandidates(res.Answer, forDialler)
 			a.Flight = false // no flight crossed servers
-			a.Candidates = append(a.Candidates[:len(a.Candidates):len(a.Candidates)], forDialler...)
 			res.Answer = &a
 		}
 		ss.send(typeResult, resultBody{ID: cb.ID, Answer: res.Answer, Error: res.Code, Reason: res.Reason})
@@ -145,11 +144,7 @@ func (s *Server) Introduce(in FleetIntro, reply func(FleetResult)) {
 			if len(forDialler) > 0 {
 				answer := reply
 				reply = func(res FleetResult) {
-					if res.Answer != nil {
-						a := *res.Answer
-						a.Candidates = append(a.Candidates[:len(a.Candidates):len(a.Candidates)], forDialler...)
-						res.Answer = &a
-					}
+					res.Answer = withAnswerCandidates(res.Answer, forDialler)
 					answer(res)
 				}
 			}

@@ -625,7 +625,7 @@ func (s *Server) connect(ss *session, cb connectBody) {
 	offer := cb.Offer
 	offer.Peer = ss.peer
 	offer.Observed = ss.observed()
-	offer.Candidates = append(withTCPReflexive(withReflexive(withoutSupernodes(offer.Candidates), ss.observed()), ss.tcpObserved), forTarget...)
+	offer.Candidates = append(withTCPReflexive(withReflexive(fromClient(offer.Candidates), ss.observed()), ss.tcpObserved), forTarget...)
 	ss.log.Debug("introducing", "target", cb.Target.Short(), "intro", pi.id)
 	// Open before the INTRO is queued: the target may answer its
 	// flight at once.
@@ -650,7 +650,7 @@ func (s *Server) answer(ss *session, ab answerBody) {
 		// No flight went through: the dialler must not count on one.
 		ans.Flight = false
 	}
-	ans.Candidates = withTCPReflexive(withReflexive(withoutSupernodes(ans.Candidates), ss.observed()), ss.tcpObserved)
+	ans.Candidates = withTCPReflexive(withReflexive(fromClient(ans.Candidates), ss.observed()), ss.tcpObserved)
 	s.finishIntro(ab.ID, ss, resultBody{Answer: &ans})
 }
 
@@ -682,11 +682,7 @@ func (s *Server) finishIntro(id uint64, by *session, res resultBody) {
 	}
 	res.ID = pi.reqID
 	s.countIntro(res.Error)
-	if res.Answer != nil && len(pi.supernodes) > 0 {
-		a := *res.Answer
-		a.Candidates = append(a.Candidates[:len(a.Candidates):len(a.Candidates)], pi.supernodes...)
-		res.Answer = &a
-	}
+	res.Answer = withAnswerCandidates(res.Answer, pi.supernodes)
 	pi.from.send(typeResult, res)
 }
 

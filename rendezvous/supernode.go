@@ -338,12 +338,12 @@ func (s *Server) pickSupernodes(from, to identity.PeerID) (forFrom, forTo []Cand
 	return forFrom, forTo
 }
 
-// withoutSupernodes drops what only a server may write in a client's
-// candidates: Supernode candidates (only the server hands them out), and
+// fromClient is a client's candidates without what only a server may
+// write: Supernode candidates (only the server hands them out), and
 // the key and TCP port of Relay candidates (only a server of a fleet
 // names its relay with them, for the peer of another server to link to;
 // vouchRelay), so a client cannot make its peer link to any address.
-func withoutSupernodes(cands []Candidate) []Candidate {
+func fromClient(cands []Candidate) []Candidate {
 	if !slices.ContainsFunc(cands, func(c Candidate) bool {
 		return c.Kind == Supernode || c.Kind == Relay && (!c.Peer.IsZero() || c.TCPPort != 0)
 	}) {
@@ -356,6 +356,18 @@ func withoutSupernodes(cands []Candidate) []Candidate {
 		}
 	}
 	return out
+}
+
+// withAnswerCandidates returns a copy of the answer a with extra
+// candidates (volunteers) added; a itself, shared with others, is left
+// as it is. Nil stays nil.
+func withAnswerCandidates(a *PeerInfo, extra []Candidate) *PeerInfo {
+	if a == nil || len(extra) == 0 {
+		return a
+	}
+	b := *a
+	b.Candidates = append(b.Candidates[:len(b.Candidates):len(b.Candidates)], extra...)
+	return &b
 }
 
 // vouchRelay replaces the dialler's Relay candidates (it relays through

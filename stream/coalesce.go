@@ -3,34 +3,123 @@ package stream
 import (
 	"encoding/binary"
 	"net"
+	"sync"
 )
 
 // yamuxHeaderLen is the size of a yamux frame header: version, type,
 // flags (2), stream ID (4), length (4).
 const yamuxHeaderLen = 12
 
-// coalesceConn is the connection yamux writes to: it holds back the
-// header of a data frame and writes it together with the frame's body,
-// which yamux's send loop writes next, so that each frame is one TLS
-// write (one record for a small frame, and no 12-byte record of its own
-// with a syscall for every frame). Other frames (window updates, pings)
-// have no body and go out at once. Only yamux's send loop writes to it.
-type coalesceConn struct {
-	net.Conn
-	held []byte // a data frame's header, waiting for its body
-	buf  []byte // header and body, reused
+// frameConn is the connection yamux writes to, the session's TLS
+// connection. yamux's send loop writes a data frame as two writes, its
+// header and then its body, and TLS writes each record it makes with a
+// syscall of its own: a 64 KiB frame would be six syscalls (the header's
+// record and four 16 KiB ones and a little), where a plain TLS stream
+// makes four. frameConn has batch, the byte stream under TLS, gather
+// every record of a data frame and write them with one syscall.
+// Frames without a body (window updates, pings, a bare FIN) go out at
+// once. Only yamux's send loop writes to it.
+type frameConn struct {
+	net.Conn // the TLS connection over batch
+	batch    *batchConn
+	inFrame  bool // a data frame's header went into the batch; its body is next
 }
 
-func (c *coalesceConn) Write(p []byte) (int, error) {
-	if c.held == nil && len(p) == yamuxHeaderLen && p[1] == 0 /* data */ && binary.BigEndian.Uint32(p[8:12]) > 0 {
-		c.held = append(c.buf[:0], p...)
-		return len(p), nil
-	}
-	if c.held == nil {
+func (c *frameConn) Write(p []byte) (int, error) {
+	switch {
+	case c.inFrame:
+		c.inFrame = false
+		n, err := c.Conn.Write(p)
+		if ferr := c.batch.end(); err == nil {
+			err = ferr
+		}
+		return n, err
+	case isDataHeader(p):
+		c.batch.begin()
+		n, err := c.Conn.Write(p)
+		if err != nil {
+			c.batch.end()
+			return n, err
+		}
+		c.inFrame = true
+		return n, nil
+	default:
 		return c.Conn.Write(p)
 	}
-	c.buf = append(c.held, p...)
-	c.held = nil
-	n, err := c.Conn.Write(c.buf)
-	return max(n-yamuxHeaderLen, 0), err
+}
+
+// isDataHeader reports whether p is the header of a yamux data frame
+// with a body.
+func isDataHeader(p []byte) bool {
+	return len(p) == yamuxHeaderLen && p[1] == 0 /* data */ && binary.BigEndian.Uint32(p[8:12]) > 0
+}
+
+// maxBatch is the most batchConn gathers before it writes: a frame larger
+// than that (a stream's window allows up to 16 MiB) goes out in pieces
+// of about this size.
+const maxBatch = 256 << 10
+
+// batchBufs are batchConn's buffers, shared by every session: an idle
+// session holds none.
+var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 80<<10); return &b }}
+
+// batchConn is the byte stream under a TCP path's TLS connection.
+// Between begin and end it gathers what TLS writes, and end writes it
+// with one syscall. Outside a batch, writes (the handshake, TLS alerts,
+// the close_notify) pass straight through.
+type batchConn struct {
+	net.Conn
+	mu  sync.Mutex
+	buf *[]byte // while a batch is on
+	err error   // a batch's write error: TLS's stream is broken from then on
+}
+
+func (c *batchConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, c.err
+	}
+	if c.buf == nil {
+		return c.Conn.Write(p)
+	}
+	if len(*c.buf)+len(p) > maxBatch && len(*c.buf) > 0 {
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+	}
+	*c.buf = append(*c.buf, p...)
+	return len(p), nil
+}
+
+// begin starts gathering writes.
+func (c *batchConn) begin() {
+	c.mu.Lock()
+	if c.buf == nil {
+		c.buf = batchBufs.Get().(*[]byte)
+	}
+	c.mu.Unlock()
+}
+
+// end writes what was gathered since begin and stops gathering.
+func (c *batchConn) end() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.buf == nil {
+		return c.err
+	}
+	err := c.flushLocked()
+	if cap(*c.buf) <= 2*maxBatch {
+		batchBufs.Put(c.buf)
+	}
+	c.buf = nil
+	return err
+}
+
+func (c *batchConn) flushLocked() error {
+	if c.err == nil && len(*c.buf) > 0 {
+		_, c.err = c.Conn.Write(*c.buf)
+	}
+	*c.buf = (*c.buf)[:0]
+	return c.err
 }

@@ -30,7 +30,8 @@ func Client(ctx context.Context, conn net.Conn, key *identity.Key, want identity
 		conn.Close()
 		return nil, fmt.Errorf("stream: client: %w", err)
 	}
-	tc := tls.Client(conn, tlsConf)
+	bc := &batchConn{Conn: conn}
+	tc := tls.Client(bc, tlsConf)
 	start := time.Now()
 	if err := handshake(ctx, tc, cfg); err != nil {
 		conn.Close()
@@ -39,7 +40,7 @@ func Client(ctx context.Context, conn net.Conn, key *identity.Key, want identity
 		}
 		return nil, fmt.Errorf("stream: client handshake with %v: %w", conn.RemoteAddr(), err)
 	}
-	ys, err := yamux.Client(&coalesceConn{Conn: tc}, yamuxConfig(cfg, pathRTT(conn, time.Since(start))))
+	ys, err := yamux.Client(&frameConn{Conn: tc, batch: bc}, yamuxConfig(cfg, pathRTT(conn, time.Since(start))))
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("stream: client: %w", err)
@@ -57,7 +58,8 @@ func Server(ctx context.Context, conn net.Conn, key *identity.Key, cfg Config) (
 		conn.Close()
 		return nil, fmt.Errorf("stream: server: %w", err)
 	}
-	tc := tls.Server(conn, tlsConf)
+	bc := &batchConn{Conn: conn}
+	tc := tls.Server(bc, tlsConf)
 	start := time.Now()
 	if err := handshake(ctx, tc, cfg); err != nil {
 		conn.Close()
@@ -68,7 +70,7 @@ func Server(ctx context.Context, conn net.Conn, key *identity.Key, cfg Config) (
 		conn.Close()
 		return nil, fmt.Errorf("stream: server: %w", err)
 	}
-	ys, err := yamux.Server(&coalesceConn{Conn: tc}, yamuxConfig(cfg, pathRTT(conn, time.Since(start))))
+	ys, err := yamux.Server(&frameConn{Conn: tc, batch: bc}, yamuxConfig(cfg, pathRTT(conn, time.Since(start))))
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("stream: server: %w", err)

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -589,20 +590,28 @@ func drain(st halfStream) copyResult {
 // their ratio from the same stretch of time.
 func benchPaired(b *testing.B, openReach func(context.Context) (halfStream, error), got <-chan copyResult,
 	openBare func(context.Context) (halfStream, error), bgot <-chan copyResult) {
-	var reachTime, bareTime time.Duration
+	var reachTime, bareTime, reachCPU, bareCPU time.Duration
 	for i := range b.N {
 		for k := range 2 {
+			cpu0 := processCPU()
 			if (i+k)%2 == 0 {
 				reachTime += copyOnce(b, openReach, got)
+				reachCPU += processCPU() - cpu0
 			} else {
 				bareTime += copyOnce(b, openBare, bgot)
+				bareCPU += processCPU() - cpu0
 			}
 		}
 	}
 	mb := float64(b.N) * labBenchBytes / 1e6
+	mib := float64(b.N) * labBenchBytes / (1 << 20)
 	b.ReportMetric(mb/reachTime.Seconds(), "reach-MB/s")
 	b.ReportMetric(mb/bareTime.Seconds(), "bare-MB/s")
 	b.ReportMetric(bareTime.Seconds()/reachTime.Seconds(), "reach/bare")
+	// The CPU both ends used (the lab's hosts are this process), per MiB
+	// moved: steadier than throughput on a shared machine.
+	b.ReportMetric(reachCPU.Seconds()*1e3/mib, "reach-cpu-ms/MiB")
+	b.ReportMetric(bareCPU.Seconds()*1e3/mib, "bare-cpu-ms/MiB")
 }
 
 // benchCopy moves labBenchBytes on a new stream per iteration.
@@ -674,4 +683,11 @@ func benchKey(b *testing.B) *identity.Key {
 		b.Fatal(err)
 	}
 	return k
+}
+
+// processCPU is the CPU time (user and system) the process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

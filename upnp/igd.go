@@ -66,7 +66,15 @@ type igdClient struct {
 	local, gw netip.Addr
 }
 
-func (c *igdClient) proto() Protocol     { return UPnP }
+func (c *igdClient) proto() Protocol { return UPnP }
+
+// protoName is the transport as IGD's port mapping actions name it.
+func (c *igdClient) protoName() string {
+	if c.m.cfg.Transport == TCP {
+		return "TCP"
+	}
+	return "UDP"
+}
 func (c *igdClient) gateway() netip.Addr { return c.gw }
 
 func (m *Mapper) httpClient() *http.Client {
@@ -346,11 +354,11 @@ func (c *igdClient) mapPort(ctx context.Context, port, want uint16, lease time.D
 	}
 	secs := uint32(lease / time.Second)
 	add := func(ext uint16) error {
-		err := c.conn.AddPortMappingCtx(ctx, "", ext, "UDP", port, c.local.String(), true, c.m.cfg.Description, secs)
+		err := c.conn.AddPortMappingCtx(ctx, "", ext, c.protoName(), port, c.local.String(), true, c.m.cfg.Description, secs)
 		if code := igdCode(err); secs != 0 && (code == igdOnlyPermanentLeases || code == igdInvalidArgs) {
 			c.m.log.Debug("upnp: gateway wants a permanent lease", "code", code)
 			secs = 0
-			err = c.conn.AddPortMappingCtx(ctx, "", ext, "UDP", port, c.local.String(), true, c.m.cfg.Description, secs)
+			err = c.conn.AddPortMappingCtx(ctx, "", ext, c.protoName(), port, c.local.String(), true, c.m.cfg.Description, secs)
 		}
 		return err
 	}
@@ -359,7 +367,7 @@ func (c *igdClient) mapPort(ctx context.Context, port, want uint16, lease time.D
 	for try := 0; igdCode(err) == igdConflict && try < 4; try++ {
 		if anyc, ok := c.conn.(igdAnyConn); ok && try == 0 {
 			var got uint16
-			if got, err = anyc.AddAnyPortMappingCtx(ctx, "", ext, "UDP", port, c.local.String(), true, c.m.cfg.Description, secs); err == nil {
+			if got, err = anyc.AddAnyPortMappingCtx(ctx, "", ext, c.protoName(), port, c.local.String(), true, c.m.cfg.Description, secs); err == nil {
 				ext = got
 				break
 			}
@@ -381,7 +389,7 @@ func (c *igdClient) unmap(ctx context.Context, g grant) error {
 	if g.ext.Port() == 0 {
 		return nil
 	}
-	if err := c.conn.DeletePortMappingCtx(ctx, "", g.ext.Port(), "UDP"); err != nil && igdCode(err) != igdNoSuchEntry {
+	if err := c.conn.DeletePortMappingCtx(ctx, "", g.ext.Port(), c.protoName()); err != nil && igdCode(err) != igdNoSuchEntry {
 		return igdError(err)
 	}
 	return nil

@@ -27,6 +27,7 @@ const (
 
 	pmpOpAddr = 0
 	pmpOpUDP  = 1
+	pmpOpTCP  = 2
 
 	pcpOpAnnounce = 0
 	pcpOpMap      = 1
@@ -36,7 +37,24 @@ const (
 	pmpNetworkFailure = 3
 	pmpNoResources    = 4
 	protoUDP          = 17
+	protoTCP          = 6
 )
+
+// pmpOp is the NAT-PMP opcode that maps a port of t.
+func pmpOp(t Transport) byte {
+	if t == TCP {
+		return pmpOpTCP
+	}
+	return pmpOpUDP
+}
+
+// pcpProto is the IANA protocol number PCP's MAP names for t.
+func pcpProto(t Transport) byte {
+	if t == TCP {
+		return protoTCP
+	}
+	return protoUDP
+}
 
 var errShort = errors.New("upnp: short or malformed response")
 
@@ -203,18 +221,19 @@ func (c *pmpClient) externalAddr(ctx context.Context) (netip.Addr, error) {
 }
 
 func (c *pmpClient) request(ctx context.Context, port, want uint16, lifetime uint32) (ext uint16, life uint32, err error) {
+	op := pmpOp(c.m.cfg.Transport)
 	req := make([]byte, 12)
-	req[0], req[1] = pmpVersion, pmpOpUDP
+	req[0], req[1] = pmpVersion, op
 	binary.BigEndian.PutUint16(req[4:], port)
 	binary.BigEndian.PutUint16(req[6:], want)
 	binary.BigEndian.PutUint32(req[8:], lifetime)
 	resp, err := c.m.exchange(ctx, c.local, c.gw, req, func(b []byte) bool {
-		return len(b) >= 2 && b[1] == 128+pmpOpUDP && (len(b) < 10 || binary.BigEndian.Uint16(b[8:]) == port)
+		return len(b) >= 2 && b[1] == 128+op && (len(b) < 10 || binary.BigEndian.Uint16(b[8:]) == port)
 	})
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := pmpCheck(resp, pmpOpUDP, 16); err != nil {
+	if err := pmpCheck(resp, op, 16); err != nil {
 		return 0, 0, err
 	}
 	return binary.BigEndian.Uint16(resp[10:]), binary.BigEndian.Uint32(resp[12:]), nil
@@ -316,7 +335,7 @@ func (c *pcpClient) request(ctx context.Context, port, want uint16, lifetime uin
 	req := pcpHeader(pcpOpMap, lifetime, c.local, 36)
 	body := req[24:]
 	copy(body, c.nonce[:])
-	body[12] = protoUDP
+	body[12] = pcpProto(c.m.cfg.Transport)
 	binary.BigEndian.PutUint16(body[16:], port)
 	binary.BigEndian.PutUint16(body[18:], want)
 	copy(body[20:], []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff}) // any IPv4 address

@@ -40,6 +40,10 @@ type RungConfig struct {
 	// Mapper tunes the port mapper; the rung fills in Port, the socket
 	// hooks and the Logger.
 	Mapper Config
+	// TCPPort returns the port of the node's TCP listener (direct-tcp),
+	// which the rung maps too, as a "tcp-mapped" candidate; zero: none.
+	// Nil: no TCP mapping.
+	TCPPort func() uint16
 }
 
 // Rung is the port-mapping rung. On the listening side it asks the node's
@@ -47,12 +51,14 @@ type RungConfig struct {
 // runs (unless disabled, or the node runs on one machine with its
 // servers) and advertises the mapping as a "mapped" candidate; on the
 // dialling side it dials QUIC to the peer's mapped candidates over the
-// node's socket.
+// node's socket. It maps the node's TCP listener too ("tcp-mapped"),
+// which direct-tcp dials when UDP looks blocked.
 type Rung struct {
 	rung.Base
 	h      *rung.Host
 	cfg    RungConfig
 	mapper *Mapper // nil when off
+	tcp    *Mapper // the TCP listener's; nil when off or without one
 	start  time.Time
 }
 
@@ -87,6 +93,17 @@ func (r *Rung) Start(context.Context) error {
 		return err
 	}
 	r.mapper, r.start = m, time.Now()
+	if r.cfg.TCPPort == nil {
+		return nil
+	}
+	if port := r.cfg.TCPPort(); port != 0 {
+		mc.Port, mc.Transport = port, TCP
+		if r.tcp, err = Start(mc); err != nil {
+			m.Close()
+			r.mapper = nil
+			return err
+		}
+	}
 	return nil
 }
 
@@ -103,22 +120,50 @@ func (r *Rung) Ready(ctx context.Context) {
 	r.mapper.Wait(wctx)
 }
 
-// Close implements rung.Rung: it deletes the mapping at the gateway.
+// Close implements rung.Rung: it deletes the mappings at the gateway.
 func (r *Rung) Close() {
 	if r.mapper != nil {
 		r.mapper.Close()
 	}
+	if r.tcp != nil {
+		r.tcp.Close()
+	}
 }
 
-// Candidates implements rung.Rung: the mapping, once granted.
+// Candidates implements rung.Rung: the mappings, once granted.
 func (r *Rung) Candidates() []candidate.Candidate {
+	var out []candidate.Candidate
 	if r.mapper == nil {
 		return nil
 	}
 	if ext, ok := r.mapper.External(); ok {
-		return []candidate.Candidate{{Addr: ext, Kind: candidate.Mapped}}
+		out = append(out, candidate.Candidate{Addr: ext, Kind: candidate.Mapped})
 	}
-	return nil
+	if r.tcp != nil {
+		if ext, ok := r.tcp.External(); ok {
+			out = append(out, candidate.Candidate{Addr: ext, Kind: candidate.TCPMapped})
+		}
+	}
+	return out
+}
+
+// HasTCPMapping reports whether the node's TCP listener has a public
+// mapping now.
+func (r *Rung) HasTCPMapping() bool {
+	if r.tcp == nil {
+		return false
+	}
+	_, ok := r.tcp.External()
+	return ok
+}
+
+// TCPStatus reports the TCP listener's port mapper (the zero Status when
+// there is none).
+func (r *Rung) TCPStatus() Status {
+	if r.tcp == nil {
+		return Status{}
+	}
+	return r.tcp.Status()
 }
 
 // Status reports the port mapper's state (the zero Status when it is

@@ -66,6 +66,17 @@ var (
 	ErrClosed = errors.New("upnp: mapper closed")
 	// ErrNoPort: Config.Port is zero.
 	ErrNoPort = errors.New("upnp: no port to map")
+	// ErrBadTransport: Config.Transport is neither UDP nor TCP.
+	ErrBadTransport = errors.New("upnp: transport must be udp or tcp")
+)
+
+// Transport is the transport protocol of the port a Mapper maps.
+type Transport string
+
+// The transports.
+const (
+	UDP Transport = "udp"
+	TCP Transport = "tcp"
 )
 
 // GatewayError is a refusal from the gateway: a UPnP error code (718
@@ -95,8 +106,11 @@ func (e *GatewayError) Error() string {
 
 // Config configures a Mapper. Only Port is required.
 type Config struct {
-	// Port is the local UDP port to map (the node's socket). Required.
+	// Port is the local port to map (the node's UDP socket, or its TCP
+	// listener). Required.
 	Port uint16
+	// Transport is Port's transport. Zero: UDP.
+	Transport Transport
 	// Protocols restricts and orders the protocols tried. Empty:
 	// AllProtocols.
 	Protocols []Protocol
@@ -135,6 +149,9 @@ type Config struct {
 }
 
 func (c *Config) fill() {
+	if c.Transport == "" {
+		c.Transport = UDP
+	}
 	if len(c.Protocols) == 0 {
 		c.Protocols = AllProtocols
 	}
@@ -200,7 +217,7 @@ type Status struct {
 	Error string `json:"error,omitempty"`
 }
 
-// Mapper keeps one UDP port mapped at the gateway. Its methods are safe
+// Mapper keeps one port (UDP or TCP) mapped at the gateway. Its methods are safe
 // for concurrent use.
 type Mapper struct {
 	cfg    Config
@@ -221,6 +238,9 @@ type Mapper struct {
 func Start(cfg Config) (*Mapper, error) {
 	if cfg.Port == 0 {
 		return nil, ErrNoPort
+	}
+	if cfg.Transport != "" && cfg.Transport != UDP && cfg.Transport != TCP {
+		return nil, fmt.Errorf("%w (%q)", ErrBadTransport, cfg.Transport)
 	}
 	cfg.fill()
 	m := &Mapper{cfg: cfg, log: cfg.Logger, done: make(chan struct{}), first: make(chan struct{}), changed: make(chan struct{})}

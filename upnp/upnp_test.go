@@ -75,3 +75,14 @@ func TestIsPublic(t *testing.T) {
 		}
 	}
 }
+
+// TestStartTransport: a Mapper maps UDP or TCP; anything else is
+// ErrBadTransport, and no port is ErrNoPort.
+func TestStartTransport(t *testing.T) {
+	if _, err := upnp.Start(upnp.Config{Port: 4242, Transport: "sctp"}); !errors.Is(err, upnp.ErrBadTransport) {
+		t.Errorf("transport sctp: %v, want ErrBadTransport", err)
+	}
+	if _, err := upnp.Start(upnp.Config{Transport: upnp.TCP}); !errors.Is(err, upnp.ErrNoPort) {
+		t.Errorf("no port: %v, want ErrNoPort", err)
+	}
+}

@@ -48,6 +48,10 @@ const (
 	// the signalling connection's, not the listener's (see
 	// PeerInfo.TCPPunchAddr).
 	TCPReflexive Kind = "tcp-srflx"
+	// TCPMapped: a public address the peer's gateway forwards to its TCP
+	// listener (UPnP IGD, NAT-PMP or PCP), which direct-tcp dials when
+	// UDP looks blocked. Peers that predate it ignore the kind.
+	TCPMapped Kind = "tcp-mapped"
 )
 
 // Candidate is one address at which a peer might be reached.

@@ -126,14 +126,25 @@ func (r *Rung) Candidates() []candidate.Candidate {
 // next rungs back (it gets no head start: the QUIC rungs after it are as
 // good a path when they work).
 func (r *Rung) Plan(a *rung.Attempt, _ time.Duration) (time.Duration, bool) {
-	return 0, a.Remote.HasTCP() || r.expectsReversal(a)
+	return 0, len(r.targets(a.Remote)) > 0 || r.expectsReversal(a)
+}
+
+// targets returns the peer's TCP addresses to dial: its listener's own
+// addresses, and its gateway's mappings when UDP looks blocked (else the
+// port-mapping rung's QUIC to the UDP mapping is the better path through
+// the same gateway).
+func (r *Rung) targets(p candidate.PeerInfo) []netip.AddrPort {
+	if r.udpBlocked(p) {
+		return p.Addrs(candidate.TCPMapped, candidate.TCPHost)
+	}
+	return p.Addrs(candidate.TCPHost)
 }
 
 // Connect implements rung.Rung: it dials the peer's TCP addresses and,
 // when the peer may connect back (reverse.go), also takes the session the
 // peer opens; the first of either wins.
 func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
-	targets := a.Remote.Addrs(candidate.TCPHost)
+	targets := r.targets(a.Remote)
 	var in <-chan *stream.Session
 	if r.expectsReversal(a) {
 		in = r.inbound(a.Peer)

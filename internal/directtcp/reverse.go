@@ -136,7 +136,9 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 		addrs, _ := r.h.InterfaceAddrs()
 		local = candidate.Prefixes(addrs)
 	}
-	targets := offer.PlausibleAddrs(candidate.TCPHost, local, MaxReverseAddrs)
+	targets := append(offer.PlausibleAddrs(candidate.TCPMapped, local, MaxReverseAddrs),
+		offer.PlausibleAddrs(candidate.TCPHost, local, MaxReverseAddrs)...)
+	targets = targets[:min(len(targets), MaxReverseAddrs)]
 	if len(targets) == 0 {
 		return
 	}

@@ -118,6 +118,9 @@ type Rung struct {
 	h   *rung.Host
 	dt  *directtcp.Rung
 	lim Limits
+	// mapped reports whether this node's TCP listener is mapped at its
+	// gateway (nil: never).
+	mapped func() bool
 
 	mu      sync.Mutex
 	punches map[identity.PeerID]bool // listening side, running now
@@ -131,8 +134,8 @@ type Rung struct {
 }
 
 // New makes the rung for the node h; dt owns the TCP listener.
-func New(h *rung.Host, dt *directtcp.Rung, lim Limits) *Rung {
-	return &Rung{h: h, dt: dt, lim: lim.withDefaults(), punches: map[identity.PeerID]bool{}, measured: make(chan struct{})}
+func New(h *rung.Host, dt *directtcp.Rung, lim Limits, mapped func() bool) *Rung {
+	return &Rung{h: h, dt: dt, lim: lim.withDefaults(), mapped: mapped, punches: map[identity.PeerID]bool{}, measured: make(chan struct{})}
 }
 
 // Name implements rung.Rung.
@@ -268,10 +271,11 @@ func (r *Rung) pair(p candidate.PeerInfo) (local, target netip.AddrPort, ok bool
 		return local, target, false
 	}
 	target = p.TCPPunchAddr()
-	if !target.IsValid() || slices.Contains(p.Addrs(candidate.TCPHost), target) || r.public() {
-		// A side whose listener is public is direct-tcp's: a punch would
-		// only race it (and the peer's SYN could reach this listener
-		// before a dial claims it).
+	if !target.IsValid() || slices.Contains(p.Addrs(candidate.TCPHost), target) || r.public() ||
+		len(p.Addrs(candidate.TCPMapped)) > 0 || r.mapped != nil && r.mapped() {
+		// A side whose listener is public, or mapped at its gateway, is
+		// direct-tcp's: a punch would only race it (and the peer's SYN
+		// could reach this listener before a dial claims it).
 		return local, target, false
 	}
 	local = ln.Addr()

@@ -93,7 +93,7 @@ func startNode(t *testing.T, lim Limits) *node {
 	if err := dt.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	n.r = New(h, dt, lim)
+	n.r = New(h, dt, lim, nil)
 	n.r.Ready(context.Background()) // no server: nothing to measure
 	t.Cleanup(func() {
 		dt.Close()

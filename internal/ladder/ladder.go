@@ -49,6 +49,9 @@ type Options struct {
 	// directTCP is the direct-tcp rung Build made: holepunch-tcp punches
 	// through its listener.
 	directTCP *directtcp.Rung
+	// upnp is the port-mapping rung Build made: holepunch-tcp leaves a
+	// node whose TCP listener is mapped to direct-tcp.
+	upnp *upnp.Rung
 }
 
 // DefaultHeadStart is how long a rung runs alone before the next one
@@ -75,14 +78,22 @@ var table = []spec{
 		return o.directTCP
 	}},
 	{name: upnp.Name, new: func(h *rung.Host, o *Options) rung.Rung {
-		return upnp.NewRung(h, upnp.RungConfig{Disable: o.DisablePortMapping, Mapper: o.PortMapping})
+		dt := o.directTCP
+		o.upnp = upnp.NewRung(h, upnp.RungConfig{Disable: o.DisablePortMapping, Mapper: o.PortMapping, TCPPort: func() uint16 {
+			if l := dt.Listener(); l != nil {
+				return l.Addr().Port()
+			}
+			return 0
+		}})
+		return o.upnp
 	}},
 	{name: holepunch.Name, new: func(h *rung.Host, o *Options) rung.Rung { return holepunch.NewRung(h, o.PunchLinger, o.PunchLimits) }},
 	// Only where UDP looks blocked on a side (it sits out otherwise):
 	// before the forwarding rungs, so it gets what is left of the
 	// forwarding delay.
 	{name: holepunchtcp.Name, new: func(h *rung.Host, o *Options) rung.Rung {
-		return holepunchtcp.New(h, o.directTCP, o.TCPPunchLimits)
+		u := o.upnp
+		return holepunchtcp.New(h, o.directTCP, o.TCPPunchLimits, func() bool { return u.HasTCPMapping() })
 	}},
 	{name: supernode.Name, new: func(h *rung.Host, o *Options) rung.Rung { return supernode.NewRung(h, o.Supernode) }, headStart: supernode.HeadStart, forwards: true},
 	{name: turn.Name, new: func(h *rung.Host, o *Options) rung.Rung { return turn.NewRung(h, o.TURN) }, headStart: turn.HeadStart, forwards: true},

@@ -19,6 +19,9 @@ type Status struct {
 	// none (Err: upnp.ErrNoGateway, upnp.ErrPrivateExternal, a gateway's
 	// refusal). Zero when port mapping is off.
 	PortMapping upnp.Status
+	// TCPPortMapping is the same for the node's TCP listener (the zero
+	// Status without one).
+	TCPPortMapping upnp.Status
 	// Supernode is the node's supernode side: whether it volunteers and
 	// is admitted, whom it forwards for, the volunteers it uses.
 	Supernode supernode.Status
@@ -41,7 +44,7 @@ func (l *Ladder) Status() Status {
 	for _, r := range l.All {
 		switch r := r.(type) {
 		case *upnp.Rung:
-			st.PortMapping = r.Status()
+			st.PortMapping, st.TCPPortMapping = r.Status(), r.TCPStatus()
 		case *supernode.Rung:
 			st.Supernode = r.Status()
 		case *turn.Rung:

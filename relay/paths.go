@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"errors"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -50,7 +51,7 @@ func (pd *pathDelivery) route(from identity.PeerID, _ []byte) (netip.AddrPort, b
 	if !ok {
 		return netip.AddrPort{}, false
 	}
-	if direct, fwd, err := pd.paths.Current(key); err != nil || direct.IsValid() || fwd == nil || isHandshakeOnly(fwd) {
+	if direct, fwd, err := pd.paths.Current(key); err != nil || direct.IsValid() || fwd == nil || pathsock.IsHandshakeOnly(fwd) {
 		return netip.AddrPort{}, false
 	}
 	return key, true
@@ -73,24 +74,13 @@ func (pd *pathDelivery) name(peer identity.PeerID) string {
 // deliver hands a relayed packet to the node's socket as coming from the
 // peer's virtual address.
 func (pd *pathDelivery) deliver(from identity.PeerID, pkt []byte) {
-	name := pd.name(from)
-	key, ok := pd.paths.Lookup(name)
-	if !ok {
-		if !isInitial(pkt) {
-			return
-		}
-		var err error
-		if key, err = pd.paths.Key(name); err != nil {
-			pd.c.log.Debug("relay: no virtual address for a peer", "peer", from.Short(), "err", err)
-			return
-		}
-	}
-	if _, fwd, err := pd.paths.Current(key); err == nil && (fwd == nil || isHandshakeOnly(fwd)) {
-		var p pathsock.Path = pd.c.Path(from)
+	err := pd.paths.Deliver(pd.name(from), pkt, func() pathsock.Path {
 		if pd.pathFor != nil {
-			p = pd.pathFor(pd.c, from)
+			return pd.pathFor(pd.c, from)
 		}
-		pd.paths.SetFallback(key, p)
+		return pd.c.Path(from)
+	})
+	if err != nil && !errors.Is(err, pathsock.ErrUnknownPeer) {
+		pd.c.log.Debug("relay: no virtual address for a peer", "peer", from.Short(), "err", err)
 	}
-	pd.paths.Inject(key, pkt)
 }

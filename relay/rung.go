@@ -97,31 +97,6 @@ func (r *Rung) newClient() (*Client, error) {
 	})
 }
 
-// isHandshakeOnly reports whether p carries handshakes only (a first
-// flight through the rendezvous server): the relay replaces it.
-func isHandshakeOnly(p pathsock.Path) bool {
-	_, ok := p.(pathsock.HandshakeOnly)
-	return ok
-}
-
-// isInitial reports whether pkt is a QUIC long-header Initial packet
-// (RFC 9000 §17.2: header form and fixed bits set, type 0; version 1 or
-// 2, whose Initial type differs).
-func isInitial(pkt []byte) bool {
-	if len(pkt) < 5 || pkt[0]&0xc0 != 0xc0 {
-		return false
-	}
-	typ := pkt[0] >> 4 & 3
-	switch version := uint32(pkt[1])<<24 | uint32(pkt[2])<<16 | uint32(pkt[3])<<8 | uint32(pkt[4]); version {
-	case 1:
-		return typ == 0
-	case 0x6b3343cf: // QUIC v2 (RFC 9369)
-		return typ == 1
-	default:
-		return false
-	}
-}
-
 // ForwardPath implements rung.Forwarder: it links to the relay of the
 // node's server and returns the path to peer through it.
 func (r *Rung) ForwardPath(ctx context.Context, peer identity.PeerID) (pathsock.Path, error) {
@@ -188,23 +163,6 @@ func (r *Rung) dialers() []LinkDialer {
 		}
 	}
 	return out
-}
-
-// AcceptInto hands the node h every session peers open on ln, recorded
-// as strategy name, until ln or the node closes.
-func AcceptInto(h *rung.Host, ln *stream.Listener, name string) {
-	for {
-		sess, err := ln.Accept(h.Context)
-		if err != nil {
-			return
-		}
-		sess.SetStrategy(name)
-		h.Logger.Debug("session accepted", "peer", sess.RemotePeer().Short(), "strategy", name)
-		if !h.Accepted(sess) {
-			sess.CloseWithError(0, "node closed")
-			return
-		}
-	}
 }
 
 // Close implements rung.Rung.

@@ -3,7 +3,9 @@
 // peer allocates a relayed address on its TURN server (in the background
 // from the node's start, released when it closes) and advertises it; the
 // dialler permits the peer's allocation and QUIC runs end to end between
-// the two allocations. For operators who already run TURN.
+// the two allocations. The allocation is a forwarded path on the node's
+// one socket (path.go), so a TURN session can move to a direct path and
+// back like a relayed one. For operators who already run TURN.
 package turn
 
 import (
@@ -25,7 +27,6 @@ import (
 	"time"
 
 	"github.com/pion/turn/v4"
-	"github.com/quic-go/quic-go"
 
 	"github.com/reachp2p/reach/internal/candidate"
 	"github.com/reachp2p/reach/internal/rung"
@@ -147,8 +148,7 @@ type Rung struct {
 	base   net.PacketConn // the socket to the TURN server
 	conn   net.PacketConn // the allocation
 	addr   netip.AddrPort // its relayed address
-	tr     *quic.Transport
-	ln     *stream.Listener
+	peers  peerTable      // relayed addresses of introduced peers (path.go)
 }
 
 // NewRung makes the rung for the node h, with the TURN servers to try in
@@ -177,7 +177,7 @@ func (r *Rung) Start(context.Context) error {
 			cancel()
 			if err == nil {
 				r.h.Logger.Info("turn: allocated", "server", srv.URL, "relayed", r.addr.String())
-				r.h.Go(func() { relay.AcceptInto(r.h, r.ln, Name) })
+				r.h.Go(r.read)
 				return
 			}
 			r.h.Logger.Warn("turn: no allocation", "server", srv.URL, "err", err)
@@ -274,20 +274,23 @@ func (r *Rung) allocate(ctx context.Context, srv Server) error {
 		conn.Close()
 		return fail(fmt.Errorf("relayed address %v", conn.LocalAddr()))
 	}
-	tr := &quic.Transport{Conn: turnConn{conn, base}}
-	ln, err := stream.Listen(tr, r.h.Key, relay.SessionConfig(r.h.Session))
-	if err != nil {
-		tr.Close()
-		conn.Close()
-		return fail(err)
+	if b, ok := base.(interface{ SetReadBuffer(int) error }); ok {
+		b.SetReadBuffer(socketBuffer) // as quic-go asks of its sockets; best effort
+	}
+	if b, ok := base.(interface{ SetWriteBuffer(int) error }); ok {
+		b.SetWriteBuffer(socketBuffer)
 	}
 	ap := ua.AddrPort()
 	r.mu.Lock()
-	r.client, r.base, r.conn, r.tr, r.ln = client, base, conn, tr, ln
+	r.client, r.base, r.conn = client, base, conn
 	r.addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	r.mu.Unlock()
 	return nil
 }
+
+// socketBuffer is the kernel buffer size asked for the socket under a UDP
+// allocation (what quic-go asks for its own).
+const socketBuffer = 7 << 20
 
 // Close implements rung.Rung: it releases the allocation.
 func (r *Rung) Close() {
@@ -300,9 +303,7 @@ func (r *Rung) Close() {
 	if r.client == nil {
 		return
 	}
-	r.ln.Close()
-	r.tr.Close()
-	r.conn.Close() // deallocates (a Refresh with lifetime 0)
+	r.conn.Close() // deallocates (a Refresh with lifetime 0); read ends
 	r.client.Close()
 	r.base.Close()
 }
@@ -325,10 +326,12 @@ func (r *Rung) Candidates() []candidate.Candidate {
 
 // Introduced implements rung.Rung: it lets the dialler's TURN address
 // through the listener's allocation (a TURN server drops what comes from
-// peers without a permission), so the dialler's QUIC handshake gets in.
+// peers without a permission), so the dialler's QUIC handshake gets in,
+// and takes what comes from there as the dialler's.
 func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	var addrs []net.Addr
 	for _, a := range offer.Addrs(candidate.TURN) {
+		r.peers.remember(a, offer.Peer, r)
 		addrs = append(addrs, net.UDPAddrFromAddrPort(a))
 	}
 	if len(addrs) == 0 {
@@ -347,8 +350,9 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	})
 }
 
-// Connect implements rung.Rung: it dials QUIC from the node's allocation
-// to the peer's.
+// Connect implements rung.Rung: it dials QUIC on the node's socket to the
+// peer's virtual address, whose forwarded path is the node's allocation
+// sending to the peer's.
 func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
 	if len(r.servers) == 0 {
 		return nil, fmt.Errorf("%w: no TURN server configured", ErrNoTURN)
@@ -359,7 +363,7 @@ func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 		return nil, ctx.Err()
 	}
 	r.mu.Lock()
-	client, tr := r.client, r.tr
+	client := r.client
 	r.mu.Unlock()
 	if client == nil {
 		return nil, fmt.Errorf("%w: %w", ErrNoTURN, r.err)
@@ -368,34 +372,19 @@ func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 	if !target.IsValid() {
 		return nil, fmt.Errorf("%w: the peer advertised no TURN address", ErrNoTURN)
 	}
-	ua := net.UDPAddrFromAddrPort(target)
-	if err := client.CreatePermission(ua); err != nil {
+	if err := client.CreatePermission(net.UDPAddrFromAddrPort(target)); err != nil {
 		return nil, fmt.Errorf("turn: permission for %s: %w", target, err)
 	}
-	return stream.DialAddr(ctx, tr, ua, a.Key, a.Peer, relay.SessionConfig(a.Session))
-}
-
-// turnConn is an allocation as quic-go's packet connection: the buffer
-// sizes quic-go asks for go to the socket under the allocation (a UDP
-// socket's kernel buffers; nothing for a TCP stream), so it prints no
-// warning and a UDP allocation gets the buffers it needs.
-type turnConn struct {
-	net.PacketConn
-	base net.PacketConn
-}
-
-func (c turnConn) SetReadBuffer(n int) error {
-	if b, ok := c.base.(interface{ SetReadBuffer(int) error }); ok {
-		return b.SetReadBuffer(n)
+	p := r.peers.remember(target, a.Peer, r)
+	paths := r.h.Socket.Paths()
+	key, err := paths.Key(a.Peer.String())
+	if err != nil {
+		return nil, fmt.Errorf("turn: %w", err)
 	}
-	return nil
-}
-
-func (c turnConn) SetWriteBuffer(n int) error {
-	if b, ok := c.base.(interface{ SetWriteBuffer(int) error }); ok {
-		return b.SetWriteBuffer(n)
+	if err := paths.SetFallback(key, p); err != nil {
+		return nil, fmt.Errorf("turn: %w", err)
 	}
-	return nil
+	return stream.DialAddr(ctx, r.h.Socket.Transport(), net.UDPAddrFromAddrPort(key), a.Key, a.Peer, relay.SessionConfig(a.Session))
 }
 
 // Plan implements rung.Rung: without TURN servers the rung sits out.

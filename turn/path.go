@@ -1,0 +1,121 @@
+package turn
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/pathsock"
+)
+
+// maxPeers bounds the relayed addresses a node keeps of the peers it was
+// introduced to or dialled over TURN: beyond it the oldest go (a session
+// with a peer forgotten still sends; what its peer sends is dropped until
+// a new introduction or dial).
+const maxPeers = 1024
+
+// turnPath is a peer's path through the node's allocation: QUIC packets
+// sent to the peer's relayed address. It is a pathsock.Path on the
+// node's socket.
+type turnPath struct {
+	r    *Rung
+	peer identity.PeerID
+	to   *net.UDPAddr // the peer's relayed address
+}
+
+// Send implements pathsock.Path. A packet the allocation cannot take is
+// dropped (QUIC resends), as a full socket buffer would drop it.
+func (p *turnPath) Send(b []byte) error {
+	p.r.mu.Lock()
+	conn := p.r.conn
+	p.r.mu.Unlock()
+	if conn != nil {
+		conn.WriteTo(b, p.to)
+	}
+	return nil
+}
+
+// Name says which rung the path belongs to: "turn".
+func (*turnPath) Name() string { return Name }
+
+// peerTable maps the relayed addresses of peers to their paths.
+type peerTable struct {
+	mu    sync.Mutex
+	paths map[netip.AddrPort]*turnPath
+	order []netip.AddrPort // oldest first
+}
+
+// remember records that addr is peer's relayed address and returns the
+// path to it (the one already known when it is the same peer's).
+func (t *peerTable) remember(addr netip.AddrPort, peer identity.PeerID, r *Rung) *turnPath {
+	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p := t.paths[addr]; p != nil && p.peer == peer {
+		return p
+	}
+	if t.paths == nil {
+		t.paths = map[netip.AddrPort]*turnPath{}
+	}
+	if _, ok := t.paths[addr]; !ok {
+		for len(t.order) >= maxPeers {
+			delete(t.paths, t.order[0])
+			t.order = t.order[1:]
+		}
+		t.order = append(t.order, addr)
+	}
+	p := &turnPath{r: r, peer: peer, to: net.UDPAddrFromAddrPort(addr)}
+	t.paths[addr] = p
+	return p
+}
+
+// lookup returns the path of the peer whose relayed address is addr.
+func (t *peerTable) lookup(addr netip.AddrPort) *turnPath {
+	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.paths[addr]
+}
+
+// size is how many peers the table holds.
+func (t *peerTable) size() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.paths)
+}
+
+// read hands what arrives on the allocation to the node's socket, as
+// coming from the sending peer's virtual address, until the allocation
+// closes. Packets from addresses of no known peer are dropped (the TURN
+// server only forwards from addresses the node permitted, which are
+// those of its introductions and dials).
+func (r *Rung) read() {
+	r.mu.Lock()
+	conn := r.conn
+	r.mu.Unlock()
+	paths := r.h.Socket.Paths()
+	buf := make([]byte, 64<<10)
+	for {
+		n, from, err := conn.ReadFrom(buf)
+		if err != nil {
+			if r.h.Context.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				r.h.Logger.Debug("turn: allocation read ended", "err", err)
+			}
+			return
+		}
+		ua, ok := from.(*net.UDPAddr)
+		if !ok {
+			continue
+		}
+		p := r.peers.lookup(ua.AddrPort())
+		if p == nil {
+			continue
+		}
+		err = paths.Deliver(p.peer.String(), buf[:n], func() pathsock.Path { return p })
+		if errors.Is(err, pathsock.ErrClosed) {
+			return
+		}
+	}
+}

@@ -123,6 +123,8 @@ func Best(dialer, listener Kind, ladder []string) (strategy, why string) {
 		switch {
 		case (dialer.Base() == natlab.Open || listener.Base() == natlab.Open) && has(DirectTCP):
 			return DirectTCP, "no UDP out of " + string(blocked) + ", but TCP to the public peer's listener (or from it, reversed)"
+		case (dialer.UPnP() || listener.UPnP()) && has(UPnP) && has(DirectTCP):
+			return DirectTCP, "no UDP out of " + string(blocked) + ", but the other side's gateway maps its TCP listener (tcp-mapped; reversed when the dialler's)"
 		case dialer.tcpPunchable() && listener.tcpPunchable() && has(HolepunchTCP):
 			return HolepunchTCP, "no UDP out of " + string(blocked) + "; both TCP mappings keep the listening port: a TCP simultaneous open"
 		}

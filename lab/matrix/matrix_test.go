@@ -112,6 +112,9 @@ func TestBest(t *testing.T) {
 		{LinuxHost(natlab.Kind(natlab.UDPBlockedTCPOpen)), LinuxHost(natlab.Kind(natlab.PortRestricted)), full17, HolepunchTCP},
 		{tcpOpen, dbl, full17, HolepunchTCP},
 		{tcpOpen, sym, full17, Relay},
+		// The gateway of symmetric+upnp maps the TCP listener too.
+		{tcpOpen, SymmetricUPnP, full17, DirectTCP},
+		{SymmetricUPnP, tcpOpen, full17, DirectTCP},
 		{tcpOpen, blocked, full17, Relay},
 		{proxy, tcpOpen, full17, Relay},
 		{tcpOpen, pr, withSN, Relay}, // no TCP rungs in that ladder

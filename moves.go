@@ -33,14 +33,22 @@ const (
 	// phase (2 s), when every candidate address is pinged, and a second
 	// for late answers.
 	moveCheck = 3 * time.Second
-	// moveGap is the pause between searches during moveFastPhase after a
-	// session went forwarded; then the pause doubles up to
-	// maxUpgradeInterval. A search costs one introduction and at most a
-	// few hundred punch packets (holepunch.Limits.AttemptPackets on each
-	// side): about 60 packets a second for the first minute of a relayed
-	// session, then rapidly less.
-	moveGap       = 2 * time.Second
-	moveFastPhase = time.Minute
+	// moveGap is the pause between searches for a direct path while the
+	// peer's sessions carry traffic on the forwarded path (at least
+	// moveActive packets sent there in a moveGap): a path that becomes
+	// possible is found within moveGap + moveCheck (5 s). While they are
+	// idle the pause doubles from moveGap up to maxUpgradeInterval, and
+	// traffic that starts again ends the pause within moveGap. A search
+	// costs one introduction (about 1 KB each way through the server) and
+	// at most holepunch.DefaultAttemptPackets (300) pings of about 100
+	// bytes on each side: about 60 packets a second while traffic flows,
+	// next to the thousands a second the traffic itself takes; an idle
+	// session probes 2, 4, 8 ... s apart, after an hour once every 10 min.
+	moveGap = 2 * time.Second
+	// moveActive is how many packets sent on the forwarded path within a
+	// moveGap count as traffic: a receiver acknowledges every second
+	// packet, an idle session sends a keepalive every 10 s.
+	moveActive = 20
 	// virtualIdle: a virtual address with no session and no packet for
 	// this long is forgotten.
 	virtualIdle = time.Minute
@@ -307,11 +315,11 @@ func (n *Node) startMoving(peer identity.PeerID) {
 }
 
 // moveLoop searches for a direct path to peer while a session with it is
-// on a forwarded path: every moveGap for moveFastPhase, then less often.
+// on a forwarded path: every moveGap while the sessions carry traffic,
+// less and less often while they are idle (moveGap).
 func (n *Node) moveLoop(peer identity.PeerID) {
 	paths := n.sock.Paths()
-	start := time.Now()
-	wait := moveGap
+	idle := moveGap // the pause while idle; doubles after each idle search
 	for {
 		key, ok := paths.Lookup(peer.String())
 		if !ok || len(n.sessionsAt(peer, key)) == 0 {
@@ -337,16 +345,42 @@ func (n *Node) moveLoop(peer identity.PeerID) {
 			return
 		}
 		n.event(PathEvent{Peer: peer, Kind: PathUpgradeFailed, Err: err})
-		if time.Since(start) > moveFastPhase {
-			wait = min(2*wait, maxUpgradeInterval)
+		active, ok := n.moveWait(key, idle)
+		switch {
+		case !ok:
+			return
+		case active:
+			idle = moveGap
+		default:
+			idle = min(2*idle, maxUpgradeInterval)
 		}
-		t := time.NewTimer(wait)
+	}
+}
+
+// moveWait pauses moveLoop: moveGap at least, and up to idle while the
+// peer at key sends nothing on its forwarded path but keepalives. active
+// says the pause ended because the sessions carry traffic (the caller
+// searches at once); ok is false when the node closes.
+func (n *Node) moveWait(key netip.AddrPort, idle time.Duration) (active, ok bool) {
+	paths := n.sock.Paths()
+	t := time.NewTicker(moveGap)
+	defer t.Stop()
+	deadline := time.Now().Add(idle)
+	last := paths.ForwardedSent(key)
+	for {
 		select {
 		case <-t.C:
 		case <-n.ctx.Done():
-			t.Stop()
-			return
+			return false, false
 		}
+		sent := paths.ForwardedSent(key)
+		if sent-last >= moveActive {
+			return true, true
+		}
+		if !time.Now().Before(deadline) {
+			return false, true
+		}
+		last = sent
 	}
 }
 

@@ -350,6 +350,11 @@ func (c *Conn) writeMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 		}
 		return c.udp.WriteMsgUDP(b, fixOOB(oob, direct.Addr().Is4()), ua)
 	case fwd != nil:
+		seg := segmentSize(oob)
+		if seg <= 0 || seg >= len(b) {
+			seg = len(b)
+		}
+		p.fwdSent.Add(int64((len(b) + seg - 1) / seg))
 		return sendSegments(fwd, b, oob)
 	default:
 		return 0, 0, ErrNoPath

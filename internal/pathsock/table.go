@@ -36,6 +36,8 @@ type peer struct {
 	heard atomic.Int64 // unix ns of the last packet from a direct source
 	seen  atomic.Int64 // unix ns of the last packet by any path
 	sent  atomic.Int64 // unix ns of the last QUIC packet sent on the direct path
+	// fwdSent counts the QUIC packets sent on the forwarded path.
+	fwdSent atomic.Int64
 	// unanswered: unix ns of the first QUIC packet sent on the direct
 	// path after the last one heard from it (not after heard: none).
 	unanswered atomic.Int64
@@ -412,6 +414,19 @@ func (c *Conn) Seen(virt netip.AddrPort) time.Time {
 // idle.
 func (c *Conn) Sent(virt netip.AddrPort) time.Time {
 	return c.stamp(virt, func(p *peer) int64 { return p.sent.Load() })
+}
+
+// ForwardedSent returns how many QUIC packets the node sent the peer on
+// its forwarded path so far: a session that carries traffic sends many
+// (data, or acknowledgements of what it receives), an idle one a
+// keepalive every few seconds.
+func (c *Conn) ForwardedSent(virt netip.AddrPort) int64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if p := c.byVirt[virt]; p != nil {
+		return p.fwdSent.Load()
+	}
+	return 0
 }
 
 func (c *Conn) stamp(virt netip.AddrPort, f func(*peer) int64) time.Time {

@@ -139,7 +139,9 @@ after # is a comment) restrict who may connect, with or without
 once: "refused this node", with their peer ID to add) and a stream that
 comes another way is closed with code 0x112; each refused peer is logged
 ("refused PEER ..."), at most once a minute. Without them any peer that
-knows this node's ID may connect.
+knows this node's ID may connect. With --supernode, the list is about who
+may connect to this listener; the supernode forwards for any pair of peers
+the server introduces (reach supernode --allow restricts that).
 
 If another process registers the same key with the server, this one is
 offline from then on: it says so and exits 1.

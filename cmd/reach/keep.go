@@ -160,12 +160,12 @@ func keepListen(sig context.Context, n *reach.Node, ev *events, allow *allowList
 			return closed(errInterrupted)
 		}
 		if out.err != nil {
-			return closed(fmt.Errorf("writing stdout: %w", out.err))
+			return closed(outputFailed(sess, out.err))
 		}
 		if errors.Is(err, errReadStdin) {
 			return closed(err)
 		}
-		turnDone(ev, peer, out.n, sent, err)
+		turnDone(ev, peer, out.n, sent, listenError(err))
 	}
 }
 
@@ -199,12 +199,15 @@ func refuseOthers(ctx context.Context, n *reach.Node, allow *allowList) {
 	}
 }
 
-// listenError names what a listener's stream error code means for a plain
-// dialler: forwardError's, and codeListenBusy.
+// listenError names what a peer's error code means on stdin/stdout (listen,
+// dial): forwardError's, codeListenBusy and codeOutputFailed.
 func listenError(err error) error {
 	var pe *stream.PeerError
 	if errors.As(err, &pe) && !pe.Session && pe.Code == codeListenBusy {
 		return errListenBusy
+	}
+	if errors.As(err, &pe) && pe.Session && pe.Code == codeOutputFailed {
+		return &outputError{reason: pe.Reason}
 	}
 	return forwardError(err)
 }

@@ -229,14 +229,20 @@ func runListen(args []string) error {
 	ev.emit(connectedEvent(sess))
 	wait, stop := abortOnSignal(sig, n, sess)
 	defer stop()
-	err = pipe(c, os.Stdin, os.Stdout)
-	if sig.Err() != nil {
+	out := &countingWriter{w: os.Stdout}
+	err = pipe(c, os.Stdin, out)
+	switch {
+	case sig.Err() != nil:
 		wait()
 		err = errInterrupted
-	} else if err == nil {
+	case out.err != nil:
+		err = outputFailed(sess, out.err)
+	case err == nil:
 		// Close waits until the peer has read everything we sent.
 		c.Close()
 		err = interrupted(sig, n.Close())
+	default:
+		err = listenError(err)
 	}
 	ev.emit(map[string]any{"event": "closed", "error": errString(err)})
 	return err
@@ -326,13 +332,19 @@ func runDial(args []string) error {
 	connected := connectedEvent(sess)
 	connected["elapsed_ms"] = time.Since(start).Milliseconds()
 	ev.emit(connected)
-	err = listenError(pipe(c, os.Stdin, os.Stdout))
-	if sig.Err() != nil {
+	out := &countingWriter{w: os.Stdout}
+	err = pipe(c, os.Stdin, out)
+	switch {
+	case sig.Err() != nil:
 		wait()
 		err = errInterrupted
-	} else if err == nil {
+	case out.err != nil:
+		err = outputFailed(sess, out.err)
+	case err == nil:
 		c.Close()
 		err = interrupted(sig, n.Close())
+	default:
+		err = listenError(err)
 	}
 	ev.emit(map[string]any{"event": "closed", "error": errString(err)})
 	return err

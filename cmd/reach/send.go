@@ -128,7 +128,7 @@ func runSend(args []string) error {
 					fmt.Fprintf(os.Stderr, "%s has everything: sent %d files, %s in %v%s\n", r.Peer.Short(), r.Files,
 						humanBytes(r.Bytes), r.Elapsed.Round(time.Millisecond), resumedNote(r.Resumed))
 				} else {
-					fmt.Fprintf(os.Stderr, "%s stopped: %v\n", r.Peer.Short(), r.Err)
+					fmt.Fprintf(os.Stderr, "%s stopped: %s\n", r.Peer.Short(), message(r.Err))
 				}
 			}
 			if r.Complete {

@@ -111,7 +111,11 @@ func runSend(args []string) error {
 		} else {
 			fmt.Fprintf(os.Stderr, "offering %d files, %s. On the other side run:\n  reach recv %s\n", m.Files(), humanBytes(m.Size()), tk)
 		}
-		fmt.Println(tk)
+		// For scripts (T=$(reach send x)); on a terminal the message
+		// above shows it already.
+		if !term.IsTerminal(int(os.Stdout.Fd())) {
+			fmt.Println(tk)
+		}
 	}
 
 	out := newProgressOut(ev, "send")

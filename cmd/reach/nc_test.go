@@ -75,7 +75,13 @@ func reachBinary(t *testing.T) string {
 			return
 		}
 		ncBin = filepath.Join(ncDir, "reach")
-		out, err := exec.Command("go", "build", "-o", ncBin, ".").CombinedOutput()
+		args := []string{"build", "-o", ncBin}
+		if os.Getenv("REACH_TEST_RACE") != "" {
+			// The commands the tests run, with the race detector: a
+			// race makes them exit 66 with "WARNING: DATA RACE".
+			args = append(args, "-race")
+		}
+		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 		if err != nil {
 			ncErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}

@@ -140,7 +140,7 @@ type Config struct {
 	// Session tunes QUIC sessions (keepalive, windows, timeouts).
 	Session stream.Config
 	// AcceptQueue is how many incoming streams may wait for Accept; more
-	// are reset. Zero: 64.
+	// are refused unread (the peer gets stream.ErrPeerRefused). Zero: 64.
 	AcceptQueue int
 	// ForceTCPSignalling reaches rendezvous servers over TCP+TLS only.
 	ForceTCPSignalling bool

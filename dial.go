@@ -325,8 +325,11 @@ func (n *Node) acceptStreams(sess *stream.Session) {
 		select {
 		case n.accept <- st:
 		default:
-			n.log.Warn("accept queue full; resetting stream", "peer", sess.RemotePeer().Short())
-			st.Close()
+			// Refused with a code, not closed: a Close would let a
+			// peer that wrote and half-closed read a clean EOF, its
+			// data dropped unread.
+			n.log.Warn("accept queue full; refusing stream", "peer", sess.RemotePeer().Short())
+			st.CloseWithError(stream.CodeRefused)
 		}
 	}
 }

@@ -56,6 +56,9 @@ const (
 	// CodeInterrupted: the peer's program was interrupted, for example by
 	// Ctrl-C (ErrPeerInterrupted).
 	CodeInterrupted ErrorCode = 2
+	// CodeRefused: the peer refused the stream before reading any of it,
+	// its accept queue being full (ErrPeerRefused).
+	CodeRefused ErrorCode = 3
 	// CodeApplication is the first code free for applications and for the
 	// packages built on this one.
 	CodeApplication ErrorCode = 0x100
@@ -72,6 +75,10 @@ var (
 	// ErrPeerInterrupted: the peer's program was interrupted (Ctrl-C) and
 	// closed the session.
 	ErrPeerInterrupted = errors.New("stream: the peer was interrupted")
+	// ErrPeerRefused: the peer refused the stream unread (its application
+	// was not accepting streams fast enough); nothing written on it was
+	// delivered.
+	ErrPeerRefused = errors.New("stream: the peer refused the stream (its accept queue was full)")
 	// ErrCloseTimeout: Session.Close waited Config.CloseTimeout for the
 	// peer to read what this side wrote, then closed anyway; the peer may
 	// have lost the unread part.
@@ -80,8 +87,8 @@ var (
 
 // PeerError is the error of a Read or Write after the peer aborted the
 // stream or closed the session. errors.Is matches it against
-// ErrPeerClosed, ErrPeerAborted or ErrPeerInterrupted by its code; it
-// unwraps to the transport's error.
+// ErrPeerClosed, ErrPeerAborted, ErrPeerInterrupted or ErrPeerRefused by
+// its code; it unwraps to the transport's error.
 type PeerError struct {
 	// Code is the peer's error code.
 	Code ErrorCode
@@ -107,6 +114,8 @@ func (e *PeerError) Error() string {
 		s = "stream: the peer aborted the " + what
 	case CodeInterrupted:
 		s = "stream: the peer was interrupted"
+	case CodeRefused:
+		s = "stream: the peer refused the " + what + " (its accept queue was full)"
 	default:
 		s = fmt.Sprintf("stream: the peer closed the %s with error code %#x", what, uint64(e.Code))
 	}
@@ -127,6 +136,8 @@ func (e *PeerError) Is(target error) bool {
 		return e.Code == CodeAborted
 	case ErrPeerInterrupted:
 		return e.Code == CodeInterrupted
+	case ErrPeerRefused:
+		return e.Code == CodeRefused
 	}
 	return false
 }

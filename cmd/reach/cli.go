@@ -149,6 +149,11 @@ func message(err error) string {
 		}
 		return msg + " (--force overwrites them)"
 	}
+	if rm, ok := errors.AsType[*transfer.RemoteError](err); ok && rm.Reason != "" {
+		// The peer's own words ("no space left on the receiver's disk:
+		// ..."), without "transfer: peer: disk_full: transfer:".
+		return "the peer reported: " + strings.Join(strings.Fields(trimPrefixes(rm.Reason)), " ")
+	}
 	msg := trimPrefixes(err.Error())
 	// The SDK names its Config fields; the CLI's flags are what a user
 	// can change.

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -88,4 +89,40 @@ func TestSendRecvCodeExpired(t *testing.T) {
 	if exit != exitError || !strings.Contains(errOut, "code expired") {
 		t.Errorf("expired code: exit %d, %q", exit, errOut)
 	}
+}
+
+// TestSendTicketOnceOnTerminal: on a terminal (script(1) gives send a
+// pty for stdout and stderr) the ticket shows once, in the message; with
+// stdout redirected it is also alone on stdout, for scripts.
+func TestSendTicketOnceOnTerminal(t *testing.T) {
+	bin := reachBinary(t)
+	if _, err := exec.LookPath("script"); err != nil {
+		t.Skip("needs script(1) for a pty")
+	}
+	cs := ncServer(t)
+	src := filepath.Join(t.TempDir(), "f.txt")
+	os.WriteFile(src, []byte("hello\n"), 0o600)
+	key, _ := ncKey(t, "send")
+	outR, outW := osPipe(t)
+	cmd := exec.Command("script", "-qfec", strings.Join([]string{bin, "send", "--server", cs, "--key", key, src}, " "), "/dev/null")
+	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+t.TempDir())
+	p := startCmd(t, cmd, nil, outW)
+	out := watch(outR)
+	out.waitFor(t, "reach recv reachsend_", 15*time.Second)
+	time.Sleep(500 * time.Millisecond) // a second copy would follow at once
+	p.cmd.Process.Kill()
+	if n := strings.Count(out.String(), "reachsend_"); n != 1 {
+		t.Errorf("the ticket shows %d times on a terminal, want once:\n%s", n, out)
+	}
+
+	<-p.done
+
+	// Redirected, stdout holds the ticket alone.
+	sr, sw := osPipe(t)
+	send := startProc(t, nil, sw, bin, "send", "--server", cs, "--key", key, src)
+	line := watch(sr).wait(t, "", 15*time.Second)
+	if !strings.HasPrefix(line, "reachsend_") || strings.ContainsAny(line, " \t") {
+		t.Errorf("stdout's first line %q, want the ticket alone", line)
+	}
+	send.cmd.Process.Kill()
 }

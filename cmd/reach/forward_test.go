@@ -226,8 +226,8 @@ func TestForwardRefused(t *testing.T) {
 
 	// A plain reach dial reads the listener's code and exits 1.
 	_, errOut, code := runReach(t, nil, "dial", "--server", cs, lisID.String())
-	if code != exitError || !strings.Contains(errOut, "error code 0x110") {
-		t.Errorf("reach dial (stdin/stdout): exit %d, stderr %q; want 1 and error code 0x110", code, errOut)
+	if code != exitError || !strings.Contains(errOut, "reach: the listener could not connect to its forward target") {
+		t.Errorf("reach dial (stdin/stdout): exit %d, stderr %q; want 1 and the target named", code, errOut)
 	}
 
 	// The target comes up on the same port (if nothing took it meanwhile).

@@ -1,7 +1,7 @@
 package main
 
 // reach listen and reach dial: one stream between stdin/stdout and a peer,
-// like netcat, with TCP's half-close.
+// like netcat, with TCP's half-close (keep.go: listen --keep).
 
 import (
 	"context"
@@ -27,9 +27,18 @@ var errInterrupted = errors.New("interrupted")
 // It returns early with the error when a direction fails or the session
 // ends (the peer aborted, was interrupted, or closed the stream).
 func pipe(c *stream.Stream, stdin io.Reader, stdout io.Writer) error {
+	return pipeWith(c, func() error {
+		_, err := io.Copy(c, stdin)
+		return err
+	}, stdout)
+}
+
+// pipeWith is pipe with send writing the sending direction (nil at its
+// end: pipeWith half-closes c).
+func pipeWith(c *stream.Stream, send func() error, stdout io.Writer) error {
 	up := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(c, stdin)
+		err := send()
 		if err == nil {
 			err = c.CloseWrite()
 		}
@@ -114,19 +123,32 @@ dial --local resets its TCP connection) and a "forward:" line is logged;
 the listener goes on. It prints "forwarding streams to HOST:PORT" after
 the listening line, then whom it serves.
 
+Without --keep, a dialler that comes while the first is served is refused
+at once (its dial fails: "the listener serves another dialler"). With
+--keep it serves dialler after dialler, one at a time, like nc -lk, until
+interrupted: the others wait their turn (at most 64 streams wait; more
+are refused), each dialler's bytes reach stdout whole before the next
+one's, and each gets the part of stdin that comes while it is served;
+once stdin has ended, every later dialler gets the end of data at once
+(reach listen --keep </dev/null >> log collects from many). A dialler that
+fails is logged ("dialler PEER failed ...") and the next one served.
+
 --allow PEER (repeatable) and --allow-file FILE (one peer ID a line; text
 after # is a comment) restrict who may connect, with or without
 --forward: other peers' introductions are refused (their dial fails at
 once: "refused this node", with their peer ID to add) and a stream that
 comes another way is closed with code 0x112; each refused peer is logged
 ("refused PEER ..."), at most once a minute. Without them any peer that
-knows this node's ID may connect.
+knows this node's ID may connect. With --supernode, the list is about who
+may connect to this listener; the supernode forwards for any pair of peers
+the server introduces (reach supernode --allow restricts that).
 
 If another process registers the same key with the server, this one is
 offline from then on: it says so and exits 1.
 
 With --json, one event a line on stderr (stdout carries the stream):
-connected, path (each time the session moves), closed; with --forward:
+connected, path (each time the session moves), closed; with --keep:
+connected and dialler_done for each dialler, closed; with --forward:
 forwarding, then connected for each dialler's session, forward_error for
 each failed connection, closed; refused for each refused peer; see
 docs/cli.md.
@@ -139,6 +161,8 @@ func runListen(args []string) error {
 	volunteer := fs.Bool("supernode", false, "also volunteer as a supernode (forward for peers that cannot punch through; see reach supernode)")
 	forward := fs.String("forward", "", "connect every stream a dialler opens to a new TCP connection to `HOST:PORT`,\n"+
 		"many at once, until interrupted (instead of stdin/stdout)")
+	keep := fs.Bool("keep", false, "serve dialler after dialler on stdin/stdout, one at a time, until interrupted\n"+
+		"(with --forward: always)")
 	maxConns := fs.Int("max-conns", defaultMaxConns, "with --forward: streams carried at once; more are refused")
 	var allowIDs, allowFiles multiFlag
 	fs.Var(&allowIDs, "allow", "serve only this `PEER` (repeatable; default: any peer that knows this node's ID)")
@@ -184,6 +208,9 @@ func runListen(args []string) error {
 	if *forward != "" {
 		return forwardListen(sig, n, ev, *forward, *maxConns, allow)
 	}
+	if *keep {
+		return keepListen(sig, n, ev, allow, os.Stdin, os.Stdout)
+	}
 	var c *stream.Stream
 	for {
 		c, err = n.Accept(sig)
@@ -197,18 +224,25 @@ func runListen(args []string) error {
 		}
 		refuse(c, allow)
 	}
+	go refuseOthers(sig, n, allow)
 	sess := c.Session()
 	ev.emit(connectedEvent(sess))
 	wait, stop := abortOnSignal(sig, n, sess)
 	defer stop()
-	err = pipe(c, os.Stdin, os.Stdout)
-	if sig.Err() != nil {
+	out := &countingWriter{w: os.Stdout}
+	err = pipe(c, os.Stdin, out)
+	switch {
+	case sig.Err() != nil:
 		wait()
 		err = errInterrupted
-	} else if err == nil {
+	case out.err != nil:
+		err = outputFailed(sess, out.err)
+	case err == nil:
 		// Close waits until the peer has read everything we sent.
 		c.Close()
 		err = interrupted(sig, n.Close())
+	default:
+		err = listenError(err)
 	}
 	ev.emit(map[string]any{"event": "closed", "error": errString(err)})
 	return err
@@ -298,13 +332,19 @@ func runDial(args []string) error {
 	connected := connectedEvent(sess)
 	connected["elapsed_ms"] = time.Since(start).Milliseconds()
 	ev.emit(connected)
-	err = pipe(c, os.Stdin, os.Stdout)
-	if sig.Err() != nil {
+	out := &countingWriter{w: os.Stdout}
+	err = pipe(c, os.Stdin, out)
+	switch {
+	case sig.Err() != nil:
 		wait()
 		err = errInterrupted
-	} else if err == nil {
+	case out.err != nil:
+		err = outputFailed(sess, out.err)
+	case err == nil:
 		c.Close()
 		err = interrupted(sig, n.Close())
+	default:
+		err = listenError(err)
 	}
 	ev.emit(map[string]any{"event": "closed", "error": errString(err)})
 	return err

@@ -75,7 +75,13 @@ func pathEvent(e reach.PathEvent) map[string]any {
 // TCP path) and "path", the direct address (absent while the session is
 // forwarded: relay, supernode, TURN), as in pathEvent.
 func connectedEvent(s *reach.Session) map[string]any {
-	m := map[string]any{"event": "connected", "strategy": s.Strategy(), "remote": s.RemotePeer().String(), "transport": s.Transport()}
+	m := map[string]any{"event": "connected", "remote": s.RemotePeer().String(), "transport": s.Transport()}
+	// A session that came straight to a listener's socket has no
+	// strategy (the listener cannot tell direct from hole-punched):
+	// absent rather than "".
+	if st := s.Strategy(); st != "" {
+		m["strategy"] = st
+	}
 	if p := s.RemoteAddr(); p.IsValid() {
 		m["path"] = p.String()
 	}

@@ -111,7 +111,11 @@ func runSend(args []string) error {
 		} else {
 			fmt.Fprintf(os.Stderr, "offering %d files, %s. On the other side run:\n  reach recv %s\n", m.Files(), humanBytes(m.Size()), tk)
 		}
-		fmt.Println(tk)
+		// For scripts (T=$(reach send x)); on a terminal the message
+		// above shows it already.
+		if !term.IsTerminal(int(os.Stdout.Fd())) {
+			fmt.Println(tk)
+		}
 	}
 
 	out := newProgressOut(ev, "send")
@@ -128,7 +132,7 @@ func runSend(args []string) error {
 					fmt.Fprintf(os.Stderr, "%s has everything: sent %d files, %s in %v%s\n", r.Peer.Short(), r.Files,
 						humanBytes(r.Bytes), r.Elapsed.Round(time.Millisecond), resumedNote(r.Resumed))
 				} else {
-					fmt.Fprintf(os.Stderr, "%s stopped: %v\n", r.Peer.Short(), r.Err)
+					fmt.Fprintf(os.Stderr, "%s stopped: %s\n", r.Peer.Short(), message(r.Err))
 				}
 			}
 			if r.Complete {

@@ -49,8 +49,17 @@ func TestWalkthrough(t *testing.T) {
 	if err != nil {
 		t.Fatalf("docs/walkthrough.sh: %v", err)
 	}
+	checkTranscript(t, out, "127.0.0.1", local)
+}
+
+// checkTranscript checks what a reader checks in docs/walkthrough.sh's
+// transcript: the server's ready line (at serverIP), the line alice's
+// listen gets, the files verified, the sender's "has everything", and the
+// web page through the forward on local that only bob may use.
+func checkTranscript(t *testing.T, out []byte, serverIP string, local int) {
+	t.Helper()
 	for _, re := range []string{
-		`(?m)^reach server ready reach://[a-z2-7]{56}@127\.0\.0\.1:\d+$`,
+		`(?m)^reach server ready reach://[a-z2-7]{56}@` + regexp.QuoteMeta(serverIP) + `:\d+$`,
 		`(?m)^listening [a-z2-7]{56}$`,
 		`(?m)^bob\$ echo 'hello from bob' \| reach dial [a-z2-7]{56}\n\(exit 0\)$`,
 		`(?m)^alice\$ cat notes.txt\nhello from bob$`,

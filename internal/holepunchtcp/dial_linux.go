@@ -4,6 +4,7 @@ package holepunchtcp
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -230,17 +231,18 @@ func refused(err error) bool {
 
 // measureHop sends one SYN of the given TTL to to (the server) from an
 // ephemeral port and reports what came back within wait: the time until
-// an ICMP error (a router within ttl hops answers, as it will answer a
-// primer), or silent (the SYN reached the server: no router within ttl
-// hops answers on that path), or neither (nothing came back).
-func measureHop(ctx context.Context, inNet func(func() error) error, to netip.AddrPort, ttl int, wait time.Duration) (hop time.Duration, silent bool) {
+// an ICMP time-exceeded and the router that sent it (a router within ttl
+// hops answers, as it will answer a primer), or silent (the SYN reached
+// the server: no router within ttl hops answers on that path), or
+// neither (nothing came back).
+func measureHop(ctx context.Context, inNet func(func() error) error, to netip.AddrPort, ttl int, wait time.Duration) (hop time.Duration, silent bool, router netip.Addr) {
 	if !to.Addr().Unmap().Is4() {
-		return 0, false
+		return 0, false, netip.Addr{}
 	}
 	start := time.Now()
 	fd := startProbe(inNet, &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().Unmap().As4()}, ttl)
 	if fd < 0 {
-		return 0, false
+		return 0, false, netip.Addr{}
 	}
 	// Closed with a reset, not a FIN, if the server answered.
 	defer func() {
@@ -250,51 +252,58 @@ func measureHop(ctx context.Context, inNet func(func() error) error, to netip.Ad
 	for deadline := start.Add(wait); ctx.Err() == nil; {
 		d := time.Until(deadline)
 		if d <= 0 {
-			return 0, false
+			return 0, false, netip.Addr{}
 		}
 		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
 		n, err := unix.Poll(pfd, int(min(d, 20*time.Millisecond)/time.Millisecond)+1)
 		if err != nil && !errors.Is(err, unix.EINTR) {
-			return 0, false
+			return 0, false, netip.Addr{}
 		}
 		if n == 0 {
 			continue
 		}
 		el := time.Since(start)
-		if hasICMPError(fd) { // queued by IP_RECVERR, dead socket or not
-			return el, false
+		if from, ok := icmpTimeExceeded(fd); ok { // queued by IP_RECVERR, dead socket or not
+			return el, false, from
 		}
 		v, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
 		switch e := syscall.Errno(v); {
 		case v == 0 && pfd[0].Revents&unix.POLLOUT != 0, e == unix.ECONNREFUSED, e == unix.ECONNRESET:
-			return 0, true // connected or refused: the SYN got there
+			return 0, true, netip.Addr{} // connected or refused: the SYN got there
 		case v != 0:
-			return 0, false // another error: nothing learned
+			return 0, false, netip.Addr{} // another error: nothing learned
 		}
 	}
-	return 0, false
+	return 0, false, netip.Addr{}
 }
 
-// hasICMPError reports whether fd's error queue holds an ICMP time-
-// exceeded (queued by IP_RECVERR even when the socket lives on).
-func hasICMPError(fd int) bool {
+// icmpTimeExceeded reports whether fd's error queue holds an ICMP time-
+// exceeded (queued by IP_RECVERR even when the socket lives on), and the
+// router that sent it (the offender address after the extended error).
+func icmpTimeExceeded(fd int) (netip.Addr, bool) {
 	buf := make([]byte, 64)
 	oob := make([]byte, 512)
 	_, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
 	if err != nil {
-		return false
+		return netip.Addr{}, false
 	}
 	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
 	if err != nil {
-		return false
+		return netip.Addr{}, false
 	}
 	for _, m := range msgs {
 		if m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_RECVERR && len(m.Data) >= 6 {
-			// struct sock_extended_err: errno (4), origin (1), type (1)
+			// struct sock_extended_err: errno (4), origin (1), type (1),
+			// code, pad, info (4), data (4); then the offender's
+			// sockaddr_in: family (2), port (2), address (4).
 			if m.Data[4] == unix.SO_EE_ORIGIN_ICMP && m.Data[5] == 11 {
-				return true
+				var from netip.Addr
+				if len(m.Data) >= 24 && binary.NativeEndian.Uint16(m.Data[16:18]) == unix.AF_INET {
+					from = netip.AddrFrom4([4]byte(m.Data[20:24]))
+				}
+				return from, true
 			}
 		}
 	}
-	return false
+	return netip.Addr{}, false
 }

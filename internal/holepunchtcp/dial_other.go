@@ -20,6 +20,6 @@ func taken(error) bool   { return false }
 func refused(error) bool { return false }
 func expired(error) bool { return false }
 
-func measureHop(context.Context, func(func() error) error, netip.AddrPort, int, time.Duration) (time.Duration, bool) {
-	return 0, false
+func measureHop(context.Context, func(func() error) error, netip.AddrPort, int, time.Duration) (time.Duration, bool, netip.Addr) {
+	return 0, false, netip.Addr{}
 }

@@ -126,6 +126,7 @@ type Rung struct {
 	punches map[identity.PeerID]bool // listening side, running now
 	hop     time.Duration            // measureHop's time to the ICMP of a primer-TTL SYN (zero: none or unknown)
 	farTTL  bool                     // a primer-TTL SYN reached the server: primers go one hop further
+	baseTTL int                      // the primers' TTL past any router inside a carrier's NAT (zero: Limits.PrimerTTL)
 	// measured is closed when Ready's measurement is over (or was not
 	// made); readyAt is when Ready started it.
 	measured     chan struct{}
@@ -201,10 +202,25 @@ func (r *Rung) Ready(context.Context) {
 			port = sa.Port
 		}
 		to := netip.AddrPortFrom(addrs[0].Unmap(), port)
-		hop, silent := measureHop(ctx, inNet, to, r.lim.PrimerTTL, 2*time.Second)
-		r.h.Logger.Debug("holepunch-tcp: first answering router", "ttl", r.lim.PrimerTTL, "after", hop, "reached_server", silent)
+		// A router inside a carrier's NAT (a double NAT) answers from a
+		// private or shared address: the primer must get past it too, or
+		// the outer NAT never maps the listening port (its SYN dies
+		// before it gets there). One hop more per such router, at most
+		// maxInnerHops.
+		ttl := r.lim.PrimerTTL
+		var hop time.Duration
+		var silent bool
+		for {
+			var router netip.Addr
+			hop, silent, router = measureHop(ctx, inNet, to, ttl, 2*time.Second)
+			r.h.Logger.Debug("holepunch-tcp: first answering router", "ttl", ttl, "after", hop, "reached_server", silent, "router", router)
+			if hop == 0 || !insideNAT(router) || ttl >= r.lim.PrimerTTL+maxInnerHops || ctx.Err() != nil {
+				break
+			}
+			ttl++
+		}
 		r.mu.Lock()
-		r.hop, r.farTTL = hop, silent
+		r.hop, r.farTTL, r.baseTTL = hop, silent, ttl
 		r.mu.Unlock()
 	})
 }
@@ -222,10 +238,23 @@ func (r *Rung) Ready(context.Context) {
 func (r *Rung) primerTTL() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	ttl := max(r.baseTTL, r.lim.PrimerTTL)
 	if r.farTTL {
-		return r.lim.PrimerTTL + 1
+		return ttl + 1
 	}
-	return r.lim.PrimerTTL
+	return ttl
+}
+
+// maxInnerHops bounds how many routers inside a carrier's NAT the
+// primer's TTL grows by.
+const maxInnerHops = 2
+
+// insideNAT reports whether a router that answered from addr is still on
+// the private side of a NAT: a private (RFC 1918) or shared (RFC 6598,
+// carrier-grade NAT) address.
+func insideNAT(addr netip.Addr) bool {
+	addr = addr.Unmap()
+	return addr.IsValid() && (addr.IsPrivate() || cgnat.Contains(addr) || addr.IsLinkLocalUnicast())
 }
 
 // MeasureWait bounds how long an introduction waits for Ready's

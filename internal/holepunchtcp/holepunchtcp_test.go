@@ -261,3 +261,24 @@ func TestPunchFlood(t *testing.T) {
 		t.Errorf("the punches took %v: MaxAttempts did not end them", el)
 	}
 }
+
+// TestInsideNAT: routers that answer from private, shared (carrier NAT)
+// or link-local addresses are inside a NAT; public ones and the ISP
+// segments of the lab (198.18.0.0/15) are not.
+func TestInsideNAT(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		want bool
+	}{
+		{"10.1.2.3", true}, {"192.168.1.1", true}, {"172.16.0.1", true}, {"100.64.7.1", true},
+		{"169.254.0.1", true}, {"::ffff:100.64.0.1", true},
+		{"203.0.113.9", false}, {"198.18.4.1", false}, {"8.8.8.8", false}, {"100.128.0.1", false},
+	} {
+		if got := insideNAT(netip.MustParseAddr(tc.addr)); got != tc.want {
+			t.Errorf("insideNAT(%s) = %v, want %v", tc.addr, got, tc.want)
+		}
+	}
+	if insideNAT(netip.Addr{}) {
+		t.Error("insideNAT(no address) = true")
+	}
+}

@@ -17,7 +17,9 @@ import (
 // TestLabHolepunchTCP: a peer behind a firewall that drops UDP and lets
 // TCP out (udp-blocked-tcp-open) connects over TCP, never the relay the
 // scenario also runs, to peers behind port-restricted and full-cone NATs,
-// behind the same kind of firewall (holepunch-tcp: a TCP simultaneous open
+// behind a double NAT (a home NAT behind a carrier's: the listener's
+// primer must get past both), behind the same kind of firewall
+// (holepunch-tcp: a TCP simultaneous open
 // from both listening ports), and to a public peer (direct-tcp), in both
 // firewall variants (linux-host sites behind ISP hops, as in
 // TestLabLinuxHost), fresh nodes each dial, half the dials from each side,
@@ -50,7 +52,7 @@ func TestLabHolepunchTCP(t *testing.T) {
 			var table []string
 			for _, fw := range []natlab.Firewall{natlab.Home, natlab.LinuxHost} {
 				isp := fw == natlab.LinuxHost
-				for i, other := range []natlab.Kind{natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.FullCone), blocked, natlab.Open} {
+				for i, other := range []natlab.Kind{natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.FullCone), blocked, natlab.Open, natlab.KindDouble} {
 					name := fmt.Sprintf("%s/%s<->%s", fw, blocked, other)
 					want := reach.StrategyHolepunchTCP
 					if other == natlab.Open {

@@ -87,6 +87,14 @@ func bootUnit(t *testing.T, udp, metrics int) *nspawnUnit {
 	if err := os.WriteFile(unitFile, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The container's first boot (an empty /etc) enables units by preset:
+	// none here but the one the test wants. (Without a private network
+	// nspawn withholds CAP_NET_ADMIN, so nothing in it could reconfigure
+	// the host's network anyway.)
+	preset := filepath.Join(dir, "00-reach-test.preset")
+	if err := os.WriteFile(preset, []byte("disable *\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	machine := fmt.Sprintf("reach-unit-%d", os.Getpid())
 	u := &nspawnUnit{bin: binIn, metrics: fmt.Sprintf("127.0.0.1:%d", metrics), done: make(chan error, 1)}
 	// --keep-unit --register=no: no systemd (nor D-Bus) on the host to
@@ -94,6 +102,7 @@ func bootUnit(t *testing.T, udp, metrics int) *nspawnUnit {
 	u.cmd = exec.Command("systemd-nspawn", "--quiet", "--keep-unit", "--register=no", "--console=pipe",
 		"--volatile=yes", "--directory=/", "--machine="+machine,
 		"--bind-ro="+bin+":"+binIn, "--bind-ro="+unitFile+":/etc/systemd/system/reach-server.service",
+		"--bind-ro="+preset+":/etc/systemd/system-preset/00-reach-test.preset",
 		"--boot", "systemd.wants=reach-server.service")
 	u.cmd.Stdout, u.cmd.Stderr = &u.console, &u.console
 	if err := u.cmd.Start(); err != nil {

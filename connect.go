@@ -462,10 +462,11 @@ func (n *Node) host(signalling, local bool) *rung.Host {
 			}
 			return n.client.RTT()
 		},
-		Accepted:  n.accepted,
-		Event:     n.event,
-		PathHeard: n.pathHeard,
-		Rescue:    n.rescue,
+		Accepted:      n.accepted,
+		Event:         n.event,
+		PathHeard:     n.pathHeard,
+		ListenerPunch: n.counts.listenerPunch,
+		Rescue:        n.rescue,
 	}
 }
 

@@ -2,13 +2,16 @@ package reach
 
 import (
 	"sync"
+
+	"github.com/reachp2p/reach/internal/holepunch"
 )
 
 // Counting what a node does, for monitoring (package reachmetrics exports
 // it to Prometheus; this package does not import Prometheus). The counts
 // come from the places every session and path event already passes
-// through: Node.accepted for sessions, Node.event for path events, and
-// the race's per-rung results (rung.Attempt.Result).
+// through: Node.accepted for sessions, Node.event for path events, the
+// race's per-rung results (rung.Attempt.Result) and the hole punching
+// rung's listening side (rung.Host.ListenerPunch).
 
 // InboundStrategy is the strategy Metrics counts a session under when
 // the peer opened it straight to the node's socket: the node cannot tell
@@ -34,6 +37,23 @@ const (
 	// AttemptCancelled: another rung won, or the dial's ctx ended, while
 	// the rung was still trying.
 	AttemptCancelled = "cancelled"
+)
+
+// Outcomes of the hole punches a node runs as the listening side of an
+// introduction (Metrics.ListenerPunches); the dialling side's are in
+// Metrics.Attempts under StrategyHolepunch.
+const (
+	// PunchHeard: the dialler's checks reached the node, or answered its
+	// own: both NATs let the pair through.
+	PunchHeard = holepunch.OutcomeHeard
+	// PunchUnheard: nothing came from the dialler while the node punched
+	// (Config.PunchLinger).
+	PunchUnheard = holepunch.OutcomeUnheard
+	// PunchSkipped: not punched, over Config.PunchLimits.
+	PunchSkipped = holepunch.OutcomeSkipped
+	// PunchNoCandidates: not punched, the dialler offered no address the
+	// node may punch (none public, none on its own LAN).
+	PunchNoCandidates = holepunch.OutcomeNoCandidates
 )
 
 // Upgrade kinds (Metrics.Upgrades).
@@ -75,6 +95,13 @@ type Metrics struct {
 	// Attempts are the node's dials' rung attempts, by rung and outcome
 	// (hole punching is Strategy "holepunch").
 	Attempts map[AttemptKey]uint64
+	// ListenerPunches are the hole punches the node ran as the listening
+	// side of an introduction, by outcome (PunchHeard, PunchUnheard,
+	// PunchSkipped, PunchNoCandidates): one for each introduction whose
+	// dialler asked for a punch, counted when its outcome is known
+	// (heard: at once; unheard: after PunchLinger), except punches the
+	// node's Close cut short.
+	ListenerPunches map[string]uint64
 	// RelayFallbacks are dialled sessions that only a forwarding rung
 	// could make (PathRelayed), by that rung.
 	RelayFallbacks map[string]uint64
@@ -93,6 +120,7 @@ type nodeCounts struct {
 	mu                 sync.Mutex
 	opened             map[string]uint64
 	attempts           map[AttemptKey]uint64
+	punches            map[string]uint64
 	fallbacks          map[string]uint64
 	upgrades           map[string]uint64
 	losses             map[string]uint64
@@ -125,6 +153,14 @@ func (c *nodeCounts) attempt(strategy string, err error, cancelled bool) {
 	}
 	c.mu.Lock()
 	add(&c.attempts, AttemptKey{strategy, outcome})
+	c.mu.Unlock()
+}
+
+// listenerPunch counts a listening-side punch's outcome
+// (rung.Host.ListenerPunch).
+func (c *nodeCounts) listenerPunch(outcome string) {
+	c.mu.Lock()
+	add(&c.punches, outcome)
 	c.mu.Unlock()
 }
 
@@ -165,6 +201,7 @@ func (n *Node) Metrics() Metrics {
 	defer c.mu.Unlock()
 	m.SessionsOpened = clone(c.opened)
 	m.Attempts = clone(c.attempts)
+	m.ListenerPunches = clone(c.punches)
 	m.RelayFallbacks = clone(c.fallbacks)
 	m.Upgrades = clone(c.upgrades)
 	m.PathLosses = clone(c.losses)

@@ -24,6 +24,8 @@ var (
 		"Sessions the node took, dialled or accepted (upgrades included), by the rung that made them.", []string{"strategy"}, nil)
 	descAttempts = prometheus.NewDesc("reach_node_dial_attempts_total",
 		"Rung attempts in the node's dials, by rung and outcome (connected, failed, cancelled: another rung won first); hole punching is strategy=\"holepunch\".", []string{"strategy", "outcome"}, nil)
+	descPunches = prometheus.NewDesc("reach_node_listener_punches_total",
+		"Hole punches the node ran as the listening side of an introduction, by outcome (heard: the dialler's checks came through; unheard: none while it punched; skipped: over the punch limits; no_candidates: no address of the dialler it may punch). The dialling side's are reach_node_dial_attempts_total{strategy=\"holepunch\"}.", []string{"outcome"}, nil)
 	descFallbacks = prometheus.NewDesc("reach_node_relay_fallbacks_total",
 		"Dialled sessions only a forwarding rung could make, by that rung (relay, turn, supernode).", []string{"strategy"}, nil)
 	descUpAttempts = prometheus.NewDesc("reach_node_upgrade_attempts_total",
@@ -48,7 +50,7 @@ func NewCollector(n *reach.Node) *Collector { return &Collector{n: n} }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descOpened, descAttempts, descFallbacks,
+	for _, d := range []*prometheus.Desc{descSessions, descOpened, descAttempts, descPunches, descFallbacks,
 		descUpAttempts, descUpFailures, descUpgrades, descLosses} {
 		ch <- d
 	}
@@ -101,6 +103,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for _, o := range []string{reach.AttemptConnected, reach.AttemptFailed, reach.AttemptCancelled} {
 			counter(descAttempts, m.Attempts[reach.AttemptKey{Strategy: s, Outcome: o}], s, o)
 		}
+	}
+	for _, o := range labels([]string{reach.PunchHeard, reach.PunchUnheard, reach.PunchSkipped, reach.PunchNoCandidates}, m.ListenerPunches) {
+		counter(descPunches, m.ListenerPunches[o], o)
 	}
 	for _, s := range labels(forwarding, m.RelayFallbacks) {
 		counter(descFallbacks, m.RelayFallbacks[s], s)

@@ -7,6 +7,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/reachp2p/reach/rendezvous/fleet"
 )
 
 // The dashboard of docs/grafana, checked against the server's registry so
@@ -109,9 +113,31 @@ func TestPromQLRefs(t *testing.T) {
 	}
 }
 
+// panelIDs returns the id of every panel of the dashboard, rows' nested
+// panels too.
+func panelIDs(v any) []float64 {
+	var out []float64
+	switch x := v.(type) {
+	case map[string]any:
+		if ps, ok := x["panels"].([]any); ok {
+			for _, p := range ps {
+				if pm, ok := p.(map[string]any); ok {
+					if id, ok := pm["id"].(float64); ok {
+						out = append(out, id)
+					}
+					out = append(out, panelIDs(pm)...)
+				}
+			}
+		}
+	}
+	return out
+}
+
 // TestGrafanaDashboardMetrics: every metric the dashboard queries exists
-// in reach server's registry (with the relay), with every label the
-// queries match or group on.
+// in reach server's registry (with the relay and a fleet registry), with
+// every label the queries match or group on; every reach_ metric of the
+// server is charted; panel ids are unique (Grafana mixes up panels that
+// share one).
 func TestGrafanaDashboardMetrics(t *testing.T) {
 	b, err := os.ReadFile(dashboardFile)
 	if err != nil {
@@ -121,12 +147,28 @@ func TestGrafanaDashboardMetrics(t *testing.T) {
 	if err := json.Unmarshal(b, &dash); err != nil {
 		t.Fatalf("%s: %v", dashboardFile, err)
 	}
-	_, reg, _ := metricsServer(t)
+	ids := panelIDs(dash)
+	slices.Sort(ids)
+	if len(ids) < 20 || len(slices.Compact(slices.Clone(ids))) != len(ids) {
+		t.Errorf("panel ids not unique: %v", ids)
+	}
+	rs, rl := loopbackServer(t)
+	// A registry that is never run: its metrics exist from the start.
+	fr, err := fleet.New("redis://127.0.0.1:1", fleet.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fr.Close() })
+	reg, err := serverRegistry(rs.Server, rl, fr)
+	if err != nil {
+		t.Fatal(err)
+	}
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	labels := map[string][]string{} // metric -> its label names
+	family := map[string]string{}   // a histogram's series -> its name
 	for _, mf := range mfs {
 		ls := slices.Clone(targetLabels)
 		for _, m := range mf.GetMetric() {
@@ -137,6 +179,13 @@ func TestGrafanaDashboardMetrics(t *testing.T) {
 			}
 		}
 		labels[mf.GetName()] = ls
+		if mf.GetType() == dto.MetricType_HISTOGRAM {
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				family[mf.GetName()+suffix] = mf.GetName()
+				labels[mf.GetName()+suffix] = ls
+			}
+			labels[mf.GetName()+"_bucket"] = append(slices.Clone(ls), "le")
+		}
 	}
 	queries := dashboardQueries(t, dash)
 	if len(queries) < 20 {
@@ -153,6 +202,9 @@ func TestGrafanaDashboardMetrics(t *testing.T) {
 		}
 		for name, ls := range refs {
 			seen[name] = true
+			if f, ok := family[name]; ok {
+				seen[f] = true
+			}
 			have, ok := labels[name]
 			if !ok {
 				t.Errorf("query %q: metric %s is not exported by reach server", q, name)
@@ -167,7 +219,7 @@ func TestGrafanaDashboardMetrics(t *testing.T) {
 	}
 	// Every reach_ metric of the server is on the dashboard.
 	for name := range labels {
-		if strings.HasPrefix(name, "reach_") && !seen[name] {
+		if _, series := family[name]; strings.HasPrefix(name, "reach_") && !series && !seen[name] {
 			t.Errorf("reach server exports %s, but the dashboard does not chart it", name)
 		}
 	}

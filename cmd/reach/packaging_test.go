@@ -46,8 +46,10 @@ func dockerInstructions(t *testing.T, path string) []string {
 }
 
 // TestDockerfile checks what the image must have (docs/server.md,
-// Production) where no docker daemon can build it: .ci/run builds it
-// where one can.
+// Production) where no docker daemon can build it; .ci/run also runs
+// BuildKit's frontend on it (dist/dockercheck: lint rules, the build
+// definition, the image's configuration), and builds it where a docker
+// daemon runs.
 func TestDockerfile(t *testing.T) {
 	known := []string{"FROM", "RUN", "COPY", "WORKDIR", "ENV", "VOLUME", "USER", "EXPOSE", "HEALTHCHECK", "ENTRYPOINT", "CMD", "ARG", "LABEL"}
 	var from, exposed []string
@@ -92,7 +94,8 @@ func TestDockerfile(t *testing.T) {
 }
 
 // TestSystemdUnit checks the unit's hardening and state directory;
-// .ci/run also runs systemd-analyze verify on it.
+// TestSystemdUnitBoots starts it under systemd, and .ci/run also runs
+// systemd-analyze verify on it.
 func TestSystemdUnit(t *testing.T) {
 	b, err := os.ReadFile("../../dist/systemd/reach-server.service")
 	if err != nil {

@@ -58,17 +58,12 @@ func serverRegistry(rs *rendezvous.Server, rl *relay.Server, fr *fleet.Registry)
 func fleetCollectors(fr *fleet.Registry) []prometheus.Collector {
 	return []prometheus.Collector{
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "reach_fleet_redis_operations_total",
-			Help: "Redis operations of the fleet registry (a pipeline of registrations counts each)."},
+			Help: "Redis commands of the fleet registry (each of a pipeline counts one)."},
 			func() float64 { return float64(fr.Stats().Ops) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "reach_fleet_redis_errors_total",
-			Help: "Redis operations of the fleet registry that failed."},
+			Help: "Redis operations of the fleet registry that failed (a pipeline counts one)."},
 			func() float64 { return float64(fr.Stats().Errors) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "reach_fleet_redis_timed_operations_total",
-			Help: "Redis operations of the fleet registry timed one by one (lookups, publishes)."},
-			func() float64 { return float64(fr.Stats().Timed) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "reach_fleet_redis_operation_seconds_total",
-			Help: "Time spent in the timed Redis operations; divided by reach_fleet_redis_timed_operations_total, their mean latency."},
-			func() float64 { return fr.Stats().TimeSpent.Seconds() }),
+		redisLatency{fr},
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "reach_fleet_registrations_dropped_total",
 			Help: "Registrations not queued for Redis because the queue was full (the next refresh writes them)."},
 			func() float64 { return float64(fr.Stats().Dropped) }),
@@ -83,6 +78,28 @@ func fleetCollectors(fr *fleet.Registry) []prometheus.Collector {
 				}
 				return 0
 			}),
+	}
+}
+
+// descRedisLatency: the fleet registry's latency histograms.
+var descRedisLatency = prometheus.NewDesc("reach_fleet_redis_operation_duration_seconds",
+	"Latency of the fleet registry's Redis operations, failed ones included, by operation: lookup (a dialled peer's home server), "+
+		"publish (an introduction or answer to another server), write (a pipeline of registrations), refresh (a pipeline of the periodic refresh), "+
+		"servers (listing the live servers).", []string{"op"}, nil)
+
+// redisLatency exports fleet.Stats.Latency as Prometheus histograms,
+// every operation from the start (at zero until its first).
+type redisLatency struct{ fr *fleet.Registry }
+
+func (redisLatency) Describe(ch chan<- *prometheus.Desc) { ch <- descRedisLatency }
+
+func (c redisLatency) Collect(ch chan<- prometheus.Metric) {
+	for op, h := range c.fr.Stats().Latency {
+		buckets := make(map[float64]uint64, len(h.Bounds))
+		for i, b := range h.Bounds {
+			buckets[b.Seconds()] = h.Cumulative[i]
+		}
+		ch <- prometheus.MustNewConstHistogram(descRedisLatency, h.Count, h.Sum.Seconds(), buckets, op)
 	}
 }
 

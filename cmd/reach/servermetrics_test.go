@@ -270,6 +270,56 @@ reach_node_relay_fallbacks_total{strategy="turn"} 0
 	}
 }
 
+// TestNodeMetricsPunchBothSides: a dial by hole punching alone is
+// counted on both sides: the dialler's holepunch rung connected, and the
+// listener's punch for that introduction heard the dialler (the only
+// listening-side punch, as the dialler asked for no other).
+func TestNodeMetricsPunchBothSides(t *testing.T) {
+	cs, _, _ := metricsServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lis := metricsNode(t, "lis", cs)
+	punch := metricsNode(t, "punch", cs, reach.StrategyHolepunch)
+	go func() {
+		for {
+			st, err := lis.Accept(ctx)
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(st, st); st.Close() }()
+		}
+	}()
+	conn := echo(t, ctx, punch, lis.ID(), "punched through")
+	if s := conn.Session().Strategy(); s != reach.StrategyHolepunch {
+		t.Fatalf("holepunch-only dial: strategy %q", s)
+	}
+	if v := gather(t, punch)[`reach_node_dial_attempts_total{outcome="connected",strategy="holepunch"}`]; v != 1 {
+		t.Errorf("dialler: dial_attempts{holepunch,connected} = %v, want 1", v)
+	}
+	// The listener counts its side once it heard the dialler, which the
+	// session proves it did; the count may trail the session by a moment.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && gather(t, lis)[`reach_node_listener_punches_total{outcome="heard"}`] == 0 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := testutil.CollectAndCompare(reachmetrics.NewCollector(lis), strings.NewReader(`
+# HELP reach_node_listener_punches_total Hole punches the node ran as the listening side of an introduction, by outcome (heard: the dialler's checks came through; unheard: none while it punched; skipped: over the punch limits; no_candidates: no address of the dialler it may punch). The dialling side's are reach_node_dial_attempts_total{strategy="holepunch"}.
+# TYPE reach_node_listener_punches_total counter
+reach_node_listener_punches_total{outcome="heard"} 1
+reach_node_listener_punches_total{outcome="no_candidates"} 0
+reach_node_listener_punches_total{outcome="skipped"} 0
+reach_node_listener_punches_total{outcome="unheard"} 0
+`), "reach_node_listener_punches_total"); err != nil {
+		t.Error(err)
+	}
+	if v := gather(t, punch)[`reach_node_listener_punches_total{outcome="heard"}`]; v != 0 {
+		t.Errorf("the dialler counted %v listening-side punches", v)
+	}
+	if problems, err := testutil.CollectAndLint(reachmetrics.NewCollector(lis)); err != nil || len(problems) > 0 {
+		t.Errorf("promlint of the node collector: %v %v", problems, err)
+	}
+}
+
 // TestServerMetricsLint: the server's registry follows Prometheus's naming
 // conventions (promlint: _total counters, base units, help on every
 // metric).

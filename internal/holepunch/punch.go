@@ -305,6 +305,10 @@ func (a *Attempt) AddRemotes(addrs []netip.AddrPort) {
 // unless our own NAT maps per destination).
 func (a *Attempt) Validated() <-chan netip.AddrPort { return a.ch }
 
+// Heard is closed when the first authenticated packet from the peer
+// arrives (a ping or a pong).
+func (a *Attempt) Heard() <-chan struct{} { return a.heard }
+
 // Learned returns the peer-reflexive addresses learned so far: addresses
 // authenticated pings came from that were not among the candidates.
 func (a *Attempt) Learned() []netip.AddrPort {

@@ -36,6 +36,22 @@ const (
 	DefaultPerPeer = 10
 )
 
+// Outcomes of the listening side's punches (rung.Host.ListenerPunch).
+const (
+	// OutcomeHeard: the dialler's checks reached the node, or answered
+	// its own: the two NATs let the pair through.
+	OutcomeHeard = "heard"
+	// OutcomeUnheard: nothing came from the dialler while the node
+	// punched (Linger).
+	OutcomeUnheard = "unheard"
+	// OutcomeSkipped: not punched, over the rung's Limits (attempts
+	// running, the dialler's introduction rate).
+	OutcomeSkipped = "skipped"
+	// OutcomeNoCandidates: not punched, no address of the dialler may be
+	// punched from here (candidate.PeerInfo.PunchableFrom).
+	OutcomeNoCandidates = "no_candidates"
+)
+
 // Limits bound what introductions make the listening side send. Zero
 // fields take the defaults.
 type Limits struct {
@@ -261,7 +277,9 @@ func (r *Rung) Offer(_ context.Context, offer *candidate.PeerInfo) func() {
 // Introduced implements rung.Rung: it punches towards the dialler's
 // punchable addresses for Linger, within the rung's Limits: an
 // introduction beyond them is still answered (the other rungs may carry
-// the session) but gets no punch packets.
+// the session) but gets no punch packets. Each introduction that asks
+// for a punch (a punch key) has its outcome counted
+// (rung.Host.ListenerPunch), except one cut short by the node closing.
 func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	if len(offer.PunchKey) != KeyLen {
 		return
@@ -270,11 +288,13 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	predicted := r.predicted(offer)
 	if len(remotes)+len(predicted) == 0 {
 		r.h.Logger.Debug("punch: no address of the dialler may be punched", "peer", offer.Peer.Short())
+		r.outcome(OutcomeNoCandidates)
 		return
 	}
 	if why := r.admit(offer.Peer); why != "" {
 		r.skipped.Add(1)
 		r.h.Logger.Debug("punch: not punching", "peer", offer.Peer.Short(), "why", why)
+		r.outcome(OutcomeSkipped)
 		return
 	}
 	release := func() {
@@ -303,18 +323,35 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	if err != nil {
 		release()
 		r.h.Logger.Debug("punch", "peer", offer.Peer.Short(), "err", err)
+		r.outcome(OutcomeSkipped)
 		return
 	}
 	r.h.Go(func() {
 		defer release()
+		defer at.Close()
 		t := time.NewTimer(r.Linger)
 		defer t.Stop()
 		select {
+		case <-at.Heard():
+			r.outcome(OutcomeHeard)
+		case <-t.C:
+			r.outcome(OutcomeUnheard)
+			return
+		case <-r.h.Context.Done():
+			return
+		}
+		select { // punch on for the rest of Linger
 		case <-t.C:
 		case <-r.h.Context.Done():
 		}
-		at.Close()
 	})
+}
+
+// outcome counts a listening-side punch's outcome.
+func (r *Rung) outcome(o string) {
+	if r.h.ListenerPunch != nil {
+		r.h.ListenerPunch(o)
+	}
 }
 
 // heard is the OnHeard of an attempt with peer: it tells the node

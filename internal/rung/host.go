@@ -176,6 +176,11 @@ type Host struct {
 	// may move to addr. It runs on the socket's read goroutine and must
 	// not block. Nil: nobody listens.
 	PathHeard func(rung string, peer identity.PeerID, addr netip.AddrPort, confirmed bool)
+	// ListenerPunch counts the outcome of a hole punch the node ran as
+	// the listening side of an introduction (holepunch.Outcome*), once
+	// per punch, as soon as it is known. It must not block. Nil: not
+	// counted.
+	ListenerPunch func(outcome string)
 	// Rescue asks the node to give the sessions with peer at key (a
 	// virtual address of the node's socket) a forwarded path from a rung
 	// other than the one named lost, whose path to the peer died (a

@@ -105,8 +105,9 @@ type Registry struct {
 	nextReq  uint64
 	inflight map[uint64]chan rendezvous.FleetResult
 
-	nOps, nErrors, nDropped, nPublished, nTimed, nLatencyNS atomic.Uint64
-	healthy                                                 atomic.Bool
+	nOps, nErrors, nDropped, nPublished atomic.Uint64
+	lat                                 [nKinds]latency
+	healthy                             atomic.Bool
 }
 
 type op struct {

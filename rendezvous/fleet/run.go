@@ -123,20 +123,19 @@ func (r *Registry) reply(ctx context.Context, to string, id uint64, res rendezvo
 	}
 	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.OpTimeout)
 	defer cancel()
-	if _, err := r.do(octx, func(ctx context.Context) (int64, error) {
+	if _, err := r.do(octx, kindPublish, func(ctx context.Context) (int64, error) {
 		return r.c.SPublish(ctx, channel(to), b).Result()
 	}); err != nil {
 		r.log.Debug("fleet answer not delivered", "to", to, "err", err)
 	}
 }
 
-// do runs one Redis operation, counting it, its latency and its error.
-func (r *Registry) do(ctx context.Context, f func(context.Context) (int64, error)) (int64, error) {
-	t := time.Now()
-	n, err := f(ctx)
+// do runs one Redis operation of kind, counting it, its latency and its
+// error.
+func (r *Registry) do(ctx context.Context, kind opKind, f func(context.Context) (int64, error)) (int64, error) {
+	var n int64
+	err := r.timed(kind, func() (err error) { n, err = f(ctx); return err })
 	r.nOps.Add(1)
-	r.nTimed.Add(1)
-	r.nLatencyNS.Add(uint64(time.Since(t)))
 	r.noteErr(err)
 	return n, err
 }
@@ -162,14 +161,18 @@ func (r *Registry) refresh(ctx context.Context, h rendezvous.FleetHandler) {
 	info, _ := json.Marshal(ServerInfo{Instance: r.self, ConnectStrings: r.connect})
 	r.mu.Unlock()
 	octx, cancel := context.WithTimeout(ctx, r.cfg.OpTimeout)
-	_, err := r.c.Pipelined(octx, func(p redis.Pipeliner) error {
-		p.Set(octx, serverKey(r.self), info, ttl)
-		now := time.Now()
-		p.ZAdd(octx, serversKey, redis.Z{Score: float64(now.Add(ttl).UnixMilli()), Member: r.self})
-		p.ZRemRangeByScore(octx, serversKey, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
-		return nil
+	err := r.timed(kindRefresh, func() error {
+		_, err := r.c.Pipelined(octx, func(p redis.Pipeliner) error {
+			p.Set(octx, serverKey(r.self), info, ttl)
+			now := time.Now()
+			p.ZAdd(octx, serversKey, redis.Z{Score: float64(now.Add(ttl).UnixMilli()), Member: r.self})
+			p.ZRemRangeByScore(octx, serversKey, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
+			return nil
+		})
+		return err
 	})
 	cancel()
+	r.nOps.Add(3)
 	r.noteErr(err)
 	if err != nil {
 		return // Redis is down: the next tick tries again
@@ -179,13 +182,17 @@ func (r *Registry) refresh(ctx context.Context, h rendezvous.FleetHandler) {
 	for len(peers) > 0 && ctx.Err() == nil {
 		n := min(len(peers), batch)
 		octx, cancel := context.WithTimeout(ctx, r.cfg.OpTimeout)
-		_, err := r.c.Pipelined(octx, func(p redis.Pipeliner) error {
-			for _, id := range peers[:n] {
-				p.Eval(octx, refreshScript, []string{peerKey(id)}, r.self, secs)
-			}
-			return nil
+		err := r.timed(kindRefresh, func() error {
+			_, err := r.c.Pipelined(octx, func(p redis.Pipeliner) error {
+				for _, id := range peers[:n] {
+					p.Eval(octx, refreshScript, []string{peerKey(id)}, r.self, secs)
+				}
+				return nil
+			})
+			return err
 		})
 		cancel()
+		r.nOps.Add(uint64(n))
 		r.noteErr(err)
 		if err != nil {
 			return
@@ -223,15 +230,18 @@ func (r *Registry) writeLoop(ctx context.Context) {
 			}
 		}
 		octx, cancel := context.WithTimeout(ctx, r.cfg.OpTimeout)
-		_, err := r.c.Pipelined(octx, func(p redis.Pipeliner) error {
-			for _, o := range ops {
-				if o.del {
-					p.Eval(octx, unregisterScript, []string{peerKey(o.peer)}, r.self)
-				} else {
-					p.Set(octx, peerKey(o.peer), r.self, r.cfg.TTL)
+		err := r.timed(kindWrite, func() error {
+			_, err := r.c.Pipelined(octx, func(p redis.Pipeliner) error {
+				for _, o := range ops {
+					if o.del {
+						p.Eval(octx, unregisterScript, []string{peerKey(o.peer)}, r.self)
+					} else {
+						p.Set(octx, peerKey(o.peer), r.self, r.cfg.TTL)
+					}
 				}
-			}
-			return nil
+				return nil
+			})
+			return err
 		})
 		cancel()
 		r.nOps.Add(uint64(len(ops)))
@@ -256,7 +266,7 @@ func (r *Registry) Unregister(peer identity.PeerID) { r.enqueue(op{peer: peer, d
 // Lookup implements rendezvous.Registry.
 func (r *Registry) Lookup(ctx context.Context, peer identity.PeerID) (string, error) {
 	var home string
-	_, err := r.do(ctx, func(ctx context.Context) (int64, error) {
+	_, err := r.do(ctx, kindLookup, func(ctx context.Context) (int64, error) {
 		var err error
 		home, err = r.c.Get(ctx, peerKey(peer)).Result()
 		return 0, err
@@ -297,7 +307,7 @@ func (r *Registry) Introduce(ctx context.Context, home string, in rendezvous.Fle
 		return none, err
 	}
 	octx, cancel := context.WithTimeout(ctx, r.cfg.OpTimeout)
-	n, err := r.do(octx, func(ctx context.Context) (int64, error) {
+	n, err := r.do(octx, kindPublish, func(ctx context.Context) (int64, error) {
 		return r.c.SPublish(ctx, channel(home), b).Result()
 	})
 	cancel()
@@ -337,7 +347,12 @@ type ServerInfo struct {
 // not expired).
 func (r *Registry) Servers(ctx context.Context) ([]ServerInfo, error) {
 	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
-	ids, err := r.c.ZRangeByScore(ctx, serversKey, &redis.ZRangeBy{Min: now, Max: "+inf"}).Result()
+	var ids []string
+	err := r.timed(kindServers, func() (err error) {
+		ids, err = r.c.ZRangeByScore(ctx, serversKey, &redis.ZRangeBy{Min: now, Max: "+inf"}).Result()
+		return err
+	})
+	r.nOps.Add(1 + uint64(len(ids)))
 	r.noteErr(err)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", rendezvous.ErrRegistryUnavailable, err)
@@ -378,15 +393,16 @@ func (r *Registry) LiveServers(ctx context.Context) ([]string, error) {
 
 // Stats are a registry's counters.
 type Stats struct {
-	Ops       uint64        // Redis operations (a pipelined registration counts one)
-	Errors    uint64        // operations that failed
-	Dropped   uint64        // registrations not queued: the queue was full
-	Published uint64        // introductions handed to another server
-	Inflight  int           // introductions waiting for their answer now
-	Timed     uint64        // operations timed one by one (lookups, publishes)
-	TimeSpent time.Duration // their total time
-	Latency   time.Duration // their mean latency
-	Healthy   bool          // the last operation succeeded
+	Ops       uint64 // Redis commands sent (each of a pipeline counts one)
+	Errors    uint64 // operations that failed
+	Dropped   uint64 // registrations not queued: the queue was full
+	Published uint64 // introductions handed to another server
+	Inflight  int    // introductions waiting for their answer now
+	Healthy   bool   // the last operation succeeded
+	// Latency are the timed operations' latencies, by operation (OpLookup,
+	// OpPublish, OpWrite, OpRefresh, OpServers): a pipeline is timed as
+	// one operation.
+	Latency map[string]Histogram
 }
 
 // Stats returns a snapshot of the registry's counters.
@@ -396,9 +412,9 @@ func (r *Registry) Stats() Stats {
 	r.mu.Unlock()
 	st := Stats{Ops: r.nOps.Load(), Errors: r.nErrors.Load(), Dropped: r.nDropped.Load(),
 		Published: r.nPublished.Load(), Inflight: n, Healthy: r.healthy.Load()}
-	st.Timed, st.TimeSpent = r.nTimed.Load(), time.Duration(r.nLatencyNS.Load())
-	if st.Timed > 0 {
-		st.Latency = st.TimeSpent / time.Duration(st.Timed)
+	st.Latency = make(map[string]Histogram, nKinds)
+	for k := range nKinds {
+		st.Latency[opNames[k]] = r.lat[k].snapshot()
 	}
 	return st
 }

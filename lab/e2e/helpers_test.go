@@ -139,3 +139,22 @@ func newLogTap(t testing.TB, name string) (*logTap, *slog.Logger) {
 	tap := &logTap{t: t}
 	return tap, slog.New(slog.NewTextHandler(tap, &slog.HandlerOptions{Level: slog.LevelDebug})).With("host", name)
 }
+
+// cutter returns cut and mend: a firewall rule on a's router that drops
+// what comes from b's router (the direct path between the two sites),
+// and its removal.
+func cutter(t *testing.T, ctx context.Context, a, b *natlab.Site) (cut, mend func()) {
+	cut = func() {
+		t.Helper()
+		if err := a.Router.Block(ctx, b.Router.WAN()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mend = func() {
+		t.Helper()
+		if err := a.Router.Unblock(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return cut, mend
+}

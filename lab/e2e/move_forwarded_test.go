@@ -58,18 +58,7 @@ func testMoveForwarded(t *testing.T, fwd string, setup func(context.Context, *re
 	cfg := setup(ctx, s)
 	cfg.DisablePortMapping = true
 	sa, sb := s.Pair(t, natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.PortRestricted))
-	cut := func() {
-		t.Helper()
-		if err := sa.Router.Block(ctx, sb.Router.WAN()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mend := func() {
-		t.Helper()
-		if err := sa.Router.Unblock(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cut, mend := cutter(t, ctx, sa, sb)
 	cut()
 	ev := newEvents()
 	cfgA := cfg

@@ -49,18 +49,7 @@ func testMoveRelayDirect(t *testing.T, born string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	sa, sb := s.Pair(t, natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.PortRestricted))
-	cut := func() {
-		t.Helper()
-		if err := sa.Router.Block(ctx, sb.Router.WAN()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mend := func() {
-		t.Helper()
-		if err := sa.Router.Unblock(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cut, mend := cutter(t, ctx, sa, sb)
 	cut()
 	ev := newEvents()
 	cfg := reach.Config{DisablePortMapping: true}

@@ -15,21 +15,6 @@ import (
 	"github.com/reachp2p/reach/upnp"
 )
 
-// gatewayHasTCP reports whether miniupnpd has a TCP mapping of ext.
-func gatewayHasTCP(ctx context.Context, t *testing.T, m *natlab.Miniupnpd, ext uint16) bool {
-	t.Helper()
-	maps, err := m.Mappings(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range maps {
-		if p.Proto == "tcp" && p.External == ext {
-			return true
-		}
-	}
-	return false
-}
-
 // TestLabUPnPTCP: a listener behind a symmetric NAT whose gateway runs
 // miniupnpd maps its TCP listener as well as its UDP socket, and a peer
 // behind udp-blocked-tcp-open (no UDP at all; a TCP punch cannot cross a
@@ -86,11 +71,11 @@ func TestLabUPnPTCP(t *testing.T) {
 				t.Errorf("path %s, want the mapped %s", sess.RemoteAddr(), st.External)
 			}
 			sess.CloseWithError(0, "done")
-			if !gatewayHasTCP(ctx, t, mu, st.External.Port()) {
+			if !gatewayHasProto(ctx, t, mu, "tcp", st.External.Port()) {
 				t.Errorf("miniupnpd has no TCP mapping for %d while the node runs", st.External.Port())
 			}
 			ln.Close()
-			if gatewayHasTCP(ctx, t, mu, st.External.Port()) {
+			if gatewayHasProto(ctx, t, mu, "tcp", st.External.Port()) {
 				t.Errorf("TCP mapping %d still on miniupnpd after Close", st.External.Port())
 			}
 		})

@@ -24,14 +24,22 @@ func waitMapped(t *testing.T, n *reach.Node, limit time.Duration) upnp.Status {
 	return n.Status().PortMapping
 }
 
+// gatewayHas reports whether miniupnpd has a UDP mapping of ext.
 func gatewayHas(ctx context.Context, t *testing.T, m *natlab.Miniupnpd, ext uint16) bool {
+	t.Helper()
+	return gatewayHasProto(ctx, t, m, "udp", ext)
+}
+
+// gatewayHasProto reports whether miniupnpd has a mapping of ext for proto
+// ("udp" or "tcp").
+func gatewayHasProto(ctx context.Context, t *testing.T, m *natlab.Miniupnpd, proto string, ext uint16) bool {
 	t.Helper()
 	maps, err := m.Mappings(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range maps {
-		if p.Proto == "udp" && p.External == ext {
+		if p.Proto == proto && p.External == ext {
 			return true
 		}
 	}

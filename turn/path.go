@@ -79,6 +79,18 @@ func (t *peerTable) lookup(addr netip.AddrPort) *turnPath {
 	return t.paths[addr]
 }
 
+// find returns the path of peer's newest relayed address, or nil.
+func (t *peerTable) find(peer identity.PeerID) *turnPath {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i := len(t.order) - 1; i >= 0; i-- {
+		if p := t.paths[t.order[i]]; p != nil && p.peer == peer {
+			return p
+		}
+	}
+	return nil
+}
+
 // size is how many peers the table holds.
 func (t *peerTable) size() int {
 	t.mu.Lock()

@@ -28,7 +28,9 @@ import (
 
 	"github.com/pion/turn/v4"
 
+	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/stream"
@@ -388,6 +390,43 @@ func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 }
 
 // Plan implements rung.Rung: without TURN servers the rung sits out.
-func (r *Rung) Plan(_ *rung.Attempt, headStart time.Duration) (time.Duration, bool) {
-	return headStart, len(r.servers) > 0
+// It also remembers the peer's relayed address, so that a session born on
+// another path can fall back to TURN (ForwardPath).
+func (r *Rung) Plan(a *rung.Attempt, headStart time.Duration) (time.Duration, bool) {
+	if len(r.servers) == 0 {
+		return headStart, false
+	}
+	if t := a.Remote.First(candidate.TURN); t.IsValid() {
+		r.peers.remember(t, a.Peer, r)
+	}
+	return headStart, true
+}
+
+// ForwardPath implements rung.Forwarder: the path to peer through the
+// node's allocation, for a session born on a direct path whose path went
+// silent. The peer's relayed address is the one its last introduction or
+// answer named; the node permits it on its allocation first.
+func (r *Rung) ForwardPath(ctx context.Context, peer identity.PeerID) (pathsock.Path, error) {
+	if len(r.servers) == 0 {
+		return nil, fmt.Errorf("%w: no TURN server configured", ErrNoTURN)
+	}
+	select {
+	case <-r.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	r.mu.Lock()
+	client := r.client
+	r.mu.Unlock()
+	if client == nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoTURN, r.err)
+	}
+	p := r.peers.find(peer)
+	if p == nil {
+		return nil, fmt.Errorf("%w: no relayed address known for %s", ErrNoTURN, peer.Short())
+	}
+	if err := client.CreatePermission(p.to); err != nil {
+		return nil, fmt.Errorf("turn: permission for %s: %w", p.to, err)
+	}
+	return p, nil
 }

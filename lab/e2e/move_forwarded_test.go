@@ -22,8 +22,8 @@ import (
 // supernode sessions are paths of the node's socket, not sessions of
 // their own.
 func TestLabMoveForwardedDirect(t *testing.T) {
-	t.Run("turn", func(t *testing.T) {
-		testMoveForwarded(t, reach.StrategyTURN, func(ctx context.Context, s *reachlab.Scenario) reach.Config {
+	turnSetup := func(t *testing.T) func(context.Context, *reachlab.Scenario) reach.Config {
+		return func(ctx context.Context, s *reachlab.Scenario) reach.Config {
 			th, err := s.AddPublicHost(ctx, "turn")
 			if err != nil {
 				t.Fatal(err)
@@ -33,10 +33,14 @@ func TestLabMoveForwardedDirect(t *testing.T) {
 				t.Fatal(err)
 			}
 			return reach.Config{TURN: []reach.TURNServer{{URL: "turn:" + ct.Addr().String(), Username: "alice", Password: "wonderland"}}}
-		})
-	})
+		}
+	}
+	t.Run("turn", func(t *testing.T) { testMoveForwarded(t, reach.StrategyTURN, false, turnSetup(t)) })
+	// Born on the hole-punched path: when it is cut, the session falls
+	// back to TURN (the only forwarded path: the server relays nothing).
+	t.Run("turn-born-direct", func(t *testing.T) { testMoveForwarded(t, reach.StrategyTURN, true, turnSetup(t)) })
 	t.Run("supernode", func(t *testing.T) {
-		testMoveForwarded(t, reach.StrategySupernode, func(ctx context.Context, s *reachlab.Scenario) reach.Config {
+		testMoveForwarded(t, reach.StrategySupernode, false, func(ctx context.Context, s *reachlab.Scenario) reach.Config {
 			vh, err := s.AddPublicHost(ctx, "vol")
 			if err != nil {
 				t.Fatal(err)
@@ -50,8 +54,9 @@ func TestLabMoveForwardedDirect(t *testing.T) {
 }
 
 // testMoveForwarded runs TestLabMoveForwardedDirect with the forwarded
-// path setup makes (it returns the peers' config).
-func testMoveForwarded(t *testing.T, fwd string, setup func(context.Context, *reachlab.Scenario) reach.Config) {
+// path setup makes (it returns the peers' config); bornDirect dials with
+// the direct path open and cuts it once the stream runs.
+func testMoveForwarded(t *testing.T, fwd string, bornDirect bool, setup func(context.Context, *reachlab.Scenario) reach.Config) {
 	s := reachlab.NewScenario(t, reachlab.ServerConfig{}) // no relay
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -59,7 +64,9 @@ func testMoveForwarded(t *testing.T, fwd string, setup func(context.Context, *re
 	cfg.DisablePortMapping = true
 	sa, sb := s.Pair(t, natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.PortRestricted))
 	cut, mend := cutter(t, ctx, sa, sb)
-	cut()
+	if !bornDirect {
+		cut()
+	}
 	ev := newEvents()
 	cfgA := cfg
 	cfgA.OnPathEvent = ev.add
@@ -78,12 +85,23 @@ func testMoveForwarded(t *testing.T, fwd string, setup func(context.Context, *re
 		t.Fatal(err)
 	}
 	sess := c.Session()
-	if sess.Strategy() != fwd {
-		t.Fatalf("with the direct path cut: strategy %q, want %s", sess.Strategy(), fwd)
+	if bornDirect {
+		if sess.Strategy() != reach.StrategyHolepunch {
+			t.Fatalf("with the direct path open: strategy %q, want holepunch", sess.Strategy())
+		}
+		x.send(c, 17)
+		reachlab.MustWaitFor(t, 30*time.Second, "4 MiB over the direct path", func() bool { return x.received.Load() > 4<<20 })
+		cut()
+		movedTo(t, ev, x, 5*time.Second, fwd)
+		atFwd := x.received.Load()
+		reachlab.MustWaitFor(t, 30*time.Second, "1 MiB more over "+fwd, func() bool { return x.received.Load() > atFwd+1<<20 })
+	} else {
+		if sess.Strategy() != fwd {
+			t.Fatalf("with the direct path cut: strategy %q, want %s", sess.Strategy(), fwd)
+		}
+		x.send(c, 17)
+		time.Sleep(3 * time.Second)
 	}
-	x.send(c, 17)
-
-	time.Sleep(3 * time.Second)
 	mend()
 	if e := movedTo(t, ev, x, 5*time.Second, reach.StrategyHolepunch); !e.Path.IsValid() || sess.Strategy() != reach.StrategyHolepunch {
 		t.Fatalf("after the move: path %v, strategy %q", e.Path, sess.Strategy())
@@ -98,5 +116,9 @@ func testMoveForwarded(t *testing.T, fwd string, setup func(context.Context, *re
 	mend()
 	movedTo(t, ev, x, 10*time.Second, reach.StrategyHolepunch)
 	x.check(t, ctx)
-	t.Logf("%d MiB intact across %s -> direct -> %[2]s -> direct", size>>20, fwd)
+	born := fwd
+	if bornDirect {
+		born = "direct -> " + fwd
+	}
+	t.Logf("%d MiB intact across %s -> direct -> %s -> direct", size>>20, born, fwd)
 }

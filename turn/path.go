@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/pathsock"
@@ -13,8 +15,14 @@ import (
 // maxPeers bounds the relayed addresses a node keeps of the peers it was
 // introduced to or dialled over TURN: beyond it the oldest go (a session
 // with a peer forgotten still sends; what its peer sends is dropped until
-// a new introduction or dial).
+// a new introduction or dial). Peers heard from within peerQuiet go last.
 const maxPeers = 1024
+
+// peerQuiet is how long a peer's relayed address stays in use after the
+// last packet from it: a session sends a keepalive every 10 s, so a live
+// one is heard from well within it. An address in use is evicted only
+// when every address is, and is not given to another peer.
+const peerQuiet = 30 * time.Second
 
 // turnPath is a peer's path through the node's allocation: QUIC packets
 // sent to the peer's relayed address. It is a pathsock.Path on the
@@ -23,6 +31,15 @@ type turnPath struct {
 	r    *Rung
 	peer identity.PeerID
 	to   *net.UDPAddr // the peer's relayed address
+	// heard is when a packet from the address last arrived (unix ns;
+	// zero: never).
+	heard atomic.Int64
+}
+
+// inUse reports whether the peer was heard from within peerQuiet of now.
+func (p *turnPath) inUse(now int64) bool {
+	h := p.heard.Load()
+	return h != 0 && now-h < int64(peerQuiet)
 }
 
 // Send implements pathsock.Path. A packet the allocation cannot take is
@@ -48,27 +65,47 @@ type peerTable struct {
 }
 
 // remember records that addr is peer's relayed address and returns the
-// path to it (the one already known when it is the same peer's).
+// path to it (the one already known when it is the same peer's). An
+// address another peer's session uses (heard from within peerQuiet) stays
+// that peer's: the path returned sends, but what comes from there is
+// still the other peer's (a peer's offer names addresses it claims, not
+// ones it proved).
 func (t *peerTable) remember(addr netip.AddrPort, peer identity.PeerID, r *Rung) *turnPath {
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	p := &turnPath{r: r, peer: peer, to: net.UDPAddrFromAddrPort(addr)}
+	now := time.Now().UnixNano()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if p := t.paths[addr]; p != nil && p.peer == peer {
+	if old := t.paths[addr]; old != nil && (old.peer == peer || old.inUse(now)) {
+		if old.peer == peer {
+			return old
+		}
 		return p
 	}
 	if t.paths == nil {
 		t.paths = map[netip.AddrPort]*turnPath{}
 	}
 	if _, ok := t.paths[addr]; !ok {
-		for len(t.order) >= maxPeers {
-			delete(t.paths, t.order[0])
-			t.order = t.order[1:]
-		}
+		t.evict(now)
 		t.order = append(t.order, addr)
 	}
-	p := &turnPath{r: r, peer: peer, to: net.UDPAddrFromAddrPort(addr)}
 	t.paths[addr] = p
 	return p
+}
+
+// evict makes room for one more address: the oldest not in use goes, or
+// the oldest of all when every one is in use. Those in use that it passes
+// over go to the back, in order.
+func (t *peerTable) evict(now int64) {
+	for scanned := 0; len(t.order) >= maxPeers; scanned++ {
+		a := t.order[0]
+		t.order = t.order[1:]
+		if p := t.paths[a]; p != nil && p.inUse(now) && scanned < maxPeers {
+			t.order = append(t.order, a)
+			continue
+		}
+		delete(t.paths, a)
+	}
 }
 
 // lookup returns the path of the peer whose relayed address is addr.
@@ -77,6 +114,15 @@ func (t *peerTable) lookup(addr netip.AddrPort) *turnPath {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.paths[addr]
+}
+
+// heardFrom looks addr up as lookup does and stamps its path as in use.
+func (t *peerTable) heardFrom(addr netip.AddrPort) *turnPath {
+	p := t.lookup(addr)
+	if p != nil {
+		p.heard.Store(time.Now().UnixNano())
+	}
+	return p
 }
 
 // size is how many peers the table holds.
@@ -109,7 +155,7 @@ func (r *Rung) read() {
 		if !ok {
 			continue
 		}
-		p := r.peers.lookup(ua.AddrPort())
+		p := r.peers.heardFrom(ua.AddrPort())
 		if p == nil {
 			continue
 		}

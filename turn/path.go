@@ -13,9 +13,9 @@ import (
 )
 
 // maxPeers bounds the relayed addresses a node keeps of the peers it was
-// introduced to or dialled over TURN: beyond it the oldest go (a session
-// with a peer forgotten still sends; what its peer sends is dropped until
-// a new introduction or dial). Peers heard from within peerQuiet go last.
+// introduced to or dialled over TURN: beyond it the oldest not in use go
+// (peerQuiet; a session with a peer forgotten still sends, what its peer
+// sends is dropped until a new introduction or dial).
 const maxPeers = 1024
 
 // peerQuiet is how long a peer's relayed address stays in use after the

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // yamuxHeaderLen is the size of a yamux frame header: version, type,
@@ -48,6 +49,19 @@ func (c *frameConn) Write(p []byte) (int, error) {
 	}
 }
 
+// Close closes the TLS connection. A batch being written (the send loop
+// blocked, the peer not reading) is broken first by closing the
+// connection under TLS, as tls.Conn.Close does for a Write in flight:
+// otherwise TLS's close_notify would queue behind it, up to the 5 s
+// deadline TLS gives it.
+func (c *frameConn) Close() error {
+	c.batch.closing.Store(true)
+	if c.batch.flushing.Load() {
+		c.batch.Conn.Close()
+	}
+	return c.Conn.Close()
+}
+
 // isDataHeader reports whether p is the header of a yamux data frame
 // with a body.
 func isDataHeader(p []byte) bool {
@@ -72,6 +86,10 @@ type batchConn struct {
 	mu  sync.Mutex
 	buf *[]byte // while a batch is on
 	err error   // a batch's write error: TLS's stream is broken from then on
+	// closing is set by frameConn.Close, flushing while a batch is
+	// written: whichever comes second sees the other (a closing conn
+	// writes no batch; a Close during a batch's write breaks it).
+	closing, flushing atomic.Bool
 }
 
 func (c *batchConn) Write(p []byte) (int, error) {
@@ -118,7 +136,13 @@ func (c *batchConn) end() error {
 
 func (c *batchConn) flushLocked() error {
 	if c.err == nil && len(*c.buf) > 0 {
-		_, c.err = c.Conn.Write(*c.buf)
+		c.flushing.Store(true)
+		if c.closing.Load() {
+			c.err = net.ErrClosed
+		} else {
+			_, c.err = c.Conn.Write(*c.buf)
+		}
+		c.flushing.Store(false)
 	}
 	*c.buf = (*c.buf)[:0]
 	return c.err

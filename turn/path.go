@@ -5,16 +5,24 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/pathsock"
 )
 
 // maxPeers bounds the relayed addresses a node keeps of the peers it was
-// introduced to or dialled over TURN: beyond it the oldest go (a session
-// with a peer forgotten still sends; what its peer sends is dropped until
-// a new introduction or dial).
+// introduced to or dialled over TURN: beyond it the oldest not in use go
+// (peerQuiet; a session with a peer forgotten still sends, what its peer
+// sends is dropped until a new introduction or dial).
 const maxPeers = 1024
+
+// peerQuiet is how long a peer's relayed address stays in use after the
+// last packet from it: a session sends a keepalive every 10 s, so a live
+// one is heard from well within it. An address in use is evicted only
+// when every address is, and is not given to another peer.
+const peerQuiet = 30 * time.Second
 
 // turnPath is a peer's path through the node's allocation: QUIC packets
 // sent to the peer's relayed address. It is a pathsock.Path on the
@@ -22,7 +30,17 @@ const maxPeers = 1024
 type turnPath struct {
 	r    *Rung
 	peer identity.PeerID
+	name string       // peer.String(), the name of its virtual address (cached: read needs it per packet)
 	to   *net.UDPAddr // the peer's relayed address
+	// heard is when a packet from the address last arrived (unix ns;
+	// zero: never).
+	heard atomic.Int64
+}
+
+// inUse reports whether the peer was heard from within peerQuiet of now.
+func (p *turnPath) inUse(now int64) bool {
+	h := p.heard.Load()
+	return h != 0 && now-h < int64(peerQuiet)
 }
 
 // Send implements pathsock.Path. A packet the allocation cannot take is
@@ -48,27 +66,47 @@ type peerTable struct {
 }
 
 // remember records that addr is peer's relayed address and returns the
-// path to it (the one already known when it is the same peer's).
+// path to it (the one already known when it is the same peer's). An
+// address another peer's session uses (heard from within peerQuiet) stays
+// that peer's: the path returned sends, but what comes from there is
+// still the other peer's (a peer's offer names addresses it claims, not
+// ones it proved).
 func (t *peerTable) remember(addr netip.AddrPort, peer identity.PeerID, r *Rung) *turnPath {
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	p := &turnPath{r: r, peer: peer, name: peer.String(), to: net.UDPAddrFromAddrPort(addr)}
+	now := time.Now().UnixNano()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if p := t.paths[addr]; p != nil && p.peer == peer {
+	if old := t.paths[addr]; old != nil && (old.peer == peer || old.inUse(now)) {
+		if old.peer == peer {
+			return old
+		}
 		return p
 	}
 	if t.paths == nil {
 		t.paths = map[netip.AddrPort]*turnPath{}
 	}
 	if _, ok := t.paths[addr]; !ok {
-		for len(t.order) >= maxPeers {
-			delete(t.paths, t.order[0])
-			t.order = t.order[1:]
-		}
+		t.evict(now)
 		t.order = append(t.order, addr)
 	}
-	p := &turnPath{r: r, peer: peer, to: net.UDPAddrFromAddrPort(addr)}
 	t.paths[addr] = p
 	return p
+}
+
+// evict makes room for one more address: the oldest not in use goes, or
+// the oldest of all when every one is in use. Those in use that it passes
+// over go to the back, in order.
+func (t *peerTable) evict(now int64) {
+	for scanned := 0; len(t.order) >= maxPeers; scanned++ {
+		a := t.order[0]
+		t.order = t.order[1:]
+		if p := t.paths[a]; p != nil && p.inUse(now) && scanned < maxPeers {
+			t.order = append(t.order, a)
+			continue
+		}
+		delete(t.paths, a)
+	}
 }
 
 // lookup returns the path of the peer whose relayed address is addr.
@@ -89,6 +127,15 @@ func (t *peerTable) find(peer identity.PeerID) *turnPath {
 		}
 	}
 	return nil
+}
+
+// heardFrom looks addr up as lookup does and stamps its path as in use.
+func (t *peerTable) heardFrom(addr netip.AddrPort) *turnPath {
+	p := t.lookup(addr)
+	if p != nil {
+		p.heard.Store(time.Now().UnixNano())
+	}
+	return p
 }
 
 // size is how many peers the table holds.
@@ -121,11 +168,11 @@ func (r *Rung) read() {
 		if !ok {
 			continue
 		}
-		p := r.peers.lookup(ua.AddrPort())
+		p := r.peers.heardFrom(ua.AddrPort())
 		if p == nil {
 			continue
 		}
-		err = paths.Deliver(p.peer.String(), buf[:n], func() pathsock.Path { return p })
+		err = paths.Deliver(p.name, buf[:n], func() pathsock.Path { return p })
 		if errors.Is(err, pathsock.ErrClosed) {
 			return
 		}

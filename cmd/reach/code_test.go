@@ -117,6 +117,18 @@ func TestSendTicketOnceOnTerminal(t *testing.T) {
 
 	<-p.done
 
+	// On a terminal with stderr redirected (2>log), the terminal still
+	// shows the ticket.
+	errLog := filepath.Join(t.TempDir(), "stderr.log")
+	outR2, outW2 := osPipe(t)
+	cmd2 := exec.Command("script", "-qfec", strings.Join([]string{bin, "send", "--server", cs, "--key", key, src, "2>" + errLog}, " "), "/dev/null")
+	cmd2.Env = append(os.Environ(), "XDG_CONFIG_HOME="+t.TempDir())
+	p2 := startCmd(t, cmd2, nil, outW2)
+	out2 := watch(outR2)
+	out2.waitFor(t, "reachsend_", 15*time.Second)
+	p2.cmd.Process.Kill()
+	<-p2.done
+
 	// Redirected, stdout holds the ticket alone.
 	sr, sw := osPipe(t)
 	send := startProc(t, nil, sw, bin, "send", "--server", cs, "--key", key, src)

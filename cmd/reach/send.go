@@ -112,8 +112,8 @@ func runSend(args []string) error {
 			fmt.Fprintf(os.Stderr, "offering %d files, %s. On the other side run:\n  reach recv %s\n", m.Files(), humanBytes(m.Size()), tk)
 		}
 		// For scripts (T=$(reach send x)); on a terminal the message
-		// above shows it already.
-		if !term.IsTerminal(int(os.Stdout.Fd())) {
+		// above shows it already, unless stderr goes elsewhere (2>log).
+		if !term.IsTerminal(int(os.Stdout.Fd())) || !term.IsTerminal(int(os.Stderr.Fd())) {
 			fmt.Println(tk)
 		}
 	}

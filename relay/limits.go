@@ -19,10 +19,13 @@ import (
 // ipState is what the server keeps per source: an IPv4 address or an
 // IPv6 /64 (ipKey). Its counts are guarded by Server.mu.
 type ipState struct {
-	lim      *rate.Limiter // ConnRate; nil: unlimited
-	links    int           // peers linked from it now
-	sessions int           // sessions its peers send on now
-	seen     time.Time     // last link attempt
+	lim      *rate.Limiter          // ConnRate; nil: unlimited
+	links    int                    // peers linked from it now
+	sessions int                    // sessions its peers send on now
+	seen     time.Time              // last link attempt
+	peers    map[*peerLink]struct{} // its links now
+	net      *netState              // its network (fair.go)
+	netKey   netip.Prefix
 }
 
 // ipKey is the source a link is counted against: its IPv4 address, or
@@ -54,7 +57,8 @@ func (s *Server) source(key netip.Prefix, now time.Time) *ipState {
 		if len(s.ips) >= s.maxIPs() && !s.evictIdleSource() {
 			return nil
 		}
-		st = &ipState{}
+		st = &ipState{peers: make(map[*peerLink]struct{})}
+		s.attachNet(key, st)
 		if s.cfg.ConnRate > 0 {
 			st.lim = rate.NewLimiter(rate.Limit(s.cfg.ConnRate), s.cfg.ConnBurst)
 		}
@@ -69,7 +73,7 @@ func (s *Server) source(key netip.Prefix, now time.Time) *ipState {
 func (s *Server) evictIdleSource() bool {
 	for k, st := range s.ips {
 		if st.links == 0 && st.sessions == 0 {
-			delete(s.ips, k)
+			s.forgetSource(k, st)
 			return true
 		}
 	}
@@ -104,6 +108,7 @@ func (s *Server) register(p *peerLink) (old *peerLink, refused rejectReason, ok 
 		return nil, rejectIPLinks, false
 	}
 	st.links++
+	st.peers[p] = struct{}{}
 	p.ipst = st
 	s.peers[p.id] = p
 	if p.data.token != 0 {
@@ -114,8 +119,19 @@ func (s *Server) register(p *peerLink) (old *peerLink, refused rejectReason, ok 
 
 // openSession opens the session src → dst within MaxSessionsPerPeer,
 // MaxSessionsPerIP and MaxSessions (or renews it if it is open); it
-// returns the reason it was refused.
+// returns the reason it was refused. In a full table it first ends a
+// session of the biggest holder, if src's source or network holds less
+// than it (evictFor).
 func (s *Server) openSession(src *peerLink, dst identity.PeerID, now time.Time) (dropReason, bool) {
+	reason, ok := s.tryOpen(src, dst, now)
+	if !ok && reason == dropSessionLimit && s.evictFor(src, now) {
+		reason, ok = s.tryOpen(src, dst, now)
+	}
+	return reason, ok
+}
+
+// tryOpen is openSession without eviction.
+func (s *Server) tryOpen(src *peerLink, dst identity.PeerID, now time.Time) (dropReason, bool) {
 	src.omu.Lock()
 	defer src.omu.Unlock()
 	if src.gone {
@@ -140,7 +156,7 @@ func (s *Server) openSession(src *peerLink, dst identity.PeerID, now time.Time) 
 	}
 	s.sessions++
 	if st != nil {
-		st.sessions++
+		st.addSessions(1)
 	}
 	s.mu.Unlock()
 	if src.out == nil {
@@ -215,22 +231,23 @@ func (p *peerLink) earlyOpen(src *peerLink, now time.Time) bool {
 	return true
 }
 
-// closeSession ends the session src → dst, if open.
-func (s *Server) closeSession(src *peerLink, dst identity.PeerID) {
+// closeSession ends the session src → dst, if open; false if it was not.
+func (s *Server) closeSession(src *peerLink, dst identity.PeerID) bool {
 	src.omu.Lock()
 	_, open := src.out[dst]
 	delete(src.out, dst)
 	st := src.ipst
 	src.omu.Unlock()
 	if !open {
-		return
+		return false
 	}
 	s.mu.Lock()
 	s.sessions--
 	if st != nil {
-		st.sessions--
+		st.addSessions(-1)
 	}
 	s.mu.Unlock()
+	return true
 }
 
 // consents reports whether p receives packets from peer: it did not ask
@@ -352,12 +369,12 @@ func (s *Server) sweepOnce(now time.Time) {
 	for _, e := range ends {
 		s.sessions -= e.n
 		if e.st != nil {
-			e.st.sessions -= e.n
+			e.st.addSessions(-e.n)
 		}
 	}
 	for k, st := range s.ips {
 		if st.links == 0 && st.sessions == 0 && now.Sub(st.seen) > ipIdle {
-			delete(s.ips, k)
+			s.forgetSource(k, st)
 		}
 	}
 	s.mu.Unlock()

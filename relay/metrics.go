@@ -81,6 +81,7 @@ type metrics struct {
 	auth     [numAuthReasons]atomic.Uint64
 	drops    [numDropReasons]atomic.Uint64
 	expired  atomic.Uint64 // live links ended at their token's expiry
+	evicted  atomic.Uint64 // sessions ended to make room in a full table (fair.go)
 	detached atomic.Int64  // UDP links detached now (data packets alone)
 	moved    atomic.Uint64 // detached links moved to a new address (rebind.go)
 }
@@ -106,6 +107,9 @@ type MetricsSnapshot struct {
 	AuthFailures map[string]uint64
 	// Expired are the live links ended because their token expired.
 	Expired uint64
+	// Evicted are the sessions the relay ended in a full table to make
+	// room for a source (or network) that held fewer than their holder.
+	Evicted uint64
 	// Detached are the UDP links (counted in Clients) that live on as data
 	// packets alone, without a QUIC connection (docs/protocol.md,
 	// "Detached links").
@@ -143,6 +147,7 @@ func (s *Server) Metrics() MetricsSnapshot {
 		Rejected:     make(map[string]uint64, numRejectReasons),
 		AuthFailures: make(map[string]uint64, numAuthReasons),
 		Expired:      m.expired.Load(),
+		Evicted:      m.evicted.Load(),
 		Detached:     int(m.detached.Load()),
 		Moved:        m.moved.Load(),
 		Sessions:     sessions,

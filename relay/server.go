@@ -32,9 +32,12 @@ type Server struct {
 	mu       sync.RWMutex
 	peers    map[identity.PeerID]*peerLink
 	sessions int
-	ips      map[netip.Prefix]*ipState // by source (ipKey)
-	total    *rate.Limiter             // TotalRate; nil: unlimited
-	data     map[uint64]*peerLink      // QUIC links that take data packets, by link token
+	ips      map[netip.Prefix]*ipState  // by source (ipKey)
+	nets     map[netip.Prefix]*netState // by network (netKey)
+	bigNet   *netState                  // the network with the most sessions, at bigAt
+	bigAt    time.Time
+	total    *rate.Limiter        // TotalRate; nil: unlimited
+	data     map[uint64]*peerLink // QUIC links that take data packets, by link token
 
 	sock atomic.Pointer[rendezvous.PacketSocket] // ServeDatagrams; nil: none
 
@@ -50,6 +53,7 @@ func NewServer(cfg ServerConfig) *Server {
 		log:   cfg.Logger,
 		peers: make(map[identity.PeerID]*peerLink),
 		ips:   make(map[netip.Prefix]*ipState),
+		nets:  make(map[netip.Prefix]*netState),
 		data:  make(map[uint64]*peerLink),
 	}
 	if cfg.TotalRate > 0 {
@@ -384,8 +388,9 @@ func (s *Server) unregister(p *peerLink) {
 	}
 	s.sessions -= n
 	if st := p.ipst; st != nil {
-		st.sessions -= n
+		st.addSessions(-n)
 		st.links--
+		delete(st.peers, p)
 		st.seen = time.Now()
 	}
 	s.mu.Unlock()

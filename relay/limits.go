@@ -295,13 +295,30 @@ func tokenExpiry(token string) time.Time {
 	return time.Unix(sec, 0)
 }
 
-// expireAt ends p's link at its token's expiry with ERROR token_expired.
+// expireAt ends p's link at its token's expiry with ERROR token_expired;
+// with KeepSessionsPastExpiry, only if it has no session then (else it
+// is marked expired, and the sweep ends it once it has none).
 func (s *Server) expireAt(p *peerLink, at time.Time) {
 	p.expiry = time.AfterFunc(time.Until(at), func() {
-		s.m.expired.Add(1)
-		s.log.Debug("relay: token expired on a live link", "peer", p.id.Short())
-		p.fail(codeTokenExpired, "relay token expired")
+		if s.cfg.KeepSessionsPastExpiry {
+			p.omu.Lock()
+			p.expired.Store(true)
+			n := len(p.out)
+			p.omu.Unlock()
+			if n > 0 {
+				s.log.Debug("relay: token expired on a live link; kept for its sessions", "peer", p.id.Short(), "sessions", n)
+				return
+			}
+		}
+		s.endExpired(p)
 	})
+}
+
+// endExpired ends p's link because its token expired.
+func (s *Server) endExpired(p *peerLink) {
+	s.m.expired.Add(1)
+	s.log.Debug("relay: token expired on a live link", "peer", p.id.Short())
+	p.fail(codeTokenExpired, "relay token expired")
 }
 
 // sweep ends idle sessions, forgets expired permissions and old NOTICE
@@ -331,7 +348,7 @@ func (s *Server) sweepOnce(now time.Time) {
 		n  int
 	}
 	var ends []ended
-	var silent []*peerLink
+	var silent, lapsed []*peerLink
 	for _, p := range peers {
 		if p.data.detached.Load() {
 			// A detached link has no QUIC idle timeout: it ends when
@@ -360,6 +377,9 @@ func (s *Server) sweepOnce(now time.Time) {
 				delete(p.allowed, d)
 			}
 		}
+		if p.expired.Load() && len(p.out) == 0 && !p.gone {
+			lapsed = append(lapsed, p) // its token expired, its last session ended
+		}
 		p.omu.Unlock()
 		if n > 0 {
 			ends = append(ends, ended{p.ipst, n})
@@ -378,6 +398,9 @@ func (s *Server) sweepOnce(now time.Time) {
 		}
 	}
 	s.mu.Unlock()
+	for _, p := range lapsed {
+		s.endExpired(p)
+	}
 	for _, p := range silent {
 		s.log.Debug("relay: detached link silent; ended", "peer", p.id.Short())
 		s.unregister(p)

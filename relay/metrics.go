@@ -36,11 +36,12 @@ const (
 	dropIPSessions                     // would open a session past MaxSessionsPerIP
 	dropNotAllowed                     // destination has not consented to the sender
 	dropUnknownLink                    // a data packet with no link's token, or not from its address
+	dropTokenExpired                   // would open a session between two links whose tokens expired
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{"no_peer", "session_limit", "peer_rate", "total_rate", "queue_full", "malformed",
-	"peer_sessions", "ip_sessions", "not_allowed", "unknown_link"}
+	"peer_sessions", "ip_sessions", "not_allowed", "unknown_link", "token_expired"}
 
 // rejectReason is why a link was refused before registration (other than
 // its token).
@@ -131,7 +132,8 @@ type MetricsSnapshot struct {
 	// "malformed", "peer_sessions": MaxSessionsPerPeer, "ip_sessions":
 	// MaxSessionsPerIP, "not_allowed": no consent from the recipient,
 	// "unknown_link": a data packet with no link's token, or not from
-	// its link's address).
+	// its link's address, "token_expired": a new session between two
+	// links whose tokens expired, ServerConfig.KeepSessionsPastExpiry).
 	Drops map[string]uint64
 }
 

@@ -127,6 +127,9 @@ type peerLink struct {
 	consent bool                          // it receives only from peers it allowed (empty ALLOW)
 	allowed map[identity.PeerID]time.Time // peers it consented to receive from → when
 	gone    bool                          // unregistered
+	// expired: its token expired, and it lives on for its sessions
+	// (KeepSessionsPastExpiry); set under omu.
+	expired atomic.Bool
 	// Sessions to it opened before it asked for consent (consentGrace
 	// after it linked): checked when it asks (enableConsent). Beyond
 	// maxEarly of them, strict: every packet to it is checked.
@@ -291,11 +294,14 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 	}
 	var expires time.Time
 	if len(s.cfg.Secrets) > 0 || s.cfg.Authorize != nil {
-		check := func() error { return CheckToken(s.cfg.Secrets, p.id, string(body), time.Now()) }
-		if s.cfg.Authorize != nil {
-			check = func() error { return s.cfg.Authorize(p.id, string(body)) }
+		check := func() (time.Time, error) {
+			return tokenExpiry(string(body)), CheckToken(s.cfg.Secrets, p.id, string(body), time.Now())
 		}
-		if err := check(); err != nil {
+		if s.cfg.Authorize != nil {
+			check = func() (time.Time, error) { return s.cfg.Authorize(p.id, string(body)) }
+		}
+		var err error
+		if expires, err = check(); err != nil {
 			code, reason := byte(codeBadToken), authBadToken
 			if errors.Is(err, ErrTokenExpired) {
 				code, reason = codeTokenExpired, authTokenExpired
@@ -304,9 +310,6 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 			s.log.Debug("relay: token refused", "peer", p.id.Short(), "err", err)
 			p.fail(code, err.Error())
 			return false
-		}
-		if s.cfg.Authorize == nil {
-			expires = tokenExpiry(string(body))
 		}
 	}
 	p.lim = s.peerLimiter()
@@ -443,6 +446,12 @@ func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 		return
 	}
 	if !open {
+		if src.expired.Load() && to.expired.Load() {
+			// Neither end is vouched for by a token now.
+			s.m.drop(dropTokenExpired)
+			src.notice(dst, noticeNotAllowed, now)
+			return
+		}
 		if !to.consents(src.id, now) {
 			// Sending to a peer is consent to hear from it: when both
 			// sides of a session fall back to the relay at once, each

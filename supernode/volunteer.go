@@ -129,6 +129,10 @@ func NewVolunteer(cfg Config, log *slog.Logger) *Volunteer {
 		PeerRate:           noLimit(cfg.SessionRate),
 		TotalRate:          noLimit(cfg.TotalRate),
 		Authorize:          v.authorize,
+		// A token comes with an introduction only: a session outlives it,
+		// a link without sessions ends at its expiry, and two links whose
+		// tokens expired open no new session between them.
+		KeepSessionsPastExpiry: true,
 		// Links keep their QUIC connection: its short idle timeout
 		// (LinkIdleTimeout) is how both ends notice the other vanish.
 		QUICLinks: true,
@@ -160,13 +164,14 @@ func (v *Volunteer) Verdict(st rendezvous.VolunteerStatus) {
 	v.changed = make(chan struct{})
 }
 
-// authorize is the relay server's check of a linking peer.
-func (v *Volunteer) authorize(peer identity.PeerID, token string) error {
+// authorize is the relay server's check of a linking peer; it returns
+// the token's expiry (zero for a peer on the allow-list).
+func (v *Volunteer) authorize(peer identity.PeerID, token string) (time.Time, error) {
 	if v.allow != nil {
 		if v.allow[peer] {
-			return nil
+			return time.Time{}, nil
 		}
-		return ErrNotAllowed
+		return time.Time{}, ErrNotAllowed
 	}
 	v.mu.Lock()
 	secrets := v.secrets
@@ -175,15 +180,15 @@ func (v *Volunteer) authorize(peer identity.PeerID, token string) error {
 	for _, s := range secrets {
 		switch err := rendezvous.CheckSupernodeToken(s, peer, token, time.Now()); {
 		case err == nil:
-			return nil
+			return rendezvous.SupernodeTokenExpiry(token), nil
 		case errors.Is(err, rendezvous.ErrSupernodeTokenExpired):
 			expired = true
 		}
 	}
 	if expired {
-		return relay.ErrTokenExpired
+		return time.Time{}, relay.ErrTokenExpired
 	}
-	return relay.ErrBadToken
+	return time.Time{}, relay.ErrBadToken
 }
 
 // Wait returns the verdict of server (any server if zero) once there is

@@ -38,7 +38,7 @@ var (
 	descBytes = prometheus.NewDesc("reach_relay_bytes_total",
 		"Payload bytes forwarded.", nil, nil)
 	descDrops = prometheus.NewDesc("reach_relay_drops_total",
-		"Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed, peer_sessions, ip_sessions, not_allowed, unknown_link).", []string{"reason"}, nil)
+		"Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed, peer_sessions, ip_sessions, not_allowed, unknown_link, token_expired).", []string{"reason"}, nil)
 	descData = prometheus.NewDesc("reach_relay_data_packets_total",
 		"Packets that came from (in) or went to (out) UDP links as data packets rather than QUIC DATAGRAM frames.", []string{"direction"}, nil)
 	descDetached = prometheus.NewDesc("reach_relay_detached_links",

@@ -67,9 +67,11 @@ type ServerConfig struct {
 	MaxLinksPerIP int
 	// MaxSessions is how many relay sessions may exist at once. A session
 	// is an ordered pair of peers (from, to) that sent a packet within
-	// SessionIdle. A packet that would open one more is dropped and its
-	// sender gets a NOTICE session_limit (ErrRelayFull); existing sessions
-	// are unaffected. Zero: 10000.
+	// SessionIdle. In a full table, a packet that would open one more
+	// takes the place of the least recently used session of the biggest
+	// holder (network, then source: fair.go) if its own network or
+	// source holds at least two fewer; otherwise it is dropped and its
+	// sender gets a NOTICE session_limit (ErrRelayFull). Zero: 10000.
 	MaxSessions int
 	// MaxSessionsPerPeer is how many sessions one peer may send on at
 	// once (its destinations); beyond it, as beyond MaxSessions. Zero:

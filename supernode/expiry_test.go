@@ -2,12 +2,15 @@ package supernode
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/rung"
+	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
 )
 
@@ -80,4 +83,37 @@ func TestVolunteerTokenExpiry(t *testing.T) {
 		t.Fatalf("c links again with a fresh token: %v", err)
 	}
 	t.Logf("c linked again in %v", time.Since(start).Round(time.Millisecond))
+}
+
+// TestVolunteerLinksPerSource (issue 15): one source cannot take every
+// link slot of a volunteer (4n+4 links; the relay's default per source,
+// 64, is above that): with MaxSessions 2 it links 6 peers (2n+2), the
+// 7th is refused with relay.ErrRateLimited, and a peer from another
+// address still links.
+func TestVolunteerLinksPerSource(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tv := startVolunteer(t, Config{Enable: true, MaxSessions: 2})
+	sec := secret(12)
+	tv.vol.Verdict(admitted(serverAddr(t, 4900), sec))
+	linked := 0
+	var refused error
+	for i := range 7 {
+		h := newPeerOn(t, fmt.Sprintf("h%d", i), "127.0.0.2")
+		if err := h.pool.Link(ctx, tv.candFor(h.key.ID(), sec), identity.PeerID{}); err != nil {
+			refused = err
+			break
+		}
+		linked++
+	}
+	if linked != 6 || !errors.Is(refused, relay.ErrRateLimited) {
+		t.Fatalf("one source linked %d peers, then %v; want 6, then relay.ErrRateLimited", linked, refused)
+	}
+	o := newPeerOn(t, "other", "127.0.0.3")
+	if err := o.pool.Link(ctx, tv.candFor(o.key.ID(), sec), identity.PeerID{}); err != nil {
+		t.Fatalf("a peer from another address: %v", err)
+	}
+	if got := tv.vol.Relay().Metrics().Rejected["ip_links"]; got != 1 {
+		t.Errorf("%d links refused ip_links, want 1", got)
+	}
 }

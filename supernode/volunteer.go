@@ -53,7 +53,8 @@ type Config struct {
 	// pair beyond it is refused (the dialler's race moves on at once).
 	// Of them, one peer may send to at most max(2, n/2) peers, and the
 	// peers of one source IP hold at most max(4, n) relay sessions (half
-	// the table: a pair is two). Zero: 8.
+	// the table: a pair is two) over at most 2n+2 links (half of its
+	// 4n+4). Zero: 8.
 	MaxSessions int
 	// SessionRate is the bytes per second one peer may send through it
 	// (with one session per peer, the bandwidth of a session in each
@@ -126,9 +127,12 @@ func NewVolunteer(cfg Config, log *slog.Logger) *Volunteer {
 		// take it all (TestVolunteerFairness).
 		MaxSessionsPerPeer: max(2, n/2),
 		MaxSessionsPerIP:   max(4, n),
-		PeerRate:           noLimit(cfg.SessionRate),
-		TotalRate:          noLimit(cfg.TotalRate),
-		Authorize:          v.authorize,
+		// Half the links, so that one source cannot take every slot
+		// (the relay's default, 64, is above the whole table).
+		MaxLinksPerIP: 2*n + 2,
+		PeerRate:      noLimit(cfg.SessionRate),
+		TotalRate:     noLimit(cfg.TotalRate),
+		Authorize:     v.authorize,
 		// A token comes with an introduction only: a session outlives it,
 		// a link without sessions ends at its expiry, and two links whose
 		// tokens expired open no new session between them.

@@ -42,6 +42,17 @@ type Server struct {
 	sock atomic.Pointer[rendezvous.PacketSocket] // ServeDatagrams; nil: none
 
 	sweeping sync.Once
+
+	// clock is forward's time; nil: time.Now (a test's clock makes its
+	// rate checks independent of the machine's speed).
+	clock func() time.Time
+}
+
+func (s *Server) now() time.Time {
+	if s.clock != nil {
+		return s.clock()
+	}
+	return time.Now()
 }
 
 // NewServer makes a relay server.
@@ -416,7 +427,7 @@ func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 		s.m.drop(dropMalformed)
 		return
 	}
-	now := time.Now()
+	now := s.now()
 	cost := max(len(pkt), MinPacketCost)
 	if src.lim != nil && !src.lim.AllowN(now, cost) {
 		s.m.drop(dropPeerRate)

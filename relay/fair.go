@@ -140,44 +140,46 @@ func (s *Server) victim(st *ipState, now time.Time) *ipState {
 	return nil
 }
 
-// evictFor ends one session of the biggest holder (victim) to make room
-// for one of src's, in a full table: the least recently used session of
-// the victim's link with the most. False: src has its fair share
-// already, or nothing was ended.
-func (s *Server) evictFor(src *peerLink, now time.Time) bool {
-	s.mu.Lock()
-	v := s.victim(src.ipst, now)
-	var links []*peerLink
-	if v != nil {
-		links = make([]*peerLink, 0, len(v.peers))
-		for p := range v.peers {
-			links = append(links, p)
-		}
+// evictLocked ends one session of the biggest holder (victim) to make
+// room for one of st's in a full table: the least recently used session
+// of the victim's link with the most. False: st has its fair share
+// already, or nothing could be ended now. s.mu is held, and the omu of
+// the link that opens the session: another link's is only tried
+// (TryLock), never waited for, as the lock order is omu before mu; a
+// link busy at that moment is passed over.
+func (s *Server) evictLocked(st *ipState, now time.Time) bool {
+	v := s.victim(st, now)
+	if v == nil {
+		return false
 	}
-	s.mu.Unlock()
 	var from *peerLink
 	most := 0
-	for _, p := range links {
-		p.omu.Lock()
+	for p := range v.peers {
+		if !p.omu.TryLock() {
+			continue
+		}
 		if n := len(p.out); n > most {
 			from, most = p, n
 		}
 		p.omu.Unlock()
 	}
-	if from == nil {
+	if from == nil || !from.omu.TryLock() {
 		return false
 	}
-	from.omu.Lock()
 	var oldest dstTime
 	for d, t := range from.out {
 		if oldest.t.IsZero() || t.Before(oldest.t) {
 			oldest = dstTime{d, t}
 		}
 	}
-	from.omu.Unlock()
-	if oldest.t.IsZero() || !s.closeSession(from, oldest.d) {
+	if oldest.t.IsZero() {
+		from.omu.Unlock()
 		return false
 	}
+	delete(from.out, oldest.d)
+	from.omu.Unlock()
+	s.sessions--
+	v.addSessions(-1)
 	s.m.evicted.Add(1)
 	// The victim's next packet on it tries to open it again, and is
 	// refused (it holds its share): it gets a NOTICE session_limit then.

@@ -121,17 +121,9 @@ func (s *Server) register(p *peerLink) (old *peerLink, refused rejectReason, ok 
 // MaxSessionsPerIP and MaxSessions (or renews it if it is open); it
 // returns the reason it was refused. In a full table it first ends a
 // session of the biggest holder, if src's source or network holds less
-// than it (evictFor).
+// than it (evictLocked), in the same step: the table never loses a
+// slot to an eviction whose session did not open.
 func (s *Server) openSession(src *peerLink, dst identity.PeerID, now time.Time) (dropReason, bool) {
-	reason, ok := s.tryOpen(src, dst, now)
-	if !ok && reason == dropSessionLimit && s.evictFor(src, now) {
-		reason, ok = s.tryOpen(src, dst, now)
-	}
-	return reason, ok
-}
-
-// tryOpen is openSession without eviction.
-func (s *Server) tryOpen(src *peerLink, dst identity.PeerID, now time.Time) (dropReason, bool) {
 	src.omu.Lock()
 	defer src.omu.Unlock()
 	if src.gone {
@@ -147,12 +139,12 @@ func (s *Server) tryOpen(src *peerLink, dst identity.PeerID, now time.Time) (dro
 	s.mu.Lock()
 	st := src.ipst
 	switch {
-	case s.sessions >= s.cfg.MaxSessions:
-		s.mu.Unlock()
-		return dropSessionLimit, false
 	case st != nil && s.cfg.MaxSessionsPerIP > 0 && st.sessions >= s.cfg.MaxSessionsPerIP:
 		s.mu.Unlock()
 		return dropIPSessions, false
+	case s.sessions >= s.cfg.MaxSessions && !s.evictLocked(st, now):
+		s.mu.Unlock()
+		return dropSessionLimit, false
 	}
 	s.sessions++
 	if st != nil {

@@ -131,7 +131,19 @@ type Client struct {
 	// upgradeFrom is a TCP registration whose QUIC replacement is still
 	// being dialled; its loss is handled when that attempt ends.
 	upgradeFrom *clientConn
+	// abandoned is a TCP registration whose QUIC replacement the client
+	// gave up on at abandonedAt: that attempt's REGISTER may still reach
+	// the server and replace it (the client's own doing, not another
+	// process's), so a "replaced" within abandonGrace means register
+	// again, not stay offline.
+	abandoned   *clientConn
+	abandonedAt time.Time
 }
+
+// abandonGrace is how long after the client gave up on a QUIC upgrade a
+// "replaced" of its TCP registration is taken for that attempt's late
+// REGISTER: more than a loaded server takes to read one.
+const abandonGrace = 10 * time.Second
 
 // NewClient checks cfg and makes a Client. Call Start to register.
 func NewClient(cfg ClientConfig) (*Client, error) {
@@ -489,7 +501,12 @@ func (c *Client) lost(cc *clientConn, err error) {
 		return
 	}
 	c.conn = nil
-	if errors.Is(err, ErrReplaced) {
+	if errors.Is(err, ErrReplaced) && c.abandoned == cc && time.Since(c.abandonedAt) < abandonGrace {
+		// Replaced by the QUIC attempt this client abandoned, which the
+		// server read late (and which the client closed): register again.
+		c.log.Info("replaced by our own abandoned QUIC attempt; registering again", "server", cc.server.String())
+		c.abandoned = nil
+	} else if errors.Is(err, ErrReplaced) {
 		if c.replaced == nil {
 			close(c.replacedCh)
 		}

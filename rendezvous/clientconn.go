@@ -277,6 +277,9 @@ func (c *Client) finishUpgrade(old *clientConn, u dialResult) {
 		c.upgradeFrom = nil
 	}
 	current := c.conn == old && !c.closed
+	if u.err != nil {
+		c.abandoned, c.abandonedAt = old, time.Now()
+	}
 	c.mu.Unlock()
 	if u.err != nil {
 		c.log.Debug("staying on TCP: QUIC failed", "server", old.server.String(), "err", u.err)

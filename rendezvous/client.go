@@ -138,6 +138,9 @@ type Client struct {
 	// again, not stay offline.
 	abandoned   *clientConn
 	abandonedAt time.Time
+	// rejoinFrom is the registration such an attempt replaced: requests
+	// that failed on it are asked again on the next (handedOver).
+	rejoinFrom *clientConn
 }
 
 // abandonGrace is how long after the client gave up on a QUIC upgrade a
@@ -340,19 +343,26 @@ func (c *Client) ConnectFlight(ctx context.Context, peer identity.PeerID, offer 
 
 // handedOver reports whether cc, on which a request failed, was left for
 // a newer connection of this client (a TCP registration that moved to
-// QUIC, which the server ends with "replaced"); while that move is under
-// way it waits for its outcome, within ctx.
+// QUIC, which the server ends with "replaced", or that the client's own
+// abandoned QUIC attempt replaced); while that move or the registration
+// after it is under way it waits for its outcome, within ctx.
 func (c *Client) handedOver(ctx context.Context, cc *clientConn) bool {
 	if cc == nil {
 		return false
 	}
 	for {
 		c.mu.Lock()
+		// The request may fail before lost() has seen the replacement
+		// (the connection fails its requests first): an abandoned
+		// attempt's replacement is waited for as well.
+		rejoining := c.rejoinFrom == cc || c.abandoned == cc && time.Since(c.abandonedAt) < abandonGrace
 		conn, moving, ch := c.conn, c.upgradeFrom == cc, c.changed
 		c.mu.Unlock()
 		switch {
 		case conn != nil && conn != cc:
 			return true
+		case rejoining && (conn == nil || conn == cc):
+			// Registering again (or about to): wait for it.
 		case !moving || conn != cc:
 			return false
 		}
@@ -505,7 +515,7 @@ func (c *Client) lost(cc *clientConn, err error) {
 		// Replaced by the QUIC attempt this client abandoned, which the
 		// server read late (and which the client closed): register again.
 		c.log.Info("replaced by our own abandoned QUIC attempt; registering again", "server", cc.server.String())
-		c.abandoned = nil
+		c.abandoned, c.rejoinFrom = nil, cc
 	} else if errors.Is(err, ErrReplaced) {
 		if c.replaced == nil {
 			close(c.replacedCh)

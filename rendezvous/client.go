@@ -484,6 +484,9 @@ func (c *Client) install(cc *clientConn, idx int) bool {
 	}
 	old := c.conn
 	c.conn = cc
+	if old != nil && c.upgradeFrom == old {
+		c.upgradeFrom = nil // the move is done (finishUpgrade)
+	}
 	if cc.inFleet || len(c.servers) > len(c.cfg.Servers) {
 		c.learnLocked(cc.fleet, cc.server)
 		idx = c.indexLocked(cc.server)

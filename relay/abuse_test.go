@@ -92,7 +92,9 @@ func (nopHandler) Notice(identity.PeerID, error)  {}
 // took 101 before the caps), from one source and from five; an honest
 // pair on two other sources still gets a relayed session and moves 1 MiB
 // intact. From one source at most MaxLinksPerIP links get in; each
-// source's sessions stop at MaxSessionsPerIP.
+// source's sessions stop at MaxSessionsPerIP. From eleven sources (in
+// eleven /24s) they fill the default table, 10,000: the honest pair gets
+// its sessions in place of the biggest holders' (fair.go).
 func TestRelayHostileLinks(t *testing.T) {
 	for _, c := range []struct {
 		name string
@@ -100,6 +102,8 @@ func TestRelayHostileLinks(t *testing.T) {
 	}{
 		{"one source", []string{"127.0.0.10"}},
 		{"five sources", []string{"127.0.0.20", "127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24"}},
+		{"eleven sources", []string{"127.0.1.10", "127.0.2.10", "127.0.3.10", "127.0.4.10", "127.0.5.10", "127.0.6.10",
+			"127.0.7.10", "127.0.8.10", "127.0.9.10", "127.0.10.10", "127.0.11.10"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			// The connection rate only delays one source (10 links a
@@ -123,6 +127,10 @@ func TestRelayHostileLinks(t *testing.T) {
 			if m.Sessions > len(c.ips)*relay.DefaultMaxSessionsPerIP {
 				t.Errorf("%d sessions from %d sources, want at most %d each", m.Sessions, len(c.ips), relay.DefaultMaxSessionsPerIP)
 			}
+			full := len(c.ips)*relay.DefaultMaxSessionsPerIP > 10000
+			if full && m.Sessions != 10000 {
+				t.Fatalf("%d sessions from %d sources, want the default table full (10,000)", m.Sessions, len(c.ips))
+			}
 			a := newNodeAt(t, rs.ConnectString(), "127.0.0.2")
 			b := newNodeAt(t, rs.ConnectString(), "127.0.0.3")
 			echo(b)
@@ -141,7 +149,12 @@ func TestRelayHostileLinks(t *testing.T) {
 				t.Fatal(err)
 			}
 			st.Close()
-			t.Logf("honest pair: relayed session and 1 MiB echoed intact in %v", time.Since(start).Round(time.Millisecond))
+			m = rl.Metrics()
+			t.Logf("honest pair: relayed session and 1 MiB echoed intact in %v; sessions %d, evicted %d",
+				time.Since(start).Round(time.Millisecond), m.Sessions, m.Evicted)
+			if m.Sessions > 10000 || full && m.Evicted < 2 {
+				t.Errorf("%d sessions (table 10,000), %d evicted", m.Sessions, m.Evicted)
+			}
 		})
 	}
 }

@@ -67,9 +67,11 @@ type ServerConfig struct {
 	MaxLinksPerIP int
 	// MaxSessions is how many relay sessions may exist at once. A session
 	// is an ordered pair of peers (from, to) that sent a packet within
-	// SessionIdle. A packet that would open one more is dropped and its
-	// sender gets a NOTICE session_limit (ErrRelayFull); existing sessions
-	// are unaffected. Zero: 10000.
+	// SessionIdle. In a full table, a packet that would open one more
+	// takes the place of the least recently used session of the biggest
+	// holder (network, then source: fair.go) if its own network or
+	// source holds at least two fewer; otherwise it is dropped and its
+	// sender gets a NOTICE session_limit (ErrRelayFull). Zero: 10000.
 	MaxSessions int
 	// MaxSessionsPerPeer is how many sessions one peer may send on at
 	// once (its destinations); beyond it, as beyond MaxSessions. Zero:
@@ -122,13 +124,22 @@ type ServerConfig struct {
 	TotalRate int
 	// Authorize, if set, decides instead of Secrets whether a peer may
 	// link: it gets the peer's proved ID and the token of its HELLO ("" for
-	// none) and returns nil to admit it, or an error to refuse it
-	// (ErrTokenExpired is sent as token_expired, anything else as
-	// bad_token). A supernode uses it for its allow-list and for tokens
-	// its rendezvous servers issued. It admits a link: the link does not
-	// end when such a token expires (tokens from Secrets end theirs). Nil:
-	// Secrets decide.
-	Authorize func(peer identity.PeerID, token string) error
+	// none) and returns the token's expiry (zero: the link never expires)
+	// and nil to admit it, or an error to refuse it (ErrTokenExpired is
+	// sent as token_expired, anything else as bad_token). A supernode
+	// uses it for its allow-list and for tokens its rendezvous servers
+	// issued. At the expiry the link ends as with Secrets, or narrows
+	// (KeepSessionsPastExpiry). Nil: Secrets decide.
+	Authorize func(peer identity.PeerID, token string) (expiry time.Time, err error)
+	// KeepSessionsPastExpiry: at its token's expiry a link does not end
+	// at once but lives on while it has sessions; it opens no new
+	// session with a peer whose token expired too (each new session
+	// needs one end that a token vouches for now), and ends (ERROR
+	// token_expired) once it has no session left. For a supernode, whose
+	// peers get tokens only with introductions: a relayed session outlives
+	// its token, an idle or hostile link does not. False: the link ends at
+	// the expiry (its client links again with a fresh token).
+	KeepSessionsPastExpiry bool
 	// Logger receives the server's logs. Nil: discard.
 	Logger *slog.Logger
 }

@@ -19,10 +19,13 @@ import (
 // ipState is what the server keeps per source: an IPv4 address or an
 // IPv6 /64 (ipKey). Its counts are guarded by Server.mu.
 type ipState struct {
-	lim      *rate.Limiter // ConnRate; nil: unlimited
-	links    int           // peers linked from it now
-	sessions int           // sessions its peers send on now
-	seen     time.Time     // last link attempt
+	lim      *rate.Limiter          // ConnRate; nil: unlimited
+	links    int                    // peers linked from it now
+	sessions int                    // sessions its peers send on now
+	seen     time.Time              // last link attempt
+	peers    map[*peerLink]struct{} // its links now
+	net      *netState              // its network (fair.go)
+	netKey   netip.Prefix
 }
 
 // ipKey is the source a link is counted against: its IPv4 address, or
@@ -54,7 +57,8 @@ func (s *Server) source(key netip.Prefix, now time.Time) *ipState {
 		if len(s.ips) >= s.maxIPs() && !s.evictIdleSource() {
 			return nil
 		}
-		st = &ipState{}
+		st = &ipState{peers: make(map[*peerLink]struct{})}
+		s.attachNet(key, st)
 		if s.cfg.ConnRate > 0 {
 			st.lim = rate.NewLimiter(rate.Limit(s.cfg.ConnRate), s.cfg.ConnBurst)
 		}
@@ -69,7 +73,7 @@ func (s *Server) source(key netip.Prefix, now time.Time) *ipState {
 func (s *Server) evictIdleSource() bool {
 	for k, st := range s.ips {
 		if st.links == 0 && st.sessions == 0 {
-			delete(s.ips, k)
+			s.forgetSource(k, st)
 			return true
 		}
 	}
@@ -104,6 +108,7 @@ func (s *Server) register(p *peerLink) (old *peerLink, refused rejectReason, ok 
 		return nil, rejectIPLinks, false
 	}
 	st.links++
+	st.peers[p] = struct{}{}
 	p.ipst = st
 	s.peers[p.id] = p
 	if p.data.token != 0 {
@@ -114,7 +119,10 @@ func (s *Server) register(p *peerLink) (old *peerLink, refused rejectReason, ok 
 
 // openSession opens the session src → dst within MaxSessionsPerPeer,
 // MaxSessionsPerIP and MaxSessions (or renews it if it is open); it
-// returns the reason it was refused.
+// returns the reason it was refused. In a full table it first ends a
+// session of the biggest holder, if src's source or network holds less
+// than it (evictLocked), in the same step: the table never loses a
+// slot to an eviction whose session did not open.
 func (s *Server) openSession(src *peerLink, dst identity.PeerID, now time.Time) (dropReason, bool) {
 	src.omu.Lock()
 	defer src.omu.Unlock()
@@ -131,16 +139,16 @@ func (s *Server) openSession(src *peerLink, dst identity.PeerID, now time.Time) 
 	s.mu.Lock()
 	st := src.ipst
 	switch {
-	case s.sessions >= s.cfg.MaxSessions:
-		s.mu.Unlock()
-		return dropSessionLimit, false
 	case st != nil && s.cfg.MaxSessionsPerIP > 0 && st.sessions >= s.cfg.MaxSessionsPerIP:
 		s.mu.Unlock()
 		return dropIPSessions, false
+	case s.sessions >= s.cfg.MaxSessions && !s.evictLocked(st, now):
+		s.mu.Unlock()
+		return dropSessionLimit, false
 	}
 	s.sessions++
 	if st != nil {
-		st.sessions++
+		st.addSessions(1)
 	}
 	s.mu.Unlock()
 	if src.out == nil {
@@ -215,22 +223,23 @@ func (p *peerLink) earlyOpen(src *peerLink, now time.Time) bool {
 	return true
 }
 
-// closeSession ends the session src → dst, if open.
-func (s *Server) closeSession(src *peerLink, dst identity.PeerID) {
+// closeSession ends the session src → dst, if open; false if it was not.
+func (s *Server) closeSession(src *peerLink, dst identity.PeerID) bool {
 	src.omu.Lock()
 	_, open := src.out[dst]
 	delete(src.out, dst)
 	st := src.ipst
 	src.omu.Unlock()
 	if !open {
-		return
+		return false
 	}
 	s.mu.Lock()
 	s.sessions--
 	if st != nil {
-		st.sessions--
+		st.addSessions(-1)
 	}
 	s.mu.Unlock()
+	return true
 }
 
 // consents reports whether p receives packets from peer: it did not ask
@@ -278,13 +287,30 @@ func tokenExpiry(token string) time.Time {
 	return time.Unix(sec, 0)
 }
 
-// expireAt ends p's link at its token's expiry with ERROR token_expired.
+// expireAt ends p's link at its token's expiry with ERROR token_expired;
+// with KeepSessionsPastExpiry, only if it has no session then (else it
+// is marked expired, and the sweep ends it once it has none).
 func (s *Server) expireAt(p *peerLink, at time.Time) {
 	p.expiry = time.AfterFunc(time.Until(at), func() {
-		s.m.expired.Add(1)
-		s.log.Debug("relay: token expired on a live link", "peer", p.id.Short())
-		p.fail(codeTokenExpired, "relay token expired")
+		if s.cfg.KeepSessionsPastExpiry {
+			p.omu.Lock()
+			p.expired.Store(true)
+			n := len(p.out)
+			p.omu.Unlock()
+			if n > 0 {
+				s.log.Debug("relay: token expired on a live link; kept for its sessions", "peer", p.id.Short(), "sessions", n)
+				return
+			}
+		}
+		s.endExpired(p)
 	})
+}
+
+// endExpired ends p's link because its token expired.
+func (s *Server) endExpired(p *peerLink) {
+	s.m.expired.Add(1)
+	s.log.Debug("relay: token expired on a live link", "peer", p.id.Short())
+	p.fail(codeTokenExpired, "relay token expired")
 }
 
 // sweep ends idle sessions, forgets expired permissions and old NOTICE
@@ -314,7 +340,7 @@ func (s *Server) sweepOnce(now time.Time) {
 		n  int
 	}
 	var ends []ended
-	var silent []*peerLink
+	var silent, lapsed []*peerLink
 	for _, p := range peers {
 		if p.data.detached.Load() {
 			// A detached link has no QUIC idle timeout: it ends when
@@ -343,6 +369,9 @@ func (s *Server) sweepOnce(now time.Time) {
 				delete(p.allowed, d)
 			}
 		}
+		if p.expired.Load() && len(p.out) == 0 && !p.gone {
+			lapsed = append(lapsed, p) // its token expired, its last session ended
+		}
 		p.omu.Unlock()
 		if n > 0 {
 			ends = append(ends, ended{p.ipst, n})
@@ -352,15 +381,18 @@ func (s *Server) sweepOnce(now time.Time) {
 	for _, e := range ends {
 		s.sessions -= e.n
 		if e.st != nil {
-			e.st.sessions -= e.n
+			e.st.addSessions(-e.n)
 		}
 	}
 	for k, st := range s.ips {
 		if st.links == 0 && st.sessions == 0 && now.Sub(st.seen) > ipIdle {
-			delete(s.ips, k)
+			s.forgetSource(k, st)
 		}
 	}
 	s.mu.Unlock()
+	for _, p := range lapsed {
+		s.endExpired(p)
+	}
 	for _, p := range silent {
 		s.log.Debug("relay: detached link silent; ended", "peer", p.id.Short())
 		s.unregister(p)

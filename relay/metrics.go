@@ -36,11 +36,12 @@ const (
 	dropIPSessions                     // would open a session past MaxSessionsPerIP
 	dropNotAllowed                     // destination has not consented to the sender
 	dropUnknownLink                    // a data packet with no link's token, or not from its address
+	dropTokenExpired                   // would open a session between two links whose tokens expired
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{"no_peer", "session_limit", "peer_rate", "total_rate", "queue_full", "malformed",
-	"peer_sessions", "ip_sessions", "not_allowed", "unknown_link"}
+	"peer_sessions", "ip_sessions", "not_allowed", "unknown_link", "token_expired"}
 
 // rejectReason is why a link was refused before registration (other than
 // its token).
@@ -81,6 +82,7 @@ type metrics struct {
 	auth     [numAuthReasons]atomic.Uint64
 	drops    [numDropReasons]atomic.Uint64
 	expired  atomic.Uint64 // live links ended at their token's expiry
+	evicted  atomic.Uint64 // sessions ended to make room in a full table (fair.go)
 	detached atomic.Int64  // UDP links detached now (data packets alone)
 	moved    atomic.Uint64 // detached links moved to a new address (rebind.go)
 }
@@ -106,6 +108,9 @@ type MetricsSnapshot struct {
 	AuthFailures map[string]uint64
 	// Expired are the live links ended because their token expired.
 	Expired uint64
+	// Evicted are the sessions the relay ended in a full table to make
+	// room for a source (or network) that held fewer than their holder.
+	Evicted uint64
 	// Detached are the UDP links (counted in Clients) that live on as data
 	// packets alone, without a QUIC connection (docs/protocol.md,
 	// "Detached links").
@@ -127,7 +132,8 @@ type MetricsSnapshot struct {
 	// "malformed", "peer_sessions": MaxSessionsPerPeer, "ip_sessions":
 	// MaxSessionsPerIP, "not_allowed": no consent from the recipient,
 	// "unknown_link": a data packet with no link's token, or not from
-	// its link's address).
+	// its link's address, "token_expired": a new session between two
+	// links whose tokens expired, ServerConfig.KeepSessionsPastExpiry).
 	Drops map[string]uint64
 }
 
@@ -143,6 +149,7 @@ func (s *Server) Metrics() MetricsSnapshot {
 		Rejected:     make(map[string]uint64, numRejectReasons),
 		AuthFailures: make(map[string]uint64, numAuthReasons),
 		Expired:      m.expired.Load(),
+		Evicted:      m.evicted.Load(),
 		Detached:     int(m.detached.Load()),
 		Moved:        m.moved.Load(),
 		Sessions:     sessions,

@@ -14,7 +14,8 @@ import (
 // DefaultPeerRate and all together to DefaultTotalRate (issue 15: it
 // forwarded without limit), each packet counting as at least
 // MinPacketCost. A link that pushes full-size packets, then one-byte
-// ones, as fast as the forwarding code takes them gets no more than its
+// ones, at four times the rate (on the server's clock, which the test
+// keeps, so that a slow machine sends as fast), gets no more than its
 // bucket and the rate through; the rest are peer_rate drops.
 func TestDefaultRates(t *testing.T) {
 	s := NewServer(ServerConfig{})
@@ -26,24 +27,26 @@ func TestDefaultRates(t *testing.T) {
 		rand.Read(id[:])
 		return &peerLink{srv: s, id: id, lim: s.peerLimiter(), wake: make(chan struct{}, 1)}
 	}
-	// Full-size packets as fast as the forwarding code takes them: no
-	// more than the bucket and the rate pass.
+	// Full-size packets at four times the rate for a virtual 100 ms
+	// after the bucket: no more than the bucket and the rate pass.
 	src, dst := mk(), mk()
 	s.peers[dst.id] = dst
 	pkt := make([]byte, MaxPayload)
 	n := 4 * (s.cfg.PeerBurst + DefaultPeerRate/10) / MaxPayload
 	start := time.Now()
-	for range n {
+	every := time.Second * MaxPayload / (4 * DefaultPeerRate)
+	for i := range n {
+		s.clock = func() time.Time { return start.Add(time.Duration(i) * every) }
 		s.forward(src, dst.id, pkt)
 		dst.qmu.Lock()
 		dst.queue = dst.queue[:0] // a reader that keeps up
 		dst.qmu.Unlock()
 	}
-	el := time.Since(start)
+	el := time.Duration(n-1) * every
 	limited := int(s.Metrics().Drops["peer_rate"])
 	passed := n - limited
 	allowed := (s.cfg.PeerBurst + int(float64(DefaultPeerRate)*el.Seconds())) / MaxPayload
-	t.Logf("%d-byte packets: %d sent in %v, %d passed (the bucket and rate allow %d), %d dropped peer_rate",
+	t.Logf("%d-byte packets: %d sent in %v (the server's clock), %d passed (the bucket and rate allow %d), %d dropped peer_rate",
 		MaxPayload, n, el, passed, allowed, limited)
 	if passed > allowed+1 || limited == 0 {
 		t.Errorf("%d passed, want at most %d (and some dropped)", passed, allowed+1)

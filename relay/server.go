@@ -32,13 +32,27 @@ type Server struct {
 	mu       sync.RWMutex
 	peers    map[identity.PeerID]*peerLink
 	sessions int
-	ips      map[netip.Prefix]*ipState // by source (ipKey)
-	total    *rate.Limiter             // TotalRate; nil: unlimited
-	data     map[uint64]*peerLink      // QUIC links that take data packets, by link token
+	ips      map[netip.Prefix]*ipState  // by source (ipKey)
+	nets     map[netip.Prefix]*netState // by network (netKey)
+	bigNet   *netState                  // the network with the most sessions, at bigAt
+	bigAt    time.Time
+	total    *rate.Limiter        // TotalRate; nil: unlimited
+	data     map[uint64]*peerLink // QUIC links that take data packets, by link token
 
 	sock atomic.Pointer[rendezvous.PacketSocket] // ServeDatagrams; nil: none
 
 	sweeping sync.Once
+
+	// clock is forward's time; nil: time.Now (a test's clock makes its
+	// rate checks independent of the machine's speed).
+	clock func() time.Time
+}
+
+func (s *Server) now() time.Time {
+	if s.clock != nil {
+		return s.clock()
+	}
+	return time.Now()
 }
 
 // NewServer makes a relay server.
@@ -50,6 +64,7 @@ func NewServer(cfg ServerConfig) *Server {
 		log:   cfg.Logger,
 		peers: make(map[identity.PeerID]*peerLink),
 		ips:   make(map[netip.Prefix]*ipState),
+		nets:  make(map[netip.Prefix]*netState),
 		data:  make(map[uint64]*peerLink),
 	}
 	if cfg.TotalRate > 0 {
@@ -123,6 +138,9 @@ type peerLink struct {
 	consent bool                          // it receives only from peers it allowed (empty ALLOW)
 	allowed map[identity.PeerID]time.Time // peers it consented to receive from → when
 	gone    bool                          // unregistered
+	// expired: its token expired, and it lives on for its sessions
+	// (KeepSessionsPastExpiry); set under omu.
+	expired atomic.Bool
 	// Sessions to it opened before it asked for consent (consentGrace
 	// after it linked): checked when it asks (enableConsent). Beyond
 	// maxEarly of them, strict: every packet to it is checked.
@@ -287,11 +305,14 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 	}
 	var expires time.Time
 	if len(s.cfg.Secrets) > 0 || s.cfg.Authorize != nil {
-		check := func() error { return CheckToken(s.cfg.Secrets, p.id, string(body), time.Now()) }
-		if s.cfg.Authorize != nil {
-			check = func() error { return s.cfg.Authorize(p.id, string(body)) }
+		check := func() (time.Time, error) {
+			return tokenExpiry(string(body)), CheckToken(s.cfg.Secrets, p.id, string(body), time.Now())
 		}
-		if err := check(); err != nil {
+		if s.cfg.Authorize != nil {
+			check = func() (time.Time, error) { return s.cfg.Authorize(p.id, string(body)) }
+		}
+		var err error
+		if expires, err = check(); err != nil {
 			code, reason := byte(codeBadToken), authBadToken
 			if errors.Is(err, ErrTokenExpired) {
 				code, reason = codeTokenExpired, authTokenExpired
@@ -300,9 +321,6 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 			s.log.Debug("relay: token refused", "peer", p.id.Short(), "err", err)
 			p.fail(code, err.Error())
 			return false
-		}
-		if s.cfg.Authorize == nil {
-			expires = tokenExpiry(string(body))
 		}
 	}
 	p.lim = s.peerLimiter()
@@ -384,8 +402,9 @@ func (s *Server) unregister(p *peerLink) {
 	}
 	s.sessions -= n
 	if st := p.ipst; st != nil {
-		st.sessions -= n
+		st.addSessions(-n)
 		st.links--
+		delete(st.peers, p)
 		st.seen = time.Now()
 	}
 	s.mu.Unlock()
@@ -408,7 +427,7 @@ func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 		s.m.drop(dropMalformed)
 		return
 	}
-	now := time.Now()
+	now := s.now()
 	cost := max(len(pkt), MinPacketCost)
 	if src.lim != nil && !src.lim.AllowN(now, cost) {
 		s.m.drop(dropPeerRate)
@@ -438,6 +457,12 @@ func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
 		return
 	}
 	if !open {
+		if src.expired.Load() && to.expired.Load() {
+			// Neither end is vouched for by a token now.
+			s.m.drop(dropTokenExpired)
+			src.notice(dst, noticeNotAllowed, now)
+			return
+		}
 		if !to.consents(src.id, now) {
 			// Sending to a peer is consent to hear from it: when both
 			// sides of a session fall back to the relay at once, each

@@ -131,7 +131,22 @@ type Client struct {
 	// upgradeFrom is a TCP registration whose QUIC replacement is still
 	// being dialled; its loss is handled when that attempt ends.
 	upgradeFrom *clientConn
+	// abandoned is a TCP registration whose QUIC replacement the client
+	// gave up on at abandonedAt: that attempt's REGISTER may still reach
+	// the server and replace it (the client's own doing, not another
+	// process's), so a "replaced" within abandonGrace means register
+	// again, not stay offline.
+	abandoned   *clientConn
+	abandonedAt time.Time
+	// rejoinFrom is the registration such an attempt replaced: requests
+	// that failed on it are asked again on the next (handedOver).
+	rejoinFrom *clientConn
 }
+
+// abandonGrace is how long after the client gave up on a QUIC upgrade a
+// "replaced" of its TCP registration is taken for that attempt's late
+// REGISTER: more than a loaded server takes to read one.
+const abandonGrace = 10 * time.Second
 
 // NewClient checks cfg and makes a Client. Call Start to register.
 func NewClient(cfg ClientConfig) (*Client, error) {
@@ -328,19 +343,26 @@ func (c *Client) ConnectFlight(ctx context.Context, peer identity.PeerID, offer 
 
 // handedOver reports whether cc, on which a request failed, was left for
 // a newer connection of this client (a TCP registration that moved to
-// QUIC, which the server ends with "replaced"); while that move is under
-// way it waits for its outcome, within ctx.
+// QUIC, which the server ends with "replaced", or that the client's own
+// abandoned QUIC attempt replaced); while that move or the registration
+// after it is under way it waits for its outcome, within ctx.
 func (c *Client) handedOver(ctx context.Context, cc *clientConn) bool {
 	if cc == nil {
 		return false
 	}
 	for {
 		c.mu.Lock()
+		// The request may fail before lost() has seen the replacement
+		// (the connection fails its requests first): an abandoned
+		// attempt's replacement is waited for as well.
+		rejoining := c.rejoinFrom == cc || c.abandoned == cc && time.Since(c.abandonedAt) < abandonGrace
 		conn, moving, ch := c.conn, c.upgradeFrom == cc, c.changed
 		c.mu.Unlock()
 		switch {
 		case conn != nil && conn != cc:
 			return true
+		case rejoining && (conn == nil || conn == cc):
+			// Registering again (or about to): wait for it.
 		case !moving || conn != cc:
 			return false
 		}
@@ -462,6 +484,9 @@ func (c *Client) install(cc *clientConn, idx int) bool {
 	}
 	old := c.conn
 	c.conn = cc
+	if old != nil && c.upgradeFrom == old {
+		c.upgradeFrom = nil // the move is done (finishUpgrade)
+	}
 	if cc.inFleet || len(c.servers) > len(c.cfg.Servers) {
 		c.learnLocked(cc.fleet, cc.server)
 		idx = c.indexLocked(cc.server)
@@ -489,7 +514,12 @@ func (c *Client) lost(cc *clientConn, err error) {
 		return
 	}
 	c.conn = nil
-	if errors.Is(err, ErrReplaced) {
+	if errors.Is(err, ErrReplaced) && c.abandoned == cc && time.Since(c.abandonedAt) < abandonGrace {
+		// Replaced by the QUIC attempt this client abandoned, which the
+		// server read late (and which the client closed): register again.
+		c.log.Info("replaced by our own abandoned QUIC attempt; registering again", "server", cc.server.String())
+		c.abandoned, c.rejoinFrom = nil, cc
+	} else if errors.Is(err, ErrReplaced) {
 		if c.replaced == nil {
 			close(c.replacedCh)
 		}

@@ -273,10 +273,17 @@ func (c *Client) startAttempt(ctx context.Context, dial func(context.Context) (*
 // old: if it succeeded and old is still current, QUIC takes over.
 func (c *Client) finishUpgrade(old *clientConn, u dialResult) {
 	c.mu.Lock()
-	if c.upgradeFrom == old {
+	current := c.conn == old && !c.closed
+	// On success old stays upgradeFrom until install has made QUIC the
+	// registration: the server's "replaced" for old, which the QUIC
+	// registration causes, may arrive in between, and must not be taken
+	// for another process's (the client stayed offline, registered).
+	if c.upgradeFrom == old && (u.err != nil || !current) {
 		c.upgradeFrom = nil
 	}
-	current := c.conn == old && !c.closed
+	if u.err != nil {
+		c.abandoned, c.abandonedAt = old, time.Now()
+	}
 	c.mu.Unlock()
 	if u.err != nil {
 		c.log.Debug("staying on TCP: QUIC failed", "server", old.server.String(), "err", u.err)

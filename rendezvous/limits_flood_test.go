@@ -145,16 +145,21 @@ func TestLimitsFloodHonestServed(t *testing.T) {
 	var stunSent, stunAnswered int
 	wg.Go(func() { stunSent, stunAnswered = stunFlood(ctx, t, "127.0.0.2", udp) })
 	var initials atomic.Int64
-	wg.Go(func() {
-		var socks []*net.UDPConn
-		for ctx.Err() == nil {
-			socks = append(socks, spoofedInitial(t, "127.0.0.3", udp))
-			initials.Add(1)
-		}
-		for _, uc := range socks {
-			uc.Close()
-		}
-	})
+	// Four at a time: each Initial waits 30 ms for an answer, so one
+	// sender alone stays under the connection rate on a slow machine
+	// (59 Initials in 3.3 s under -race, fewer than Conns lets through).
+	for range 4 {
+		wg.Go(func() {
+			var socks []*net.UDPConn
+			for ctx.Err() == nil {
+				socks = append(socks, spoofedInitial(t, "127.0.0.3", udp))
+				initials.Add(1)
+			}
+			for _, uc := range socks {
+				uc.Close()
+			}
+		})
+	}
 
 	// The honest peers, while the flood goes on.
 	time.Sleep(300 * time.Millisecond)
@@ -218,10 +223,13 @@ func TestLimitsFloodHonestServed(t *testing.T) {
 	}
 	c := lim.withDefaults()
 	slack := func(r Rate) int64 { return int64(float64(r.Burst) + r.PerSecond*took + 2) }
-	if got, bound := regOK.Load(), slack(c.Registrations); got > bound || regLimited.Load() == 0 {
+	// Some must be rate-limited when more were asked than the limit lets
+	// through (under -race on a loaded machine the flood may not get
+	// there: 12 to 31 registrations in 3.3 s, bound 54).
+	if got, bound := regOK.Load(), slack(c.Registrations); got > bound || got+regLimited.Load() > bound && regLimited.Load() == 0 {
 		t.Errorf("hostile registrations: %d registered (bound %d), %d rate-limited (want some)", got, bound, regLimited.Load())
 	}
-	if got, bound := introOK.Load(), slack(c.PeerIntros); got > bound || introLimited.Load() == 0 {
+	if got, bound := introOK.Load(), slack(c.PeerIntros); got > bound || got+introLimited.Load() > bound && introLimited.Load() == 0 {
 		t.Errorf("hostile introductions: %d answered (bound %d), %d rate-limited (want some)", got, bound, introLimited.Load())
 	}
 	if bound := slack(c.STUN); int64(stunAnswered) > bound || st.STUNLimited == 0 {

@@ -358,7 +358,11 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 		paths := pathsock.New(udp)
 		for _, name := range slices.Sorted(maps.Keys(s.cfg.Protocols)) {
 			if dp, ok := s.cfg.Protocols[name].(DatagramProtocol); ok {
-				context.AfterFunc(ctx, dp.ServeDatagrams(paths))
+				// Stopped within Serve (wg), not on a goroutine of its own:
+				// the protocol's last work (ending its detached links,
+				// logging) is over when Serve returns.
+				stop := dp.ServeDatagrams(paths)
+				wg.Go(func() { <-ctx.Done(); stop() })
 			}
 		}
 		tr = &quic.Transport{

@@ -432,6 +432,17 @@ func supernodeMAC(secret []byte, peer identity.PeerID, exp string) string {
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
+// SupernodeTokenExpiry is the expiry a supernode token states (zero if
+// it states none); it does not check the token.
+func SupernodeTokenExpiry(token string) time.Time {
+	exp, _, _ := strings.Cut(token, ":")
+	sec, err := strconv.ParseInt(exp, 10, 64)
+	if err != nil || sec <= 0 {
+		return time.Time{}
+	}
+	return time.Unix(sec, 0)
+}
+
 // CheckSupernodeToken checks token for peer under secret at now:
 // nil, ErrBadSupernodeToken or ErrSupernodeTokenExpired.
 func CheckSupernodeToken(secret []byte, peer identity.PeerID, token string, now time.Time) error {

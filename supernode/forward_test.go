@@ -320,7 +320,9 @@ func TestVolunteerLimits(t *testing.T) {
 	tv.vol.Verdict(admitted(serverAddr(t, 4900), sec))
 	peers := make([]*testPeer, 4*n+5)
 	for i := range peers {
-		peers[i] = newPeer(t, fmt.Sprintf("p%d", i))
+		// Each from an address of its own: one address may hold only
+		// half the links (TestVolunteerLinksPerSource).
+		peers[i] = newPeerOn(t, fmt.Sprintf("p%d", i), fmt.Sprintf("127.0.0.%d", 10+i))
 	}
 	for i, p := range peers[:4*n+4] {
 		// Introduced in pairs: 0 and 1, 2 and 3, ...

@@ -322,7 +322,10 @@ func (vl *vlink) add(sess *stream.Session) {
 
 // lost handles the end of vl's link: the volunteer is gone (or refused
 // us for good). Its sessions are closed with ErrVolunteerGone, but those
-// that moved to a direct path meanwhile.
+// that moved to a direct path meanwhile. A link the volunteer ended
+// because its token expired (it had no session left to carry, relay's
+// KeepSessionsPastExpiry) does not make the volunteer dead: the next
+// introduction links again with a fresh token.
 func (p *Pool) lost(vl *vlink, err error) {
 	p.mu.Lock()
 	if p.links[vl.peer] != vl {
@@ -330,7 +333,10 @@ func (p *Pool) lost(vl *vlink, err error) {
 		return
 	}
 	delete(p.links, vl.peer)
-	p.dead[vl.peer] = time.Now()
+	expired := errors.Is(err, relay.ErrTokenExpired)
+	if !expired {
+		p.dead[vl.peer] = time.Now()
+	}
 	p.mu.Unlock()
 	vl.mu.Lock()
 	var sessions []*stream.Session
@@ -343,7 +349,11 @@ func (p *Pool) lost(vl *vlink, err error) {
 		sessions = append(sessions, s)
 	}
 	vl.mu.Unlock()
-	p.log.Warn("supernode: link to volunteer lost", "volunteer", vl.peer.Short(), "sessions", len(sessions), "err", err)
+	if expired {
+		p.log.Debug("supernode: volunteer ended the link at its token's expiry", "volunteer", vl.peer.Short(), "sessions", len(sessions))
+	} else {
+		p.log.Warn("supernode: link to volunteer lost", "volunteer", vl.peer.Short(), "sessions", len(sessions), "err", err)
+	}
 	sessions = p.rescue(sessions)
 	for _, s := range sessions {
 		s.CloseWithError(CodeVolunteerGone, "supernode: volunteer gone")

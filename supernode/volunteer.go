@@ -53,7 +53,8 @@ type Config struct {
 	// pair beyond it is refused (the dialler's race moves on at once).
 	// Of them, one peer may send to at most max(2, n/2) peers, and the
 	// peers of one source IP hold at most max(4, n) relay sessions (half
-	// the table: a pair is two). Zero: 8.
+	// the table: a pair is two) over at most 2n+2 links (half of its
+	// 4n+4). Zero: 8.
 	MaxSessions int
 	// SessionRate is the bytes per second one peer may send through it
 	// (with one session per peer, the bandwidth of a session in each
@@ -126,9 +127,16 @@ func NewVolunteer(cfg Config, log *slog.Logger) *Volunteer {
 		// take it all (TestVolunteerFairness).
 		MaxSessionsPerPeer: max(2, n/2),
 		MaxSessionsPerIP:   max(4, n),
-		PeerRate:           noLimit(cfg.SessionRate),
-		TotalRate:          noLimit(cfg.TotalRate),
-		Authorize:          v.authorize,
+		// Half the links, so that one source cannot take every slot
+		// (the relay's default, 64, is above the whole table).
+		MaxLinksPerIP: 2*n + 2,
+		PeerRate:      noLimit(cfg.SessionRate),
+		TotalRate:     noLimit(cfg.TotalRate),
+		Authorize:     v.authorize,
+		// A token comes with an introduction only: a session outlives it,
+		// a link without sessions ends at its expiry, and two links whose
+		// tokens expired open no new session between them.
+		KeepSessionsPastExpiry: true,
 		// Links keep their QUIC connection: its short idle timeout
 		// (LinkIdleTimeout) is how both ends notice the other vanish.
 		QUICLinks: true,
@@ -160,13 +168,14 @@ func (v *Volunteer) Verdict(st rendezvous.VolunteerStatus) {
 	v.changed = make(chan struct{})
 }
 
-// authorize is the relay server's check of a linking peer.
-func (v *Volunteer) authorize(peer identity.PeerID, token string) error {
+// authorize is the relay server's check of a linking peer; it returns
+// the token's expiry (zero for a peer on the allow-list).
+func (v *Volunteer) authorize(peer identity.PeerID, token string) (time.Time, error) {
 	if v.allow != nil {
 		if v.allow[peer] {
-			return nil
+			return time.Time{}, nil
 		}
-		return ErrNotAllowed
+		return time.Time{}, ErrNotAllowed
 	}
 	v.mu.Lock()
 	secrets := v.secrets
@@ -175,15 +184,15 @@ func (v *Volunteer) authorize(peer identity.PeerID, token string) error {
 	for _, s := range secrets {
 		switch err := rendezvous.CheckSupernodeToken(s, peer, token, time.Now()); {
 		case err == nil:
-			return nil
+			return rendezvous.SupernodeTokenExpiry(token), nil
 		case errors.Is(err, rendezvous.ErrSupernodeTokenExpired):
 			expired = true
 		}
 	}
 	if expired {
-		return relay.ErrTokenExpired
+		return time.Time{}, relay.ErrTokenExpired
 	}
-	return relay.ErrBadToken
+	return time.Time{}, relay.ErrBadToken
 }
 
 // Wait returns the verdict of server (any server if zero) once there is

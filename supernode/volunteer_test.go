@@ -87,7 +87,7 @@ func TestAuthorizeAllowList(t *testing.T) {
 		{"not listed, no token", c, "", ErrNotAllowed},
 		{"not listed, valid server token", c, rendezvous.NewSupernodeToken(secret(0), c, exp), ErrNotAllowed},
 	} {
-		err := v.authorize(tc.peer, tc.token)
+		_, err := v.authorize(tc.peer, tc.token)
 		if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
 			t.Errorf("%s: authorize = %v, want %v", tc.name, err, tc.want)
 		}
@@ -105,13 +105,13 @@ func TestAuthorizeTokens(t *testing.T) {
 	good := rendezvous.NewSupernodeToken(secret(1), me, exp)
 
 	// Before any admission, no token is valid.
-	if err := v.authorize(me, good); !errors.Is(err, relay.ErrBadToken) {
+	if _, err := v.authorize(me, good); !errors.Is(err, relay.ErrBadToken) {
 		t.Fatalf("before admission: authorize = %v, want ErrBadToken", err)
 	}
 	// A refusal carries no secret that could admit anyone.
 	v.Verdict(rendezvous.VolunteerStatus{Server: serverAddr(t, 1), Secret: secret(1),
 		Err: &rendezvous.VolunteerError{Code: "unreachable"}})
-	if err := v.authorize(me, good); !errors.Is(err, relay.ErrBadToken) {
+	if _, err := v.authorize(me, good); !errors.Is(err, relay.ErrBadToken) {
 		t.Fatalf("after a refusal with a secret: authorize = %v, want ErrBadToken", err)
 	}
 	v.Verdict(admitted(serverAddr(t, 2), secret(1)))
@@ -131,10 +131,14 @@ func TestAuthorizeTokens(t *testing.T) {
 		{"no token", me, "", relay.ErrBadToken},
 		{"garbage", me, "not-a-token", relay.ErrBadToken},
 	} {
-		err := v.authorize(tc.peer, tc.token)
+		_, err := v.authorize(tc.peer, tc.token)
 		if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
 			t.Errorf("%s: authorize = %v, want %v", tc.name, err, tc.want)
 		}
+	}
+	// The relay ends (or narrows) the link at the token's expiry.
+	if got, err := v.authorize(me, good); err != nil || !got.Equal(time.Unix(exp.Unix(), 0)) {
+		t.Errorf("authorize = %v, %v; want the token's expiry %v", got, err, time.Unix(exp.Unix(), 0))
 	}
 }
 
@@ -158,28 +162,28 @@ func TestAuthorizeKeepsRecentSecrets(t *testing.T) {
 		v.Verdict(admitted(serverAddr(t, uint16(100+i)), secret(i)))
 	}
 	for i := range maxSecrets {
-		if err := v.authorize(me, tok(i)); err != nil {
+		if _, err := v.authorize(me, tok(i)); err != nil {
 			t.Errorf("after %d admissions, token of admission %d: %v", maxSecrets, i, err)
 		}
 	}
 	// One more: the oldest secret is forgotten, the others stay.
 	v.Verdict(admitted(serverAddr(t, 200), secret(maxSecrets)))
-	if err := v.authorize(me, tok(0)); !errors.Is(err, relay.ErrBadToken) {
+	if _, err := v.authorize(me, tok(0)); !errors.Is(err, relay.ErrBadToken) {
 		t.Errorf("token of the oldest of %d admissions: authorize = %v, want ErrBadToken", maxSecrets+1, err)
 	}
 	for i := 1; i <= maxSecrets; i++ {
-		if err := v.authorize(me, tok(i)); err != nil {
+		if _, err := v.authorize(me, tok(i)); err != nil {
 			t.Errorf("after %d admissions, token of admission %d: %v", maxSecrets+1, i, err)
 		}
 	}
 	// An expired token under a forgotten secret is just bad.
-	if err := v.authorize(me, rendezvous.NewSupernodeToken(secret(0), me, time.Now().Add(-time.Second))); !errors.Is(err, relay.ErrBadToken) {
+	if _, err := v.authorize(me, rendezvous.NewSupernodeToken(secret(0), me, time.Now().Add(-time.Second))); !errors.Is(err, relay.ErrBadToken) {
 		t.Errorf("expired token under a forgotten secret: %v, want ErrBadToken", err)
 	}
 	// A server that drops the volunteer later does not revoke its tokens
 	// (they expire on their own).
 	v.Verdict(rendezvous.VolunteerStatus{Server: serverAddr(t, 200), Err: &rendezvous.VolunteerError{Code: "unreachable"}})
-	if err := v.authorize(me, tok(maxSecrets)); err != nil {
+	if _, err := v.authorize(me, tok(maxSecrets)); err != nil {
 		t.Errorf("token of a server that later dropped the volunteer: %v", err)
 	}
 }
@@ -204,7 +208,7 @@ func TestAuthorizeConcurrentWithVerdict(t *testing.T) {
 				return
 			default:
 			}
-			if err := v.authorize(me, tok); err != nil && bad == nil {
+			if _, err := v.authorize(me, tok); err != nil && bad == nil {
 				bad = err
 			}
 		}

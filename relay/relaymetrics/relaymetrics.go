@@ -38,13 +38,15 @@ var (
 	descBytes = prometheus.NewDesc("reach_relay_bytes_total",
 		"Payload bytes forwarded.", nil, nil)
 	descDrops = prometheus.NewDesc("reach_relay_drops_total",
-		"Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed, peer_sessions, ip_sessions, not_allowed, unknown_link).", []string{"reason"}, nil)
+		"Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed, peer_sessions, ip_sessions, not_allowed, unknown_link, token_expired).", []string{"reason"}, nil)
 	descData = prometheus.NewDesc("reach_relay_data_packets_total",
 		"Packets that came from (in) or went to (out) UDP links as data packets rather than QUIC DATAGRAM frames.", []string{"direction"}, nil)
 	descDetached = prometheus.NewDesc("reach_relay_detached_links",
 		"UDP relay links that live on as data packets alone, without a QUIC connection (counted in reach_relay_clients).", nil, nil)
 	descExpired = prometheus.NewDesc("reach_relay_token_expired_total",
 		"Live relay links ended because their token expired.", nil, nil)
+	descEvicted = prometheus.NewDesc("reach_relay_sessions_evicted_total",
+		"Relay sessions ended in a full session table to make room for a source or network that held fewer.", nil, nil)
 )
 
 // Collector is a prometheus.Collector of one relay server's metrics.
@@ -66,7 +68,7 @@ func Register(reg prometheus.Registerer, s *relay.Server) error {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descClients, descConns, descRejected, descAuth, descSessions, descPackets, descBytes, descDrops, descData, descExpired, descDetached} {
+	for _, d := range []*prometheus.Desc{descClients, descConns, descRejected, descAuth, descSessions, descPackets, descBytes, descDrops, descData, descExpired, descDetached, descEvicted} {
 		ch <- d
 	}
 }
@@ -93,4 +95,5 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(m.Bytes))
 	ch <- prometheus.MustNewConstMetric(descExpired, prometheus.CounterValue, float64(m.Expired))
 	ch <- prometheus.MustNewConstMetric(descDetached, prometheus.GaugeValue, float64(m.Detached))
+	ch <- prometheus.MustNewConstMetric(descEvicted, prometheus.CounterValue, float64(m.Evicted))
 }

@@ -62,7 +62,7 @@ reach_relay_data_packets_total{direction="out"} 0
 # HELP reach_relay_detached_links UDP relay links that live on as data packets alone, without a QUIC connection (counted in reach_relay_clients).
 # TYPE reach_relay_detached_links gauge
 reach_relay_detached_links 0
-# HELP reach_relay_drops_total Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed, peer_sessions, ip_sessions, not_allowed, unknown_link).
+# HELP reach_relay_drops_total Packets dropped, by reason (no_peer, session_limit, peer_rate, total_rate, queue_full, malformed, peer_sessions, ip_sessions, not_allowed, unknown_link, token_expired).
 # TYPE reach_relay_drops_total counter
 reach_relay_drops_total{reason="ip_sessions"} 0
 reach_relay_drops_total{reason="malformed"} 0
@@ -72,6 +72,7 @@ reach_relay_drops_total{reason="peer_rate"} 0
 reach_relay_drops_total{reason="peer_sessions"} 0
 reach_relay_drops_total{reason="queue_full"} 0
 reach_relay_drops_total{reason="session_limit"} 0
+reach_relay_drops_total{reason="token_expired"} 0
 reach_relay_drops_total{reason="total_rate"} 0
 reach_relay_drops_total{reason="unknown_link"} 0
 # HELP reach_relay_packets_total Packets forwarded.
@@ -86,6 +87,9 @@ reach_relay_rejected_total{reason="rate_limited"} 0
 # HELP reach_relay_sessions Relay sessions (ordered pairs of peers with recent packets).
 # TYPE reach_relay_sessions gauge
 reach_relay_sessions %[3]d
+# HELP reach_relay_sessions_evicted_total Relay sessions ended in a full session table to make room for a source or network that held fewer.
+# TYPE reach_relay_sessions_evicted_total counter
+reach_relay_sessions_evicted_total 0
 # HELP reach_relay_token_expired_total Live relay links ended because their token expired.
 # TYPE reach_relay_token_expired_total counter
 reach_relay_token_expired_total 0
@@ -122,11 +126,11 @@ func (h *handler) Notice(_ identity.PeerID, err error) {
 // Server.Metrics. A fresh server exports every label value at zero.
 func TestCollector(t *testing.T) {
 	rl := relay.NewServer(relay.ServerConfig{
-		Authorize: func(_ identity.PeerID, token string) error {
+		Authorize: func(_ identity.PeerID, token string) (time.Time, error) {
 			if token == "expired" {
-				return relay.ErrTokenExpired
+				return time.Time{}, relay.ErrTokenExpired
 			}
-			return nil
+			return time.Time{}, nil
 		},
 	})
 	reg := prometheus.NewPedanticRegistry()

@@ -42,6 +42,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/time/rate"
 
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/candidate"
@@ -262,8 +263,11 @@ type Node struct {
 	mu       sync.Mutex
 	sessions map[identity.PeerID][]*stream.Session
 	moving   map[identity.PeerID]bool // moveLoop runs for the peer
-	probing  map[identity.PeerID]bool // a probe of the peer's direct path runs (liveness.go)
-	closed   bool
+	// moveLimit paces every peer's searches for a direct path together
+	// (moveRate, moveBurst).
+	moveLimit *rate.Limiter
+	probing   map[identity.PeerID]bool // a probe of the peer's direct path runs (liveness.go)
+	closed    bool
 
 	mapping atomic.Value                             // string: how the NAT maps the socket (mapping.go)
 	alloc   atomic.Pointer[candidate.PortAllocation] // how it allocates ports, when the mapping varies
@@ -311,7 +315,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			local = true
 		}
 	}
-	n := &Node{cfg: cfg, key: cfg.Key, log: cfg.Logger.With("node", cfg.Key.ID().Short()),
+	n := &Node{cfg: cfg, key: cfg.Key, moveLimit: rate.NewLimiter(moveRate, moveBurst), log: cfg.Logger.With("node", cfg.Key.ID().Short()),
 		accept: make(chan *stream.Stream, cfg.AcceptQueue), closing: make(chan struct{}),
 		sessions: map[identity.PeerID][]*stream.Session{}}
 	var err error

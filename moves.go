@@ -46,9 +46,17 @@ const (
 	// session probes 2, 4, 8 ... s apart, after an hour once every 10 min.
 	moveGap = 2 * time.Second
 	// moveActive is how many packets sent on the forwarded path within a
-	// moveGap count as traffic: a receiver acknowledges every second
-	// packet, an idle session sends a keepalive every 10 s.
-	moveActive = 20
+	// moveGap count as traffic: an idle session sends a keepalive (and
+	// acknowledges the peer's) every 10 s; a keystroke in a remote shell
+	// is a packet and its echo's acknowledgement.
+	moveActive = 4
+	// moveRate and moveBurst bound a node's searches for direct paths,
+	// all peers together (each is an introduction, which the server
+	// limits per peer ID: 3/s after a burst of 30): with many busy
+	// forwarded peers the searches take turns, and the node's own dials
+	// keep most of the budget.
+	moveRate  = 1 // a second
+	moveBurst = 3
 	// virtualIdle: a virtual address with no session and no packet for
 	// this long is forgotten.
 	virtualIdle = time.Minute
@@ -328,6 +336,9 @@ func (n *Node) moveLoop(peer identity.PeerID) {
 		if direct, _, _ := paths.Current(key); direct.IsValid() {
 			return
 		}
+		if n.moveLimit.Wait(n.ctx) != nil {
+			return
+		}
 		n.event(PathEvent{Peer: peer, Kind: PathUpgradeAttempt})
 		ctx, cancel := context.WithTimeout(n.ctx, moveCheck+time.Second)
 		addr, name, err := n.validate(ctx, peer)
@@ -345,7 +356,7 @@ func (n *Node) moveLoop(peer identity.PeerID) {
 			return
 		}
 		n.event(PathEvent{Peer: peer, Kind: PathUpgradeFailed, Err: err})
-		active, ok := n.moveWait(key, idle)
+		active, ok := n.moveWait(peer, key, idle)
 		switch {
 		case !ok:
 			return
@@ -360,8 +371,10 @@ func (n *Node) moveLoop(peer identity.PeerID) {
 // moveWait pauses moveLoop: moveGap at least, and up to idle while the
 // peer at key sends nothing on its forwarded path but keepalives. active
 // says the pause ended because the sessions carry traffic (the caller
-// searches at once); ok is false when the node closes.
-func (n *Node) moveWait(key netip.AddrPort, idle time.Duration) (active, ok bool) {
+// searches at once) or because the peer's sessions ended or it has a new
+// key (the caller looks again at once: a new session must not wait out
+// an old one's pause); ok is false when the node closes.
+func (n *Node) moveWait(peer identity.PeerID, key netip.AddrPort, idle time.Duration) (active, ok bool) {
 	paths := n.sock.Paths()
 	t := time.NewTicker(moveGap)
 	defer t.Stop()
@@ -372,6 +385,9 @@ func (n *Node) moveWait(key netip.AddrPort, idle time.Duration) (active, ok bool
 		case <-t.C:
 		case <-n.ctx.Done():
 			return false, false
+		}
+		if k, found := paths.Lookup(peer.String()); !found || k != key || len(n.sessionsAt(peer, key)) == 0 {
+			return true, true
 		}
 		sent := paths.ForwardedSent(key)
 		if sent-last >= moveActive {

@@ -203,10 +203,13 @@ func (r *Rung) Ready(context.Context) {
 		}
 		to := netip.AddrPortFrom(addrs[0].Unmap(), port)
 		// A router inside a carrier's NAT (a double NAT) answers from a
-		// private or shared address: the primer must get past it too, or
-		// the outer NAT never maps the listening port (its SYN dies
-		// before it gets there). One hop more per such router, at most
-		// maxInnerHops.
+		// shared (100.64.0.0/10) or private address: the primer must get
+		// past it too, or the outer NAT never maps the listening port
+		// (its SYN dies before it gets there). One hop more per router on
+		// a shared address, at most maxInnerHops; a private address counts
+		// only for the first router (an outer home router), since
+		// providers number their own routers in 10/8 as well, and a
+		// primer that goes too far may meet the peer's router.
 		ttl := r.lim.PrimerTTL
 		var hop time.Duration
 		var silent bool
@@ -214,7 +217,7 @@ func (r *Rung) Ready(context.Context) {
 			var router netip.Addr
 			hop, silent, router = measureHop(ctx, inNet, to, ttl, 2*time.Second)
 			r.h.Logger.Debug("holepunch-tcp: first answering router", "ttl", ttl, "after", hop, "reached_server", silent, "router", router)
-			if hop == 0 || !insideNAT(router) || ttl >= r.lim.PrimerTTL+maxInnerHops || ctx.Err() != nil {
+			if hop == 0 || ctx.Err() != nil || !innerRouter(router, ttl == r.lim.PrimerTTL) || ttl >= r.lim.PrimerTTL+maxInnerHops {
 				break
 			}
 			ttl++
@@ -249,12 +252,17 @@ func (r *Rung) primerTTL() int {
 // primer's TTL grows by.
 const maxInnerHops = 2
 
-// insideNAT reports whether a router that answered from addr is still on
-// the private side of a NAT: a private (RFC 1918) or shared (RFC 6598,
-// carrier-grade NAT) address.
-func insideNAT(addr netip.Addr) bool {
+// innerRouter reports whether a router that answered a primer-TTL SYN
+// from addr is likely inside a NAT of our own, so that the primer must go
+// one hop further: an address of a carrier's NAT (RFC 6598 shared space)
+// anywhere, a private (RFC 1918) or link-local one only as the first
+// router asked (first).
+func innerRouter(addr netip.Addr, first bool) bool {
 	addr = addr.Unmap()
-	return addr.IsValid() && (addr.IsPrivate() || cgnat.Contains(addr) || addr.IsLinkLocalUnicast())
+	if !addr.IsValid() {
+		return false
+	}
+	return cgnat.Contains(addr) || first && (addr.IsPrivate() || addr.IsLinkLocalUnicast())
 }
 
 // MeasureWait bounds how long an introduction waits for Ready's

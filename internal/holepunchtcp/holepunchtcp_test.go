@@ -262,23 +262,25 @@ func TestPunchFlood(t *testing.T) {
 	}
 }
 
-// TestInsideNAT: routers that answer from private, shared (carrier NAT)
-// or link-local addresses are inside a NAT; public ones and the ISP
-// segments of the lab (198.18.0.0/15) are not.
-func TestInsideNAT(t *testing.T) {
+// TestInnerRouter: a router on a carrier's shared addresses is inside a
+// NAT wherever it answers; one on private or link-local addresses only
+// as the first asked (further on it may be a provider's own router);
+// public ones and the lab's ISP segments (198.18.0.0/15) never.
+func TestInnerRouter(t *testing.T) {
 	for _, tc := range []struct {
-		addr string
-		want bool
+		addr        string
+		first, want bool
 	}{
-		{"10.1.2.3", true}, {"192.168.1.1", true}, {"172.16.0.1", true}, {"100.64.7.1", true},
-		{"169.254.0.1", true}, {"::ffff:100.64.0.1", true},
-		{"203.0.113.9", false}, {"198.18.4.1", false}, {"8.8.8.8", false}, {"100.128.0.1", false},
+		{"100.64.7.1", true, true}, {"100.64.7.1", false, true}, {"::ffff:100.64.0.1", false, true},
+		{"10.1.2.3", true, true}, {"10.1.2.3", false, false}, {"192.168.1.1", true, true},
+		{"172.16.0.1", false, false}, {"169.254.0.1", true, true},
+		{"203.0.113.9", true, false}, {"198.18.4.1", true, false}, {"8.8.8.8", true, false}, {"100.128.0.1", true, false},
 	} {
-		if got := insideNAT(netip.MustParseAddr(tc.addr)); got != tc.want {
-			t.Errorf("insideNAT(%s) = %v, want %v", tc.addr, got, tc.want)
+		if got := innerRouter(netip.MustParseAddr(tc.addr), tc.first); got != tc.want {
+			t.Errorf("innerRouter(%s, first=%v) = %v, want %v", tc.addr, tc.first, got, tc.want)
 		}
 	}
-	if insideNAT(netip.Addr{}) {
-		t.Error("insideNAT(no address) = true")
+	if innerRouter(netip.Addr{}, true) {
+		t.Error("innerRouter(no address) = true")
 	}
 }

@@ -124,6 +124,21 @@ func (r *Rung) ForwardPath(ctx context.Context, peer identity.PeerID) (pathsock.
 	return c.Path(peer), nil
 }
 
+// Won implements rung.Winner: the peer's forwarded path is the relay
+// again (another forwarding rung racing for the peer may have set its
+// own).
+func (r *Rung) Won(a *rung.Attempt, s *stream.Session) {
+	if r.client == nil {
+		return
+	}
+	paths := r.h.Socket.Paths()
+	key := s.QUICAddr()
+	if direct, _, err := paths.Current(key); err != nil || direct.IsValid() {
+		return
+	}
+	paths.SetFallback(key, r.client.Path(a.Peer))
+}
+
 // Key returns the virtual address of peer on the node's socket with the
 // relay as its forwarded path (its current path unless it has a direct
 // one): what the rung dials.

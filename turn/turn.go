@@ -389,6 +389,20 @@ func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 	return stream.DialAddr(ctx, r.h.Socket.Transport(), net.UDPAddrFromAddrPort(key), a.Key, a.Peer, relay.SessionConfig(a.Session))
 }
 
+// Won implements rung.Winner: the peer's forwarded path is the node's
+// allocation again (a rung that started later, the relay, may have set
+// its own).
+func (r *Rung) Won(a *rung.Attempt, s *stream.Session) {
+	paths := r.h.Socket.Paths()
+	key := s.QUICAddr()
+	if direct, _, err := paths.Current(key); err != nil || direct.IsValid() {
+		return
+	}
+	if p := r.peers.find(a.Peer); p != nil {
+		paths.SetFallback(key, p)
+	}
+}
+
 // Plan implements rung.Rung: without TURN servers the rung sits out.
 // It also remembers the peer's relayed address, so that a session born on
 // another path can fall back to TURN (ForwardPath).

@@ -299,13 +299,20 @@ func TestRaceSessions(t *testing.T) {
 	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), srv.Port())
 	a := &Attempt{Key: ck, Peer: sk.ID(), Socket: cli, Logger: testLogger(t)}
 
+	fails := &winnerStrategy{loopbackStrategy: loopbackStrategy{name: "fails", fail: errors.New("nope")}}
+	works := &winnerStrategy{loopbackStrategy: loopbackStrategy{name: "works", addr: addr}}
 	s, name, err := Race(ctx, a, []Entry{
 		{Rung: &loopbackStrategy{name: "broken", nilOK: true}, HeadStart: time.Second},
-		{Rung: &loopbackStrategy{name: "fails", fail: errors.New("nope")}, HeadStart: time.Second},
-		{Rung: &loopbackStrategy{name: "works", addr: addr}},
+		{Rung: fails, HeadStart: time.Second},
+		{Rung: works},
 	})
 	if err != nil || name != "works" {
 		t.Fatalf("Race = %q %v", name, err)
+	}
+	// Only the winner is told it won (a forwarding rung then puts its
+	// path back under the peer), with its session.
+	if works.won.Load() != s || fails.won.Load() != nil {
+		t.Fatalf("Won: winner told %v (want its session), loser told %v", works.won.Load(), fails.won.Load())
 	}
 	if s.Strategy() != "works" || s.RemotePeer() != sk.ID() {
 		t.Fatalf("session strategy %q peer %v", s.Strategy(), s.RemotePeer())
@@ -352,6 +359,14 @@ func TestRaceSessions(t *testing.T) {
 	}
 	cancel()
 }
+
+// winnerStrategy records the session Race tells it won with (Winner).
+type winnerStrategy struct {
+	loopbackStrategy
+	won atomic.Pointer[stream.Session]
+}
+
+func (w *winnerStrategy) Won(_ *Attempt, s *stream.Session) { w.won.Store(s) }
 
 // stubborn waits until the race cancels it (another rung won), then
 // dials anyway with a context that ignores the cancellation, so it always

@@ -166,8 +166,22 @@ func Race(ctx context.Context, a *Attempt, ladder []Entry) (*stream.Session, str
 		return nil, "", err
 	}
 	s.SetStrategy(winner)
+	for _, e := range ladder {
+		if w, ok := e.Rung.(Winner); ok && e.Rung.Name() == winner {
+			w.Won(a, s)
+		}
+	}
 	log.Debug("strategy: won", "strategy", winner, "peer", a.Peer.Short(), "remote", s.RemoteAddr())
 	return s, winner, nil
+}
+
+// Winner is a forwarding rung that puts its own path back under the peer
+// when its session wins the race. Forwarding rungs that race for one peer
+// share the peer's virtual address, and the last to start set its
+// forwarded path; the loser's handshake may have travelled the winner's
+// path, and without Won the winner's session would run on the loser's.
+type Winner interface {
+	Won(a *Attempt, s *stream.Session)
 }
 
 // contender is one entry of the generic race.

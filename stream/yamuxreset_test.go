@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -348,5 +349,48 @@ func TestFrameReader(t *testing.T) {
 	want.Write(real[:])
 	if !bytes.Equal(out.Bytes(), want.Bytes()) {
 		t.Fatalf("yamux would read %d bytes, want %d: %s", out.Len(), want.Len(), fmt.Sprintf("%x", out.Bytes()[:min(out.Len(), 48)]))
+	}
+}
+
+// TestResetQueueBound: resets for a peer that reads nothing wait in a
+// queue of at most maxPendingResets (the stream is then closed as yamux
+// does it), and so do the ones for this side's yamux; closing the
+// connection ends the goroutine writing them.
+func TestResetQueueBound(t *testing.T) {
+	a, b := net.Pipe() // b never reads: the first write blocks
+	defer b.Close()
+	c := &frameConn{Conn: a, batch: &batchConn{Conn: a}, in: &frameReader{}}
+	var queued int
+	for id := range uint32(3 * maxPendingResets) {
+		if c.sendReset(2*id+1, 0) {
+			queued++
+		}
+		c.in.resetLocal(2*id + 1)
+	}
+	c.rmu.Lock()
+	pending := len(c.resets) / yamuxHeaderLen
+	c.rmu.Unlock()
+	if pending > maxPendingResets || queued >= 3*maxPendingResets {
+		t.Fatalf("%d resets queued of %d, %d pending: want at most %d", queued, 3*maxPendingResets, pending, maxPendingResets)
+	}
+	c.in.mu.Lock()
+	injected := len(c.in.inject) / yamuxHeaderLen
+	c.in.mu.Unlock()
+	if injected != maxPendingResets {
+		t.Fatalf("%d resets for this side's yamux pending, want the bound %d", injected, maxPendingResets)
+	}
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.rmu.Lock()
+		busy := c.flushing
+		c.rmu.Unlock()
+		if !busy {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the reset writer goes on after Close")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -18,7 +18,9 @@ package stream
 // either (its Close is a FIN, after which the stream lingers until the
 // peer's FIN, which a reset peer never sends, or StreamCloseTimeout): so
 // frameReader hands yamux the same RST as if the peer had sent it, at
-// the next frame boundary of what it reads.
+// the next frame boundary of what it reads (the next frame from the
+// peer: the session's pings bring one every KeepAlivePeriod at the
+// latest).
 
 import (
 	"encoding/binary"

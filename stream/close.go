@@ -36,6 +36,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/yamux"
 	"github.com/quic-go/quic-go"
 )
 
@@ -96,8 +97,8 @@ type PeerError struct {
 	Session bool
 	// Reason is the peer's reason for closing the session (QUIC only).
 	Reason string
-	// Err is the transport's error (a *quic.StreamError or
-	// *quic.ApplicationError).
+	// Err is the transport's error (a *quic.StreamError,
+	// *quic.ApplicationError or yamux.ErrConnectionReset).
 	Err error
 }
 
@@ -168,9 +169,10 @@ func isTimeout(err error) bool {
 // CloseWithError closes the stream at once in both directions and gives
 // the peer code: unlike Close, data written but not yet delivered is
 // discarded, and the peer's Read and Write calls fail with a *PeerError
-// carrying code. On TLS+yamux sessions no code reaches the peer (yamux
-// cannot abandon a stream), which reads EOF after what has arrived. After
-// Close it does nothing.
+// carrying code. On TLS+yamux sessions too (a yamux RST carrying the
+// code; a peer running a reach from before that sees CodeAborted's
+// error, and codes of 2^32-1 and up arrive as CodeAborted). After Close it
+// does nothing.
 func (s *Stream) CloseWithError(code ErrorCode) error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
@@ -234,7 +236,7 @@ func (s *Stream) allRead() bool {
 // isReset: err is the peer's (or our) abandoning of the stream.
 func isReset(err error) bool {
 	var se *quic.StreamError
-	return errors.As(err, &se)
+	return errors.As(err, &se) || errors.Is(err, yamux.ErrConnectionReset)
 }
 
 func (s *Stream) readFailed(err error) {

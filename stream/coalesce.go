@@ -19,17 +19,39 @@ const yamuxHeaderLen = 12
 // makes four. frameConn has batch, the byte stream under TLS, gather
 // every record of a data frame and write them with one syscall.
 // Frames without a body (window updates, pings, a bare FIN) go out at
-// once. Only yamux's send loop writes to it.
+// once. Only yamux's send loop writes to it, plus the stream resets
+// (yamuxreset.go) it slips in between two frames, never between a data
+// frame's header and its body.
 type frameConn struct {
 	net.Conn // the TLS connection over batch
 	batch    *batchConn
-	inFrame  bool // a data frame's header went into the batch; its body is next
+	in       *frameReader // what yamux reads, parsed; nil: Conn's bytes as they are
+
+	wmu     sync.Mutex // held for each write; with inFrame, keeps a frame whole
+	idle    sync.Cond  // on wmu: a data frame's body went out
+	inFrame bool       // under wmu: a data frame's header went into the batch; its body is next
+
+	rmu      sync.Mutex // the resets waiting to go out
+	resets   []byte     // under rmu: their headers
+	flushing bool       // under rmu: a goroutine is writing them
+}
+
+func (c *frameConn) Read(p []byte) (int, error) {
+	if c.in == nil {
+		return c.Conn.Read(p)
+	}
+	return c.in.read(c.Conn, p)
 }
 
 func (c *frameConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	switch {
 	case c.inFrame:
 		c.inFrame = false
+		if c.idle.L != nil {
+			c.idle.Broadcast()
+		}
 		n, err := c.Conn.Write(p)
 		if ferr := c.batch.end(); err == nil {
 			err = ferr

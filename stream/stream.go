@@ -254,7 +254,7 @@ type rawStream interface {
 	// sending, where the backend can.
 	abortRead()
 	// reset abandons both directions at once with an error code for the
-	// peer, where the backend can (yamux cannot: it half-closes).
+	// peer (on yamux, an RST of our own: yamuxreset.go).
 	reset(code uint64)
 	// onFinalSize has f called with the size of everything the peer sends
 	// once that is known (QUIC); yamux never calls it.

@@ -40,12 +40,13 @@ func Client(ctx context.Context, conn net.Conn, key *identity.Key, want identity
 		}
 		return nil, fmt.Errorf("stream: client handshake with %v: %w", conn.RemoteAddr(), err)
 	}
-	ys, err := yamux.Client(&frameConn{Conn: tc, batch: bc}, yamuxConfig(cfg, pathRTT(conn, time.Since(start))))
+	fc := &frameConn{Conn: tc, batch: bc, in: &frameReader{}}
+	ys, err := yamux.Client(fc, yamuxConfig(cfg, pathRTT(conn, time.Since(start))))
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("stream: client: %w", err)
 	}
-	return newYamuxSession(ys, tc, key.ID(), want, cfg), nil
+	return newYamuxSession(ys, fc, tc, key.ID(), want, cfg), nil
 }
 
 // Server runs the accepting side of a TLS+yamux session over conn: TLS 1.3
@@ -70,12 +71,13 @@ func Server(ctx context.Context, conn net.Conn, key *identity.Key, cfg Config) (
 		conn.Close()
 		return nil, fmt.Errorf("stream: server: %w", err)
 	}
-	ys, err := yamux.Server(&frameConn{Conn: tc, batch: bc}, yamuxConfig(cfg, pathRTT(conn, time.Since(start))))
+	fc := &frameConn{Conn: tc, batch: bc, in: &frameReader{}}
+	ys, err := yamux.Server(fc, yamuxConfig(cfg, pathRTT(conn, time.Since(start))))
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("stream: server: %w", err)
 	}
-	return newYamuxSession(ys, tc, key.ID(), remote, cfg), nil
+	return newYamuxSession(ys, fc, tc, key.ID(), remote, cfg), nil
 }
 
 func handshake(ctx context.Context, tc *tls.Conn, cfg Config) error {
@@ -147,6 +149,7 @@ func yamuxWindow(limit uint64, hs time.Duration) uint64 {
 // keep-alive period (measuring RTT) and cancels ctx when the session ends.
 type yamuxBackend struct {
 	ys     *yamux.Session
+	fc     *frameConn
 	tc     *tls.Conn
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -155,8 +158,8 @@ type yamuxBackend struct {
 	once   sync.Once
 }
 
-func newYamuxSession(ys *yamux.Session, tc *tls.Conn, local, remote identity.PeerID, cfg Config) *Session {
-	b := &yamuxBackend{ys: ys, tc: tc, done: make(chan struct{})}
+func newYamuxSession(ys *yamux.Session, fc *frameConn, tc *tls.Conn, local, remote identity.PeerID, cfg Config) *Session {
+	b := &yamuxBackend{ys: ys, fc: fc, tc: tc, done: make(chan struct{})}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	go b.run(cfg)
 	s := newSession(b, nil, local, remote, cfg)
@@ -216,7 +219,7 @@ func (b *yamuxBackend) open(ctx context.Context) (rawStream, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &yamuxStream{Stream: st}, nil
+	return &yamuxStream{Stream: st, fc: b.fc}, nil
 }
 
 func (b *yamuxBackend) accept(ctx context.Context) (rawStream, error) {
@@ -224,7 +227,7 @@ func (b *yamuxBackend) accept(ctx context.Context) (rawStream, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &yamuxStream{Stream: st}, nil
+	return &yamuxStream{Stream: st, fc: b.fc}, nil
 }
 
 func (b *yamuxBackend) closeWithError(uint64, string) error {
@@ -241,14 +244,18 @@ func (b *yamuxBackend) remoteAddr() netip.AddrPort { return addrPort(b.tc.Remote
 // yamuxStream adapts a yamux stream. yamux's Close is a half-close (FIN);
 // it cannot tell the peer to stop sending, so abortRead does nothing and
 // unread data is dropped when the peer closes too or yamux's stream close
-// timeout passes.
+// timeout passes. reset sends an RST with a code of our own
+// (yamuxreset.go), and the peer's reset fails Read, Write and closeWrite
+// with a *PeerError.
 //
 // yamux lets Read and Write proceed when data or window is available even
 // if their deadline has passed; net.Conn requires them to fail, so the
 // adapter checks the deadlines first.
 type yamuxStream struct {
 	*yamux.Stream
-	rdl, wdl atomic.Int64 // deadlines in Unix nanoseconds, 0: none
+	fc       *frameConn
+	rdl, wdl atomic.Int64  // deadlines in Unix nanoseconds, 0: none
+	code     atomic.Uint64 // the peer's reset code + 1, once known; 0: none yet
 }
 
 func deadlinePassed(d *atomic.Int64) bool {
@@ -268,14 +275,16 @@ func (s *yamuxStream) Read(p []byte) (int, error) {
 	if deadlinePassed(&s.rdl) {
 		return 0, os.ErrDeadlineExceeded
 	}
-	return s.Stream.Read(p)
+	n, err := s.Stream.Read(p)
+	return n, s.resetErr(err)
 }
 
 func (s *yamuxStream) Write(p []byte) (int, error) {
 	if deadlinePassed(&s.wdl) {
 		return 0, os.ErrDeadlineExceeded
 	}
-	return s.Stream.Write(p)
+	n, err := s.Stream.Write(p)
+	return n, s.resetErr(err)
 }
 
 func (s *yamuxStream) SetReadDeadline(t time.Time) error {
@@ -288,10 +297,15 @@ func (s *yamuxStream) SetWriteDeadline(t time.Time) error {
 	return s.Stream.SetWriteDeadline(t)
 }
 
-func (s *yamuxStream) closeWrite() error       { return s.Stream.Close() }
+// closeWrite sends FIN, or fails once the peer has reset the stream
+// (yamux's Close says nothing then).
+func (s *yamuxStream) closeWrite() error {
+	if c, ok := s.peerCode(); ok {
+		return &PeerError{Code: c, Err: yamux.ErrConnectionReset}
+	}
+	return s.Stream.Close()
+}
+
 func (s *yamuxStream) abortRead()              {}
 func (s *yamuxStream) id() int64               { return int64(s.Stream.StreamID()) }
 func (s *yamuxStream) onFinalSize(func(int64)) {}
-
-// reset half-closes: yamux has no way to abandon a stream with a code.
-func (s *yamuxStream) reset(uint64) { s.Stream.Close() }

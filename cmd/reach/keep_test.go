@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/stream"
 )
 
 // safeBuffer is a bytes.Buffer a child's stdout copier writes while the
@@ -209,8 +211,16 @@ func TestListenBusy(t *testing.T) {
 // listen --keep`: the listener serves them in turn, at most 64 wait
 // (Config.AcceptQueue) and the rest are refused. No stream is lost
 // silently: each one either ends cleanly and its line is on the
-// listener's stdout, or fails with an error.
+// listener's stdout, or fails with an error. Over QUIC (direct) and
+// TLS+yamux (direct-tcp), whose refusals are yamux RSTs carrying the
+// code.
 func TestListenKeepFlood(t *testing.T) {
+	for _, strategy := range []string{"direct", "direct-tcp"} {
+		t.Run(strategy, func(t *testing.T) { testListenKeepFlood(t, strategy) })
+	}
+}
+
+func testListenKeepFlood(t *testing.T, strategy string) {
 	bin := reachBinary(t)
 	cs := ncServer(t)
 	lisKey, lisID := ncKey(t, "lis")
@@ -225,7 +235,7 @@ func TestListenKeepFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := reach.New(ctx, reach.Config{Servers: []string{cs}, Key: k, Logger: testLogger(t)})
+	n, err := reach.New(ctx, reach.Config{Servers: []string{cs}, Key: k, Logger: testLogger(t), Strategies: []string{strategy}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,6 +243,9 @@ func TestListenKeepFlood(t *testing.T) {
 	sess, err := n.DialSession(ctx, lisID)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if sess.Strategy() != strategy {
+		t.Fatalf("session by %s, want %s", sess.Strategy(), strategy)
 	}
 	const streams = 200
 	errs := make([]error, streams)
@@ -279,6 +292,12 @@ func TestListenKeepFlood(t *testing.T) {
 		}
 	}
 	t.Logf("%d streams served, %d refused; first refusal: %v", served, refused, firstErr(errs))
+	for _, err := range errs {
+		if err != nil && !errors.Is(err, stream.ErrPeerRefused) {
+			t.Errorf("a stream failed with %v, want ErrPeerRefused", err)
+			break
+		}
+	}
 	if served < 64 || refused == 0 {
 		t.Errorf("%d served, %d refused: want at least the 64 of the accept queue served and some refused", served, refused)
 	}

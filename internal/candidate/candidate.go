@@ -91,6 +91,12 @@ type PeerInfo struct {
 	// server (zero: unknown). With its own, the listener estimates when
 	// the dialler will start sending to it (holepunch).
 	ServerRTT time.Duration `json:"server_rtt,omitempty"`
+	// PrimerFar, in an offer, says that a TCP SYN from the dialler with
+	// holepunch-tcp's primer TTL reached its server: no router of its
+	// provider answers between its own router and the internet, so a
+	// listener's primer may go one hop further (holepunch-tcp). False: a
+	// provider's router answered, or unknown.
+	PrimerFar bool `json:"primer_far,omitempty"`
 	// Mapping is how the sender's NAT maps its socket, as it measured it
 	// (MappingIndependent, MappingVaries; "" unknown).
 	Mapping string `json:"mapping,omitempty"`

@@ -228,24 +228,39 @@ func (r *Rung) Ready(context.Context) {
 	})
 }
 
-// primerTTL is the TTL of this node's primers: Limits.PrimerTTL, or one
-// more when a SYN of that TTL reached the server (Ready), i.e. no router
-// within that many hops answers on the server's path. The first router a
-// primer meets beyond our own is then likely the peer's, and a primer
-// that comes there after the peer's SYN went out is better let through
-// to the peer (a simultaneous open on both sides) than answered with an
-// ICMP error that kills the primer's connection once the peer's SYN made
-// it one (seen in the lab between two home routers with delayed links).
-// Before the peer's SYN went out, the peer's router drops it as it drops
-// any unsolicited SYN, or answers with a reset the deaf primer ignores.
-func (r *Rung) primerTTL() int {
+// primerTTL is the TTL of this node's primers towards a dialler whose
+// offer said peerFar: Limits.PrimerTTL (past any router inside a
+// carrier's NAT: Ready), or one more when a SYN of that TTL reached the
+// server (Ready), i.e. no router within that many hops answers on the
+// server's path, and the dialler's did too (PeerInfo.PrimerFar: no router
+// of its provider stands before its own). The first router a primer meets
+// beyond our own is then the dialler's, and a primer that comes there
+// after the dialler's SYN went out is better let through to it (a
+// simultaneous open on both sides) than answered with an ICMP error that
+// kills the primer's connection once the dialler's SYN made it one (seen
+// in the lab between two home routers with delayed links). Where the
+// dialler has a provider's router before its own, one hop further would
+// reach the dialler's router itself before its SYN left, and a router
+// that answers SYNs to itself (linux-host) resets the primer's flow in
+// our NAT: the lab's linux-host diallers behind ISP hops lost every punch
+// to home listeners that way (the matrix, 2026-12-01).
+func (r *Rung) primerTTL(peerFar bool) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	ttl := max(r.baseTTL, r.lim.PrimerTTL)
-	if r.farTTL {
+	if r.farTTL && peerFar {
 		return ttl + 1
 	}
 	return ttl
+}
+
+// far reports whether this node's primer-TTL SYN reached its server (no
+// router of its provider before its own NAT's next hop answers it), for
+// its offers (PeerInfo.PrimerFar).
+func (r *Rung) far() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.farTTL
 }
 
 // maxInnerHops bounds how many routers inside a carrier's NAT the
@@ -296,7 +311,29 @@ func (r *Rung) Offer(_ context.Context, offer *candidate.PeerInfo) func() {
 	if offer.ServerRTT == 0 {
 		offer.ServerRTT = r.serverRTT()
 	}
+	if r.dt.Listener() != nil {
+		r.waitMeasured()
+		offer.PrimerFar = r.far()
+	}
 	return nil
+}
+
+// waitMeasured waits for Ready's measurement, at most until MeasureWait
+// after Ready started it (so the wait is paid once, by the first
+// introduction or dial after the node started), or the node's end.
+func (r *Rung) waitMeasured() {
+	r.mu.Lock()
+	until := r.readyAt.Add(MeasureWait)
+	r.mu.Unlock()
+	if d := time.Until(until); d > 0 {
+		wait := time.NewTimer(d)
+		select {
+		case <-r.measured:
+		case <-wait.C:
+		case <-r.h.Context.Done():
+		}
+		wait.Stop()
+	}
 }
 
 // pair returns the local address to punch from and the peer's predicted
@@ -362,21 +399,8 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	r.punches[offer.Peer] = true
 	r.mu.Unlock()
 	// An introduction that comes right after the node started waits a
-	// little for the measurement the primer's TTL and hold depend on: at
-	// most until MeasureWait after Ready started it, so the wait is paid
-	// once, not per introduction.
-	r.mu.Lock()
-	until := r.readyAt.Add(MeasureWait)
-	r.mu.Unlock()
-	if d := time.Until(until); d > 0 {
-		wait := time.NewTimer(d)
-		select {
-		case <-r.measured:
-		case <-wait.C:
-		case <-r.h.Context.Done():
-		}
-		wait.Stop()
-	}
+	// little for the measurement the primer's TTL and hold depend on.
+	r.waitMeasured()
 	// The primer's SYN leaves before the answer does: started here, not
 	// on a goroutine that might run later.
 	ctx, cancel := context.WithTimeout(r.h.Context, r.lim.Window)
@@ -388,7 +412,7 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 			delete(r.punches, offer.Peer)
 			r.mu.Unlock()
 		}()
-		c, n, err := r.punch(ctx, local, target, true, primerHold(r.serverRTT(), offer.ServerRTT, r.measuredHop()), first)
+		c, n, err := r.punch(ctx, local, target, r.primerTTL(offer.PrimerFar), primerHold(r.serverRTT(), offer.ServerRTT, r.measuredHop()), first)
 		if err != nil && r.dt.Listener() != nil && r.dt.Listener().Accepted(target) {
 			err = errTaken // the dialler's connection came to the listener
 		}
@@ -481,7 +505,7 @@ func (r *Rung) connectOnce(ctx, pctx context.Context, a *rung.Attempt, ln *direc
 	}
 	out := make(chan result, 1)
 	go func() {
-		c, n, err := r.punch(pctx, local, target, false, 0, nil)
+		c, n, err := r.punch(pctx, local, target, 0, 0, nil)
 		out <- result{c, n, err}
 	}()
 	var c net.Conn
@@ -536,10 +560,11 @@ var errTaken = errors.New("holepunch-tcp: the connection exists already (accepte
 
 // punch calls connect() from local to target until a connection exists,
 // the peer's side answers in a way a fresh socket cannot fix, the attempts
-// are used up or ctx ends. With priming, the first SYN is a primer (of
-// the primer TTL, deaf to ICMP errors for at most hold: dialFrom). first,
+// are used up or ctx ends. With a primerTTL, the first SYN is a primer (of
+// that TTL, deaf to ICMP errors for at most hold: dialFrom); zero: none. first,
 // if not nil, is closed once the first connect() was made.
-func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, priming bool, hold time.Duration, first chan struct{}) (net.Conn, int, error) {
+func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, primerTTL int, hold time.Duration, first chan struct{}) (net.Conn, int, error) {
+	priming := primerTTL > 0
 	inNet := r.h.RunInNetwork
 	if inNet == nil {
 		inNet = func(f func() error) error { return f() }
@@ -552,7 +577,7 @@ func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, priming 
 			// socket died of its own ICMP time-exceeded all the same:
 			// the state it made in our NAT fits only a live socket's
 			// sequence numbers (docs/architecture.md, "TCP paths").
-			pr = primer{TTL: r.primerTTL(), Hold: hold}
+			pr = primer{TTL: primerTTL, Hold: hold}
 		}
 		start := time.Now()
 		sent := func() {

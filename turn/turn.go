@@ -352,10 +352,9 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	})
 }
 
-// Connect implements rung.Rung: it dials QUIC on the node's socket to the
-// peer's virtual address, whose forwarded path is the node's allocation
-// sending to the peer's.
-func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
+// allocated waits for the allocation attempt and returns its client, or
+// ErrNoTURN (with why) when there is none.
+func (r *Rung) allocated(ctx context.Context) (*turn.Client, error) {
 	if len(r.servers) == 0 {
 		return nil, fmt.Errorf("%w: no TURN server configured", ErrNoTURN)
 	}
@@ -369,6 +368,17 @@ func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 	r.mu.Unlock()
 	if client == nil {
 		return nil, fmt.Errorf("%w: %w", ErrNoTURN, r.err)
+	}
+	return client, nil
+}
+
+// Connect implements rung.Rung: it dials QUIC on the node's socket to the
+// peer's virtual address, whose forwarded path is the node's allocation
+// sending to the peer's.
+func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
+	client, err := r.allocated(ctx)
+	if err != nil {
+		return nil, err
 	}
 	target := a.Remote.First(candidate.TURN)
 	if !target.IsValid() {
@@ -421,19 +431,9 @@ func (r *Rung) Plan(a *rung.Attempt, headStart time.Duration) (time.Duration, bo
 // silent. The peer's relayed address is the one its last introduction or
 // answer named; the node permits it on its allocation first.
 func (r *Rung) ForwardPath(ctx context.Context, peer identity.PeerID) (pathsock.Path, error) {
-	if len(r.servers) == 0 {
-		return nil, fmt.Errorf("%w: no TURN server configured", ErrNoTURN)
-	}
-	select {
-	case <-r.ready:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	r.mu.Lock()
-	client := r.client
-	r.mu.Unlock()
-	if client == nil {
-		return nil, fmt.Errorf("%w: %w", ErrNoTURN, r.err)
+	client, err := r.allocated(ctx)
+	if err != nil {
+		return nil, err
 	}
 	p := r.peers.find(peer)
 	if p == nil {

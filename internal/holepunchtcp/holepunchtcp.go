@@ -159,11 +159,24 @@ type primer struct {
 // covers that answer (plus half and 2 ms), even if the dialler's SYN may
 // then come while the primer is deaf (its retransmission gets in): an
 // ICMP error that comes after the SYN kills the connection it started.
-// Unknown round trips and hop: no hold.
-func primerHold(own, dialler, hop time.Duration) time.Duration {
+// Where the primer's last hop lies on the dialler's side (peerSide: our
+// primer-TTL SYN reached the server, so no router of our own answers it,
+// and the dialler has its provider's router before its NAT), its ICMP
+// comes back after about the round trip to the dialler, which the two
+// round trips to the server bound (own + dialler), and the dialler's SYN
+// comes no sooner than half of that plus half the round trip to the
+// dialler: the hold covers the whole bound, and the probe's error ends it
+// as soon as the primer's own is back (without it the primer heard again
+// half-way, died of its ICMP, and the dialler's SYN met a new deaf primer:
+// the matrix's linux-host diallers behind ISP hops to home listeners went
+// to the relay). Unknown round trips and hop: no hold.
+func primerHold(own, dialler, hop time.Duration, peerSide bool) time.Duration {
 	h := max(own, dialler) / 2
 	if hop > 0 {
 		h = max(h, hop+hop/2+2*time.Millisecond)
+	}
+	if peerSide && own > 0 && dialler > 0 {
+		h = max(h, own+dialler)
 	}
 	return min(h, maxPrimerHold)
 }
@@ -412,7 +425,9 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 			delete(r.punches, offer.Peer)
 			r.mu.Unlock()
 		}()
-		c, n, err := r.punch(ctx, local, target, r.primerTTL(offer.PrimerFar), primerHold(r.serverRTT(), offer.ServerRTT, r.measuredHop()), first)
+		ttl, hold := r.primerTTL(offer.PrimerFar), primerHold(r.serverRTT(), offer.ServerRTT, r.measuredHop(), r.far() && !offer.PrimerFar)
+		r.h.Logger.Debug("holepunch-tcp: priming", "peer", offer.Peer.Short(), "target", target, "ttl", ttl, "hold", hold, "rtt", r.serverRTT(), "peer_rtt", offer.ServerRTT, "hop", r.measuredHop())
+		c, n, err := r.punch(ctx, local, target, ttl, hold, first)
 		if err != nil && r.dt.Listener() != nil && r.dt.Listener().Accepted(target) {
 			err = errTaken // the dialler's connection came to the listener
 		}

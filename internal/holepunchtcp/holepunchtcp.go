@@ -319,13 +319,18 @@ func (r *Rung) serverRTT() time.Duration {
 
 // Offer implements rung.Rung: the offer says the dialler's round-trip
 // time to the server (the listener's primer hold needs it) if no other
-// rung did.
+// rung did, and whether its primer-TTL SYN reached the server
+// (PrimerFar). It does not wait for Ready's measurement: a node that
+// dials as soon as it registered (the CLI's, the matrix's) would pay its
+// round trip on its first dial (home diallers 357 -> 407 ms); an offer
+// sent before the measurement is over says not far, and the listener's
+// primer then stops short of the dialler's router and waits for its ICMP
+// error (primerHold's peerSide).
 func (r *Rung) Offer(_ context.Context, offer *candidate.PeerInfo) func() {
 	if offer.ServerRTT == 0 {
 		offer.ServerRTT = r.serverRTT()
 	}
 	if r.dt.Listener() != nil {
-		r.waitMeasured()
 		offer.PrimerFar = r.far()
 	}
 	return nil

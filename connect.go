@@ -463,7 +463,7 @@ func (n *Node) host(signalling, local bool) *rung.Host {
 		Context: n.ctx, Go: n.goRun,
 		Signalling: signalling, Local: local,
 		InterfaceAddrs: n.cfg.InterfaceAddrs, ListenPacket: n.cfg.ListenPacket,
-		Self: func() (string, *candidate.PortAllocation) { return n.Mapping(), n.ports() },
+		Self:    func() (string, *candidate.PortAllocation) { return n.Mapping(), n.ports() },
 		DialTCP: n.cfg.DialTCP, DialServer: n.serverDialTCP(), RunInNetwork: n.cfg.RunInNetwork,
 		Server: func() rendezvous.ServerAddr {
 			if n.client == nil {

@@ -334,14 +334,18 @@ func (w *wideRace) end() {
 		}
 	}
 	w.once.Do(w.release)
+	w.stopped.Do(func() { close(w.stop) })
 }
+
+// Over is closed when the race ended (won or not): the sockets not
+// handed over are closed.
+func (w *wideRace) Over() <-chan struct{} { return w.stop }
 
 // Close ends the race and waits for its readers. A winner already handed
 // over (Won) is the caller's, unless the caller did not take it: then
 // Close closes it too.
 func (w *wideRace) Close() {
 	w.end()
-	w.stopped.Do(func() { close(w.stop) })
 	w.wg.Wait()
 	select {
 	case win := <-w.win:

@@ -59,8 +59,8 @@ func (r *Rung) birthdayListener(offer candidate.PeerInfo, at *Attempt, hold time
 			select {
 			case win = <-w.Won():
 				w.Close() // the others, and the node's slot
-			case <-w.stop:
-				w.Close()
+			case <-w.Over():
+				w.Close() // (and a winner that came at the same time)
 				return
 			}
 			r.serveWinner(offer, win)

@@ -134,7 +134,11 @@ func TestBirthdayWindow(t *testing.T) {
 	if got := openFDs(t) - before; got != 32 {
 		t.Fatalf("%d new fds, want 32", got)
 	}
-	time.Sleep(BirthdayWindow + 200*time.Millisecond)
+	select {
+	case <-w.Over():
+	case <-time.After(BirthdayWindow + time.Second):
+		t.Fatalf("the race is not over %v after priming", BirthdayWindow+time.Second)
+	}
 	if got := openFDs(t); got != before || r.Birthday().Open != 0 {
 		t.Fatalf("%d fds %v after priming, want %d", got, BirthdayWindow, before)
 	}

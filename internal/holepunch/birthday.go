@@ -461,5 +461,5 @@ func birthdayDetail(role, k, probes int, won netip.AddrPort) string {
 	if role == birthdayWide {
 		return fmt.Sprintf("birthday: our NAT allocates ports at random; %d of our mappings primed, the peer's probe reached port %d", k, won.Port())
 	}
-	return fmt.Sprintf("birthday: the peer's NAT allocates ports at random; probe %d reached its port %d", probes, won.Port())
+	return fmt.Sprintf("birthday: the peer's NAT allocates ports at random; %d probes sent, its port %d answered", probes, won.Port())
 }

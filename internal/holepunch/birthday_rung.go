@@ -29,8 +29,9 @@ func (r *Rung) self() candidate.PeerInfo {
 }
 
 // birthdayListener does the listening side's part of the birthday mode
-// for an introduction whose attempt at runs (hold: the attempt's).
-func (r *Rung) birthdayListener(offer candidate.PeerInfo, at *Attempt, hold time.Duration) {
+// for an introduction whose attempt at runs; own and dialler are the
+// two sides' round-trip times to the server.
+func (r *Rung) birthdayListener(offer candidate.PeerInfo, at *Attempt, own, dialler time.Duration) {
 	peer := reflexive4(offer)
 	if !peer.IsValid() {
 		return
@@ -46,8 +47,14 @@ func (r *Rung) birthdayListener(offer candidate.PeerInfo, at *Attempt, hold time
 			r.h.Logger.Debug("birthday: not probing", "peer", offer.Peer.Short(), "err", err)
 			return
 		}
-		// The dialler primes its mappings when our answer reaches it.
-		at.Probe(peer.Addr(), n, BirthdayProbeInterval, hold+birthdayPrimeTime, &r.bstats.packets, release)
+		// The dialler primes its mappings when our answer reaches it:
+		// about half of each side's round trip to the server from now.
+		// (Not the attempt's hold, twice that plus slack: a probe too
+		// early is only a probe wasted, not state on the dialler's
+		// router that moves its mappings, since none of its mappings
+		// towards us exists yet.)
+		wait := min((own+dialler)/2, maxHold) + birthdayPrimeTime
+		at.Probe(peer.Addr(), n, BirthdayProbeInterval, wait, &r.bstats.packets, release)
 	case birthdayWide:
 		w, err := r.startWide(r.h.Context, offer.Attempt, offer.PunchKey, RoleListener, peer)
 		if err != nil || w == nil {

@@ -347,7 +347,7 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 		r.outcome(OutcomeSkipped)
 		return
 	}
-	r.birthdayListener(offer, at, hold)
+	r.birthdayListener(offer, at, own, offer.ServerRTT)
 	r.h.Go(func() {
 		defer release()
 		defer at.Close()
@@ -599,7 +599,10 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 				if d := predictionDetail(a.Local, a.Remote, predicted, r.addr); d != "" {
 					r.sess.SetStrategyDetail(d)
 				}
-				if hit := at.ProbeHit(); hit.IsValid() && hit == r.addr {
+				if at.Probes() > 0 && r.sess.StrategyDetail() == "" {
+					// Against a random symmetric NAT only a mapping of
+					// the peer's birthday sockets lets us in (one may
+					// take the port of its reflexive address).
 					r.sess.SetStrategyDetail(birthdayDetail(birthdayProbe, 0, at.Probes(), r.addr))
 				}
 				return r.sess, nil

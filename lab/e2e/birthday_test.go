@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -68,6 +69,55 @@ func TestLabBirthday(t *testing.T) {
 				}
 			})
 		}
+	}
+	// The control, and what it costs when it cannot help: with the
+	// birthday mode off the port-restricted pair lands on the relay every
+	// time (so the lab's NAT is what it claims), and its dials take what
+	// the forwarded dials above take; two random symmetric NATs (no
+	// birthday role: both sides' mappings vary) go to the relay.
+	for i, tc := range []struct {
+		name  string
+		other natlab.Kind
+		cfg   reach.Config
+	}{
+		{"home/no-birthday<->port-restricted", natlab.Kind(natlab.PortRestricted), reach.Config{DisablePortMapping: true, PunchLimits: reach.PunchLimits{BirthdaySockets: -1}}},
+		{"home/symmetric<->symmetric", sym, reach.Config{DisablePortMapping: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := s.SiteWith(t, fmt.Sprintf("bc%da", i), natlab.SiteConfig{Kind: sym})
+			b := s.SiteWith(t, fmt.Sprintf("bc%db", i), natlab.SiteConfig{Kind: tc.other})
+			counts := map[string]int{}
+			var worst time.Duration
+			for k := range n {
+				from, to := a.Host, b.Host
+				if k%2 == 1 {
+					from, to = to, from
+				}
+				na, nb := s.Node(t, from, tc.cfg), s.Node(t, to, tc.cfg)
+				reachlab.Echo(t, nb)
+				reachlab.MustWaitFor(t, 10*time.Second, "the listener's mapping measured", func() bool { return nb.Mapping() != "" })
+				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				sess, el, err := reachlab.Dial(ctx, na, nb)
+				if err == nil {
+					err = reachlab.RoundTrip(ctx, sess, 64<<10)
+				}
+				cancel()
+				if err != nil {
+					t.Errorf("dial %d: %v", k, err)
+				} else {
+					counts[sess.Strategy()]++
+					worst = max(worst, el)
+					if sess.Strategy() == reach.StrategyHolepunch && tc.other == natlab.Kind(natlab.PortRestricted) {
+						t.Errorf("dial %d: holepunch without the birthday mode (to %s): the lab's NAT is not what it claims", k, sess.RemoteAddr())
+					}
+				}
+				na.Close()
+				nb.Close()
+			}
+			line := fmt.Sprintf("%-40s %v of %d dials, slowest %v", tc.name, counts, n, worst.Round(time.Millisecond))
+			table = append(table, line)
+			t.Log(line)
+		})
 	}
 	t.Log("\n" + strings.Join(table, "\n"))
 }

@@ -33,7 +33,10 @@ func (r *Rung) self() candidate.PeerInfo {
 // two sides' round-trip times to the server.
 func (r *Rung) birthdayListener(offer candidate.PeerInfo, at *Attempt, own, dialler time.Duration) {
 	peer := reflexive4(offer)
-	if !peer.IsValid() {
+	if !peer.IsValid() || offer.Move {
+		// A move looks for a path the node's socket can take over
+		// (holepunch.Validate), which a birthday pair on a helper socket
+		// is not: the dialler does not run its part.
 		return
 	}
 	switch birthdayRole(r.self(), offer) {

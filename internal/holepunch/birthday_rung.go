@@ -59,7 +59,28 @@ func (r *Rung) birthdayListener(offer candidate.PeerInfo, at *Attempt, own, dial
 		wait := min((own+dialler)/2, maxHold) + birthdayPrimeTime
 		at.Probe(peer.Addr(), n, BirthdayProbeInterval, wait, &r.bstats.packets, release)
 	case birthdayWide:
+		r.mu.Lock()
+		old := r.bdayListener[offer.Peer]
+		r.mu.Unlock()
+		if old != nil {
+			// The same dialler again (a re-dial): its earlier race is
+			// over for it, whatever its window says.
+			old.Close()
+		}
 		w, err := r.startWide(r.h.Context, offer.Attempt, offer.PunchKey, RoleListener, peer)
+		if err == nil && w != nil {
+			r.mu.Lock()
+			r.bdayListener[offer.Peer] = w
+			r.mu.Unlock()
+			r.h.Go(func() {
+				<-w.Over()
+				r.mu.Lock()
+				if r.bdayListener[offer.Peer] == w {
+					delete(r.bdayListener, offer.Peer)
+				}
+				r.mu.Unlock()
+			})
+		}
 		if err != nil || w == nil {
 			r.h.Logger.Debug("birthday: no wide side", "peer", offer.Peer.Short(), "err", err)
 			return

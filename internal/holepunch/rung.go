@@ -148,6 +148,9 @@ type Rung struct {
 	skipped atomic.Uint64
 	bday    chan struct{}    // the node's one birthday attempt (birthday.go)
 	bstats  birthdayCounters // what birthday attempts did
+	// bdayListener: the wide race a listener runs for a dialler, so the
+	// dialler's next introduction ends it (at most one: bday).
+	bdayListener map[identity.PeerID]*wideRace
 }
 
 // NewRung makes the rung for the node h; it reads and writes punch
@@ -159,7 +162,7 @@ func NewRung(h *rung.Host, linger time.Duration, limits Limits) *Rung {
 	limits = limits.withDefaults()
 	m := NewManager(h.Socket, h.Logger)
 	m.SetRate(limits.PacketsPerSecond)
-	return &Rung{h: h, m: m, Linger: linger, limits: limits, peers: map[identity.PeerID]*bucket{}, bday: make(chan struct{}, 1)}
+	return &Rung{h: h, m: m, Linger: linger, limits: limits, peers: map[identity.PeerID]*bucket{}, bday: make(chan struct{}, 1), bdayListener: map[identity.PeerID]*wideRace{}}
 }
 
 // DefaultPrimerTTL is the TTL of the listening side's primers: it crosses

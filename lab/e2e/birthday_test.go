@@ -75,17 +75,21 @@ func TestLabBirthday(t *testing.T) {
 	// time (so the lab's NAT is what it claims), and its dials take what
 	// the forwarded dials above take; two random symmetric NATs (no
 	// birthday role: both sides' mappings vary) go to the relay.
+	off := reach.Config{DisablePortMapping: true, PunchLimits: reach.PunchLimits{BirthdaySockets: -1}}
 	for i, tc := range []struct {
 		name  string
+		fw    natlab.Firewall
 		other natlab.Kind
 		cfg   reach.Config
 	}{
-		{"home/no-birthday<->port-restricted", natlab.Kind(natlab.PortRestricted), reach.Config{DisablePortMapping: true, PunchLimits: reach.PunchLimits{BirthdaySockets: -1}}},
-		{"home/symmetric<->symmetric", sym, reach.Config{DisablePortMapping: true}},
+		{"home/no-birthday<->port-restricted", natlab.Home, natlab.Kind(natlab.PortRestricted), off},
+		{"linux-host/no-birthday<->port-restricted", natlab.LinuxHost, natlab.Kind(natlab.PortRestricted), off},
+		{"home/symmetric<->symmetric", natlab.Home, sym, reach.Config{DisablePortMapping: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a := s.SiteWith(t, fmt.Sprintf("bc%da", i), natlab.SiteConfig{Kind: sym})
-			b := s.SiteWith(t, fmt.Sprintf("bc%db", i), natlab.SiteConfig{Kind: tc.other})
+			isp := tc.fw == natlab.LinuxHost
+			a := s.SiteWith(t, fmt.Sprintf("bc%da", i), natlab.SiteConfig{Kind: sym, Firewall: tc.fw, ISP: isp})
+			b := s.SiteWith(t, fmt.Sprintf("bc%db", i), natlab.SiteConfig{Kind: tc.other, Firewall: tc.fw, ISP: isp})
 			counts := map[string]int{}
 			var worst time.Duration
 			for k := range n {

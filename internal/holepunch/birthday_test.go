@@ -3,16 +3,19 @@ package holepunch
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/candidate"
 	"github.com/reachp2p/reach/internal/rung"
 )
@@ -201,3 +204,61 @@ func TestBirthdayRole(t *testing.T) {
 type tlog struct{ t *testing.T }
 
 func (l tlog) Write(b []byte) (int, error) { l.t.Log(string(b)); return len(b), nil }
+
+// TestBirthdayFlood: introductions from 40 diallers at once, each making
+// this (random symmetric) node the wide side, open at most one attempt's
+// sockets (the node's one slot), and none are left when the node closes;
+// as the probe side, the same flood sends at most one attempt's probes.
+func TestBirthdayFlood(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		self, dialler string
+	}{{"wide", candidate.MappingVaries, candidate.MappingIndependent}, {"probe", candidate.MappingIndependent, candidate.MappingVaries}} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := openFDs(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			var wg sync.WaitGroup
+			h := &rung.Host{Socket: loopSock(t), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Context: ctx, Local: true,
+				Go: func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() },
+				ListenPacket: func(network, _ string) (net.PacketConn, error) {
+					return net.ListenPacket(network, "127.0.0.1:0")
+				},
+				Self: func() (string, *candidate.PortAllocation) {
+					return tc.self, &candidate.PortAllocation{Kind: candidate.AllocRandom}
+				},
+			}
+			r := NewRung(h, time.Minute, Limits{})
+			for i := range 40 {
+				k, _ := identity.GenerateKey()
+				offer := introduction(k.ID(), uint64(i+1))
+				offer.Mapping = tc.dialler
+				offer.Ports = &candidate.PortAllocation{Kind: candidate.AllocRandom}
+				// 192.0.2.1 (TEST-NET-1): nothing answers.
+				offer.Candidates = append(offer.Candidates, candidate.Candidate{Addr: netip.MustParseAddrPort("192.0.2.1:4000"), Kind: candidate.Reflexive})
+				r.Introduced(offer)
+			}
+			st := r.Birthday()
+			if st.Sockets > MaxBirthdaySockets || st.Open > MaxBirthdaySockets || openFDs(t)-before > MaxBirthdaySockets+8 {
+				t.Fatalf("after 40 introductions: %+v, %d new fds; want one attempt's sockets at most", st, openFDs(t)-before)
+			}
+			time.Sleep(time.Second) // the probes of one attempt are over (700 at 1 ms)
+			st = r.Birthday()
+			t.Logf("%s: %+v", tc.name, st)
+			if tc.name == "probe" && (st.Packets == 0 || st.Packets > int64(BirthdayPacketBudget-DefaultAttemptPackets)) {
+				t.Fatalf("%d probes after 40 introductions, want one attempt's (%d at most)", st.Packets, BirthdayPacketBudget-DefaultAttemptPackets)
+			}
+			if tc.name == "wide" && st.Sockets != MaxBirthdaySockets {
+				t.Fatalf("%d sockets opened, want one attempt's %d", st.Sockets, MaxBirthdaySockets)
+			}
+			cancel()
+			r.Close()
+			wg.Wait()
+			if st := r.Birthday(); st.Open != 0 {
+				t.Fatalf("%d helper sockets open after the node closed", st.Open)
+			}
+			if got := openFDs(t); got > before+1 { // the loop socket closes at cleanup
+				t.Fatalf("%d fds after the node closed, want %d", got, before+1)
+			}
+		})
+	}
+}

@@ -423,6 +423,17 @@ type PunchLimits struct {
 	// besides its addresses (port prediction; within AttemptPackets and
 	// PacketsPerSecond), at most 16. Zero: 12; negative: no prediction.
 	PredictPorts int
+	// BirthdaySockets: when this node's symmetric NAT allocates ports at
+	// random and the other peer's NAT maps independently of the
+	// destination, how many helper sockets (NAT mappings) one attempt
+	// opens towards the peer (the birthday mode, one attempt per node at
+	// a time), at most 256 and the file-descriptor headroom. Zero: 256;
+	// negative: no birthday mode, either side.
+	BirthdaySockets int
+	// BirthdayProbes: in the converse case, how many random ports of the
+	// peer's public address one attempt probes, 1 ms apart, at most 768
+	// and 1,000 minus AttemptPackets. Zero: 700; negative: none.
+	BirthdayProbes int
 }
 
 // TCPPunchLimits bound TCP hole punching (Config.TCPPunchLimits).
@@ -452,6 +463,7 @@ func (n *Node) host(signalling, local bool) *rung.Host {
 		Context: n.ctx, Go: n.goRun,
 		Signalling: signalling, Local: local,
 		InterfaceAddrs: n.cfg.InterfaceAddrs, ListenPacket: n.cfg.ListenPacket,
+		Self:    func() (string, *candidate.PortAllocation) { return n.Mapping(), n.ports() },
 		DialTCP: n.cfg.DialTCP, DialServer: n.serverDialTCP(), RunInNetwork: n.cfg.RunInNetwork,
 		Server: func() rendezvous.ServerAddr {
 			if n.client == nil {

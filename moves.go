@@ -184,6 +184,12 @@ func (n *Node) adopt(sess *stream.Session) {
 	if !key.IsValid() || pathsock.IsVirtual(key.Addr()) || ladder.Forwards(sess.Strategy()) {
 		return
 	}
+	if l := sess.LocalAddr(); l.IsValid() && l.Port() != n.sock.Port() {
+		// A session on a helper socket of its own (holepunch's birthday
+		// mode): the node's path set does not span it, so it stays on
+		// the path it was born on.
+		return
+	}
 	peer := sess.RemotePeer()
 	if _, err := n.sock.Paths().Adopt(key, peer.String()); err != nil {
 		n.log.Debug("session stays on its path", "peer", peer.Short(), "path", key, "err", err)

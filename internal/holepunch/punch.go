@@ -204,6 +204,12 @@ type Attempt struct {
 	predicted map[netip.AddrPort]int  // Params.Predicted and AddPredicted: TTL until answered
 	observed  netip.AddrPort
 	ch        chan netip.AddrPort
+	// The birthday mode's probes (Probe): the ports probed, the one that
+	// answered, how many went out, the goroutine sending them.
+	probed   map[netip.AddrPort]bool
+	probeHit netip.AddrPort
+	probes   atomic.Int64
+	probing  sync.WaitGroup
 
 	heard     chan struct{} // closed when the first packet from the peer arrived
 	heardOnce sync.Once
@@ -336,6 +342,7 @@ func (a *Attempt) Close() {
 		a.m.mu.Unlock()
 	})
 	<-a.done
+	a.probing.Wait()
 }
 
 func (a *Attempt) addRemote(r netip.AddrPort) bool {
@@ -537,7 +544,10 @@ func (m *Manager) handle(b []byte, from netip.AddrPort) {
 	case typePing:
 		// Answer at once, to the address it came from; and ping that
 		// address ourselves if it is new (peer-reflexive).
-		if f := a.onHeard.Load(); f != nil {
+		a.mu.Lock()
+		probe := a.isProbeLocked(from) // a probe opened our NAT to it
+		a.mu.Unlock()
+		if f := a.onHeard.Load(); f != nil && !probe {
 			(*f)(from, false)
 		}
 		a.send(typePong, from, from, pk.txid)
@@ -561,8 +571,9 @@ func (m *Manager) handle(b []byte, from netip.AddrPort) {
 		a.observed = pk.observed
 		a.confirmed[from] = true
 		a.answered[from] = true
+		probe := a.isProbeLocked(from)
 		a.mu.Unlock()
-		if f := a.onHeard.Load(); f != nil {
+		if f := a.onHeard.Load(); f != nil && !probe {
 			(*f)(from, true)
 		}
 		a.markValidated(from)

@@ -75,6 +75,17 @@ type Limits struct {
 	// candidates (predict.go), at most candidate.MaxPredictPorts. Zero:
 	// candidate.DefaultPredictPorts; negative: no prediction.
 	PredictPorts int
+	// BirthdaySockets: the helper sockets (NAT mappings) the side behind
+	// a symmetric NAT with random ports opens towards a peer whose
+	// mapping is endpoint-independent (birthday.go), at most
+	// MaxBirthdaySockets and the file-descriptor headroom. Zero:
+	// DefaultBirthdaySockets; negative: no birthday mode (either role).
+	BirthdaySockets int
+	// BirthdayProbes: the random ports of such a peer one attempt
+	// probes, at most MaxBirthdayProbes and what BirthdayPacketBudget
+	// leaves beside AttemptPackets. Zero: DefaultBirthdayProbes;
+	// negative: no probes.
+	BirthdayProbes int
 }
 
 func (l Limits) withDefaults() Limits {
@@ -97,6 +108,14 @@ func (l Limits) withDefaults() Limits {
 		l.PredictPorts = candidate.DefaultPredictPorts
 	}
 	l.PredictPorts = min(l.PredictPorts, candidate.MaxPredictPorts)
+	if l.BirthdaySockets == 0 {
+		l.BirthdaySockets = DefaultBirthdaySockets
+	}
+	l.BirthdaySockets = min(l.BirthdaySockets, MaxBirthdaySockets)
+	if l.BirthdayProbes == 0 {
+		l.BirthdayProbes = DefaultBirthdayProbes
+	}
+	l.BirthdayProbes = min(l.BirthdayProbes, MaxBirthdayProbes)
 	return l
 }
 
@@ -127,6 +146,11 @@ type Rung struct {
 	peers   map[identity.PeerID]*bucket // introductions per dialler
 	early   map[uint64]*early           // dials whose first flight went through the server, by attempt
 	skipped atomic.Uint64
+	bday    chan struct{}    // the node's one birthday attempt (birthday.go)
+	bstats  birthdayCounters // what birthday attempts did
+	// bdayListener: the wide race a listener runs for a dialler, so the
+	// dialler's next introduction ends it (at most one: bday).
+	bdayListener map[identity.PeerID]*wideRace
 }
 
 // NewRung makes the rung for the node h; it reads and writes punch
@@ -138,7 +162,7 @@ func NewRung(h *rung.Host, linger time.Duration, limits Limits) *Rung {
 	limits = limits.withDefaults()
 	m := NewManager(h.Socket, h.Logger)
 	m.SetRate(limits.PacketsPerSecond)
-	return &Rung{h: h, m: m, Linger: linger, limits: limits, peers: map[identity.PeerID]*bucket{}}
+	return &Rung{h: h, m: m, Linger: linger, limits: limits, peers: map[identity.PeerID]*bucket{}, bday: make(chan struct{}, 1), bdayListener: map[identity.PeerID]*wideRace{}}
 }
 
 // DefaultPrimerTTL is the TTL of the listening side's primers: it crosses
@@ -326,6 +350,7 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 		r.outcome(OutcomeSkipped)
 		return
 	}
+	r.birthdayListener(offer, at, own, offer.ServerRTT)
 	r.h.Go(func() {
 		defer release()
 		defer at.Close()
@@ -392,6 +417,11 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 		}
 		// Keep answering the peer's checks until the session is up.
 		defer at.Close()
+	}
+	var won <-chan wideWin // the birthday mode's wide side, if this dial is it
+	if w := s.birthdayDialer(ctx, a, at); w != nil {
+		defer w.Close()
+		won = w.Won()
 	}
 	limit := s.CheckTimeout
 	if limit <= 0 {
@@ -527,6 +557,22 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 					return nil, errors.Join(errs...)
 				}
 			}
+		case win := <-won:
+			won = nil
+			a.Logger.Debug("holepunch: birthday pair", "peer", a.Peer.Short(), "addr", win.peer, "socket", win.sock)
+			pending++
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sess, err := s.dialWinner(dctx, a, win)
+				select {
+				case results <- result{win.peer, sess, err}:
+				case <-dctx.Done():
+					if sess != nil {
+						sess.CloseWithError(0, "lost the race")
+					}
+				}
+			}()
 		case addr := <-at.Validated():
 			a.Logger.Debug("holepunch: pair validated", "peer", a.Peer.Short(), "addr", addr, "learned", at.Learned())
 			if early.IsValid() {
@@ -555,6 +601,12 @@ func (s *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 				}
 				if d := predictionDetail(a.Local, a.Remote, predicted, r.addr); d != "" {
 					r.sess.SetStrategyDetail(d)
+				}
+				if at.Probes() > 0 && r.sess.StrategyDetail() == "" {
+					// Against a random symmetric NAT only a mapping of
+					// the peer's birthday sockets lets us in (one may
+					// take the port of its reflexive address).
+					r.sess.SetStrategyDetail(birthdayDetail(birthdayProbe, 0, at.Probes(), r.addr))
 				}
 				return r.sess, nil
 			}

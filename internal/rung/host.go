@@ -160,6 +160,11 @@ type Host struct {
 	// Observed is the node's public UDP address as its server sees it
 	// (invalid without one, or over TCP).
 	Observed func() netip.AddrPort
+	// Self is how the node's NAT maps its socket, as the node measured
+	// it (candidate.MappingIndependent, MappingVaries, "" unknown), and
+	// how it allocates ports (nil: unknown), as its offers and answers
+	// say. Nil: unknown.
+	Self func() (mapping string, ports *candidate.PortAllocation)
 	// ServerRTT is the round-trip time to that server (zero: unknown).
 	// Nil: unknown.
 	ServerRTT func() time.Duration

@@ -1,0 +1,199 @@
+package holepunch
+
+import (
+	"context"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/reachp2p/reach/internal/candidate"
+	"github.com/reachp2p/reach/internal/rung"
+	"github.com/reachp2p/reach/stream"
+)
+
+// birthdayPrimeTime is what the probe side adds to its wait for the wide
+// side's primers: opening 256 sockets and sending one packet from each.
+const birthdayPrimeTime = 50 * time.Millisecond
+
+// birthdayAcceptTimeout bounds how long a wide listener's winning socket
+// waits for the dialler's QUIC handshake.
+const birthdayAcceptTimeout = 5 * time.Second
+
+// self is what the node knows of its own NAT, as a PeerInfo.
+func (r *Rung) self() candidate.PeerInfo {
+	var p candidate.PeerInfo
+	if r.h.Self != nil {
+		p.Mapping, p.Ports = r.h.Self()
+	}
+	return p
+}
+
+// birthdayListener does the listening side's part of the birthday mode
+// for an introduction whose attempt at runs; own and dialler are the
+// two sides' round-trip times to the server.
+func (r *Rung) birthdayListener(offer candidate.PeerInfo, at *Attempt, own, dialler time.Duration) {
+	peer := reflexive4(offer)
+	if !peer.IsValid() || offer.Move {
+		// A move looks for a path the node's socket can take over
+		// (holepunch.Validate), which a birthday pair on a helper socket
+		// is not: the dialler does not run its part.
+		return
+	}
+	switch birthdayRole(r.self(), offer) {
+	case birthdayProbe:
+		n := r.birthdayProbes()
+		if n == 0 {
+			return
+		}
+		release, err := r.acquireBirthday()
+		if err != nil {
+			r.h.Logger.Debug("birthday: not probing", "peer", offer.Peer.Short(), "err", err)
+			return
+		}
+		// The dialler primes its mappings when our answer reaches it:
+		// about half of each side's round trip to the server from now.
+		// (Not the attempt's hold, twice that plus slack: a probe too
+		// early is only a probe wasted, not state on the dialler's
+		// router that moves its mappings, since none of its mappings
+		// towards us exists yet.)
+		wait := min((own+dialler)/2, maxHold) + birthdayPrimeTime
+		at.Probe(peer.Addr(), n, BirthdayProbeInterval, wait, &r.bstats.packets, release)
+	case birthdayWide:
+		r.mu.Lock()
+		old := r.bdayListener[offer.Peer]
+		r.mu.Unlock()
+		if old != nil {
+			// The same dialler again (a re-dial): its earlier race is
+			// over for it, whatever its window says.
+			old.Close()
+		}
+		w, err := r.startWide(r.h.Context, offer.Attempt, offer.PunchKey, RoleListener, peer)
+		if err == nil && w != nil {
+			r.mu.Lock()
+			r.bdayListener[offer.Peer] = w
+			r.mu.Unlock()
+			r.h.Go(func() {
+				<-w.Over()
+				r.mu.Lock()
+				if r.bdayListener[offer.Peer] == w {
+					delete(r.bdayListener, offer.Peer)
+				}
+				r.mu.Unlock()
+			})
+		}
+		if err != nil || w == nil {
+			r.h.Logger.Debug("birthday: no wide side", "peer", offer.Peer.Short(), "err", err)
+			return
+		}
+		r.h.Go(func() {
+			var win wideWin
+			select {
+			case win = <-w.Won():
+				w.Close() // the others, and the node's slot
+			case <-w.Over():
+				w.Close() // (and a winner that came at the same time)
+				return
+			}
+			r.serveWinner(offer, win)
+		})
+	}
+}
+
+// serveWinner runs a QUIC listener on a wide listener's winning socket
+// for the dialler's session and hands the session to the node; socket and
+// transport close with the session.
+func (r *Rung) serveWinner(offer candidate.PeerInfo, win wideWin) {
+	tr := &quic.Transport{Conn: win.conn}
+	closeAll := func() {
+		tr.Close()
+		r.closeWinner(win.conn)
+	}
+	ln, err := stream.Listen(tr, r.h.Key, r.h.Session)
+	if err != nil {
+		closeAll()
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.h.Context, birthdayAcceptTimeout)
+	sess, err := ln.Accept(ctx)
+	cancel()
+	if err != nil || sess.RemotePeer() != offer.Peer {
+		if sess != nil {
+			sess.CloseWithError(0, "not the introduced peer")
+		}
+		r.h.Logger.Debug("birthday: no session on the winning socket", "peer", offer.Peer.Short(), "err", err)
+		ln.Close()
+		closeAll()
+		return
+	}
+	sess.SetStrategy(Name)
+	sess.SetStrategyDetail(birthdayDetail(birthdayWide, win.k, 0, win.peer))
+	r.h.Logger.Debug("birthday: session on the winning socket", "peer", offer.Peer.Short(), "addr", win.peer)
+	if !r.h.Accepted(sess) {
+		sess.CloseWithError(0, "node closed")
+	}
+	select {
+	case <-sess.Done():
+	case <-r.h.Context.Done():
+		sess.CloseWithError(0, "node closed")
+	}
+	ln.Close()
+	closeAll()
+}
+
+// birthdayDialer starts the dialling side's part of the birthday mode for
+// the attempt at of dial a. The wide side's race is returned (nil: none;
+// the caller closes it); the probe side probes at once (the listener
+// primed before its answer).
+func (r *Rung) birthdayDialer(ctx context.Context, a *rung.Attempt, at *Attempt) *wideRace {
+	peer := reflexive4(a.Remote)
+	if !peer.IsValid() {
+		return nil
+	}
+	switch birthdayRole(a.Local, a.Remote) {
+	case birthdayProbe:
+		n := r.birthdayProbes()
+		if n == 0 {
+			return nil
+		}
+		release, err := r.acquireBirthday()
+		if err != nil {
+			a.Logger.Debug("birthday: not probing", "peer", a.Peer.Short(), "err", err)
+			return nil
+		}
+		at.Probe(peer.Addr(), n, BirthdayProbeInterval, 0, &r.bstats.packets, release)
+	case birthdayWide:
+		w, err := r.startWide(ctx, a.Local.Attempt, a.Local.PunchKey, RoleDialer, peer)
+		if err != nil {
+			a.Logger.Debug("birthday: no wide side", "peer", a.Peer.Short(), "err", err)
+			return nil
+		}
+		return w
+	}
+	return nil
+}
+
+// dialWinner dials the peer's session from a wide dialler's winning
+// socket, on a transport of its own that closes with the session (or at
+// once, when the dial fails).
+func (r *Rung) dialWinner(ctx context.Context, a *rung.Attempt, win wideWin) (*stream.Session, error) {
+	tr := &quic.Transport{Conn: win.conn}
+	closeAll := func() {
+		tr.Close()
+		r.closeWinner(win.conn)
+	}
+	sess, err := stream.Dial(ctx, tr, win.peer, a.Key, a.Peer, a.Session)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	sess.SetStrategyDetail(birthdayDetail(birthdayWide, win.k, 0, win.peer))
+	r.h.Go(func() {
+		select {
+		case <-sess.Done():
+		case <-r.h.Context.Done():
+			sess.CloseWithError(0, "node closed")
+		}
+		closeAll()
+	})
+	return sess, nil
+}

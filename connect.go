@@ -471,6 +471,12 @@ func (n *Node) host(signalling, local bool) *rung.Host {
 			}
 			return n.client.Current()
 		},
+		Servers: func() []rendezvous.ServerAddr {
+			if n.client == nil {
+				return nil
+			}
+			return n.client.Servers()
+		},
 		Observed: n.Observed,
 		ServerRTT: func() time.Duration {
 			if n.client == nil {

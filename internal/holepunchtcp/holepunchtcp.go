@@ -127,8 +127,8 @@ type Rung struct {
 	hop     time.Duration            // measureHop's time to the ICMP of a primer-TTL SYN (zero: none or unknown)
 	farTTL  bool                     // a primer-TTL SYN reached the server: primers go one hop further
 	baseTTL int                      // the primers' TTL past any router inside a carrier's NAT (zero: Limits.PrimerTTL)
-	// measured is closed when Ready's measurement is over (or was not
-	// made); readyAt is when Ready started it.
+	// measured is closed when Start's measurement is over (or was not
+	// made); readyAt is when Start started it.
 	measured     chan struct{}
 	measuredOnce sync.Once
 	readyAt      time.Time
@@ -165,8 +165,8 @@ type primer struct {
 // comes back after about the round trip to the dialler, which the two
 // round trips to the server bound (own + dialler), and the dialler's SYN
 // comes no sooner than half of that plus half the round trip to the
-// dialler: the hold covers the whole bound, and the probe's error ends it
-// as soon as the primer's own is back (without it the primer heard again
+// dialler: the hold covers the whole bound and a margin, and the probe's
+// error ends it as soon as the primer's own is back (without it the primer heard again
 // half-way, died of its ICMP, and the dialler's SYN met a new deaf primer:
 // the matrix's linux-host diallers behind ISP hops to home listeners went
 // to the relay). Unknown round trips and hop: no hold.
@@ -176,24 +176,39 @@ func primerHold(own, dialler, hop time.Duration, peerSide bool) time.Duration {
 		h = max(h, hop+hop/2+2*time.Millisecond)
 	}
 	if peerSide && own > 0 && dialler > 0 {
-		h = max(h, own+dialler)
+		// The bound is tight where the server lies on the path between
+		// the peers (the lab's matrix: the ICMP error came 1-3 ms after
+		// own + dialler, and a hold of exactly that lost 1 dial in 5);
+		// a quarter more and 5 ms covers the routers' own time.
+		h = max(h, (own+dialler)*5/4+5*time.Millisecond)
 	}
 	return min(h, maxPrimerHold)
 }
 
-// Ready implements rung.Rung: once registered, the node learns in the
-// background how far the first router that answers a primer is
-// (measureHop towards the server), for primerHold.
-func (r *Rung) Ready(context.Context) {
+// Start implements rung.Rung: while the node registers, it learns in
+// the background how far the first router that answers a primer is
+// (measureHop towards the server it registers with first), for
+// primerHold, primerTTL and its offers (PrimerFar). Started after the
+// registration, the measurement's round trip came after it, and a node
+// that dials as soon as it registered (the CLI's, the matrix's) either
+// waited for it in its first offer or sent that offer without it (and a
+// listener that then took a home dialler for one behind its provider's
+// router primed it wrongly: the matrix, 1 of 3 dials relayed).
+func (r *Rung) Start(context.Context) error {
 	done := func() { r.measuredOnce.Do(func() { close(r.measured) }) }
 	if r.dt.Listener() == nil || r.lim.PrimerTTL <= 0 || r.h.Server == nil {
 		done()
-		return
+		return nil
 	}
 	sa := r.h.Server()
+	if sa.IsZero() && r.h.Servers != nil {
+		if l := r.h.Servers(); len(l) > 0 {
+			sa = l[0]
+		}
+	}
 	if sa.IsZero() {
 		done()
-		return
+		return nil
 	}
 	r.mu.Lock()
 	r.readyAt = time.Now()
@@ -234,17 +249,29 @@ func (r *Rung) Ready(context.Context) {
 				break
 			}
 			ttl++
+			// Primers from now on go at least this far, and their hold
+			// covers at least this router's answer, while the next
+			// measurement runs: routers limit their ICMP errors (Linux:
+			// about one a second to one destination once a burst is
+			// spent), and a node behind a carrier's NAT that started
+			// just after another had its second answer a second late
+			// while a dial primed with the first TTL, which dies inside
+			// the carrier's NAT (the matrix, 1 in 8 dials).
+			r.mu.Lock()
+			r.hop, r.baseTTL = hop, ttl
+			r.mu.Unlock()
 		}
 		r.mu.Lock()
 		r.hop, r.farTTL, r.baseTTL = hop, silent, ttl
 		r.mu.Unlock()
 	})
+	return nil
 }
 
 // primerTTL is the TTL of this node's primers towards a dialler whose
 // offer said peerFar: Limits.PrimerTTL (past any router inside a
-// carrier's NAT: Ready), or one more when a SYN of that TTL reached the
-// server (Ready), i.e. no router within that many hops answers on the
+// carrier's NAT: Start), or one more when a SYN of that TTL reached the
+// server (Start), i.e. no router within that many hops answers on the
 // server's path, and the dialler's did too (PeerInfo.PrimerFar: no router
 // of its provider stands before its own). The first router a primer meets
 // beyond our own is then the dialler's, and a primer that comes there
@@ -293,7 +320,7 @@ func innerRouter(addr netip.Addr, first bool) bool {
 	return cgnat.Contains(addr) || first && (addr.IsPrivate() || addr.IsLinkLocalUnicast())
 }
 
-// MeasureWait bounds how long an introduction waits for Ready's
+// MeasureWait bounds how long an introduction waits for Start's
 // measurement (measureHop: one round trip to the first router that
 // answers, or to the server).
 const MeasureWait = 300 * time.Millisecond
@@ -301,7 +328,7 @@ const MeasureWait = 300 * time.Millisecond
 // maxPrimerHold bounds primerHold.
 const maxPrimerHold = 250 * time.Millisecond
 
-// measuredHop is what Ready measured (zero: nothing answered, or not
+// measuredHop is what Start measured (zero: nothing answered, or not
 // yet).
 func (r *Rung) measuredHop() time.Duration {
 	r.mu.Lock()
@@ -320,24 +347,21 @@ func (r *Rung) serverRTT() time.Duration {
 // Offer implements rung.Rung: the offer says the dialler's round-trip
 // time to the server (the listener's primer hold needs it) if no other
 // rung did, and whether its primer-TTL SYN reached the server
-// (PrimerFar). It does not wait for Ready's measurement: a node that
-// dials as soon as it registered (the CLI's, the matrix's) would pay its
-// round trip on its first dial (home diallers 357 -> 407 ms); an offer
-// sent before the measurement is over says not far, and the listener's
-// primer then stops short of the dialler's router and waits for its ICMP
-// error (primerHold's peerSide).
+// (PrimerFar), once Start's measurement is over (it started before the
+// node registered, so a node that dials at once rarely waits).
 func (r *Rung) Offer(_ context.Context, offer *candidate.PeerInfo) func() {
 	if offer.ServerRTT == 0 {
 		offer.ServerRTT = r.serverRTT()
 	}
 	if r.dt.Listener() != nil {
+		r.waitMeasured()
 		offer.PrimerFar = r.far()
 	}
 	return nil
 }
 
-// waitMeasured waits for Ready's measurement, at most until MeasureWait
-// after Ready started it (so the wait is paid once, by the first
+// waitMeasured waits for Start's measurement, at most until MeasureWait
+// after Start started it (so the wait is paid once, by the first
 // introduction or dial after the node started), or the node's end.
 func (r *Rung) waitMeasured() {
 	r.mu.Lock()

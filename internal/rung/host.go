@@ -157,6 +157,10 @@ type Host struct {
 	// Server is the rendezvous server the node is registered with now
 	// (zero while it has none).
 	Server func() rendezvous.ServerAddr
+	// Servers are the servers the node knows, in the order it tries
+	// them (its first registration goes to the first that answers). Nil:
+	// none.
+	Servers func() []rendezvous.ServerAddr
 	// Observed is the node's public UDP address as its server sees it
 	// (invalid without one, or over TCP).
 	Observed func() netip.AddrPort

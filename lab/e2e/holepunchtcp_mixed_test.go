@@ -70,6 +70,7 @@ func mixedCells(t *testing.T, s *reachlab.Scenario, access time.Duration) {
 		{natlab.Kind(natlab.FullCone), blocked},
 		{natlab.Kind(natlab.RestrictedCone), blocked},
 		{natlab.Kind(natlab.PortRestricted), blocked},
+		{natlab.KindDouble, blocked},
 	}
 	for i, c := range cells {
 		name := fmt.Sprintf("%s/linux-host<->%s/home", c.linux, c.home)

@@ -1,0 +1,300 @@
+package rendezvous
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/reachp2p/reach/internal/pathsock"
+)
+
+// parkServerConfig parks registrations idle for 200 ms, with keepalives
+// every 300 ms.
+func parkServerConfig() ServerConfig {
+	return ServerConfig{Park: ParkConfig{After: 200 * time.Millisecond, Keepalive: 300 * time.Millisecond, WakeTimeout: 2 * time.Second}}
+}
+
+// newPathsTransport is newTransport on a pathsock.Conn, as a node's
+// socket is (the park datagrams need it).
+func newPathsTransport(t testing.TB) *quic.Transport {
+	t.Helper()
+	uc, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: pathsock.New(uc)}
+	t.Cleanup(func() { tr.Close(); uc.Close() })
+	return tr
+}
+
+func (c *Client) parkedNow() bool {
+	c.mu.Lock()
+	cc := c.conn
+	c.mu.Unlock()
+	return cc != nil && cc.isParked()
+}
+
+// waitParked waits for c to park, and rs to hold n parked registrations:
+// after an introduction not before its flight's FlightWindow (10 s).
+func waitParked(t *testing.T, rs *RunningServer, c *Client, n int) {
+	t.Helper()
+	deadline := time.Now().Add(FlightWindow + 5*time.Second)
+	for !c.parkedNow() || rs.parkedCount() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the registration did not park (parked: %v, server: %d, want %d)", c.parkedNow(), rs.parkedCount(), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A parked node is woken for an introduction, re-attaches and answers;
+// the dialler's Connect gets its answer. Then it parks again.
+func TestParkedNodeIsDialled(t *testing.T) {
+	rs := startTestServer(t, parkServerConfig())
+	servers := []ServerAddr{rs.ServerAddr()}
+	host := Candidate{Addr: netip.MustParseAddrPort("10.0.0.2:4900"), Kind: Host}
+	b := startClient(t, "b", mustKey(t), servers, newPathsTransport(t), func(c *ClientConfig) {
+		c.Candidates = func() []Candidate { return []Candidate{host} }
+	})
+	answerAll(t, b)
+	a := startClient(t, "a", mustKey(t), servers, newTransport(t)) // a plain socket: never parks
+	waitParked(t, rs, b, 1)
+	if a.parkedNow() {
+		t.Fatal("a client without a pathsock socket parked")
+	}
+	for round := range 2 {
+		start := time.Now()
+		ans, err := a.Connect(testCtx(t, 5*time.Second), b.cfg.Key.ID(), PeerInfo{})
+		if err != nil {
+			t.Fatalf("round %d: Connect to the parked node: %v", round, err)
+		}
+		if !hasCand(ans.Candidates, host) {
+			t.Errorf("round %d: answer %v lacks the node's candidate %v", round, ans.Candidates, host)
+		}
+		t.Logf("round %d: connected to a parked node in %v", round, time.Since(start))
+		waitParked(t, rs, b, 1) // idle again: parks again
+	}
+	if got := rs.pk.nResumed.Load(); got != 2 {
+		t.Errorf("resumed %d parked registrations, want 2", got)
+	}
+}
+
+// A parked node that dials re-attaches first.
+func TestParkedNodeDials(t *testing.T) {
+	rs := startTestServer(t, parkServerConfig())
+	servers := []ServerAddr{rs.ServerAddr()}
+	b := startClient(t, "b", mustKey(t), servers, newTransport(t))
+	answerAll(t, b)
+	a := startClient(t, "a", mustKey(t), servers, newPathsTransport(t))
+	waitParked(t, rs, a, 1)
+	if _, err := a.Connect(testCtx(t, 5*time.Second), b.cfg.Key.ID(), PeerInfo{}); err != nil {
+		t.Fatalf("Connect from a parked node: %v", err)
+	}
+	if a.parkedNow() {
+		t.Error("still parked right after its Connect")
+	}
+}
+
+// A lost WAKE is sent again; a node whose WAKEs are all lost (and whose
+// keepalives' answers say WAKE too) leaves the dialler with ErrNotWoken,
+// not a hang.
+func TestParkWakeLost(t *testing.T) {
+	rs := startTestServer(t, parkServerConfig())
+	servers := []ServerAddr{rs.ServerAddr()}
+	b := startClient(t, "b", mustKey(t), servers, newPathsTransport(t))
+	answerAll(t, b)
+	a := startClient(t, "a", mustKey(t), servers, newTransport(t))
+	waitParked(t, rs, b, 1)
+
+	var dropped atomic.Int32
+	testParkDrop = func(kind byte) bool { return kind == parkKindWake && dropped.Add(1) == 1 }
+	t.Cleanup(func() { testParkDrop = nil })
+	if _, err := a.Connect(testCtx(t, 5*time.Second), b.cfg.Key.ID(), PeerInfo{}); err != nil {
+		t.Fatalf("Connect with the first WAKE lost: %v", err)
+	}
+	if dropped.Load() < 1 {
+		t.Fatal("no WAKE was dropped")
+	}
+
+	waitParked(t, rs, b, 1)
+	testParkDrop = func(kind byte) bool { return kind == parkKindWake }
+	start := time.Now()
+	_, err := a.Connect(testCtx(t, 8*time.Second), b.cfg.Key.ID(), PeerInfo{})
+	if !errors.Is(err, ErrNotWoken) || !errors.Is(err, ErrTimeout) {
+		t.Fatalf("Connect with every WAKE lost: %v, want ErrNotWoken (and ErrTimeout)", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("ErrNotWoken after %v, want about WakeTimeout (2s)", d)
+	}
+	if got := rs.pk.nNotWoken.Load(); got != 1 {
+		t.Errorf("not woken: %d, want 1", got)
+	}
+}
+
+// Forged keepalives (unknown tokens, the right token with a bad MAC, a
+// replayed datagram) get no answer and leave no state; the parked
+// registration still works.
+func TestParkForgedKeepaliveFlood(t *testing.T) {
+	rs := startTestServer(t, parkServerConfig())
+	servers := []ServerAddr{rs.ServerAddr()}
+	b := startClient(t, "b", mustKey(t), servers, newPathsTransport(t))
+	answerAll(t, b)
+	waitParked(t, rs, b, 1)
+	b.mu.Lock()
+	p := b.conn.park
+	b.mu.Unlock()
+
+	forger, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer forger.Close()
+	var badKey [16]byte
+	p.mu.Lock()
+	replay := appendParkDatagram(nil, parkToServer, p.token, 1, parkKeepalive, &p.key) // counter 1: used already
+	p.mu.Unlock()
+	const n = 3000
+	for i := range n {
+		var pkt []byte
+		switch i % 3 {
+		case 0:
+			pkt = appendParkDatagram(nil, parkToServer, uint64(i)+1<<40, 1, parkKeepalive, &badKey)
+		case 1:
+			pkt = appendParkDatagram(nil, parkToServer, p.token, uint64(1e9+i), parkKeepalive, &badKey)
+		case 2:
+			pkt = replay
+		}
+		forger.WriteToUDPAddrPort(pkt, rs.UDPAddr())
+	}
+	waitFor(t, "the forged keepalives to be counted", func() bool { return rs.pk.nBadKeepalives.Load() >= n*9/10 })
+	forger.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, _, err := forger.ReadFromUDPAddrPort(make([]byte, 100)); err == nil {
+		t.Error("the server answered a forged keepalive")
+	}
+	if got := rs.parkedCount(); got != 1 {
+		t.Errorf("parked: %d, want 1 (forgeries keep no state)", got)
+	}
+	a := startClient(t, "a", mustKey(t), servers, newTransport(t))
+	if _, err := a.Connect(testCtx(t, 5*time.Second), b.cfg.Key.ID(), PeerInfo{}); err != nil {
+		t.Fatalf("Connect after the flood: %v", err)
+	}
+}
+
+// Forged or replayed server datagrams do not wake a parked node (which
+// would make nodes reconnect en masse).
+func TestParkForgedWake(t *testing.T) {
+	rs := startTestServer(t, parkServerConfig())
+	b := startClient(t, "b", mustKey(t), []ServerAddr{rs.ServerAddr()}, newPathsTransport(t))
+	waitParked(t, rs, b, 1)
+	b.mu.Lock()
+	cc := b.conn
+	b.mu.Unlock()
+	p := cc.park
+	d := parkDemuxFor(cc.paths, cc.remote)
+	var badKey [16]byte
+	p.mu.Lock()
+	old := p.rcvCtr
+	p.mu.Unlock()
+	for i := range 1000 {
+		d.take(appendParkDatagram(nil, parkToNode, p.token, old+uint64(i)+1, parkKindWake, &badKey), rs.UDPAddr())
+		d.take(appendParkDatagram(nil, parkToNode, p.token, old, parkKindWake, &p.key), rs.UDPAddr()) // a replay
+	}
+	time.Sleep(200 * time.Millisecond)
+	if !b.parkedNow() || rs.pk.nResumed.Load() != 0 {
+		t.Fatal("a forged or replayed WAKE woke the node")
+	}
+}
+
+// The server's WAKEs stay within WakeRate.
+func TestParkWakeRate(t *testing.T) {
+	s, err := NewServer(ServerConfig{Park: ParkConfig{After: time.Second, WakeRate: 5}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.pk.tokens, s.pk.refill = 5, time.Now()
+	sent := 0
+	now := time.Now()
+	for range 100 {
+		if b, _ := s.wakeLocked(&parkState{}, now); b != nil {
+			sent++
+		}
+	}
+	if sent != 5 {
+		t.Errorf("%d WAKEs at once, want the burst of 5", sent)
+	}
+	if b, _ := s.wakeLocked(&parkState{}, now.Add(time.Second)); b == nil {
+		t.Error("no WAKE a second later")
+	}
+}
+
+// Without an offer (a server whose parking is off, as an old server) or
+// with ParkAfter < 0 (as an old client) nothing parks.
+func TestParkOnlyWhenBothAgree(t *testing.T) {
+	off := startTestServer(t, ServerConfig{})
+	c1 := startClient(t, "c1", mustKey(t), []ServerAddr{off.ServerAddr()}, newPathsTransport(t), func(c *ClientConfig) { c.ParkAfter = 100 * time.Millisecond })
+	on := startTestServer(t, parkServerConfig())
+	c2 := startClient(t, "c2", mustKey(t), []ServerAddr{on.ServerAddr()}, newPathsTransport(t), func(c *ClientConfig) { c.ParkAfter = -1 })
+	time.Sleep(time.Second)
+	if c1.parkedNow() || c2.parkedNow() || on.parkedCount() != 0 {
+		t.Fatal("parked without both sides agreeing")
+	}
+	if c1.Current() == (ServerAddr{}) || c2.Current() == (ServerAddr{}) {
+		t.Fatal("not registered")
+	}
+}
+
+// A parked node that closes is forgotten at once (its leave datagram);
+// one that another process replaces learns it (Replaced).
+func TestParkedLeaveAndReplace(t *testing.T) {
+	rs := startTestServer(t, parkServerConfig())
+	servers := []ServerAddr{rs.ServerAddr()}
+	a := startClient(t, "a", mustKey(t), servers, newTransport(t))
+
+	b := startClient(t, "b", mustKey(t), servers, newPathsTransport(t))
+	waitParked(t, rs, b, 1)
+	b.Close()
+	waitFor(t, "the server to forget the parked node", func() bool { return rs.parkedCount() == 0 })
+	if _, err := a.Connect(testCtx(t, 5*time.Second), b.cfg.Key.ID(), PeerInfo{}); !errors.Is(err, ErrPeerOffline) {
+		t.Errorf("Connect to a node that left: %v, want ErrPeerOffline", err)
+	}
+
+	key := mustKey(t)
+	c := startClient(t, "c", key, servers, newPathsTransport(t))
+	waitParked(t, rs, c, 1)
+	c2 := startClient(t, "c2", key, servers, newTransport(t))
+	select {
+	case <-c.Replaced():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the parked node was not told it was replaced")
+	}
+	answerAll(t, c2)
+	if _, err := a.Connect(testCtx(t, 5*time.Second), key.ID(), PeerInfo{}); err != nil {
+		t.Errorf("Connect to the replacing registration: %v", err)
+	}
+}
+
+// A parked registration whose keepalives stop expires; a node whose
+// server stops answering registers again.
+func TestParkedExpiry(t *testing.T) {
+	rs := startTestServer(t, parkServerConfig())
+	b := startClient(t, "b", mustKey(t), []ServerAddr{rs.ServerAddr()}, newPathsTransport(t))
+	waitParked(t, rs, b, 1)
+	testParkDrop = func(byte) bool { return true } // the node hears nothing
+	t.Cleanup(func() { testParkDrop = nil })
+	deadline := time.Now().Add(15 * time.Second)
+	for b.parkedNow() && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if b.parkedNow() {
+		t.Fatal("still parked although the server's answers were lost")
+	}
+	testParkDrop = nil
+	waitFor(t, "the node to register again", func() bool { return b.Current() != (ServerAddr{}) })
+	_ = context.Background
+}

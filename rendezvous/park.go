@@ -86,16 +86,16 @@ var errParked = errors.New("rendezvous: registration parked")
 
 // parkServer is the Server's parked registrations.
 type parkServer struct {
-	sock   PacketSocket                   // the server's UDP socket; nil: no parking
-	parked map[uint64]*session            // by token
-	waking map[*session]struct{}          // parked with frames queued
-	tokens float64                        // WAKE rate budget
-	refill time.Time                      // when tokens was last refilled
-	sweep  chan struct{}                  // wakes the sweeper early
-	remove func()                         // the socket's Intercept
+	sock   PacketSocket          // the server's UDP socket; nil: no parking
+	parked map[uint64]*session   // by token
+	waking map[*session]struct{} // parked with frames queued
+	tokens float64               // WAKE rate budget
+	refill time.Time             // when tokens was last refilled
+	sweep  chan struct{}         // wakes the sweeper early
+	remove func()                // the socket's Intercept
 
 	nParks, nWakes, nWakesLimited, nResumed, nExpired, nNotWoken atomic.Uint64
-	nKeepalives, nBadKeepalives                                 atomic.Uint64
+	nKeepalives, nBadKeepalives                                  atomic.Uint64
 }
 
 // parkBody is PARKED's body: the token and key of the parked

@@ -1,7 +1,6 @@
 package rendezvous
 
 import (
-	"context"
 	"errors"
 	"net"
 	"net/netip"
@@ -113,8 +112,7 @@ func TestParkWakeLost(t *testing.T) {
 	waitParked(t, rs, b, 1)
 
 	var dropped atomic.Int32
-	testParkDrop = func(kind byte) bool { return kind == parkKindWake && dropped.Add(1) == 1 }
-	t.Cleanup(func() { testParkDrop = nil })
+	setParkDrop(t, func(kind byte) bool { return kind == parkKindWake && dropped.Add(1) == 1 })
 	if _, err := a.Connect(testCtx(t, 5*time.Second), b.cfg.Key.ID(), PeerInfo{}); err != nil {
 		t.Fatalf("Connect with the first WAKE lost: %v", err)
 	}
@@ -123,7 +121,7 @@ func TestParkWakeLost(t *testing.T) {
 	}
 
 	waitParked(t, rs, b, 1)
-	testParkDrop = func(kind byte) bool { return kind == parkKindWake }
+	setParkDrop(t, func(kind byte) bool { return kind == parkKindWake })
 	start := time.Now()
 	_, err := a.Connect(testCtx(t, 8*time.Second), b.cfg.Key.ID(), PeerInfo{})
 	if !errors.Is(err, ErrNotWoken) || !errors.Is(err, ErrTimeout) {
@@ -285,8 +283,7 @@ func TestParkedExpiry(t *testing.T) {
 	rs := startTestServer(t, parkServerConfig())
 	b := startClient(t, "b", mustKey(t), []ServerAddr{rs.ServerAddr()}, newPathsTransport(t))
 	waitParked(t, rs, b, 1)
-	testParkDrop = func(byte) bool { return true } // the node hears nothing
-	t.Cleanup(func() { testParkDrop = nil })
+	setParkDrop(t, func(byte) bool { return true }) // the node hears nothing
 	deadline := time.Now().Add(15 * time.Second)
 	for b.parkedNow() && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
@@ -294,7 +291,13 @@ func TestParkedExpiry(t *testing.T) {
 	if b.parkedNow() {
 		t.Fatal("still parked although the server's answers were lost")
 	}
-	testParkDrop = nil
+	testParkDrop.Store(nil)
 	waitFor(t, "the node to register again", func() bool { return b.Current() != (ServerAddr{}) })
-	_ = context.Background
+}
+
+// setParkDrop drops the server's park datagrams for which drop returns
+// true, until the test ends.
+func setParkDrop(t *testing.T, drop func(kind byte) bool) {
+	testParkDrop.Store(&drop)
+	t.Cleanup(func() { testParkDrop.Store(nil) })
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/reachp2p/reach/internal/pathsock"
@@ -200,7 +201,7 @@ func (cc *clientConn) reattach() {
 
 // testParkDrop, set by tests, drops the server's park datagrams of the
 // kinds for which it returns true (a lost WAKE).
-var testParkDrop func(kind byte) bool
+var testParkDrop atomic.Pointer[func(kind byte) bool]
 
 // parkDemux hands the park datagrams one socket receives from one server
 // to its parked registrations, by token (a process that runs several
@@ -275,7 +276,7 @@ func (d *parkDemux) take(b []byte, _ netip.AddrPort) (int, netip.AddrPort) {
 	if err != nil {
 		return 0, netip.AddrPort{}
 	}
-	if h := testParkDrop; h != nil && h(kind) {
+	if h := testParkDrop.Load(); h != nil && (*h)(kind) {
 		return 0, netip.AddrPort{}
 	}
 	p.mu.Lock()

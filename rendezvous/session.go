@@ -129,6 +129,7 @@ func (ss *session) run(ctx context.Context) {
 		// keepalives stop (park.go).
 		ss.closeWith(nil)
 		<-ss.writerDone
+		ss.shed()
 		return
 	case errors.As(err, &pe):
 		if errors.Is(pe, ErrProtocol) {
@@ -145,6 +146,20 @@ func (ss *session) run(ctx context.Context) {
 	}
 	<-ss.writerDone
 	s.unregister(ss)
+}
+
+// shed lets a parked session's connection go: what refers to it (the
+// stream, the closures over the connection) would keep its QUIC state,
+// tens of KB, alive with the registration.
+func (ss *session) shed() {
+	ss.qmu.Lock()
+	defer ss.qmu.Unlock()
+	addr := ss.park.addr
+	ss.rw = nil
+	ss.setReadDeadline, ss.setWriteDeadline = nil, nil
+	ss.closeConn, ss.closeParked = nil, nil
+	ss.observed = func() netip.AddrPort { return addr }
+	ss.queue = nil
 }
 
 // closeWith starts closing the session; the writer sends an ERROR frame

@@ -366,7 +366,7 @@ func (s *Server) notWoken(ss *session) {
 	s.pk.nNotWoken.Add(1)
 	ss.log.Info("parked peer did not wake", "within", s.cfg.Park.WakeTimeout)
 	for _, id := range ids {
-		s.finishIntro(id, nil, resultBody{Error: codeNotWoken, Reason: fmt.Sprintf("the peer was parked and did not wake within %v", s.cfg.Park.WakeTimeout)})
+		s.finishIntro(id, nil, resultBody{Error: codeNotWoken, Reason: fmt.Sprintf("woken, it did not come back within %v", s.cfg.Park.WakeTimeout)})
 	}
 }
 

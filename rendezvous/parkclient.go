@@ -139,6 +139,9 @@ func (cc *clientConn) runParked() {
 			cc.fail(ErrClosed)
 			return
 		case <-cc.done:
+			if c.ctx.Err() != nil {
+				send(parkLeave) // Close: the server forgets the registration now
+			}
 			return
 		case <-p.wake:
 			cc.reattach()

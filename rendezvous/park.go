@@ -277,7 +277,8 @@ func (s *Server) takeKeepalive(b []byte, from netip.AddrPort) (int, netip.AddrPo
 	kind := byte(parkKindPong)
 	if len(p.queue) > 0 {
 		kind = parkKindWake
-		p.woke = now
+		p.woke = now // the next resend is a second from now
+		s.pk.nWakes.Add(1)
 	}
 	p.sndCtr++
 	out := appendParkDatagram(nil, parkToNode, p.token, p.sndCtr, kind, &p.key)

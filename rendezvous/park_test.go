@@ -369,3 +369,44 @@ func BenchmarkParkKeepalive(b *testing.B) {
 		}
 	})
 }
+
+// What waits for a parked node is bounded (ParkConfig.MaxQueue): an
+// introduction beyond it gets ErrBusy at once; those queued get
+// ErrNotWoken when the node does not come. One WAKE a second at most.
+func TestParkQueueBounded(t *testing.T) {
+	cfg := parkServerConfig()
+	cfg.Park.MaxQueue = 2
+	rs := startTestServer(t, cfg)
+	servers := []ServerAddr{rs.ServerAddr()}
+	b := startClient(t, "b", mustKey(t), servers, newPathsTransport(t))
+	a := startClient(t, "a", mustKey(t), servers, newTransport(t))
+	waitParked(t, rs, b, 1)
+	setParkDrop(t, func(kind byte) bool { return kind == parkKindWake })
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			_, err := a.Connect(testCtx(t, 8*time.Second), b.cfg.Key.ID(), PeerInfo{})
+			errs <- err
+		}()
+	}
+	var busy, notWoken int
+	for range 4 {
+		switch err := <-errs; {
+		case errors.Is(err, ErrNotWoken):
+			notWoken++
+		case errors.Is(err, ErrBusy):
+			busy++
+		default:
+			t.Errorf("Connect: %v, want ErrBusy or ErrNotWoken", err)
+		}
+	}
+	if busy != 2 || notWoken != 2 {
+		t.Errorf("%d ErrBusy and %d ErrNotWoken, want 2 and 2 (queue of 2)", busy, notWoken)
+	}
+	// Within the WakeTimeout of 2 s: the first WAKE, and the answers to
+	// the node's keepalives (every 300 ms), which say WAKE instead of PONG
+	// (the resend each second waits while they do): 8 or so.
+	if w := rs.Stats().Wakes; w < 2 || w > 10 {
+		t.Errorf("%d WAKEs sent in 2 s, want 2-10 (the first, then one per keepalive)", w)
+	}
+}

@@ -154,11 +154,15 @@ func (ss *session) run(ctx context.Context) {
 func (ss *session) shed() {
 	ss.qmu.Lock()
 	defer ss.qmu.Unlock()
-	addr := ss.park.addr
+	srv, p := ss.srv, ss.park
 	ss.rw = nil
 	ss.setReadDeadline, ss.setWriteDeadline = nil, nil
 	ss.closeConn, ss.closeParked = nil, nil
-	ss.observed = func() netip.AddrPort { return addr }
+	ss.observed = func() netip.AddrPort { // where its keepalives come from now
+		srv.pmu.Lock()
+		defer srv.pmu.Unlock()
+		return p.addr
+	}
 	ss.queue = nil
 }
 

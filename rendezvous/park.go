@@ -375,19 +375,26 @@ func (s *Server) notWoken(ss *session) {
 // stopped.
 func (s *Server) expireParked(now time.Time) {
 	var gone []*session
+	var left []bool
 	s.pmu.Lock()
 	for _, ss := range s.pk.parked {
 		if now.Sub(ss.park.heard) > s.cfg.Park.parkExpiry() {
 			gone = append(gone, ss)
+			left = append(left, ss.park.heard.IsZero())
 		}
 	}
 	s.pmu.Unlock()
-	for _, ss := range gone {
-		if s.unpark(ss) {
+	for i, ss := range gone {
+		if !s.unpark(ss) {
+			continue
+		}
+		if left[i] {
+			ss.log.Debug("parked node left")
+		} else {
 			s.pk.nExpired.Add(1)
 			ss.log.Debug("parked registration expired")
-			s.unregister(ss)
 		}
+		s.unregister(ss)
 	}
 }
 

@@ -193,6 +193,24 @@ func (s *Server) park(ss *session) error {
 	return errParked
 }
 
+// shed lets a parked session's connection go: what refers to it (the
+// stream, the closures over the connection) would keep its QUIC state,
+// tens of KB, alive with the registration.
+func (ss *session) shed() {
+	ss.qmu.Lock()
+	defer ss.qmu.Unlock()
+	srv, p := ss.srv, ss.park
+	ss.rw = nil
+	ss.setReadDeadline, ss.setWriteDeadline = nil, nil
+	ss.closeConn, ss.closeParked = nil, nil
+	ss.observed = func() netip.AddrPort { // where its keepalives come from now
+		srv.pmu.Lock()
+		defer srv.pmu.Unlock()
+		return p.addr
+	}
+	ss.queue = nil
+}
+
 // parkEnqueue queues b for parked ss (the caller holds ss.qmu) and wakes
 // the node; false if the queue is full.
 func (s *Server) parkEnqueue(ss *session, p *parkState, b []byte) bool {

@@ -148,24 +148,6 @@ func (ss *session) run(ctx context.Context) {
 	s.unregister(ss)
 }
 
-// shed lets a parked session's connection go: what refers to it (the
-// stream, the closures over the connection) would keep its QUIC state,
-// tens of KB, alive with the registration.
-func (ss *session) shed() {
-	ss.qmu.Lock()
-	defer ss.qmu.Unlock()
-	srv, p := ss.srv, ss.park
-	ss.rw = nil
-	ss.setReadDeadline, ss.setWriteDeadline = nil, nil
-	ss.closeConn, ss.closeParked = nil, nil
-	ss.observed = func() netip.AddrPort { // where its keepalives come from now
-		srv.pmu.Lock()
-		defer srv.pmu.Unlock()
-		return p.addr
-	}
-	ss.queue = nil
-}
-
 // closeWith starts closing the session; the writer sends an ERROR frame
 // for pe (if not nil) and closes the transport. Only the first call counts.
 func (ss *session) closeWith(pe *ProtocolError) {

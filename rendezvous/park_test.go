@@ -410,3 +410,19 @@ func TestParkQueueBounded(t *testing.T) {
 		t.Errorf("%d WAKEs sent in 2 s, want 2-10 (the first, then one per keepalive)", w)
 	}
 }
+
+// A server that stops tells its parked nodes (GONE): they register with
+// the next server at once rather than after their keepalives go
+// unanswered.
+func TestParkedServerShutdown(t *testing.T) {
+	rs1 := startTestServer(t, parkServerConfig())
+	rs2 := startTestServer(t, ServerConfig{})
+	b := startClient(t, "b", mustKey(t), []ServerAddr{rs1.ServerAddr(), rs2.ServerAddr()}, newPathsTransport(t))
+	waitParked(t, rs1, b, 1)
+	start := time.Now()
+	rs1.Close()
+	waitFor(t, "the node to register with the other server", func() bool { return b.Current() == rs2.ServerAddr() })
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("registered elsewhere after %v: GONE was not heeded (keepalive loss takes ~8 s)", d)
+	}
+}

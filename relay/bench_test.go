@@ -39,13 +39,16 @@ var idleKinds = []struct {
 	reg      string // "", "udp", "tcp": the rendezvous registration
 	link     string // "", "udp", "tls": the relay link
 	sameSock bool   // registration and link share the node's socket
+	park     bool   // the server parks idle registrations (after 1 s)
 }{
-	{"reg", "udp", "", false},
-	{"reg-tcp", "tcp", "", false},
-	{"udp", "", "udp", false},
-	{"tls", "", "tls", false},
-	{"reg+udp", "udp", "udp", true},
-	{"reg-tcp+tls", "tcp", "tls", false},
+	{"reg", "udp", "", false, false},
+	{"reg-parked", "udp", "", false, true},
+	{"reg-tcp", "tcp", "", false, false},
+	{"udp", "", "udp", false, false},
+	{"tls", "", "tls", false, false},
+	{"reg+udp", "udp", "udp", true, false},
+	{"reg-parked+udp", "udp", "udp", true, true},
+	{"reg-tcp+tls", "tcp", "tls", false, false},
 }
 
 // BenchmarkRelayIdleMemory: the server's memory per idle peer, as the
@@ -82,7 +85,7 @@ func BenchmarkRelayIdleMemory(b *testing.B) {
 				b.Logf("%s: %d peers: %d open files allowed", k.name, peers, lim.Cur)
 			}
 			for range b.N {
-				srv := startMemServer(b)
+				srv := startMemServer(b, k.park)
 				before := srv.measure(b)
 				nodes, err := linkIdlePeers(srv.cs, peers, k.reg, k.link, k.sameSock)
 				defer nodes.close()
@@ -90,6 +93,9 @@ func BenchmarkRelayIdleMemory(b *testing.B) {
 					b.Fatal(err)
 				}
 				time.Sleep(3 * time.Second) // handshakes' garbage settles, keep-alives start
+				if k.park {
+					time.Sleep(3 * time.Second) // the last ones park, and their connections close
+				}
 				after := srv.measure(b)
 				// A peer whose keep-alives were starved of CPU may have
 				// timed out meanwhile (the two cores are shared): its
@@ -117,6 +123,9 @@ func BenchmarkRelayIdleMemory(b *testing.B) {
 				b.ReportMetric(per(func(m memFigures) float64 { return m.goroutines }), "goroutines/peer")
 				if k.link == "udp" {
 					b.Logf("%d of %d links detached", after.detached, after.linked)
+				}
+				if k.park {
+					b.Logf("%d of %d registrations parked", after.parked, after.registered)
 				}
 				b.Logf("stacks used %.1f KB/peer", per(func(m memFigures) float64 { return m.stackUsed })/1024)
 				b.Logf("%s: %d idle peers: RSS %.1f KB each (%.0f -> %.0f MB); heap %.1f KB, stacks %.1f KB, %.2f goroutines each",
@@ -160,13 +169,17 @@ type memServer struct {
 type memFigures struct {
 	rss, heap, stacks, goroutines float64
 	registered, linked, detached  int
+	parked                        int     // registrations parked (ServerConfig.Park)
 	settled                       float64 // RSS once the runtime returned its free memory (debug.FreeOSMemory)
 	stackUsed                     float64 // the used part of goroutine stacks
 }
 
-func startMemServer(b *testing.B) *memServer {
+func startMemServer(b *testing.B, park bool) *memServer {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "RELAY_MEM_SERVER=1")
+	if park {
+		cmd.Env = append(cmd.Env, "RELAY_MEM_PARK=1")
+	}
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -207,7 +220,7 @@ func (s *memServer) measure(b *testing.B) memFigures {
 		b.Fatal(err)
 	}
 	m := memFigures{rss: float64(rss)}
-	if _, err := fmt.Sscan(s.command(b, "mem"), &m.heap, &m.stacks, &m.goroutines, &m.registered, &m.linked, &m.stackUsed, &m.detached); err != nil {
+	if _, err := fmt.Sscan(s.command(b, "mem"), &m.heap, &m.stacks, &m.goroutines, &m.registered, &m.linked, &m.stackUsed, &m.detached, &m.parked); err != nil {
 		b.Fatal(err)
 	}
 	s.command(b, "free")
@@ -260,7 +273,12 @@ func raiseFileLimit() {
 func memServerChild() error {
 	raiseFileLimit()
 	rl := relay.NewServer(relay.ServerConfig{ConnRate: -1, MaxLinksPerIP: -1, MaxClients: 1 << 20, Logger: quiet()})
+	var park rendezvous.ParkConfig
+	if os.Getenv("RELAY_MEM_PARK") != "" {
+		park.After = time.Second
+	}
 	rs, err := rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{
+		Park:      park,
 		Logger:    quiet(),
 		MaxPeers:  1 << 20,
 		Limits:    rendezvous.LimitConfig{Disable: true},
@@ -282,7 +300,8 @@ func memServerChild() error {
 			runtime.ReadMemStats(&m)
 			ms := []metrics.Sample{{Name: "/gc/scan/stack:bytes"}}
 			metrics.Read(ms)
-			fmt.Println(m.HeapInuse, m.StackInuse, runtime.NumGoroutine(), rs.Stats().Peers, rl.Stats().Clients, ms[0].Value.Uint64(), rl.Metrics().Detached)
+			st := rs.Stats()
+			fmt.Println(m.HeapInuse, m.StackInuse, runtime.NumGoroutine(), st.Peers, rl.Stats().Clients, ms[0].Value.Uint64(), rl.Metrics().Detached, st.Parked)
 		case "free":
 			runtime.GC()
 			debug.FreeOSMemory()

@@ -410,6 +410,10 @@ func relayCPUChild(kind string) error {
 		rcfg.MaxClients = 1 << 20
 		scfg.MaxPeers = 1 << 20
 		scfg.Limits.Disable = true
+		if os.Getenv("RELAY_SCALE_PARK") != "" {
+			// Registrations park after 1 s idle (ServerConfig.Park).
+			scfg.Park.After = time.Second
+		}
 	}
 	rl := relay.NewServer(rcfg)
 	scfg.Protocols = map[string]rendezvous.Protocol{relay.ALPN: rl}
@@ -439,7 +443,8 @@ func relayCPUChild(kind string) error {
 		case "peers":
 			rss, _ := vmRSS(os.Getpid())
 			m := rl.Metrics()
-			fmt.Println("ok", rs.Stats().Peers, rl.Stats().Clients, m.Detached, rss, m.Connections["udp"])
+			st := rs.Stats()
+			fmt.Println("ok", st.Peers, rl.Stats().Clients, m.Detached, rss, m.Connections["udp"], st.Parked)
 		case "profile":
 			if p := os.Getenv("RELAY_CPU_PROFILE"); p != "" && prof == nil {
 				if prof, err = os.Create(p + "-" + kind + ".pprof"); err != nil {

@@ -73,6 +73,16 @@ type ClientConfig struct {
 	// a fleet name), else three of the server's keepalive intervals (30 s:
 	// one ping each 10 s). Negative: the latter always.
 	Liveness time.Duration
+	// ParkAfter is how long the registration must have been idle (no
+	// frame but pings either way, no request in flight) before the
+	// client parks it, on a server that offers parking (REGISTERED;
+	// ServerConfig.Park): its QUIC connection closes and the node keeps
+	// the registration with a keepalive datagram from Transport (which
+	// must be the node's *pathsock.Conn) every 25 s; the server wakes it
+	// for an introduction, and Connect re-attaches first. Zero: the
+	// server's offer. Negative: never park. A value below the server's
+	// offer counts as the offer.
+	ParkAfter time.Duration
 
 	// lookupNetIP resolves server names for QUIC (tests give a name
 	// addresses without DNS). Nil: net.DefaultResolver.
@@ -377,12 +387,19 @@ func (c *Client) handedOver(ctx context.Context, cc *clientConn) bool {
 // connect sends one introduction request on the current registration and
 // waits for its result; it returns the connection it used (nil if none).
 func (c *Client) connect(ctx context.Context, peer identity.PeerID, offer PeerInfo, f *Flight) (PeerInfo, *clientConn, error) {
-	cc, err := c.waitConn(ctx)
-	if err != nil {
-		return PeerInfo{}, nil, err
+	for try := 0; ; try++ {
+		cc, err := c.waitConn(ctx)
+		if err != nil {
+			return PeerInfo{}, nil, err
+		}
+		answer, err := c.request(ctx, cc, peer, offer, f)
+		if errors.Is(err, errConnParked) && try < 3 {
+			// The registration parked between waitConn and the write:
+			// waitConn wakes it now.
+			continue
+		}
+		return answer, cc, err
 	}
-	answer, err := c.request(ctx, cc, peer, offer, f)
-	return answer, cc, err
 }
 
 // request sends one introduction request on cc and waits for its result.
@@ -446,7 +463,7 @@ func (c *Client) waitConn(ctx context.Context) (*clientConn, error) {
 			return nil, replaced
 		case !started:
 			return nil, errors.New("rendezvous: client not started")
-		case cc != nil:
+		case cc != nil && !cc.requestWake():
 			return cc, nil
 		}
 		select {

@@ -17,6 +17,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/tcpinfo"
 )
 
@@ -38,11 +39,21 @@ type clientConn struct {
 	fleet     []string             // REGISTERED: the other live servers of the fleet
 	inFleet   bool                 // REGISTERED: the server is in a fleet (fleet is its list, maybe empty)
 	relearned chan struct{}        // a PONG changed the servers known: pingLoop re-arms
+	parkedCh  chan struct{}        // closed when the registration parked: pingLoop ends
 	protocols []string             // REGISTERED's: the server's other ALPN protocols
 	codes     bool                 // REGISTERED's: the server keeps a short-code mailbox
 	rtt       func() time.Duration // nil: unknown (TCP)
 
 	wmu sync.Mutex // serialises writes
+	// Parking (parkclient.go). parking (PARK sent, no answer yet) and
+	// park are guarded by wmu; writes wait on wcond while parking.
+	paths     *pathsock.Conn // the node's socket, if it can take park datagrams
+	parkAfter time.Duration  // idle time before PARK; zero: never
+	active    atomic.Int64   // UnixNano of the last frame but PING/PONG either way
+	parking   bool
+	park      *clientPark
+	wcond     *sync.Cond
+	resume    uint64 // REGISTER's: the parked registration this one takes over
 
 	mu      sync.Mutex
 	pending map[uint64]chan result // nil once failed
@@ -60,8 +71,11 @@ type result struct {
 const writeTimeout = 10 * time.Second
 
 func newClientConn(c *Client, sa ServerAddr, proto string) *clientConn {
-	return &clientConn{c: c, server: sa, proto: proto, pending: make(map[uint64]chan result), done: make(chan struct{}),
-		relearned: make(chan struct{}, 1)}
+	cc := &clientConn{c: c, server: sa, proto: proto, pending: make(map[uint64]chan result), done: make(chan struct{}),
+		relearned: make(chan struct{}, 1), parkedCh: make(chan struct{})}
+	cc.wcond = sync.NewCond(&cc.wmu)
+	cc.active.Store(time.Now().UnixNano())
+	return cc
 }
 
 // dialServer registers with sa: QUIC first; TCP+TLS after UDPHeadStart or
@@ -428,6 +442,7 @@ func (c *Client) dialQUIC(ctx context.Context, sa ServerAddr) (*clientConn, erro
 	}
 	cc := newClientConn(c, sa, "udp")
 	cc.remote = addrPortOf(qc.RemoteAddr())
+	cc.paths, _ = c.cfg.Transport.Conn.(*pathsock.Conn)
 	cc.rw = st
 	cc.setReadDeadline = st.SetReadDeadline
 	cc.setWriteDeadline = st.SetWriteDeadline
@@ -497,7 +512,7 @@ func (cc *clientConn) register(ctx context.Context) error {
 		cc.setReadDeadline(dl)
 		cc.setWriteDeadline(dl)
 	}
-	b, _ := appendFrame(nil, typeRegister, registerBody{Agent: "reach"})
+	b, _ := appendFrame(nil, typeRegister, registerBody{Agent: "reach", Resume: cc.resume})
 	if _, err := cc.rw.Write(b); err != nil {
 		return cc.mapErr(err)
 	}
@@ -523,6 +538,9 @@ func (cc *clientConn) register(ctx context.Context) error {
 			cc.protocols = rb.Protocols
 			cc.fleet, cc.inFleet = rb.Servers, rb.Fleet
 			cc.codes = rb.Codes
+			if pa := cc.c.cfg.ParkAfter; rb.ParkAfterMS > 0 && pa >= 0 {
+				cc.parkAfter = max(pa, time.Duration(rb.ParkAfterMS)*time.Millisecond)
+			}
 			cc.keepalive = max(time.Duration(rb.KeepaliveMS)*time.Millisecond, 100*time.Millisecond)
 			if rb.KeepaliveMS == 0 {
 				cc.keepalive = 10 * time.Second
@@ -544,6 +562,14 @@ func (cc *clientConn) register(ctx context.Context) error {
 // readLoop handles frames from the server until the connection dies.
 func (cc *clientConn) readLoop() {
 	err := cc.readFrames()
+	cc.wmu.Lock()
+	cc.parking = false // writers waiting for PARKED see the outcome
+	cc.wcond.Broadcast()
+	cc.wmu.Unlock()
+	if errors.Is(err, errConnParked) {
+		cc.runParked()
+		return
+	}
 	cc.fail(err)
 	cc.c.lost(cc, err)
 }
@@ -558,11 +584,22 @@ func (cc *clientConn) readFrames() error {
 			}
 			var pe *ProtocolError
 			if errors.As(err, &pe) {
-				cc.write(typeError, errorBody{Code: pe.Code, Reason: pe.Reason})
+				cc.writeFrame(typeError, errorBody{Code: pe.Code, Reason: pe.Reason}, false)
 			}
 			return cc.mapErr(err)
 		}
+		if t != typePing && t != typePong && t != typeParked {
+			cc.active.Store(time.Now().UnixNano())
+		}
 		switch t {
+		case typeParked:
+			var pb parkedBody
+			if err := decodeBody(t, body, &pb); err != nil {
+				return err
+			}
+			if err := cc.parked(pb); err != nil {
+				return err
+			}
 		case typeResult:
 			var rb resultBody
 			if err := decodeBody(t, body, &rb); err != nil {
@@ -587,7 +624,7 @@ func (cc *clientConn) readFrames() error {
 			default:
 				cc.c.log.Warn("incoming queue full; rejecting introduction", "from", ib.Offer.Peer.Short())
 				in.flight.Close()
-				cc.write(typeReject, rejectBody{ID: ib.ID, Reason: "busy"})
+				cc.writeFrame(typeReject, rejectBody{ID: ib.ID, Reason: "busy"}, false)
 			}
 		case typeFlight:
 			var fb flightBody
@@ -604,7 +641,7 @@ func (cc *clientConn) readFrames() error {
 		case typePing:
 			var p pingBody
 			decodeBody(t, body, &p)
-			cc.write(typePong, p)
+			cc.writeFrame(typePong, p, false)
 		case typePong:
 			var p pingBody
 			if err := decodeBody(t, body, &p); err != nil {
@@ -654,9 +691,30 @@ const minLiveness = 300 * time.Millisecond
 func (cc *clientConn) pingLoop() {
 	t := time.NewTimer(cc.silentFor() / 3)
 	defer t.Stop()
+	// parkT fires when the registration may have been idle for parkAfter
+	// (parkclient.go); never without an offer to park.
+	parkT := time.NewTimer(time.Hour)
+	defer parkT.Stop()
+	parkT.Stop()
+	armPark := func() {
+		if cc.parkAfter > 0 {
+			idle := time.Since(time.Unix(0, cc.active.Load()))
+			parkT.Reset(max(cc.parkAfter-idle, 10*time.Millisecond))
+		}
+	}
+	armPark()
 	var seq uint64
 	for {
 		select {
+		case <-parkT.C:
+			if cc.parkEligible() {
+				cc.tryPark()
+				parkT.Reset(cc.parkAfter) // if refused or lost: not before
+			} else {
+				armPark()
+			}
+		case <-cc.parkedCh:
+			return
 		case <-t.C:
 			seq++
 			if cc.write(typePing, pingBody{Seq: seq}) != nil {
@@ -673,16 +731,31 @@ func (cc *clientConn) pingLoop() {
 	}
 }
 
-// write sends one frame; a failure kills the connection.
-func (cc *clientConn) write(t msgType, body any) error {
+// write sends one frame; a failure kills the connection. While PARK
+// awaits its answer it waits; on a parked registration it fails with
+// errConnParked (and ErrServerLost).
+func (cc *clientConn) write(t msgType, body any) error { return cc.writeFrame(t, body, true) }
+
+// writeFrame is write; the reader's own writes do not wait for PARKED
+// (wait false): the reader is what takes it.
+func (cc *clientConn) writeFrame(t msgType, body any, wait bool) error {
 	b, err := appendFrame(nil, t, body)
 	if err != nil {
 		return err
 	}
 	cc.wmu.Lock()
 	defer cc.wmu.Unlock()
+	for wait && cc.parking {
+		cc.wcond.Wait()
+	}
+	if cc.park != nil {
+		return fmt.Errorf("%w: %w", ErrServerLost, errConnParked)
+	}
 	if err := cc.Err(); err != nil {
 		return fmt.Errorf("%w: %w", ErrServerLost, err)
+	}
+	if t != typePing && t != typePong {
+		cc.active.Store(time.Now().UnixNano())
 	}
 	cc.setWriteDeadline(time.Now().Add(writeTimeout))
 	if _, err := cc.rw.Write(b); err != nil {

@@ -50,6 +50,11 @@ var (
 	ErrPeerOffline = errors.New("rendezvous: peer is offline")
 	// ErrTimeout: the target did not answer an introduction in time.
 	ErrTimeout = errors.New("rendezvous: peer did not answer in time")
+	// ErrNotWoken: the target's registration was parked (idle, without
+	// a connection: ParkConfig) and the node did not come back within
+	// the server's WakeTimeout after the server woke it. It also matches
+	// ErrTimeout.
+	ErrNotWoken = fmt.Errorf("%w: the parked peer did not wake", ErrTimeout)
 	// ErrRejected: the target rejected the introduction (see RejectedError
 	// for its reason).
 	ErrRejected = errors.New("rendezvous: peer rejected the connection")
@@ -154,6 +159,8 @@ func (e *ConnectError) Unwrap() error {
 		return ErrPeerOffline
 	case codeTimeout:
 		return ErrTimeout
+	case codeNotWoken:
+		return ErrNotWoken
 	case codeRejected:
 		return ErrRejected
 	case codeBusy:

@@ -45,6 +45,8 @@ const (
 	typeFlight      msgType = 0x82 // either way: a packet of an introduction's first flight
 	typeCode        msgType = 0x83 // client → server: a short-code mailbox request (mailbox.go)
 	typeCodeResult  msgType = 0x84 // server → client: its result
+	typePark        msgType = 0x85 // client → server: park this idle registration (park.go)
+	typeParked      msgType = 0x86 // server → client: parked (token, key) or refused
 )
 
 func (t msgType) String() string {
@@ -63,6 +65,10 @@ func (t msgType) String() string {
 		return "CODE"
 	case typeCodeResult:
 		return "CODE_RESULT"
+	case typePark:
+		return "PARK"
+	case typeParked:
+		return "PARKED"
 	}
 	return fmt.Sprintf("type 0x%02x", byte(t))
 }
@@ -85,12 +91,16 @@ const (
 	codeTimeout     = "timeout"
 	codeRejected    = "rejected"
 	codeBadRequest  = "bad_request"
+	codeNotWoken    = "not_woken"
 )
 
 // Frame bodies.
 type (
 	registerBody struct {
 		Agent string `json:"agent,omitempty"`
+		// Resume is the token of the node's parked registration that
+		// this one takes over (its frames are delivered here).
+		Resume uint64 `json:"resume,omitempty"`
 	}
 	registeredBody struct {
 		Peer        identity.PeerID `json:"peer"`
@@ -108,6 +118,9 @@ type (
 		// when empty.
 		Servers []string `json:"servers,omitempty"`
 		Fleet   bool     `json:"fleet,omitempty"`
+		// ParkAfterMS, when not zero, says the server parks idle
+		// registrations (PARK) idle for this long (ParkConfig.After).
+		ParkAfterMS int64 `json:"park_after_ms,omitempty"`
 	}
 	connectBody struct {
 		ID     uint64          `json:"id"`
@@ -217,7 +230,7 @@ func (fr *frameReader) next() (msgType, []byte, error) {
 // knownExtension reports whether this version understands extension t.
 func knownExtension(t msgType) bool {
 	switch t {
-	case typeVolunteer, typeVolunteered, typeFlight, typeCode, typeCodeResult:
+	case typeVolunteer, typeVolunteered, typeFlight, typeCode, typeCodeResult, typePark, typeParked:
 		return true
 	}
 	return false

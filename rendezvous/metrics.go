@@ -12,13 +12,13 @@ import (
 // IntroAnswered is the outcome of an introduction the target answered
 // (Breakdown.Introductions); the other outcomes are the error codes the
 // dialler gets: rejected, timeout, unknown_peer, peer_offline, busy,
-// rate_limited, bad_request.
+// rate_limited, bad_request, registry_unavailable, not_woken.
 const IntroAnswered = "answered"
 
 // IntroOutcomes lists every outcome Breakdown.Introductions counts, in a
 // fixed order (the metrics export each, at zero until it happens).
 var IntroOutcomes = []string{IntroAnswered, codeRejected, codeTimeout, codeUnknownPeer, codePeerOffline,
-	codeBusy, codeRateLimited, codeBadRequest, codeRegistryUnavailable}
+	codeBusy, codeRateLimited, codeBadRequest, codeRegistryUnavailable, codeNotWoken}
 
 // Transports lists the transports Breakdown.Peers counts registrations
 // by: QUIC over UDP, and TLS over TCP (directly or in a WebSocket).

@@ -132,6 +132,9 @@ type ServerConfig struct {
 	// Codes configures the short-code mailbox (CODE frames: package
 	// shortcode). Zero: on, with its defaults (see CodeConfig).
 	Codes CodeConfig
+	// Park lets idle registrations over QUIC leave their connection and
+	// live on as keepalive datagrams (ParkConfig). Zero: off.
+	Park ParkConfig
 }
 
 // Protocol serves connections that negotiated another ALPN than ALPN on a
@@ -185,6 +188,7 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	defD(&c.IdleTimeout, 30*time.Second)
 	defD(&c.HandshakeTimeout, 10*time.Second)
 	defD(&c.RememberOffline, 24*time.Hour)
+	c.Park = c.Park.withDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -232,6 +236,11 @@ type Server struct {
 	nFleetSent, nFleetServed, nRegistryErrors atomic.Uint64
 
 	nRegistrations, nReplaced, nIntros, nIntrosRefused, nSTUN, nDropped, nProtoErr, nHandshakeFail atomic.Uint64
+
+	// pmu guards pk's maps and every parkState (park.go); it is taken
+	// after s.mu and a session's qmu, never before.
+	pmu sync.Mutex
+	pk  parkServer
 
 	outcomes                       outcomeCounts // by label, for the metrics (metrics.go)
 	nFlightRelayed, nFlightDropped atomic.Uint64
@@ -365,6 +374,8 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 				wg.Go(func() { <-ctx.Done(); stop() })
 			}
 		}
+		waitPark := s.startParking(ctx, paths)
+		wg.Go(func() { <-ctx.Done(); waitPark() })
 		tr = &quic.Transport{
 			Conn:                paths,
 			VerifySourceAddress: s.lim.verifySource,
@@ -520,6 +531,13 @@ func (s *Server) handleQUIC(ctx context.Context, conn *quic.Conn) {
 			} else {
 				conn.CloseWithError(quicCodeNoError, "")
 			}
+		},
+		closeParked: func() {
+			// The stream's end follows PARKED; the node closes the
+			// connection once it read it, or the server does after
+			// parkCloseGrace.
+			st.Close()
+			time.AfterFunc(parkCloseGrace, func() { conn.CloseWithError(quicCodeNoError, "parked") })
 		},
 	}
 	sess.run(ctx)

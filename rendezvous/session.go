@@ -29,6 +29,9 @@ type session struct {
 	setReadDeadline  func(time.Time) error
 	setWriteDeadline func(time.Time) error
 	closeConn        func(*ProtocolError) // closes the transport; nil: no error
+	// closeParked ends the transport of a session that parked: gently,
+	// so that PARKED arrives (QUIC's CONNECTION_CLOSE would discard it).
+	closeParked func()
 
 	log       *slog.Logger
 	done      chan struct{} // closed by closeWith
@@ -45,6 +48,13 @@ type session struct {
 	space      chan struct{} // tells the reader that the writer wrote a batch
 	fleetVer   uint64        // the version of the fleet's server list last sent (reader only)
 	writerDone chan struct{} // closed by the writer that closed the transport
+	// park is set (under qmu, once) when the session parks: frames go to
+	// its queue from then on (park.go). drain makes the writer send what
+	// was queued before (PARKED last) although the session is closing.
+	park  *parkState
+	drain bool
+	// resume is REGISTER's token of a parked registration to take over.
+	resume uint64
 
 	// Guarded by srv.mu.
 	intros   map[uint64]*pendingIntro // introductions this session is part of
@@ -113,6 +123,14 @@ func (ss *session) run(ctx context.Context) {
 	}
 	var pe *ProtocolError
 	switch {
+	case errors.Is(err, errParked):
+		// The writer sends PARKED and closes the connection; the
+		// registration stays, parked, until the node comes back or its
+		// keepalives stop (park.go).
+		ss.closeWith(nil)
+		<-ss.writerDone
+		ss.shed()
+		return
 	case errors.As(err, &pe):
 		if errors.Is(pe, ErrProtocol) {
 			s.nProtoErr.Add(1)
@@ -163,12 +181,16 @@ func (ss *session) kick() {
 // enqueue queues a frame for the writer; false if the session is closing
 // or the queue is full (then, unless drop, the session is closed as slow).
 func (ss *session) enqueue(b []byte, drop bool) bool {
-	select {
-	case <-ss.done:
-		return false
-	default:
-	}
 	ss.qmu.Lock()
+	if p := ss.park; p != nil {
+		ok := ss.srv.parkEnqueue(ss, p, b)
+		ss.qmu.Unlock()
+		return ok
+	}
+	if closed(ss.done) {
+		ss.qmu.Unlock()
+		return false
+	}
 	if len(ss.queue) >= sendQueueLen {
 		ss.qmu.Unlock()
 		if !drop {
@@ -206,6 +228,7 @@ func (ss *session) writeLoop() {
 		ss.qmu.Lock()
 		batch := ss.queue
 		ss.queue = nil
+		drain := ss.drain
 		if len(batch) == 0 {
 			done := closed(ss.done)
 			ss.qmu.Unlock()
@@ -236,7 +259,7 @@ func (ss *session) writeLoop() {
 		}
 		ss.qmu.Unlock()
 		for _, b := range batch {
-			if closed(ss.done) {
+			if closed(ss.done) && !drain {
 				break
 			}
 			ss.setWriteDeadline(time.Now().Add(idle))
@@ -278,7 +301,14 @@ func (ss *session) finish() {
 			ss.rw.Write(b)
 		}
 	}
-	ss.closeConn(ss.final)
+	ss.qmu.Lock()
+	parked := ss.park != nil
+	ss.qmu.Unlock()
+	if parked && ss.closeParked != nil {
+		ss.closeParked()
+	} else {
+		ss.closeConn(ss.final)
+	}
 	close(ss.writerDone)
 }
 
@@ -322,7 +352,11 @@ func (ss *session) readRegister(fr *frameReader) error {
 		return &ProtocolError{Code: codeUnexpected, Reason: fmt.Sprintf("first frame is %s, want REGISTER", t)}
 	}
 	var rb registerBody
-	return decodeBody(t, body, &rb)
+	if err := decodeBody(t, body, &rb); err != nil {
+		return err
+	}
+	ss.resume = rb.Resume
+	return nil
 }
 
 func (ss *session) readLoop(fr *frameReader) error {
@@ -387,6 +421,10 @@ func (ss *session) readLoop(fr *frameReader) error {
 				return err
 			}
 			ss.send(typeCodeResult, s.codes.handle(ss, s.lim, cb))
+		case typePark:
+			if err := s.park(ss); err != nil {
+				return err
+			}
 		case typeError:
 			var eb errorBody
 			decodeBody(t, body, &eb)
@@ -408,6 +446,12 @@ func (s *Server) register(ss *session) error {
 		s.outcomes.regFull.Add(1)
 		return &ProtocolError{Code: codeBusy, Reason: "server is at its peer limit"}
 	}
+	var queued [][]byte
+	var notice []byte
+	var noticeTo netip.AddrPort
+	if old != nil && old.park != nil {
+		queued, notice, noticeTo = s.adoptParkedLocked(ss, old, ss.resume)
+	}
 	s.peers[ss.peer] = ss
 	s.seen[ss.peer] = time.Now()
 	s.mu.Unlock()
@@ -415,7 +459,12 @@ func (s *Server) register(ss *session) error {
 	if r := s.cfg.Registry; r != nil {
 		r.Register(ss.peer)
 	}
-	if old != nil {
+	if notice != nil {
+		s.pk.sock.WriteToUDPAddrPort(notice, noticeTo)
+	}
+	if old != nil && old.park != nil && notice == nil {
+		ss.log.Debug("parked registration resumed", "queued", len(queued))
+	} else if old != nil {
 		s.nReplaced.Add(1)
 		ss.log.Info("registration replaces an older connection")
 		old.closeWith(&ProtocolError{Code: codeReplaced, Reason: "a newer connection registered this peer ID"})
@@ -432,7 +481,11 @@ func (s *Server) register(ss *session) error {
 		Codes:       !s.cfg.Codes.Disable,
 		Servers:     ss.fleetList(),
 		Fleet:       s.fleet.Load() != nil,
+		ParkAfterMS: s.parkAfterFor(ss).Milliseconds(),
 	})
+	for _, b := range queued {
+		ss.enqueue(b, true)
+	}
 	return nil
 }
 

@@ -28,6 +28,17 @@ type Stats struct {
 	FleetIntrosSent   uint64 // introductions handed to another server of the fleet
 	FleetIntrosServed uint64 // introductions from another server delivered to a peer here
 	RegistryErrors    uint64 // dials that failed because the registry was unavailable
+
+	// Parked registrations (ServerConfig.Park).
+	Parked        int    // registrations parked now (counted in Peers too)
+	Parks         uint64 // registrations parked since start
+	Resumed       uint64 // parked registrations their node came back to
+	Wakes         uint64 // WAKE datagrams sent
+	WakesLimited  uint64 // WAKEs not sent over ParkConfig.WakeRate (sent again a second later)
+	NotWoken      uint64 // parked peers that did not come back within WakeTimeout
+	ParkExpired   uint64 // parked registrations forgotten: their keepalives stopped
+	Keepalives    uint64 // valid keepalive datagrams answered
+	BadKeepalives uint64 // park datagrams dropped: unknown token, bad MAC, replayed, wrong size
 }
 
 // Stats returns a snapshot of the server's counters.
@@ -61,5 +72,15 @@ func (s *Server) Stats() Stats {
 		FleetIntrosSent:   s.nFleetSent.Load(),
 		FleetIntrosServed: s.nFleetServed.Load(),
 		RegistryErrors:    s.nRegistryErrors.Load(),
+
+		Parked:        s.parkedCount(),
+		Parks:         s.pk.nParks.Load(),
+		Resumed:       s.pk.nResumed.Load(),
+		Wakes:         s.pk.nWakes.Load(),
+		WakesLimited:  s.pk.nWakesLimited.Load(),
+		NotWoken:      s.pk.nNotWoken.Load(),
+		ParkExpired:   s.pk.nExpired.Load(),
+		Keepalives:    s.pk.nKeepalives.Load(),
+		BadKeepalives: s.pk.nBadKeepalives.Load(),
 	}
 }

@@ -24,17 +24,17 @@ import (
 // TCP) of its IPv4 address until the test ends and returns its connect
 // string.
 func StartServer(t testing.TB, h *natlab.Host) (*rendezvous.RunningServer, string) {
-	return startServer(t, h, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort), false)
+	return startServer(t, h, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort), false, rendezvous.ParkConfig{})
 }
 
 // startServer is StartServer on listen, without first flights if
-// noFlights.
-func startServer(t testing.TB, h *natlab.Host, listen netip.AddrPort, noFlights bool) (*rendezvous.RunningServer, string) {
+// noFlights, parking registrations as park says.
+func startServer(t testing.TB, h *natlab.Host, listen netip.AddrPort, noFlights bool, park rendezvous.ParkConfig) (*rendezvous.RunningServer, string) {
 	t.Helper()
 	var rs *rendezvous.RunningServer
 	err := h.Run(func() error {
 		var err error
-		rs, err = rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{Logger: natlab.TestLogger(t).With("server", h.Name()), DisableFlights: noFlights}, listen)
+		rs, err = rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{Logger: natlab.TestLogger(t).With("server", h.Name()), DisableFlights: noFlights, Park: park}, listen)
 		return err
 	})
 	if err != nil {
@@ -106,12 +106,12 @@ func NewNode(t testing.TB, h *natlab.Host, cfg reach.Config) *reach.Node {
 // and the relay, on UDP and TCP 4950 and TLS on TCP 443 of its IPv4
 // address, until the test ends.
 func StartRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig) (*rendezvous.RunningServer, *relay.Server) {
-	return startRelayServer(t, h, rcfg, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort), false, nil)
+	return startRelayServer(t, h, rcfg, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort), false, nil, rendezvous.ParkConfig{})
 }
 
 // startRelayServer is StartRelayServer on listen, without first flights
-// if noFlights.
-func startRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig, listen netip.AddrPort, noFlights bool, reg rendezvous.Registry) (*rendezvous.RunningServer, *relay.Server) {
+// if noFlights, parking registrations as park says.
+func startRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig, listen netip.AddrPort, noFlights bool, reg rendezvous.Registry, park rendezvous.ParkConfig) (*rendezvous.RunningServer, *relay.Server) {
 	t.Helper()
 	log := rcfg.Logger // a benchmark's quiet logger serves both
 	if log == nil {
@@ -128,6 +128,7 @@ func startRelayServer(t testing.TB, h *natlab.Host, rcfg relay.ServerConfig, lis
 			TLSPort:        443,
 			DisableFlights: noFlights,
 			Registry:       reg,
+			Park:           park,
 		}, listen)
 		return err
 	})

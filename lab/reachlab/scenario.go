@@ -52,6 +52,9 @@ type ServerConfig struct {
 	// Registry joins the server to a fleet (rendezvous.ServerConfig
 	// .Registry); with Relay only. Nil: the in-memory registry.
 	Registry rendezvous.Registry
+	// Park lets the server park idle registrations
+	// (rendezvous.ServerConfig.Park). Zero: off.
+	Park rendezvous.ParkConfig
 }
 
 // NewScenario builds the lab and starts the server (skipping the test
@@ -70,9 +73,9 @@ func NewScenario(t testing.TB, cfg ServerConfig) *Scenario {
 		listen = netip.AddrPortFrom(netip.IPv6Unspecified(), rendezvous.DefaultPort)
 	}
 	if cfg.Relay {
-		s.Server, s.Relay = startRelayServer(t, s.Srv, cfg.RelayConfig, listen, cfg.DisableFlights, cfg.Registry)
+		s.Server, s.Relay = startRelayServer(t, s.Srv, cfg.RelayConfig, listen, cfg.DisableFlights, cfg.Registry, cfg.Park)
 	} else {
-		s.Server, _ = startServer(t, s.Srv, listen, cfg.DisableFlights)
+		s.Server, _ = startServer(t, s.Srv, listen, cfg.DisableFlights, cfg.Park)
 	}
 	sa := s.Server.ServerAddr()
 	sa.Host = s.Srv.Addr().String()
@@ -147,7 +150,7 @@ func (s *Scenario) AddServer(t testing.TB, name string, cfg ServerConfig) (*rend
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs, rl := startRelayServer(t, h, cfg.RelayConfig, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort), cfg.DisableFlights, cfg.Registry)
+	rs, rl := startRelayServer(t, h, cfg.RelayConfig, netip.AddrPortFrom(h.Addr(), rendezvous.DefaultPort), cfg.DisableFlights, cfg.Registry, cfg.Park)
 	sa := rs.ServerAddr()
 	sa.Host = h.Addr().String()
 	return rs, rl, sa.String()

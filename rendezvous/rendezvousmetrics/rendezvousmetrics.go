@@ -53,7 +53,7 @@ var (
 	descRegs = prometheus.NewDesc("reach_rendezvous_registrations_total",
 		"Registrations, by outcome (new, replaced, rate_limited, full).", []string{"outcome"}, nil)
 	descIntros = prometheus.NewDesc("reach_rendezvous_introductions_total",
-		"Introductions asked for, by outcome (answered, rejected, timeout, unknown_peer, peer_offline, busy, rate_limited, bad_request, registry_unavailable).", []string{"outcome"}, nil)
+		"Introductions asked for, by outcome (answered, rejected, timeout, unknown_peer, peer_offline, busy, rate_limited, bad_request, registry_unavailable, not_woken: a parked peer did not come back).", []string{"outcome"}, nil)
 	descSTUN = prometheus.NewDesc("reach_rendezvous_stun_requests_total",
 		"STUN binding requests answered (main and alternate port).", nil, nil)
 	descLimited = prometheus.NewDesc("reach_rendezvous_rate_limited_total",

@@ -1,0 +1,298 @@
+package rendezvous
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/reachp2p/reach/internal/pathsock"
+)
+
+// The client's side of parked registrations (park.go, parkwire.go).
+
+// errConnParked: a write on a registration that parked; the caller asks
+// again on the registration that replaces it (waitConn wakes it).
+var errConnParked = errors.New("rendezvous: registration parked")
+
+// parkRetries are the waits before each keepalive resent when the server
+// did not answer the last one; after the last the registration is lost.
+var parkRetries = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second}
+
+// clientPark is a parked registration at the node.
+type clientPark struct {
+	token     uint64
+	key       [16]byte
+	keepalive time.Duration
+	events    chan byte // datagram kinds from the server, taken by the demux
+	wake      chan struct{}
+
+	mu     sync.Mutex // guards the counters (the demux and runParked)
+	sndCtr uint64
+	rcvCtr uint64
+}
+
+// parkEligible reports whether cc may park now: the server offers it,
+// the node's socket can take the datagrams, nothing is in flight and
+// nothing but pings went either way for parkAfter.
+func (cc *clientConn) parkEligible() bool {
+	if cc.parkAfter <= 0 || cc.paths == nil || cc.c.cfg.Volunteer != nil {
+		return false
+	}
+	if time.Since(time.Unix(0, cc.active.Load())) < cc.parkAfter {
+		return false
+	}
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return cc.pending != nil && len(cc.pending) == 0 && len(cc.flights) == 0
+}
+
+// tryPark sends PARK if cc may park; writes wait until the server's
+// answer arrives (readFrames).
+func (cc *clientConn) tryPark() {
+	cc.wmu.Lock()
+	defer cc.wmu.Unlock()
+	if cc.parking || cc.park != nil || cc.Err() != nil || !cc.parkEligible() {
+		return
+	}
+	b, _ := appendFrame(nil, typePark, nil)
+	cc.setWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := cc.rw.Write(b); err != nil {
+		return // readLoop sees the connection die
+	}
+	cc.parking = true
+}
+
+// parked handles PARKED: the registration parked (readFrames returns
+// errConnParked) or the server refused (the connection goes on).
+func (cc *clientConn) parked(pb parkedBody) error {
+	cc.wmu.Lock()
+	defer cc.wmu.Unlock()
+	cc.parking = false
+	cc.wcond.Broadcast()
+	if pb.Refused != "" || pb.Token == 0 || len(pb.Key) != 16 {
+		cc.c.log.Debug("server refused to park the registration", "reason", pb.Refused)
+		cc.active.Store(time.Now().UnixNano()) // try again after parkAfter
+		return nil
+	}
+	p := &clientPark{token: pb.Token, keepalive: time.Duration(pb.KeepaliveMS) * time.Millisecond,
+		events: make(chan byte, 4), wake: make(chan struct{}, 1)}
+	copy(p.key[:], pb.Key)
+	if p.keepalive <= 0 {
+		p.keepalive = 25 * time.Second
+	}
+	cc.park = p
+	close(cc.parkedCh)
+	return errConnParked
+}
+
+// requestWake asks a parked cc to re-attach (a Connect, a mailbox
+// request); false if cc is not parked.
+func (cc *clientConn) requestWake() bool {
+	cc.wmu.Lock()
+	p := cc.park
+	cc.wmu.Unlock()
+	if p == nil {
+		return false
+	}
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// isParked reports whether cc parked.
+func (cc *clientConn) isParked() bool {
+	cc.wmu.Lock()
+	defer cc.wmu.Unlock()
+	return cc.park != nil
+}
+
+// runParked keeps parked cc alive with keepalives until it re-attaches
+// (WAKE, or the node's own request), is lost, or the client closes.
+func (cc *clientConn) runParked() {
+	c, p := cc.c, cc.park
+	cc.closeTransport()
+	remove := parkDemuxFor(cc.paths, cc.remote).add(p.token, cc)
+	defer remove()
+	c.log.Info("registration parked", "server", cc.server.String(), "keepalive", p.keepalive)
+	send := func(kind byte) {
+		p.mu.Lock()
+		p.sndCtr++
+		b := appendParkDatagram(nil, parkToServer, p.token, p.sndCtr, kind, &p.key)
+		p.mu.Unlock()
+		cc.paths.WriteToUDPAddrPort(b, cc.remote)
+	}
+	// The first keepalive goes at once: its answer says the server parked
+	// the registration here, or (WAKE) that frames already wait.
+	send(parkKeepalive)
+	misses := 0
+	t := time.NewTimer(parkRetries[0])
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			send(parkLeave) // the server forgets the registration now
+			cc.fail(ErrClosed)
+			return
+		case <-cc.done:
+			if c.ctx.Err() != nil {
+				send(parkLeave) // Close: the server forgets the registration now
+			}
+			return
+		case <-p.wake:
+			cc.reattach()
+			return
+		case k := <-p.events:
+			switch k {
+			case parkKindPong:
+				misses = 0
+				t.Reset(p.keepalive)
+			case parkKindWake:
+				c.log.Debug("woken by the server", "server", cc.server.String())
+				cc.reattach()
+				return
+			case parkKindReplaced:
+				cc.fail(ErrReplaced)
+				c.lost(cc, &ProtocolError{Code: codeReplaced, Reason: "a newer connection registered this peer ID"})
+				return
+			case parkKindGone:
+				cc.fail(ErrServerLost)
+				c.lost(cc, &ProtocolError{Code: codeShutdown, Reason: "server shutting down"})
+				return
+			}
+		case <-t.C:
+			if misses > len(parkRetries)-1 {
+				err := errors.New("parked registration: the server stopped answering keepalives")
+				cc.fail(err)
+				c.lost(cc, err)
+				return
+			}
+			send(parkKeepalive)
+			t.Reset(parkRetries[misses])
+			misses++
+		}
+	}
+}
+
+// reattach registers again with cc's server, naming the parked token so
+// that the server hands over what waits, and makes that the client's
+// registration; if it fails, cc is lost (and maintain fails over).
+func (cc *clientConn) reattach() {
+	c := cc.c
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
+	defer cancel()
+	nc, err := c.dialQUIC(ctx, cc.server)
+	if err == nil {
+		nc.resume = cc.park.token
+		if err = nc.register(ctx); err != nil {
+			nc.closeTransport()
+		}
+	}
+	if err != nil {
+		c.log.Warn("re-attaching a parked registration failed", "server", cc.server.String(), "err", err)
+		cc.fail(err)
+		c.lost(cc, err)
+		return
+	}
+	c.log.Debug("parked registration re-attached", "server", cc.server.String())
+	c.install(nc, c.lastIdxOf(nc.server))
+}
+
+// testParkDrop, set by tests, drops the server's park datagrams of the
+// kinds for which it returns true (a lost WAKE).
+var testParkDrop atomic.Pointer[func(kind byte) bool]
+
+// parkDemux hands the park datagrams one socket receives from one server
+// to its parked registrations, by token (a process that runs several
+// clients on one socket has more than one).
+type parkDemux struct {
+	key  demuxKey
+	mu   sync.Mutex
+	regs map[uint64]*clientConn
+	stop func()
+}
+
+type demuxKey struct {
+	paths  *pathsock.Conn
+	server netip.AddrPort
+}
+
+var (
+	parkDemuxMu sync.Mutex
+	parkDemuxes = map[demuxKey]*parkDemux{}
+)
+
+func parkDemuxFor(paths *pathsock.Conn, server netip.AddrPort) *parkDemux {
+	k := demuxKey{paths, server}
+	parkDemuxMu.Lock()
+	defer parkDemuxMu.Unlock()
+	d := parkDemuxes[k]
+	if d == nil {
+		d = &parkDemux{key: k, regs: map[uint64]*clientConn{}}
+		d.stop = paths.Intercept(parkToNode, server, d.take)
+		parkDemuxes[k] = d
+	}
+	return d
+}
+
+// add routes token's datagrams to cc until remove is called.
+func (d *parkDemux) add(token uint64, cc *clientConn) (remove func()) {
+	d.mu.Lock()
+	d.regs[token] = cc
+	d.mu.Unlock()
+	return func() {
+		parkDemuxMu.Lock()
+		defer parkDemuxMu.Unlock()
+		d.mu.Lock()
+		if d.regs[token] == cc {
+			delete(d.regs, token)
+		}
+		empty := len(d.regs) == 0
+		d.mu.Unlock()
+		if empty && parkDemuxes[d.key] == d {
+			delete(parkDemuxes, d.key)
+			d.stop()
+		}
+	}
+}
+
+// take handles one datagram from the server on the socket's read loop:
+// one with a known token, a valid MAC and a counter above the last goes
+// to its registration; anything else is dropped.
+func (d *parkDemux) take(b []byte, _ netip.AddrPort) (int, netip.AddrPort) {
+	token, ok := parseParkHead(b)
+	if !ok {
+		return 0, netip.AddrPort{}
+	}
+	d.mu.Lock()
+	cc := d.regs[token]
+	d.mu.Unlock()
+	if cc == nil {
+		return 0, netip.AddrPort{}
+	}
+	p := cc.park
+	ctr, kind, err := openParkDatagram(b, &p.key)
+	if err != nil {
+		return 0, netip.AddrPort{}
+	}
+	if h := testParkDrop.Load(); h != nil && (*h)(kind) {
+		return 0, netip.AddrPort{}
+	}
+	p.mu.Lock()
+	fresh := ctr > p.rcvCtr
+	if fresh {
+		p.rcvCtr = ctr
+	}
+	p.mu.Unlock()
+	if fresh {
+		select {
+		case p.events <- kind:
+		default:
+		}
+	}
+	return 0, netip.AddrPort{}
+}

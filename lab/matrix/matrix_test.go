@@ -17,7 +17,7 @@ import (
 
 func TestKinds(t *testing.T) {
 	ks := Kinds()
-	if len(ks) != len(natlab.Kinds())+len(linuxHostBases())+1 || ks[len(ks)-1] != SymmetricUPnP {
+	if len(ks) != len(natlab.Kinds())+1+len(linuxHostBases())+1 || ks[len(ks)-1] != SymmetricUPnP {
 		t.Fatalf("Kinds() = %v", ks)
 	}
 	if SymmetricUPnP.Base() != natlab.Kind(natlab.Symmetric) || !SymmetricUPnP.UPnP() || Kind(natlab.Open).UPnP() {
@@ -32,10 +32,14 @@ func TestKinds(t *testing.T) {
 	}
 	// Every router kind a hole can be punched from has its linux-host
 	// variant, right after it.
-	for _, b := range []natlab.Kind{natlab.Kind(natlab.FullCone), natlab.Kind(natlab.RestrictedCone), natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.Symmetric), natlab.KindDouble} {
+	for _, b := range []natlab.Kind{natlab.Kind(natlab.FullCone), natlab.Kind(natlab.RestrictedCone), natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.Symmetric), natlab.Kind(natlab.SymmetricSeq), natlab.KindDouble} {
 		if i := kindIndex(Kind(b)); i+1 >= len(ks) || ks[i+1] != LinuxHost(b) {
 			t.Errorf("no linux-host variant after %s in %v", b, ks)
 		}
+	}
+	// The sequential symmetric NAT (issue 18) right after the random one.
+	if i := kindIndex(Kind(natlab.Symmetric)); i+2 >= len(ks) || ks[i+2] != SymmetricSeq || SymmetricSeq.Base() != natlab.Kind(natlab.SymmetricSeq) {
+		t.Errorf("symmetric-seq not after symmetric/linux-host in %v", ks)
 	}
 	if _, err := ParseKind("open/linux-host"); err == nil {
 		t.Error("ParseKind accepted a linux-host open host")

@@ -1,6 +1,7 @@
 package matrix
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -270,7 +271,8 @@ func (r *runner) direction(ctx context.Context, dialer, listener *site, ladder [
 		d.Best, d.BestWhy = BestDualStack(d.Dialer, d.Listener, ladder)
 		d.BestIPv6 = !d.Dialer.noUDP() && !d.Listener.noUDP()
 	} else {
-		d.Best, d.BestWhy = Best(d.Dialer, d.Listener, ladder)
+		e := Expect(d.Dialer, d.Listener, ladder)
+		d.Best, d.BestWhy, d.Fallback = e.Strategy, e.Why, e.Fallback
 	}
 	for i := range r.cfg.Runs {
 		if ctx.Err() != nil {
@@ -407,6 +409,7 @@ func (r *runner) dial(ctx context.Context, nd, nl *reach.Node) Attempt {
 		return a
 	}
 	a.Strategy = sess.Strategy()
+	a.Detail = sess.StrategyDetail()
 	a.Path = sess.RemoteAddr().String()
 	if a.Strategy == Relay {
 		a.Link = nd.Status().RelayTransport
@@ -526,11 +529,22 @@ func summarise(d *Direction) {
 	}
 	var worse []string
 	worsePath := len(fails) > 0
+	d.FellBack = 0
 	for s, n := range d.Strategies {
+		if d.Fallback != "" && rank(s) > rank(d.Best) && rank(s) <= rank(d.Fallback) {
+			d.FellBack += n // Best is there by chance; a miss may take this
+			continue
+		}
 		if rank(s) > rank(d.Best) {
 			worse = append(worse, fmt.Sprintf("%s in %d of %d", s, n, len(d.Attempts)))
-			worsePath = worsePath || Forwarded(s) != Forwarded(d.Best)
+			// Worse than a fallback (the relay where the supernode was
+			// allowed) is another forwarder: the same kind of path.
+			ref := cmp.Or(d.Fallback, d.Best)
+			worsePath = worsePath || Forwarded(s) != Forwarded(ref)
 		}
+	}
+	if d.FellBack > 0 {
+		why = append(why, fmt.Sprintf("fell back to %s in %d of %d (%s by chance only: not flagged)", d.Fallback, d.FellBack, len(d.Attempts), d.Best))
 	}
 	sort.Strings(worse)
 	if v4 := notIPv6(d); d.BestIPv6 && v4 > 0 {
@@ -544,6 +558,7 @@ func summarise(d *Direction) {
 	}
 	d.Worse = worsePath || len(worse) > 0
 	d.Reason = strings.Join(why, "; ")
+	d.Severity = ""
 	switch {
 	case worsePath:
 		d.Severity = SeverityPath

@@ -259,6 +259,19 @@ func TestSummarise(t *testing.T) {
 	if m := modes(bday); m != "birthday 2/3" {
 		t.Errorf("modes %q, want birthday 2/3", m)
 	}
+	// Three misses of three: rarely chance, so flagged.
+	allMiss := bday
+	allMiss.Attempts = []Attempt{bday.Attempts[1], bday.Attempts[1], bday.Attempts[1]}
+	summarise(&allMiss)
+	if !allMiss.Worse || allMiss.Severity != SeverityPath || !strings.Contains(allMiss.Reason, "every one of 3") {
+		t.Errorf("a birthday cell that always fell back: worse=%v severity %q reason %q", allMiss.Worse, allMiss.Severity, allMiss.Reason)
+	}
+	// One miss of one dial (the CI's short run) says nothing.
+	allMiss.Attempts = allMiss.Attempts[:1]
+	summarise(&allMiss)
+	if allMiss.Worse || allMiss.FellBack != 1 {
+		t.Errorf("one miss in one dial flagged: %q", allMiss.Reason)
+	}
 	bday.Attempts[1].Strategy = Relay
 	summarise(&bday)
 	if !bday.Worse || bday.Severity != SeverityRung || bday.FellBack != 0 {

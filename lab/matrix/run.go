@@ -487,6 +487,13 @@ func pathRTT(ctx context.Context, sess *stream.Session) float64 {
 	return slices.Min(rtts)
 }
 
+// MinChanceDials is how many dials of a direction whose best path is
+// found by chance (Expectation.Fallback) must all have fallen back before
+// the direction is flagged: at the birthday mode's hit rate (14-19 of 20
+// in TestLabBirthday) three misses in a row happen by chance about one
+// time in 40; one or two say nothing.
+const MinChanceDials = 3
+
 // summarise fills a direction's totals from its attempts and compares
 // them with Best (again, if it ran before).
 func summarise(d *Direction) {
@@ -543,7 +550,13 @@ func summarise(d *Direction) {
 			worsePath = worsePath || Forwarded(s) != Forwarded(ref)
 		}
 	}
-	if d.FellBack > 0 {
+	switch {
+	case d.FellBack >= MinChanceDials && d.FellBack == len(d.Attempts):
+		// Every dial missed: at the birthday mode's measured hit rate
+		// that is rarely chance (docs/matrix.md).
+		why = append(why, fmt.Sprintf("fell back to %s in every one of %d dials, where %s finds its path by chance but mostly", d.Fallback, d.FellBack, d.Best))
+		worsePath = true
+	case d.FellBack > 0:
 		why = append(why, fmt.Sprintf("fell back to %s in %d of %d (%s by chance only: not flagged)", d.Fallback, d.FellBack, len(d.Attempts), d.Best))
 	}
 	sort.Strings(worse)

@@ -315,6 +315,9 @@ func (r *runner) attempt(ctx context.Context, from, to *site) Attempt {
 		if x.s.kind.UPnP() {
 			waitMapping(ctx, x.n, 3*time.Second)
 		}
+		if x.s.kind.randomMapping() || x.s.kind.seqMapping() {
+			waitAllocation(ctx, x.n, 3*time.Second)
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.DialTimeout+30*time.Second)
 	defer cancel()
@@ -363,6 +366,19 @@ func (r *runner) startNode(ctx context.Context, s *site) (*reach.Node, error) {
 func waitMapping(ctx context.Context, n *reach.Node, limit time.Duration) {
 	deadline := time.Now().Add(limit)
 	for !n.Status().PortMapping.External.IsValid() && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitAllocation waits until n has measured how its symmetric NAT
+// allocates ports, or limit: a long-running node knows it, and its
+// offers and answers carry it, which port prediction and the birthday
+// mode need. A fresh listener introduced before its four STUN exchanges
+// are done answers without it (seen: the introduction 5 ms before the
+// measurement, so the dial went to the supernode).
+func waitAllocation(ctx context.Context, n *reach.Node, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for n.Allocation() == "" && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
 	}
 }

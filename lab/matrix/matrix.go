@@ -167,9 +167,10 @@ func FullPairs() []Pair { return pairsOf(Kinds()) }
 
 // ShortPairs is the CI variant: one pair per outcome the ladder can have
 // (direct, hole punch through cone NATs, hole punch from a symmetric NAT,
-// double NAT, the UPnP gateway, the hard pair that needs a forwarder, the
-// corporate networks that only the relay over TCP 443 reaches, and TCP
-// hole punching from a network that blocks UDP).
+// double NAT, the UPnP gateway, the birthday mode (or the forwarder it
+// falls back to), port prediction, the corporate networks that only the
+// relay over TCP 443 reaches, and TCP hole punching from a network that
+// blocks UDP).
 func ShortPairs() []Pair {
 	k := func(n natlab.NAT) Kind { return Kind(n) }
 	return []Pair{
@@ -178,6 +179,7 @@ func ShortPairs() []Pair {
 		{Kind(natlab.KindDouble), k(natlab.PortRestricted)},
 		{k(natlab.Symmetric), SymmetricUPnP},
 		{k(natlab.Symmetric), k(natlab.PortRestricted)},
+		{SymmetricSeq, k(natlab.PortRestricted)},
 		{k(natlab.UDPBlocked), k(natlab.Symmetric)},
 		{k(natlab.ProxyOnly), Kind(natlab.Open)},
 		{k(natlab.UDPBlockedTCPOpen), k(natlab.PortRestricted)},

@@ -192,7 +192,7 @@ func Expect(dialer, listener Kind, ladder []string) Expectation {
 		e := forwarder("")
 		return Expectation{Strategy: Holepunch, Fallback: e.Strategy,
 			Why: "birthday mode: random symmetric ports against port-dependent filtering; 256 mappings against up to 700 probes hit in most dials, " +
-				"a miss falls back to the " + e.Strategy + " (not flagged)"}
+				"a miss falls back to the " + e.Strategy + " (not flagged unless every dial of at least 3 does)"}
 	}
 	return is(Holepunch, "endpoint-independent mapping on at least one side lets checks through")
 }

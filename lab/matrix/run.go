@@ -505,9 +505,9 @@ func pathRTT(ctx context.Context, sess *stream.Session) float64 {
 
 // MinChanceDials is how many dials of a direction whose best path is
 // found by chance (Expectation.Fallback) must all have fallen back before
-// the direction is flagged: at the birthday mode's hit rate (14-19 of 20
-// in TestLabBirthday) three misses in a row happen by chance about one
-// time in 40; one or two say nothing.
+// the direction is flagged: a cause that stops the birthday mode misses
+// every time, while at its hit rate in the matrix (68-85%) three misses
+// in a row happen by chance 0.3-3% of the time; one or two say nothing.
 const MinChanceDials = 3
 
 // summarise fills a direction's totals from its attempts and compares

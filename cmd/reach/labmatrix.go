@@ -103,8 +103,11 @@ func labMatrix(ctx context.Context, args []string) error {
 		return func(d matrix.Direction) {
 			done++
 			flag := ""
-			if d.Worse {
+			switch {
+			case d.Worse:
 				flag = "  WORSE: " + d.Reason
+			case d.FellBack > 0:
+				flag = "  (" + d.Reason + ")"
 			}
 			fmt.Fprintf(os.Stderr, "[%3d/%d] %-10s %-26s -> %-26s %d/%d %-10s median %6.0f ms  %5.1f RTT  %5.0f Mbit/s%s\n",
 				done, total, variant, d.Dialer, d.Listener, d.Connected, len(d.Attempts), d.Strategy, d.ConnectMedianMS, d.ConnectRTTs, d.Mbps, flag)

@@ -60,22 +60,34 @@ const SymmetricUPnP = Kind(string(natlab.Symmetric) + upnpSuffix)
 func LinuxHost(k natlab.Kind) Kind { return Kind(string(k) + linuxHostSuffix) }
 
 // linuxHostBases are the router kinds that have a linux-host variant in
-// the matrix: every kind a hole can be punched from (the cone NATs, the
-// symmetric NAT, the double NAT, and udp-blocked-tcp-open for TCP). The
+// the matrix: every kind a hole can be punched from (the cone NATs, both
+// symmetric NATs, the double NAT, and udp-blocked-tcp-open for TCP). The
 // networks without UDP or open TCP reach only the relay over TCP 443,
 // whatever their router does with its input.
 func linuxHostBases() []natlab.Kind {
 	return []natlab.Kind{natlab.Kind(natlab.FullCone), natlab.Kind(natlab.RestrictedCone),
-		natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.Symmetric), natlab.KindDouble,
+		natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.Symmetric), natlab.Kind(natlab.SymmetricSeq), natlab.KindDouble,
 		natlab.Kind(natlab.UDPBlockedTCPOpen)}
 }
 
+// SymmetricSeq is the symmetric NAT that allocates its ports in sequence
+// (natlab.SymmetricSeq, issue 18): not in the brief's table
+// (natlab.MoreKinds), in the matrix right after the random one.
+const SymmetricSeq = Kind(natlab.SymmetricSeq)
+
 // Kinds lists every kind of the full matrix: natlab.Kinds() in the
-// brief's order, each router kind that has one
-// followed by its linux-host variant, then SymmetricUPnP.
+// brief's order with SymmetricSeq after Symmetric, each router kind that
+// has one followed by its linux-host variant, then SymmetricUPnP.
 func Kinds() []Kind {
-	var out []Kind
+	var base []natlab.Kind
 	for _, k := range natlab.Kinds() {
+		base = append(base, k)
+		if k == natlab.Kind(natlab.Symmetric) {
+			base = append(base, natlab.Kind(natlab.SymmetricSeq))
+		}
+	}
+	var out []Kind
+	for _, k := range base {
 		out = append(out, Kind(k))
 		if slices.Contains(linuxHostBases(), k) {
 			out = append(out, LinuxHost(k))
@@ -155,9 +167,10 @@ func FullPairs() []Pair { return pairsOf(Kinds()) }
 
 // ShortPairs is the CI variant: one pair per outcome the ladder can have
 // (direct, hole punch through cone NATs, hole punch from a symmetric NAT,
-// double NAT, the UPnP gateway, the hard pair that needs a forwarder, the
-// corporate networks that only the relay over TCP 443 reaches, and TCP
-// hole punching from a network that blocks UDP).
+// double NAT, the UPnP gateway, the birthday mode (or the forwarder it
+// falls back to), port prediction, the corporate networks that only the
+// relay over TCP 443 reaches, and TCP hole punching from a network that
+// blocks UDP).
 func ShortPairs() []Pair {
 	k := func(n natlab.NAT) Kind { return Kind(n) }
 	return []Pair{
@@ -166,6 +179,7 @@ func ShortPairs() []Pair {
 		{Kind(natlab.KindDouble), k(natlab.PortRestricted)},
 		{k(natlab.Symmetric), SymmetricUPnP},
 		{k(natlab.Symmetric), k(natlab.PortRestricted)},
+		{SymmetricSeq, k(natlab.PortRestricted)},
 		{k(natlab.UDPBlocked), k(natlab.Symmetric)},
 		{k(natlab.ProxyOnly), Kind(natlab.Open)},
 		{k(natlab.UDPBlockedTCPOpen), k(natlab.PortRestricted)},
@@ -265,6 +279,10 @@ type Attempt struct {
 	// Mbps is the throughput of one stream for Config.Size bytes, from
 	// the first byte written to the receiver's acknowledgement of the last.
 	Mbps float64 `json:"mbps,omitempty"`
+	// Detail is the session's StrategyDetail, how the strategy made the
+	// path (e.g. "port prediction: ...", "birthday: ..."); "" if it says
+	// nothing more.
+	Detail string `json:"detail,omitempty"`
 	// Err says why the attempt failed.
 	Err string `json:"err,omitempty"`
 }
@@ -294,6 +312,13 @@ type Direction struct {
 	// with this ladder, and BestWhy the reason (see Best).
 	Best    string `json:"best"`
 	BestWhy string `json:"best_why"`
+	// Fallback is the forwarder Best allows instead where Best's path is
+	// found only by chance (Expectation.Fallback: the birthday mode
+	// against a random symmetric NAT); "" elsewhere. FellBack counts the
+	// attempts that took it (or one as good): not worse than possible,
+	// but marked (◇) in the report.
+	Fallback string `json:"fallback,omitempty"`
+	FellBack int    `json:"fell_back,omitempty"`
 	// BestIPv6: the best path is over IPv6 (both peers are dual-stack);
 	// an attempt whose path is IPv4 did worse.
 	BestIPv6 bool `json:"best_ipv6,omitempty"`

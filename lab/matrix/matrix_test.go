@@ -17,7 +17,7 @@ import (
 
 func TestKinds(t *testing.T) {
 	ks := Kinds()
-	if len(ks) != len(natlab.Kinds())+len(linuxHostBases())+1 || ks[len(ks)-1] != SymmetricUPnP {
+	if len(ks) != len(natlab.Kinds())+1+len(linuxHostBases())+1 || ks[len(ks)-1] != SymmetricUPnP {
 		t.Fatalf("Kinds() = %v", ks)
 	}
 	if SymmetricUPnP.Base() != natlab.Kind(natlab.Symmetric) || !SymmetricUPnP.UPnP() || Kind(natlab.Open).UPnP() {
@@ -32,10 +32,14 @@ func TestKinds(t *testing.T) {
 	}
 	// Every router kind a hole can be punched from has its linux-host
 	// variant, right after it.
-	for _, b := range []natlab.Kind{natlab.Kind(natlab.FullCone), natlab.Kind(natlab.RestrictedCone), natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.Symmetric), natlab.KindDouble} {
+	for _, b := range []natlab.Kind{natlab.Kind(natlab.FullCone), natlab.Kind(natlab.RestrictedCone), natlab.Kind(natlab.PortRestricted), natlab.Kind(natlab.Symmetric), natlab.Kind(natlab.SymmetricSeq), natlab.KindDouble} {
 		if i := kindIndex(Kind(b)); i+1 >= len(ks) || ks[i+1] != LinuxHost(b) {
 			t.Errorf("no linux-host variant after %s in %v", b, ks)
 		}
+	}
+	// The sequential symmetric NAT (issue 18) right after the random one.
+	if i := kindIndex(Kind(natlab.Symmetric)); i+2 >= len(ks) || ks[i+2] != SymmetricSeq || SymmetricSeq.Base() != natlab.Kind(natlab.SymmetricSeq) {
+		t.Errorf("symmetric-seq not after symmetric/linux-host in %v", ks)
 	}
 	if _, err := ParseKind("open/linux-host"); err == nil {
 		t.Error("ParseKind accepted a linux-host open host")
@@ -72,6 +76,7 @@ func TestBest(t *testing.T) {
 	withSN := []string{Direct, UPnP, Holepunch, Supernode, Relay}
 	full17 := []string{Direct, DirectTCP, UPnP, Holepunch, HolepunchTCP, Supernode, Relay}
 	tcpOpen := k(natlab.UDPBlockedTCPOpen)
+	seq, lseq := SymmetricSeq, LinuxHost(natlab.Kind(natlab.SymmetricSeq))
 	for _, tc := range []struct {
 		dialer, listener Kind
 		ladder           []string
@@ -88,19 +93,36 @@ func TestBest(t *testing.T) {
 		{dbl, dbl, base, Holepunch},
 		{sym, sym, base, Relay},
 		{sym, sym, withSN, Supernode},
-		{pr, sym, withSN, Supernode},
-		{sym, dbl, base, Relay},
+		{pr, sym, withSN, Holepunch}, // birthday; Fallback below
+		{sym, dbl, base, Holepunch},
 		{sym, SymmetricUPnP, base, UPnP},
 		{SymmetricUPnP, sym, base, Holepunch},
 		{SymmetricUPnP, SymmetricUPnP, base, UPnP},
 		{blocked, SymmetricUPnP, withSN, Relay},
+		// Sequential symmetric (issue 18): port prediction against any
+		// side with a fixed mapping but a double NAT; two symmetric
+		// peers are forwarded, whatever their allocation.
+		{seq, pr, withSN, Holepunch},
+		{pr, seq, base, Holepunch},
+		{full, seq, withSN, Holepunch},
+		{seq, restr, withSN, Holepunch},
+		{lseq, LinuxHost(natlab.Kind(natlab.PortRestricted)), withSN, Holepunch},
+		{LinuxHost(natlab.Kind(natlab.FullCone)), lseq, withSN, Holepunch},
+		{open, seq, withSN, Holepunch},
+		{seq, open, withSN, Direct},
+		{seq, SymmetricUPnP, withSN, UPnP},
+		{seq, dbl, withSN, Supernode},
+		{LinuxHost(natlab.KindDouble), lseq, base, Relay},
+		{seq, seq, withSN, Supernode},
+		{seq, sym, withSN, Supernode},
+		{LinuxHost(natlab.Kind(natlab.Symmetric)), lseq, base, Relay},
 		// linux-host variants: the same best as the home variant.
 		{LinuxHost(natlab.Kind(natlab.PortRestricted)), LinuxHost(natlab.Kind(natlab.PortRestricted)), withSN, Holepunch},
 		{LinuxHost(natlab.Kind(natlab.RestrictedCone)), LinuxHost(natlab.Kind(natlab.Symmetric)), withSN, Holepunch},
 		{LinuxHost(natlab.Kind(natlab.FullCone)), LinuxHost(natlab.Kind(natlab.Symmetric)), withSN, Holepunch},
 		{LinuxHost(natlab.KindDouble), pr, withSN, Holepunch},
-		{LinuxHost(natlab.Kind(natlab.Symmetric)), pr, withSN, Supernode},
-		{LinuxHost(natlab.Kind(natlab.Symmetric)), LinuxHost(natlab.KindDouble), base, Relay},
+		{LinuxHost(natlab.Kind(natlab.Symmetric)), pr, withSN, Holepunch},
+		{LinuxHost(natlab.Kind(natlab.Symmetric)), LinuxHost(natlab.KindDouble), base, Holepunch},
 		{sym, LinuxHost(natlab.Kind(natlab.FullCone)), base, Holepunch},
 		{LinuxHost(natlab.Kind(natlab.PortRestricted)), open, base, Direct},
 		// udp-blocked-tcp-open: the TCP rungs, where their ladder has them.
@@ -112,6 +134,7 @@ func TestBest(t *testing.T) {
 		{LinuxHost(natlab.Kind(natlab.UDPBlockedTCPOpen)), LinuxHost(natlab.Kind(natlab.PortRestricted)), full17, HolepunchTCP},
 		{tcpOpen, dbl, full17, HolepunchTCP},
 		{tcpOpen, sym, full17, Relay},
+		{tcpOpen, seq, full17, Relay}, // its TCP ports vary too, and holepunch-tcp does not predict
 		// The gateway of symmetric+upnp maps the TCP listener too.
 		{tcpOpen, SymmetricUPnP, full17, DirectTCP},
 		{SymmetricUPnP, tcpOpen, full17, DirectTCP},
@@ -122,6 +145,36 @@ func TestBest(t *testing.T) {
 		got, why := Best(tc.dialer, tc.listener, tc.ladder)
 		if got != tc.want || why == "" {
 			t.Errorf("Best(%s -> %s, %v) = %s (%s), want %s", tc.dialer, tc.listener, tc.ladder, got, why, tc.want)
+		}
+	}
+	// The birthday cells: holepunch is best, and a miss may fall back to
+	// the forwarder without being flagged; nowhere else is there a
+	// fallback.
+	for _, tc := range []struct {
+		dialer, listener Kind
+		ladder           []string
+		want, fallback   string
+	}{
+		{sym, pr, withSN, Holepunch, Supernode},
+		{pr, sym, base, Holepunch, Relay},
+		{dbl, sym, withSN, Holepunch, Supernode},
+		{LinuxHost(natlab.Kind(natlab.Symmetric)), LinuxHost(natlab.Kind(natlab.PortRestricted)), withSN, Holepunch, Supernode},
+		{sym, restr, withSN, Holepunch, ""}, // the checks find it: no chance involved
+		{sym, sym, withSN, Supernode, ""},
+		{seq, pr, withSN, Holepunch, ""}, // prediction is not left to chance
+		{seq, dbl, withSN, Supernode, ""},
+		{pr, sym, full17, Holepunch, Supernode},
+	} {
+		e := Expect(tc.dialer, tc.listener, tc.ladder)
+		if e.Strategy != tc.want || e.Fallback != tc.fallback || e.Why == "" {
+			t.Errorf("Expect(%s -> %s, %v) = %+v, want %s with fallback %q", tc.dialer, tc.listener, tc.ladder, e, tc.want, tc.fallback)
+		}
+	}
+	for _, d := range Kinds() {
+		for _, l := range Kinds() {
+			if e := Expect(d, l, withSN); e.Fallback != "" && (d.Base() != natlab.Kind(natlab.Symmetric) && l.Base() != natlab.Kind(natlab.Symmetric) || !Forwarded(e.Fallback)) {
+				t.Errorf("Expect(%s -> %s) has fallback %q", d, l, e.Fallback)
+			}
 		}
 	}
 	// Every direction with a linux-host side has the best of the same
@@ -190,6 +243,52 @@ func TestSummarise(t *testing.T) {
 	if !failed.Worse || failed.Strategy != "" || !strings.Contains(failed.Reason, "boom") {
 		t.Errorf("failed direction: %+v", failed)
 	}
+	// A birthday cell: holepunch is best, found by chance only; a miss
+	// that went to the supernode is allowed (counted, marked ◇, not
+	// flagged); the relay there is another forwarder (△); a failure
+	// stays a failure.
+	bday := Direction{Dialer: Kind(natlab.Symmetric), Listener: Kind(natlab.PortRestricted), Best: Holepunch, Fallback: Supernode, Attempts: []Attempt{
+		{OK: true, Strategy: Holepunch, Detail: "birthday: the peer's NAT allocates ports at random; 120 probes sent, its port 4242 answered", ConnectMS: 300, RTTMS: 80},
+		{OK: true, Strategy: Supernode, ConnectMS: 700, RTTMS: 80},
+		{OK: true, Strategy: Holepunch, Detail: "birthday: our NAT allocates ports at random; 256 of our mappings primed, the peer's probe reached port 4242", ConnectMS: 320, RTTMS: 80},
+	}}
+	summarise(&bday)
+	if bday.Worse || bday.FellBack != 1 || flagMark(bday) != "◇" || !strings.Contains(bday.Reason, "fell back to supernode in 1 of 3") {
+		t.Errorf("birthday cell with a miss: worse=%v fell back %d mark %q reason %q", bday.Worse, bday.FellBack, flagMark(bday), bday.Reason)
+	}
+	if m := modes(bday); m != "birthday 2/3" {
+		t.Errorf("modes %q, want birthday 2/3", m)
+	}
+	// Three misses of three: rarely chance, so flagged.
+	allMiss := bday
+	allMiss.Attempts = []Attempt{bday.Attempts[1], bday.Attempts[1], bday.Attempts[1]}
+	summarise(&allMiss)
+	if !allMiss.Worse || allMiss.Severity != SeverityPath || !strings.Contains(allMiss.Reason, "every one of 3") {
+		t.Errorf("a birthday cell that always fell back: worse=%v severity %q reason %q", allMiss.Worse, allMiss.Severity, allMiss.Reason)
+	}
+	// One miss of one dial (the CI's short run) says nothing.
+	allMiss.Attempts = allMiss.Attempts[:1]
+	summarise(&allMiss)
+	if allMiss.Worse || allMiss.FellBack != 1 {
+		t.Errorf("one miss in one dial flagged: %q", allMiss.Reason)
+	}
+	bday.Attempts[1].Strategy = Relay
+	summarise(&bday)
+	if !bday.Worse || bday.Severity != SeverityRung || bday.FellBack != 0 {
+		t.Errorf("relay where the supernode is the fallback: worse=%v severity %q fell back %d", bday.Worse, bday.Severity, bday.FellBack)
+	}
+	bday.Attempts[1] = Attempt{Err: "timeout"}
+	summarise(&bday)
+	if !bday.Worse || bday.Severity != SeverityPath {
+		t.Errorf("failure in a birthday cell: worse=%v severity %q", bday.Worse, bday.Severity)
+	}
+	// Without a fallback (port prediction is not left to chance) the
+	// supernode is a forwarded path where holepunch was possible.
+	pred := Direction{Best: Holepunch, Attempts: []Attempt{{OK: true, Strategy: Supernode, ConnectMS: 700, RTTMS: 80}}}
+	summarise(&pred)
+	if !pred.Worse || pred.Severity != SeverityPath || pred.FellBack != 0 {
+		t.Errorf("supernode where prediction is best: worse=%v severity %q", pred.Worse, pred.Severity)
+	}
 	// Dual-stack: direct over IPv4 (an open listener's v4 address) where
 	// IPv6 was possible is another path, flagged as such; over IPv6 it is
 	// not flagged.
@@ -214,8 +313,15 @@ func sampleResult() *Result {
 	for _, p := range FullPairs() {
 		for _, dl := range [][2]Kind{{p.A, p.B}, {p.B, p.A}} {
 			d := Direction{Dialer: dl[0], Listener: dl[1]}
-			d.Best, d.BestWhy = Best(d.Dialer, d.Listener, r.Ladder)
+			e := Expect(d.Dialer, d.Listener, r.Ladder)
+			d.Best, d.BestWhy, d.Fallback = e.Strategy, e.Why, e.Fallback
 			a := Attempt{OK: true, Strategy: d.Best, ConnectMS: 250, RTTMS: 80, Mbps: 50}
+			switch {
+			case d.Dialer == Kind(natlab.Symmetric) && d.Listener == Kind(natlab.PortRestricted):
+				a = Attempt{OK: true, Strategy: d.Fallback, ConnectMS: 700, RTTMS: 80, Mbps: 50} // a birthday miss
+			case d.Dialer == SymmetricSeq && d.Listener == Kind(natlab.PortRestricted):
+				a.Detail = "port prediction: our NAT allocates ports sequential +1; the peer punched our next ports"
+			}
 			if d.Dialer == Kind(natlab.ProxyOnly) && d.Listener == Kind(natlab.Open) {
 				a = Attempt{Err: "no proxy"}
 			}
@@ -236,7 +342,9 @@ func sampleResult() *Result {
 func TestRender(t *testing.T) {
 	r := sampleResult()
 	md := r.Markdown()
-	for _, want := range []string{"| **symmetric+upnp** |", "| holepunch |", "| relay |", "proxy-only → open", "no proxy", "flagged: **1**"} {
+	for _, want := range []string{"| **symmetric+upnp** |", "| holepunch |", "| relay |", "proxy-only → open", "no proxy", "flagged: **1**",
+		"| symmetric → port-restricted | 1/1 | relay | holepunch (else relay) |", "◇", "fell back to relay in 1 of 1",
+		"| symmetric-seq → port-restricted | 1/1 | holepunch [port prediction 1/1] |"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)
 		}

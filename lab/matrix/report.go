@@ -128,8 +128,12 @@ func (r *Result) Markdown() string {
 			best++
 		}
 	}
-	p("Directions: **%d**; every attempt connected: **%d**; as good as possible: **%d**; flagged: **%d**.\n\n",
+	p("Directions: **%d**; every attempt connected: **%d**; as good as possible: **%d**; flagged: **%d**.",
 		len(r.Directions), connected, best, len(r.Directions)-best)
+	if n := fellBack(r.Directions); n > 0 {
+		p(" Fell back where the best path is found by chance only (◇, not flagged): %d of the birthday cells' dials.", n)
+	}
+	p("\n\n")
 	p("Run %s, %s, %d dial(s) per direction with fresh nodes, %s, %s transfer, ladder %s, %s",
 		r.Started.UTC().Format("2006-01-02 15:04 UTC"), r.Duration, r.Runs, r.topology(),
 		fmtSize(r.Size), strings.Join(r.Ladder, " → "), r.GoVersion)
@@ -163,7 +167,7 @@ func (r *Result) Markdown() string {
 		}
 		p("\n")
 	}
-	p("\n✗: no attempt connected; ⚠: worse than possible, a failure or a forwarded path where the peers could have their own (or IPv4 where both have IPv6); △: a peer-to-peer rung other than the best one won (the same kind of path); ~: mixed outcomes. Reasons below.\n\n")
+	p("\n✗: no attempt connected; ⚠: worse than possible, a failure or a forwarded path where the peers could have their own (or IPv4 where both have IPv6); △: a peer-to-peer rung other than the best one won (the same kind of path); ~: mixed outcomes; ◇: the best path is found by chance only (holepunch's birthday mode) and some dials fell back to the forwarder, as allowed. Reasons below.\n\n")
 
 	p("#### Connect time by winning strategy\n\n")
 	p("Dial → first echoed byte, median over the directions each strategy won (their own medians), in round trips of the path (measured by pings on the session) and in ms; range in brackets.\n\n")
@@ -190,7 +194,13 @@ func (r *Result) Markdown() string {
 				won += " (" + links + ")"
 			}
 		}
+		if m := modes(d); m != "" {
+			won += " [" + m + "]"
+		}
 		best := d.Best
+		if d.Fallback != "" {
+			best += " (else " + d.Fallback + ")"
+		}
 		if r.IPv6 && d.Connected > 0 {
 			won += fmt.Sprintf(", IPv6 %d/%d", d.Connected-notIPv6(&d), d.Connected)
 		}
@@ -219,6 +229,14 @@ func (r *Result) Markdown() string {
 			best += " over IPv6"
 		}
 		p("- **%s → %s** (%s): %s. Best possible: %s (%s).\n", d.Dialer, d.Listener, what, d.Reason, best, d.BestWhy)
+	}
+	if fellBack(r.Directions) > 0 {
+		p("\n#### Fell back where the best path is found by chance only (◇, not flagged)\n\n")
+		for _, d := range r.Directions {
+			if !d.Worse && d.FellBack > 0 {
+				p("- **%s → %s**: %s. Best possible: %s (%s).\n", d.Dialer, d.Listener, d.Reason, d.Best, d.BestWhy)
+			}
+		}
 	}
 	return b.String()
 }
@@ -278,22 +296,53 @@ func (r *Result) gridCell(d Direction, ok bool) string {
 	} else {
 		s = fmt.Sprintf("%s %.0f ms", s, d.ConnectMedianMS)
 	}
-	if d.Worse {
-		s += " " + flagMark(d)
+	if m := flagMark(d); m != "" {
+		s += " " + m
 	}
 	return s
 }
 
 // flagMark marks a direction worse than possible: ⚠ for a failure or a
-// forwarded path, △ for another peer-to-peer rung.
+// forwarded path, △ for another peer-to-peer rung; and ◇ one that is not,
+// but fell back where the best path is found by chance only.
 func flagMark(d Direction) string {
 	switch {
+	case !d.Worse && d.FellBack > 0:
+		return "◇"
 	case !d.Worse:
 		return ""
 	case d.Severity == SeverityRung:
 		return "△"
 	}
 	return "⚠"
+}
+
+// modes counts how the attempts' strategies made their paths, by the
+// first words of their details ("port prediction 3/3", "birthday 2/3");
+// "" when no attempt's strategy said more.
+func modes(d Direction) string {
+	count := map[string]int{}
+	for _, a := range d.Attempts {
+		if m, _, ok := strings.Cut(a.Detail, ":"); ok && a.OK {
+			count[m]++
+		}
+	}
+	var parts []string
+	for m, n := range count {
+		parts = append(parts, fmt.Sprintf("%s %d/%d", m, n, len(d.Attempts)))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// fellBack counts the attempts that fell back where Best is found by
+// chance only.
+func fellBack(ds []Direction) int {
+	n := 0
+	for _, d := range ds {
+		n += d.FellBack
+	}
+	return n
 }
 
 func strategiesText(d Direction) string {

@@ -215,6 +215,13 @@ func (ss *session) shed() {
 // the node; false if the queue is full.
 func (s *Server) parkEnqueue(ss *session, p *parkState, b []byte) bool {
 	s.pmu.Lock()
+	if s.pk.parked[p.token] != ss {
+		// Taken over by a newer registration, expired or left (the
+		// caller read ss before): nobody would read the queue, and ss
+		// would stay among those waking for good. The caller fails.
+		s.pmu.Unlock()
+		return false
+	}
 	if len(p.queue) >= s.cfg.Park.MaxQueue {
 		s.pmu.Unlock()
 		return false
@@ -368,6 +375,7 @@ func (s *Server) notWoken(ss *session) {
 	s.pmu.Lock()
 	p := ss.park
 	if s.pk.parked[p.token] != ss || p.wakeBy.IsZero() {
+		delete(s.pk.waking, ss)
 		s.pmu.Unlock()
 		s.mu.Unlock()
 		return

@@ -426,3 +426,31 @@ func TestParkedServerShutdown(t *testing.T) {
 		t.Errorf("registered elsewhere after %v: GONE was not heeded (keepalive loss takes ~8 s)", d)
 	}
 }
+
+// A frame for a parked session that a newer registration took over
+// (connect or relayFlight read the target before the node re-attached)
+// is refused, so the introduction fails at once rather than waiting in a
+// queue nobody reads; the old session is not left among those waking.
+func TestParkStaleSessionRefuses(t *testing.T) {
+	rs := startTestServer(t, parkServerConfig())
+	servers := []ServerAddr{rs.ServerAddr()}
+	a := startClient(t, "a", mustKey(t), servers, newTransport(t))
+	answerAll(t, a)
+	b := startClient(t, "b", mustKey(t), servers, newPathsTransport(t))
+	waitParked(t, rs, b, 1)
+	rs.mu.Lock()
+	old := rs.peers[b.cfg.Key.ID()]
+	rs.mu.Unlock()
+	if _, err := b.Connect(testCtx(t, 5*time.Second), a.cfg.Key.ID(), PeerInfo{}); err != nil {
+		t.Fatalf("Connect from the parked node: %v", err)
+	}
+	if old.trySend(typeIntro, introBody{ID: 1 << 40}) {
+		t.Error("a frame for the parked session that was taken over was accepted (lost)")
+	}
+	rs.pmu.Lock()
+	waking := len(rs.pk.waking)
+	rs.pmu.Unlock()
+	if waking != 0 {
+		t.Errorf("%d sessions waking after the take-over, want 0", waking)
+	}
+}

@@ -454,3 +454,30 @@ func TestParkStaleSessionRefuses(t *testing.T) {
 		t.Errorf("%d sessions waking after the take-over, want 0", waking)
 	}
 }
+
+// A frame for a parked node that re-attaches, sent the moment its new
+// registration is among the server's peers (a FLIGHT retransmitted by
+// the dialler, another introduction), reaches it after REGISTERED: the
+// re-attach succeeds and resumes the parked registration.
+func TestParkResumeFrameBeforeRegistered(t *testing.T) {
+	rs := startTestServer(t, parkServerConfig())
+	servers := []ServerAddr{rs.ServerAddr()}
+	a := startClient(t, "a", mustKey(t), servers, newTransport(t))
+	answerAll(t, a)
+	b := startClient(t, "b", mustKey(t), servers, newPathsTransport(t))
+	waitParked(t, rs, b, 1)
+	var regs atomic.Int32
+	gap := func(ss *session) {
+		if ss.peer == b.cfg.Key.ID() && regs.Add(1) == 1 {
+			ss.trySend(typeFlight, flightBody{Intro: 1 << 40, Packet: []byte{0xc0}})
+		}
+	}
+	testRegisterGap.Store(&gap)
+	t.Cleanup(func() { testRegisterGap.Store(nil) })
+	if _, err := b.Connect(testCtx(t, 5*time.Second), a.cfg.Key.ID(), PeerInfo{}); err != nil {
+		t.Fatalf("Connect from the parked node: %v", err)
+	}
+	if n := regs.Load(); n != 1 {
+		t.Errorf("the node registered %d times to dial, want 1 (the re-attach failed on a frame before REGISTERED)", n)
+	}
+}

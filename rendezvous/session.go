@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/reachp2p/reach/identity"
@@ -439,40 +440,7 @@ func (ss *session) readLoop(fr *frameReader) error {
 // register makes ss the live connection of its peer, replacing (and
 // closing) an older one.
 func (s *Server) register(ss *session) error {
-	s.mu.Lock()
-	old := s.peers[ss.peer]
-	if old == nil && len(s.peers) >= s.cfg.MaxPeers {
-		s.mu.Unlock()
-		s.outcomes.regFull.Add(1)
-		return &ProtocolError{Code: codeBusy, Reason: "server is at its peer limit"}
-	}
-	var queued [][]byte
-	var notice []byte
-	var noticeTo netip.AddrPort
-	if old != nil && old.park != nil {
-		queued, notice, noticeTo = s.adoptParkedLocked(ss, old, ss.resume)
-	}
-	s.peers[ss.peer] = ss
-	s.seen[ss.peer] = time.Now()
-	s.mu.Unlock()
-	s.nRegistrations.Add(1)
-	if r := s.cfg.Registry; r != nil {
-		r.Register(ss.peer)
-	}
-	if notice != nil {
-		s.pk.sock.WriteToUDPAddrPort(notice, noticeTo)
-	}
-	if old != nil && old.park != nil && notice == nil {
-		ss.log.Debug("parked registration resumed", "queued", len(queued))
-	} else if old != nil {
-		s.nReplaced.Add(1)
-		ss.log.Info("registration replaces an older connection")
-		old.closeWith(&ProtocolError{Code: codeReplaced, Reason: "a newer connection registered this peer ID"})
-	} else {
-		s.outcomes.regNew.Add(1)
-		ss.log.Debug("registered") // one a peer: Info would flood a busy server's log
-	}
-	ss.send(typeRegistered, registeredBody{
+	reg, err := appendFrame(nil, typeRegistered, registeredBody{
 		Peer:        ss.peer,
 		Observed:    ss.observed(),
 		KeepaliveMS: (s.cfg.IdleTimeout / 3).Milliseconds(),
@@ -483,11 +451,62 @@ func (s *Server) register(ss *session) error {
 		Fleet:       s.fleet.Load() != nil,
 		ParkAfterMS: s.parkAfterFor(ss).Milliseconds(),
 	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	old := s.peers[ss.peer]
+	if old == nil && len(s.peers) >= s.cfg.MaxPeers {
+		s.mu.Unlock()
+		s.outcomes.regFull.Add(1)
+		return &ProtocolError{Code: codeBusy, Reason: "server is at its peer limit"}
+	}
+	var queued [][]byte
+	var notice []byte
+	var noticeTo netip.AddrPort
+	resumed := false
+	if old != nil && old.park != nil {
+		queued, notice, noticeTo = s.adoptParkedLocked(ss, old, ss.resume)
+		resumed = notice == nil
+	}
+	// REGISTERED, then the frames that waited for a parked registration,
+	// are queued before ss is among the peers: once it is, others send to
+	// it (an introduction, a dialler's FLIGHT), and the client takes no
+	// frame before REGISTERED.
+	ss.enqueue(reg, false)
 	for _, b := range queued {
 		ss.enqueue(b, true)
 	}
+	s.peers[ss.peer] = ss
+	s.seen[ss.peer] = time.Now()
+	s.mu.Unlock()
+	if h := testRegisterGap.Load(); h != nil {
+		(*h)(ss)
+	}
+	s.nRegistrations.Add(1)
+	if r := s.cfg.Registry; r != nil {
+		r.Register(ss.peer)
+	}
+	if notice != nil {
+		s.pk.sock.WriteToUDPAddrPort(notice, noticeTo)
+	}
+	switch {
+	case resumed:
+		ss.log.Debug("parked registration resumed", "queued", len(queued))
+	case old != nil:
+		s.nReplaced.Add(1)
+		ss.log.Info("registration replaces an older connection")
+		old.closeWith(&ProtocolError{Code: codeReplaced, Reason: "a newer connection registered this peer ID"})
+	default:
+		s.outcomes.regNew.Add(1)
+		ss.log.Debug("registered") // one a peer: Info would flood a busy server's log
+	}
 	return nil
 }
+
+// testRegisterGap, set by tests, runs once a registration is among the
+// server's peers (others may send to it from then on).
+var testRegisterGap atomic.Pointer[func(*session)]
 
 // unregister removes a closed session and fails the introductions it was
 // part of.

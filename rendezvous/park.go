@@ -32,7 +32,9 @@ type ParkConfig struct {
 	// second meanwhile. Zero: 5 s.
 	WakeTimeout time.Duration
 	// MaxQueue is how many frames may wait for one parked node; an
-	// introduction beyond it gets ErrBusy. Zero: 32.
+	// introduction beyond it gets ErrBusy. Zero: 32. At most what a
+	// session's send queue holds besides REGISTERED (63): the re-attached
+	// session takes them all at once.
 	MaxQueue int
 	// WakeRate is how many WAKE datagrams the server sends per second in
 	// all (a burst of as many); a node due one when none is left gets it
@@ -50,6 +52,7 @@ func (c ParkConfig) withDefaults() ParkConfig {
 	if c.MaxQueue <= 0 {
 		c.MaxQueue = 32
 	}
+	c.MaxQueue = min(c.MaxQueue, sendQueueLen-1)
 	if c.WakeRate <= 0 {
 		c.WakeRate = 1000
 	}

@@ -481,3 +481,28 @@ func TestParkResumeFrameBeforeRegistered(t *testing.T) {
 		t.Errorf("the node registered %d times to dial, want 1 (the re-attach failed on a frame before REGISTERED)", n)
 	}
 }
+
+// A parked node's queue never takes more than its new session's send
+// queue holds after REGISTERED (the re-attach hands it over whole): a
+// larger ParkConfig.MaxQueue accepted frames that the hand-over then
+// dropped, introductions lost without an answer.
+func TestParkQueueFitsSession(t *testing.T) {
+	cfg := parkServerConfig()
+	cfg.Park.MaxQueue = 10 * sendQueueLen
+	rs := startTestServer(t, cfg)
+	b := startClient(t, "b", mustKey(t), []ServerAddr{rs.ServerAddr()}, newPathsTransport(t))
+	setParkDrop(t, func(kind byte) bool { return kind == parkKindWake })
+	waitParked(t, rs, b, 1)
+	rs.mu.Lock()
+	ss := rs.peers[b.cfg.Key.ID()]
+	rs.mu.Unlock()
+	accepted := 0
+	for i := range 2 * sendQueueLen {
+		if ss.trySend(typeFlight, flightBody{Intro: uint64(1<<40 + i), Packet: []byte{0xc0}}) {
+			accepted++
+		}
+	}
+	if accepted > sendQueueLen-1 {
+		t.Errorf("the parked queue took %d frames; a re-attached session holds %d after REGISTERED", accepted, sendQueueLen-1)
+	}
+}

@@ -469,6 +469,16 @@ func (s *Server) register(ss *session) error {
 		queued, notice, noticeTo = s.adoptParkedLocked(ss, old, ss.resume)
 		resumed = notice == nil
 	}
+	// Counted before the client can read REGISTERED (tests and metrics
+	// read them once it registered).
+	s.nRegistrations.Add(1)
+	switch {
+	case resumed:
+	case old != nil:
+		s.nReplaced.Add(1)
+	default:
+		s.outcomes.regNew.Add(1)
+	}
 	// REGISTERED, then the frames that waited for a parked registration,
 	// are queued before ss is among the peers: once it is, others send to
 	// it (an introduction, a dialler's FLIGHT), and the client takes no
@@ -483,7 +493,6 @@ func (s *Server) register(ss *session) error {
 	if h := testRegisterGap.Load(); h != nil {
 		(*h)(ss)
 	}
-	s.nRegistrations.Add(1)
 	if r := s.cfg.Registry; r != nil {
 		r.Register(ss.peer)
 	}
@@ -494,11 +503,9 @@ func (s *Server) register(ss *session) error {
 	case resumed:
 		ss.log.Debug("parked registration resumed", "queued", len(queued))
 	case old != nil:
-		s.nReplaced.Add(1)
 		ss.log.Info("registration replaces an older connection")
 		old.closeWith(&ProtocolError{Code: codeReplaced, Reason: "a newer connection registered this peer ID"})
 	default:
-		s.outcomes.regNew.Add(1)
 		ss.log.Debug("registered") // one a peer: Info would flood a busy server's log
 	}
 	return nil

@@ -82,6 +82,9 @@ type parkState struct {
 	queue  [][]byte       // frames for the node, in order
 	wakeBy time.Time      // the node must re-attach by then; zero: nothing queued
 	woke   time.Time      // the last WAKE sent
+	// next is the registration that took this one over (adoptParkedLocked):
+	// a frame for this one that comes later goes there.
+	next *session
 }
 
 // errParked ends a session's reader once it parked.
@@ -215,19 +218,21 @@ func (ss *session) shed() {
 }
 
 // parkEnqueue queues b for parked ss (the caller holds ss.qmu) and wakes
-// the node; false if the queue is full.
-func (s *Server) parkEnqueue(ss *session, p *parkState, b []byte) bool {
+// the node; false if the queue is full. A session that is no longer
+// parked (the caller read ss before) queues nothing: nobody would read
+// the queue, and ss would stay among those waking for good; next is the
+// registration that took it over, where b goes instead (nil: it expired
+// or left, and the caller fails).
+func (s *Server) parkEnqueue(ss *session, p *parkState, b []byte) (ok bool, next *session) {
 	s.pmu.Lock()
 	if s.pk.parked[p.token] != ss {
-		// Taken over by a newer registration, expired or left (the
-		// caller read ss before): nobody would read the queue, and ss
-		// would stay among those waking for good. The caller fails.
+		next := p.next
 		s.pmu.Unlock()
-		return false
+		return false, next
 	}
 	if len(p.queue) >= s.cfg.Park.MaxQueue {
 		s.pmu.Unlock()
-		return false
+		return false, nil
 	}
 	p.queue = append(p.queue, b)
 	first := p.wakeBy.IsZero()
@@ -244,7 +249,7 @@ func (s *Server) parkEnqueue(ss *session, p *parkState, b []byte) bool {
 	if wake != nil {
 		s.pk.sock.WriteToUDPAddrPort(wake, to)
 	}
-	return true
+	return true, nil
 }
 
 // wakeLocked returns the WAKE datagram for p if the rate allows one now.
@@ -458,23 +463,30 @@ func (s *Server) goneAll() {
 }
 
 // adoptParkedLocked hands the parked registration old of ss's peer to ss,
-// which registered since: its introductions, flights and queued frames.
-// resumed says ss named old's token (the same node coming back); if not,
-// the parked node is told it was replaced. The caller holds s.mu; it
-// returns the frames to send after REGISTERED, and the replaced notice
-// to send (nil if none) and where.
-func (s *Server) adoptParkedLocked(ss, old *session, resume uint64) (queued [][]byte, notice []byte, to netip.AddrPort) {
+// which registered since and has REGISTERED queued: its introductions,
+// flights and queued frames (queued on ss here, before any frame for old
+// that comes later and goes to ss too). resumed says ss named old's
+// token (the same node coming back); if not, the parked node is told it
+// was replaced. The caller holds s.mu; it returns how many frames were
+// handed over, and the replaced notice to send (nil if none) and where.
+func (s *Server) adoptParkedLocked(ss, old *session, resume uint64) (queued int, notice []byte, to netip.AddrPort) {
 	old.qmu.Lock()
 	s.pmu.Lock()
 	p := old.park
 	delete(s.pk.parked, p.token)
 	delete(s.pk.waking, old)
-	queued, p.queue = p.queue, nil
+	frames := p.queue
+	p.queue, p.next = nil, ss
 	if resume != p.token {
 		p.sndCtr++
 		notice, to = appendParkDatagram(nil, parkToNode, p.token, p.sndCtr, parkKindReplaced, &p.key), p.addr
 	}
 	s.pmu.Unlock()
+	// Under old's qmu: a frame for old that comes meanwhile waits, and
+	// then follows these.
+	for _, b := range frames {
+		ss.enqueue(b, true)
+	}
 	old.qmu.Unlock()
 	for id, pi := range old.intros {
 		if pi.to == old {
@@ -493,7 +505,7 @@ func (s *Server) adoptParkedLocked(ss, old *session, resume uint64) (queued [][]
 	if resume == p.token {
 		s.pk.nResumed.Add(1)
 	}
-	return queued, notice, to
+	return len(frames), notice, to
 }
 
 // parkedCount is how many registrations are parked now.

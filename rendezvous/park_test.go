@@ -429,29 +429,57 @@ func TestParkedServerShutdown(t *testing.T) {
 
 // A frame for a parked session that a newer registration took over
 // (connect or relayFlight read the target before the node re-attached)
-// is refused, so the introduction fails at once rather than waiting in a
-// queue nobody reads; the old session is not left among those waking.
-func TestParkStaleSessionRefuses(t *testing.T) {
+// goes to the new registration: the introduction reaches the node once.
+// One for a parked session that left is refused, so the introduction
+// fails at once; neither waits in a queue nobody reads, nor leaves the
+// old session among those waking.
+func TestParkStaleSession(t *testing.T) {
 	rs := startTestServer(t, parkServerConfig())
 	servers := []ServerAddr{rs.ServerAddr()}
 	a := startClient(t, "a", mustKey(t), servers, newTransport(t))
 	answerAll(t, a)
 	b := startClient(t, "b", mustKey(t), servers, newPathsTransport(t))
 	waitParked(t, rs, b, 1)
-	rs.mu.Lock()
-	old := rs.peers[b.cfg.Key.ID()]
-	rs.mu.Unlock()
+	sessionOf := func(c *Client) *session {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		return rs.peers[c.cfg.Key.ID()]
+	}
+	waking := func() int {
+		rs.pmu.Lock()
+		defer rs.pmu.Unlock()
+		return len(rs.pk.waking)
+	}
+	old := sessionOf(b)
 	if _, err := b.Connect(testCtx(t, 5*time.Second), a.cfg.Key.ID(), PeerInfo{}); err != nil {
 		t.Fatalf("Connect from the parked node: %v", err)
 	}
-	if old.trySend(typeIntro, introBody{ID: 1 << 40}) {
-		t.Error("a frame for the parked session that was taken over was accepted (lost)")
+	const id = 1 << 40
+	if !old.trySend(typeIntro, introBody{ID: id, Offer: PeerInfo{Peer: a.cfg.Key.ID()}}) {
+		t.Error("a frame for the parked session that was taken over was refused")
 	}
-	rs.pmu.Lock()
-	waking := len(rs.pk.waking)
-	rs.pmu.Unlock()
-	if waking != 0 {
-		t.Errorf("%d sessions waking after the take-over, want 0", waking)
+	select {
+	case in := <-b.Incoming():
+		if in.id != id {
+			t.Errorf("introduction %d, want %d", in.id, id)
+		}
+	case <-time.After(3 * time.Second):
+		t.Error("the introduction for the parked session that was taken over never reached the node")
+	}
+	if n := waking(); n != 0 {
+		t.Errorf("%d sessions waking after the take-over, want 0", n)
+	}
+
+	c := startClient(t, "c", mustKey(t), servers, newPathsTransport(t))
+	waitParked(t, rs, c, 2)
+	gone := sessionOf(c)
+	c.Close()
+	waitFor(t, "the server to forget the parked node that left", func() bool { return rs.parkedCount() == 1 })
+	if gone.trySend(typeIntro, introBody{ID: id + 1}) {
+		t.Error("a frame for a parked session that left was accepted (lost)")
+	}
+	if n := waking(); n != 0 {
+		t.Errorf("%d sessions waking after a parked node left, want 0", n)
 	}
 }
 

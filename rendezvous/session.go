@@ -184,8 +184,11 @@ func (ss *session) kick() {
 func (ss *session) enqueue(b []byte, drop bool) bool {
 	ss.qmu.Lock()
 	if p := ss.park; p != nil {
-		ok := ss.srv.parkEnqueue(ss, p, b)
+		ok, next := ss.srv.parkEnqueue(ss, p, b)
 		ss.qmu.Unlock()
+		if next != nil {
+			return next.enqueue(b, drop) // a registration took this parked one over
+		}
 		return ok
 	}
 	if closed(ss.done) {
@@ -461,14 +464,8 @@ func (s *Server) register(ss *session) error {
 		s.outcomes.regFull.Add(1)
 		return &ProtocolError{Code: codeBusy, Reason: "server is at its peer limit"}
 	}
-	var queued [][]byte
-	var notice []byte
-	var noticeTo netip.AddrPort
-	resumed := false
-	if old != nil && old.park != nil {
-		queued, notice, noticeTo = s.adoptParkedLocked(ss, old, ss.resume)
-		resumed = notice == nil
-	}
+	parked := old != nil && old.park != nil
+	resumed := parked && ss.resume == old.park.token
 	// Counted before the client can read REGISTERED (tests and metrics
 	// read them once it registered).
 	s.nRegistrations.Add(1)
@@ -480,12 +477,16 @@ func (s *Server) register(ss *session) error {
 		s.outcomes.regNew.Add(1)
 	}
 	// REGISTERED, then the frames that waited for a parked registration,
-	// are queued before ss is among the peers: once it is, others send to
-	// it (an introduction, a dialler's FLIGHT), and the client takes no
-	// frame before REGISTERED.
+	// are queued before anyone else can send to ss: a frame for the parked
+	// one is handed to ss from the moment it is adopted, and one for the
+	// peer from the moment ss is among the peers (an introduction, a
+	// dialler's FLIGHT); the client takes no frame before REGISTERED.
 	ss.enqueue(reg, false)
-	for _, b := range queued {
-		ss.enqueue(b, true)
+	var queued int
+	var notice []byte
+	var noticeTo netip.AddrPort
+	if parked {
+		queued, notice, noticeTo = s.adoptParkedLocked(ss, old, ss.resume)
 	}
 	s.peers[ss.peer] = ss
 	s.seen[ss.peer] = time.Now()
@@ -501,7 +502,7 @@ func (s *Server) register(ss *session) error {
 	}
 	switch {
 	case resumed:
-		ss.log.Debug("parked registration resumed", "queued", len(queued))
+		ss.log.Debug("parked registration resumed", "queued", queued)
 	case old != nil:
 		ss.log.Info("registration replaces an older connection")
 		old.closeWith(&ProtocolError{Code: codeReplaced, Reason: "a newer connection registered this peer ID"})

@@ -32,7 +32,9 @@ type ParkConfig struct {
 	// second meanwhile. Zero: 5 s.
 	WakeTimeout time.Duration
 	// MaxQueue is how many frames may wait for one parked node; an
-	// introduction beyond it gets ErrBusy. Zero: 32.
+	// introduction beyond it gets ErrBusy. Zero: 32. At most what a
+	// session's send queue holds besides REGISTERED (63): the re-attached
+	// session takes them all at once.
 	MaxQueue int
 	// WakeRate is how many WAKE datagrams the server sends per second in
 	// all (a burst of as many); a node due one when none is left gets it
@@ -50,6 +52,7 @@ func (c ParkConfig) withDefaults() ParkConfig {
 	if c.MaxQueue <= 0 {
 		c.MaxQueue = 32
 	}
+	c.MaxQueue = min(c.MaxQueue, sendQueueLen-1)
 	if c.WakeRate <= 0 {
 		c.WakeRate = 1000
 	}
@@ -79,6 +82,9 @@ type parkState struct {
 	queue  [][]byte       // frames for the node, in order
 	wakeBy time.Time      // the node must re-attach by then; zero: nothing queued
 	woke   time.Time      // the last WAKE sent
+	// next is the registration that took this one over (adoptParkedLocked):
+	// a frame for this one that comes later goes there.
+	next *session
 }
 
 // errParked ends a session's reader once it parked.
@@ -212,12 +218,21 @@ func (ss *session) shed() {
 }
 
 // parkEnqueue queues b for parked ss (the caller holds ss.qmu) and wakes
-// the node; false if the queue is full.
-func (s *Server) parkEnqueue(ss *session, p *parkState, b []byte) bool {
+// the node; false if the queue is full. A session that is no longer
+// parked (the caller read ss before) queues nothing: nobody would read
+// the queue, and ss would stay among those waking for good; next is the
+// registration that took it over, where b goes instead (nil: it expired
+// or left, and the caller fails).
+func (s *Server) parkEnqueue(ss *session, p *parkState, b []byte) (ok bool, next *session) {
 	s.pmu.Lock()
+	if s.pk.parked[p.token] != ss {
+		next := p.next
+		s.pmu.Unlock()
+		return false, next
+	}
 	if len(p.queue) >= s.cfg.Park.MaxQueue {
 		s.pmu.Unlock()
-		return false
+		return false, nil
 	}
 	p.queue = append(p.queue, b)
 	first := p.wakeBy.IsZero()
@@ -234,7 +249,7 @@ func (s *Server) parkEnqueue(ss *session, p *parkState, b []byte) bool {
 	if wake != nil {
 		s.pk.sock.WriteToUDPAddrPort(wake, to)
 	}
-	return true
+	return true, nil
 }
 
 // wakeLocked returns the WAKE datagram for p if the rate allows one now.
@@ -368,6 +383,7 @@ func (s *Server) notWoken(ss *session) {
 	s.pmu.Lock()
 	p := ss.park
 	if s.pk.parked[p.token] != ss || p.wakeBy.IsZero() {
+		delete(s.pk.waking, ss)
 		s.pmu.Unlock()
 		s.mu.Unlock()
 		return
@@ -447,23 +463,30 @@ func (s *Server) goneAll() {
 }
 
 // adoptParkedLocked hands the parked registration old of ss's peer to ss,
-// which registered since: its introductions, flights and queued frames.
-// resumed says ss named old's token (the same node coming back); if not,
-// the parked node is told it was replaced. The caller holds s.mu; it
-// returns the frames to send after REGISTERED, and the replaced notice
-// to send (nil if none) and where.
-func (s *Server) adoptParkedLocked(ss, old *session, resume uint64) (queued [][]byte, notice []byte, to netip.AddrPort) {
+// which registered since and has REGISTERED queued: its introductions,
+// flights and queued frames (queued on ss here, before any frame for old
+// that comes later and goes to ss too). resumed says ss named old's
+// token (the same node coming back); if not, the parked node is told it
+// was replaced. The caller holds s.mu; it returns how many frames were
+// handed over, and the replaced notice to send (nil if none) and where.
+func (s *Server) adoptParkedLocked(ss, old *session, resume uint64) (queued int, notice []byte, to netip.AddrPort) {
 	old.qmu.Lock()
 	s.pmu.Lock()
 	p := old.park
 	delete(s.pk.parked, p.token)
 	delete(s.pk.waking, old)
-	queued, p.queue = p.queue, nil
+	frames := p.queue
+	p.queue, p.next = nil, ss
 	if resume != p.token {
 		p.sndCtr++
 		notice, to = appendParkDatagram(nil, parkToNode, p.token, p.sndCtr, parkKindReplaced, &p.key), p.addr
 	}
 	s.pmu.Unlock()
+	// Under old's qmu: a frame for old that comes meanwhile waits, and
+	// then follows these.
+	for _, b := range frames {
+		ss.enqueue(b, true)
+	}
 	old.qmu.Unlock()
 	for id, pi := range old.intros {
 		if pi.to == old {
@@ -482,7 +505,7 @@ func (s *Server) adoptParkedLocked(ss, old *session, resume uint64) (queued [][]
 	if resume == p.token {
 		s.pk.nResumed.Add(1)
 	}
-	return queued, notice, to
+	return len(frames), notice, to
 }
 
 // parkedCount is how many registrations are parked now.

@@ -426,3 +426,111 @@ func TestParkedServerShutdown(t *testing.T) {
 		t.Errorf("registered elsewhere after %v: GONE was not heeded (keepalive loss takes ~8 s)", d)
 	}
 }
+
+// A frame for a parked session that a newer registration took over
+// (connect or relayFlight read the target before the node re-attached)
+// goes to the new registration: the introduction reaches the node once.
+// One for a parked session that left is refused, so the introduction
+// fails at once; neither waits in a queue nobody reads, nor leaves the
+// old session among those waking.
+func TestParkStaleSession(t *testing.T) {
+	rs := startTestServer(t, parkServerConfig())
+	servers := []ServerAddr{rs.ServerAddr()}
+	a := startClient(t, "a", mustKey(t), servers, newTransport(t))
+	answerAll(t, a)
+	b := startClient(t, "b", mustKey(t), servers, newPathsTransport(t))
+	waitParked(t, rs, b, 1)
+	sessionOf := func(c *Client) *session {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		return rs.peers[c.cfg.Key.ID()]
+	}
+	waking := func() int {
+		rs.pmu.Lock()
+		defer rs.pmu.Unlock()
+		return len(rs.pk.waking)
+	}
+	old := sessionOf(b)
+	if _, err := b.Connect(testCtx(t, 5*time.Second), a.cfg.Key.ID(), PeerInfo{}); err != nil {
+		t.Fatalf("Connect from the parked node: %v", err)
+	}
+	const id = 1 << 40
+	if !old.trySend(typeIntro, introBody{ID: id, Offer: PeerInfo{Peer: a.cfg.Key.ID()}}) {
+		t.Error("a frame for the parked session that was taken over was refused")
+	}
+	select {
+	case in := <-b.Incoming():
+		if in.id != id {
+			t.Errorf("introduction %d, want %d", in.id, id)
+		}
+	case <-time.After(3 * time.Second):
+		t.Error("the introduction for the parked session that was taken over never reached the node")
+	}
+	if n := waking(); n != 0 {
+		t.Errorf("%d sessions waking after the take-over, want 0", n)
+	}
+
+	c := startClient(t, "c", mustKey(t), servers, newPathsTransport(t))
+	waitParked(t, rs, c, 2)
+	gone := sessionOf(c)
+	c.Close()
+	waitFor(t, "the server to forget the parked node that left", func() bool { return rs.parkedCount() == 1 })
+	if gone.trySend(typeIntro, introBody{ID: id + 1}) {
+		t.Error("a frame for a parked session that left was accepted (lost)")
+	}
+	if n := waking(); n != 0 {
+		t.Errorf("%d sessions waking after a parked node left, want 0", n)
+	}
+}
+
+// A frame for a parked node that re-attaches, sent the moment its new
+// registration is among the server's peers (a FLIGHT retransmitted by
+// the dialler, another introduction), reaches it after REGISTERED: the
+// re-attach succeeds and resumes the parked registration.
+func TestParkResumeFrameBeforeRegistered(t *testing.T) {
+	rs := startTestServer(t, parkServerConfig())
+	servers := []ServerAddr{rs.ServerAddr()}
+	a := startClient(t, "a", mustKey(t), servers, newTransport(t))
+	answerAll(t, a)
+	b := startClient(t, "b", mustKey(t), servers, newPathsTransport(t))
+	waitParked(t, rs, b, 1)
+	var regs atomic.Int32
+	gap := func(ss *session) {
+		if ss.peer == b.cfg.Key.ID() && regs.Add(1) == 1 {
+			ss.trySend(typeFlight, flightBody{Intro: 1 << 40, Packet: []byte{0xc0}})
+		}
+	}
+	testRegisterGap.Store(&gap)
+	t.Cleanup(func() { testRegisterGap.Store(nil) })
+	if _, err := b.Connect(testCtx(t, 5*time.Second), a.cfg.Key.ID(), PeerInfo{}); err != nil {
+		t.Fatalf("Connect from the parked node: %v", err)
+	}
+	if n := regs.Load(); n != 1 {
+		t.Errorf("the node registered %d times to dial, want 1 (the re-attach failed on a frame before REGISTERED)", n)
+	}
+}
+
+// A parked node's queue never takes more than its new session's send
+// queue holds after REGISTERED (the re-attach hands it over whole): a
+// larger ParkConfig.MaxQueue accepted frames that the hand-over then
+// dropped, introductions lost without an answer.
+func TestParkQueueFitsSession(t *testing.T) {
+	cfg := parkServerConfig()
+	cfg.Park.MaxQueue = 10 * sendQueueLen
+	rs := startTestServer(t, cfg)
+	b := startClient(t, "b", mustKey(t), []ServerAddr{rs.ServerAddr()}, newPathsTransport(t))
+	setParkDrop(t, func(kind byte) bool { return kind == parkKindWake })
+	waitParked(t, rs, b, 1)
+	rs.mu.Lock()
+	ss := rs.peers[b.cfg.Key.ID()]
+	rs.mu.Unlock()
+	accepted := 0
+	for i := range 2 * sendQueueLen {
+		if ss.trySend(typeFlight, flightBody{Intro: uint64(1<<40 + i), Packet: []byte{0xc0}}) {
+			accepted++
+		}
+	}
+	if accepted > sendQueueLen-1 {
+		t.Errorf("the parked queue took %d frames; a re-attached session holds %d after REGISTERED", accepted, sendQueueLen-1)
+	}
+}

@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"os"
-	"slices"
 	"sync"
 	"time"
 
@@ -183,8 +181,11 @@ func (ss *session) kick() {
 func (ss *session) enqueue(b []byte, drop bool) bool {
 	ss.qmu.Lock()
 	if p := ss.park; p != nil {
-		ok := ss.srv.parkEnqueue(ss, p, b)
+		ok, next := ss.srv.parkEnqueue(ss, p, b)
 		ss.qmu.Unlock()
+		if next != nil {
+			return next.enqueue(b, drop) // a registration took this parked one over
+		}
 		return ok
 	}
 	if closed(ss.done) {
@@ -434,59 +435,6 @@ func (ss *session) readLoop(fr *frameReader) error {
 			return &ProtocolError{Code: codeUnexpected, Reason: t.String() + " is not sent by clients"}
 		}
 	}
-}
-
-// register makes ss the live connection of its peer, replacing (and
-// closing) an older one.
-func (s *Server) register(ss *session) error {
-	s.mu.Lock()
-	old := s.peers[ss.peer]
-	if old == nil && len(s.peers) >= s.cfg.MaxPeers {
-		s.mu.Unlock()
-		s.outcomes.regFull.Add(1)
-		return &ProtocolError{Code: codeBusy, Reason: "server is at its peer limit"}
-	}
-	var queued [][]byte
-	var notice []byte
-	var noticeTo netip.AddrPort
-	if old != nil && old.park != nil {
-		queued, notice, noticeTo = s.adoptParkedLocked(ss, old, ss.resume)
-	}
-	s.peers[ss.peer] = ss
-	s.seen[ss.peer] = time.Now()
-	s.mu.Unlock()
-	s.nRegistrations.Add(1)
-	if r := s.cfg.Registry; r != nil {
-		r.Register(ss.peer)
-	}
-	if notice != nil {
-		s.pk.sock.WriteToUDPAddrPort(notice, noticeTo)
-	}
-	if old != nil && old.park != nil && notice == nil {
-		ss.log.Debug("parked registration resumed", "queued", len(queued))
-	} else if old != nil {
-		s.nReplaced.Add(1)
-		ss.log.Info("registration replaces an older connection")
-		old.closeWith(&ProtocolError{Code: codeReplaced, Reason: "a newer connection registered this peer ID"})
-	} else {
-		s.outcomes.regNew.Add(1)
-		ss.log.Debug("registered") // one a peer: Info would flood a busy server's log
-	}
-	ss.send(typeRegistered, registeredBody{
-		Peer:        ss.peer,
-		Observed:    ss.observed(),
-		KeepaliveMS: (s.cfg.IdleTimeout / 3).Milliseconds(),
-		MaxFrame:    s.cfg.MaxFrameSize,
-		Protocols:   slices.Sorted(maps.Keys(s.cfg.Protocols)),
-		Codes:       !s.cfg.Codes.Disable,
-		Servers:     ss.fleetList(),
-		Fleet:       s.fleet.Load() != nil,
-		ParkAfterMS: s.parkAfterFor(ss).Milliseconds(),
-	})
-	for _, b := range queued {
-		ss.enqueue(b, true)
-	}
-	return nil
 }
 
 // unregister removes a closed session and fails the introductions it was

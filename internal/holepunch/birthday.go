@@ -103,15 +103,22 @@ func birthdayRole(local, remote candidate.PeerInfo) int {
 	return birthdayNone
 }
 
-// reflexive4 is the peer's reflexive IPv4 address (invalid if none).
-func reflexive4(p candidate.PeerInfo) netip.AddrPort {
-	for _, a := range p.Addrs(candidate.Reflexive) {
-		a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
-		if a.Addr().Is4() && a.Port() != 0 {
-			return a
-		}
+// birthdayTarget is the peer's reflexive IPv4 address as the server
+// observed it (PeerInfo.Observed), the only address the birthday mode
+// sends to: never one of the peer's own candidates, which it writes
+// itself (a dialler claiming a random symmetric NAT would otherwise aim
+// this node's hundreds of probes at a third party or at the node's own
+// network). Invalid: none (the peer registered over TCP, or the address
+// is not one a punch may go to).
+func (r *Rung) birthdayTarget(p candidate.PeerInfo) netip.AddrPort {
+	a := netip.AddrPortFrom(p.Observed.Addr().Unmap(), p.Observed.Port())
+	if !a.Addr().Is4() || a.Port() == 0 {
+		return netip.AddrPort{}
 	}
-	return netip.AddrPort{}
+	if s := r.scope(); !s.Allowed(a.Addr(), p.SameLAN(s)) {
+		return netip.AddrPort{}
+	}
+	return a
 }
 
 // birthdaySockets is the rung's k (0: off).

@@ -32,7 +32,7 @@ func (r *Rung) self() candidate.PeerInfo {
 // for an introduction whose attempt at runs; own and dialler are the
 // two sides' round-trip times to the server.
 func (r *Rung) birthdayListener(offer candidate.PeerInfo, at *Attempt, own, dialler time.Duration) {
-	peer := reflexive4(offer)
+	peer := r.birthdayTarget(offer)
 	if !peer.IsValid() || offer.Move {
 		// A move looks for a path the node's socket can take over
 		// (holepunch.Validate), which a birthday pair on a helper socket
@@ -145,7 +145,7 @@ func (r *Rung) serveWinner(offer candidate.PeerInfo, win wideWin) {
 // the caller closes it); the probe side probes at once (the listener
 // primed before its answer).
 func (r *Rung) birthdayDialer(ctx context.Context, a *rung.Attempt, at *Attempt) *wideRace {
-	peer := reflexive4(a.Remote)
+	peer := r.birthdayTarget(a.Remote)
 	if !peer.IsValid() {
 		return nil
 	}

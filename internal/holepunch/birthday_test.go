@@ -234,7 +234,8 @@ func TestBirthdayFlood(t *testing.T) {
 				offer.Mapping = tc.dialler
 				offer.Ports = &candidate.PortAllocation{Kind: candidate.AllocRandom}
 				// 192.0.2.1 (TEST-NET-1): nothing answers.
-				offer.Candidates = append(offer.Candidates, candidate.Candidate{Addr: netip.MustParseAddrPort("192.0.2.1:4000"), Kind: candidate.Reflexive})
+				offer.Observed = netip.MustParseAddrPort("192.0.2.1:4000") // the server's word
+				offer.Candidates = append(offer.Candidates, candidate.Candidate{Addr: offer.Observed, Kind: candidate.Reflexive})
 				r.Introduced(offer)
 			}
 			st := r.Birthday()
@@ -260,5 +261,30 @@ func TestBirthdayFlood(t *testing.T) {
 				t.Fatalf("%d fds after the node closed, want %d", got, before+1)
 			}
 		})
+	}
+}
+
+// TestBirthdayTarget: the birthday mode aims only at the peer's address
+// as the server observed it, never at a reflexive candidate the peer
+// wrote itself (a hostile dialler claiming a random symmetric NAT would
+// otherwise aim this node's 700 probes at a third party, or at its own
+// network), and not at all without the server's word.
+func TestBirthdayTarget(t *testing.T) {
+	r := birthdayRung(t, Limits{})
+	lie := candidate.Candidate{Addr: netip.MustParseAddrPort("198.51.100.9:53"), Kind: candidate.Reflexive}
+	observed := netip.MustParseAddrPort("192.0.2.1:4000")
+	for _, tc := range []struct {
+		name string
+		p    candidate.PeerInfo
+		want netip.AddrPort
+	}{
+		{"lie first, server's word", candidate.PeerInfo{Observed: observed, Candidates: []candidate.Candidate{lie, {Addr: observed, Kind: candidate.Reflexive}}}, observed},
+		{"lie only", candidate.PeerInfo{Candidates: []candidate.Candidate{lie}}, netip.AddrPort{}},
+		{"loopback observed", candidate.PeerInfo{Observed: netip.MustParseAddrPort("127.0.0.1:4000")}, netip.AddrPort{}},
+		{"mapped observed", candidate.PeerInfo{Observed: netip.MustParseAddrPort("[::ffff:192.0.2.1]:4000")}, observed},
+	} {
+		if got := r.birthdayTarget(tc.p); got != tc.want {
+			t.Errorf("%s: target %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

@@ -238,17 +238,12 @@ func (r *Rung) Start(context.Context) error {
 		// only for the first router (an outer home router), since
 		// providers number their own routers in 10/8 as well, and a
 		// primer that goes too far may meet the peer's router.
-		ttl := r.lim.PrimerTTL
-		var hop time.Duration
-		var silent bool
-		for {
-			var router netip.Addr
-			hop, silent, router = measureHop(ctx, inNet, to, ttl, 2*time.Second)
+		measure := func(ttl int) (time.Duration, bool, netip.Addr) {
+			hop, silent, router := measureHop(ctx, inNet, to, ttl, 2*time.Second)
 			r.h.Logger.Debug("holepunch-tcp: first answering router", "ttl", ttl, "after", hop, "reached_server", silent, "router", router)
-			if hop == 0 || ctx.Err() != nil || !innerRouter(router, ttl == r.lim.PrimerTTL) || ttl >= r.lim.PrimerTTL+maxInnerHops {
-				break
-			}
-			ttl++
+			return hop, silent, router
+		}
+		hop, silent, ttl := climbInner(ctx, r.lim.PrimerTTL, measure, func(hop time.Duration, ttl int) {
 			// Primers from now on go at least this far, and their hold
 			// covers at least this router's answer, while the next
 			// measurement runs: routers limit their ICMP errors (Linux:
@@ -260,7 +255,7 @@ func (r *Rung) Start(context.Context) error {
 			r.mu.Lock()
 			r.hop, r.baseTTL = hop, ttl
 			r.mu.Unlock()
-		}
+		})
 		r.mu.Lock()
 		r.hop, r.farTTL, r.baseTTL = hop, silent, ttl
 		r.mu.Unlock()
@@ -306,6 +301,32 @@ func (r *Rung) far() bool {
 // maxInnerHops bounds how many routers inside a carrier's NAT the
 // primer's TTL grows by.
 const maxInnerHops = 2
+
+// climbInner measures (measure) the first router that answers a SYN of
+// TTL base, and one hop further for each router inside a carrier's NAT
+// (innerRouter), at most maxInnerHops; provisional gets each such
+// router's answer time and the TTL past it while the next measurement
+// runs. It returns the last answer time, whether the last SYN reached the
+// server, and the TTL. When nothing answers past an inner router (its
+// ICMP rate limit, the deadline), the inner router's time stands: a
+// primer that dies further on is answered no sooner, and a hold of zero
+// would leave the dialler's SYN to meet a deaf primer.
+func climbInner(ctx context.Context, base int, measure func(ttl int) (time.Duration, bool, netip.Addr), provisional func(hop time.Duration, ttl int)) (hop time.Duration, silent bool, ttl int) {
+	var known time.Duration // the last inner router's answer time
+	for ttl = base; ; {
+		var router netip.Addr
+		hop, silent, router = measure(ttl)
+		if hop == 0 || ctx.Err() != nil || !innerRouter(router, ttl == base) || ttl >= base+maxInnerHops {
+			if hop == 0 {
+				hop = known
+			}
+			return hop, silent, ttl
+		}
+		known = hop
+		ttl++
+		provisional(hop, ttl)
+	}
+}
 
 // innerRouter reports whether a router that answered a primer-TTL SYN
 // from addr is likely inside a NAT of our own, so that the primer must go

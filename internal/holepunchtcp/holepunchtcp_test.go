@@ -314,3 +314,45 @@ func TestPrimerHold(t *testing.T) {
 		}
 	}
 }
+
+// TestClimbInner: past a router inside a carrier's NAT the TTL grows by
+// one; when nothing answers at the new TTL (the routers' ICMP rate limit,
+// the deadline), the inner router's answer time stands for the hold
+// instead of none, and the TTL stays raised.
+func TestClimbInner(t *testing.T) {
+	type answer struct {
+		hop    time.Duration
+		silent bool
+		router string
+	}
+	for _, tc := range []struct {
+		name    string
+		answers map[int]answer
+		hop     time.Duration
+		silent  bool
+		ttl     int
+	}{
+		{"home router, then nothing", map[int]answer{2: {8 * time.Millisecond, false, "192.168.1.1"}}, 8 * time.Millisecond, false, 3},
+		{"carrier router, then the next answers", map[int]answer{2: {8 * time.Millisecond, false, "100.64.0.1"}, 3: {15 * time.Millisecond, false, "203.0.113.1"}}, 15 * time.Millisecond, false, 3},
+		{"public router", map[int]answer{2: {8 * time.Millisecond, false, "203.0.113.1"}}, 8 * time.Millisecond, false, 2},
+		{"reached the server", map[int]answer{2: {0, true, ""}}, 0, true, 2},
+		{"nothing answers", map[int]answer{}, 0, false, 2},
+	} {
+		var provisional []int
+		measure := func(ttl int) (time.Duration, bool, netip.Addr) {
+			a := tc.answers[ttl]
+			var ip netip.Addr
+			if a.router != "" {
+				ip = netip.MustParseAddr(a.router)
+			}
+			return a.hop, a.silent, ip
+		}
+		hop, silent, ttl := climbInner(context.Background(), 2, measure, func(_ time.Duration, ttl int) { provisional = append(provisional, ttl) })
+		if hop != tc.hop || silent != tc.silent || ttl != tc.ttl {
+			t.Errorf("%s: hop %v silent %v ttl %d, want %v %v %d", tc.name, hop, silent, ttl, tc.hop, tc.silent, tc.ttl)
+		}
+		if tc.ttl > 2 && (len(provisional) == 0 || provisional[len(provisional)-1] != tc.ttl) {
+			t.Errorf("%s: provisional TTLs %v, want the last %d", tc.name, provisional, tc.ttl)
+		}
+	}
+}

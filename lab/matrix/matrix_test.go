@@ -399,3 +399,47 @@ func TestParsePairs(t *testing.T) {
 		t.Fatal("a pair without a colon was accepted")
 	}
 }
+
+// TestChanceMissesAcrossRun: a run with too few dials per direction to
+// flag a birthday cell on its own (one or two) still flags its birthday
+// cells when every one of their dials, MinChanceDials or more in all,
+// fell back: the birthday mode did not hit once, which is not chance. A
+// single hit anywhere in the run flags none.
+func TestChanceMissesAcrossRun(t *testing.T) {
+	miss := Attempt{OK: true, Strategy: Supernode, ConnectMS: 700, RTTMS: 80}
+	hit := Attempt{OK: true, Strategy: Holepunch, Detail: "birthday: ...", ConnectMS: 300, RTTMS: 80}
+	cell := func(as ...Attempt) Direction {
+		d := Direction{Dialer: Kind(natlab.Symmetric), Listener: Kind(natlab.PortRestricted), Best: Holepunch, Fallback: Supernode, Attempts: as}
+		summarise(&d)
+		return d
+	}
+	other := Direction{Best: Direct, Attempts: []Attempt{{OK: true, Strategy: Direct, ConnectMS: 100, RTTMS: 80}}}
+	summarise(&other)
+	ds := []Direction{cell(miss), cell(miss, miss), other}
+	for _, d := range ds {
+		if d.Worse {
+			t.Fatalf("a cell of one or two misses flagged on its own: %q", d.Reason)
+		}
+	}
+	flagChanceMisses(ds)
+	for i, d := range ds[:2] {
+		if !d.Worse || d.Severity != SeverityPath || !strings.Contains(d.Reason, "every one of the run's 3") {
+			t.Errorf("cell %d: worse=%v severity %q reason %q, want flagged", i, d.Worse, d.Severity, d.Reason)
+		}
+	}
+	if ds[2].Worse {
+		t.Errorf("a direction without a fallback flagged: %q", ds[2].Reason)
+	}
+	ds = []Direction{cell(miss), cell(miss, hit), cell(miss)}
+	flagChanceMisses(ds)
+	for i, d := range ds {
+		if d.Worse {
+			t.Errorf("cell %d flagged although the run hit once: %q", i, d.Reason)
+		}
+	}
+	ds = []Direction{cell(miss), cell(miss)}
+	flagChanceMisses(ds)
+	if ds[0].Worse || ds[1].Worse {
+		t.Error("two misses in all flagged (fewer than MinChanceDials)")
+	}
+}

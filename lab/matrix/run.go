@@ -109,8 +109,36 @@ func Run(ctx context.Context, lab *natlab.Lab, cfg Config) (*Result, error) {
 			}
 		}
 	}
+	flagChanceMisses(res.Directions)
 	res.Duration = time.Since(start).Round(time.Second).String()
 	return res, nil
+}
+
+// flagChanceMisses flags the directions whose best path is found by
+// chance (a Fallback) when every one of their dials in the run fell
+// back, MinChanceDials or more in all: a run with one or two dials per
+// direction flags none of them on its own (summarise), yet a birthday
+// mode that never hit in the whole run is broken, not unlucky.
+func flagChanceMisses(ds []Direction) {
+	total, fell := 0, 0
+	for _, d := range ds {
+		if d.Fallback != "" {
+			total += len(d.Attempts)
+			fell += d.FellBack
+		}
+	}
+	if total < MinChanceDials || fell != total {
+		return
+	}
+	for i := range ds {
+		d := &ds[i]
+		if d.Fallback == "" || d.FellBack == 0 || d.Severity == SeverityPath {
+			continue
+		}
+		why := fmt.Sprintf("fell back to %s in every one of the run's %d dials where %s finds its path by chance but mostly", d.Fallback, total, d.Best)
+		d.Reason = strings.TrimPrefix(d.Reason+"; "+why, "; ")
+		d.Worse, d.Severity = true, SeverityPath
+	}
 }
 
 // ErrKindUnsupported: a kind the run's topology cannot build (a double

@@ -2,6 +2,7 @@ package holepunch
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"time"
@@ -66,15 +67,55 @@ func predictionDetail(local, remote candidate.PeerInfo, predicted []netip.AddrPo
 }
 
 // predictTTL is the TTL of pings to predicted ports: the primer TTL, or
-// none (full TTL) with primers off.
+// none (full TTL) with primers off. A node with no NAT of its own (its
+// server sees it at one of its interface addresses) sends them with TTL
+// 1: they only need to open a firewall on the host or at its first hop,
+// and a primer TTL from a public host reaches the peer's router itself
+// (the lab's open host is one hop from a provider's router, two from
+// the peer's), where on a Linux router every predicted port becomes a
+// flow to the router and the peer's NAT then drops its own next flows on
+// those ports: a sequential-symmetric linux-host dialler lost its direct
+// path to an open listener that way, 3 of 3 dials to direct-tcp (the
+// matrix, 2026-12-01).
 func (r *Rung) predictTTL() int {
 	switch {
 	case r.PrimerTTL < 0:
 		return 0
+	case r.public():
+		return 1
 	case r.PrimerTTL == 0:
 		return DefaultPrimerTTL
 	}
 	return r.PrimerTTL
+}
+
+// public reports whether the node has no NAT of its own: its server sees
+// it at one of its interface addresses.
+func (r *Rung) public() bool {
+	if r.h.Observed == nil || r.h.InterfaceAddrs == nil {
+		return false
+	}
+	obs := r.h.Observed()
+	if !obs.IsValid() {
+		return false
+	}
+	addrs, err := r.h.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		var ip netip.Addr
+		switch v := a.(type) {
+		case *net.IPNet:
+			ip, _ = netip.AddrFromSlice(v.IP)
+		case *net.IPAddr:
+			ip, _ = netip.AddrFromSlice(v.IP)
+		}
+		if ip.Unmap() == obs.Addr().Unmap() {
+			return true
+		}
+	}
+	return false
 }
 
 // setPredicted marks addrs as predicted: their pings carry ttl until they

@@ -334,6 +334,9 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	if ttl == 0 {
 		ttl = DefaultPrimerTTL
 	}
+	if ttl > 0 && r.public() {
+		ttl = 1 // no NAT of ours to open (predictTTL)
+	}
 	hold := holdFor(own, offer.ServerRTT)
 	if reachableAsIs(offer) {
 		// Our pings go to a port the dialler's gateway forwards, or to a

@@ -310,14 +310,19 @@ const maxInnerHops = 2
 // server, and the TTL. When nothing answers past an inner router (its
 // ICMP rate limit, the deadline), the inner router's time stands: a
 // primer that dies further on is answered no sooner, and a hold of zero
-// would leave the dialler's SYN to meet a deaf primer.
+// would leave the dialler's SYN to meet a deaf primer. When the SYN past
+// it reached the server, no router within that TTL answers, and the
+// time is zero again: a primer that goes that far (or one further, to the
+// dialler's home router, which drops it without a word) hears no ICMP
+// error, and a hold of the inner router's time kept it deaf when the
+// dialler's SYN came (a double NAT listener in the CI, 1 dial).
 func climbInner(ctx context.Context, base int, measure func(ttl int) (time.Duration, bool, netip.Addr), provisional func(hop time.Duration, ttl int)) (hop time.Duration, silent bool, ttl int) {
 	var known time.Duration // the last inner router's answer time
 	for ttl = base; ; {
 		var router netip.Addr
 		hop, silent, router = measure(ttl)
 		if hop == 0 || ctx.Err() != nil || !innerRouter(router, ttl == base) || ttl >= base+maxInnerHops {
-			if hop == 0 {
+			if hop == 0 && !silent {
 				hop = known
 			}
 			return hop, silent, ttl

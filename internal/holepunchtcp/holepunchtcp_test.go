@@ -336,6 +336,8 @@ func TestClimbInner(t *testing.T) {
 		{"carrier router, then the next answers", map[int]answer{2: {8 * time.Millisecond, false, "100.64.0.1"}, 3: {15 * time.Millisecond, false, "203.0.113.1"}}, 15 * time.Millisecond, false, 3},
 		{"public router", map[int]answer{2: {8 * time.Millisecond, false, "203.0.113.1"}}, 8 * time.Millisecond, false, 2},
 		{"reached the server", map[int]answer{2: {0, true, ""}}, 0, true, 2},
+		{"carrier router, then the server", map[int]answer{2: {8 * time.Millisecond, false, "100.64.0.1"}, 3: {0, true, ""}}, 0, true, 3},
+		{"carrier router, then nothing", map[int]answer{2: {8 * time.Millisecond, false, "100.64.0.1"}}, 8 * time.Millisecond, false, 3},
 		{"nothing answers", map[int]answer{}, 0, false, 2},
 	} {
 		var provisional []int

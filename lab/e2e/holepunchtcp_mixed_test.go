@@ -12,7 +12,6 @@ import (
 	"github.com/reachp2p/reach"
 	"github.com/reachp2p/reach/lab/natlab"
 	"github.com/reachp2p/reach/lab/reachlab"
-	"github.com/reachp2p/reach/stream"
 )
 
 // TestLabHolepunchTCPMixed: the matrix's mixed-variant cells. A site
@@ -93,29 +92,7 @@ func mixedCells(t *testing.T, s *reachlab.Scenario, access time.Duration) {
 					}
 				}
 			}
-			ok := 0
-			var worst time.Duration
-			for k := range n {
-				from, to := a.Host, b.Host
-				if k%2 == 1 {
-					from, to = to, from
-				}
-				sess, el, done, err := freshTCPDial(t, s, from, to)
-				switch {
-				case err != nil:
-					t.Errorf("dial %d (%s -> %s): %v", k, from.Name(), to.Name(), err)
-				case sess.Strategy() != reach.StrategyHolepunchTCP || sess.Transport() != stream.TransportTCP:
-					t.Errorf("dial %d (%s -> %s): %s over %s after %v, want holepunch-tcp over tcp", k, from.Name(), to.Name(), sess.Strategy(), sess.Transport(), el)
-				default:
-					ok++
-					t.Logf("dial %d (%s -> %s): %s to %s in %v", k, from.Name(), to.Name(), sess.Strategy(), sess.RemoteAddr(), el.Round(time.Millisecond))
-				}
-				worst = max(worst, el)
-				done()
-			}
-			for _, h := range []*natlab.Host{a.Host, b.Host} {
-				noSynSent(t, h)
-			}
+			ok, worst := punchCell(t, s, a.Host, b.Host, n, reach.StrategyHolepunchTCP)
 			line := fmt.Sprintf("%-55s %d/%d holepunch-tcp, slowest %v", name, ok, n, worst.Round(time.Millisecond))
 			table = append(table, line)
 			t.Log(line)

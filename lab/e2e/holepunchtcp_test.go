@@ -75,29 +75,7 @@ func TestLabHolepunchTCP(t *testing.T) {
 								}
 							}
 						}
-						ok := 0
-						var worst time.Duration
-						for k := range n {
-							from, to := a.Host, b.Host
-							if k%2 == 1 {
-								from, to = to, from
-							}
-							sess, el, done, err := freshTCPDial(t, s, from, to)
-							switch {
-							case err != nil:
-								t.Errorf("dial %d (%s -> %s): %v", k, from.Name(), to.Name(), err)
-							case sess.Strategy() != want || sess.Transport() != stream.TransportTCP:
-								t.Errorf("dial %d (%s -> %s): %s over %s after %v, want %s over tcp", k, from.Name(), to.Name(), sess.Strategy(), sess.Transport(), el, want)
-							default:
-								ok++
-								t.Logf("dial %d (%s -> %s): %s to %s in %v", k, from.Name(), to.Name(), sess.Strategy(), sess.RemoteAddr(), el.Round(time.Millisecond))
-							}
-							worst = max(worst, el)
-							done()
-						}
-						for _, h := range []*natlab.Host{a.Host, b.Host} {
-							noSynSent(t, h)
-						}
+						ok, worst := punchCell(t, s, a.Host, b.Host, n, want)
 						line := fmt.Sprintf("%-50s %d/%d %s, slowest %v", name, ok, n, want, worst.Round(time.Millisecond))
 						table = append(table, line)
 						t.Log(line)
@@ -107,6 +85,37 @@ func TestLabHolepunchTCP(t *testing.T) {
 			t.Logf("%s:\n%s", topo.name, strings.Join(table, "\n"))
 		})
 	}
+}
+
+// punchCell dials n times between a and b with fresh nodes, half from
+// each side, each dial wanting strategy want over TCP and 64 KiB echoed;
+// afterwards neither host has a connection left in SYN-SENT. It returns
+// how many dials were as wanted and the slowest dial.
+func punchCell(t *testing.T, s *reachlab.Scenario, a, b *natlab.Host, n int, want string) (int, time.Duration) {
+	ok := 0
+	var worst time.Duration
+	for k := range n {
+		from, to := a, b
+		if k%2 == 1 {
+			from, to = to, from
+		}
+		sess, el, done, err := freshTCPDial(t, s, from, to)
+		switch {
+		case err != nil:
+			t.Errorf("dial %d (%s -> %s): %v", k, from.Name(), to.Name(), err)
+		case sess.Strategy() != want || sess.Transport() != stream.TransportTCP:
+			t.Errorf("dial %d (%s -> %s): %s over %s after %v, want %s over tcp", k, from.Name(), to.Name(), sess.Strategy(), sess.Transport(), el, want)
+		default:
+			ok++
+			t.Logf("dial %d (%s -> %s): %s to %s in %v", k, from.Name(), to.Name(), sess.Strategy(), sess.RemoteAddr(), el.Round(time.Millisecond))
+		}
+		worst = max(worst, el)
+		done()
+	}
+	for _, h := range []*natlab.Host{a, b} {
+		noSynSent(t, h)
+	}
+	return ok, worst
 }
 
 // freshTCPDial starts fresh nodes on from and to (which echoes), dials

@@ -312,12 +312,7 @@ func (w *wideRace) read(i int, c net.PacketConn) {
 		others := w.conns
 		w.conns = nil
 		w.mu.Unlock()
-		for _, o := range others {
-			if o != nil {
-				o.Close()
-				w.r.bstats.open.Add(-1)
-			}
-		}
+		w.closeAll(others)
 		w.r.bstats.hits.Add(1)
 		w.win <- wideWin{conn: c, peer: src, sock: i, k: w.k}
 		return // the session's transport reads c from now on
@@ -334,14 +329,20 @@ func (w *wideRace) end() {
 	conns := w.conns
 	w.conns = nil
 	w.mu.Unlock()
+	w.closeAll(conns)
+	w.once.Do(w.release)
+	w.stopped.Do(func() { close(w.stop) })
+}
+
+// closeAll closes the sockets taken out of w.conns (nil: handed over)
+// and counts them closed.
+func (w *wideRace) closeAll(conns []net.PacketConn) {
 	for _, c := range conns {
 		if c != nil {
 			c.Close()
 			w.r.bstats.open.Add(-1)
 		}
 	}
-	w.once.Do(w.release)
-	w.stopped.Do(func() { close(w.stop) })
 }
 
 // Over is closed when the race ended (won or not): the sockets not

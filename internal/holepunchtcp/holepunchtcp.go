@@ -480,8 +480,9 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 			delete(r.punches, offer.Peer)
 			r.mu.Unlock()
 		}()
-		ttl, hold := r.primerTTL(offer.PrimerFar), primerHold(r.serverRTT(), offer.ServerRTT, r.measuredHop(), r.far() && !offer.PrimerFar)
-		r.h.Logger.Debug("holepunch-tcp: priming", "peer", offer.Peer.Short(), "target", target, "ttl", ttl, "hold", hold, "rtt", r.serverRTT(), "peer_rtt", offer.ServerRTT, "hop", r.measuredHop())
+		rtt, hop := r.serverRTT(), r.measuredHop()
+		ttl, hold := r.primerTTL(offer.PrimerFar), primerHold(rtt, offer.ServerRTT, hop, r.far() && !offer.PrimerFar)
+		r.h.Logger.Debug("holepunch-tcp: priming", "peer", offer.Peer.Short(), "target", target, "ttl", ttl, "hold", hold, "rtt", rtt, "peer_rtt", offer.ServerRTT, "hop", hop)
 		c, n, err := r.punch(ctx, local, target, ttl, hold, first)
 		if err != nil && r.dt.Listener() != nil && r.dt.Listener().Accepted(target) {
 			err = errTaken // the dialler's connection came to the listener

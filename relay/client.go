@@ -54,6 +54,13 @@ type ClientConfig struct {
 	// relay, instead of PacketConn (which then reads nothing). It must
 	// not keep pkt.
 	Deliver func(from identity.PeerID, pkt []byte)
+	// AcceptStream, when set, takes the relayed streams peers open to the
+	// node through a byte-stream link (docs/protocol.md, "Relayed
+	// streams"): c is the stream, from peer as the relay says (the
+	// caller's own handshake on c proves it). Nil: the node refuses them
+	// (the relay tells the opener ErrStreamsUnsupported, and it relays
+	// QUIC packets instead).
+	AcceptStream func(peer identity.PeerID, c net.Conn)
 	// Logger receives the client's logs. Nil: discard.
 	Logger *slog.Logger
 }
@@ -282,7 +289,8 @@ func (c *Client) race(ctx context.Context, sa rendezvous.ServerAddr) (Link, erro
 		token = c.cfg.Token()
 	}
 	p := LinkParams{Server: sa, Key: c.cfg.Key, Token: token, Consent: c.cfg.Consent, Handler: (*clientHandler)(c), Logger: c.log,
-		gate: newHelloGate(), route: c.route, allowed: func() []identity.PeerID {
+		acceptStream: c.cfg.AcceptStream,
+		gate:         newHelloGate(), route: c.route, allowed: func() []identity.PeerID {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			return c.permitted(time.Now())

@@ -140,9 +140,28 @@ type ServerConfig struct {
 	// its token, an idle or hostile link does not. False: the link ends at
 	// the expiry (its client links again with a fresh token).
 	KeepSessionsPastExpiry bool
+	// MaxStreams is how many relayed streams (docs/protocol.md, "Relayed
+	// streams": a byte stream between two peers linked over TLS or
+	// WebSocket) may be open at once, all peers together; an OPEN beyond
+	// it is refused (the opener gets ErrRelayFull and relays QUIC packets
+	// instead). The relay holds at most its receiver's window of each
+	// stream's bytes (StreamWindow, 2 MiB by default; 4 MiB at most).
+	// Zero: DefaultMaxStreams. Negative: no relayed streams (WELCOME does
+	// not offer them).
+	MaxStreams int
+	// MaxStreamsPerPeer is how many relayed streams one peer may have
+	// open at once, opened or accepted. Zero: DefaultMaxStreamsPerPeer.
+	MaxStreamsPerPeer int
 	// Logger receives the server's logs. Nil: discard.
 	Logger *slog.Logger
 }
+
+// Defaults of relayed streams (ServerConfig.MaxStreams,
+// MaxStreamsPerPeer): at most 256 × 4 MiB held for slow receivers.
+const (
+	DefaultMaxStreams        = 256
+	DefaultMaxStreamsPerPeer = 8
+)
 
 func (c ServerConfig) withDefaults() ServerConfig {
 	def := func(v *int, d int) {
@@ -168,6 +187,10 @@ func (c ServerConfig) withDefaults() ServerConfig {
 		c.ConnBurst = 20
 	}
 	def(&c.MaxLinksPerIP, DefaultMaxLinksPerIP)
+	def(&c.MaxStreams, DefaultMaxStreams)
+	if c.MaxStreamsPerPeer <= 0 {
+		c.MaxStreamsPerPeer = DefaultMaxStreamsPerPeer
+	}
 	def(&c.MaxSessionsPerPeer, DefaultMaxSessionsPerPeer)
 	def(&c.MaxSessionsPerIP, DefaultMaxSessionsPerIP)
 	def(&c.PeerRate, DefaultPeerRate)

@@ -83,6 +83,9 @@ type LinkParams struct {
 	// route, set by a node's relay rung, lets a UDP link's data packets
 	// go to quic-go in place (see dataLink).
 	route routeFunc
+	// acceptStream, set by a Client with ClientConfig.AcceptStream, takes
+	// the relayed streams peers open to the node (byte-stream links).
+	acceptStream func(peer identity.PeerID, c net.Conn)
 }
 
 // helloGate serializes the HELLOs of one race of link transports. The
@@ -352,7 +355,9 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 	l := &link{transport: transport, h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: writerFunc(write),
 		sendPacket:     co.send,
 		closeTransport: func() { tc.Close() },
+		wantStreams:    p.acceptStream != nil,
 	}
+	l.streams = newStreamMux(p.Key.ID(), co, p.acceptStream, p.Logger)
 	stop := context.AfterFunc(ctx, func() { tc.SetReadDeadline(time.Now()) })
 	err = p.gate.hello(ctx, func() error { return l.hello(ctx, p.Token, p.Consent, p.allowed, tc, tc.SetReadDeadline) })
 	if !stop() {
@@ -362,88 +367,13 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 		tc.Close()
 		return nil, err
 	}
+	if !l.streamsOK {
+		l.streams = nil
+	}
 	go l.readControl(tc, tc.SetReadDeadline)
 	go l.pingLoop(write)
 	go co.run(l)
 	return l, nil
-}
-
-// coalescer queues the packet frames of a byte-stream link and writes
-// them from one goroutine, as many per write as have queued meanwhile
-// (up to maxCoalesce bytes): one TLS record and one syscall for many
-// packets instead of one each.
-type coalescer struct {
-	write func([]byte) error
-	wake  chan struct{}
-
-	mu   sync.Mutex
-	room *sync.Cond // signalled when buf was taken or err set
-	buf  []byte
-	err  error
-}
-
-func newCoalescer(write func([]byte) error) *coalescer {
-	c := &coalescer{write: write, wake: make(chan struct{}, 1)}
-	c.room = sync.NewCond(&c.mu)
-	return c
-}
-
-// send queues a packet frame; it blocks while maxCoalesce bytes wait.
-func (c *coalescer) send(peer identity.PeerID, pkt []byte) error {
-	c.mu.Lock()
-	for c.err == nil && len(c.buf) >= maxCoalesce {
-		c.room.Wait()
-	}
-	if err := c.err; err != nil {
-		c.mu.Unlock()
-		return err
-	}
-	c.buf = appendFrame(c.buf, framePacket, peer[:], pkt)
-	c.mu.Unlock()
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
-	return nil
-}
-
-// run writes what is queued until l ends or a write fails (which ends l).
-func (c *coalescer) run(l *link) {
-	var out []byte
-	for {
-		select {
-		case <-c.wake:
-		case <-l.done:
-			c.stop(l.err)
-			return
-		}
-		c.mu.Lock()
-		out, c.buf = c.buf, out[:0]
-		c.room.Broadcast()
-		c.mu.Unlock()
-		if len(out) == 0 {
-			continue
-		}
-		if err := c.write(out); err != nil {
-			c.stop(err)
-			l.fail(err)
-			return
-		}
-		if cap(out) > 4*maxCoalesce {
-			out = nil // after a large frame (cannot happen) or burst
-		}
-	}
-}
-
-func (c *coalescer) stop(err error) {
-	if err == nil {
-		err = ErrClosed
-	}
-	c.mu.Lock()
-	c.err = err
-	c.buf = nil
-	c.room.Broadcast()
-	c.mu.Unlock()
 }
 
 type writerFunc func([]byte) error
@@ -479,6 +409,13 @@ type link struct {
 	isDetached atomic.Bool
 
 	frags reassembler // fragments from detached senders (frag.go)
+
+	// streams: a byte-stream link's relayed streams (nil: none: a UDP
+	// link, or a relay without them); streamsOK: the relay offers them
+	// (WELCOME); wantStreams: the node accepts them (FEATURES).
+	streams     *streamMux
+	streamsOK   bool
+	wantStreams bool
 
 	once sync.Once
 	done chan struct{}
@@ -539,6 +476,9 @@ func (l *link) fail(err error) {
 		l.err = err
 		close(l.done)
 		l.closeTransport()
+		if l.streams != nil {
+			l.streams.fail(err)
+		}
 	})
 }
 
@@ -569,6 +509,12 @@ func (l *link) hello(ctx context.Context, token string, consent bool, allowed fu
 		if k := body[5+linkTokenLen:]; body[4]&welcomeDetach != 0 && len(k) >= linkKeyLen {
 			l.detachable = true
 			l.linkKey = [linkKeyLen]byte(k[:linkKeyLen])
+		}
+	}
+	l.streamsOK = len(body) >= 5 && body[4]&welcomeStreams != 0 && l.streams != nil
+	if l.streamsOK && l.wantStreams {
+		if _, err := l.ctl.Write(appendFrame(nil, frameFeatures, []byte{featureStreams})); err != nil {
+			return err
 		}
 	}
 	if consent && l.consent {
@@ -618,6 +564,10 @@ func (l *link) askConsent(ctx context.Context, peers []identity.PeerID, r io.Rea
 			}
 		case framePacket, frameNotice:
 			l.deliver(typ, body)
+		case frameOpen, frameData, frameWindow, frameClose:
+			if l.streams == nil || !l.streams.frame(typ, body) {
+				return fmt.Errorf("%w: bad stream frame 0x%02x", ErrProtocol, typ)
+			}
 		case frameError:
 			if len(body) >= 1 {
 				return &ServerError{Code: body[0], Reason: string(body[1:])}
@@ -660,6 +610,11 @@ func (l *link) readControl(r io.Reader, setDeadline func(time.Time) error) {
 		switch typ {
 		case framePacket, frameNotice:
 			l.deliver(typ, body)
+		case frameOpen, frameData, frameWindow, frameClose:
+			if l.streams == nil || !l.streams.frame(typ, body) {
+				l.fail(fmt.Errorf("%w: bad stream frame 0x%02x", ErrProtocol, typ))
+				return
+			}
 		case frameDetach:
 			if l.detached != nil {
 				l.detached()

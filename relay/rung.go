@@ -47,10 +47,15 @@ type Rung struct {
 	// newForeign, set by tests, makes the clients of other relays; nil:
 	// newClient.
 	newForeign func() (*Client, error)
+	// handshakes holds a token per accepted relayed stream in its
+	// handshake (rungstream.go).
+	handshakes chan struct{}
 }
 
 // NewRung makes the rung for the node h.
-func NewRung(h *rung.Host, cfg RungConfig) *Rung { return &Rung{h: h, cfg: cfg} }
+func NewRung(h *rung.Host, cfg RungConfig) *Rung {
+	return &Rung{h: h, cfg: cfg, handshakes: make(chan struct{}, maxStreamHandshakes)}
+}
 
 // Usable reports whether the node has a relay to link to (it has
 // servers): the rung can dial, and ready a fallback path.
@@ -85,7 +90,7 @@ func (r *Rung) Start(context.Context) error {
 func (r *Rung) newClient() (*Client, error) {
 	return NewPathClient(r.h.Socket.Paths(), nil, ClientConfig{
 		Key: r.h.Key, Socket: r.h.Socket.Transport(), DialTCP: r.h.DialServer, Dialers: r.dialers(),
-		Token: r.cfg.Token, Logger: r.h.Logger, Consent: true,
+		Token: r.cfg.Token, Logger: r.h.Logger, Consent: true, AcceptStream: r.acceptStream,
 		Prefer: func() string {
 			// Registered over TCP: UDP is likely blocked, so do not make
 			// the relay link wait for a UDP attempt to time out first.
@@ -130,6 +135,9 @@ func (r *Rung) ForwardPath(ctx context.Context, peer identity.PeerID) (pathsock.
 func (r *Rung) Won(a *rung.Attempt, s *stream.Session) {
 	if r.client == nil {
 		return
+	}
+	if s.QUIC() == nil {
+		return // a relayed stream's session: no path of the socket
 	}
 	paths := r.h.Socket.Paths()
 	key := s.QUICAddr()
@@ -267,6 +275,7 @@ func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 		Transport: r.h.Socket.Transport,
 		Server:    r.h.Server,
 		Addr:      r.Key,
+		Stream:    r.dialStream,
 	}
 	return s.Connect(ctx, a)
 }

@@ -41,6 +41,8 @@ type Server struct {
 
 	sock atomic.Pointer[rendezvous.PacketSocket] // ServeDatagrams; nil: none
 
+	st streamTable // relayed streams (streamserver.go)
+
 	sweeping sync.Once
 
 	// clock is forward's time; nil: time.Now (a test's clock makes its
@@ -150,6 +152,13 @@ type peerLink struct {
 
 	nPackets, nBytes atomic.Uint64 // what it sent that was forwarded
 
+	// streams: a byte-stream link whose client takes relayed streams
+	// (FEATURES); qStream: the stream bytes queued for it (dataLen).
+	streams atomic.Bool
+	qStream atomic.Int64
+	qData   atomic.Int64  // DATA frames queued for it
+	goneRef atomic.Uint64 // the last stream it heard CLOSE gone about (bit 32 set)
+
 	data linkData // a QUIC link's data packets (zero token: none)
 	// q is a UDP link's QUIC connection; nil once the link detached (or
 	// for other transports).
@@ -178,7 +187,7 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	p.startWriter(lctx)
-	s.readTLS(p, tc)
+	s.readTLS(lctx, p, tc)
 }
 
 // tlsLink makes the peerLink of a TLS connection; nil if the client
@@ -245,7 +254,7 @@ func (s *Server) tlsLink(tc *tls.Conn) *peerLink {
 }
 
 // readTLS reads a TLS link's frames until it ends.
-func (s *Server) readTLS(p *peerLink, tc *tls.Conn) {
+func (s *Server) readTLS(ctx context.Context, p *peerLink, tc *tls.Conn) {
 	// The idle deadline moves at most every `every` (not per frame: that
 	// cost about 5% of a busy TLS link's forwarding CPU, issue 14), with
 	// `every` added, so a link is closed no earlier than IdleTimeout after
@@ -279,6 +288,16 @@ func (s *Server) readTLS(p *peerLink, tc *tls.Conn) {
 		case frameAllow:
 			if !s.allow(p, body) {
 				p.fail(codeProtocol, "bad allow frame")
+				return
+			}
+		case frameFeatures:
+			if !s.features(p, body) {
+				p.fail(codeProtocol, "bad features frame")
+				return
+			}
+		case frameOpen, frameData, frameWindow, frameClose:
+			if !s.streamFrame(ctx, p, typ, body) {
+				p.fail(codeProtocol, "bad stream frame")
 				return
 			}
 		default:
@@ -344,6 +363,9 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 	binary.BigEndian.PutUint16(w[0:2], MaxPayload)
 	binary.BigEndian.PutUint16(w[2:4], uint16(min(s.cfg.IdleTimeout/3/time.Second, 65535)))
 	w[4] = welcomeConsent
+	if p.transport == transportTLS && s.streamsOffered() {
+		w[4] |= welcomeStreams
+	}
 	if p.data.token != 0 {
 		w[4] |= welcomeData
 		w = binary.BigEndian.AppendUint64(w, p.data.token)
@@ -415,6 +437,7 @@ func (s *Server) unregister(p *peerLink) {
 		s.m.detached.Add(-1)
 	}
 	s.m.clients[p.transport].Add(-1)
+	s.dropStreams(p)
 	p.fail(0, "")
 	s.log.Debug("relay: peer gone", "peer", p.id.Short(), "transport", p.transport.String())
 }
@@ -633,7 +656,13 @@ func (p *peerLink) writeLoop(ctx context.Context) {
 			}
 			// Written (copied by SendDatagram or into a TLS record): a
 			// pooled packet buffer can be used again.
-			putBuf(b)
+			if n := dataLen(b); n > 0 {
+				p.qStream.Add(-n)
+				p.qData.Add(-1)
+				putStreamBuf(b)
+			} else {
+				putBuf(b)
+			}
 			batch[i] = nil
 		}
 		if cap(batch) > 64 {

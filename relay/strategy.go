@@ -38,6 +38,11 @@ type Strategy struct {
 	// relay address Addr{peer} (Transport runs on the client's
 	// PacketConn).
 	Addr func(peer identity.PeerID) (net.Addr, error)
+	// Stream, if set, runs a session over a relayed stream when the
+	// client's link can carry one (Client.StreamsOffered); its
+	// ErrStreamsUnsupported (the peer's link cannot) falls back to QUIC
+	// over relayed packets. Nil: QUIC always.
+	Stream func(ctx context.Context, a *rung.Attempt) (*stream.Session, error)
 }
 
 // Connect dials a.Peer through the relay. Errors: those of Client.Connect
@@ -57,6 +62,12 @@ func (s *Strategy) Connect(ctx context.Context, a *rung.Attempt) (*stream.Sessio
 	// The peer answers through the relay: consent to it (sending to it
 	// would too, but this one does not wait for the first packet).
 	c.Allow(a.Peer)
+	if s.Stream != nil && c.StreamsOffered() {
+		sess, err := s.Stream(ctx, a)
+		if !errors.Is(err, ErrStreamsUnsupported) {
+			return sess, err
+		}
+	}
 	notices, stop := c.watch(a.Peer)
 	defer stop()
 	dctx, cancel := context.WithCancelCause(ctx)

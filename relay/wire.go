@@ -172,10 +172,10 @@ func readFrame(r io.Reader, buf []byte) (typ byte, body []byte, _ []byte, err er
 	}
 	typ = h[0]
 	n := int(binary.BigEndian.Uint16(h[1:3]))
-	if typ == 0 || typ > frameDetach {
+	if typ == 0 || typ > lastFrameType || typ == frameChallenge || typ == frameResponse {
 		return 0, nil, buf, fmt.Errorf("%w: unknown frame type 0x%02x", ErrProtocol, typ)
 	}
-	if n > maxFrameBody {
+	if n > maxBody(typ) {
 		return 0, nil, buf, fmt.Errorf("%w: frame body of %d bytes", ErrProtocol, n)
 	}
 	if cap(buf) < n {

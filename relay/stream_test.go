@@ -1,0 +1,279 @@
+package relay_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/net/nettest"
+
+	"github.com/reachp2p/reach"
+	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/relay"
+	"github.com/reachp2p/reach/rendezvous"
+)
+
+// streamPeer is a relay client on a TLS link that takes relayed streams
+// into in (when it accepts them).
+type streamPeer struct {
+	c  *relay.Client
+	id identity.PeerID
+	in chan net.Conn
+}
+
+func newStreamPeer(t testing.TB, sa rendezvous.ServerAddr, accept bool) *streamPeer {
+	t.Helper()
+	k, err := identity.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &streamPeer{id: k.ID(), in: make(chan net.Conn, 16)}
+	cfg := relay.ClientConfig{Key: k, Dialers: []relay.LinkDialer{relay.TLSDialer{}}, Logger: testLogger(t)}
+	if accept {
+		cfg.AcceptStream = func(_ identity.PeerID, c net.Conn) {
+			select {
+			case p.in <- c:
+			default:
+				c.Close()
+			}
+		}
+	}
+	if p.c, err = relay.NewClient(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := p.c.Connect(ctx, sa); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// streamPair opens a relayed stream from a to b.
+func streamPair(t testing.TB, a, b *streamPeer) (net.Conn, net.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c1, err := a.c.DialStream(ctx, b.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c2 := <-b.in:
+		return c1, c2
+	case <-ctx.Done():
+		t.Fatal("the stream was not accepted")
+	}
+	return nil, nil
+}
+
+// TestRelayedStreamConn: a relayed stream is a net.Conn by x/net's
+// conformance test.
+func TestRelayedStreamConn(t *testing.T) {
+	rs, _ := startServer(t, relay.ServerConfig{})
+	a := newStreamPeer(t, rs.ServerAddr(), false)
+	b := newStreamPeer(t, rs.ServerAddr(), true)
+	nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
+		c1, c2 = streamPair(t, a, b)
+		return c1, c2, func() { c1.Close(); c2.Close() }, nil
+	})
+}
+
+// TestRelayedStreamBulk: 32 MiB each way at once, the receivers reading
+// slowly at first (so both windows fill), arrive intact; both closes
+// leave the relay with no stream.
+func TestRelayedStreamBulk(t *testing.T) {
+	rs, srv := startServer(t, relay.ServerConfig{})
+	a := newStreamPeer(t, rs.ServerAddr(), false)
+	b := newStreamPeer(t, rs.ServerAddr(), true)
+	c1, c2 := streamPair(t, a, b)
+	const size = 32 << 20
+	send := func(c net.Conn) ([32]byte, error) {
+		h := sha256.New()
+		buf := make([]byte, 100_000)
+		for n := 0; n < size; {
+			k := min(len(buf), size-n)
+			rand.Read(buf[:k])
+			h.Write(buf[:k])
+			if _, err := c.Write(buf[:k]); err != nil {
+				return [32]byte{}, err
+			}
+			n += k
+		}
+		return [32]byte(h.Sum(nil)), nil
+	}
+	recv := func(c net.Conn) ([32]byte, int64, error) {
+		time.Sleep(200 * time.Millisecond) // the sender fills the window first
+		h := sha256.New()
+		n, err := io.CopyN(h, c, size)
+		return [32]byte(h.Sum(nil)), n, err
+	}
+	type result struct {
+		sum [32]byte
+		n   int64
+		err error
+	}
+	sent := make(chan result, 2)
+	got := make(chan result, 2)
+	for _, pair := range [][2]net.Conn{{c1, c2}, {c2, c1}} {
+		go func() { s, err := send(pair[0]); sent <- result{s, size, err} }()
+		go func() { s, n, err := recv(pair[1]); got <- result{s, n, err} }()
+	}
+	var sums, gots [][32]byte
+	for range 2 {
+		s, g := <-sent, <-got
+		if s.err != nil || g.err != nil {
+			t.Fatalf("send: %v, receive: %v (%d bytes)", s.err, g.err, g.n)
+		}
+		sums, gots = append(sums, s.sum), append(gots, g.sum)
+	}
+	if !(sums[0] == gots[0] && sums[1] == gots[1] || sums[0] == gots[1] && sums[1] == gots[0]) {
+		t.Fatal("the bytes received differ from those sent")
+	}
+	c1.Close()
+	if _, err := c2.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read after the peer closed: %v, want io.EOF", err)
+	}
+	if _, err := c2.Write([]byte("x")); !errors.Is(err, relay.ErrStreamClosed) {
+		t.Fatalf("write after the peer closed: %v, want ErrStreamClosed", err)
+	}
+	c2.Close()
+	waitFor(t, 2*time.Second, "the relay forgets the stream", func() bool { return srv.Streams() == 0 })
+}
+
+// TestRelayedStreamRefusals: each way a stream cannot open names why.
+func TestRelayedStreamRefusals(t *testing.T) {
+	rs, _ := startServer(t, relay.ServerConfig{MaxStreamsPerPeer: 2})
+	sa := rs.ServerAddr()
+	a := newStreamPeer(t, sa, false)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	// A peer that takes no streams: the caller relays packets instead.
+	noAccept := newStreamPeer(t, sa, false)
+	if _, err := a.c.DialStream(ctx, noAccept.id); !errors.Is(err, relay.ErrStreamsUnsupported) {
+		t.Errorf("to a peer that takes no streams: %v, want ErrStreamsUnsupported", err)
+	}
+	// A peer that is not linked: tried until the context ends.
+	ghost, _ := identity.GenerateKey()
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err := a.c.DialStream(short, ghost.ID())
+	cancelShort()
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, relay.ErrPeerNotConnected) {
+		t.Errorf("to a peer that is not linked: %v, want the deadline and ErrPeerNotConnected", err)
+	}
+	// The relay's per-peer limit.
+	b := newStreamPeer(t, sa, true)
+	for range 2 {
+		streamPair(t, a, b)
+	}
+	if _, err := a.c.DialStream(ctx, b.id); !errors.Is(err, relay.ErrRelayFull) {
+		t.Errorf("beyond MaxStreamsPerPeer: %v, want ErrRelayFull", err)
+	}
+
+	// A relay that offers no streams.
+	rs2, _ := startServer(t, relay.ServerConfig{MaxStreams: -1})
+	c := newStreamPeer(t, rs2.ServerAddr(), true)
+	d := newStreamPeer(t, rs2.ServerAddr(), true)
+	if c.c.StreamsOffered() {
+		t.Error("StreamsOffered on a relay that offers none")
+	}
+	if _, err := c.c.DialStream(ctx, d.id); !errors.Is(err, relay.ErrStreamsUnsupported) {
+		t.Errorf("through a relay without streams: %v, want ErrStreamsUnsupported", err)
+	}
+}
+
+// TestRelayedStreamLinkLost: when the acceptor's link ends, the dialler's
+// stream fails with ErrStreamReset, buffered bytes are still read first,
+// and the relay keeps no stream.
+func TestRelayedStreamLinkLost(t *testing.T) {
+	rs, srv := startServer(t, relay.ServerConfig{})
+	a := newStreamPeer(t, rs.ServerAddr(), false)
+	b := newStreamPeer(t, rs.ServerAddr(), true)
+	c1, c2 := streamPair(t, a, b)
+	if _, err := c2.Write([]byte("last words")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 10)
+	if _, err := io.ReadFull(c1, got); err != nil || !bytes.Equal(got, []byte("last words")) {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	b.c.Close()
+	c1.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c1.Read(got); !errors.Is(err, relay.ErrStreamReset) {
+		t.Fatalf("read after the peer's link ended: %v, want ErrStreamReset", err)
+	}
+	if _, err := c1.Write(got); !errors.Is(err, relay.ErrStreamReset) {
+		t.Fatalf("write after the peer's link ended: %v, want ErrStreamReset", err)
+	}
+	waitFor(t, 2*time.Second, "the relay forgets the stream", func() bool { return srv.Streams() == 0 })
+}
+
+func waitFor(t testing.TB, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	for end := time.Now().Add(d); !ok(); {
+		if time.Now().After(end) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRelayStreamSession: two nodes linked to the relay over TLS get a
+// TLS+yamux session over a relayed stream (no QUIC inside the TCP links),
+// and data crosses it intact both ways; a node on a UDP link gets QUIC
+// over relayed packets as before, from either side.
+func TestRelayStreamSession(t *testing.T) {
+	rs, rl := startServer(t, relay.ServerConfig{})
+	tlsOnly := reach.Config{RelayDialers: []relay.LinkDialer{relay.TLSDialer{}}}
+	a := newNode(t, rs.ConnectString(), tlsOnly)
+	b := newNode(t, rs.ConnectString(), tlsOnly)
+	u := newNode(t, rs.ConnectString(), reach.Config{})
+	echo(b)
+	echo(u)
+	echo(a)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, c := range []struct {
+		name     string
+		from, to *reach.Node
+		stream   bool
+	}{
+		{"tls-tls", a, b, true},
+		{"tls-udp", a, u, false},
+		{"udp-tls", u, b, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			sess, err := c.from.DialSession(ctx, c.to.ID())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sess.Close()
+			if sess.Strategy() != reach.StrategyRelay {
+				t.Fatalf("strategy %q, want relay", sess.Strategy())
+			}
+			if got := sess.QUIC() == nil; got != c.stream {
+				t.Fatalf("relayed stream %v, want %v", got, c.stream)
+			}
+			if c.stream && rl.Streams() != 1 {
+				t.Errorf("the relay holds %d streams, want 1", rl.Streams())
+			}
+			st, err := sess.OpenStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := roundTrip(st, 8<<20); err != nil {
+				t.Fatal(err)
+			}
+			st.Close()
+		})
+	}
+	waitFor(t, 5*time.Second, "the relay forgets the stream", func() bool { return rl.Streams() == 0 })
+}

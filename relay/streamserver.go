@@ -1,0 +1,320 @@
+package relay
+
+import (
+	"context"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/reachp2p/reach/identity"
+)
+
+// streamKey names one relayed stream at the relay: the peer that opened
+// it, the peer that accepts it, and the opener's stream number (top bit
+// clear).
+type streamKey struct {
+	opener, acceptor identity.PeerID
+	id               uint32
+}
+
+// relayStream is a relayed stream's state at the relay: its two links as
+// they were when it opened, and which ends closed it.
+type relayStream struct {
+	key        streamKey
+	open, acc  *peerLink
+	finOpener  bool
+	finAcceptr bool
+}
+
+// streamTable is the relay's open streams.
+type streamTable struct {
+	mu      sync.Mutex
+	streams map[streamKey]*relayStream
+	byLink  map[*peerLink]map[streamKey]struct{}
+}
+
+// streamsOffered reports whether the relay offers relayed streams.
+func (s *Server) streamsOffered() bool { return s.cfg.MaxStreams > 0 }
+
+// keyOf is the stream key of a frame p sent about ref, and whether p
+// opened the stream.
+func keyOf(p *peerLink, ref streamRef) (streamKey, bool) {
+	if ref.id&acceptorBit == 0 {
+		return streamKey{opener: p.id, acceptor: ref.peer, id: ref.id}, true
+	}
+	return streamKey{opener: ref.peer, acceptor: p.id, id: ref.id &^ acceptorBit}, false
+}
+
+// streamFrame handles a stream frame (OPEN, DATA, WINDOW, CLOSE) from p, a
+// byte-stream link; false if p broke the protocol (the caller ends the
+// link).
+func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []byte) bool {
+	ref, rest, ok := parseStream(body)
+	if !ok || !s.streamsOffered() {
+		return false
+	}
+	if typ == frameOpen {
+		if len(rest) != 0 || ref.id&acceptorBit != 0 || ref.id == 0 {
+			return false
+		}
+		s.openStream(p, ref)
+		return true
+	}
+	key, opener := keyOf(p, ref)
+	s.st.mu.Lock()
+	rs := s.st.streams[key]
+	s.st.mu.Unlock()
+	if rs == nil || (opener && rs.open != p) || (!opener && rs.acc != p) {
+		// A stream that ended meanwhile (the other end's link went, or
+		// it was reset): the end learns once, unless this is its own
+		// CLOSE.
+		if typ != frameClose && p.goneRef.Swap(uint64(ref.id)|1<<32) != uint64(ref.id)|1<<32 {
+			p.enqueueStreamControl(appendStreamFrame(nil, frameClose, ref, []byte{closeGone}))
+		}
+		return true
+	}
+	to, toRef := rs.acc, streamRef{peer: p.id, id: key.id | acceptorBit}
+	if !opener {
+		to, toRef = rs.open, streamRef{peer: p.id, id: key.id}
+	}
+	switch typ {
+	case frameData:
+		n := len(rest)
+		if n == 0 {
+			return true
+		}
+		// Stream bytes are never dropped: beyond the peer's and the
+		// relay's rates the link's reading waits (TCP pushes back on the
+		// sender), where packets would be dropped.
+		cost := max(n, MinPacketCost)
+		if p.lim != nil && p.lim.WaitN(ctx, min(cost, p.lim.Burst())) != nil {
+			return true
+		}
+		if s.total != nil && s.total.WaitN(ctx, min(cost, s.total.Burst())) != nil {
+			return true
+		}
+		// What one stream may have queued here is bounded by the window
+		// its receiver grants; a DATA frame counts at least 1 KB, so
+		// that tiny frames cannot make the queue long.
+		w := int64(max(n, 1024))
+		if to.qStream.Add(w) > int64(s.cfg.MaxStreamsPerPeer)*maxStreamWindow {
+			to.qStream.Add(-w)
+			s.resetStream(rs, closeOverrun)
+			return true
+		}
+		buf := appendStreamFrame(getStreamBuf(), frameData, toRef, rest)
+		to.qData.Add(1)
+		if !to.enqueueWithin(buf, math.MaxInt) {
+			to.qStream.Add(-w)
+			to.qData.Add(-1)
+			putStreamBuf(buf)
+			return true
+		}
+		s.m.bytes.Add(uint64(n))
+		p.nBytes.Add(uint64(n))
+	case frameWindow:
+		if len(rest) != 8 {
+			return false
+		}
+		if !to.enqueueStreamControl(appendStreamFrame(nil, frameWindow, toRef, rest)) {
+			s.resetStream(rs, closeOverrun)
+		}
+	case frameClose:
+		if len(rest) != 1 {
+			return false
+		}
+		to.enqueueStreamControl(appendStreamFrame(nil, frameClose, toRef, rest))
+		s.st.mu.Lock()
+		if rest[0] == closeFin {
+			if opener {
+				rs.finOpener = true
+			} else {
+				rs.finAcceptr = true
+			}
+		}
+		done := rest[0] != closeFin || rs.finOpener && rs.finAcceptr
+		if done {
+			s.dropStreamLocked(rs)
+		}
+		s.st.mu.Unlock()
+	default:
+		return false
+	}
+	return true
+}
+
+// openStream handles p's OPEN of stream ref.id to ref.peer: it registers
+// the stream and passes the OPEN on, or answers with a CLOSE that says
+// why not.
+func (s *Server) openStream(p *peerLink, ref streamRef) {
+	refuse := func(code byte) {
+		p.enqueueStreamControl(appendStreamFrame(nil, frameClose, ref, []byte{code}))
+	}
+	now := s.now()
+	s.mu.RLock()
+	to := s.peers[ref.peer]
+	s.mu.RUnlock()
+	switch {
+	case to == nil || to == p:
+		refuse(closeNoPeer)
+		return
+	case !to.streams.Load() && to.transport == transportTLS && now.Sub(to.linkedAt) < featuresGrace:
+		// Its FEATURES may still be on the way (a link that just came
+		// up): the opener tries again.
+		refuse(closeNoPeer)
+		return
+	case !to.streams.Load():
+		refuse(closeNotStream)
+		return
+	case p.expired.Load() && to.expired.Load():
+		refuse(closeNotAllowed)
+		return
+	case !to.consents(p.id, now):
+		// As with packets: opening a stream to a peer is consent to hear
+		// from it.
+		p.permit(ref.peer, now)
+		refuse(closeNotAllowed)
+		return
+	}
+	key := streamKey{opener: p.id, acceptor: ref.peer, id: ref.id}
+	s.st.mu.Lock()
+	if _, dup := s.st.streams[key]; dup {
+		s.st.mu.Unlock()
+		refuse(closeProtocol)
+		return
+	}
+	if len(s.st.streams) >= s.cfg.MaxStreams || len(s.st.byLink[p]) >= s.cfg.MaxStreamsPerPeer ||
+		len(s.st.byLink[to]) >= s.cfg.MaxStreamsPerPeer {
+		s.st.mu.Unlock()
+		s.m.drop(dropSessionLimit)
+		refuse(closeLimit)
+		return
+	}
+	rs := &relayStream{key: key, open: p, acc: to}
+	if s.st.streams == nil {
+		s.st.streams = make(map[streamKey]*relayStream)
+		s.st.byLink = make(map[*peerLink]map[streamKey]struct{})
+	}
+	s.st.streams[key] = rs
+	for _, l := range []*peerLink{p, to} {
+		if s.st.byLink[l] == nil {
+			s.st.byLink[l] = make(map[streamKey]struct{})
+		}
+		s.st.byLink[l][key] = struct{}{}
+	}
+	s.st.mu.Unlock()
+	if !to.enqueueStreamControl(appendStreamFrame(nil, frameOpen, streamRef{peer: p.id, id: ref.id | acceptorBit}, nil)) {
+		s.resetStream(rs, closeLimit)
+	}
+}
+
+// resetStream ends rs at both ends with code.
+func (s *Server) resetStream(rs *relayStream, code byte) {
+	s.st.mu.Lock()
+	if s.st.streams[rs.key] != rs {
+		s.st.mu.Unlock()
+		return
+	}
+	s.dropStreamLocked(rs)
+	s.st.mu.Unlock()
+	rs.open.enqueueStreamControl(appendStreamFrame(nil, frameClose, streamRef{peer: rs.key.acceptor, id: rs.key.id}, []byte{code}))
+	rs.acc.enqueueStreamControl(appendStreamFrame(nil, frameClose, streamRef{peer: rs.key.opener, id: rs.key.id | acceptorBit}, []byte{code}))
+}
+
+// dropStreamLocked forgets rs; s.st.mu is held.
+func (s *Server) dropStreamLocked(rs *relayStream) {
+	if s.st.streams[rs.key] != rs {
+		return
+	}
+
+	delete(s.st.streams, rs.key)
+	for _, l := range []*peerLink{rs.open, rs.acc} {
+		if m := s.st.byLink[l]; m != nil {
+			delete(m, rs.key)
+			if len(m) == 0 {
+				delete(s.st.byLink, l)
+			}
+		}
+	}
+}
+
+// dropStreams ends the streams of p, a link that ended: their other ends
+// hear CLOSE gone.
+func (s *Server) dropStreams(p *peerLink) {
+	s.st.mu.Lock()
+	var ended []*relayStream
+	for key := range s.st.byLink[p] {
+		ended = append(ended, s.st.streams[key])
+	}
+	for _, rs := range ended {
+		s.dropStreamLocked(rs)
+	}
+	s.st.mu.Unlock()
+	for _, rs := range ended {
+		if rs.open == p {
+			rs.acc.enqueueStreamControl(appendStreamFrame(nil, frameClose, streamRef{peer: rs.key.opener, id: rs.key.id | acceptorBit}, []byte{closeGone}))
+		} else {
+			rs.open.enqueueStreamControl(appendStreamFrame(nil, frameClose, streamRef{peer: rs.key.acceptor, id: rs.key.id}, []byte{closeGone}))
+		}
+	}
+}
+
+// Streams returns how many relayed streams are open now.
+func (s *Server) Streams() int {
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	return len(s.st.streams)
+}
+
+// featuresGrace is how long after a link came up the relay waits for its
+// FEATURES before it tells an opener that the peer takes no streams: the
+// client sends FEATURES right after WELCOME, and another peer's OPEN may
+// be read before it.
+const featuresGrace = 500 * time.Millisecond
+
+// streamControlRoom is how many stream control frames (OPEN, WINDOW,
+// CLOSE) a link's queue takes beyond its packets and control headroom.
+// An honest stream has a few at a time (a receiver grants again after
+// reading a quarter of its window); a stream whose frames would go beyond
+// it is reset rather than stalled by a dropped WINDOW.
+const streamControlRoom = 256
+
+// enqueueStreamControl queues a stream control frame for p; false if its
+// queue is full even so. The DATA frames queued do not count: they are
+// bounded by their bytes (qStream).
+func (p *peerLink) enqueueStreamControl(buf []byte) bool {
+	return p.enqueueWithin(buf, p.srv.cfg.SendQueue+controlHeadroom+streamControlRoom+int(p.qData.Load()))
+}
+
+// features handles a FEATURES frame from p.
+func (s *Server) features(p *peerLink, body []byte) bool {
+	if len(body) < 1 {
+		return false
+	}
+	if body[0]&featureStreams != 0 && s.streamsOffered() {
+		p.streams.Store(true)
+	}
+	return true
+}
+
+// streamBufSize is the size of pooled DATA frame buffers.
+const streamBufSize = frameHeader + streamHeader + streamChunk
+
+var streamBufs = sync.Pool{New: func() any { return new([streamBufSize]byte) }}
+
+func getStreamBuf() []byte { return streamBufs.Get().(*[streamBufSize]byte)[:0] }
+
+func putStreamBuf(b []byte) {
+	if cap(b) == streamBufSize {
+		streamBufs.Put((*[streamBufSize]byte)(b[:streamBufSize]))
+	}
+}
+
+// dataLen is the stream bytes of a queued DATA frame, as qStream counts
+// them; 0 for any other message.
+func dataLen(b []byte) int64 {
+	if len(b) < frameHeader+streamHeader || b[0] != frameData || cap(b) != streamBufSize {
+		return 0
+	}
+	return int64(max(len(b)-frameHeader-streamHeader, 1024))
+}

@@ -195,6 +195,15 @@ type Config struct {
 	// Proxy). Nil: UDP from the node's socket, then TLS over TCP, then
 	// WebSocket over HTTPS (through Proxy, if any).
 	RelayDialers []relay.LinkDialer
+	// DisableRelayStreams keeps relayed sessions on QUIC over relayed
+	// packets even when both peers' links to the relay are byte streams
+	// (TLS, WebSocket, a proxy tunnel). By default such a pair runs
+	// TLS+yamux over a relayed stream (docs/protocol.md, "Relayed
+	// streams"): faster from its first second, since TCP's congestion
+	// control is the only one on the path, but it stays on the relay for
+	// its life and ends if either node's link to the relay breaks, where
+	// a QUIC session would move to a direct path or a new link.
+	DisableRelayStreams bool
 	// RelayDelay is how long after a dial starts the forwarding rungs
 	// (supernode, TURN, relay) join the race while the rungs before them
 	// are still trying (at once if they have all failed). Zero: twice the
@@ -497,7 +506,7 @@ func (n *Node) ladderOptions() ladder.Options {
 	return ladder.Options{
 		HeadStart: n.cfg.HeadStart, PunchLinger: n.cfg.PunchLinger, PunchLimits: holepunch.Limits(n.cfg.PunchLimits),
 		DisablePortMapping: n.cfg.DisablePortMapping, PortMapping: n.cfg.PortMapping,
-		RelayToken: n.cfg.RelayToken, RelayDialers: n.cfg.RelayDialers,
+		RelayToken: n.cfg.RelayToken, RelayDialers: n.cfg.RelayDialers, RelayStreams: !n.cfg.DisableRelayStreams,
 		TURN: n.cfg.TURN, Supernode: n.cfg.Supernode, TCPLimits: directtcp.Limits(n.cfg.TCPLimits),
 		TCPPunchLimits: n.cfg.TCPPunchLimits,
 	}

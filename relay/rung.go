@@ -26,6 +26,11 @@ type RungConfig struct {
 	// proxy). Nil: UDP from the node's socket, then TLS over TCP, then
 	// WebSocket over HTTPS.
 	Dialers []LinkDialer
+	// NoStreams keeps relayed sessions on QUIC over relayed packets: the
+	// node neither opens nor accepts relayed streams (rungstream.go).
+	// False: a pair whose links are both byte streams runs TLS+yamux
+	// over a relayed stream.
+	NoStreams bool
 }
 
 // Rung is the hosted relay, the last rung. The node keeps a link to the
@@ -90,7 +95,7 @@ func (r *Rung) Start(context.Context) error {
 func (r *Rung) newClient() (*Client, error) {
 	return NewPathClient(r.h.Socket.Paths(), nil, ClientConfig{
 		Key: r.h.Key, Socket: r.h.Socket.Transport(), DialTCP: r.h.DialServer, Dialers: r.dialers(),
-		Token: r.cfg.Token, Logger: r.h.Logger, Consent: true, AcceptStream: r.acceptStream,
+		Token: r.cfg.Token, Logger: r.h.Logger, Consent: true, AcceptStream: r.streamAcceptor(),
 		Prefer: func() string {
 			// Registered over TCP: UDP is likely blocked, so do not make
 			// the relay link wait for a UDP attempt to time out first.
@@ -275,7 +280,9 @@ func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 		Transport: r.h.Socket.Transport,
 		Server:    r.h.Server,
 		Addr:      r.Key,
-		Stream:    r.dialStream,
+	}
+	if !r.cfg.NoStreams {
+		s.Stream = r.dialStream
 	}
 	return s.Connect(ctx, a)
 }

@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"time"
 
@@ -28,16 +30,40 @@ const maxStreamHandshakes = 16
 // streamHandshakeTimeout bounds an accepted relayed stream's handshake.
 const streamHandshakeTimeout = 10 * time.Second
 
-// dialStream runs a session to a.Peer over a relayed stream.
+// dialStream runs a session to a.Peer over a relayed stream: the TLS
+// ClientHello follows the OPEN at once, so the session costs the round
+// trips of its TLS handshake, as a QUIC one would. While the peer is not
+// linked or has not consented yet (it links and allows the dialler when
+// the introduction reaches it) it tries again every streamRetry.
 // ErrStreamsUnsupported: the pair of links cannot carry one.
 func (r *Rung) dialStream(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
-	conn, err := r.client.DialStream(ctx, a.Peer)
-	if err != nil {
-		return nil, err
+	for {
+		conn, err := r.client.OpenStream(ctx, a.Peer)
+		if err != nil {
+			return nil, err
+		}
+		// stream.Client closes conn on error: nothing outlives a
+		// cancelled dial.
+		sess, err := stream.Client(ctx, conn, a.Key, a.Peer, a.Session)
+		if err == nil || !errors.Is(err, ErrPeerNotConnected) && !errors.Is(err, ErrNotAllowed) || ctx.Err() != nil {
+			return sess, err
+		}
+		t := time.NewTimer(streamRetry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (%w)", ctx.Err(), err)
+		case <-t.C:
+		}
 	}
-	// The connection must not outlive a cancelled dial: stream.Client
-	// closes it on error.
-	return stream.Client(ctx, conn, a.Key, a.Peer, a.Session)
+}
+
+// streamAcceptor is the relay client's AcceptStream: nil with NoStreams.
+func (r *Rung) streamAcceptor() func(identity.PeerID, net.Conn) {
+	if r.cfg.NoStreams {
+		return nil
+	}
+	return r.acceptStream
 }
 
 // acceptStream runs the accepting side of a session over a relayed

@@ -14,7 +14,9 @@ import (
 // streamConn is one end of a relayed stream: a net.Conn whose bytes travel
 // in DATA frames on the node's link, flow-controlled by WINDOW frames (the
 // receiver grants its sender StreamWindow bytes beyond what its
-// application read).
+// application read). Each end may send StreamWindow bytes before any
+// WINDOW: the opener's first bytes (a TLS ClientHello) follow its OPEN at
+// once.
 type streamConn struct {
 	m      *streamMux
 	ref    streamRef
@@ -46,7 +48,7 @@ func newStreamConn(m *streamMux, ref streamRef) *streamConn {
 	return &streamConn{m: m, ref: ref, rd: deadline.New(), wd: deadline.New(),
 		ready: make(chan struct{}), done: make(chan struct{}),
 		readable: make(chan struct{}, 1), writable: make(chan struct{}, 1),
-		granted: StreamWindow}
+		granted: StreamWindow, limit: StreamWindow}
 }
 
 func signal(ch chan struct{}) {

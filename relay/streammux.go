@@ -58,8 +58,9 @@ func (m *streamMux) forget(c *streamConn) {
 	m.mu.Unlock()
 }
 
-// dial opens a stream to peer and waits for the peer to accept it.
-func (m *streamMux) dial(ctx context.Context, peer identity.PeerID) (*streamConn, error) {
+// dial opens a stream to peer; with wait, it waits for the peer to
+// accept it (its first WINDOW).
+func (m *streamMux) dial(ctx context.Context, peer identity.PeerID, wait bool) (*streamConn, error) {
 	m.mu.Lock()
 	if m.err != nil {
 		m.mu.Unlock()
@@ -77,10 +78,12 @@ func (m *streamMux) dial(ctx context.Context, peer identity.PeerID) (*streamConn
 	c := newStreamConn(m, ref)
 	m.conns[ref] = c
 	m.mu.Unlock()
-	open := appendStreamFrame(nil, frameOpen, ref, nil)
-	if err := m.send(appendStreamFrame(open, frameWindow, ref, windowBody(StreamWindow))); err != nil {
+	if err := m.send(appendStreamFrame(nil, frameOpen, ref, nil)); err != nil {
 		m.forget(c)
 		return nil, err
+	}
+	if !wait {
+		return c, nil
 	}
 	select {
 	case <-c.ready:
@@ -224,7 +227,7 @@ func (c *Client) DialStream(ctx context.Context, peer identity.PeerID) (net.Conn
 		if !ok || l.streams == nil {
 			return nil, ErrStreamsUnsupported
 		}
-		conn, err := l.streams.dial(ctx, peer)
+		conn, err := l.streams.dial(ctx, peer, true)
 		if err == nil {
 			return conn, nil
 		}
@@ -243,6 +246,19 @@ func (c *Client) DialStream(ctx context.Context, peer identity.PeerID) (net.Conn
 		case <-t.C:
 		}
 	}
+}
+
+// OpenStream opens a relayed stream to peer through the client's current
+// link without waiting for the peer: bytes written go out at once (up to
+// StreamWindow before the peer's first WINDOW), and a refusal shows as
+// the error of the stream's Read and Write (as DialStream's errors).
+// ErrStreamsUnsupported at once on a link that cannot carry streams.
+func (c *Client) OpenStream(ctx context.Context, peer identity.PeerID) (net.Conn, error) {
+	l, ok := c.current().(*link)
+	if !ok || l.streams == nil {
+		return nil, ErrStreamsUnsupported
+	}
+	return l.streams.dial(ctx, peer, false)
 }
 
 // StreamsOffered reports whether the client's current link can carry

@@ -34,9 +34,11 @@ type Options struct {
 	// DisablePortMapping and PortMapping: upnp.RungConfig.
 	DisablePortMapping bool
 	PortMapping        upnp.Config
-	// RelayToken and RelayDialers: relay.RungConfig.
+	// RelayToken, RelayDialers and RelayStreams (not NoStreams):
+	// relay.RungConfig.
 	RelayToken   func() string
 	RelayDialers []relay.LinkDialer
+	RelayStreams bool
 	// TURN: the TURN servers (none: the turn rung sits out).
 	TURN []turn.Server
 	// Supernode: supernode.Config.
@@ -98,7 +100,7 @@ var table = []spec{
 	{name: supernode.Name, new: func(h *rung.Host, o *Options) rung.Rung { return supernode.NewRung(h, o.Supernode) }, headStart: supernode.HeadStart, forwards: true},
 	{name: turn.Name, new: func(h *rung.Host, o *Options) rung.Rung { return turn.NewRung(h, o.TURN) }, headStart: turn.HeadStart, forwards: true},
 	{name: relay.Name, new: func(h *rung.Host, o *Options) rung.Rung {
-		return relay.NewRung(h, relay.RungConfig{Token: o.RelayToken, Dialers: o.RelayDialers})
+		return relay.NewRung(h, relay.RungConfig{Token: o.RelayToken, Dialers: o.RelayDialers, NoStreams: !o.RelayStreams})
 	}, forwards: true},
 }
 

@@ -21,8 +21,14 @@ import (
 // "tls-proxy") and to a symmetric NAT (the receiver on a UDP link:
 // "tls-udp").
 //
+// Both peers on byte-stream links run TLS+yamux over a relayed stream
+// (stream%: the share of sessions that did); the -quic variants turn
+// relayed streams off (Config.DisableRelayStreams) for QUIC over relayed
+// packets, as before.
+//
 // It reports the median throughput, the median Dial → session time
-// (dial-ms) and early-exit%: the share of
+// (dial-ms), slow%: the share of sessions under 20 Mbit/s, and
+// early-exit%: the share of
 // sessions whose QUIC congestion window ended below 256 KB with no packet
 // lost. quic-go's hybrid slow start leaves slow start when the smallest
 // of the first 8 round-trip samples of a round is 10 ms (min RTT/8,
@@ -62,20 +68,26 @@ func BenchmarkLabRelayStart(b *testing.B) {
 	cfg := reach.Config{Servers: []string{s.ConnectString()}, Logger: quietLogger(b), DisablePortMapping: true, UpgradeInterval: -1}
 	viaProxy := cfg
 	viaProxy.Proxy = proxyURL
+	quicOnly := cfg
+	quicOnly.DisableRelayStreams = true
+	quicProxy := viaProxy
+	quicProxy.DisableRelayStreams = true
 	for _, p := range []struct {
-		name  string
-		a, bh *natlab.Host
-		bcfg  reach.Config
+		name       string
+		a, bh      *natlab.Host
+		acfg, bcfg reach.Config
 	}{
-		{"tls-tls", ua.Host, ub.Host, cfg},
-		{"tls-proxy", ua.Host, po.Host, viaProxy},
-		{"tls-udp", ua.Host, sym.Host, cfg},
+		{"tls-tls", ua.Host, ub.Host, cfg, cfg},
+		{"tls-proxy", ua.Host, po.Host, cfg, viaProxy},
+		{"tls-udp", ua.Host, sym.Host, cfg, cfg},
+		{"tls-tls-quic", ua.Host, ub.Host, quicOnly, quicOnly},
+		{"tls-proxy-quic", ua.Host, po.Host, quicOnly, quicProxy},
 	} {
 		b.Run(p.name, func(b *testing.B) {
 			var mbps, dialMS []float64
-			early := 0
+			early, slow, streams := 0, 0, 0
 			for range b.N {
-				na := reachlab.NewNode(b, p.a, cfg)
+				na := reachlab.NewNode(b, p.a, p.acfg)
 				nb := reachlab.NewNode(b, p.bh, p.bcfg)
 				got := make(chan copyResult, 1)
 				go func() {
@@ -99,7 +111,12 @@ func BenchmarkLabRelayStart(b *testing.B) {
 				t0 := time.Now()
 				copyN(b, sess, got, size)
 				mbps = append(mbps, size*8/time.Since(t0).Seconds()/1e6)
-				if qc := sess.QUIC(); qc != nil {
+				if mbps[len(mbps)-1] < 20 {
+					slow++
+				}
+				if qc := sess.QUIC(); qc == nil {
+					streams++
+				} else {
 					cs := qc.ConnectionStats()
 					if cs.PacketsLost == 0 && cs.CongestionWindow < 256<<10 {
 						early++
@@ -114,6 +131,8 @@ func BenchmarkLabRelayStart(b *testing.B) {
 			b.ReportMetric(mbps[len(mbps)/2], "Mbit/s")
 			b.ReportMetric(dialMS[len(dialMS)/2], "dial-ms")
 			b.ReportMetric(100*float64(early)/float64(b.N), "early-exit%")
+			b.ReportMetric(100*float64(slow)/float64(b.N), "slow%")
+			b.ReportMetric(100*float64(streams)/float64(b.N), "stream%")
 			b.Logf("%s: Mbit/s per session %.0f", p.name, mbps)
 		})
 	}

@@ -292,4 +292,3 @@ func waitUntil(t *testing.T, ok func() bool) {
 		}
 	}
 }
-

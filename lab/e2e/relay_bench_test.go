@@ -25,7 +25,11 @@ const relayBenchBytes = 100 << 20
 //     TLS on TCP 443, to a peer behind a symmetric NAT.
 //
 //   - tls-tls: between two peers in that UDP-blocked network, both linked
-//     over TLS.
+//     over TLS: a TLS+yamux session over a relayed stream.
+//
+//   - tls-tls-quic: the same pair with relayed streams off
+//     (Config.DisableRelayStreams): QUIC over relayed packets inside the
+//     two TLS links.
 //
 //   - direct: two peers on open hosts, directly, on the same lab and
 //     machine: the figure the relayed ones are compared with.
@@ -52,6 +56,10 @@ func BenchmarkLabRelay(b *testing.B) {
 		b.Fatal(err)
 	}
 	nd := reachlab.NewNode(b, hd, cfg)
+	quicOnly := cfg
+	quicOnly.DisableRelayStreams = true
+	nc2 := reachlab.NewNode(b, corp.Host, quicOnly)
+	nd2 := reachlab.NewNode(b, hd, quicOnly)
 	direct := cfg
 	direct.Strategies = []string{reach.StrategyDirect}
 	oa := reachlab.NewNode(b, s.Site(b, "roa", natlab.Open).Host, direct)
@@ -59,7 +67,7 @@ func BenchmarkLabRelay(b *testing.B) {
 	runCtx, stop := context.WithCancel(context.Background())
 	defer stop()
 	got := make(chan copyResult, 1)
-	for _, n := range []*reach.Node{nb, nd, ob} {
+	for _, n := range []*reach.Node{nb, nd, nd2, ob} {
 		go func() {
 			for {
 				st, err := n.Accept(runCtx)
@@ -74,7 +82,7 @@ func BenchmarkLabRelay(b *testing.B) {
 		name      string
 		from, to  *reach.Node
 		transport string
-	}{{"udp-link", na, nb, "udp"}, {"tls-link", nc, nb, "tls"}, {"tls-tls", nc, nd, "tls"}, {"direct", oa, ob, ""}} {
+	}{{"udp-link", na, nb, "udp"}, {"tls-link", nc, nb, "tls"}, {"tls-tls", nc, nd, "tls"}, {"tls-tls-quic", nc2, nd2, "tls"}, {"direct", oa, ob, ""}} {
 		dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Second)
 		sess, err := p.from.DialSession(dctx, p.to.ID())
 		dcancel()
@@ -87,6 +95,8 @@ func BenchmarkLabRelay(b *testing.B) {
 			}
 		} else if sess.Strategy() != reach.StrategyRelay || p.from.Status().RelayTransport != p.transport {
 			b.Fatalf("%s: strategy %s over %q", p.name, sess.Strategy(), p.from.Status().RelayTransport)
+		} else if stream := sess.QUIC() == nil; stream != (p.name == "tls-tls") {
+			b.Fatalf("%s: relayed stream %v", p.name, stream)
 		}
 		b.Run(p.name, func(b *testing.B) {
 			b.SetBytes(relayBenchBytes)

@@ -121,6 +121,9 @@ type MetricsSnapshot struct {
 	// Sessions are the relay sessions now (ordered pairs of peers with
 	// recent packets).
 	Sessions int
+	// Streams are the relayed streams open now (docs/protocol.md,
+	// "Relayed streams"); their bytes count in Bytes.
+	Streams int
 	// Packets and Bytes are the packets and payload bytes forwarded.
 	Packets, Bytes uint64
 	// DataIn and DataOut are the packets that came from and went to UDP
@@ -153,6 +156,7 @@ func (s *Server) Metrics() MetricsSnapshot {
 		Detached:     int(m.detached.Load()),
 		Moved:        m.moved.Load(),
 		Sessions:     sessions,
+		Streams:      s.Streams(),
 		Packets:      m.packets.Load(),
 		Bytes:        m.bytes.Load(),
 		DataIn:       m.dataIn.Load(),
@@ -180,6 +184,7 @@ func (s *Server) Metrics() MetricsSnapshot {
 type Stats struct {
 	Clients      int    // peers connected now
 	Sessions     int    // relay sessions now
+	Streams      int    // relayed streams now
 	Packets      uint64 // packets forwarded
 	Bytes        uint64 // payload bytes forwarded
 	DataIn       uint64 // packets that came as data packets
@@ -193,6 +198,7 @@ func (s *Server) Stats() Stats {
 	s.mu.RLock()
 	st := Stats{Clients: len(s.peers), Sessions: s.sessions}
 	s.mu.RUnlock()
+	st.Streams = s.Streams()
 	st.Packets = s.m.packets.Load()
 	st.Bytes = s.m.bytes.Load()
 	st.DataIn, st.DataOut = s.m.dataIn.Load(), s.m.dataOut.Load()

@@ -186,7 +186,6 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 	if len(s.st.streams) >= s.cfg.MaxStreams || len(s.st.byLink[p]) >= s.cfg.MaxStreamsPerPeer ||
 		len(s.st.byLink[to]) >= s.cfg.MaxStreamsPerPeer {
 		s.st.mu.Unlock()
-		s.m.drop(dropSessionLimit)
 		refuse(closeLimit)
 		return
 	}

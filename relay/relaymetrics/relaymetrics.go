@@ -33,6 +33,8 @@ var (
 		"Relay links refused for their token, by reason (bad_token, token_expired).", []string{"reason"}, nil)
 	descSessions = prometheus.NewDesc("reach_relay_sessions",
 		"Relay sessions (ordered pairs of peers with recent packets).", nil, nil)
+	descStreams = prometheus.NewDesc("reach_relay_streams",
+		"Relayed streams open (two peers both on byte-stream links).", nil, nil)
 	descPackets = prometheus.NewDesc("reach_relay_packets_total",
 		"Packets forwarded.", nil, nil)
 	descBytes = prometheus.NewDesc("reach_relay_bytes_total",
@@ -68,7 +70,7 @@ func Register(reg prometheus.Registerer, s *relay.Server) error {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descClients, descConns, descRejected, descAuth, descSessions, descPackets, descBytes, descDrops, descData, descExpired, descDetached, descEvicted} {
+	for _, d := range []*prometheus.Desc{descClients, descConns, descRejected, descAuth, descSessions, descStreams, descPackets, descBytes, descDrops, descData, descExpired, descDetached, descEvicted} {
 		ch <- d
 	}
 }
@@ -89,6 +91,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counters(descAuth, m.AuthFailures)
 	counters(descDrops, m.Drops)
 	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(m.Sessions))
+	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(m.Streams))
 	ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(m.Packets))
 	ch <- prometheus.MustNewConstMetric(descData, prometheus.CounterValue, float64(m.DataIn), "in")
 	ch <- prometheus.MustNewConstMetric(descData, prometheus.CounterValue, float64(m.DataOut), "out")

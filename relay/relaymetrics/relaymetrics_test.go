@@ -90,6 +90,9 @@ reach_relay_sessions %[3]d
 # HELP reach_relay_sessions_evicted_total Relay sessions ended in a full session table to make room for a source or network that held fewer.
 # TYPE reach_relay_sessions_evicted_total counter
 reach_relay_sessions_evicted_total 0
+# HELP reach_relay_streams Relayed streams open (two peers both on byte-stream links).
+# TYPE reach_relay_streams gauge
+reach_relay_streams 0
 # HELP reach_relay_token_expired_total Live relay links ended because their token expired.
 # TYPE reach_relay_token_expired_total counter
 reach_relay_token_expired_total 0

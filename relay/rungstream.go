@@ -2,8 +2,6 @@ package relay
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net"
 	"time"
 
@@ -45,15 +43,11 @@ func (r *Rung) dialStream(ctx context.Context, a *rung.Attempt) (*stream.Session
 		// stream.Client closes conn on error: nothing outlives a
 		// cancelled dial.
 		sess, err := stream.Client(ctx, conn, a.Key, a.Peer, a.Session)
-		if err == nil || !errors.Is(err, ErrPeerNotConnected) && !errors.Is(err, ErrNotAllowed) || ctx.Err() != nil {
+		if err == nil || !retryStream(err) || ctx.Err() != nil {
 			return sess, err
 		}
-		t := time.NewTimer(streamRetry)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("%w (%w)", ctx.Err(), err)
-		case <-t.C:
+		if err := waitRetry(ctx, err); err != nil {
+			return nil, err
 		}
 	}
 }

@@ -5,9 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
-	"net/netip"
 	"testing"
 	"time"
 
@@ -22,18 +20,10 @@ type rawLink struct {
 	tc *tls.Conn
 }
 
-func startStreamRelay(t *testing.T, cfg ServerConfig) (*rendezvous.RunningServer, *Server) {
+func startStreamRelay(t *testing.T, cfg ServerConfig) (rendezvous.ServerAddr, *Server) {
 	t.Helper()
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	srv := NewServer(cfg)
-	rs, err := rendezvous.StartServer(context.Background(), rendezvous.ServerConfig{
-		Logger: slog.New(slog.DiscardHandler), Protocols: map[string]rendezvous.Protocol{ALPN: srv},
-	}, netip.MustParseAddrPort("127.0.0.1:0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rs.Close() })
-	return rs, srv
+	srv, sa, _ := dataServerConfig(t, cfg, nil)
+	return sa, srv
 }
 
 func dialRaw(t *testing.T, sa rendezvous.ServerAddr, features bool) *rawLink {
@@ -94,8 +84,7 @@ func ref(peer identity.PeerID, id uint32) streamRef { return streamRef{peer: pee
 // WINDOW flood to a receiver that does not read resets its stream instead
 // of growing the queue.
 func TestStreamFloods(t *testing.T) {
-	rs, srv := startStreamRelay(t, ServerConfig{MaxStreamsPerPeer: 4, PeerRate: -1, TotalRate: -1})
-	sa := rs.ServerAddr()
+	sa, srv := startStreamRelay(t, ServerConfig{MaxStreamsPerPeer: 4, PeerRate: -1, TotalRate: -1})
 	hostile := dialRaw(t, sa, true)
 	victim := dialRaw(t, sa, true) // takes streams, never reads its link
 	waitUntil(t, func() bool { l := srv.link(victim.id); return l != nil && l.streams.Load() })
@@ -245,8 +234,7 @@ func TestStreamFloods(t *testing.T) {
 // gets no OPEN (its opener hears not_stream after the grace), and a
 // malformed stream frame ends the sender's link with a protocol error.
 func TestStreamFramesOnlyOnByteStreams(t *testing.T) {
-	rs, srv := startStreamRelay(t, ServerConfig{})
-	sa := rs.ServerAddr()
+	sa, srv := startStreamRelay(t, ServerConfig{})
 	a := dialRaw(t, sa, true)
 	old := dialRaw(t, sa, false)
 	time.Sleep(featuresGrace)

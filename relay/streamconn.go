@@ -168,10 +168,20 @@ func (c *streamConn) Write(b []byte) (int, error) {
 // Close implements net.Conn: the peer reads what was sent, then io.EOF;
 // its writes fail with ErrStreamClosed.
 func (c *streamConn) Close() error {
+	c.end(closeFin)
+	return nil
+}
+
+// abort resets the stream (a dial that gave up).
+func (c *streamConn) abort() { c.end(closeReset) }
+
+// end closes this end, telling the peer with a CLOSE of code unless the
+// stream failed already.
+func (c *streamConn) end(code byte) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil
+		return
 	}
 	c.closed = true
 	tell := c.err == nil
@@ -180,21 +190,7 @@ func (c *streamConn) Close() error {
 	c.finish()
 	c.m.forget(c)
 	if tell {
-		c.m.send(appendStreamFrame(nil, frameClose, c.ref, []byte{closeFin}))
-	}
-	return nil
-}
-
-// abort resets the stream (a dial that gave up).
-func (c *streamConn) abort() {
-	c.mu.Lock()
-	tell := !c.closed && c.err == nil
-	c.closed = true
-	c.mu.Unlock()
-	c.finish()
-	c.m.forget(c)
-	if tell {
-		c.m.send(appendStreamFrame(nil, frameClose, c.ref, []byte{closeReset}))
+		c.m.send(appendStreamFrame(nil, frameClose, c.ref, []byte{code}))
 	}
 }
 

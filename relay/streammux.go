@@ -234,17 +234,31 @@ func (c *Client) DialStream(ctx context.Context, peer identity.PeerID) (net.Conn
 		if ctx.Err() != nil && last != nil {
 			return nil, fmt.Errorf("%w (%w)", err, last)
 		}
-		if !errors.Is(err, ErrPeerNotConnected) && !errors.Is(err, ErrNotAllowed) {
+		if !retryStream(err) {
 			return nil, err
 		}
 		last = err
-		t := time.NewTimer(streamRetry)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("%w (%w)", ctx.Err(), last)
-		case <-t.C:
+		if err := waitRetry(ctx, last); err != nil {
+			return nil, err
 		}
+	}
+}
+
+// retryStream reports whether an open that failed with err is tried
+// again: the peer is not linked, or has not consented, yet.
+func retryStream(err error) bool {
+	return errors.Is(err, ErrPeerNotConnected) || errors.Is(err, ErrNotAllowed)
+}
+
+// waitRetry waits streamRetry; ctx's error, with cause, if it ends first.
+func waitRetry(ctx context.Context, cause error) error {
+	t := time.NewTimer(streamRetry)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("%w (%w)", ctx.Err(), cause)
+	case <-t.C:
+		return nil
 	}
 }
 

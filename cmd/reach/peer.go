@@ -72,7 +72,8 @@ func pathEvent(e reach.PathEvent) map[string]any {
 
 // connectedEvent is the JSON event for a session that is up: its
 // strategy, the peer, "transport" ("udp": QUIC; "tcp": TLS+yamux over a
-// TCP path) and "path", the direct address (absent while the session is
+// TCP path, or over a relayed stream when both peers' relay links are TCP)
+// and "path", the direct address (absent while the session is
 // forwarded: relay, supernode, TURN), as in pathEvent.
 func connectedEvent(s *reach.Session) map[string]any {
 	m := map[string]any{"event": "connected", "remote": s.RemotePeer().String(), "transport": s.Transport()}

@@ -512,8 +512,14 @@ func (l *link) hello(ctx context.Context, token string, consent bool, allowed fu
 		}
 	}
 	l.streamsOK = len(body) >= 5 && body[4]&welcomeStreams != 0 && l.streams != nil
-	if l.streamsOK && l.wantStreams {
-		if _, err := l.ctl.Write(appendFrame(nil, frameFeatures, []byte{featureStreams})); err != nil {
+	if l.streamsOK {
+		// Also without streams: the relay then tells openers at once
+		// that this node takes none.
+		var f byte
+		if l.wantStreams {
+			f = featureStreams
+		}
+		if _, err := l.ctl.Write(appendFrame(nil, frameFeatures, []byte{f})); err != nil {
 			return err
 		}
 	}

@@ -154,10 +154,11 @@ type peerLink struct {
 
 	// streams: a byte-stream link whose client takes relayed streams
 	// (FEATURES); qStream: the stream bytes queued for it (dataLen).
-	streams atomic.Bool
-	qStream atomic.Int64
-	qData   atomic.Int64  // DATA frames queued for it
-	goneRef atomic.Uint64 // the last stream it heard CLOSE gone about (bit 32 set)
+	streams  atomic.Bool
+	featured atomic.Bool // it sent FEATURES
+	qStream  atomic.Int64
+	qData    atomic.Int64  // DATA frames queued for it
+	goneRef  atomic.Uint64 // the last stream it heard CLOSE gone about (bit 32 set)
 
 	data linkData // a QUIC link's data packets (zero token: none)
 	// q is a UDP link's QUIC connection; nil once the link detached (or

@@ -158,7 +158,7 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 	case to == nil || to == p:
 		refuse(closeNoPeer)
 		return
-	case !to.streams.Load() && to.transport == transportTLS && now.Sub(to.linkedAt) < featuresGrace:
+	case !to.streams.Load() && to.transport == transportTLS && !to.featured.Load() && now.Sub(to.linkedAt) < featuresGrace:
 		// Its FEATURES may still be on the way (a link that just came
 		// up): the opener tries again.
 		refuse(closeNoPeer)
@@ -293,6 +293,7 @@ func (s *Server) features(p *peerLink, body []byte) bool {
 	if body[0]&featureStreams != 0 && s.streamsOffered() {
 		p.streams.Store(true)
 	}
+	p.featured.Store(true)
 	return true
 }
 

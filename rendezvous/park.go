@@ -40,10 +40,10 @@ type ParkConfig struct {
 	// all (a burst of as many); a node due one when none is left gets it
 	// at the next second's resend. Zero: 1000.
 	WakeRate float64
-	// HintRate is how many "unknown" hints the server sends per second in
-	// all (a burst of as many): the answer to a keepalive that names no
-	// parked registration here (after a restart), which makes the node
-	// register again at once. Beyond it such keepalives go unanswered and
+	// HintRate is how many "unknown" hints the server sends per second
+	// in all (half of them each half second): the answer to a keepalive
+	// that names no parked registration here (after a restart), which
+	// makes the node register again at once. Beyond it such keepalives go unanswered and
 	// their nodes register again after their keepalive retries (7 s).
 	// Zero: 1000.
 	HintRate float64
@@ -106,15 +106,17 @@ var errParked = errors.New("rendezvous: registration parked")
 
 // parkServer is the Server's parked registrations.
 type parkServer struct {
-	sock       PacketSocket          // the server's UDP socket; nil: no parking
-	parked     map[uint64]*session   // by token
-	waking     map[*session]struct{} // parked with frames queued
-	tokens     float64               // WAKE rate budget
-	refill     time.Time             // when tokens was last refilled
-	hintTokens float64               // unknown-token hint budget (hintUnknown)
-	hintRefill time.Time             // when hintTokens was last refilled
-	sweep      chan struct{}         // wakes the sweeper early
-	remove     func()                // the socket's Intercept
+	sock   PacketSocket          // the server's UDP socket; nil: no parking
+	parked map[uint64]*session   // by token
+	waking map[*session]struct{} // parked with frames queued
+	tokens float64               // WAKE rate budget
+	refill time.Time             // when tokens was last refilled
+	// hintsLeft is how many hints (hintUnknown) may go out until the
+	// sweeper's next tick sets it again (hintsPerTick): an atomic, so
+	// that a flood of unknown tokens takes no lock and reads no clock.
+	hintsLeft atomic.Int64
+	sweep     chan struct{} // wakes the sweeper early
+	remove    func()        // the socket's Intercept
 
 	nParks, nWakes, nWakesLimited, nResumed, nExpired, nNotWoken atomic.Uint64
 	nKeepalives, nBadKeepalives, nLeaves, nHints                 atomic.Uint64
@@ -141,7 +143,7 @@ func (s *Server) startParking(ctx context.Context, sock PacketSocket) (wait func
 	s.pk.waking = map[*session]struct{}{}
 	s.pk.sweep = make(chan struct{}, 1)
 	s.pk.tokens, s.pk.refill = s.cfg.Park.WakeRate, time.Now()
-	s.pk.hintTokens, s.pk.hintRefill = s.cfg.Park.HintRate, time.Now()
+	s.pk.hintsLeft.Store(s.hintsPerTick())
 	s.pmu.Unlock()
 	s.pk.remove = sock.Intercept(parkToServer, netip.AddrPort{}, s.takeKeepalive)
 	done := make(chan struct{})
@@ -292,6 +294,13 @@ func outLocked(p *parkState, kind byte) parkOut {
 	return parkOut{token: p.token, ctr: p.sndCtr, kind: kind, key: &p.key, to: p.addr}
 }
 
+// hintsPerTick is the hint budget of one sweeper tick: HintRate a
+// second.
+func (s *Server) hintsPerTick() int64 { return max(int64(s.cfg.Park.HintRate*sweepTick.Seconds()), 1) }
+
+// sweepTick is how often the sweeper runs.
+const sweepTick = wakeResend / 2
+
 // takeBudget spends one of a rate-limited budget of datagrams (tokens
 // refilled at rate a second, at most rate held); false if none is left.
 // The caller holds s.pmu.
@@ -332,10 +341,7 @@ func (s *Server) hintUnknown(b []byte, token uint64, from netip.AddrPort) {
 	if b[17] != parkKeepalive || !from.IsValid() {
 		return // a leave, or an unknown kind: nothing to answer
 	}
-	s.pmu.Lock()
-	ok := takeBudget(&s.pk.hintTokens, &s.pk.hintRefill, s.cfg.Park.HintRate, time.Now())
-	s.pmu.Unlock()
-	if !ok {
+	if s.pk.hintsLeft.Add(-1) < 0 { // refilled by the sweeper
 		return
 	}
 	s.pk.nHints.Add(1)
@@ -416,7 +422,7 @@ func (s *Server) takeKeepalive(b []byte, from netip.AddrPort) (int, netip.AddrPo
 // it tells every parked node that the server is going (GONE).
 func (s *Server) sweepParked(ctx context.Context) {
 	defer s.pk.remove()
-	tick := time.NewTicker(wakeResend / 2)
+	tick := time.NewTicker(sweepTick)
 	defer tick.Stop()
 	lastExpiry := time.Now()
 	for {
@@ -425,6 +431,7 @@ func (s *Server) sweepParked(ctx context.Context) {
 			s.goneAll()
 			return
 		case <-tick.C:
+			s.pk.hintsLeft.Store(s.hintsPerTick())
 		case <-s.pk.sweep:
 			lastExpiry = time.Time{} // a node left: expire now
 		}

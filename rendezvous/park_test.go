@@ -366,6 +366,36 @@ func BenchmarkParkKeepalive(b *testing.B) {
 			b.Fatal("no answer sent")
 		}
 	})
+	// The park lock as the sweeper and parkEnqueue take it, while another
+	// goroutine floods keepalives that name parked tokens with bad MACs
+	// (each costs an HMAC): what the flood makes everyone else wait.
+	b.Run("lock-under-flood", func(b *testing.B) {
+		var key [16]byte
+		pkts := make([][]byte, 64)
+		for i := range pkts {
+			pkts[i] = appendParkDatagram(nil, parkToServer, parks[i].token, 1<<50, parkKeepalive, &key)
+		}
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				s.takeKeepalive(pkts[i%len(pkts)], from)
+			}
+		}()
+		for b.Loop() {
+			s.pmu.Lock()
+			s.pk.tokens++ // something to do under the lock
+			s.pmu.Unlock()
+		}
+		close(stop)
+		<-done
+	})
 	b.Run("forged", func(b *testing.B) {
 		var key [16]byte
 		pkt := appendParkDatagram(nil, parkToServer, 1<<60, 1, parkKeepalive, &key)

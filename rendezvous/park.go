@@ -18,8 +18,8 @@ import (
 type ParkConfig struct {
 	// After is how long a QUIC registration must have been idle (no
 	// frame but PING and PONG either way) before its client may park it;
-	// REGISTERED offers it. Zero: parking is off (no client is offered
-	// it, and a PARK is refused).
+	// REGISTERED offers it. Zero: DefaultParkAfter (60 s). Negative:
+	// parking is off (no client is offered it, and a PARK is refused).
 	After time.Duration
 	// Keepalive is how often a parked node sends its keepalive datagram
 	// (PARKED tells it). The server forgets a parked registration it has
@@ -49,7 +49,14 @@ type ParkConfig struct {
 	HintRate float64
 }
 
+// DefaultParkAfter is ParkConfig.After's zero value: parking is on by
+// default.
+const DefaultParkAfter = 60 * time.Second
+
 func (c ParkConfig) withDefaults() ParkConfig {
+	if c.After == 0 {
+		c.After = DefaultParkAfter
+	}
 	if c.Keepalive <= 0 {
 		c.Keepalive = 25 * time.Second
 	}

@@ -276,3 +276,21 @@ func TestParkForgedHints(t *testing.T) {
 		t.Error("the parked node was disturbed by the flood")
 	}
 }
+
+// Parking is on by default: a zero ServerConfig offers it after
+// DefaultParkAfter; a negative Park.After turns it off.
+func TestParkDefaultOn(t *testing.T) {
+	for _, tc := range []struct {
+		after, want time.Duration
+	}{{0, DefaultParkAfter}, {-1, 0}, {90 * time.Second, 90 * time.Second}} {
+		rs := startTestServer(t, ServerConfig{Park: ParkConfig{After: tc.after}})
+		c := startClient(t, "c", mustKey(t), []ServerAddr{rs.ServerAddr()}, newPathsTransport(t))
+		c.mu.Lock()
+		got := c.conn.parkAfter
+		c.mu.Unlock()
+		if got != tc.want {
+			t.Errorf("Park.After %v: the client was offered parking after %v, want %v", tc.after, got, tc.want)
+		}
+		c.Close()
+	}
+}

@@ -243,7 +243,7 @@ func TestParkWakeRate(t *testing.T) {
 // Without an offer (a server whose parking is off, as an old server) or
 // with ParkAfter < 0 (as an old client) nothing parks.
 func TestParkOnlyWhenBothAgree(t *testing.T) {
-	off := startTestServer(t, ServerConfig{})
+	off := startTestServer(t, ServerConfig{Park: ParkConfig{After: -1}})
 	c1 := startClient(t, "c1", mustKey(t), []ServerAddr{off.ServerAddr()}, newPathsTransport(t), func(c *ClientConfig) { c.ParkAfter = 100 * time.Millisecond })
 	on := startTestServer(t, parkServerConfig())
 	c2 := startClient(t, "c2", mustKey(t), []ServerAddr{on.ServerAddr()}, newPathsTransport(t), func(c *ClientConfig) { c.ParkAfter = -1 })

@@ -14,6 +14,20 @@ import (
 // Parked registrations when things fail: a node that fails over, a
 // server that never answers PARK, a server that restarted.
 
+// startParkedNode starts a server and a node that parks there; it
+// returns the node's parked registration and the demux that takes its
+// server's datagrams.
+func startParkedNode(t *testing.T, cfg ServerConfig) (*RunningServer, *Client, *clientConn, *parkDemux) {
+	t.Helper()
+	rs := startTestServer(t, cfg)
+	b := startClient(t, "b", mustKey(t), []ServerAddr{rs.ServerAddr()}, newPathsTransport(t))
+	waitParked(t, rs, b, 1)
+	b.mu.Lock()
+	cc := b.conn
+	b.mu.Unlock()
+	return rs, b, cc, parkDemuxFor(cc.paths, cc.remote)
+}
+
 // setParkRetries shortens the keepalive resends for the test.
 func setParkRetries(t *testing.T, d ...time.Duration) {
 	old := parkRetries
@@ -211,14 +225,8 @@ func TestParkRestartHint(t *testing.T) {
 func TestParkForgedHints(t *testing.T) {
 	cfg := parkServerConfig()
 	cfg.Park.HintRate = 50
-	rs := startTestServer(t, cfg)
-	b := startClient(t, "b", mustKey(t), []ServerAddr{rs.ServerAddr()}, newPathsTransport(t))
-	waitParked(t, rs, b, 1)
-	b.mu.Lock()
-	cc := b.conn
-	b.mu.Unlock()
+	rs, b, cc, d := startParkedNode(t, cfg)
 	p := cc.park
-	d := parkDemuxFor(cc.paths, cc.remote)
 	hint := func(ctr uint64, mac []byte) []byte {
 		h := appendParkDatagram(nil, parkToNode, p.token, ctr, parkKindUnknown, &p.key)
 		copy(h[18:], mac)

@@ -196,14 +196,8 @@ func TestParkForgedKeepaliveFlood(t *testing.T) {
 // Forged or replayed server datagrams do not wake a parked node (which
 // would make nodes reconnect en masse).
 func TestParkForgedWake(t *testing.T) {
-	rs := startTestServer(t, parkServerConfig())
-	b := startClient(t, "b", mustKey(t), []ServerAddr{rs.ServerAddr()}, newPathsTransport(t))
-	waitParked(t, rs, b, 1)
-	b.mu.Lock()
-	cc := b.conn
-	b.mu.Unlock()
+	rs, b, cc, d := startParkedNode(t, parkServerConfig())
 	p := cc.park
-	d := parkDemuxFor(cc.paths, cc.remote)
 	var badKey [16]byte
 	p.mu.Lock()
 	old := p.rcvCtr

@@ -141,14 +141,14 @@ func TestParkLateParked(t *testing.T) {
 }
 
 // restartServer closes rs as a crash would look to a parked node (its
-// GONE is lost) and starts a server with the same key on the same
-// address.
-func restartServer(t *testing.T, rs *RunningServer, cfg ServerConfig) *RunningServer {
+// GONE is lost: the node drops the kinds drop says, GONE among them,
+// until the test ends) and starts a server with the same key on the
+// same address.
+func restartServer(t *testing.T, rs *RunningServer, cfg ServerConfig, drop func(kind byte) bool) *RunningServer {
 	t.Helper()
-	setParkDrop(t, func(k byte) bool { return k == parkKindGone })
+	setParkDrop(t, func(k byte) bool { return k == parkKindGone || drop(k) })
 	addr := rs.UDPAddr()
 	rs.Close()
-	testParkDrop.Store(nil)
 	cfg.Logger = testLogger(t, "server2")
 	var rs2 *RunningServer
 	var err error
@@ -190,11 +190,8 @@ func TestParkRestartHint(t *testing.T) {
 			b := startClient(t, "b", mustKey(t), []ServerAddr{rs.ServerAddr()}, newPathsTransport(t))
 			answerAll(t, b)
 			waitParked(t, rs, b, 1)
-			rs2 := restartServer(t, rs, cfg)
+			rs2 := restartServer(t, rs, cfg, func(k byte) bool { return tc.lose && k == parkKindUnknown })
 			restarted := time.Now()
-			if tc.lose {
-				setParkDrop(t, func(k byte) bool { return k == parkKindUnknown })
-			}
 			a := startClient(t, "a", mustKey(t), []ServerAddr{rs2.ServerAddr()}, newTransport(t))
 			var err error
 			for time.Since(restarted) < 20*time.Second {

@@ -273,7 +273,7 @@ func raiseFileLimit() {
 func memServerChild() error {
 	raiseFileLimit()
 	rl := relay.NewServer(relay.ServerConfig{ConnRate: -1, MaxLinksPerIP: -1, MaxClients: 1 << 20, Logger: quiet()})
-	var park rendezvous.ParkConfig
+	park := rendezvous.ParkConfig{After: -1} // the unparked kinds: off
 	if os.Getenv("RELAY_MEM_PARK") != "" {
 		park.After = time.Second
 	}

@@ -410,6 +410,7 @@ func relayCPUChild(kind string) error {
 		rcfg.MaxClients = 1 << 20
 		scfg.MaxPeers = 1 << 20
 		scfg.Limits.Disable = true
+		scfg.Park.After = -1 // registrations stay connected (the default parks after 60 s)
 		if os.Getenv("RELAY_SCALE_PARK") != "" {
 			// Registrations park after 1 s idle (ServerConfig.Park).
 			scfg.Park.After = time.Second

@@ -51,6 +51,7 @@ type clientConn struct {
 	parkAfter time.Duration  // idle time before PARK; zero: never
 	active    atomic.Int64   // UnixNano of the last frame but PING/PONG either way
 	parking   bool
+	parkStuck bool // PARK went unanswered (parkAnswerTimeout): not again on this connection
 	park      *clientPark
 	wcond     *sync.Cond
 	resume    uint64 // REGISTER's: the parked registration this one takes over

@@ -18,8 +18,8 @@ import (
 type ParkConfig struct {
 	// After is how long a QUIC registration must have been idle (no
 	// frame but PING and PONG either way) before its client may park it;
-	// REGISTERED offers it. Zero: parking is off (no client is offered
-	// it, and a PARK is refused).
+	// REGISTERED offers it. Zero: DefaultParkAfter (60 s). Negative:
+	// parking is off (no client is offered it, and a PARK is refused).
 	After time.Duration
 	// Keepalive is how often a parked node sends its keepalive datagram
 	// (PARKED tells it). The server forgets a parked registration it has
@@ -40,9 +40,23 @@ type ParkConfig struct {
 	// all (a burst of as many); a node due one when none is left gets it
 	// at the next second's resend. Zero: 1000.
 	WakeRate float64
+	// HintRate is how many "unknown" hints the server sends per second
+	// in all (half of them each half second): the answer to a keepalive
+	// that names no parked registration here (after a restart), which
+	// makes the node register again at once. Beyond it such keepalives go unanswered and
+	// their nodes register again after their keepalive retries (7 s).
+	// Zero: 1000.
+	HintRate float64
 }
 
+// DefaultParkAfter is ParkConfig.After's zero value: parking is on by
+// default.
+const DefaultParkAfter = 60 * time.Second
+
 func (c ParkConfig) withDefaults() ParkConfig {
+	if c.After == 0 {
+		c.After = DefaultParkAfter
+	}
 	if c.Keepalive <= 0 {
 		c.Keepalive = 25 * time.Second
 	}
@@ -55,6 +69,9 @@ func (c ParkConfig) withDefaults() ParkConfig {
 	c.MaxQueue = min(c.MaxQueue, sendQueueLen-1)
 	if c.WakeRate <= 0 {
 		c.WakeRate = 1000
+	}
+	if c.HintRate <= 0 {
+		c.HintRate = 1000
 	}
 	return c
 }
@@ -87,6 +104,10 @@ type parkState struct {
 	next *session
 }
 
+// testParkHold, set by tests, runs before the server handles a PARK (it
+// may wait); false: the PARK is ignored, never answered.
+var testParkHold atomic.Pointer[func(*session) bool]
+
 // errParked ends a session's reader once it parked.
 var errParked = errors.New("rendezvous: registration parked")
 
@@ -97,11 +118,15 @@ type parkServer struct {
 	waking map[*session]struct{} // parked with frames queued
 	tokens float64               // WAKE rate budget
 	refill time.Time             // when tokens was last refilled
-	sweep  chan struct{}         // wakes the sweeper early
-	remove func()                // the socket's Intercept
+	// hintsLeft is how many hints (hintUnknown) may go out until the
+	// sweeper's next tick sets it again (hintsPerTick): an atomic, so
+	// that a flood of unknown tokens takes no lock and reads no clock.
+	hintsLeft atomic.Int64
+	sweep     chan struct{} // wakes the sweeper early
+	remove    func()        // the socket's Intercept
 
 	nParks, nWakes, nWakesLimited, nResumed, nExpired, nNotWoken atomic.Uint64
-	nKeepalives, nBadKeepalives                                  atomic.Uint64
+	nKeepalives, nBadKeepalives, nLeaves, nHints                 atomic.Uint64
 }
 
 // parkBody is PARKED's body: the token and key of the parked
@@ -125,6 +150,7 @@ func (s *Server) startParking(ctx context.Context, sock PacketSocket) (wait func
 	s.pk.waking = map[*session]struct{}{}
 	s.pk.sweep = make(chan struct{}, 1)
 	s.pk.tokens, s.pk.refill = s.cfg.Park.WakeRate, time.Now()
+	s.pk.hintsLeft.Store(s.hintsPerTick())
 	s.pmu.Unlock()
 	s.pk.remove = sock.Intercept(parkToServer, netip.AddrPort{}, s.takeKeepalive)
 	done := make(chan struct{})
@@ -156,6 +182,9 @@ func (s *Server) parkableLocked(ss *session) string {
 // parks the session and returns errParked (its reader ends; the writer
 // sends PARKED and closes the connection).
 func (s *Server) park(ss *session) error {
+	if h := testParkHold.Load(); h != nil && !(*h)(ss) {
+		return nil // a test's server that never answers PARK
+	}
 	p := &parkState{addr: ss.observed(), heard: time.Now()}
 	rand.Read(p.key[:])
 	s.mu.Lock()
@@ -240,33 +269,96 @@ func (s *Server) parkEnqueue(ss *session, p *parkState, b []byte) (ok bool, next
 		p.wakeBy = time.Now().Add(s.cfg.Park.WakeTimeout)
 		s.pk.waking[ss] = struct{}{}
 	}
-	var wake []byte
-	var to netip.AddrPort
+	var wake parkOut
+	var send bool
 	if first {
-		wake, to = s.wakeLocked(p, time.Now())
+		wake, send = s.wakeLocked(p, time.Now())
 	}
 	s.pmu.Unlock()
-	if wake != nil {
-		s.pk.sock.WriteToUDPAddrPort(wake, to)
+	if send {
+		wake.send(s.pk.sock)
 	}
 	return true, nil
 }
 
+// parkOut is a server → node park datagram to build and send once pmu
+// is released (the HMAC is not computed under the lock).
+type parkOut struct {
+	token, ctr uint64
+	kind       byte
+	key        *[16]byte
+	to         netip.AddrPort
+}
+
+func (o parkOut) send(sock PacketSocket) {
+	sock.WriteToUDPAddrPort(appendParkDatagram(nil, parkToNode, o.token, o.ctr, o.kind, o.key), o.to)
+}
+
+// outLocked takes p's next counter for a datagram of kind to p's
+// address. The caller holds s.pmu.
+func outLocked(p *parkState, kind byte) parkOut {
+	p.sndCtr++
+	return parkOut{token: p.token, ctr: p.sndCtr, kind: kind, key: &p.key, to: p.addr}
+}
+
+// hintsPerTick is the hint budget of one sweeper tick: HintRate a
+// second.
+func (s *Server) hintsPerTick() int64 { return max(int64(s.cfg.Park.HintRate*sweepTick.Seconds()), 1) }
+
+// sweepTick is how often the sweeper runs.
+const sweepTick = wakeResend / 2
+
+// takeBudget spends one of a rate-limited budget of datagrams (tokens
+// refilled at rate a second, at most rate held); false if none is left.
+// The caller holds s.pmu.
+func takeBudget(tokens *float64, refill *time.Time, rate float64, now time.Time) bool {
+	*tokens = min(rate, *tokens+now.Sub(*refill).Seconds()*rate)
+	*refill = now
+	if *tokens < 1 {
+		return false
+	}
+	*tokens--
+	return true
+}
+
 // wakeLocked returns the WAKE datagram for p if the rate allows one now.
 // The caller holds s.pmu.
-func (s *Server) wakeLocked(p *parkState, now time.Time) ([]byte, netip.AddrPort) {
-	rate := s.cfg.Park.WakeRate
-	s.pk.tokens = min(rate, s.pk.tokens+now.Sub(s.pk.refill).Seconds()*rate)
-	s.pk.refill = now
-	if s.pk.tokens < 1 {
+func (s *Server) wakeLocked(p *parkState, now time.Time) (parkOut, bool) {
+	if !takeBudget(&s.pk.tokens, &s.pk.refill, s.cfg.Park.WakeRate, now) {
 		s.pk.nWakesLimited.Add(1)
-		return nil, netip.AddrPort{}
+		return parkOut{}, false
 	}
-	s.pk.tokens--
 	p.woke = now
-	p.sndCtr++
 	s.pk.nWakes.Add(1)
-	return appendParkDatagram(nil, parkToNode, p.token, p.sndCtr, parkKindWake, &p.key), p.addr
+	return outLocked(p, parkKindWake), true
+}
+
+// hintUnknown answers a keepalive b that names no parked registration
+// (token) with a hint that the node's registration is gone here (the
+// server restarted, or forgot it): the node registers again at once
+// instead of after its keepalives go unanswered. The server cannot MAC
+// it (it has no key for the token), so the hint echoes the keepalive's
+// counter and MAC: the node takes it only for a keepalive it sent lately,
+// which an off-path attacker never saw (the token and MAC are 8 and 16
+// bytes of the node's secrets). The hints are rate-limited
+// (ParkConfig.HintRate), separately from WAKE: forged keepalives cannot
+// starve the WAKEs, and the server reflects at most that many 34-byte
+// datagrams a second, none larger than what came in.
+func (s *Server) hintUnknown(b []byte, token uint64, from netip.AddrPort) {
+	if b[17] != parkKeepalive || !from.IsValid() {
+		return // a leave, or an unknown kind: nothing to answer
+	}
+	if s.pk.hintsLeft.Add(-1) < 0 { // refilled by the sweeper
+		return
+	}
+	s.pk.nHints.Add(1)
+	out := make([]byte, 0, parkDatagramLen)
+	out = append(out, parkToNode)
+	out = binary.BigEndian.AppendUint64(out, token)
+	out = append(out, b[9:17]...) // the node's counter
+	out = append(out, parkKindUnknown)
+	out = append(out, b[18:]...) // the keepalive's MAC
+	s.pk.sock.WriteToUDPAddrPort(out, from)
 }
 
 // takeKeepalive handles one datagram of first byte parkToServer, on the
@@ -282,14 +374,23 @@ func (s *Server) takeKeepalive(b []byte, from netip.AddrPort) (int, netip.AddrPo
 	}
 	s.pmu.Lock()
 	ss := s.pk.parked[token]
+	s.pmu.Unlock()
 	if ss == nil {
-		s.pmu.Unlock()
+		s.pk.nBadKeepalives.Add(1)
+		s.hintUnknown(b, token, from)
+		return 0, netip.AddrPort{}
+	}
+	// The MAC is checked outside pmu (a token's key never changes): a
+	// flood of keepalives that name a parked token holds the lock for a
+	// map lookup and a counter, not for an HMAC.
+	p := ss.park
+	ctr, nodeKind, err := openParkDatagram(b, &p.key)
+	if err != nil {
 		s.pk.nBadKeepalives.Add(1)
 		return 0, netip.AddrPort{}
 	}
-	p := ss.park
-	ctr, nodeKind, err := openParkDatagram(b, &p.key)
-	if err != nil || ctr <= p.rcvCtr {
+	s.pmu.Lock()
+	if s.pk.parked[token] != ss || ctr <= p.rcvCtr {
 		s.pmu.Unlock()
 		s.pk.nBadKeepalives.Add(1)
 		return 0, netip.AddrPort{}
@@ -299,6 +400,7 @@ func (s *Server) takeKeepalive(b []byte, from netip.AddrPort) (int, netip.AddrPo
 		// sends RESULTs, which the socket's read loop must not wait for.
 		p.rcvCtr, p.heard = ctr, time.Time{}
 		s.pmu.Unlock()
+		s.pk.nLeaves.Add(1)
 		select {
 		case s.pk.sweep <- struct{}{}:
 		default:
@@ -314,8 +416,9 @@ func (s *Server) takeKeepalive(b []byte, from netip.AddrPort) (int, netip.AddrPo
 		s.pk.nWakes.Add(1)
 	}
 	p.sndCtr++
-	out := appendParkDatagram(nil, parkToNode, p.token, p.sndCtr, kind, &p.key)
+	sndCtr := p.sndCtr
 	s.pmu.Unlock()
+	out := appendParkDatagram(nil, parkToNode, token, sndCtr, kind, &p.key)
 	s.pk.nKeepalives.Add(1)
 	s.pk.sock.WriteToUDPAddrPort(out, from)
 	return 0, netip.AddrPort{}
@@ -326,7 +429,7 @@ func (s *Server) takeKeepalive(b []byte, from netip.AddrPort) (int, netip.AddrPo
 // it tells every parked node that the server is going (GONE).
 func (s *Server) sweepParked(ctx context.Context) {
 	defer s.pk.remove()
-	tick := time.NewTicker(wakeResend / 2)
+	tick := time.NewTicker(sweepTick)
 	defer tick.Stop()
 	lastExpiry := time.Now()
 	for {
@@ -335,6 +438,7 @@ func (s *Server) sweepParked(ctx context.Context) {
 			s.goneAll()
 			return
 		case <-tick.C:
+			s.pk.hintsLeft.Store(s.hintsPerTick())
 		case <-s.pk.sweep:
 			lastExpiry = time.Time{} // a node left: expire now
 		}
@@ -348,11 +452,7 @@ func (s *Server) sweepParked(ctx context.Context) {
 }
 
 func (s *Server) sweepWaking(now time.Time) {
-	type send struct {
-		b  []byte
-		to netip.AddrPort
-	}
-	var sends []send
+	var sends []parkOut
 	var late []*session
 	s.pmu.Lock()
 	for ss := range s.pk.waking {
@@ -361,14 +461,14 @@ func (s *Server) sweepWaking(now time.Time) {
 		case now.After(p.wakeBy):
 			late = append(late, ss)
 		case now.Sub(p.woke) >= wakeResend:
-			if b, to := s.wakeLocked(p, now); b != nil {
-				sends = append(sends, send{b, to})
+			if o, ok := s.wakeLocked(p, now); ok {
+				sends = append(sends, o)
 			}
 		}
 	}
 	s.pmu.Unlock()
-	for _, x := range sends {
-		s.pk.sock.WriteToUDPAddrPort(x.b, x.to)
+	for _, o := range sends {
+		o.send(s.pk.sock)
 	}
 	for _, ss := range late {
 		s.notWoken(ss)
@@ -448,17 +548,13 @@ func (s *Server) unpark(ss *session) bool {
 // goneAll tells every parked node that the server is going.
 func (s *Server) goneAll() {
 	s.pmu.Lock()
-	var out [][]byte
-	var to []netip.AddrPort
+	var out []parkOut
 	for _, ss := range s.pk.parked {
-		p := ss.park
-		p.sndCtr++
-		out = append(out, appendParkDatagram(nil, parkToNode, p.token, p.sndCtr, parkKindGone, &p.key))
-		to = append(to, p.addr)
+		out = append(out, outLocked(ss.park, parkKindGone))
 	}
 	s.pmu.Unlock()
-	for i := range out {
-		s.pk.sock.WriteToUDPAddrPort(out[i], to[i])
+	for _, o := range out {
+		o.send(s.pk.sock)
 	}
 }
 
@@ -477,11 +573,14 @@ func (s *Server) adoptParkedLocked(ss, old *session, resume uint64) (queued int,
 	delete(s.pk.waking, old)
 	frames := p.queue
 	p.queue, p.next = nil, ss
+	var replaced parkOut
 	if resume != p.token {
-		p.sndCtr++
-		notice, to = appendParkDatagram(nil, parkToNode, p.token, p.sndCtr, parkKindReplaced, &p.key), p.addr
+		replaced = outLocked(p, parkKindReplaced)
 	}
 	s.pmu.Unlock()
+	if replaced.key != nil {
+		notice, to = appendParkDatagram(nil, parkToNode, p.token, replaced.ctr, parkKindReplaced, replaced.key), replaced.to
+	}
 	// Under old's qmu: a frame for old that comes meanwhile waits, and
 	// then follows these.
 	for _, b := range frames {

@@ -2,7 +2,10 @@ package rendezvous
 
 import (
 	"context"
+	"crypto/hmac"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -54,7 +57,7 @@ func (cc *clientConn) parkEligible() bool {
 func (cc *clientConn) tryPark() {
 	cc.wmu.Lock()
 	defer cc.wmu.Unlock()
-	if cc.parking || cc.park != nil || cc.Err() != nil || !cc.parkEligible() {
+	if cc.parking || cc.parkStuck || cc.park != nil || cc.Err() != nil || !cc.parkEligible() {
 		return
 	}
 	b, _ := appendFrame(nil, typePark, nil)
@@ -63,6 +66,28 @@ func (cc *clientConn) tryPark() {
 		return // readLoop sees the connection die
 	}
 	cc.parking = true
+	time.AfterFunc(parkAnswerTimeout, cc.parkUnanswered)
+}
+
+// parkAnswerTimeout is how long the node waits for PARKED (writes wait
+// meanwhile) before it stays registered on the connection as it is and
+// never asks to park on it again. A server answers at once: only a
+// broken one, or a connection about to die, takes longer.
+var parkAnswerTimeout = 5 * time.Second
+
+// parkUnanswered ends the wait for a PARKED that did not come within
+// parkAnswerTimeout: writes go on on the connection, which stays the
+// registration (should PARKED come later after all, parked fails the
+// requests written meanwhile, which the server never read).
+func (cc *clientConn) parkUnanswered() {
+	cc.wmu.Lock()
+	defer cc.wmu.Unlock()
+	if !cc.parking {
+		return
+	}
+	cc.parking, cc.parkStuck = false, true
+	cc.wcond.Broadcast()
+	cc.c.log.Warn("the server did not answer PARK; staying registered", "server", cc.server.String(), "within", parkAnswerTimeout)
 }
 
 // parked handles PARKED: the registration parked (readFrames returns
@@ -85,7 +110,27 @@ func (cc *clientConn) parked(pb parkedBody) error {
 	}
 	cc.park = p
 	close(cc.parkedCh)
+	if cc.parkStuck {
+		// PARKED came after the node stopped waiting for it: the server
+		// read nothing it wrote since. The requests fail with
+		// errConnParked (Connect asks again, waking the registration).
+		cc.failPendingParked()
+	}
 	return errConnParked
+}
+
+// failPendingParked fails the requests waiting on cc, which parked
+// before the server read them, with errConnParked.
+func (cc *clientConn) failPendingParked() {
+	cc.mu.Lock()
+	pending := cc.pending
+	if pending != nil {
+		cc.pending = map[uint64]chan result{}
+	}
+	cc.mu.Unlock()
+	for _, ch := range pending {
+		ch <- result{err: fmt.Errorf("%w: %w", ErrServerLost, errConnParked)}
+	}
 }
 
 // requestWake asks a parked cc to re-attach (a Connect, a mailbox
@@ -112,7 +157,12 @@ func (cc *clientConn) isParked() bool {
 }
 
 // runParked keeps parked cc alive with keepalives until it re-attaches
-// (WAKE, or the node's own request), is lost, or the client closes.
+// (WAKE, the node's own request, or the server's hint that it does not
+// know the registration), is lost, or the client closes. Whenever the
+// node leaves the parked registration other than by re-attaching to it
+// (it closes, fails over, or re-attaching failed) it tells the server
+// (leave), which forgets the registration at once instead of waking and
+// queueing for a node that is gone for up to 80 s.
 func (cc *clientConn) runParked() {
 	c, p := cc.c, cc.park
 	cc.closeTransport()
@@ -125,6 +175,18 @@ func (cc *clientConn) runParked() {
 		b := appendParkDatagram(nil, parkToServer, p.token, p.sndCtr, kind, &p.key)
 		p.mu.Unlock()
 		cc.paths.WriteToUDPAddrPort(b, cc.remote)
+	}
+	// lose gives up the parked registration: the server is told (it may
+	// hear us although we do not hear it) and maintain fails over.
+	lose := func(err error) {
+		send(parkLeave)
+		cc.fail(err)
+		c.lost(cc, err)
+	}
+	reattach := func(why string) {
+		if err := cc.reattach(why); err != nil {
+			lose(err)
+		}
 	}
 	// The first keepalive goes at once: its answer says the server parked
 	// the registration here, or (WAKE) that frames already wait.
@@ -139,12 +201,12 @@ func (cc *clientConn) runParked() {
 			cc.fail(ErrClosed)
 			return
 		case <-cc.done:
-			if c.ctx.Err() != nil {
-				send(parkLeave) // Close: the server forgets the registration now
-			}
+			// Closed (Close), or another registration of this client
+			// took over: either way this one is left.
+			send(parkLeave)
 			return
 		case <-p.wake:
-			cc.reattach()
+			reattach("the node's own request")
 			return
 		case k := <-p.events:
 			switch k {
@@ -152,8 +214,12 @@ func (cc *clientConn) runParked() {
 				misses = 0
 				t.Reset(p.keepalive)
 			case parkKindWake:
-				c.log.Debug("woken by the server", "server", cc.server.String())
-				cc.reattach()
+				reattach("woken by the server")
+				return
+			case parkKindUnknown:
+				// The server restarted, or forgot the registration: it
+				// said so in answer to one of our keepalives.
+				reattach("the server no longer knows the parked registration")
 				return
 			case parkKindReplaced:
 				cc.fail(ErrReplaced)
@@ -166,9 +232,7 @@ func (cc *clientConn) runParked() {
 			}
 		case <-t.C:
 			if misses > len(parkRetries)-1 {
-				err := errors.New("parked registration: the server stopped answering keepalives")
-				cc.fail(err)
-				c.lost(cc, err)
+				lose(errParkLost)
 				return
 			}
 			send(parkKeepalive)
@@ -178,11 +242,18 @@ func (cc *clientConn) runParked() {
 	}
 }
 
+// errParkLost: a parked registration's server stopped answering its
+// keepalives; the client registers again (failing over), as for any lost
+// server (it matches ErrServerLost).
+var errParkLost = fmt.Errorf("%w: parked registration: the server stopped answering keepalives", ErrServerLost)
+
 // reattach registers again with cc's server, naming the parked token so
 // that the server hands over what waits, and makes that the client's
-// registration; if it fails, cc is lost (and maintain fails over).
-func (cc *clientConn) reattach() {
+// registration. On an error the caller gives cc up (and maintain fails
+// over).
+func (cc *clientConn) reattach(why string) error {
 	c := cc.c
+	c.log.Debug("re-attaching the parked registration", "server", cc.server.String(), "why", why)
 	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
 	defer cancel()
 	nc, err := c.dialQUIC(ctx, cc.server)
@@ -194,12 +265,11 @@ func (cc *clientConn) reattach() {
 	}
 	if err != nil {
 		c.log.Warn("re-attaching a parked registration failed", "server", cc.server.String(), "err", err)
-		cc.fail(err)
-		c.lost(cc, err)
-		return
+		return err
 	}
 	c.log.Debug("parked registration re-attached", "server", cc.server.String())
 	c.install(nc, c.lastIdxOf(nc.server))
+	return nil
 }
 
 // testParkDrop, set by tests, drops the server's park datagrams of the
@@ -275,6 +345,15 @@ func (d *parkDemux) take(b []byte, _ netip.AddrPort) (int, netip.AddrPort) {
 		return 0, netip.AddrPort{}
 	}
 	p := cc.park
+	if b[17] == parkKindUnknown {
+		if p.checkUnknownHint(b) {
+			select {
+			case p.events <- parkKindUnknown:
+			default:
+			}
+		}
+		return 0, netip.AddrPort{}
+	}
 	ctr, kind, err := openParkDatagram(b, &p.key)
 	if err != nil {
 		return 0, netip.AddrPort{}
@@ -295,4 +374,26 @@ func (d *parkDemux) take(b []byte, _ netip.AddrPort) (int, netip.AddrPort) {
 		}
 	}
 	return 0, netip.AddrPort{}
+}
+
+// unknownHintWindow is how many of its latest keepalives a node takes an
+// "unknown" hint for (the keepalive and its resends).
+const unknownHintWindow = 4
+
+// checkUnknownHint reports whether b, an "unknown" hint, answers one of
+// the node's latest keepalives: it echoes that keepalive's counter and
+// MAC, which only who saw the keepalive knows.
+func (p *clientPark) checkUnknownHint(b []byte) bool {
+	if testParkDrop.Load() != nil && (*testParkDrop.Load())(parkKindUnknown) {
+		return false
+	}
+	ctr := binary.BigEndian.Uint64(b[9:17])
+	p.mu.Lock()
+	sent := p.sndCtr
+	p.mu.Unlock()
+	if ctr == 0 || ctr > sent || ctr+unknownHintWindow <= sent {
+		return false
+	}
+	ka := appendParkDatagram(make([]byte, 0, parkDatagramLen), parkToServer, p.token, ctr, parkKeepalive, &p.key)
+	return hmac.Equal(ka[18:], b[18:])
 }

@@ -45,6 +45,11 @@ const (
 	parkKindWake     = 0x02 // frames wait for the node: re-attach now
 	parkKindReplaced = 0x03 // a registration without this token took over
 	parkKindGone     = 0x04 // the server is shutting down: register elsewhere
+	// parkKindUnknown answers a keepalive whose token the server does not
+	// park (it restarted, or forgot the registration): register again.
+	// Not MAC'd (the server has no key for the token): it echoes the
+	// keepalive's counter and MAC instead (checkUnknownHint).
+	parkKindUnknown = 0x05
 )
 
 // errParkDatagram: a park datagram of the wrong size or with a bad MAC.

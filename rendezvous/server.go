@@ -133,7 +133,8 @@ type ServerConfig struct {
 	// shortcode). Zero: on, with its defaults (see CodeConfig).
 	Codes CodeConfig
 	// Park lets idle registrations over QUIC leave their connection and
-	// live on as keepalive datagrams (ParkConfig). Zero: off.
+	// live on as keepalive datagrams (ParkConfig). Zero: on, parking
+	// registrations idle for 60 s; Park.After < 0 turns it off.
 	Park ParkConfig
 }
 

@@ -126,7 +126,7 @@ func runServer(args []string) error {
 	maxStreams := fs.Int("relay-max-streams", 0, "relayed streams (sessions between two peers both linked over TLS or WebSocket) open at once; each holds at most 4 MiB here (0: 256; negative: none, such pairs relay QUIC packets)")
 	registryURL := fs.String("registry", "", "Redis `URL` shared by a fleet of servers: redis://HOST:PORT[/DB], rediss://HOST:PORT[/DB] (TLS), or HOST:PORT,HOST:PORT,... (Redis Cluster seeds); empty: in memory, this server's peers only")
 	registryTTL := fs.Duration("registry-ttl", 0, "how long a registration lives in the fleet's Redis unless its server refreshes it (every third of it) (0: 15s)")
-	parkAfter := fs.Duration("park-after", 0, "let registrations over QUIC idle this long park: their connection closes and a keepalive datagram every 25 s keeps them; the server wakes the node for an introduction (docs/protocol.md, \"Parked registrations\") (0: off)")
+	parkAfter := fs.Duration("park-after", rendezvous.DefaultParkAfter, "let registrations over QUIC idle this long park: their connection closes and a keepalive datagram every 25 s keeps them; the server wakes the node for an introduction (docs/protocol.md, \"Parked registrations\") (0 or negative: off)")
 	metricsAddr := fs.String("metrics", "", "`ADDR` (host:port) serving Prometheus /metrics and /healthz over HTTP; empty: off")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), serverHelp, rendezvous.DefaultPort)
@@ -186,7 +186,7 @@ func runServer(args []string) error {
 	}
 	scfg := rendezvous.ServerConfig{Key: key, Logger: logger, TLSPort: uint16(*tlsPort),
 		AltSTUNPort: uint16(max(*altSTUN, 0)), DisableAltSTUN: *altSTUN < 0, PublicAddrs: publicAddrs,
-		Park: rendezvous.ParkConfig{After: max(*parkAfter, 0)}}
+		Park: parkConfig(*parkAfter)}
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
@@ -347,4 +347,13 @@ func serverKey(dir string) (k *identity.Key, created bool, err error) {
 		return nil, false, fmt.Errorf("state directory: %w", err)
 	}
 	return k, created, nil
+}
+
+// parkConfig is --park-after's ParkConfig: 0 (or negative) turns parking
+// off, where ParkConfig's zero value means the default.
+func parkConfig(after time.Duration) rendezvous.ParkConfig {
+	if after <= 0 {
+		return rendezvous.ParkConfig{After: -1}
+	}
+	return rendezvous.ParkConfig{After: after}
 }

@@ -187,3 +187,19 @@ func checkMetrics(t *testing.T, url string) {
 		}
 	}
 }
+
+// --park-after: on by default (60 s); 0 or a negative value turns parking
+// off, which ParkConfig says with a negative After (its zero is the
+// default).
+func TestParkAfterFlag(t *testing.T) {
+	for in, want := range map[time.Duration]time.Duration{
+		rendezvous.DefaultParkAfter: rendezvous.DefaultParkAfter,
+		90 * time.Second:            90 * time.Second,
+		0:                           -1,
+		-time.Second:                -1,
+	} {
+		if got := parkConfig(in).After; got != want {
+			t.Errorf("--park-after %v: ParkConfig.After %v, want %v", in, got, want)
+		}
+	}
+}

@@ -94,15 +94,17 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 			return true
 		}
 		// What one stream may have queued here is bounded by the window
-		// its receiver grants; a DATA frame counts at least 1 KB, so
-		// that tiny frames cannot make the queue long.
-		w := int64(max(n, 1024))
+		// its receiver grants; a DATA frame counts the buffer it holds
+		// and at least 1 KB, so that tiny frames cannot make the queue
+		// long.
+		size := frameHeader + streamHeader + n
+		w := dataCost(size)
 		if to.qStream.Add(w) > int64(s.cfg.MaxStreamsPerPeer)*maxStreamWindow {
 			to.qStream.Add(-w)
 			s.resetStream(rs, closeOverrun)
 			return true
 		}
-		buf := appendStreamFrame(getStreamBuf(), frameData, toRef, rest)
+		buf := appendStreamFrame(getDataBuf(size), frameData, toRef, rest)
 		to.qData.Add(1)
 		if !to.enqueueWithin(buf, math.MaxInt) {
 			to.qStream.Add(-w)
@@ -303,17 +305,36 @@ var streamBufs = sync.Pool{New: func() any { return new([streamBufSize]byte) }}
 
 func getStreamBuf() []byte { return streamBufs.Get().(*[streamBufSize]byte)[:0] }
 
+// getDataBuf returns an empty buffer for a DATA frame of size bytes: a
+// pooled one for a large frame, one of its size for a small frame (a
+// pooled one would hold 16 KB for a byte).
+func getDataBuf(size int) []byte {
+	if size > streamBufSize/2 {
+		return getStreamBuf()
+	}
+	return make([]byte, 0, size)
+}
+
+// dataCost is what a queued DATA frame of size bytes counts in qStream:
+// the buffer getDataBuf gives it, at least 1 KB.
+func dataCost(size int) int64 {
+	if size > streamBufSize/2 {
+		return int64(streamBufSize)
+	}
+	return int64(max(size, 1024))
+}
+
 func putStreamBuf(b []byte) {
 	if cap(b) == streamBufSize {
 		streamBufs.Put((*[streamBufSize]byte)(b[:streamBufSize]))
 	}
 }
 
-// dataLen is the stream bytes of a queued DATA frame, as qStream counts
-// them; 0 for any other message.
-func dataLen(b []byte) int64 {
-	if len(b) < frameHeader+streamHeader || b[0] != frameData || cap(b) != streamBufSize {
+// dataLen is what a DATA frame queued for p counts in qStream
+// (dataCost); 0 for any other message.
+func (p *peerLink) dataLen(b []byte) int64 {
+	if p.transport != transportTLS || len(b) < frameHeader+streamHeader || b[0] != frameData {
 		return 0
 	}
-	return int64(max(len(b)-frameHeader-streamHeader, 1024))
+	return dataCost(len(b))
 }

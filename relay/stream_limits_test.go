@@ -1,0 +1,43 @@
+package relay
+
+import (
+	"testing"
+)
+
+// TestStreamTinyDataHeld: a sender of 1-byte DATA frames to a receiver
+// that reads nothing cannot make the relay hold more memory for that
+// receiver than its documented bound (4 MiB × the per-peer stream limit):
+// what a queued DATA frame counts against the bound is what it holds.
+func TestStreamTinyDataHeld(t *testing.T) {
+	sa, srv := startStreamRelay(t, ServerConfig{MaxStreamsPerPeer: 4, PeerRate: -1, TotalRate: -1})
+	hostile := dialRaw(t, sa, true)
+	victim := dialRaw(t, sa, true) // takes streams, never reads its link
+	waitUntil(t, func() bool { l := srv.link(victim.id); return l != nil && l.streams.Load() })
+	hostile.write(t, appendStreamFrame(nil, frameOpen, ref(victim.id, 1), nil))
+	waitUntil(t, func() bool { return srv.Streams() == 1 })
+	var b []byte
+	for range 1000 {
+		b = appendStreamFrame(b, frameData, ref(victim.id, 1), []byte{'x'})
+	}
+	held := func() (n int64) {
+		l := srv.link(victim.id)
+		l.qmu.Lock()
+		defer l.qmu.Unlock()
+		for _, q := range l.queue {
+			n += int64(cap(q))
+		}
+		return n
+	}
+	limit := int64(4 * maxStreamWindow)
+	var peak int64
+	for i := 0; i < 2000 && srv.Streams() == 1; i++ {
+		hostile.write(t, b)
+		peak = max(peak, held())
+		if peak > limit {
+			break
+		}
+	}
+	if peak > limit {
+		t.Fatalf("the relay held %d MiB of buffers for one receiver, want at most %d MiB", peak>>20, limit>>20)
+	}
+}

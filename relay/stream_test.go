@@ -277,3 +277,41 @@ func TestRelayStreamSession(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "the relay forgets the stream", func() bool { return rl.Streams() == 0 })
 }
+
+// TestRelayStreamSessionFallsBack: when the relay is at its stream limit
+// (CLOSE limit, ErrRelayFull), two nodes on TLS links get QUIC over
+// relayed packets instead (docs/security.md: "the node relays QUIC
+// packets instead"), not a failed dial.
+func TestRelayStreamSessionFallsBack(t *testing.T) {
+	rs, rl := startServer(t, relay.ServerConfig{MaxStreams: 1})
+	p := newStreamPeer(t, rs.ServerAddr(), false)
+	q := newStreamPeer(t, rs.ServerAddr(), true)
+	c1, c2 := streamPair(t, p, q) // the relay's one stream
+	defer c1.Close()
+	defer c2.Close()
+	tlsOnly := reach.Config{RelayDialers: []relay.LinkDialer{relay.TLSDialer{}}}
+	a := newNode(t, rs.ConnectString(), tlsOnly)
+	b := newNode(t, rs.ConnectString(), tlsOnly)
+	echo(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sess, err := a.DialSession(ctx, b.ID())
+	if err != nil {
+		t.Fatalf("dial with the relay's streams used up: %v, want QUIC over relayed packets", err)
+	}
+	defer sess.Close()
+	if sess.Strategy() != reach.StrategyRelay || sess.QUIC() == nil {
+		t.Fatalf("strategy %q, QUIC %v: want relay over QUIC", sess.Strategy(), sess.QUIC() != nil)
+	}
+	if rl.Streams() != 1 {
+		t.Errorf("the relay holds %d streams, want 1", rl.Streams())
+	}
+	st, err := sess.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(st, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+}

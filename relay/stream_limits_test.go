@@ -2,6 +2,7 @@ package relay
 
 import (
 	"testing"
+	"time"
 )
 
 // TestStreamTinyDataHeld: a sender of 1-byte DATA frames to a receiver
@@ -39,5 +40,39 @@ func TestStreamTinyDataHeld(t *testing.T) {
 	}
 	if peak > limit {
 		t.Fatalf("the relay held %d MiB of buffers for one receiver, want at most %d MiB", peak>>20, limit>>20)
+	}
+}
+
+// TestStreamRateSmallBurst: a peer's stream bytes keep to its PeerRate
+// even when PeerBurst is smaller than a DATA frame (an operator's strict
+// setting): 2 MiB at 1 MiB/s take about two seconds, not a fraction.
+func TestStreamRateSmallBurst(t *testing.T) {
+	const rate, size = 1 << 20, 2 << 20
+	sa, srv := startStreamRelay(t, ServerConfig{PeerRate: rate, PeerBurst: 1024, TotalRate: -1})
+	a := dialRaw(t, sa, true)
+	b := dialRaw(t, sa, true)
+	waitUntil(t, func() bool { l := srv.link(b.id); return l != nil && l.streams.Load() })
+	chunk := make([]byte, streamChunk)
+	msg := appendStreamFrame(nil, frameOpen, ref(b.id, 1), nil)
+	for range size / streamChunk {
+		msg = appendStreamFrame(msg, frameData, ref(b.id, 1), chunk)
+	}
+	start := time.Now()
+	go a.tc.Write(msg)
+	b.tc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got := 0
+	var buf []byte
+	for got < size {
+		typ, body, nb, err := readFrame(b.tc, buf)
+		buf = nb
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", got, err)
+		}
+		if typ == frameData {
+			got += len(body) - streamHeader
+		}
+	}
+	if d := time.Since(start); d < time.Duration(float64(size-rate/4)/rate*float64(time.Second)) {
+		t.Errorf("%d MiB forwarded in %v at a PeerRate of %d MiB/s", size>>20, d, rate>>20)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/reachp2p/reach/identity"
 )
 
@@ -87,10 +89,10 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 		// relay's rates the link's reading waits (TCP pushes back on the
 		// sender), where packets would be dropped.
 		cost := max(n, MinPacketCost)
-		if p.lim != nil && p.lim.WaitN(ctx, min(cost, p.lim.Burst())) != nil {
+		if p.lim != nil && waitRate(ctx, p.lim, cost) != nil {
 			return true
 		}
-		if s.total != nil && s.total.WaitN(ctx, min(cost, s.total.Burst())) != nil {
+		if s.total != nil && waitRate(ctx, s.total, cost) != nil {
 			return true
 		}
 		// What one stream may have queued here is bounded by the window
@@ -143,6 +145,20 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 		return false
 	}
 	return true
+}
+
+// waitRate waits until lim has cost for the link's reading, in pieces of
+// at most its burst (a frame larger than the burst costs all its bytes
+// all the same).
+func waitRate(ctx context.Context, lim *rate.Limiter, cost int) error {
+	for cost > 0 {
+		n := max(min(cost, lim.Burst()), 1)
+		if err := lim.WaitN(ctx, n); err != nil {
+			return err
+		}
+		cost -= n
+	}
+	return nil
 }
 
 // openStream handles p's OPEN of stream ref.id to ref.peer: it registers

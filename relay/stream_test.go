@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -314,4 +315,51 @@ func TestRelayStreamSessionFallsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	st.Close()
+}
+
+// TestRelayedStreamWriteDeadlineCongested: a Write waiting because the
+// link to the relay is backed up (the relay reads the node's link at its
+// PeerRate) still ends at its deadline, and Close ends it too.
+func TestRelayedStreamWriteDeadlineCongested(t *testing.T) {
+	rs, _ := startServer(t, relay.ServerConfig{PeerRate: 512 << 10, PeerBurst: 64 << 10, TotalRate: -1})
+	a := newStreamPeer(t, rs.ServerAddr(), false)
+	b := newStreamPeer(t, rs.ServerAddr(), true)
+	c1, c2 := streamPair(t, a, b)
+	defer c2.Close()
+	go io.Copy(io.Discard, c2)
+	buf := make([]byte, 4<<20)
+	// Two more streams fill the link (each its 2 MiB window) beyond the
+	// kernel's buffers.
+	for range 2 {
+		f1, f2 := streamPair(t, a, b)
+		defer f1.Close()
+		defer f2.Close()
+		go io.Copy(io.Discard, f2)
+		go f1.Write(buf)
+	}
+	time.Sleep(200 * time.Millisecond)
+	c1.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+	start := time.Now()
+	_, err := c1.Write(buf)
+	if d := time.Since(start); !errors.Is(err, os.ErrDeadlineExceeded) || d > time.Second {
+		t.Errorf("Write with a 300 ms deadline on a backed-up link: %v after %v", err, d.Round(time.Millisecond))
+	}
+	c1.SetWriteDeadline(time.Time{})
+	done := make(chan error, 1)
+	go func() { _, err := c1.Write(buf); done <- err }()
+	time.Sleep(300 * time.Millisecond)
+	start = time.Now()
+	c1.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Write ended by Close: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(time.Second):
+		t.Errorf("Write still blocked 1 s after Close")
+		<-done
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("Close took %v", d.Round(time.Millisecond))
+	}
 }

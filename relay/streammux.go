@@ -41,9 +41,11 @@ func newStreamMux(local identity.PeerID, co *coalescer, accept func(identity.Pee
 // is full).
 func (m *streamMux) send(frame []byte) error { return m.co.sendFrame(frame) }
 
-// sendData queues a DATA frame of p (at most streamChunk bytes).
-func (m *streamMux) sendData(ref streamRef, p []byte) error {
-	return m.co.appendWith(func(b []byte) []byte { return appendStreamFrame(b, frameData, ref, p) })
+// sendData queues a DATA frame of p (at most streamChunk bytes); while the
+// link's write buffer is full it waits, until stop or stop2 is closed
+// (errNoRoom).
+func (m *streamMux) sendData(ref streamRef, p []byte, stop, stop2 <-chan struct{}) error {
+	return m.co.appendWithin(func(b []byte) []byte { return appendStreamFrame(b, frameData, ref, p) }, stop, stop2)
 }
 
 // trySend queues a frame unless the link's write buffer is full: for

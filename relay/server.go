@@ -659,6 +659,7 @@ func (p *peerLink) writeLoop(ctx context.Context) {
 			if n := p.dataLen(b); n > 0 {
 				p.qStream.Add(-n)
 				p.qData.Add(-1)
+				p.srv.dataWritten(p, b)
 				putStreamBuf(b)
 			} else {
 				putBuf(b)

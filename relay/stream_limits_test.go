@@ -76,3 +76,31 @@ func TestStreamRateSmallBurst(t *testing.T) {
 		t.Errorf("%d MiB forwarded in %v at a PeerRate of %d MiB/s", size>>20, d, rate>>20)
 	}
 }
+
+// TestStreamOverrunPerStream: a sender that ignores its receiver's window
+// on its one stream gets it reset once the relay holds the most a
+// receiver may grant (maxStreamWindow) for it, not the receiving link's
+// whole bound (the per-peer stream limit times that): so the stream
+// limits bound the relay's memory (docs/server.md: 4 MiB a stream).
+func TestStreamOverrunPerStream(t *testing.T) {
+	sa, srv := startStreamRelay(t, ServerConfig{PeerRate: -1, TotalRate: -1})
+	hostile := dialRaw(t, sa, true)
+	victim := dialRaw(t, sa, true) // takes streams, never reads its link
+	waitUntil(t, func() bool { l := srv.link(victim.id); return l != nil && l.streams.Load() })
+	hostile.write(t, appendStreamFrame(nil, frameOpen, ref(victim.id, 1), nil))
+	waitUntil(t, func() bool { return srv.Streams() == 1 })
+	chunk := make([]byte, streamChunk)
+	victimLink := srv.link(victim.id)
+	var peak int64
+	for sent := 0; sent < 64<<20 && srv.Streams() == 1; sent += len(chunk) {
+		hostile.write(t, appendStreamFrame(nil, frameData, ref(victim.id, 1), chunk))
+		peak = max(peak, victimLink.qStream.Load())
+	}
+	if limit := int64(maxStreamWindow + streamBufSize); peak > limit {
+		t.Errorf("the relay held %d KiB for one stream, want at most %d KiB", peak>>10, limit>>10)
+	}
+	waitUntil(t, func() bool { return srv.Streams() == 0 })
+	if got := hostile.closes(300 * time.Millisecond); got[closeOverrun] != 1 {
+		t.Errorf("the sender heard %v, want one overrun", got)
+	}
+}

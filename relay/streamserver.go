@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -26,6 +27,9 @@ type relayStream struct {
 	open, acc  *peerLink
 	finOpener  bool
 	finAcceptr bool
+	// toAcc, toOpen: the stream bytes queued for the acceptor's link and
+	// for the opener's (at most maxStreamWindow each).
+	toAcc, toOpen atomic.Int64
 }
 
 // streamTable is the relay's open streams.
@@ -75,9 +79,9 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 		}
 		return true
 	}
-	to, toRef := rs.acc, streamRef{peer: p.id, id: key.id | acceptorBit}
+	to, toRef, queued := rs.acc, streamRef{peer: p.id, id: key.id | acceptorBit}, &rs.toAcc
 	if !opener {
-		to, toRef = rs.open, streamRef{peer: p.id, id: key.id}
+		to, toRef, queued = rs.open, streamRef{peer: p.id, id: key.id}, &rs.toOpen
 	}
 	switch typ {
 	case frameData:
@@ -96,13 +100,20 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 			return true
 		}
 		// What one stream may have queued here is bounded by the window
-		// its receiver grants; a DATA frame counts the buffer it holds
-		// and at least 1 KB, so that tiny frames cannot make the queue
-		// long.
+		// its receiver grants (its bytes), and what its receiver's link
+		// holds by that times the per-peer limit, a DATA frame counting
+		// the buffer it holds and at least 1 KB, so that tiny frames
+		// cannot make the queue long.
 		size := frameHeader + streamHeader + n
 		w := dataCost(size)
+		if queued.Add(int64(n)) > maxStreamWindow {
+			queued.Add(-int64(n))
+			s.resetStream(rs, closeOverrun)
+			return true
+		}
 		if to.qStream.Add(w) > int64(s.cfg.MaxStreamsPerPeer)*maxStreamWindow {
 			to.qStream.Add(-w)
+			queued.Add(-int64(n))
 			s.resetStream(rs, closeOverrun)
 			return true
 		}
@@ -111,6 +122,7 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 		if !to.enqueueWithin(buf, math.MaxInt) {
 			to.qStream.Add(-w)
 			to.qData.Add(-1)
+			queued.Add(-int64(n))
 			putStreamBuf(buf)
 			return true
 		}
@@ -343,6 +355,26 @@ func dataCost(size int) int64 {
 func putStreamBuf(b []byte) {
 	if cap(b) == streamBufSize {
 		streamBufs.Put((*[streamBufSize]byte)(b[:streamBufSize]))
+	}
+}
+
+// dataWritten takes b, a DATA frame queued for p, off its stream's
+// count: p's writer wrote it.
+func (s *Server) dataWritten(p *peerLink, b []byte) {
+	ref, rest, _ := parseStream(b[frameHeader:])
+	key := streamKey{opener: p.id, acceptor: ref.peer, id: ref.id}
+	if ref.id&acceptorBit != 0 {
+		key = streamKey{opener: ref.peer, acceptor: p.id, id: ref.id &^ acceptorBit}
+	}
+	s.st.mu.Lock()
+	rs := s.st.streams[key]
+	s.st.mu.Unlock()
+	switch {
+	case rs == nil: // ended: nothing counts it any more
+	case key.acceptor == p.id && rs.acc == p:
+		rs.toAcc.Add(-int64(len(rest)))
+	case key.opener == p.id && rs.open == p:
+		rs.toOpen.Add(-int64(len(rest)))
 	}
 }
 

@@ -363,3 +363,50 @@ func TestRelayedStreamWriteDeadlineCongested(t *testing.T) {
 		t.Errorf("Close took %v", d.Round(time.Millisecond))
 	}
 }
+
+// TestRelayedStreamReadCongested: a Read does not wait while the node's
+// own link to the relay is backed up by its writes: the WINDOW it owes
+// goes out when there is room, and reading goes on.
+func TestRelayedStreamReadCongested(t *testing.T) {
+	rs, _ := startServer(t, relay.ServerConfig{PeerRate: 512 << 10, PeerBurst: 2 << 20, TotalRate: -1})
+	a := newStreamPeer(t, rs.ServerAddr(), true)
+	b := newStreamPeer(t, rs.ServerAddr(), true)
+	d := newStreamPeer(t, rs.ServerAddr(), false)
+	buf := make([]byte, 8<<20)
+	var fillers []net.Conn
+	for range 4 {
+		f1, f2 := streamPair(t, a, b)
+		defer f1.Close()
+		defer f2.Close()
+		go io.Copy(io.Discard, f2)
+		fillers = append(fillers, f1)
+	}
+	for _, f := range fillers { // a's link backed up by its writes
+		go f.Write(buf)
+	}
+	time.Sleep(4 * time.Second) // past a's burst
+	// Opened without waiting for a's first WINDOW: that waits behind
+	// a's writes too.
+	w, err := d.c.OpenStream(context.Background(), a.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var r net.Conn
+	select {
+	case r = <-a.in:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stream was not accepted")
+	}
+	defer r.Close()
+	const size = 1900 << 10 // within d's burst and the window, past a quarter of it (a WINDOW is owed)
+	go w.Write(buf[:size])
+	start := time.Now()
+	r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(r, make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("reading %d KiB took %v while the reader's link was backed up", size>>10, d.Round(time.Millisecond))
+	}
+}

@@ -89,8 +89,11 @@ func (c *streamConn) Read(b []byte) (int, error) {
 				grant = appendStreamFrame(nil, frameWindow, c.ref, windowBody(c.granted))
 			}
 			c.mu.Unlock()
-			if grant != nil {
-				c.m.send(grant)
+			if grant != nil && !c.m.co.tryAppend(grant) {
+				// The link is backed up: the grant goes when there is
+				// room, and Read does not wait for it (a later grant
+				// overtaking it is harmless: the peer keeps the highest).
+				go c.m.send(grant)
 			}
 			return n, nil
 		}

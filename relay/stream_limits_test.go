@@ -104,3 +104,38 @@ func TestStreamOverrunPerStream(t *testing.T) {
 		t.Errorf("the sender heard %v, want one overrun", got)
 	}
 }
+
+// TestStreamControlRate: stream control frames (here WINDOW, which the
+// relay forwards) count against the sender's PeerRate as packets do, at
+// least MinPacketCost each: 8,192 of them at 1 MiB/s take two seconds to
+// get through, not milliseconds.
+func TestStreamControlRate(t *testing.T) {
+	const rate = 1 << 20
+	sa, srv := startStreamRelay(t, ServerConfig{PeerRate: rate, PeerBurst: 64 << 10, TotalRate: -1})
+	a := dialRaw(t, sa, true)
+	b := dialRaw(t, sa, true)
+	waitUntil(t, func() bool { l := srv.link(b.id); return l != nil && l.streams.Load() })
+	const n = rate * 2 / MinPacketCost
+	msg := appendStreamFrame(nil, frameOpen, ref(b.id, 1), nil)
+	for i := range uint64(n) {
+		msg = appendStreamFrame(msg, frameWindow, ref(b.id, 1), windowBody(i))
+	}
+	msg = appendFrame(msg, framePing, make([]byte, 8))
+	start := time.Now()
+	go a.tc.Write(msg)
+	a.tc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	var buf []byte
+	for {
+		typ, _, nb, err := readFrame(a.tc, buf)
+		buf = nb
+		if err != nil {
+			t.Fatal(err)
+		}
+		if typ == framePong {
+			break
+		}
+	}
+	if d := time.Since(start); d < 1500*time.Millisecond {
+		t.Errorf("%d WINDOW frames at a PeerRate of 1 MiB/s went through in %v", n, d.Round(time.Millisecond))
+	}
+}

@@ -59,6 +59,17 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 	if !ok || !s.streamsOffered() {
 		return false
 	}
+	if typ != frameData {
+		// OPEN, WINDOW and CLOSE count against the rates as a packet
+		// does (DATA counts its bytes, below); beyond them the link's
+		// reading waits.
+		if p.lim != nil && waitRate(ctx, p.lim, MinPacketCost) != nil {
+			return true
+		}
+		if s.total != nil && waitRate(ctx, s.total, MinPacketCost) != nil {
+			return true
+		}
+	}
 	if typ == frameOpen {
 		if len(rest) != 0 || ref.id&acceptorBit != 0 || ref.id == 0 {
 			return false

@@ -1,6 +1,9 @@
 package relay
 
 import (
+	"context"
+	"errors"
+	"os"
 	"testing"
 	"time"
 )
@@ -137,5 +140,65 @@ func TestStreamControlRate(t *testing.T) {
 	}
 	if d := time.Since(start); d < 1500*time.Millisecond {
 		t.Errorf("%d WINDOW frames at a PeerRate of 1 MiB/s went through in %v", n, d.Round(time.Millisecond))
+	}
+}
+
+// TestStreamTotalRateShared: a relayed stream that wants more than the
+// relay's TotalRate waits for its share without starving packets: other
+// peers' packets (a fifth of the total rate) still get through.
+func TestStreamTotalRateShared(t *testing.T) {
+	const total = 1 << 20
+	sa, srv := startStreamRelay(t, ServerConfig{TotalRate: total, PeerRate: -1})
+	a := dialRaw(t, sa, true)
+	b := dialRaw(t, sa, true)
+	c := dialRaw(t, sa, true)
+	d := dialRaw(t, sa, true)
+	waitUntil(t, func() bool { l := srv.link(b.id); return l != nil && l.streams.Load() })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // b reads what comes (its stream's DATA)
+		var buf []byte
+		for ctx.Err() == nil {
+			b.tc.SetReadDeadline(time.Now().Add(time.Second))
+			_, _, nb, err := readFrame(b.tc, buf)
+			buf = nb
+			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				return
+			}
+		}
+	}()
+	a.write(t, appendStreamFrame(nil, frameOpen, ref(b.id, 1), nil))
+	go func() { // a sends as fast as the relay takes it
+		chunk := appendStreamFrame(nil, frameData, ref(b.id, 1), make([]byte, streamChunk))
+		for ctx.Err() == nil {
+			a.tc.SetWriteDeadline(time.Now().Add(time.Second))
+			a.tc.Write(chunk)
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	got := make(chan int, 1)
+	go func() {
+		n := 0
+		var buf []byte
+		d.tc.SetReadDeadline(time.Now().Add(3 * time.Second))
+		for {
+			typ, _, nb, err := readFrame(d.tc, buf)
+			buf = nb
+			if err != nil {
+				got <- n
+				return
+			}
+			if typ == framePacket {
+				n++
+			}
+		}
+	}()
+	const sent = 200 // 1000 bytes every 5 ms: a fifth of the total rate
+	for range sent {
+		c.write(t, appendFrame(nil, framePacket, d.id[:], make([]byte, 1000)))
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := <-got; n < sent/2 {
+		t.Errorf("%d of %d packets forwarded while a stream used the rest of the total rate", n, sent)
 	}
 }

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -170,19 +171,57 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 	return true
 }
 
-// waitRate waits until lim has cost for the link's reading, in pieces of
-// at most its burst (a frame larger than the burst costs all its bytes
-// all the same).
+// waitRate waits until lim has cost for the link's reading, taking it in
+// pieces of at most ratePiece (and the burst: a frame larger than the
+// burst costs all its bytes all the same). It does not reserve tokens
+// ahead (rate.Limiter.WaitN would: packets, which take theirs with
+// AllowN and are dropped without, found none while streams waited, and a
+// stream at the total rate starved every relayed packet).
 func waitRate(ctx context.Context, lim *rate.Limiter, cost int) error {
+	if lim.Limit() == rate.Inf {
+		return nil
+	}
+	if lim.Burst() <= 0 || lim.Limit() <= 0 {
+		return errNoRate
+	}
+	var t *time.Timer
+	defer func() {
+		if t != nil {
+			t.Stop()
+		}
+	}()
 	for cost > 0 {
-		n := max(min(cost, lim.Burst()), 1)
-		if err := lim.WaitN(ctx, n); err != nil {
-			return err
+		n := min(cost, lim.Burst(), ratePiece)
+		for {
+			now := time.Now()
+			if lim.AllowN(now, n) {
+				break
+			}
+			wait := time.Duration((float64(n) - lim.TokensAt(now)) / float64(lim.Limit()) * float64(time.Second))
+			wait = max(wait, time.Millisecond)
+			if t == nil {
+				t = time.NewTimer(wait)
+			} else {
+				t.Reset(wait)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-t.C:
+			}
 		}
 		cost -= n
 	}
 	return nil
 }
+
+// ratePiece is the most of a stream frame's cost waitRate takes at once:
+// a stream waits for small pieces, as packets take them, not for a
+// bucket that packets keep below a whole frame.
+const ratePiece = 2 << 10
+
+// errNoRate: a rate limiter that never allows anything.
+var errNoRate = errors.New("relay: rate limiter allows nothing")
 
 // openStream handles p's OPEN of stream ref.id to ref.peer: it registers
 // the stream and passes the OPEN on, or answers with a CLOSE that says

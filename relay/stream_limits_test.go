@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -156,14 +157,18 @@ func TestStreamTotalRateShared(t *testing.T) {
 	waitUntil(t, func() bool { l := srv.link(b.id); return l != nil && l.streams.Load() })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	var streamed atomic.Int64
 	go func() { // b reads what comes (its stream's DATA)
 		var buf []byte
 		for ctx.Err() == nil {
 			b.tc.SetReadDeadline(time.Now().Add(time.Second))
-			_, _, nb, err := readFrame(b.tc, buf)
+			typ, body, nb, err := readFrame(b.tc, buf)
 			buf = nb
 			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 				return
+			}
+			if err == nil && typ == frameData {
+				streamed.Add(int64(len(body) - streamHeader))
 			}
 		}
 	}()
@@ -194,11 +199,16 @@ func TestStreamTotalRateShared(t *testing.T) {
 		}
 	}()
 	const sent = 200 // 1000 bytes every 5 ms: a fifth of the total rate
+	start, before := time.Now(), streamed.Load()
 	for range sent {
 		c.write(t, appendFrame(nil, framePacket, d.id[:], make([]byte, 1000)))
 		time.Sleep(5 * time.Millisecond)
 	}
+	s, dt := streamed.Load()-before, time.Since(start)
 	if n := <-got; n < sent/2 {
 		t.Errorf("%d of %d packets forwarded while a stream used the rest of the total rate", n, sent)
+	}
+	if rate := float64(s) / dt.Seconds(); rate < total/2 {
+		t.Errorf("the stream got %.0f KiB/s of the total %d KiB/s beside the packets", rate/1024, total>>10)
 	}
 }

@@ -172,11 +172,14 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 }
 
 // waitRate waits until lim has cost for the link's reading, taking it in
-// pieces of at most ratePiece (and the burst: a frame larger than the
-// burst costs all its bytes all the same). It does not reserve tokens
-// ahead (rate.Limiter.WaitN would: packets, which take theirs with
-// AllowN and are dropped without, found none while streams waited, and a
-// stream at the total rate starved every relayed packet).
+// pieces of at most the burst (a frame larger than the burst costs all
+// its bytes all the same). It does not reserve tokens ahead
+// (rate.Limiter.WaitN would: packets, which take theirs with AllowN and
+// are dropped without, found none while streams waited, and a stream at
+// the total rate starved every relayed packet). A stream waits for a
+// whole frame's worth while packets take theirs meanwhile: packets
+// beyond the rate are dropped, so their senders slow down and the
+// stream gets the rest.
 func waitRate(ctx context.Context, lim *rate.Limiter, cost int) error {
 	if lim.Limit() == rate.Inf {
 		return nil
@@ -191,7 +194,7 @@ func waitRate(ctx context.Context, lim *rate.Limiter, cost int) error {
 		}
 	}()
 	for cost > 0 {
-		n := min(cost, lim.Burst(), ratePiece)
+		n := min(cost, lim.Burst())
 		for {
 			now := time.Now()
 			if lim.AllowN(now, n) {
@@ -214,11 +217,6 @@ func waitRate(ctx context.Context, lim *rate.Limiter, cost int) error {
 	}
 	return nil
 }
-
-// ratePiece is the most of a stream frame's cost waitRate takes at once:
-// a stream waits for small pieces, as packets take them, not for a
-// bucket that packets keep below a whole frame.
-const ratePiece = 2 << 10
 
 // errNoRate: a rate limiter that never allows anything.
 var errNoRate = errors.New("relay: rate limiter allows nothing")

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/reachp2p/reach/identity"
 )
 
 // TestStreamTinyDataHeld: a sender of 1-byte DATA frames to a receiver
@@ -210,5 +212,46 @@ func TestStreamTotalRateShared(t *testing.T) {
 	}
 	if rate := float64(s) / dt.Seconds(); rate < total/2 {
 		t.Errorf("the stream got %.0f KiB/s of the total %d KiB/s beside the packets", rate/1024, total>>10)
+	}
+}
+
+// TestStreamOpenAfterRelink: a peer whose link was replaced by a newer
+// one opens streams on the new link with numbers its old link used; the
+// old link's streams, not yet dropped (its reading still waits for the
+// rate), do not make the relay refuse them as duplicates.
+func TestStreamOpenAfterRelink(t *testing.T) {
+	sa, srv := startStreamRelay(t, ServerConfig{PeerRate: 16 << 10, PeerBurst: 16 << 10, TotalRate: -1})
+	k, _ := identity.GenerateKey()
+	old := dialRawKey(t, sa, true, k)
+	b := dialRaw(t, sa, true)
+	waitUntil(t, func() bool { l := srv.link(b.id); return l != nil && l.streams.Load() })
+	old.write(t, appendStreamFrame(nil, frameOpen, ref(b.id, 1), nil))
+	waitUntil(t, func() bool { return srv.Streams() == 1 })
+	// The old link's reading waits about 3 s for its rate.
+	var burst []byte
+	for range 4 {
+		burst = appendStreamFrame(burst, frameData, ref(b.id, 1), make([]byte, streamChunk))
+	}
+	old.write(t, burst)
+	time.Sleep(100 * time.Millisecond)
+	fresh := dialRawKey(t, sa, true, k)
+	fresh.write(t, appendStreamFrame(nil, frameOpen, ref(b.id, 1), nil))
+	if got := fresh.closes(time.Second); len(got) != 0 {
+		t.Errorf("OPEN on the new link answered with CLOSE %v", got)
+	}
+	// b heard the old stream end before the new one opened.
+	var seq []byte
+	b.tc.SetReadDeadline(time.Now().Add(time.Second))
+	for {
+		typ, body, _, err := readFrame(b.tc, nil)
+		if err != nil {
+			break
+		}
+		if r, _, _ := parseStream(body); (typ == frameOpen || typ == frameClose) && r == ref(k.ID(), 1|acceptorBit) {
+			seq = append(seq, typ)
+		}
+	}
+	if want := []byte{frameOpen, frameClose, frameOpen}; string(seq) != string(want) {
+		t.Errorf("b heard frames % x about the stream, want % x (OPEN, CLOSE gone, OPEN)", seq, want)
 	}
 }

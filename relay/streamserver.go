@@ -256,14 +256,26 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 	}
 	key := streamKey{opener: p.id, acceptor: ref.peer, id: ref.id}
 	s.st.mu.Lock()
-	if _, dup := s.st.streams[key]; dup {
+	stale := s.st.streams[key]
+	if stale != nil && stale.open == p {
 		s.st.mu.Unlock()
 		refuse(closeProtocol)
 		return
 	}
+	tellStale := func() {}
+	if stale != nil {
+		// A stream of the link p replaced, not dropped yet (its reading
+		// has not ended): it is gone, and its number is free again. Its
+		// acceptor hears so before an OPEN that reuses the number.
+		s.dropStreamLocked(stale)
+		tellStale = func() {
+			stale.acc.enqueueStreamControl(appendStreamFrame(nil, frameClose, streamRef{peer: p.id, id: ref.id | acceptorBit}, []byte{closeGone}))
+		}
+	}
 	if len(s.st.streams) >= s.cfg.MaxStreams || len(s.st.byLink[p]) >= s.cfg.MaxStreamsPerPeer ||
 		len(s.st.byLink[to]) >= s.cfg.MaxStreamsPerPeer {
 		s.st.mu.Unlock()
+		tellStale()
 		refuse(closeLimit)
 		return
 	}
@@ -280,6 +292,7 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 		s.st.byLink[l][key] = struct{}{}
 	}
 	s.st.mu.Unlock()
+	tellStale()
 	if !to.enqueueStreamControl(appendStreamFrame(nil, frameOpen, streamRef{peer: p.id, id: ref.id | acceptorBit}, nil)) {
 		s.resetStream(rs, closeLimit)
 	}

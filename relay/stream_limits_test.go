@@ -255,3 +255,56 @@ func TestStreamOpenAfterRelink(t *testing.T) {
 		t.Errorf("b heard frames % x about the stream, want % x (OPEN, CLOSE gone, OPEN)", seq, want)
 	}
 }
+
+// TestStreamFinNotDropped: a CLOSE fin is passed on even when the
+// receiver's queue is at its room for stream control frames (filled by
+// another peer's WINDOW floods): a dropped fin would leave the receiver
+// waiting for the end of a stream forever.
+func TestStreamFinNotDropped(t *testing.T) {
+	sa, srv := startStreamRelay(t, ServerConfig{PeerRate: -1, TotalRate: -1})
+	a := dialRaw(t, sa, true)
+	hostile := dialRaw(t, sa, true)
+	victim := dialRaw(t, sa, true) // reads its link only at the end
+	waitUntil(t, func() bool { l := srv.link(victim.id); return l != nil && l.streams.Load() })
+	a.write(t, appendStreamFrame(nil, frameOpen, ref(victim.id, 1), nil))
+	waitUntil(t, func() bool { return srv.Streams() == 1 })
+	// The hostile peer's streams 1-4 carry 3 MiB each (within the
+	// window): the relay's writer to the victim gets stuck.
+	for id := uint32(1); id <= 4; id++ {
+		b := appendStreamFrame(nil, frameOpen, ref(victim.id, id), nil)
+		for range 3 << 20 / streamChunk {
+			b = appendStreamFrame(b, frameData, ref(victim.id, id), make([]byte, streamChunk))
+		}
+		hostile.write(t, b)
+	}
+	vl := srv.link(victim.id)
+	waitUntil(t, func() bool { return srv.Streams() == 5 && vl.qData.Load() > 0 })
+	// Stream 5: a WINDOW flood until the relay resets it.
+	hostile.write(t, appendStreamFrame(nil, frameOpen, ref(victim.id, 5), nil))
+	waitUntil(t, func() bool { return srv.Streams() == 6 })
+	for i := uint64(0); i < 1_000_000 && srv.Streams() == 6; i += 1000 {
+		var b []byte
+		for j := range uint64(1000) {
+			b = appendStreamFrame(b, frameWindow, ref(victim.id, 5), windowBody(i+j))
+		}
+		hostile.write(t, b)
+	}
+	waitUntil(t, func() bool { return srv.Streams() == 5 })
+	a.write(t, appendStreamFrame(nil, frameClose, ref(victim.id, 1), []byte{closeFin}))
+	time.Sleep(100 * time.Millisecond)
+	victim.tc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var buf []byte
+	for {
+		typ, body, nb, err := readFrame(victim.tc, buf)
+		buf = nb
+		if err != nil {
+			t.Fatalf("the victim never heard a's fin: %v", err)
+		}
+		if r, rest, _ := parseStream(body); typ == frameClose && r == ref(a.id, 1|acceptorBit) {
+			if rest[0] != closeFin {
+				t.Fatalf("a's stream ended with code %d, want fin", rest[0])
+			}
+			break
+		}
+	}
+}

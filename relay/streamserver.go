@@ -151,13 +151,13 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 		if len(rest) != 1 {
 			return false
 		}
-		to.enqueueStreamControl(appendStreamFrame(nil, frameClose, toRef, rest))
 		s.st.mu.Lock()
+		again := false
 		if rest[0] == closeFin {
 			if opener {
-				rs.finOpener = true
+				again, rs.finOpener = rs.finOpener, true
 			} else {
-				rs.finAcceptr = true
+				again, rs.finAcceptr = rs.finAcceptr, true
 			}
 		}
 		done := rest[0] != closeFin || rs.finOpener && rs.finAcceptr
@@ -165,6 +165,12 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 			s.dropStreamLocked(rs)
 		}
 		s.st.mu.Unlock()
+		if !again {
+			// Passed on however full the receiver's queue is (at most
+			// one from each end of a stream): a fin dropped would leave
+			// the receiver waiting for the stream's end forever.
+			to.enqueueWithin(appendStreamFrame(nil, frameClose, toRef, rest), math.MaxInt)
+		}
 	default:
 		return false
 	}

@@ -185,11 +185,17 @@ func (m *streamMux) opened(ref streamRef) {
 	c := newStreamConn(m, ref)
 	m.conns[ref] = c
 	m.mu.Unlock()
+	// The first WINDOW tells a waiting dialler the stream was accepted;
+	// the stream does not wait for it to go out (the link may be backed
+	// up by this node's writes).
+	if win := appendStreamFrame(nil, frameWindow, ref, windowBody(StreamWindow)); !m.co.tryAppend(win) {
+		go func() {
+			if err := m.send(win); err != nil {
+				c.fail(err)
+			}
+		}()
+	}
 	go func() {
-		if err := m.send(appendStreamFrame(nil, frameWindow, ref, windowBody(StreamWindow))); err != nil {
-			c.fail(err)
-			return
-		}
 		m.log.Debug("relay: stream accepted", "peer", ref.peer.Short())
 		m.accept(ref.peer, c)
 	}()

@@ -410,3 +410,34 @@ func TestRelayedStreamReadCongested(t *testing.T) {
 		t.Errorf("reading %d KiB took %v while the reader's link was backed up", size>>10, d.Round(time.Millisecond))
 	}
 }
+
+// TestRelayedStreamDialCongested: DialStream keeps to its context while
+// the node's link to the relay is backed up by its writes.
+func TestRelayedStreamDialCongested(t *testing.T) {
+	rs, _ := startServer(t, relay.ServerConfig{PeerRate: 512 << 10, PeerBurst: 2 << 20, TotalRate: -1})
+	a := newStreamPeer(t, rs.ServerAddr(), false)
+	b := newStreamPeer(t, rs.ServerAddr(), true)
+	buf := make([]byte, 8<<20)
+	var fillers []net.Conn
+	for range 4 {
+		f1, f2 := streamPair(t, a, b)
+		defer f1.Close()
+		defer f2.Close()
+		go io.Copy(io.Discard, f2)
+		fillers = append(fillers, f1)
+	}
+	for _, f := range fillers { // a's link backed up by its writes
+		go f.Write(buf)
+	}
+	time.Sleep(4 * time.Second) // past a's burst
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	c, err := a.c.DialStream(ctx, b.id)
+	if err == nil {
+		c.Close()
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("DialStream with a 300 ms context returned after %v (%v)", d.Round(time.Millisecond), err)
+	}
+}

@@ -80,8 +80,13 @@ func (m *streamMux) dial(ctx context.Context, peer identity.PeerID, wait bool) (
 	c := newStreamConn(m, ref)
 	m.conns[ref] = c
 	m.mu.Unlock()
-	if err := m.send(appendStreamFrame(nil, frameOpen, ref, nil)); err != nil {
+	open := appendStreamFrame(nil, frameOpen, ref, nil)
+	if err := m.co.appendWithin(func(b []byte) []byte { return append(b, open...) }, ctx.Done(), nil); err != nil {
+		// The link failed, or ctx ended while the link was backed up.
 		m.forget(c)
+		if err == errNoRoom {
+			err = ctx.Err()
+		}
 		return nil, err
 	}
 	if !wait {

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"errors"
 	"sync"
 
 	"github.com/reachp2p/reach/identity"
@@ -15,15 +16,21 @@ type coalescer struct {
 	wake  chan struct{}
 
 	mu   sync.Mutex
-	room *sync.Cond // signalled when buf was taken or err set
+	room chan struct{} // closed when buf was taken or err set; nil: no one waits
 	buf  []byte
 	err  error
 }
 
 func newCoalescer(write func([]byte) error) *coalescer {
-	c := &coalescer{write: write, wake: make(chan struct{}, 1)}
-	c.room = sync.NewCond(&c.mu)
-	return c
+	return &coalescer{write: write, wake: make(chan struct{}, 1)}
+}
+
+// freeLocked wakes those waiting for room; c.mu is held.
+func (c *coalescer) freeLocked() {
+	if c.room != nil {
+		close(c.room)
+		c.room = nil
+	}
 }
 
 // send queues a packet frame; it blocks while maxCoalesce bytes wait.
@@ -43,7 +50,7 @@ func (c *coalescer) run(l *link) {
 		}
 		c.mu.Lock()
 		out, c.buf = c.buf, out[:0]
-		c.room.Broadcast()
+		c.freeLocked()
 		c.mu.Unlock()
 		if len(out) == 0 {
 			continue
@@ -66,7 +73,7 @@ func (c *coalescer) stop(err error) {
 	c.mu.Lock()
 	c.err = err
 	c.buf = nil
-	c.room.Broadcast()
+	c.freeLocked()
 	c.mu.Unlock()
 }
 
@@ -78,9 +85,30 @@ func (c *coalescer) sendFrame(frame []byte) error {
 // appendWith queues what add appends to the write buffer; it blocks while
 // maxCoalesce bytes wait.
 func (c *coalescer) appendWith(add func([]byte) []byte) error {
+	return c.appendWithin(add, nil, nil)
+}
+
+// errNoRoom: stop or stop2 of appendWithin ended its wait.
+var errNoRoom = errors.New("relay: waiting for the link's write buffer stopped")
+
+// appendWithin is appendWith, whose wait for room ends with errNoRoom when
+// stop or stop2 is closed (a nil one never is).
+func (c *coalescer) appendWithin(add func([]byte) []byte, stop, stop2 <-chan struct{}) error {
 	c.mu.Lock()
 	for c.err == nil && len(c.buf) >= maxCoalesce {
-		c.room.Wait()
+		if c.room == nil {
+			c.room = make(chan struct{})
+		}
+		room := c.room
+		c.mu.Unlock()
+		select {
+		case <-room:
+		case <-stop:
+			return errNoRoom
+		case <-stop2:
+			return errNoRoom
+		}
+		c.mu.Lock()
 	}
 	if err := c.err; err != nil {
 		c.mu.Unlock()
@@ -97,11 +125,15 @@ func (c *coalescer) appendWith(add func([]byte) []byte) error {
 
 // trySendFrame queues a frame unless maxCoalesce bytes wait (then it is
 // dropped).
-func (c *coalescer) trySendFrame(frame []byte) {
+func (c *coalescer) trySendFrame(frame []byte) { c.tryAppend(frame) }
+
+// tryAppend queues a frame unless maxCoalesce bytes wait or the link
+// ended; false if it did not.
+func (c *coalescer) tryAppend(frame []byte) bool {
 	c.mu.Lock()
 	if c.err != nil || len(c.buf) >= maxCoalesce {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	c.buf = append(c.buf, frame...)
 	c.mu.Unlock()
@@ -109,4 +141,5 @@ func (c *coalescer) trySendFrame(frame []byte) {
 	case c.wake <- struct{}{}:
 	default:
 	}
+	return true
 }

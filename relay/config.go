@@ -145,7 +145,8 @@ type ServerConfig struct {
 	// WebSocket) may be open at once, all peers together; an OPEN beyond
 	// it is refused (the opener gets ErrRelayFull and relays QUIC packets
 	// instead). The relay holds at most its receiver's window of each
-	// stream's bytes (StreamWindow, 2 MiB by default; 4 MiB at most).
+	// stream's bytes each way (StreamWindow, 2 MiB by default; 4 MiB at
+	// most).
 	// Zero: DefaultMaxStreams. Negative: no relayed streams (WELCOME does
 	// not offer them).
 	MaxStreams int
@@ -157,7 +158,8 @@ type ServerConfig struct {
 }
 
 // Defaults of relayed streams (ServerConfig.MaxStreams,
-// MaxStreamsPerPeer): at most 256 × 4 MiB held for slow receivers.
+// MaxStreamsPerPeer): at most 256 × 2 × 4 MiB held for slow receivers
+// (4 MiB a stream each way).
 const (
 	DefaultMaxStreams        = 256
 	DefaultMaxStreamsPerPeer = 8

@@ -657,9 +657,10 @@ func (p *peerLink) writeLoop(ctx context.Context) {
 			}
 			// Written (copied by SendDatagram or into a TLS record): a
 			// pooled packet buffer can be used again.
-			if n := dataLen(b); n > 0 {
+			if n := p.dataLen(b); n > 0 {
 				p.qStream.Add(-n)
 				p.qData.Add(-1)
+				p.srv.dataWritten(p, b)
 				putStreamBuf(b)
 			} else {
 				putBuf(b)

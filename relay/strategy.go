@@ -40,9 +40,17 @@ type Strategy struct {
 	Addr func(peer identity.PeerID) (net.Addr, error)
 	// Stream, if set, runs a session over a relayed stream when the
 	// client's link can carry one (Client.StreamsOffered); its
-	// ErrStreamsUnsupported (the peer's link cannot) falls back to QUIC
-	// over relayed packets. Nil: QUIC always.
+	// ErrStreamsUnsupported (the peer's link cannot), ErrRelayFull and
+	// ErrStreamRefused (a stream limit) fall back to QUIC over relayed
+	// packets. Nil: QUIC always.
 	Stream func(ctx context.Context, a *rung.Attempt) (*stream.Session, error)
+}
+
+// streamFallback reports whether a relayed stream session that failed
+// with err gives way to QUIC over relayed packets: the pair of links
+// cannot carry a stream, or the relay or the peer takes no more streams.
+func streamFallback(err error) bool {
+	return errors.Is(err, ErrStreamsUnsupported) || errors.Is(err, ErrRelayFull) || errors.Is(err, ErrStreamRefused)
 }
 
 // Connect dials a.Peer through the relay. Errors: those of Client.Connect
@@ -64,7 +72,7 @@ func (s *Strategy) Connect(ctx context.Context, a *rung.Attempt) (*stream.Sessio
 	c.Allow(a.Peer)
 	if s.Stream != nil && c.StreamsOffered() {
 		sess, err := s.Stream(ctx, a)
-		if !errors.Is(err, ErrStreamsUnsupported) {
+		if !streamFallback(err) {
 			return sess, err
 		}
 	}

@@ -29,6 +29,12 @@ func startStreamRelay(t *testing.T, cfg ServerConfig) (rendezvous.ServerAddr, *S
 func dialRaw(t *testing.T, sa rendezvous.ServerAddr, features bool) *rawLink {
 	t.Helper()
 	k, _ := identity.GenerateKey()
+	return dialRawKey(t, sa, features, k)
+}
+
+// dialRawKey is dialRaw as the peer of k.
+func dialRawKey(t *testing.T, sa rendezvous.ServerAddr, features bool, k *identity.Key) *rawLink {
+	t.Helper()
 	cfg, _, err := identity.ClientTLSConfig(k, sa.ID, ALPN)
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -276,4 +277,167 @@ func TestRelayStreamSession(t *testing.T) {
 		})
 	}
 	waitFor(t, 5*time.Second, "the relay forgets the stream", func() bool { return rl.Streams() == 0 })
+}
+
+// TestRelayStreamSessionFallsBack: when the relay is at its stream limit
+// (CLOSE limit, ErrRelayFull), two nodes on TLS links get QUIC over
+// relayed packets instead (docs/security.md: "the node relays QUIC
+// packets instead"), not a failed dial.
+func TestRelayStreamSessionFallsBack(t *testing.T) {
+	rs, rl := startServer(t, relay.ServerConfig{MaxStreams: 1})
+	p := newStreamPeer(t, rs.ServerAddr(), false)
+	q := newStreamPeer(t, rs.ServerAddr(), true)
+	c1, c2 := streamPair(t, p, q) // the relay's one stream
+	defer c1.Close()
+	defer c2.Close()
+	tlsOnly := reach.Config{RelayDialers: []relay.LinkDialer{relay.TLSDialer{}}}
+	a := newNode(t, rs.ConnectString(), tlsOnly)
+	b := newNode(t, rs.ConnectString(), tlsOnly)
+	echo(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sess, err := a.DialSession(ctx, b.ID())
+	if err != nil {
+		t.Fatalf("dial with the relay's streams used up: %v, want QUIC over relayed packets", err)
+	}
+	defer sess.Close()
+	if sess.Strategy() != reach.StrategyRelay || sess.QUIC() == nil {
+		t.Fatalf("strategy %q, QUIC %v: want relay over QUIC", sess.Strategy(), sess.QUIC() != nil)
+	}
+	if rl.Streams() != 1 {
+		t.Errorf("the relay holds %d streams, want 1", rl.Streams())
+	}
+	st, err := sess.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(st, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+}
+
+// TestRelayedStreamWriteDeadlineCongested: a Write waiting because the
+// link to the relay is backed up (the relay reads the node's link at its
+// PeerRate) still ends at its deadline, and Close ends it too.
+func TestRelayedStreamWriteDeadlineCongested(t *testing.T) {
+	rs, _ := startServer(t, relay.ServerConfig{PeerRate: 512 << 10, PeerBurst: 64 << 10, TotalRate: -1})
+	a := newStreamPeer(t, rs.ServerAddr(), false)
+	b := newStreamPeer(t, rs.ServerAddr(), true)
+	c1, c2 := streamPair(t, a, b)
+	defer c2.Close()
+	go io.Copy(io.Discard, c2)
+	buf := make([]byte, 4<<20)
+	// Two more streams fill the link (each its 2 MiB window) beyond the
+	// kernel's buffers.
+	for range 2 {
+		f1, f2 := streamPair(t, a, b)
+		defer f1.Close()
+		defer f2.Close()
+		go io.Copy(io.Discard, f2)
+		go f1.Write(buf)
+	}
+	time.Sleep(200 * time.Millisecond)
+	c1.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+	start := time.Now()
+	_, err := c1.Write(buf)
+	if d := time.Since(start); !errors.Is(err, os.ErrDeadlineExceeded) || d > time.Second {
+		t.Errorf("Write with a 300 ms deadline on a backed-up link: %v after %v", err, d.Round(time.Millisecond))
+	}
+	c1.SetWriteDeadline(time.Time{})
+	done := make(chan error, 1)
+	go func() { _, err := c1.Write(buf); done <- err }()
+	time.Sleep(300 * time.Millisecond)
+	start = time.Now()
+	c1.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Write ended by Close: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(time.Second):
+		t.Errorf("Write still blocked 1 s after Close")
+		<-done
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("Close took %v", d.Round(time.Millisecond))
+	}
+}
+
+// TestRelayedStreamReadCongested: neither accepting a stream nor a Read
+// waits while the node's own link to the relay is backed up by its
+// writes: the WINDOWs it owes go out when there is room.
+func TestRelayedStreamReadCongested(t *testing.T) {
+	rs, _ := startServer(t, relay.ServerConfig{PeerRate: 512 << 10, PeerBurst: 2 << 20, TotalRate: -1})
+	a := newStreamPeer(t, rs.ServerAddr(), true)
+	b := newStreamPeer(t, rs.ServerAddr(), true)
+	d := newStreamPeer(t, rs.ServerAddr(), false)
+	buf := make([]byte, 8<<20)
+	var fillers []net.Conn
+	for range 4 {
+		f1, f2 := streamPair(t, a, b)
+		defer f1.Close()
+		defer f2.Close()
+		go io.Copy(io.Discard, f2)
+		fillers = append(fillers, f1)
+	}
+	for _, f := range fillers { // a's link backed up by its writes
+		go f.Write(buf)
+	}
+	time.Sleep(4 * time.Second) // past a's burst
+	// Opened without waiting for a's first WINDOW: that waits behind
+	// a's writes too.
+	w, err := d.c.OpenStream(context.Background(), a.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var r net.Conn
+	select {
+	case r = <-a.in:
+	case <-time.After(time.Second):
+		t.Fatal("the stream was not accepted within a second")
+	}
+	defer r.Close()
+	const size = 1900 << 10 // within d's burst and the window, past a quarter of it (a WINDOW is owed)
+	go w.Write(buf[:size])
+	start := time.Now()
+	r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(r, make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("reading %d KiB took %v while the reader's link was backed up", size>>10, d.Round(time.Millisecond))
+	}
+}
+
+// TestRelayedStreamDialCongested: DialStream keeps to its context while
+// the node's link to the relay is backed up by its writes.
+func TestRelayedStreamDialCongested(t *testing.T) {
+	rs, _ := startServer(t, relay.ServerConfig{PeerRate: 512 << 10, PeerBurst: 2 << 20, TotalRate: -1})
+	a := newStreamPeer(t, rs.ServerAddr(), false)
+	b := newStreamPeer(t, rs.ServerAddr(), true)
+	buf := make([]byte, 8<<20)
+	var fillers []net.Conn
+	for range 4 {
+		f1, f2 := streamPair(t, a, b)
+		defer f1.Close()
+		defer f2.Close()
+		go io.Copy(io.Discard, f2)
+		fillers = append(fillers, f1)
+	}
+	for _, f := range fillers { // a's link backed up by its writes
+		go f.Write(buf)
+	}
+	time.Sleep(4 * time.Second) // past a's burst
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	c, err := a.c.DialStream(ctx, b.id)
+	if err == nil {
+		c.Close()
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("DialStream with a 300 ms context returned after %v (%v)", d.Round(time.Millisecond), err)
+	}
 }

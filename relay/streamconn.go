@@ -89,8 +89,11 @@ func (c *streamConn) Read(b []byte) (int, error) {
 				grant = appendStreamFrame(nil, frameWindow, c.ref, windowBody(c.granted))
 			}
 			c.mu.Unlock()
-			if grant != nil {
-				c.m.send(grant)
+			if grant != nil && !c.m.co.tryAppend(grant) {
+				// The link is backed up: the grant goes when there is
+				// room, and Read does not wait for it (a later grant
+				// overtaking it is harmless: the peer keeps the highest).
+				go c.m.send(grant)
 			}
 			return n, nil
 		}
@@ -156,7 +159,14 @@ func (c *streamConn) Write(b []byte) (int, error) {
 		n := int(min(avail, uint64(len(b)), streamChunk))
 		c.sent += uint64(n)
 		c.mu.Unlock()
-		if err := c.m.sendData(c.ref, b[:n]); err != nil {
+		if err := c.m.sendData(c.ref, b[:n], c.wd.Done(), c.done); err == errNoRoom {
+			// The deadline passed or the stream ended while the link
+			// was backed up: not sent.
+			c.mu.Lock()
+			c.sent -= uint64(n)
+			c.mu.Unlock()
+			continue
+		} else if err != nil {
 			c.fail(err)
 			return total, err
 		}
@@ -190,7 +200,12 @@ func (c *streamConn) end(code byte) {
 	c.finish()
 	c.m.forget(c)
 	if tell {
-		c.m.send(appendStreamFrame(nil, frameClose, c.ref, []byte{code}))
+		// Not waiting while the link is backed up (Close returns at
+		// once); what was queued before still goes first.
+		frame := appendStreamFrame(nil, frameClose, c.ref, []byte{code})
+		if !c.m.co.tryAppend(frame) {
+			go c.m.send(frame)
+		}
 	}
 }
 

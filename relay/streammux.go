@@ -41,9 +41,11 @@ func newStreamMux(local identity.PeerID, co *coalescer, accept func(identity.Pee
 // is full).
 func (m *streamMux) send(frame []byte) error { return m.co.sendFrame(frame) }
 
-// sendData queues a DATA frame of p (at most streamChunk bytes).
-func (m *streamMux) sendData(ref streamRef, p []byte) error {
-	return m.co.appendWith(func(b []byte) []byte { return appendStreamFrame(b, frameData, ref, p) })
+// sendData queues a DATA frame of p (at most streamChunk bytes); while the
+// link's write buffer is full it waits, until stop or stop2 is closed
+// (errNoRoom).
+func (m *streamMux) sendData(ref streamRef, p []byte, stop, stop2 <-chan struct{}) error {
+	return m.co.appendWithin(func(b []byte) []byte { return appendStreamFrame(b, frameData, ref, p) }, stop, stop2)
 }
 
 // trySend queues a frame unless the link's write buffer is full: for
@@ -78,8 +80,13 @@ func (m *streamMux) dial(ctx context.Context, peer identity.PeerID, wait bool) (
 	c := newStreamConn(m, ref)
 	m.conns[ref] = c
 	m.mu.Unlock()
-	if err := m.send(appendStreamFrame(nil, frameOpen, ref, nil)); err != nil {
+	open := appendStreamFrame(nil, frameOpen, ref, nil)
+	if err := m.co.appendWithin(func(b []byte) []byte { return append(b, open...) }, ctx.Done(), nil); err != nil {
+		// The link failed, or ctx ended while the link was backed up.
 		m.forget(c)
+		if err == errNoRoom {
+			err = ctx.Err()
+		}
 		return nil, err
 	}
 	if !wait {
@@ -183,11 +190,17 @@ func (m *streamMux) opened(ref streamRef) {
 	c := newStreamConn(m, ref)
 	m.conns[ref] = c
 	m.mu.Unlock()
+	// The first WINDOW tells a waiting dialler the stream was accepted;
+	// the stream does not wait for it to go out (the link may be backed
+	// up by this node's writes).
+	if win := appendStreamFrame(nil, frameWindow, ref, windowBody(StreamWindow)); !m.co.tryAppend(win) {
+		go func() {
+			if err := m.send(win); err != nil {
+				c.fail(err)
+			}
+		}()
+	}
 	go func() {
-		if err := m.send(appendStreamFrame(nil, frameWindow, ref, windowBody(StreamWindow))); err != nil {
-			c.fail(err)
-			return
-		}
 		m.log.Debug("relay: stream accepted", "peer", ref.peer.Short())
 		m.accept(ref.peer, c)
 	}()

@@ -2,9 +2,13 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/reachp2p/reach/identity"
 )
@@ -24,6 +28,9 @@ type relayStream struct {
 	open, acc  *peerLink
 	finOpener  bool
 	finAcceptr bool
+	// toAcc, toOpen: the stream bytes queued for the acceptor's link and
+	// for the opener's (at most maxStreamWindow each).
+	toAcc, toOpen atomic.Int64
 }
 
 // streamTable is the relay's open streams.
@@ -53,6 +60,17 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 	if !ok || !s.streamsOffered() {
 		return false
 	}
+	if typ != frameData {
+		// OPEN, WINDOW and CLOSE count against the rates as a packet
+		// does (DATA counts its bytes, below); beyond them the link's
+		// reading waits.
+		if p.lim != nil && waitRate(ctx, p.lim, MinPacketCost) != nil {
+			return true
+		}
+		if s.total != nil && waitRate(ctx, s.total, MinPacketCost) != nil {
+			return true
+		}
+	}
 	if typ == frameOpen {
 		if len(rest) != 0 || ref.id&acceptorBit != 0 || ref.id == 0 {
 			return false
@@ -73,9 +91,9 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 		}
 		return true
 	}
-	to, toRef := rs.acc, streamRef{peer: p.id, id: key.id | acceptorBit}
+	to, toRef, queued := rs.acc, streamRef{peer: p.id, id: key.id | acceptorBit}, &rs.toAcc
 	if !opener {
-		to, toRef = rs.open, streamRef{peer: p.id, id: key.id}
+		to, toRef, queued = rs.open, streamRef{peer: p.id, id: key.id}, &rs.toOpen
 	}
 	switch typ {
 	case frameData:
@@ -87,26 +105,36 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 		// relay's rates the link's reading waits (TCP pushes back on the
 		// sender), where packets would be dropped.
 		cost := max(n, MinPacketCost)
-		if p.lim != nil && p.lim.WaitN(ctx, min(cost, p.lim.Burst())) != nil {
+		if p.lim != nil && waitRate(ctx, p.lim, cost) != nil {
 			return true
 		}
-		if s.total != nil && s.total.WaitN(ctx, min(cost, s.total.Burst())) != nil {
+		if s.total != nil && waitRate(ctx, s.total, cost) != nil {
 			return true
 		}
 		// What one stream may have queued here is bounded by the window
-		// its receiver grants; a DATA frame counts at least 1 KB, so
-		// that tiny frames cannot make the queue long.
-		w := int64(max(n, 1024))
-		if to.qStream.Add(w) > int64(s.cfg.MaxStreamsPerPeer)*maxStreamWindow {
-			to.qStream.Add(-w)
+		// its receiver grants (its bytes), and what its receiver's link
+		// holds by that times the per-peer limit, a DATA frame counting
+		// the buffer it holds and at least 1 KB, so that tiny frames
+		// cannot make the queue long.
+		size := frameHeader + streamHeader + n
+		w := dataCost(size)
+		if queued.Add(int64(n)) > maxStreamWindow {
+			queued.Add(-int64(n))
 			s.resetStream(rs, closeOverrun)
 			return true
 		}
-		buf := appendStreamFrame(getStreamBuf(), frameData, toRef, rest)
+		if to.qStream.Add(w) > int64(s.cfg.MaxStreamsPerPeer)*maxStreamWindow {
+			to.qStream.Add(-w)
+			queued.Add(-int64(n))
+			s.resetStream(rs, closeOverrun)
+			return true
+		}
+		buf := appendStreamFrame(getDataBuf(size), frameData, toRef, rest)
 		to.qData.Add(1)
 		if !to.enqueueWithin(buf, math.MaxInt) {
 			to.qStream.Add(-w)
 			to.qData.Add(-1)
+			queued.Add(-int64(n))
 			putStreamBuf(buf)
 			return true
 		}
@@ -123,13 +151,13 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 		if len(rest) != 1 {
 			return false
 		}
-		to.enqueueStreamControl(appendStreamFrame(nil, frameClose, toRef, rest))
 		s.st.mu.Lock()
+		again := false
 		if rest[0] == closeFin {
 			if opener {
-				rs.finOpener = true
+				again, rs.finOpener = rs.finOpener, true
 			} else {
-				rs.finAcceptr = true
+				again, rs.finAcceptr = rs.finAcceptr, true
 			}
 		}
 		done := rest[0] != closeFin || rs.finOpener && rs.finAcceptr
@@ -137,11 +165,67 @@ func (s *Server) streamFrame(ctx context.Context, p *peerLink, typ byte, body []
 			s.dropStreamLocked(rs)
 		}
 		s.st.mu.Unlock()
+		if !again {
+			// Passed on however full the receiver's queue is (at most
+			// one from each end of a stream): a fin dropped would leave
+			// the receiver waiting for the stream's end forever.
+			to.enqueueWithin(appendStreamFrame(nil, frameClose, toRef, rest), math.MaxInt)
+		}
 	default:
 		return false
 	}
 	return true
 }
+
+// waitRate waits until lim has cost for the link's reading, taking it in
+// pieces of at most the burst (a frame larger than the burst costs all
+// its bytes all the same). It does not reserve tokens ahead
+// (rate.Limiter.WaitN would: packets, which take theirs with AllowN and
+// are dropped without, found none while streams waited, and a stream at
+// the total rate starved every relayed packet). A stream waits for a
+// whole frame's worth while packets take theirs meanwhile: packets
+// beyond the rate are dropped, so their senders slow down and the
+// stream gets the rest.
+func waitRate(ctx context.Context, lim *rate.Limiter, cost int) error {
+	if lim.Limit() == rate.Inf {
+		return nil
+	}
+	if lim.Burst() <= 0 || lim.Limit() <= 0 {
+		return errNoRate
+	}
+	var t *time.Timer
+	defer func() {
+		if t != nil {
+			t.Stop()
+		}
+	}()
+	for cost > 0 {
+		n := min(cost, lim.Burst())
+		for {
+			now := time.Now()
+			if lim.AllowN(now, n) {
+				break
+			}
+			wait := time.Duration((float64(n) - lim.TokensAt(now)) / float64(lim.Limit()) * float64(time.Second))
+			wait = max(wait, time.Millisecond)
+			if t == nil {
+				t = time.NewTimer(wait)
+			} else {
+				t.Reset(wait)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
+		cost -= n
+	}
+	return nil
+}
+
+// errNoRate: a rate limiter that never allows anything.
+var errNoRate = errors.New("relay: rate limiter allows nothing")
 
 // openStream handles p's OPEN of stream ref.id to ref.peer: it registers
 // the stream and passes the OPEN on, or answers with a CLOSE that says
@@ -178,14 +262,26 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 	}
 	key := streamKey{opener: p.id, acceptor: ref.peer, id: ref.id}
 	s.st.mu.Lock()
-	if _, dup := s.st.streams[key]; dup {
+	stale := s.st.streams[key]
+	if stale != nil && stale.open == p {
 		s.st.mu.Unlock()
 		refuse(closeProtocol)
 		return
 	}
+	tellStale := func() {}
+	if stale != nil {
+		// A stream of the link p replaced, not dropped yet (its reading
+		// has not ended): it is gone, and its number is free again. Its
+		// acceptor hears so before an OPEN that reuses the number.
+		s.dropStreamLocked(stale)
+		tellStale = func() {
+			stale.acc.enqueueStreamControl(appendStreamFrame(nil, frameClose, streamRef{peer: p.id, id: ref.id | acceptorBit}, []byte{closeGone}))
+		}
+	}
 	if len(s.st.streams) >= s.cfg.MaxStreams || len(s.st.byLink[p]) >= s.cfg.MaxStreamsPerPeer ||
 		len(s.st.byLink[to]) >= s.cfg.MaxStreamsPerPeer {
 		s.st.mu.Unlock()
+		tellStale()
 		refuse(closeLimit)
 		return
 	}
@@ -202,6 +298,7 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 		s.st.byLink[l][key] = struct{}{}
 	}
 	s.st.mu.Unlock()
+	tellStale()
 	if !to.enqueueStreamControl(appendStreamFrame(nil, frameOpen, streamRef{peer: p.id, id: ref.id | acceptorBit}, nil)) {
 		s.resetStream(rs, closeLimit)
 	}
@@ -304,17 +401,56 @@ var streamBufs = sync.Pool{New: func() any { return new([streamBufSize]byte) }}
 
 func getStreamBuf() []byte { return streamBufs.Get().(*[streamBufSize]byte)[:0] }
 
+// getDataBuf returns an empty buffer for a DATA frame of size bytes: a
+// pooled one for a large frame, one of its size for a small frame (a
+// pooled one would hold 16 KB for a byte).
+func getDataBuf(size int) []byte {
+	if size > streamBufSize/2 {
+		return getStreamBuf()
+	}
+	return make([]byte, 0, size)
+}
+
+// dataCost is what a queued DATA frame of size bytes counts in qStream:
+// the buffer getDataBuf gives it, at least 1 KB.
+func dataCost(size int) int64 {
+	if size > streamBufSize/2 {
+		return int64(streamBufSize)
+	}
+	return int64(max(size, 1024))
+}
+
 func putStreamBuf(b []byte) {
 	if cap(b) == streamBufSize {
 		streamBufs.Put((*[streamBufSize]byte)(b[:streamBufSize]))
 	}
 }
 
-// dataLen is the stream bytes of a queued DATA frame, as qStream counts
-// them; 0 for any other message.
-func dataLen(b []byte) int64 {
-	if len(b) < frameHeader+streamHeader || b[0] != frameData || cap(b) != streamBufSize {
+// dataWritten takes b, a DATA frame queued for p, off its stream's
+// count: p's writer wrote it.
+func (s *Server) dataWritten(p *peerLink, b []byte) {
+	ref, rest, _ := parseStream(b[frameHeader:])
+	key := streamKey{opener: p.id, acceptor: ref.peer, id: ref.id}
+	if ref.id&acceptorBit != 0 {
+		key = streamKey{opener: ref.peer, acceptor: p.id, id: ref.id &^ acceptorBit}
+	}
+	s.st.mu.Lock()
+	rs := s.st.streams[key]
+	s.st.mu.Unlock()
+	switch {
+	case rs == nil: // ended: nothing counts it any more
+	case key.acceptor == p.id && rs.acc == p:
+		rs.toAcc.Add(-int64(len(rest)))
+	case key.opener == p.id && rs.open == p:
+		rs.toOpen.Add(-int64(len(rest)))
+	}
+}
+
+// dataLen is what a DATA frame queued for p counts in qStream
+// (dataCost); 0 for any other message.
+func (p *peerLink) dataLen(b []byte) int64 {
+	if p.transport != transportTLS || len(b) < frameHeader+streamHeader || b[0] != frameData {
 		return 0
 	}
-	return int64(max(len(b)-frameHeader-streamHeader, 1024))
+	return dataCost(len(b))
 }

@@ -67,7 +67,7 @@ func (r *Rung) acceptStream(peer identity.PeerID, c net.Conn) {
 	case r.handshakes <- struct{}{}:
 	default:
 		r.h.Logger.Debug("relay: relayed stream refused: too many handshakes", "peer", peer.Short())
-		c.Close()
+		refuseStream(c) // the dialler falls back to QUIC over relayed packets
 		return
 	}
 	r.h.Go(func() {
@@ -91,4 +91,15 @@ func (r *Rung) acceptStream(peer identity.PeerID, c net.Conn) {
 			sess.Abort()
 		}
 	})
+}
+
+// refuseStream ends c, a stream a peer opened, with CLOSE refused (the
+// opener's ErrStreamRefused, which its rung takes as a reason to relay
+// QUIC packets instead), not an orderly fin.
+func refuseStream(c net.Conn) {
+	if sc, ok := c.(*streamConn); ok {
+		sc.end(closeRefused)
+		return
+	}
+	c.Close()
 }

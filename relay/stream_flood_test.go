@@ -286,3 +286,40 @@ func waitUntil(t *testing.T, ok func() bool) {
 		}
 	}
 }
+
+// TestStreamRefusedByAcceptor: a node that cannot take one more stream
+// (its rung's handshake slots are full) refuses it, and the opener sees
+// ErrStreamRefused, which makes its rung relay QUIC packets instead
+// (streamFallback), not an end of stream.
+func TestStreamRefusedByAcceptor(t *testing.T) {
+	sa, srv := startStreamRelay(t, ServerConfig{})
+	mk := func(accept func(identity.PeerID, net.Conn)) (*Client, identity.PeerID) {
+		k, _ := identity.GenerateKey()
+		c, err := NewClient(ClientConfig{Key: k, Dialers: []LinkDialer{TLSDialer{}}, AcceptStream: accept})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := c.Connect(ctx, sa); err != nil {
+			t.Fatal(err)
+		}
+		return c, k.ID()
+	}
+	a, _ := mk(nil)
+	_, bid := mk(func(_ identity.PeerID, c net.Conn) { refuseStream(c) })
+	waitUntil(t, func() bool { l := srv.link(bid); return l != nil && l.streams.Load() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := a.OpenStream(ctx, bid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = conn.Read(make([]byte, 1))
+	if !errors.Is(err, ErrStreamRefused) || !streamFallback(err) {
+		t.Fatalf("read on a refused stream: %v, want ErrStreamRefused (a reason to fall back)", err)
+	}
+}

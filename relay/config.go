@@ -153,6 +153,12 @@ type ServerConfig struct {
 	// MaxStreamsPerPeer is how many relayed streams one peer may have
 	// open at once, opened or accepted. Zero: DefaultMaxStreamsPerPeer.
 	MaxStreamsPerPeer int
+	// MaxStreamsPerIP is how many relayed streams the peers linked from
+	// one IPv4 address or IPv6 /64 may be ends of at once, together (a
+	// stream between two of them counts twice), so that one source
+	// cannot take every stream of MaxStreams. Zero:
+	// DefaultMaxStreamsPerIP. Negative: no limit.
+	MaxStreamsPerIP int
 	// Logger receives the server's logs. Nil: discard.
 	Logger *slog.Logger
 }
@@ -163,6 +169,7 @@ type ServerConfig struct {
 const (
 	DefaultMaxStreams        = 256
 	DefaultMaxStreamsPerPeer = 8
+	DefaultMaxStreamsPerIP   = 32
 )
 
 func (c ServerConfig) withDefaults() ServerConfig {
@@ -190,6 +197,7 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	}
 	def(&c.MaxLinksPerIP, DefaultMaxLinksPerIP)
 	def(&c.MaxStreams, DefaultMaxStreams)
+	def(&c.MaxStreamsPerIP, DefaultMaxStreamsPerIP)
 	if c.MaxStreamsPerPeer <= 0 {
 		c.MaxStreamsPerPeer = DefaultMaxStreamsPerPeer
 	}

@@ -35,11 +35,18 @@ func dialRaw(t *testing.T, sa rendezvous.ServerAddr, features bool) *rawLink {
 // dialRawKey is dialRaw as the peer of k.
 func dialRawKey(t *testing.T, sa rendezvous.ServerAddr, features bool, k *identity.Key) *rawLink {
 	t.Helper()
+	return dialRawFrom(t, sa, features, k, "127.0.0.1")
+}
+
+// dialRawFrom is dialRawKey from the loopback address ip.
+func dialRawFrom(t *testing.T, sa rendezvous.ServerAddr, features bool, k *identity.Key, ip string) *rawLink {
+	t.Helper()
 	cfg, _, err := identity.ClientTLSConfig(k, sa.ID, ALPN)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc, err := tls.Dial("tcp", sa.TCPHostPort(), cfg)
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	tc, err := tls.DialWithDialer(d, "tcp", sa.TCPHostPort(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,4 +329,36 @@ func TestStreamRefusedByAcceptor(t *testing.T) {
 	if !errors.Is(err, ErrStreamRefused) || !streamFallback(err) {
 		t.Fatalf("read on a refused stream: %v, want ErrStreamRefused (a reason to fall back)", err)
 	}
+}
+
+// TestStreamsPerSource: the peers of one source may be ends of
+// MaxStreamsPerIP streams together (a stream between two of them counts
+// twice); beyond it OPENs are refused (limit), also from another source
+// into the full one, until one of its streams ends.
+func TestStreamsPerSource(t *testing.T) {
+	sa, srv := startStreamRelay(t, ServerConfig{MaxStreamsPerIP: 4})
+	from := func(ip string) *rawLink {
+		k, _ := identity.GenerateKey()
+		return dialRawFrom(t, sa, true, k, ip)
+	}
+	a, b, c := from("127.0.0.1"), from("127.0.0.1"), from("127.0.0.2")
+	for _, l := range []*rawLink{a, b, c} {
+		waitUntil(t, func() bool { p := srv.link(l.id); return p != nil && p.streams.Load() })
+	}
+	var f []byte
+	for i := range uint32(3) {
+		f = appendStreamFrame(f, frameOpen, ref(b.id, 1+i), nil)
+	}
+	a.write(t, f)
+	if got := a.closes(300 * time.Millisecond); got[closeLimit] != 1 || srv.Streams() != 2 {
+		t.Fatalf("3 OPENs within one source (limit 4, each counting twice): %d open, refusals %v; want 2 open, 1 limit", srv.Streams(), got)
+	}
+	c.write(t, appendStreamFrame(nil, frameOpen, ref(a.id, 1), nil))
+	if got := c.closes(300 * time.Millisecond); got[closeLimit] != 1 {
+		t.Fatalf("an OPEN into a full source: refusals %v, want 1 limit", got)
+	}
+	a.write(t, appendStreamFrame(nil, frameClose, ref(b.id, 1), []byte{closeReset}))
+	waitUntil(t, func() bool { return srv.Streams() == 1 })
+	c.write(t, appendStreamFrame(nil, frameOpen, ref(a.id, 2), nil))
+	waitUntil(t, func() bool { return srv.Streams() == 2 })
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,7 @@ type streamTable struct {
 	mu      sync.Mutex
 	streams map[streamKey]*relayStream
 	byLink  map[*peerLink]map[streamKey]struct{}
+	bySrc   map[netip.Prefix]int // streams each source (ipKey) is an end of
 }
 
 // streamsOffered reports whether the relay offers relayed streams.
@@ -279,7 +281,7 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 		}
 	}
 	if len(s.st.streams) >= s.cfg.MaxStreams || len(s.st.byLink[p]) >= s.cfg.MaxStreamsPerPeer ||
-		len(s.st.byLink[to]) >= s.cfg.MaxStreamsPerPeer {
+		len(s.st.byLink[to]) >= s.cfg.MaxStreamsPerPeer || !s.srcRoomLocked(p, to) {
 		s.st.mu.Unlock()
 		tellStale()
 		refuse(closeLimit)
@@ -289,8 +291,10 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 	if s.st.streams == nil {
 		s.st.streams = make(map[streamKey]*relayStream)
 		s.st.byLink = make(map[*peerLink]map[streamKey]struct{})
+		s.st.bySrc = make(map[netip.Prefix]int)
 	}
 	s.st.streams[key] = rs
+	s.countSrcLocked(rs, 1)
 	for _, l := range []*peerLink{p, to} {
 		if s.st.byLink[l] == nil {
 			s.st.byLink[l] = make(map[streamKey]struct{})
@@ -324,12 +328,36 @@ func (s *Server) dropStreamLocked(rs *relayStream) {
 	}
 
 	delete(s.st.streams, rs.key)
+	s.countSrcLocked(rs, -1)
 	for _, l := range []*peerLink{rs.open, rs.acc} {
 		if m := s.st.byLink[l]; m != nil {
 			delete(m, rs.key)
 			if len(m) == 0 {
 				delete(s.st.byLink, l)
 			}
+		}
+	}
+}
+
+// srcRoomLocked reports whether the sources of p and to (one, or two)
+// may be an end of one more stream (MaxStreamsPerIP); s.st.mu is held.
+func (s *Server) srcRoomLocked(p, to *peerLink) bool {
+	max := s.cfg.MaxStreamsPerIP
+	if max <= 0 {
+		return true
+	}
+	need := 1
+	if p.ipk == to.ipk {
+		need = 2 // a stream between two links of one source counts twice
+	}
+	return s.st.bySrc[p.ipk]+need <= max && s.st.bySrc[to.ipk]+need <= max
+}
+
+// countSrcLocked adds d to the stream counts of rs's two ends' sources.
+func (s *Server) countSrcLocked(rs *relayStream, d int) {
+	for _, l := range []*peerLink{rs.open, rs.acc} {
+		if s.st.bySrc[l.ipk] += d; s.st.bySrc[l.ipk] <= 0 {
+			delete(s.st.bySrc, l.ipk)
 		}
 	}
 }

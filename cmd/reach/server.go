@@ -124,6 +124,7 @@ func runServer(args []string) error {
 	sessionsPerIP := fs.Int("relay-max-sessions-per-ip", 0, "relay sessions the peers of one IPv4 address or IPv6 /64 may send on at once (0: 1024; negative: no limit)")
 	connRate := fs.Float64("relay-conn-rate", 0, "new relay links per second from one IP (0: 10; negative: no limit)")
 	maxStreams := fs.Int("relay-max-streams", 0, "relayed streams (sessions between two peers both linked over TLS or WebSocket) open at once; each holds at most 4 MiB here (0: 256; negative: none, such pairs relay QUIC packets)")
+	streamsPerIP := fs.Int("relay-max-streams-per-ip", 0, "relayed streams the peers of one IPv4 address or IPv6 /64 may be ends of at once (0: 32; negative: no limit)")
 	registryURL := fs.String("registry", "", "Redis `URL` shared by a fleet of servers: redis://HOST:PORT[/DB], rediss://HOST:PORT[/DB] (TLS), or HOST:PORT,HOST:PORT,... (Redis Cluster seeds); empty: in memory, this server's peers only")
 	registryTTL := fs.Duration("registry-ttl", 0, "how long a registration lives in the fleet's Redis unless its server refreshes it (every third of it) (0: 15s)")
 	parkAfter := fs.Duration("park-after", rendezvous.DefaultParkAfter, "let registrations over QUIC idle this long park: their connection closes and a keepalive datagram every 25 s keeps them; the server wakes the node for an introduction (docs/protocol.md, \"Parked registrations\") (0 or negative: off)")
@@ -215,7 +216,7 @@ func runServer(args []string) error {
 		rcfg := relay.ServerConfig{
 			MaxClients: *maxClients, MaxSessions: *maxSessions, PeerRate: *peerRate, ConnRate: *connRate,
 			TotalRate: *totalRate, MaxLinksPerIP: *linksPerIP, MaxSessionsPerPeer: *sessionsPerPeer, MaxSessionsPerIP: *sessionsPerIP,
-			MaxStreams: *maxStreams,
+			MaxStreams: *maxStreams, MaxStreamsPerIP: *streamsPerIP,
 			Logger:     logger.With("part", "relay"),
 		}
 		if rcfg.Secrets, err = relaySecrets(secrets, secretFiles, os.Getenv); err != nil {

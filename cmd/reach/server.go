@@ -217,7 +217,7 @@ func runServer(args []string) error {
 			MaxClients: *maxClients, MaxSessions: *maxSessions, PeerRate: *peerRate, ConnRate: *connRate,
 			TotalRate: *totalRate, MaxLinksPerIP: *linksPerIP, MaxSessionsPerPeer: *sessionsPerPeer, MaxSessionsPerIP: *sessionsPerIP,
 			MaxStreams: *maxStreams, MaxStreamsPerIP: *streamsPerIP,
-			Logger:     logger.With("part", "relay"),
+			Logger: logger.With("part", "relay"),
 		}
 		if rcfg.Secrets, err = relaySecrets(secrets, secretFiles, os.Getenv); err != nil {
 			return err

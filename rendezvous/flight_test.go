@@ -146,6 +146,9 @@ func TestFlightLimits(t *testing.T) {
 	waitFor(t, "the server to drop the excess", func() bool {
 		return rs.Stats().FlightDropped >= 2*MaxFlightPackets+11
 	})
+	// The server has decided every packet by now; the ones it forwarded
+	// may still be on their way to the peer.
+	waitFor(t, "the forwarded packets to arrive", func() bool { return len(atB.list()) >= MaxFlightPackets })
 	got := atB.list()
 	if len(got) != MaxFlightPackets {
 		t.Fatalf("peer received %d packets, want %d", len(got), MaxFlightPackets)

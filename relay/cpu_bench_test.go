@@ -292,9 +292,11 @@ func cpuClient(b *testing.B, sa rendezvous.ServerAddr, kind string, deliver func
 	return c, k.ID()
 }
 
-// cpuChild is BenchmarkRelayCPU's server process.
+// cpuChild is BenchmarkRelayCPU's server process (and BenchmarkRelayScale's
+// client farms: the same pipes).
 type cpuChild struct {
 	sa    rendezvous.ServerAddr
+	pid   int
 	in    io.Writer
 	lines chan string
 }
@@ -309,14 +311,44 @@ type cpuMark struct {
 // taskset is there.
 func startCPUChild(b *testing.B, kind string) *cpuChild {
 	b.Helper()
-	args := []string{os.Args[0], "-test.run=^$"}
-	if ts, err := exec.LookPath("taskset"); err == nil && runtime.NumCPU() > 1 {
-		args = append([]string{ts, "-c", strconv.Itoa(runtime.NumCPU() - 1)}, args...)
+	cpu := -1
+	if _, err := exec.LookPath("taskset"); err == nil && runtime.NumCPU() > 1 {
+		cpu = runtime.NumCPU() - 1
 	} else {
 		b.Log("taskset not found: the relay is not pinned to a core")
 	}
+	rc := startChild(b, "RELAY_CPU_CHILD="+kind, cpu, 0)
+	line := rc.line(b, 30*time.Second)
+	cs, ok := strings.CutPrefix(line, "relay ready ")
+	if !ok {
+		b.Fatalf("relay child said %q", line)
+	}
+	f := strings.Fields(cs)
+	var err error
+	if rc.sa, err = rendezvous.ParseServerAddr(f[0]); err != nil {
+		b.Fatal(err)
+	}
+	if len(f) > 1 {
+		b.Logf("relay child: %s", strings.Join(f[1:], " "))
+	}
+	return rc
+}
+
+// startChild runs this test binary again with env set (TestMain picks
+// the child's part by it), on core cpu (-1: any) at nice level nice,
+// talking over its stdin and stdout; it ends when its stdin closes (at
+// b's cleanup).
+func startChild(b *testing.B, env string, cpu, nice int) *cpuChild {
+	b.Helper()
+	args := []string{os.Args[0], "-test.run=^$"}
+	if cpu >= 0 {
+		args = append([]string{"taskset", "-c", strconv.Itoa(cpu)}, args...)
+	}
+	if nice != 0 {
+		args = append([]string{"nice", "-n", strconv.Itoa(nice)}, args...)
+	}
 	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), "RELAY_CPU_CHILD="+kind)
+	cmd.Env = append(os.Environ(), env)
 	cmd.Stderr = os.Stderr
 	in, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
@@ -334,7 +366,7 @@ func startCPUChild(b *testing.B, kind string) *cpuChild {
 			<-done
 		}
 	})
-	rc := &cpuChild{in: in, lines: make(chan string, 16)}
+	rc := &cpuChild{pid: cmd.Process.Pid, in: in, lines: make(chan string, 16)}
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
@@ -342,19 +374,6 @@ func startCPUChild(b *testing.B, kind string) *cpuChild {
 		}
 		close(rc.lines)
 	}()
-	line := rc.line(b, 30*time.Second)
-	cs, ok := strings.CutPrefix(line, "relay ready ")
-	if !ok {
-		b.Fatalf("relay child said %q", line)
-	}
-	f := strings.Fields(cs)
-	var err error
-	if rc.sa, err = rendezvous.ParseServerAddr(f[0]); err != nil {
-		b.Fatal(err)
-	}
-	if len(f) > 1 {
-		b.Logf("relay child: %s", strings.Join(f[1:], " "))
-	}
 	return rc
 }
 

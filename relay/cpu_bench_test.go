@@ -311,13 +311,19 @@ type cpuMark struct {
 // taskset is there.
 func startCPUChild(b *testing.B, kind string) *cpuChild {
 	b.Helper()
+	return startCPUChildNice(b, kind, 0)
+}
+
+// startCPUChildNice is startCPUChild at nice level nice.
+func startCPUChildNice(b *testing.B, kind string, nice int) *cpuChild {
+	b.Helper()
 	cpu := -1
 	if _, err := exec.LookPath("taskset"); err == nil && runtime.NumCPU() > 1 {
 		cpu = runtime.NumCPU() - 1
 	} else {
 		b.Log("taskset not found: the relay is not pinned to a core")
 	}
-	rc := startChild(b, "RELAY_CPU_CHILD="+kind, cpu, 0)
+	rc := startChild(b, "RELAY_CPU_CHILD="+kind, cpu, nice)
 	line := rc.line(b, 30*time.Second)
 	cs, ok := strings.CutPrefix(line, "relay ready ")
 	if !ok {

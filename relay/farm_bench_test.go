@@ -45,9 +45,9 @@ type farmStat struct {
 // startFarms starts ceil(peers/perFarm) farms, each linking its share of
 // peers to the server at cs (registered over UDP, linked over link: "udp"
 // or "" for none) with workers handshakes at a time between them all,
-// and waits until each says it is ready. Up to 1% of a farm's peers may
+// at nice level nice, and waits until each says it is ready. Up to 1% of a farm's peers may
 // fail to link (the caller checks what the server holds).
-func startFarms(b *testing.B, cs string, peers, perFarm int, link string) []*farm {
+func startFarms(b *testing.B, cs string, peers, perFarm int, link string, nice int) []*farm {
 	b.Helper()
 	n := (peers + perFarm - 1) / perFarm
 	workers := max(2, 8/n)
@@ -58,7 +58,7 @@ func startFarms(b *testing.B, cs string, peers, perFarm int, link string) []*far
 			k++
 		}
 		env := fmt.Sprintf("RELAY_SCALE_FARM=%s %d %s %d", cs, k, cmpOr(link, "-"), workers)
-		farms[i] = &farm{cpuChild: startChild(b, env, -1, 0), peers: k}
+		farms[i] = &farm{cpuChild: startChild(b, env, -1, nice), peers: k}
 	}
 	var wg sync.WaitGroup
 	errs := make([]string, n)
@@ -104,18 +104,18 @@ func pin(b *testing.B, pid int, cpus string) {
 
 // renice sets every thread of process pid to nice level nice (threads
 // it starts later inherit it from the thread that starts them).
-func renice(b *testing.B, pid, nice int) {
-	b.Helper()
+func renice(pid, nice int) error {
 	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
-		b.Fatal(err)
+		return err
 	}
 	for _, t := range tasks {
 		tid, _ := strconv.Atoi(t.Name())
 		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil {
-			b.Fatalf("renice %d: %v", tid, err)
+			return fmt.Errorf("renice %d: %w", tid, err)
 		}
 	}
+	return nil
 }
 
 // stat reads a farm's RSS and CPU time.
@@ -166,6 +166,16 @@ func farmChild(spec string) error {
 	}
 	raiseFileLimit()
 	debug.SetGCPercent(farmGCPercent)
+	// Commands, read from the start: the farm ends when its stdin closes,
+	// even while it links.
+	cmds := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			cmds <- sc.Text()
+		}
+		os.Exit(0) // the peers are not closed one by one: the benchmark is over
+	}()
 	start := time.Now()
 	// Up to 1% left out: the benchmark fails below 99% held.
 	_, failed, err := linkPeers(cs, peers, "udp", link, true, workers, peers/100)
@@ -177,9 +187,8 @@ func farmChild(spec string) error {
 	debug.FreeOSMemory()
 	rss, _ := vmRSS(os.Getpid())
 	fmt.Printf("farm ready %d %d %d %.0f\n", peers-failed, failed, rss, time.Since(start).Seconds())
-	sc := bufio.NewScanner(os.Stdin)
-	for sc.Scan() {
-		cmd, arg, _ := strings.Cut(sc.Text(), " ")
+	for line := range cmds {
+		cmd, arg, _ := strings.Cut(line, " ")
 		switch cmd {
 		case "stat":
 			rss, _ := vmRSS(os.Getpid())
@@ -207,7 +216,5 @@ func farmChild(spec string) error {
 			fmt.Println("unknown command")
 		}
 	}
-	// The peers are not closed one by one: the benchmark is over, and
-	// the server (another child) ends too.
 	return nil
 }

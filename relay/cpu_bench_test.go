@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -356,6 +357,9 @@ func startChild(b *testing.B, env string, cpu, nice int) *cpuChild {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), env)
 	cmd.Stderr = os.Stderr
+	// A child outlives nothing: a killed benchmark takes it along (it
+	// would hold the benchmark lock's descriptor, inherited from flock).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	in, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
@@ -451,6 +455,7 @@ func relayCPUChild(kind string) error {
 	unix.SchedGetaffinity(0, &cpus)
 	fmt.Printf("relay ready %s cpus=%d gomaxprocs=%d\n", rs.ConnectString(), cpus.Count(), runtime.GOMAXPROCS(0))
 	var prof *os.File
+	var nprof int
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		switch sc.Text() {
@@ -472,7 +477,13 @@ func relayCPUChild(kind string) error {
 			fmt.Println("ok", st.Peers, rl.Stats().Clients, m.Detached, rss, m.Connections["udp"], st.Parked)
 		case "profile":
 			if p := os.Getenv("RELAY_CPU_PROFILE"); p != "" && prof == nil {
-				if prof, err = os.Create(p + "-" + kind + ".pprof"); err != nil {
+				name := p + "-" + kind + ".pprof"
+				if kind == "scale" {
+					// Each of BenchmarkRelayScale's floods: -scale-1 and on.
+					nprof++
+					name = fmt.Sprintf("%s-%s-%d.pprof", p, kind, nprof)
+				}
+				if prof, err = os.Create(name); err != nil {
 					return err
 				}
 				if err := pprof.StartCPUProfile(prof); err != nil {

@@ -22,8 +22,11 @@ import (
 // are neither in the server's process nor in the flood pair's.
 
 // farmPeers is how many simulated peers one farm holds by default
-// (RELAY_SCALE_PER_FARM sets another number).
-const farmPeers = 25000
+// (RELAY_SCALE_PER_FARM sets another number): one farm up to 100,000.
+// Split in four farms of 25,000 (two handshakes at a time each), linking
+// was no faster and fell into the same collapse near 80,000 peers
+// (docs/benchmarks.md, "Clients out of the pair's process").
+const farmPeers = 100000
 
 // farmGCPercent is the farms' GOGC: once linked their peers allocate
 // little, and a lower target keeps their heap (what bounds how many fit

@@ -20,12 +20,18 @@ import (
 //   - the server (rendezvous + relay, rate limits off): a child process
 //     pinned to the last core (as BenchmarkRelayCPU's), alone on it;
 //   - the client farms: child processes holding RELAY_SCALE_PER_FARM
-//     (default farmPeers, 25,000) idle peers each, 100 to a UDP socket
-//     (peersPerSocket); unpinned while they link (their handshakes use
-//     the first core's spare time), then pinned to the other cores;
+//     (default farmPeers, 100,000: one farm) idle peers each, 100 to a
+//     UDP socket (peersPerSocket); unpinned while they link (their
+//     handshakes use the spare time of both cores), then pinned to the
+//     other cores;
 //   - the flood's pair (udp-udp, data packets, a→b): in the benchmark's
 //     process, pinned to the other cores from the start, so that the
 //     server's core is the server's alone in every flood.
+//
+// Priorities (as root; RELAY_SCALE_NICE, RELAY_SCALE_FARM_NICE): the
+// server and the pair at nice -10, the farms at -5, so that other work on
+// the machine starves neither the farms' keepalives nor the measurement,
+// and the farms, which stand for machines elsewhere, yield to the pair.
 //
 // The pair floods RELAY_SCALE_FLOODS times (default 3, each
 // RELAY_CPU_FLOOD long, 3 s, after a GC in the server) before the farms
@@ -76,7 +82,12 @@ func BenchmarkRelayScale(b *testing.B) {
 		farms := startFarms(b, rc.sa.String(), peers, perFarm, link, farmNice)
 		took := time.Since(start)
 		for _, fm := range farms {
+			// Their nice level as said (they started at this process's
+			// plus theirs).
 			pin(b, fm.pid, others)
+			if err := renice(fm.pid, farmNice); err != nil {
+				b.Logf("farm: %v", err)
+			}
 		}
 		time.Sleep(5 * time.Second)
 		held := func(when string) {

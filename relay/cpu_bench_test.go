@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -292,9 +293,11 @@ func cpuClient(b *testing.B, sa rendezvous.ServerAddr, kind string, deliver func
 	return c, k.ID()
 }
 
-// cpuChild is BenchmarkRelayCPU's server process.
+// cpuChild is BenchmarkRelayCPU's server process (and BenchmarkRelayScale's
+// client farms: the same pipes).
 type cpuChild struct {
 	sa    rendezvous.ServerAddr
+	pid   int
 	in    io.Writer
 	lines chan string
 }
@@ -309,15 +312,54 @@ type cpuMark struct {
 // taskset is there.
 func startCPUChild(b *testing.B, kind string) *cpuChild {
 	b.Helper()
-	args := []string{os.Args[0], "-test.run=^$"}
-	if ts, err := exec.LookPath("taskset"); err == nil && runtime.NumCPU() > 1 {
-		args = append([]string{ts, "-c", strconv.Itoa(runtime.NumCPU() - 1)}, args...)
+	return startCPUChildNice(b, kind, 0)
+}
+
+// startCPUChildNice is startCPUChild at nice level nice.
+func startCPUChildNice(b *testing.B, kind string, nice int) *cpuChild {
+	b.Helper()
+	cpu := -1
+	if _, err := exec.LookPath("taskset"); err == nil && runtime.NumCPU() > 1 {
+		cpu = runtime.NumCPU() - 1
 	} else {
 		b.Log("taskset not found: the relay is not pinned to a core")
 	}
+	rc := startChild(b, "RELAY_CPU_CHILD="+kind, cpu, nice)
+	line := rc.line(b, 30*time.Second)
+	cs, ok := strings.CutPrefix(line, "relay ready ")
+	if !ok {
+		b.Fatalf("relay child said %q", line)
+	}
+	f := strings.Fields(cs)
+	var err error
+	if rc.sa, err = rendezvous.ParseServerAddr(f[0]); err != nil {
+		b.Fatal(err)
+	}
+	if len(f) > 1 {
+		b.Logf("relay child: %s", strings.Join(f[1:], " "))
+	}
+	return rc
+}
+
+// startChild runs this test binary again with env set (TestMain picks
+// the child's part by it), on core cpu (-1: any) at nice level nice,
+// talking over its stdin and stdout; it ends when its stdin closes (at
+// b's cleanup).
+func startChild(b *testing.B, env string, cpu, nice int) *cpuChild {
+	b.Helper()
+	args := []string{os.Args[0], "-test.run=^$"}
+	if cpu >= 0 {
+		args = append([]string{"taskset", "-c", strconv.Itoa(cpu)}, args...)
+	}
+	if nice != 0 {
+		args = append([]string{"nice", "-n", strconv.Itoa(nice)}, args...)
+	}
 	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), "RELAY_CPU_CHILD="+kind)
+	cmd.Env = append(os.Environ(), env)
 	cmd.Stderr = os.Stderr
+	// A child outlives nothing: a killed benchmark takes it along (it
+	// would hold the benchmark lock's descriptor, inherited from flock).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	in, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
@@ -334,7 +376,7 @@ func startCPUChild(b *testing.B, kind string) *cpuChild {
 			<-done
 		}
 	})
-	rc := &cpuChild{in: in, lines: make(chan string, 16)}
+	rc := &cpuChild{pid: cmd.Process.Pid, in: in, lines: make(chan string, 16)}
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
@@ -342,19 +384,6 @@ func startCPUChild(b *testing.B, kind string) *cpuChild {
 		}
 		close(rc.lines)
 	}()
-	line := rc.line(b, 30*time.Second)
-	cs, ok := strings.CutPrefix(line, "relay ready ")
-	if !ok {
-		b.Fatalf("relay child said %q", line)
-	}
-	f := strings.Fields(cs)
-	var err error
-	if rc.sa, err = rendezvous.ParseServerAddr(f[0]); err != nil {
-		b.Fatal(err)
-	}
-	if len(f) > 1 {
-		b.Logf("relay child: %s", strings.Join(f[1:], " "))
-	}
 	return rc
 }
 
@@ -427,6 +456,7 @@ func relayCPUChild(kind string) error {
 	unix.SchedGetaffinity(0, &cpus)
 	fmt.Printf("relay ready %s cpus=%d gomaxprocs=%d\n", rs.ConnectString(), cpus.Count(), runtime.GOMAXPROCS(0))
 	var prof *os.File
+	var nprof int
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		switch sc.Text() {
@@ -448,7 +478,13 @@ func relayCPUChild(kind string) error {
 			fmt.Println("ok", st.Peers, rl.Stats().Clients, m.Detached, rss, m.Connections["udp"], st.Parked)
 		case "profile":
 			if p := os.Getenv("RELAY_CPU_PROFILE"); p != "" && prof == nil {
-				if prof, err = os.Create(p + "-" + kind + ".pprof"); err != nil {
+				name := p + "-" + kind + ".pprof"
+				if kind == "scale" {
+					// Each of BenchmarkRelayScale's floods: -scale-1 and on.
+					nprof++
+					name = fmt.Sprintf("%s-%s-%d.pprof", p, kind, nprof)
+				}
+				if prof, err = os.Create(name); err != nil {
 					return err
 				}
 				if err := pprof.StartCPUProfile(prof); err != nil {

@@ -40,6 +40,14 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	// And as BenchmarkRelayScale's client farms.
+	if spec := os.Getenv("RELAY_SCALE_FARM"); spec != "" {
+		if err := farmChild(spec); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	goleak.VerifyTestMain(m)
 }
 

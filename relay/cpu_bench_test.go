@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -357,9 +356,8 @@ func startChild(b *testing.B, env string, cpu, nice int) *cpuChild {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), env)
 	cmd.Stderr = os.Stderr
-	// A child outlives nothing: a killed benchmark takes it along (it
-	// would hold the benchmark lock's descriptor, inherited from flock).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// A child outlives nothing: a killed benchmark takes it along.
+	cmd.SysProcAttr = childAttr()
 	in, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {

@@ -372,19 +372,7 @@ func TestRelayedStreamReadCongested(t *testing.T) {
 	a := newStreamPeer(t, rs.ServerAddr(), true)
 	b := newStreamPeer(t, rs.ServerAddr(), true)
 	d := newStreamPeer(t, rs.ServerAddr(), false)
-	buf := make([]byte, 8<<20)
-	var fillers []net.Conn
-	for range 4 {
-		f1, f2 := streamPair(t, a, b)
-		defer f1.Close()
-		defer f2.Close()
-		go io.Copy(io.Discard, f2)
-		fillers = append(fillers, f1)
-	}
-	for _, f := range fillers { // a's link backed up by its writes
-		go f.Write(buf)
-	}
-	time.Sleep(4 * time.Second) // past a's burst
+	buf := backUp(t, a, b)
 	// Opened without waiting for a's first WINDOW: that waits behind
 	// a's writes too.
 	w, err := d.c.OpenStream(context.Background(), a.id)
@@ -417,19 +405,7 @@ func TestRelayedStreamDialCongested(t *testing.T) {
 	rs, _ := startServer(t, relay.ServerConfig{PeerRate: 512 << 10, PeerBurst: 2 << 20, TotalRate: -1})
 	a := newStreamPeer(t, rs.ServerAddr(), false)
 	b := newStreamPeer(t, rs.ServerAddr(), true)
-	buf := make([]byte, 8<<20)
-	var fillers []net.Conn
-	for range 4 {
-		f1, f2 := streamPair(t, a, b)
-		defer f1.Close()
-		defer f2.Close()
-		go io.Copy(io.Discard, f2)
-		fillers = append(fillers, f1)
-	}
-	for _, f := range fillers { // a's link backed up by its writes
-		go f.Write(buf)
-	}
-	time.Sleep(4 * time.Second) // past a's burst
+	backUp(t, a, b)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -440,4 +416,24 @@ func TestRelayedStreamDialCongested(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("DialStream with a 300 ms context returned after %v (%v)", d.Round(time.Millisecond), err)
 	}
+}
+
+// backUp backs a's link to the relay up with its own writes: four
+// streams to b, each written 8 MiB at once and read by b, past a's rate
+// burst. It returns the 8 MiB buffer.
+func backUp(t *testing.T, a, b *streamPeer) []byte {
+	t.Helper()
+	buf := make([]byte, 8<<20)
+	var fillers []net.Conn
+	for range 4 { // all open before any write backs the link up
+		f1, f2 := streamPair(t, a, b)
+		t.Cleanup(func() { f1.Close(); f2.Close() })
+		go io.Copy(io.Discard, f2)
+		fillers = append(fillers, f1)
+	}
+	for _, f := range fillers {
+		go f.Write(buf)
+	}
+	time.Sleep(4 * time.Second) // past a's burst
+	return buf
 }

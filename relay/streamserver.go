@@ -458,10 +458,7 @@ func putStreamBuf(b []byte) {
 // count: p's writer wrote it.
 func (s *Server) dataWritten(p *peerLink, b []byte) {
 	ref, rest, _ := parseStream(b[frameHeader:])
-	key := streamKey{opener: p.id, acceptor: ref.peer, id: ref.id}
-	if ref.id&acceptorBit != 0 {
-		key = streamKey{opener: ref.peer, acceptor: p.id, id: ref.id &^ acceptorBit}
-	}
+	key, _ := keyOf(p, ref)
 	s.st.mu.Lock()
 	rs := s.st.streams[key]
 	s.st.mu.Unlock()

@@ -197,6 +197,18 @@ func (n *Node) relayUsable() bool {
 	return false
 }
 
+// relayLinkCarries says what the node's relay link carries, or will
+// carry once it links (candidate.PeerInfo.RelayLink; relay.Rung.LinkCarries),
+// "" without a relay rung or when that is not known.
+func (n *Node) relayLinkCarries() string {
+	for _, r := range n.ladder.All {
+		if rr, ok := r.(*relay.Rung); ok {
+			return rr.LinkCarries(n.Observed().IsValid())
+		}
+	}
+	return ""
+}
+
 // holepunchOf returns the holepunch rung of entries, if any.
 func holepunchOf(entries []rung.Entry) *holepunch.Rung {
 	for _, e := range entries {
@@ -366,7 +378,7 @@ func (n *Node) serveIntroductions() {
 			for _, r := range n.ladder.All {
 				r.Introduced(offer)
 			}
-			answer := candidate.PeerInfo{Mapping: n.Mapping(), Ports: n.ports()}
+			answer := candidate.PeerInfo{Mapping: n.Mapping(), Ports: n.ports(), RelayLink: n.relayLinkCarries()}
 			hp := holepunchOf(n.ladder.Dial)
 			if hp != nil {
 				own := candidate.PeerInfo{Candidates: n.candidates(), Observed: n.Observed(), Mapping: n.Mapping()}

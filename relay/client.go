@@ -268,8 +268,9 @@ func (c *Client) keep(l Link, sa rendezvous.ServerAddr) {
 	}
 }
 
-// race dials the transports Happy-Eyeballs style, the preferred one first.
-func (c *Client) race(ctx context.Context, sa rendezvous.ServerAddr) (Link, error) {
+// ordered returns the link dialers in the order the next link tries
+// them: the transport that worked last (or Config.Prefer's) first.
+func (c *Client) ordered() []LinkDialer {
 	c.mu.Lock()
 	pref := c.preferred
 	c.mu.Unlock()
@@ -284,6 +285,12 @@ func (c *Client) race(ctx context.Context, sa rendezvous.ServerAddr) (Link, erro
 			break
 		}
 	}
+	return dialers
+}
+
+// race dials the transports Happy-Eyeballs style, the preferred one first.
+func (c *Client) race(ctx context.Context, sa rendezvous.ServerAddr) (Link, error) {
+	dialers := c.ordered()
 	var token string
 	if c.cfg.Token != nil {
 		token = c.cfg.Token()

@@ -85,6 +85,19 @@ type metrics struct {
 	evicted  atomic.Uint64 // sessions ended to make room in a full table (fair.go)
 	detached atomic.Int64  // UDP links detached now (data packets alone)
 	moved    atomic.Uint64 // detached links moved to a new address (rebind.go)
+	// streamRefused are the OPENs the relay answered with a CLOSE, by
+	// its code (streamwire.go).
+	streamRefused [closeCodes]atomic.Uint64
+}
+
+// streamRefusalNames name the CLOSE codes the relay refuses an OPEN with
+// (the reason label of reach_relay_streams_refused_total).
+var streamRefusalNames = map[byte]string{
+	closeNoPeer:     "no_peer",
+	closeNotStream:  "not_stream",
+	closeNotAllowed: "not_allowed",
+	closeLimit:      "limit",
+	closeProtocol:   "protocol",
 }
 
 func (m *metrics) drop(r dropReason) { m.drops[r].Add(1) }
@@ -124,6 +137,12 @@ type MetricsSnapshot struct {
 	// Streams are the relayed streams open now (docs/protocol.md,
 	// "Relayed streams"); their bytes count in Bytes.
 	Streams int
+	// StreamsRefused are the relayed streams the relay refused to open,
+	// by reason ("no_peer": the acceptor is not linked, or its link is
+	// too new to have said whether it takes streams; "not_stream": its
+	// link is not a byte stream or takes none; "not_allowed": no consent
+	// yet; "limit": a stream limit; "protocol": a stream number in use).
+	StreamsRefused map[string]uint64
 	// Packets and Bytes are the packets and payload bytes forwarded.
 	Packets, Bytes uint64
 	// DataIn and DataOut are the packets that came from and went to UDP
@@ -162,6 +181,11 @@ func (s *Server) Metrics() MetricsSnapshot {
 		DataIn:       m.dataIn.Load(),
 		DataOut:      m.dataOut.Load(),
 		Drops:        make(map[string]uint64, numDropReasons),
+
+		StreamsRefused: make(map[string]uint64, len(streamRefusalNames)),
+	}
+	for code, name := range streamRefusalNames {
+		snap.StreamsRefused[name] = m.streamRefused[code].Load()
 	}
 	for i, name := range transportNames {
 		snap.Clients[name] = int(m.clients[i].Load())

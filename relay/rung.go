@@ -211,6 +211,15 @@ func (r *Rung) Transport() string {
 	return r.client.Transport()
 }
 
+// LinkCarries says what the node's link to its relay carries for its
+// peers (Client.LinkCarries): the node's answers tell diallers.
+func (r *Rung) LinkCarries(udpWorks bool) string {
+	if r.client == nil {
+		return ""
+	}
+	return r.client.LinkCarries(udpWorks)
+}
+
 // Offer implements rung.Rung: the dialler's offer names the relay of the
 // server that introduces the peers, so the listener links to it and the
 // relayed handshake finds it.

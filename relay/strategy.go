@@ -10,6 +10,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/candidate"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/stream"
@@ -70,7 +71,10 @@ func (s *Strategy) Connect(ctx context.Context, a *rung.Attempt) (*stream.Sessio
 	// The peer answers through the relay: consent to it (sending to it
 	// would too, but this one does not wait for the first packet).
 	c.Allow(a.Peer)
-	if s.Stream != nil && c.StreamsOffered() {
+	// A listener whose answer says its link carries packets alone would
+	// have the relay refuse the stream (CLOSE not_stream): a round trip
+	// to the relay saved.
+	if s.Stream != nil && c.StreamsOffered() && a.Remote.RelayLink != candidate.RelayLinkPackets {
 		sess, err := s.Stream(ctx, a)
 		if !streamFallback(err) {
 			return sess, err

@@ -237,9 +237,11 @@ func TestRelayStreamSession(t *testing.T) {
 	a := newNode(t, rs.ConnectString(), tlsOnly)
 	b := newNode(t, rs.ConnectString(), tlsOnly)
 	u := newNode(t, rs.ConnectString(), reach.Config{})
+	off := newNode(t, rs.ConnectString(), reach.Config{RelayDialers: tlsOnly.RelayDialers, DisableRelayStreams: true})
 	echo(b)
 	echo(u)
 	echo(a)
+	echo(off)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for _, c := range []struct {
@@ -250,8 +252,10 @@ func TestRelayStreamSession(t *testing.T) {
 		{"tls-tls", a, b, true},
 		{"tls-udp", a, u, false},
 		{"udp-tls", u, b, false},
+		{"tls-tls-streams-off", a, off, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			refused := rl.Metrics().StreamsRefused
 			sess, err := c.from.DialSession(ctx, c.to.ID())
 			if err != nil {
 				t.Fatal(err)
@@ -265,6 +269,12 @@ func TestRelayStreamSession(t *testing.T) {
 			}
 			if c.stream && rl.Streams() != 1 {
 				t.Errorf("the relay holds %d streams, want 1", rl.Streams())
+			}
+			// The listener's answer said what its link carries: a
+			// dialler does not try a stream the relay would refuse.
+			if now := rl.Metrics().StreamsRefused; now["not_stream"] != refused["not_stream"] {
+				t.Errorf("the relay refused %d streams as not_stream, want 0: the dialler tried a stream to a peer whose answer said packets",
+					now["not_stream"]-refused["not_stream"])
 			}
 			st, err := sess.OpenStream(ctx)
 			if err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/candidate"
 )
 
 // maxClientStreams is how many relayed streams a link holds at once,
@@ -293,4 +294,30 @@ func (c *Client) OpenStream(ctx context.Context, peer identity.PeerID) (net.Conn
 func (c *Client) StreamsOffered() bool {
 	l, ok := c.current().(*link)
 	return ok && l.streams != nil
+}
+
+// LinkCarries says what the client's link carries for the node's peers,
+// as a listener's answer tells its dialler (candidate.PeerInfo.RelayLink):
+// RelayLinkStreams when peers may open relayed streams to it (a
+// byte-stream link to a relay that offers them, and the client takes
+// them), RelayLinkPackets when only packets. Without a link (a listener
+// links when it is introduced, after it answered) it says what the next
+// link will carry where that is known: packets when the client takes no
+// streams, or when its first transport is UDP and udpWorks (the node
+// reaches its server over UDP: it registered over QUIC); else "".
+func (c *Client) LinkCarries(udpWorks bool) string {
+	l := c.current()
+	if l == nil {
+		switch d := c.ordered(); {
+		case c.cfg.AcceptStream == nil:
+			return candidate.RelayLinkPackets
+		case len(d) > 0 && d[0].Transport() == (UDPDialer{}).Transport() && udpWorks:
+			return candidate.RelayLinkPackets
+		}
+		return ""
+	}
+	if sl, ok := l.(*link); ok && sl.streams != nil && c.cfg.AcceptStream != nil {
+		return candidate.RelayLinkStreams
+	}
+	return candidate.RelayLinkPackets
 }

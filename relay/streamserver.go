@@ -234,6 +234,7 @@ var errNoRate = errors.New("relay: rate limiter allows nothing")
 // why not.
 func (s *Server) openStream(p *peerLink, ref streamRef) {
 	refuse := func(code byte) {
+		s.m.streamRefused[code].Add(1)
 		p.enqueueStreamControl(appendStreamFrame(nil, frameClose, ref, []byte{code}))
 	}
 	now := s.now()

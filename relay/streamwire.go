@@ -70,6 +70,8 @@ const (
 	closeOverrun    = 0x07 // a sender went beyond the window
 	closeNotStream  = 0x08 // the peer's link is not a byte stream, or it takes no streams
 	closeProtocol   = 0x09 // a malformed stream frame
+
+	closeCodes = 0x0a // the codes above
 )
 
 // Named errors of relayed streams.

@@ -124,7 +124,21 @@ type PeerInfo struct {
 	// flight through the server (holepunch): the dialler's early dial
 	// goes on. Without it the dialler stops that dial.
 	Flight bool `json:"flight,omitempty"`
+	// RelayLink, in an answer, says what the sender's link to its relay
+	// carried when it answered: RelayLinkStreams (peers may open relayed
+	// streams to it), RelayLinkPackets (only relayed packets: a UDP
+	// link, or streams turned off); "" unknown (no link yet, or a node
+	// that predates the field). A dialler on a byte-stream link skips
+	// its relayed-stream try on RelayLinkPackets: the relay would refuse
+	// it, and the try costs a round trip to the relay.
+	RelayLink string `json:"relay_link,omitempty"`
 }
+
+// What a relay link carries (PeerInfo.RelayLink).
+const (
+	RelayLinkStreams = "streams"
+	RelayLinkPackets = "packets"
+)
 
 // Mapping behaviours a node measures with its server's two STUN ports
 // (RFC 4787: endpoint-independent, or varying by destination as a

@@ -35,6 +35,8 @@ var (
 		"Relay sessions (ordered pairs of peers with recent packets).", nil, nil)
 	descStreams = prometheus.NewDesc("reach_relay_streams",
 		"Relayed streams open (two peers both on byte-stream links).", nil, nil)
+	descStreamsRefused = prometheus.NewDesc("reach_relay_streams_refused_total",
+		"Relayed streams the relay refused to open, by reason (no_peer, not_stream, not_allowed, limit, protocol).", []string{"reason"}, nil)
 	descPackets = prometheus.NewDesc("reach_relay_packets_total",
 		"Packets forwarded.", nil, nil)
 	descBytes = prometheus.NewDesc("reach_relay_bytes_total",
@@ -70,7 +72,7 @@ func Register(reg prometheus.Registerer, s *relay.Server) error {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descClients, descConns, descRejected, descAuth, descSessions, descStreams, descPackets, descBytes, descDrops, descData, descExpired, descDetached, descEvicted} {
+	for _, d := range []*prometheus.Desc{descClients, descConns, descRejected, descAuth, descSessions, descStreams, descStreamsRefused, descPackets, descBytes, descDrops, descData, descExpired, descDetached, descEvicted} {
 		ch <- d
 	}
 }
@@ -90,6 +92,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counters(descRejected, m.Rejected)
 	counters(descAuth, m.AuthFailures)
 	counters(descDrops, m.Drops)
+	counters(descStreamsRefused, m.StreamsRefused)
 	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(m.Sessions))
 	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(m.Streams))
 	ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(m.Packets))

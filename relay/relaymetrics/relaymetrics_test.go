@@ -93,6 +93,13 @@ reach_relay_sessions_evicted_total 0
 # HELP reach_relay_streams Relayed streams open (two peers both on byte-stream links).
 # TYPE reach_relay_streams gauge
 reach_relay_streams 0
+# HELP reach_relay_streams_refused_total Relayed streams the relay refused to open, by reason (no_peer, not_stream, not_allowed, limit, protocol).
+# TYPE reach_relay_streams_refused_total counter
+reach_relay_streams_refused_total{reason="limit"} 0
+reach_relay_streams_refused_total{reason="no_peer"} 0
+reach_relay_streams_refused_total{reason="not_allowed"} 0
+reach_relay_streams_refused_total{reason="not_stream"} 0
+reach_relay_streams_refused_total{reason="protocol"} 0
 # HELP reach_relay_token_expired_total Live relay links ended because their token expired.
 # TYPE reach_relay_token_expired_total counter
 reach_relay_token_expired_total 0

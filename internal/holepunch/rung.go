@@ -344,6 +344,8 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 		// is nothing to wait for.
 		hold = 0
 	}
+	r.h.Logger.Debug("punch: listening", "peer", offer.Peer.Short(), "hold", hold, "server_rtt", own, "dialler_server_rtt", offer.ServerRTT,
+		"remotes", len(remotes), "predicted", len(predicted))
 	at, err := r.m.Start(Params{Attempt: offer.Attempt, Key: offer.PunchKey, Role: RoleListener,
 		Remote: remotes, Predicted: predicted, PredictTTL: r.predictTTL(), Budget: r.limits.AttemptPackets,
 		Hold: hold, PrimerTTL: max(ttl, 0), OnHeard: r.heard(offer.Peer)})

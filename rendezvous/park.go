@@ -102,6 +102,9 @@ type parkState struct {
 	// next is the registration that took this one over (adoptParkedLocked):
 	// a frame for this one that comes later goes there.
 	next *session
+	// replacedAt is when another registration of the peer took this one
+	// over (zero: it was not replaced).
+	replacedAt time.Time
 }
 
 // testParkHold, set by tests, runs before the server handles a PARK (it
@@ -124,10 +127,24 @@ type parkServer struct {
 	hintsLeft atomic.Int64
 	sweep     chan struct{} // wakes the sweeper early
 	remove    func()        // the socket's Intercept
+	// replaced are parked registrations another registration of their
+	// peer took over, by token, kept for parkExpiry (at most
+	// maxReplacedParked): the REPLACED datagram that told the parked node
+	// may be lost, and its next keepalive then gets REPLACED again rather
+	// than an "unknown" hint, which would make it register again and
+	// take the registration back from its successor.
+	replaced map[uint64]*parkState
 
 	nParks, nWakes, nWakesLimited, nResumed, nExpired, nNotWoken atomic.Uint64
 	nKeepalives, nBadKeepalives, nLeaves, nHints                 atomic.Uint64
+	nReplacedAgain                                               atomic.Uint64
 }
+
+// maxReplacedParked bounds parkServer.replaced: about 100 bytes each. A
+// replacement needs the peer's key and a registration, so only nodes
+// that re-register fill it; beyond it a replaced node whose REPLACED is
+// lost gets the "unknown" hint, as before the table.
+const maxReplacedParked = 1 << 14
 
 // parkBody is PARKED's body: the token and key of the parked
 // registration, or why it was refused.
@@ -148,6 +165,7 @@ func (s *Server) startParking(ctx context.Context, sock PacketSocket) (wait func
 	s.pk.sock = sock
 	s.pk.parked = map[uint64]*session{}
 	s.pk.waking = map[*session]struct{}{}
+	s.pk.replaced = map[uint64]*parkState{}
 	s.pk.sweep = make(chan struct{}, 1)
 	s.pk.tokens, s.pk.refill = s.cfg.Park.WakeRate, time.Now()
 	s.pk.hintsLeft.Store(s.hintsPerTick())
@@ -361,6 +379,37 @@ func (s *Server) hintUnknown(b []byte, token uint64, from netip.AddrPort) {
 	s.pk.sock.WriteToUDPAddrPort(out, from)
 }
 
+// replacedAgain answers a valid keepalive b of rp, a parked registration
+// that another registration of its peer took over, with REPLACED again:
+// the node missed the first one. (Answered only to a keepalive under the
+// registration's key with a counter not seen before: no more than one
+// datagram, of the same size, per keepalive the node sends. A leave ends
+// it.)
+func (s *Server) replacedAgain(rp *parkState, b []byte, from netip.AddrPort) {
+	ctr, nodeKind, err := openParkDatagram(b, &rp.key)
+	if err != nil {
+		s.pk.nBadKeepalives.Add(1)
+		return
+	}
+	s.pmu.Lock()
+	if s.pk.replaced[rp.token] != rp || ctr <= rp.rcvCtr {
+		s.pmu.Unlock()
+		s.pk.nBadKeepalives.Add(1)
+		return
+	}
+	rp.rcvCtr = ctr
+	if nodeKind == parkLeave {
+		delete(s.pk.replaced, rp.token)
+		s.pmu.Unlock()
+		return
+	}
+	o := outLocked(rp, parkKindReplaced)
+	o.to = from
+	s.pmu.Unlock()
+	s.pk.nReplacedAgain.Add(1)
+	o.send(s.pk.sock)
+}
+
 // takeKeepalive handles one datagram of first byte parkToServer, on the
 // socket's read loop: a valid keepalive of a parked registration is
 // answered (PONG, or WAKE when frames wait) and moves it to the address
@@ -374,7 +423,12 @@ func (s *Server) takeKeepalive(b []byte, from netip.AddrPort) (int, netip.AddrPo
 	}
 	s.pmu.Lock()
 	ss := s.pk.parked[token]
+	rp := s.pk.replaced[token]
 	s.pmu.Unlock()
+	if ss == nil && rp != nil {
+		s.replacedAgain(rp, b, from)
+		return 0, netip.AddrPort{}
+	}
 	if ss == nil {
 		s.pk.nBadKeepalives.Add(1)
 		s.hintUnknown(b, token, from)
@@ -517,6 +571,11 @@ func (s *Server) expireParked(now time.Time) {
 			left = append(left, ss.park.heard.IsZero())
 		}
 	}
+	for token, rp := range s.pk.replaced {
+		if now.Sub(rp.replacedAt) > s.cfg.Park.parkExpiry() {
+			delete(s.pk.replaced, token)
+		}
+	}
 	s.pmu.Unlock()
 	for i, ss := range gone {
 		if !s.unpark(ss) {
@@ -576,6 +635,11 @@ func (s *Server) adoptParkedLocked(ss, old *session, resume uint64) (queued int,
 	var replaced parkOut
 	if resume != p.token {
 		replaced = outLocked(p, parkKindReplaced)
+		if len(s.pk.replaced) < maxReplacedParked {
+			// A copy: the counters and the key, nothing that keeps the
+			// sessions alive.
+			s.pk.replaced[p.token] = &parkState{token: p.token, key: p.key, rcvCtr: p.rcvCtr, sndCtr: p.sndCtr, replacedAt: time.Now()}
+		}
 	}
 	s.pmu.Unlock()
 	if replaced.key != nil {

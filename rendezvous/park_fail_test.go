@@ -299,3 +299,85 @@ func TestParkDefaultOn(t *testing.T) {
 		c.Close()
 	}
 }
+
+// A parked node that another registration of its peer ID replaced, and
+// that lost the REPLACED datagram, is told again in answer to its next
+// keepalive: it does not take the "unknown" hint for a forgotten
+// registration, register again and take the registration back from its
+// successor (the two would then replace each other in turn).
+func TestParkReplacedLost(t *testing.T) {
+	rs := startTestServer(t, parkServerConfig())
+	servers := []ServerAddr{rs.ServerAddr()}
+	a := startClient(t, "a", mustKey(t), servers, newTransport(t))
+	key := mustKey(t)
+	c := startClient(t, "c", key, servers, newPathsTransport(t))
+	waitParked(t, rs, c, 1)
+	var dropped atomic.Int32
+	setParkDrop(t, func(kind byte) bool { return kind == parkKindReplaced && dropped.Add(1) == 1 })
+	c2 := startClient(t, "c2", key, servers, newTransport(t))
+	answerAll(t, c2)
+	select {
+	case <-c.Replaced():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the parked node was never told it was replaced")
+	}
+	if dropped.Load() < 2 {
+		t.Fatalf("%d REPLACED datagrams reached the parked node, want the first lost and a second", dropped.Load())
+	}
+	if n := rs.pk.nReplacedAgain.Load(); n < 1 {
+		t.Errorf("the server sent REPLACED again %d times, want at least 1", n)
+	}
+	// Three keepalive periods later the successor still holds the
+	// registration and answers.
+	time.Sleep(3 * parkServerConfig().Park.Keepalive)
+	select {
+	case <-c2.Replaced():
+		t.Fatal("the replaced node took the registration back from its successor")
+	default:
+	}
+	if _, err := a.Connect(testCtx(t, 5*time.Second), key.ID(), PeerInfo{}); err != nil {
+		t.Errorf("Connect to the successor: %v", err)
+	}
+	if h := rs.pk.nHints.Load(); h != 0 {
+		t.Errorf("the server sent %d unknown hints, want 0", h)
+	}
+}
+
+// The replaced parked registrations the server remembers are bounded
+// (maxReplacedParked) and forgotten after the parked expiry.
+func TestParkReplacedBounded(t *testing.T) {
+	rs := startTestServer(t, parkServerConfig())
+	servers := []ServerAddr{rs.ServerAddr()}
+	rs.pmu.Lock()
+	for i := range maxReplacedParked {
+		rs.pk.replaced[uint64(i)+1<<40] = &parkState{token: uint64(i) + 1<<40, replacedAt: time.Now()}
+	}
+	rs.pmu.Unlock()
+	key := mustKey(t)
+	c := startClient(t, "c", key, servers, newPathsTransport(t))
+	waitParked(t, rs, c, 1)
+	c2 := startClient(t, "c2", key, servers, newTransport(t))
+	answerAll(t, c2)
+	select {
+	case <-c.Replaced():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the parked node was not told it was replaced")
+	}
+	rs.pmu.Lock()
+	n := len(rs.pk.replaced)
+	rs.pmu.Unlock()
+	if n != maxReplacedParked {
+		t.Errorf("the server remembers %d replaced registrations, want its bound %d", n, maxReplacedParked)
+	}
+	// Past the expiry (3 keepalives + 5 s) the sweeper forgets them.
+	rs.pmu.Lock()
+	for _, rp := range rs.pk.replaced {
+		rp.replacedAt = time.Now().Add(-time.Hour)
+	}
+	rs.pmu.Unlock()
+	waitFor(t, "the sweeper to forget the replaced registrations", func() bool {
+		rs.pmu.Lock()
+		defer rs.pmu.Unlock()
+		return len(rs.pk.replaced) == 0
+	})
+}

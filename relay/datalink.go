@@ -42,83 +42,9 @@ var probeWaits = []time.Duration{0, 200 * time.Millisecond, 500 * time.Milliseco
 
 func startData(l *link, paths *pathsock.Conn, server netip.AddrPort, token uint64, route routeFunc, up func()) *dataLink {
 	d := &dataLink{l: l, paths: paths, server: server, token: token, route: route, up: up}
-	d.remove = demuxFor(paths, server).add(d)
+	d.remove = paths.InterceptToken(dataFromRelay, server, token, d.take)
 	go d.probe()
 	return d
-}
-
-// A dataDemux hands the data packets one socket receives from one relay to
-// the socket's links to it, by token. A node has one link per relay; a
-// process that runs several relay clients on one socket (a benchmark's
-// simulated peers) has more.
-type dataDemux struct {
-	key   demuxKey
-	mu    sync.RWMutex
-	links map[uint64]*dataLink
-	stop  func() // the socket's Intercept
-}
-
-type demuxKey struct {
-	paths  *pathsock.Conn
-	server netip.AddrPort
-}
-
-var (
-	demuxMu sync.Mutex
-	demuxes = map[demuxKey]*dataDemux{}
-)
-
-// demuxFor returns the demux of paths' data packets from server.
-func demuxFor(paths *pathsock.Conn, server netip.AddrPort) *dataDemux {
-	k := demuxKey{paths, server}
-	demuxMu.Lock()
-	defer demuxMu.Unlock()
-	m := demuxes[k]
-	if m == nil {
-		m = &dataDemux{key: k, links: map[uint64]*dataLink{}}
-		m.stop = paths.Intercept(dataFromRelay, server, m.take)
-		demuxes[k] = m
-	}
-	return m
-}
-
-// add hands d its packets until remove is called.
-func (m *dataDemux) add(d *dataLink) (remove func()) {
-	m.mu.Lock()
-	m.links[d.token] = d
-	m.mu.Unlock()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			demuxMu.Lock()
-			defer demuxMu.Unlock()
-			m.mu.Lock()
-			if m.links[d.token] == d {
-				delete(m.links, d.token)
-			}
-			empty := len(m.links) == 0
-			m.mu.Unlock()
-			if empty && demuxes[m.key] == m {
-				delete(demuxes, m.key)
-				m.stop()
-			}
-		})
-	}
-}
-
-// take hands a data packet to the link whose token it carries, on the
-// socket's read loop.
-func (m *dataDemux) take(b []byte, from netip.AddrPort) (int, netip.AddrPort) {
-	if len(b) < dataHeader {
-		return 0, netip.AddrPort{}
-	}
-	m.mu.RLock()
-	d := m.links[binary.BigEndian.Uint64(b[1:1+linkTokenLen])]
-	m.mu.RUnlock()
-	if d == nil {
-		return 0, netip.AddrPort{}
-	}
-	return d.take(b, from)
 }
 
 // take handles one data packet from the relay, on the socket's read loop.

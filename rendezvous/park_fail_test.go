@@ -15,9 +15,9 @@ import (
 // server that never answers PARK, a server that restarted.
 
 // startParkedNode starts a server and a node that parks there; it
-// returns the node's parked registration and the demux that takes its
-// server's datagrams.
-func startParkedNode(t *testing.T, cfg ServerConfig) (*RunningServer, *Client, *clientConn, *parkDemux) {
+// returns the node's parked registration (whose takePark takes its
+// server's park datagrams).
+func startParkedNode(t *testing.T, cfg ServerConfig) (*RunningServer, *Client, *clientConn) {
 	t.Helper()
 	rs := startTestServer(t, cfg)
 	b := startClient(t, "b", mustKey(t), []ServerAddr{rs.ServerAddr()}, newPathsTransport(t))
@@ -25,7 +25,7 @@ func startParkedNode(t *testing.T, cfg ServerConfig) (*RunningServer, *Client, *
 	b.mu.Lock()
 	cc := b.conn
 	b.mu.Unlock()
-	return rs, b, cc, parkDemuxFor(cc.paths, cc.remote)
+	return rs, b, cc
 }
 
 // setParkRetries shortens the keepalive resends for the test.
@@ -222,7 +222,7 @@ func TestParkRestartHint(t *testing.T) {
 func TestParkForgedHints(t *testing.T) {
 	cfg := parkServerConfig()
 	cfg.Park.HintRate = 50
-	rs, b, cc, d := startParkedNode(t, cfg)
+	rs, b, cc := startParkedNode(t, cfg)
 	p := cc.park
 	hint := func(ctr uint64, mac []byte) []byte {
 		h := appendParkDatagram(nil, parkToNode, p.token, ctr, parkKindUnknown, &p.key)
@@ -235,11 +235,11 @@ func TestParkForgedHints(t *testing.T) {
 	var badKey [16]byte
 	for i := range 200 {
 		ctr := sent - uint64(i%2)
-		d.take(hint(ctr, appendParkDatagram(nil, parkToServer, p.token, ctr, parkKeepalive, &badKey)[18:]), rs.UDPAddr()) // a guessed MAC
-		d.take(hint(sent+1000+uint64(i), make([]byte, 16)), rs.UDPAddr())                                                 // a counter never sent
+		cc.takePark(hint(ctr, appendParkDatagram(nil, parkToServer, p.token, ctr, parkKeepalive, &badKey)[18:]), rs.UDPAddr()) // a guessed MAC
+		cc.takePark(hint(sent+1000+uint64(i), make([]byte, 16)), rs.UDPAddr())                                                 // a counter never sent
 	}
 	if sent > unknownHintWindow { // a keepalive recorded long ago, echoed
-		d.take(hint(1, appendParkDatagram(nil, parkToServer, p.token, 1, parkKeepalive, &p.key)[18:]), rs.UDPAddr())
+		cc.takePark(hint(1, appendParkDatagram(nil, parkToServer, p.token, 1, parkKeepalive, &p.key)[18:]), rs.UDPAddr())
 	}
 	time.Sleep(200 * time.Millisecond)
 	b.mu.Lock()

@@ -196,15 +196,15 @@ func TestParkForgedKeepaliveFlood(t *testing.T) {
 // Forged or replayed server datagrams do not wake a parked node (which
 // would make nodes reconnect en masse).
 func TestParkForgedWake(t *testing.T) {
-	rs, b, cc, d := startParkedNode(t, parkServerConfig())
+	rs, b, cc := startParkedNode(t, parkServerConfig())
 	p := cc.park
 	var badKey [16]byte
 	p.mu.Lock()
 	old := p.rcvCtr
 	p.mu.Unlock()
 	for i := range 1000 {
-		d.take(appendParkDatagram(nil, parkToNode, p.token, old+uint64(i)+1, parkKindWake, &badKey), rs.UDPAddr())
-		d.take(appendParkDatagram(nil, parkToNode, p.token, old, parkKindWake, &p.key), rs.UDPAddr()) // a replay
+		cc.takePark(appendParkDatagram(nil, parkToNode, p.token, old+uint64(i)+1, parkKindWake, &badKey), rs.UDPAddr())
+		cc.takePark(appendParkDatagram(nil, parkToNode, p.token, old, parkKindWake, &p.key), rs.UDPAddr()) // a replay
 	}
 	time.Sleep(200 * time.Millisecond)
 	if !b.parkedNow() || rs.pk.nResumed.Load() != 0 {

@@ -10,8 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/reachp2p/reach/internal/pathsock"
 )
 
 // The client's side of parked registrations (park.go, parkwire.go).
@@ -166,7 +164,7 @@ func (cc *clientConn) isParked() bool {
 func (cc *clientConn) runParked() {
 	c, p := cc.c, cc.park
 	cc.closeTransport()
-	remove := parkDemuxFor(cc.paths, cc.remote).add(p.token, cc)
+	remove := cc.paths.InterceptToken(parkToNode, cc.remote, p.token, cc.takePark)
 	defer remove()
 	c.log.Info("registration parked", "server", cc.server.String(), "keepalive", p.keepalive)
 	send := func(kind byte) {
@@ -276,72 +274,11 @@ func (cc *clientConn) reattach(why string) error {
 // kinds for which it returns true (a lost WAKE).
 var testParkDrop atomic.Pointer[func(kind byte) bool]
 
-// parkDemux hands the park datagrams one socket receives from one server
-// to its parked registrations, by token (a process that runs several
-// clients on one socket has more than one).
-type parkDemux struct {
-	key  demuxKey
-	mu   sync.Mutex
-	regs map[uint64]*clientConn
-	stop func()
-}
-
-type demuxKey struct {
-	paths  *pathsock.Conn
-	server netip.AddrPort
-}
-
-var (
-	parkDemuxMu sync.Mutex
-	parkDemuxes = map[demuxKey]*parkDemux{}
-)
-
-func parkDemuxFor(paths *pathsock.Conn, server netip.AddrPort) *parkDemux {
-	k := demuxKey{paths, server}
-	parkDemuxMu.Lock()
-	defer parkDemuxMu.Unlock()
-	d := parkDemuxes[k]
-	if d == nil {
-		d = &parkDemux{key: k, regs: map[uint64]*clientConn{}}
-		d.stop = paths.Intercept(parkToNode, server, d.take)
-		parkDemuxes[k] = d
-	}
-	return d
-}
-
-// add routes token's datagrams to cc until remove is called.
-func (d *parkDemux) add(token uint64, cc *clientConn) (remove func()) {
-	d.mu.Lock()
-	d.regs[token] = cc
-	d.mu.Unlock()
-	return func() {
-		parkDemuxMu.Lock()
-		defer parkDemuxMu.Unlock()
-		d.mu.Lock()
-		if d.regs[token] == cc {
-			delete(d.regs, token)
-		}
-		empty := len(d.regs) == 0
-		d.mu.Unlock()
-		if empty && parkDemuxes[d.key] == d {
-			delete(parkDemuxes, d.key)
-			d.stop()
-		}
-	}
-}
-
-// take handles one datagram from the server on the socket's read loop:
-// one with a known token, a valid MAC and a counter above the last goes
-// to its registration; anything else is dropped.
-func (d *parkDemux) take(b []byte, _ netip.AddrPort) (int, netip.AddrPort) {
-	token, ok := parseParkHead(b)
-	if !ok {
-		return 0, netip.AddrPort{}
-	}
-	d.mu.Lock()
-	cc := d.regs[token]
-	d.mu.Unlock()
-	if cc == nil {
+// takePark handles one park datagram from the server with cc's token, on
+// the socket's read loop: one with a valid MAC and a counter above the
+// last goes to the parked registration; anything else is dropped.
+func (cc *clientConn) takePark(b []byte, _ netip.AddrPort) (int, netip.AddrPort) {
+	if _, ok := parseParkHead(b); !ok {
 		return 0, netip.AddrPort{}
 	}
 	p := cc.park

@@ -82,7 +82,8 @@ type Conn struct {
 	// are none, writes to real addresses skip the table.
 	adopted atomic.Int32
 
-	icpt intercepts // InterceptFuncs, by first byte and source
+	icpt   intercepts // InterceptFuncs, by first byte and source
+	tokens tokens     // InterceptToken's handlers
 
 	flights flights // first flights, for ResendInitials
 	// unproved keeps what went to peers' direct addresses that nothing

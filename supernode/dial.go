@@ -51,3 +51,33 @@ func (p *Pool) dial(ctx context.Context, c rendezvous.Candidate, a *rung.Attempt
 	vl.add(sess)
 	return sess, nil
 }
+
+// won puts sess's volunteer back as its peer's forwarded path (see
+// Rung.Won): the volunteer link that carried sess, found among the
+// pool's links.
+func (p *Pool) won(a *rung.Attempt, sess *stream.Session) {
+	paths := p.paths
+	if paths == nil || sess.QUIC() == nil {
+		return // sessions on a transport per link: no path of the socket
+	}
+	key := sess.QUICAddr()
+	if direct, _, err := paths.Current(key); err != nil || direct.IsValid() {
+		return
+	}
+	p.mu.Lock()
+	var via *vlink
+	for _, vl := range p.links {
+		vl.mu.Lock()
+		_, ok := vl.sessions[sess]
+		vl.mu.Unlock()
+		if ok {
+			via = vl
+			break
+		}
+	}
+	p.mu.Unlock()
+	if via != nil {
+		paths.SetFallback(key, via.path(a.Peer))
+	}
+}
+

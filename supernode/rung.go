@@ -181,6 +181,16 @@ func (r *Rung) Connect(ctx context.Context, a *rung.Attempt) (*stream.Session, e
 	return nil, errors.Join(errs...)
 }
 
+// Won implements rung.Winner: the peer's forwarded path is the volunteer
+// that carried the winning session again (a forwarding rung that raced
+// it, the relay, may have set its own path for the peer meanwhile, and
+// the session would then run through the relay).
+func (r *Rung) Won(a *rung.Attempt, s *stream.Session) {
+	if r.pool != nil {
+		r.pool.won(a, s)
+	}
+}
+
 // Status reports the node's supernode side: whether it volunteers and is
 // admitted by its current server, whom it forwards for and how much, and
 // the volunteers it uses itself.

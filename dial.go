@@ -197,13 +197,14 @@ func (n *Node) relayUsable() bool {
 	return false
 }
 
-// relayLinkCarries says what the node's relay link carries, or will
-// carry once it links (candidate.PeerInfo.RelayLink; relay.Rung.LinkCarries),
-// "" without a relay rung or when that is not known.
-func (n *Node) relayLinkCarries() string {
+// relayLinkCarries says what the node's link to the relay offer comes
+// through carries, or will carry once it links (candidate.PeerInfo.RelayLink;
+// relay.Rung.LinkCarries), "" without a relay rung or when that is not
+// known.
+func (n *Node) relayLinkCarries(offer candidate.PeerInfo) string {
 	for _, r := range n.ladder.All {
 		if rr, ok := r.(*relay.Rung); ok {
-			return rr.LinkCarries(n.Observed().IsValid())
+			return rr.LinkCarries(offer, n.Observed().IsValid())
 		}
 	}
 	return ""
@@ -378,7 +379,7 @@ func (n *Node) serveIntroductions() {
 			for _, r := range n.ladder.All {
 				r.Introduced(offer)
 			}
-			answer := candidate.PeerInfo{Mapping: n.Mapping(), Ports: n.ports(), RelayLink: n.relayLinkCarries()}
+			answer := candidate.PeerInfo{Mapping: n.Mapping(), Ports: n.ports(), RelayLink: n.relayLinkCarries(offer)}
 			hp := holepunchOf(n.ladder.Dial)
 			if hp != nil {
 				own := candidate.PeerInfo{Candidates: n.candidates(), Observed: n.Observed(), Mapping: n.Mapping()}

@@ -211,13 +211,45 @@ func (r *Rung) Transport() string {
 	return r.client.Transport()
 }
 
-// LinkCarries says what the node's link to its relay carries for its
-// peers (Client.LinkCarries): the node's answers tell diallers.
-func (r *Rung) LinkCarries(udpWorks bool) string {
+// LinkCarries says what the node's link to the relay the dialler's offer
+// comes through carries for the dialler (Client.LinkCarries): the node's
+// answer to offer tells it. That is the node's own relay link, unless the
+// offer names another server's relay (a fleet: the node links there with
+// a client of its own, introducedForeign), or the own link is to the
+// relay of a server the node has left (it links anew): then only what
+// any link of the node would carry is said.
+func (r *Rung) LinkCarries(offer candidate.PeerInfo, udpWorks bool) string {
 	if r.client == nil {
 		return ""
 	}
-	return r.client.LinkCarries(udpWorks)
+	if sa, named := relayOf(offer); named && !r.ownLiteral(sa) {
+		r.fmu.Lock()
+		f := r.foreign[sa]
+		r.fmu.Unlock()
+		if f == nil {
+			return r.client.linkCarries(nil, false)
+		}
+		// udpWorks is of the node's own server, not of that relay.
+		return f.client.linkCarries(f.client.current(), false)
+	}
+	l := r.client.current()
+	if srv := r.client.Server(); l != nil && srv != r.h.Server() {
+		l = nil
+	}
+	return r.client.linkCarries(l, udpWorks)
+}
+
+// ownLiteral is isOwn without a lookup (for an answer, which does not
+// wait): sa is the relay of the node's server when both name the same
+// key, port and IP literal. A server known by name is not recognised.
+func (r *Rung) ownLiteral(sa rendezvous.ServerAddr) bool {
+	own := r.h.Server()
+	if own.ID != sa.ID || own.Port != sa.Port {
+		return false
+	}
+	ip, err := netip.ParseAddr(sa.Host)
+	oip, oerr := netip.ParseAddr(own.Host)
+	return err == nil && oerr == nil && ip.Unmap() == oip.Unmap()
 }
 
 // Offer implements rung.Rung: the dialler's offer names the relay of the

@@ -306,7 +306,11 @@ func (c *Client) StreamsOffered() bool {
 // streams, or when its first transport is UDP and udpWorks (the node
 // reaches its server over UDP: it registered over QUIC); else "".
 func (c *Client) LinkCarries(udpWorks bool) string {
-	l := c.current()
+	return c.linkCarries(c.current(), udpWorks)
+}
+
+// linkCarries is LinkCarries of l (nil: of the next link).
+func (c *Client) linkCarries(l Link, udpWorks bool) string {
 	if l == nil {
 		switch d := c.ordered(); {
 		case c.cfg.AcceptStream == nil:

@@ -80,4 +80,3 @@ func (p *Pool) won(a *rung.Attempt, sess *stream.Session) {
 		paths.SetFallback(key, via.path(a.Peer))
 	}
 }
-

@@ -84,7 +84,11 @@ type metrics struct {
 	expired  atomic.Uint64 // live links ended at their token's expiry
 	evicted  atomic.Uint64 // sessions ended to make room in a full table (fair.go)
 	detached atomic.Int64  // UDP links detached now (data packets alone)
-	moved    atomic.Uint64 // detached links moved to a new address (rebind.go)
+	// parkedTLS: TLS links parked now (no read loop; tlslink.go), and
+	// how often a parked link woke.
+	parkedTLS atomic.Int64
+	wokeTLS   atomic.Uint64
+	moved     atomic.Uint64 // detached links moved to a new address (rebind.go)
 }
 
 func (m *metrics) drop(r dropReason) { m.drops[r].Add(1) }
@@ -115,6 +119,12 @@ type MetricsSnapshot struct {
 	// packets alone, without a QUIC connection (docs/protocol.md,
 	// "Detached links").
 	Detached int
+	// Parked are the TLS links (counted in Clients) idle now, with no
+	// goroutine: the server's watcher holds their connections
+	// (ServerConfig.TLSPark); Woken counts the times a parked link's
+	// connection had something to read and its read loop started again.
+	Parked int
+	Woken  uint64
 	// Moved are the detached links that moved to a new address of their
 	// node (a NAT rebinding), validated by a challenge.
 	Moved uint64
@@ -155,6 +165,8 @@ func (s *Server) Metrics() MetricsSnapshot {
 		Evicted:      m.evicted.Load(),
 		Detached:     int(m.detached.Load()),
 		Moved:        m.moved.Load(),
+		Parked:       int(m.parkedTLS.Load()),
+		Woken:        m.wokeTLS.Load(),
 		Sessions:     sessions,
 		Streams:      s.Streams(),
 		Packets:      m.packets.Load(),

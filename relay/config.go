@@ -114,7 +114,7 @@ type ServerConfig struct {
 	// (Linux, TCP connections): an idle TLS link then has no goroutine;
 	// the watcher starts a read loop again when the connection has
 	// something to read, and the sweep ends it after IdleTimeout.
-	// Zero: 250ms. Negative: never (a read loop per link while it lives).
+	// Zero: 100ms. Negative: never (a read loop per link while it lives).
 	TLSPark time.Duration
 	// QUICLinks keeps every UDP link on its QUIC connection while it
 	// lives. False (the default): a UDP link whose data packets work
@@ -216,7 +216,7 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	defD(&c.IdleTimeout, 30*time.Second)
 	defD(&c.HandshakeTimeout, 10*time.Second)
 	if c.TLSPark == 0 {
-		c.TLSPark = 250 * time.Millisecond
+		c.TLSPark = 100 * time.Millisecond
 	}
 	if c.ConnRate == 0 {
 		c.ConnRate = 10

@@ -61,9 +61,10 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 	}
 	c := p.tls
 	c.stop = context.AfterFunc(ctx, func() {
-		c.tc.SetWriteDeadline(time.Now().Add(time.Second))
-		c.tc.Write(appendFrame(nil, frameError, []byte{codeShutdown}, []byte("server shutting down")))
-		s.closeTLS(p)
+		s.closeTLS(p, func() {
+			c.tc.SetWriteDeadline(time.Now().Add(time.Second))
+			c.tc.Write(appendFrame(nil, frameError, []byte{codeShutdown}, []byte("server shutting down")))
+		})
 	})
 	tc.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if !s.hello(ctx, p, tc) {
@@ -92,10 +93,11 @@ func (s *Server) tlsLink(ctx context.Context, tc *tls.Conn) *peerLink {
 	var p *peerLink
 	p = &peerLink{srv: s, id: id, ip: ip, ipk: ipKey(ip), transport: transportTLS, linkedAt: time.Now(), tls: c,
 		fail: func(code byte, reason string) {
+			var last func()
 			if code != 0 {
-				c.write(appendFrame(nil, frameError, []byte{code}, []byte(reason)))
+				last = func() { c.write(appendFrame(nil, frameError, []byte{code}, []byte(reason))) }
 			}
-			s.closeTLS(p)
+			s.closeTLS(p, last)
 		},
 		write: func(buf []byte) error {
 			if buf[0] == framePacket {
@@ -135,11 +137,18 @@ func (s *Server) tlsLink(ctx context.Context, tc *tls.Conn) *peerLink {
 	return p
 }
 
-// closeTLS closes p's connection; a parked link ends here (a read loop
-// ends it when its read fails).
-func (s *Server) closeTLS(p *peerLink) {
+// closeTLS closes p's connection after last (its last words, an ERROR
+// frame; nil: none). A parked link ends here: it is taken from the
+// watcher first, so that what its node does on the last words (close)
+// does not wake it. A read loop ends a link that was not parked when its
+// read fails.
+func (s *Server) closeTLS(p *peerLink, last func()) {
+	parked := s.watch.remove(p.tls)
+	if last != nil {
+		last()
+	}
 	p.tls.tc.Close()
-	if s.watch.remove(p.tls) {
+	if parked {
 		s.endTLS(p)
 	}
 }
@@ -220,7 +229,7 @@ func (s *Server) readFrames(p *peerLink) bool {
 			}
 			s.forward(p, identity.PeerID(body[:identityLen]), body[identityLen:])
 		case framePing:
-			p.enqueuePong(body)
+			p.pong(body)
 		case framePong:
 		case frameAllow:
 			if !s.allow(p, body) {
@@ -252,8 +261,10 @@ func (s *Server) wake(p *peerLink) {
 }
 
 // tlsReadSize is a TLS link's read buffer: a whole TLS record (16 KB of
-// plaintext, many frames) besides the largest frame's partial rest.
-const tlsReadSize = 2 * (frameHeader + streamHeader + streamChunk)
+// plaintext, many frames) besides the largest frame's partial rest
+// (next keeps room for a whole frame).
+// (32 KB: a size class of its own, no rounding up.)
+const tlsReadSize = 32 << 10
 
 // tlsReadBufs recycles the read buffers: only a link whose read loop runs
 // holds one.

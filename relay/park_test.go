@@ -346,3 +346,46 @@ func sumDrops(m relay.MetricsSnapshot) uint64 {
 	}
 	return n
 }
+
+// TestTLSParkOff: with TLSPark negative a TLS link keeps its read loop
+// (it never parks) and forwards as before, a relayed stream's large
+// frames too.
+func TestTLSParkOff(t *testing.T) {
+	rs, rl := startServer(t, relay.ServerConfig{TLSPark: -1})
+	sa := rs.ServerAddr()
+	kb := newKey(t)
+	hb := pktHandler{in: make(chan []byte, 1)}
+	a := dialTLS(t, sa, newKey(t), "", false, pktHandler{in: make(chan []byte, 1)})
+	dialTLS(t, sa, kb, "", false, hb)
+	time.Sleep(300 * time.Millisecond)
+	if n := rl.Metrics().Parked; n != 0 {
+		t.Fatalf("%d links parked with TLSPark off", n)
+	}
+	pkt := []byte("through a link that does not park")
+	if err := a.Send(kb.ID(), pkt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-hb.in:
+		if !bytes.Equal(got, pkt) {
+			t.Fatal("packet changed on the way")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the packet did not arrive")
+	}
+	sp, sq := newStreamPeer(t, sa, false), newStreamPeer(t, sa, true)
+	c1, c2 := streamPair(t, sp, sq)
+	defer c1.Close()
+	defer c2.Close()
+	msg := make([]byte, 200000)
+	rand.Read(msg)
+	go c1.Write(msg)
+	got := make([]byte, len(msg))
+	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c2, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("stream bytes: %v (intact %v)", err, bytes.Equal(got, msg))
+	}
+	if n := rl.Metrics().Parked; n != 0 {
+		t.Fatalf("%d links parked with TLSPark off", n)
+	}
+}

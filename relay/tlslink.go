@@ -89,6 +89,7 @@ func (s *Server) tlsLink(ctx context.Context, tc *tls.Conn) *peerLink {
 	if s.cfg.TLSPark > 0 {
 		c.raw = parkable(tc)
 	}
+	c.fr.own = c.raw == nil
 	ip := addrOf(tc.RemoteAddr())
 	var p *peerLink
 	p = &peerLink{srv: s, id: id, ip: ip, ipk: ipKey(ip), transport: transportTLS, linkedAt: time.Now(), tls: c,
@@ -270,38 +271,50 @@ const tlsReadSize = 32 << 10
 // holds one.
 var tlsReadBufs = sync.Pool{New: func() any { b := make([]byte, tlsReadSize); return &b }}
 
-// frameReader reads frames from a byte stream through a pooled buffer: a
-// read takes what the stream has (a TLS record), and a read that fails
-// (a deadline) loses nothing: the next one goes on where it stopped.
+// frameReader reads frames from a byte stream through a buffer: a read
+// takes what the stream has (a TLS record), and a read that fails (a
+// deadline) loses nothing: the next one goes on where it stopped. A
+// link that parks takes a tlsReadSize buffer from the pool while its
+// read loop runs; one that cannot (own) keeps a buffer for its life, a
+// packet frame's size until a larger frame needs tlsReadSize, as
+// readFrame's.
 type frameReader struct {
 	bp   *[]byte // nil: none held
 	r, w int     // buffered frames: (*bp)[r:w]
+	own  bool    // the buffer is the link's, not the pool's
 }
 
 // empty: no part of a frame is buffered.
 func (f *frameReader) empty() bool { return f.r == f.w }
 
-// release returns an empty reader's buffer to the pool.
+// release returns an empty reader's pooled buffer to the pool.
 func (f *frameReader) release() {
-	if f.bp != nil && f.empty() {
+	if f.bp != nil && f.empty() && !f.own {
 		tlsReadBufs.Put(f.bp)
 		f.bp, f.r, f.w = nil, 0, 0
 	}
 }
 
-// drop returns the buffer to the pool, with what it held (the link ends).
+// drop lets go of the buffer and what it held (the link ends).
 func (f *frameReader) drop() {
 	f.r, f.w = 0, 0
 	f.release()
+	f.bp = nil
 }
 
 // next returns the next frame; body is valid until the next call.
 func (f *frameReader) next(rd io.Reader) (typ byte, body []byte, err error) {
 	if f.bp == nil {
-		f.bp = tlsReadBufs.Get().(*[]byte)
+		if f.own {
+			b := make([]byte, bufSize)
+			f.bp = &b
+		} else {
+			f.bp = tlsReadBufs.Get().(*[]byte)
+		}
 	}
-	b := *f.bp
 	for {
+		b := *f.bp
+		need := frameHeader // from r: what the frame at r needs in all
 		if f.w-f.r >= frameHeader {
 			typ = b[f.r]
 			n := int(binary.BigEndian.Uint16(b[f.r+1:]))
@@ -319,9 +332,16 @@ func (f *frameReader) next(rd io.Reader) (typ byte, body []byte, err error) {
 				}
 				return typ, body, nil
 			}
+			need += n
 		}
-		if len(b)-f.r < frameHeader+streamHeader+streamChunk {
-			// Room for the largest frame from r on.
+		if len(b) < need {
+			// Only an own buffer is smaller than the largest frame.
+			nb := make([]byte, tlsReadSize)
+			f.w = copy(nb, b[f.r:f.w])
+			f.r = 0
+			f.bp = &nb
+			b = nb
+		} else if len(b)-f.r < need || len(b)-f.w < len(b)/4 {
 			f.w = copy(b, b[f.r:f.w])
 			f.r = 0
 		}

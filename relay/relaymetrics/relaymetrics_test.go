@@ -78,6 +78,9 @@ reach_relay_drops_total{reason="unknown_link"} 0
 # HELP reach_relay_packets_total Packets forwarded.
 # TYPE reach_relay_packets_total counter
 reach_relay_packets_total %[4]d
+# HELP reach_relay_parked_tls_links TLS relay links idle now without a goroutine, their connections held by the server's watcher (counted in reach_relay_clients).
+# TYPE reach_relay_parked_tls_links gauge
+reach_relay_parked_tls_links 0
 # HELP reach_relay_rejected_total Relay links refused before registration, by reason (full, rate_limited, handshake, ip_links).
 # TYPE reach_relay_rejected_total counter
 reach_relay_rejected_total{reason="full"} 0
@@ -93,6 +96,9 @@ reach_relay_sessions_evicted_total 0
 # HELP reach_relay_streams Relayed streams open (two peers both on byte-stream links).
 # TYPE reach_relay_streams gauge
 reach_relay_streams 0
+# HELP reach_relay_tls_wakeups_total Times a parked TLS link's connection had something to read and its read loop started again.
+# TYPE reach_relay_tls_wakeups_total counter
+reach_relay_tls_wakeups_total 0
 # HELP reach_relay_token_expired_total Live relay links ended because their token expired.
 # TYPE reach_relay_token_expired_total counter
 reach_relay_token_expired_total 0
@@ -129,6 +135,7 @@ func (h *handler) Notice(_ identity.PeerID, err error) {
 // Server.Metrics. A fresh server exports every label value at zero.
 func TestCollector(t *testing.T) {
 	rl := relay.NewServer(relay.ServerConfig{
+		TLSPark: -1, // the scrape is exact: no link parks meanwhile
 		Authorize: func(_ identity.PeerID, token string) (time.Time, error) {
 			if token == "expired" {
 				return time.Time{}, relay.ErrTokenExpired

@@ -402,8 +402,7 @@ func (s *Server) sweepOnce(now time.Time) {
 	}
 	for _, p := range parked {
 		s.log.Debug("relay: parked tls link silent; ended", "peer", p.id.Short())
-		p.tls.tc.Close()
-		s.endTLS(p)
+		s.endTLS(p) // unregistered before its connection closes
 	}
 }
 

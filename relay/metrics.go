@@ -63,10 +63,11 @@ type authReason uint8
 const (
 	authBadToken authReason = iota
 	authTokenExpired
+	authKeyProof // ALPNKeyProof: no valid proof of the node's key
 	numAuthReasons
 )
 
-var authNames = [numAuthReasons]string{"bad_token", "token_expired"}
+var authNames = [numAuthReasons]string{"bad_token", "token_expired", "key_proof"}
 
 // metrics are a Server's counters. The sessions gauge is Server.sessions
 // itself (kept under Server.mu).
@@ -108,7 +109,8 @@ type MetricsSnapshot struct {
 	// ("full", "rate_limited", "handshake", "ip_links": MaxLinksPerIP).
 	Rejected map[string]uint64
 	// AuthFailures are the links refused for their token, by reason
-	// ("bad_token", "token_expired").
+	// ("bad_token", "token_expired"), or for their key proof
+	// ("key_proof": ALPNKeyProof, no valid proof in HELLO).
 	AuthFailures map[string]uint64
 	// Expired are the live links ended because their token expired.
 	Expired uint64

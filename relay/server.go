@@ -186,6 +186,16 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 		p.fail(codeRateLimited, "too many connections from "+p.ip.String())
 		return false
 	}
+	if p.tls != nil && p.tls.proof {
+		id, token, err := checkKeyProof(p.tls.tc.ConnectionState(), body)
+		if err != nil {
+			s.m.auth[authKeyProof].Add(1)
+			s.log.Debug("relay: key proof refused", "ip", p.ip, "err", err)
+			p.fail(codeKeyProof, err.Error())
+			return false
+		}
+		p.id, body = id, token
+	}
 	var expires time.Time
 	if len(s.cfg.Secrets) > 0 || s.cfg.Authorize != nil {
 		check := func() (time.Time, error) {

@@ -30,6 +30,9 @@ type tlsConn struct {
 	raw  syscall.RawConn
 	stop func() bool // unregisters the shutdown hook (context.AfterFunc)
 	wmu  sync.Mutex  // one write at a time
+	// proof: the node proves its key in HELLO (ALPNKeyProof); the link's
+	// peer ID is known only then.
+	proof bool
 
 	// Guarded by the watcher's mutex.
 	key     int32 // the watcher's key while parked
@@ -81,11 +84,17 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 // link up is gone while its read loop waits: an idle link's goroutine
 // then fits the smallest stack the runtime shrinks it to, 8 KB, not 16.)
 func (s *Server) tlsLink(ctx context.Context, tc *tls.Conn) *peerLink {
-	id, err := identity.PeerIDFromState(tc.ConnectionState())
-	if err != nil {
-		return nil
+	// Under ALPNKeyProof the node proves its key in HELLO (hello), else
+	// with its certificate, here.
+	var id identity.PeerID
+	proof := tc.ConnectionState().NegotiatedProtocol == ALPNKeyProof
+	if !proof {
+		var err error
+		if id, err = identity.PeerIDFromState(tc.ConnectionState()); err != nil {
+			return nil
+		}
 	}
-	c := &tlsConn{tc: tc, ctx: ctx}
+	c := &tlsConn{tc: tc, ctx: ctx, proof: proof}
 	if s.cfg.TLSPark > 0 {
 		c.raw = parkable(tc)
 	}
@@ -148,10 +157,11 @@ func (s *Server) closeTLS(p *peerLink, last func()) {
 	if last != nil {
 		last()
 	}
-	p.tls.tc.Close()
 	if parked {
-		s.endTLS(p)
+		s.endTLS(p) // unregistered before its connection closes
+		return
 	}
+	p.tls.tc.Close()
 }
 
 // endTLS ends a TLS link: its owner (the read loop, or the closer of a

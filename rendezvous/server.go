@@ -146,6 +146,19 @@ type Protocol interface {
 	ServeTLS(ctx context.Context, conn *tls.Conn)
 }
 
+// KeyProofProtocol is a Protocol whose clients may prove their keys
+// inside the connection, on the ALPNs it names (besides its key in
+// ServerConfig.Protocols), instead of with a TLS client certificate: the
+// TCP ports offer those ALPNs, ask no client certificate of a client that
+// chose one, and hand its connections to the protocol's ServeTLS, which
+// must authenticate the client itself (relay.ALPNKeyProof: a signature
+// over the TLS exporter in the link's HELLO). Keeping no certificate
+// saves the server about 2.5 KB per connection (docs/benchmarks.md).
+type KeyProofProtocol interface {
+	Protocol
+	KeyProofALPNs() []string
+}
+
 // DatagramProtocol is a Protocol that also takes datagrams of its own on
 // the server's UDP port (a relay's data packets): Serve calls
 // ServeDatagrams once with the server's socket, and stop when it returns.
@@ -211,6 +224,8 @@ type Server struct {
 	fleetVer atomic.Uint64 // changes with fleet
 	tlsCfg   *tls.Config   // QUIC
 	tcpTLS   *tls.Config   // TCP ports: tlsCfg plus http/1.1 (WebSocket)
+	// proofs are the KeyProofProtocols' in-band ALPNs (TCP ports only).
+	proofs map[string]Protocol
 
 	mu      sync.Mutex
 	peers   map[identity.PeerID]*session
@@ -271,13 +286,38 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	// reach's clients never resume a session: a ticket would only cost
 	// each connection its making and the buffers that keep it.
 	tlsCfg.SessionTicketsDisabled = true
-	// The TCP ports also offer http/1.1 (WebSocket), QUIC never does.
+	// The TCP ports also offer http/1.1 (WebSocket), QUIC never does, and
+	// the ALPNs whose clients prove their keys in band (KeyProofProtocol),
+	// with a config that asks for no client certificate.
 	tcpTLS := tlsCfg
 	tcpALPNs := alpns
-	if !cfg.DisableWebSocket {
-		tcpALPNs = append(slices.Clone(alpns), alpnHTTP)
+	proofProtos := map[string]Protocol{}
+	var proofALPNs []string
+	for _, pr := range cfg.Protocols {
+		if kp, ok := pr.(KeyProofProtocol); ok {
+			for _, a := range kp.KeyProofALPNs() {
+				if _, taken := cfg.Protocols[a]; !taken && a != ALPN && a != alpnHTTP && proofProtos[a] == nil {
+					proofProtos[a] = pr
+					proofALPNs = append(proofALPNs, a)
+				}
+			}
+		}
+	}
+	slices.Sort(proofALPNs)
+	if !cfg.DisableWebSocket || len(proofALPNs) > 0 {
+		tcpALPNs = append(slices.Clone(alpns), proofALPNs...)
+		if !cfg.DisableWebSocket {
+			tcpALPNs = append(tcpALPNs, alpnHTTP)
+		}
 		tcpTLS = tlsCfg.Clone()
 		tcpTLS.NextProtos = tcpALPNs
+	}
+	var proofTLS *tls.Config
+	if len(proofALPNs) > 0 {
+		proofTLS = tlsCfg.Clone()
+		proofTLS.ClientAuth = tls.NoClientCert
+		proofTLS.VerifyPeerCertificate = nil
+		proofTLS.NextProtos = proofALPNs
 	}
 	if cfg.Certificate != nil || cfg.GetCertificate != nil {
 		web := &tls.Config{
@@ -290,11 +330,25 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		}
 		tcpTLS.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
 			for _, p := range hi.SupportedProtos {
+				if proofTLS != nil && slices.Contains(proofALPNs, p) {
+					return proofTLS, nil // reach's own, the key proved in band
+				}
+			}
+			for _, p := range hi.SupportedProtos {
 				if slices.Contains(alpns, p) {
 					return nil, nil // reach's own: the pinned certificate
 				}
 			}
 			return web, nil
+		}
+	} else if proofTLS != nil {
+		tcpTLS.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+			for _, p := range hi.SupportedProtos {
+				if slices.Contains(proofALPNs, p) {
+					return proofTLS, nil // the key proved in band: no certificate asked
+				}
+			}
+			return nil, nil
 		}
 	}
 	return &Server{
@@ -303,6 +357,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		log:    cfg.Logger,
 		tlsCfg: tlsCfg,
 		tcpTLS: tcpTLS,
+		proofs: proofProtos,
 		peers:  make(map[identity.PeerID]*session),
 		seen:   make(map[identity.PeerID]time.Time),
 		intros: make(map[uint64]*pendingIntro),
@@ -589,6 +644,10 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, h
 	cs := tc.ConnectionState()
 	if cs.NegotiatedProtocol == alpnHTTP && web {
 		s.serveHTTP(ctx, tc, src)
+		return
+	}
+	if pr := s.proofs[cs.NegotiatedProtocol]; pr != nil {
+		pr.ServeTLS(ctx, tc) // no client certificate: it proves its key itself
 		return
 	}
 	if p := cs.NegotiatedProtocol; p != ALPN && s.cfg.Protocols[p] != nil {

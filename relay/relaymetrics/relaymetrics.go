@@ -30,7 +30,7 @@ var (
 	descRejected = prometheus.NewDesc("reach_relay_rejected_total",
 		"Relay links refused before registration, by reason (full, rate_limited, handshake, ip_links).", []string{"reason"}, nil)
 	descAuth = prometheus.NewDesc("reach_relay_auth_failures_total",
-		"Relay links refused for their token, by reason (bad_token, token_expired).", []string{"reason"}, nil)
+		"Relay links refused for their token, by reason (bad_token, token_expired), or for their key proof (key_proof).", []string{"reason"}, nil)
 	descSessions = prometheus.NewDesc("reach_relay_sessions",
 		"Relay sessions (ordered pairs of peers with recent packets).", nil, nil)
 	descStreams = prometheus.NewDesc("reach_relay_streams",

@@ -40,9 +40,10 @@ func scrape(t *testing.T, reg *prometheus.Registry, want string) {
 // expected is the reach_relay_ exposition for the given values: names,
 // help texts, types and labels exactly as reach server has exported them.
 func expected(udp, tls, sessions, packets, bytes, noPeer, expired int) string {
-	return fmt.Sprintf(`# HELP reach_relay_auth_failures_total Relay links refused for their token, by reason (bad_token, token_expired).
+	return fmt.Sprintf(`# HELP reach_relay_auth_failures_total Relay links refused for their token, by reason (bad_token, token_expired), or for their key proof (key_proof).
 # TYPE reach_relay_auth_failures_total counter
 reach_relay_auth_failures_total{reason="bad_token"} 0
+reach_relay_auth_failures_total{reason="key_proof"} 0
 reach_relay_auth_failures_total{reason="token_expired"} %[7]d
 # HELP reach_relay_bytes_total Payload bytes forwarded.
 # TYPE reach_relay_bytes_total counter

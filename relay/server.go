@@ -42,7 +42,8 @@ type Server struct {
 
 	st streamTable // relayed streams (streamserver.go)
 
-	watch watcher // parked TLS links (tlslink.go)
+	watch    watcher        // parked TLS links (tlslink.go)
+	tlsLinks sync.WaitGroup // TLS links served and not ended (Wait)
 
 	sweeping sync.Once
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,9 +28,10 @@ type tlsConn struct {
 	ctx context.Context // the server's (ServeTLS's)
 	// raw is the TCP connection's descriptor for the watcher; nil: the
 	// link cannot park (not a TCP connection, or not Linux).
-	raw  syscall.RawConn
-	stop func() bool // unregisters the shutdown hook (context.AfterFunc)
-	wmu  sync.Mutex  // one write at a time
+	raw   syscall.RawConn
+	stop  func() bool // unregisters the shutdown hook (context.AfterFunc)
+	ended atomic.Bool // endTLS ran
+	wmu   sync.Mutex  // one write at a time
 	// proof: the node proves its key in HELLO (ALPNKeyProof); the link's
 	// peer ID is known only then.
 	proof bool
@@ -62,6 +64,7 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 		tc.Close()
 		return
 	}
+	s.tlsLinks.Add(1) // Done by endTLS
 	c := p.tls
 	c.stop = context.AfterFunc(ctx, func() {
 		s.closeTLS(p, func() {
@@ -71,8 +74,11 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 	})
 	tc.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if !s.hello(ctx, p, tc) {
+		// Not linked (hello unregistered it if it had registered it).
+		c.ended.Store(true)
 		c.stop()
 		tc.Close()
+		s.tlsLinks.Done()
 		return
 	}
 	p.startWriter(ctx)
@@ -167,12 +173,20 @@ func (s *Server) closeTLS(p *peerLink, last func()) {
 // endTLS ends a TLS link: its owner (the read loop, or the closer of a
 // parked link) calls it once.
 func (s *Server) endTLS(p *peerLink) {
-	if p.tls.stop != nil {
-		p.tls.stop()
+	if p.tls.ended.Swap(true) {
+		return
 	}
+	p.tls.stop()
 	s.unregister(p)
 	p.tls.tc.Close()
+	s.tlsLinks.Done()
 }
+
+// Wait waits until every TLS link served (ServeTLS) has ended: those that
+// outlived their ServeTLS call (parked, or woken since) end once the
+// context given to ServeTLS ends. It implements
+// rendezvous.LingeringProtocol: a stopping rendezvous server calls it.
+func (s *Server) Wait() { s.tlsLinks.Wait() }
 
 // readTLS reads a TLS link's frames until it ends or parks.
 func (s *Server) readTLS(p *peerLink) {

@@ -159,6 +159,15 @@ type KeyProofProtocol interface {
 	KeyProofALPNs() []string
 }
 
+// LingeringProtocol is a Protocol whose connections may outlive its
+// ServeTLS call (a relay's parked TLS links, which hold no goroutine):
+// they still end once ctx ends, and Wait waits until they have. A
+// stopping server calls Wait after every ServeTLS returned.
+type LingeringProtocol interface {
+	Protocol
+	Wait()
+}
+
 // DatagramProtocol is a Protocol that also takes datagrams of its own on
 // the server's UDP port (a relay's data packets): Serve calls
 // ServeDatagrams once with the server's socket, and stop when it returns.
@@ -530,6 +539,11 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 		// Sessions close themselves on ctx (with an ERROR "shutdown"); wait
 		// for them before the transport goes, so their last frames get out.
 		wg.Wait()
+		for _, pr := range s.cfg.Protocols {
+			if w, ok := pr.(LingeringProtocol); ok {
+				w.Wait() // their connections that outlived ServeTLS
+			}
+		}
 		s.fleetWG.Wait()
 		s.stopSupernodes()
 		if tr != nil {

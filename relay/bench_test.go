@@ -38,7 +38,7 @@ import (
 var idleKinds = []struct {
 	name     string
 	reg      string // "", "udp", "tcp": the rendezvous registration
-	link     string // "", "udp", "tls": the relay link
+	link     string // "", "udp", "tls", "ws" (WebSocket): the relay link
 	sameSock bool   // registration and link share the node's socket
 	park     bool   // the server parks idle registrations (after 1 s)
 }{
@@ -50,6 +50,7 @@ var idleKinds = []struct {
 	{"reg+udp", "udp", "udp", true, false},
 	{"reg-parked+udp", "udp", "udp", true, true},
 	{"reg-tcp+tls", "tcp", "tls", false, false},
+	{"ws", "", "ws", false, false},
 }
 
 // BenchmarkRelayIdleMemory: the server's memory per idle peer, as the
@@ -81,7 +82,7 @@ func BenchmarkRelayIdleMemory(b *testing.B) {
 		b.Run(k.name, func(b *testing.B) {
 			peers := peers
 			// A TCP connection is a descriptor in the server and one here.
-			if tcp := b2i(k.reg == "tcp") + b2i(k.link == "tls"); tcp > 0 && peers*tcp > int(lim.Cur)-500 {
+			if tcp := b2i(k.reg == "tcp") + b2i(k.link == "tls" || k.link == "ws"); tcp > 0 && peers*tcp > int(lim.Cur)-500 {
 				peers = (int(lim.Cur) - 500) / tcp
 				b.Logf("%s: %d peers: %d open files allowed", k.name, peers, lim.Cur)
 			}
@@ -361,7 +362,7 @@ func (n *idleNodes) close() {
 
 // linkIdlePeers connects count peers to the server at cs: registered
 // over reg ("udp": QUIC, "tcp": TLS; "": not registered) and linked to
-// the relay over link ("udp", "tls"; "": not linked). With sameSock a
+// the relay over link ("udp", "tls", "ws"; "": not linked). With sameSock a
 // peer's registration and link come from one socket, as a node's do. A
 // peer that fails three times is an error.
 func linkIdlePeers(cs string, count int, reg, link string, sameSock bool) (*idleNodes, error) {
@@ -449,8 +450,11 @@ func linkPeers(cs string, count int, reg, link string, sameSock bool, workers, t
 		}
 		if link != "" {
 			var d relay.LinkDialer = relay.TLSDialer{DialTCP: dialTCP(i)}
-			if link == "udp" {
+			switch link {
+			case "udp":
 				d = relay.UDPDialer{Socket: linkSock}
+			case "ws":
+				d = relay.WSDialer{DialTCP: dialTCP(i)}
 			}
 			c, err := relay.NewClient(relay.ClientConfig{Key: k, Dialers: []relay.LinkDialer{d}, DialTimeout: 15 * time.Second})
 			if err != nil {

@@ -109,6 +109,13 @@ type ServerConfig struct {
 	IdleTimeout time.Duration
 	// HandshakeTimeout bounds a new link's HELLO. Zero: 10s.
 	HandshakeTimeout time.Duration
+	// TLSPark is how long a TLS link's read loop waits for a frame
+	// before it hands the connection to the server's watcher and ends
+	// (Linux, TCP connections): an idle TLS link then has no goroutine;
+	// the watcher starts a read loop again when the connection has
+	// something to read, and the sweep ends it after IdleTimeout.
+	// Zero: 100ms. Negative: never (a read loop per link while it lives).
+	TLSPark time.Duration
 	// QUICLinks keeps every UDP link on its QUIC connection while it
 	// lives. False (the default): a UDP link whose data packets work
 	// detaches once set up (docs/protocol.md, "Detached links"): its QUIC
@@ -208,6 +215,9 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	defD(&c.SessionIdle, 60*time.Second)
 	defD(&c.IdleTimeout, 30*time.Second)
 	defD(&c.HandshakeTimeout, 10*time.Second)
+	if c.TLSPark == 0 {
+		c.TLSPark = 100 * time.Millisecond
+	}
 	if c.ConnRate == 0 {
 		c.ConnRate = 10
 	}

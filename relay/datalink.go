@@ -173,7 +173,14 @@ func (d *dataLink) allow(peer identity.PeerID) error {
 
 // pingRetries are the waits for an answer to a detached link's PING
 // before it is sent again; with none after the last, the link is lost.
-var pingRetries = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second}
+// (An atomic: a test shortens them while other tests' links' keepalives
+// may still read them.)
+var pingRetries atomic.Pointer[[]time.Duration]
+
+func init() {
+	r := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second}
+	pingRetries.Store(&r)
+}
 
 // keepalive pings the relay from a detached link every `every` (which
 // keeps the NAT's mapping and the relay's link alive) and ends the link
@@ -200,7 +207,7 @@ func (d *dataLink) keepalive(every time.Duration) {
 		d.seen.Store(false)
 		ping()
 		answered := false
-		for _, w := range pingRetries {
+		for _, w := range *pingRetries.Load() {
 			if !wait(w) {
 				return
 			}

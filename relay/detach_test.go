@@ -175,11 +175,11 @@ func TestDetachedConsent(t *testing.T) {
 // that restarted) or stopped: the node notices (ErrLinkLost, ErrShutdown)
 // and the client links again.
 func TestDetachedLinkLost(t *testing.T) {
-	old := pingRetries
+	old := pingRetries.Load()
 	// Short, but not so short that a loaded machine (-race, two shared
 	// cores) loses a link that is only slow: 600 ms in all did, once.
-	pingRetries = []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second}
-	defer func() { pingRetries = old }()
+	pingRetries.Store(&[]time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second})
+	defer pingRetries.Store(old)
 	rl, sa, _ := dataServerConfig(t, ServerConfig{IdleTimeout: 3 * time.Second}, nil)
 	a := dataLinked(t, sa, "a")
 	detached(t, rl, 1, a)

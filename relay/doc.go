@@ -9,8 +9,11 @@
 // ("reach-relay/1") on the rendezvous server's ports (rendezvous
 // ServerConfig.Protocols): QUIC on the UDP port, TLS on the TCP ports (443
 // where it may bind it). Peers prove their Ed25519 key in the TLS
-// handshake; only connected peers can be reached, never arbitrary
-// addresses. Limits and tokens (NewToken, CheckToken) are in ServerConfig.
+// handshake, or on byte-stream links in HELLO (ALPNKeyProof, a signature
+// over the TLS exporter: the server then keeps no certificate); only
+// connected peers can be reached, never arbitrary addresses. An idle TLS
+// link parks (ServerConfig.TLSPark): no goroutine holds it until its
+// connection has something to read. Limits and tokens (NewToken, CheckToken) are in ServerConfig.
 // The server counts what it forwards, drops and refuses in plain atomics
 // (Server.Metrics, Server.Stats); package relay/relaymetrics exports them
 // to Prometheus, so this package links no metrics library.

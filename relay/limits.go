@@ -340,8 +340,11 @@ func (s *Server) sweepOnce(now time.Time) {
 		n  int
 	}
 	var ends []ended
-	var silent, lapsed []*peerLink
+	var silent, lapsed, parked []*peerLink
 	for _, p := range peers {
+		if p.tls != nil && s.watch.expire(p.tls, now.Add(-s.cfg.IdleTimeout)) {
+			parked = append(parked, p) // parked, and nothing came for IdleTimeout
+		}
 		if p.data.detached.Load() {
 			// A detached link has no QUIC idle timeout: it ends when
 			// nothing came from it (its pings) for IdleTimeout.
@@ -396,6 +399,10 @@ func (s *Server) sweepOnce(now time.Time) {
 	for _, p := range silent {
 		s.log.Debug("relay: detached link silent; ended", "peer", p.id.Short())
 		s.unregister(p)
+	}
+	for _, p := range parked {
+		s.log.Debug("relay: parked tls link silent; ended", "peer", p.id.Short())
+		s.endTLS(p) // unregistered before its connection closes
 	}
 }
 

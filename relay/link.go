@@ -322,11 +322,13 @@ func (d TLSDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 
 // NewStreamLink runs the relay protocol over conn, a reliable byte stream
 // to the relay server (a TCP connection, a WebSocket, a proxy tunnel):
-// a TLS 1.3 handshake that pins the server's key and proves the node's,
-// then HELLO. transport names the link. On error conn is closed. ctx
-// bounds the setup only.
+// a TLS 1.3 handshake that pins the server's key and proves the node's
+// (in HELLO under ALPNKeyProof, which it offers first; with a client
+// certificate under ALPN, for a server without it), then HELLO.
+// transport names the link. On error conn is closed. ctx bounds the setup
+// only.
 func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkParams) (Link, error) {
-	tlsCfg, pin, err := identity.ClientTLSConfig(p.Key, p.Server.ID, ALPN)
+	tlsCfg, pin, err := identity.ClientTLSConfig(p.Key, p.Server.ID, ALPNKeyProof, ALPN)
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -339,7 +341,15 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 		}
 		return nil, err
 	}
-	if tc.ConnectionState().NegotiatedProtocol != ALPN {
+	var proof []byte
+	switch cs := tc.ConnectionState(); cs.NegotiatedProtocol {
+	case ALPN:
+	case ALPNKeyProof:
+		if proof, err = appendKeyProof(nil, p.Key, cs); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	default:
 		conn.Close()
 		return nil, fmt.Errorf("%w: server refused ALPN %s", ErrNoRelay, ALPN)
 	}
@@ -353,6 +363,7 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 	}
 	co := newCoalescer(write)
 	l := &link{transport: transport, h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: writerFunc(write),
+		helloProof:     proof,
 		sendPacket:     co.send,
 		closeTransport: func() { tc.Close() },
 		wantStreams:    p.acceptStream != nil,
@@ -397,12 +408,15 @@ type link struct {
 	// false: send each with sendPacket.
 	sendSegments   func(peer identity.PeerID, b []byte, seg int) bool
 	closeTransport func()
-	keepalive      time.Duration
-	consent        bool                      // the relay understands ALLOW frames (WELCOME)
-	dataToken      uint64                    // the relay takes data packets with this token (WELCOME); 0: not
-	detachable     bool                      // the relay lets the link detach (WELCOME)
-	linkKey        [linkKeyLen]byte          // proves the node in a detached link's move (rebind.go)
-	data           *atomic.Pointer[dataLink] // a UDP link's data packets; nil: none
+	// helloProof starts HELLO's body: the node's key proof under
+	// ALPNKeyProof; nil: none (its certificate proved it).
+	helloProof []byte
+	keepalive  time.Duration
+	consent    bool                      // the relay understands ALLOW frames (WELCOME)
+	dataToken  uint64                    // the relay takes data packets with this token (WELCOME); 0: not
+	detachable bool                      // the relay lets the link detach (WELCOME)
+	linkKey    [linkKeyLen]byte          // proves the node in a detached link's move (rebind.go)
+	data       *atomic.Pointer[dataLink] // a UDP link's data packets; nil: none
 	// detached, if set, is called when the relay answered DETACH: the
 	// link goes on as data packets alone (a UDP link's).
 	detached   func()
@@ -485,7 +499,7 @@ func (l *link) fail(err error) {
 // hello sends HELLO and waits for WELCOME (or ERROR); with consent, it
 // then asks the relay for recipient consent (an empty ALLOW).
 func (l *link) hello(ctx context.Context, token string, consent bool, allowed func() []identity.PeerID, r io.Reader, setDeadline func(time.Time) error) error {
-	if _, err := l.ctl.Write(appendFrame(nil, frameHello, []byte(token))); err != nil {
+	if _, err := l.ctl.Write(appendFrame(nil, frameHello, l.helloProof, []byte(token))); err != nil {
 		return err
 	}
 	if d, ok := ctx.Deadline(); ok {

@@ -63,10 +63,11 @@ type authReason uint8
 const (
 	authBadToken authReason = iota
 	authTokenExpired
+	authKeyProof // ALPNKeyProof: no valid proof of the node's key
 	numAuthReasons
 )
 
-var authNames = [numAuthReasons]string{"bad_token", "token_expired"}
+var authNames = [numAuthReasons]string{"bad_token", "token_expired", "key_proof"}
 
 // metrics are a Server's counters. The sessions gauge is Server.sessions
 // itself (kept under Server.mu).
@@ -84,7 +85,11 @@ type metrics struct {
 	expired  atomic.Uint64 // live links ended at their token's expiry
 	evicted  atomic.Uint64 // sessions ended to make room in a full table (fair.go)
 	detached atomic.Int64  // UDP links detached now (data packets alone)
-	moved    atomic.Uint64 // detached links moved to a new address (rebind.go)
+	// parkedTLS: TLS links parked now (no read loop; tlslink.go), and
+	// how often a parked link woke.
+	parkedTLS atomic.Int64
+	wokeTLS   atomic.Uint64
+	moved     atomic.Uint64 // detached links moved to a new address (rebind.go)
 	// streamRefused are the OPENs the relay answered with a CLOSE, by
 	// its code (streamwire.go).
 	streamRefused [closeCodes]atomic.Uint64
@@ -117,7 +122,8 @@ type MetricsSnapshot struct {
 	// ("full", "rate_limited", "handshake", "ip_links": MaxLinksPerIP).
 	Rejected map[string]uint64
 	// AuthFailures are the links refused for their token, by reason
-	// ("bad_token", "token_expired").
+	// ("bad_token", "token_expired"), or for their key proof
+	// ("key_proof": ALPNKeyProof, no valid proof in HELLO).
 	AuthFailures map[string]uint64
 	// Expired are the live links ended because their token expired.
 	Expired uint64
@@ -128,6 +134,12 @@ type MetricsSnapshot struct {
 	// packets alone, without a QUIC connection (docs/protocol.md,
 	// "Detached links").
 	Detached int
+	// Parked are the TLS links (counted in Clients) idle now, with no
+	// goroutine: the server's watcher holds their connections
+	// (ServerConfig.TLSPark); Woken counts the times a parked link's
+	// connection had something to read and its read loop started again.
+	Parked int
+	Woken  uint64
 	// Moved are the detached links that moved to a new address of their
 	// node (a NAT rebinding), validated by a challenge.
 	Moved uint64
@@ -174,6 +186,8 @@ func (s *Server) Metrics() MetricsSnapshot {
 		Evicted:      m.evicted.Load(),
 		Detached:     int(m.detached.Load()),
 		Moved:        m.moved.Load(),
+		Parked:       int(m.parkedTLS.Load()),
+		Woken:        m.wokeTLS.Load(),
 		Sessions:     sessions,
 		Streams:      s.Streams(),
 		Packets:      m.packets.Load(),

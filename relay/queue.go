@@ -29,6 +29,32 @@ func (p *peerLink) enqueuePong(body []byte) {
 	p.enqueueWithin(appendFrame(nil, framePong, body), p.srv.cfg.SendQueue+controlHeadroom)
 }
 
+// pong answers a node's PING: at once, from the caller (a read loop),
+// if nothing is queued for the link and no writer runs (an idle link's
+// keepalive: no writer goroutine started, to linger a second, for a
+// 3-byte answer); else queued behind what is.
+func (p *peerLink) pong(body []byte) {
+	p.qmu.Lock()
+	if p.writing || len(p.queue) > 0 || p.closed || p.writerCtx == nil {
+		p.qmu.Unlock()
+		p.enqueuePong(body)
+		return
+	}
+	p.writing = true // frames queued meanwhile wait for this write
+	p.qmu.Unlock()
+	err := p.write(appendFrame(nil, framePong, body))
+	p.qmu.Lock()
+	p.writing = len(p.queue) > 0 && !p.closed
+	start, ctx := p.writing, p.writerCtx
+	p.qmu.Unlock()
+	if start {
+		go p.writeLoop(ctx)
+	}
+	if err != nil {
+		p.fail(0, "")
+	}
+}
+
 // enqueueWithin queues buf for p unless p holds limit frames already.
 func (p *peerLink) enqueueWithin(buf []byte, limit int) bool {
 	p.qmu.Lock()

@@ -129,10 +129,9 @@ func (s *Server) detach(p *peerLink, q *quicLink) {
 	p.data.addr.Store(&a)
 	p.data.dataOn.Store(true)
 	p.data.seen.Store(true)
-	if err := q.writeCtl(appendFrame(nil, frameDetach)); err != nil {
-		p.fail(0, "")
-		return
-	}
+	// Detached before the answer goes: the node closes the QUIC
+	// connection when it hears it, and ServeQUIC, which then returns,
+	// must find the link detached (else it ends the link).
 	p.qmu.Lock()
 	if p.closed { // ended meanwhile
 		p.qmu.Unlock()
@@ -142,6 +141,11 @@ func (s *Server) detach(p *peerLink, q *quicLink) {
 	p.data.detached.Store(true)
 	s.m.detached.Add(1)
 	p.qmu.Unlock()
+	if err := q.writeCtl(appendFrame(nil, frameDetach)); err != nil {
+		q.qc.CloseWithError(0, "")
+		p.fail(0, "") // detached: unregisters it
+		return
+	}
 	time.AfterFunc(detachGrace, func() { q.qc.CloseWithError(0, "detached") })
 	s.log.Debug("relay: link detached", "peer", p.id.Short(), "addr", a)
 }

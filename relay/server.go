@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -43,6 +42,9 @@ type Server struct {
 
 	st streamTable // relayed streams (streamserver.go)
 
+	watch    watcher        // parked TLS links (tlslink.go)
+	tlsLinks sync.WaitGroup // TLS links served and not ended (Wait)
+
 	sweeping sync.Once
 
 	// clock is forward's time; nil: time.Now (a test's clock makes its
@@ -69,6 +71,7 @@ func NewServer(cfg ServerConfig) *Server {
 		nets:  make(map[netip.Prefix]*netState),
 		data:  make(map[uint64]*peerLink),
 	}
+	s.watch.srv = s
 	if cfg.TotalRate > 0 {
 		s.total = rate.NewLimiter(rate.Limit(cfg.TotalRate), max(cfg.TotalRate/4, 64<<10))
 	}
@@ -164,148 +167,9 @@ type peerLink struct {
 	// q is a UDP link's QUIC connection; nil once the link detached (or
 	// for other transports).
 	q atomic.Pointer[quicLink]
-}
-
-// ServeTLS serves one TLS connection (handshake done) that negotiated
-// ALPN; it returns when the link ends, and closes tc.
-func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
-	defer tc.Close()
-	stop := context.AfterFunc(ctx, func() {
-		tc.SetWriteDeadline(time.Now().Add(time.Second))
-		tc.Write(appendFrame(nil, frameError, []byte{codeShutdown}, []byte("server shutting down")))
-		tc.Close()
-	})
-	defer stop()
-	p := s.tlsLink(tc)
-	if p == nil {
-		return
-	}
-	tc.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	if !s.hello(ctx, p, tc) {
-		return
-	}
-	defer s.unregister(p)
-	lctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	p.startWriter(lctx)
-	s.readTLS(lctx, p, tc)
-}
-
-// tlsLink makes the peerLink of a TLS connection; nil if the client
-// proved no key. (Apart from ServeTLS, so that the frame of what sets a
-// link up is gone while its read loop waits: an idle link's goroutine
-// then fits the smallest stack the runtime shrinks it to, 8 KB, not 16.)
-func (s *Server) tlsLink(tc *tls.Conn) *peerLink {
-	id, err := identity.PeerIDFromState(tc.ConnectionState())
-	if err != nil {
-		return nil
-	}
-	var wmu sync.Mutex
-	write := func(buf []byte) error {
-		wmu.Lock()
-		defer wmu.Unlock()
-		tc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		_, err := tc.Write(buf)
-		return err
-	}
-	ip := addrOf(tc.RemoteAddr())
-	p := &peerLink{srv: s, id: id, ip: ip, ipk: ipKey(ip), transport: transportTLS, linkedAt: time.Now(),
-		fail: func(code byte, reason string) {
-			if code != 0 {
-				write(appendFrame(nil, frameError, []byte{code}, []byte(reason)))
-			}
-			tc.Close()
-		},
-		write: func(buf []byte) error {
-			if buf[0] == framePacket {
-				n := len(buf) - frameHeader
-				buf[1], buf[2] = byte(n>>8), byte(n)
-			}
-			return write(buf)
-		}}
-	// The write loop coalesces what is queued into writes of up to
-	// maxCoalesce bytes: one TLS record and one syscall for many packets.
-	// (Holding a batch's records for one write to the TCP connection
-	// instead was measured: it doubled the relay's CPU per packet on TLS
-	// links, BenchmarkRelayCPU.)
-	p.writeBatch = func(bufs [][]byte) (err error) {
-		bp := coalesceBufs.Get().(*[]byte)
-		out := (*bp)[:0]
-		defer func() {
-			if cap(out) <= 2*maxCoalesce {
-				*bp = out[:0]
-				coalesceBufs.Put(bp)
-			}
-		}()
-		for _, b := range bufs {
-			if len(out) > 0 && len(out)+len(b) > maxCoalesce {
-				if err := write(out); err != nil {
-					return err
-				}
-				out = out[:0]
-			}
-			out = append(out, b...)
-		}
-		if len(out) == 0 {
-			return nil
-		}
-		return write(out)
-	}
-	return p
-}
-
-// readTLS reads a TLS link's frames until it ends.
-func (s *Server) readTLS(ctx context.Context, p *peerLink, tc *tls.Conn) {
-	// The idle deadline moves at most every `every` (not per frame: that
-	// cost about 5% of a busy TLS link's forwarding CPU, issue 14), with
-	// `every` added, so a link is closed no earlier than IdleTimeout after
-	// its last frame, and at most `every` later.
-	every := min(time.Second, s.cfg.IdleTimeout/4)
-	var buf []byte
-	var moved time.Time
-	for {
-		if now := time.Now(); now.Sub(moved) >= every {
-			tc.SetReadDeadline(now.Add(s.cfg.IdleTimeout + every))
-			moved = now
-		}
-		typ, body, b, err := readFrame(tc, buf)
-		buf = b
-		if err != nil {
-			if errors.Is(err, ErrProtocol) {
-				p.fail(codeProtocol, err.Error())
-			}
-			return
-		}
-		switch typ {
-		case framePacket:
-			if len(body) < identityLen {
-				p.fail(codeProtocol, "short packet frame")
-				return
-			}
-			s.forward(p, identity.PeerID(body[:identityLen]), body[identityLen:])
-		case framePing:
-			p.enqueuePong(body)
-		case framePong:
-		case frameAllow:
-			if !s.allow(p, body) {
-				p.fail(codeProtocol, "bad allow frame")
-				return
-			}
-		case frameFeatures:
-			if !s.features(p, body) {
-				p.fail(codeProtocol, "bad features frame")
-				return
-			}
-		case frameOpen, frameData, frameWindow, frameClose:
-			if !s.streamFrame(ctx, p, typ, body) {
-				p.fail(codeProtocol, "bad stream frame")
-				return
-			}
-		default:
-			p.fail(codeProtocol, "unexpected frame")
-			return
-		}
-	}
+	// tls is a TLS link's connection (tlslink.go); nil for other
+	// transports.
+	tls *tlsConn
 }
 
 // hello reads HELLO from r, checks the token and limits, registers p and
@@ -322,6 +186,16 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 		s.m.rejected[rejectRateLimited].Add(1)
 		p.fail(codeRateLimited, "too many connections from "+p.ip.String())
 		return false
+	}
+	if p.tls != nil && p.tls.proof {
+		id, token, err := checkKeyProof(p.tls.tc.ConnectionState(), body)
+		if err != nil {
+			s.m.auth[authKeyProof].Add(1)
+			s.log.Debug("relay: key proof refused", "ip", p.ip, "err", err)
+			p.fail(codeKeyProof, err.Error())
+			return false
+		}
+		p.id, body = id, token
 	}
 	var expires time.Time
 	if len(s.cfg.Secrets) > 0 || s.cfg.Authorize != nil {

@@ -64,6 +64,7 @@ const (
 	codeRateLimited  = 0x05
 	codeReplaced     = 0x06
 	codeShutdown     = 0x07
+	codeKeyProof     = 0x08 // ALPNKeyProof: no valid proof of the node's key in HELLO
 )
 
 // Notice codes of NOTICE frames: why a packet to a peer was not forwarded.
@@ -136,6 +137,8 @@ func (e *ServerError) Unwrap() error {
 		return ErrReplaced
 	case codeShutdown:
 		return ErrShutdown
+	case codeKeyProof:
+		return ErrKeyProof
 	}
 	return ErrProtocol
 }
@@ -156,6 +159,8 @@ func codeName(c byte) string {
 		return "replaced"
 	case codeShutdown:
 		return "shutdown"
+	case codeKeyProof:
+		return "key_proof"
 	}
 	return fmt.Sprintf("0x%02x", c)
 }

@@ -211,6 +211,8 @@ type Server struct {
 	fleetVer atomic.Uint64 // changes with fleet
 	tlsCfg   *tls.Config   // QUIC
 	tcpTLS   *tls.Config   // TCP ports: tlsCfg plus http/1.1 (WebSocket)
+	// proofs are the KeyProofProtocols' in-band ALPNs (TCP ports only).
+	proofs map[string]Protocol
 
 	mu      sync.Mutex
 	peers   map[identity.PeerID]*session
@@ -271,38 +273,14 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	// reach's clients never resume a session: a ticket would only cost
 	// each connection its making and the buffers that keep it.
 	tlsCfg.SessionTicketsDisabled = true
-	// The TCP ports also offer http/1.1 (WebSocket), QUIC never does.
-	tcpTLS := tlsCfg
-	tcpALPNs := alpns
-	if !cfg.DisableWebSocket {
-		tcpALPNs = append(slices.Clone(alpns), alpnHTTP)
-		tcpTLS = tlsCfg.Clone()
-		tcpTLS.NextProtos = tcpALPNs
-	}
-	if cfg.Certificate != nil || cfg.GetCertificate != nil {
-		web := &tls.Config{
-			MinVersion:     tls.VersionTLS12,
-			GetCertificate: cfg.GetCertificate,
-			NextProtos:     append(slices.Clone(tcpALPNs), cfg.CertificateALPNs...),
-		}
-		if cfg.GetCertificate == nil {
-			web.Certificates = []tls.Certificate{*cfg.Certificate}
-		}
-		tcpTLS.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
-			for _, p := range hi.SupportedProtos {
-				if slices.Contains(alpns, p) {
-					return nil, nil // reach's own: the pinned certificate
-				}
-			}
-			return web, nil
-		}
-	}
+	tcpTLS, proofProtos := tcpTLSConfig(cfg, tlsCfg, alpns)
 	return &Server{
 		cfg:    cfg,
 		key:    key,
 		log:    cfg.Logger,
 		tlsCfg: tlsCfg,
 		tcpTLS: tcpTLS,
+		proofs: proofProtos,
 		peers:  make(map[identity.PeerID]*session),
 		seen:   make(map[identity.PeerID]time.Time),
 		intros: make(map[uint64]*pendingIntro),
@@ -475,6 +453,11 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 		// Sessions close themselves on ctx (with an ERROR "shutdown"); wait
 		// for them before the transport goes, so their last frames get out.
 		wg.Wait()
+		for _, pr := range s.cfg.Protocols {
+			if w, ok := pr.(LingeringProtocol); ok {
+				w.Wait() // their connections that outlived ServeTLS
+			}
+		}
 		s.fleetWG.Wait()
 		s.stopSupernodes()
 		if tr != nil {
@@ -589,6 +572,10 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, h
 	cs := tc.ConnectionState()
 	if cs.NegotiatedProtocol == alpnHTTP && web {
 		s.serveHTTP(ctx, tc, src)
+		return
+	}
+	if pr := s.proofs[cs.NegotiatedProtocol]; pr != nil {
+		pr.ServeTLS(ctx, tc) // no client certificate: it proves its key itself
 		return
 	}
 	if p := cs.NegotiatedProtocol; p != ALPN && s.cfg.Protocols[p] != nil {

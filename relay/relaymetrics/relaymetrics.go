@@ -30,7 +30,7 @@ var (
 	descRejected = prometheus.NewDesc("reach_relay_rejected_total",
 		"Relay links refused before registration, by reason (full, rate_limited, handshake, ip_links).", []string{"reason"}, nil)
 	descAuth = prometheus.NewDesc("reach_relay_auth_failures_total",
-		"Relay links refused for their token, by reason (bad_token, token_expired).", []string{"reason"}, nil)
+		"Relay links refused for their token, by reason (bad_token, token_expired), or for their key proof (key_proof).", []string{"reason"}, nil)
 	descSessions = prometheus.NewDesc("reach_relay_sessions",
 		"Relay sessions (ordered pairs of peers with recent packets).", nil, nil)
 	descStreams = prometheus.NewDesc("reach_relay_streams",
@@ -47,6 +47,10 @@ var (
 		"Packets that came from (in) or went to (out) UDP links as data packets rather than QUIC DATAGRAM frames.", []string{"direction"}, nil)
 	descDetached = prometheus.NewDesc("reach_relay_detached_links",
 		"UDP relay links that live on as data packets alone, without a QUIC connection (counted in reach_relay_clients).", nil, nil)
+	descParked = prometheus.NewDesc("reach_relay_parked_tls_links",
+		"TLS relay links idle now without a goroutine, their connections held by the server's watcher (counted in reach_relay_clients).", nil, nil)
+	descWoken = prometheus.NewDesc("reach_relay_tls_wakeups_total",
+		"Times a parked TLS link's connection had something to read and its read loop started again.", nil, nil)
 	descExpired = prometheus.NewDesc("reach_relay_token_expired_total",
 		"Live relay links ended because their token expired.", nil, nil)
 	descEvicted = prometheus.NewDesc("reach_relay_sessions_evicted_total",
@@ -72,7 +76,7 @@ func Register(reg prometheus.Registerer, s *relay.Server) error {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descClients, descConns, descRejected, descAuth, descSessions, descStreams, descStreamsRefused, descPackets, descBytes, descDrops, descData, descExpired, descDetached, descEvicted} {
+	for _, d := range []*prometheus.Desc{descClients, descConns, descRejected, descAuth, descSessions, descStreams, descStreamsRefused, descPackets, descBytes, descDrops, descData, descExpired, descDetached, descParked, descWoken, descEvicted} {
 		ch <- d
 	}
 }
@@ -101,5 +105,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(m.Bytes))
 	ch <- prometheus.MustNewConstMetric(descExpired, prometheus.CounterValue, float64(m.Expired))
 	ch <- prometheus.MustNewConstMetric(descDetached, prometheus.GaugeValue, float64(m.Detached))
+	ch <- prometheus.MustNewConstMetric(descParked, prometheus.GaugeValue, float64(m.Parked))
+	ch <- prometheus.MustNewConstMetric(descWoken, prometheus.CounterValue, float64(m.Woken))
 	ch <- prometheus.MustNewConstMetric(descEvicted, prometheus.CounterValue, float64(m.Evicted))
 }

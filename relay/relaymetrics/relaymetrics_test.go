@@ -40,9 +40,10 @@ func scrape(t *testing.T, reg *prometheus.Registry, want string) {
 // expected is the reach_relay_ exposition for the given values: names,
 // help texts, types and labels exactly as reach server has exported them.
 func expected(udp, tls, sessions, packets, bytes, noPeer, expired int) string {
-	return fmt.Sprintf(`# HELP reach_relay_auth_failures_total Relay links refused for their token, by reason (bad_token, token_expired).
+	return fmt.Sprintf(`# HELP reach_relay_auth_failures_total Relay links refused for their token, by reason (bad_token, token_expired), or for their key proof (key_proof).
 # TYPE reach_relay_auth_failures_total counter
 reach_relay_auth_failures_total{reason="bad_token"} 0
+reach_relay_auth_failures_total{reason="key_proof"} 0
 reach_relay_auth_failures_total{reason="token_expired"} %[7]d
 # HELP reach_relay_bytes_total Payload bytes forwarded.
 # TYPE reach_relay_bytes_total counter
@@ -78,6 +79,9 @@ reach_relay_drops_total{reason="unknown_link"} 0
 # HELP reach_relay_packets_total Packets forwarded.
 # TYPE reach_relay_packets_total counter
 reach_relay_packets_total %[4]d
+# HELP reach_relay_parked_tls_links TLS relay links idle now without a goroutine, their connections held by the server's watcher (counted in reach_relay_clients).
+# TYPE reach_relay_parked_tls_links gauge
+reach_relay_parked_tls_links 0
 # HELP reach_relay_rejected_total Relay links refused before registration, by reason (full, rate_limited, handshake, ip_links).
 # TYPE reach_relay_rejected_total counter
 reach_relay_rejected_total{reason="full"} 0
@@ -100,6 +104,9 @@ reach_relay_streams_refused_total{reason="no_peer"} 0
 reach_relay_streams_refused_total{reason="not_allowed"} 0
 reach_relay_streams_refused_total{reason="not_stream"} 0
 reach_relay_streams_refused_total{reason="protocol"} 0
+# HELP reach_relay_tls_wakeups_total Times a parked TLS link's connection had something to read and its read loop started again.
+# TYPE reach_relay_tls_wakeups_total counter
+reach_relay_tls_wakeups_total 0
 # HELP reach_relay_token_expired_total Live relay links ended because their token expired.
 # TYPE reach_relay_token_expired_total counter
 reach_relay_token_expired_total 0
@@ -136,6 +143,7 @@ func (h *handler) Notice(_ identity.PeerID, err error) {
 // Server.Metrics. A fresh server exports every label value at zero.
 func TestCollector(t *testing.T) {
 	rl := relay.NewServer(relay.ServerConfig{
+		TLSPark: -1, // the scrape is exact: no link parks meanwhile
 		Authorize: func(_ identity.PeerID, token string) (time.Time, error) {
 			if token == "expired" {
 				return time.Time{}, relay.ErrTokenExpired

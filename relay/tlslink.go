@@ -1,0 +1,378 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/reachp2p/reach/identity"
+)
+
+// tlsConn is what the relay keeps of a TLS link's connection. Its read
+// loop runs on a goroutine while the link is active; a link idle for
+// ServerConfig.TLSPark is parked: the server's watcher (watch_linux.go)
+// holds its connection and no goroutine does, until the connection has
+// something to read and the watcher starts a read loop again. Exactly one
+// of a read loop, the watcher and the closer (closeTLS) owns the link's
+// end (endTLS).
+type tlsConn struct {
+	tc  *tls.Conn
+	ctx context.Context // the server's (ServeTLS's)
+	// raw is the TCP connection's descriptor for the watcher; nil: the
+	// link cannot park (not a TCP connection, or not Linux).
+	raw   syscall.RawConn
+	stop  func() bool // unregisters the shutdown hook (context.AfterFunc)
+	ended atomic.Bool // endTLS ran
+	wmu   sync.Mutex  // one write at a time
+	// proof: the node proves its key in HELLO (ALPNKeyProof); the link's
+	// peer ID is known only then.
+	proof bool
+
+	// Guarded by the watcher's mutex.
+	key     int32 // the watcher's key while parked
+	parked  bool
+	closing bool      // closeTLS ran: the link may not park
+	last    time.Time // parked: its last frame was no later than this
+
+	fr frameReader // the read loop's buffered frames; empty while parked
+}
+
+// write writes b to the connection (within 10 s).
+func (c *tlsConn) write(b []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.tc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_, err := c.tc.Write(b)
+	return err
+}
+
+// ServeTLS serves one TLS connection (handshake done) that negotiated
+// ALPN. It returns when the link ends or parks (TLSPark): a parked link
+// lives on without a goroutine, and ends when it fails, idles for
+// IdleTimeout or ctx ends. The link closes tc when it ends.
+func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
+	p := s.tlsLink(ctx, tc)
+	if p == nil {
+		tc.Close()
+		return
+	}
+	s.tlsLinks.Add(1) // Done by endTLS
+	c := p.tls
+	c.stop = context.AfterFunc(ctx, func() {
+		s.closeTLS(p, func() {
+			c.tc.SetWriteDeadline(time.Now().Add(time.Second))
+			c.tc.Write(appendFrame(nil, frameError, []byte{codeShutdown}, []byte("server shutting down")))
+		})
+	})
+	tc.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	if !s.hello(ctx, p, tc) {
+		// Not linked (hello unregistered it if it had registered it).
+		c.ended.Store(true)
+		c.stop()
+		tc.Close()
+		s.tlsLinks.Done()
+		return
+	}
+	p.startWriter(ctx)
+	s.readTLS(p)
+}
+
+// tlsLink makes the peerLink of a TLS connection; nil if the client
+// proved no key. (Apart from ServeTLS, so that the frame of what sets a
+// link up is gone while its read loop waits: an idle link's goroutine
+// then fits the smallest stack the runtime shrinks it to, 8 KB, not 16.)
+func (s *Server) tlsLink(ctx context.Context, tc *tls.Conn) *peerLink {
+	// Under ALPNKeyProof the node proves its key in HELLO (hello), else
+	// with its certificate, here.
+	var id identity.PeerID
+	proof := tc.ConnectionState().NegotiatedProtocol == ALPNKeyProof
+	if !proof {
+		var err error
+		if id, err = identity.PeerIDFromState(tc.ConnectionState()); err != nil {
+			return nil
+		}
+	}
+	c := &tlsConn{tc: tc, ctx: ctx, proof: proof}
+	if s.cfg.TLSPark > 0 {
+		c.raw = parkable(tc)
+	}
+	c.fr.own = c.raw == nil
+	ip := addrOf(tc.RemoteAddr())
+	var p *peerLink
+	p = &peerLink{srv: s, id: id, ip: ip, ipk: ipKey(ip), transport: transportTLS, linkedAt: time.Now(), tls: c,
+		fail: func(code byte, reason string) {
+			var last func()
+			if code != 0 {
+				last = func() { c.write(appendFrame(nil, frameError, []byte{code}, []byte(reason))) }
+			}
+			s.closeTLS(p, last)
+		},
+		write: func(buf []byte) error {
+			if buf[0] == framePacket {
+				n := len(buf) - frameHeader
+				buf[1], buf[2] = byte(n>>8), byte(n)
+			}
+			return c.write(buf)
+		}}
+	// The write loop coalesces what is queued into writes of up to
+	// maxCoalesce bytes: one TLS record and one syscall for many packets.
+	// (Holding a batch's records for one write to the TCP connection
+	// instead was measured: it doubled the relay's CPU per packet on TLS
+	// links, BenchmarkRelayCPU.)
+	p.writeBatch = func(bufs [][]byte) (err error) {
+		bp := coalesceBufs.Get().(*[]byte)
+		out := (*bp)[:0]
+		defer func() {
+			if cap(out) <= 2*maxCoalesce {
+				*bp = out[:0]
+				coalesceBufs.Put(bp)
+			}
+		}()
+		for _, b := range bufs {
+			if len(out) > 0 && len(out)+len(b) > maxCoalesce {
+				if err := c.write(out); err != nil {
+					return err
+				}
+				out = out[:0]
+			}
+			out = append(out, b...)
+		}
+		if len(out) == 0 {
+			return nil
+		}
+		return c.write(out)
+	}
+	return p
+}
+
+// closeTLS closes p's connection after last (its last words, an ERROR
+// frame; nil: none). A parked link ends here: it is taken from the
+// watcher first, so that what its node does on the last words (close)
+// does not wake it. A read loop ends a link that was not parked when its
+// read fails.
+func (s *Server) closeTLS(p *peerLink, last func()) {
+	parked := s.watch.remove(p.tls)
+	if last != nil {
+		last()
+	}
+	if parked {
+		s.endTLS(p) // unregistered before its connection closes
+		return
+	}
+	p.tls.tc.Close()
+}
+
+// endTLS ends a TLS link: its owner (the read loop, or the closer of a
+// parked link) calls it once.
+func (s *Server) endTLS(p *peerLink) {
+	if p.tls.ended.Swap(true) {
+		return
+	}
+	p.tls.stop()
+	s.unregister(p)
+	p.tls.tc.Close()
+	s.tlsLinks.Done()
+}
+
+// Wait waits until every TLS link served (ServeTLS) has ended: those that
+// outlived their ServeTLS call (parked, or woken since) end once the
+// context given to ServeTLS ends. It implements
+// rendezvous.LingeringProtocol: a stopping rendezvous server calls it.
+func (s *Server) Wait() { s.tlsLinks.Wait() }
+
+// readTLS reads a TLS link's frames until it ends or parks.
+func (s *Server) readTLS(p *peerLink) {
+	if s.readFrames(p) {
+		return // the watcher holds it: the reader is another goroutine's now
+	}
+	p.tls.fr.drop()
+	s.endTLS(p)
+}
+
+// readFrames reads and handles a TLS link's frames; true if the link
+// parked (a watcher holds it), false if it must end.
+func (s *Server) readFrames(p *peerLink) bool {
+	c := p.tls
+	tc := c.tc
+	idle := s.cfg.IdleTimeout
+	// The read deadline moves at most every `every` (not per frame: that
+	// cost about 5% of a busy TLS link's forwarding CPU, issue 14), with
+	// `every` added, so a link is closed no earlier than IdleTimeout after
+	// its last frame, and at most `every` later. A link that can park
+	// waits TLSPark for its next frame instead, and parks then.
+	every := min(time.Second, idle/4)
+	if c.raw != nil {
+		every = min(every, s.cfg.TLSPark/2)
+	}
+	var moved time.Time
+	for {
+		if now := time.Now(); now.Sub(moved) >= every {
+			d := idle + every
+			if c.raw != nil && c.fr.empty() {
+				d = s.cfg.TLSPark
+			}
+			tc.SetReadDeadline(now.Add(d))
+			moved = now
+		}
+		typ, body, err := c.fr.next(tc)
+		if err != nil {
+			if c.raw != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+				now := time.Now()
+				if c.fr.empty() {
+					// Between frames: no goroutine until there is more.
+					c.fr.release()
+					last := moved.Add(every)
+					if last.After(now) {
+						last = now
+					}
+					return s.watch.park(p, last)
+				}
+				if now.Sub(moved) < idle {
+					// In a frame: wait for the rest up to IdleTimeout.
+					moved = time.Time{}
+					continue
+				}
+			}
+			if errors.Is(err, ErrProtocol) {
+				p.fail(codeProtocol, err.Error())
+			}
+			return false
+		}
+		switch typ {
+		case framePacket:
+			if len(body) < identityLen {
+				p.fail(codeProtocol, "short packet frame")
+				return false
+			}
+			s.forward(p, identity.PeerID(body[:identityLen]), body[identityLen:])
+		case framePing:
+			p.pong(body)
+		case framePong:
+		case frameAllow:
+			if !s.allow(p, body) {
+				p.fail(codeProtocol, "bad allow frame")
+				return false
+			}
+		case frameFeatures:
+			if !s.features(p, body) {
+				p.fail(codeProtocol, "bad features frame")
+				return false
+			}
+		case frameOpen, frameData, frameWindow, frameClose:
+			if !s.streamFrame(c.ctx, p, typ, body) {
+				p.fail(codeProtocol, "bad stream frame")
+				return false
+			}
+		default:
+			p.fail(codeProtocol, "unexpected frame")
+			return false
+		}
+	}
+}
+
+// wake runs a parked link's read loop again (the watcher saw its
+// connection readable).
+func (s *Server) wake(p *peerLink) {
+	s.m.wokeTLS.Add(1)
+	go s.readTLS(p)
+}
+
+// tlsReadSize is a TLS link's read buffer: a whole TLS record (16 KB of
+// plaintext, many frames) besides the largest frame's partial rest
+// (next keeps room for a whole frame).
+// (32 KB: a size class of its own, no rounding up.)
+const tlsReadSize = 32 << 10
+
+// tlsReadBufs recycles the read buffers: only a link whose read loop runs
+// holds one.
+var tlsReadBufs = sync.Pool{New: func() any { b := make([]byte, tlsReadSize); return &b }}
+
+// frameReader reads frames from a byte stream through a buffer: a read
+// takes what the stream has (a TLS record), and a read that fails (a
+// deadline) loses nothing: the next one goes on where it stopped. A
+// link that parks takes a tlsReadSize buffer from the pool while its
+// read loop runs; one that cannot (own) keeps a buffer for its life, a
+// packet frame's size until a larger frame needs tlsReadSize, as
+// readFrame's.
+type frameReader struct {
+	bp   *[]byte // nil: none held
+	r, w int     // buffered frames: (*bp)[r:w]
+	own  bool    // the buffer is the link's, not the pool's
+}
+
+// empty: no part of a frame is buffered.
+func (f *frameReader) empty() bool { return f.r == f.w }
+
+// release returns an empty reader's pooled buffer to the pool.
+func (f *frameReader) release() {
+	if f.bp != nil && f.empty() && !f.own {
+		tlsReadBufs.Put(f.bp)
+		f.bp, f.r, f.w = nil, 0, 0
+	}
+}
+
+// drop lets go of the buffer and what it held (the link ends).
+func (f *frameReader) drop() {
+	f.r, f.w = 0, 0
+	f.release()
+	f.bp = nil
+}
+
+// next returns the next frame; body is valid until the next call.
+func (f *frameReader) next(rd io.Reader) (typ byte, body []byte, err error) {
+	if f.bp == nil {
+		if f.own {
+			b := make([]byte, bufSize)
+			f.bp = &b
+		} else {
+			f.bp = tlsReadBufs.Get().(*[]byte)
+		}
+	}
+	for {
+		b := *f.bp
+		need := frameHeader // from r: what the frame at r needs in all
+		if f.w-f.r >= frameHeader {
+			typ = b[f.r]
+			n := int(binary.BigEndian.Uint16(b[f.r+1:]))
+			if typ == 0 || typ > lastFrameType || typ == frameChallenge || typ == frameResponse {
+				return 0, nil, fmt.Errorf("%w: unknown frame type 0x%02x", ErrProtocol, typ)
+			}
+			if n > maxBody(typ) {
+				return 0, nil, fmt.Errorf("%w: frame body of %d bytes", ErrProtocol, n)
+			}
+			if end := f.r + frameHeader + n; end <= f.w {
+				body = b[f.r+frameHeader : end]
+				f.r = end
+				if f.r == f.w {
+					f.r, f.w = 0, 0
+				}
+				return typ, body, nil
+			}
+			need += n
+		}
+		if len(b) < need {
+			// Only an own buffer is smaller than the largest frame.
+			nb := make([]byte, tlsReadSize)
+			f.w = copy(nb, b[f.r:f.w])
+			f.r = 0
+			f.bp = &nb
+			b = nb
+		} else if len(b)-f.r < need || len(b)-f.w < len(b)/4 {
+			f.w = copy(b, b[f.r:f.w])
+			f.r = 0
+		}
+		n, err := rd.Read(b[f.w:])
+		f.w += n
+		if err != nil && n == 0 {
+			return 0, nil, err
+		}
+	}
+}

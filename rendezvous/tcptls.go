@@ -1,0 +1,102 @@
+package rendezvous
+
+import (
+	"crypto/tls"
+	"slices"
+)
+
+// KeyProofProtocol is a Protocol whose clients may prove their keys
+// inside the connection, on the ALPNs it names (besides its key in
+// ServerConfig.Protocols), instead of with a TLS client certificate: the
+// TCP ports offer those ALPNs, ask no client certificate of a client that
+// chose one, and hand its connections to the protocol's ServeTLS, which
+// must authenticate the client itself (relay.ALPNKeyProof: a signature
+// over the TLS exporter in the link's HELLO). Keeping no certificate
+// saves the server about 2.5 KB per connection (docs/benchmarks.md).
+type KeyProofProtocol interface {
+	Protocol
+	KeyProofALPNs() []string
+}
+
+// LingeringProtocol is a Protocol whose connections may outlive its
+// ServeTLS call (a relay's parked TLS links, which hold no goroutine):
+// they still end once ctx ends, and Wait waits until they have. A
+// stopping server calls Wait after every ServeTLS returned.
+type LingeringProtocol interface {
+	Protocol
+	Wait()
+}
+
+// tcpTLSConfig is the TCP ports' TLS config: tlsCfg (QUIC's) plus
+// http/1.1 (WebSocket) unless cfg turns it off, the web certificate for
+// clients that offer none of reach's ALPNs (cfg.Certificate), and the
+// KeyProofProtocols' in-band ALPNs (a config that asks no client
+// certificate), which it returns by ALPN.
+func tcpTLSConfig(cfg ServerConfig, tlsCfg *tls.Config, alpns []string) (*tls.Config, map[string]Protocol) {
+	// The TCP ports also offer http/1.1 (WebSocket), QUIC never does, and
+	// the ALPNs whose clients prove their keys in band (KeyProofProtocol),
+	// with a config that asks for no client certificate.
+	tcpTLS := tlsCfg
+	tcpALPNs := alpns
+	proofProtos := map[string]Protocol{}
+	var proofALPNs []string
+	for _, pr := range cfg.Protocols {
+		if kp, ok := pr.(KeyProofProtocol); ok {
+			for _, a := range kp.KeyProofALPNs() {
+				if _, taken := cfg.Protocols[a]; !taken && a != ALPN && a != alpnHTTP && proofProtos[a] == nil {
+					proofProtos[a] = pr
+					proofALPNs = append(proofALPNs, a)
+				}
+			}
+		}
+	}
+	slices.Sort(proofALPNs)
+	if !cfg.DisableWebSocket || len(proofALPNs) > 0 {
+		tcpALPNs = append(slices.Clone(alpns), proofALPNs...)
+		if !cfg.DisableWebSocket {
+			tcpALPNs = append(tcpALPNs, alpnHTTP)
+		}
+		tcpTLS = tlsCfg.Clone()
+		tcpTLS.NextProtos = tcpALPNs
+	}
+	var proofTLS *tls.Config
+	if len(proofALPNs) > 0 {
+		proofTLS = tlsCfg.Clone()
+		proofTLS.ClientAuth = tls.NoClientCert
+		proofTLS.VerifyPeerCertificate = nil
+		proofTLS.NextProtos = proofALPNs
+	}
+	if cfg.Certificate != nil || cfg.GetCertificate != nil {
+		web := &tls.Config{
+			MinVersion:     tls.VersionTLS12,
+			GetCertificate: cfg.GetCertificate,
+			NextProtos:     append(slices.Clone(tcpALPNs), cfg.CertificateALPNs...),
+		}
+		if cfg.GetCertificate == nil {
+			web.Certificates = []tls.Certificate{*cfg.Certificate}
+		}
+		tcpTLS.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+			for _, p := range hi.SupportedProtos {
+				if proofTLS != nil && slices.Contains(proofALPNs, p) {
+					return proofTLS, nil // reach's own, the key proved in band
+				}
+			}
+			for _, p := range hi.SupportedProtos {
+				if slices.Contains(alpns, p) {
+					return nil, nil // reach's own: the pinned certificate
+				}
+			}
+			return web, nil
+		}
+	} else if proofTLS != nil {
+		tcpTLS.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+			for _, p := range hi.SupportedProtos {
+				if slices.Contains(proofALPNs, p) {
+					return proofTLS, nil // the key proved in band: no certificate asked
+				}
+			}
+			return nil, nil
+		}
+	}
+	return tcpTLS, proofProtos
+}

@@ -197,6 +197,16 @@ func (s *Server) readTLS(p *peerLink) {
 	s.endTLS(p)
 }
 
+// parkResult is what became of a link the read loop asked the watcher
+// to park.
+type parkResult uint8
+
+const (
+	parkFailed  parkResult = iota // the watcher could not take it: the read loop goes on
+	parkDone                      // the watcher holds it
+	parkClosing                   // it is closing: the read loop ends it
+)
+
 // readFrames reads and handles a TLS link's frames; true if the link
 // parked (a watcher holds it), false if it must end.
 func (s *Server) readFrames(p *peerLink) bool {
@@ -212,11 +222,16 @@ func (s *Server) readFrames(p *peerLink) bool {
 	if c.raw != nil {
 		every = min(every, s.cfg.TLSPark/2)
 	}
-	var moved time.Time
+	// canPark: this read loop may hand the link to the watcher. A link
+	// the watcher could not take (descriptors short) keeps its read loop,
+	// with the idle deadline, and tries again after IdleTimeout.
+	var moved, retry time.Time
+	canPark := false
 	for {
 		if now := time.Now(); now.Sub(moved) >= every {
+			canPark = c.raw != nil && !now.Before(retry)
 			d := idle + every
-			if c.raw != nil && c.fr.empty() {
+			if canPark && c.fr.empty() {
 				d = s.cfg.TLSPark
 			}
 			tc.SetReadDeadline(now.Add(d))
@@ -224,7 +239,7 @@ func (s *Server) readFrames(p *peerLink) bool {
 		}
 		typ, body, err := c.fr.next(tc)
 		if err != nil {
-			if c.raw != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			if canPark && errors.Is(err, os.ErrDeadlineExceeded) {
 				now := time.Now()
 				if c.fr.empty() {
 					// Between frames: no goroutine until there is more.
@@ -233,7 +248,14 @@ func (s *Server) readFrames(p *peerLink) bool {
 					if last.After(now) {
 						last = now
 					}
-					return s.watch.park(p, last)
+					switch s.watch.park(p, last) {
+					case parkDone:
+						return true
+					case parkClosing:
+						return false
+					}
+					canPark, retry, moved = false, now.Add(idle), time.Time{}
+					continue
 				}
 				if now.Sub(moved) < idle {
 					// In a frame: wait for the rest up to IdleTimeout.

@@ -225,13 +225,17 @@ func (s *Server) readFrames(p *peerLink) bool {
 	// canPark: this read loop may hand the link to the watcher. A link
 	// the watcher could not take (descriptors short) keeps its read loop,
 	// with the idle deadline, and tries again after IdleTimeout.
+	// long: the deadline was moved by IdleTimeout with a frame half read;
+	// it moves again (to TLSPark) once no frame is, so that the link parks
+	// when it idles after that frame (at most two moves per `every`).
 	var moved, retry time.Time
-	canPark := false
+	canPark, long := false, false
 	for {
-		if now := time.Now(); now.Sub(moved) >= every {
+		if now := time.Now(); now.Sub(moved) >= every || long && c.fr.empty() {
 			canPark = c.raw != nil && !now.Before(retry)
 			d := idle + every
-			if canPark && c.fr.empty() {
+			long = canPark && !c.fr.empty()
+			if canPark && !long {
 				d = s.cfg.TLSPark
 			}
 			tc.SetReadDeadline(now.Add(d))

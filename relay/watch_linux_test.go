@@ -4,6 +4,8 @@ package relay
 
 import (
 	"context"
+	"io"
+	"slices"
 	"testing"
 	"time"
 
@@ -48,5 +50,48 @@ func TestTLSParkWatcherFails(t *testing.T) {
 		}
 	case <-time.After(3 * time.Second):
 		t.Fatal("no packet over the link that could not park")
+	}
+}
+
+// TestTLSParkAfterSplitFrame: a TLS link whose read loop moved its
+// deadline while a frame was half read (its rest in a later TCP segment)
+// parks once it idles after that frame, as after any other (not only
+// after IdleTimeout, or its node's next keepalive, holding a goroutine
+// and a read buffer meanwhile).
+func TestTLSParkAfterSplitFrame(t *testing.T) {
+	const park = 200 * time.Millisecond // its deadline moves every 100 ms
+	srv, sa, _ := dataServerConfig(t, ServerConfig{TLSPark: park}, nil)
+	k := genKey(t)
+	tc := proofConn(t, sa, k)
+	proof, err := appendKeyProof(nil, k, tc.ConnectionState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := helloAnswer(t, tc, proof); err != nil {
+		t.Fatal(err)
+	}
+	go io.Copy(io.Discard, tc) // its PONGs
+	parked := func(within time.Duration) bool {
+		for end := time.Now().Add(within); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+			if srv.Metrics().Parked == 1 {
+				return true
+			}
+		}
+		return false
+	}
+	if !parked(5 * time.Second) {
+		t.Fatal("the idle link did not park")
+	}
+	ping := appendFrame(nil, framePing, []byte("12345678"))
+	// Wake it, then, past the deadline's next move, a PING and half of
+	// another in one TLS record (the read loop moves its deadline with
+	// the half buffered), then the rest.
+	tc.Write(ping)
+	time.Sleep(140 * time.Millisecond)
+	tc.Write(append(slices.Clone(ping), ping[:5]...))
+	time.Sleep(20 * time.Millisecond)
+	tc.Write(ping[5:])
+	if !parked(3 * park) {
+		t.Fatalf("not parked %v after its last frame (idle timeout %v)", 3*park, srv.cfg.IdleTimeout)
 	}
 }

@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -93,4 +94,40 @@ func TestTLSParkChurn(t *testing.T) {
 	}
 	rs.Close()
 	rl.Wait()
+}
+
+// TestTLSParkTrickle: a parked link whose node sends bytes that make no
+// frame (a TLS record trickled a byte at a time) is still ended at
+// IdleTimeout after its last frame: a wake-up is not a frame.
+func TestTLSParkTrickle(t *testing.T) {
+	const idle = 2 * time.Second
+	rs, rl := startParkServer(t, relay.ServerConfig{IdleTimeout: idle})
+	tc := silentLink(t, rs.ServerAddr())
+	linked := time.Now()
+	waitParked(t, rl, 1)
+	raw := tc.NetConn()
+	raw.Write([]byte{0x17, 0x03, 0x03, 0x40, 0x00}) // an application data record of 16 KB
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		tc.SetReadDeadline(time.Now().Add(3 * idle))
+		io.Copy(io.Discard, tc)
+	}()
+	for tick := time.NewTicker(150 * time.Millisecond); ; {
+		select {
+		case <-ended:
+			took := time.Since(linked)
+			if took > 2*idle || rl.Metrics().Woken == 0 {
+				t.Fatalf("ended after %v (IdleTimeout %v), %d wake-ups", took, idle, rl.Metrics().Woken)
+			}
+			t.Logf("a link trickling a record ended %v after its last frame (IdleTimeout %v), %d wake-ups",
+				took.Round(time.Millisecond), idle, rl.Metrics().Woken)
+			return
+		case <-tick.C:
+			raw.Write([]byte{0})
+		}
+		if time.Since(linked) > 3*idle {
+			t.Fatalf("still linked %v after its last frame (IdleTimeout %v): %d wake-ups", time.Since(linked), idle, rl.Metrics().Woken)
+		}
+	}
 }

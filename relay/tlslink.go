@@ -230,8 +230,20 @@ func (s *Server) readFrames(p *peerLink) bool {
 	// when it idles after that frame (at most two moves per `every`).
 	var moved, retry time.Time
 	canPark, long := false, false
+	// last: the link's last frame was no later than this (for the sweep
+	// while it is parked): a wake-up is not a frame (bytes that make none,
+	// a TLS record trickled, do not keep an idle link), so a woken link
+	// starts from its parked time; got: a frame was handled since.
+	last, got := c.last, false
+	if last.IsZero() {
+		last = time.Now() // linked just now (HELLO)
+	}
 	for {
-		if now := time.Now(); now.Sub(moved) >= every || long && c.fr.empty() {
+		now := time.Now()
+		if got {
+			last, got = now, false
+		}
+		if now.Sub(moved) >= every || long && c.fr.empty() {
 			canPark = c.raw != nil && !now.Before(retry)
 			d := idle + every
 			long = canPark && !c.fr.empty()
@@ -242,16 +254,13 @@ func (s *Server) readFrames(p *peerLink) bool {
 			moved = now
 		}
 		typ, body, err := c.fr.next(tc)
+		got = err == nil
 		if err != nil {
 			if canPark && errors.Is(err, os.ErrDeadlineExceeded) {
 				now := time.Now()
 				if c.fr.empty() {
 					// Between frames: no goroutine until there is more.
 					c.fr.release()
-					last := moved.Add(every)
-					if last.After(now) {
-						last = now
-					}
 					switch s.watch.park(p, last) {
 					case parkDone:
 						return true

@@ -91,7 +91,7 @@ func TestTLSParkAfterSplitFrame(t *testing.T) {
 	tc.Write(append(slices.Clone(ping), ping[:5]...))
 	time.Sleep(20 * time.Millisecond)
 	tc.Write(ping[5:])
-	if !parked(3 * park) {
-		t.Fatalf("not parked %v after its last frame (idle timeout %v)", 3*park, srv.cfg.IdleTimeout)
+	if !parked(5 * park) {
+		t.Fatalf("not parked %v after its last frame (idle timeout %v)", 5*park, srv.cfg.IdleTimeout)
 	}
 }

@@ -180,3 +180,35 @@ func TestKeyProofRefused(t *testing.T) {
 	}
 	waitUntil(t, func() bool { return srv.link(k.ID()) != nil })
 }
+
+// TestKeyProofToken: under ALPNKeyProof the relay token follows the proof
+// in HELLO and is checked for the proved key: a node's own token links
+// it; a token issued to another key, after a good proof, is refused
+// (ErrBadToken) and links nothing.
+func TestKeyProofToken(t *testing.T) {
+	secret := []byte("key proof token secret")
+	srv, sa, _ := dataServerConfig(t, ServerConfig{Secrets: [][]byte{secret}}, nil)
+	k, other := genKey(t), genKey(t)
+	exp := time.Now().Add(time.Hour)
+	hello := func(tok string) error {
+		tc := proofConn(t, sa, k)
+		body, err := appendKeyProof(nil, k, tc.ConnectionState())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return helloAnswer(t, tc, append(body, tok...))
+	}
+	if err := hello(NewToken(secret, other.ID(), exp)); !errors.Is(err, ErrBadToken) {
+		t.Fatalf("another key's token: %v, want ErrBadToken", err)
+	}
+	if srv.link(k.ID()) != nil || srv.link(other.ID()) != nil {
+		t.Fatal("linked with another key's token")
+	}
+	if err := hello(""); !errors.Is(err, ErrBadToken) {
+		t.Fatalf("no token: %v, want ErrBadToken", err)
+	}
+	if err := hello(NewToken(secret, k.ID(), exp)); err != nil {
+		t.Fatalf("its own token: %v", err)
+	}
+	waitUntil(t, func() bool { return srv.link(k.ID()) != nil })
+}

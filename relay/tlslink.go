@@ -197,6 +197,16 @@ func (s *Server) readTLS(p *peerLink) {
 	s.endTLS(p)
 }
 
+// parkResult is what became of a link the read loop asked the watcher
+// to park.
+type parkResult uint8
+
+const (
+	parkFailed  parkResult = iota // the watcher could not take it: the read loop goes on
+	parkDone                      // the watcher holds it
+	parkClosing                   // it is closing: the read loop ends it
+)
+
 // readFrames reads and handles a TLS link's frames; true if the link
 // parked (a watcher holds it), false if it must end.
 func (s *Server) readFrames(p *peerLink) bool {
@@ -212,28 +222,53 @@ func (s *Server) readFrames(p *peerLink) bool {
 	if c.raw != nil {
 		every = min(every, s.cfg.TLSPark/2)
 	}
-	var moved time.Time
+	// canPark: this read loop may hand the link to the watcher. A link
+	// the watcher could not take (descriptors short) keeps its read loop,
+	// with the idle deadline, and tries again after IdleTimeout.
+	// long: the deadline was moved by IdleTimeout with a frame half read;
+	// it moves again (to TLSPark) once no frame is, so that the link parks
+	// when it idles after that frame (at most two moves per `every`).
+	var moved, retry time.Time
+	canPark, long := false, false
+	// last: the link's last frame was no later than this (for the sweep
+	// while it is parked): a wake-up is not a frame (bytes that make none,
+	// a TLS record trickled, do not keep an idle link), so a woken link
+	// starts from its parked time; got: a frame was handled since.
+	last, got := c.last, false
+	if last.IsZero() {
+		last = time.Now() // linked just now (HELLO)
+	}
 	for {
-		if now := time.Now(); now.Sub(moved) >= every {
+		now := time.Now()
+		if got {
+			last, got = now, false
+		}
+		if now.Sub(moved) >= every || long && c.fr.empty() {
+			canPark = c.raw != nil && !now.Before(retry)
 			d := idle + every
-			if c.raw != nil && c.fr.empty() {
+			long = canPark && !c.fr.empty()
+			if canPark && !long {
 				d = s.cfg.TLSPark
 			}
 			tc.SetReadDeadline(now.Add(d))
 			moved = now
 		}
 		typ, body, err := c.fr.next(tc)
+		got = err == nil
 		if err != nil {
-			if c.raw != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			if canPark && errors.Is(err, os.ErrDeadlineExceeded) {
 				now := time.Now()
 				if c.fr.empty() {
 					// Between frames: no goroutine until there is more.
 					c.fr.release()
-					last := moved.Add(every)
-					if last.After(now) {
-						last = now
+					switch s.watch.park(p, last) {
+					case parkDone:
+						return true
+					case parkClosing:
+						return false
 					}
-					return s.watch.park(p, last)
+					canPark, retry, moved = false, now.Add(idle), time.Time{}
+					continue
 				}
 				if now.Sub(moved) < idle {
 					// In a frame: wait for the rest up to IdleTimeout.

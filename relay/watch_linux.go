@@ -28,6 +28,9 @@ type watcher struct {
 	ep, ev int                 // the epoll set and the eventfd that stops its goroutine; 0: none runs
 }
 
+// epollCreate makes an epoll set (a test's fails).
+var epollCreate = unix.EpollCreate1
+
 // parkable returns tc's descriptor if its link can park: a TCP
 // connection's (not one tunnelled in a WebSocket, whose bytes may wait
 // in user space).
@@ -44,17 +47,18 @@ func parkable(tc *tls.Conn) syscall.RawConn {
 }
 
 // park hands p's connection to the watcher, its last frame no later than
-// last; false if p is closing (or its connection cannot be watched): the
-// caller ends it.
-func (w *watcher) park(p *peerLink, last time.Time) bool {
+// last: parkDone if it took it, parkClosing if p is closing (the caller
+// ends it), parkFailed if it could not (no epoll set or no room in it:
+// descriptors or memory short; the caller's read loop goes on).
+func (w *watcher) park(p *peerLink, last time.Time) parkResult {
 	c := p.tls
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if c.closing {
-		return false
+		return parkClosing
 	}
 	if w.ep == 0 && !w.start() {
-		return false
+		return parkFailed
 	}
 	for {
 		w.next++
@@ -74,7 +78,11 @@ func (w *watcher) park(p *peerLink, last time.Time) bool {
 		if len(w.links) == 0 {
 			w.stopLocked()
 		}
-		return false
+		if cerr != nil {
+			return parkClosing // the connection is closed
+		}
+		w.srv.log.Warn("relay: epoll add", "err", err)
+		return parkFailed
 	}
 	if w.links == nil {
 		w.links = make(map[int32]*peerLink)
@@ -82,7 +90,7 @@ func (w *watcher) park(p *peerLink, last time.Time) bool {
 	w.links[w.next] = p
 	c.key, c.parked, c.last = w.next, true, last
 	w.srv.m.parkedTLS.Add(1)
-	return true
+	return parkDone
 }
 
 // remove marks p's link closing; true if it was parked, and is no
@@ -124,7 +132,7 @@ func (w *watcher) unparkLocked(c *tlsConn) bool {
 
 // start makes the epoll set and starts its goroutine.
 func (w *watcher) start() bool {
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	ep, err := epollCreate(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		w.srv.log.Warn("relay: epoll", "err", err)
 		return false

@@ -13,6 +13,6 @@ type watcher struct{ srv *Server }
 
 func parkable(*tls.Conn) syscall.RawConn { return nil }
 
-func (*watcher) park(*peerLink, time.Time) bool  { return false }
-func (*watcher) remove(*tlsConn) bool            { return false }
-func (*watcher) expire(*tlsConn, time.Time) bool { return false }
+func (*watcher) park(*peerLink, time.Time) parkResult { return parkFailed }
+func (*watcher) remove(*tlsConn) bool                 { return false }
+func (*watcher) expire(*tlsConn, time.Time) bool      { return false }

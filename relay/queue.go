@@ -70,13 +70,13 @@ func (p *peerLink) writeLoop(ctx context.Context) {
 	}()
 	for {
 		p.qmu.Lock()
+		// The queue and the batch trade places: while the writer runs
+		// neither grows again (no allocation per packet under load).
 		batch, p.queue = p.queue, batch[:0]
-		if len(p.queue) == 0 && cap(p.queue) > 64 {
-			p.queue = nil // let an idle peer's queue shrink
-		}
 		if len(batch) == 0 {
 			if p.closed {
 				p.writing = false
+				p.shrinkQueue()
 				p.qmu.Unlock()
 				return
 			}
@@ -96,6 +96,7 @@ func (p *peerLink) writeLoop(ctx context.Context) {
 			p.qmu.Lock()
 			if len(p.queue) == 0 {
 				p.writing = false // the next enqueue starts a writer
+				p.shrinkQueue()
 				p.qmu.Unlock()
 				return
 			}
@@ -128,9 +129,14 @@ func (p *peerLink) writeLoop(ctx context.Context) {
 			}
 			batch[i] = nil
 		}
-		if cap(batch) > 64 {
-			batch = nil
-		}
+	}
+}
+
+// shrinkQueue lets an idle link's queue go (the writer ends), so that an
+// idle peer keeps no large slice. p.qmu is held.
+func (p *peerLink) shrinkQueue() {
+	if len(p.queue) == 0 && cap(p.queue) > 64 {
+		p.queue = nil
 	}
 }
 

@@ -23,6 +23,10 @@
 // address of each message (a map lookup under a read lock) and, when a peer's path
 // is of another address family than the packet's control messages, those
 // messages. docs/architecture.md has the measurement that chose this design.
+// On Linux it reads with its own recvmmsg into storage it reuses (read.go):
+// a datagram an InterceptFunc takes (a relay's data packets) costs no
+// allocation, and one for quic-go gets its peer's virtual address or an
+// address made once for its source.
 package pathsock
 
 import (

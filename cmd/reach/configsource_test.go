@@ -198,7 +198,7 @@ func TestServerConfigFileAndEnv(t *testing.T) {
 }
 
 // TestServerGCTarget runs the binary: its GC target comes from the config
-// file (gc-percent, memory-limit), is GOGC 200 and no limit by default,
+// file (gc-percent, memory-limit), is GOGC 100 and no limit by default,
 // and a user's GOGC and GOMEMLIMIT win over both; GC off without a limit
 // is refused with exit 2.
 func TestServerGCTarget(t *testing.T) {
@@ -212,7 +212,7 @@ func TestServerGCTarget(t *testing.T) {
 		conf string
 		want string
 	}{
-		{"default", nil, plain, `gogc=200 gogc_from=config memory_limit=none memory_limit_from=none`},
+		{"default", nil, plain, `gogc=100 gogc_from=config memory_limit=none memory_limit_from=none`},
 		{"file", nil, conf, `gogc=300 gogc_from=config memory_limit="1.0 GiB" memory_limit_from=config`},
 		{"env", []string{"REACH_SERVER_GC_PERCENT=150"}, conf, `gogc=150 gogc_from=config`},
 		{"GOGC and GOMEMLIMIT win", []string{"GOGC=50", "GOMEMLIMIT=512MiB"}, conf, `gogc=50 gogc_from=GOGC memory_limit="512.0 MiB" memory_limit_from=GOMEMLIMIT`},

@@ -22,6 +22,7 @@ func env(kv map[string]string) func(string) string { return func(k string) strin
 // win over the config.
 func TestApply(t *testing.T) {
 	restore(t)
+	debug.SetGCPercent(50) // so that the default is seen set
 	a, err := Apply(Config{}, env(nil))
 	if err != nil {
 		t.Fatal(err)

@@ -30,8 +30,8 @@ var (
 // Go's own, a collection once the heap grew by what was live after the
 // last one. 200 was measured against it (docs/benchmarks.md, "Forwarding
 // without allocation, and a GC target"): with forwarding allocation-free
-// it took no collection out of the floods measured and cost a third more
-// RSS per idle peer at 10,000, so it is an operator's choice
+// it took no collection out of the floods measured and cost half again
+// as much RSS per idle peer at 10,000, so it is an operator's choice
 // (--gc-percent), not the default.
 const DefaultPercent = 100
 

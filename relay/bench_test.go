@@ -26,6 +26,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/gctarget"
 	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
@@ -274,6 +275,10 @@ func raiseFileLimit() {
 // "profile PREFIX" (PREFIX.heap, PREFIX.goroutines).
 func memServerChild() error {
 	raiseFileLimit()
+	// The GC target `reach server` runs with; RELAY_SERVER_GOGC sets another.
+	if _, err := gctarget.Apply(gctarget.Config{Percent: envInt("RELAY_SERVER_GOGC", 0)}, os.Getenv); err != nil {
+		return err
+	}
 	rl := relay.NewServer(relay.ServerConfig{ConnRate: -1, MaxLinksPerIP: -1, MaxClients: 1 << 20, Logger: quiet()})
 	park := rendezvous.ParkConfig{After: -1} // the unparked kinds: off
 	if os.Getenv("RELAY_MEM_PARK") != "" {

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/gctarget"
 	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
@@ -56,7 +57,8 @@ const (
 //	go test -run '^$' -bench BenchmarkRelayCPU -benchtime 1x -count 3 ./relay/
 //
 // RELAY_CPU_PROFILE=prefix makes the child write a CPU profile of each
-// flood to prefix-<kind>.pprof.
+// flood to prefix-<kind>.pprof; RELAY_CPU_ALLOCS=prefix its allocations
+// (since it started: the floods' dominate) to prefix-<kind>.allocs.pprof.
 func BenchmarkRelayCPU(b *testing.B) {
 	for _, k := range []struct{ name, from, to string }{
 		{"udp-udp", "udp", "udp"},
@@ -160,6 +162,7 @@ func (f *cpuFlood) run(b *testing.B) cpuResult {
 		wall: time.Duration(f.lastNano.Load() - start.UnixNano()),
 		cpu:  m1.cpu - m0.cpu, fwd: m1.packets - m0.packets, bytes: m1.bytes - m0.bytes,
 		dataIn: m1.dataIn - m0.dataIn, dataOut: m1.dataOut - m0.dataOut, drops: m1.drops - m0.drops,
+		mallocs: m1.mallocs - m0.mallocs, gcs: m1.gcs - m0.gcs,
 	}
 	if r.drops > 0 {
 		b.Logf("relay drops: %s", rc.command(b, "drops"))
@@ -174,6 +177,7 @@ type cpuResult struct {
 	wall, cpu              time.Duration
 	fwd, bytes             uint64
 	dataIn, dataOut, drops uint64
+	mallocs, gcs           uint64 // the relay's heap allocations and GC cycles
 }
 
 func (r *cpuResult) add(o cpuResult) {
@@ -186,6 +190,8 @@ func (r *cpuResult) add(o cpuResult) {
 	r.dataIn += o.dataIn
 	r.dataOut += o.dataOut
 	r.drops += o.drops
+	r.mallocs += o.mallocs
+	r.gcs += o.gcs
 }
 
 // check fails b unless the UDP sides' packets went as data packets (and
@@ -217,10 +223,15 @@ func (r cpuResult) report(b *testing.B, name string) {
 	b.ReportMetric(mbs, "MB/s")
 	b.ReportMetric(loss, "loss-%")
 	b.ReportMetric(100*r.cpu.Seconds()/r.wall.Seconds(), "relay-core-%")
+	b.ReportMetric(r.allocs(), "allocs/pkt")
 	b.ReportMetric(0, "ns/op")
-	b.Logf("%s: sent %d, received %d (loss %.2f%%), relay forwarded %d (data in %d, out %d, drops %d), relay CPU %v over %v: %.2f µs/pkt, %.0f MB/cpu-s, %.1f MB/s",
-		name, r.sent, r.got, loss, r.fwd, r.dataIn, r.dataOut, r.drops, r.cpu, r.wall, us, mbPerCPU, mbs)
+	b.Logf("%s: sent %d, received %d (loss %.2f%%), relay forwarded %d (data in %d, out %d, drops %d), relay CPU %v over %v: %.2f µs/pkt, %.0f MB/cpu-s, %.1f MB/s; relay heap allocations %.2f a packet, %d GC cycles",
+		name, r.sent, r.got, loss, r.fwd, r.dataIn, r.dataOut, r.drops, r.cpu, r.wall, us, mbPerCPU, mbs, r.allocs(), r.gcs)
 }
+
+// allocs is the relay's heap allocations per forwarded packet (the
+// whole process's: forwarding, and whatever else ran meanwhile).
+func (r cpuResult) allocs() float64 { return float64(r.mallocs) / float64(max(r.fwd, 1)) }
 
 // cpuWarmUp sends packets both ways until each UDP side's link carries
 // data packets both ways (its probe was answered and the relay saw one of
@@ -305,6 +316,7 @@ type cpuChild struct {
 type cpuMark struct {
 	cpu                                    time.Duration
 	packets, bytes, dataIn, dataOut, drops uint64
+	mallocs, gcs                           uint64 // heap objects allocated, GC cycles (runtime.MemStats)
 }
 
 // startCPUChild starts the server process, pinned to the last core when
@@ -414,14 +426,15 @@ func (rc *cpuChild) command(b *testing.B, cmd string) string {
 func (rc *cpuChild) mark(b *testing.B) cpuMark {
 	b.Helper()
 	f := strings.Fields(rc.command(b, "mark"))
-	if len(f) != 7 {
+	if len(f) != 9 {
 		b.Fatalf("relay child: mark: %q", f)
 	}
-	var v [6]uint64
+	var v [8]uint64
 	for i := range v {
 		v[i], _ = strconv.ParseUint(f[i+1], 10, 64)
 	}
-	return cpuMark{cpu: time.Duration(v[0]) * time.Microsecond, packets: v[1], bytes: v[2], dataIn: v[3], dataOut: v[4], drops: v[5]}
+	return cpuMark{cpu: time.Duration(v[0]) * time.Microsecond, packets: v[1], bytes: v[2], dataIn: v[3], dataOut: v[4], drops: v[5],
+		mallocs: v[6], gcs: v[7]}
 }
 
 // relayCPUChild is BenchmarkRelayCPU's server process: rendezvous +
@@ -443,6 +456,15 @@ func relayCPUChild(kind string) error {
 			scfg.Park.After = time.Second
 		}
 	}
+	// The GC target `reach server` runs with (--gc-percent; GOGC and
+	// GOMEMLIMIT in the environment win); RELAY_SERVER_GOGC sets another.
+	gc, err := gctarget.Apply(gctarget.Config{Percent: envInt("RELAY_SERVER_GOGC", 0)}, os.Getenv)
+	if err != nil {
+		return err
+	}
+	if os.Getenv("RELAY_CPU_ALLOCS") != "" {
+		runtime.MemProfileRate = 64 // every allocation, nearly
+	}
 	rl := relay.NewServer(rcfg)
 	scfg.Protocols = map[string]rendezvous.Protocol{relay.ALPN: rl}
 	rs, err := rendezvous.StartServer(context.Background(), scfg, netip.MustParseAddrPort("127.0.0.1:0"))
@@ -452,7 +474,7 @@ func relayCPUChild(kind string) error {
 	defer rs.Close()
 	var cpus unix.CPUSet
 	unix.SchedGetaffinity(0, &cpus)
-	fmt.Printf("relay ready %s cpus=%d gomaxprocs=%d\n", rs.ConnectString(), cpus.Count(), runtime.GOMAXPROCS(0))
+	fmt.Printf("relay ready %s cpus=%d gomaxprocs=%d gogc=%d\n", rs.ConnectString(), cpus.Count(), runtime.GOMAXPROCS(0), gc.Percent)
 	var prof *os.File
 	var nprof int
 	sc := bufio.NewScanner(os.Stdin)
@@ -463,7 +485,9 @@ func relayCPUChild(kind string) error {
 			unix.Getrusage(unix.RUSAGE_SELF, &ru)
 			us := ru.Utime.Sec*1e6 + ru.Utime.Usec + ru.Stime.Sec*1e6 + ru.Stime.Usec
 			st := rl.Stats()
-			fmt.Printf("ok %d %d %d %d %d %d\n", us, st.Packets, st.Bytes, st.DataIn, st.DataOut, st.Drops)
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			fmt.Printf("ok %d %d %d %d %d %d %d %d\n", us, st.Packets, st.Bytes, st.DataIn, st.DataOut, st.Drops, ms.Mallocs, ms.NumGC)
 		case "drops":
 			fmt.Println("ok", rl.Metrics().Drops)
 		case "gc":
@@ -496,12 +520,28 @@ func relayCPUChild(kind string) error {
 				prof.Close()
 				prof = nil
 			}
+			if p := os.Getenv("RELAY_CPU_ALLOCS"); p != "" {
+				// Where the child allocated, since it started.
+				if err := writeAllocs(p + "-" + kind + ".allocs.pprof"); err != nil {
+					return err
+				}
+			}
 			fmt.Println("ok")
 		default:
 			fmt.Println("unknown command")
 		}
 	}
 	return nil
+}
+
+// writeAllocs writes the process's allocation profile to name.
+func writeAllocs(name string) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return pprof.Lookup("allocs").WriteTo(f, 0)
 }
 
 // cpuPattern is a 1200-byte packet that starts as a QUIC short header.

@@ -10,7 +10,6 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,11 +21,13 @@ import (
 // are neither in the server's process nor in the flood pair's.
 
 // farmPeers is how many simulated peers one farm holds by default
-// (RELAY_SCALE_PER_FARM sets another number): one farm up to 100,000.
-// Split in four farms of 25,000 (two handshakes at a time each), linking
-// was no faster and fell into the same collapse near 80,000 peers
-// (docs/benchmarks.md, "Clients out of the pair's process").
-const farmPeers = 100000
+// (RELAY_SCALE_PER_FARM sets another number): 25,000, so 100,000 peers
+// are four farms linked one after another. One farm of 100,000, or four
+// linking at once (two handshakes at a time each), fell into a collapse
+// near 80,000 peers: each linking farm's collections marked a heap of
+// 100 KB a peer held (docs/benchmarks.md, "Clients out of the pair's
+// process").
+const farmPeers = 25000
 
 // farmGCPercent is the farms' GOGC: once linked their peers allocate
 // little, and a lower target keeps their heap (what bounds how many fit
@@ -47,13 +48,16 @@ type farmStat struct {
 
 // startFarms starts ceil(peers/perFarm) farms, each linking its share of
 // peers to the server at cs (registered over UDP, linked over link: "udp"
-// or "" for none) with workers handshakes at a time between them all,
-// at nice level nice, and waits until each says it is ready. Up to 1% of a farm's peers may
-// fail to link (the caller checks what the server holds).
+// or "" for none) at nice level nice, one after another: a farm starts
+// once the one before says it is ready (its peers linked), so that only
+// one farm at a time links (workers handshakes at a time) and collects
+// its handshakes' garbage over its own heap alone, the farms before it
+// idling meanwhile. Up to 1% of a farm's peers may fail to link (the
+// caller checks what the server holds).
 func startFarms(b *testing.B, cs string, peers, perFarm int, link string, nice int) []*farm {
 	b.Helper()
 	n := (peers + perFarm - 1) / perFarm
-	workers := max(2, 8/n)
+	workers := envInt("RELAY_SCALE_WORKERS", 8)
 	farms := make([]*farm, n)
 	for i := range farms {
 		k := peers / n
@@ -61,30 +65,19 @@ func startFarms(b *testing.B, cs string, peers, perFarm int, link string, nice i
 			k++
 		}
 		env := fmt.Sprintf("RELAY_SCALE_FARM=%s %d %s %d", cs, k, cmpOr(link, "-"), workers)
-		farms[i] = &farm{cpuChild: startChild(b, env, -1, nice), peers: k}
-	}
-	var wg sync.WaitGroup
-	errs := make([]string, n)
-	for i, f := range farms {
-		wg.Go(func() {
-			select {
-			case l, ok := <-f.lines:
-				if !ok {
-					errs[i] = "exited"
-				} else if r, ok := strings.CutPrefix(l, "farm ready "); !ok {
-					errs[i] = l
-				} else {
-					b.Logf("farm %d (%d peers): %s", i, f.peers, r)
-				}
-			case <-time.After(2 * time.Hour):
-				errs[i] = "not ready in 2 h"
+		f := &farm{cpuChild: startChild(b, env, -1, nice), peers: k}
+		farms[i] = f
+		select {
+		case l, ok := <-f.lines:
+			if !ok {
+				b.Fatalf("client farm %d: exited", i)
+			} else if r, ok := strings.CutPrefix(l, "farm ready "); !ok {
+				b.Fatalf("client farm %d: %s", i, l)
+			} else {
+				b.Logf("farm %d (%d peers): %s", i, f.peers, r)
 			}
-		})
-	}
-	wg.Wait()
-	for i, e := range errs {
-		if e != "" {
-			b.Fatalf("client farm %d: %s", i, e)
+		case <-time.After(2 * time.Hour):
+			b.Fatalf("client farm %d: not ready in 2 h", i)
 		}
 	}
 	return farms

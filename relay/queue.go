@@ -96,13 +96,13 @@ func (p *peerLink) writeLoop(ctx context.Context) {
 	}()
 	for {
 		p.qmu.Lock()
+		// The queue and the batch trade places: while the writer runs
+		// neither grows again (no allocation per packet under load).
 		batch, p.queue = p.queue, batch[:0]
-		if len(p.queue) == 0 && cap(p.queue) > 64 {
-			p.queue = nil // let an idle peer's queue shrink
-		}
 		if len(batch) == 0 {
 			if p.closed {
 				p.writing = false
+				p.shrinkQueue()
 				p.qmu.Unlock()
 				return
 			}
@@ -122,6 +122,7 @@ func (p *peerLink) writeLoop(ctx context.Context) {
 			p.qmu.Lock()
 			if len(p.queue) == 0 {
 				p.writing = false // the next enqueue starts a writer
+				p.shrinkQueue()
 				p.qmu.Unlock()
 				return
 			}
@@ -154,9 +155,14 @@ func (p *peerLink) writeLoop(ctx context.Context) {
 			}
 			batch[i] = nil
 		}
-		if cap(batch) > 64 {
-			batch = nil
-		}
+	}
+}
+
+// shrinkQueue lets an idle link's queue go (the writer ends), so that an
+// idle peer keeps no large slice. p.qmu is held.
+func (p *peerLink) shrinkQueue() {
+	if len(p.queue) == 0 && cap(p.queue) > 64 {
+		p.queue = nil
 	}
 }
 

@@ -20,10 +20,11 @@ import (
 //   - the server (rendezvous + relay, rate limits off): a child process
 //     pinned to the last core (as BenchmarkRelayCPU's), alone on it;
 //   - the client farms: child processes holding RELAY_SCALE_PER_FARM
-//     (default farmPeers, 100,000: one farm) idle peers each, 100 to a
-//     UDP socket (peersPerSocket); unpinned while they link (their
-//     handshakes use the spare time of both cores), then pinned to the
-//     other cores;
+//     (default farmPeers, 25,000) idle peers each, 100 to a UDP socket
+//     (peersPerSocket), started one after another (each once the one
+//     before is linked; RELAY_SCALE_WORKERS handshakes at a time, 8);
+//     unpinned while they link (their handshakes use the spare time of
+//     both cores), then pinned to the other cores;
 //   - the flood's pair (udp-udp, data packets, a→b): in the benchmark's
 //     process, pinned to the other cores from the start, so that the
 //     server's core is the server's alone in every flood.
@@ -165,8 +166,8 @@ func floodMedian(b *testing.B, rc *cpuChild, f *cpuFlood, n int) cpuResult {
 		c0 := selfCPU()
 		rs[i] = f.run(b)
 		pair := 100 * (selfCPU() - c0).Seconds() / rs[i].wall.Seconds()
-		each = append(each, fmt.Sprintf("%.1f MB/s (relay %.2f µs/pkt, %.0f%% of its core; pair %.0f%% of a core)",
-			rs[i].mbs(), rs[i].us(), 100*rs[i].cpu.Seconds()/rs[i].wall.Seconds(), pair))
+		each = append(each, fmt.Sprintf("%.1f MB/s (relay %.2f µs/pkt, %.0f%% of its core, %d GCs, %.3f allocs/pkt; pair %.0f%% of a core)",
+			rs[i].mbs(), rs[i].us(), 100*rs[i].cpu.Seconds()/rs[i].wall.Seconds(), rs[i].gcs, rs[i].allocs(), pair))
 	}
 	b.Logf("floods: %s", strings.Join(each, ", "))
 	slices.SortFunc(rs, func(x, y cpuResult) int {

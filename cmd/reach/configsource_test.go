@@ -196,3 +196,39 @@ func TestServerConfigFileAndEnv(t *testing.T) {
 		t.Errorf("unknown key: %v\n%s", err, out)
 	}
 }
+
+// TestServerGCTarget runs the binary: its GC target comes from the config
+// file (gc-percent, memory-limit), is GOGC 100 and no limit by default,
+// and a user's GOGC and GOMEMLIMIT win over both; GC off without a limit
+// is refused with exit 2.
+func TestServerGCTarget(t *testing.T) {
+	bin := reachBinary(t)
+	conf := writeConfig(t, "listen = 127.0.0.1:0\ntls-port = 0\ngc-percent = 300\nmemory-limit = 1GiB\n")
+	plain := writeConfig(t, "listen = 127.0.0.1:0\ntls-port = 0\n")
+	state := "STATE_DIRECTORY=" + t.TempDir()
+	for _, c := range []struct {
+		name string
+		env  []string
+		conf string
+		want string
+	}{
+		{"default", nil, plain, `gogc=100 gogc_from=config memory_limit=none memory_limit_from=none`},
+		{"file", nil, conf, `gogc=300 gogc_from=config memory_limit="1.0 GiB" memory_limit_from=config`},
+		{"env", []string{"REACH_SERVER_GC_PERCENT=150"}, conf, `gogc=150 gogc_from=config`},
+		{"GOGC and GOMEMLIMIT win", []string{"GOGC=50", "GOMEMLIMIT=512MiB"}, conf, `gogc=50 gogc_from=GOGC memory_limit="512.0 MiB" memory_limit_from=GOMEMLIMIT`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var stderr lockedBuffer
+			_, cmd := runServerEnv(t, bin, append([]string{state}, c.env...), &stderr, "--config", c.conf)
+			stopServer(t, cmd)
+			if !strings.Contains(stderr.String(), c.want) {
+				t.Errorf("log lacks %q:\n%s", c.want, stderr.String())
+			}
+		})
+	}
+	out, err := exec.Command(bin, "server", "--config", plain, "--gc-percent", "-1").CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitUsage || !strings.Contains(string(out), "needs a memory limit") {
+		t.Errorf("GC off without a limit: %v\n%s", err, out)
+	}
+}

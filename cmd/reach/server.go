@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/acme"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/gctarget"
 	"github.com/reachp2p/reach/relay"
 	"github.com/reachp2p/reach/rendezvous"
 	"github.com/reachp2p/reach/rendezvous/fleet"
@@ -128,6 +129,8 @@ func runServer(args []string) error {
 	registryURL := fs.String("registry", "", "Redis `URL` shared by a fleet of servers: redis://HOST:PORT[/DB], rediss://HOST:PORT[/DB] (TLS), or HOST:PORT,HOST:PORT,... (Redis Cluster seeds); empty: in memory, this server's peers only")
 	registryTTL := fs.Duration("registry-ttl", 0, "how long a registration lives in the fleet's Redis unless its server refreshes it (every third of it) (0: 15s)")
 	parkAfter := fs.Duration("park-after", rendezvous.DefaultParkAfter, "let registrations over QUIC idle this long park: their connection closes and a keepalive datagram every 25 s keeps them; the server wakes the node for an introduction (docs/protocol.md, \"Parked registrations\") (0 or negative: off)")
+	gcPercent := fs.Int("gc-percent", 0, "the Go runtime's GOGC for the server: how far its heap grows past what is live, in percent, before a collection; higher: fewer collections of the peers' long-lived state, more memory (0: "+strconv.Itoa(gctarget.DefaultPercent)+"; negative: off, only with --memory-limit). $GOGC, when set, wins")
+	memLimit := fs.String("memory-limit", "", "soft memory `SIZE` limit for the Go runtime (e.g. 2GiB, 1500MB): it collects more often as the server nears it, whatever --gc-percent says (0 or empty: none). $GOMEMLIMIT, when set, wins")
 	metricsAddr := fs.String("metrics", "", "`ADDR` (host:port) serving Prometheus /metrics and /healthz over HTTP; empty: off")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), serverHelp, rendezvous.DefaultPort)
@@ -178,6 +181,15 @@ func runServer(args []string) error {
 		logger.Info("configuration", "file", cfgPath, "from_file", fromFile, "from_env", fromEnv)
 	}
 	logger.Info("state", "dir", stateDir, "new_key", created)
+	limit, err := parseSize(*memLimit)
+	if err != nil {
+		return usagef("server", "--memory-limit: %v", err)
+	}
+	gc, err := gctarget.Apply(gctarget.Config{Percent: *gcPercent, Limit: limit}, os.Getenv)
+	if err != nil {
+		return usagef("server", "--gc-percent, --memory-limit: %v", err)
+	}
+	logger.Info("garbage collection", "gogc", gc.Percent, "gogc_from", gc.PercentFrom, "memory_limit", limitString(gc), "memory_limit_from", gc.LimitFrom)
 
 	if *tlsPort > 65535 {
 		return fmt.Errorf("--tls-port %d: not a port", *tlsPort)
@@ -357,4 +369,12 @@ func parkConfig(after time.Duration) rendezvous.ParkConfig {
 		return rendezvous.ParkConfig{After: -1}
 	}
 	return rendezvous.ParkConfig{After: after}
+}
+
+// limitString says a memory limit for the log.
+func limitString(a gctarget.Applied) string {
+	if a.LimitFrom == "none" {
+		return "none"
+	}
+	return humanBytes(a.Limit)
 }

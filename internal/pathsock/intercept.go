@@ -82,17 +82,18 @@ func (ic *intercepts) lookup(first byte, from netip.AddrPort) InterceptFunc {
 	return ic.byKey[interceptKey{first: first}]
 }
 
-// intercept runs the InterceptFuncs over the n messages just read and
-// drops the ones they consumed, moving the others down (their bytes: the
-// buffers stay where quic-go put them). It returns how many are left.
-func (c *Conn) intercept(ms []ipv4.Message, n int) int {
+// intercept runs the InterceptFuncs over the n messages just read (their
+// sources in froms) and drops the ones they consumed, moving the others
+// down (their bytes: the buffers stay where quic-go put them; and their
+// sources). It returns how many are left.
+func (c *Conn) intercept(ms []ipv4.Message, froms []netip.AddrPort, n int) int {
 	kept := 0
 	var now int64
 	for i := range ms[:n] {
 		m := &ms[i]
-		if m.N > 0 && m.Buffers[0][0] < 0x40 {
-			if h := c.lookupMsg(m); h != nil {
-				from := addrPortOf(m.Addr)
+		if m.N > 0 && m.Buffers[0][0] < 0x40 && c.icpt.anyFor(m.Buffers[0][0]) {
+			from := unmapped(froms[i])
+			if h := c.icpt.lookup(m.Buffers[0][0], from); h != nil {
 				k, virt := h(m.Buffers[0][:m.N], from)
 				if k <= 0 {
 					continue
@@ -113,17 +114,11 @@ func (c *Conn) intercept(ms []ipv4.Message, n int) int {
 			d.N = copy(d.Buffers[0], m.Buffers[0][:m.N])
 			d.NN = copy(d.OOB, m.OOB[:m.NN])
 			d.Flags, d.Addr = m.Flags, m.Addr
+			froms[kept] = froms[i]
 		}
 		kept++
 	}
 	return kept
-}
-
-func (c *Conn) lookupMsg(m *ipv4.Message) InterceptFunc {
-	if !c.icpt.anyFor(m.Buffers[0][0]) {
-		return nil
-	}
-	return c.icpt.lookup(m.Buffers[0][0], addrPortOf(m.Addr))
 }
 
 // anyFor reports, without the lock, whether first (below 0x40) may have
@@ -138,7 +133,7 @@ func (c *Conn) virtual(virt netip.AddrPort, now *int64) net.Addr {
 	p := c.byVirt[virt]
 	c.mu.RUnlock()
 	if p == nil {
-		return net.UDPAddrFromAddrPort(virt)
+		return net.UDPAddrFromAddrPort(virt) // rare: a peer just removed
 	}
 	if *now == 0 {
 		*now = time.Now().UnixNano()

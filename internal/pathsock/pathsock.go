@@ -23,6 +23,10 @@
 // address of each message (a map lookup under a read lock) and, when a peer's path
 // is of another address family than the packet's control messages, those
 // messages. docs/architecture.md has the measurement that chose this design.
+// On Linux it reads with its own recvmmsg into storage it reuses (read.go):
+// a datagram an InterceptFunc takes (a relay's data packets) costs no
+// allocation, and one for quic-go gets its peer's virtual address or an
+// address made once for its source.
 package pathsock
 
 import (
@@ -71,7 +75,9 @@ type injected struct {
 type Conn struct {
 	udp   *net.UDPConn
 	batch *ipv4.PacketConn
-	v6    bool // the socket is IPv6 (dual-stack): IPv4 peers need mapping
+	raw   syscall.RawConn        // the socket, for reads without x/net (read_linux.go)
+	rd    atomic.Pointer[reader] // the read loop's reader (read.go)
+	v6    bool                   // the socket is IPv6 (dual-stack): IPv4 peers need mapping
 
 	mu     sync.RWMutex // guards the tables and the address counter
 	byVirt map[netip.AddrPort]*peer
@@ -109,6 +115,9 @@ type Conn struct {
 func New(udp *net.UDPConn) *Conn {
 	c := &Conn{udp: udp, batch: ipv4.NewPacketConn(udp), inj: make(chan injected, injectQueue)}
 	c.unproved.max = maxUnproved
+	if rc, err := udp.SyscallConn(); err == nil {
+		c.raw = rc
+	}
 	if la, ok := udp.LocalAddr().(*net.UDPAddr); ok {
 		c.v6 = la.IP.To4() == nil
 	}
@@ -152,8 +161,13 @@ func (c *Conn) Inject(virt netip.AddrPort, b []byte) error {
 }
 
 // ReadBatch implements quic-go's batch reading: injected packets first,
-// then one recvmmsg on the socket, every source address translated.
+// then one recvmmsg on the socket, every source address translated. A
+// datagram an InterceptFunc takes costs no allocation; one handed to
+// quic-go gets its peer's virtual address or an address made once for
+// its source (read.go).
 func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
+	r := c.takeReader()
+	defer c.putReader(r)
 	for {
 		if c.closed.Load() {
 			return 0, ErrClosed
@@ -166,7 +180,7 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			c.reading.Store(false)
 			continue
 		}
-		n, err := c.batch.ReadBatch(ms, flags)
+		n, err := c.read(r, ms, flags)
 		c.reading.Store(false)
 		if err != nil {
 			if isTimeout(err) && c.woken.Load() {
@@ -183,24 +197,11 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			return n, err
 		}
 		if c.icpt.firsts.Load() != 0 {
-			if n = c.intercept(ms, n); n == 0 {
+			if n = c.intercept(ms, r.froms, n); n == 0 {
 				continue // all taken: read again
 			}
 		}
-		c.mu.RLock()
-		if len(c.byReal) > 0 {
-			now := time.Now().UnixNano()
-			for i := range ms[:n] {
-				// Only QUIC packets belong to a session; others (STUN,
-				// punch checks: first byte below 0x40, which quic-go
-				// hands to ReadNonQUICPacket) keep the real source their
-				// readers need.
-				if m := &ms[i]; m.N > 0 && m.Buffers[0][0] >= 0x40 {
-					m.Addr = c.translate(m.Addr, now)
-				}
-			}
-		}
-		c.mu.RUnlock()
+		c.address(r, ms, n)
 		return n, nil
 	}
 }
@@ -242,27 +243,22 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// translate returns the virtual address of a packet's source, or the
-// source itself when it is no peer's source, and stamps the peer as
-// heard. c.mu is held for reading.
-func (c *Conn) translate(a net.Addr, now int64) net.Addr {
-	ua, ok := a.(*net.UDPAddr)
-	if !ok {
-		return a
+// translate returns the virtual address of the peer whose real address
+// (unmapped) ap is, and stamps the peer as heard; nil if ap is no peer's.
+// c.mu is held for reading.
+func (c *Conn) translate(ap netip.AddrPort, now int64) net.Addr {
+	p := c.byReal[ap]
+	if p == nil {
+		return nil
 	}
-	ap := ua.AddrPort()
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	if p := c.byReal[ap]; p != nil {
-		if p.heard.Load() != now {
-			p.heard.Store(now)
-			p.seen.Store(now)
-		}
-		if ap == p.direct && p.proved.Load() != now {
-			p.proved.Store(now)
-		}
-		return p.virtUDP
+	if p.heard.Load() != now {
+		p.heard.Store(now)
+		p.seen.Store(now)
 	}
-	return a
+	if ap == p.direct && p.proved.Load() != now {
+		p.proved.Store(now)
+	}
+	return p.virtUDP
 }
 
 // WriteMsgUDP implements quic.OOBCapablePacketConn: a QUIC packet to a

@@ -285,6 +285,16 @@ func TestRelayLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	// A round trip on another stream: both directions have relayed
+	// packets then (the handshake's first packets may have flown through
+	// the server, not the relay: first flights).
+	c0, err := sess.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(c0, 1024); err != nil {
+		t.Fatal(err)
+	}
 	if st := rl.Stats(); st.Sessions != 2 {
 		t.Fatalf("sessions %d, want 2 (a->b, b->a)", st.Sessions)
 	}

@@ -43,7 +43,7 @@ func (n *Node) DialSession(ctx context.Context, peer PeerID) (*Session, error) {
 	if n.client == nil {
 		sess, err = n.dialLAN(ctx, peer)
 	} else {
-		sess, err = n.introduceAndRace(ctx, peer, n.ladder.Dial)
+		sess, err = n.introduceAndRace(ctx, peer, n.ladder.Dial, introDial)
 	}
 	if err != nil {
 		return nil, err
@@ -62,8 +62,8 @@ func (n *Node) DialSession(ctx context.Context, peer PeerID) (*Session, error) {
 // introduceAndRace asks the server to introduce the node to peer and races
 // entries on the answer: each rung of entries prepares the offer, then
 // the per-dial policy (rung.Plan) adapts the ladder to the answer.
-func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entries []rung.Entry) (*stream.Session, error) {
-	a, intro, release, err := n.introduce(ctx, peer, entries, introDial)
+func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entries []rung.Entry, kind introKind) (*stream.Session, error) {
+	a, intro, release, err := n.introduce(ctx, peer, entries, kind)
 	if err != nil {
 		return nil, err
 	}
@@ -89,7 +89,7 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []rung.Entry, kind introKind) (*rung.Attempt, time.Duration, func(), error) {
 	var b [8]byte
 	rand.Read(b[:])
-	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1, Move: kind == introMove}
+	offer := candidate.PeerInfo{Attempt: binary.BigEndian.Uint64(b[:]) | 1, Move: kind == introMove, Upgrade: kind == introUpgrade}
 	var releases []func()
 	release := func() {
 		for _, r := range releases {
@@ -100,7 +100,7 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 		if r := e.Rung.Offer(ctx, &offer); r != nil {
 			releases = append(releases, r)
 		}
-		if x, ok := e.Rung.(rung.Expecter); ok && kind == introDial {
+		if x, ok := e.Rung.(rung.Expecter); ok && kind != introMove {
 			releases = append(releases, x.Expect(peer))
 		}
 	}
@@ -167,8 +167,9 @@ func (n *Node) introduce(ctx context.Context, peer identity.PeerID, entries []ru
 type introKind int
 
 const (
-	introDial introKind = iota // a new session
-	introMove                  // a new path for the sessions the node has with the peer
+	introDial    introKind = iota // a new session
+	introMove                     // a new path for the sessions the node has with the peer
+	introUpgrade                  // a better session beside a forwarded one that stays (upgradeLoop)
 )
 
 // mayFlyFirst reports whether a dial with offer may start its handshake
@@ -370,7 +371,7 @@ func (n *Node) serveIntroductions() {
 			// as soon as it has the answer, and holepunch's primers must
 			// have opened our NAT by then (see holepunch.Params.Hold).
 			n.log.Debug("introduced", "peer", offer.Peer.Short(), "candidates", offer.Candidates)
-			if !offer.Move {
+			if !offer.Move && !offer.Upgrade {
 				n.freshPeer(offer.Peer)
 			}
 			// A sequential NAT: its newest port, measured before the

@@ -85,6 +85,13 @@ func (n *Node) forwarded(sess *stream.Session) {
 	if n.movable(sess) {
 		// The session itself moves when a direct path is found.
 		n.startMoving(peer)
+		// The move loop validates paths of the node's socket (UDP) only.
+		// A node whose UDP looks blocked (it registered over TCP) can do
+		// better only over TCP: it keeps trying the TCP rungs too, and a
+		// session they make takes the new streams (PathUpgraded).
+		if tcp := n.ladder.BetterTCP(); len(tcp) > 0 && n.client != nil && !n.Observed().IsValid() {
+			n.goRun(func() { n.upgradeLoop(sess, tcp) })
+		}
 		return
 	}
 	better := n.ladder.Better()
@@ -108,7 +115,7 @@ func (n *Node) upgradeLoop(sess *stream.Session, better []rung.Entry) {
 		}
 		n.event(PathEvent{Peer: peer, Kind: PathUpgradeAttempt})
 		ctx, cancel := context.WithTimeout(n.ctx, upgradeTimeout)
-		s, err := n.introduceAndRace(ctx, peer, better)
+		s, err := n.introduceAndRace(ctx, peer, better, introUpgrade)
 		cancel()
 		if err == nil {
 			if !n.accepted(s) {

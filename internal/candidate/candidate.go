@@ -113,6 +113,13 @@ type PeerInfo struct {
 	// came back as a new process with the same key must not inherit
 	// them).
 	Move bool `json:"move,omitempty"`
+	// Upgrade, in an offer, says the dialler looks for a better session
+	// beside a forwarded one it keeps (its background upgrade): a new
+	// session follows, but the target's sessions with the dialler are not
+	// from an earlier process of it, and keep their paths as they are
+	// (no fresh start for the peer's address, which would cut the
+	// forwarded session's delivery).
+	Upgrade bool `json:"upgrade,omitempty"`
 	// Observed is set by the server: the sender's UDP source address as
 	// the server saw it (invalid when it registered over TCP). Unlike the
 	// candidates, which the sender writes, it is the server's word: a

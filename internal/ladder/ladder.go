@@ -188,3 +188,16 @@ func (l *Ladder) Better() []rung.Entry {
 	}
 	return out
 }
+
+// BetterTCP is Better's TCP rungs (direct-tcp, holepunch-tcp): what can
+// still do better than a forwarded session when the node's move loop,
+// which validates paths of its UDP socket, cannot.
+func (l *Ladder) BetterTCP() []rung.Entry {
+	var out []rung.Entry
+	for _, e := range l.Better() {
+		if n := e.Rung.Name(); n == directtcp.Name || n == holepunchtcp.Name {
+			out = append(out, e)
+		}
+	}
+	return out
+}

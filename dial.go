@@ -39,11 +39,12 @@ func (n *Node) DialSession(ctx context.Context, peer PeerID) (*Session, error) {
 	}
 	start := time.Now()
 	var sess *stream.Session
+	var answer candidate.PeerInfo
 	var err error
 	if n.client == nil {
 		sess, err = n.dialLAN(ctx, peer)
 	} else {
-		sess, err = n.introduceAndRace(ctx, peer, n.ladder.Dial, introDial)
+		sess, answer, err = n.introduceAndRace(ctx, peer, n.ladder.Dial, introDial)
 	}
 	if err != nil {
 		return nil, err
@@ -54,7 +55,7 @@ func (n *Node) DialSession(ctx context.Context, peer PeerID) (*Session, error) {
 		return nil, ErrClosed
 	}
 	if ladder.Forwards(sess.Strategy()) {
-		n.forwarded(sess)
+		n.forwarded(sess, answer.Upgrades)
 	}
 	return sess, nil
 }
@@ -62,10 +63,11 @@ func (n *Node) DialSession(ctx context.Context, peer PeerID) (*Session, error) {
 // introduceAndRace asks the server to introduce the node to peer and races
 // entries on the answer: each rung of entries prepares the offer, then
 // the per-dial policy (rung.Plan) adapts the ladder to the answer.
-func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entries []rung.Entry, kind introKind) (*stream.Session, error) {
+// It also returns the peer's answer.
+func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entries []rung.Entry, kind introKind) (*stream.Session, candidate.PeerInfo, error) {
 	a, intro, release, err := n.introduce(ctx, peer, entries, kind)
 	if err != nil {
-		return nil, err
+		return nil, candidate.PeerInfo{}, err
 	}
 	defer release()
 	delay := rung.ForwardDelay(n.cfg.RelayDelay, intro, a.Remote.HasUDP() && n.Observed().IsValid())
@@ -75,9 +77,9 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 	}
 	sess, _, err := rung.Race(ctx, a, rung.Plan(a, entries, delay))
 	if err != nil {
-		return nil, fmt.Errorf("reach: dial %s: %w", peer.Short(), err)
+		return nil, a.Remote, fmt.Errorf("reach: dial %s: %w", peer.Short(), err)
 	}
-	return sess, nil
+	return sess, a.Remote, nil
 }
 
 // introduce asks the server to introduce the node to peer, each rung of
@@ -380,7 +382,7 @@ func (n *Node) serveIntroductions() {
 			for _, r := range n.ladder.All {
 				r.Introduced(offer)
 			}
-			answer := candidate.PeerInfo{Mapping: n.Mapping(), Ports: n.ports(), RelayLink: n.relayLinkCarries(offer)}
+			answer := candidate.PeerInfo{Mapping: n.Mapping(), Ports: n.ports(), RelayLink: n.relayLinkCarries(offer), Upgrades: true}
 			hp := holepunchOf(n.ladder.Dial)
 			if hp != nil {
 				own := candidate.PeerInfo{Candidates: n.candidates(), Observed: n.Observed(), Mapping: n.Mapping()}

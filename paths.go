@@ -76,7 +76,12 @@ func (n *Node) event(e PathEvent) {
 
 // forwarded is called when a dial ends on a forwarding rung: it reports it
 // and keeps trying the better rungs in the background.
-func (n *Node) forwarded(sess *stream.Session) {
+//
+// upgrades says the peer's answer said it takes upgrade introductions
+// (candidate.PeerInfo.Upgrades): only then does a node whose session
+// moves also race the TCP rungs beside it (an older peer would start
+// its address afresh on such an introduction and cut the session).
+func (n *Node) forwarded(sess *stream.Session, upgrades bool) {
 	peer := sess.RemotePeer()
 	n.event(PathEvent{Peer: peer, Kind: PathRelayed, Strategy: sess.Strategy(), Session: sess})
 	if n.cfg.UpgradeInterval < 0 {
@@ -89,7 +94,7 @@ func (n *Node) forwarded(sess *stream.Session) {
 		// A node whose UDP looks blocked (it registered over TCP) can do
 		// better only over TCP: it keeps trying the TCP rungs too, and a
 		// session they make takes the new streams (PathUpgraded).
-		if tcp := n.ladder.BetterTCP(); len(tcp) > 0 && n.client != nil && !n.Observed().IsValid() {
+		if tcp := n.ladder.BetterTCP(); len(tcp) > 0 && upgrades && n.client != nil && !n.Observed().IsValid() {
 			n.goRun(func() { n.upgradeLoop(sess, tcp) })
 		}
 		return
@@ -115,7 +120,7 @@ func (n *Node) upgradeLoop(sess *stream.Session, better []rung.Entry) {
 		}
 		n.event(PathEvent{Peer: peer, Kind: PathUpgradeAttempt})
 		ctx, cancel := context.WithTimeout(n.ctx, upgradeTimeout)
-		s, err := n.introduceAndRace(ctx, peer, better, introUpgrade)
+		s, _, err := n.introduceAndRace(ctx, peer, better, introUpgrade)
 		cancel()
 		if err == nil {
 			if !n.accepted(s) {

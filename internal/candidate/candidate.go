@@ -120,6 +120,12 @@ type PeerInfo struct {
 	// (no fresh start for the peer's address, which would cut the
 	// forwarded session's delivery).
 	Upgrade bool `json:"upgrade,omitempty"`
+	// Upgrades, in an answer, says the sender takes Upgrade offers as
+	// such (it leaves the dialler's address as it is). A dialler runs a
+	// background upgrade beside a session that moves only to a peer that
+	// says so: an older one would start the address afresh and cut the
+	// forwarded session.
+	Upgrades bool `json:"upgrades,omitempty"`
 	// Observed is set by the server: the sender's UDP source address as
 	// the server saw it (invalid when it registered over TCP). Unlike the
 	// candidates, which the sender writes, it is the server's word: a

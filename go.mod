@@ -3,6 +3,7 @@ module github.com/reachp2p/reach
 go 1.26.8
 
 require (
+	filippo.io/edwards25519 v1.2.0
 	github.com/coder/websocket v1.8.15
 	github.com/hashicorp/yamux v0.1.2
 	github.com/huin/goupnp v1.3.1

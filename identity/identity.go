@@ -51,6 +51,9 @@ func PeerIDFromPublicKey(pub ed25519.PublicKey) (PeerID, error) {
 	if len(pub) != ed25519.PublicKeySize {
 		return id, fmt.Errorf("%w: public key is %d bytes, want %d", ErrBadPeerID, len(pub), ed25519.PublicKeySize)
 	}
+	if smallOrder(pub) {
+		return id, fmt.Errorf("%w: public key is a point of small order (no node's key)", ErrBadPeerID)
+	}
 	copy(id[:], pub)
 	return id, nil
 }
@@ -147,8 +150,12 @@ func (k *Key) Private() ed25519.PrivateKey { return k.priv }
 // Sign signs msg with the key.
 func (k *Key) Sign(msg []byte) []byte { return ed25519.Sign(k.priv, msg) }
 
-// Verify checks a signature made by id's key.
-func Verify(id PeerID, msg, sig []byte) bool { return ed25519.Verify(id[:], msg, sig) }
+// Verify checks a signature made by id's key. It is false for an id that
+// is no node's key (a small-order point, for which some signature
+// verifies for every message).
+func Verify(id PeerID, msg, sig []byte) bool {
+	return !smallOrder(id[:]) && ed25519.Verify(id[:], msg, sig)
+}
 
 const pemType = "REACH ED25519 PRIVATE KEY"
 

@@ -39,8 +39,13 @@ func FuzzParsePeerID(f *testing.F) {
 		if uerr := u.UnmarshalText([]byte(s)); (uerr == nil) != (err == nil) || u != id {
 			t.Fatalf("UnmarshalText(%q) = %v, %v; ParsePeerID: %v, %v", s, u, uerr, id, err)
 		}
-		// Any 32 bytes are an ID whose text form parses back.
-		if len(raw) == 32 {
+		// Any 32 bytes but a small-order point are an ID whose text form
+		// parses back.
+		if len(raw) == 32 && smallOrder(raw) {
+			if _, err := PeerIDFromPublicKey(raw); !errors.Is(err, ErrBadPeerID) {
+				t.Fatalf("small-order key %x accepted: %v", raw, err)
+			}
+		} else if len(raw) == 32 {
 			id, err := PeerIDFromPublicKey(raw)
 			if err != nil {
 				t.Fatal(err)

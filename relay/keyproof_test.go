@@ -168,6 +168,22 @@ func TestKeyProofRefused(t *testing.T) {
 	forged := append(idBytes(k), other.Sign(msg)...)
 	check("wrong signature", helloAnswer(t, tc, forged), k)
 
+	// A small-order ID (the identity point, 01 00…00) with the signature
+	// that Go's ed25519.Verify accepts for it over any message: no node
+	// holds such a key, and it links nobody.
+	weakID := make([]byte, identityLen)
+	weakID[0] = 1
+	weakSig := make([]byte, 64)
+	weakSig[0] = 1
+	tc = proofConn(t, sa, k)
+	if err := helloAnswer(t, tc, append(append([]byte(nil), weakID...), weakSig...)); !errors.Is(err, ErrKeyProof) {
+		t.Fatalf("a small-order ID's forged proof: %v, want ErrKeyProof", err)
+	}
+	refused++
+	if srv.link(identity.PeerID(weakID)) != nil {
+		t.Fatal("the small-order ID linked")
+	}
+
 	// A proof made on one connection, replayed on another.
 	first := proofConn(t, sa, k)
 	proof, err := appendKeyProof(nil, k, first.ConnectionState())

@@ -13,9 +13,12 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/gobwas/ws"
 
 	"github.com/reachp2p/reach/identity"
 )
@@ -171,29 +174,37 @@ func (s *Server) serveHTTP(ctx context.Context, tc *tls.Conn, src netip.Prefix) 
 		io.WriteString(tc, "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 		return
 	}
+	if o := req.Header.Get("Origin"); o != "" {
+		// A browser's page from elsewhere (coder/websocket refused those
+		// too): reach's clients send no Origin.
+		if u, err := url.Parse(o); err != nil || !strings.EqualFold(u.Host, req.Host) {
+			io.WriteString(tc, "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+			return
+		}
+	}
 	lr.N = math.MaxInt64 // the WebSocket's bytes are the tunnel's, not the request's
-	wc, err := websocket.Accept(&upgradeWriter{c: tc, br: br}, req, nil)
-	if err != nil {
+	if _, _, _, err := (ws.HTTPUpgrader{}).Upgrade(req, &upgradeWriter{c: tc, br: br}); err != nil {
 		s.log.Debug("websocket upgrade", "remote", tc.RemoteAddr().String(), "err", err)
-		return // Accept answered
+		return // Upgrade answered
 	}
 	s.log.Debug("websocket", "remote", tc.RemoteAddr().String(), "path", req.URL.Path)
+	// The tunnel's first bytes may have come with the request.
+	pre, _ := br.Peek(br.Buffered())
 	// The tunnelled connection's handshake and idle timeouts apply from
 	// here.
 	tc.SetDeadline(time.Time{})
-	s.handleConn(ctx, websocket.NetConn(ctx, wc, websocket.MessageBinary), src, nil)
+	s.handleConn(ctx, newWSConn(tc, bytes.Clone(pre)), src, nil)
 }
 
-// upgradeWriter is the http.ResponseWriter websocket.Accept answers a
-// request through: the status line and headers go straight to the
-// connection (a 101 must before the hijack), and Hijack hands over the
-// connection with the reader the request was parsed from, which may hold
-// the tunnel's first bytes.
+// upgradeWriter is the http.ResponseWriter ws.HTTPUpgrader answers a
+// request through: it hijacks the connection at once (and writes its
+// answer, the 101 or an error, to the connection itself), with the
+// reader the request was parsed from, which may hold the tunnel's first
+// bytes.
 type upgradeWriter struct {
-	c      net.Conn
-	br     *bufio.Reader
-	h      http.Header
-	status int // 0: no answer yet
+	c  net.Conn
+	br *bufio.Reader
+	h  http.Header
 }
 
 func (w *upgradeWriter) Header() http.Header {
@@ -203,28 +214,9 @@ func (w *upgradeWriter) Header() http.Header {
 	return w.h
 }
 
-func (w *upgradeWriter) WriteHeader(code int) {
-	if w.status != 0 {
-		return
-	}
-	w.status = code
-	h := w.Header()
-	if code != http.StatusSwitchingProtocols {
-		h.Set("Connection", "close") // one request a connection
-	}
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "HTTP/1.1 %03d %s\r\n", code, http.StatusText(code))
-	h.Write(&b)
-	b.WriteString("\r\n")
-	w.c.Write(b.Bytes())
-}
-
-func (w *upgradeWriter) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
-	}
-	return w.c.Write(p)
-}
+// WriteHeader and Write are not used after the hijack, which comes first.
+func (w *upgradeWriter) WriteHeader(int)             {}
+func (w *upgradeWriter) Write(p []byte) (int, error) { return 0, http.ErrHijacked }
 
 func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return w.c, bufio.NewReadWriter(w.br, bufio.NewWriterSize(w.c, wsBufSize)), nil

@@ -13,7 +13,8 @@ import (
 
 // TestHTTPAnswers: a TCP port's HTTPS side answers what is not a
 // WebSocket upgrade once and closes the connection: 404 for another path,
-// 405 for another method on a WebSocket path, 431 for a request whose
+// 405 for another method on a WebSocket path, 400 for a request that is
+// no upgrade, 403 for a browser page from elsewhere, 431 for a request whose
 // headers exceed maxRequestBytes; and it asks a WebSocket client for no
 // certificate.
 func TestHTTPAnswers(t *testing.T) {
@@ -38,7 +39,8 @@ func TestHTTPAnswers(t *testing.T) {
 	}{
 		{"other path", "GET /x HTTP/1.1\r\nHost: x\r\n\r\n", 404},
 		{"other method", "POST " + PathRelay + " HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", 405},
-		{"not an upgrade", "GET " + PathSignal + " HTTP/1.1\r\nHost: x\r\n\r\n", 426},
+		{"not an upgrade", "GET " + PathSignal + " HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+		{"other origin", "GET " + PathSignal + " HTTP/1.1\r\nHost: x\r\nOrigin: https://elsewhere.example\r\n\r\n", 403},
 		{"huge headers", "GET " + PathRelay + " HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", maxRequestBytes) + "\r\n\r\n", 431},
 	} {
 		t.Run(c.name, func(t *testing.T) {

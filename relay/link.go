@@ -412,7 +412,7 @@ type link struct {
 	helloProof []byte
 	// welcomed, if set, runs once WELCOME was read (ALPNRecord: the link
 	// moves to records).
-	welcomed func() error
+	welcomed   func() error
 	keepalive  time.Duration
 	consent    bool                      // the relay understands ALLOW frames (WELCOME)
 	dataToken  uint64                    // the relay takes data packets with this token (WELCOME); 0: not

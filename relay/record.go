@@ -181,7 +181,10 @@ func (d *recordDir) open(rec []byte) ([]byte, error) {
 }
 
 // sealBufs recycles the buffers the server seals a write's records in.
-var sealBufs = sync.Pool{New: func() any { b := make([]byte, 0, maxCoalesce+maxCoalesce/maxRecordPlain*recordOverhead+maxRecord); return &b }}
+var sealBufs = sync.Pool{New: func() any {
+	b := make([]byte, 0, maxCoalesce+maxCoalesce/maxRecordPlain*recordOverhead+maxRecord)
+	return &b
+}}
 
 // recordOverhead is what a record adds to its plaintext.
 const recordOverhead = recordHeader + recordTag

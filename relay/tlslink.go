@@ -35,7 +35,7 @@ type tlsConn struct {
 	// in and out are the link's records under ALPNRecord (nil: TLS
 	// records); sealing: WELCOME was sent, the link's writes are records.
 	in, out *recordDir
-	sealing bool // guarded by wmu
+	sealing bool            // guarded by wmu
 	ctx     context.Context // the server's (ServeTLS's)
 	// raw is the TCP connection's descriptor for the watcher; nil: the
 	// link cannot park (not a TCP connection, or not Linux).

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
@@ -190,19 +191,20 @@ var sealBufs = sync.Pool{New: func() any {
 const recordOverhead = recordHeader + recordTag
 
 // recordConn is a byte stream over records on a raw connection (a node's
-// end of an ALPNRecord link after WELCOME; also what tests use). Reads
-// and writes may run at once, one of each at a time.
+// end of an ALPNRecord link after WELCOME): a net.Conn.
 type recordConn struct {
 	net.Conn // the raw connection
 	in, out  *recordDir
 
+	rmu     sync.Mutex
 	rbuf    []byte // records read: rbuf[rr:rw]
 	rr, rw  int
 	plain   []byte // opened and not yet read
 	readErr error  // sticky
 
-	wmu  sync.Mutex
-	wbuf []byte
+	wmu     sync.Mutex
+	wbuf    []byte
+	pending []byte // records a write sent in part: their rest
 }
 
 func newRecordConn(raw net.Conn, in, out *recordDir) *recordConn {
@@ -214,6 +216,8 @@ func (c *recordConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	for len(c.plain) == 0 {
 		if c.readErr != nil {
 			return 0, c.readErr
@@ -268,17 +272,34 @@ func (c *recordConn) fill() error {
 	}
 }
 
-// Write implements net.Conn: b in records, in one write.
+// Write implements net.Conn: b in records, in one write. A write that
+// failed having written nothing (a deadline) took no record counter and
+// wrote none of b; one that wrote part of its records keeps the rest,
+// which the next write sends first: b is written (n is len(b)), its
+// error says when.
 func (c *recordConn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if len(c.pending) > 0 {
+		n, err := c.Conn.Write(c.pending)
+		c.pending = c.pending[n:]
+		if err != nil {
+			return 0, err
+		}
+	}
+	saved := *c.out
 	var err error
 	c.wbuf, err = c.out.seal(c.wbuf[:0], b)
 	if err != nil {
 		return 0, err
 	}
-	if _, err := c.Conn.Write(c.wbuf); err != nil {
-		return 0, err
+	if n, err := c.Conn.Write(c.wbuf); err != nil {
+		if n == 0 {
+			*c.out = saved
+			return 0, err
+		}
+		c.pending = bytes.Clone(c.wbuf[n:])
+		return len(b), err
 	}
 	if cap(c.wbuf) > 2*maxCoalesce {
 		c.wbuf = nil

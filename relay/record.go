@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -43,7 +44,7 @@ var _ [tlsReadSize - (frameHeader + streamHeader + streamChunk - 1) - maxRecord]
 // recordRekeyEvery is how many records a key seals before both sides
 // move to the next one (a test lowers it). 2^20 full records is far below
 // AES-GCM's limit for one key (RFC 8446 §5.5: 2^24.5).
-var recordRekeyEvery uint64 = 1 << 20
+var recordRekeyEvery = func() (n atomic.Uint64) { n.Store(1 << 20); return }()
 
 // The TLS exporter labels of the two directions' first secrets, and the
 // HKDF labels of what is derived from a secret.
@@ -120,7 +121,7 @@ func (d *recordDir) step(nonce *[12]byte) error {
 	if d.seq == ^uint64(0) {
 		return fmt.Errorf("%w: record counter exhausted", ErrRecord)
 	}
-	if d.seq > 0 && d.seq%recordRekeyEvery == 0 {
+	if d.seq > 0 && d.seq%recordRekeyEvery.Load() == 0 {
 		next, err := hkdf.Expand(sha256.New, d.secret[:], recordInfoNext, len(d.secret))
 		if err != nil {
 			return err

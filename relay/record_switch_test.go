@@ -164,8 +164,10 @@ func TestRecordSwitch(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if p := srv.link(ka.ID()); p == nil || p.tls.in == nil || p.tls.tc != nil {
+			if p := srv.link(ka.ID()); p == nil || p.tls.in == nil {
 				t.Fatal("a's link is not in records at the relay")
+			} else {
+				waitUntil(t, func() bool { return !p.tls.keepsTLS() })
 			}
 			deadline := time.Now().Add(15 * time.Second)
 			for {

@@ -29,9 +29,8 @@ func recordPair(t testing.TB, seed byte) (seal, open *recordDir) {
 
 // setRekey lowers the records per key for a test.
 func setRekey(t testing.TB, every uint64) {
-	old := recordRekeyEvery
-	recordRekeyEvery = every
-	t.Cleanup(func() { recordRekeyEvery = old })
+	old := recordRekeyEvery.Swap(every)
+	t.Cleanup(func() { recordRekeyEvery.Store(old) })
 }
 
 // randomFrames is n frames of random types and sizes, every size up to
@@ -272,10 +271,9 @@ func TestRecordRekey(t *testing.T) {
 	// An old-key sealer at the same counter: refused.
 	stale, _ := recordPair(t, 5)
 	stale.seq = seal.seq
-	saved := recordRekeyEvery
-	recordRekeyEvery = 1 << 62 // stale keeps its first key
+	saved := recordRekeyEvery.Swap(1 << 62) // stale keeps its first key
 	rec := sealRecords(t, stale, []byte("old key"))[0]
-	recordRekeyEvery = saved
+	recordRekeyEvery.Store(saved)
 	if _, err := open.open(rec); !errors.Is(err, ErrRecord) {
 		t.Fatalf("a record under the old key: %v, want ErrRecord", err)
 	}
@@ -319,4 +317,11 @@ func tcpPair() (net.Conn, net.Conn, error) {
 		return nil, nil, errors.New("accept failed")
 	}
 	return c1, c2, nil
+}
+
+// keepsTLS: the link still holds its TLS connection.
+func (c *tlsConn) keepsTLS() bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.tc != nil
 }

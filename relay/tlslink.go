@@ -26,8 +26,8 @@ import (
 // end (endTLS).
 type tlsConn struct {
 	// tc is the TLS connection; under ALPNRecord only until HELLO and
-	// WELCOME are done (nil then: the link reads and writes conn's
-	// records, in and out).
+	// WELCOME are done (nil then, set under wmu: the link reads and
+	// writes conn's records, in and out).
 	tc *tls.Conn
 	// conn is what the link reads from once linked, and sets deadlines
 	// on: tc, or under ALPNRecord the raw connection under it.
@@ -119,7 +119,9 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 	}
 	if c.out != nil {
 		// WELCOME was the last of TLS: the link keeps the raw connection.
+		c.wmu.Lock()
 		c.tc = nil
+		c.wmu.Unlock()
 	}
 	p.startWriter(ctx)
 	s.readTLS(p)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -250,4 +251,67 @@ func TestRecordAges(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRecordTamperedEndsLink: a record from the node that does not open
+// ends its link at the relay: ERROR protocol (in a record), the
+// connection closed, the peer unregistered; a good record before it was
+// taken (its PING answered).
+func TestRecordTamperedEndsLink(t *testing.T) {
+	srv, sa, _ := dataServerConfig(t, ServerConfig{}, nil)
+	k := genKey(t)
+	cfg, _, err := identity.ClientTLSConfig(k, sa.ID, ALPNRecord)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Dial("tcp", sa.TCPHostPort())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	bounded := &recordBounded{Conn: raw}
+	tc := tls.Client(bounded, cfg)
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	cs := tc.ConnectionState()
+	proof, err := appendKeyProof(nil, k, cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := helloAnswer(t, tc, proof); err != nil {
+		t.Fatal(err)
+	}
+	if !bounded.atBoundary() {
+		t.Fatal("WELCOME ended inside a TLS record")
+	}
+	in, out, err := newRecordDirs(cs, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := newRecordConn(raw, in, out)
+	if _, err := rc.Write(appendFrame(nil, framePing, []byte("12345678"))); err != nil {
+		t.Fatal(err)
+	}
+	typ, body, _, err := readFrame(rc, nil)
+	if err != nil || typ != framePong || string(body) != "12345678" {
+		t.Fatalf("answer to PING in a record: 0x%02x %q %v", typ, body, err)
+	}
+	bad, err := out.seal(nil, appendFrame(nil, framePing, []byte("87654321")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad[len(bad)-1] ^= 1
+	if _, err := raw.Write(bad); err != nil {
+		t.Fatal(err)
+	}
+	typ, body, _, err = readFrame(rc, nil)
+	if err != nil || typ != frameError || len(body) < 1 || body[0] != codeProtocol {
+		t.Fatalf("after a tampered record: 0x%02x %q %v; want ERROR protocol", typ, body, err)
+	}
+	if _, _, _, err := readFrame(rc, nil); err != io.EOF {
+		t.Fatalf("after ERROR: %v, want EOF", err)
+	}
+	waitUntil(t, func() bool { return srv.link(k.ID()) == nil })
 }

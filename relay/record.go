@@ -67,6 +67,9 @@ type recordDir struct {
 	iv     [12]byte
 	aead   cipher.AEAD
 	seq    uint64 // records sealed (or opened) so far: the next one's counter
+	// nonce is the current record's (here, not on the stack: passed to
+	// the AEAD's interface it would escape, an allocation per record).
+	nonce [12]byte
 }
 
 // newRecordDirs makes a connection's two directions from its TLS
@@ -117,7 +120,7 @@ func (d *recordDir) init(secret []byte) error {
 // step moves the counter on to the record about to be sealed or opened,
 // rekeying when it starts a new interval; the nonce is the IV XOR the
 // counter.
-func (d *recordDir) step(nonce *[12]byte) error {
+func (d *recordDir) step() error {
 	if d.seq == ^uint64(0) {
 		return fmt.Errorf("%w: record counter exhausted", ErrRecord)
 	}
@@ -130,11 +133,11 @@ func (d *recordDir) step(nonce *[12]byte) error {
 			return err
 		}
 	}
-	*nonce = d.iv
+	d.nonce = d.iv
 	var ctr [8]byte
 	binary.BigEndian.PutUint64(ctr[:], d.seq)
 	for i, b := range ctr {
-		nonce[4+i] ^= b
+		d.nonce[4+i] ^= b
 	}
 	d.seq++
 	return nil
@@ -142,15 +145,14 @@ func (d *recordDir) step(nonce *[12]byte) error {
 
 // seal appends the records of plain (split at maxRecordPlain) to dst.
 func (d *recordDir) seal(dst, plain []byte) ([]byte, error) {
-	var nonce [12]byte
 	for first := true; first || len(plain) > 0; first = false {
 		n := min(len(plain), maxRecordPlain)
-		if err := d.step(&nonce); err != nil {
+		if err := d.step(); err != nil {
 			return dst, err
 		}
 		h := len(dst)
 		dst = binary.BigEndian.AppendUint16(dst, uint16(n+recordTag))
-		dst = d.aead.Seal(dst, nonce[:], plain[:n], dst[h:h+recordHeader])
+		dst = d.aead.Seal(dst, d.nonce[:], plain[:n], dst[h:h+recordHeader])
 		plain = plain[n:]
 	}
 	return dst, nil
@@ -170,12 +172,11 @@ func recordLen(b []byte) (int, error) {
 // is rec[recordHeader:][:len(plain)]. A record that does not open is
 // ErrRecord, its plaintext never returned.
 func (d *recordDir) open(rec []byte) ([]byte, error) {
-	var nonce [12]byte
-	if err := d.step(&nonce); err != nil {
+	if err := d.step(); err != nil {
 		return nil, err
 	}
 	ct := rec[recordHeader:]
-	plain, err := d.aead.Open(ct[:0], nonce[:], ct, rec[:recordHeader])
+	plain, err := d.aead.Open(ct[:0], d.nonce[:], ct, rec[:recordHeader])
 	if err != nil {
 		return nil, ErrRecord
 	}

@@ -56,13 +56,16 @@ type tlsConn struct {
 	fr frameReader // the read loop's buffered frames; empty while parked
 }
 
-// write writes b to the connection (within 10 s). Under ALPNRecord,
+// write writes b to the connection (within 10 s).
+func (c *tlsConn) write(b []byte) error { return c.writeWithin(b, 10*time.Second) }
+
+// writeWithin writes b to the connection within d. Under ALPNRecord,
 // WELCOME is the last frame written in TLS: the writes after it are
 // records.
-func (c *tlsConn) write(b []byte) error {
+func (c *tlsConn) writeWithin(b []byte, d time.Duration) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	c.conn.SetWriteDeadline(time.Now().Add(d))
 	if c.sealing {
 		bp := sealBufs.Get().(*[]byte)
 		out, err := c.out.seal((*bp)[:0], b)
@@ -105,7 +108,7 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 	c := p.tls
 	c.stop = context.AfterFunc(ctx, func() {
 		s.closeTLS(p, func() {
-			c.write(appendFrame(nil, frameError, []byte{codeShutdown}, []byte("server shutting down")))
+			c.writeWithin(appendFrame(nil, frameError, []byte{codeShutdown}, []byte("server shutting down")), time.Second)
 		})
 	})
 	tc.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
@@ -132,9 +135,9 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 // link up is gone while its read loop waits: an idle link's goroutine
 // then fits the smallest stack the runtime shrinks it to, 8 KB, not 16.)
 func (s *Server) tlsLink(ctx context.Context, tc *tls.Conn) *peerLink {
-	// Under ALPNKeyProof the node proves its key in HELLO (hello), else
-	// with its certificate, here.
-	// Under ALPNRecord, as under ALPNKeyProof, and then in records.
+	// Under ALPNKeyProof and ALPNRecord the node proves its key in HELLO
+	// (hello), else with its certificate, here. Under ALPNRecord the
+	// link's records are keyed now, from the handshake's exporter.
 	var id identity.PeerID
 	alpn := tc.ConnectionState().NegotiatedProtocol
 	proof := alpn == ALPNKeyProof || alpn == ALPNRecord

@@ -86,6 +86,7 @@ type LinkParams struct {
 	// acceptStream, set by a Client with ClientConfig.AcceptStream, takes
 	// the relayed streams peers open to the node (byte-stream links).
 	acceptStream func(peer identity.PeerID, c net.Conn)
+	noRecords    bool // a test's node of the last age: no ALPNRecord
 }
 
 // helloGate serializes the HELLOs of one race of link transports. The
@@ -323,17 +324,22 @@ func (d TLSDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 // NewStreamLink runs the relay protocol over conn, a reliable byte stream
 // to the relay server (a TCP connection, a WebSocket, a proxy tunnel):
 // a TLS 1.3 handshake that pins the server's key and proves the node's
-// (in HELLO under ALPNKeyProof, which it offers first; with a client
-// certificate under ALPN, for a server without it), then HELLO.
-// transport names the link. On error conn is closed. ctx bounds the setup
-// only.
+// (in HELLO under ALPNRecord or ALPNKeyProof, which it offers first; with
+// a client certificate under ALPN, for a server without them), then
+// HELLO; under ALPNRecord the link leaves TLS for the relay's records
+// after WELCOME. transport names the link. On error conn is closed. ctx
+// bounds the setup only.
 func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkParams) (Link, error) {
-	tlsCfg, pin, err := identity.ClientTLSConfig(p.Key, p.Server.ID, ALPNKeyProof, ALPN)
+	alpns := []string{ALPNRecord, ALPNKeyProof, ALPN}[b2u(p.noRecords):]
+	tlsCfg, pin, err := identity.ClientTLSConfig(p.Key, p.Server.ID, alpns...)
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
-	tc := tls.Client(conn, tlsCfg)
+	// crypto/tls reads no further than the TLS record it needs: the
+	// relay's first record after WELCOME stays on the connection.
+	bounded := &recordBounded{Conn: conn}
+	tc := tls.Client(bounded, tlsCfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
 		if perr := pin.Err(); perr != nil {
@@ -342,9 +348,10 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 		return nil, err
 	}
 	var proof []byte
-	switch cs := tc.ConnectionState(); cs.NegotiatedProtocol {
+	cs := tc.ConnectionState()
+	switch cs.NegotiatedProtocol {
 	case ALPN:
-	case ALPNKeyProof:
+	case ALPNKeyProof, ALPNRecord:
 		if proof, err = appendKeyProof(nil, p.Key, cs); err != nil {
 			conn.Close()
 			return nil, err
@@ -353,47 +360,39 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 		conn.Close()
 		return nil, fmt.Errorf("%w: server refused ALPN %s", ErrNoRelay, ALPN)
 	}
-	var wmu sync.Mutex
-	write := func(b []byte) error {
-		wmu.Lock()
-		defer wmu.Unlock()
-		tc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		_, err := tc.Write(b)
-		return err
-	}
-	co := newCoalescer(write)
-	l := &link{transport: transport, h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: writerFunc(write),
+	// rw: tc, or under ALPNRecord after WELCOME the records on conn.
+	rw := &streamRW{tc: tc}
+	l := &link{transport: transport, h: p.Handler, log: p.Logger, done: make(chan struct{}), ctl: writerFunc(rw.write),
 		helloProof:     proof,
-		sendPacket:     co.send,
-		closeTransport: func() { tc.Close() },
+		closeTransport: func() { rw.close() },
 		wantStreams:    p.acceptStream != nil,
 	}
+	if cs.NegotiatedProtocol == ALPNRecord {
+		if l.welcomed, err = rw.useRecords(cs, bounded); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	write := rw.write
+	co := newCoalescer(write)
+	l.sendPacket = co.send
 	l.streams = newStreamMux(p.Key.ID(), co, p.acceptStream, p.Logger)
 	stop := context.AfterFunc(ctx, func() { tc.SetReadDeadline(time.Now()) })
-	err = p.gate.hello(ctx, func() error { return l.hello(ctx, p.Token, p.Consent, p.allowed, tc, tc.SetReadDeadline) })
+	err = p.gate.hello(ctx, func() error { return l.hello(ctx, p.Token, p.Consent, p.allowed, rw, tc.SetReadDeadline) })
 	if !stop() {
 		err = errors.Join(err, ctx.Err())
 	}
 	if err != nil {
-		tc.Close()
+		rw.close()
 		return nil, err
 	}
 	if !l.streamsOK {
 		l.streams = nil
 	}
-	go l.readControl(tc, tc.SetReadDeadline)
+	go l.readControl(rw, tc.SetReadDeadline)
 	go l.pingLoop(write)
 	go co.run(l)
 	return l, nil
-}
-
-type writerFunc func([]byte) error
-
-func (f writerFunc) Write(b []byte) (int, error) {
-	if err := f(b); err != nil {
-		return 0, err
-	}
-	return len(b), nil
 }
 
 // link is a Link over a control byte stream plus a packet path (datagrams
@@ -409,8 +408,11 @@ type link struct {
 	sendSegments   func(peer identity.PeerID, b []byte, seg int) bool
 	closeTransport func()
 	// helloProof starts HELLO's body: the node's key proof under
-	// ALPNKeyProof; nil: none (its certificate proved it).
+	// ALPNKeyProof and ALPNRecord; nil: none (its certificate proved it).
 	helloProof []byte
+	// welcomed, if set, runs once WELCOME was read (ALPNRecord: the link
+	// moves to records).
+	welcomed   func() error
 	keepalive  time.Duration
 	consent    bool                      // the relay understands ALLOW frames (WELCOME)
 	dataToken  uint64                    // the relay takes data packets with this token (WELCOME); 0: not
@@ -515,6 +517,11 @@ func (l *link) hello(ctx context.Context, token string, consent bool, allowed fu
 		return &ServerError{Code: body[0], Reason: string(body[1:])}
 	case typ != frameWelcome || len(body) < 4:
 		return fmt.Errorf("%w: want WELCOME, got frame 0x%02x", ErrProtocol, typ)
+	}
+	if l.welcomed != nil {
+		if err := l.welcomed(); err != nil {
+			return err
+		}
 	}
 	l.keepalive = time.Duration(binary.BigEndian.Uint16(body[2:4])) * time.Second
 	l.consent = len(body) >= 5 && body[4]&welcomeConsent != 0

@@ -44,6 +44,9 @@ type Server struct {
 
 	watch    watcher        // parked TLS links (tlslink.go)
 	tlsLinks sync.WaitGroup // TLS links served and not ended (Wait)
+	// noRecords: the server offers no ALPNRecord (a test's server of
+	// the last age).
+	noRecords bool
 
 	sweeping sync.Once
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -24,8 +25,18 @@ import (
 // of a read loop, the watcher and the closer (closeTLS) owns the link's
 // end (endTLS).
 type tlsConn struct {
-	tc  *tls.Conn
-	ctx context.Context // the server's (ServeTLS's)
+	// tc is the TLS connection; under ALPNRecord only until HELLO and
+	// WELCOME are done (nil then, set under wmu: the link reads and
+	// writes conn's records, in and out).
+	tc *tls.Conn
+	// conn is what the link reads from once linked, and sets deadlines
+	// on: tc, or under ALPNRecord the raw connection under it.
+	conn net.Conn
+	// in and out are the link's records under ALPNRecord (nil: TLS
+	// records); sealing: WELCOME was sent, the link's writes are records.
+	in, out *recordDir
+	sealing bool            // guarded by wmu
+	ctx     context.Context // the server's (ServeTLS's)
 	// raw is the TCP connection's descriptor for the watcher; nil: the
 	// link cannot park (not a TCP connection, or not Linux).
 	raw   syscall.RawConn
@@ -46,12 +57,41 @@ type tlsConn struct {
 }
 
 // write writes b to the connection (within 10 s).
-func (c *tlsConn) write(b []byte) error {
+func (c *tlsConn) write(b []byte) error { return c.writeWithin(b, 10*time.Second) }
+
+// writeWithin writes b to the connection within d. Under ALPNRecord,
+// WELCOME is the last frame written in TLS: the writes after it are
+// records.
+func (c *tlsConn) writeWithin(b []byte, d time.Duration) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.tc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	c.conn.SetWriteDeadline(time.Now().Add(d))
+	if c.sealing {
+		bp := sealBufs.Get().(*[]byte)
+		out, err := c.out.seal((*bp)[:0], b)
+		if err == nil {
+			_, err = c.conn.Write(out)
+		}
+		if cap(out) <= 2*maxCoalesce {
+			*bp = out[:0]
+			sealBufs.Put(bp)
+		}
+		return err
+	}
 	_, err := c.tc.Write(b)
+	if err == nil && c.out != nil && len(b) > 0 && b[0] == frameWelcome {
+		c.sealing = true
+	}
 	return err
+}
+
+// close closes the connection: under ALPNRecord the raw one (no TLS
+// alert after the switch: the node would read it as a record).
+func (c *tlsConn) close() error {
+	if c.out != nil {
+		return c.conn.Close()
+	}
+	return c.tc.Close()
 }
 
 // ServeTLS serves one TLS connection (handshake done) that negotiated
@@ -68,8 +108,7 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 	c := p.tls
 	c.stop = context.AfterFunc(ctx, func() {
 		s.closeTLS(p, func() {
-			c.tc.SetWriteDeadline(time.Now().Add(time.Second))
-			c.tc.Write(appendFrame(nil, frameError, []byte{codeShutdown}, []byte("server shutting down")))
+			c.writeWithin(appendFrame(nil, frameError, []byte{codeShutdown}, []byte("server shutting down")), time.Second)
 		})
 	})
 	tc.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
@@ -77,9 +116,15 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 		// Not linked (hello unregistered it if it had registered it).
 		c.ended.Store(true)
 		c.stop()
-		tc.Close()
+		c.close()
 		s.tlsLinks.Done()
 		return
+	}
+	if c.out != nil {
+		// WELCOME was the last of TLS: the link keeps the raw connection.
+		c.wmu.Lock()
+		c.tc = nil
+		c.wmu.Unlock()
 	}
 	p.startWriter(ctx)
 	s.readTLS(p)
@@ -90,17 +135,26 @@ func (s *Server) ServeTLS(ctx context.Context, tc *tls.Conn) {
 // link up is gone while its read loop waits: an idle link's goroutine
 // then fits the smallest stack the runtime shrinks it to, 8 KB, not 16.)
 func (s *Server) tlsLink(ctx context.Context, tc *tls.Conn) *peerLink {
-	// Under ALPNKeyProof the node proves its key in HELLO (hello), else
-	// with its certificate, here.
+	// Under ALPNKeyProof and ALPNRecord the node proves its key in HELLO
+	// (hello), else with its certificate, here. Under ALPNRecord the
+	// link's records are keyed now, from the handshake's exporter.
 	var id identity.PeerID
-	proof := tc.ConnectionState().NegotiatedProtocol == ALPNKeyProof
+	alpn := tc.ConnectionState().NegotiatedProtocol
+	proof := alpn == ALPNKeyProof || alpn == ALPNRecord
 	if !proof {
 		var err error
 		if id, err = identity.PeerIDFromState(tc.ConnectionState()); err != nil {
 			return nil
 		}
 	}
-	c := &tlsConn{tc: tc, ctx: ctx, proof: proof}
+	c := &tlsConn{tc: tc, conn: tc, ctx: ctx, proof: proof}
+	if alpn == ALPNRecord {
+		var err error
+		if c.in, c.out, err = newRecordDirs(tc.ConnectionState(), true); err != nil {
+			return nil
+		}
+		c.conn = tc.NetConn()
+	}
 	if s.cfg.TLSPark > 0 {
 		c.raw = parkable(tc)
 	}
@@ -167,7 +221,7 @@ func (s *Server) closeTLS(p *peerLink, last func()) {
 		s.endTLS(p) // unregistered before its connection closes
 		return
 	}
-	p.tls.tc.Close()
+	p.tls.close()
 }
 
 // endTLS ends a TLS link: its owner (the read loop, or the closer of a
@@ -178,7 +232,7 @@ func (s *Server) endTLS(p *peerLink) {
 	}
 	p.tls.stop()
 	s.unregister(p)
-	p.tls.tc.Close()
+	p.tls.close()
 	s.tlsLinks.Done()
 }
 
@@ -211,7 +265,7 @@ const (
 // parked (a watcher holds it), false if it must end.
 func (s *Server) readFrames(p *peerLink) bool {
 	c := p.tls
-	tc := c.tc
+	conn := c.conn
 	idle := s.cfg.IdleTimeout
 	// The read deadline moves at most every `every` (not per frame: that
 	// cost about 5% of a busy TLS link's forwarding CPU, issue 14), with
@@ -250,10 +304,17 @@ func (s *Server) readFrames(p *peerLink) bool {
 			if canPark && !long {
 				d = s.cfg.TLSPark
 			}
-			tc.SetReadDeadline(now.Add(d))
+			conn.SetReadDeadline(now.Add(d))
 			moved = now
 		}
-		typ, body, err := c.fr.next(tc)
+		var typ byte
+		var body []byte
+		var err error
+		if c.in != nil {
+			typ, body, err = c.fr.nextRecord(conn, c.in)
+		} else {
+			typ, body, err = c.fr.next(conn)
+		}
 		got = err == nil
 		if err != nil {
 			if canPark && errors.Is(err, os.ErrDeadlineExceeded) {
@@ -340,23 +401,24 @@ var tlsReadBufs = sync.Pool{New: func() any { b := make([]byte, tlsReadSize); re
 type frameReader struct {
 	bp   *[]byte // nil: none held
 	r, w int     // buffered frames: (*bp)[r:w]
+	c, e int     // under ALPNRecord: records not yet opened, (*bp)[c:e]
 	own  bool    // the buffer is the link's, not the pool's
 }
 
-// empty: no part of a frame is buffered.
-func (f *frameReader) empty() bool { return f.r == f.w }
+// empty: no part of a frame (or record) is buffered.
+func (f *frameReader) empty() bool { return f.r == f.w && f.c == f.e }
 
 // release returns an empty reader's pooled buffer to the pool.
 func (f *frameReader) release() {
 	if f.bp != nil && f.empty() && !f.own {
 		tlsReadBufs.Put(f.bp)
-		f.bp, f.r, f.w = nil, 0, 0
+		f.bp, f.r, f.w, f.c, f.e = nil, 0, 0, 0, 0
 	}
 }
 
 // drop lets go of the buffer and what it held (the link ends).
 func (f *frameReader) drop() {
-	f.r, f.w = 0, 0
+	f.r, f.w, f.c, f.e = 0, 0, 0, 0
 	f.release()
 	f.bp = nil
 }

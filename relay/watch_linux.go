@@ -220,7 +220,7 @@ func (w *watcher) failAll(ep int) {
 	}
 	w.mu.Unlock()
 	for _, p := range all {
-		p.tls.tc.Close()
+		p.tls.close()
 		w.srv.endTLS(p)
 	}
 }

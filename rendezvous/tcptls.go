@@ -2,6 +2,7 @@ package rendezvous
 
 import (
 	"crypto/tls"
+	"maps"
 	"slices"
 )
 
@@ -11,7 +12,9 @@ import (
 // TCP ports offer those ALPNs, ask no client certificate of a client that
 // chose one, and hand its connections to the protocol's ServeTLS, which
 // must authenticate the client itself (relay.ALPNKeyProof: a signature
-// over the TLS exporter in the link's HELLO). Keeping no certificate
+// over the TLS exporter in the link's HELLO). KeyProofALPNs lists them
+// in the protocol's order of preference: the server picks the first the
+// client offers. Keeping no certificate
 // saves the server about 2.5 KB per connection (docs/benchmarks.md).
 type KeyProofProtocol interface {
 	Protocol
@@ -38,9 +41,13 @@ func tcpTLSConfig(cfg ServerConfig, tlsCfg *tls.Config, alpns []string) (*tls.Co
 	// with a config that asks for no client certificate.
 	tcpTLS := tlsCfg
 	tcpALPNs := alpns
+	// Each protocol's ALPNs in its order of preference (a TLS server
+	// picks the first of its own that the client offers), the protocols
+	// in the order of their keys.
 	proofProtos := map[string]Protocol{}
 	var proofALPNs []string
-	for _, pr := range cfg.Protocols {
+	for _, key := range slices.Sorted(maps.Keys(cfg.Protocols)) {
+		pr := cfg.Protocols[key]
 		if kp, ok := pr.(KeyProofProtocol); ok {
 			for _, a := range kp.KeyProofALPNs() {
 				if _, taken := cfg.Protocols[a]; !taken && a != ALPN && a != alpnHTTP && proofProtos[a] == nil {
@@ -50,7 +57,6 @@ func tcpTLSConfig(cfg ServerConfig, tlsCfg *tls.Config, alpns []string) (*tls.Co
 			}
 		}
 	}
-	slices.Sort(proofALPNs)
 	if !cfg.DisableWebSocket || len(proofALPNs) > 0 {
 		tcpALPNs = append(slices.Clone(alpns), proofALPNs...)
 		if !cfg.DisableWebSocket {

@@ -118,6 +118,12 @@ func BenchmarkRelayScale(b *testing.B) {
 		fs2 := farmStats(b, farms)
 		farmLoaded := float64(fs2.cpu-fs1.cpu) / float64(time.Since(t0))
 		held("after the floods")
+		keep := farmKeep(b, farms)
+		b.Logf("farms' keepalives since linking: %d parked keepalives (%d answered), %d link PINGs (%d answered), %d \"unknown\" hints, %d other datagrams",
+			keep.sentPark, keep.pongPark, keep.sentPing, keep.pongPing, keep.unknown, keep.other)
+		if keep.sentPark > 0 && (keep.pongPark < keep.sentPark*95/100 || keep.sentPing > 0 && keep.pongPing < keep.sentPing*95/100 || keep.unknown > 0) {
+			b.Fatalf("the server answered fewer than 95%% of the farms' keepalives, or did not know a parked registration")
+		}
 		reg, linked, detached, rss1 := scalePeers(b, rc)
 		if p := os.Getenv("RELAY_SCALE_PROFILE"); p != "" {
 			// A farm's heap (what bounds how many peers fit here).
@@ -201,4 +207,24 @@ func scalePeers(b *testing.B, rc *cpuChild) (reg, linked, detached int, rss int6
 		b.Logf("the relay accepted %d links for %d linked peers (links lost and linked again)", links, linked)
 	}
 	return
+}
+
+// farmKeep sums the farms' keepalive counters (zero for farms that keep
+// their real clients, RELAY_SCALE_FULL).
+func farmKeep(b *testing.B, farms []*farm) lightStats {
+	b.Helper()
+	var sum lightStats
+	for _, f := range farms {
+		var s lightStats
+		if _, err := fmt.Sscan(strings.TrimPrefix(f.command(b, "keep"), "ok "), &s.sentPark, &s.sentPing, &s.pongPark, &s.pongPing, &s.unknown, &s.other); err != nil {
+			b.Fatal(err)
+		}
+		sum.sentPark += s.sentPark
+		sum.sentPing += s.sentPing
+		sum.pongPark += s.pongPark
+		sum.pongPing += s.pongPing
+		sum.unknown += s.unknown
+		sum.other += s.other
+	}
+	return sum
 }

@@ -104,6 +104,7 @@ func linkLightPeers(cs string, count int, link string, workers, perSock, tolerat
 		return nil, 0, err
 	}
 	f := &lightFarm{start: time.Now()}
+	go f.run() // from the first peer converted: the server drops a parked registration or detached link that falls silent
 	var nFailed atomic.Int64
 	fail := func(e error) error {
 		if nFailed.Add(1) > int64(tolerate) {
@@ -218,9 +219,6 @@ func linkLightPeers(cs string, count int, link string, workers, perSock, tolerat
 	close(groups)
 	wg.Wait()
 	convs.Wait()
-	if err == nil {
-		go f.run()
-	}
 	return f, int(nFailed.Load()), err
 }
 

@@ -20,9 +20,13 @@ import (
 //   - the server (rendezvous + relay, rate limits off): a child process
 //     pinned to the last core (as BenchmarkRelayCPU's), alone on it;
 //   - the client farms: child processes holding RELAY_SCALE_PER_FARM
-//     (default farmPeers, 25,000) idle peers each, 100 to a UDP socket
-//     (peersPerSocket), started one after another (each once the one
-//     before is linked; RELAY_SCALE_WORKERS handshakes at a time, 8);
+//     (default farmPeers, 25,000) idle peers each, 10 to a UDP socket
+//     (RELAY_SCALE_PER_SOCKET), started one after another (each once the
+//     one before is linked; RELAY_SCALE_WORKERS handshakes at a time,
+//     48); each peer registers and links with the real clients and,
+//     once parked and detached, is kept as its keepalives alone
+//     (farm_light_bench_test.go; RELAY_SCALE_FULL=1 keeps the real
+//     clients, 100 peers to a socket, 8 handshakes at a time);
 //     unpinned while they link (their handshakes use the spare time of
 //     both cores), then pinned to the other cores;
 //   - the flood's pair (udp-udp, data packets, a→b): in the benchmark's
@@ -34,11 +38,12 @@ import (
 // the machine starves neither the farms' keepalives nor the measurement,
 // and the farms, which stand for machines elsewhere, yield to the pair.
 //
-// The pair floods RELAY_SCALE_FLOODS times (default 3, each
+// The pair floods RELAY_SCALE_FLOODS times (default 5, each
 // RELAY_CPU_FLOOD long, 3 s, after a GC in the server) before the farms
 // start and again with every peer linked; the figures are the medians.
 // The benchmark fails if the server holds fewer than 99% of the peers
-// (registered, and linked) before or after the loaded floods.
+// (registered, and linked) before or after the loaded floods, or if it
+// answered fewer than 95% of the keepalive-only peers' keepalives.
 //
 // Metrics: the flood's throughput at the receiver unloaded and loaded and
 // their ratio (issue 14 asks for ≥ 0.8), the relay's CPU per packet

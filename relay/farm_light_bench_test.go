@@ -31,7 +31,7 @@ import (
 // by lightPerSocket peers), wait until the registration has parked and
 // the link has detached, and then keep of the peer only what its
 // keepalives need: the parked registration's token, key and counter and
-// the detached link's data token (about 60 bytes). The farm then sends
+// the detached link's data token (48 bytes). The farm then sends
 // what the real node would send while idle, from the same socket (so
 // from the same address), and nothing else:
 //

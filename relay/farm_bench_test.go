@@ -22,14 +22,15 @@ import (
 
 // farmPeers is how many simulated peers one farm holds by default
 // (RELAY_SCALE_PER_FARM sets another number): 25,000, so 100,000 peers
-// are four farms linked one after another. One farm of 100,000, or four
-// linking at once (two handshakes at a time each), fell into a collapse
-// near 80,000 peers: each linking farm's collections marked a heap of
-// 100 KB a peer held (docs/benchmarks.md, "Clients out of the pair's
-// process").
+// are four farms linked one after another (2,500 sockets each at 10 peers
+// a socket, well under a process's 20,000 open files). With peers that
+// kept their real clients (RELAY_SCALE_FULL) one farm of 100,000, or four
+// linking at once, fell into a collapse near 80,000 peers: each linking
+// farm's collections marked a heap of 100 KB a peer held
+// (docs/benchmarks.md, "Clients out of the pair's process").
 const farmPeers = 25000
 
-// farmGCPercent is the farms' GOGC: once linked their peers allocate
+// farmGCPercent is the full farms' GOGC (RELAY_SCALE_FULL): once linked their peers allocate
 // little, and a lower target keeps their heap (what bounds how many fit
 // on this machine) closer to what is live.
 const farmGCPercent = 25
@@ -57,7 +58,13 @@ type farmStat struct {
 func startFarms(b *testing.B, cs string, peers, perFarm int, link string, nice int) []*farm {
 	b.Helper()
 	n := (peers + perFarm - 1) / perFarm
-	workers := envInt("RELAY_SCALE_WORKERS", 8)
+	// Handshakes at a time: 48 for keepalive-only peers (linking is
+	// bound by the handshakes' CPU, not by a farm's heap), 8 for peers
+	// that keep their real clients (RELAY_SCALE_FULL).
+	workers := envInt("RELAY_SCALE_WORKERS", 48)
+	if os.Getenv("RELAY_SCALE_FULL") != "" {
+		workers = envInt("RELAY_SCALE_WORKERS", 8)
+	}
 	farms := make([]*farm, n)
 	for i := range farms {
 		k := peers / n
@@ -149,7 +156,7 @@ func selfCPU() time.Duration {
 // <workers>" (link "-": registered only). It links its peers, says "farm
 // ready <linked> <left out> <RSS> <seconds>" (or "farm failed <error>"),
 // and answers commands on stdin until it closes: "stat" (RSS and CPU
-// time in µs), "heap PATH" (a heap profile after a GC), "cpuprofile PATH
+// time in µs), "keep" (keepalive counters, lightStats), "heap PATH" (a heap profile after a GC), "cpuprofile PATH
 // SECONDS".
 func farmChild(spec string) error {
 	var cs, link string
@@ -161,7 +168,14 @@ func farmChild(spec string) error {
 		link = ""
 	}
 	raiseFileLimit()
-	debug.SetGCPercent(farmGCPercent)
+	// A light farm's heap is small (what its handshakes in flight
+	// hold): GC at 400% while it links (at 25 the collector took a
+	// third of its CPU), Go's default once linked.
+	gcLinking, gcLinked := 400, 100
+	if os.Getenv("RELAY_SCALE_FULL") != "" {
+		gcLinking, gcLinked = farmGCPercent, farmGCPercent
+	}
+	debug.SetGCPercent(gcLinking)
 	// Commands, read from the start: the farm ends when its stdin closes,
 	// even while it links.
 	cmds := make(chan string)
@@ -173,8 +187,27 @@ func farmChild(spec string) error {
 		os.Exit(0) // the peers are not closed one by one: the benchmark is over
 	}()
 	start := time.Now()
-	// Up to 1% left out: the benchmark fails below 99% held.
-	_, failed, err := linkPeers(cs, peers, "udp", link, true, workers, peers/100)
+	// Up to 1% left out: the benchmark fails below 99% held. Peers are
+	// keepalive-only once parked and detached (farm_light_bench_test.go),
+	// or with RELAY_SCALE_FULL=1 keep their real clients (100 to a
+	// socket, 100–145 KB a peer in the farm).
+	stopProfile := func() {}
+	if p := os.Getenv("RELAY_SCALE_FARM_LINK_PROFILE"); p != "" {
+		// A CPU profile of the farm while it links (each farm overwrites it).
+		if f, err := os.Create(p); err == nil && pprof.StartCPUProfile(f) == nil {
+			stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+		}
+	}
+	var light *lightFarm
+	var failed int
+	var err error
+	if os.Getenv("RELAY_SCALE_FULL") != "" {
+		_, failed, err = linkPeers(cs, peers, "udp", link, true, workers, peers/100)
+	} else {
+		light, failed, err = linkLightPeers(cs, peers, link, workers, envInt("RELAY_SCALE_PER_SOCKET", lightPerSocket), peers/100)
+	}
+	stopProfile()
+	debug.SetGCPercent(gcLinked)
 	if err != nil {
 		fmt.Println("farm failed", err)
 		return nil
@@ -189,6 +222,14 @@ func farmChild(spec string) error {
 		case "stat":
 			rss, _ := vmRSS(os.Getpid())
 			fmt.Println("ok", rss, selfCPU().Microseconds())
+		case "keep":
+			// Keepalives sent and answered: park sent, PINGs sent, park
+			// PONGs, link PONGs, "unknown" hints, other datagrams.
+			var st lightStats
+			if light != nil {
+				st = light.stats()
+			}
+			fmt.Println("ok", st.sentPark, st.sentPing, st.pongPark, st.pongPing, st.unknown, st.other)
 		case "heap":
 			runtime.GC()
 			f, err := os.Create(arg)

@@ -86,6 +86,9 @@ type LinkParams struct {
 	// acceptStream, set by a Client with ClientConfig.AcceptStream, takes
 	// the relayed streams peers open to the node (byte-stream links).
 	acceptStream func(peer identity.PeerID, c net.Conn)
+	// streamsOnly makes a byte-stream link a streams-only link
+	// (streamlink.go): STREAMS-HELLO instead of HELLO.
+	streamsOnly bool
 }
 
 // helloGate serializes the HELLOs of one race of link transports. The
@@ -367,6 +370,7 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 		sendPacket:     co.send,
 		closeTransport: func() { tc.Close() },
 		wantStreams:    p.acceptStream != nil,
+		streamsOnly:    p.streamsOnly,
 	}
 	l.streams = newStreamMux(p.Key.ID(), co, p.acceptStream, p.Logger)
 	stop := context.AfterFunc(ctx, func() { tc.SetReadDeadline(time.Now()) })
@@ -430,6 +434,10 @@ type link struct {
 	streams     *streamMux
 	streamsOK   bool
 	wantStreams bool
+	// streamsOnly: a streams-only link (STREAMS-HELLO); streamLinkOK: a
+	// UDP link whose relay takes a streams-only link beside it (WELCOME).
+	streamsOnly  bool
+	streamLinkOK bool
 
 	once sync.Once
 	done chan struct{}
@@ -499,7 +507,11 @@ func (l *link) fail(err error) {
 // hello sends HELLO and waits for WELCOME (or ERROR); with consent, it
 // then asks the relay for recipient consent (an empty ALLOW).
 func (l *link) hello(ctx context.Context, token string, consent bool, allowed func() []identity.PeerID, r io.Reader, setDeadline func(time.Time) error) error {
-	if _, err := l.ctl.Write(appendFrame(nil, frameHello, l.helloProof, []byte(token))); err != nil {
+	hello := byte(frameHello)
+	if l.streamsOnly {
+		hello = frameHelloStreams
+	}
+	if _, err := l.ctl.Write(appendFrame(nil, hello, l.helloProof, []byte(token))); err != nil {
 		return err
 	}
 	if d, ok := ctx.Deadline(); ok {
@@ -526,6 +538,7 @@ func (l *link) hello(ctx context.Context, token string, consent bool, allowed fu
 		}
 	}
 	l.streamsOK = len(body) >= 5 && body[4]&welcomeStreams != 0 && l.streams != nil
+	l.streamLinkOK = len(body) >= 5 && body[4]&welcomeStreamLink != 0
 	if l.streamsOK {
 		// Also without streams: the relay then tells openers at once
 		// that this node takes none.

@@ -65,6 +65,13 @@ func (s *Strategy) Connect(ctx context.Context, a *rung.Attempt) (*stream.Sessio
 		return nil, fmt.Errorf("%w: no server to relay through", ErrNoRelay)
 	}
 	c := s.Client()
+	// A node on a UDP link dialling a peer on a byte-stream link opens a
+	// streams-only link beside its own (streamlink.go), at once, so that
+	// it comes up while the UDP link does.
+	var streamLink <-chan error
+	if s.Stream != nil && a.Remote.RelayLink == candidate.RelayLinkStreams && c.streamLinkWanted(sa) {
+		streamLink = c.startStreamLink(sa)
+	}
 	if _, err := c.Connect(ctx, sa); err != nil {
 		return nil, err
 	}
@@ -74,7 +81,19 @@ func (s *Strategy) Connect(ctx context.Context, a *rung.Attempt) (*stream.Sessio
 	// A listener whose answer says its link carries packets alone would
 	// have the relay refuse the stream (CLOSE not_stream): a round trip
 	// to the relay saved.
-	if s.Stream != nil && c.StreamsOffered() && a.Remote.RelayLink != candidate.RelayLinkPackets {
+	useStream := s.Stream != nil && c.StreamsOffered() && a.Remote.RelayLink != candidate.RelayLinkPackets
+	if !useStream && streamLink == nil && s.Stream != nil && a.Remote.RelayLink == candidate.RelayLinkStreams && c.streamLinkWanted(sa) {
+		streamLink = c.startStreamLink(sa) // the link was up, without one
+	}
+	if !useStream && streamLink != nil {
+		select {
+		case err := <-streamLink:
+			useStream = err == nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if useStream {
 		sess, err := s.Stream(ctx, a)
 		if !streamFallback(err) {
 			return sess, err

@@ -207,6 +207,13 @@ func (m *streamMux) opened(ref streamRef) {
 	}()
 }
 
+// open returns how many streams the link holds.
+func (m *streamMux) open() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.conns)
+}
+
 // fail ends every stream: the link ended with err.
 func (m *streamMux) fail(err error) {
 	m.mu.Lock()
@@ -237,8 +244,8 @@ const streamRetry = 100 * time.Millisecond
 func (c *Client) DialStream(ctx context.Context, peer identity.PeerID) (net.Conn, error) {
 	var last error
 	for {
-		l, ok := c.current().(*link)
-		if !ok || l.streams == nil {
+		l := c.streamCarrier()
+		if l == nil {
 			return nil, ErrStreamsUnsupported
 		}
 		conn, err := l.streams.dial(ctx, peer, true)
@@ -282,8 +289,8 @@ func waitRetry(ctx context.Context, cause error) error {
 // the error of the stream's Read and Write (as DialStream's errors).
 // ErrStreamsUnsupported at once on a link that cannot carry streams.
 func (c *Client) OpenStream(ctx context.Context, peer identity.PeerID) (net.Conn, error) {
-	l, ok := c.current().(*link)
-	if !ok || l.streams == nil {
+	l := c.streamCarrier()
+	if l == nil {
 		return nil, ErrStreamsUnsupported
 	}
 	return l.streams.dial(ctx, peer, false)
@@ -304,7 +311,8 @@ func (c *Client) StreamsOffered() bool {
 // links when it is introduced, after it answered) it says what the next
 // link will carry where that is known: packets when the client takes no
 // streams, or when its first transport is UDP and udpWorks (the node
-// reaches its server over UDP: it registered over QUIC); else "".
+// reaches its server over UDP: it registered over QUIC); streams when its
+// first transport is a byte stream; else "".
 func (c *Client) LinkCarries(udpWorks bool) string {
 	return c.linkCarries(c.current(), udpWorks)
 }
@@ -317,6 +325,11 @@ func (c *Client) linkCarries(l Link, udpWorks bool) string {
 			return candidate.RelayLinkPackets
 		case len(d) > 0 && d[0].Transport() == (UDPDialer{}).Transport() && udpWorks:
 			return candidate.RelayLinkPackets
+		case len(d) > 0 && isStreamDialer(d[0]):
+			// It will most likely link over a byte stream: a dialler on a
+			// UDP link then opens a streams-only link for the session
+			// (streamlink.go) while this node links.
+			return candidate.RelayLinkStreams
 		}
 		return ""
 	}

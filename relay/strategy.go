@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/quic-go/quic-go"
 
@@ -86,12 +87,18 @@ func (s *Strategy) Connect(ctx context.Context, a *rung.Attempt) (*stream.Sessio
 		streamLink = c.startStreamLink(sa) // the link was up, without one
 	}
 	if !useStream && streamLink != nil {
+		// A streams-only link that is slow to come up (TCP to the relay
+		// blocked or lossy) does not hold the dial back for long.
+		t := time.NewTimer(streamLinkWait)
 		select {
 		case err := <-streamLink:
 			useStream = err == nil
+		case <-t.C:
 		case <-ctx.Done():
+			t.Stop()
 			return nil, ctx.Err()
 		}
+		t.Stop()
 	}
 	if useStream {
 		sess, err := s.Stream(ctx, a)

@@ -31,6 +31,10 @@ import (
 // takes a streams-only link beside it.
 const welcomeStreamLink = 0x10
 
+// streamLinkWait is how long a dial waits for a streams-only link after
+// the node's own link is up, before it relays QUIC packets instead.
+const streamLinkWait = time.Second
+
 // streamLinkIdle is how long a client keeps a streams-only link that
 // carries no stream.
 const streamLinkIdle = 30 * time.Second

@@ -86,9 +86,7 @@ type LinkParams struct {
 	// acceptStream, set by a Client with ClientConfig.AcceptStream, takes
 	// the relayed streams peers open to the node (byte-stream links).
 	acceptStream func(peer identity.PeerID, c net.Conn)
-	// streamsOnly makes a byte-stream link a streams-only link
-	// (streamlink.go): STREAMS-HELLO instead of HELLO.
-	streamsOnly bool
+	streamsOnly bool // a streams-only link (streamlink.go): STREAMS-HELLO, not HELLO
 }
 
 // helloGate serializes the HELLOs of one race of link transports. The
@@ -434,10 +432,8 @@ type link struct {
 	streams     *streamMux
 	streamsOK   bool
 	wantStreams bool
-	// streamsOnly: a streams-only link (STREAMS-HELLO); streamLinkOK: a
-	// UDP link whose relay takes a streams-only link beside it (WELCOME).
-	streamsOnly  bool
-	streamLinkOK bool
+	streamsOnly  bool // a streams-only link (STREAMS-HELLO)
+	streamLinkOK bool // a UDP link whose relay takes a streams-only link beside it (WELCOME)
 
 	once sync.Once
 	done chan struct{}
@@ -507,11 +503,7 @@ func (l *link) fail(err error) {
 // hello sends HELLO and waits for WELCOME (or ERROR); with consent, it
 // then asks the relay for recipient consent (an empty ALLOW).
 func (l *link) hello(ctx context.Context, token string, consent bool, allowed func() []identity.PeerID, r io.Reader, setDeadline func(time.Time) error) error {
-	hello := byte(frameHello)
-	if l.streamsOnly {
-		hello = frameHelloStreams
-	}
-	if _, err := l.ctl.Write(appendFrame(nil, hello, l.helloProof, []byte(token))); err != nil {
+	if _, err := l.ctl.Write(appendFrame(nil, l.helloType(), l.helloProof, []byte(token))); err != nil {
 		return err
 	}
 	if d, ok := ctx.Deadline(); ok {

@@ -39,6 +39,15 @@ const streamLinkWait = time.Second
 // carries no stream.
 const streamLinkIdle = 30 * time.Second
 
+// helloType is the first frame l sends: STREAMS-HELLO for a streams-only
+// link, else HELLO.
+func (l *link) helloType() byte {
+	if l.streamsOnly {
+		return frameHelloStreams
+	}
+	return frameHello
+}
+
 // mainLink is p's peer's own link: p itself, or for a streams-only link
 // the link registered for its peer ID (nil if none).
 func (s *Server) mainLink(p *peerLink) *peerLink {

@@ -86,7 +86,8 @@ type LinkParams struct {
 	// acceptStream, set by a Client with ClientConfig.AcceptStream, takes
 	// the relayed streams peers open to the node (byte-stream links).
 	acceptStream func(peer identity.PeerID, c net.Conn)
-	streamsOnly  bool // a streams-only link (streamlink.go): STREAMS-HELLO, not HELLO
+
+	streamsOnly bool // a streams-only link (streamlink.go): STREAMS-HELLO, not HELLO
 }
 
 // helloGate serializes the HELLOs of one race of link transports. The
@@ -429,9 +430,10 @@ type link struct {
 	// streams: a byte-stream link's relayed streams (nil: none: a UDP
 	// link, or a relay without them); streamsOK: the relay offers them
 	// (WELCOME); wantStreams: the node accepts them (FEATURES).
-	streams      *streamMux
-	streamsOK    bool
-	wantStreams  bool
+	streams     *streamMux
+	streamsOK   bool
+	wantStreams bool
+
 	streamsOnly  bool // a streams-only link (STREAMS-HELLO)
 	streamLinkOK bool // a UDP link whose relay takes a streams-only link beside it (WELCOME)
 

@@ -235,11 +235,12 @@ func (m *streamMux) fail(err error) {
 const streamRetry = 100 * time.Millisecond
 
 // DialStream opens a relayed stream to peer through the client's current
-// link (docs/protocol.md, "Relayed streams") and waits until the peer
-// accepted it. While the peer is not linked or has not consented yet it
-// tries again every 100 ms until ctx ends. Errors: ErrStreamsUnsupported
-// (a UDP link, a relay without relayed streams, or a peer that cannot take
-// one: relay QUIC packets instead), ErrStreamRefused, ErrRelayFull (a
+// link, or its streams-only link beside a UDP one (docs/protocol.md,
+// "Relayed streams") and waits until the peer accepted it. While the peer
+// is not linked or has not consented yet it tries again every 100 ms
+// until ctx ends. Errors: ErrStreamsUnsupported (a UDP link without a
+// streams-only link, a relay without relayed streams, or a peer that
+// cannot take one: relay QUIC packets instead), ErrStreamRefused, ErrRelayFull (a
 // stream limit), and ctx's error with the last refusal.
 func (c *Client) DialStream(ctx context.Context, peer identity.PeerID) (net.Conn, error) {
 	var last error
@@ -284,7 +285,7 @@ func waitRetry(ctx context.Context, cause error) error {
 }
 
 // OpenStream opens a relayed stream to peer through the client's current
-// link without waiting for the peer: bytes written go out at once (up to
+// link (or streams-only link) without waiting for the peer: bytes written go out at once (up to
 // StreamWindow before the peer's first WINDOW), and a refusal shows as
 // the error of the stream's Read and Write (as DialStream's errors).
 // ErrStreamsUnsupported at once on a link that cannot carry streams.

@@ -48,6 +48,7 @@ const (
 // for cpuFloodFor, and reads the child's CPU time (getrusage, user + system)
 // and counters before and after. udp-udp, udp-tls and tls-udp must carry
 // the UDP side's packets as data packets (the relay's counters say so);
+// ws-ws is two WebSocket links (HTTPS, a WebSocket, the inner TLS);
 // udp-udp-datagram is the older path, plain sockets so QUIC DATAGRAM
 // frames. Metrics: µs/pkt (relay CPU per forwarded packet), MB/cpu-s
 // (payload forwarded per relay CPU-second), MB/s (throughput at the
@@ -65,6 +66,7 @@ func BenchmarkRelayCPU(b *testing.B) {
 		{"tls-tls", "tls", "tls"},
 		{"udp-tls", "udp", "tls"},
 		{"tls-udp", "tls", "udp"},
+		{"ws-ws", "ws", "ws"},
 		{"udp-udp-datagram", "dgram", "dgram"},
 	} {
 		b.Run(k.name, func(b *testing.B) {
@@ -277,6 +279,8 @@ func cpuClient(b *testing.B, sa rendezvous.ServerAddr, kind string, deliver func
 	switch kind {
 	case "tls":
 		cfg.Dialers = []relay.LinkDialer{relay.TLSDialer{}}
+	case "ws":
+		cfg.Dialers = []relay.LinkDialer{relay.WSDialer{}}
 	case "udp", "dgram":
 		u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {

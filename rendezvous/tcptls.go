@@ -66,6 +66,17 @@ func tcpTLSConfig(cfg ServerConfig, tlsCfg *tls.Config, alpns []string) (*tls.Co
 		proofTLS.VerifyPeerCertificate = nil
 		proofTLS.NextProtos = proofALPNs
 	}
+	// A WebSocket client (http/1.1 and none of reach's ALPNs) is not asked
+	// for a certificate either: what runs in its tunnel proves its key, and
+	// a parsed certificate would stay with the outer connection for the
+	// tunnel's life (about 2 KB).
+	var httpTLS *tls.Config
+	if !cfg.DisableWebSocket {
+		httpTLS = tlsCfg.Clone()
+		httpTLS.ClientAuth = tls.NoClientCert
+		httpTLS.VerifyPeerCertificate = nil
+		httpTLS.NextProtos = []string{alpnHTTP}
+	}
 	if cfg.Certificate != nil || cfg.GetCertificate != nil {
 		web := &tls.Config{
 			MinVersion:     tls.VersionTLS12,
@@ -88,12 +99,16 @@ func tcpTLSConfig(cfg ServerConfig, tlsCfg *tls.Config, alpns []string) (*tls.Co
 			}
 			return web, nil
 		}
-	} else if proofTLS != nil {
+	} else if proofTLS != nil || httpTLS != nil {
 		tcpTLS.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
 			for _, p := range hi.SupportedProtos {
-				if slices.Contains(proofALPNs, p) {
+				if proofTLS != nil && slices.Contains(proofALPNs, p) {
 					return proofTLS, nil // the key proved in band: no certificate asked
 				}
+			}
+			if httpTLS != nil && slices.Contains(hi.SupportedProtos, alpnHTTP) &&
+				!slices.ContainsFunc(hi.SupportedProtos, func(p string) bool { return slices.Contains(alpns, p) }) {
+				return httpTLS, nil // a WebSocket: its tunnel proves the key
 			}
 			return nil, nil
 		}

@@ -1,17 +1,19 @@
 package rendezvous
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"log"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
-	"sync"
+	"time"
 
 	"github.com/coder/websocket"
 
@@ -125,89 +127,105 @@ func rawCerts(cs tls.ConnectionState) [][]byte {
 	return out
 }
 
+// maxRequestBytes bounds an HTTPS request's line and headers on the TCP
+// ports: a WebSocket upgrade is a few hundred bytes, proxies add some.
+const maxRequestBytes = 16 << 10
+
+// wsBufSize is the buffer a WebSocket link keeps each way beside its
+// outer TLS connection (frame headers; payloads larger than it bypass
+// it). net/http's were 4 KB each, for a connection's whole life.
+const wsBufSize = 1 << 10
+
 // serveHTTP serves one TLS connection that negotiated http/1.1 on a TCP
-// port: WebSocket upgrades on PathSignal and PathRelay, whose streams are
-// then served like a TCP port's connections; anything else gets 404. It
-// returns when the connection is done or ctx ends.
+// port: a WebSocket upgrade (GET) on PathSignal or PathRelay, whose
+// stream is then served like a TCP port's connection; anything else gets
+// one answer (404, 405) and the connection closes. The request must
+// arrive within the handshake timeout. It returns when the connection is
+// done or ctx ends.
+//
+// The connection carries one request, so it needs no http.Server: the
+// request is read with net/http's parser on this goroutine, and the
+// upgrade hijacks the connection from a small ResponseWriter
+// (upgradeWriter). A WebSocket link costs about 20 KB less so
+// (docs/benchmarks.md).
 func (s *Server) serveHTTP(ctx context.Context, tc *tls.Conn, src netip.Prefix) {
-	closed := make(chan struct{})
-	c := &notifyConn{Conn: tc, closed: closed}
-	upgrade := func(w http.ResponseWriter, r *http.Request) {
-		wc, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			s.log.Debug("websocket upgrade", "remote", tc.RemoteAddr().String(), "err", err)
-			return
-		}
-		s.log.Debug("websocket", "remote", tc.RemoteAddr().String(), "path", r.URL.Path)
-		// net/http cleared the request's deadlines when the upgrade took
-		// the connection over: the tunnelled connection's handshake and
-		// idle timeouts apply from here.
-		s.handleConn(ctx, websocket.NetConn(ctx, wc, websocket.MessageBinary), src, nil)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+PathSignal, upgrade)
-	mux.HandleFunc("GET "+PathRelay, upgrade)
-	// The whole request, body included, must arrive within the handshake
-	// timeout (no slow headers or body), and a connection carries one
-	// request: the upgrade, or one answer (404) and close.
-	hs := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: s.cfg.HandshakeTimeout,
-		ReadTimeout:       s.cfg.HandshakeTimeout,
-		WriteTimeout:      s.cfg.HandshakeTimeout,
-		IdleTimeout:       s.cfg.IdleTimeout,
-		ErrorLog:          log.New(io.Discard, "", 0),
-	}
-	hs.SetKeepAlivesEnabled(false)
-	ln := &oneConnListener{c: c, closed: closed, stop: make(chan struct{})}
-	stop := context.AfterFunc(ctx, func() { hs.Close() })
+	defer tc.Close()
+	stop := context.AfterFunc(ctx, func() { tc.Close() })
 	defer stop()
-	hs.Serve(ln)
-	select {
-	case <-closed:
-	case <-ctx.Done():
-		tc.Close()
+	tc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	lr := &io.LimitedReader{R: tc, N: maxRequestBytes}
+	br := bufio.NewReaderSize(lr, wsBufSize)
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		if lr.N == 0 {
+			io.WriteString(tc, "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+		}
+		s.log.Debug("https request", "remote", tc.RemoteAddr().String(), "err", err)
+		return
 	}
+	if req.URL.Path != PathSignal && req.URL.Path != PathRelay {
+		io.WriteString(tc, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+		return
+	}
+	if req.Method != http.MethodGet {
+		io.WriteString(tc, "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+		return
+	}
+	lr.N = math.MaxInt64 // the WebSocket's bytes are the tunnel's, not the request's
+	wc, err := websocket.Accept(&upgradeWriter{c: tc, br: br}, req, nil)
+	if err != nil {
+		s.log.Debug("websocket upgrade", "remote", tc.RemoteAddr().String(), "err", err)
+		return // Accept answered
+	}
+	s.log.Debug("websocket", "remote", tc.RemoteAddr().String(), "path", req.URL.Path)
+	// The tunnelled connection's handshake and idle timeouts apply from
+	// here.
+	tc.SetDeadline(time.Time{})
+	s.handleConn(ctx, websocket.NetConn(ctx, wc, websocket.MessageBinary), src, nil)
 }
 
-// oneConnListener hands out one connection, then blocks until that
-// connection is closed (so http.Server.Serve returns only then) or Close.
-type oneConnListener struct {
+// upgradeWriter is the http.ResponseWriter websocket.Accept answers a
+// request through: the status line and headers go straight to the
+// connection (a 101 must before the hijack), and Hijack hands over the
+// connection with the reader the request was parsed from, which may hold
+// the tunnel's first bytes.
+type upgradeWriter struct {
 	c      net.Conn
-	closed <-chan struct{}
-	stop   chan struct{}
-	once   sync.Once
-	taken  bool
+	br     *bufio.Reader
+	h      http.Header
+	status int // 0: no answer yet
 }
 
-func (l *oneConnListener) Accept() (net.Conn, error) {
-	if !l.taken {
-		l.taken = true
-		return l.c, nil
+func (w *upgradeWriter) Header() http.Header {
+	if w.h == nil {
+		w.h = http.Header{}
 	}
-	select {
-	case <-l.closed:
-	case <-l.stop:
+	return w.h
+}
+
+func (w *upgradeWriter) WriteHeader(code int) {
+	if w.status != 0 {
+		return
 	}
-	return nil, net.ErrClosed
+	w.status = code
+	h := w.Header()
+	if code != http.StatusSwitchingProtocols {
+		h.Set("Connection", "close") // one request a connection
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "HTTP/1.1 %03d %s\r\n", code, http.StatusText(code))
+	h.Write(&b)
+	b.WriteString("\r\n")
+	w.c.Write(b.Bytes())
 }
 
-func (l *oneConnListener) Close() error {
-	l.once.Do(func() { close(l.stop) })
-	return nil
+func (w *upgradeWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.c.Write(p)
 }
 
-func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }
-
-// notifyConn closes closed when it is closed (also after a hijack).
-type notifyConn struct {
-	net.Conn
-	closed chan struct{}
-	once   sync.Once
-}
-
-func (c *notifyConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { close(c.closed) })
-	return err
+func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return w.c, bufio.NewReadWriter(w.br, bufio.NewWriterSize(w.c, wsBufSize)), nil
 }

@@ -41,6 +41,14 @@ const relayBenchBytes = 100 << 20
 //
 // The relay's bandwidth limits are off: this measures forwarding.
 //
+//   - paired: the sessions above again, one transfer of pairedBytes on
+//     each per iteration in a rotating order, and each relayed one divided
+//     by the same iteration's direct one: the medians of those ratios
+//     (udp-link/direct, ...) are the figures issue 14 asks for, steadier on
+//     a shared machine than ratios of separate runs (the direct figure
+//     swings 270-445 MB/s between runs here). Run it with -benchtime 8x or
+//     more.
+//
 //   - udp-blocked-connect: the time from DialSession on a fresh node in the
 //     UDP-blocked network (registered over TCP) to a relayed session with
 //     the symmetric peer: introduction, the relay rung's delay, the relay
@@ -72,6 +80,7 @@ func BenchmarkLabRelay(b *testing.B) {
 	runCtx, stop := context.WithCancel(context.Background())
 	defer stop()
 	got := make(chan copyResult, 1)
+	var paths []pairedPath
 	for _, n := range []*reach.Node{nb, nd, nd2, ob} {
 		go func() {
 			for {
@@ -104,6 +113,7 @@ func BenchmarkLabRelay(b *testing.B) {
 		} else if stream := sess.QUIC() == nil; stream != (p.name == "tls-tls" || p.name == "udp-tls") {
 			b.Fatalf("%s: relayed stream %v", p.name, stream)
 		}
+		paths = append(paths, pairedPath{p.name, sess, got})
 		b.Run(p.name, func(b *testing.B) {
 			b.SetBytes(relayBenchBytes)
 			for range b.N {
@@ -112,6 +122,7 @@ func BenchmarkLabRelay(b *testing.B) {
 			logRelayStats(b, sess, rl)
 		})
 	}
+	b.Run("paired", func(b *testing.B) { benchPairedPaths(b, paths) })
 	b.Run("udp-blocked-connect", func(b *testing.B) {
 		var total time.Duration
 		for range b.N {

@@ -338,6 +338,9 @@ func TestLabSupernodeKilled(t *testing.T) {
 //
 //   - direct: two peers on open hosts, directly.
 //
+//   - paired: the three again, interleaved, each divided by the same
+//     iteration's direct figure (benchPairedPaths; -benchtime 8x or more).
+//
 //     go test -run '^$' -bench BenchmarkLabSupernode -benchtime 2x ./lab/e2e
 func BenchmarkLabSupernode(b *testing.B) {
 	// The relay's bandwidth limits are off: this measures forwarding.
@@ -371,6 +374,7 @@ func BenchmarkLabSupernode(b *testing.B) {
 	direct.Strategies = []string{reach.StrategyDirect}
 	runCtx, stop := context.WithCancel(context.Background())
 	defer stop()
+	var paths []pairedPath
 	for _, p := range []struct {
 		name  string
 		a, bh *natlab.Host
@@ -402,6 +406,7 @@ func BenchmarkLabSupernode(b *testing.B) {
 		if sess.Strategy() != p.want {
 			b.Fatalf("%s: strategy %s", p.name, sess.Strategy())
 		}
+		paths = append(paths, pairedPath{p.name, sess, got})
 		b.Run(p.name, func(b *testing.B) {
 			b.SetBytes(relayBenchBytes)
 			for range b.N {
@@ -417,4 +422,5 @@ func BenchmarkLabSupernode(b *testing.B) {
 			}
 		})
 	}
+	b.Run("paired", func(b *testing.B) { benchPairedPaths(b, paths) })
 }

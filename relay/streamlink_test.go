@@ -1,7 +1,9 @@
 package relay
 
 import (
+	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -157,5 +159,31 @@ func TestStreamLinkRefusedWithoutStreams(t *testing.T) {
 	}
 	if srv.StreamLinks() != 0 || srv.link(k.ID()) != nil {
 		t.Fatal("the relay registered the refused link")
+	}
+}
+
+// TestStreamLinkRefusalRemembered: a client whose streams-only link a
+// relay refused (ErrStreamsUnsupported) does not ask that relay again: no
+// second attempt reaches it, and dials through it no longer want one.
+func TestStreamLinkRefusalRemembered(t *testing.T) {
+	sa, srv := startStreamRelay(t, ServerConfig{MaxStreams: -1})
+	k, _ := identity.GenerateKey()
+	c, err := NewClient(ClientConfig{Key: k, Dialers: []LinkDialer{TLSDialer{}}, Logger: dataLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for i := range 2 {
+		if _, err := c.streamLink(ctx, sa); !errors.Is(err, ErrStreamsUnsupported) {
+			t.Fatalf("attempt %d: %v, want ErrStreamsUnsupported", i, err)
+		}
+	}
+	if n := srv.Metrics().Rejected["handshake"]; n != 1 {
+		t.Errorf("the relay refused %d link handshakes, want 1 (the second attempt asked it again)", n)
+	}
+	if c.streamLinkWanted(sa) {
+		t.Error("a dial through the relay that refused still wants a streams-only link")
 	}
 }

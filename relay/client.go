@@ -87,6 +87,8 @@ type Client struct {
 	// route, set by the node's relay rung before the first link, hands
 	// UDP links' data packets to quic-go in place (see dataLink).
 	route routeFunc
+	// sl is the streams-only link beside a UDP link (streamlink.go).
+	sl streamLinkState
 }
 
 type dialCall struct {

@@ -94,8 +94,15 @@ func (s *Server) allowConn(p *peerLink) bool {
 func (s *Server) register(p *peerLink) (old *peerLink, refused rejectReason, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old = s.peers[p.id]
-	if old == nil && len(s.peers) >= s.cfg.MaxClients {
+	table := s.peers
+	if p.streamsOnly {
+		if s.streamLinks == nil {
+			s.streamLinks = make(map[identity.PeerID]*peerLink)
+		}
+		table = s.streamLinks
+	}
+	old = table[p.id]
+	if old == nil && len(s.peers)+len(s.streamLinks) >= s.cfg.MaxClients {
 		return nil, rejectFull, false
 	}
 	st := s.source(p.ipk, time.Now())
@@ -110,7 +117,7 @@ func (s *Server) register(p *peerLink) (old *peerLink, refused rejectReason, ok 
 	st.links++
 	st.peers[p] = struct{}{}
 	p.ipst = st
-	s.peers[p.id] = p
+	table[p.id] = p
 	if p.data.token != 0 {
 		s.data[p.data.token] = p
 	}

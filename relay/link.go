@@ -87,6 +87,7 @@ type LinkParams struct {
 	// the relayed streams peers open to the node (byte-stream links).
 	acceptStream func(peer identity.PeerID, c net.Conn)
 	noRecords    bool // a test's node of the last age: no ALPNRecord
+	streamsOnly  bool // a streams-only link (streamlink.go): STREAMS-HELLO, not HELLO
 }
 
 // helloGate serializes the HELLOs of one race of link transports. The
@@ -366,6 +367,7 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 		helloProof:     proof,
 		closeTransport: func() { rw.close() },
 		wantStreams:    p.acceptStream != nil,
+		streamsOnly:    p.streamsOnly,
 	}
 	if cs.NegotiatedProtocol == ALPNRecord {
 		if l.welcomed, err = rw.useRecords(cs, bounded); err != nil {
@@ -432,6 +434,9 @@ type link struct {
 	streams     *streamMux
 	streamsOK   bool
 	wantStreams bool
+
+	streamsOnly  bool // a streams-only link (STREAMS-HELLO)
+	streamLinkOK bool // a UDP link whose relay takes a streams-only link beside it (WELCOME)
 
 	once sync.Once
 	done chan struct{}
@@ -501,7 +506,7 @@ func (l *link) fail(err error) {
 // hello sends HELLO and waits for WELCOME (or ERROR); with consent, it
 // then asks the relay for recipient consent (an empty ALLOW).
 func (l *link) hello(ctx context.Context, token string, consent bool, allowed func() []identity.PeerID, r io.Reader, setDeadline func(time.Time) error) error {
-	if _, err := l.ctl.Write(appendFrame(nil, frameHello, l.helloProof, []byte(token))); err != nil {
+	if _, err := l.ctl.Write(appendFrame(nil, l.helloType(), l.helloProof, []byte(token))); err != nil {
 		return err
 	}
 	if d, ok := ctx.Deadline(); ok {
@@ -533,6 +538,7 @@ func (l *link) hello(ctx context.Context, token string, consent bool, allowed fu
 		}
 	}
 	l.streamsOK = len(body) >= 5 && body[4]&welcomeStreams != 0 && l.streams != nil
+	l.streamLinkOK = len(body) >= 5 && body[4]&welcomeStreamLink != 0
 	if l.streamsOK {
 		// Also without streams: the relay then tells openers at once
 		// that this node takes none.

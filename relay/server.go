@@ -38,6 +38,11 @@ type Server struct {
 	total    *rate.Limiter        // TotalRate; nil: unlimited
 	data     map[uint64]*peerLink // QUIC links that take data packets, by link token
 
+	// streamLinks are the streams-only links (streamlink.go), beside
+	// peers: at most one per peer ID, counted in MaxClients and
+	// MaxLinksPerIP with the others; guarded by mu.
+	streamLinks map[identity.PeerID]*peerLink
+
 	sock atomic.Pointer[rendezvous.PacketSocket] // ServeDatagrams; nil: none
 
 	st streamTable // relayed streams (streamserver.go)
@@ -166,6 +171,11 @@ type peerLink struct {
 	qData    atomic.Int64  // DATA frames queued for it
 	goneRef  atomic.Uint64 // the last stream it heard CLOSE gone about (bit 32 set)
 
+	// streamsOnly: a streams-only link (STREAMS-HELLO, streamlink.go),
+	// registered beside the peer's link; it opens relayed streams and
+	// carries nothing else. Set before it registers.
+	streamsOnly bool
+
 	data linkData // a QUIC link's data packets (zero token: none)
 	// q is a UDP link's QUIC connection; nil once the link detached (or
 	// for other transports).
@@ -180,7 +190,8 @@ type peerLink struct {
 func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 	s.sweeping.Do(func() { go s.sweep(ctx) })
 	typ, body, _, err := readFrame(r, nil)
-	if err != nil || typ != frameHello {
+	p.streamsOnly = err == nil && typ == frameHelloStreams && p.tls != nil && s.streamsOffered()
+	if err != nil || typ != frameHello && !p.streamsOnly {
 		s.m.rejected[rejectHandshake].Add(1)
 		p.fail(codeProtocol, "want HELLO")
 		return false
@@ -241,8 +252,14 @@ func (s *Server) hello(ctx context.Context, p *peerLink, r io.Reader) bool {
 	binary.BigEndian.PutUint16(w[0:2], MaxPayload)
 	binary.BigEndian.PutUint16(w[2:4], uint16(min(s.cfg.IdleTimeout/3/time.Second, 65535)))
 	w[4] = welcomeConsent
+	if p.streamsOnly {
+		w[4] = 0 // no consent, no packets: it opens streams only
+	}
 	if p.transport == transportTLS && s.streamsOffered() {
 		w[4] |= welcomeStreams
+	}
+	if p.transport == transportUDP && s.streamsOffered() && !s.cfg.QUICLinks {
+		w[4] |= welcomeStreamLink
 	}
 	if p.data.token != 0 {
 		w[4] |= welcomeData
@@ -297,6 +314,9 @@ func (s *Server) unregister(p *peerLink) {
 	if s.peers[p.id] == p {
 		delete(s.peers, p.id)
 	}
+	if s.streamLinks[p.id] == p {
+		delete(s.streamLinks, p.id)
+	}
 	if s.data[p.data.token] == p {
 		delete(s.data, p.data.token)
 	}
@@ -324,7 +344,7 @@ func (s *Server) unregister(p *peerLink) {
 // and the relay's, to a linked peer that consented, on a session within
 // the session caps.
 func (s *Server) forward(src *peerLink, dst identity.PeerID, pkt []byte) {
-	if len(pkt) > MaxPayload || len(pkt) == 0 {
+	if len(pkt) > MaxPayload || len(pkt) == 0 || src.streamsOnly {
 		s.m.drop(dropMalformed)
 		return
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/quic-go/quic-go"
 
@@ -65,6 +66,13 @@ func (s *Strategy) Connect(ctx context.Context, a *rung.Attempt) (*stream.Sessio
 		return nil, fmt.Errorf("%w: no server to relay through", ErrNoRelay)
 	}
 	c := s.Client()
+	// A node on a UDP link dialling a peer on a byte-stream link opens a
+	// streams-only link beside its own (streamlink.go), at once, so that
+	// it comes up while the UDP link does.
+	var streamLink <-chan error
+	if s.Stream != nil && a.Remote.RelayLink == candidate.RelayLinkStreams && c.streamLinkWanted(sa) {
+		streamLink = c.startStreamLink(sa)
+	}
 	if _, err := c.Connect(ctx, sa); err != nil {
 		return nil, err
 	}
@@ -74,7 +82,25 @@ func (s *Strategy) Connect(ctx context.Context, a *rung.Attempt) (*stream.Sessio
 	// A listener whose answer says its link carries packets alone would
 	// have the relay refuse the stream (CLOSE not_stream): a round trip
 	// to the relay saved.
-	if s.Stream != nil && c.StreamsOffered() && a.Remote.RelayLink != candidate.RelayLinkPackets {
+	useStream := s.Stream != nil && c.StreamsOffered() && a.Remote.RelayLink != candidate.RelayLinkPackets
+	if !useStream && streamLink == nil && s.Stream != nil && a.Remote.RelayLink == candidate.RelayLinkStreams && c.streamLinkWanted(sa) {
+		streamLink = c.startStreamLink(sa) // the link was up, without one
+	}
+	if !useStream && streamLink != nil {
+		// A streams-only link that is slow to come up (TCP to the relay
+		// blocked or lossy) does not hold the dial back for long.
+		t := time.NewTimer(streamLinkWait)
+		select {
+		case err := <-streamLink:
+			useStream = err == nil
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+		t.Stop()
+	}
+	if useStream {
 		sess, err := s.Stream(ctx, a)
 		if !streamFallback(err) {
 			return sess, err

@@ -229,8 +229,11 @@ func waitFor(t testing.TB, d time.Duration, what string, ok func() bool) {
 
 // TestRelayStreamSession: two nodes linked to the relay over TLS get a
 // TLS+yamux session over a relayed stream (no QUIC inside the TCP links),
-// and data crosses it intact both ways; a node on a UDP link gets QUIC
-// over relayed packets as before, from either side.
+// and data crosses it intact both ways. A node on a UDP link that dials a
+// node on a TLS link gets one too, through a streams-only link it opens
+// beside its UDP link (streamlink.go), which stays its link for packets;
+// dialled by a node on a TLS link, it gets QUIC over relayed packets as
+// before, and so does a pair whose listener turned relayed streams off.
 func TestRelayStreamSession(t *testing.T) {
 	rs, rl := startServer(t, relay.ServerConfig{})
 	tlsOnly := reach.Config{RelayDialers: []relay.LinkDialer{relay.TLSDialer{}}}
@@ -251,8 +254,9 @@ func TestRelayStreamSession(t *testing.T) {
 	}{
 		{"tls-tls", a, b, true},
 		{"tls-udp", a, u, false},
-		{"udp-tls", u, b, false},
+		{"udp-tls", u, b, true},
 		{"tls-tls-streams-off", a, off, false},
+		{"udp-tls-streams-off", u, off, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			refused := rl.Metrics().StreamsRefused
@@ -269,6 +273,17 @@ func TestRelayStreamSession(t *testing.T) {
 			}
 			if c.stream && rl.Streams() != 1 {
 				t.Errorf("the relay holds %d streams, want 1", rl.Streams())
+			}
+			if c.from == u {
+				// The streams-only link did not replace u's UDP link.
+				for _, p := range rl.Peers() {
+					if p.Peer == u.ID() && p.Transport != "udp" {
+						t.Errorf("the dialler's link is %s now, want udp", p.Transport)
+					}
+				}
+				if c.stream && rl.StreamLinks() != 1 {
+					t.Errorf("the relay holds %d streams-only links, want 1", rl.StreamLinks())
+				}
 			}
 			// The listener's answer said what its link carries: a
 			// dialler does not try a stream the relay would refuse.
@@ -287,6 +302,37 @@ func TestRelayStreamSession(t *testing.T) {
 		})
 	}
 	waitFor(t, 5*time.Second, "the relay forgets the stream", func() bool { return rl.Streams() == 0 })
+}
+
+// TestRelayStreamSessionNoStreamLink: a relay without relayed streams
+// refuses a streams-only link; a node on a UDP link dialling a node on a
+// TLS link then gets QUIC over relayed packets, not a failed dial.
+func TestRelayStreamSessionNoStreamLink(t *testing.T) {
+	rs, rl := startServer(t, relay.ServerConfig{MaxStreams: -1})
+	u := newNode(t, rs.ConnectString(), reach.Config{})
+	b := newNode(t, rs.ConnectString(), reach.Config{RelayDialers: []relay.LinkDialer{relay.TLSDialer{}}})
+	echo(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sess, err := u.DialSession(ctx, b.ID())
+	if err != nil {
+		t.Fatalf("dial through a relay without streams: %v", err)
+	}
+	defer sess.Close()
+	if sess.Strategy() != reach.StrategyRelay || sess.QUIC() == nil {
+		t.Fatalf("strategy %q, QUIC %v: want relay over QUIC", sess.Strategy(), sess.QUIC() != nil)
+	}
+	if rl.StreamLinks() != 0 {
+		t.Errorf("the relay holds %d streams-only links, want 0", rl.StreamLinks())
+	}
+	st, err := sess.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(st, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
 }
 
 // TestRelayStreamSessionFallsBack: when the relay is at its stream limit

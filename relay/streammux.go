@@ -207,6 +207,13 @@ func (m *streamMux) opened(ref streamRef) {
 	}()
 }
 
+// open returns how many streams the link holds.
+func (m *streamMux) open() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.conns)
+}
+
 // fail ends every stream: the link ended with err.
 func (m *streamMux) fail(err error) {
 	m.mu.Lock()
@@ -228,17 +235,18 @@ func (m *streamMux) fail(err error) {
 const streamRetry = 100 * time.Millisecond
 
 // DialStream opens a relayed stream to peer through the client's current
-// link (docs/protocol.md, "Relayed streams") and waits until the peer
-// accepted it. While the peer is not linked or has not consented yet it
-// tries again every 100 ms until ctx ends. Errors: ErrStreamsUnsupported
-// (a UDP link, a relay without relayed streams, or a peer that cannot take
-// one: relay QUIC packets instead), ErrStreamRefused, ErrRelayFull (a
+// link, or its streams-only link beside a UDP one (docs/protocol.md,
+// "Relayed streams") and waits until the peer accepted it. While the peer
+// is not linked or has not consented yet it tries again every 100 ms
+// until ctx ends. Errors: ErrStreamsUnsupported (a UDP link without a
+// streams-only link, a relay without relayed streams, or a peer that
+// cannot take one: relay QUIC packets instead), ErrStreamRefused, ErrRelayFull (a
 // stream limit), and ctx's error with the last refusal.
 func (c *Client) DialStream(ctx context.Context, peer identity.PeerID) (net.Conn, error) {
 	var last error
 	for {
-		l, ok := c.current().(*link)
-		if !ok || l.streams == nil {
+		l := c.streamCarrier()
+		if l == nil {
 			return nil, ErrStreamsUnsupported
 		}
 		conn, err := l.streams.dial(ctx, peer, true)
@@ -277,13 +285,13 @@ func waitRetry(ctx context.Context, cause error) error {
 }
 
 // OpenStream opens a relayed stream to peer through the client's current
-// link without waiting for the peer: bytes written go out at once (up to
+// link (or streams-only link) without waiting for the peer: bytes written go out at once (up to
 // StreamWindow before the peer's first WINDOW), and a refusal shows as
 // the error of the stream's Read and Write (as DialStream's errors).
 // ErrStreamsUnsupported at once on a link that cannot carry streams.
 func (c *Client) OpenStream(ctx context.Context, peer identity.PeerID) (net.Conn, error) {
-	l, ok := c.current().(*link)
-	if !ok || l.streams == nil {
+	l := c.streamCarrier()
+	if l == nil {
 		return nil, ErrStreamsUnsupported
 	}
 	return l.streams.dial(ctx, peer, false)
@@ -304,7 +312,8 @@ func (c *Client) StreamsOffered() bool {
 // links when it is introduced, after it answered) it says what the next
 // link will carry where that is known: packets when the client takes no
 // streams, or when its first transport is UDP and udpWorks (the node
-// reaches its server over UDP: it registered over QUIC); else "".
+// reaches its server over UDP: it registered over QUIC); streams when its
+// first transport is a byte stream; else "".
 func (c *Client) LinkCarries(udpWorks bool) string {
 	return c.linkCarries(c.current(), udpWorks)
 }
@@ -317,6 +326,11 @@ func (c *Client) linkCarries(l Link, udpWorks bool) string {
 			return candidate.RelayLinkPackets
 		case len(d) > 0 && d[0].Transport() == (UDPDialer{}).Transport() && udpWorks:
 			return candidate.RelayLinkPackets
+		case len(d) > 0 && isStreamDialer(d[0]):
+			// It will most likely link over a byte stream: a dialler on a
+			// UDP link then opens a streams-only link for the session
+			// (streamlink.go) while this node links.
+			return candidate.RelayLinkStreams
 		}
 		return ""
 	}

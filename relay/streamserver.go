@@ -242,7 +242,7 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 	to := s.peers[ref.peer]
 	s.mu.RUnlock()
 	switch {
-	case to == nil || to == p:
+	case to == nil || to.id == p.id:
 		refuse(closeNoPeer)
 		return
 	case !to.streams.Load() && to.transport == transportTLS && !to.featured.Load() && now.Sub(to.linkedAt) < featuresGrace:
@@ -258,8 +258,10 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 		return
 	case !to.consents(p.id, now):
 		// As with packets: opening a stream to a peer is consent to hear
-		// from it.
-		p.permit(ref.peer, now)
+		// from it (on the peer's own link, for a streams-only one).
+		if m := s.mainLink(p); m != nil {
+			m.permit(ref.peer, now)
+		}
 		refuse(closeNotAllowed)
 		return
 	}

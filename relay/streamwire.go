@@ -28,7 +28,11 @@ const (
 	frameData     = 0x0e // peer + stream + bytes
 	frameWindow   = 0x0f // peer + stream + limit (8 bytes)
 	frameClose    = 0x10 // peer + stream + code
-	lastFrameType = frameClose
+	// frameHelloStreams is HELLO for a streams-only link (streamlink.go):
+	// a byte-stream link beside the node's UDP link that carries the
+	// relayed streams it opens, and nothing else.
+	frameHelloStreams = 0x11
+	lastFrameType     = frameHelloStreams
 )
 
 // welcomeStreams is the WELCOME flag of a relay that forwards relayed

@@ -31,6 +31,11 @@ const relayBenchBytes = 100 << 20
 //     (Config.DisableRelayStreams): QUIC over relayed packets inside the
 //     two TLS links.
 //
+//   - udp-tls: the udp-link pair's dialler (UDP link) to a peer in the
+//     UDP-blocked network (TLS link): a relayed stream through the
+//     dialler's streams-only link. udp-tls-quic: the same to a peer there
+//     with relayed streams off (QUIC over relayed packets, one TLS leg).
+//
 //   - direct: two peers on open hosts, directly, on the same lab and
 //     machine: the figure the relayed ones are compared with.
 //
@@ -91,7 +96,8 @@ func BenchmarkLabRelay(b *testing.B) {
 		name      string
 		from, to  *reach.Node
 		transport string
-	}{{"udp-link", na, nb, "udp"}, {"tls-link", nc, nb, "tls"}, {"tls-tls", nc, nd, "tls"}, {"tls-tls-quic", nc2, nd2, "tls"}, {"direct", oa, ob, ""}} {
+	}{{"udp-link", na, nb, "udp"}, {"tls-link", nc, nb, "tls"}, {"tls-tls", nc, nd, "tls"}, {"tls-tls-quic", nc2, nd2, "tls"},
+		{"udp-tls", na, nd, "udp"}, {"udp-tls-quic", na, nd2, "udp"}, {"direct", oa, ob, ""}} {
 		dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Second)
 		sess, err := p.from.DialSession(dctx, p.to.ID())
 		dcancel()
@@ -104,7 +110,7 @@ func BenchmarkLabRelay(b *testing.B) {
 			}
 		} else if sess.Strategy() != reach.StrategyRelay || p.from.Status().RelayTransport != p.transport {
 			b.Fatalf("%s: strategy %s over %q", p.name, sess.Strategy(), p.from.Status().RelayTransport)
-		} else if stream := sess.QUIC() == nil; stream != (p.name == "tls-tls") {
+		} else if stream := sess.QUIC() == nil; stream != (p.name == "tls-tls" || p.name == "udp-tls") {
 			b.Fatalf("%s: relayed stream %v", p.name, stream)
 		}
 		paths = append(paths, pairedPath{p.name, sess, got})

@@ -19,7 +19,11 @@ import (
 // trip), from a UDP-blocked site to another (both peers on TLS links:
 // "tls-tls"), to a proxy-only site (the receiver's TLS link through squid:
 // "tls-proxy") and to a symmetric NAT (the receiver on a UDP link:
-// "tls-udp").
+// "tls-udp"); and the other way round for the mixed pairs, the sender
+// on a UDP link (symmetric NAT) and the receiver on a TLS link
+// ("udp-tls") or behind the proxy ("udp-proxy"): there the relay's TCP
+// send to the receiver is the fresh leg that queued the sender's bursts
+// (the sender now opens a streams-only link for a relayed stream).
 //
 // Both peers on byte-stream links run TLS+yamux over a relayed stream
 // (stream%: the share of sessions that did); the -quic variants turn
@@ -80,8 +84,12 @@ func BenchmarkLabRelayStart(b *testing.B) {
 		{"tls-tls", ua.Host, ub.Host, cfg, cfg},
 		{"tls-proxy", ua.Host, po.Host, cfg, viaProxy},
 		{"tls-udp", ua.Host, sym.Host, cfg, cfg},
+		{"udp-tls", sym.Host, ua.Host, cfg, cfg},
+		{"udp-proxy", sym.Host, po.Host, cfg, viaProxy},
 		{"tls-tls-quic", ua.Host, ub.Host, quicOnly, quicOnly},
 		{"tls-proxy-quic", ua.Host, po.Host, quicOnly, quicProxy},
+		{"udp-tls-quic", sym.Host, ua.Host, quicOnly, quicOnly},
+		{"udp-proxy-quic", sym.Host, po.Host, quicOnly, quicProxy},
 	} {
 		b.Run(p.name, func(b *testing.B) {
 			var mbps, dialMS []float64

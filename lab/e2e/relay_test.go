@@ -67,6 +67,9 @@ func TestLabRelaySymmetric(t *testing.T) {
 // TestLabRelayUDPBlocked: a peer in a network that lets only TCP 80/443
 // out and a peer behind a symmetric NAT connect, both ways round; the
 // blocked peer's relay link is TLS on 443 and its signalling went over TCP.
+// The symmetric peer (on a UDP link) dialling the blocked one runs the
+// session over a relayed stream through a streams-only link beside its
+// UDP link; the other way round it is QUIC over relayed packets.
 func TestLabRelayUDPBlocked(t *testing.T) {
 	s := reachlab.NewScenario(t, reachlab.ServerConfig{Relay: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -85,12 +88,16 @@ func TestLabRelayUDPBlocked(t *testing.T) {
 	for _, dir := range []struct {
 		name     string
 		from, to *reach.Node
-	}{{"blocked->symmetric", nc, ns}, {"symmetric->blocked", ns, nc}} {
+		stream   bool
+	}{{"blocked->symmetric", nc, ns, false}, {"symmetric->blocked", ns, nc, true}} {
 		t.Run(dir.name, func(t *testing.T) {
 			reachlab.Echo(t, dir.to)
 			sess := checkEcho(t, ctx, dir.from, dir.to, 4<<20)
 			if sess.Strategy() != reach.StrategyRelay {
 				t.Fatalf("strategy %q, want relay", sess.Strategy())
+			}
+			if got := sess.QUIC() == nil; got != dir.stream {
+				t.Errorf("relayed stream %v, want %v", got, dir.stream)
 			}
 			// End the session on both sides, so the other direction
 			// dials afresh instead of reusing it.

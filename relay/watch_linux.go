@@ -32,10 +32,15 @@ type watcher struct {
 var epollCreate = unix.EpollCreate1
 
 // parkable returns tc's descriptor if its link can park: a TCP
-// connection's (not one tunnelled in a WebSocket, whose bytes may wait
-// in user space).
+// connection's, or for a WebSocket's server end that says so
+// (ParkConn), its outer connection's TCP descriptor (other carriers may
+// keep bytes in user space that no descriptor shows).
 func parkable(tc *tls.Conn) syscall.RawConn {
-	tcp, ok := tc.NetConn().(*net.TCPConn)
+	nc := tc.NetConn()
+	if pc, ok := nc.(parkConn); ok {
+		nc = pc.ParkConn()
+	}
+	tcp, ok := nc.(*net.TCPConn)
 	if !ok {
 		return nil
 	}
@@ -44,6 +49,14 @@ func parkable(tc *tls.Conn) syscall.RawConn {
 		return nil
 	}
 	return raw
+}
+
+// parkConn is a connection carried in another (rendezvous's WebSocket
+// server end) whose reads lose nothing when they time out and hold back
+// no byte that its carrier's TCP connection, ParkConn, does not show as
+// readable: a link on it may park on that connection.
+type parkConn interface {
+	ParkConn() net.Conn
 }
 
 // park hands p's connection to the watcher, its last frame no later than

@@ -152,7 +152,19 @@ const wsBufSize = 1 << 10
 // (upgradeWriter). A WebSocket link costs about 20 KB less so
 // (docs/benchmarks.md).
 func (s *Server) serveHTTP(ctx context.Context, tc *tls.Conn, src netip.Prefix) {
-	defer tc.Close()
+	wc := s.upgrade(ctx, tc)
+	if wc == nil {
+		tc.Close()
+		return
+	}
+	// The tunnel owns the connection from here: what serves it closes it
+	// (a relay link that parks outlives this call).
+	s.handleConn(ctx, wc, src, nil)
+}
+
+// upgrade reads tc's request and upgrades it to a WebSocket; nil if it
+// answered otherwise (the caller closes tc).
+func (s *Server) upgrade(ctx context.Context, tc *tls.Conn) *wsConn {
 	stop := context.AfterFunc(ctx, func() { tc.Close() })
 	defer stop()
 	tc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
@@ -164,28 +176,28 @@ func (s *Server) serveHTTP(ctx context.Context, tc *tls.Conn, src netip.Prefix) 
 			io.WriteString(tc, "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 		}
 		s.log.Debug("https request", "remote", tc.RemoteAddr().String(), "err", err)
-		return
+		return nil
 	}
 	if req.URL.Path != PathSignal && req.URL.Path != PathRelay {
 		io.WriteString(tc, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-		return
+		return nil
 	}
 	if req.Method != http.MethodGet {
 		io.WriteString(tc, "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-		return
+		return nil
 	}
 	if o := req.Header.Get("Origin"); o != "" {
 		// A browser's page from elsewhere (coder/websocket refused those
 		// too): reach's clients send no Origin.
 		if u, err := url.Parse(o); err != nil || !strings.EqualFold(u.Host, req.Host) {
 			io.WriteString(tc, "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-			return
+			return nil
 		}
 	}
 	lr.N = math.MaxInt64 // the WebSocket's bytes are the tunnel's, not the request's
 	if _, _, _, err := (ws.HTTPUpgrader{}).Upgrade(req, &upgradeWriter{c: tc, br: br}); err != nil {
 		s.log.Debug("websocket upgrade", "remote", tc.RemoteAddr().String(), "err", err)
-		return // Upgrade answered
+		return nil // Upgrade answered
 	}
 	s.log.Debug("websocket", "remote", tc.RemoteAddr().String(), "path", req.URL.Path)
 	// The tunnel's first bytes may have come with the request.
@@ -193,7 +205,7 @@ func (s *Server) serveHTTP(ctx context.Context, tc *tls.Conn, src netip.Prefix) 
 	// The tunnelled connection's handshake and idle timeouts apply from
 	// here.
 	tc.SetDeadline(time.Time{})
-	s.handleConn(ctx, newWSConn(tc, bytes.Clone(pre)), src, nil)
+	return newWSConn(tc, bytes.Clone(pre))
 }
 
 // upgradeWriter is the http.ResponseWriter ws.HTTPUpgrader answers a

@@ -289,9 +289,13 @@ func (c *wsConn) SetDeadline(t time.Time) error      { return c.tc.SetDeadline(t
 func (c *wsConn) SetReadDeadline(t time.Time) error  { return c.tc.SetReadDeadline(t) }
 func (c *wsConn) SetWriteDeadline(t time.Time) error { return c.tc.SetWriteDeadline(t) }
 
-// NetConn returns the outer TLS connection (a relay link parks on its
-// TCP connection).
-func (c *wsConn) NetConn() *tls.Conn { return c.tc }
+// ParkConn returns the TCP connection under the outer TLS: a read of c
+// that timed out lost nothing (c keeps a partial frame, crypto/tls a
+// partial record, and neither holds a whole one unread), so nothing is
+// waiting for a reader that this connection does not show as readable,
+// once the first bytes that came with the request were read. A relay
+// link parks on it (relay's parkable).
+func (c *wsConn) ParkConn() net.Conn { return c.tc.NetConn() }
 
 // headerSource hands a complete header to ws.ReadHeaderBuffer.
 type headerSource struct{ b []byte }

@@ -1,8 +1,6 @@
 package relay
 
 import (
-	"encoding/binary"
-	"fmt"
 	"io"
 )
 
@@ -24,13 +22,9 @@ func (f *frameReader) nextRecord(rd io.Reader, d *recordDir) (typ byte, body []b
 	for {
 		b := *f.bp
 		if f.w-f.r >= frameHeader {
-			typ = b[f.r]
-			n := int(binary.BigEndian.Uint16(b[f.r+1:]))
-			if typ == 0 || typ > lastFrameType || typ == frameChallenge || typ == frameResponse {
-				return 0, nil, fmt.Errorf("%w: unknown frame type 0x%02x", ErrProtocol, typ)
-			}
-			if n > maxBody(typ) {
-				return 0, nil, fmt.Errorf("%w: frame body of %d bytes", ErrProtocol, n)
+			var n int
+			if typ, n, err = frameHead(b[f.r:f.w]); err != nil {
+				return 0, nil, err
 			}
 			if end := f.r + frameHeader + n; end <= f.w {
 				body = b[f.r+frameHeader : end]

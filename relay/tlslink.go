@@ -3,9 +3,7 @@ package relay
 import (
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -437,13 +435,9 @@ func (f *frameReader) next(rd io.Reader) (typ byte, body []byte, err error) {
 		b := *f.bp
 		need := frameHeader // from r: what the frame at r needs in all
 		if f.w-f.r >= frameHeader {
-			typ = b[f.r]
-			n := int(binary.BigEndian.Uint16(b[f.r+1:]))
-			if typ == 0 || typ > lastFrameType || typ == frameChallenge || typ == frameResponse {
-				return 0, nil, fmt.Errorf("%w: unknown frame type 0x%02x", ErrProtocol, typ)
-			}
-			if n > maxBody(typ) {
-				return 0, nil, fmt.Errorf("%w: frame body of %d bytes", ErrProtocol, n)
+			var n int
+			if typ, n, err = frameHead(b[f.r:f.w]); err != nil {
+				return 0, nil, err
 			}
 			if end := f.r + frameHeader + n; end <= f.w {
 				body = b[f.r+frameHeader : end]

@@ -175,13 +175,9 @@ func readFrame(r io.Reader, buf []byte) (typ byte, body []byte, _ []byte, err er
 	if _, err := io.ReadFull(r, h); err != nil {
 		return 0, nil, buf, err
 	}
-	typ = h[0]
-	n := int(binary.BigEndian.Uint16(h[1:3]))
-	if typ == 0 || typ > lastFrameType || typ == frameChallenge || typ == frameResponse {
-		return 0, nil, buf, fmt.Errorf("%w: unknown frame type 0x%02x", ErrProtocol, typ)
-	}
-	if n > maxBody(typ) {
-		return 0, nil, buf, fmt.Errorf("%w: frame body of %d bytes", ErrProtocol, n)
+	typ, n, err := frameHead(h)
+	if err != nil {
+		return 0, nil, buf, err
 	}
 	if cap(buf) < n {
 		buf = make([]byte, 0, n)
@@ -191,6 +187,21 @@ func readFrame(r io.Reader, buf []byte) (typ byte, body []byte, _ []byte, err er
 		return 0, nil, buf, err
 	}
 	return typ, body, buf, nil
+}
+
+// frameHead reads a frame header (at least frameHeader bytes): the
+// frame's type and body length, or ErrProtocol for a type a link may not
+// carry or a body too long for it.
+func frameHead(h []byte) (typ byte, n int, err error) {
+	typ = h[0]
+	n = int(binary.BigEndian.Uint16(h[1:3]))
+	if typ == 0 || typ > lastFrameType || typ == frameChallenge || typ == frameResponse {
+		return 0, 0, fmt.Errorf("%w: unknown frame type 0x%02x", ErrProtocol, typ)
+	}
+	if n > maxBody(typ) {
+		return 0, 0, fmt.Errorf("%w: frame body of %d bytes", ErrProtocol, n)
+	}
+	return typ, n, nil
 }
 
 // appendFrame appends a frame of type typ with the concatenated parts as

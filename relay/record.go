@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -207,6 +208,9 @@ type recordConn struct {
 	wmu     sync.Mutex
 	wbuf    []byte
 	pending []byte // records a write sent in part: their rest
+	// writeErr: a write failed, having written nothing, for another
+	// reason than its deadline; sticky (its counters are spent).
+	writeErr error
 }
 
 func newRecordConn(raw net.Conn, in, out *recordDir) *recordConn {
@@ -275,13 +279,19 @@ func (c *recordConn) fill() error {
 }
 
 // Write implements net.Conn: b in records, in one write. A write that
-// failed having written nothing (a deadline) took no record counter and
-// wrote none of b; one that wrote part of its records keeps the rest,
-// which the next write sends first: b is written (n is len(b)), its
-// error says when.
+// timed out having written nothing (os.ErrDeadlineExceeded) took no
+// record counter and wrote none of b; one that wrote part of its records
+// keeps the rest, which the next write sends first: b is written (n is
+// len(b)), its error says when. Any other failure with nothing written
+// is final (every later write returns it): a connection that reports
+// nothing written and may have sent part (a WebSocket's netConn does) must
+// not see those counters again, under other plaintext.
 func (c *recordConn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if c.writeErr != nil {
+		return 0, c.writeErr
+	}
 	if len(c.pending) > 0 {
 		n, err := c.Conn.Write(c.pending)
 		c.pending = c.pending[n:]
@@ -297,7 +307,11 @@ func (c *recordConn) Write(b []byte) (int, error) {
 	}
 	if n, err := c.Conn.Write(c.wbuf); err != nil {
 		if n == 0 {
-			*c.out = saved
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				*c.out = saved
+			} else {
+				c.writeErr = err
+			}
 			return 0, err
 		}
 		c.pending = bytes.Clone(c.wbuf[n:])

@@ -325,3 +325,50 @@ func (c *tlsConn) keepsTLS() bool {
 	defer c.wmu.Unlock()
 	return c.tc != nil
 }
+
+// lyingConn writes everything to wire but reports the first write as
+// failed with nothing written (as a WebSocket's netConn reports a frame
+// that failed half sent).
+type lyingConn struct {
+	readOnly
+	wire   bytes.Buffer
+	writes int
+}
+
+var errLying = errors.New("write failed after sending")
+
+func (c *lyingConn) Write(p []byte) (int, error) {
+	c.wire.Write(p)
+	c.writes++
+	if c.writes == 1 {
+		return 0, errLying
+	}
+	return len(p), nil
+}
+
+// TestRecordConnNoCounterReuse (review of issue 14): a write that failed
+// reporting nothing written, not for its deadline, spends its counters
+// for good: the writes after it fail, and no record counter seals two
+// plaintexts on the wire (every record on it opens in order).
+func TestRecordConnNoCounterReuse(t *testing.T) {
+	seal, open := recordPair(t, 9)
+	lc := &lyingConn{}
+	c := newRecordConn(lc, nil, seal)
+	if _, err := c.Write([]byte("first plaintext")); !errors.Is(err, errLying) {
+		t.Fatalf("first write: %v, want errLying", err)
+	}
+	if _, err := c.Write([]byte("other plaintext")); !errors.Is(err, errLying) {
+		t.Fatalf("write after a failed one: %v, want its error again", err)
+	}
+	wire := lc.wire.Bytes()
+	for len(wire) > 0 {
+		n, err := recordLen(wire)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := open.open(wire[:n]); err != nil {
+			t.Fatalf("record %d on the wire does not open in order: a counter sealed twice", open.seq)
+		}
+		wire = wire[n:]
+	}
+}

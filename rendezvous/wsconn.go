@@ -143,7 +143,12 @@ func (c *wsConn) Read(p []byte) (int, error) {
 // readHeader reads the next frame's header (resuming a partial one) and
 // makes it the current frame.
 func (c *wsConn) readHeader() error {
-	for need := 2; c.hn < need; {
+	// A resumed header whose first 2 bytes are in knows its length.
+	need := 2
+	if c.hn >= 2 {
+		need = wsHeaderLen(c.hdr[1])
+	}
+	for c.hn < need {
 		n, err := c.readRaw(c.hdr[c.hn:need])
 		c.hn += n
 		if c.hn >= 2 {

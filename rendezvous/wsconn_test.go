@@ -201,6 +201,9 @@ func TestWSConnWrites(t *testing.T) {
 		t.Fatal("payload differs")
 	}
 	// Allocations per read and per write, steady state.
+	if raceEnabled {
+		return // allocation counts under -race are not the program's
+	}
 	frame := clientFrame(ws.OpBinary, true, make([]byte, 1200))
 	go func() {
 		for range 200 {
@@ -219,5 +222,38 @@ func TestWSConnWrites(t *testing.T) {
 	sc.Write(buf)
 	if a := testing.AllocsPerRun(100, func() { sc.Write(buf) }); a > 0 {
 		t.Errorf("%.1f allocations per write", a)
+	}
+}
+
+// TestWSConnResumesInHeader (review of issue 14): a read deadline that
+// passes after any number of a frame header's bytes (2-, 4- and 10-byte
+// lengths, all masked: 6, 8 and 14 bytes) loses nothing: the next read
+// finishes the header and returns the payload (it once parsed the partial
+// header as a whole one once 2 bytes were in, and refused it).
+func TestWSConnResumesInHeader(t *testing.T) {
+	for _, size := range []int{5, 300, 70000} {
+		payload := make([]byte, size)
+		for i := range payload {
+			payload[i] = byte(i * 13)
+		}
+		frame := clientFrame(ws.OpBinary, true, payload)
+		hl := wsHeaderLen(frame[1])
+		for cut := 1; cut < hl; cut++ {
+			sc, cc := wsPair(t)
+			if _, err := cc.Write(frame[:cut]); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, size)
+			sc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			if n, err := sc.Read(buf); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("%d-byte payload, %d of %d header bytes: read %d, %v; want a timeout", size, cut, hl, n, err)
+			}
+			go cc.Write(frame[cut:])
+			sc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, err := io.ReadAtLeast(sc, buf, size)
+			if err != nil || !bytes.Equal(buf[:got], payload) {
+				t.Fatalf("%d-byte payload, %d of %d header bytes before a timeout: read %d bytes, %v", size, cut, hl, got, err)
+			}
+		}
 	}
 }

@@ -53,15 +53,25 @@ func sessionsTo(n *reach.Node, peer identity.PeerID) int {
 }
 
 // closeAndWaitGone closes sess and waits (5s at most) until none of nodes
-// has a session left, so that the next dial starts afresh instead of
-// reusing it.
+// has a session left with another of them, so that the next dial starts
+// afresh instead of reusing it.
 func closeAndWaitGone(t *testing.T, sess *reach.Session, nodes ...*reach.Node) {
 	t.Helper()
 	sess.CloseWithError(0, "done")
+	// Only the sessions among these nodes count: a node may also be in
+	// another (parallel) subtest's sessions.
+	among := map[identity.PeerID]bool{}
+	for _, n := range nodes {
+		among[n.ID()] = true
+	}
 	reachlab.MustWaitFor(t, 5*time.Second, "every session closed", func() bool {
 		open := 0
 		for _, n := range nodes {
-			open += len(n.Sessions())
+			for _, s := range n.Sessions() {
+				if among[s.RemotePeer()] {
+					open++
+				}
+			}
 		}
 		return open == 0
 	})

@@ -11,14 +11,7 @@ import (
 // only when no whole frame is buffered: the partial frame before it
 // moves up to meet its plaintext.
 func (f *frameReader) nextRecord(rd io.Reader, d *recordDir) (typ byte, body []byte, err error) {
-	if f.bp == nil {
-		if f.own {
-			b := make([]byte, bufSize)
-			f.bp = &b
-		} else {
-			f.bp = tlsReadBufs.Get().(*[]byte)
-		}
-	}
+	f.takeBuffer()
 	for {
 		b := *f.bp
 		if f.w-f.r >= frameHeader {

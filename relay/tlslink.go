@@ -421,16 +421,23 @@ func (f *frameReader) drop() {
 	f.bp = nil
 }
 
+// takeBuffer gives f its buffer if it has none: its own (a link that
+// cannot park keeps one), or one from the pool while its read loop runs.
+func (f *frameReader) takeBuffer() {
+	if f.bp != nil {
+		return
+	}
+	if f.own {
+		b := make([]byte, bufSize)
+		f.bp = &b
+	} else {
+		f.bp = tlsReadBufs.Get().(*[]byte)
+	}
+}
+
 // next returns the next frame; body is valid until the next call.
 func (f *frameReader) next(rd io.Reader) (typ byte, body []byte, err error) {
-	if f.bp == nil {
-		if f.own {
-			b := make([]byte, bufSize)
-			f.bp = &b
-		} else {
-			f.bp = tlsReadBufs.Get().(*[]byte)
-		}
-	}
+	f.takeBuffer()
 	for {
 		b := *f.bp
 		need := frameHeader // from r: what the frame at r needs in all

@@ -88,24 +88,7 @@ func TestTLSParkWakes(t *testing.T) {
 	a := dialTLS(t, sa, ka, "", false, pktHandler{in: make(chan []byte, 4)})
 	dialTLS(t, sa, kb, "", false, hb)
 	for i := range 3 {
-		waitParked(t, rl, 2)
-		woken := rl.Metrics().Woken
-		pkt := make([]byte, 1200)
-		rand.Read(pkt)
-		if err := a.Send(kb.ID(), pkt); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case got := <-hb.in:
-			if !bytes.Equal(got, pkt) {
-				t.Fatalf("round %d: packet changed on the way", i)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatalf("round %d: the packet did not arrive", i)
-		}
-		if w := rl.Metrics().Woken; w < woken+1 {
-			t.Fatalf("round %d: %d wake-ups, want the sender's link woken (%d before)", i, w, woken)
-		}
+		sendParked(t, rl, 2, i, a, kb.ID(), hb.in)
 	}
 
 	// Relayed streams: opened and carried by parked links.
@@ -387,5 +370,30 @@ func TestTLSParkOff(t *testing.T) {
 	}
 	if n := rl.Metrics().Parked; n != 0 {
 		t.Fatalf("%d links parked with TLSPark off", n)
+	}
+}
+
+// sendParked waits until n links are parked, sends a 1200-byte packet
+// from a to peer, and checks that in gets it intact and that a wake-up
+// was counted (the sender's parked link).
+func sendParked(t *testing.T, rl *relay.Server, n, round int, a relay.Link, peer identity.PeerID, in <-chan []byte) {
+	t.Helper()
+	waitParked(t, rl, n)
+	woken := rl.Metrics().Woken
+	pkt := make([]byte, 1200)
+	rand.Read(pkt)
+	if err := a.Send(peer, pkt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-in:
+		if !bytes.Equal(got, pkt) {
+			t.Fatalf("round %d: packet changed on the way", round)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("round %d: the packet did not arrive", round)
+	}
+	if w := rl.Metrics().Woken; w < woken+1 {
+		t.Fatalf("round %d: %d wake-ups, want the sender's link woken (%d before)", round, w, woken)
 	}
 }

@@ -3,7 +3,6 @@ package relay_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"testing"
 	"time"
 
@@ -41,29 +40,8 @@ func TestWSParkWakes(t *testing.T) {
 	dialWS(t, sa, kb, hb)
 	dialTLS(t, sa, kc, "", false, hc)
 	for i := range 3 {
-		for _, to := range []struct {
-			id identity.PeerID
-			in chan []byte
-		}{{kb.ID(), hb.in}, {kc.ID(), hc.in}} {
-			waitParked(t, rl, 3)
-			woken := rl.Metrics().Woken
-			pkt := make([]byte, 1200)
-			rand.Read(pkt)
-			if err := a.Send(to.id, pkt); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case got := <-to.in:
-				if !bytes.Equal(got, pkt) {
-					t.Fatalf("round %d: packet changed on the way", i)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatalf("round %d: the packet did not arrive", i)
-			}
-			if w := rl.Metrics().Woken; w < woken+1 {
-				t.Fatalf("round %d: %d wake-ups, want the sender's link woken (%d before)", i, w, woken)
-			}
-		}
+		sendParked(t, rl, 3, i, a, kb.ID(), hb.in)
+		sendParked(t, rl, 3, i, a, kc.ID(), hc.in)
 	}
 	time.Sleep(7 * time.Second)
 	for _, l := range []relay.Link{a} {

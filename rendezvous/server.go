@@ -20,6 +20,7 @@ import (
 
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/internal/pathsock"
+	"github.com/reachp2p/reach/internal/tlstake"
 )
 
 // ServerConfig configures a Server. Every zero value is usable.
@@ -239,6 +240,7 @@ type Server struct {
 	nFleetSent, nFleetServed, nRegistryErrors atomic.Uint64
 
 	nRegistrations, nReplaced, nIntros, nIntrosRefused, nSTUN, nDropped, nProtoErr, nHandshakeFail atomic.Uint64
+	nWS, nWSKept                                                                                   atomic.Uint64
 
 	// pmu guards pk's maps and every parkState (park.go); it is taken
 	// after s.mu and a session's qmu, never before.
@@ -546,6 +548,15 @@ func (s *Server) handleTCP(ctx context.Context, c net.Conn) {
 func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, handshakeDone func()) {
 	web := handshakeDone != nil
 	stop := context.AfterFunc(ctx, func() { c.Close() })
+	// A TCP port's connection may turn out to be a WebSocket's, whose
+	// outer TLS the server takes over once the handshake is done
+	// (tlstake): crypto/tls reads the handshake through a Bounded, which
+	// also learns the traffic secrets (tcpTLS's GetConfigForClient).
+	var bounded *tlstake.Bounded
+	if web && !s.cfg.DisableWebSocket {
+		bounded = tlstake.NewBounded(c)
+		c = bounded
+	}
 	tc := tls.Server(c, s.tcpTLS)
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	// The handshake runs on a goroutine of its own, which ends with it:
@@ -571,8 +582,21 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, h
 	}
 	cs := tc.ConnectionState()
 	if cs.NegotiatedProtocol == alpnHTTP && web {
-		s.serveHTTP(ctx, tc, src)
+		var outer net.Conn = tc
+		s.nWS.Add(1)
+		if bounded != nil {
+			if taken, err := tlstake.Take(tc, bounded); err == nil {
+				outer = taken
+			} else {
+				s.nWSKept.Add(1)
+				s.log.Debug("websocket: outer TLS stays with crypto/tls", "remote", c.RemoteAddr().String(), "err", err)
+			}
+		}
+		s.serveHTTP(ctx, outer, src)
 		return
+	}
+	if bounded != nil {
+		bounded.Unbound() // crypto/tls keeps the connection
 	}
 	if pr := s.proofs[cs.NegotiatedProtocol]; pr != nil {
 		pr.ServeTLS(ctx, tc) // no client certificate: it proves its key itself

@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"maps"
 	"slices"
+
+	"github.com/reachp2p/reach/internal/tlstake"
 )
 
 // KeyProofProtocol is a Protocol whose clients may prove their keys
@@ -103,7 +105,7 @@ func tcpTLSConfig(cfg ServerConfig, tlsCfg *tls.Config, alpns []string) (*tls.Co
 					return nil, nil // reach's own: the pinned certificate
 				}
 			}
-			return web, nil
+			return forWebSocket(hi, web), nil
 		}
 	} else if proofTLS != nil || httpTLS != nil {
 		tcpTLS.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
@@ -114,10 +116,22 @@ func tcpTLSConfig(cfg ServerConfig, tlsCfg *tls.Config, alpns []string) (*tls.Co
 			}
 			if httpTLS != nil && slices.Contains(hi.SupportedProtos, alpnHTTP) &&
 				!slices.ContainsFunc(hi.SupportedProtos, func(p string) bool { return slices.Contains(alpns, p) }) {
-				return httpTLS, nil // a WebSocket: its tunnel proves the key
+				return forWebSocket(hi, httpTLS), nil // a WebSocket: its tunnel proves the key
 			}
 			return nil, nil
 		}
 	}
 	return tcpTLS, proofProtos
+}
+
+// forWebSocket returns the config for a connection that may be a
+// WebSocket's: one that lets the server take the outer TLS over once the
+// handshake is done (tlstake: secrets logged to the connection's
+// Bounded, no session tickets), when the connection is read through a
+// Bounded.
+func forWebSocket(hi *tls.ClientHelloInfo, cfg *tls.Config) *tls.Config {
+	if b, ok := hi.Conn.(*tlstake.Bounded); ok {
+		return b.Config(cfg)
+	}
+	return cfg
 }

@@ -157,7 +157,7 @@ const wsBufSize = 1 << 10
 // upgrade hijacks the connection from a small ResponseWriter
 // (upgradeWriter). A WebSocket link costs about 20 KB less so
 // (docs/benchmarks.md).
-func (s *Server) serveHTTP(ctx context.Context, tc *tls.Conn, src netip.Prefix) {
+func (s *Server) serveHTTP(ctx context.Context, tc net.Conn, src netip.Prefix) {
 	wc := s.upgrade(ctx, tc)
 	if wc == nil {
 		tc.Close()
@@ -170,7 +170,7 @@ func (s *Server) serveHTTP(ctx context.Context, tc *tls.Conn, src netip.Prefix) 
 
 // upgrade reads tc's request and upgrades it to a WebSocket; nil if it
 // answered otherwise (the caller closes tc).
-func (s *Server) upgrade(ctx context.Context, tc *tls.Conn) *wsConn {
+func (s *Server) upgrade(ctx context.Context, tc net.Conn) *wsConn {
 	stop := context.AfterFunc(ctx, func() { tc.Close() })
 	defer stop()
 	tc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))

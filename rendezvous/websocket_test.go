@@ -3,9 +3,14 @@ package rendezvous
 import (
 	"bufio"
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
+	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -61,10 +66,33 @@ func TestHTTPAnswers(t *testing.T) {
 // TestWebSocketPipelined: bytes a client sends right behind its upgrade
 // request, before the 101, are the tunnel's first bytes and not lost (the
 // request's reader hands them to the WebSocket): a ping sent so is
-// answered with its pong.
+// answered with its pong. Over TLS 1.3 the server takes the outer TLS
+// over (tlstake) and the request, sent at once behind the client's
+// Finished, is not lost either; over TLS 1.2 crypto/tls keeps it.
 func TestWebSocketPipelined(t *testing.T) {
-	rs := startTestServer(t, ServerConfig{})
-	tc, err := tls.Dial("tcp", rs.TCPAddr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{alpnHTTP}})
+	public := publicTestCert(t)
+	for _, c := range []struct {
+		name       string
+		cert       *tls.Certificate
+		version    uint16
+		kept, want uint64
+	}{
+		{"tls13-taken", nil, tls.VersionTLS13, 0, 1},
+		{"tls13-public-cert-taken", &public, tls.VersionTLS13, 0, 1},
+		{"tls12-public-cert-kept", &public, tls.VersionTLS12, 1, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rs := startTestServer(t, ServerConfig{Certificate: c.cert})
+			testWebSocketPipelined(t, rs.TCPAddr().String(), c.version)
+			if st := rs.Stats(); st.WebSockets != c.want || st.WebSocketsKept != c.kept {
+				t.Fatalf("stats: %d WebSockets, %d kept by crypto/tls; want %d, %d", st.WebSockets, st.WebSocketsKept, c.want, c.kept)
+			}
+		})
+	}
+}
+
+func testWebSocketPipelined(t *testing.T, addr string, version uint16) {
+	tc, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{alpnHTTP}, MaxVersion: version})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,4 +136,22 @@ func TestWebSocketPipelined(t *testing.T) {
 	if _, err := io.ReadFull(r, got); err != nil || !bytes.Equal(got, payload) {
 		t.Fatalf("pong %q, %v", got, err)
 	}
+}
+
+// publicTestCert is a self-signed certificate standing in for a public
+// one (ServerConfig.Certificate: served to clients without reach's ALPNs,
+// TLS 1.2 allowed).
+func publicTestCert(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{"relay.example"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

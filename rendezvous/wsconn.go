@@ -16,9 +16,16 @@ import (
 // and its overhead), so that each goes out as one outer record.
 const wsMaxMessage = 16<<10 + 256
 
-// wsBufs recycles wsConn's write buffers (a frame header and a message):
-// only a write in progress holds one.
-var wsBufs = sync.Pool{New: func() any { b := make([]byte, 0, ws.MaxHeaderSize+wsMaxMessage); return &b }}
+// wsBatch is how many messages wsConn.Write frames into one write of
+// the outer connection (one syscall when the outer TLS is taken over).
+const wsBatch = 4
+
+// wsBufs recycles wsConn's write buffers (up to wsBatch messages and
+// their headers): only a write in progress holds one.
+var wsBufs = sync.Pool{New: func() any {
+	b := make([]byte, 0, wsBatch*(ws.MaxHeaderSize+wsMaxMessage))
+	return &b
+}}
 
 // ErrWebSocket: a WebSocket's client broke RFC 6455 (an unmasked frame, a
 // text message, a control frame too long, reserved bits or opcodes...);
@@ -43,7 +50,9 @@ var ErrWebSocket = errors.New("rendezvous: websocket protocol error")
 // Pings are answered with pongs, a close frame with a close frame (and
 // io.EOF for reads).
 type wsConn struct {
-	tc  *tls.Conn
+	// tc is the outer TLS connection: crypto/tls's, or the record layer
+	// taken over from it (tlstake.Conn: what a WebSocket normally gets).
+	tc  net.Conn
 	pre []byte // bytes read with the upgrade request, the tunnel's first
 
 	rmu   sync.Mutex
@@ -66,7 +75,7 @@ type wsConn struct {
 	whb    [ws.MaxHeaderSize]byte
 }
 
-func newWSConn(tc *tls.Conn, pre []byte) *wsConn {
+func newWSConn(tc net.Conn, pre []byte) *wsConn {
 	return &wsConn{tc: tc, pre: pre, state: ws.StateServerSide}
 }
 
@@ -248,32 +257,51 @@ func (c *wsConn) writeFrame(op ws.OpCode, payload []byte) error {
 func (c *wsConn) writeFrameLocked(op ws.OpCode, payload []byte) error {
 	bp := wsBufs.Get().(*[]byte)
 	defer wsBufs.Put(bp)
-	c.hsink.b = (*bp)[:0]
-	if err := ws.WriteHeaderBuffer(&c.hsink, ws.Header{Fin: true, OpCode: op, Length: int64(len(payload))}, c.whb[:]); err != nil {
-		return err
+	b, err := c.appendFrame((*bp)[:0], op, payload)
+	if err == nil {
+		_, err = c.tc.Write(b)
 	}
-	b := append(c.hsink.b, payload...)
-	*bp, c.hsink.b = b[:0], nil
-	_, err := c.tc.Write(b)
+	*bp = b[:0]
 	return err
 }
 
+// appendFrame appends an unmasked, final frame to b.
+func (c *wsConn) appendFrame(b []byte, op ws.OpCode, payload []byte) ([]byte, error) {
+	c.hsink.b = b
+	err := ws.WriteHeaderBuffer(&c.hsink, ws.Header{Fin: true, OpCode: op, Length: int64(len(payload))}, c.whb[:])
+	b, c.hsink.b = c.hsink.b, nil
+	return append(b, payload...), err
+}
+
 // Write implements net.Conn: p in binary messages of at most
-// wsMaxMessage bytes.
+// wsMaxMessage bytes, up to wsBatch of them a write of the outer
+// connection.
 func (c *wsConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.closed {
 		return 0, net.ErrClosed
 	}
+	bp := wsBufs.Get().(*[]byte)
+	defer wsBufs.Put(bp)
 	done := 0
 	for len(p) > 0 {
-		m := p[:min(len(p), wsMaxMessage)]
-		if err := c.writeFrameLocked(ws.OpBinary, m); err != nil {
+		b := (*bp)[:0]
+		batch := 0
+		for i := 0; i < wsBatch && len(p) > 0; i++ {
+			m := p[:min(len(p), wsMaxMessage)]
+			var err error
+			if b, err = c.appendFrame(b, ws.OpBinary, m); err != nil {
+				return done, err
+			}
+			batch += len(m)
+			p = p[len(m):]
+		}
+		*bp = b[:0]
+		if _, err := c.tc.Write(b); err != nil {
 			return done, err
 		}
-		done += len(m)
-		p = p[len(m):]
+		done += batch
 	}
 	return done, nil
 }
@@ -295,12 +323,33 @@ func (c *wsConn) SetReadDeadline(t time.Time) error  { return c.tc.SetReadDeadli
 func (c *wsConn) SetWriteDeadline(t time.Time) error { return c.tc.SetWriteDeadline(t) }
 
 // ParkConn returns the TCP connection under the outer TLS: a read of c
-// that timed out lost nothing (c keeps a partial frame, crypto/tls a
+// that timed out lost nothing (c keeps a partial frame, the outer TLS a
 // partial record, and neither holds a whole one unread), so nothing is
 // waiting for a reader that this connection does not show as readable,
 // once the first bytes that came with the request were read. A relay
 // link parks on it (relay's parkable).
-func (c *wsConn) ParkConn() net.Conn { return c.tc.NetConn() }
+func (c *wsConn) ParkConn() net.Conn {
+	nc := c.tc
+	for range 4 {
+		switch t := nc.(type) {
+		case *tls.Conn:
+			nc = t.NetConn()
+		case interface{ ParkConn() net.Conn }:
+			nc = t.ParkConn()
+		default:
+			return nc
+		}
+	}
+	return nc
+}
+
+// Idle lets the outer connection drop its keys and buffers while the
+// link is parked (tlstake.Conn.Idle; crypto/tls's cannot).
+func (c *wsConn) Idle() {
+	if i, ok := c.tc.(interface{ Idle() }); ok {
+		i.Idle()
+	}
+}
 
 // headerSource hands a complete header to ws.ReadHeaderBuffer.
 type headerSource struct{ b []byte }

@@ -55,8 +55,8 @@ var (
 // the server may take it over: until Unbound, a read never goes past the
 // end of the TLS record it is in (Bounded parses the 5-byte record
 // headers), so crypto/tls holds no byte of what follows the handshake.
-// It is also a tls.Config.KeyLogWriter for its own connection (see
-// Config): it keeps the application traffic secrets crypto/tls logs.
+// Its Config makes crypto/tls log the connection's application traffic
+// secrets to it, for Take.
 type Bounded struct {
 	net.Conn
 	hdr     [5]byte
@@ -99,7 +99,12 @@ func (b *Bounded) AtBoundary() bool { return b.nh == 0 && b.left == 0 }
 
 // Unbound makes reads go straight to the connection (crypto/tls keeps
 // it: no takeover). Call it before the first read after the handshake.
-func (b *Bounded) Unbound() { b.unbound = true }
+func (b *Bounded) Unbound() {
+	b.unbound = true
+	clear(b.keys.cli)
+	clear(b.keys.srv)
+	b.keys = keyLog{}
+}
 
 // ParkConn returns the connection under b: with b unbound, nothing is
 // held here that the connection does not show as readable.
@@ -173,9 +178,7 @@ func Take(tc *tls.Conn, b *Bounded) (*Conn, error) {
 		b.Unbound()
 		return nil, fmt.Errorf("%w: %v", ErrCannotTake, err)
 	}
-	clear(b.keys.cli)
-	clear(b.keys.srv)
-	b.keys = keyLog{}
+	b.Unbound() // the secrets are c's now
 	return c, nil
 }
 

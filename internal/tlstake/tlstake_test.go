@@ -212,7 +212,7 @@ func TestTakeKeyUpdate(t *testing.T) {
 	if p.takeErr != nil {
 		t.Fatal(p.takeErr)
 	}
-	echo(p.srv)
+	done := echo(p.srv)
 	for i := range 10 {
 		if i%3 == 0 {
 			// Ask the client for its KeyUpdate: crypto/tls answers at once,
@@ -232,6 +232,8 @@ func TestTakeKeyUpdate(t *testing.T) {
 		}
 		roundTrip(t, p.cli, randBytes(40<<10+i))
 	}
+	p.cli.CloseWrite()
+	<-done
 	if p.srv.in.seq > 8 {
 		t.Fatalf("the server's read counter is %d: the client's KeyUpdates were not followed", p.srv.in.seq)
 	}

@@ -62,6 +62,8 @@ var (
 		"Supernode volunteers admitted now.", nil, nil)
 	descHandshakeFail = prometheus.NewDesc("reach_rendezvous_handshake_failures_total",
 		"TLS or QUIC handshakes that failed or timed out.", nil, nil)
+	descWebSockets = prometheus.NewDesc("reach_rendezvous_websockets_total",
+		"WebSocket TLS handshakes done on the TCP ports, by whether the server took the outer TLS over (taken) or crypto/tls kept it (kept).", []string{"outer"}, nil)
 	descHandshakes = prometheus.NewDesc("reach_rendezvous_handshakes",
 		"Handshakes in progress now.", nil, nil)
 	descRetries = prometheus.NewDesc("reach_rendezvous_quic_retries_total",
@@ -102,7 +104,7 @@ func Register(reg prometheus.Registerer, s *rendezvous.Server) error {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPeers, descRegs, descIntros, descSTUN, descLimited, descVolunteers,
-		descHandshakeFail, descHandshakes, descRetries, descProtoErr, descDropped, descCodes, descCodeSlots, descCodeReqs,
+		descHandshakeFail, descWebSockets, descHandshakes, descRetries, descProtoErr, descDropped, descCodes, descCodeSlots, descCodeReqs,
 		descFleet, descRegistryErr} {
 		ch <- d
 	}
@@ -135,6 +137,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descLimited, st.STUNLimited, LimitSTUN)
 	gauge(descVolunteers, len(c.s.Volunteers()))
 	counter(descHandshakeFail, st.FailedHandshakes)
+	counter(descWebSockets, st.WebSockets-st.WebSocketsKept, "taken")
+	counter(descWebSockets, st.WebSocketsKept, "kept")
 	gauge(descHandshakes, st.Handshakes)
 	counter(descRetries, st.Retries)
 	counter(descProtoErr, st.ProtocolErrors)

@@ -76,6 +76,11 @@ func TestIntroduce(t *testing.T) {
 				t.Fatal(err)
 			}
 			offer := <-offerSeen
+			// The TCP registrations' TLS was taken over from crypto/tls
+			// (tlstake), and the introduction went through it.
+			if st := rs.Stats(); int(st.TLSTaken) < b2i(tc.aTCP)+b2i(tc.bTCP) || st.TLSKept != 0 {
+				t.Errorf("TLS taken over %d, kept %d; want %d taken, none kept", st.TLSTaken, st.TLSKept, b2i(tc.aTCP)+b2i(tc.bTCP))
+			}
 			if offer.Peer != ka.ID() {
 				t.Errorf("offer.Peer = %s, want the dialler's authenticated ID %s", offer.Peer.Short(), ka.ID().Short())
 			}

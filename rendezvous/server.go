@@ -240,7 +240,7 @@ type Server struct {
 	nFleetSent, nFleetServed, nRegistryErrors atomic.Uint64
 
 	nRegistrations, nReplaced, nIntros, nIntrosRefused, nSTUN, nDropped, nProtoErr, nHandshakeFail atomic.Uint64
-	nWS, nWSKept                                                                                   atomic.Uint64
+	nTaken, nTakeKept                                                                              atomic.Uint64
 
 	// pmu guards pk's maps and every parkState (park.go); it is taken
 	// after s.mu and a session's qmu, never before.
@@ -548,12 +548,12 @@ func (s *Server) handleTCP(ctx context.Context, c net.Conn) {
 func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, handshakeDone func()) {
 	web := handshakeDone != nil
 	stop := context.AfterFunc(ctx, func() { c.Close() })
-	// A TCP port's connection may turn out to be a WebSocket's, whose
-	// outer TLS the server takes over once the handshake is done
-	// (tlstake): crypto/tls reads the handshake through a Bounded, which
-	// also learns the traffic secrets (tcpTLS's GetConfigForClient).
+	// A TCP port's connection may turn out to be a WebSocket's or a TCP
+	// registration's, whose TLS the server takes over once the handshake
+	// is done (tlstake): crypto/tls reads the handshake through a Bounded,
+	// which also learns the traffic secrets (tcpTLS's GetConfigForClient).
 	var bounded *tlstake.Bounded
-	if web && !s.cfg.DisableWebSocket {
+	if web {
 		bounded = tlstake.NewBounded(c)
 		c = bounded
 	}
@@ -582,20 +582,10 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, h
 	}
 	cs := tc.ConnectionState()
 	if cs.NegotiatedProtocol == alpnHTTP && web {
-		var outer net.Conn = tc
-		s.nWS.Add(1)
-		if bounded != nil {
-			if taken, err := tlstake.Take(tc, bounded); err == nil {
-				outer = taken
-			} else {
-				s.nWSKept.Add(1)
-				s.log.Debug("websocket: outer TLS stays with crypto/tls", "remote", c.RemoteAddr().String(), "err", err)
-			}
-		}
-		s.serveHTTP(ctx, outer, src)
+		s.serveHTTP(ctx, s.take(tc, bounded), src)
 		return
 	}
-	if bounded != nil {
+	if bounded != nil && cs.NegotiatedProtocol != ALPN {
 		bounded.Unbound() // crypto/tls keeps the connection
 	}
 	if pr := s.proofs[cs.NegotiatedProtocol]; pr != nil {
@@ -618,6 +608,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, h
 		c.Close()
 		return
 	}
+	conn := s.take(tc, bounded)
 	sess := &session{
 		srv:              s,
 		peer:             id,
@@ -625,12 +616,30 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, h
 		src:              src,
 		observed:         func() netip.AddrPort { return netip.AddrPort{} },
 		tcpObserved:      addrPortOf(c.RemoteAddr()),
-		rw:               tc,
-		setReadDeadline:  tc.SetReadDeadline,
-		setWriteDeadline: tc.SetWriteDeadline,
-		closeConn:        func(*ProtocolError) { tc.Close() },
+		rw:               conn,
+		setReadDeadline:  conn.SetReadDeadline,
+		setWriteDeadline: conn.SetWriteDeadline,
+		closeConn:        func(*ProtocolError) { conn.Close() },
 	}
 	sess.run(ctx)
+}
+
+// take takes tc over from crypto/tls once its handshake is done (a
+// WebSocket's outer TLS, a TCP registration's; tlstake), when it was read
+// through bounded (a TCP port's connection); otherwise, or when it cannot
+// (not TLS 1.3 with AES-128-GCM), tc goes on.
+func (s *Server) take(tc *tls.Conn, bounded *tlstake.Bounded) net.Conn {
+	if bounded == nil {
+		return tc
+	}
+	taken, err := tlstake.Take(tc, bounded)
+	if err != nil {
+		s.nTakeKept.Add(1)
+		s.log.Debug("tls stays with crypto/tls", "remote", tc.RemoteAddr().String(), "err", err)
+		return tc
+	}
+	s.nTaken.Add(1)
+	return taken
 }
 
 // QUIC application error codes on CONNECTION_CLOSE; the reason phrase is

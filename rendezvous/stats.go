@@ -13,12 +13,12 @@ type Stats struct {
 	FailedHandshakes uint64 // TLS/QUIC handshakes that failed or timed out
 	FlightPackets    uint64 // first-flight packets relayed (FLIGHT)
 	FlightDropped    uint64 // first-flight packets dropped: no such flight, over its limits, queue full
-	// WebSockets are the WebSockets' TLS handshakes done on the TCP ports
-	// (http/1.1); WebSocketsKept those whose outer TLS stayed with
-	// crypto/tls (not TLS 1.3 with AES-128-GCM: a TLS-inspecting proxy, a
-	// client without AES instructions) instead of being taken over
-	// (docs/server.md, "WebSocket links").
-	WebSockets, WebSocketsKept uint64
+	// TLSTaken are the TCP ports' TLS connections (WebSockets' outer TLS,
+	// TCP registrations) the server took over from crypto/tls after the
+	// handshake; TLSKept those it left with crypto/tls (not TLS 1.3 with
+	// AES-128-GCM: a TLS-inspecting proxy, a client without AES
+	// instructions), which then cost more memory (docs/server.md).
+	TLSTaken, TLSKept uint64
 
 	// Per-source limits (ServerConfig.Limits).
 	ConnsRefused         uint64 // new connections refused: over their source's rate or a handshake cap
@@ -65,8 +65,8 @@ func (s *Server) Stats() Stats {
 		DroppedPackets:   s.nDropped.Load(),
 		ProtocolErrors:   s.nProtoErr.Load(),
 		FailedHandshakes: s.nHandshakeFail.Load(),
-		WebSockets:       s.nWS.Load(),
-		WebSocketsKept:   s.nWSKept.Load(),
+		TLSTaken:         s.nTaken.Load(),
+		TLSKept:          s.nTakeKept.Load(),
 
 		ConnsRefused:         s.lim.nConnsRefused.Load(),
 		Retries:              s.lim.nRetries.Load(),

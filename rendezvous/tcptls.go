@@ -105,7 +105,7 @@ func tcpTLSConfig(cfg ServerConfig, tlsCfg *tls.Config, alpns []string) (*tls.Co
 					return nil, nil // reach's own: the pinned certificate
 				}
 			}
-			return forWebSocket(hi, web), nil
+			return web, nil
 		}
 	} else if proofTLS != nil || httpTLS != nil {
 		tcpTLS.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
@@ -116,22 +116,41 @@ func tcpTLSConfig(cfg ServerConfig, tlsCfg *tls.Config, alpns []string) (*tls.Co
 			}
 			if httpTLS != nil && slices.Contains(hi.SupportedProtos, alpnHTTP) &&
 				!slices.ContainsFunc(hi.SupportedProtos, func(p string) bool { return slices.Contains(alpns, p) }) {
-				return forWebSocket(hi, httpTLS), nil // a WebSocket: its tunnel proves the key
+				return httpTLS, nil // a WebSocket: its tunnel proves the key
 			}
 			return nil, nil
 		}
 	}
-	return tcpTLS, proofProtos
+	return takeable(tcpTLS, proofTLS), proofProtos
 }
 
-// forWebSocket returns the config for a connection that may be a
-// WebSocket's: one that lets the server take the outer TLS over once the
-// handshake is done (tlstake: secrets logged to the connection's
-// Bounded, no session tickets), when the connection is read through a
-// Bounded.
-func forWebSocket(hi *tls.ClientHelloInfo, cfg *tls.Config) *tls.Config {
-	if b, ok := hi.Conn.(*tlstake.Bounded); ok {
-		return b.Config(cfg)
+// takeable returns tcpTLS with a GetConfigForClient that lets the server
+// take a connection over once its handshake is done (tlstake: a
+// WebSocket's outer TLS, a TCP registration's): when the connection is
+// read through a Bounded, the config chosen for it logs its secrets there
+// and sends no session ticket. A relay link proving its key in band
+// (proofTLS) leaves TLS for the relay's own records and is left alone.
+func takeable(tcpTLS, proofTLS *tls.Config) *tls.Config {
+	base := tcpTLS.Clone() // what a client of reach's own ALPNs gets
+	base.GetConfigForClient = nil
+	choose := tcpTLS.GetConfigForClient
+	out := tcpTLS.Clone()
+	out.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+		cfg := base
+		if choose != nil {
+			c, err := choose(hi)
+			if err != nil {
+				return nil, err
+			}
+			if c != nil {
+				cfg = c
+			}
+		}
+		b, ok := hi.Conn.(*tlstake.Bounded)
+		if !ok || (proofTLS != nil && cfg == proofTLS) {
+			return cfg, nil
+		}
+		return b.Config(cfg), nil
 	}
-	return cfg
+	return out
 }

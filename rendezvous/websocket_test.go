@@ -84,8 +84,8 @@ func TestWebSocketPipelined(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			rs := startTestServer(t, ServerConfig{Certificate: c.cert})
 			testWebSocketPipelined(t, rs.TCPAddr().String(), c.version)
-			if st := rs.Stats(); st.WebSockets != c.want || st.WebSocketsKept != c.kept {
-				t.Fatalf("stats: %d WebSockets, %d kept by crypto/tls; want %d, %d", st.WebSockets, st.WebSocketsKept, c.want, c.kept)
+			if st := rs.Stats(); st.TLSTaken != c.want-c.kept || st.TLSKept != c.kept {
+				t.Fatalf("stats: %d TLS connections taken over, %d kept by crypto/tls; want %d, %d", st.TLSTaken, st.TLSKept, c.want-c.kept, c.kept)
 			}
 		})
 	}

@@ -62,8 +62,8 @@ var (
 		"Supernode volunteers admitted now.", nil, nil)
 	descHandshakeFail = prometheus.NewDesc("reach_rendezvous_handshake_failures_total",
 		"TLS or QUIC handshakes that failed or timed out.", nil, nil)
-	descWebSockets = prometheus.NewDesc("reach_rendezvous_websockets_total",
-		"WebSocket TLS handshakes done on the TCP ports, by whether the server took the outer TLS over (taken) or crypto/tls kept it (kept).", []string{"outer"}, nil)
+	descTLSTake = prometheus.NewDesc("reach_rendezvous_tls_takeover_total",
+		"TLS connections of the TCP ports (WebSockets' outer TLS, TCP registrations) after their handshake, by whether the server took their record layer over (taken) or crypto/tls kept it (kept: not TLS 1.3 with AES-128-GCM).", []string{"outcome"}, nil)
 	descHandshakes = prometheus.NewDesc("reach_rendezvous_handshakes",
 		"Handshakes in progress now.", nil, nil)
 	descRetries = prometheus.NewDesc("reach_rendezvous_quic_retries_total",
@@ -104,7 +104,7 @@ func Register(reg prometheus.Registerer, s *rendezvous.Server) error {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPeers, descRegs, descIntros, descSTUN, descLimited, descVolunteers,
-		descHandshakeFail, descWebSockets, descHandshakes, descRetries, descProtoErr, descDropped, descCodes, descCodeSlots, descCodeReqs,
+		descHandshakeFail, descTLSTake, descHandshakes, descRetries, descProtoErr, descDropped, descCodes, descCodeSlots, descCodeReqs,
 		descFleet, descRegistryErr} {
 		ch <- d
 	}
@@ -137,8 +137,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descLimited, st.STUNLimited, LimitSTUN)
 	gauge(descVolunteers, len(c.s.Volunteers()))
 	counter(descHandshakeFail, st.FailedHandshakes)
-	counter(descWebSockets, st.WebSockets-st.WebSocketsKept, "taken")
-	counter(descWebSockets, st.WebSocketsKept, "kept")
+	counter(descTLSTake, st.TLSTaken, "taken")
+	counter(descTLSTake, st.TLSKept, "kept")
 	gauge(descHandshakes, st.Handshakes)
 	counter(descRetries, st.Retries)
 	counter(descProtoErr, st.ProtocolErrors)

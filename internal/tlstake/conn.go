@@ -94,7 +94,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 // release gives the read buffer back once it holds nothing.
 func (c *Conn) release() {
 	if c.rbuf != nil && len(c.plain) == 0 && c.rr == c.rw {
-		bufs.Put(c.rbuf)
+		putBuf(c.rbuf)
 		c.rbuf, c.rr, c.rw = nil, 0, 0
 	}
 }
@@ -102,7 +102,7 @@ func (c *Conn) release() {
 // fill reads until a record with application data opens.
 func (c *Conn) fill() error {
 	if c.rbuf == nil {
-		c.rbuf = bufs.Get().(*[]byte)
+		c.rbuf = getBuf(smallBuf)
 	}
 	buf := *c.rbuf
 	for {
@@ -130,7 +130,14 @@ func (c *Conn) fill() error {
 				continue
 			}
 		}
-		if len(buf)-c.rr < need {
+		if len(buf) < need {
+			// A record larger than the small buffer: a large one.
+			large := getBuf(need)
+			c.rw = copy(*large, buf[c.rr:c.rw])
+			c.rr = 0
+			putBuf(c.rbuf)
+			c.rbuf, buf = large, *large
+		} else if len(buf)-c.rr < need {
 			c.rw = copy(buf, buf[c.rr:c.rw])
 			c.rr = 0
 		}
@@ -248,7 +255,8 @@ func (c *Conn) Write(b []byte) (int, error) {
 		c.pending = nil
 	}
 	saved, update := c.out, c.keyUpdate.Swap(false)
-	bp := bufs.Get().(*[]byte)
+	// Records add their header, type byte and tag; a KeyUpdate one more.
+	bp := getBuf(len(b) + (len(b)/maxPlaintext+3)*(recordHeaderLen+1+16) + len(keyUpdateMsg))
 	defer putBuf(bp)
 	w, err := c.sealAll((*bp)[:0], b, update)
 	*bp = w
@@ -295,14 +303,6 @@ func (c *Conn) sealAll(w, b []byte, update bool) ([]byte, error) {
 		b = b[n:]
 	}
 	return w, nil
-}
-
-// putBuf recycles a write buffer unless a large write grew it.
-func putBuf(bp *[]byte) {
-	if cap(*bp) == bufSize {
-		*bp = (*bp)[:bufSize]
-		bufs.Put(bp)
-	}
 }
 
 // Close sends close_notify (unless a write is in progress or failed) and

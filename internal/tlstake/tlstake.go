@@ -182,13 +182,43 @@ func Take(tc *tls.Conn, b *Bounded) (*Conn, error) {
 	return c, nil
 }
 
-// bufs recycles read and write buffers: a Conn holds one only while bytes
-// move (a partial record, plaintext not yet read, a write in progress).
-var bufs = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+// Read and write buffers come from two pools: a Conn holds one only while
+// bytes move (a partial record, plaintext not yet read, a write in
+// progress). A small one serves the small records of signalling and
+// keepalives; a large one (several whole records: a read syscall takes
+// what the connection has, up to this) serves bulk data. One size for
+// both would have 10,000 registrations answering at once hold 10,000
+// large buffers until the GC emptied the pool.
+const (
+	smallBuf = 4 << 10
+	largeBuf = 4 * maxCiphertext
+)
 
-// bufSize fits several whole records: a read syscall takes what the
-// connection has, up to this.
-const bufSize = 4 * maxCiphertext
+var (
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
+	largeBufs = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
+)
+
+// getBuf returns a pooled buffer of at least n bytes if one is that
+// large (else a large one).
+func getBuf(n int) *[]byte {
+	if n <= smallBuf {
+		return smallBufs.Get().(*[]byte)
+	}
+	return largeBufs.Get().(*[]byte)
+}
+
+// putBuf recycles bp unless a write grew it past its pool's size.
+func putBuf(bp *[]byte) {
+	switch cap(*bp) {
+	case smallBuf:
+		*bp = (*bp)[:smallBuf]
+		smallBufs.Put(bp)
+	case largeBuf:
+		*bp = (*bp)[:largeBuf]
+		largeBufs.Put(bp)
+	}
+}
 
 const (
 	recordHeaderLen = 5

@@ -62,12 +62,14 @@ const (
 var ErrRecord = fmt.Errorf("%w: a record that does not open", ErrProtocol)
 
 // recordDir is one direction of a link's records: its current secret,
-// the AEAD and IV derived from it, and the count of records so far. A
-// parked link drops its AEADs (drop): about 0.75 KB each, the AES key
-// schedule and GHASH tables, rebuilt from the secret by the next record
-// sealed or opened.
+// the key, AEAD and IV derived from it, and the count of records so far.
+// A parked link drops its AEADs (drop): about 0.75 KB each, the AES key
+// schedule and GHASH tables, rebuilt from the key by the next record
+// sealed or opened. (The key is kept, 16 bytes, so that a rebuild costs
+// no HKDF: 1 µs and 2 allocations instead of 2.5 µs and 12.)
 type recordDir struct {
 	secret [32]byte
+	key    [16]byte
 	iv     [12]byte
 	aead   cipher.AEAD // nil: dropped, step rebuilds it
 	seq    uint64      // records sealed (or opened) so far: the next one's counter
@@ -101,26 +103,26 @@ func newRecordDirs(cs tls.ConnectionState, server bool) (in, out *recordDir, err
 	return in, out, nil
 }
 
-// init sets the secret and derives the key and IV from it.
+// init sets the secret and derives the key, AEAD and IV from it.
 func (d *recordDir) init(secret []byte) error {
+	d.aead = nil // none of another secret's if this fails
 	copy(d.secret[:], secret)
+	key, err := hkdf.Expand(sha256.New, d.secret[:], recordInfoKey, len(d.key))
+	if err != nil {
+		return err
+	}
+	copy(d.key[:], key)
 	iv, err := hkdf.Expand(sha256.New, d.secret[:], recordInfoIV, len(d.iv))
 	if err != nil {
 		return err
 	}
 	copy(d.iv[:], iv)
-	return d.key()
+	return d.build()
 }
 
-// key derives the AEAD from the secret (the IV and counter stay); if it
-// fails the AEAD is nil, none of another secret's.
-func (d *recordDir) key() error {
-	d.aead = nil
-	key, err := hkdf.Expand(sha256.New, d.secret[:], recordInfoKey, 16)
-	if err != nil {
-		return err
-	}
-	block, err := aes.NewCipher(key)
+// build makes the AEAD of the key (the IV and counter stay).
+func (d *recordDir) build() error {
+	block, err := aes.NewCipher(d.key[:])
 	if err != nil {
 		return err
 	}
@@ -132,10 +134,10 @@ func (d *recordDir) key() error {
 	return nil
 }
 
-// drop lets go of the AEAD; the secret, IV and counter stay, and the next
-// record sealed or opened rebuilds it. Only whoever may seal (or open) in
-// this direction at the moment may drop it: for a link's out, under the
-// lock of its writes; for its in, its reader.
+// drop lets go of the AEAD; the secret, key, IV and counter stay, and
+// the next record sealed or opened rebuilds it. Only whoever may seal (or
+// open) in this direction at the moment may drop it: for a link's out,
+// under the lock of its writes; for its in, its reader.
 func (d *recordDir) drop() { d.aead = nil }
 
 // step moves the counter on to the record about to be sealed or opened,
@@ -154,7 +156,7 @@ func (d *recordDir) step() error {
 			return err
 		}
 	} else if d.aead == nil {
-		if err := d.key(); err != nil {
+		if err := d.build(); err != nil {
 			return err
 		}
 	}

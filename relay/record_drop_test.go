@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/reachp2p/reach/identity"
 )
 
@@ -136,9 +138,9 @@ func (s *Server) parkedState(p *peerLink) (parked, inAEAD, outAEAD bool) {
 // AEADs and calls its carrier's Idle, once per park; a packet forwarded
 // to it while parked is written without waking it (its out AEAD rebuilt,
 // its in still dropped), and both links carry packets intact both ways
-// after every wake-up, across many rekeys (one every 3 records). Over
-// records and over TLS records (a node without ALPNRecord: the carrier
-// is under the tls.Conn).
+// after every wake-up, across many rekeys (one every 3 records); no
+// goroutine outlives the server. Over records and over TLS records (a
+// node without ALPNRecord: the carrier is under the tls.Conn).
 func TestTLSParkIdles(t *testing.T) {
 	setRekey(t, 3)
 	for _, records := range []bool{true, false} {
@@ -147,6 +149,8 @@ func TestTLSParkIdles(t *testing.T) {
 			name = "tls"
 		}
 		t.Run(name, func(t *testing.T) {
+			ignore := goleak.IgnoreCurrent()
+			t.Cleanup(func() { goleak.VerifyNone(t, ignore) }) // after the server's cleanup
 			var idles atomic.Int64
 			srv, sa := recordServer(t, func(c net.Conn) net.Conn { return idleConn{c, &idles} })
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

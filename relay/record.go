@@ -62,12 +62,17 @@ const (
 var ErrRecord = fmt.Errorf("%w: a record that does not open", ErrProtocol)
 
 // recordDir is one direction of a link's records: its current secret,
-// the AEAD and IV derived from it, and the count of records so far.
+// the key, AEAD and IV derived from it, and the count of records so far.
+// A parked link drops its AEADs (drop): about 0.75 KB each, the AES key
+// schedule and GHASH tables, rebuilt from the key by the next record
+// sealed or opened. (The key is kept, 16 bytes, so that a rebuild costs
+// no HKDF: 1 µs and 2 allocations instead of 2.5 µs and 12.)
 type recordDir struct {
 	secret [32]byte
+	key    [16]byte
 	iv     [12]byte
-	aead   cipher.AEAD
-	seq    uint64 // records sealed (or opened) so far: the next one's counter
+	aead   cipher.AEAD // nil: dropped, step rebuilds it
+	seq    uint64      // records sealed (or opened) so far: the next one's counter
 	// nonce is the current record's (here, not on the stack: passed to
 	// the AEAD's interface it would escape, an allocation per record).
 	nonce [12]byte
@@ -98,29 +103,46 @@ func newRecordDirs(cs tls.ConnectionState, server bool) (in, out *recordDir, err
 	return in, out, nil
 }
 
-// init sets the secret and derives the key and IV from it.
+// init sets the secret and derives the key, AEAD and IV from it.
 func (d *recordDir) init(secret []byte) error {
+	d.aead = nil // none of another secret's if this fails
 	copy(d.secret[:], secret)
-	key, err := hkdf.Expand(sha256.New, d.secret[:], recordInfoKey, 16)
+	key, err := hkdf.Expand(sha256.New, d.secret[:], recordInfoKey, len(d.key))
 	if err != nil {
 		return err
 	}
+	copy(d.key[:], key)
 	iv, err := hkdf.Expand(sha256.New, d.secret[:], recordInfoIV, len(d.iv))
 	if err != nil {
 		return err
 	}
 	copy(d.iv[:], iv)
-	block, err := aes.NewCipher(key)
+	return d.build()
+}
+
+// build makes the AEAD of the key (the IV and counter stay).
+func (d *recordDir) build() error {
+	block, err := aes.NewCipher(d.key[:])
 	if err != nil {
 		return err
 	}
-	d.aead, err = cipher.NewGCM(block)
-	return err
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return err
+	}
+	d.aead = aead
+	return nil
 }
 
+// drop lets go of the AEAD; the secret, key, IV and counter stay, and
+// the next record sealed or opened rebuilds it. Only whoever may seal (or
+// open) in this direction at the moment may drop it: for a link's out,
+// under the lock of its writes; for its in, its reader.
+func (d *recordDir) drop() { d.aead = nil }
+
 // step moves the counter on to the record about to be sealed or opened,
-// rekeying when it starts a new interval; the nonce is the IV XOR the
-// counter.
+// rekeying when it starts a new interval (and rebuilding a dropped AEAD);
+// the nonce is the IV XOR the counter.
 func (d *recordDir) step() error {
 	if d.seq == ^uint64(0) {
 		return fmt.Errorf("%w: record counter exhausted", ErrRecord)
@@ -131,6 +153,10 @@ func (d *recordDir) step() error {
 			return err
 		}
 		if err := d.init(next); err != nil {
+			return err
+		}
+	} else if d.aead == nil {
+		if err := d.build(); err != nil {
 			return err
 		}
 	}

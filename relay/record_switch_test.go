@@ -65,12 +65,13 @@ func (h *seqHandler) snapshot() ([]uint32, int) {
 	return append([]uint32(nil), h.got...), h.bad
 }
 
-// recordServer serves the relay under ALPNRecord on a loopback listener
-// of its own, each connection wrapped (both ends read alike).
+// recordServer serves the relay under ALPNRecord (or, to a node without
+// it, ALPNKeyProof) on a loopback listener of its own, each connection
+// wrapped (both ends read alike).
 func recordServer(t *testing.T, wrap func(net.Conn) net.Conn) (*Server, rendezvous.ServerAddr) {
 	t.Helper()
 	sk := genKey(t)
-	cfg, err := identity.ServerTLSConfig(sk, ALPNRecord)
+	cfg, err := identity.ServerTLSConfig(sk, ALPNRecord, ALPNKeyProof)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,6 +83,35 @@ func (c *tlsConn) writeWithin(b []byte, d time.Duration) error {
 	return err
 }
 
+// idler is a carrier that can drop per-connection buffers or keys while
+// nothing moves; its next Read or Write rebuilds them.
+type idler interface {
+	Idle()
+}
+
+// idle lets go of what the link rebuilds when it moves again: its
+// records' AEADs, and what its carrier can drop (idler). Its read loop
+// calls it as the link parks, before the watcher can wake it (the read
+// loop then owns in and the carrier's reads); out and the carrier's
+// writes are under wmu, which writes to a parked link take too.
+func (c *tlsConn) idle() {
+	if c.in != nil {
+		c.in.drop()
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.out != nil {
+		c.out.drop()
+	}
+	carrier := c.conn
+	if tc, ok := carrier.(*tls.Conn); ok {
+		carrier = tc.NetConn()
+	}
+	if i, ok := carrier.(idler); ok {
+		i.Idle()
+	}
+}
+
 // close closes the connection: under ALPNRecord the raw one (no TLS
 // alert after the switch: the node would read it as a record).
 func (c *tlsConn) close() error {

@@ -62,9 +62,13 @@ type parkConn interface {
 // park hands p's connection to the watcher, its last frame no later than
 // last: parkDone if it took it, parkClosing if p is closing (the caller
 // ends it), parkFailed if it could not (no epoll set or no room in it:
-// descriptors or memory short; the caller's read loop goes on).
+// descriptors or memory short; the caller's read loop goes on). The
+// link first lets go of what it rebuilds when it moves again (idle):
+// before the watcher holds it, while the caller still owns its reads
+// (and not under w.mu: idle waits for a write in progress).
 func (w *watcher) park(p *peerLink, last time.Time) parkResult {
 	c := p.tls
+	c.idle()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if c.closing {

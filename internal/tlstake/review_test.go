@@ -1,0 +1,111 @@
+package tlstake
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// forge returns a sealer for the client's direction at its first record:
+// the test then writes the client's records itself, on p.cliRaw (the
+// crypto/tls client must write nothing after).
+func forge(t *testing.T, p *pair) *dir {
+	t.Helper()
+	if p.takeErr != nil {
+		t.Fatal(p.takeErr)
+	}
+	p.srv.rmu.Lock()
+	d := p.srv.in
+	p.srv.rmu.Unlock()
+	if d.seq != 0 {
+		t.Fatal("the server read already")
+	}
+	return &d
+}
+
+// records seals each content as one record of typ.
+func records(t *testing.T, d *dir, typ byte, contents ...[]byte) []byte {
+	t.Helper()
+	var w []byte
+	for _, c := range contents {
+		var err error
+		if w, err = d.seal(w, typ, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return w
+}
+
+// sealPadded seals content as one record of typ with pad zeros of
+// padding (dir.seal sends none).
+func sealPadded(d *dir, w []byte, typ byte, content []byte, pad int) ([]byte, error) {
+	if err := d.step(); err != nil {
+		return w, err
+	}
+	inner := append(append(bytes.Clone(content), typ), make([]byte, pad)...)
+	n := len(inner) + d.aead.Overhead()
+	hdr := []byte{typeAppData, 3, 3, byte(n >> 8), byte(n)}
+	w = append(w, hdr...)
+	return d.aead.Seal(w, d.nonce[:], inner, hdr), nil
+}
+
+// readErr reads from the server until an error.
+func readErr(t *testing.T, c *Conn) ([]byte, error) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var got []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			return got, err
+		}
+	}
+}
+
+// clientAlert is the error the crypto/tls client reads once the server
+// sent an alert.
+func clientAlert(t *testing.T, p *pair) error {
+	t.Helper()
+	p.cli.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := io.ReadAll(p.cli)
+	return err
+}
+
+// A record whose TLSInnerPlaintext (its padding included) is longer than
+// 2^14+1 bytes (RFC 8446 §5.4) ends the connection with record_overflow,
+// as crypto/tls does; one at the limit is data.
+func TestTakeInnerPlaintextLimit(t *testing.T) {
+	for _, pad := range []int{0, 1} {
+		t.Run(fmt.Sprintf("padding %d", pad), func(t *testing.T) {
+			p := dial(t, nil, nil)
+			d := forge(t, p)
+			content := randBytes(maxPlaintext)
+			rec, err := sealPadded(d, nil, typeAppData, content, pad)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.cliRaw.Write(rec)
+			p.cliRaw.(*net.TCPConn).CloseWrite()
+			got, err := readErr(t, p.srv)
+			if pad == 0 {
+				if err != io.EOF || !bytes.Equal(got, content) {
+					t.Fatalf("read %d bytes, %v; want the record's %d and EOF", len(got), err, len(content))
+				}
+				return
+			}
+			if !errors.Is(err, ErrRecord) || len(got) != 0 {
+				t.Fatalf("read %d bytes, %v; want none and ErrRecord", len(got), err)
+			}
+			if err := clientAlert(t, p); err == nil || !strings.Contains(err.Error(), "record overflow") {
+				t.Fatalf("client: %v, want the alert record_overflow", err)
+			}
+		})
+	}
+}

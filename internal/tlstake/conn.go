@@ -32,6 +32,14 @@ var (
 	errParam      = &recordError{47, "a KeyUpdate with a bad request field"}
 )
 
+// maxUselessRecords is how many records in a row may carry no
+// application data (empty ones, user_canceled alerts, KeyUpdates: each
+// costs an AEAD open, a KeyUpdate three HKDF expansions and an AES key
+// schedule): one more ends the connection with unexpected_message. The
+// limit is crypto/tls's (16), so that taking a connection over accepts
+// no flood that crypto/tls would have refused.
+const maxUselessRecords = 16
+
 // rekeyEvery is how many records a write key seals before this side
 // sends KeyUpdate and moves to the next one: far below AES-GCM's limit
 // for one key (§5.5: 2^24.5 records). A test lowers it.
@@ -45,14 +53,15 @@ var rekeyEvery = func() (n atomic.Uint64) { n.Store(1 << 23); return }()
 type Conn struct {
 	raw net.Conn
 
-	rmu   sync.Mutex
-	in    dir
-	rbuf  *[]byte // from bufs; nil while idle
-	rr    int     // the first unread byte in *rbuf
-	rw    int     // the end of what was read into *rbuf
-	plain []byte  // opened and not yet read (in *rbuf)
-	hs    []byte  // a post-handshake message's bytes so far (at most 5)
-	rerr  error   // sticky
+	rmu     sync.Mutex
+	in      dir
+	rbuf    *[]byte // from bufs; nil while idle
+	rr      int     // the first unread byte in *rbuf
+	rw      int     // the end of what was read into *rbuf
+	plain   []byte  // opened and not yet read (in *rbuf)
+	hs      []byte  // a post-handshake message's bytes so far (at most 5)
+	rerr    error   // sticky
+	useless int     // records in a row that carried no application data
 
 	keyUpdate atomic.Bool // the peer asked for our KeyUpdate: sent with the next write
 
@@ -150,6 +159,11 @@ func (c *Conn) fill() error {
 func (c *Conn) handle(typ byte, content []byte) (done bool, err error) {
 	if len(c.hs) > 0 && typ != typeHandshake {
 		return false, errUnexpected // a message split around another record
+	}
+	if typ == typeAppData && len(content) > 0 {
+		c.useless = 0
+	} else if c.useless++; c.useless > maxUselessRecords {
+		return false, errUnexpected
 	}
 	switch typ {
 	case typeAppData:

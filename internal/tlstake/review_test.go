@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -105,6 +106,55 @@ func TestTakeInnerPlaintextLimit(t *testing.T) {
 			}
 			if err := clientAlert(t, p); err == nil || !strings.Contains(err.Error(), "record overflow") {
 				t.Fatalf("client: %v, want the alert record_overflow", err)
+			}
+		})
+	}
+}
+
+// A peer sending records without data (empty ones, user_canceled,
+// KeyUpdates) gets maxUselessRecords of them in a row, then
+// unexpected_message; data in between resets the count.
+func TestTakeUselessRecordFlood(t *testing.T) {
+	keyUpdates := func(d *dir, n int) []byte {
+		var w []byte
+		for range n {
+			w = append(w, records(t, d, typeHandshake, keyUpdateMsg)...)
+			if err := d.update(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return w
+	}
+	empties := func(d *dir, n int) []byte { return records(t, d, typeAppData, make([][]byte, n)...) }
+	for _, tc := range []struct {
+		name  string
+		flood func(d *dir, n int) []byte
+	}{{"empty records", empties}, {"key updates", keyUpdates}, {"user_canceled", func(d *dir, n int) []byte {
+		return records(t, d, typeAlert, slices.Repeat([][]byte{{1, 90}}, n)...)
+	}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			// At the limit, twice, with data between: all of it read.
+			p := dial(t, nil, nil)
+			d := forge(t, p)
+			w := tc.flood(d, maxUselessRecords)
+			w = append(w, records(t, d, typeAppData, []byte("a"))...)
+			w = append(w, tc.flood(d, maxUselessRecords)...)
+			w = append(w, records(t, d, typeAppData, []byte("b"))...)
+			w = append(w, records(t, d, typeAlert, []byte{1, 0})...)
+			p.cliRaw.Write(w)
+			if got, err := readErr(t, p.srv); err != io.EOF || string(got) != "ab" {
+				t.Fatalf("at the limit: read %q, %v; want \"ab\" and EOF", got, err)
+			}
+			// One more: refused.
+			p = dial(t, nil, nil)
+			d = forge(t, p)
+			w = append(tc.flood(d, maxUselessRecords+1), records(t, d, typeAppData, []byte("a"))...)
+			p.cliRaw.Write(w)
+			if got, err := readErr(t, p.srv); !errors.Is(err, ErrRecord) || len(got) != 0 {
+				t.Fatalf("over the limit: read %q, %v; want nothing and ErrRecord", got, err)
+			}
+			if err := clientAlert(t, p); err == nil || !strings.Contains(err.Error(), "unexpected message") {
+				t.Fatalf("client: %v, want the alert unexpected_message", err)
 			}
 		})
 	}

@@ -53,15 +53,18 @@ var rekeyEvery = func() (n atomic.Uint64) { n.Store(1 << 23); return }()
 type Conn struct {
 	raw net.Conn
 
-	rmu     sync.Mutex
-	in      dir
-	rbuf    *[]byte // from bufs; nil while idle
-	rr      int     // the first unread byte in *rbuf
-	rw      int     // the end of what was read into *rbuf
-	plain   []byte  // opened and not yet read (in *rbuf)
-	hs      []byte  // a post-handshake message's bytes so far (at most 5)
-	rerr    error   // sticky
-	useless int     // records in a row that carried no application data
+	rmu   sync.Mutex
+	in    dir
+	rbuf  *[]byte // from bufs; nil while idle
+	rr    int     // the first unread byte in *rbuf
+	rw    int     // the end of what was read into *rbuf
+	plain []byte  // opened and not yet read (in *rbuf)
+	hs    []byte  // a post-handshake message's bytes so far (at most 5)
+	rerr  error   // sticky
+	// head takes the first bytes after an idle spell: a reader blocked on
+	// a quiet connection holds no pooled buffer.
+	head    [recordHeaderLen]byte
+	useless int // records in a row that carried no application data
 
 	keyUpdate atomic.Bool // the peer asked for our KeyUpdate: sent with the next write
 
@@ -110,8 +113,19 @@ func (c *Conn) release() {
 
 // fill reads until a record with application data opens.
 func (c *Conn) fill() error {
-	if c.rbuf == nil {
-		c.rbuf = bufs.Get().(*[]byte)
+	for c.rbuf == nil {
+		// Nothing is buffered: wait in head, and take a buffer once bytes
+		// came (a signalling session over a WebSocket waits so for its
+		// whole life).
+		n, err := c.raw.Read(c.head[:])
+		if n > 0 {
+			c.rbuf = bufs.Get().(*[]byte)
+			c.rr, c.rw = 0, copy(*c.rbuf, c.head[:n])
+			break // err, if any, comes again with the next read
+		}
+		if err != nil {
+			return err
+		}
 	}
 	buf := *c.rbuf
 	for {

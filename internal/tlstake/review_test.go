@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -157,5 +159,46 @@ func TestTakeUselessRecordFlood(t *testing.T) {
 				t.Fatalf("client: %v, want the alert unexpected_message", err)
 			}
 		})
+	}
+}
+
+// A reader blocked on a quiet connection holds no read buffer (64 KB
+// from the pool): a signalling session over a WebSocket waits so.
+func TestTakeBlockedReadHoldsNoBuffer(t *testing.T) {
+	const n = 200
+	var ms0, ms1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms0)
+	conns := make([]*Conn, n)
+	peers := make([]net.Conn, n)
+	var wg sync.WaitGroup
+	for i := range conns {
+		a, b := net.Pipe()
+		c := &Conn{raw: a}
+		if err := c.in.init(suiteAES128, randBytes(32)); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.out.init(suiteAES128, randBytes(32)); err != nil {
+			t.Fatal(err)
+		}
+		conns[i], peers[i] = c, b
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.Read(make([]byte, 1))
+		}()
+	}
+	time.Sleep(100 * time.Millisecond) // every reader blocked
+	runtime.GC()
+	runtime.ReadMemStats(&ms1)
+	per := (int64(ms1.HeapAlloc) - int64(ms0.HeapAlloc)) / n
+	for i := range conns {
+		peers[i].Close()
+		conns[i].Close()
+	}
+	wg.Wait()
+	t.Logf("%d bytes of heap per blocked reader", per)
+	if per > 8<<10 {
+		t.Fatalf("%d bytes of heap per blocked reader, want no read buffer (< 8 KB)", per)
 	}
 }

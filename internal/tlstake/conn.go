@@ -92,6 +92,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 			}
 			if errors.As(err, &re) || errors.Is(err, ErrAlert) || err == io.EOF || errors.Is(err, errCounter) {
 				c.rerr = err
+				c.rr = c.rw // what follows is never read: drop it with the buffer
 			}
 			c.release()
 			return 0, err
@@ -107,7 +108,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 func (c *Conn) release() {
 	if c.rbuf != nil && len(c.plain) == 0 && c.rr == c.rw {
 		bufs.Put(c.rbuf)
-		c.rbuf, c.rr, c.rw = nil, 0, 0
+		c.rbuf, c.rr, c.rw, c.plain = nil, 0, 0, nil
 	}
 }
 

@@ -202,3 +202,25 @@ func TestTakeBlockedReadHoldsNoBuffer(t *testing.T) {
 		t.Fatalf("%d bytes of heap per blocked reader, want no read buffer (< 8 KB)", per)
 	}
 }
+
+// After close_notify nothing is read, not even a valid record behind
+// it: EOF, again EOF, and the buffer is given back.
+func TestTakeCloseNotifyThenData(t *testing.T) {
+	p := dial(t, nil, nil)
+	d := forge(t, p)
+	w := records(t, d, typeAppData, []byte("before"))
+	w = append(w, records(t, d, typeAlert, []byte{1, 0})...)
+	w = append(w, records(t, d, typeAppData, []byte("after"))...)
+	p.cliRaw.Write(w)
+	got, err := readErr(t, p.srv)
+	if err != io.EOF || string(got) != "before" {
+		t.Fatalf("read %q, %v; want \"before\" and EOF", got, err)
+	}
+	time.Sleep(50 * time.Millisecond) // nothing more arrives: a read would not block
+	if n, err := p.srv.Read(make([]byte, 10)); n != 0 || err != io.EOF {
+		t.Fatalf("read after close_notify: %d, %v; want EOF", n, err)
+	}
+	if p.srv.rbuf != nil {
+		t.Fatal("the read buffer is held after close_notify")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -222,5 +223,249 @@ func TestTakeCloseNotifyThenData(t *testing.T) {
 	}
 	if p.srv.rbuf != nil {
 		t.Fatal("the read buffer is held after close_notify")
+	}
+}
+
+// A write that times out having written nothing (its KeyUpdate and
+// records sealed, none sent), then succeeds: the crypto/tls client reads
+// every byte, across the server's KeyUpdates. No nonce was used twice on
+// the wire: the client would fail to open the second record otherwise.
+func TestTakeWriteTimeoutThenWrite(t *testing.T) {
+	old := rekeyEvery.Load()
+	rekeyEvery.Store(2)
+	defer rekeyEvery.Store(old)
+	p := dial(t, nil, nil)
+	if p.takeErr != nil {
+		t.Fatal(p.takeErr)
+	}
+	var want []byte
+	for i := range 6 {
+		if i%2 == 0 {
+			p.srv.keyUpdate.Store(true) // as if the client asked for one
+		}
+		lost := randBytes(3*maxPlaintext + i)
+		p.srv.SetWriteDeadline(time.Now().Add(-time.Second))
+		if n, err := p.srv.Write(lost); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("write past its deadline: %d, %v", n, err)
+		}
+		p.srv.SetWriteDeadline(time.Time{})
+		b := randBytes(2*maxPlaintext + 100*i)
+		if n, err := p.srv.Write(b); n != len(b) || err != nil {
+			t.Fatalf("write: %d, %v", n, err)
+		}
+		want = append(want, b...)
+	}
+	p.srv.Close()
+	p.cli.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(p.cli)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("client read %d bytes (%v), want the %d written", len(got), err, len(want))
+	}
+}
+
+// A write cut by its deadline part way (the client not reading) returns
+// len(b) and the timeout; the next write sends the rest first: the
+// client reads every byte in order.
+func TestTakeWritePartialThenWrite(t *testing.T) {
+	p := dial(t, nil, nil)
+	if p.takeErr != nil {
+		t.Fatal(p.takeErr)
+	}
+	var want []byte
+	partial := false
+	for i := 0; i < 200 && !partial; i++ {
+		b := randBytes(60 << 10)
+		p.srv.SetWriteDeadline(time.Now().Add(20 * time.Millisecond))
+		n, err := p.srv.Write(b)
+		switch {
+		case err == nil:
+			want = append(want, b...)
+		case errors.Is(err, os.ErrDeadlineExceeded) && n == len(b):
+			want, partial = append(want, b...), true
+		case errors.Is(err, os.ErrDeadlineExceeded) && n == 0:
+			// nothing went: b is not the client's
+		default:
+			t.Fatalf("write: %d, %v", n, err)
+		}
+	}
+	if !partial {
+		t.Skip("no write was cut part way (socket buffers too large?)")
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		p.cli.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(p.cli)
+		got <- b
+	}()
+	p.srv.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	last := randBytes(1000)
+	if n, err := p.srv.Write(last); n != len(last) || err != nil {
+		t.Fatalf("write after the cut one: %d, %v", n, err)
+	}
+	want = append(want, last...)
+	p.srv.Close()
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("client read %d bytes, want the %d written", len(b), len(want))
+	}
+}
+
+// Writers on several goroutines, Idle and the client's KeyUpdate
+// requests between them: each write arrives whole (one piece of the
+// stream), every one of them, and the client follows every KeyUpdate.
+func TestTakeConcurrentWriters(t *testing.T) {
+	old := rekeyEvery.Load()
+	rekeyEvery.Store(5)
+	defer rekeyEvery.Store(old)
+	p := dial(t, nil, nil)
+	d := forge(t, p)
+	const writers, each = 4, 25
+	// Each write starts with its writer and index, and its length depends
+	// on them: the client splits the stream back.
+	msg := func(w, i int) []byte {
+		b := bytes.Repeat([]byte{byte(w*each + i)}, 4+(w*7919+i*104729)%(3*maxPlaintext))
+		b[0], b[1] = byte(w), byte(i)
+		return b
+	}
+	// The client's KeyUpdate(update_requested) records, read by a reader.
+	reads := make(chan error, 1)
+	go func() {
+		_, err := readErr(t, p.srv)
+		reads <- err
+	}()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			p.srv.Idle()
+			p.cliRaw.Write(records(t, d, typeHandshake, []byte{24, 0, 0, 1, 1}))
+			d.update()
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	var ww sync.WaitGroup
+	for w := range writers {
+		ww.Add(1)
+		go func() {
+			defer ww.Done()
+			for i := range each {
+				if _, err := p.srv.Write(msg(w, i)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	// The client reads while the writers write.
+	type res struct {
+		b   []byte
+		err error
+	}
+	got := make(chan res, 1)
+	go func() {
+		p.cli.SetReadDeadline(time.Now().Add(20 * time.Second))
+		var all []byte
+		buf := make([]byte, 64<<10)
+		for len(all) < total(writers, each, msg) {
+			n, err := p.cli.Read(buf)
+			all = append(all, buf[:n]...)
+			if err != nil {
+				got <- res{all, err}
+				return
+			}
+		}
+		got <- res{all, nil}
+	}()
+	ww.Wait()
+	close(stop)
+	wg.Wait()
+	r := <-got
+	if r.err != nil {
+		t.Fatalf("client read %d bytes: %v", len(r.b), r.err)
+	}
+	seen := map[[2]byte]bool{}
+	for b := r.b; len(b) > 0; {
+		w, i := int(b[0]), int(b[1])
+		m := msg(w, i)
+		if len(b) < len(m) || !bytes.Equal(b[:len(m)], m) {
+			t.Fatalf("write %d/%d did not arrive whole", w, i)
+		}
+		seen[[2]byte{b[0], b[1]}] = true
+		b = b[len(m):]
+	}
+	if len(seen) != writers*each {
+		t.Fatalf("%d writes arrived, want %d", len(seen), writers*each)
+	}
+	p.srv.Close()
+	<-reads
+}
+
+func total(writers, each int, msg func(w, i int) []byte) int {
+	n := 0
+	for w := range writers {
+		for i := range each {
+			n += len(msg(w, i))
+		}
+	}
+	return n
+}
+
+// Records the server must refuse after the handshake, each with its
+// alert: a record under the old key after a KeyUpdate, a KeyUpdate with
+// more behind it in its record (§5.1: no message spans a key change), a
+// message split around a data record, a KeyUpdate asking 2, a message
+// that is not KeyUpdate, an alert of 3 bytes, a change_cipher_spec.
+func TestTakeRefusedRecords(t *testing.T) {
+	for _, tc := range []struct {
+		name, alert string
+		recs        func(d *dir) []byte
+	}{
+		{"old key after KeyUpdate", "bad record MAC", func(d *dir) []byte {
+			w := records(t, d, typeHandshake, keyUpdateMsg)
+			return append(w, records(t, d, typeAppData, []byte("old key"))...) // no update()
+		}},
+		{"KeyUpdate and more in its record", "unexpected message", func(d *dir) []byte {
+			return records(t, d, typeHandshake, []byte{24, 0, 0, 1, 0, 24})
+		}},
+		{"split around data", "unexpected message", func(d *dir) []byte {
+			return records(t, d, typeHandshake, []byte{24, 0}) // then data
+		}},
+		{"KeyUpdate request 2", "illegal parameter", func(d *dir) []byte {
+			return records(t, d, typeHandshake, []byte{24, 0, 0, 1, 2})
+		}},
+		{"NewSessionTicket from the client", "unexpected message", func(d *dir) []byte {
+			return records(t, d, typeHandshake, []byte{4, 0, 0, 1})
+		}},
+		{"long alert", "error decoding message", func(d *dir) []byte {
+			return records(t, d, typeAlert, []byte{2, 40, 0})
+		}},
+		{"change_cipher_spec", "unexpected message", func(d *dir) []byte {
+			return []byte{20, 3, 3, 0, 1, 1}
+		}},
+		{"only padding", "unexpected message", func(d *dir) []byte {
+			w, _ := sealPadded(d, nil, 0, nil, 5)
+			return w
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := dial(t, nil, nil)
+			d := forge(t, p)
+			w := tc.recs(d)
+			w = append(w, records(t, d, typeAppData, []byte("data"))...)
+			p.cliRaw.Write(w)
+			got, err := readErr(t, p.srv)
+			if !errors.Is(err, ErrRecord) || len(got) != 0 {
+				t.Fatalf("read %q, %v; want nothing and ErrRecord", got, err)
+			}
+			if err := clientAlert(t, p); err == nil || !strings.Contains(err.Error(), tc.alert) {
+				t.Fatalf("client: %v, want the alert %q", err, tc.alert)
+			}
+		})
 	}
 }

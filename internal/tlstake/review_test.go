@@ -469,3 +469,43 @@ func TestTakeRefusedRecords(t *testing.T) {
 		})
 	}
 }
+
+// failingConn takes every write whole and says it failed (a network
+// error that is not a timeout), having written nothing.
+type failingConn struct{ memConn }
+
+var errFailing = errors.New("failingConn: write failed")
+
+func (f *failingConn) Write(p []byte) (int, error) {
+	f.memConn.Write(p)
+	return 0, errFailing
+}
+
+// A write that fails other than by its deadline, having (it says)
+// written nothing, is final: its counters are not given back, so no
+// record sealed after it can reuse a nonce of one that went out anyway.
+func TestTakeWriteFailureIsFinal(t *testing.T) {
+	fc := &failingConn{}
+	c := &Conn{raw: fc}
+	if err := c.in.init(suiteAES128, unhex(t, rfcClientSecret)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.out.init(suiteAES128, unhex(t, rfcServerSecret)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("first")); !errors.Is(err, errFailing) {
+		t.Fatalf("first write: %v, want its error", err)
+	}
+	if n, err := c.Write([]byte("second")); n != 0 || !errors.Is(err, errFailing) {
+		t.Fatalf("write after a failed one: %d, %v; want the same error", n, err)
+	}
+	c.Close() // no close_notify either
+	k := newRefKeys(t, unhex(t, rfcServerSecret))
+	wire := fc.w.Bytes()
+	if n := recordHeaderLen + (int(wire[3])<<8 | int(wire[4])); n != len(wire) {
+		t.Fatalf("%d bytes on the wire, want the first write's one record (%d)", len(wire), n)
+	}
+	if p := k.open(wire); !bytes.Equal(p, []byte("first\x17")) {
+		t.Fatalf("the record on the wire holds %q", p)
+	}
+}

@@ -333,6 +333,7 @@ func TestTakeConcurrentWriters(t *testing.T) {
 		reads <- err
 	}()
 	stop := make(chan struct{})
+	ups := 0 // KeyUpdates asked of the server
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -344,9 +345,13 @@ func TestTakeConcurrentWriters(t *testing.T) {
 			default:
 			}
 			p.srv.Idle()
-			p.cliRaw.Write(records(t, d, typeHandshake, []byte{24, 0, 0, 1, 1}))
+			w := records(t, d, typeHandshake, []byte{24, 0, 0, 1, 1})
 			d.update()
-			time.Sleep(time.Millisecond)
+			// A byte of data after each: KeyUpdates alone would reach
+			// maxUselessRecords.
+			p.cliRaw.Write(append(w, records(t, d, typeAppData, []byte{1})...))
+			ups++
+			time.Sleep(200 * time.Microsecond)
 		}
 	}()
 	var ww sync.WaitGroup
@@ -359,6 +364,8 @@ func TestTakeConcurrentWriters(t *testing.T) {
 					t.Error(err)
 					return
 				}
+				time.Sleep(500 * time.Microsecond) // KeyUpdates come between writes
+
 			}
 		}()
 	}
@@ -385,6 +392,9 @@ func TestTakeConcurrentWriters(t *testing.T) {
 	ww.Wait()
 	close(stop)
 	wg.Wait()
+	if t.Logf("%d KeyUpdates asked for during the writes", ups); ups < 2 {
+		t.Fatal("the writes ended before the client asked for KeyUpdates")
+	}
 	r := <-got
 	if r.err != nil {
 		t.Fatalf("client read %d bytes: %v", len(r.b), r.err)
@@ -403,7 +413,9 @@ func TestTakeConcurrentWriters(t *testing.T) {
 		t.Fatalf("%d writes arrived, want %d", len(seen), writers*each)
 	}
 	p.srv.Close()
-	<-reads
+	if err := <-reads; errors.Is(err, ErrRecord) {
+		t.Fatalf("the server's reader: %v", err)
+	}
 }
 
 func total(writers, each int, msg func(w, i int) []byte) int {

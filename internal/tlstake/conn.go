@@ -32,6 +32,14 @@ var (
 	errParam      = &recordError{47, "a KeyUpdate with a bad request field"}
 )
 
+// maxUselessRecords is how many records in a row may carry no
+// application data (empty ones, user_canceled alerts, KeyUpdates: each
+// costs an AEAD open, a KeyUpdate three HKDF expansions and an AES key
+// schedule): one more ends the connection with unexpected_message. The
+// limit is crypto/tls's (16), so that taking a connection over accepts
+// no flood that crypto/tls would have refused.
+const maxUselessRecords = 16
+
 // rekeyEvery is how many records a write key seals before this side
 // sends KeyUpdate and moves to the next one: far below AES-GCM's limit
 // for one key (§5.5: 2^24.5 records). A test lowers it.
@@ -53,6 +61,10 @@ type Conn struct {
 	plain []byte  // opened and not yet read (in *rbuf)
 	hs    []byte  // a post-handshake message's bytes so far (at most 5)
 	rerr  error   // sticky
+	// head takes the first bytes after an idle spell: a reader blocked on
+	// a quiet connection holds no pooled buffer.
+	head    [recordHeaderLen]byte
+	useless int // records in a row that carried no application data
 
 	keyUpdate atomic.Bool // the peer asked for our KeyUpdate: sent with the next write
 
@@ -80,6 +92,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 			}
 			if errors.As(err, &re) || errors.Is(err, ErrAlert) || err == io.EOF || errors.Is(err, errCounter) {
 				c.rerr = err
+				c.rr = c.rw // what follows is never read: drop it with the buffer
 			}
 			c.release()
 			return 0, err
@@ -95,14 +108,25 @@ func (c *Conn) Read(p []byte) (int, error) {
 func (c *Conn) release() {
 	if c.rbuf != nil && len(c.plain) == 0 && c.rr == c.rw {
 		putBuf(c.rbuf)
-		c.rbuf, c.rr, c.rw = nil, 0, 0
+		c.rbuf, c.rr, c.rw, c.plain = nil, 0, 0, nil
 	}
 }
 
 // fill reads until a record with application data opens.
 func (c *Conn) fill() error {
-	if c.rbuf == nil {
-		c.rbuf = getBuf(smallBuf)
+	for c.rbuf == nil {
+		// Nothing is buffered: wait in head, and take a small buffer once
+		// bytes came (a signalling session over a WebSocket waits so for
+		// its whole life); a record too large for it takes a large one.
+		n, err := c.raw.Read(c.head[:])
+		if n > 0 {
+			c.rbuf = getBuf(smallBuf)
+			c.rr, c.rw = 0, copy(*c.rbuf, c.head[:n])
+			break // err, if any, comes again with the next read
+		}
+		if err != nil {
+			return err
+		}
 	}
 	buf := *c.rbuf
 	for {
@@ -157,6 +181,11 @@ func (c *Conn) fill() error {
 func (c *Conn) handle(typ byte, content []byte) (done bool, err error) {
 	if len(c.hs) > 0 && typ != typeHandshake {
 		return false, errUnexpected // a message split around another record
+	}
+	if typ == typeAppData && len(content) > 0 {
+		c.useless = 0
+	} else if c.useless++; c.useless > maxUselessRecords {
+		return false, errUnexpected
 	}
 	switch typ {
 	case typeAppData:

@@ -157,6 +157,11 @@ func (d *dir) open(rec []byte) (byte, []byte, error) {
 	if err != nil {
 		return 0, nil, errBadMAC
 	}
+	// §5.4: the whole TLSInnerPlaintext, padding included, is at most
+	// 2^14+1 bytes (crypto/tls refuses a longer one the same way).
+	if len(plain) > maxPlaintext+1 {
+		return 0, nil, errOverflow
+	}
 	// The content type is the last byte that is not 0 (§5.4's padding).
 	i := len(plain) - 1
 	for i >= 0 && plain[i] == 0 {
@@ -164,9 +169,6 @@ func (d *dir) open(rec []byte) (byte, []byte, error) {
 	}
 	if i < 0 {
 		return 0, nil, errNoType
-	}
-	if i > maxPlaintext {
-		return 0, nil, errOverflow
 	}
 	return plain[i], plain[:i], nil
 }

@@ -180,11 +180,19 @@ func appendFrame(dst []byte, t msgType, body any) ([]byte, error) {
 // frameReader reads frames, enforcing the version, a body size limit and
 // the type rules, and skipping unknown extension frames. It reads r
 // without a buffer of its own: a QUIC stream and a tls.Conn have theirs,
-// and 4 KB more would be a third of an idle registration's heap.
+// and 4 KB more would be a third of an idle registration's heap. A read
+// that fails (a deadline that passed) loses nothing: the next call goes
+// on in the frame it stopped in, so that a TCP session's reader may wait
+// with short deadlines and park (tcppark.go).
 type frameReader struct {
-	r   io.Reader
-	max int // largest body accepted
-	hdr [headerLen]byte
+	r    io.Reader
+	max  int // largest body accepted
+	hdr  [headerLen]byte
+	hn   int     // header bytes read
+	t    msgType // the current frame's type, once its header is read
+	body []byte  // its body (nil: in a header), bn bytes of it read
+	bn   int     //
+	skip int64   // an unknown extension frame's bytes still to discard
 }
 
 func newFrameReader(r io.Reader, max int) *frameReader {
@@ -194,36 +202,73 @@ func newFrameReader(r io.Reader, max int) *frameReader {
 	return &frameReader{r: r, max: max}
 }
 
-// next returns the next frame this version understands. Its body is valid
-// until the next call. I/O errors are returned as they are; protocol
-// violations as *ProtocolError.
+// empty: no frame was read in part.
+func (fr *frameReader) empty() bool { return fr.hn == 0 && fr.body == nil && fr.skip == 0 }
+
+// fill reads into b[*n:] until it is full; io.EOF only if it read none
+// of b, io.ErrUnexpectedEOF if it read some.
+func (fr *frameReader) fill(b []byte, n *int) error {
+	start := *n
+	for *n < len(b) {
+		m, err := fr.r.Read(b[*n:])
+		*n += m
+		if err != nil && *n < len(b) {
+			if err == io.EOF && (*n > 0 || start > 0) {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// next returns the next frame this version understands. Its body is
+// valid until the next call. I/O errors are returned as they are;
+// protocol violations as *ProtocolError.
 func (fr *frameReader) next() (msgType, []byte, error) {
 	for {
-		if _, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
-			return 0, nil, err
-		}
-		if fr.hdr[0] != frameVersion {
-			return 0, nil, &ProtocolError{Code: codeBadVersion, Reason: fmt.Sprintf("frame version %d, this side speaks %d", fr.hdr[0], frameVersion)}
-		}
-		t := msgType(fr.hdr[1])
-		n := int(binary.BigEndian.Uint16(fr.hdr[2:]))
-		if n > fr.max {
-			return 0, nil, &ProtocolError{Code: codeFrameTooLarge, Reason: fmt.Sprintf("%s body is %d bytes, limit %d", t, n, fr.max)}
-		}
-		if t >= firstExtensionType && !knownExtension(t) {
-			if _, err := io.CopyN(io.Discard, fr.r, int64(n)); err != nil {
+		if fr.skip > 0 {
+			n, err := io.CopyN(io.Discard, fr.r, fr.skip)
+			fr.skip -= n
+			if err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
 				return 0, nil, err
 			}
 			continue
 		}
-		if t == 0 || t > typeError && t < firstExtensionType {
-			return 0, nil, &ProtocolError{Code: codeUnknownType, Reason: t.String()}
+		if fr.body == nil {
+			if err := fr.fill(fr.hdr[:], &fr.hn); err != nil {
+				return 0, nil, err
+			}
+			fr.hn = 0
+			if fr.hdr[0] != frameVersion {
+				return 0, nil, &ProtocolError{Code: codeBadVersion, Reason: fmt.Sprintf("frame version %d, this side speaks %d", fr.hdr[0], frameVersion)}
+			}
+			t := msgType(fr.hdr[1])
+			n := int(binary.BigEndian.Uint16(fr.hdr[2:]))
+			if n > fr.max {
+				return 0, nil, &ProtocolError{Code: codeFrameTooLarge, Reason: fmt.Sprintf("%s body is %d bytes, limit %d", t, n, fr.max)}
+			}
+			if t >= firstExtensionType && !knownExtension(t) {
+				fr.skip = int64(n)
+				continue
+			}
+			if t == 0 || t > typeError && t < firstExtensionType {
+				return 0, nil, &ProtocolError{Code: codeUnknownType, Reason: t.String()}
+			}
+			fr.t, fr.body, fr.bn = t, make([]byte, n), 0
 		}
-		body := make([]byte, n)
-		if _, err := io.ReadFull(fr.r, body); err != nil {
+		if err := fr.fill(fr.body, &fr.bn); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF // inside a frame
+			}
 			return 0, nil, err
 		}
-		return t, body, nil
+		body := fr.body
+		fr.body = nil
+		return fr.t, body, nil
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/epollpark"
 	"github.com/reachp2p/reach/internal/pathsock"
 	"github.com/reachp2p/reach/internal/tlstake"
 )
@@ -56,6 +57,11 @@ type ServerConfig struct {
 	// before the server drops it (QUIC idle timeout; TCP read deadline).
 	// Clients are told to ping at a third of it. Zero: 30s.
 	IdleTimeout time.Duration
+	// TCPPark is how long a TCP registration's reader waits for a frame
+	// to begin before it parks (Linux: its goroutine ends until the
+	// connection has bytes again; tcppark.go). Zero: 100ms; negative:
+	// never (a goroutine per TCP registration, blocked in Read).
+	TCPPark time.Duration
 	// HandshakeTimeout bounds a new connection's TLS handshake and its
 	// REGISTER frame. Zero: 10s.
 	HandshakeTimeout time.Duration
@@ -189,6 +195,7 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	defD(&c.IntroTimeout, 10*time.Second)
 	defD(&c.IdleTimeout, 30*time.Second)
 	defD(&c.HandshakeTimeout, 10*time.Second)
+	defD(&c.TCPPark, 100*time.Millisecond)
 	defD(&c.RememberOffline, 24*time.Hour)
 	c.Park = c.Park.withDefaults()
 	if c.Logger == nil {
@@ -233,7 +240,11 @@ type Server struct {
 	instance  string          // the server's ID in its fleet (Registry)
 	fleetCtx  context.Context // Serve's, for cross-server introductions
 	fleetWG   sync.WaitGroup  // cross-server introductions in flight
-	sn        *snRegistry     // volunteers; set by start
+	// tcpPark holds the parked readers of TCP registrations; tcpParked
+	// counts those parked or woken and still reading (tcppark.go).
+	tcpPark   epollpark.Set
+	tcpParked sync.WaitGroup
+	sn        *snRegistry // volunteers; set by start
 	lim       *limits
 	codes     *mailbox
 
@@ -455,6 +466,8 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 		// Sessions close themselves on ctx (with an ERROR "shutdown"); wait
 		// for them before the transport goes, so their last frames get out.
 		wg.Wait()
+		s.tcpParked.Wait() // sessions whose readers parked close on ctx too
+		s.tcpPark.Close()
 		for _, pr := range s.cfg.Protocols {
 			if w, ok := pr.(LingeringProtocol); ok {
 				w.Wait() // their connections that outlived ServeTLS
@@ -617,6 +630,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, h
 		observed:         func() netip.AddrPort { return netip.AddrPort{} },
 		tcpObserved:      addrPortOf(c.RemoteAddr()),
 		rw:               conn,
+		parkRaw:          parkRawOf(conn),
 		setReadDeadline:  conn.SetReadDeadline,
 		setWriteDeadline: conn.SetWriteDeadline,
 		closeConn:        func(*ProtocolError) { conn.Close() },

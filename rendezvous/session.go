@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/reachp2p/reach/identity"
@@ -31,8 +32,16 @@ type session struct {
 	// so that PARKED arrives (QUIC's CONNECTION_CLOSE would discard it).
 	closeParked func()
 
-	log       *slog.Logger
-	done      chan struct{} // closed by closeWith
+	log     *slog.Logger
+	stopCtx func() bool   // stops the server context's hook that closes the session
+	done    chan struct{} // closed by closeWith
+	// lastFrame is when the reader last read a whole frame (REGISTER at
+	// first): silent for ServerConfig.IdleTimeout from it, the session
+	// ends. Reader only.
+	lastFrame time.Time
+	// parkRaw is the descriptor a TCP registration's reader parks on
+	// (tcppark.go); nil: it never parks. Reader only.
+	parkRaw   syscall.RawConn
 	closeOnce sync.Once
 	final     *ProtocolError // written before done is closed
 
@@ -102,10 +111,9 @@ func (ss *session) run(ctx context.Context) {
 	ss.writerDone = make(chan struct{})
 	ss.intros = make(map[uint64]*pendingIntro)
 	ss.incomingFrom = make(map[netip.Prefix]int)
-	stop := context.AfterFunc(ctx, func() {
+	ss.stopCtx = context.AfterFunc(ctx, func() {
 		ss.closeWith(&ProtocolError{Code: codeShutdown, Reason: "server shutting down"})
 	})
-	defer stop()
 
 	fr := newFrameReader(ss.rw, s.cfg.MaxFrameSize)
 	err := ss.readRegister(fr)
@@ -117,8 +125,35 @@ func (ss *session) run(ctx context.Context) {
 		err = s.register(ss)
 	}
 	if err == nil {
-		err = ss.readLoop(fr)
+		ss.lastFrame = time.Now()
 	}
+	ss.serve(fr, err)
+}
+
+// serve reads the session's frames (unless err, the registration's
+// failure, ends it first) until the session ends, or until its reader
+// parks (tcppark.go): then it returns, and a goroutine that the
+// connection's next bytes (or the idle timeout) start serves it again.
+func (ss *session) serve(fr *frameReader, err error) {
+	for {
+		if err == nil {
+			err = ss.readLoop(fr)
+		}
+		if !errors.Is(err, errReaderIdle) {
+			break
+		}
+		if ss.parkReader(fr) {
+			return
+		}
+		ss.parkRaw, err = nil, nil // could not park: this goroutine reads on
+	}
+	ss.end(err)
+}
+
+// end ends the session's reading with err and waits for its writer.
+func (ss *session) end(err error) {
+	s := ss.srv
+	defer ss.stopCtx()
 	var pe *ProtocolError
 	switch {
 	case errors.Is(err, errParked):
@@ -366,11 +401,25 @@ func (ss *session) readLoop(fr *frameReader) error {
 		if !ss.awaitSpace() {
 			return nil
 		}
-		ss.setReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
+		// Silent for IdleTimeout: the session ends. A reader that may park
+		// waits TCPPark for a frame to begin, then parks.
+		silent := ss.lastFrame.Add(s.cfg.IdleTimeout)
+		dl := silent
+		if p := time.Now().Add(s.cfg.TCPPark); ss.parkRaw != nil && fr.empty() && p.Before(dl) {
+			dl = p
+		}
+		ss.setReadDeadline(dl)
 		t, body, err := fr.next()
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(silent) {
+				if fr.empty() {
+					return errReaderIdle
+				}
+				continue // inside a frame: wait for its rest until silent
+			}
 			return err
 		}
+		ss.lastFrame = time.Now()
 		switch t {
 		case typePing:
 			var p pingBody

@@ -19,6 +19,9 @@ type Stats struct {
 	// AES-128-GCM: a TLS-inspecting proxy, a client without AES
 	// instructions), which then cost more memory (docs/server.md).
 	TLSTaken, TLSKept uint64
+	// TCPReadersParked are the TCP registrations whose reader is parked
+	// now: no goroutine until their connection has bytes (tcppark.go).
+	TCPReadersParked int
 
 	// Per-source limits (ServerConfig.Limits).
 	ConnsRefused         uint64 // new connections refused: over their source's rate or a handshake cap
@@ -67,6 +70,7 @@ func (s *Server) Stats() Stats {
 		FailedHandshakes: s.nHandshakeFail.Load(),
 		TLSTaken:         s.nTaken.Load(),
 		TLSKept:          s.nTakeKept.Load(),
+		TCPReadersParked: s.tcpPark.Len(),
 
 		ConnsRefused:         s.lim.nConnsRefused.Load(),
 		Retries:              s.lim.nRetries.Load(),

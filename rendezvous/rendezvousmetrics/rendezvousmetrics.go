@@ -50,6 +50,8 @@ const (
 var (
 	descPeers = prometheus.NewDesc("reach_rendezvous_peers",
 		"Peers registered now, by transport of their signalling (udp: QUIC; tcp: TLS, directly or in a WebSocket).", []string{"transport"}, nil)
+	descTCPParked = prometheus.NewDesc("reach_rendezvous_tcp_readers_parked",
+		"TCP registrations whose reader is parked now (no goroutine until their connection has bytes).", nil, nil)
 	descRegs = prometheus.NewDesc("reach_rendezvous_registrations_total",
 		"Registrations, by outcome (new, replaced, rate_limited, full).", []string{"outcome"}, nil)
 	descIntros = prometheus.NewDesc("reach_rendezvous_introductions_total",
@@ -103,7 +105,7 @@ func Register(reg prometheus.Registerer, s *rendezvous.Server) error {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descRegs, descIntros, descSTUN, descLimited, descVolunteers,
+	for _, d := range []*prometheus.Desc{descPeers, descTCPParked, descRegs, descIntros, descSTUN, descLimited, descVolunteers,
 		descHandshakeFail, descTLSTake, descHandshakes, descRetries, descProtoErr, descDropped, descCodes, descCodeSlots, descCodeReqs,
 		descFleet, descRegistryErr} {
 		ch <- d
@@ -123,6 +125,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for t, n := range b.Peers {
 		gauge(descPeers, n, t)
 	}
+	gauge(descTCPParked, st.TCPReadersParked)
 	counter(descRegs, b.RegistrationsNew, RegNew)
 	counter(descRegs, st.Replaced, RegReplaced)
 	counter(descRegs, st.RegistrationsLimited, RegRateLimited)

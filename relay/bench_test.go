@@ -38,7 +38,7 @@ import (
 // TLS), or both as a real node is.
 var idleKinds = []struct {
 	name     string
-	reg      string // "", "udp", "tcp": the rendezvous registration
+	reg      string // "", "udp", "tcp", "ws" (TLS in a WebSocket): the rendezvous registration
 	link     string // "", "udp", "tls", "ws" (WebSocket): the relay link
 	sameSock bool   // registration and link share the node's socket
 	park     bool   // the server parks idle registrations (after 1 s)
@@ -52,6 +52,7 @@ var idleKinds = []struct {
 	{"reg-parked+udp", "udp", "udp", true, true},
 	{"reg-tcp+tls", "tcp", "tls", false, false},
 	{"ws", "", "ws", false, false},
+	{"reg-ws+ws", "ws", "ws", false, false}, // a node behind a proxy that passes only HTTP
 }
 
 // BenchmarkRelayIdleMemory: the server's memory per idle peer, as the
@@ -83,7 +84,7 @@ func BenchmarkRelayIdleMemory(b *testing.B) {
 		b.Run(k.name, func(b *testing.B) {
 			peers := peers
 			// A TCP connection is a descriptor in the server and one here.
-			if tcp := b2i(k.reg == "tcp") + b2i(k.link == "tls" || k.link == "ws"); tcp > 0 && peers*tcp > int(lim.Cur)-500 {
+			if tcp := b2i(k.reg == "tcp" || k.reg == "ws") + b2i(k.link == "tls" || k.link == "ws"); tcp > 0 && peers*tcp > int(lim.Cur)-500 {
 				peers = (int(lim.Cur) - 500) / tcp
 				b.Logf("%s: %d peers: %d open files allowed", k.name, peers, lim.Cur)
 			}
@@ -444,7 +445,7 @@ func linkPeers(cs string, count int, reg, link string, sameSock bool, workers, t
 		}
 		if reg != "" {
 			rc, err := rendezvous.NewClient(rendezvous.ClientConfig{Key: k, Servers: []rendezvous.ServerAddr{sa},
-				Transport: regSock, ForceTCP: reg == "tcp", DialTCP: dialTCP(i), DialTimeout: 15 * time.Second})
+				Transport: regSock, ForceTCP: reg == "tcp" || reg == "ws", WebSocket: reg == "ws", DialTCP: dialTCP(i), DialTimeout: 15 * time.Second})
 			if err != nil {
 				return err
 			}

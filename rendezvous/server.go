@@ -561,15 +561,13 @@ func (s *Server) handleTCP(ctx context.Context, c net.Conn) {
 func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, handshakeDone func()) {
 	web := handshakeDone != nil
 	stop := context.AfterFunc(ctx, func() { c.Close() })
-	// A TCP port's connection may turn out to be a WebSocket's or a TCP
-	// registration's, whose TLS the server takes over once the handshake
-	// is done (tlstake): crypto/tls reads the handshake through a Bounded,
-	// which also learns the traffic secrets (tcpTLS's GetConfigForClient).
-	var bounded *tlstake.Bounded
-	if web {
-		bounded = tlstake.NewBounded(c)
-		c = bounded
-	}
+	// The connection may turn out to be a WebSocket's or a TCP
+	// registration's (directly or in a WebSocket), whose TLS the server
+	// takes over once the handshake is done (tlstake): crypto/tls reads the
+	// handshake through a Bounded, which also learns the traffic secrets
+	// (tcpTLS's GetConfigForClient).
+	bounded := tlstake.NewBounded(c)
+	c = bounded
 	tc := tls.Server(c, s.tcpTLS)
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	// The handshake runs on a goroutine of its own, which ends with it:
@@ -598,7 +596,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, h
 		s.serveHTTP(ctx, s.take(tc, bounded), src)
 		return
 	}
-	if bounded != nil && cs.NegotiatedProtocol != ALPN {
+	if cs.NegotiatedProtocol != ALPN {
 		bounded.Unbound() // crypto/tls keeps the connection
 	}
 	if pr := s.proofs[cs.NegotiatedProtocol]; pr != nil {
@@ -639,13 +637,9 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, h
 }
 
 // take takes tc over from crypto/tls once its handshake is done (a
-// WebSocket's outer TLS, a TCP registration's; tlstake), when it was read
-// through bounded (a TCP port's connection); otherwise, or when it cannot
-// (not TLS 1.3 with AES-128-GCM), tc goes on.
+// WebSocket's outer TLS, a TCP registration's; tlstake), read through
+// bounded; when it cannot (not TLS 1.3 with AES-128-GCM), tc goes on.
 func (s *Server) take(tc *tls.Conn, bounded *tlstake.Bounded) net.Conn {
-	if bounded == nil {
-		return tc
-	}
 	taken, err := tlstake.Take(tc, bounded)
 	if err != nil {
 		s.nTakeKept.Add(1)

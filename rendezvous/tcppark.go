@@ -28,7 +28,8 @@ import (
 var errReaderIdle = errors.New("rendezvous: reader idle")
 
 // parkRawOf returns the descriptor a session on c may park its reader
-// on, or nil: c must be a taken-over TLS connection on TCP.
+// on, or nil: c must be a taken-over TLS connection on TCP, or in a
+// WebSocket whose outer TLS is (ParkConn unwraps to the TCP connection).
 func parkRawOf(c net.Conn) syscall.RawConn {
 	pc, ok := c.(interface {
 		ParkConn() net.Conn

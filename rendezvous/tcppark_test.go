@@ -18,10 +18,17 @@ func TestTCPReaderParks(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("readers park on Linux only (epoll)")
 	}
+	for _, ws := range []bool{false, true} {
+		name := map[bool]string{false: "tls", true: "websocket"}[ws]
+		t.Run(name, func(t *testing.T) { testTCPReaderParks(t, ws) })
+	}
+}
+
+func testTCPReaderParks(t *testing.T, ws bool) {
 	rs := startTestServer(t, ServerConfig{IdleTimeout: 3 * time.Second, TCPPark: 20 * time.Millisecond})
 	servers := []ServerAddr{rs.ServerAddr()}
 	kb := mustKey(t)
-	b := startClient(t, "b", kb, servers, newTransport(t), forceTCP)
+	b := startClient(t, "b", kb, servers, newTransport(t), forceTCP, func(c *ClientConfig) { c.WebSocket = ws })
 	a := startClient(t, "a", mustKey(t), servers, newTransport(t))
 	waitParked := func(want int) {
 		t.Helper()
@@ -45,10 +52,11 @@ func TestTCPReaderParks(t *testing.T) {
 			t.Fatalf("introduction %d to a parked TCP registration: %v", i, err)
 		}
 	}
-	// Two idle timeouts of pings: b stays registered, parked between them.
+	// Two idle timeouts of pings: b stays registered, parked between them;
+	// its TLS (and the WebSocket's outer TLS) taken over.
 	time.Sleep(6 * time.Second)
-	if st := rs.Stats(); st.Peers != 2 || st.TLSTaken != 1 {
-		t.Fatalf("%d peers registered, %d TLS taken over; want 2, 1", st.Peers, st.TLSTaken)
+	if st, taken := rs.Stats(), uint64(1+b2i(ws)); st.Peers != 2 || st.TLSTaken != taken {
+		t.Fatalf("%d peers registered, %d TLS taken over; want 2, %d", st.Peers, st.TLSTaken, taken)
 	}
 	waitParked(1)
 }

@@ -352,7 +352,8 @@ func (c *Conn) Close() error {
 
 // Idle drops what an idle connection need not keep: the AEADs (the next
 // record rebuilds its direction's from the secret) and an empty read
-// buffer. It skips a direction in use.
+// buffer. It skips a direction in use, and passes Idle on to the raw
+// connection if it has one (a TLS carried in a WebSocket in TLS).
 func (c *Conn) Idle() {
 	if c.rmu.TryLock() {
 		c.in.aead = nil
@@ -363,12 +364,16 @@ func (c *Conn) Idle() {
 		c.out.aead = nil
 		c.wmu.Unlock()
 	}
+	if i, ok := c.raw.(interface{ Idle() }); ok {
+		i.Idle()
+	}
 }
 
-// ParkConn returns the raw connection: a read of c that timed out left
-// no whole record unread, so nothing waits that it does not show as
+// ParkConn returns the TCP connection under c (the raw connection, or
+// what its own ParkConn returns): a read of c that timed out left no
+// whole record unread, so nothing waits that it does not show as
 // readable.
-func (c *Conn) ParkConn() net.Conn { return c.raw }
+func (c *Conn) ParkConn() net.Conn { return parkConnOf(c.raw) }
 
 func (c *Conn) LocalAddr() net.Addr                { return c.raw.LocalAddr() }
 func (c *Conn) RemoteAddr() net.Addr               { return c.raw.RemoteAddr() }

@@ -106,9 +106,26 @@ func (b *Bounded) Unbound() {
 	b.keys = keyLog{}
 }
 
-// ParkConn returns the connection under b: with b unbound, nothing is
-// held here that the connection does not show as readable.
-func (b *Bounded) ParkConn() net.Conn { return b.Conn }
+// ParkConn returns the TCP connection under b (under the connection b
+// wraps, if that one is carried in another: its ParkConn): with b
+// unbound, nothing is held here that the connection does not show as
+// readable.
+func (b *Bounded) ParkConn() net.Conn { return parkConnOf(b.Conn) }
+
+// Idle passes Idle on to the connection b wraps, if it has one.
+func (b *Bounded) Idle() {
+	if i, ok := b.Conn.(interface{ Idle() }); ok {
+		i.Idle()
+	}
+}
+
+// parkConnOf returns c's ParkConn if it has one, else c.
+func parkConnOf(c net.Conn) net.Conn {
+	if pc, ok := c.(interface{ ParkConn() net.Conn }); ok {
+		return pc.ParkConn()
+	}
+	return c
+}
 
 // Config returns a clone of cfg that logs this connection's secrets to
 // b (for tls.Config.GetConfigForClient, whose ClientHelloInfo.Conn is b),

@@ -100,6 +100,12 @@ func BenchmarkRelayIdleMemory(b *testing.B) {
 				if k.park {
 					time.Sleep(3 * time.Second) // the last ones park, and their connections close
 				}
+				// RELAY_IDLE_WAIT: how much longer the peers stay idle
+				// before the measure (the runtime returns the handshakes'
+				// garbage to the system over minutes, not seconds).
+				if d, err := time.ParseDuration(os.Getenv("RELAY_IDLE_WAIT")); err == nil {
+					time.Sleep(d)
+				}
 				after := srv.measure(b)
 				// A peer whose keep-alives were starved of CPU may have
 				// timed out meanwhile (the two cores are shared): its

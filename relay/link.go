@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/reachp2p/reach/internal/tlstake"
+
 	"github.com/quic-go/quic-go"
 
 	"github.com/reachp2p/reach/identity"
@@ -339,7 +341,7 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 	}
 	// crypto/tls reads no further than the TLS record it needs: the
 	// relay's first record after WELCOME stays on the connection.
-	bounded := &recordBounded{Conn: conn}
+	bounded := tlstake.NewBounded(conn)
 	tc := tls.Client(bounded, tlsCfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/reachp2p/reach/internal/tlstake"
 )
 
 // ALPNRecord is the relay's ALPN for byte-stream links that prove the
@@ -349,42 +351,6 @@ func (c *recordConn) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// recordBounded reads a TLS connection's bytes for crypto/tls, never past
-// the end of the TLS record it is in (it parses the 5-byte record
-// headers): when crypto/tls has read the record that holds WELCOME, the
-// next byte on the connection is the relay's first record, not in
-// crypto/tls's buffer.
-type recordBounded struct {
-	net.Conn
-	hdr  [5]byte
-	nh   int // header bytes read
-	left int // the record's body bytes still to read; 0: in a header
-}
-
-func (b *recordBounded) Read(p []byte) (int, error) {
-	if b.left > 0 {
-		if len(p) > b.left {
-			p = p[:b.left]
-		}
-		n, err := b.Conn.Read(p)
-		b.left -= n
-		return n, err
-	}
-	if len(p) > len(b.hdr)-b.nh {
-		p = p[:len(b.hdr)-b.nh]
-	}
-	n, err := b.Conn.Read(p)
-	copy(b.hdr[b.nh:], p[:n])
-	b.nh += n
-	if b.nh == len(b.hdr) {
-		b.left, b.nh = int(binary.BigEndian.Uint16(b.hdr[3:])), 0
-	}
-	return n, err
-}
-
-// atBoundary: no TLS record was read in part.
-func (b *recordBounded) atBoundary() bool { return b.nh == 0 && b.left == 0 }
-
 // streamRW is a node's end of a byte-stream link: TLS, or under
 // ALPNRecord once WELCOME was read, records on the raw connection. Reads
 // come from one goroutine at a time (the one that switches, then the
@@ -398,14 +364,14 @@ type streamRW struct {
 
 // useRecords prepares the switch of an ALPNRecord link, read through
 // bounded: the hook to run once WELCOME was read.
-func (rw *streamRW) useRecords(cs tls.ConnectionState, bounded *recordBounded) (func() error, error) {
+func (rw *streamRW) useRecords(cs tls.ConnectionState, bounded *tlstake.Bounded) (func() error, error) {
 	in, out, err := newRecordDirs(cs, false)
 	if err != nil {
 		return nil, err
 	}
 	rw.raw = bounded.Conn
 	return func() error {
-		if !bounded.atBoundary() {
+		if !bounded.AtBoundary() {
 			return fmt.Errorf("%w: WELCOME ends inside a TLS record", ErrProtocol)
 		}
 		rw.wmu.Lock()

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/reachp2p/reach/internal/tlstake"
+
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/rendezvous"
 )
@@ -26,7 +28,7 @@ func recordLinkByHand(t *testing.T, sa rendezvous.ServerAddr) (net.Conn, *record
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { raw.Close() })
-	bounded := &recordBounded{Conn: raw}
+	bounded := tlstake.NewBounded(raw)
 	tc := tls.Client(bounded, cfg)
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/reachp2p/reach/internal/tlstake"
+
 	"github.com/reachp2p/reach/identity"
 	"github.com/reachp2p/reach/rendezvous"
 )
@@ -271,7 +273,7 @@ func TestRecordTamperedEndsLink(t *testing.T) {
 	}
 	defer raw.Close()
 	raw.SetDeadline(time.Now().Add(10 * time.Second))
-	bounded := &recordBounded{Conn: raw}
+	bounded := tlstake.NewBounded(raw)
 	tc := tls.Client(bounded, cfg)
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
@@ -284,7 +286,7 @@ func TestRecordTamperedEndsLink(t *testing.T) {
 	if err := helloAnswer(t, tc, proof); err != nil {
 		t.Fatal(err)
 	}
-	if !bounded.atBoundary() {
+	if !bounded.AtBoundary() {
 		t.Fatal("WELCOME ended inside a TLS record")
 	}
 	in, out, err := newRecordDirs(cs, false)

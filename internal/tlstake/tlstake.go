@@ -52,7 +52,9 @@ var (
 )
 
 // Bounded is the connection crypto/tls reads a handshake through when
-// the server may take it over: until Unbound, a read never goes past the
+// the server may take it over (and a relay node reads a link's TLS
+// through until WELCOME, after which the relay's own records follow on
+// the connection): until Unbound, a read never goes past the
 // end of the TLS record it is in (Bounded parses the 5-byte record
 // headers), so crypto/tls holds no byte of what follows the handshake.
 // Its Config makes crypto/tls log the connection's application traffic

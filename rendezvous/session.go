@@ -41,7 +41,9 @@ type session struct {
 	lastFrame time.Time
 	// parkRaw is the descriptor a TCP registration's reader parks on
 	// (tcppark.go); nil: it never parks. Reader only.
-	parkRaw   syscall.RawConn
+	parkRaw syscall.RawConn
+	// tcpPark is the reader's state while it is parked.
+	tcpPark   tcpParking
 	closeOnce sync.Once
 	final     *ProtocolError // written before done is closed
 
@@ -189,6 +191,7 @@ func (ss *session) closeWith(pe *ProtocolError) {
 		close(ss.done)
 		ss.kick()
 	})
+	ss.wakeParkedReader()
 }
 
 // writerLinger is how long a session's writer waits for more to send

@@ -3,7 +3,10 @@ package rendezvous
 import (
 	"crypto/tls"
 	"errors"
+	"io"
+	"net"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -108,5 +111,148 @@ func TestTCPParkedReplaced(t *testing.T) {
 		t.Logf("introduction failed %v after the new registration", time.Since(start))
 	case <-time.After(3 * time.Second):
 		t.Fatal("the introduction to the replaced parked registration did not fail within 3s")
+	}
+}
+
+// holdConn holds what is written to it once hold is set (the test
+// sends it on the connection itself, a byte at a time).
+type holdConn struct {
+	net.Conn
+	mu   sync.Mutex
+	hold bool
+	held []byte
+}
+
+func (c *holdConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hold {
+		c.held = append(c.held, b...)
+		return len(b), nil
+	}
+	return c.Conn.Write(b)
+}
+
+// TestTCPTrickleEndsAtIdle: a client that trickles a never-finished
+// frame, a byte every 50 ms after its reader parked, keeps no reader (nor
+// its goroutine) past IdleTimeout: the session ends then. Both a frame's
+// bytes (each in a TLS record of its own: every byte reaches the frame
+// reader) and a TLS record's (none reaches it: the record layer holds
+// them, and the reader parks again between bytes).
+func TestTCPTrickleEndsAtIdle(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("readers park on Linux only (epoll)")
+	}
+	const idle = time.Second
+	for _, mode := range []string{"frame", "record"} {
+		t.Run(mode, func(t *testing.T) {
+			rs := startTestServer(t, ServerConfig{IdleTimeout: idle, TCPPark: 20 * time.Millisecond})
+			cert, err := mustKey(t).Certificate()
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := net.Dial("tcp", rs.TCPAddr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			hc := &holdConn{Conn: raw}
+			tc := tls.Client(hc, &tls.Config{
+				InsecureSkipVerify: true, NextProtos: []string{ALPN}, Certificates: []tls.Certificate{cert},
+			})
+			defer tc.Close()
+			reg, _ := appendFrame(nil, typeRegister, registerBody{Agent: "test"})
+			if _, err := tc.Write(reg); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			fr := newFrameReader(tc, 0)
+			tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if typ, _, err := fr.next(); err != nil || typ != typeRegistered {
+				t.Fatalf("first frame %v, %v; want REGISTERED", typ, err)
+			}
+			waitTCPParked(t, rs, 1)
+			// An unknown extension frame of 1000 bytes: the server would
+			// skip it, once whole.
+			frame := append([]byte{frameVersion, 0xfe, 0x03, 0xe8}, make([]byte, 1000)...)
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			defer func() { close(stop); wg.Wait() }()
+			var trickle func(i int) error
+			switch mode {
+			case "frame":
+				trickle = func(i int) error { _, err := tc.Write(frame[i : i+1]); return err }
+			case "record":
+				hc.mu.Lock()
+				hc.hold = true
+				hc.mu.Unlock()
+				if _, err := tc.Write(frame); err != nil {
+					t.Fatal(err)
+				}
+				hc.mu.Lock()
+				rec := hc.held
+				hc.held = nil
+				hc.mu.Unlock()
+				trickle = func(i int) error { _, err := raw.Write(rec[i : i+1]); return err }
+			}
+			wg.Go(func() {
+				tick := time.NewTicker(50 * time.Millisecond)
+				defer tick.Stop()
+				for i := 0; i < len(frame)-1; i++ {
+					select {
+					case <-stop:
+						return
+					case <-tick.C:
+					}
+					if trickle(i) != nil {
+						return
+					}
+				}
+			})
+			tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			for {
+				if _, _, err := fr.next(); err != nil {
+					if took := time.Since(start); took < idle || took > idle+time.Second || (!errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF)) {
+						t.Fatalf("connection ended after %v with %v; want EOF after about %v", took, err, idle)
+					} else {
+						t.Logf("connection ended after %v", took)
+					}
+					break
+				}
+			}
+			waitFor(t, "the session to end", func() bool { st := rs.Stats(); return st.Peers == 0 && st.TCPReadersParked == 0 })
+		})
+	}
+}
+
+// TestTCPConnectsDuringShutdown: TCP connections that arrive while the
+// server stops are closed (under -race: the hook that closes them on
+// shutdown read the connection variable that handleConn then rebinds to
+// its tlstake.Bounded).
+func TestTCPConnectsDuringShutdown(t *testing.T) {
+	for range 10 {
+		rs := startTestServer(t, ServerConfig{})
+		addr := rs.TCPAddr().String()
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					c, err := net.DialTimeout("tcp", addr, time.Second)
+					if err != nil {
+						continue
+					}
+					c.Close()
+				}
+			})
+		}
+		time.Sleep(20 * time.Millisecond)
+		rs.Close()
+		close(stop)
+		wg.Wait()
 	}
 }

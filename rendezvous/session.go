@@ -62,6 +62,8 @@ type session struct {
 	// was queued before (PARKED last) although the session is closing.
 	park  *parkState
 	drain bool
+	// inWrite: the writer is in a frame's Write (closeWith cuts it short).
+	inWrite bool
 	// resume is REGISTER's token of a parked registration to take over.
 	resume uint64
 
@@ -189,6 +191,15 @@ func (ss *session) closeWith(pe *ProtocolError) {
 	ss.closeOnce.Do(func() {
 		ss.final = pe
 		close(ss.done)
+		// A write blocked on a peer that reads nothing would hold the
+		// session's end (and a stopping server) for its deadline,
+		// IdleTimeout: cut it short, unless what is queued must go out
+		// (drain: PARKED). finish then tries the ERROR for a second.
+		ss.qmu.Lock()
+		if ss.inWrite && !ss.drain {
+			ss.setWriteDeadline(time.Now())
+		}
+		ss.qmu.Unlock()
 		ss.kick()
 	})
 	ss.wakeParkedReader()
@@ -298,11 +309,19 @@ func (ss *session) writeLoop() {
 		}
 		ss.qmu.Unlock()
 		for _, b := range batch {
+			ss.qmu.Lock()
 			if closed(ss.done) && !drain {
+				ss.qmu.Unlock()
 				break
 			}
+			ss.inWrite = true
 			ss.setWriteDeadline(time.Now().Add(idle))
-			if _, err := ss.rw.Write(b); err != nil {
+			ss.qmu.Unlock()
+			_, err := ss.rw.Write(b)
+			ss.qmu.Lock()
+			ss.inWrite = false
+			ss.qmu.Unlock()
+			if err != nil {
 				ss.closeWith(nil)
 			}
 		}

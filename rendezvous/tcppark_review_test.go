@@ -256,3 +256,51 @@ func TestTCPConnectsDuringShutdown(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+// TestShutdownWriterBlocked: a registration that sends PINGs and reads
+// none of the PONGs (its receive window full, the server's writer blocked
+// in Write) does not hold the server's stop for its write deadline
+// (IdleTimeout): the stop cuts the blocked write short.
+func TestShutdownWriterBlocked(t *testing.T) {
+	rs := startTestServer(t, ServerConfig{IdleTimeout: 20 * time.Second, TCPPark: 20 * time.Millisecond})
+	cert, err := mustKey(t).Certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Dial("tcp", rs.TCPAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.(*net.TCPConn).SetReadBuffer(4096)
+	tc := tls.Client(raw, &tls.Config{
+		InsecureSkipVerify: true, NextProtos: []string{ALPN}, Certificates: []tls.Certificate{cert},
+	})
+	defer tc.Close()
+	reg, _ := appendFrame(nil, typeRegister, registerBody{Agent: "test"})
+	if _, err := tc.Write(reg); err != nil {
+		t.Fatal(err)
+	}
+	var pings []byte
+	for i := range 100 {
+		p, _ := appendFrame(nil, typePing, pingBody{Seq: uint64(i)})
+		pings = append(pings, p...)
+	}
+	// Write until the server stops reading (its writer is stuck).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tc.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
+		if _, err := tc.Write(pings); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the server kept reading PINGs whose PONGs nobody read")
+		}
+	}
+	start := time.Now()
+	rs.Close()
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("the server took %v to stop with a writer blocked on a peer that reads nothing", took)
+	} else {
+		t.Logf("stopped in %v", took)
+	}
+}

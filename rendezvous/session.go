@@ -62,8 +62,9 @@ type session struct {
 	// was queued before (PARKED last) although the session is closing.
 	park  *parkState
 	drain bool
-	// inWrite: the writer is in a frame's Write (closeWith cuts it short).
-	inWrite bool
+	// inWrite is the deadline of the frame the writer is writing; zero:
+	// none (closeWith cuts it short).
+	inWrite time.Time
 	// resume is REGISTER's token of a parked registration to take over.
 	resume uint64
 
@@ -193,17 +194,23 @@ func (ss *session) closeWith(pe *ProtocolError) {
 		close(ss.done)
 		// A write blocked on a peer that reads nothing would hold the
 		// session's end (and a stopping server) for its deadline,
-		// IdleTimeout: cut it short, unless what is queued must go out
-		// (drain: PARKED). finish then tries the ERROR for a second.
+		// IdleTimeout: give it a second more at most (a healthy peer's
+		// frame goes out whole, and the ERROR after it), unless what is
+		// queued must go out (drain: PARKED). finish then tries the
+		// ERROR for a second.
 		ss.qmu.Lock()
-		if ss.inWrite && !ss.drain {
-			ss.setWriteDeadline(time.Now())
+		if dl := time.Now().Add(closeWriteGrace); !ss.inWrite.IsZero() && ss.inWrite.After(dl) && !ss.drain {
+			ss.setWriteDeadline(dl)
 		}
 		ss.qmu.Unlock()
 		ss.kick()
 	})
 	ss.wakeParkedReader()
 }
+
+// closeWriteGrace is how long a closing session's writer may still take
+// over the frame it is writing.
+const closeWriteGrace = time.Second
 
 // writerLinger is how long a session's writer waits for more to send
 // before it ends.
@@ -314,12 +321,12 @@ func (ss *session) writeLoop() {
 				ss.qmu.Unlock()
 				break
 			}
-			ss.inWrite = true
-			ss.setWriteDeadline(time.Now().Add(idle))
+			ss.inWrite = time.Now().Add(idle)
+			ss.setWriteDeadline(ss.inWrite)
 			ss.qmu.Unlock()
 			_, err := ss.rw.Write(b)
 			ss.qmu.Lock()
-			ss.inWrite = false
+			ss.inWrite = time.Time{}
 			ss.qmu.Unlock()
 			if err != nil {
 				ss.closeWith(nil)

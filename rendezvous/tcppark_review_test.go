@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
+	"math/rand/v2"
 	"net"
 	"runtime"
 	"sync"
@@ -304,5 +306,53 @@ func TestShutdownWriterBlocked(t *testing.T) {
 		t.Fatalf("the server took %v to stop with a writer blocked on a peer that reads nothing", took)
 	} else {
 		t.Logf("stopped in %v", took)
+	}
+}
+
+// TestTCPParkTimerRacesWake: PINGs that come just before the idle timeout,
+// when the parked reader's timer fires too: whichever of the two wins,
+// the reader resumes once (under -race: two readers would share the
+// frame reader), the server's count of parked readers stays balanced
+// (it stops at once), and no goroutine is left.
+func TestTCPParkTimerRacesWake(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("readers park on Linux only (epoll)")
+	}
+	const idle = 200 * time.Millisecond
+	rs := startTestServer(t, ServerConfig{IdleTimeout: idle, TCPPark: 5 * time.Millisecond, Limits: LimitConfig{Disable: true},
+		Logger: slog.New(slog.DiscardHandler)})
+	const n = 40
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		tc, _ := rawTCPRegister(t, rs)
+		wg.Go(func() { io.Copy(io.Discard, tc) })
+		wg.Go(func() {
+			for seq := uint64(0); ; seq++ {
+				// Up to 20 ms before the idle timeout after the last.
+				d := idle - time.Duration(rand.Int64N(int64(20*time.Millisecond))) + time.Duration(i)*time.Microsecond
+				select {
+				case <-stop:
+					return
+				case <-time.After(d):
+				}
+				p, _ := appendFrame(nil, typePing, pingBody{Seq: seq})
+				tc.SetWriteDeadline(time.Now().Add(time.Second))
+				if _, err := tc.Write(p); err != nil {
+					return
+				}
+			}
+		})
+	}
+	time.Sleep(3 * time.Second)
+	st := rs.Stats()
+	start := time.Now()
+	rs.Close()
+	took := time.Since(start)
+	close(stop)
+	wg.Wait()
+	t.Logf("%d of %d registrations left after 3s of PINGs at about the idle timeout; stopped in %v", st.Peers, n, took)
+	if took > 2*time.Second {
+		t.Fatalf("the server took %v to stop", took)
 	}
 }

@@ -67,16 +67,17 @@ type tcpParking struct {
 // the epoll set's Unpark decides which.
 func (ss *session) parkReader(fr *frameReader) bool {
 	s := ss.srv
-	if i, ok := ss.rw.(interface{ Idle() }); ok {
-		i.Idle() // drop the record layer's buffer and keys meanwhile
-	}
 	tp := &ss.tcpPark
 	tp.mu.Lock()
 	defer tp.mu.Unlock()
 	if closed(ss.done) {
 		// Closing: closeWith found nothing parked, or will not look
-		// again. The caller reads on and ends.
+		// again. The caller reads on and ends. (No Idle: its TryLock
+		// could keep the writer's Close from sending close_notify.)
 		return false
+	}
+	if i, ok := ss.rw.(interface{ Idle() }); ok {
+		i.Idle() // drop the record layer's buffer and keys meanwhile
 	}
 	s.tcpParked.Add(1)
 	tp.gen++

@@ -69,13 +69,20 @@ func TestTCPParkedShutdown(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("readers park on Linux only (epoll)")
 	}
-	rs := startTestServer(t, ServerConfig{IdleTimeout: 20 * time.Second, TCPPark: 20 * time.Millisecond})
-	rawTCPRegister(t, rs)
-	waitTCPParked(t, rs, 1)
-	start := time.Now()
-	rs.Close()
-	if took := time.Since(start); took > 2*time.Second {
-		t.Fatalf("server with a parked TCP reader took %v to stop", took)
+	for _, ws := range []bool{false, true} {
+		rs := startTestServer(t, ServerConfig{IdleTimeout: 20 * time.Second, TCPPark: 20 * time.Millisecond})
+		if ws {
+			// A registration inside a WebSocket parks too.
+			startClient(t, "ws", mustKey(t), []ServerAddr{rs.ServerAddr()}, nil, forceTCP, func(c *ClientConfig) { c.WebSocket = true })
+		} else {
+			rawTCPRegister(t, rs)
+		}
+		waitTCPParked(t, rs, 1)
+		start := time.Now()
+		rs.Close()
+		if took := time.Since(start); took > 2*time.Second {
+			t.Fatalf("websocket %v: server with a parked TCP reader took %v to stop", ws, took)
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -282,34 +283,53 @@ func TestShutdownWriterBlocked(t *testing.T) {
 		t.Fatal(err)
 	}
 	raw.(*net.TCPConn).SetReadBuffer(4096)
-	tc := tls.Client(raw, &tls.Config{
+	cc := &countConn{Conn: raw}
+	tc := tls.Client(cc, &tls.Config{
 		InsecureSkipVerify: true, NextProtos: []string{ALPN}, Certificates: []tls.Certificate{cert},
 	})
-	defer tc.Close()
 	reg, _ := appendFrame(nil, typeRegister, registerBody{Agent: "test"})
 	if _, err := tc.Write(reg); err != nil {
 		t.Fatal(err)
 	}
+	// The server's send buffer small (no autotuning): its writer blocks
+	// on the PONGs soon, and its reader waits for it (awaitSpace).
+	waitFor(t, "the registration", func() bool { return rs.Stats().Peers == 1 })
+	rs.mu.Lock()
+	for _, ss := range rs.peers {
+		ss.rw.(interface{ ParkConn() net.Conn }).ParkConn().(*net.TCPConn).SetWriteBuffer(4096)
+	}
+	rs.mu.Unlock()
 	var pings []byte
 	for i := range 100 {
 		p, _ := appendFrame(nil, typePing, pingBody{Seq: uint64(i)})
 		pings = append(pings, p...)
 	}
-	// Write until the server stops reading (its writer is stuck).
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		tc.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
-		if _, err := tc.Write(pings); err != nil {
-			break
+	// Write until the server stops reading (its writer is stuck): no
+	// byte goes out for a second.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer tc.Close()
+	wg.Go(func() {
+		for {
+			if _, err := tc.Write(pings); err != nil {
+				return
+			}
 		}
+	})
+	last, since := cc.n.Load(), time.Now()
+	for deadline := time.Now().Add(30 * time.Second); time.Since(since) < time.Second; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the server kept reading PINGs whose PONGs nobody read")
+		}
+		if n := cc.n.Load(); n != last {
+			last, since = n, time.Now()
 		}
 	}
 	start := time.Now()
 	rs.Close()
-	// A second for the blocked write (closeWriteGrace), one for the ERROR.
-	if took := time.Since(start); took > 4*time.Second {
+	// A second for the blocked write (closeWriteGrace), one for the ERROR,
+	// one for close_notify.
+	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("the server took %v to stop with a writer blocked on a peer that reads nothing", took)
 	} else {
 		t.Logf("stopped in %v", took)
@@ -362,4 +382,16 @@ func TestTCPParkTimerRacesWake(t *testing.T) {
 	if took > 2*time.Second {
 		t.Fatalf("the server took %v to stop", took)
 	}
+}
+
+// countConn counts the bytes written to it.
+type countConn struct {
+	net.Conn
+	n atomic.Int64
+}
+
+func (c *countConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.n.Add(int64(n))
+	return n, err
 }

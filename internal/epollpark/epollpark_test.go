@@ -218,8 +218,27 @@ func fdOf(t testing.TB, c *net.TCPConn) int {
 func TestParkDescriptorReuse(t *testing.T) {
 	var s Set
 	defer s.Close()
+	// One listener for every pair: a listener made after b closes would
+	// take b's descriptor number (the lowest free one) itself.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pair := func() (*net.TCPConn, *net.TCPConn) {
+		a, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Close(); b.Close() })
+		return a.(*net.TCPConn), b.(*net.TCPConn)
+	}
 	for try := 0; ; try++ {
-		_, b := tcpPair(t)
+		_, b := pair()
 		var oldWoken atomic.Int32
 		oldKey, err := s.Park(rawOf(t, b), func() { oldWoken.Add(1) })
 		if err != nil {
@@ -227,7 +246,7 @@ func TestParkDescriptorReuse(t *testing.T) {
 		}
 		oldFD := fdOf(t, b)
 		b.Close()
-		c, d := tcpPair(t)
+		c, d := pair()
 		if fdOf(t, d) != oldFD && fdOf(t, c) != oldFD {
 			if !s.Unpark(oldKey) {
 				t.Fatal("the closed connection's key was not parked")

@@ -560,7 +560,10 @@ func (s *Server) handleTCP(ctx context.Context, c net.Conn) {
 // handshakeDone is called once the TLS handshake is over.
 func (s *Server) handleConn(ctx context.Context, c net.Conn, src netip.Prefix, handshakeDone func()) {
 	web := handshakeDone != nil
-	stop := context.AfterFunc(ctx, func() { c.Close() })
+	// The hook closes the connection as it came (c is rebound below; a
+	// stopping server runs the hook at once, on a goroutine of its own).
+	raw := c
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	// The connection may turn out to be a WebSocket's or a TCP
 	// registration's (directly or in a WebSocket), whose TLS the server
 	// takes over once the handshake is done (tlstake): crypto/tls reads the

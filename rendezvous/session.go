@@ -41,7 +41,9 @@ type session struct {
 	lastFrame time.Time
 	// parkRaw is the descriptor a TCP registration's reader parks on
 	// (tcppark.go); nil: it never parks. Reader only.
-	parkRaw   syscall.RawConn
+	parkRaw syscall.RawConn
+	// tcpPark is the reader's state while it is parked.
+	tcpPark   tcpParking
 	closeOnce sync.Once
 	final     *ProtocolError // written before done is closed
 
@@ -60,6 +62,9 @@ type session struct {
 	// was queued before (PARKED last) although the session is closing.
 	park  *parkState
 	drain bool
+	// inWrite is the deadline of the frame the writer is writing; zero:
+	// none (closeWith cuts it short).
+	inWrite time.Time
 	// resume is REGISTER's token of a parked registration to take over.
 	resume uint64
 
@@ -187,9 +192,25 @@ func (ss *session) closeWith(pe *ProtocolError) {
 	ss.closeOnce.Do(func() {
 		ss.final = pe
 		close(ss.done)
+		// A write blocked on a peer that reads nothing would hold the
+		// session's end (and a stopping server) for its deadline,
+		// IdleTimeout: give it a second more at most (a healthy peer's
+		// frame goes out whole, and the ERROR after it), unless what is
+		// queued must go out (drain: PARKED). finish then tries the
+		// ERROR for a second.
+		ss.qmu.Lock()
+		if dl := time.Now().Add(closeWriteGrace); !ss.inWrite.IsZero() && ss.inWrite.After(dl) && !ss.drain {
+			ss.setWriteDeadline(dl)
+		}
+		ss.qmu.Unlock()
 		ss.kick()
 	})
+	ss.wakeParkedReader()
 }
+
+// closeWriteGrace is how long a closing session's writer may still take
+// over the frame it is writing.
+const closeWriteGrace = time.Second
 
 // writerLinger is how long a session's writer waits for more to send
 // before it ends.
@@ -295,11 +316,19 @@ func (ss *session) writeLoop() {
 		}
 		ss.qmu.Unlock()
 		for _, b := range batch {
+			ss.qmu.Lock()
 			if closed(ss.done) && !drain {
+				ss.qmu.Unlock()
 				break
 			}
-			ss.setWriteDeadline(time.Now().Add(idle))
-			if _, err := ss.rw.Write(b); err != nil {
+			ss.inWrite = time.Now().Add(idle)
+			ss.setWriteDeadline(ss.inWrite)
+			ss.qmu.Unlock()
+			_, err := ss.rw.Write(b)
+			ss.qmu.Lock()
+			ss.inWrite = time.Time{}
+			ss.qmu.Unlock()
+			if err != nil {
 				ss.closeWith(nil)
 			}
 		}

@@ -49,51 +49,94 @@ func parkRawOf(c net.Conn) syscall.RawConn {
 	return raw
 }
 
+// tcpParking is a session's parked-reader state (tcppark.go), guarded
+// by its mu.
+type tcpParking struct {
+	mu    sync.Mutex
+	key   int32        // the reader's key in the server's epoll set; 0: not parked
+	gen   uint64       // counts parks: a timer of an earlier one does nothing
+	timer *time.Timer  // ends the session at its idle timeout
+	fr    *frameReader // the reader's, to resume with
+}
+
 // parkReader parks the session's reader (fr is between frames); false
-// if it could not (the caller reads on).
+// if it could not (the caller reads on). The connection's next bytes
+// (or its peer's close), the idle timeout, or the session closing
+// (closeWith: the writer closes the connection, and a closed
+// descriptor leaves the epoll set without an event) resume it, once:
+// the epoll set's Unpark decides which.
 func (ss *session) parkReader(fr *frameReader) bool {
 	s := ss.srv
+	tp := &ss.tcpPark
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	if closed(ss.done) {
+		// Closing: closeWith found nothing parked, or will not look
+		// again. The caller reads on and ends. (No Idle: its TryLock
+		// could keep the writer's Close from sending close_notify.)
+		return false
+	}
 	if i, ok := ss.rw.(interface{ Idle() }); ok {
 		i.Idle() // drop the record layer's buffer and keys meanwhile
 	}
 	s.tcpParked.Add(1)
-	resume := func() {
-		defer s.tcpParked.Done()
-		ss.serve(fr, nil)
-	}
-	// mu orders Park's return before the wake-up or the timer use key
-	// and timer.
-	var (
-		mu    sync.Mutex
-		key   int32
-		timer *time.Timer
-	)
-	mu.Lock()
+	tp.gen++
+	gen := tp.gen
 	key, err := s.tcpPark.Park(ss.parkRaw, func() {
-		mu.Lock()
-		t := timer
-		mu.Unlock()
-		if t != nil {
-			t.Stop()
+		// The set took the key out: this wake-up won.
+		tp.mu.Lock()
+		if tp.gen == gen {
+			tp.key = 0
+			tp.timer.Stop()
 		}
-		resume()
+		tp.mu.Unlock()
+		ss.resumeReader(fr)
 	})
 	if err != nil {
-		mu.Unlock()
 		s.tcpParked.Done()
 		ss.log.Debug("tcp reader cannot park", "err", err)
 		return false
 	}
+	tp.key, tp.fr = key, fr
 	// Silent for IdleTimeout: the reader's next read fails at once and
 	// ends the session.
-	timer = time.AfterFunc(time.Until(ss.lastFrame.Add(s.cfg.IdleTimeout)), func() {
-		mu.Lock()
-		k := key
-		mu.Unlock()
-		if s.tcpPark.Unpark(k) {
-			resume()
+	tp.timer = time.AfterFunc(time.Until(ss.lastFrame.Add(s.cfg.IdleTimeout)), func() {
+		if ss.unparkReader(gen) {
+			ss.resumeReader(fr)
 		}
 	})
-	mu.Unlock()
 	return true
+}
+
+// unparkReader takes the reader out of the epoll set if it is still
+// parked there by park gen (any park: 0); true if it was, and the
+// caller must resume it.
+func (ss *session) unparkReader(gen uint64) bool {
+	tp := &ss.tcpPark
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	if tp.key == 0 || gen != 0 && gen != tp.gen || !ss.srv.tcpPark.Unpark(tp.key) {
+		return false
+	}
+	tp.key = 0
+	tp.timer.Stop()
+	return true
+}
+
+// resumeReader serves a reader that was parked.
+func (ss *session) resumeReader(fr *frameReader) {
+	defer ss.srv.tcpParked.Done()
+	ss.serve(fr, nil)
+}
+
+// wakeParkedReader resumes the reader of a closing session if it is
+// parked (its read then ends it at once).
+func (ss *session) wakeParkedReader() {
+	tp := &ss.tcpPark
+	if ss.unparkReader(0) {
+		tp.mu.Lock()
+		fr := tp.fr
+		tp.mu.Unlock()
+		go ss.resumeReader(fr)
+	}
 }

@@ -182,3 +182,98 @@ func TestParkMany(t *testing.T) {
 		t.Fatalf("woken %d, %d still parked; want %d, 0", woken.Load(), s.Len(), n)
 	}
 }
+
+// Bytes that arrived before Park wake the owner at once (epoll reports
+// a descriptor readable when it is added): a frame that comes as the
+// reader parks is not lost.
+func TestParkDataAlreadyThere(t *testing.T) {
+	var s Set
+	defer s.Close()
+	a, b := tcpPair(t)
+	a.Write([]byte("early"))
+	time.Sleep(10 * time.Millisecond)
+	woke := make(chan struct{})
+	if _, err := s.Park(rawOf(t, b), func() { close(woke) }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-woke:
+	case <-time.After(5 * time.Second):
+		t.Fatal("bytes already there did not wake the owner")
+	}
+}
+
+func fdOf(t testing.TB, c *net.TCPConn) int {
+	var fd int
+	if err := rawOf(t, c).Control(func(f uintptr) { fd = int(f) }); err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
+// A parked connection its owner closes leaves the set's epoll without an
+// event (the owner must Unpark it: the rendezvous server does when the
+// session closes); a new connection that gets its descriptor number
+// parks and wakes, and the old key's Unpark leaves it parked.
+func TestParkDescriptorReuse(t *testing.T) {
+	var s Set
+	defer s.Close()
+	// One listener for every pair: a listener made after b closes would
+	// take b's descriptor number (the lowest free one) itself.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pair := func() (*net.TCPConn, *net.TCPConn) {
+		a, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Close(); b.Close() })
+		return a.(*net.TCPConn), b.(*net.TCPConn)
+	}
+	for try := 0; ; try++ {
+		_, b := pair()
+		var oldWoken atomic.Int32
+		oldKey, err := s.Park(rawOf(t, b), func() { oldWoken.Add(1) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		oldFD := fdOf(t, b)
+		b.Close()
+		c, d := pair()
+		if fdOf(t, d) != oldFD && fdOf(t, c) != oldFD {
+			if !s.Unpark(oldKey) {
+				t.Fatal("the closed connection's key was not parked")
+			}
+			if try == 10 {
+				t.Fatal("no new connection got the closed one's descriptor number")
+			}
+			continue
+		}
+		reused := d
+		peer := c
+		if fdOf(t, c) == oldFD {
+			reused, peer = c, d
+		}
+		var woken atomic.Int32
+		if _, err := s.Park(rawOf(t, reused), func() { woken.Add(1) }); err != nil {
+			t.Fatalf("park of a connection on a reused descriptor: %v", err)
+		}
+		if !s.Unpark(oldKey) {
+			t.Fatal("the closed connection's key was not parked")
+		}
+		peer.Write([]byte("x"))
+		waitFor(t, "the reused descriptor's wake-up", func() bool { return woken.Load() == 1 })
+		t.Logf("descriptor %d reused after %d tries", oldFD, try)
+		if oldWoken.Load() != 0 || s.Len() != 0 {
+			t.Fatalf("closed connection woken %d times, %d parked; want 0, 0", oldWoken.Load(), s.Len())
+		}
+		return
+	}
+}

@@ -18,6 +18,9 @@ import (
 // stamps every pathCheckEvery:
 //
 //   - nothing sent since the path was last heard: idle, not dead;
+//   - the node is sending and the peer is heard, but only from another of
+//     its sources, not the direct address for pathDeadAfter (it moved to
+//     a new NAT mapping): dead for what the node sends;
 //   - the peer's packets come by the forwarded path while the direct one
 //     has been silent for pathDeadAfter: the peer fell back; follow it;
 //   - the node has been sending, and nothing came back for pathDeadAfter
@@ -48,6 +51,17 @@ func (n *Node) checkPath(peer identity.PeerID, key, direct netip.AddrPort) {
 	now := time.Now()
 	heard := paths.Heard(key)
 	if now.Sub(heard) < pathDeadAfter {
+		// Heard, but perhaps only from another of the peer's sources (an
+		// alias: its checks from a new NAT mapping after its host was
+		// renumbered) while what we send goes to the direct address,
+		// which has said nothing for pathDeadAfter: that path is dead for
+		// our packets; fall back and let the search find the new mapping
+		// both ways (its answers there kept heard fresh, so silence alone
+		// never told).
+		if proved := paths.Proved(key); !proved.IsZero() && now.Sub(proved) >= pathDeadAfter &&
+			now.Sub(paths.Sent(key)) < sendingWithin {
+			n.fallBack(peer, key, errPathSilent)
+		}
 		return
 	}
 	if paths.Seen(key).After(heard) {

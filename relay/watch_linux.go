@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/reachp2p/reach/internal/epollpark"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,19 +37,7 @@ var epollCreate = unix.EpollCreate1
 // (ParkConn), its outer connection's TCP descriptor (other carriers may
 // keep bytes in user space that no descriptor shows).
 func parkable(tc *tls.Conn) syscall.RawConn {
-	nc := tc.NetConn()
-	if pc, ok := nc.(parkConn); ok {
-		nc = pc.ParkConn()
-	}
-	tcp, ok := nc.(*net.TCPConn)
-	if !ok {
-		return nil
-	}
-	raw, err := tcp.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return raw
+	return epollpark.RawConnOf(tc.NetConn())
 }
 
 // parkConn is a connection carried in another (rendezvous's WebSocket

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/reachp2p/reach/internal/epollpark"
 )
 
 // A TCP registration's reader parks: once no frame began for
@@ -38,15 +40,7 @@ func parkRawOf(c net.Conn) syscall.RawConn {
 	if !ok {
 		return nil
 	}
-	tcp, ok := pc.ParkConn().(*net.TCPConn)
-	if !ok {
-		return nil
-	}
-	raw, err := tcp.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return raw
+	return epollpark.RawConnOf(pc.ParkConn())
 }
 
 // tcpParking is a session's parked-reader state (tcppark.go), guarded

@@ -13,7 +13,11 @@
 // ErrUnsupported and owners keep reading.
 package epollpark
 
-import "errors"
+import (
+	"errors"
+	"net"
+	"syscall"
+)
 
 // Named errors. Test with errors.Is.
 var (
@@ -24,3 +28,25 @@ var (
 	// ErrClosed: the connection to park is closed.
 	ErrClosed = errors.New("epollpark: connection closed")
 )
+
+// RawConnOf returns the descriptor of the TCP connection c is, or is
+// carried in (each carrier's ParkConn names the connection under it), or
+// nil if there is none.
+func RawConnOf(c net.Conn) syscall.RawConn {
+	for range 8 {
+		pc, ok := c.(interface{ ParkConn() net.Conn })
+		if !ok {
+			break
+		}
+		c = pc.ParkConn()
+	}
+	tcp, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	raw, err := tcp.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
+}

@@ -3,14 +3,9 @@ package rendezvous
 import (
 	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -70,7 +65,12 @@ func TestHTTPAnswers(t *testing.T) {
 // over (tlstake) and the request, sent at once behind the client's
 // Finished, is not lost either; over TLS 1.2 crypto/tls keeps it.
 func TestWebSocketPipelined(t *testing.T) {
-	public := publicTestCert(t)
+	// A certificate standing in for a public one (ServerConfig.Certificate:
+	// served to clients without reach's ALPNs, TLS 1.2 allowed).
+	public, err := mustKey(t).Certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name       string
 		cert       *tls.Certificate
@@ -136,22 +136,4 @@ func testWebSocketPipelined(t *testing.T, addr string, version uint16) {
 	if _, err := io.ReadFull(r, got); err != nil || !bytes.Equal(got, payload) {
 		t.Fatalf("pong %q, %v", got, err)
 	}
-}
-
-// publicTestCert is a self-signed certificate standing in for a public
-// one (ServerConfig.Certificate: served to clients without reach's ALPNs,
-// TLS 1.2 allowed).
-func publicTestCert(t *testing.T) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{"relay.example"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

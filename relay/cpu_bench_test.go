@@ -448,7 +448,8 @@ func (rc *cpuChild) mark(b *testing.B) cpuMark {
 // and "unprofile" (a CPU profile to $RELAY_CPU_PROFILE-<kind>.pprof).
 func relayCPUChild(kind string) error {
 	rcfg := relay.ServerConfig{PeerRate: -1, TotalRate: -1, ConnRate: -1, MaxLinksPerIP: -1, Logger: quiet()}
-	scfg := rendezvous.ServerConfig{Logger: quiet()}
+	// RELAY_NO_GRO=1: the server's UDP socket without GRO (comparisons).
+	scfg := rendezvous.ServerConfig{Logger: quiet(), DisableGRO: os.Getenv("RELAY_NO_GRO") != ""}
 	if kind == "scale" {
 		// BenchmarkRelayScale: room for its idle peers, all from loopback.
 		rcfg.MaxClients = 1 << 20

@@ -131,6 +131,12 @@ type ServerConfig struct {
 	// without them a punched session's first byte takes one more round
 	// trip.
 	DisableFlights bool
+	// DisableGRO reads the UDP socket a datagram per message. Zero: on
+	// Linux the socket asks the kernel for UDP GRO (a sender's run of
+	// same-size datagrams read as one message and split again here), which
+	// cuts the relay's read cost per forwarded packet; the option is for
+	// comparisons and for kernels whose GRO misbehaves.
+	DisableGRO bool
 	// Registry joins the server to a fleet that shares registrations and
 	// introductions (docs/architecture.md, "Fleet"; rendezvous/fleet has
 	// the Redis one). Serve runs it. Nil: this server's peers only, in
@@ -357,6 +363,9 @@ func (s *Server) start(ctx context.Context, udp *net.UDPConn, tcp net.Listener, 
 		// their datagrams on quic-go's read loop (DatagramProtocol);
 		// pathsock keeps quic-go's batched reads and GSO.
 		paths := pathsock.New(udp)
+		if !s.cfg.DisableGRO && !paths.EnableGRO() {
+			s.log.Debug("rendezvous: UDP GRO not available; reading datagrams one by one")
+		}
 		for _, name := range slices.Sorted(maps.Keys(s.cfg.Protocols)) {
 			if dp, ok := s.cfg.Protocols[name].(DatagramProtocol); ok {
 				// Stopped within Serve (wg), not on a goroutine of its own:

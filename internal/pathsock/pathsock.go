@@ -102,6 +102,10 @@ type Conn struct {
 	// noGSO: the kernel refused a segmented send (WriteSegments); send
 	// each datagram on its own from now on.
 	noGSO atomic.Bool
+	// gro: the socket hands datagrams coalesced (EnableGRO); reads go
+	// through the reader's groReader.
+	gro     atomic.Bool
+	groRuns atomic.Uint64 // coalesced messages read (more than one datagram each)
 
 	inj     chan injected
 	queued  atomic.Int32 // packets in inj
@@ -175,10 +179,36 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 		if n := c.takeInjected(ms); n > 0 {
 			return n, nil
 		}
+		if r.gro != nil && r.gro.pending() {
+			if cap(r.froms) < len(ms) {
+				r.froms = make([]netip.AddrPort, len(ms))
+			}
+			r.froms = r.froms[:len(ms)]
+			if n := c.fill(r.gro, ms, r.froms); n > 0 {
+				c.address(r, ms, n)
+				return n, nil
+			}
+			continue // all taken: read again
+		}
 		c.reading.Store(true)
 		if c.queued.Load() > 0 { // an Inject between the take and the store
 			c.reading.Store(false)
 			continue
+		}
+		if c.gro.Load() && c.raw != nil {
+			err := c.readGRO(r, flags)
+			c.reading.Store(false)
+			if err == nil {
+				continue // hand the runs out above
+			}
+			if isTimeout(err) && c.woken.Load() {
+				if err := c.restoreDeadline(); err != nil {
+					return 0, err
+				}
+				c.woken.Store(false)
+				continue
+			}
+			return 0, err
 		}
 		n, err := c.read(r, ms, flags)
 		c.reading.Store(false)

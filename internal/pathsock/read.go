@@ -17,6 +17,7 @@ type reader struct {
 	froms []netip.AddrPort
 	addrs addrCache
 	sys   sysReader
+	gro   *groReader // with UDP GRO (EnableGRO): the coalesced datagrams read, handed out a packet at a time
 }
 
 // takeReader returns the Conn's reader, or a new one while another read
@@ -39,7 +40,7 @@ func (c *Conn) read(r *reader, ms []ipv4.Message, flags int) (int, error) {
 		r.froms = make([]netip.AddrPort, len(ms))
 	}
 	r.froms = r.froms[:len(ms)]
-	if n, ok, err := c.sysRead(r, ms, flags); ok {
+	if n, ok, err := c.sysRead(&r.sys, ms, r.froms, flags); ok {
 		for i := range ms[:n] {
 			ms[i].Addr = nil
 		}
@@ -56,6 +57,26 @@ func (c *Conn) read(r *reader, ms []ipv4.Message, flags int) (int, error) {
 		m.Addr = nil
 	}
 	return n, err
+}
+
+// readGRO reads coalesced datagrams into r.gro (made at the first call);
+// ReadBatch then hands them out (fill).
+func (c *Conn) readGRO(r *reader, flags int) error {
+	if r.gro == nil {
+		r.gro = newGROReader()
+	}
+	g := r.gro
+	for i := range g.ms {
+		g.ms[i].N, g.ms[i].NN, g.ms[i].Flags = 0, 0, 0
+	}
+	n, _, err := c.sysRead(&r.sys, g.ms, g.froms, flags)
+	if err != nil {
+		return err
+	}
+	if runs := g.loaded(n); runs > 0 {
+		c.groRuns.Add(uint64(runs))
+	}
+	return nil
 }
 
 // address sets the Addr of each message read that has none (intercept set

@@ -39,8 +39,8 @@ type sysReader struct {
 // sysRead reads a batch with recvmmsg; ok is false when it cannot (a
 // message of other than one buffer, no raw access to the socket), and
 // the caller reads with x/net's ReadBatch.
-func (c *Conn) sysRead(r *reader, ms []ipv4.Message, flags int) (n int, ok bool, err error) {
-	s := &r.sys
+// The sources go to froms (at least len(ms) long).
+func (c *Conn) sysRead(s *sysReader, ms []ipv4.Message, froms []netip.AddrPort, flags int) (n int, ok bool, err error) {
 	if c.raw == nil || len(ms) == 0 || !s.prepare(ms) {
 		return 0, false, nil
 	}
@@ -59,7 +59,7 @@ func (c *Conn) sysRead(r *reader, ms []ipv4.Message, flags int) (n int, ok bool,
 		m.N = int(h.len)
 		m.NN = int(h.hdr.Controllen)
 		m.Flags = int(h.hdr.Flags)
-		r.froms[i] = s.source(i)
+		froms[i] = s.source(i)
 	}
 	return s.n, true, nil
 }

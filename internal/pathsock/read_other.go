@@ -2,9 +2,15 @@
 
 package pathsock
 
-import "golang.org/x/net/ipv4"
+import (
+	"net/netip"
+
+	"golang.org/x/net/ipv4"
+)
 
 // sysReader: no raw reads here (x/net's ReadBatch reads).
 type sysReader struct{}
 
-func (c *Conn) sysRead(*reader, []ipv4.Message, int) (int, bool, error) { return 0, false, nil }
+func (c *Conn) sysRead(*sysReader, []ipv4.Message, []netip.AddrPort, int) (int, bool, error) {
+	return 0, false, nil
+}

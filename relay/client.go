@@ -291,6 +291,9 @@ func (c *Client) ordered() []LinkDialer {
 }
 
 // race dials the transports Happy-Eyeballs style, the preferred one first.
+// When that is UDP, a later transport that is ready first gives it one
+// more HeadStart to say HELLO (helloGate): one lost packet of the QUIC
+// handshake does not put a node whose UDP works on a TCP link.
 func (c *Client) race(ctx context.Context, sa rendezvous.ServerAddr) (Link, error) {
 	dialers := c.ordered()
 	var token string
@@ -312,12 +315,20 @@ func (c *Client) race(ctx context.Context, sa rendezvous.ServerAddr) (Link, erro
 	}
 	results := make(chan result, len(dialers))
 	next, pending := 0, 0
+	if len(dialers) > 1 && dialers[0].Transport() == (UDPDialer{}).Transport() {
+		p.gate.waitFirst(c.cfg.HeadStart)
+	}
 	start := func() {
-		d := dialers[next]
+		d, first := dialers[next], next == 0
 		next++
 		pending++
 		go func() {
-			l, err := d.DialLink(ctx, p)
+			pp := p
+			pp.gateFirst = first
+			l, err := d.DialLink(ctx, pp)
+			if first {
+				pp.gate.firstDone()
+			}
 			if err != nil {
 				err = fmt.Errorf("%s: %w", d.Transport(), err)
 			}

@@ -80,8 +80,10 @@ type LinkParams struct {
 	allowed func() []identity.PeerID
 
 	// gate, set by a Client's race of transports, lets one link of the
-	// race say HELLO at a time (see helloGate).
-	gate *helloGate
+	// race say HELLO at a time (see helloGate); gateFirst: this link is
+	// the race's first transport.
+	gate      *helloGate
+	gateFirst bool
 	// route, set by a node's relay rung, lets a UDP link's data packets
 	// go to quic-go in place (see dataLink).
 	route routeFunc
@@ -100,23 +102,58 @@ type LinkParams struct {
 // link does not reconnect, for good). Through the gate a transport says
 // HELLO only while no other one's HELLO is waiting for its answer, and
 // not at all once one was welcomed.
+//
+// When the race's first transport is UDP (first is set), a later one that
+// is ready first waits up to grace for it to reach its HELLO or end: a
+// node whose UDP works but lost a packet of the QUIC handshake (its
+// retransmission comes about when the TCP attempt starts) links over UDP
+// as designed, not over TCP for as long as the link lasts.
 type helloGate struct {
 	turn chan struct{} // holds a token while a HELLO waits for its answer
 	won  bool          // guarded by turn
+
+	first     chan struct{} // closed when the first transport reached its HELLO or ended; nil: no wait
+	firstOnce sync.Once
+	grace     time.Duration
 }
 
 func newHelloGate() *helloGate { return &helloGate{turn: make(chan struct{}, 1)} }
+
+// waitFirst makes later transports wait up to grace for the first.
+func (g *helloGate) waitFirst(grace time.Duration) {
+	g.first, g.grace = make(chan struct{}), grace
+}
+
+// firstDone says the first transport reached its HELLO or ended.
+func (g *helloGate) firstDone() {
+	if g != nil && g.first != nil {
+		g.firstOnce.Do(func() { close(g.first) })
+	}
+}
 
 // errRaceLost ends a link attempt whose race another transport won
 // before it said HELLO.
 var errRaceLost = errors.New("relay: another transport linked first")
 
 // hello runs say (a link's HELLO and its answer) in its turn: it fails
-// with errRaceLost if another link of the race was welcomed. A nil gate
-// runs say at once.
-func (g *helloGate) hello(ctx context.Context, say func() error) error {
+// with errRaceLost if another link of the race was welcomed. first: the
+// link is the race's first transport. A nil gate runs say at once.
+func (g *helloGate) hello(ctx context.Context, first bool, say func() error) error {
 	if g == nil {
 		return say()
+	}
+	if first {
+		g.firstDone()
+	} else if g.first != nil {
+		t := time.NewTimer(g.grace)
+		select {
+		case <-g.first:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+		t.Stop()
 	}
 	select {
 	case g.turn <- struct{}{}:
@@ -243,7 +280,7 @@ func (d UDPDialer) DialLink(ctx context.Context, p LinkParams) (Link, error) {
 			qc.CloseWithError(0, "")
 		},
 	}
-	if err := p.gate.hello(ctx, func() error { return l.hello(ctx, p.Token, p.Consent, p.allowed, st, st.SetReadDeadline) }); err != nil {
+	if err := p.gate.hello(ctx, p.gateFirst, func() error { return l.hello(ctx, p.Token, p.Consent, p.allowed, st, st.SetReadDeadline) }); err != nil {
 		l.closeTransport()
 		return nil, mapQUICErr(err)
 	}
@@ -382,7 +419,7 @@ func NewStreamLink(ctx context.Context, conn net.Conn, transport string, p LinkP
 	l.sendPacket = co.send
 	l.streams = newStreamMux(p.Key.ID(), co, p.acceptStream, p.Logger)
 	stop := context.AfterFunc(ctx, func() { tc.SetReadDeadline(time.Now()) })
-	err = p.gate.hello(ctx, func() error { return l.hello(ctx, p.Token, p.Consent, p.allowed, rw, tc.SetReadDeadline) })
+	err = p.gate.hello(ctx, p.gateFirst, func() error { return l.hello(ctx, p.Token, p.Consent, p.allowed, rw, tc.SetReadDeadline) })
 	if !stop() {
 		err = errors.Join(err, ctx.Err())
 	}

@@ -20,7 +20,8 @@ import (
 //     a virtual address whose current path is direct;
 //   - plain-wrapper: the socket behind a wrapper that is only a
 //     net.PacketConn (what a naive virtual-address layer gives quic-go:
-//     one syscall per packet, no GSO).
+//     one syscall per packet, no GSO);
+//   - pathsock-gro: pathsock with UDP GRO on both sockets (EnableGRO).
 //
 // Metrics: MB/s of each and the ratios pathsock/bare and plain/bare.
 //
@@ -38,6 +39,12 @@ func BenchmarkThroughput(b *testing.B) {
 	p := newPair(b)
 	p.direct(b)
 	psC, psS := session(b, &quic.Transport{Conn: p.a}, &quic.Transport{Conn: p.b}, p.aPeer)
+	// pathsock with UDP GRO on both sockets
+	g := newPair(b)
+	g.a.EnableGRO()
+	g.b.EnableGRO()
+	g.direct(b)
+	grC, grS := session(b, &quic.Transport{Conn: g.a}, &quic.Transport{Conn: g.b}, g.aPeer)
 	// plain wrapper
 	wa, _ := rawListen(b)
 	wb, wbReal := rawListen(b)
@@ -48,7 +55,7 @@ func BenchmarkThroughput(b *testing.B) {
 		c, s   *quic.Conn
 		total  time.Duration
 		amount int64
-	}{{name: "bare", c: bareC, s: bareS}, {name: "pathsock", c: psC, s: psS}, {name: "plain-wrapper", c: plC, s: plS}}
+	}{{name: "bare", c: bareC, s: bareS}, {name: "pathsock", c: psC, s: psS}, {name: "plain-wrapper", c: plC, s: plS}, {name: "pathsock-gro", c: grC, s: grS}}
 	b.ResetTimer()
 	for range b.N {
 		for i := range kinds {
@@ -65,6 +72,7 @@ func BenchmarkThroughput(b *testing.B) {
 	}
 	b.ReportMetric(rate(1)/rate(0), "pathsock/bare")
 	b.ReportMetric(rate(2)/rate(0), "plain/bare")
+	b.ReportMetric(rate(3)/rate(0), "gro/bare")
 }
 
 func rawListen(b *testing.B) (*net.UDPConn, netip.AddrPort) {

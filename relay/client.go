@@ -291,9 +291,10 @@ func (c *Client) ordered() []LinkDialer {
 }
 
 // race dials the transports Happy-Eyeballs style, the preferred one first.
-// When that is UDP, a later transport that is ready first gives it one
-// more HeadStart to say HELLO (helloGate): one lost packet of the QUIC
-// handshake does not put a node whose UDP works on a TCP link.
+// When that is UDP, a later transport that is ready first gives it two
+// more HeadStarts to say HELLO (helloGate): a lost packet of the QUIC
+// handshake (retransmitted after about one HeadStart, the next time after
+// two more) does not put a node whose UDP works on a TCP link.
 func (c *Client) race(ctx context.Context, sa rendezvous.ServerAddr) (Link, error) {
 	dialers := c.ordered()
 	var token string
@@ -316,7 +317,7 @@ func (c *Client) race(ctx context.Context, sa rendezvous.ServerAddr) (Link, erro
 	results := make(chan result, len(dialers))
 	next, pending := 0, 0
 	if len(dialers) > 1 && dialers[0].Transport() == (UDPDialer{}).Transport() {
-		p.gate.waitFirst(c.cfg.HeadStart)
+		p.gate.waitFirst(2 * c.cfg.HeadStart)
 	}
 	start := func() {
 		d, first := dialers[next], next == 0

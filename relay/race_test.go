@@ -79,9 +79,9 @@ func (d slowDialer) DialLink(ctx context.Context, p relay.LinkParams) (relay.Lin
 }
 
 // TestRaceUDPGrace: a client whose UDP attempt is late (a lost packet of
-// its QUIC handshake: here it starts 150 ms late) still links over UDP
+// its QUIC handshake: here it starts 250 ms late) still links over UDP
 // when TLS, started after its 100 ms head start, is ready first: TLS waits
-// up to one more head start at the HELLO for UDP. Where UDP never answers,
+// up to two more head starts at the HELLO for UDP. Where UDP never answers,
 // TLS links after that wait; where the client prefers TLS (its UDP looks
 // blocked), TLS goes first and links within its own head start (2 s
 // here, so that a loaded machine does not start UDP), waiting for
@@ -102,8 +102,8 @@ func TestRaceUDPGrace(t *testing.T) {
 		want     string
 		atLeast  time.Duration // the link takes at least this long
 	}{
-		{"udp-late", 100 * time.Millisecond, 150 * time.Millisecond, "", "udp", 150 * time.Millisecond},
-		{"udp-silent", 100 * time.Millisecond, -1, "", "tls", 200 * time.Millisecond},
+		{"udp-late", 100 * time.Millisecond, 250 * time.Millisecond, "", "udp", 250 * time.Millisecond},
+		{"udp-silent", 100 * time.Millisecond, -1, "", "tls", 300 * time.Millisecond},
 		{"prefer-tls", 2 * time.Second, -1, "tls", "tls", 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -328,7 +328,11 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		accept: make(chan *stream.Stream, cfg.AcceptQueue), closing: make(chan struct{}),
 		sessions: map[identity.PeerID][]*stream.Session{}}
 	var err error
-	n.sock, err = sock.Listen(sock.Config{Addr: cfg.ListenAddr, Logger: n.log})
+	// A volunteer forwards other peers' packets as a relay does: its socket
+	// reads them with UDP GRO (a sender's run in one message), as the
+	// server's does. Other nodes read a datagram per message (docs/
+	// benchmarks.md, "UDP GRO": measured there, not yet on a quiet machine).
+	n.sock, err = sock.Listen(sock.Config{Addr: cfg.ListenAddr, Logger: n.log, GRO: cfg.Supernode.Enable})
 	if err != nil {
 		return nil, err
 	}

@@ -10,10 +10,10 @@
 // arrives, before it answers, with a first SYN whose TTL is small (a
 // primer: it opens the listener's own NAT and expires before the
 // dialler's router, leaving it no state; its socket ignores the ICMP
-// error that expiry brings back, whenever it comes, and nothing else), the
-// dialler when the answer arrives. The SYN that meets the other side's outgoing state gets in:
-// either both connect() calls complete (simultaneous open) or one side's
-// listener accepts. A connect() the peer's side turns away (a reset) is
+// error that expiry brings back, whenever it comes, and nothing else),
+// the dialler when the answer arrives. The SYN that meets the other
+// side's outgoing state gets in: either both connect() calls complete
+// (simultaneous open) or one side's listener accepts. A connect() the peer's side turns away (a reset) is
 // tried again with a fresh socket every RetryEvery, within Limits.
 //
 // The introduction fixes the TLS roles, not the sockets: the dialler is

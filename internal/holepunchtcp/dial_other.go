@@ -12,7 +12,7 @@ import (
 
 var errUnsupported = errors.New("holepunch-tcp: not supported on this system")
 
-func dialFrom(context.Context, func(func() error) error, netip.AddrPort, netip.AddrPort, primer, func()) (net.Conn, error) {
+func dialFrom(context.Context, func(func() error) error, netip.AddrPort, netip.AddrPort, int, func()) (net.Conn, error) {
 	return nil, errUnsupported
 }
 

@@ -9,10 +9,11 @@
 // (candidate.PeerInfo.TCPPunchAddr): the listener when the introduction
 // arrives, before it answers, with a first SYN whose TTL is small (a
 // primer: it opens the listener's own NAT and expires before the
-// dialler's router, leaving it no state), the dialler when the answer
-// arrives. The SYN that meets the other side's outgoing state gets in:
-// either both connect() calls complete (simultaneous open) or one side's
-// listener accepts. A connect() the peer's side turns away (a reset) is
+// dialler's router, leaving it no state; its socket ignores the ICMP
+// error that expiry brings back, whenever it comes, and nothing else),
+// the dialler when the answer arrives. The SYN that meets the other
+// side's outgoing state gets in: either both connect() calls complete
+// (simultaneous open) or one side's listener accepts. A connect() the peer's side turns away (a reset) is
 // tried again with a fresh socket every RetryEvery, within Limits.
 //
 // The introduction fixes the TLS roles, not the sockets: the dialler is
@@ -142,53 +143,10 @@ func New(h *rung.Host, dt *directtcp.Rung, lim Limits, mapped func() bool) *Rung
 // Name implements rung.Rung.
 func (*Rung) Name() string { return Name }
 
-// primer is how a punch's first SYN goes out (dialFrom): TTL zero is a
-// full SYN.
-type primer struct {
-	TTL  int           // the primer's TTL
-	Hold time.Duration // how long it stays deaf at most without the probe's word
-}
-
-// primerHold is how long the listener's primer may stay deaf to ICMP
-// errors when its probe hears none: half the larger of the two round
-// trips to the server, since the dialler's SYN comes no sooner than the
-// answer travels through the server to the dialler and the SYN from
-// there to us, at least about the larger of the two (triangle), and
-// should find the primer hearing again. Where a router within the
-// primer's TTL is known to answer after hop (measureHop), the hold
-// covers that answer (plus half and 2 ms), even if the dialler's SYN may
-// then come while the primer is deaf (its retransmission gets in): an
-// ICMP error that comes after the SYN kills the connection it started.
-// Where the primer's last hop lies on the dialler's side (peerSide: our
-// primer-TTL SYN reached the server, so no router of our own answers it,
-// and the dialler has its provider's router before its NAT), its ICMP
-// comes back after about the round trip to the dialler, which the two
-// round trips to the server bound (own + dialler), and the dialler's SYN
-// comes no sooner than half of that plus half the round trip to the
-// dialler: the hold covers the whole bound and a margin, and the probe's
-// error ends it as soon as the primer's own is back (without it the primer heard again
-// half-way, died of its ICMP, and the dialler's SYN met a new deaf primer:
-// the matrix's linux-host diallers behind ISP hops to home listeners went
-// to the relay). Unknown round trips and hop: no hold.
-func primerHold(own, dialler, hop time.Duration, peerSide bool) time.Duration {
-	h := max(own, dialler) / 2
-	if hop > 0 {
-		h = max(h, hop+hop/2+2*time.Millisecond)
-	}
-	if peerSide && own > 0 && dialler > 0 {
-		// The bound is tight where the server lies on the path between
-		// the peers (the lab's matrix: the ICMP error came 1-3 ms after
-		// own + dialler, and a hold of exactly that lost 1 dial in 5);
-		// a quarter more and 5 ms covers the routers' own time.
-		h = max(h, (own+dialler)*5/4+5*time.Millisecond)
-	}
-	return min(h, maxPrimerHold)
-}
-
 // Start implements rung.Rung: while the node registers, it learns in
 // the background how far the first router that answers a primer is
 // (measureHop towards the server it registers with first), for
-// primerHold, primerTTL and its offers (PrimerFar). Started after the
+// primerTTL and its offers (PrimerFar). Started after the
 // registration, the measurement's round trip came after it, and a node
 // that dials as soon as it registered (the CLI's, the matrix's) either
 // waited for it in its first offer or sent that offer without it (and a
@@ -244,8 +202,7 @@ func (r *Rung) Start(context.Context) error {
 			return hop, silent, router
 		}
 		hop, silent, ttl := climbInner(ctx, r.lim.PrimerTTL, measure, func(hop time.Duration, ttl int) {
-			// Primers from now on go at least this far, and their hold
-			// covers at least this router's answer, while the next
+			// Primers from now on go at least this far while the next
 			// measurement runs: routers limit their ICMP errors (Linux:
 			// about one a second to one destination once a burst is
 			// spent), and a node behind a carrier's NAT that started
@@ -308,14 +265,10 @@ const maxInnerHops = 2
 // router's answer time and the TTL past it while the next measurement
 // runs. It returns the last answer time, whether the last SYN reached the
 // server, and the TTL. When nothing answers past an inner router (its
-// ICMP rate limit, the deadline), the inner router's time stands: a
-// primer that dies further on is answered no sooner, and a hold of zero
-// would leave the dialler's SYN to meet a deaf primer. When the SYN past
-// it reached the server, no router within that TTL answers, and the
-// time is zero again: a primer that goes that far (or one further, to the
-// dialler's home router, which drops it without a word) hears no ICMP
-// error, and a hold of the inner router's time kept it deaf when the
-// dialler's SYN came (a double NAT listener in the CI, 1 dial).
+// ICMP rate limit, the deadline), the inner router's time stands (a
+// primer that dies further on is answered no sooner), and the TTL stays
+// raised. When the SYN past it reached the server, no router within that
+// TTL answers, and the time is zero again.
 func climbInner(ctx context.Context, base int, measure func(ttl int) (time.Duration, bool, netip.Addr), provisional func(hop time.Duration, ttl int)) (hop time.Duration, silent bool, ttl int) {
 	var known time.Duration // the last inner router's answer time
 	for ttl = base; ; {
@@ -351,9 +304,6 @@ func innerRouter(addr netip.Addr, first bool) bool {
 // answers, or to the server).
 const MeasureWait = 300 * time.Millisecond
 
-// maxPrimerHold bounds primerHold.
-const maxPrimerHold = 250 * time.Millisecond
-
 // measuredHop is what Start measured (zero: nothing answered, or not
 // yet).
 func (r *Rung) measuredHop() time.Duration {
@@ -362,23 +312,11 @@ func (r *Rung) measuredHop() time.Duration {
 	return r.hop
 }
 
-// serverRTT is this node's round-trip time to its server (zero: unknown).
-func (r *Rung) serverRTT() time.Duration {
-	if r.h.ServerRTT == nil {
-		return 0
-	}
-	return r.h.ServerRTT()
-}
-
-// Offer implements rung.Rung: the offer says the dialler's round-trip
-// time to the server (the listener's primer hold needs it) if no other
-// rung did, and whether its primer-TTL SYN reached the server
-// (PrimerFar), once Start's measurement is over (it started before the
-// node registered, so a node that dials at once rarely waits).
+// Offer implements rung.Rung: the offer says whether the dialler's
+// primer-TTL SYN reached the server (PrimerFar), once Start's measurement
+// is over (it started before the node registered, so a node that dials at
+// once rarely waits).
 func (r *Rung) Offer(_ context.Context, offer *candidate.PeerInfo) func() {
-	if offer.ServerRTT == 0 {
-		offer.ServerRTT = r.serverRTT()
-	}
 	if r.dt.Listener() != nil {
 		r.waitMeasured()
 		offer.PrimerFar = r.far()
@@ -467,7 +405,7 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 	r.punches[offer.Peer] = true
 	r.mu.Unlock()
 	// An introduction that comes right after the node started waits a
-	// little for the measurement the primer's TTL and hold depend on.
+	// little for the measurement the primer's TTL depends on.
 	r.waitMeasured()
 	// The primer's SYN leaves before the answer does: started here, not
 	// on a goroutine that might run later.
@@ -480,10 +418,9 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 			delete(r.punches, offer.Peer)
 			r.mu.Unlock()
 		}()
-		rtt, hop := r.serverRTT(), r.measuredHop()
-		ttl, hold := r.primerTTL(offer.PrimerFar), primerHold(rtt, offer.ServerRTT, hop, r.far() && !offer.PrimerFar)
-		r.h.Logger.Debug("holepunch-tcp: priming", "peer", offer.Peer.Short(), "target", target, "ttl", ttl, "hold", hold, "rtt", rtt, "peer_rtt", offer.ServerRTT, "hop", hop)
-		c, n, err := r.punch(ctx, local, target, ttl, hold, first)
+		ttl := r.primerTTL(offer.PrimerFar)
+		r.h.Logger.Debug("holepunch-tcp: priming", "peer", offer.Peer.Short(), "target", target, "ttl", ttl, "hop", r.measuredHop())
+		c, n, err := r.punch(ctx, local, target, ttl, first)
 		if err != nil && r.dt.Listener() != nil && r.dt.Listener().Accepted(target) {
 			err = errTaken // the dialler's connection came to the listener
 		}
@@ -576,7 +513,7 @@ func (r *Rung) connectOnce(ctx, pctx context.Context, a *rung.Attempt, ln *direc
 	}
 	out := make(chan result, 1)
 	go func() {
-		c, n, err := r.punch(pctx, local, target, 0, 0, nil)
+		c, n, err := r.punch(pctx, local, target, 0, nil)
 		out <- result{c, n, err}
 	}()
 	var c net.Conn
@@ -632,9 +569,9 @@ var errTaken = errors.New("holepunch-tcp: the connection exists already (accepte
 // punch calls connect() from local to target until a connection exists,
 // the peer's side answers in a way a fresh socket cannot fix, the attempts
 // are used up or ctx ends. With a primerTTL, the first SYN is a primer (of
-// that TTL, deaf to ICMP errors for at most hold: dialFrom); zero: none. first,
-// if not nil, is closed once the first connect() was made.
-func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, primerTTL int, hold time.Duration, first chan struct{}) (net.Conn, int, error) {
+// that TTL, deaf to its own ICMP error: dialFrom); zero: none. first, if
+// not nil, is closed once the first connect() was made.
+func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, primerTTL int, first chan struct{}) (net.Conn, int, error) {
 	priming := primerTTL > 0
 	inNet := r.h.RunInNetwork
 	if inNet == nil {
@@ -642,13 +579,13 @@ func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, primerTT
 	}
 	var last error
 	for n := 1; n <= r.lim.MaxAttempts; n++ {
-		var pr primer
+		ttl := 0
 		if priming && (n == 1 || expired(last)) && r.lim.PrimerTTL > 0 {
 			// The first SYN, or again at once when the last primer's
-			// socket died of its own ICMP time-exceeded all the same:
-			// the state it made in our NAT fits only a live socket's
+			// socket died of an unreachable error all the same: the
+			// state it made in our NAT fits only a live socket's
 			// sequence numbers (docs/architecture.md, "TCP paths").
-			pr = primer{TTL: primerTTL, Hold: hold}
+			ttl = primerTTL
 		}
 		start := time.Now()
 		sent := func() {
@@ -657,11 +594,12 @@ func (r *Rung) punch(ctx context.Context, local, target netip.AddrPort, primerTT
 				first = nil
 			}
 		}
-		c, err := dialFrom(ctx, inNet, local, target, pr, sent)
+		c, err := dialFrom(ctx, inNet, local, target, ttl, sent)
 		sent()
 		if err == nil {
 			return c, n, nil
 		}
+		r.h.Logger.Debug("holepunch-tcp: connect failed", "target", target, "attempt", n, "primer_ttl", ttl, "after", time.Since(start).Round(time.Millisecond), "err", err)
 		last = err
 		switch {
 		case ctx.Err() != nil:

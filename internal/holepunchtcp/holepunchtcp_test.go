@@ -285,40 +285,10 @@ func TestInnerRouter(t *testing.T) {
 	}
 }
 
-// TestPrimerHold: how long the listener's primer stays deaf without its
-// probe's word. Half the larger round trip to the server; a measured
-// router within the primer's TTL is covered (1.5 hop + 2 ms); a primer
-// whose last hop lies on the dialler's side waits for the whole round
-// trip to the dialler the server path bounds (own + dialler, a quarter
-// more and 5 ms), since its
-// ICMP error comes back about then and kills it if it hears again first;
-// never above maxPrimerHold; nothing known: no hold.
-func TestPrimerHold(t *testing.T) {
-	ms := time.Millisecond
-	for _, c := range []struct {
-		own, dialler, hop time.Duration
-		peerSide          bool
-		want              time.Duration
-	}{
-		{0, 0, 0, false, 0},
-		{0, 0, 0, true, 0},
-		{40 * ms, 60 * ms, 0, false, 30 * ms},
-		{40 * ms, 40 * ms, 40 * ms, false, 62 * ms},
-		{41 * ms, 39 * ms, 0, true, 105 * ms},
-		{40 * ms, 0, 0, true, 20 * ms}, // the dialler's round trip unknown: no bound
-		{200 * ms, 200 * ms, 0, true, maxPrimerHold},
-		{600 * ms, 10 * ms, 0, false, maxPrimerHold},
-	} {
-		if got := primerHold(c.own, c.dialler, c.hop, c.peerSide); got != c.want {
-			t.Errorf("primerHold(%v, %v, %v, %v) = %v, want %v", c.own, c.dialler, c.hop, c.peerSide, got, c.want)
-		}
-	}
-}
-
 // TestClimbInner: past a router inside a carrier's NAT the TTL grows by
 // one; when nothing answers at the new TTL (the routers' ICMP rate limit,
-// the deadline), the inner router's answer time stands for the hold
-// instead of none, and the TTL stays raised.
+// the deadline), the inner router's answer time stands, and the TTL stays
+// raised.
 func TestClimbInner(t *testing.T) {
 	type answer struct {
 		hop    time.Duration

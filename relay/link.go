@@ -104,15 +104,16 @@ type LinkParams struct {
 // not at all once one was welcomed.
 //
 // When the race's first transport is UDP (first is set), a later one that
-// is ready first waits up to grace for it to reach its HELLO or end: a
-// node whose UDP works but lost a packet of the QUIC handshake (its
-// retransmission comes about when the TCP attempt starts) links over UDP
-// as designed, not over TCP for as long as the link lasts.
+// is ready first waits up to grace for it to take its turn or end (so it
+// says HELLO after the first's): a node whose UDP works but lost a packet
+// of the QUIC handshake (its retransmission comes about when the TCP
+// attempt starts) links over UDP as designed, not over TCP for as long as
+// the link lasts.
 type helloGate struct {
 	turn chan struct{} // holds a token while a HELLO waits for its answer
 	won  bool          // guarded by turn
 
-	first     chan struct{} // closed when the first transport reached its HELLO or ended; nil: no wait
+	first     chan struct{} // closed when the first transport holds the turn for its HELLO, or ended; nil: no wait
 	firstOnce sync.Once
 	grace     time.Duration
 }
@@ -124,7 +125,8 @@ func (g *helloGate) waitFirst(grace time.Duration) {
 	g.first, g.grace = make(chan struct{}), grace
 }
 
-// firstDone says the first transport reached its HELLO or ended.
+// firstDone says the first transport holds the turn for its HELLO, or
+// ended.
 func (g *helloGate) firstDone() {
 	if g != nil && g.first != nil {
 		g.firstOnce.Do(func() { close(g.first) })
@@ -142,9 +144,7 @@ func (g *helloGate) hello(ctx context.Context, first bool, say func() error) err
 	if g == nil {
 		return say()
 	}
-	if first {
-		g.firstDone()
-	} else if g.first != nil {
+	if !first && g.first != nil {
 		t := time.NewTimer(g.grace)
 		select {
 		case <-g.first:
@@ -161,6 +161,12 @@ func (g *helloGate) hello(ctx context.Context, first bool, say func() error) err
 		return ctx.Err()
 	}
 	defer func() { <-g.turn }()
+	if first {
+		// Only now, with the turn held: a later transport let through
+		// before would race the first for the turn and might say its
+		// HELLO ahead of it.
+		g.firstDone()
+	}
 	if g.won {
 		return errRaceLost
 	}

@@ -92,7 +92,9 @@ func (g *groReader) next() (b []byte, msg int, ok bool) {
 		if seg := g.segs[g.i]; seg > 0 {
 			end = min(g.off+seg, m.N)
 		}
-		b, msg = m.Buffers[0][g.off:end], g.i
+		// Capped at its end: what an InterceptFunc appends to its
+		// datagram must not land on the next one of the run.
+		b, msg = m.Buffers[0][g.off:end:end], g.i
 		g.off = end
 		return b, msg, true
 	}

@@ -368,7 +368,15 @@ func TestFloodsAreBounded(t *testing.T) {
 // TestReadDeadlineStillWorks: a wake-up by Inject does not swallow the
 // caller's read deadline, and Close unblocks a reader.
 func TestReadDeadlineStillWorks(t *testing.T) {
+	t.Run("plain", func(t *testing.T) { testReadDeadline(t, false) })
+	t.Run("gro", func(t *testing.T) { testReadDeadline(t, true) })
+}
+
+func testReadDeadline(t *testing.T, gro bool) {
 	p := newPair(t)
+	if gro && !p.a.EnableGRO() {
+		t.Skip("no UDP GRO here")
+	}
 	buf := make([]byte, 1500)
 	p.a.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	start := time.Now()

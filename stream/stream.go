@@ -539,10 +539,19 @@ func (s *Stream) Read(p []byte) (int, error) {
 	if err != nil {
 		s.readFailed(err)
 		if s.allRead() && !isReset(err) && !s.closed.Load() {
-			// The peer's FIN was known, everything before it read, and
-			// the session closed before the EOF itself was: the peer's
-			// Close had every byte, and so has this side.
-			return n, io.EOF
+			// The peer's final size was known, everything before it
+			// read, and the session closed before the EOF itself was:
+			// after a FIN the peer's Close had every byte, and so has
+			// this side. A reset tells the final size too, and quic-go
+			// reports the session's end before a reset that came with
+			// it (a listener that refuses a stream and closes the
+			// session: the refused dialler read a clean EOF). One more
+			// read, which no longer blocks, says which it was.
+			_, again := s.raw.Read(nil)
+			if !isReset(again) {
+				return n, io.EOF
+			}
+			err = again
 		}
 		err = s.mapErr(err)
 	}

@@ -330,8 +330,8 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	var err error
 	// A volunteer forwards other peers' packets as a relay does: its socket
 	// reads them with UDP GRO (a sender's run in one message), as the
-	// server's does. Other nodes read a datagram per message (docs/
-	// benchmarks.md, "UDP GRO": measured there, not yet on a quiet machine).
+	// server's does. Other nodes read a datagram per message for now
+	// (docs/benchmarks.md, "Not done: GRO on every node's socket").
 	n.sock, err = sock.Listen(sock.Config{Addr: cfg.ListenAddr, Logger: n.log, GRO: cfg.Supernode.Enable})
 	if err != nil {
 		return nil, err

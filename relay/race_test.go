@@ -12,6 +12,19 @@ import (
 	"github.com/reachp2p/reach/relay"
 )
 
+// loopbackTransport is a quic.Transport on a fresh loopback UDP socket,
+// closed with the test.
+func loopbackTransport(t *testing.T) *quic.Transport {
+	t.Helper()
+	u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: u}
+	t.Cleanup(func() { tr.Close(); u.Close() })
+	return tr
+}
+
 // TestRaceOneHello: when two transports of a client's race both reach
 // the relay (here two UDP links started together), only one says HELLO,
 // and the client stays linked. Before, both did: the second replaced the
@@ -25,12 +38,7 @@ func TestRaceOneHello(t *testing.T) {
 	rs, rl := startServer(t, relay.ServerConfig{ConnRate: -1})
 	const clients = 20
 	for range clients {
-		u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		tr := &quic.Transport{Conn: u}
-		t.Cleanup(func() { tr.Close(); u.Close() })
+		tr := loopbackTransport(t)
 		k, _ := identity.GenerateKey()
 		c, err := relay.NewClient(relay.ClientConfig{Key: k, HeadStart: time.Nanosecond,
 			Dialers: []relay.LinkDialer{relay.UDPDialer{Socket: tr}, relay.UDPDialer{Socket: tr}}})
@@ -107,12 +115,7 @@ func TestRaceUDPGrace(t *testing.T) {
 		{"prefer-tls", 2 * time.Second, -1, "tls", "tls", 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			tr := &quic.Transport{Conn: u}
-			t.Cleanup(func() { tr.Close(); u.Close() })
+			tr := loopbackTransport(t)
 			k, _ := identity.GenerateKey()
 			cl, err := relay.NewClient(relay.ClientConfig{Key: k, HeadStart: c.head,
 				Prefer:  func() string { return c.prefer },

@@ -125,13 +125,7 @@ func TestGRODualStackControlMessages(t *testing.T) {
 // TestGROTinyRuns: runs of 64 one-byte datagrams (the most a run holds)
 // are handed out one byte each, none lost, none joined.
 func TestGROTinyRuns(t *testing.T) {
-	c := New(udpLoopback(t))
-	defer c.Close()
-	if !c.EnableGRO() {
-		t.Skip("the kernel refused UDP_GRO")
-	}
-	snd := New(udpLoopback(t))
-	defer snd.Close()
+	c, snd := groConns(t)
 	const runs = 20
 	var seen [256]int
 	taken := 0
@@ -182,14 +176,8 @@ func TestGROTinyRuns(t *testing.T) {
 // TestGROInjectWhilePending: packets injected while a run is being handed
 // out come through, and so does the rest of the run.
 func TestGROInjectWhilePending(t *testing.T) {
-	c := New(udpLoopback(t))
-	defer c.Close()
-	if !c.EnableGRO() {
-		t.Skip("the kernel refused UDP_GRO")
-	}
+	c, snd := groConns(t)
 	virt, _ := c.AddPeer()
-	snd := New(udpLoopback(t))
-	defer snd.Close()
 	const n, size = 40, 1000
 	b := groBatchOf(0x45, n, size, size)
 	if err := snd.WriteSegments(b, size, apOf(c.udp)); err != nil {
@@ -260,13 +248,7 @@ func TestGROReadAllocatesNothing(t *testing.T) {
 // buffer has without GRO) does not write over the next datagram of the
 // run.
 func TestGROInterceptAppendKeepsNext(t *testing.T) {
-	c := New(udpLoopback(t))
-	defer c.Close()
-	if !c.EnableGRO() {
-		t.Skip("the kernel refused UDP_GRO")
-	}
-	snd := New(udpLoopback(t))
-	defer snd.Close()
+	c, snd := groConns(t)
 	c.Intercept(0x2c, netip.AddrPort{}, func(b []byte, from netip.AddrPort) (int, netip.AddrPort) {
 		_ = append(b, bytes.Repeat([]byte{0xee}, 64)...)
 		return 0, netip.AddrPort{}

@@ -31,18 +31,27 @@ func groBatchOf(first byte, n, size, tail int) []byte {
 	return b
 }
 
+// groConns returns a Conn on loopback with GRO and a Conn to send to it
+// from (skipping the test where the kernel refuses UDP_GRO); both close
+// with the test.
+func groConns(t *testing.T) (c, snd *Conn) {
+	t.Helper()
+	c = New(udpLoopback(t))
+	t.Cleanup(func() { c.Close() })
+	if !c.EnableGRO() {
+		t.Skip("the kernel refused UDP_GRO")
+	}
+	snd = New(udpLoopback(t))
+	t.Cleanup(func() { snd.Close() })
+	return c, snd
+}
+
 // TestGROSplitsRuns: with GRO a sender's GSO batch reaches the Conn as one
 // coalesced message (the reader saw a segment size), and ReadBatch hands it
 // out as the datagrams that were sent, in order, from the sender's address,
 // across calls whose batches are smaller than the run.
 func TestGROSplitsRuns(t *testing.T) {
-	c := New(udpLoopback(t))
-	defer c.Close()
-	if !c.EnableGRO() {
-		t.Skip("the kernel refused UDP_GRO")
-	}
-	snd := New(udpLoopback(t))
-	defer snd.Close()
+	c, snd := groConns(t)
 	const n, size, tail = 40, 1000, 321
 	b := groBatchOf(0x45, n, size, tail)
 	if err := snd.WriteSegments(b, size, apOf(c.udp)); err != nil {
@@ -80,17 +89,11 @@ func TestGROSplitsRuns(t *testing.T) {
 // address), and the datagrams it does not take still reach the reader in
 // order.
 func TestGROIntercept(t *testing.T) {
-	c := New(udpLoopback(t))
-	defer c.Close()
-	if !c.EnableGRO() {
-		t.Skip("the kernel refused UDP_GRO")
-	}
+	c, snd := groConns(t)
 	virt, err := c.AddPeer()
 	if err != nil {
 		t.Fatal(err)
 	}
-	snd := New(udpLoopback(t))
-	defer snd.Close()
 	var taken []int
 	c.Intercept(0x2d, netip.AddrPort{}, func(b []byte, from netip.AddrPort) (int, netip.AddrPort) {
 		if from != apOf(snd.udp) {

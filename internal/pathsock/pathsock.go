@@ -180,11 +180,7 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			return n, nil
 		}
 		if r.gro != nil && r.gro.pending() {
-			if cap(r.froms) < len(ms) {
-				r.froms = make([]netip.AddrPort, len(ms))
-			}
-			r.froms = r.froms[:len(ms)]
-			if n := c.fill(r.gro, ms, r.froms); n > 0 {
+			if n := c.fill(r.gro, ms, r.fromsFor(len(ms))); n > 0 {
 				c.address(r, ms, n)
 				return n, nil
 			}
@@ -195,22 +191,14 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			c.reading.Store(false)
 			continue
 		}
-		if c.gro.Load() && c.raw != nil {
-			err := c.readGRO(r, flags)
-			c.reading.Store(false)
-			if err == nil {
-				continue // hand the runs out above
-			}
-			if isTimeout(err) && c.woken.Load() {
-				if err := c.restoreDeadline(); err != nil {
-					return 0, err
-				}
-				c.woken.Store(false)
-				continue
-			}
-			return 0, err
+		var n int
+		var err error
+		gro := c.gro.Load() && c.raw != nil
+		if gro {
+			err = c.readGRO(r, flags)
+		} else {
+			n, err = c.read(r, ms, flags)
 		}
-		n, err := c.read(r, ms, flags)
 		c.reading.Store(false)
 		if err != nil {
 			if isTimeout(err) && c.woken.Load() {
@@ -225,6 +213,9 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 				continue
 			}
 			return n, err
+		}
+		if gro {
+			continue // hand the runs out above
 		}
 		if c.icpt.firsts.Load() != 0 {
 			if n = c.intercept(ms, r.froms, n); n == 0 {

@@ -20,6 +20,15 @@ type reader struct {
 	gro   *groReader // with UDP GRO (EnableGRO): the coalesced datagrams read, handed out a packet at a time
 }
 
+// fromsFor returns r.froms with room for n sources.
+func (r *reader) fromsFor(n int) []netip.AddrPort {
+	if cap(r.froms) < n {
+		r.froms = make([]netip.AddrPort, n)
+	}
+	r.froms = r.froms[:n]
+	return r.froms
+}
+
 // takeReader returns the Conn's reader, or a new one while another read
 // holds it (reads are not meant to be concurrent, but may be).
 func (c *Conn) takeReader() *reader {
@@ -36,11 +45,7 @@ func (c *Conn) putReader(r *reader) { c.rd.Store(r) }
 // Flags, its source in r.froms (as the socket gave it: IPv4-mapped on a
 // dual-stack socket) and its Addr cleared (ReadBatch sets it).
 func (c *Conn) read(r *reader, ms []ipv4.Message, flags int) (int, error) {
-	if cap(r.froms) < len(ms) {
-		r.froms = make([]netip.AddrPort, len(ms))
-	}
-	r.froms = r.froms[:len(ms)]
-	if n, ok, err := c.sysRead(&r.sys, ms, r.froms, flags); ok {
+	if n, ok, err := c.sysRead(&r.sys, ms, r.fromsFor(len(ms)), flags); ok {
 		for i := range ms[:n] {
 			ms[i].Addr = nil
 		}

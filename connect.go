@@ -209,7 +209,9 @@ type Config struct {
 	// are still trying (at once if they have all failed). Zero: twice the
 	// time the introduction took plus 150ms, at least 400ms and at most
 	// DefaultRelayDelay (1s): the peer-to-peer rungs finish within about
-	// two round trips when they can work at all. At most 250ms when either
+	// two round trips when they can work at all. Longer, up to 2s, when
+	// holepunch's birthday mode runs for the dial (a random symmetric NAT
+	// facing a cone: its 700 probes take 0.7s). At most 250ms when either
 	// side registered over TCP, as UDP is then likely blocked.
 	RelayDelay time.Duration
 	// UpgradeInterval is the first pause between background attempts to

@@ -70,7 +70,15 @@ func (n *Node) introduceAndRace(ctx context.Context, peer identity.PeerID, entri
 		return nil, candidate.PeerInfo{}, err
 	}
 	defer release()
-	delay := rung.ForwardDelay(n.cfg.RelayDelay, intro, a.Remote.HasUDP() && n.Observed().IsValid())
+	udp := a.Remote.HasUDP() && n.Observed().IsValid()
+	delay := rung.ForwardDelay(n.cfg.RelayDelay, intro, udp)
+	if p := rung.Patience(a, entries, intro); p > delay && udp && n.cfg.RelayDelay <= 0 {
+		// A rung needs longer on this dial (holepunch's birthday mode:
+		// its probes take 700 ms): a relay that joins sooner would win
+		// while a direct path is still likely.
+		n.log.Debug("forwarding rungs wait longer", "peer", peer.Short(), "delay", delay, "patience", p)
+		delay = p
+	}
 	if n.forwardAtOnce(a) {
 		n.log.Debug("both NATs map per destination: forwarding at once", "peer", peer.Short())
 		delay = 0

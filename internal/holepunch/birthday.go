@@ -407,38 +407,61 @@ func (a *Attempt) Probe(ip netip.Addr, n int, pace, wait time.Duration, sent *at
 			case <-t.C:
 			}
 		}
-		tick := time.NewTicker(pace)
-		defer tick.Stop()
+		// The pace is kept by the clock, not by ticks: a busy machine
+		// that wakes the loop late sends what is due at once (at most
+		// probeBurst), so the probes are out when the forwarding rungs'
+		// wait (Rung.Patience) assumes they are.
+		start := time.Now()
+		next := time.NewTimer(0)
+		defer next.Stop()
 		tried := map[uint16]bool{}
-		for len(tried) < n {
-			p := uint16(minProbePort + rand.IntN(65536-minProbePort))
-			if tried[p] {
-				continue
-			}
-			tried[p] = true
-			to := netip.AddrPortFrom(ip, p)
-			a.mu.Lock()
-			a.probed[to] = true
-			hit := a.probeHit.IsValid()
-			a.mu.Unlock()
-			if hit {
-				return
-			}
-			pk := &packet{typ: typePing, role: a.p.Role, attempt: a.p.Attempt, txid: a.txid(to)}
-			if err := a.m.sock.WriteTo(pk.marshal(a.p.Key), to); err != nil {
-				a.m.log.Debug("birthday: probe", "to", to, "err", err)
-			}
-			a.probes.Add(1)
-			if sent != nil {
-				sent.Add(1)
-			}
+		for out := 0; out < n; {
 			select {
 			case <-a.stop:
 				return
-			case <-tick.C:
+			case <-next.C:
 			}
+			due := probesDue(time.Since(start), pace, n, out)
+			for ; out < due; out++ {
+				p := uint16(minProbePort + rand.IntN(65536-minProbePort))
+				for tried[p] {
+					p = uint16(minProbePort + rand.IntN(65536-minProbePort))
+				}
+				tried[p] = true
+				to := netip.AddrPortFrom(ip, p)
+				a.mu.Lock()
+				a.probed[to] = true
+				hit := a.probeHit.IsValid()
+				a.mu.Unlock()
+				if hit {
+					return
+				}
+				pk := &packet{typ: typePing, role: a.p.Role, attempt: a.p.Attempt, txid: a.txid(to)}
+				if err := a.m.sock.WriteTo(pk.marshal(a.p.Key), to); err != nil {
+					a.m.log.Debug("birthday: probe", "to", to, "err", err)
+				}
+				a.probes.Add(1)
+				if sent != nil {
+					sent.Add(1)
+				}
+			}
+			next.Reset(time.Until(start.Add(time.Duration(out) * pace)))
 		}
 	}()
+}
+
+// probeBurst bounds the probes a late wake-up sends back to back.
+const probeBurst = 8
+
+// probesDue is how many of n probes paced pace apart should be out
+// elapsed after the first, given sent are: one more at least, at most
+// probeBurst more.
+func probesDue(elapsed, pace time.Duration, n, sent int) int {
+	due := n
+	if pace > 0 {
+		due = int(elapsed/pace) + 1
+	}
+	return min(n, max(due, sent+1), sent+probeBurst)
 }
 
 // Probes returns how many probes the attempt sent.

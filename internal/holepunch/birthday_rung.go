@@ -197,3 +197,38 @@ func (r *Rung) dialWinner(ctx context.Context, a *rung.Attempt, win wideWin) (*s
 	})
 	return sess, nil
 }
+
+// birthdaySlack is what Patience adds for the probe side's timers and the
+// winner's QUIC handshake beyond its round trip.
+const birthdaySlack = 150 * time.Millisecond
+
+// Patience asks the forwarding rungs to wait for the birthday mode when it
+// runs for dial a (rung.Patient): the probe side starts about one
+// introduction after the dial (a listener's answer, or the dialler's
+// primers), sends its probes BirthdayProbeInterval apart, and a hit needs
+// a round trip for its pong and one for the QUIC handshake on the winning
+// pair; intro stands in for the peers' round trip. Without the wait the
+// relay joins at the adaptive delay (400 ms on a short path) when only
+// about half the probes are out, and a dial that the probes would have
+// made direct stays relayed (the node does not move a relayed session
+// onto a late hit). 0: the mode does not run for a, or this node's slot
+// is taken by another attempt.
+func (r *Rung) Patience(a *rung.Attempt, intro time.Duration) time.Duration {
+	if a.Local.Move || a.Remote.Move || !r.birthdayTarget(a.Remote).IsValid() || len(r.bday) == cap(r.bday) {
+		return 0
+	}
+	var probes int
+	switch birthdayRole(a.Local, a.Remote) {
+	case birthdayProbe:
+		probes = r.birthdayProbes()
+	case birthdayWide:
+		if r.birthdaySockets() > 0 {
+			// The peer's own limit is not in its answer: the default.
+			probes = DefaultBirthdayProbes
+		}
+	}
+	if probes == 0 {
+		return 0
+	}
+	return 3*intro + birthdayPrimeTime + time.Duration(probes)*BirthdayProbeInterval + birthdaySlack
+}

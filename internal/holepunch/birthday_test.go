@@ -180,6 +180,82 @@ func TestBirthdayProbeBounds(t *testing.T) {
 	}
 }
 
+// TestBirthdayPatience: a dial that runs the birthday mode asks the
+// forwarding rungs to wait until its probes are out (about 0.9 s on a
+// short path), and no other dial asks anything: not a cone pair, not a
+// move, not a peer the server did not observe, not with the mode off,
+// not while the node's one slot is taken.
+func TestBirthdayPatience(t *testing.T) {
+	ms := time.Millisecond
+	random := &candidate.PortAllocation{Kind: candidate.AllocRandom}
+	obs := netip.MustParseAddrPort("192.0.2.1:4000")
+	vr := candidate.PeerInfo{Mapping: candidate.MappingVaries, Ports: random, Observed: obs}
+	eim := candidate.PeerInfo{Mapping: candidate.MappingIndependent, Observed: obs}
+	window := birthdayPrimeTime + DefaultBirthdayProbes*BirthdayProbeInterval + birthdaySlack
+	on := birthdayRung(t, Limits{})
+	off := birthdayRung(t, Limits{BirthdaySockets: -1})
+	few := birthdayRung(t, Limits{BirthdayProbes: 100})
+	move := eim
+	move.Move = true
+	unobserved := vr
+	unobserved.Observed = netip.AddrPort{}
+	for _, tc := range []struct {
+		name          string
+		r             *Rung
+		local, remote candidate.PeerInfo
+		want          time.Duration
+	}{
+		{"probe side", on, eim, vr, 3*20*ms + window},
+		{"wide side", on, vr, eim, 3*20*ms + window},
+		{"probe side, 100 probes", few, eim, vr, 3*20*ms + window - (DefaultBirthdayProbes-100)*BirthdayProbeInterval},
+		{"cones", on, eim, eim, 0},
+		{"two random symmetric", on, vr, vr, 0},
+		{"mode off, probe", off, eim, vr, 0},
+		{"mode off, wide", off, vr, eim, 0},
+		{"move", on, vr, move, 0},
+		{"unobserved peer", on, eim, unobserved, 0},
+	} {
+		if got := tc.r.Patience(&rung.Attempt{Local: tc.local, Remote: tc.remote}, 20*ms); got != tc.want {
+			t.Errorf("%s: Patience %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	release, err := on.acquireBirthday()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := on.Patience(&rung.Attempt{Local: eim, Remote: vr}, 20*ms); got != 0 {
+		t.Errorf("slot taken: Patience %v, want 0", got)
+	}
+	release()
+}
+
+// TestProbesDue: the probe pace follows the clock; a late wake-up sends
+// what is due, in bursts of at most probeBurst, never more than n.
+func TestProbesDue(t *testing.T) {
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		elapsed       time.Duration
+		n, sent, want int
+	}{
+		{0, 700, 0, 1},                    // the first at once
+		{ms / 2, 700, 1, 2},               // an early wake-up still sends one
+		{3 * ms, 700, 3, 4},               // on time
+		{20 * ms, 700, 4, 4 + probeBurst}, // late: a burst
+		{20 * ms, 700, 16, 21},            // catching up
+		{time.Second, 700, 695, 700},      // never past n
+		{time.Second, 700, 700, 700},      // done
+		{0, 5, 0, 5},                      // no pace: all due (in bursts)
+	} {
+		pace := ms
+		if tc.n == 5 {
+			pace = 0
+		}
+		if got := probesDue(tc.elapsed, pace, tc.n, tc.sent); got != tc.want {
+			t.Errorf("probesDue(%v, %v, %d, %d) = %d, want %d", tc.elapsed, pace, tc.n, tc.sent, got, tc.want)
+		}
+	}
+}
+
 // TestBirthdayRole: the roles follow from the introduction alone.
 func TestBirthdayRole(t *testing.T) {
 	random := &candidate.PortAllocation{Kind: candidate.AllocRandom}

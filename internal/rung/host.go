@@ -107,6 +107,16 @@ type Expecter interface {
 	Expect(peer identity.PeerID) (release func())
 }
 
+// Patient is a peer-to-peer rung that on some dials needs longer than
+// the adaptive forwarding delay (ForwardDelay) to finish: Patience returns
+// how long after the dial starts the forwarding rungs should join at the
+// earliest (0: no wish), given a and how long its introduction took. The
+// node honours it only when the forwarding delay is not configured
+// (Config.RelayDelay), and never when a side's UDP looks blocked.
+type Patient interface {
+	Patience(a *Attempt, intro time.Duration) time.Duration
+}
+
 // Base implements every hook of Rung but Name and Connect as doing
 // nothing; rungs embed it.
 type Base struct{}

@@ -15,6 +15,9 @@ const (
 	// adaptiveFloor is the least the adaptive delay waits, so that a busy
 	// machine's slow hole punch is not overtaken on a fast path.
 	adaptiveFloor = 400 * time.Millisecond
+	// MaxPatience caps what a Patient rung may ask: a dial that cannot go
+	// direct is relayed within it.
+	MaxPatience = 2 * time.Second
 )
 
 // ForwardDelay is how long after a dial starts the first forwarding rung
@@ -41,6 +44,18 @@ func ForwardDelay(configured, intro time.Duration, udp bool) time.Duration {
 		d = min(d, blockedForwardDelay)
 	}
 	return d
+}
+
+// Patience is the longest wait the Patient rungs of ladder ask of the
+// forwarding rungs for a, capped at MaxPatience (0: none asks).
+func Patience(a *Attempt, ladder []Entry, intro time.Duration) time.Duration {
+	var d time.Duration
+	for _, e := range ladder {
+		if p, ok := e.Rung.(Patient); ok {
+			d = max(d, p.Patience(a, intro))
+		}
+	}
+	return min(d, MaxPatience)
 }
 
 // Plan is the per-dial policy: it adapts a node's ladder to the peer's

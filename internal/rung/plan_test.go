@@ -95,3 +95,35 @@ func TestForwardDelay(t *testing.T) {
 		}
 	}
 }
+
+// patientRung asks the forwarding rungs for a wait.
+type patientRung struct {
+	planRung
+	wait time.Duration
+}
+
+func (r *patientRung) Patience(_ *Attempt, intro time.Duration) time.Duration { return r.wait + intro }
+
+// TestPatience: the longest wish of the Patient rungs, capped at
+// MaxPatience; rungs that are not Patient ask nothing.
+func TestPatience(t *testing.T) {
+	ms := time.Millisecond
+	plain := Entry{Rung: &planRung{name: "direct", hs: -1}}
+	short := Entry{Rung: &patientRung{planRung: planRung{name: "a", hs: -1}, wait: 300 * ms}}
+	long := Entry{Rung: &patientRung{planRung: planRung{name: "b", hs: -1}, wait: 900 * ms}}
+	huge := Entry{Rung: &patientRung{planRung: planRung{name: "c", hs: -1}, wait: time.Hour}}
+	for _, tc := range []struct {
+		ladder []Entry
+		want   time.Duration
+	}{
+		{nil, 0},
+		{[]Entry{plain}, 0},
+		{[]Entry{plain, short, long}, 910 * ms},
+		{[]Entry{long, short}, 910 * ms},
+		{[]Entry{short, huge}, MaxPatience},
+	} {
+		if got := Patience(&Attempt{}, tc.ladder, 10*ms); got != tc.want {
+			t.Errorf("Patience(%d rungs) = %v, want %v", len(tc.ladder), got, tc.want)
+		}
+	}
+}

@@ -108,6 +108,7 @@ func runServer(args []string) error {
 	tlsCert := fs.String("tls-cert", "", "certificate `FILE` (PEM) for TLS clients that do not speak reach's ALPNs; reach clients always get the self-signed certificate their connect string pins. Loaded again when it or --tls-key changes, and on SIGHUP")
 	tlsKey := fs.String("tls-key", "", "private key `FILE` (PEM) of --tls-cert")
 	noRelay := fs.Bool("no-relay", false, "run rendezvous and STUN only")
+	noGRO := fs.Bool("no-gro", false, "read the UDP socket a datagram at a time instead of asking Linux for UDP GRO (a sender's run of packets in one read; 512 KiB of buffers); for comparisons, or a kernel whose GRO misbehaves")
 	var acmeOpts acmeOptions
 	acmeOpts.register(fs)
 	var public stringList
@@ -199,7 +200,7 @@ func runServer(args []string) error {
 	}
 	scfg := rendezvous.ServerConfig{Key: key, Logger: logger, TLSPort: uint16(*tlsPort),
 		AltSTUNPort: uint16(max(*altSTUN, 0)), DisableAltSTUN: *altSTUN < 0, PublicAddrs: publicAddrs,
-		Park: parkConfig(*parkAfter)}
+		Park: parkConfig(*parkAfter), DisableGRO: *noGRO}
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}

@@ -64,7 +64,7 @@ func FuzzStreamMux(f *testing.F) {
 			}
 			for _, c := range m.conns {
 				c.mu.Lock()
-				if held := len(c.rbuf) - c.rpos; c.received > c.granted || held > StreamWindow {
+				if held := c.rq.Len(); c.received > c.granted || held > StreamWindow {
 					t.Fatalf("a stream holds %d bytes, received %d of %d granted", held, c.received, c.granted)
 				}
 				c.mu.Unlock()

@@ -32,8 +32,7 @@ type streamConn struct {
 	wmu sync.Mutex // one Write at a time: its chunks stay in order
 
 	mu       sync.Mutex
-	rbuf     []byte // received, not read yet: rbuf[rpos:]
-	rpos     int
+	rq       byteQueue // received, not read yet
 	received uint64 // stream bytes received
 	consumed uint64 // stream bytes the application read
 	granted  uint64 // the limit this end last granted its peer
@@ -73,15 +72,8 @@ func (c *streamConn) Read(b []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, net.ErrClosed
 		}
-		if c.rpos < len(c.rbuf) {
-			n := copy(b, c.rbuf[c.rpos:])
-			c.rpos += n
-			if c.rpos == len(c.rbuf) {
-				c.rbuf, c.rpos = c.rbuf[:0], 0
-				if cap(c.rbuf) > 256<<10 {
-					c.rbuf = nil // an idle stream keeps no large buffer
-				}
-			}
+		if c.rq.Len() > 0 {
+			n := c.rq.read(b)
 			c.consumed += uint64(n)
 			var grant []byte
 			if c.err == nil && !c.rfin && c.consumed+StreamWindow-c.granted >= StreamWindow/4 {
@@ -195,7 +187,7 @@ func (c *streamConn) end(code byte) {
 	}
 	c.closed = true
 	tell := c.err == nil
-	c.rbuf = nil
+	c.rq.reset()
 	c.mu.Unlock()
 	c.finish()
 	c.m.forget(c)
@@ -222,11 +214,7 @@ func (c *streamConn) deliver(p []byte) bool {
 		return false
 	}
 	c.received += uint64(len(p))
-	if c.rpos > 0 && len(c.rbuf)+len(p) > cap(c.rbuf) {
-		n := copy(c.rbuf, c.rbuf[c.rpos:])
-		c.rbuf, c.rpos = c.rbuf[:n], 0
-	}
-	c.rbuf = append(c.rbuf, p...)
+	c.rq.write(p)
 	return true
 }
 

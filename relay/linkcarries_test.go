@@ -46,10 +46,22 @@ func TestLinkCarriesForOffer(t *testing.T) {
 		{"own relay, unnamed", candidate.PeerInfo{Candidates: []candidate.Candidate{{Kind: candidate.Relay, Addr: netip.MustParseAddrPort("127.0.0.1:7777")}}}, candidate.RelayLinkPackets},
 		{"own relay, named", named(own), candidate.RelayLinkPackets},
 		{"another server's relay", named(foreign), ""},
+		// A dialler on a byte-stream link: this node, whose link is UDP,
+		// takes its stream on a streams-only link (Introduced opens it).
+		{"own relay, dialler on a byte stream", withLink(named(own), candidate.RelayLinkStreams), candidate.RelayLinkStreams},
+		{"own relay, unnamed, dialler on a byte stream", withLink(candidate.PeerInfo{Candidates: []candidate.Candidate{{Kind: candidate.Relay, Addr: netip.MustParseAddrPort("127.0.0.1:7777")}}}, candidate.RelayLinkStreams), candidate.RelayLinkStreams},
+		{"own relay, dialler on packets", withLink(named(own), candidate.RelayLinkPackets), candidate.RelayLinkPackets},
+		{"another server's relay, dialler on a byte stream", withLink(named(foreign), candidate.RelayLinkStreams), ""},
 	} {
 		if got := r.LinkCarries(tc.offer, true); got != tc.want {
 			t.Errorf("%s: the answer says %q, want %q", tc.name, got, tc.want)
 		}
+	}
+
+	// Not linked, and UDP to the server looks blocked: the next link is a
+	// byte stream, no streams-only link is promised.
+	if got := r.LinkCarries(withLink(named(own), candidate.RelayLinkStreams), false); got == candidate.RelayLinkStreams {
+		t.Errorf("UDP blocked, dialler on a byte stream: the answer promises a streams-only link")
 	}
 
 	// Linked over UDP to the relay of a server the node failed over from;
@@ -70,4 +82,9 @@ func TestLinkCarriesForOffer(t *testing.T) {
 	if got := r.LinkCarries(candidate.PeerInfo{}, false); got != candidate.RelayLinkPackets {
 		t.Errorf("linked to its server's relay over UDP: the answer says %q, want %q", got, candidate.RelayLinkPackets)
 	}
+}
+
+func withLink(p candidate.PeerInfo, link string) candidate.PeerInfo {
+	p.RelayLink = link
+	return p
 }

@@ -232,11 +232,31 @@ func (r *Rung) LinkCarries(offer candidate.PeerInfo, udpWorks bool) string {
 		// udpWorks is of the node's own server, not of that relay.
 		return f.client.linkCarries(f.client.current(), false)
 	}
+	if r.streamLinkFor(offer, r.h.Server(), udpWorks) {
+		return candidate.RelayLinkStreams // on the streams-only link Introduced opens
+	}
 	l := r.client.current()
 	if srv := r.client.Server(); l != nil && srv != r.h.Server() {
 		l = nil
 	}
 	return r.client.linkCarries(l, udpWorks)
+}
+
+// streamLinkFor reports whether this node, introduced to the dialler of
+// offer, takes the session on a streams-only link to the relay of sa:
+// the dialler's link carries streams, this node takes streams, and its
+// own link is (or will be: udpWorks, it reaches its server over UDP) UDP,
+// beside which it may open one.
+func (r *Rung) streamLinkFor(offer candidate.PeerInfo, sa rendezvous.ServerAddr, udpWorks bool) bool {
+	if offer.RelayLink != candidate.RelayLinkStreams || r.cfg.NoStreams || sa.IsZero() || r.client.cfg.AcceptStream == nil {
+		return false
+	}
+	if r.client.current() == nil && !udpWorks {
+		// Not linked, and UDP to the server looks blocked: its link will
+		// be a byte stream, which takes the stream itself.
+		return false
+	}
+	return r.client.streamLinkWanted(sa)
 }
 
 // ownLiteral is isOwn without a lookup (for an answer, which does not
@@ -272,6 +292,14 @@ func (r *Rung) Offer(ctx context.Context, offer *candidate.PeerInfo) func() {
 		ip = ips[0]
 	}
 	offer.Candidates = append(offer.Candidates, candidate.Candidate{Addr: netip.AddrPortFrom(ip.Unmap(), sa.Port), Kind: candidate.Relay})
+	// What the dialler's link carries: a listener on a UDP link opens a
+	// streams-only link for a dialler on a byte stream (Introduced).
+	udp := r.h.Observed != nil && r.h.Observed().IsValid()
+	l := r.client.current()
+	if srv := r.client.Server(); l != nil && srv != sa {
+		l = nil
+	}
+	offer.RelayLink = r.client.linkCarries(l, udp)
 	return nil
 }
 
@@ -304,6 +332,14 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 			// it sends through that server's relay.
 			r.introducedForeign(ctx, foreign, offer.Peer)
 			return
+		}
+		if r.streamLinkFor(offer, sa, r.h.Observed != nil && r.h.Observed().IsValid()) {
+			// The dialler's link is a byte stream and this node's is
+			// UDP: the session runs over a relayed stream to a
+			// streams-only link of this node (one TCP leg each, TCP's
+			// congestion control alone), which comes up beside the UDP
+			// link.
+			r.client.startStreamLink(sa)
 		}
 		if _, err := r.client.Connect(ctx, sa); err != nil && r.h.Context.Err() == nil {
 			r.h.Logger.Warn("relay: cannot link to the relay for an introduced peer", "peer", offer.Peer.Short(), "err", err)

@@ -2,10 +2,12 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"net"
 	"time"
 
 	"github.com/reachp2p/reach/identity"
+	"github.com/reachp2p/reach/internal/candidate"
 	"github.com/reachp2p/reach/internal/rung"
 	"github.com/reachp2p/reach/stream"
 )
@@ -35,6 +37,14 @@ const streamHandshakeTimeout = 10 * time.Second
 // the introduction reaches it) it tries again every streamRetry.
 // ErrStreamsUnsupported: the pair of links cannot carry one.
 func (r *Rung) dialStream(ctx context.Context, a *rung.Attempt) (*stream.Session, error) {
+	// A listener on a UDP link that answered "streams" opens a
+	// streams-only link when the introduction reaches it: until that is
+	// up, the relay says the peer takes no streams. Such refusals are
+	// tried again for streamLinkWait.
+	var promised time.Time
+	if a.Remote.RelayLink == candidate.RelayLinkStreams {
+		promised = time.Now().Add(streamLinkWait)
+	}
 	for {
 		conn, err := r.client.OpenStream(ctx, a.Peer)
 		if err != nil {
@@ -43,7 +53,8 @@ func (r *Rung) dialStream(ctx context.Context, a *rung.Attempt) (*stream.Session
 		// stream.Client closes conn on error: nothing outlives a
 		// cancelled dial.
 		sess, err := stream.Client(ctx, conn, a.Key, a.Peer, a.Session)
-		if err == nil || !retryStream(err) || ctx.Err() != nil {
+		pending := errors.Is(err, ErrStreamsUnsupported) && time.Now().Before(promised)
+		if err == nil || !retryStream(err) && !pending || ctx.Err() != nil {
 			return sess, err
 		}
 		if err := waitRetry(ctx, err); err != nil {

@@ -181,7 +181,10 @@ func (c *Client) dialStreamLink(call *dialCall, sa rendezvous.ServerAddr) {
 	if c.cfg.Token != nil {
 		token = c.cfg.Token()
 	}
-	p := LinkParams{Server: sa, Key: c.cfg.Key, Token: token, Handler: (*clientHandler)(c), Logger: c.log, streamsOnly: true}
+	// It takes streams too: a dialler on a byte-stream link opens its
+	// session's stream to it when this node, on a UDP link, was dialled
+	// (Rung.Introduced).
+	p := LinkParams{Server: sa, Key: c.cfg.Key, Token: token, Handler: (*clientHandler)(c), Logger: c.log, streamsOnly: true, acceptStream: c.cfg.AcceptStream}
 	var l Link
 	var errs []error
 	for _, d := range c.streamDialers() {

@@ -240,6 +240,15 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 	now := s.now()
 	s.mu.RLock()
 	to := s.peers[ref.peer]
+	acc := to // the link the stream goes to
+	if to != nil && !to.streams.Load() {
+		// A peer on a UDP link takes streams on its streams-only link,
+		// if it opened one (streamlink.go): consent and the peer's
+		// expiry stay its own link's.
+		if sl := s.streamLinks[ref.peer]; sl != nil && sl.streams.Load() {
+			acc = sl
+		}
+	}
 	s.mu.RUnlock()
 	switch {
 	case to == nil || to.id == p.id:
@@ -250,7 +259,7 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 		// up): the opener tries again.
 		refuse(closeNoPeer)
 		return
-	case !to.streams.Load():
+	case !acc.streams.Load():
 		refuse(closeNotStream)
 		return
 	case p.expired.Load() && to.expired.Load():
@@ -284,13 +293,13 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 		}
 	}
 	if len(s.st.streams) >= s.cfg.MaxStreams || len(s.st.byLink[p]) >= s.cfg.MaxStreamsPerPeer ||
-		len(s.st.byLink[to]) >= s.cfg.MaxStreamsPerPeer || !s.srcRoomLocked(p, to) {
+		len(s.st.byLink[acc]) >= s.cfg.MaxStreamsPerPeer || !s.srcRoomLocked(p, acc) {
 		s.st.mu.Unlock()
 		tellStale()
 		refuse(closeLimit)
 		return
 	}
-	rs := &relayStream{key: key, open: p, acc: to}
+	rs := &relayStream{key: key, open: p, acc: acc}
 	if s.st.streams == nil {
 		s.st.streams = make(map[streamKey]*relayStream)
 		s.st.byLink = make(map[*peerLink]map[streamKey]struct{})
@@ -298,7 +307,7 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 	}
 	s.st.streams[key] = rs
 	s.countSrcLocked(rs, 1)
-	for _, l := range []*peerLink{p, to} {
+	for _, l := range []*peerLink{p, acc} {
 		if s.st.byLink[l] == nil {
 			s.st.byLink[l] = make(map[streamKey]struct{})
 		}
@@ -306,7 +315,7 @@ func (s *Server) openStream(p *peerLink, ref streamRef) {
 	}
 	s.st.mu.Unlock()
 	tellStale()
-	if !to.enqueueStreamControl(appendStreamFrame(nil, frameOpen, streamRef{peer: p.id, id: ref.id | acceptorBit}, nil)) {
+	if !acc.enqueueStreamControl(appendStreamFrame(nil, frameOpen, streamRef{peer: p.id, id: ref.id | acceptorBit}, nil)) {
 		s.resetStream(rs, closeLimit)
 	}
 }

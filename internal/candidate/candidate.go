@@ -139,11 +139,14 @@ type PeerInfo struct {
 	Flight bool `json:"flight,omitempty"`
 	// RelayLink, in an answer, says what the sender's link to its relay
 	// carried when it answered: RelayLinkStreams (peers may open relayed
-	// streams to it), RelayLinkPackets (only relayed packets: a UDP
+	// streams to it, on its link or on the streams-only link it opens
+	// for this dialler), RelayLinkPackets (only relayed packets: a UDP
 	// link, or streams turned off); "" unknown (no link yet, or a node
 	// that predates the field). A dialler on a byte-stream link skips
 	// its relayed-stream try on RelayLinkPackets: the relay would refuse
-	// it, and the try costs a round trip to the relay.
+	// it, and the try costs a round trip to the relay. In an offer it
+	// says what the dialler's link carries: a listener on a UDP link
+	// opens a streams-only link for a dialler on RelayLinkStreams.
 	RelayLink string `json:"relay_link,omitempty"`
 }
 

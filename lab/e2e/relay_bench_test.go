@@ -22,7 +22,8 @@ const relayBenchBytes = 100 << 20
 //     NATs, both linked to the relay over UDP (QUIC datagrams).
 //
 //   - tls-link: the same from a peer in a UDP-blocked network, linked over
-//     TLS on TCP 443, to a peer behind a symmetric NAT.
+//     TLS on TCP 443, to a peer behind a symmetric NAT: a relayed stream to
+//     the streams-only link the listener opens beside its UDP link.
 //
 //   - tls-tls: between two peers in that UDP-blocked network, both linked
 //     over TLS: a TLS+yamux session over a relayed stream.
@@ -110,7 +111,7 @@ func BenchmarkLabRelay(b *testing.B) {
 			}
 		} else if sess.Strategy() != reach.StrategyRelay || p.from.Status().RelayTransport != p.transport {
 			b.Fatalf("%s: strategy %s over %q", p.name, sess.Strategy(), p.from.Status().RelayTransport)
-		} else if stream := sess.QUIC() == nil; stream != (p.name == "tls-tls" || p.name == "udp-tls") {
+		} else if stream := sess.QUIC() == nil; stream != (p.name == "tls-tls" || p.name == "udp-tls" || p.name == "tls-link") {
 			b.Fatalf("%s: relayed stream %v", p.name, stream)
 		}
 		paths = append(paths, pairedPath{p.name, sess, got})

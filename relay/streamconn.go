@@ -33,14 +33,14 @@ type streamConn struct {
 
 	mu       sync.Mutex
 	rq       byteQueue // received, not read yet
-	received uint64 // stream bytes received
-	consumed uint64 // stream bytes the application read
-	granted  uint64 // the limit this end last granted its peer
-	sent     uint64 // stream bytes sent
-	limit    uint64 // the limit the peer granted
-	rfin     bool   // the peer closed the stream
-	closed   bool   // Close was called
-	err      error  // the stream failed: reads and writes return it
+	received uint64    // stream bytes received
+	consumed uint64    // stream bytes the application read
+	granted  uint64    // the limit this end last granted its peer
+	sent     uint64    // stream bytes sent
+	limit    uint64    // the limit the peer granted
+	rfin     bool      // the peer closed the stream
+	closed   bool      // Close was called
+	err      error     // the stream failed: reads and writes return it
 }
 
 func newStreamConn(m *streamMux, ref streamRef) *streamConn {

@@ -396,6 +396,7 @@ func (n *Node) serveIntroductions() {
 				own := candidate.PeerInfo{Candidates: n.candidates(), Observed: n.Observed(), Mapping: n.Mapping()}
 				own.Candidates = append(own.Candidates, candidate.Candidate{Addr: own.Observed, Kind: candidate.Reflexive})
 				answer.Flight = hp.TakesFlight(offer, own, n.relayUsable())
+				answer.Birthday = hp.BirthdayRuns(offer.Attempt)
 				if !answer.Flight {
 					n.log.Debug("first flight: not taken", "peer", offer.Peer.Short(), "offer_mapping", offer.Mapping,
 						"own_mapping", own.Mapping, "relay_usable", n.relayUsable(), "observed", own.Observed)

@@ -148,6 +148,14 @@ type PeerInfo struct {
 	// says what the dialler's link carries: a listener on a UDP link
 	// opens a streams-only link for a dialler on RelayLinkStreams.
 	RelayLink string `json:"relay_link,omitempty"`
+	// Birthday, in an answer, says the sender runs its part of
+	// holepunch's birthday mode for this introduction (it probes the
+	// dialler's ports, or its helper sockets are primed towards it): the
+	// dialler's forwarding rungs then wait for the probes
+	// (holepunch.Rung.Patience). False: it does not (the mode is off,
+	// its one slot is taken, its punch was skipped), or a node that
+	// predates the field; the forwarding rungs join at the usual delay.
+	Birthday bool `json:"birthday,omitempty"`
 }
 
 // What a relay link carries (PeerInfo.RelayLink).

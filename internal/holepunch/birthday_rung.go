@@ -30,25 +30,27 @@ func (r *Rung) self() candidate.PeerInfo {
 
 // birthdayListener does the listening side's part of the birthday mode
 // for an introduction whose attempt at runs; own and dialler are the
-// two sides' round-trip times to the server.
-func (r *Rung) birthdayListener(offer candidate.PeerInfo, at *Attempt, own, dialler time.Duration) {
+// two sides' round-trip times to the server. It reports whether the part
+// runs (the probes started, or the helper sockets are primed): the answer
+// says so (BirthdayRuns).
+func (r *Rung) birthdayListener(offer candidate.PeerInfo, at *Attempt, own, dialler time.Duration) bool {
 	peer := r.birthdayTarget(offer)
 	if !peer.IsValid() || offer.Move {
 		// A move looks for a path the node's socket can take over
 		// (holepunch.Validate), which a birthday pair on a helper socket
 		// is not: the dialler does not run its part.
-		return
+		return false
 	}
 	switch birthdayRole(r.self(), offer) {
 	case birthdayProbe:
 		n := r.birthdayProbes()
 		if n == 0 {
-			return
+			return false
 		}
 		release, err := r.acquireBirthday()
 		if err != nil {
 			r.h.Logger.Debug("birthday: not probing", "peer", offer.Peer.Short(), "err", err)
-			return
+			return false
 		}
 		// The dialler primes its mappings when our answer reaches it:
 		// about half of each side's round trip to the server from now.
@@ -58,6 +60,7 @@ func (r *Rung) birthdayListener(offer candidate.PeerInfo, at *Attempt, own, dial
 		// towards us exists yet.)
 		wait := min((own+dialler)/2, maxHold) + birthdayPrimeTime
 		at.Probe(peer.Addr(), n, BirthdayProbeInterval, wait, &r.bstats.packets, release)
+		return true
 	case birthdayWide:
 		r.mu.Lock()
 		old := r.bdayListener[offer.Peer]
@@ -83,7 +86,7 @@ func (r *Rung) birthdayListener(offer candidate.PeerInfo, at *Attempt, own, dial
 		}
 		if err != nil || w == nil {
 			r.h.Logger.Debug("birthday: no wide side", "peer", offer.Peer.Short(), "err", err)
-			return
+			return false
 		}
 		r.h.Go(func() {
 			var win wideWin
@@ -96,7 +99,18 @@ func (r *Rung) birthdayListener(offer candidate.PeerInfo, at *Attempt, own, dial
 			}
 			r.serveWinner(offer, win)
 		})
+		return true
 	}
+	return false
+}
+
+// BirthdayRuns reports whether this node, introduced by the dialler of
+// attempt, runs its part of the birthday mode: its answer says so
+// (candidate.PeerInfo.Birthday), and only then does the dialler's
+// Patience hold the forwarding rungs back.
+func (r *Rung) BirthdayRuns(attempt uint64) bool {
+	at := r.m.Lookup(attempt)
+	return at != nil && at.p.Role == RoleListener && at.birthday.Load()
 }
 
 // serveWinner runs a QUIC listener on a wide listener's winning socket
@@ -211,9 +225,16 @@ const birthdaySlack = 150 * time.Millisecond
 // relay joins at the adaptive delay (400 ms on a short path) when only
 // about half the probes are out, and a dial that the probes would have
 // made direct stays relayed (the node does not move a relayed session
-// onto a late hit). 0: the mode does not run for a, or this node's slot
-// is taken by another attempt.
+// onto a late hit). 0: the mode does not run for a (the peer's answer
+// does not say it runs its part, candidate.PeerInfo.Birthday), or this
+// node's slot is taken by another attempt.
 func (r *Rung) Patience(a *rung.Attempt, intro time.Duration) time.Duration {
+	if !a.Remote.Birthday {
+		// The peer does not run its part (its mode is off, its slot is
+		// taken, it skipped the punch, or it predates the field): no
+		// probe will cross, and the relay need not wait.
+		return 0
+	}
 	if a.Local.Move || a.Remote.Move || !r.birthdayTarget(a.Remote).IsValid() || len(r.bday) == cap(r.bday) {
 		return 0
 	}

@@ -184,13 +184,17 @@ func TestBirthdayProbeBounds(t *testing.T) {
 // forwarding rungs to wait until its probes are out (about 0.9 s on a
 // short path), and no other dial asks anything: not a cone pair, not a
 // move, not a peer the server did not observe, not with the mode off,
-// not while the node's one slot is taken.
+// not while the node's one slot is taken, and not when the peer's answer
+// does not say it runs its part (its mode off, its slot taken, an older
+// node): no probe would cross, and the relay would wait for nothing.
 func TestBirthdayPatience(t *testing.T) {
 	ms := time.Millisecond
 	random := &candidate.PortAllocation{Kind: candidate.AllocRandom}
 	obs := netip.MustParseAddrPort("192.0.2.1:4000")
-	vr := candidate.PeerInfo{Mapping: candidate.MappingVaries, Ports: random, Observed: obs}
-	eim := candidate.PeerInfo{Mapping: candidate.MappingIndependent, Observed: obs}
+	vr := candidate.PeerInfo{Mapping: candidate.MappingVaries, Ports: random, Observed: obs, Birthday: true}
+	eim := candidate.PeerInfo{Mapping: candidate.MappingIndependent, Observed: obs, Birthday: true}
+	silentVR, silentEIM := vr, eim
+	silentVR.Birthday, silentEIM.Birthday = false, false
 	window := birthdayPrimeTime + DefaultBirthdayProbes*BirthdayProbeInterval + birthdaySlack
 	on := birthdayRung(t, Limits{})
 	off := birthdayRung(t, Limits{BirthdaySockets: -1})
@@ -214,6 +218,8 @@ func TestBirthdayPatience(t *testing.T) {
 		{"mode off, wide", off, vr, eim, 0},
 		{"move", on, vr, move, 0},
 		{"unobserved peer", on, eim, unobserved, 0},
+		{"peer runs no part, probe side", on, eim, silentVR, 0},
+		{"peer runs no part, wide side", on, vr, silentEIM, 0},
 	} {
 		if got := tc.r.Patience(&rung.Attempt{Local: tc.local, Remote: tc.remote}, 20*ms); got != tc.want {
 			t.Errorf("%s: Patience %v, want %v", tc.name, got, tc.want)
@@ -227,6 +233,58 @@ func TestBirthdayPatience(t *testing.T) {
 		t.Errorf("slot taken: Patience %v, want 0", got)
 	}
 	release()
+}
+
+// TestBirthdayAnswer: a listener's answer says it runs its part of the
+// birthday mode (BirthdayRuns, candidate.PeerInfo.Birthday) exactly when
+// it does: when it probes a random symmetric dialler, not with its mode
+// off, not for a cone dialler, not while its one slot is taken by another
+// dialler's attempt.
+func TestBirthdayAnswer(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		limits  Limits
+		dialler string
+		busy    bool
+		want    bool
+	}{
+		{"probes", Limits{}, candidate.MappingVaries, false, true},
+		{"mode off", Limits{BirthdaySockets: -1}, candidate.MappingVaries, false, false},
+		{"probes off", Limits{BirthdayProbes: -1}, candidate.MappingVaries, false, false},
+		{"cone dialler", Limits{}, candidate.MappingIndependent, false, false},
+		{"slot taken", Limits{}, candidate.MappingVaries, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			var wg sync.WaitGroup
+			h := &rung.Host{Socket: loopSock(t), Logger: slog.New(slog.NewTextHandler(tlog{t}, nil)), Context: ctx, Local: true,
+				Go:   func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() },
+				Self: func() (string, *candidate.PortAllocation) { return candidate.MappingIndependent, nil },
+			}
+			r := NewRung(h, time.Minute, tc.limits)
+			defer func() { cancel(); r.Close(); wg.Wait() }()
+			if tc.busy {
+				release, err := r.acquireBirthday()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer release()
+			}
+			k, _ := identity.GenerateKey()
+			offer := introduction(k.ID(), 7)
+			offer.Mapping = tc.dialler
+			offer.Ports = &candidate.PortAllocation{Kind: candidate.AllocRandom}
+			offer.Observed = netip.MustParseAddrPort("192.0.2.1:4000") // TEST-NET-1: nothing answers
+			offer.Candidates = append(offer.Candidates, candidate.Candidate{Addr: offer.Observed, Kind: candidate.Reflexive})
+			r.Introduced(offer)
+			if got := r.BirthdayRuns(offer.Attempt); got != tc.want {
+				t.Fatalf("BirthdayRuns %v, want %v", got, tc.want)
+			}
+			if r.BirthdayRuns(offer.Attempt + 2) {
+				t.Fatal("BirthdayRuns true for an attempt the node was not introduced to")
+			}
+		})
+	}
 }
 
 // TestProbesDue: the probe pace follows the clock; a late wake-up sends

@@ -210,6 +210,7 @@ type Attempt struct {
 	probeHit netip.AddrPort
 	probes   atomic.Int64
 	probing  sync.WaitGroup
+	birthday atomic.Bool // a listener runs its part of the birthday mode (Rung.BirthdayRuns)
 
 	heard     chan struct{} // closed when the first packet from the peer arrived
 	heardOnce sync.Once

@@ -355,7 +355,7 @@ func (r *Rung) Introduced(offer candidate.PeerInfo) {
 		r.outcome(OutcomeSkipped)
 		return
 	}
-	r.birthdayListener(offer, at, own, offer.ServerRTT)
+	at.birthday.Store(r.birthdayListener(offer, at, own, offer.ServerRTT)) // for the answer (BirthdayRuns)
 	r.h.Go(func() {
 		defer release()
 		defer at.Close()

@@ -24,8 +24,9 @@ import (
 // beside the peer's link (it replaces only an older streams-only link of
 // the peer), counts it in its client and per-source link limits, and
 // takes from it only stream frames, PING and PONG: it forwards no packet
-// from it and none to it, and no stream is opened to it (peers open
-// theirs to the peer's own link).
+// from it and none to it. Streams to the peer go to its own link, or to
+// this one when its own link takes none (a UDP link: Rung.Introduced
+// opens one for a dialler on a byte-stream link).
 
 // welcomeStreamLink is the WELCOME flag, on a UDP link, of a relay that
 // takes a streams-only link beside it.
@@ -74,6 +75,13 @@ type streamLinkState struct {
 	// refused is the last relay that refused a streams-only link (an
 	// older relay): the client does not ask it again.
 	refused rendezvous.ServerAddr
+	// wanted is when a dial or an introduction last asked for the link
+	// (streamLink): a stream is on its way, and the link stays up for
+	// idle/2 from then at least, whatever it carries now.
+	wanted time.Time
+	// idle is how long a link that carries no stream is kept (0:
+	// streamLinkIdle); tests shorten it.
+	idle time.Duration
 }
 
 // streamLinkWanted reports whether a dial through the relay of sa
@@ -147,6 +155,10 @@ func (c *Client) streamLink(ctx context.Context, sa rendezvous.ServerAddr) (*lin
 		c.mu.Unlock()
 		return nil, ErrStreamsUnsupported
 	case c.sl.link != nil && c.sl.server == sa && c.sl.link.Err() == nil:
+		// A stream is on its way (the peer of an introduction opens it
+		// after the answer, a forwarding delay later): the link must not
+		// go idle under it (keepStreamLink).
+		c.sl.wanted = time.Now()
 		l := c.sl.link
 		c.mu.Unlock()
 		return l, nil
@@ -247,9 +259,17 @@ func (c *Client) dialStreamLink(call *dialCall, sa rendezvous.ServerAddr) {
 }
 
 // keepStreamLink closes l once it carried no stream for streamLinkIdle
-// (or the client closed), and forgets it when it ended.
+// and nobody asked for it meanwhile (streamLink), or the client closed;
+// it forgets l when it ended.
 func (c *Client) keepStreamLink(l *link) {
-	t := time.NewTicker(streamLinkIdle / 2)
+	c.mu.Lock()
+	every := c.sl.idle
+	c.mu.Unlock()
+	if every <= 0 {
+		every = streamLinkIdle
+	}
+	every /= 2
+	t := time.NewTicker(every)
 	defer t.Stop()
 	idle := 0
 	for done := false; !done; {
@@ -260,7 +280,10 @@ func (c *Client) keepStreamLink(l *link) {
 			l.Close()
 			done = true
 		case <-t.C:
-			if l.streams.open() > 0 {
+			c.mu.Lock()
+			wanted := c.sl.link == l && time.Since(c.sl.wanted) < every
+			c.mu.Unlock()
+			if l.streams.open() > 0 || wanted {
 				idle = 0
 				continue
 			}

@@ -187,3 +187,43 @@ func TestStreamLinkRefusalRemembered(t *testing.T) {
 		t.Error("a dial through the relay that refused still wants a streams-only link")
 	}
 }
+
+// TestStreamLinkKeptWhileWanted: a streams-only link that carries no
+// stream but is asked for again (streamLink: a listener answered
+// "streams" to a dialler whose stream comes a forwarding delay later)
+// stays up, the same link, as long as it is asked for; once nobody asks
+// it closes within its idle time. Before, a link idle for half that time
+// closed at the next tick even right after an introduction promised it,
+// and the dialler's stream found none.
+func TestStreamLinkKeptWhileWanted(t *testing.T) {
+	sa, srv := startStreamRelay(t, ServerConfig{PeerRate: -1, TotalRate: -1})
+	k, _ := identity.GenerateKey()
+	c, err := NewClient(ClientConfig{Key: k, Dialers: []LinkDialer{TLSDialer{}}, Logger: dataLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const idle = time.Second
+	c.mu.Lock()
+	c.sl.idle = idle
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	first, err := c.streamLink(ctx, sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Asked for every 200 ms for three idle times: always the same link,
+	// never closed.
+	for end := time.Now().Add(3 * idle); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		l, err := c.streamLink(ctx, sa)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l != first || first.Err() != nil {
+			t.Fatalf("a streams-only link asked for every 200 ms closed after its idle time %v (err %v): a promised stream would find none", idle, first.Err())
+		}
+	}
+	// Nobody asks: it closes within two idle times, and the relay forgets it.
+	waitUntil(t, func() bool { return first.Err() != nil && srv.StreamLinks() == 0 })
+}

@@ -391,12 +391,16 @@ func (n *Node) serveIntroductions() {
 				r.Introduced(offer)
 			}
 			answer := candidate.PeerInfo{Mapping: n.Mapping(), Ports: n.ports(), RelayLink: n.relayLinkCarries(offer), Upgrades: true}
+			for _, r := range n.ladder.All { // (the listening side punches whatever the node's own dials use)
+				if h, ok := r.(*holepunch.Rung); ok {
+					answer.Birthday = h.BirthdayRuns(offer.Attempt) // the dialler waits for the probes
+				}
+			}
 			hp := holepunchOf(n.ladder.Dial)
 			if hp != nil {
 				own := candidate.PeerInfo{Candidates: n.candidates(), Observed: n.Observed(), Mapping: n.Mapping()}
 				own.Candidates = append(own.Candidates, candidate.Candidate{Addr: own.Observed, Kind: candidate.Reflexive})
 				answer.Flight = hp.TakesFlight(offer, own, n.relayUsable())
-				answer.Birthday = hp.BirthdayRuns(offer.Attempt)
 				if !answer.Flight {
 					n.log.Debug("first flight: not taken", "peer", offer.Peer.Short(), "offer_mapping", offer.Mapping,
 						"own_mapping", own.Mapping, "relay_usable", n.relayUsable(), "observed", own.Observed)

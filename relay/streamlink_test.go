@@ -227,3 +227,82 @@ func TestStreamLinkKeptWhileWanted(t *testing.T) {
 	// Nobody asks: it closes within two idle times, and the relay forgets it.
 	waitUntil(t, func() bool { return first.Err() != nil && srv.StreamLinks() == 0 })
 }
+
+// TestStreamLinkAcceptsWithConsent: an OPEN to a peer whose own link
+// takes no streams goes to its streams-only link, but only with the
+// consent of its own link: before the peer allowed the opener the relay
+// refuses it (CLOSE not_allowed) and the streams-only link sees nothing;
+// after, the OPEN reaches the streams-only link, not the peer's own link.
+// Without a streams-only link that takes streams, it is not_stream.
+func TestStreamLinkAcceptsWithConsent(t *testing.T) {
+	sa, srv := startStreamRelay(t, ServerConfig{PeerRate: -1, TotalRate: -1})
+	kb, _ := identity.GenerateKey()
+	main := dialRawKey(t, sa, false, kb)
+	main.write(t, appendFrame(nil, frameFeatures, []byte{0})) // takes no streams, as a UDP link
+	main.write(t, appendFrame(nil, frameAllow))               // consent wanted
+	a := dialRaw(t, sa, true)
+	waitUntil(t, func() bool {
+		l, la := srv.link(kb.ID()), srv.link(a.id)
+		if l == nil || la == nil {
+			return false
+		}
+		l.omu.Lock()
+		consent := l.consent
+		l.omu.Unlock()
+		return l.featured.Load() && consent && la.streams.Load()
+	})
+	a.write(t, appendStreamFrame(nil, frameOpen, ref(kb.ID(), 1), nil))
+	if got := a.closes(300 * time.Millisecond); got[closeNotStream] != 1 {
+		t.Fatalf("no streams-only link: CLOSE codes %v, want one not_stream", got)
+	}
+
+	sl, typ, _ := dialHello(t, sa, kb, "127.0.0.1", frameHelloStreams)
+	if typ != frameWelcome {
+		t.Fatalf("streams-only link: answer 0x%02x", typ)
+	}
+	sl.write(t, appendFrame(nil, frameFeatures, []byte{featureStreams}))
+	waitUntil(t, func() bool {
+		srv.mu.RLock()
+		defer srv.mu.RUnlock()
+		l := srv.streamLinks[kb.ID()]
+		return l != nil && l.streams.Load()
+	})
+	a.write(t, appendStreamFrame(nil, frameOpen, ref(kb.ID(), 3), nil))
+	if got := a.closes(300 * time.Millisecond); got[closeNotAllowed] != 1 {
+		t.Fatalf("without the peer's consent: CLOSE codes %v, want one not_allowed", got)
+	}
+	if opens := countOpens(sl, 200*time.Millisecond); opens != 0 {
+		t.Fatalf("the streams-only link got %d OPENs from a peer it did not allow", opens)
+	}
+
+	main.write(t, appendFrame(nil, frameAllow, a.id[:]))
+	waitUntil(t, func() bool { return srv.link(kb.ID()).consents(a.id, time.Now()) })
+	a.write(t, appendStreamFrame(nil, frameOpen, ref(kb.ID(), 5), nil))
+	if opens := countOpens(sl, time.Second); opens != 1 {
+		t.Fatalf("with the peer's consent the streams-only link got %d OPENs, want 1", opens)
+	}
+	if opens := countOpens(main, 200*time.Millisecond); opens != 0 {
+		t.Fatalf("the peer's own link, which takes no streams, got %d OPENs", opens)
+	}
+	if n := srv.Streams(); n != 1 {
+		t.Fatalf("the relay holds %d streams, want 1", n)
+	}
+}
+
+// countOpens reads r's frames for d and counts the OPENs.
+func countOpens(r *rawLink, d time.Duration) int {
+	n := 0
+	r.tc.SetReadDeadline(time.Now().Add(d))
+	defer r.tc.SetReadDeadline(time.Time{})
+	var buf []byte
+	for {
+		typ, _, b, err := readFrame(r.tc, buf)
+		buf = b
+		if err != nil {
+			return n
+		}
+		if typ == frameOpen {
+			n++
+		}
+	}
+}
